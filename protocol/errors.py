@@ -1,0 +1,153 @@
+"""Error codes of the quorumkv wire protocol and the exceptions that carry them.
+
+Every error that crosses the wire is a map ``{"code": str, "message": str, ...details}``.
+The same classes are raised by the server's validation code and by the client library,
+so a code always means one thing. ``protocol/SPEC.md`` lists every code and when it
+happens; keep the two in step.
+
+Two families:
+- the caller's mistake (``invalid_argument``, ``malformed``, ``unknown_op``, ...): the
+  request was refused before it did anything, retrying it unchanged fails again;
+- the system's state (``no_leader``, ``timeout``, ``unknown_outcome``, ...): the request
+  may succeed later; for writes, ``timeout`` and ``unknown_outcome`` mean it may or may
+  not have taken effect.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+
+class QkvError(Exception):
+    """Base of every quorumkv error. ``code`` is the wire code; ``details`` extra fields."""
+
+    code = "internal"
+    # True when the request is known not to have taken effect (safe to retry elsewhere).
+    retryable = False
+
+    def __init__(self, message: str | None = None, **details: Any) -> None:
+        self.message = message or self.default_message
+        self.details = details
+        super().__init__(self.message)
+
+    default_message = "internal error"
+
+    def to_wire(self) -> dict[str, Any]:
+        wire = {"code": self.code, "message": self.message}
+        wire.update(self.details)
+        return wire
+
+    @staticmethod
+    def from_wire(wire: Any) -> "QkvError":
+        if not isinstance(wire, dict):
+            return Internal(f"malformed error reply: {wire!r}")
+        code = wire.get("code")
+        message = wire.get("message")
+        details = {k: v for k, v in wire.items() if k not in ("code", "message")}
+        cls = ERRORS_BY_CODE.get(code, Internal)
+        err = cls(message if isinstance(message, str) else None, **details)
+        if cls is Internal and code != "internal":
+            err.details["code"] = code
+        return err
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.message!r}, **{self.details!r})"
+
+
+# --- the caller's mistakes -------------------------------------------------------------
+class Malformed(QkvError):
+    code = "malformed"
+    default_message = "malformed request: not a version-1 msgpack map"
+
+
+class UnknownOp(QkvError):
+    code = "unknown_op"
+    default_message = "unknown op"
+
+
+class InvalidArgument(QkvError):
+    code = "invalid_argument"
+    default_message = "invalid argument"
+
+
+class KeyNotProvided(InvalidArgument):
+    code = "key_not_provided"
+    default_message = "etcdserver: key is not provided"
+
+
+class RequestTooLarge(QkvError):
+    code = "request_too_large"
+    default_message = "etcdserver: request is too large"
+
+
+class TooManyOps(QkvError):
+    code = "too_many_ops"
+    default_message = "etcdserver: too many operations in txn request"
+
+
+class DuplicateKey(QkvError):
+    code = "duplicate_key"
+    default_message = "etcdserver: duplicate key given in txn request"
+
+
+class Compacted(QkvError):
+    code = "compacted"
+    default_message = "etcdserver: mvcc: required revision has been compacted"
+
+
+class FutureRevision(QkvError):
+    code = "future_revision"
+    default_message = "etcdserver: mvcc: required revision is a future revision"
+
+
+class KeyNotFound(QkvError):
+    code = "key_not_found"
+    default_message = "etcdserver: key not found"
+
+
+class LeaseNotFound(QkvError):
+    code = "lease_not_found"
+    default_message = "etcdserver: requested lease not found"
+
+
+# --- the system's state --------------------------------------------------------------
+class NoLeader(QkvError):
+    code = "no_leader"
+    default_message = "etcdserver: no leader"
+    retryable = True
+
+
+class Timeout(QkvError):
+    code = "timeout"
+    default_message = "etcdserver: request timed out"
+
+
+class UnknownOutcome(QkvError):
+    code = "unknown_outcome"
+    default_message = "request outcome unknown: the node restarted while it was in flight"
+
+
+class Unavailable(QkvError):
+    code = "unavailable"
+    default_message = "service unavailable"
+    retryable = True
+
+
+class Stopping(QkvError):
+    code = "stopping"
+    default_message = "etcdserver: server stopped"
+    retryable = True
+
+
+class Internal(QkvError):
+    code = "internal"
+    default_message = "internal error"
+
+
+ERRORS_BY_CODE: dict[str, type[QkvError]] = {
+    cls.code: cls
+    for cls in (
+        Malformed, UnknownOp, InvalidArgument, KeyNotProvided, RequestTooLarge, TooManyOps,
+        DuplicateKey, Compacted, KeyNotFound, FutureRevision, LeaseNotFound, NoLeader, Timeout,
+        UnknownOutcome, Unavailable, Stopping, Internal,
+    )
+}
