@@ -1,0 +1,189 @@
+"""The event loop every actor shares.
+
+One zmq.Context per process, created here after the process started (never inherited
+across fork). One thread: a Poller over the actor's sockets, timers, and a `flush()`
+hook that runs after every batch of received messages, so actors can batch work (one
+fsync, one storage write, one send for many requests). Handlers drain their socket with
+non-blocking receives (far faster than one poll per message).
+
+The actor stops cleanly on SIGTERM/SIGINT, and on its own when the supervisor that
+started it disappears (PR_SET_PDEATHSIG plus a parent-pid check), so a `kill -9` of the
+supervisor leaves no orphans.
+"""
+from __future__ import annotations
+
+import ctypes
+import heapq
+import itertools
+import os
+import signal
+import time
+from typing import Any, Callable
+
+import zmq
+
+from actors.runtime import log as runtime_log
+from actors.runtime import messages as M
+from nodes.config import Config
+from nodes.endpoints import Endpoints
+from protocol.codec import pack_msg
+
+DRAIN_MAX = 2048  # messages taken from one socket before other sockets get a turn
+
+
+def _set_parent_death_signal() -> None:
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
+class Actor:
+    role = "actor"
+
+    def __init__(self, cfg: Config, endpoints: Endpoints) -> None:
+        self.cfg = cfg
+        self.endpoints = endpoints
+        self.log = runtime_log.configure(cfg.log_level, cfg.log_format, node=cfg.name, actor=self.role)
+        self.ctx = zmq.Context()
+        self.poller = zmq.Poller()
+        self._handlers: dict[zmq.Socket, Callable[[list[bytes]], None]] = {}
+        self._timers: list[tuple[float, int, Callable[[], None]]] = []
+        self._seq = itertools.count()
+        self.stopping = False
+        self._supervisor_pid = int(os.environ.get("QKV_SUPERVISOR_PID", "0"))
+
+    # --- sockets -------------------------------------------------------------------
+    def socket(
+        self,
+        kind: int,
+        *,
+        bind: str | list[str] | None = None,
+        connect: str | None = None,
+        handler: Callable[[list[bytes]], None] | None = None,
+        hwm: int = 100_000,
+        **options: Any,
+    ) -> zmq.Socket:
+        sock = self.ctx.socket(kind)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.SNDHWM, hwm)
+        sock.setsockopt(zmq.RCVHWM, hwm)
+        if kind == zmq.ROUTER:
+            sock.setsockopt(zmq.ROUTER_MANDATORY, 1)  # a reply that cannot go raises, never vanishes
+        for name, value in options.items():
+            sock.setsockopt(getattr(zmq, name.upper()), value)
+        for url in [bind] if isinstance(bind, str) else (bind or []):
+            sock.bind(url)
+        if connect:
+            sock.connect(connect)
+        if handler is not None:
+            self._handlers[sock] = handler
+            self.poller.register(sock, zmq.POLLIN)
+        return sock
+
+    @staticmethod
+    def send_router(sock: zmq.Socket, identity: bytes, frame: bytes) -> bool:
+        """Reply through a ROUTER; False (and nothing sent) when the peer is gone or full."""
+        try:
+            sock.send_multipart([identity, frame], zmq.NOBLOCK)
+            return True
+        except zmq.ZMQError:
+            return False
+
+    # --- timers --------------------------------------------------------------------
+    def call_later(self, delay_s: float, fn: Callable[[], None]) -> None:
+        heapq.heappush(self._timers, (time.monotonic() + delay_s, next(self._seq), fn))
+
+    def every(self, interval_s: float, fn: Callable[[], None]) -> None:
+        def tick() -> None:
+            fn()
+            self.call_later(interval_s, tick)
+
+        self.call_later(interval_s, tick)
+
+    # --- hooks ---------------------------------------------------------------------
+    def setup(self) -> None:
+        """Create sockets and state; runs inside the loop's process."""
+
+    def flush(self) -> None:
+        """Runs after every batch of received messages and timers."""
+
+    def poll_timeout_ms(self) -> int | None:
+        """An actor with pending work returns 0 to poll without waiting."""
+        return None
+
+    def shutdown(self) -> None:
+        """Release resources; runs once when the loop ends."""
+
+    # --- the loop ------------------------------------------------------------------
+    def _check_parent(self) -> None:
+        if self._supervisor_pid and os.getppid() != self._supervisor_pid:
+            self.log.warning("supervisor_gone", supervisor_pid=self._supervisor_pid)
+            self.stopping = True
+
+    def _on_signal(self, signum: int, _frame: Any) -> None:
+        self.stopping = True
+
+    def _report_ready(self) -> None:
+        if not self._supervisor_pid:
+            return
+        sock = self.ctx.socket(zmq.PUSH)
+        sock.setsockopt(zmq.LINGER, 1000)
+        sock.connect(self.endpoints.supervisor)
+        try:
+            sock.send(pack_msg(M.READY, [self.role, os.getpid()]), zmq.NOBLOCK)
+        except zmq.ZMQError:
+            pass
+        sock.close()
+
+    def run(self) -> int:
+        _set_parent_death_signal()
+        signal.signal(signal.SIGTERM, self._on_signal)
+        signal.signal(signal.SIGINT, self._on_signal)
+        self._check_parent()
+        try:
+            self.setup()
+            self.every(0.25, self._check_parent)
+            self._report_ready()
+            self.log.info("actor_started", pid=os.getpid())
+            while not self.stopping:
+                self._loop_once()
+        except Exception:
+            self.log.exception("actor_crashed")
+            raise
+        finally:
+            self.log.info("actor_stopping")
+            try:
+                self.shutdown()
+            finally:
+                self.ctx.destroy(linger=0)
+        return 0
+
+    def _loop_once(self) -> None:
+        now = time.monotonic()
+        timeout_ms = 100
+        if self._timers:
+            timeout_ms = min(timeout_ms, max(0, int((self._timers[0][0] - now) * 1000) + 1))
+        hint = self.poll_timeout_ms()
+        if hint is not None:
+            timeout_ms = min(timeout_ms, hint)
+        try:
+            events = self.poller.poll(timeout_ms)
+        except zmq.ZMQError as exc:
+            if exc.errno == zmq.EINTR:  # a signal; the handler set a flag
+                return
+            raise
+        for sock, _ in events:
+            handler = self._handlers[sock]
+            for _ in range(DRAIN_MAX):
+                try:
+                    frames = sock.recv_multipart(zmq.NOBLOCK)
+                except zmq.Again:
+                    break
+                handler(frames)
+        now = time.monotonic()
+        while self._timers and self._timers[0][0] <= now:
+            _, _, fn = heapq.heappop(self._timers)
+            fn()
+        self.flush()

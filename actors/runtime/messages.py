@@ -1,0 +1,34 @@
+"""Type codes of the messages between the actors of one node (never on a public port).
+
+Every internal frame is `codec.pack_msg(TYPE, body)`: version byte, type byte, msgpack
+body. Bodies are arrays with the positions documented here. Every reply names the
+request it answers (a request id, a ctx id or a log index), so a lost reply can be
+asked for again.
+"""
+
+# gateway -> consensus (ROUTER at Endpoints.consensus)
+PROPOSE = 1           # [[req_id, data], ...]   data = packed [origin_member_id, req_id, op]
+PROPOSE_ACK = 2       # [epoch, [accepted req_id, ...], [[req_id, error_wire], ...]]
+READ_INDEX = 3        # [ctx_id]
+READ_INDEX_RESP = 4   # [ctx_id, index, error_wire | None]
+# storage -> consensus
+FETCH = 5             # [after_index, durable_applied_index, max_entries]
+ENTRIES = 6           # [[[index, term, type, data], ...], commit_index, term]
+# anyone -> consensus
+STATUS = 7            # []
+STATUS_RESP = 8       # {epoch, member_id, term, lead, state, commit, first_index, last_index}
+
+# gateway -> storage (ROUTER at Endpoints.storage)
+READ = 20             # [[req_id, op, min_applied_index], ...]
+READ_RESP = 21        # [[req_id, response | None, error_wire | None, revision, raft_term], ...]
+STORAGE_STATUS = 22   # []
+STORAGE_STATUS_RESP = 23  # {applied_index, revision, compact_revision, db_size, db_size_in_use, raft_term}
+
+# storage -> gateway (PUSH to Endpoints.gateway_results)
+RESULTS = 30          # [[req_id, response | None, error_wire | None, revision, raft_term], ...]
+
+# storage -> watch (PUSH to Endpoints.watch_events)
+EVENTS = 40           # [revision, [[type, kv, prev_kv], ...]]
+
+# actor -> supervisor (PUSH to Endpoints.supervisor)
+READY = 50            # [role, pid]

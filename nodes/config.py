@@ -1,0 +1,246 @@
+"""Node configuration: flags, `QKV_*` environment variables and a TOML config file.
+
+Precedence: command-line flag > environment (`QKV_DATA_DIR` for `--data-dir`) > config
+file (`--config-file`, TOML with the flags' names as keys, e.g. `data-dir = "x"`) >
+default. Every value is validated here, once; a bad value is refused with a one-line
+`ConfigError` naming the flag. The validated `Config` is handed to every actor as JSON.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import tomllib
+from dataclasses import dataclass, field
+from typing import Any, Callable
+from urllib.parse import urlsplit
+
+VERSION = "0.1.0"
+
+
+class ConfigError(Exception):
+    """A flag value that cannot be used; the message names the flag."""
+
+
+def _positive_int(flag: str, raw: Any, minimum: int = 1, maximum: int | None = None) -> int:
+    if isinstance(raw, bool):
+        raise ConfigError(f"invalid {flag} {raw!r}: must be an integer")
+    try:
+        value = int(raw)
+    except (TypeError, ValueError):
+        raise ConfigError(f"invalid {flag} {raw!r}: must be an integer") from None
+    if value < minimum or (maximum is not None and value > maximum):
+        bound = f"between {minimum} and {maximum}" if maximum is not None else f">= {minimum}"
+        raise ConfigError(f"invalid {flag} {raw!r}: must be {bound}")
+    return value
+
+
+def _zmq_url(flag: str, raw: str) -> str:
+    raw = raw.strip()
+    parts = urlsplit(raw)
+    if parts.scheme != "tcp" or not parts.hostname or parts.path not in ("", "/"):
+        raise ConfigError(f"invalid {flag} {raw!r}: must be a ZeroMQ URL like tcp://127.0.0.1:7379")
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    if port is None:
+        raise ConfigError(f"invalid {flag} {raw!r}: the URL needs a port (1-65535)")
+    return f"tcp://{parts.hostname}:{port}" if ":" not in parts.hostname else f"tcp://[{parts.hostname}]:{port}"
+
+
+def _url_list(flag: str, raw: Any) -> list[str]:
+    items = raw if isinstance(raw, list) else str(raw).split(",")
+    urls = [_zmq_url(flag, str(item)) for item in items if str(item).strip()]
+    if not urls:
+        raise ConfigError(f"invalid {flag} {raw!r}: at least one URL is needed")
+    return urls
+
+
+def _choice(flag: str, raw: Any, choices: tuple[str, ...]) -> str:
+    value = str(raw).strip().lower()
+    if value not in choices:
+        raise ConfigError(f"invalid {flag} {raw!r}: must be one of {', '.join(choices)}")
+    return value
+
+
+def _name(flag: str, raw: Any) -> str:
+    value = str(raw).strip()
+    if not value or any(c in value for c in ",=/ \t\n"):
+        raise ConfigError(f"invalid {flag} {raw!r}: must be non-empty, without ',', '=', '/' or spaces")
+    return value
+
+
+def member_id(token: str, name: str) -> int:
+    """A member's id: derived from the cluster token and its name, as stable as etcd's."""
+    digest = hashlib.sha256(f"{token}/{name}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") or 1
+
+
+def cluster_id(token: str, member_ids: list[int]) -> int:
+    text = token + "/" + ",".join(str(m) for m in sorted(member_ids))
+    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "big") or 1
+
+
+@dataclass(frozen=True)
+class Member:
+    name: str
+    id: int
+    peer_urls: list[str]
+
+
+@dataclass(frozen=True)
+class Config:
+    name: str = "default"
+    data_dir: str = ""
+    listen_client_urls: list[str] = field(default_factory=lambda: ["tcp://127.0.0.1:7379"])
+    advertise_client_urls: list[str] = field(default_factory=list)
+    listen_peer_urls: list[str] = field(default_factory=lambda: ["tcp://127.0.0.1:7380"])
+    initial_advertise_peer_urls: list[str] = field(default_factory=list)
+    listen_watch_urls: list[str] = field(default_factory=lambda: ["tcp://127.0.0.1:7381"])
+    initial_cluster: str = ""
+    initial_cluster_state: str = "new"
+    initial_cluster_token: str = "qkv-cluster"
+    heartbeat_interval: int = 100  # ms
+    election_timeout: int = 1000  # ms
+    snapshot_count: int = 10_000
+    max_request_bytes: int = 1_572_864
+    max_txn_ops: int = 128
+    quota_backend_bytes: int = 2 * 1024**3
+    log_level: str = "info"
+    log_format: str = "json"
+
+    # --- derived -----------------------------------------------------------------
+    @property
+    def members(self) -> list[Member]:
+        """The initial cluster, parsed from `--initial-cluster` (name=url,name=url)."""
+        by_name: dict[str, list[str]] = {}
+        for item in self.initial_cluster.split(","):
+            name, url = item.split("=", 1)
+            by_name.setdefault(name.strip(), []).append(url.strip())
+        return [Member(n, member_id(self.initial_cluster_token, n), urls) for n, urls in by_name.items()]
+
+    @property
+    def member_id(self) -> int:
+        return member_id(self.initial_cluster_token, self.name)
+
+    @property
+    def cluster_id(self) -> int:
+        return cluster_id(self.initial_cluster_token, [m.id for m in self.members])
+
+    @property
+    def heartbeat_tick(self) -> int:
+        return 1
+
+    @property
+    def election_tick(self) -> int:
+        return max(2, round(self.election_timeout / self.heartbeat_interval))
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str) -> "Config":
+        return cls(**json.loads(text))
+
+
+# flag name -> (validator, Config field). Order = the order of `qkv --help`.
+_V = Callable[[str, Any], Any]
+FLAGS: dict[str, _V] = {
+    "name": _name,
+    "data-dir": lambda f, v: str(v),
+    "listen-client-urls": _url_list,
+    "advertise-client-urls": _url_list,
+    "listen-peer-urls": _url_list,
+    "initial-advertise-peer-urls": _url_list,
+    "listen-watch-urls": _url_list,
+    "initial-cluster": lambda f, v: str(v).strip(),
+    "initial-cluster-state": lambda f, v: _choice(f, v, ("new", "existing")),
+    "initial-cluster-token": lambda f, v: _name(f, v),
+    "heartbeat-interval": lambda f, v: _positive_int(f, v, 1, 5000),
+    "election-timeout": lambda f, v: _positive_int(f, v, 1, 50000),
+    "snapshot-count": lambda f, v: _positive_int(f, v, 1),
+    "max-request-bytes": lambda f, v: _positive_int(f, v, 1024, 64 * 1024 * 1024),
+    "max-txn-ops": lambda f, v: _positive_int(f, v, 1, 100_000),
+    "quota-backend-bytes": lambda f, v: _positive_int(f, v, 0),
+    "log-level": lambda f, v: _choice(f, v, ("debug", "info", "warning", "error")),
+    "log-format": lambda f, v: _choice(f, v, ("json", "console")),
+}
+
+
+def env_name(flag: str) -> str:
+    return "QKV_" + flag.upper().replace("-", "_")
+
+
+def load_config(
+    flags: dict[str, Any], env: dict[str, str] | None = None, config_file: str | None = None
+) -> Config:
+    """Merge flags > env > config file > defaults, validate, and derive the rest."""
+    env = os.environ if env is None else env
+    config_file = config_file or env.get("QKV_CONFIG_FILE")
+    raw: dict[str, Any] = {}
+    if config_file:
+        try:
+            with open(config_file, "rb") as f:
+                from_file = tomllib.load(f)
+        except OSError as exc:
+            raise ConfigError(f"invalid --config-file {config_file!r}: {exc.strerror}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"invalid --config-file {config_file!r}: {exc}") from None
+        for key, value in from_file.items():
+            flag = key.replace("_", "-")
+            if flag not in FLAGS:
+                raise ConfigError(f"invalid --config-file {config_file!r}: unknown setting {key!r}")
+            raw[flag] = (f"--config-file {key}", value)
+    for flag in FLAGS:
+        if env.get(env_name(flag)) not in (None, ""):
+            raw[flag] = (env_name(flag), env[env_name(flag)])
+    for flag, value in flags.items():
+        if value is not None:
+            if flag not in FLAGS:
+                raise ConfigError(f"unknown flag --{flag}")
+            raw[flag] = (f"--{flag}", value)
+
+    values: dict[str, Any] = {}
+    for flag, (source, value) in raw.items():
+        label = source if source.startswith("--config-file") or source.startswith("QKV_") else f"--{flag}"
+        values[flag.replace("-", "_")] = FLAGS[flag](label if label.startswith("--") else f"--{flag} (from {label})", value)
+
+    cfg = Config(**values)
+    changes: dict[str, Any] = {}
+    if not cfg.data_dir:
+        changes["data_dir"] = f"{cfg.name}.qkv"
+    if not cfg.advertise_client_urls:
+        changes["advertise_client_urls"] = list(cfg.listen_client_urls)
+    if not cfg.initial_advertise_peer_urls:
+        changes["initial_advertise_peer_urls"] = list(cfg.listen_peer_urls)
+    if not cfg.initial_cluster:
+        peers = changes.get("initial_advertise_peer_urls", cfg.initial_advertise_peer_urls)
+        changes["initial_cluster"] = ",".join(f"{cfg.name}={u}" for u in peers)
+    cfg = dataclasses.replace(cfg, **changes)
+    _check(cfg)
+    return cfg
+
+
+def _check(cfg: Config) -> None:
+    if cfg.election_timeout < 5 * cfg.heartbeat_interval:
+        raise ConfigError(
+            f"invalid --election-timeout {cfg.election_timeout}: must be at least 5 x --heartbeat-interval "
+            f"({cfg.heartbeat_interval})"
+        )
+    names: set[str] = set()
+    for item in cfg.initial_cluster.split(","):
+        if "=" not in item:
+            raise ConfigError(f"invalid --initial-cluster {cfg.initial_cluster!r}: expected name=url,name=url")
+        name, url = item.split("=", 1)
+        _name("--initial-cluster", name)
+        _zmq_url("--initial-cluster", url)
+        names.add(name.strip())
+    if cfg.name not in names:
+        raise ConfigError(
+            f"invalid --initial-cluster {cfg.initial_cluster!r}: it has no member named {cfg.name!r} (--name)"
+        )
+    ids = [m.id for m in cfg.members]
+    if len(set(ids)) != len(ids):
+        raise ConfigError(f"invalid --initial-cluster {cfg.initial_cluster!r}: duplicate member")

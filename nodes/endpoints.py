@@ -1,0 +1,57 @@
+"""Every address a node uses, derived in one place.
+
+Actors of one node talk over ipc:// sockets in a short per-node run directory (ipc
+paths are limited to 107 characters, so it lives under the system temp dir, named by
+a hash of the absolute data dir). Public endpoints (client, peer, watch) come from the
+config.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from dataclasses import dataclass
+
+
+def run_dir_for(data_dir: str) -> str:
+    digest = hashlib.sha256(os.path.abspath(data_dir).encode()).hexdigest()[:12]
+    return os.path.join(tempfile.gettempdir(), f"qkv-{digest}")
+
+
+@dataclass(frozen=True)
+class Endpoints:
+    run_dir: str
+
+    def _ipc(self, name: str) -> str:
+        return f"ipc://{os.path.join(self.run_dir, name)}.ipc"
+
+    @property
+    def consensus(self) -> str:
+        """consensus ROUTER: proposals and read-index requests (gateway), entry fetches (storage)."""
+        return self._ipc("consensus")
+
+    @property
+    def storage(self) -> str:
+        """storage ROUTER: reads and status (gateway), history (watch)."""
+        return self._ipc("storage")
+
+    @property
+    def gateway_results(self) -> str:
+        """gateway PULL: results of applied writes, pushed by storage."""
+        return self._ipc("results")
+
+    @property
+    def watch_events(self) -> str:
+        """watch PULL: applied events, pushed by storage."""
+        return self._ipc("events")
+
+    @property
+    def supervisor(self) -> str:
+        """supervisor PULL: readiness reports from the actors."""
+        return self._ipc("supervisor")
+
+    def ipc_files(self) -> list[str]:
+        return [
+            url[len("ipc://"):]
+            for url in (self.consensus, self.storage, self.gateway_results, self.watch_events, self.supervisor)
+        ]
