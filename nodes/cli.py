@@ -1,0 +1,72 @@
+"""`qkv`: run one quorumkv node in the foreground (etcd's flags, see `qkv --help`)."""
+from __future__ import annotations
+
+import sys
+from typing import Optional
+
+import typer
+
+from nodes.config import VERSION, ConfigError, load_config
+
+app = typer.Typer(add_completion=False, context_settings={"help_option_names": ["-h", "--help"]})
+
+_ENV = "Also settable as QKV_{} or in the --config-file."
+
+
+def _opt(help_text: str) -> typer.models.OptionInfo:
+    return typer.Option(None, help=help_text, show_default=False)
+
+
+@app.command()
+def run(
+    name: Optional[str] = _opt("Human-readable name for this member. [default: default]"),
+    data_dir: Optional[str] = _opt("Path to the data directory. [default: <name>.qkv]"),
+    listen_client_urls: Optional[str] = _opt("URLs to serve clients on. [default: tcp://127.0.0.1:7379]"),
+    advertise_client_urls: Optional[str] = _opt("Client URLs to advertise to the cluster. [default: the listen URLs]"),
+    listen_peer_urls: Optional[str] = _opt("URLs to talk to peers on. [default: tcp://127.0.0.1:7380]"),
+    initial_advertise_peer_urls: Optional[str] = _opt("Peer URLs to advertise. [default: the listen peer URLs]"),
+    listen_watch_urls: Optional[str] = _opt("URLs to publish watch events on. [default: tcp://127.0.0.1:7381]"),
+    initial_cluster: Optional[str] = _opt("Initial cluster: name=peer-url,... [default: <name>=<peer url>]"),
+    initial_cluster_state: Optional[str] = _opt("new or existing. [default: new]"),
+    initial_cluster_token: Optional[str] = _opt("Initial cluster token. [default: qkv-cluster]"),
+    heartbeat_interval: Optional[str] = _opt("Time of a heartbeat interval, in ms. [default: 100]"),
+    election_timeout: Optional[str] = _opt("Time of an election timeout, in ms. [default: 1000]"),
+    snapshot_count: Optional[str] = _opt("Applied entries between log compactions. [default: 10000]"),
+    max_request_bytes: Optional[str] = _opt("Largest client request, in bytes. [default: 1572864]"),
+    max_txn_ops: Optional[str] = _opt("Most operations in one txn. [default: 128]"),
+    quota_backend_bytes: Optional[str] = _opt("Backend size quota, in bytes. [default: 2147483648]"),
+    log_level: Optional[str] = _opt("debug, info, warning or error. [default: info]"),
+    log_format: Optional[str] = _opt("json or console. [default: json]"),
+    config_file: Optional[str] = _opt("A TOML file with any of these settings (flag names as keys)."),
+    version: bool = typer.Option(False, "--version", help="Print the version and exit."),
+) -> None:
+    """Run a quorumkv node. Every flag can also be given as QKV_<FLAG> in the environment
+    (e.g. QKV_DATA_DIR) or in the TOML --config-file; flags win over the environment,
+    which wins over the file."""
+    if version:
+        typer.echo(f"qkv version {VERSION}")
+        raise typer.Exit(0)
+    flags = {k.replace("_", "-"): v for k, v in locals().items() if k not in ("config_file", "version")}
+    try:
+        cfg = load_config(flags, config_file=config_file)
+    except ConfigError as exc:
+        typer.echo(f"qkv: {exc}", err=True)
+        raise typer.Exit(2)
+
+    from nodes.supervisor import StartupError, Supervisor
+
+    supervisor = Supervisor(cfg)
+    try:
+        supervisor.prepare()
+    except StartupError as exc:
+        typer.echo(f"qkv: {exc}", err=True)
+        raise typer.Exit(1)
+    raise typer.Exit(supervisor.run())
+
+
+def main() -> None:
+    app(prog_name="qkv")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,249 @@
+"""The supervisor: owns the data dir and the config, starts the four actors as separate
+processes (`python -m actors <role>`, never fork), restarts any that dies, and stops them
+all on SIGTERM/SIGINT.
+
+Rules:
+- one supervisor per data dir (an flock on `<data-dir>/LOCK`);
+- the data dir remembers its cluster token and member name (`<data-dir>/member.json`); a
+  node started with other values refuses to start;
+- each actor is in its own process group, so a terminal's Ctrl-C reaches only the
+  supervisor, which then stops the actors in order;
+- an actor that dies is restarted at once, then with a growing delay if it keeps dying;
+- actors exit by themselves when the supervisor disappears (see actors/runtime/actor.py).
+"""
+from __future__ import annotations
+
+import errno
+import fcntl
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+
+import zmq
+
+from actors.runtime import log as runtime_log
+from actors.runtime import messages as M
+from nodes.config import VERSION, Config
+from nodes.endpoints import Endpoints, run_dir_for
+from protocol.codec import unpack_msg
+
+ROLES = ("consensus", "storage", "watch", "gateway")  # start order; stopped in reverse
+STOP_GRACE_S = 4.0
+RESTART_DELAY_MAX_S = 5.0
+
+
+class StartupError(Exception):
+    """The node cannot start; the message says why in one line."""
+
+
+@dataclass
+class Child:
+    role: str
+    proc: subprocess.Popen | None = None
+    started_at: float = 0.0
+    restarts: int = 0
+    restart_at: float | None = None
+    ready: bool = False
+    history: list[float] = field(default_factory=list)
+
+
+def _sd_notify(state: str) -> None:
+    address = os.environ.get("NOTIFY_SOCKET")
+    if not address:
+        return
+    if address.startswith("@"):
+        address = "\0" + address[1:]
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+            sock.connect(address)
+            sock.sendall(state.encode())
+    except OSError:
+        pass
+
+
+def _check_port_free(flag: str, url: str) -> None:
+    host, port = url[len("tcp://"):].rsplit(":", 1)
+    host = host.strip("[]")
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host if host != "*" else "0.0.0.0", int(port)))
+        except OSError as exc:
+            raise StartupError(f"cannot listen on {flag} {url}: {exc.strerror}") from None
+
+
+class Supervisor:
+    def __init__(self, cfg: Config) -> None:
+        self.cfg = cfg
+        self.data_dir = os.path.abspath(cfg.data_dir)
+        self.endpoints = Endpoints(run_dir_for(self.data_dir))
+        self.log = runtime_log.configure(cfg.log_level, cfg.log_format, node=cfg.name, actor="supervisor")
+        self.children = {role: Child(role) for role in ROLES}
+        self.stopping = False
+        self._lock_fd: int | None = None
+
+    # --- start-up ------------------------------------------------------------------
+    def prepare(self) -> None:
+        os.makedirs(self.data_dir, exist_ok=True)
+        self._lock_fd = os.open(os.path.join(self.data_dir, "LOCK"), os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
+                raise StartupError(f"data dir {self.data_dir} is in use by another qkv process") from None
+            raise
+        self._check_member_file()
+        for flag, urls in (
+            ("--listen-client-urls", self.cfg.listen_client_urls),
+            ("--listen-peer-urls", self.cfg.listen_peer_urls),
+            ("--listen-watch-urls", self.cfg.listen_watch_urls),
+        ):
+            for url in urls:
+                _check_port_free(flag, url)
+        os.makedirs(self.endpoints.run_dir, exist_ok=True)
+        for path in self.endpoints.ipc_files():  # a stale ipc file would steal connections
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
+        self.config_path = os.path.join(self.endpoints.run_dir, "config.json")
+        with open(self.config_path + ".tmp", "w") as f:
+            f.write(self.cfg.to_json())
+        os.replace(self.config_path + ".tmp", self.config_path)
+
+    def _check_member_file(self) -> None:
+        path = os.path.join(self.data_dir, "member.json")
+        mine = {
+            "name": self.cfg.name,
+            "member_id": self.cfg.member_id,
+            "cluster_id": self.cfg.cluster_id,
+            "initial_cluster_token": self.cfg.initial_cluster_token,
+        }
+        try:
+            with open(path) as f:
+                stored = json.load(f)
+        except FileNotFoundError:
+            with open(path + ".tmp", "w") as f:
+                json.dump(mine, f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(path + ".tmp", path)
+            return
+        for key, flag in (("name", "--name"), ("initial_cluster_token", "--initial-cluster-token")):
+            if stored.get(key) != mine[key]:
+                raise StartupError(
+                    f"{flag} {mine[key]!r} does not match the data dir {self.data_dir} "
+                    f"(it belongs to {key} {stored.get(key)!r})"
+                )
+        if stored.get("cluster_id") != mine["cluster_id"]:
+            raise StartupError(
+                f"--initial-cluster does not match the data dir {self.data_dir} "
+                f"(cluster id {stored.get('cluster_id'):x}, the flags give {mine['cluster_id']:x})"
+            )
+
+    # --- children ------------------------------------------------------------------
+    def _spawn(self, child: Child) -> None:
+        env = dict(os.environ, QKV_SUPERVISOR_PID=str(os.getpid()))
+        child.proc = subprocess.Popen(
+            [sys.executable, "-m", "actors", child.role, "--config", self.config_path],
+            env=env,
+            start_new_session=True,
+            stdin=subprocess.DEVNULL,
+        )
+        child.started_at = time.monotonic()
+        child.restart_at = None
+        child.ready = False
+        self.log.info("actor_spawned", role=child.role, pid=child.proc.pid, restarts=child.restarts)
+
+    def _reap(self) -> None:
+        now = time.monotonic()
+        for child in self.children.values():
+            if child.proc is None or child.proc.poll() is None:
+                continue
+            code = child.proc.returncode
+            self.log.warning("actor_died", role=child.role, pid=child.proc.pid, exit_code=code)
+            child.proc = None
+            child.ready = False
+            child.restarts += 1
+            child.history = [t for t in child.history if now - t < 30] + [now]
+            # Restart at once the first time; back off if it keeps dying.
+            delay = 0.0 if len(child.history) <= 1 else min(RESTART_DELAY_MAX_S, 0.25 * 2 ** (len(child.history) - 2))
+            child.restart_at = now + delay
+        for child in self.children.values():
+            if child.proc is None and child.restart_at is not None and child.restart_at <= now:
+                self._spawn(child)
+
+    def _on_signal(self, signum: int, _frame: object) -> None:
+        self.stopping = True
+
+    def run(self) -> int:
+        signal.signal(signal.SIGTERM, self._on_signal)
+        signal.signal(signal.SIGINT, self._on_signal)
+        signal.signal(signal.SIGHUP, self._on_signal)
+        ctx = zmq.Context()
+        ready_sock = ctx.socket(zmq.PULL)
+        ready_sock.setsockopt(zmq.LINGER, 0)
+        ready_sock.bind(self.endpoints.supervisor)
+        announced = False
+        try:
+            self.log.info(
+                "node_starting", version=VERSION, data_dir=self.data_dir, member_id=f"{self.cfg.member_id:x}",
+                client_urls=self.cfg.listen_client_urls, watch_urls=self.cfg.listen_watch_urls,
+            )
+            for role in ROLES:
+                self._spawn(self.children[role])
+            while not self.stopping:
+                if ready_sock.poll(50):
+                    while True:
+                        try:
+                            msg_type, body = unpack_msg(ready_sock.recv(zmq.NOBLOCK))
+                        except zmq.Again:
+                            break
+                        except Exception:
+                            continue
+                        if msg_type == M.READY and body[0] in self.children:
+                            child = self.children[body[0]]
+                            if child.proc is not None and child.proc.pid == body[1]:
+                                child.ready = True
+                if not announced and all(c.ready for c in self.children.values()):
+                    announced = True
+                    self.log.info("node_ready", client_urls=self.cfg.advertise_client_urls)
+                    _sd_notify("READY=1")
+                self._reap()
+        finally:
+            _sd_notify("STOPPING=1")
+            self.stop()
+            ctx.destroy(linger=0)
+        return 0
+
+    def stop(self) -> None:
+        started = time.monotonic()
+        live = [c for c in reversed([self.children[r] for r in ROLES]) if c.proc is not None]
+        for child in live:
+            try:
+                child.proc.send_signal(signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+        deadline = started + STOP_GRACE_S
+        for child in live:
+            try:
+                child.proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                self.log.warning("actor_killed_on_stop", role=child.role, pid=child.proc.pid)
+                child.proc.kill()
+                child.proc.wait()
+        for path in self.endpoints.ipc_files():
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
+        self.log.info("node_stopped", took_ms=round((time.monotonic() - started) * 1000))
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
