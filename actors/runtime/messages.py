@@ -15,14 +15,14 @@ READ_INDEX_RESP = 4   # [ctx_id, index, error_wire | None]
 FETCH = 5             # [after_index, durable_applied_index, max_entries]
 ENTRIES = 6           # [[[index, term, type, data], ...], commit_index, term]
 # anyone -> consensus
-STATUS = 7            # []
-STATUS_RESP = 8       # {epoch, member_id, term, lead, state, commit, first_index, last_index}
+STATUS = 7            # [ctx_id]
+STATUS_RESP = 8       # [ctx_id, {epoch, member_id, term, lead, state, commit, first_index, last_index}]
 
 # gateway -> storage (ROUTER at Endpoints.storage)
 READ = 20             # [[req_id, op, min_applied_index], ...]
 READ_RESP = 21        # [[req_id, response | None, error_wire | None, revision, raft_term], ...]
-STORAGE_STATUS = 22   # []
-STORAGE_STATUS_RESP = 23  # {applied_index, revision, compact_revision, db_size, db_size_in_use, raft_term}
+STORAGE_STATUS = 22   # [ctx_id]
+STORAGE_STATUS_RESP = 23  # [ctx_id, {applied_index, revision, compact_revision, db_size, db_size_in_use, raft_term}]
 
 # storage -> gateway (PUSH to Endpoints.gateway_results)
 RESULTS = 30          # [[req_id, response | None, error_wire | None, revision, raft_term], ...]

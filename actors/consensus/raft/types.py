@@ -1,0 +1,274 @@
+"""Value types of the Raft core: entries, hard/soft state, messages, Ready, Config.
+
+Rules:
+- Nothing here performs I/O; the types are plain data.
+- `Message.from_wire` is the single gate for bytes that came from a peer: it checks every
+  field's type and range and the message's internal consistency, and raises `ValueError`
+  on anything else. The core may then trust the shape of a message (not its truth).
+- Local message types (HUP, BEAT, PROP) never travel on the wire.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from enum import IntEnum
+
+# Upper bound for any integer on the wire (terms, indexes, ids): keeps arithmetic sane.
+WIRE_INT_MAX = (1 << 63) - 1
+# Context of a VOTE that follows a leadership transfer: bypasses the follower lease.
+CAMPAIGN_TRANSFER = b"CampaignTransfer"
+# Bytes charged per entry on top of its data when sizing messages.
+ENTRY_OVERHEAD_BYTES = 16
+
+
+class ProposalDropped(Exception):
+    """The node cannot take the request now (not leader, no leader, transferring)."""
+
+
+class EntryType(IntEnum):
+    NORMAL = 0
+    CONF_CHANGE = 1  # reserved: membership changes are not implemented yet
+
+
+@dataclass(slots=True)
+class Entry:
+    term: int
+    index: int
+    type: int = 0
+    data: bytes = b""
+
+    def size(self) -> int:
+        return len(self.data) + ENTRY_OVERHEAD_BYTES
+
+
+@dataclass
+class HardState:
+    """What must be on disk before any message that depends on it is sent."""
+
+    term: int = 0
+    vote: int = 0  # 0 = voted for nobody in `term`
+    commit: int = 0  # commit <= last index of the log
+
+
+@dataclass
+class SnapshotMeta:
+    """The log compaction point: entries <= index are gone; (index, term) is remembered."""
+
+    index: int = 0
+    term: int = 0
+
+
+class StateType(IntEnum):
+    FOLLOWER = 0
+    CANDIDATE = 1
+    LEADER = 2
+    PRE_CANDIDATE = 3
+
+
+@dataclass
+class SoftState:
+    """Volatile state worth telling the shell about; never persisted."""
+
+    lead: int  # 0 = no known leader
+    raft_state: StateType
+
+
+@dataclass
+class ReadState:
+    """A linearizable read may be served once `applied >= index`."""
+
+    index: int
+    request_ctx: bytes
+
+
+class MessageType(IntEnum):
+    HUP = 0  # local: start an election
+    BEAT = 1  # local: leader sends heartbeats
+    PROP = 2  # local: propose entries
+    APP = 3
+    APP_RESP = 4
+    VOTE = 5
+    VOTE_RESP = 6
+    PRE_VOTE = 7
+    PRE_VOTE_RESP = 8
+    HEARTBEAT = 9
+    HEARTBEAT_RESP = 10
+    READ_INDEX = 11
+    READ_INDEX_RESP = 12
+    TIMEOUT_NOW = 13
+    TRANSFER_LEADER = 14
+    SNAP = 15  # reserved: snapshot transfer is not implemented yet
+
+
+LOCAL_MESSAGE_TYPES = frozenset({MessageType.HUP, MessageType.BEAT, MessageType.PROP})
+_VALID_MESSAGE_TYPES = frozenset(int(t) for t in MessageType) - {int(MessageType.SNAP)}
+_VALID_ENTRY_TYPES = frozenset({int(EntryType.NORMAL)})
+
+
+def vote_resp_type(t: MessageType) -> MessageType:
+    if t == MessageType.VOTE:
+        return MessageType.VOTE_RESP
+    assert t == MessageType.PRE_VOTE, t
+    return MessageType.PRE_VOTE_RESP
+
+
+@dataclass
+class Message:
+    type: MessageType
+    to: int
+    frm: int
+    term: int = 0
+    log_term: int = 0
+    index: int = 0
+    entries: list[Entry] = field(default_factory=list)
+    commit: int = 0
+    reject: bool = False
+    reject_hint: int = 0
+    context: bytes = b""
+
+    # Wire layout (a msgpack array, positions fixed):
+    # [type, to, frm, term, log_term, index, [[term, index, type, data], ...], commit,
+    #  reject (0/1), reject_hint, context]
+    def to_wire(self) -> list:
+        return [
+            int(self.type),
+            self.to,
+            self.frm,
+            self.term,
+            self.log_term,
+            self.index,
+            [[e.term, e.index, e.type, e.data] for e in self.entries],
+            self.commit,
+            1 if self.reject else 0,
+            self.reject_hint,
+            self.context,
+        ]
+
+    @staticmethod
+    def from_wire(obj) -> Message:
+        """Decode a peer's message; raise ValueError unless it is well formed."""
+        if not isinstance(obj, (list, tuple)) or len(obj) != 11:
+            raise ValueError("message: expected an array of 11 fields")
+        t, to, frm, term, log_term, index, raw_entries, commit, reject, hint, ctx = obj
+        for name, v in (("type", t), ("to", to), ("frm", frm), ("term", term),
+                        ("log_term", log_term), ("index", index), ("commit", commit),
+                        ("reject_hint", hint)):
+            _check_int(name, v)
+        if t not in _VALID_MESSAGE_TYPES:
+            raise ValueError(f"message: unknown type {t}")
+        if not (type(reject) is bool or (type(reject) is int and reject in (0, 1))):
+            raise ValueError("message: reject must be 0 or 1")
+        if type(ctx) is not bytes:
+            raise ValueError("message: context must be bytes")
+        if not isinstance(raw_entries, (list, tuple)):
+            raise ValueError("message: entries must be an array")
+        entries = []
+        for re_ in raw_entries:
+            if not isinstance(re_, (list, tuple)) or len(re_) != 4:
+                raise ValueError("entry: expected an array of 4 fields")
+            et, ei, ety, ed = re_
+            _check_int("entry.term", et)
+            _check_int("entry.index", ei)
+            _check_int("entry.type", ety)
+            if ety not in _VALID_ENTRY_TYPES:
+                raise ValueError(f"entry: unknown type {ety}")
+            if type(ed) is not bytes:
+                raise ValueError("entry: data must be bytes")
+            entries.append(Entry(et, ei, ety, ed))
+        m = Message(MessageType(t), to, frm, term, log_term, index, entries, commit,
+                    bool(reject), hint, ctx)
+        validate_message(m)
+        return m
+
+
+def _check_int(name: str, v) -> None:
+    if type(v) is not int or v < 0 or v > WIRE_INT_MAX:
+        raise ValueError(f"message: {name} must be an int in [0, 2^63)")
+
+
+def validate_message(m: Message) -> None:
+    """Semantic checks for a message from a peer; raise ValueError on garbage."""
+    if m.type in LOCAL_MESSAGE_TYPES or m.type == MessageType.SNAP:
+        raise ValueError(f"message: type {m.type.name} is not accepted from peers")
+    if m.to == 0 or m.frm == 0:
+        raise ValueError("message: to and frm must be non-zero")
+    if m.type != MessageType.READ_INDEX and m.term == 0:
+        raise ValueError(f"message: {m.type.name} needs a term")
+    if m.entries and m.type != MessageType.APP:
+        raise ValueError(f"message: {m.type.name} carries no entries")
+    if m.type in (MessageType.APP, MessageType.VOTE, MessageType.PRE_VOTE):
+        if m.log_term > m.term:
+            raise ValueError("message: log_term above term")
+    if m.type == MessageType.APP:
+        prev_term = m.log_term
+        for i, e in enumerate(m.entries):
+            if e.index != m.index + 1 + i:
+                raise ValueError("message: entries are not consecutive after index")
+            if e.term < prev_term or e.term > m.term or e.term == 0:
+                raise ValueError("message: entry terms out of order")
+            prev_term = e.term
+        if m.index == 0 and m.log_term != 0:
+            raise ValueError("message: index 0 has term 0")
+
+
+@dataclass
+class Ready:
+    """Work for the shell, in order: persist, send, apply, then RawNode.advance(ready)."""
+
+    soft_state: SoftState | None  # None = unchanged
+    hard_state: HardState | None  # None = unchanged
+    entries: list[Entry]  # persist before sending `messages`
+    committed_entries: list[Entry]  # apply to the state machine
+    messages: list[Message]
+    read_states: list[ReadState]
+    must_sync: bool  # True iff entries or term/vote changed
+
+
+@dataclass
+class Status:
+    id: int
+    term: int
+    vote: int
+    lead: int
+    raft_state: StateType
+    commit: int
+    applied: int
+    last_index: int
+    # Leader only: peer id -> (match, next, "probe"/"replicate").
+    progress: dict[int, tuple[int, int, str]] = field(default_factory=dict)
+    lead_transferee: int = 0
+
+
+@dataclass
+class Config:
+    id: int
+    voters: list[int]
+    election_tick: int = 10
+    heartbeat_tick: int = 1
+    pre_vote: bool = True
+    check_quorum: bool = True
+    max_size_per_msg: int = 1 << 20
+    max_inflight_msgs: int = 256
+    # Index of the last entry the state machine already applied (etcd's Config.Applied);
+    # on restart committed entries up to here are not handed out again.
+    applied: int = 0
+    rng: random.Random = field(kw_only=True)  # seeded by the caller; the only randomness
+
+    def validate(self) -> None:
+        if self.id <= 0:
+            raise ValueError("config: id must be positive")
+        if not self.voters or any(v <= 0 for v in self.voters):
+            raise ValueError("config: voters must be positive ids")
+        if len(set(self.voters)) != len(self.voters):
+            raise ValueError("config: duplicate voters")
+        if self.heartbeat_tick <= 0:
+            raise ValueError("config: heartbeat_tick must be positive")
+        if self.election_tick <= self.heartbeat_tick:
+            raise ValueError("config: election_tick must be greater than heartbeat_tick")
+        if self.max_inflight_msgs <= 0:
+            raise ValueError("config: max_inflight_msgs must be positive")
+        if self.max_size_per_msg <= 0:
+            raise ValueError("config: max_size_per_msg must be positive")
+        if not isinstance(self.rng, random.Random):
+            raise ValueError("config: rng must be a random.Random")

@@ -1,0 +1,311 @@
+"""The client gateway: a ZeroMQ ROUTER that speaks protocol/SPEC.md to clients.
+
+It validates every request (`protocol.requests.normalize_request`), gives it an internal
+id, and routes it:
+- writes (put, delete_range, txn, compact) -> consensus as proposals; the result comes
+  back from storage (RESULTS) once the entry is committed and applied;
+- serializable ranges -> storage at once;
+- linearizable ranges -> consensus for a read index (one per batch of reads), then
+  storage, which answers once it has applied that index;
+- status -> consensus and storage, combined here.
+
+Rules: no request is ever left without a reply: each has a deadline, and past it the
+client gets `timeout`. Bad input of any kind gets an error reply and never raises out
+of a handler. Replies to clients that have gone are dropped (ROUTER_MANDATORY makes
+that visible instead of silent). Nothing here blocks: every send is non-blocking.
+"""
+from __future__ import annotations
+
+import random
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgpack
+import zmq
+
+from actors.runtime import messages as M
+from actors.runtime.actor import Actor
+from nodes.config import VERSION
+from protocol import errors
+from protocol.codec import pack, pack_msg, unpack, unpack_msg
+from protocol.requests import Limits, is_write, normalize_request
+
+REQUEST_TIMEOUT_S = 5.0
+STATUS_POLL_S = 0.25
+UINT64_MAX = 2**64 - 1
+
+
+@dataclass
+class Pending:
+    identity: bytes
+    delimiter: bool  # the client is a REQ socket: echo the empty delimiter frame
+    client_id: int | None
+    deadline: float
+    kind: str  # "write", "read", "status"
+    epoch: int | None = None  # the consensus epoch that accepted the proposal
+    status: dict[str, Any] = field(default_factory=dict)
+
+
+class GatewayActor(Actor):
+    role = "gateway"
+
+    def setup(self) -> None:
+        cfg = self.cfg
+        self.limits = Limits(max_txn_ops=cfg.max_txn_ops)
+        self.member_id = cfg.member_id
+        self.cluster_id = cfg.cluster_id
+        self.clients = self.socket(
+            zmq.ROUTER,
+            bind=cfg.listen_client_urls,
+            handler=self.on_client,
+            maxmsgsize=max(4 * cfg.max_request_bytes, 8 * 1024 * 1024),
+        )
+        self.results = self.socket(zmq.PULL, bind=self.endpoints.gateway_results, handler=self.on_internal)
+        self.consensus = self.socket(zmq.DEALER, connect=self.endpoints.consensus, handler=self.on_internal)
+        self.storage = self.socket(zmq.DEALER, connect=self.endpoints.storage, handler=self.on_internal)
+        # Internal ids start at a random offset so that results meant for an earlier
+        # gateway process are never mistaken for ours.
+        self._next_id = random.SystemRandom().getrandbits(40) << 20
+        self.pending: dict[int, Pending] = {}
+        self.propose_batch: list[list[Any]] = []
+        self.read_batch: list[list[Any]] = []
+        self.linear_batch: list[list[Any]] = []
+        self.read_index_waiting: dict[int, tuple[float, list[list[Any]]]] = {}
+        self.consensus_epoch: int | None = None
+        self.consensus_status: dict[str, Any] = {}
+        self.raft_term = 0
+        self.every(STATUS_POLL_S, self.poll_consensus)
+        self.every(0.05, self.expire)
+        self.poll_consensus()
+
+    def _new_id(self) -> int:
+        self._next_id += 1
+        return self._next_id
+
+    # --- replies -------------------------------------------------------------------
+    def _header(self, revision: int, raft_term: int | None = None) -> dict[str, int]:
+        return {
+            "cluster_id": self.cluster_id,
+            "member_id": self.member_id,
+            "revision": revision,
+            "raft_term": raft_term if raft_term is not None else self.raft_term,
+        }
+
+    def _send(self, identity: bytes, delimiter: bool, reply: dict[str, Any]) -> None:
+        frames = [identity, b"", pack(reply)] if delimiter else [identity, pack(reply)]
+        try:
+            self.clients.send_multipart(frames, zmq.NOBLOCK)
+        except zmq.ZMQError:
+            pass  # the client has gone (or its queue is full); it will time out and ask again
+
+    def _reply_error(self, identity: bytes, delimiter: bool, client_id: int | None, err: errors.QkvError) -> None:
+        self._send(identity, delimiter, {"id": client_id, "ok": False, "error": err.to_wire()})
+
+    def _finish(self, req_id: int, response: dict | None, error: Any, revision: int, raft_term: int) -> None:
+        p = self.pending.pop(req_id, None)
+        if p is None:
+            return  # timed out already, or meant for an earlier gateway process
+        if error is not None:
+            self._send(p.identity, p.delimiter, {"id": p.client_id, "ok": False, "error": error})
+            return
+        reply = {"id": p.client_id, "ok": True, "header": self._header(revision, raft_term)}
+        reply.update(response or {})
+        self._send(p.identity, p.delimiter, reply)
+
+    def _fail(self, req_id: int, err: errors.QkvError) -> None:
+        self._finish(req_id, None, err.to_wire(), 0, 0)
+
+    # --- client requests -----------------------------------------------------------
+    def on_client(self, frames: list[bytes]) -> None:
+        identity = frames[0]
+        if len(frames) == 2:
+            delimiter, frame = False, frames[1]
+        elif len(frames) == 3 and frames[1] == b"":
+            delimiter, frame = True, frames[2]
+        else:
+            self._reply_error(identity, False, None, errors.Malformed("malformed request: expected one frame"))
+            return
+        client_id = None
+        try:
+            req = unpack(frame)
+            if not isinstance(req, dict):
+                raise errors.Malformed("malformed request: the frame must hold a msgpack map")
+            client_id = req.pop("id", None)
+            if isinstance(client_id, bool) or not isinstance(client_id, int) or not 0 <= client_id <= UINT64_MAX:
+                bad, client_id = client_id, None
+                raise errors.InvalidArgument(f"id must be an unsigned 64-bit integer, got {bad!r}")
+            if len(frame) > self.cfg.max_request_bytes:
+                raise errors.RequestTooLarge(limit=self.cfg.max_request_bytes)
+            op = normalize_request(req, self.limits)
+        except errors.QkvError as err:
+            self._reply_error(identity, delimiter, client_id, err)
+            return
+        except Exception as exc:  # a validator bug must not take the gateway down
+            self.log.exception("request_rejected_by_bug")
+            self._reply_error(identity, delimiter, client_id, errors.Internal(f"{type(exc).__name__}: {exc}"))
+            return
+
+        req_id = self._new_id()
+        now = time.monotonic()
+        name = op["op"]
+        if name == "status":
+            self.pending[req_id] = Pending(identity, delimiter, client_id, now + REQUEST_TIMEOUT_S, "status")
+            self._send_internal(self.consensus, M.STATUS, [req_id])
+            self._send_internal(self.storage, M.STORAGE_STATUS, [req_id])
+        elif is_write(op):
+            self.pending[req_id] = Pending(identity, delimiter, client_id, now + REQUEST_TIMEOUT_S, "write")
+            data = msgpack.packb([self.member_id, req_id, op], use_bin_type=True)
+            self.propose_batch.append([req_id, data])
+        else:
+            self.pending[req_id] = Pending(identity, delimiter, client_id, now + REQUEST_TIMEOUT_S, "read")
+            if op.get("serializable"):
+                self.read_batch.append([req_id, op, 0])
+            else:
+                self.linear_batch.append([req_id, op])
+
+    def _send_internal(self, sock: zmq.Socket, msg_type: int, body: Any) -> bool:
+        try:
+            sock.send(pack_msg(msg_type, body), zmq.NOBLOCK)
+            return True
+        except zmq.ZMQError:
+            return False
+
+    def flush(self) -> None:
+        if self.propose_batch:
+            batch, self.propose_batch = self.propose_batch, []
+            if not self._send_internal(self.consensus, M.PROPOSE, batch):
+                for req_id, _ in batch:
+                    self._fail(req_id, errors.Unavailable("consensus is not reachable"))
+        if self.read_batch:
+            batch, self.read_batch = self.read_batch, []
+            if not self._send_internal(self.storage, M.READ, batch):
+                for req_id, _, _ in batch:
+                    self._fail(req_id, errors.Unavailable("storage is not reachable"))
+        if self.linear_batch:
+            batch, self.linear_batch = self.linear_batch, []
+            ctx_id = self._new_id()
+            self.read_index_waiting[ctx_id] = (time.monotonic() + REQUEST_TIMEOUT_S, batch)
+            self._send_internal(self.consensus, M.READ_INDEX, [ctx_id])
+
+    # --- internal replies ----------------------------------------------------------
+    def on_internal(self, frames: list[bytes]) -> None:
+        try:
+            msg_type, body = unpack_msg(frames[-1])
+            handler = self._internal_handlers[msg_type]
+        except (errors.QkvError, KeyError, AttributeError):
+            self.log.warning("internal_message_dropped", frames=len(frames))
+            return
+        handler(self, body)
+
+    def _on_results(self, body: list) -> None:
+        for req_id, response, error, revision, raft_term in body:
+            self._finish(req_id, response, error, revision, raft_term)
+
+    def _on_propose_ack(self, body: list) -> None:
+        epoch, accepted, rejected = body
+        for req_id in accepted:
+            p = self.pending.get(req_id)
+            if p is not None:
+                p.epoch = epoch
+        for req_id, error in rejected:
+            self._finish(req_id, None, error, 0, 0)
+        self._note_epoch(epoch)
+
+    def _on_read_index_resp(self, body: list) -> None:
+        ctx_id, index, error = body
+        waiting = self.read_index_waiting.pop(ctx_id, None)
+        if waiting is None:
+            return
+        _, batch = waiting
+        if error is not None:
+            for req_id, _ in batch:
+                self._finish(req_id, None, error, 0, 0)
+            return
+        reads = [[req_id, op, index] for req_id, op in batch if req_id in self.pending]
+        if reads and not self._send_internal(self.storage, M.READ, reads):
+            for req_id, _, _ in reads:
+                self._fail(req_id, errors.Unavailable("storage is not reachable"))
+
+    def _on_status_resp(self, body: list) -> None:
+        ctx_id, status = body
+        if ctx_id == 0:
+            self.consensus_status = status
+            self.raft_term = status.get("term", self.raft_term)
+            self._note_epoch(status.get("epoch"))
+            return
+        self._status_part(ctx_id, "consensus", status)
+
+    def _on_storage_status_resp(self, body: list) -> None:
+        ctx_id, status = body
+        self._status_part(ctx_id, "storage", status)
+
+    _internal_handlers = {
+        M.RESULTS: _on_results,
+        M.READ_RESP: _on_results,
+        M.PROPOSE_ACK: _on_propose_ack,
+        M.READ_INDEX_RESP: _on_read_index_resp,
+        M.STATUS_RESP: _on_status_resp,
+        M.STORAGE_STATUS_RESP: _on_storage_status_resp,
+    }
+
+    def _status_part(self, req_id: int, part: str, status: dict) -> None:
+        p = self.pending.get(req_id)
+        if p is None or p.kind != "status":
+            return
+        p.status[part] = status
+        if len(p.status) < 2:
+            return
+        c, s = p.status["consensus"], p.status["storage"]
+        response = {
+            "version": VERSION,
+            "name": self.cfg.name,
+            "db_size": s["db_size"],
+            "db_size_in_use": s["db_size_in_use"],
+            "leader": c["lead"],
+            "raft_index": c["last_index"],
+            "raft_term": c["term"],
+            "raft_applied_index": s["applied_index"],
+            "is_learner": False,
+            "errors": [],
+            "compact_revision": s["compact_revision"],
+            "client_urls": list(self.cfg.advertise_client_urls),
+            "watch_urls": list(self.cfg.listen_watch_urls),
+        }
+        self._finish(req_id, response, None, s["revision"], c["term"])
+
+    def _note_epoch(self, epoch: int | None) -> None:
+        """Consensus restarted: proposals the old process accepted may or may not commit."""
+        if epoch is None or epoch == self.consensus_epoch:
+            return
+        if self.consensus_epoch is not None:
+            lost = [rid for rid, p in self.pending.items() if p.kind == "write" and p.epoch not in (None, epoch)]
+            self.log.warning("consensus_restarted", in_flight_writes=len(lost))
+            for req_id in lost:
+                self._fail(req_id, errors.UnknownOutcome())
+        self.consensus_epoch = epoch
+
+    # --- timers --------------------------------------------------------------------
+    def poll_consensus(self) -> None:
+        self._send_internal(self.consensus, M.STATUS, [0])
+
+    def expire(self) -> None:
+        now = time.monotonic()
+        for ctx_id in [c for c, (deadline, _) in self.read_index_waiting.items() if deadline <= now]:
+            del self.read_index_waiting[ctx_id]
+        expired = [rid for rid, p in self.pending.items() if p.deadline <= now]
+        for req_id in expired:
+            kind = self.pending[req_id].kind
+            msg = (
+                "etcdserver: request timed out; the write may or may not have taken effect"
+                if kind == "write"
+                else "etcdserver: request timed out"
+            )
+            self._fail(req_id, errors.Timeout(msg))
+
+    def shutdown(self) -> None:
+        for req_id, p in list(self.pending.items()):
+            if p.kind == "write":
+                self._fail(req_id, errors.UnknownOutcome("the node is stopping; the write may or may not take effect"))
+            else:
+                self._fail(req_id, errors.Stopping())

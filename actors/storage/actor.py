@@ -1,0 +1,198 @@
+"""The storage actor: applies committed entries to the MVCC store and serves reads.
+
+- It pulls committed entries from consensus (FETCH after applied_index -> ENTRIES) and
+  applies each batch as one RocksDB write that also records `applied_index`, so a crash
+  at any point leaves data and index in step; after a restart it simply fetches from
+  its applied index again. A fetch that got no answer is re-sent (consensus may have
+  restarted); re-sent or stale batches are harmless because apply skips indexes at or
+  below applied_index.
+- The store's writes are not fsynced one by one (the Raft log is the durable copy).
+  About once a second the RocksDB WAL is synced and that index is reported to
+  consensus as `durable_applied`; consensus never compacts its log above it.
+- Results of writes that arrived through this node's gateway go back to it (RESULTS);
+  every applied revision's events go to the watch actor (EVENTS). Neither send ever
+  blocks: if the receiver is gone, the message is dropped and the receiver recovers
+  (the gateway times the request out; the watch catches up from history).
+- A read carries the index it must see (0 for serializable, the read index for
+  linearizable); it waits until applied_index reaches it.
+"""
+from __future__ import annotations
+
+import heapq
+import itertools
+import os
+import time
+from typing import Any
+
+import msgpack
+import zmq
+
+from actors.runtime import messages as M
+from actors.runtime.actor import Actor
+from actors.runtime.failpoints import failpoint
+from actors.storage.backend import RocksBackend
+from actors.storage.mvcc import MVCCStore
+from protocol import errors
+from protocol.codec import pack_msg, unpack_msg
+
+FETCH_RESEND_S = 0.3
+SYNC_INTERVAL_S = 1.0
+
+
+def _event_wire(ev: Any) -> list:
+    return [ev.type, ev.kv, ev.prev_kv]
+
+
+class StorageActor(Actor):
+    role = "storage"
+
+    def setup(self) -> None:
+        cfg = self.cfg
+        self.member_id = cfg.member_id
+        self.backend = RocksBackend(os.path.join(os.path.abspath(cfg.data_dir), "storage"))
+        self.store = MVCCStore(self.backend)
+        self.backend.sync()  # whatever survived the last run is durable from here on
+        self.durable_applied = self.store.applied_index
+        self.raft_term = 0
+        self.consensus = self.socket(zmq.DEALER, connect=self.endpoints.consensus, handler=self.on_consensus)
+        self.router = self.socket(zmq.ROUTER, bind=self.endpoints.storage, handler=self.on_request)
+        self.results = self.socket(zmq.PUSH, connect=self.endpoints.gateway_results)
+        self.events = self.socket(zmq.PUSH, connect=self.endpoints.watch_events)
+        self.fetch_sent_at = 0.0
+        self.fetch_outstanding = False
+        # (min_index, seq, identity, req_id, op): reads waiting for applied_index to reach min_index
+        self.waiting: list[tuple[int, int, bytes, int, dict]] = []
+        self._seq = itertools.count()
+        self.every(FETCH_RESEND_S, self._resend_fetch)
+        self.every(SYNC_INTERVAL_S, self._sync)
+        self._send_fetch()
+        self.log.info("storage_loaded", applied_index=self.store.applied_index,
+                      revision=self.store.current_revision, compact_revision=self.store.compact_revision)
+
+    # --- entries from consensus ----------------------------------------------------
+    def _send_fetch(self) -> None:
+        body = [self.store.applied_index, self.durable_applied, 4096]
+        try:
+            self.consensus.send(pack_msg(M.FETCH, body), zmq.NOBLOCK)
+        except zmq.ZMQError:
+            return
+        self.fetch_outstanding = True
+        self.fetch_sent_at = time.monotonic()
+
+    def _resend_fetch(self) -> None:
+        if not self.fetch_outstanding or time.monotonic() - self.fetch_sent_at >= FETCH_RESEND_S:
+            self._send_fetch()
+
+    def _sync(self) -> None:
+        if self.store.applied_index > self.durable_applied:
+            self.backend.sync()
+            self.durable_applied = self.store.applied_index
+
+    def on_consensus(self, frames: list[bytes]) -> None:
+        try:
+            msg_type, body = unpack_msg(frames[-1])
+        except errors.QkvError:
+            return
+        if msg_type != M.ENTRIES:
+            return
+        raw_entries, _commit, term = body
+        self.raft_term = max(self.raft_term, term)
+        self.fetch_outstanding = False
+        batch: list[tuple[int, dict | None]] = []
+        origins: dict[int, tuple[int, int]] = {}
+        expected = self.store.applied_index + 1
+        for index, _term, _type, data in raw_entries:
+            if index < expected:
+                continue
+            if index != expected:
+                self.log.warning("entries_gap", expected=expected, got=index)
+                break
+            expected += 1
+            op = None
+            if data:
+                try:
+                    origin, req_id, op = msgpack.unpackb(data, raw=False, strict_map_key=False)
+                    origins[index] = (origin, req_id)
+                except Exception:
+                    self.log.error("entry_undecodable", index=index)
+                    op = None
+            batch.append((index, op))
+        if batch:
+            failpoint("before_storage_commit")
+            results = self.store.apply(batch)
+            failpoint("after_storage_commit")
+            self._publish(results, origins)
+        self._send_fetch()
+        self._serve_waiting()
+
+    def _publish(self, results: list, origins: dict[int, tuple[int, int]]) -> None:
+        replies = []
+        for res in results:
+            origin = origins.get(res.index)
+            if origin is not None and origin[0] == self.member_id:
+                error = res.error.to_wire() if res.error is not None else None
+                replies.append([origin[1], res.response, error, res.revision, self.raft_term])
+            if res.events:
+                try:
+                    self.events.send(pack_msg(M.EVENTS, [res.revision, [_event_wire(e) for e in res.events]]),
+                                     zmq.NOBLOCK)
+                except zmq.ZMQError:
+                    pass  # the watch actor is away; it catches up from history
+        if replies:
+            try:
+                self.results.send(pack_msg(M.RESULTS, replies), zmq.NOBLOCK)
+            except zmq.ZMQError:
+                self.log.warning("results_dropped", count=len(replies))
+
+    # --- reads and status from the gateway -----------------------------------------
+    def on_request(self, frames: list[bytes]) -> None:
+        if len(frames) != 2:
+            return
+        identity, frame = frames
+        try:
+            msg_type, body = unpack_msg(frame)
+        except errors.QkvError:
+            return
+        if msg_type == M.READ:
+            applied = self.store.applied_index
+            ready = []
+            for req_id, op, min_index in body:
+                if min_index <= applied:
+                    ready.append(self._read(req_id, op))
+                else:
+                    heapq.heappush(self.waiting, (min_index, next(self._seq), identity, req_id, op))
+            if ready:
+                self.send_router(self.router, identity, pack_msg(M.READ_RESP, ready))
+        elif msg_type == M.STORAGE_STATUS:
+            (ctx_id,) = body
+            size = self.backend.size_bytes()
+            status = {
+                "applied_index": self.store.applied_index,
+                "revision": self.store.current_revision,
+                "compact_revision": self.store.compact_revision,
+                "db_size": size,
+                "db_size_in_use": size,
+                "raft_term": self.raft_term,
+            }
+            self.send_router(self.router, identity, pack_msg(M.STORAGE_STATUS_RESP, [ctx_id, status]))
+
+    def _read(self, req_id: int, op: dict) -> list:
+        try:
+            return [req_id, self.store.range(op), None, self.store.current_revision, self.raft_term]
+        except errors.QkvError as err:
+            return [req_id, None, err.to_wire(), self.store.current_revision, self.raft_term]
+        except Exception as exc:
+            self.log.exception("read_failed")
+            return [req_id, None, errors.Internal(f"{type(exc).__name__}: {exc}").to_wire(), 0, 0]
+
+    def _serve_waiting(self) -> None:
+        applied = self.store.applied_index
+        by_identity: dict[bytes, list] = {}
+        while self.waiting and self.waiting[0][0] <= applied:
+            _, _, identity, req_id, op = heapq.heappop(self.waiting)
+            by_identity.setdefault(identity, []).append(self._read(req_id, op))
+        for identity, replies in by_identity.items():
+            self.send_router(self.router, identity, pack_msg(M.READ_RESP, replies))
+
+    def shutdown(self) -> None:
+        self.backend.close()

@@ -1,0 +1,136 @@
+"""RocksDB implementation of the MVCC store's ordered ``Backend`` (see mvcc/memory.py).
+
+Rules:
+- raw mode everywhere (``Options(raw_mode=True)``): keys and values are bytes, no pickling;
+- one column family per name the store uses (``mvcc.store.COLUMN_FAMILIES``); a name that
+  is not open yet is created on first write;
+- ``write`` is one RocksDB ``WriteBatch`` (atomic); ``sync=True`` fsyncs the WAL;
+- iteration uses ``seek`` / ``seek_for_prev`` plus an upper bound in the read options
+  (``set_iterate_lower_bound`` is broken in rocksdict: it sets the upper bound);
+- ``close`` drops every column-family handle before closing the db (rocksdict keeps the
+  lock while any handle is alive).
+
+The on-disk layout of the data is the store's business (mvcc/store.py docstring).
+"""
+from __future__ import annotations
+
+import gc
+import os
+from typing import Iterator, Iterable
+
+from rocksdict import Options, ReadOptions, Rdict, WriteBatch, WriteOptions
+
+from actors.storage.mvcc.store import COLUMN_FAMILIES
+
+
+def _options() -> Options:
+    opts = Options(raw_mode=True)
+    opts.create_if_missing(True)
+    opts.create_missing_column_families(True)
+    return opts
+
+
+class RocksBackend:
+    def __init__(self, path: str | os.PathLike, column_families: Iterable[str] = COLUMN_FAMILIES) -> None:
+        self.path = os.fspath(path)
+        os.makedirs(self.path, exist_ok=True)
+        names = set(column_families)
+        try:
+            names.update(Rdict.list_cf(self.path, _options()))
+        except Exception:  # a new database has no column families to list yet
+            pass
+        names.discard("default")
+        self._db: Rdict | None = Rdict(
+            self.path, options=_options(), column_families={n: _options() for n in sorted(names)}
+        )
+        self._cfs: dict[str, Rdict] = {}
+        self._handles: dict[str, object] = {}
+        for name in sorted(names):
+            self._open_cf(name)
+        self._wo_sync = WriteOptions()
+        self._wo_sync.sync = True
+        self._wo_nosync = WriteOptions()
+        self._wo_nosync.sync = False
+
+    def _open_cf(self, name: str) -> None:
+        assert self._db is not None, "backend is closed"
+        self._cfs[name] = self._db.get_column_family(name)
+        self._handles[name] = self._db.get_column_family_handle(name)
+
+    def _cf(self, name: str) -> Rdict:
+        cf = self._cfs.get(name)
+        if cf is None:
+            assert self._db is not None, "backend is closed"
+            self._db.create_column_family(name, _options())
+            self._open_cf(name)
+            cf = self._cfs[name]
+        return cf
+
+    def get(self, cf: str, key: bytes) -> bytes | None:
+        return self._cf(cf).get(key)
+
+    def iterate(
+        self, cf: str, start: bytes, end: bytes | None = None, reverse: bool = False
+    ) -> Iterator[tuple[bytes, bytes]]:
+        ro = ReadOptions()
+        if end is not None:
+            if end <= start:
+                return
+            ro.set_iterate_upper_bound(end)
+        it = self._cf(cf).iter(ro)
+        if not reverse:
+            it.seek(start)
+            while it.valid():
+                yield it.key(), it.value()
+                it.next()
+        else:
+            if end is None:
+                it.seek_to_last()
+            else:
+                it.seek_for_prev(end)
+                if it.valid() and it.key() >= end:
+                    it.prev()
+            while it.valid():
+                k = it.key()
+                if k < start:
+                    break
+                yield k, it.value()
+                it.prev()
+        del it
+
+    def write(self, batch: list[tuple[str, bytes, bytes | None]], sync: bool = False) -> None:
+        assert self._db is not None, "backend is closed"
+        wb = WriteBatch(raw_mode=True)
+        for cf, key, value in batch:
+            self._cf(cf)
+            handle = self._handles[cf]
+            if value is None:
+                wb.delete(key, handle)
+            else:
+                wb.put(key, value, handle)
+        self._db.write(wb, self._wo_sync if sync else self._wo_nosync)
+
+    def flush_wal(self, sync: bool = True) -> None:
+        assert self._db is not None, "backend is closed"
+        self._db.flush_wal(sync)
+
+    def size_bytes(self) -> int:
+        """Approximate bytes on disk plus in memtables, summed over column families."""
+        total = 0
+        for cf in self._cfs.values():
+            for prop in ("rocksdb.total-sst-files-size", "rocksdb.size-all-mem-tables"):
+                total += cf.property_int_value(prop) or 0
+        return total
+
+    def close(self) -> None:
+        if self._db is None:
+            return
+        db = self._db
+        self._db = None
+        self._handles.clear()
+        for cf in self._cfs.values():
+            cf.close() if hasattr(cf, "close") else None
+        self._cfs.clear()
+        db.close()
+        del db
+        gc.collect()
