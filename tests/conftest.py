@@ -1,0 +1,25 @@
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # tests/nodeproc.py, tests/fakeserver.py
+
+
+@pytest.fixture
+def node_factory(tmp_path):
+    """Start real nodes; every one is stopped at the end of the test, pass or fail."""
+    from nodeproc import NodeProcess
+
+    started: list[NodeProcess] = []
+
+    def make(name: str = "n1", args: list[str] | None = None, env: dict | None = None, start: bool = True):
+        node = NodeProcess(tmp_path, name, args, env)
+        started.append(node)
+        if start:
+            node.start()
+        return node
+
+    yield make
+    for node in started:
+        node.stop()

@@ -1,0 +1,176 @@
+"""Real quorumkv nodes for tests: free ports, a tmp data dir, and a guaranteed stop.
+
+`NodeProcess` runs `qkv` as a user would, finds its actor processes through /proc, and
+on `stop()` makes sure the supervisor and every actor are gone, also when a test fails.
+`raw_request` talks to a gateway with a bare DEALER socket (no client library).
+"""
+from __future__ import annotations
+
+import itertools
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import zmq
+
+from nodes.endpoints import run_dir_for
+from protocol.codec import pack, unpack
+
+ROLES = ("consensus", "storage", "gateway", "watch")
+_ids = itertools.count(1)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for(predicate, timeout: float, what: str, interval: float = 0.02):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
+
+
+def raw_request(url: str, req: dict[str, Any], timeout: float = 5.0) -> dict[str, Any] | None:
+    """Send one request on a fresh DEALER; the decoded reply, or None on timeout."""
+    ctx = zmq.Context.instance()
+    sock = ctx.socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.connect(url)
+    try:
+        req = dict(req)
+        req.setdefault("id", next(_ids))
+        sock.send(pack(req))
+        if not sock.poll(int(timeout * 1000)):
+            return None
+        return unpack(sock.recv())
+    finally:
+        sock.close()
+
+
+class NodeProcess:
+    def __init__(self, tmp_path: Path, name: str = "n1", args: list[str] | None = None,
+                 env: dict[str, str] | None = None) -> None:
+        self.name = name
+        self.data_dir = str(tmp_path / f"{name}.qkv")
+        self.client_url = f"tcp://127.0.0.1:{free_port()}"
+        self.peer_url = f"tcp://127.0.0.1:{free_port()}"
+        self.watch_url = f"tcp://127.0.0.1:{free_port()}"
+        self.args = list(args or [])
+        self.env = dict(os.environ, **(env or {}))
+        self.log_path = tmp_path / f"{name}.log"
+        self.proc: subprocess.Popen | None = None
+        self._log = None
+
+    @property
+    def config_path(self) -> str:
+        return os.path.join(run_dir_for(self.data_dir), "config.json")
+
+    def command(self) -> list[str]:
+        return [
+            sys.executable, "-c", "from nodes.cli import main; main()",
+            "--name", self.name, "--data-dir", self.data_dir,
+            "--listen-client-urls", self.client_url,
+            "--listen-peer-urls", self.peer_url,
+            "--listen-watch-urls", self.watch_url,
+            *self.args,
+        ]
+
+    def start(self, wait: bool = True, timeout: float = 20.0) -> "NodeProcess":
+        self._log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(self.command(), stdout=self._log, stderr=subprocess.STDOUT, env=self.env)
+        if wait:
+            self.wait_ready(timeout)
+        return self
+
+    def request(self, req: dict[str, Any], timeout: float = 5.0) -> dict[str, Any] | None:
+        return raw_request(self.client_url, req, timeout)
+
+    def serves(self) -> bool:
+        """True when a linearizable read and the status op both answer."""
+        for req in ({"op": "status"}, {"op": "range", "key": b"health"}):
+            reply = self.request(req, timeout=1.0)
+            if not reply or not reply.get("ok"):
+                return False
+        return True
+
+    def wait_ready(self, timeout: float = 20.0) -> None:
+        def ready() -> bool:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise AssertionError(f"qkv exited with {self.proc.returncode}; log:\n{self.log_text()[-3000:]}")
+            return self.serves()
+
+        wait_for(ready, timeout, f"node {self.name} to serve")
+
+    def actor_pids(self) -> dict[str, int]:
+        """The node's live actor processes, found by their command line."""
+        found: dict[str, int] = {}
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit():
+                continue
+            try:
+                with open(f"/proc/{entry}/cmdline", "rb") as f:
+                    argv = f.read().split(b"\0")
+                with open(f"/proc/{entry}/stat") as f:
+                    state = f.read().rsplit(")", 1)[1].split()[0]
+            except OSError:
+                continue
+            if state == "Z":
+                continue
+            if b"actors" in argv and self.config_path.encode() in argv:
+                role = argv[argv.index(b"actors") + 1].decode()
+                found[role] = int(entry)
+        return found
+
+    def kill_actor(self, role: str, sig: int = signal.SIGKILL) -> int:
+        pid = self.actor_pids()[role]
+        os.kill(pid, sig)
+        return pid
+
+    def kill(self) -> None:
+        """kill -9 the whole node: supervisor and every actor at once."""
+        pids = list(self.actor_pids().values())
+        if self.proc is not None:
+            pids.append(self.proc.pid)
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        if self.proc is not None:
+            self.proc.wait()
+        wait_for(lambda: not self.actor_pids(), 10, "actors to die")
+
+    def stop(self, timeout: float = 10.0) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        for pid in self.actor_pids().values():  # never leave an actor behind
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+
+    def log_text(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
