@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import gc
 import os
+import weakref
 from typing import Iterator, Iterable
 
 from rocksdict import Options, ReadOptions, Rdict, WriteBatch, WriteOptions
@@ -47,6 +48,8 @@ class RocksBackend:
         self._handles: dict[str, object] = {}
         for name in sorted(names):
             self._open_cf(name)
+        # Live iterate() generators: close() ends them, as each holds a RocksDB iterator.
+        self._iterators: weakref.WeakSet = weakref.WeakSet()
         self._wo_sync = WriteOptions()
         self._wo_sync.sync = True
         self._wo_nosync = WriteOptions()
@@ -72,12 +75,26 @@ class RocksBackend:
     def iterate(
         self, cf: str, start: bytes, end: bytes | None = None, reverse: bool = False
     ) -> Iterator[tuple[bytes, bytes]]:
+        gen = self._iterate(cf, start, end, reverse)
+        self._iterators.add(gen)
+        return gen
+
+    def _iterate(
+        self, cf: str, start: bytes, end: bytes | None, reverse: bool
+    ) -> Iterator[tuple[bytes, bytes]]:
         ro = ReadOptions()
         if end is not None:
             if end <= start:
                 return
             ro.set_iterate_upper_bound(end)
         it = self._cf(cf).iter(ro)
+        try:
+            yield from self._walk(it, start, end, reverse)
+        finally:
+            del it
+
+    @staticmethod
+    def _walk(it, start: bytes, end: bytes | None, reverse: bool) -> Iterator[tuple[bytes, bytes]]:
         if not reverse:
             it.seek(start)
             while it.valid():
@@ -96,7 +113,6 @@ class RocksBackend:
                     break
                 yield k, it.value()
                 it.prev()
-        del it
 
     def write(self, batch: list[tuple[str, bytes, bytes | None]], sync: bool = False) -> None:
         assert self._db is not None, "backend is closed"
@@ -114,6 +130,10 @@ class RocksBackend:
         assert self._db is not None, "backend is closed"
         self._db.flush_wal(sync)
 
+    def sync(self) -> None:
+        """A durability point: fsync the WAL, so every write so far survives a crash."""
+        self.flush_wal(sync=True)
+
     def size_bytes(self) -> int:
         """Approximate bytes on disk plus in memtables, summed over column families."""
         total = 0
@@ -125,11 +145,12 @@ class RocksBackend:
     def close(self) -> None:
         if self._db is None:
             return
+        for gen in list(self._iterators):
+            gen.close()
+        self._iterators.clear()
         db = self._db
         self._db = None
         self._handles.clear()
-        for cf in self._cfs.values():
-            cf.close() if hasattr(cf, "close") else None
         self._cfs.clear()
         db.close()
         del db

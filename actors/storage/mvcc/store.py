@@ -1,0 +1,617 @@
+"""The MVCC key-value store: etcd v3 semantics over an ordered ``Backend``.
+
+Rules:
+- pure: no I/O of its own, only calls to the backend it is given (no rocksdict, zmq, time,
+  os, socket here); deterministic: the same entries give the same results, the same
+  bytes on disk and the same ``hash_kv`` on every member;
+- ``apply`` writes everything of one call (data of every entry + ``applied_index`` +
+  ``current_revision`` + ``compact_revision``) in ONE atomic backend write, so a crash
+  leaves either all of it or none of it; entries at or below ``applied_index`` are skipped,
+  which makes replay after a crash idempotent;
+- a failing op (``Compacted``, ``KeyNotFound``, ``LeaseNotFound``, ...) changes nothing;
+- opening is O(1) in the number of keys: the index lives on disk, only meta is read.
+
+On-disk layout (column families; integers big-endian so byte order = numeric order):
+- ``key``:  user key -> msgpack ``[value, create_revision, mod_revision, version, lease]``,
+  the latest live record of every key (deleted keys are absent): current reads, counts.
+- ``hist``: escape(key) + main(8) + sub(8) -> the same record, or ``b""`` for a tombstone
+  (escape: 0x00 -> 0x00 0xFF, then terminator 0x00 0x01; see keys.py). A read at revision
+  R takes, per key, the newest entry with main <= R.
+- ``rev``:  main(8) + sub(8) -> msgpack ``[key, is_tombstone, value, create_revision,
+  mod_revision, version, lease]``: history in revision order (watch catch-up, compaction).
+  Entries at or below ``compact_revision`` are removed by compaction.
+- ``meta``: ``applied_index``, ``current_revision``, ``compact_revision``, ``key_count``
+  (8-byte unsigned BE each) and ``x/<name>`` for small values callers keep (ids).
+
+Revisions: ``current_revision`` starts at 1; each put, each delete that deleted something
+and each txn whose executed branch wrote adds one. The changes of one request are stored at
+``(main, sub)`` with sub = 0, 1, ... Compaction at R removes, for each key changed at or
+below R, every change older than its newest change <= R, and that newest change as well
+when it is a tombstone; ``rev`` entries <= R go too.
+"""
+from __future__ import annotations
+
+import hashlib
+import struct
+from dataclasses import dataclass, field
+from typing import Any, Iterator
+
+import msgpack
+
+from actors.storage.mvcc.keys import escape, hist_key, prefix, split_hist_key
+from actors.storage.mvcc.memory import Backend
+from actors.storage.mvcc.revision import Revision, rev_bytes
+from protocol.errors import (
+    Compacted,
+    FutureRevision,
+    KeyNotFound,
+    LeaseNotFound,
+    QkvError,
+)
+
+CF_KEY = "key"
+CF_HIST = "hist"
+CF_REV = "rev"
+CF_META = "meta"
+COLUMN_FAMILIES = (CF_KEY, CF_HIST, CF_REV, CF_META)
+
+META_APPLIED_INDEX = b"applied_index"
+META_CURRENT_REVISION = b"current_revision"
+META_COMPACT_REVISION = b"compact_revision"
+META_KEY_COUNT = b"key_count"
+_META_USER_PREFIX = b"x/"
+
+_U64 = struct.Struct(">Q")
+_TOMBSTONE = b""
+
+# Record positions in the msgpack array of ``key`` and ``hist`` values.
+_VALUE, _CREATE, _MOD, _VERSION, _LEASE = range(5)
+
+
+def _pack(obj: Any) -> bytes:
+    return msgpack.packb(obj, use_bin_type=True)
+
+
+def _unpack(b: bytes) -> Any:
+    return msgpack.unpackb(b, raw=False)
+
+
+def _kv(key: bytes, rec: list) -> dict:
+    return {
+        "key": key,
+        "value": rec[_VALUE],
+        "create_revision": rec[_CREATE],
+        "mod_revision": rec[_MOD],
+        "version": rec[_VERSION],
+        "lease": rec[_LEASE],
+    }
+
+
+def _tombstone_kv(key: bytes, main: int) -> dict:
+    return {"key": key, "value": b"", "create_revision": 0, "mod_revision": main,
+            "version": 0, "lease": 0}
+
+
+@dataclass
+class Event:
+    type: str  # "PUT" | "DELETE"
+    kv: dict  # KeyValue; for DELETE: key, mod_revision = the delete's revision, others 0
+    prev_kv: dict | None = None
+
+
+@dataclass
+class ApplyResult:
+    index: int
+    revision: int  # the store revision after this entry
+    response: dict | None = None  # op result per SPEC (no header); None for an empty entry
+    error: QkvError | None = None
+    events: list[Event] = field(default_factory=list)
+
+
+# --- a view of the backend with layers of pending writes ------------------------------
+class _View:
+    """The backend as the current ``apply`` call has changed it so far.
+
+    ``layers[0]`` holds the pending writes of the whole call; each op runs in a layer of
+    its own (``push``), merged down when it succeeds and dropped when it fails.
+    """
+
+    def __init__(self, backend: Backend) -> None:
+        self.backend = backend
+        self.layers: list[dict[str, dict[bytes, bytes | None]]] = [{}]
+
+    def push(self) -> None:
+        self.layers.append({})
+
+    def commit(self) -> None:
+        top = self.layers.pop()
+        below = self.layers[-1]
+        for cf, writes in top.items():
+            below.setdefault(cf, {}).update(writes)
+
+    def discard(self) -> None:
+        self.layers.pop()
+
+    def put(self, cf: str, key: bytes, value: bytes | None) -> None:
+        self.layers[-1].setdefault(cf, {})[key] = value
+
+    def get(self, cf: str, key: bytes) -> bytes | None:
+        for layer in reversed(self.layers):
+            writes = layer.get(cf)
+            if writes is not None and key in writes:
+                return writes[key]
+        return self.backend.get(cf, key)
+
+    def iterate(
+        self, cf: str, start: bytes, end: bytes | None = None, reverse: bool = False
+    ) -> Iterator[tuple[bytes, bytes]]:
+        pending: dict[bytes, bytes | None] = {}
+        for layer in self.layers:
+            writes = layer.get(cf)
+            if writes:
+                for k, v in writes.items():
+                    if k >= start and (end is None or k < end):
+                        pending[k] = v
+        base = self.backend.iterate(cf, start, end, reverse)
+        if not pending:
+            return base
+        return _merge(base, sorted(pending.items(), reverse=reverse), reverse)
+
+    def batch(self) -> list[tuple[str, bytes, bytes | None]]:
+        assert len(self.layers) == 1, "an op layer was left open"
+        return [(cf, k, v) for cf, writes in self.layers[0].items() for k, v in writes.items()]
+
+
+def _merge(base: Iterator[tuple[bytes, bytes]], pending: list[tuple[bytes, bytes | None]],
+           reverse: bool) -> Iterator[tuple[bytes, bytes]]:
+    """Merge a backend iterator with sorted pending writes (pending wins; None = deleted)."""
+    i = 0
+    n = len(pending)
+    for k, v in base:
+        while i < n and (pending[i][0] > k if reverse else pending[i][0] < k):
+            pk, pv = pending[i]
+            i += 1
+            if pv is not None:
+                yield pk, pv
+        if i < n and pending[i][0] == k:
+            pk, pv = pending[i]
+            i += 1
+            if pv is not None:
+                yield pk, pv
+            continue
+        yield k, v
+    while i < n:
+        pk, pv = pending[i]
+        i += 1
+        if pv is not None:
+            yield pk, pv
+
+
+# --- per-call working state -------------------------------------------------------------
+@dataclass
+class _State:
+    applied_index: int
+    current_revision: int
+    compact_revision: int
+    key_count: int
+
+
+@dataclass
+class _Changes:
+    """The changes of one request: all at ``main``, sub = 0, 1, ..."""
+
+    main: int
+    sub: int = 0
+    key_delta: int = 0
+    events: list[Event] = field(default_factory=list)
+
+
+class MVCCStore:
+    def __init__(self, backend: Backend) -> None:
+        self._backend = backend
+        self._state = _State(
+            applied_index=self._read_meta(META_APPLIED_INDEX, 0),
+            current_revision=self._read_meta(META_CURRENT_REVISION, 1),
+            compact_revision=self._read_meta(META_COMPACT_REVISION, 0),
+            key_count=self._read_meta(META_KEY_COUNT, 0),
+        )
+        # Leases come later: today no lease exists, so every lease id but 0 is refused.
+        self._leases: set[int] = set()
+
+    def _read_meta(self, name: bytes, default: int) -> int:
+        raw = self._backend.get(CF_META, name)
+        return default if raw is None else _U64.unpack(raw)[0]
+
+    # --- properties ------------------------------------------------------------------
+    @property
+    def backend(self) -> Backend:
+        return self._backend
+
+    @property
+    def applied_index(self) -> int:
+        return self._state.applied_index
+
+    @property
+    def current_revision(self) -> int:
+        return self._state.current_revision
+
+    @property
+    def compact_revision(self) -> int:
+        return self._state.compact_revision
+
+    def key_count(self) -> int:
+        """Live keys at the current revision (exact: kept in meta)."""
+        return self._state.key_count
+
+    def status(self) -> dict:
+        size = self._backend.size_bytes()
+        return {
+            "applied_index": self._state.applied_index,
+            "current_revision": self._state.current_revision,
+            "compact_revision": self._state.compact_revision,
+            "key_count": self._state.key_count,
+            "db_size": size,
+            "db_size_in_use": size,
+        }
+
+    def get_meta(self, name: str) -> bytes | None:
+        """A small value a caller keeps in the store (cluster id, member id, ...)."""
+        return self._backend.get(CF_META, _META_USER_PREFIX + name.encode())
+
+    def put_meta(self, name: str, value: bytes, sync: bool = True) -> None:
+        self._backend.write([(CF_META, _META_USER_PREFIX + name.encode(), value)], sync=sync)
+
+    def _lease_exists(self, lease_id: int) -> bool:
+        return lease_id in self._leases
+
+    # --- apply -----------------------------------------------------------------------
+    def apply(self, entries: list[tuple[int, dict | None]], sync: bool = False) -> list[ApplyResult]:
+        st = _State(**vars(self._state))
+        view = _View(self._backend)
+        results: list[ApplyResult] = []
+        for index, op in entries:
+            if index <= st.applied_index:
+                continue  # already applied (replay after a crash)
+            assert index == st.applied_index + 1, (
+                f"entry index {index} does not follow applied_index {st.applied_index}")
+            st.applied_index = index
+            if op is None:
+                results.append(ApplyResult(index, st.current_revision))
+                continue
+            changes = _Changes(main=st.current_revision + 1)
+            view.push()
+            try:
+                response = self._apply_op(view, st, changes, op)
+            except QkvError as err:
+                view.discard()
+                results.append(ApplyResult(index, st.current_revision, error=err))
+                continue
+            view.commit()
+            if changes.sub > 0:
+                st.current_revision = changes.main
+                st.key_count += changes.key_delta
+            results.append(ApplyResult(index, st.current_revision, response, None, changes.events))
+        if not results:
+            return results
+        view.put(CF_META, META_APPLIED_INDEX, _U64.pack(st.applied_index))
+        view.put(CF_META, META_CURRENT_REVISION, _U64.pack(st.current_revision))
+        view.put(CF_META, META_COMPACT_REVISION, _U64.pack(st.compact_revision))
+        view.put(CF_META, META_KEY_COUNT, _U64.pack(st.key_count))
+        self._backend.write(view.batch(), sync=sync)
+        self._state = st  # only after the write succeeded
+        return results
+
+    def _apply_op(self, view: _View, st: _State, ch: _Changes, op: dict) -> dict:
+        kind = op["op"]
+        if kind == "compact":
+            self._compact(view, st, op["revision"])
+            return {}
+        if kind == "txn":
+            path = iter(self._compare_path(view, op))
+            return self._txn(view, st, ch, op, path)
+        if kind == "put":
+            return self._put(view, ch, op)
+        if kind == "delete_range":
+            return self._delete_range(view, ch, op)
+        if kind == "range":
+            return self._range(view, op, self._read_revision(st, ch), st.compact_revision)
+        raise AssertionError(f"op {kind!r} is not a log entry")
+
+    @staticmethod
+    def _read_revision(st: _State, ch: _Changes) -> int:
+        """The revision reads see inside a request: its own, once it has written."""
+        return ch.main if ch.sub > 0 else st.current_revision
+
+    # --- writes ----------------------------------------------------------------------
+    def _live(self, view: _View, key: bytes) -> list | None:
+        raw = view.get(CF_KEY, key)
+        return None if raw is None else _unpack(raw)
+
+    def _put(self, view: _View, ch: _Changes, op: dict) -> dict:
+        key = op["key"]
+        prev = self._live(view, key)
+        if (op["ignore_value"] or op["ignore_lease"]) and prev is None:
+            raise KeyNotFound()
+        value = prev[_VALUE] if op["ignore_value"] else op["value"]
+        lease = prev[_LEASE] if op["ignore_lease"] else op["lease"]
+        if lease != 0 and not op["ignore_lease"] and not self._lease_exists(lease):
+            raise LeaseNotFound(lease=lease)
+        main, sub = ch.main, ch.sub
+        ch.sub += 1
+        if prev is None:
+            rec = [value, main, main, 1, lease]
+            ch.key_delta += 1
+        else:
+            rec = [value, prev[_CREATE], main, prev[_VERSION] + 1, lease]
+        packed = _pack(rec)
+        view.put(CF_KEY, key, packed)
+        view.put(CF_HIST, hist_key(key, main, sub), packed)
+        view.put(CF_REV, rev_bytes(main, sub), _pack([key, False, *rec]))
+        prev_kv = None if prev is None else _kv(key, prev)
+        ch.events.append(Event("PUT", _kv(key, rec), prev_kv))
+        return {"prev_kv": prev_kv} if op["prev_kv"] and prev_kv is not None else {}
+
+    def _delete_range(self, view: _View, ch: _Changes, op: dict) -> dict:
+        start, end = _key_bounds(op["key"], op["range_end"])
+        if end is not None and end <= start:
+            victims: list[tuple[bytes, bytes]] = []
+        elif not op["range_end"]:
+            raw = view.get(CF_KEY, start)
+            victims = [] if raw is None else [(start, raw)]
+        else:
+            victims = list(view.iterate(CF_KEY, start, end))
+        prev_kvs = []
+        for key, raw in victims:
+            main, sub = ch.main, ch.sub
+            ch.sub += 1
+            ch.key_delta -= 1
+            view.put(CF_KEY, key, None)
+            view.put(CF_HIST, hist_key(key, main, sub), _TOMBSTONE)
+            view.put(CF_REV, rev_bytes(main, sub), _pack([key, True, b"", 0, main, 0, 0]))
+            prev_kv = _kv(key, _unpack(raw))
+            prev_kvs.append(prev_kv)
+            ch.events.append(Event("DELETE", _tombstone_kv(key, main), prev_kv))
+        resp: dict = {"deleted": len(victims)}
+        if op["prev_kv"]:
+            resp["prev_kvs"] = prev_kvs
+        return resp
+
+    def _txn(self, view: _View, st: _State, ch: _Changes, op: dict, path: Iterator[bool]) -> dict:
+        succeeded = next(path)
+        responses = []
+        for sub_op in op["success"] if succeeded else op["failure"]:
+            kind = sub_op["op"]
+            if kind == "range":
+                resp = self._range(view, sub_op, self._read_revision(st, ch), st.compact_revision)
+            elif kind == "put":
+                resp = self._put(view, ch, sub_op)
+            elif kind == "delete_range":
+                resp = self._delete_range(view, ch, sub_op)
+            elif kind == "txn":
+                resp = self._txn(view, st, ch, sub_op, path)
+            else:
+                raise AssertionError(f"op {kind!r} cannot be in a txn")
+            responses.append({kind: resp})
+        return {"succeeded": succeeded, "responses": responses}
+
+    def _compare_path(self, view: _View, txn: dict) -> list[bool]:
+        """etcd's compareToPath: every compare of the executed path, on the state before
+        the txn ran (nested txns' compares too), in execution order."""
+        ok = all(self._compare(view, c) for c in txn["compare"])
+        path = [ok]
+        for sub_op in txn["success"] if ok else txn["failure"]:
+            if sub_op["op"] == "txn":
+                path.extend(self._compare_path(view, sub_op))
+        return path
+
+    def _compare(self, view: _View, cmp: dict) -> bool:
+        start, end = _key_bounds(cmp["key"], cmp["range_end"])
+        if not cmp["range_end"]:
+            raw = view.get(CF_KEY, start)
+            recs = [] if raw is None else [_unpack(raw)]
+        elif end is not None and end <= start:
+            recs = []
+        else:
+            recs = [_unpack(raw) for _, raw in view.iterate(CF_KEY, start, end)]
+        target = cmp["target"]
+        if not recs:
+            if target == "VALUE":
+                return False  # no way to compare a value of a key that does not exist
+            recs = [[b"", 0, 0, 0, 0]]
+        for rec in recs:
+            if target == "VALUE":
+                have, want = rec[_VALUE], cmp["value"]
+            elif target == "VERSION":
+                have, want = rec[_VERSION], cmp["version"]
+            elif target == "CREATE":
+                have, want = rec[_CREATE], cmp["create_revision"]
+            elif target == "MOD":
+                have, want = rec[_MOD], cmp["mod_revision"]
+            else:
+                have, want = rec[_LEASE], cmp["lease"]
+            result = cmp["result"]
+            if result == "EQUAL":
+                ok = have == want
+            elif result == "NOT_EQUAL":
+                ok = have != want
+            elif result == "GREATER":
+                ok = have > want
+            else:
+                ok = have < want
+            if not ok:
+                return False
+        return True
+
+    def _compact(self, view: _View, st: _State, revision: int) -> None:
+        if revision <= st.compact_revision:
+            raise Compacted(compact_revision=st.compact_revision)
+        if revision > st.current_revision:
+            raise FutureRevision(current_revision=st.current_revision)
+        # Newest change <= revision of every key changed in (old compact, revision].
+        newest: dict[bytes, tuple[int, int, bool]] = {}
+        for rk, raw in view.iterate(CF_REV, rev_bytes(st.compact_revision + 1),
+                                    rev_bytes(revision + 1)):
+            main, sub = Revision.from_bytes(rk)
+            key, is_tombstone = _unpack(raw)[:2]
+            newest[key] = (main, sub, is_tombstone)
+            view.put(CF_REV, rk, None)
+        for key in sorted(newest):
+            main, sub, is_tombstone = newest[key]
+            for hk, _ in view.iterate(CF_HIST, escape(key), hist_key(key, main, sub)):
+                view.put(CF_HIST, hk, None)
+            if is_tombstone:
+                view.put(CF_HIST, hist_key(key, main, sub), None)
+        st.compact_revision = revision
+
+    # --- reads -----------------------------------------------------------------------
+    def range(self, op: dict) -> dict:
+        """A normalized range op -> ``{"kvs", "more", "count"}`` at the applied state."""
+        return self._range(_View(self._backend), op, self._state.current_revision,
+                           self._state.compact_revision)
+
+    def _check_revision(self, revision: int, current: int, compact: int) -> int:
+        if revision > current:
+            raise FutureRevision(current_revision=current)
+        if revision <= 0:
+            revision = current
+        if revision < compact:
+            raise Compacted(compact_revision=compact)
+        return revision
+
+    def _range(self, view: _View, op: dict, current: int, compact: int) -> dict:
+        rev = self._check_revision(op["revision"], current, compact)
+        items = self._live_items(view, op["key"], op["range_end"], rev, current)
+        limit = op["limit"]
+        order, target = op["sort_order"], op["sort_target"]
+        if order == "NONE" and target != "KEY":
+            order = "ASCEND"
+        filtered = any(op[f] for f in ("min_mod_revision", "max_mod_revision",
+                                       "min_create_revision", "max_create_revision"))
+        if op["count_only"]:
+            return {"kvs": [], "more": False, "count": sum(1 for _ in items)}
+        if limit > 0 and not filtered and order in ("NONE", "ASCEND") and target == "KEY":
+            # Key order already: decode only what is returned, count the rest.
+            kvs = []
+            count = 0
+            for key, raw in items:
+                count += 1
+                if count <= limit:
+                    kvs.append(_kv(key, _unpack(raw)))
+            more = count > limit
+        else:
+            kvs = [_kv(key, _unpack(raw)) for key, raw in items]
+            count = len(kvs)
+            if filtered:
+                kvs = [kv for kv in kvs if _passes(kv, op)]
+            if order != "NONE":
+                field_name = _SORT_FIELD[target]
+                kvs.sort(key=lambda kv: kv[field_name], reverse=(order == "DESCEND"))
+            more = False
+            if 0 < limit < len(kvs):
+                kvs = kvs[:limit]
+                more = True
+        if op["keys_only"]:
+            for kv in kvs:
+                kv["value"] = b""
+        return {"kvs": kvs, "more": more, "count": count}
+
+    def _live_items(self, view: _View, key: bytes, range_end: bytes, rev: int,
+                    current: int) -> Iterator[tuple[bytes, bytes]]:
+        """(key, packed record) of the keys alive at ``rev`` in the range, in key order."""
+        start, end = _key_bounds(key, range_end)
+        if end is not None and end <= start:
+            return iter(())
+        if rev == current:
+            if not range_end:
+                raw = view.get(CF_KEY, start)
+                return iter(()) if raw is None else iter(((start, raw),))
+            return view.iterate(CF_KEY, start, end)
+        if not range_end:
+            for _, raw in view.iterate(CF_HIST, escape(start), hist_key(start, rev + 1, 0),
+                                       reverse=True):
+                return iter(()) if raw == _TOMBSTONE else iter(((start, raw),))
+            return iter(())
+        return self._hist_items(view, prefix(start), None if end is None else prefix(end), rev)
+
+    @staticmethod
+    def _hist_items(view: _View, hstart: bytes, hend: bytes | None,
+                    rev: int) -> Iterator[tuple[bytes, bytes]]:
+        group: bytes | None = None
+        best: tuple[bytes, bytes] | None = None
+        for hk, raw in view.iterate(CF_HIST, hstart, hend):
+            esc, user, r = split_hist_key(hk)
+            if esc != group:
+                if best is not None and best[1] != _TOMBSTONE:
+                    yield best
+                group, best = esc, None
+            if r.main <= rev:
+                best = (user, raw)
+        if best is not None and best[1] != _TOMBSTONE:
+            yield best
+
+    def events_between(self, start_rev: int, end_rev: int) -> list[tuple[int, list[Event]]]:
+        """History in ``(start_rev, end_rev]`` grouped by revision, oldest first (end is
+        clamped to the current revision); ``Compacted`` if start_rev < compact_revision."""
+        st = self._state
+        if start_rev < st.compact_revision:
+            raise Compacted(compact_revision=st.compact_revision)
+        end = min(end_rev, st.current_revision)
+        out: list[tuple[int, list[Event]]] = []
+        if end <= start_rev:
+            return out
+        view = _View(self._backend)
+        for rk, raw in view.iterate(CF_REV, rev_bytes(start_rev + 1), rev_bytes(end + 1)):
+            main, sub = Revision.from_bytes(rk)
+            key, is_tombstone, *rec = _unpack(raw)
+            prev_kv = None
+            for _, praw in view.iterate(CF_HIST, escape(key), hist_key(key, main, sub),
+                                        reverse=True):
+                if praw != _TOMBSTONE:
+                    prev_kv = _kv(key, _unpack(praw))
+                break
+            if is_tombstone:
+                ev = Event("DELETE", _tombstone_kv(key, main), prev_kv)
+            else:
+                ev = Event("PUT", _kv(key, rec), prev_kv)
+            if out and out[-1][0] == main:
+                out[-1][1].append(ev)
+            else:
+                out.append((main, [ev]))
+        return out
+
+    def hash_kv(self, revision: int = 0) -> tuple[int, int]:
+        """(hash, revision): blake2b over every live KeyValue as of ``revision`` (0 =
+        current), in key order. Equal on every member with the same history."""
+        st = self._state
+        rev = self._check_revision(revision, st.current_revision, st.compact_revision)
+        h = hashlib.blake2b(digest_size=8)
+        for key, raw in self._live_items(_View(self._backend), b"\x00", b"\x00", rev,
+                                         st.current_revision):
+            h.update(_pack([key, *_unpack(raw)]))
+        return int.from_bytes(h.digest(), "big"), rev
+
+
+_SORT_FIELD = {"KEY": "key", "VERSION": "version", "CREATE": "create_revision",
+               "MOD": "mod_revision", "VALUE": "value"}
+
+
+def _passes(kv: dict, op: dict) -> bool:
+    if op["min_mod_revision"] and kv["mod_revision"] < op["min_mod_revision"]:
+        return False
+    if op["max_mod_revision"] and kv["mod_revision"] > op["max_mod_revision"]:
+        return False
+    if op["min_create_revision"] and kv["create_revision"] < op["min_create_revision"]:
+        return False
+    if op["max_create_revision"] and kv["create_revision"] > op["max_create_revision"]:
+        return False
+    return True
+
+
+def _key_bounds(key: bytes, range_end: bytes) -> tuple[bytes, bytes | None]:
+    """``[start, end)`` of a key range; end None = unbounded. A single key gives
+    ``(key, key + b"\\x00")``."""
+    if not range_end:
+        return key, key + b"\x00"
+    if range_end == b"\x00":
+        return key, None
+    return key, range_end

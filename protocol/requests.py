@@ -1,0 +1,345 @@
+"""Validation and normalization of client requests (protocol/SPEC.md sections 3 and 4).
+
+Rules: pure (no I/O); whatever comes in, only ``QkvError`` subclasses go out.
+
+``normalize_request(req, limits)`` takes a decoded request map without its ``id`` and
+returns an op dict with every field of the op present and typed:
+- keys and values are ``bytes`` (a ``str`` is taken as its UTF-8 bytes);
+- integers are ``int`` (never ``bool``), within int64 (uint64 nowhere here);
+- flags are ``bool`` (never ``int``);
+- enums are SPEC's upper-case strings (input is matched case-insensitively);
+- txn branches hold normalized ops ``{"op": "range"|"put"|"delete_range"|"txn", ...}``;
+- a compare is ``{"target", "result", "key", "range_end", <target field>}`` where the
+  target field is ``version``/``create_revision``/``mod_revision``/``value``/``lease``.
+
+Checked here, before anything runs: unknown op, types, unknown fields, enums, negative
+revisions and limits, ``ignore_value``/``ignore_lease`` with a value/lease, missing keys,
+``--max-txn-ops`` (each of compare/success/failure at every level) and etcd's duplicate
+key rule (``checkIntervals`` in etcd's ``server/etcdserver/api/v3rpc/key.go``). One
+deliberate difference from etcd there: a delete whose ``range_end`` is ``"\\x00"`` (every
+key >= ``key``) is treated as the unbounded interval it is; etcd's interval tree treats it
+as empty and so misses a put inside it.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from protocol.errors import (
+    DuplicateKey,
+    InvalidArgument,
+    KeyNotProvided,
+    Malformed,
+    QkvError,
+    TooManyOps,
+    UnknownOp,
+)
+
+INT64_MAX = 2**63 - 1
+INT64_MIN = -(2**63)
+MAX_TXN_DEPTH = 8
+
+SORT_ORDERS = ("NONE", "ASCEND", "DESCEND")
+SORT_TARGETS = ("KEY", "VERSION", "CREATE", "MOD", "VALUE")
+COMPARE_TARGETS = ("VERSION", "CREATE", "MOD", "VALUE", "LEASE")
+COMPARE_RESULTS = ("EQUAL", "GREATER", "LESS", "NOT_EQUAL")
+# The Compare field that holds the operand for each target.
+COMPARE_TARGET_FIELD = {
+    "VERSION": "version",
+    "CREATE": "create_revision",
+    "MOD": "mod_revision",
+    "VALUE": "value",
+    "LEASE": "lease",
+}
+
+OPS = ("range", "put", "delete_range", "txn", "compact", "status")
+TXN_OPS = ("range", "put", "delete_range", "txn")
+WRITE_OPS = frozenset(("put", "delete_range", "txn", "compact"))
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_txn_ops: int = 128
+
+
+def is_write(op: dict) -> bool:
+    """True for ops that must go through the log (put, delete_range, txn, compact)."""
+    return op.get("op") in WRITE_OPS
+
+
+def normalize_request(req: dict, limits: Limits) -> dict:
+    """Validate a decoded request (without ``id``) and return its normalized op dict."""
+    try:
+        return _normalize_request(req, limits)
+    except QkvError:
+        raise
+    except RecursionError:
+        raise InvalidArgument("request is nested too deeply") from None
+    except Exception as exc:  # a bug here must still answer with a protocol error
+        raise InvalidArgument(f"invalid request: {type(exc).__name__}") from None
+
+
+def _normalize_request(req: Any, limits: Limits) -> dict:
+    if not isinstance(req, dict):
+        raise Malformed("malformed request: not a map")
+    op = req.get("op")
+    if not isinstance(op, str) or op not in OPS:
+        raise UnknownOp(f"unknown op: {_short(op)}")
+    fields = {k: v for k, v in req.items() if k != "op"}
+    if op == "status":
+        _no_unknown(fields, (), "status")
+        return {"op": "status"}
+    if op == "compact":
+        _no_unknown(fields, ("revision", "physical"), "compact")
+        if "revision" not in fields:
+            raise InvalidArgument("compact: revision is required")
+        return {
+            "op": "compact",
+            "revision": _int(fields, "revision", nonneg=True),
+            "physical": _bool(fields, "physical"),
+        }
+    out = _normalize_kv_op(op, fields, limits, depth=0)
+    if op == "txn":
+        _check_txn_duplicates(out)
+    return out
+
+
+# --- the four ops that may appear in a txn --------------------------------------------
+_RANGE_FIELDS = (
+    "key", "range_end", "limit", "revision", "sort_order", "sort_target", "serializable",
+    "keys_only", "count_only", "min_mod_revision", "max_mod_revision",
+    "min_create_revision", "max_create_revision",
+)
+_PUT_FIELDS = ("key", "value", "lease", "prev_kv", "ignore_value", "ignore_lease")
+_DELETE_FIELDS = ("key", "range_end", "prev_kv")
+_TXN_FIELDS = ("compare", "success", "failure")
+_COMPARE_FIELDS = ("target", "result", "key", "range_end")
+
+
+def _normalize_kv_op(op: str, fields: Any, limits: Limits, depth: int) -> dict:
+    if not isinstance(fields, dict):
+        raise InvalidArgument(f"{op}: fields must be a map")
+    if op == "range":
+        _no_unknown(fields, _RANGE_FIELDS, op)
+        return {
+            "op": "range",
+            "key": _key(fields, op),
+            "range_end": _bytes(fields, "range_end"),
+            "limit": _int(fields, "limit", nonneg=True),
+            "revision": _int(fields, "revision", nonneg=True),
+            "sort_order": _enum(fields, "sort_order", SORT_ORDERS),
+            "sort_target": _enum(fields, "sort_target", SORT_TARGETS),
+            "serializable": _bool(fields, "serializable"),
+            "keys_only": _bool(fields, "keys_only"),
+            "count_only": _bool(fields, "count_only"),
+            "min_mod_revision": _int(fields, "min_mod_revision", nonneg=True),
+            "max_mod_revision": _int(fields, "max_mod_revision", nonneg=True),
+            "min_create_revision": _int(fields, "min_create_revision", nonneg=True),
+            "max_create_revision": _int(fields, "max_create_revision", nonneg=True),
+        }
+    if op == "put":
+        _no_unknown(fields, _PUT_FIELDS, op)
+        out = {
+            "op": "put",
+            "key": _key(fields, op),
+            "value": _bytes(fields, "value"),
+            "lease": _int(fields, "lease"),
+            "prev_kv": _bool(fields, "prev_kv"),
+            "ignore_value": _bool(fields, "ignore_value"),
+            "ignore_lease": _bool(fields, "ignore_lease"),
+        }
+        if out["ignore_value"] and out["value"]:
+            raise InvalidArgument("etcdserver: value is provided")
+        if out["ignore_lease"] and out["lease"]:
+            raise InvalidArgument("etcdserver: lease is provided")
+        return out
+    if op == "delete_range":
+        _no_unknown(fields, _DELETE_FIELDS, op)
+        return {
+            "op": "delete_range",
+            "key": _key(fields, op),
+            "range_end": _bytes(fields, "range_end"),
+            "prev_kv": _bool(fields, "prev_kv"),
+        }
+    if op == "txn":
+        if depth >= MAX_TXN_DEPTH:
+            raise InvalidArgument(f"txn: nested more than {MAX_TXN_DEPTH} levels")
+        _no_unknown(fields, _TXN_FIELDS, op)
+        compare = _list(fields, "compare")
+        success = _list(fields, "success")
+        failure = _list(fields, "failure")
+        for name, items in (("compare", compare), ("success", success), ("failure", failure)):
+            if len(items) > limits.max_txn_ops:
+                raise TooManyOps(
+                    f"etcdserver: too many operations in txn request ({name}: {len(items)})",
+                    limit=limits.max_txn_ops,
+                )
+        return {
+            "op": "txn",
+            "compare": [_compare(c) for c in compare],
+            "success": [_request_op(r, limits, depth) for r in success],
+            "failure": [_request_op(r, limits, depth) for r in failure],
+        }
+    raise UnknownOp(f"unknown op: {_short(op)}")  # pragma: no cover - callers check
+
+
+def _request_op(item: Any, limits: Limits, depth: int) -> dict:
+    if not isinstance(item, dict) or len(item) != 1:
+        raise InvalidArgument("txn: a RequestOp must be a map with exactly one entry")
+    (name, fields), = item.items()
+    if not isinstance(name, str) or name not in TXN_OPS:
+        raise InvalidArgument(f"txn: unknown RequestOp {_short(name)}")
+    return _normalize_kv_op(name, fields, limits, depth + 1)
+
+
+def _compare(item: Any) -> dict:
+    if not isinstance(item, dict):
+        raise InvalidArgument("txn: a Compare must be a map")
+    target = _enum(item, "target", COMPARE_TARGETS)
+    field = COMPARE_TARGET_FIELD[target]
+    _no_unknown(item, _COMPARE_FIELDS + (field,), "compare")
+    out = {
+        "target": target,
+        "result": _enum(item, "result", COMPARE_RESULTS),
+        "key": _key(item, "compare"),
+        "range_end": _bytes(item, "range_end"),
+    }
+    out[field] = _bytes(item, field) if field == "value" else _int(item, field)
+    return out
+
+
+# --- etcd's duplicate-key rule ----------------------------------------------------------
+def _check_txn_duplicates(txn: dict) -> None:
+    _check_intervals(txn["success"])
+    _check_intervals(txn["failure"])
+
+
+class _Dels:
+    """A set of half-open byte intervals; ``end`` None means unbounded."""
+
+    def __init__(self) -> None:
+        self.intervals: list[tuple[bytes, bytes | None]] = []
+
+    def add_delete(self, op: dict) -> None:
+        key, end = op["key"], op["range_end"]
+        if not end:
+            self.intervals.append((key, key + b"\x00"))
+        elif end == b"\x00":
+            self.intervals.append((key, None))
+        elif end > key:
+            self.intervals.append((key, end))
+        # an empty interval (end <= key) deletes nothing
+
+    def contains(self, k: bytes) -> bool:
+        return any(s <= k and (e is None or k < e) for s, e in self.intervals)
+
+
+def _check_intervals(reqs: list[dict]) -> tuple[set[bytes], _Dels]:
+    dels = _Dels()
+    for r in reqs:
+        if r["op"] == "delete_range":
+            dels.add_delete(r)
+    puts: set[bytes] = set()
+    for r in reqs:
+        if r["op"] != "txn":
+            continue
+        puts_then, dels_then = _check_intervals(r["success"])
+        puts_else, dels_else = _check_intervals(r["failure"])
+        for k in puts_then:
+            if k in puts or dels.contains(k):
+                raise DuplicateKey()
+            puts.add(k)
+        for k in puts_else:
+            if (k in puts and k not in puts_then) or dels.contains(k):
+                raise DuplicateKey()
+            puts.add(k)
+        dels.intervals.extend(dels_then.intervals)
+        dels.intervals.extend(dels_else.intervals)
+    for r in reqs:
+        if r["op"] != "put":
+            continue
+        k = r["key"]
+        if k in puts or dels.contains(k):
+            raise DuplicateKey()
+        puts.add(k)
+    return puts, dels
+
+
+# --- field helpers ----------------------------------------------------------------------
+def _short(v: Any) -> str:
+    try:
+        s = repr(v)
+    except Exception:
+        s = f"<{type(v).__name__}>"
+    return s if len(s) <= 60 else s[:57] + "..."
+
+
+def _no_unknown(fields: dict, allowed: tuple[str, ...], where: str) -> None:
+    for k in fields:
+        if not isinstance(k, str) or k not in allowed:
+            raise InvalidArgument(f"{where}: unknown field {_short(k)}")
+
+
+def _bytes(fields: dict, name: str) -> bytes:
+    v = fields.get(name)
+    if v is None:
+        if name in fields:
+            raise InvalidArgument(f"{name}: must be bytes, got nil")
+        return b""
+    if isinstance(v, bytes):
+        return v
+    if isinstance(v, str):
+        try:
+            return v.encode("utf-8")
+        except UnicodeEncodeError:
+            raise InvalidArgument(f"{name}: not valid UTF-8") from None
+    raise InvalidArgument(f"{name}: must be bytes, got {type(v).__name__}")
+
+
+def _key(fields: dict, where: str) -> bytes:
+    key = _bytes(fields, "key")
+    if not key:
+        raise KeyNotProvided()
+    return key
+
+
+def _int(fields: dict, name: str, nonneg: bool = False) -> int:
+    if name not in fields:
+        return 0
+    v = fields[name]
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise InvalidArgument(f"{name}: must be an integer, got {type(v).__name__}")
+    if not INT64_MIN <= v <= INT64_MAX:
+        raise InvalidArgument(f"{name}: out of the int64 range")
+    if nonneg and v < 0:
+        raise InvalidArgument(f"{name}: must not be negative")
+    return int(v)
+
+
+def _bool(fields: dict, name: str) -> bool:
+    if name not in fields:
+        return False
+    v = fields[name]
+    if not isinstance(v, bool):
+        raise InvalidArgument(f"{name}: must be a bool, got {type(v).__name__}")
+    return v
+
+
+def _enum(fields: dict, name: str, values: tuple[str, ...]) -> str:
+    if name not in fields:
+        return values[0]
+    v = fields[name]
+    if not isinstance(v, str) or v.upper() not in values:
+        raise InvalidArgument(f"{name}: must be one of {', '.join(values)}, got {_short(v)}")
+    return v.upper()
+
+
+def _list(fields: dict, name: str) -> list:
+    v = fields.get(name)
+    if v is None:
+        if name in fields:
+            raise InvalidArgument(f"{name}: must be a list, got nil")
+        return []
+    if not isinstance(v, (list, tuple)):
+        raise InvalidArgument(f"{name}: must be a list, got {type(v).__name__}")
+    return list(v)
