@@ -77,7 +77,7 @@ class ConsensusActor(Actor):
         identity, frame = frames
         try:
             msg_type, body = unpack_msg(frame)
-            handler = self._handlers[msg_type]
+            handler = self._message_handlers[msg_type]
         except (errors.QkvError, KeyError):
             self.log.warning("internal_message_dropped")
             return
@@ -124,7 +124,7 @@ class ConsensusActor(Actor):
         }
         self.send_router(self.router, identity, pack_msg(M.STATUS_RESP, [ctx_id, status]))
 
-    _handlers = {
+    _message_handlers = {
         M.PROPOSE: _on_propose,
         M.READ_INDEX: _on_read_index,
         M.FETCH: _on_fetch,

@@ -48,7 +48,7 @@ class Actor:
         self.log = runtime_log.configure(cfg.log_level, cfg.log_format, node=cfg.name, actor=self.role)
         self.ctx = zmq.Context()
         self.poller = zmq.Poller()
-        self._handlers: dict[zmq.Socket, Callable[[list[bytes]], None]] = {}
+        self._socket_handlers: dict[zmq.Socket, Callable[[list[bytes]], None]] = {}
         self._timers: list[tuple[float, int, Callable[[], None]]] = []
         self._seq = itertools.count()
         self.stopping = False
@@ -78,7 +78,7 @@ class Actor:
         if connect:
             sock.connect(connect)
         if handler is not None:
-            self._handlers[sock] = handler
+            self._socket_handlers[sock] = handler
             self.poller.register(sock, zmq.POLLIN)
         return sock
 
@@ -175,7 +175,7 @@ class Actor:
                 return
             raise
         for sock, _ in events:
-            handler = self._handlers[sock]
+            handler = self._socket_handlers[sock]
             for _ in range(DRAIN_MAX):
                 try:
                     frames = sock.recv_multipart(zmq.NOBLOCK)

@@ -1,0 +1,35 @@
+"""The quorumkv Python client library (protocol/SPEC.md) and the ``qkvctl`` CLI.
+
+    from protocol.client import Client, Compare, Op
+    with Client(["tcp://127.0.0.1:7379"]) as c:
+        c.put("foo", "bar")
+        c.get("foo").kvs[0].value   # b"bar"
+        c.txn().if_(Compare.version("foo") == 1).then(Op.put("foo", "baz")).commit()
+
+``Client`` is imported on first use (PEP 562), so ``qkvctl --help`` and the pure parts
+(``Compare``, ``Op``, the response types) do not pay for importing zmq.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from protocol.client.txn import Compare, CompareTarget, Op, Txn
+from protocol.client.types import (
+    CompactResponse, DeleteRangeResponse, KeyValue, PutResponse, RangeResponse,
+    ResponseHeader, StatusResponse, TxnResponse, key_range, prefix_end,
+)
+
+__all__ = [
+    "Client", "Compare", "CompareTarget", "Op", "Txn", "KeyValue", "ResponseHeader",
+    "PutResponse", "RangeResponse", "DeleteRangeResponse", "TxnResponse", "CompactResponse",
+    "StatusResponse", "prefix_end", "key_range", "normalize_endpoint", "DEFAULT_ENDPOINT",
+]
+
+_LAZY = {"Client", "normalize_endpoint", "DEFAULT_ENDPOINT"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        from protocol.client import client as _client
+        return getattr(_client, name)
+    raise AttributeError(f"module 'protocol.client' has no attribute {name!r}")

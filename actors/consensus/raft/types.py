@@ -138,7 +138,7 @@ class Message:
             self.term,
             self.log_term,
             self.index,
-            [[e.term, e.index, e.type, e.data] for e in self.entries],
+            [[e.term, e.index, int(e.type), e.data] for e in self.entries],
             self.commit,
             1 if self.reject else 0,
             self.reject_hint,

@@ -1,0 +1,136 @@
+"""RawNode: the thread-unsafe, I/O-free handle the actor shell drives (etcd rawnode.go).
+
+The shell's loop, in this order:
+    rd = node.ready()
+    persist rd.hard_state / rd.entries (fsync if rd.must_sync); storage.append(rd.entries)
+    send rd.messages
+    apply rd.committed_entries
+    node.advance(rd)
+Rules:
+- Nothing here performs I/O.
+- One Ready at a time: ready() must be followed by advance() before the next ready().
+- step() takes messages from peers only; it raises ValueError for garbage (bad shape,
+  local message types, wrong addressee), checked before the core sees the message. A
+  well-shaped APP that contradicts our committed log also raises ValueError (only a
+  faulty peer can send one); the message's term may have been adopted by then.
+- propose() / read_index() raise ProposalDropped when this node cannot take the request
+  (not leader, no known leader, leadership transfer in progress); the shell forwards or
+  retries.
+"""
+
+from __future__ import annotations
+
+from .raft import Raft
+from .storage import MemoryStorage
+from .types import (LOCAL_MESSAGE_TYPES, Config, ProposalDropped, Entry, EntryType, HardState, Message, MessageType,
+                    Ready, SoftState, StateType, Status, validate_message)
+
+MT = MessageType
+
+
+class RawNode:
+    def __init__(self, config: Config, storage: MemoryStorage):
+        self.raft = Raft(config, storage)
+        self.prev_soft_state: SoftState = self.raft.soft_state()
+        self.prev_hard_state: HardState = storage.initial_state()
+        self._pending: Ready | None = None  # handed out by ready(), awaiting advance()
+
+    # --- inputs --------------------------------------------------------------------------
+    def tick(self) -> None:
+        self.raft.tick()
+
+    def campaign(self) -> None:
+        self.raft.step(Message(MT.HUP, self.raft.id, self.raft.id))
+
+    def propose(self, data: bytes) -> None:
+        """Append data to the log if we are leader; else raise ProposalDropped."""
+        if type(data) is not bytes:
+            raise TypeError("propose: data must be bytes")
+        self.raft.step(Message(MT.PROP, self.raft.id, self.raft.id,
+                               entries=[Entry(0, 0, int(EntryType.NORMAL), data)]))
+
+    def read_index(self, ctx: bytes) -> None:
+        """Request a linearizable read point; a ReadState(index, ctx) follows in a Ready.
+
+        ctx must be non-empty and unique among pending requests cluster-wide.
+        Raises ProposalDropped when there is no leader to ask.
+        """
+        if type(ctx) is not bytes or not ctx:
+            raise ValueError("read_index: ctx must be non-empty bytes")
+        if self.raft.state != StateType.LEADER and self.raft.lead == 0:
+            raise ProposalDropped("no leader")
+        self.raft.step(Message(MT.READ_INDEX, self.raft.id, self.raft.id, context=ctx))
+
+    def transfer_leader(self, to: int) -> None:
+        self.raft.step(Message(MT.TRANSFER_LEADER, self.raft.id, to))
+
+    def step(self, m: Message) -> None:
+        """Feed a message from a peer. Raises ValueError for garbage."""
+        if not isinstance(m, Message):
+            raise ValueError("step: not a Message")
+        validate_message(m)
+        if m.type in LOCAL_MESSAGE_TYPES:
+            raise ValueError("step: local message type from the network")
+        if m.to != self.raft.id:
+            raise ValueError(f"step: message for {m.to}, this is {self.raft.id}")
+        if m.frm == self.raft.id and m.type not in (MT.TRANSFER_LEADER, MT.READ_INDEX):
+            # (Forwarded TRANSFER_LEADER / READ_INDEX carry the requester as frm and may
+            # come back to it after a leader change.)
+            raise ValueError("step: message claims to come from this node")
+        self.raft.step(m)
+
+    # --- outputs -------------------------------------------------------------------------
+    def has_ready(self) -> bool:
+        r = self.raft
+        if r.soft_state() != self.prev_soft_state:
+            return True
+        if r.hard_state() != self.prev_hard_state:
+            return True
+        return bool(r.log.unstable or r.msgs or r.read_states
+                    or r.log.committed > r.log.applied)
+
+    def ready(self) -> Ready:
+        assert self._pending is None, "ready() called again before advance()"
+        r = self.raft
+        ss = r.soft_state()
+        hs = r.hard_state()
+        prev = self.prev_hard_state
+        entries = list(r.log.unstable)
+        rd = Ready(
+            soft_state=ss if ss != self.prev_soft_state else None,
+            hard_state=hs if hs != prev else None,
+            entries=entries,
+            committed_entries=r.log.next_committed_entries(),
+            messages=r.msgs,
+            read_states=r.read_states,
+            must_sync=bool(entries) or hs.term != prev.term or hs.vote != prev.vote,
+        )
+        r.msgs = []
+        r.read_states = []
+        self.prev_soft_state = ss
+        self.prev_hard_state = hs
+        self._pending = rd
+        return rd
+
+    def advance(self, rd: Ready) -> None:
+        """The shell has persisted, sent and applied everything in rd."""
+        assert rd is self._pending, "advance() with a Ready that was not the last one handed out"
+        self._pending = None
+        r = self.raft
+        if rd.committed_entries:
+            r.log.applied_to(rd.committed_entries[-1].index)
+        if rd.entries:
+            last = rd.entries[-1]
+            r.log.stable_to(last.index, last.term)
+            r.on_persisted(r.log.stable_last_index())
+
+    def status(self) -> Status:
+        r = self.raft
+        progress = {}
+        if r.state == StateType.LEADER:
+            progress = {i: (p.match, p.next, p.state.name.lower())
+                        for i, p in r.prs.progress.items()}
+        return Status(id=r.id, term=r.term, vote=r.vote, lead=r.lead, raft_state=r.state,
+                      commit=r.log.committed, applied=r.log.applied,
+                      last_index=r.log.last_index(), progress=progress,
+                      lead_transferee=r.lead_transferee)

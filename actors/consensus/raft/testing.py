@@ -1,0 +1,142 @@
+"""A hand-driven in-memory network of RawNodes, for tests and simulations.
+
+Rules: nothing here performs I/O; every message crosses `to_wire`/`from_wire` so the codec
+is exercised; delivery order is FIFO and deterministic; `cut`/`isolate` drop messages.
+"""
+
+from __future__ import annotations
+
+import random
+
+from .rawnode import RawNode
+from .storage import MemoryStorage
+from .types import Config, Entry, Message, ReadState, StateType
+
+
+class Network:
+    def __init__(self, ids: list[int], seed: int = 0,
+                 storages: dict[int, MemoryStorage] | None = None, strict: bool = True,
+                 **config_kwargs):
+        self.ids = list(ids)
+        self.seed = seed
+        self.config_kwargs = config_kwargs
+        self.storages: dict[int, MemoryStorage] = {}
+        self.nodes: dict[int, RawNode] = {}
+        self.applied: dict[int, list[Entry]] = {i: [] for i in ids}
+        self.read_states: dict[int, list[ReadState]] = {i: [] for i in ids}
+        self.queue: list[Message] = []
+        self.dropped: set[tuple[int, int]] = set()  # (frm, to) links that lose messages
+        self.down: set[int] = set()  # nodes that neither tick nor receive
+        self.msg_filter = None  # callable(Message) -> bool; False drops the message
+        self.delivered: list[Message] = []  # every message delivered, in order
+        # strict: a ValueError from step() fails the test; else the message is recorded here
+        self.strict = strict
+        self.rejected: list[tuple[Message, ValueError]] = []
+        for i in ids:
+            self.storages[i] = (storages or {}).get(i) or MemoryStorage()
+            self.nodes[i] = self._new_node(i)
+
+    def _new_node(self, i: int) -> RawNode:
+        cfg = Config(id=i, voters=self.ids, rng=random.Random(self.seed * 1000 + i),
+                     **self.config_kwargs)
+        return RawNode(cfg, self.storages[i])
+
+    # --- faults --------------------------------------------------------------------------
+    def cut(self, a: int, b: int) -> None:
+        self.dropped.update({(a, b), (b, a)})
+
+    def isolate(self, i: int) -> None:
+        for j in self.ids:
+            if j != i:
+                self.cut(i, j)
+
+    def heal(self) -> None:
+        self.dropped.clear()
+
+    def restart(self, i: int) -> None:
+        """Crash and restart node i from its storage (everything it persisted)."""
+        applied = self.nodes[i].raft.log.applied
+        kw = dict(self.config_kwargs, applied=applied)
+        cfg = Config(id=i, voters=self.ids, rng=random.Random(self.seed * 1000 + i + 7), **kw)
+        self.nodes[i] = RawNode(cfg, self.storages[i])
+
+    # --- driving -------------------------------------------------------------------------
+    def process(self, i: int) -> None:
+        node = self.nodes[i]
+        st = self.storages[i]
+        while node.has_ready():
+            rd = node.ready()
+            if rd.hard_state is not None:
+                st.set_hard_state(rd.hard_state)
+            st.append(rd.entries)
+            self.queue.extend(rd.messages)
+            self.applied[i].extend(rd.committed_entries)
+            self.read_states[i].extend(rd.read_states)
+            node.advance(rd)
+
+    def process_all(self) -> None:
+        for i in self.ids:
+            if i not in self.down:
+                self.process(i)
+
+    def deliver(self, max_rounds: int = 10_000) -> int:
+        """Process and deliver until quiet; return the number of messages delivered."""
+        n = 0
+        for _ in range(max_rounds):
+            self.process_all()
+            if not self.queue:
+                return n
+            msgs, self.queue = self.queue, []
+            for m in msgs:
+                if (m.frm, m.to) in self.dropped or m.to in self.down or m.frm in self.down:
+                    continue
+                if self.msg_filter is not None and not self.msg_filter(m):
+                    continue
+                if m.to not in self.nodes and not self.strict:
+                    continue
+                self.delivered.append(m)
+                try:
+                    self.nodes[m.to].step(Message.from_wire(m.to_wire()))
+                except ValueError as e:
+                    if self.strict:
+                        raise
+                    self.rejected.append((m, e))
+                n += 1
+        raise AssertionError("network did not quiesce")
+
+    def tick(self, i: int, n: int = 1) -> None:
+        for _ in range(n):
+            self.nodes[i].tick()
+
+    def tick_all(self, n: int = 1, deliver: bool = True) -> None:
+        for _ in range(n):
+            for i in self.ids:
+                if i not in self.down:
+                    self.nodes[i].tick()
+            if deliver:
+                self.deliver()
+
+    def campaign(self, i: int) -> None:
+        self.nodes[i].campaign()
+        self.deliver()
+
+    def propose(self, i: int, data: bytes) -> None:
+        self.nodes[i].propose(data)
+        self.deliver()
+
+    # --- observing -----------------------------------------------------------------------
+    def leaders(self) -> list[int]:
+        return [i for i in self.ids
+                if i not in self.down and self.nodes[i].raft.state == StateType.LEADER]
+
+    def state(self, i: int) -> StateType:
+        return self.nodes[i].raft.state
+
+    def term(self, i: int) -> int:
+        return self.nodes[i].raft.term
+
+    def log(self, i: int) -> list[tuple[int, int, bytes]]:
+        return [(e.index, e.term, e.data) for e in self.nodes[i].raft.log.all_entries()]
+
+    def data_applied(self, i: int) -> list[bytes]:
+        return [e.data for e in self.applied[i] if e.data]

@@ -1,0 +1,148 @@
+"""The consensus write-ahead log: Raft hard state and entries in RocksDB (rocksdict).
+
+Rules:
+- This module performs I/O; the Raft core does not. The shell mirrors what it loads into
+  a MemoryStorage and persists every Ready through `save` before sending its messages.
+- Every `save`/`compact` is ONE WriteBatch, so a crash leaves either all of it or none.
+- Layout (raw mode, column families):
+    "log":  key = index as 8-byte big-endian, value = msgpack [term, type, data]
+    "meta": b"hard_state" -> msgpack [term, vote, commit]
+            b"snapshot"   -> msgpack [index, term]   (the compaction point)
+- Invariant: the stored log is consecutive from snapshot.index + 1 to last_index.
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+
+import msgpack
+from rocksdict import Options, Rdict, WriteBatch, WriteOptions
+
+from actors.consensus.raft.types import Entry, HardState, SnapshotMeta
+
+LOG_CF = "log"
+META_CF = "meta"
+HARD_STATE_KEY = b"hard_state"
+SNAPSHOT_KEY = b"snapshot"
+_KEY_END = b"\xff" * 9  # sorts after every 8-byte key
+
+
+def _options() -> Options:
+    opts = Options(raw_mode=True)
+    opts.create_if_missing(True)
+    opts.create_missing_column_families(True)
+    return opts
+
+
+def index_key(index: int) -> bytes:
+    return index.to_bytes(8, "big")
+
+
+class WAL:
+    def __init__(self, path: str):
+        self.path = os.fspath(path)
+        os.makedirs(self.path, exist_ok=True)
+        self._db: Rdict | None = Rdict(
+            self.path, options=_options(),
+            column_families={LOG_CF: _options(), META_CF: _options()})
+        self._log = self._db.get_column_family(LOG_CF)
+        self._meta = self._db.get_column_family(META_CF)
+        self._log_h = self._db.get_column_family_handle(LOG_CF)
+        self._meta_h = self._db.get_column_family_handle(META_CF)
+        self._wo_sync = WriteOptions()
+        self._wo_sync.sync = True
+        self._wo_nosync = WriteOptions()
+        self._wo_nosync.sync = False
+        self._snapshot = self._load_snapshot()
+        self._last_index = self._load_last_index()  # snapshot.index when the log is empty
+
+    # --- reading -------------------------------------------------------------------------
+    def _load_snapshot(self) -> SnapshotMeta:
+        raw = self._meta.get(SNAPSHOT_KEY)
+        if raw is None:
+            return SnapshotMeta()
+        index, term = msgpack.unpackb(raw)
+        return SnapshotMeta(index, term)
+
+    def _load_last_index(self) -> int:
+        it = self._log.iter()
+        it.seek_to_last()
+        last = int.from_bytes(it.key(), "big") if it.valid() else self._snapshot.index
+        del it
+        return max(last, self._snapshot.index)
+
+    def load(self) -> tuple[HardState, SnapshotMeta, list[Entry]]:
+        assert self._db is not None, "wal is closed"
+        raw = self._meta.get(HARD_STATE_KEY)
+        hs = HardState(*msgpack.unpackb(raw)) if raw is not None else HardState()
+        snap = SnapshotMeta(self._snapshot.index, self._snapshot.term)
+        entries: list[Entry] = []
+        it = self._log.iter()
+        it.seek(index_key(snap.index + 1))
+        while it.valid():
+            index = int.from_bytes(it.key(), "big")
+            term, etype, data = msgpack.unpackb(it.value())
+            expected = snap.index + 1 + len(entries)
+            assert index == expected, f"wal: hole in the log at {expected} (found {index})"
+            entries.append(Entry(term, index, etype, data))
+            it.next()
+        del it
+        return hs, snap, entries
+
+    def last_index(self) -> int:
+        return self._last_index
+
+    # --- writing -------------------------------------------------------------------------
+    def save(self, hard_state: HardState | None, entries: list[Entry], sync: bool) -> None:
+        """Persist a Ready's hard state and entries in one batch; entries may replace a suffix."""
+        assert self._db is not None, "wal is closed"
+        if hard_state is None and not entries:
+            return
+        wb = WriteBatch(raw_mode=True)
+        if entries:
+            # Never rewrite the compacted prefix.
+            entries = [e for e in entries if e.index > self._snapshot.index]
+        if entries:
+            first = entries[0].index
+            assert first <= self._last_index + 1, f"wal: gap, last {self._last_index}, got {first}"
+            if first <= self._last_index:
+                wb.delete_range(index_key(first), _KEY_END, self._log_h)
+            prev = first - 1
+            for e in entries:
+                assert e.index == prev + 1, "wal: entries must be consecutive"
+                prev = e.index
+                wb.put(index_key(e.index), msgpack.packb([e.term, e.type, e.data]), self._log_h)
+        if hard_state is not None:
+            wb.put(HARD_STATE_KEY,
+                   msgpack.packb([hard_state.term, hard_state.vote, hard_state.commit]),
+                   self._meta_h)
+        self._db.write(wb, self._wo_sync if sync else self._wo_nosync)
+        if entries:
+            self._last_index = entries[-1].index
+
+    def compact(self, index: int, term: int) -> None:
+        """Drop entries <= index and remember (index, term) as the compaction point."""
+        assert self._db is not None, "wal is closed"
+        if index <= self._snapshot.index:
+            return
+        assert index <= self._last_index, f"wal: compact {index} beyond last {self._last_index}"
+        wb = WriteBatch(raw_mode=True)
+        wb.delete_range(index_key(0), index_key(index + 1), self._log_h)
+        wb.put(SNAPSHOT_KEY, msgpack.packb([index, term]), self._meta_h)
+        self._db.write(wb, self._wo_nosync)
+        self._snapshot = SnapshotMeta(index, term)
+
+    def close(self) -> None:
+        if self._db is None:
+            return
+        db = self._db
+        self._db = None
+        # rocksdict keeps the lock while any column-family handle is alive.
+        del self._log_h, self._meta_h
+        for cf in (self._log, self._meta):
+            cf.close() if hasattr(cf, "close") else None
+        del self._log, self._meta
+        db.close()
+        del db
+        gc.collect()

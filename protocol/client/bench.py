@@ -1,0 +1,360 @@
+"""``qkvctl benchmark``: a load generator in the spirit of etcd's tools/benchmark.
+
+One thread drives every logical client: one DEALER socket per logical client, each with
+exactly one request in flight, all under one ``zmq.Poller``. Request frames are built
+from pre-encoded msgpack pieces (only the id, and the key for puts, are encoded per
+request). A request with no reply within ``timeout_s`` is counted as an error and its
+socket is recreated (Lazy Pirate), so a late reply is never mistaken for a new one.
+Errors are counted and reported by message, never dropped.
+"""
+from __future__ import annotations
+
+import math
+import os
+import random
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, TextIO
+
+import msgpack
+import zmq
+
+from protocol.codec import VERSION, unpack
+from protocol.errors import QkvError
+
+_PACK = msgpack.Packer(use_bin_type=True)
+_VERSION_BYTE = bytes([VERSION])
+_ID_KEY = msgpack.packb("id")
+
+
+@dataclass
+class BenchConfig:
+    kind: str  # "put", "range" or "txn-put"
+    endpoints: list[str]
+    clients: int = 1
+    total: int | None = None  # requests; None with duration_s set means "run for a time"
+    duration_s: float | None = None
+    key_size: int = 8
+    val_size: int = 256
+    key_space_size: int = 1
+    sequential_keys: bool = False
+    consistency: str = "l"
+    key: bytes = b""
+    range_end: bytes = b""
+    txn_ops: int = 1
+    timeout_s: float = 5.0
+    seed: int | None = None
+
+
+@dataclass
+class BenchResult:
+    latencies_s: list[float] = field(default_factory=list)
+    errors: dict[str, int] = field(default_factory=dict)
+    total_s: float = 0.0
+
+    @property
+    def error_count(self) -> int:
+        return sum(self.errors.values())
+
+
+def _body(fields: dict[str, Any]) -> tuple[int, bytes]:
+    return len(fields), b"".join(_PACK.pack(k) + _PACK.pack(v) for k, v in fields.items())
+
+
+def _frame(rid: int, n_fields: int, body: bytes) -> bytes:
+    # msgpack fixmap header (n < 16 entries): the id first, then the pre-encoded pairs.
+    return _VERSION_BYTE + bytes((0x80 | (n_fields + 1),)) + _ID_KEY + _PACK.pack(rid) + body
+
+
+def make_key(n: int, key_size: int) -> bytes:
+    """etcd's benchmark key: ``binary.PutVarint(k, n)`` in a ``key_size`` byte buffer."""
+    zz = (n << 1) ^ (n >> 63)
+    out = bytearray()
+    while True:
+        b = zz & 0x7F
+        zz >>= 7
+        if zz:
+            out.append(b | 0x80)
+        else:
+            out.append(b)
+            break
+    out = out[:key_size] if key_size >= 1 else out
+    return bytes(out) + b"\x00" * max(0, key_size - len(out))
+
+
+class _RequestMaker:
+    """Builds the i-th request frame of a benchmark."""
+
+    def __init__(self, cfg: BenchConfig) -> None:
+        self.cfg = cfg
+        self.rng = random.Random(cfg.seed)
+        self.value = self.rng.randbytes(cfg.val_size)
+        if cfg.kind == "range":
+            fields: dict[str, Any] = {"op": "range", "key": cfg.key}
+            if cfg.range_end:
+                fields["range_end"] = cfg.range_end
+            if cfg.consistency == "s":
+                fields["serializable"] = True
+            self._fixed = _body(fields)
+        elif cfg.kind == "put":
+            self._tail = _PACK.pack("value") + _PACK.pack(self.value)
+            self._head = _PACK.pack("op") + _PACK.pack("put") + _PACK.pack("key")
+        elif cfg.kind != "txn-put":
+            raise ValueError(f"unknown benchmark {cfg.kind!r}")
+
+    def _key_index(self, i: int) -> int:
+        if self.cfg.sequential_keys:
+            return i % self.cfg.key_space_size
+        return self.rng.randrange(self.cfg.key_space_size)
+
+    def frame(self, rid: int, i: int) -> bytes:
+        cfg = self.cfg
+        if cfg.kind == "range":
+            return _frame(rid, *self._fixed)
+        if cfg.kind == "put":
+            key = make_key(self._key_index(i), cfg.key_size)
+            return _frame(rid, 3, self._head + _PACK.pack(key) + self._tail)
+        ops = [{"put": {"key": make_key((i * cfg.txn_ops + j) % cfg.key_space_size, cfg.key_size),
+                        "value": self.value}} for j in range(cfg.txn_ops)]
+        return _frame(rid, *_body({"op": "txn", "compare": [], "success": ops, "failure": []}))
+
+
+class _Conn:
+    __slots__ = ("sock", "endpoint", "rid", "sent_at", "busy")
+
+    def __init__(self, sock: zmq.Socket, endpoint: str) -> None:
+        self.sock = sock
+        self.endpoint = endpoint
+        self.rid = 0
+        self.sent_at = 0.0
+        self.busy = False
+
+
+def run(cfg: BenchConfig, progress: Callable[[int, int | None, float], None] | None = None
+        ) -> BenchResult:
+    """Run the benchmark; ``progress(done, total, elapsed_s)`` is called a few times a second."""
+    if cfg.clients < 1:
+        raise ValueError("--clients must be >= 1")
+    if cfg.total is None and cfg.duration_s is None:
+        cfg.total = 10_000
+    if cfg.key_space_size < 1:
+        raise ValueError("--key-space-size must be >= 1")
+    maker = _RequestMaker(cfg)
+    result = BenchResult()
+    ctx = zmq.Context()
+    poller = zmq.Poller()
+    conns: list[_Conn] = []
+    by_sock: dict[zmq.Socket, _Conn] = {}
+
+    def new_socket(endpoint: str) -> zmq.Socket:
+        s = ctx.socket(zmq.DEALER)
+        s.setsockopt(zmq.LINGER, 0)
+        s.connect(endpoint)
+        poller.register(s, zmq.POLLIN)
+        return s
+
+    for i in range(cfg.clients):
+        ep = cfg.endpoints[i % len(cfg.endpoints)]
+        c = _Conn(new_socket(ep), ep)
+        conns.append(c)
+        by_sock[c.sock] = c
+
+    next_rid = random.getrandbits(32) + 1
+    issued = 0
+    done = 0
+    lats = result.latencies_s
+    errors = result.errors
+    perf = time.perf_counter
+    start = perf()
+    end_at = start + cfg.duration_s if cfg.duration_s is not None else math.inf
+    total = cfg.total
+
+    def issue(c: _Conn, now: float) -> None:
+        nonlocal issued, next_rid
+        if (total is not None and issued >= total) or now >= end_at:
+            c.busy = False
+            return
+        next_rid += 1
+        c.rid = next_rid
+        frame = maker.frame(next_rid, issued)
+        issued += 1
+        c.sent_at = perf()
+        c.busy = True
+        c.sock.send(frame, copy=False)
+
+    def fail(msg: str) -> None:
+        errors[msg] = errors.get(msg, 0) + 1
+
+    try:
+        now = perf()
+        for c in conns:
+            issue(c, now)
+        inflight = sum(1 for c in conns if c.busy)
+        next_check = now + 0.1
+        while inflight:
+            for sock, _ in poller.poll(100):
+                c = by_sock[sock]
+                while True:
+                    try:
+                        frame = sock.recv(zmq.NOBLOCK)
+                    except zmq.Again:
+                        break
+                    t = perf()
+                    try:
+                        reply = unpack(frame)
+                    except QkvError as exc:
+                        fail(f"undecodable reply: {exc.message}")
+                        continue
+                    if not isinstance(reply, dict) or reply.get("id") != c.rid or not c.busy:
+                        continue  # a late reply: its request was already counted
+                    if reply.get("ok") is True:
+                        lats.append(t - c.sent_at)
+                    else:
+                        fail(QkvError.from_wire(reply.get("error")).message)
+                    done += 1
+                    issue(c, t)
+                    if not c.busy:
+                        inflight -= 1
+            now = perf()
+            if now >= next_check:
+                next_check = now + 0.1
+                for c in conns:
+                    if c.busy and now - c.sent_at > cfg.timeout_s:
+                        fail(f"timeout: no reply within {cfg.timeout_s:g}s")
+                        done += 1
+                        poller.unregister(c.sock)
+                        del by_sock[c.sock]
+                        c.sock.close(linger=0)
+                        c.sock = new_socket(c.endpoint)
+                        by_sock[c.sock] = c
+                        issue(c, now)
+                        if not c.busy:
+                            inflight -= 1
+                if progress is not None:
+                    progress(done, total, now - start)
+        result.total_s = perf() - start
+        if progress is not None:
+            progress(done, total, result.total_s)
+    finally:
+        for c in conns:
+            c.sock.close(linger=0)
+        ctx.term()
+    return result
+
+
+# -- the report, in etcd's tools/benchmark/cmd/report shape ------------------------------------
+def _sec(s: float) -> str:
+    return f"{s:4.4f} secs"
+
+
+def format_report(result: BenchResult) -> str:
+    lats = sorted(result.latencies_s)
+    s = ""
+    if lats:
+        total = result.total_s
+        avg = sum(lats) / len(lats)
+        std = math.sqrt(sum((x - avg) ** 2 for x in lats) / len(lats))
+        rps = len(lats) / total if total > 0 else 0.0
+        s += "\nSummary:\n"
+        s += f"  Total:\t{_sec(total)}.\n"
+        s += f"  Slowest:\t{_sec(lats[-1])}.\n"
+        s += f"  Fastest:\t{_sec(lats[0])}.\n"
+        s += f"  Average:\t{_sec(avg)}.\n"
+        s += f"  Stddev:\t{_sec(std)}.\n"
+        s += f"  Requests/sec:\t{rps:4.4f}\n"
+        s += _histogram(lats)
+        s += _latencies(lats)
+    if result.errors:
+        s += "\nError distribution:\n"
+        for msg, n in sorted(result.errors.items(), key=lambda kv: -kv[1]):
+            s += f"  [{n}]\t{msg}\n"
+    if not lats and not result.errors:
+        s += "\nNo requests were made.\n"
+    return s
+
+
+def _histogram(lats: list[float]) -> str:
+    bc = 10
+    fastest, slowest = lats[0], lats[-1]
+    bs = (slowest - fastest) / bc
+    buckets = [fastest + bs * i for i in range(bc)] + [slowest]
+    counts = [0] * (bc + 1)
+    bi = 0
+    i = 0
+    while i < len(lats):
+        if lats[i] <= buckets[bi]:
+            counts[bi] += 1
+            i += 1
+        elif bi < len(buckets) - 1:
+            bi += 1
+        else:  # float rounding: put the rest in the last bucket
+            counts[bi] += len(lats) - i
+            break
+    top = max(counts)
+    s = "\nResponse time histogram:\n"
+    for b, n in zip(buckets, counts):
+        bar = "∎" * (n * 40 // top if top else 0)
+        s += f"  {b:4.4f} [{n}]\t|{bar}\n"
+    return s
+
+
+def _latencies(lats: list[float]) -> str:
+    pctls = [10, 25, 50, 75, 90, 95, 99, 99.9]
+    data = [0.0] * len(pctls)
+    j = 0
+    for i, lat in enumerate(lats):
+        if j >= len(pctls):
+            break
+        if i * 100.0 / len(lats) >= pctls[j]:
+            data[j] = lat
+            j += 1
+    s = "\nLatency distribution:\n"
+    for p, d in zip(pctls, data):
+        if d > 0:
+            s += f"  {p:g}% in {_sec(d)}.\n"
+    return s
+
+
+class ProgressBar:
+    """A one-line progress bar on a TTY stream (nothing when the stream is not a TTY)."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self.stream = stream
+        try:
+            self.enabled = stream.isatty()
+        except (AttributeError, ValueError):
+            self.enabled = False
+
+    def __call__(self, done: int, total: int | None, elapsed_s: float) -> None:
+        if not self.enabled:
+            return
+        if total:
+            frac = min(1.0, done / total)
+            width = 40
+            filled = int(frac * width)
+            bar = "=" * filled + (">" if filled < width else "") + " " * (width - filled - 1)
+            line = f"\r {done} / {total} [{bar}] {frac * 100:6.2f}% {elapsed_s:.0f}s"
+        else:
+            line = f"\r {done} requests {elapsed_s:.1f}s"
+        self.stream.write(line)
+        self.stream.flush()
+
+    def finish(self) -> None:
+        if self.enabled:
+            self.stream.write("\n")
+            self.stream.flush()
+
+
+def main(cfg: BenchConfig, out: TextIO | None = None, err: TextIO | None = None) -> BenchResult:
+    out = out or sys.stdout
+    bar = ProgressBar(err or sys.stderr)
+    result = run(cfg, progress=bar)
+    bar.finish()
+    out.write(format_report(result))
+    out.flush()
+    return result
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main(BenchConfig(kind="put", endpoints=[os.environ.get("QKV_ENDPOINT", "tcp://127.0.0.1:7379")]))

@@ -1,0 +1,578 @@
+"""``qkvctl``: etcdctl v3's commands, flags and output shapes for quorumkv.
+
+zmq and the client are imported inside the commands, so ``qkvctl --help`` starts fast.
+Errors print ``Error: <message>`` on stderr and exit with etcdctl's codes: 1 for a
+failed request, 128 for bad arguments, 3 for bad txn input, 4 for an unsupported
+feature (for example ``-w table`` on ``get``).
+Global flags may appear anywhere on the line, as with etcdctl (``qkvctl get k -w json``).
+"""
+from __future__ import annotations
+
+import os
+import re
+import sys
+import threading
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, Iterator, Optional
+
+import typer
+
+DEFAULT_ENDPOINTS = "tcp://127.0.0.1:7379"
+VERSION = "0.1.0"
+API_VERSION = "3.4"
+
+EXIT_ERROR = 1
+EXIT_INVALID_INPUT = 3
+EXIT_BAD_FEATURE = 4
+EXIT_BAD_ARGS = 128
+
+app = typer.Typer(
+    name="qkvctl", add_completion=False, no_args_is_help=True, rich_markup_mode=None,
+    pretty_exceptions_enable=False,
+    help="A command line client for quorumkv (etcdctl v3 compatible).",
+)
+endpoint_app = typer.Typer(no_args_is_help=True, rich_markup_mode=None,
+                           help="Endpoint related commands")
+benchmark_app = typer.Typer(no_args_is_help=True, rich_markup_mode=None,
+                            help="Benchmark the server (etcd tools/benchmark style)")
+app.add_typer(endpoint_app, name="endpoint")
+app.add_typer(benchmark_app, name="benchmark")
+
+
+class CliError(Exception):
+    def __init__(self, message: str, exit_code: int = EXIT_ERROR) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+@dataclass
+class Globals:
+    endpoints: list[str]
+    command_timeout_s: float
+    write_out: str
+    is_hex: bool
+
+
+_DURATION_RE = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)")
+_UNIT_S = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def parse_duration(text: str) -> float:
+    """Go's ``time.ParseDuration`` (``5s``, ``500ms``, ``1m30s``); a bare number is seconds."""
+    t = text.strip()
+    try:
+        return float(t)
+    except ValueError:
+        pass
+    pos, total = 0, 0.0
+    for m in _DURATION_RE.finditer(t):
+        if m.start() != pos:
+            break
+        total += float(m.group(1)) * _UNIT_S[m.group(2)]
+        pos = m.end()
+    if pos != len(t) or not t:
+        raise CliError(f'invalid duration "{text}"', EXIT_BAD_ARGS)
+    return total
+
+
+def _g(ctx: typer.Context) -> Globals:
+    obj = ctx.find_root().obj
+    assert isinstance(obj, Globals)
+    return obj
+
+
+def _out() -> Any:
+    sys.stdout.flush()
+    return getattr(sys.stdout, "buffer", sys.stdout)
+
+
+def _err() -> Any:
+    sys.stderr.flush()
+    return getattr(sys.stderr, "buffer", sys.stderr)
+
+
+def _arg(s: str) -> bytes:
+    """A command-line argument as the bytes the user typed."""
+    return os.fsencode(s)
+
+
+@contextmanager
+def _errors() -> Iterator[None]:
+    from protocol.client.output import UnsupportedFormat
+    from protocol.client.txnparse import TxnParseError
+    from protocol.errors import QkvError
+
+    try:
+        yield
+    except CliError as exc:
+        _fail(str(exc), exc.exit_code)
+    except TxnParseError as exc:
+        _fail(str(exc), exc.exit_code)
+    except UnsupportedFormat as exc:
+        _fail(str(exc), EXIT_BAD_FEATURE)
+    except QkvError as exc:
+        _fail(exc.message, EXIT_ERROR)
+    finally:
+        try:
+            sys.stdout.flush()
+        except ValueError:
+            pass
+
+
+def _fail(message: str, code: int) -> None:
+    sys.stdout.flush()
+    sys.stderr.write(f"Error: {message}\n")
+    sys.stderr.flush()
+    raise typer.Exit(code)
+
+
+def _client(g: Globals, endpoints: list[str] | None = None) -> Any:
+    from protocol.client.client import Client
+
+    try:
+        return Client(endpoints or g.endpoints, timeout=g.command_timeout_s)
+    except ValueError as exc:
+        raise CliError(str(exc), EXIT_BAD_ARGS) from None
+
+
+def _printer(g: Globals, value_only: bool = False) -> Any:
+    from protocol.client.output import Printer
+
+    return Printer(g.write_out, _out(), is_hex=g.is_hex, value_only=value_only)
+
+
+# -- global options ---------------------------------------------------------------------------
+@app.callback()
+def _root(
+    ctx: typer.Context,
+    endpoints: str = typer.Option(DEFAULT_ENDPOINTS, "--endpoints", envvar="QKVCTL_ENDPOINTS",
+                                  help="comma-separated endpoints (tcp://host:port or host:port)"),
+    command_timeout: str = typer.Option("5s", "--command-timeout",
+                                        help="timeout for short running command (5s, 500ms)"),
+    dial_timeout: str = typer.Option("2s", "--dial-timeout", hidden=True,
+                                     help="accepted for etcdctl compatibility; unused"),
+    write_out: str = typer.Option("simple", "-w", "--write-out",
+                                  help="set the output format (fields, json, simple, table)"),
+    is_hex: bool = typer.Option(False, "--hex", help="print byte strings as hex encoded strings"),
+) -> None:
+    with _errors():
+        from protocol.client.output import FORMATS
+
+        if write_out not in FORMATS:
+            raise CliError(f"unknown output format {write_out!r} (fields, json, simple, table)",
+                           EXIT_BAD_FEATURE)
+        eps = [e.strip() for e in endpoints.split(",") if e.strip()]
+        if not eps:
+            raise CliError("no endpoints given", EXIT_BAD_ARGS)
+        timeout_s = parse_duration(command_timeout)
+        parse_duration(dial_timeout)
+        if timeout_s <= 0:
+            raise CliError("--command-timeout must be > 0", EXIT_BAD_ARGS)
+        ctx.obj = Globals(eps, timeout_s, write_out, is_hex)
+
+
+# -- KV commands ----------------------------------------------------------------------------------
+@app.command("put")
+def put_cmd(
+    ctx: typer.Context,
+    key: Optional[str] = typer.Argument(None),
+    value: Optional[str] = typer.Argument(None, help="the value (read from stdin if omitted)"),
+    prev_kv: bool = typer.Option(False, "--prev-kv", help="return the previous key-value pair"),
+    ignore_value: bool = typer.Option(False, "--ignore-value", help="update with current value"),
+    ignore_lease: bool = typer.Option(False, "--ignore-lease", help="update with current lease"),
+    lease: str = typer.Option("0", "--lease", help="lease ID (in hexadecimal) to attach"),
+) -> None:
+    """Puts the given key into the store."""
+    from protocol.client.txnparse import parse_lease
+
+    g = _g(ctx)
+    with _errors():
+        if key is None:
+            raise CliError("put command needs 1 argument and input from stdin or 2 arguments",
+                           EXIT_BAD_ARGS)
+        if ignore_value and value is not None:
+            raise CliError("put command needs only 1 argument when 'ignore-value' is set",
+                           EXIT_BAD_ARGS)
+        data = b""
+        if not ignore_value:
+            if value is not None:
+                data = _arg(value)
+            else:
+                stdin = getattr(sys.stdin, "buffer", sys.stdin)
+                data = stdin.read() if stdin is not None else b""
+                if isinstance(data, str):
+                    data = data.encode()
+                if not data:
+                    raise CliError("put command needs 1 argument and input from stdin or "
+                                   "2 arguments", EXIT_BAD_ARGS)
+        lease_id = parse_lease(lease)
+        printer = _printer(g)
+        with _client(g) as c:
+            resp = c.put(_arg(key), data, lease=lease_id, prev_kv=prev_kv,
+                         ignore_value=ignore_value, ignore_lease=ignore_lease)
+        printer.put(resp)
+
+
+def _range_args(args: list[str], prefix: bool, from_key: bool, what: str) -> tuple[bytes, Any]:
+    if not args or len(args) > 2:
+        raise CliError(f"{what} command needs one argument as key and an optional argument as "
+                       "range_end", EXIT_BAD_ARGS)
+    if prefix and from_key:
+        raise CliError("`--prefix` and `--from-key` cannot be set at the same time, choose one",
+                       EXIT_BAD_ARGS)
+    if len(args) > 1 and (prefix or from_key):
+        raise CliError("too many arguments, only accept one argument when `--prefix` or "
+                       "`--from-key` is set", EXIT_BAD_ARGS)
+    return _arg(args[0]), (_arg(args[1]) if len(args) > 1 else None)
+
+
+@app.command("get")
+def get_cmd(
+    ctx: typer.Context,
+    args: Optional[list[str]] = typer.Argument(None, metavar="<key> [range_end]"),
+    consistency: str = typer.Option("l", "--consistency", help="Linearizable(l) or Serializable(s)"),
+    from_key: bool = typer.Option(False, "--from-key",
+                                  help="Get keys that are greater than or equal to the given key"),
+    keys_only: bool = typer.Option(False, "--keys-only", help="Get only the keys"),
+    count_only: bool = typer.Option(False, "--count-only", help="Get only the count"),
+    limit: int = typer.Option(0, "--limit", help="Maximum number of results"),
+    order: str = typer.Option("", "--order", help="Order of results; ASCEND or DESCEND"),
+    prefix: bool = typer.Option(False, "--prefix", help="Get keys with matching prefix"),
+    print_value_only: bool = typer.Option(False, "--print-value-only",
+                                          help='Only write values when using the "simple" output format'),
+    rev: int = typer.Option(0, "--rev", help="Specify the kv revision"),
+    sort_by: str = typer.Option("", "--sort-by",
+                                help="Sort target; CREATE, KEY, MODIFY, VALUE, or VERSION"),
+) -> None:
+    """Gets the key or a range of keys."""
+    from protocol.client.txnparse import TxnParseError, sort_options
+
+    g = _g(ctx)
+    with _errors():
+        key, range_end = _range_args(args or [], prefix, from_key, "get")
+        if consistency not in ("l", "s"):
+            raise CliError(f'unknown consistency flag "{consistency}"', EXIT_BAD_FEATURE)
+        try:
+            sort_order, sort_target = sort_options(order, sort_by)
+        except TxnParseError as exc:
+            raise CliError(str(exc), exc.exit_code) from None
+        if count_only and g.write_out not in ("fields", "json"):
+            raise CliError("--count-only is only for `--write-out=fields`", EXIT_BAD_ARGS)
+        if print_value_only and g.write_out != "simple":
+            raise CliError("print-value-only is only for `--write-out=simple`", EXIT_BAD_ARGS)
+        printer = _printer(g, value_only=print_value_only)
+        printer._need("simple", "json", "fields")
+        with _client(g) as c:
+            resp = c.get(key, range_end, prefix=prefix, from_key=from_key, limit=max(0, limit),
+                         revision=max(0, rev), sort_order=sort_order, sort_target=sort_target,
+                         serializable=consistency == "s", keys_only=keys_only,
+                         count_only=count_only)
+        printer.get(resp)
+
+
+@app.command("del")
+def del_cmd(
+    ctx: typer.Context,
+    args: Optional[list[str]] = typer.Argument(None, metavar="<key> [range_end]"),
+    prefix: bool = typer.Option(False, "--prefix", help="delete keys with matching prefix"),
+    prev_kv: bool = typer.Option(False, "--prev-kv", help="return deleted key-value pairs"),
+    from_key: bool = typer.Option(False, "--from-key",
+                                  help="delete keys that are greater than or equal to the given key"),
+) -> None:
+    """Removes the specified key or range of keys [key, range_end)."""
+    g = _g(ctx)
+    with _errors():
+        key, range_end = _range_args(args or [], prefix, from_key, "del")
+        printer = _printer(g)
+        printer._need("simple", "json", "fields")
+        with _client(g) as c:
+            resp = c.delete(key, range_end, prefix=prefix, from_key=from_key, prev_kv=prev_kv)
+        printer.delete(resp)
+
+
+@app.command("txn")
+def txn_cmd(
+    ctx: typer.Context,
+    interactive: bool = typer.Option(False, "-i", "--interactive",
+                                     help="Input transaction in interactive mode"),
+) -> None:
+    """Txn processes all the requests in one transaction (read from stdin)."""
+    from protocol.client.txnparse import parse_txn
+
+    g = _g(ctx)
+    with _errors():
+        printer = _printer(g)
+        printer._need("simple", "json", "fields")
+
+        def prompt(title: str) -> None:
+            sys.stdout.write(title + "\n")
+            sys.stdout.flush()
+
+        compares, success, failure = parse_txn(sys.stdin, prompt if interactive else None)
+        with _client(g) as c:
+            resp = c.txn(compares, success, failure)
+        printer.txn(resp)
+
+
+@app.command("compaction")
+def compaction_cmd(
+    ctx: typer.Context,
+    revision: Optional[str] = typer.Argument(None, metavar="<revision>"),
+    physical: bool = typer.Option(False, "--physical",
+                                  help="'true' to wait for compaction to physically remove all old revisions"),
+) -> None:
+    """Compacts the event history in the store."""
+    g = _g(ctx)
+    with _errors():
+        if revision is None:
+            raise CliError("compaction command needs 1 argument", EXIT_BAD_ARGS)
+        try:
+            rev = int(revision)
+        except ValueError:
+            raise CliError(f'strconv.ParseInt: parsing "{revision}": invalid syntax') from None
+        printer = _printer(g)
+        with _client(g) as c:
+            c.compact(rev, physical=physical)
+        printer.compact(rev)
+
+
+@app.command("version")
+def version_cmd() -> None:
+    """Prints the version of qkvctl."""
+    sys.stdout.write(f"qkvctl version: {VERSION}\nAPI version: {API_VERSION}\n")
+
+
+# -- endpoint ---------------------------------------------------------------------------------
+@endpoint_app.command("status")
+def endpoint_status_cmd(ctx: typer.Context) -> None:
+    """Prints out the status of endpoints specified in `--endpoints` flag."""
+    g = _g(ctx)
+    with _errors():
+        from protocol.errors import QkvError
+
+        printer = _printer(g)
+        statuses = []
+        failed = False
+        for ep in g.endpoints:
+            try:
+                with _client(g, [ep]) as c:
+                    statuses.append((ep, c.status()))
+            except QkvError as exc:
+                failed = True
+                sys.stderr.write(f"Failed to get the status of endpoint {ep} ({exc.message})\n")
+                sys.stderr.flush()
+        printer.endpoint_status(statuses)
+        if failed:
+            raise typer.Exit(EXIT_ERROR)
+
+
+@endpoint_app.command("health")
+def endpoint_health_cmd(ctx: typer.Context) -> None:
+    """Checks the healthiness of endpoints specified in `--endpoints` flag: a linearizable
+    get of the key "health" within --command-timeout."""
+    g = _g(ctx)
+    with _errors():
+        from protocol.client.output import go_duration
+        from protocol.errors import QkvError
+
+        printer = _printer(g)
+        results: list[dict[str, Any]] = [{} for _ in g.endpoints]
+
+        def check(i: int, ep: str) -> None:
+            t0 = time.perf_counter()
+            try:
+                with _client(g, [ep]) as c:
+                    c.get("health")
+                results[i] = {"endpoint": ep, "health": True,
+                              "took": go_duration(time.perf_counter() - t0), "error": ""}
+            except QkvError as exc:
+                results[i] = {"endpoint": ep, "health": False,
+                              "took": go_duration(time.perf_counter() - t0), "error": exc.message}
+
+        threads = [threading.Thread(target=check, args=(i, ep), daemon=True)
+                   for i, ep in enumerate(g.endpoints)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        printer.endpoint_health(results, _err())
+        if not all(r["health"] for r in results):
+            raise CliError("unhealthy cluster", EXIT_ERROR)
+
+
+# -- benchmark ------------------------------------------------------------------------------------
+@dataclass
+class _BenchCommon:
+    clients: Optional[int] = None
+    total: Optional[int] = None
+    duration: Optional[float] = None
+
+
+@benchmark_app.callback()
+def _bench_root(
+    ctx: typer.Context,
+    clients: Optional[int] = typer.Option(None, "--clients", help="concurrent logical clients"),
+    total: Optional[int] = typer.Option(None, "--total", help="total number of requests"),
+    duration: Optional[float] = typer.Option(None, "--duration", help="run for this many seconds"),
+) -> None:
+    ctx.obj = _BenchCommon(clients, total, duration)
+
+
+def _bench(ctx: typer.Context, kind: str, clients: Optional[int], total: Optional[int],
+           duration: Optional[float], **kw: Any) -> None:
+    from protocol.client import bench
+    from protocol.client.client import normalize_endpoint
+
+    g = _g(ctx)
+    common = ctx.parent.obj if ctx.parent is not None and isinstance(ctx.parent.obj, _BenchCommon) \
+        else _BenchCommon()
+    with _errors():
+        clients = clients or common.clients or 1
+        total = total if total is not None else common.total
+        duration = duration if duration is not None else common.duration
+        if total is not None and total < 1:
+            raise CliError("--total must be >= 1", EXIT_BAD_ARGS)
+        if duration is not None and duration <= 0:
+            raise CliError("--duration must be > 0", EXIT_BAD_ARGS)
+        if total is None and duration is None:
+            total = 10_000
+        if kw.get("consistency", "l") not in ("l", "s"):
+            raise CliError(f'unknown consistency flag "{kw["consistency"]}"', EXIT_BAD_FEATURE)
+        if clients < 1 or kw.get("key_space_size", 1) < 1:
+            raise CliError("--clients and --key-space-size must be >= 1", EXIT_BAD_ARGS)
+        cfg = bench.BenchConfig(kind=kind, endpoints=[normalize_endpoint(e) for e in g.endpoints],
+                                clients=clients, total=total, duration_s=duration,
+                                timeout_s=g.command_timeout_s, **kw)
+        result = bench.main(cfg, sys.stdout, sys.stderr)
+        if result.error_count and not result.latencies_s:
+            raise CliError(f"all {result.error_count} requests failed", EXIT_ERROR)
+
+
+_CLIENTS = typer.Option(None, "--clients", help="concurrent logical clients (default 1)")
+_TOTAL = typer.Option(None, "--total", help="total number of requests (default 10000)")
+_DURATION = typer.Option(None, "--duration", help="run for this many seconds instead of --total")
+
+
+@benchmark_app.command("put")
+def bench_put(
+    ctx: typer.Context,
+    clients: Optional[int] = _CLIENTS, total: Optional[int] = _TOTAL,
+    duration: Optional[float] = _DURATION,
+    key_size: int = typer.Option(8, "--key-size", help="key size of put request"),
+    val_size: int = typer.Option(256, "--val-size", help="value size of put request"),
+    key_space_size: int = typer.Option(1, "--key-space-size", help="maximum possible keys"),
+    sequential_keys: bool = typer.Option(False, "--sequential-keys",
+                                         help="use sequential keys from 0 to key-space-size-1"),
+) -> None:
+    """Benchmark put."""
+    _bench(ctx, "put", clients, total, duration, key_size=key_size, val_size=val_size,
+           key_space_size=key_space_size, sequential_keys=sequential_keys)
+
+
+@benchmark_app.command("range")
+def bench_range(
+    ctx: typer.Context,
+    key: str = typer.Argument(..., metavar="<key>"),
+    range_end: Optional[str] = typer.Argument(None, metavar="[end-range]"),
+    clients: Optional[int] = _CLIENTS, total: Optional[int] = _TOTAL,
+    duration: Optional[float] = _DURATION,
+    consistency: str = typer.Option("l", "--consistency", help="Linearizable(l) or Serializable(s)"),
+) -> None:
+    """Benchmark range."""
+    _bench(ctx, "range", clients, total, duration, key=_arg(key),
+           range_end=_arg(range_end) if range_end else b"", consistency=consistency)
+
+
+@benchmark_app.command("txn-put")
+def bench_txn_put(
+    ctx: typer.Context,
+    clients: Optional[int] = _CLIENTS, total: Optional[int] = _TOTAL,
+    duration: Optional[float] = _DURATION,
+    key_size: int = typer.Option(8, "--key-size", help="key size of txn put"),
+    val_size: int = typer.Option(256, "--val-size", help="value size of txn put"),
+    key_space_size: int = typer.Option(1, "--key-space-size", help="maximum possible keys"),
+    txn_ops: int = typer.Option(1, "--txn-ops", help="number of puts per txn"),
+) -> None:
+    """Benchmark put through txn."""
+    _bench(ctx, "txn-put", clients, total, duration, key_size=key_size, val_size=val_size,
+           key_space_size=key_space_size, txn_ops=txn_ops, sequential_keys=True)
+
+
+# -- entry point ---------------------------------------------------------------------------------
+_GLOBAL_WITH_VALUE = {"--endpoints", "--command-timeout", "--dial-timeout", "-w", "--write-out"}
+_GLOBAL_FLAGS = {"--hex"}
+
+
+def hoist_global_flags(argv: list[str]) -> list[str]:
+    """Move global flags found after the command to the front, as cobra accepts them
+    anywhere (``qkvctl get foo -w json``). Stops at ``--``."""
+    front: list[str] = []
+    rest: list[str] = []
+    i = 0
+    while i < len(argv):
+        a = argv[i]
+        if a == "--":
+            rest.extend(argv[i:])
+            break
+        name = a.split("=", 1)[0]
+        if name in _GLOBAL_WITH_VALUE:
+            if "=" in a or (a.startswith("-w") and len(a) > 2 and not a.startswith("--")):
+                front.append(a)
+                i += 1
+            else:
+                front.extend(argv[i:i + 2])
+                i += 2
+            continue
+        if name in _GLOBAL_FLAGS:
+            front.append(a)
+            i += 1
+            continue
+        if a.startswith("-w") and not a.startswith("--") and len(a) > 2:  # -wjson
+            front.append(a)
+            i += 1
+            continue
+        rest.append(a)
+        i += 1
+    return front + rest
+
+
+def run(argv: list[str] | None = None) -> int:
+    """Run qkvctl with ``argv`` (without the program name); return the exit code."""
+    from typer._click.exceptions import ClickException, NoArgsIsHelpError, UsageError
+    from typer.exceptions import Abort, Exit
+
+    args = hoist_global_flags(list(sys.argv[1:] if argv is None else argv))
+    try:
+        rv = app(args=args, prog_name="qkvctl", standalone_mode=False)
+    except NoArgsIsHelpError as exc:
+        sys.stdout.write(exc.format_message() + "\n")
+        return 0
+    except UsageError as exc:
+        sys.stdout.flush()
+        sys.stderr.write(f"Error: {exc.format_message()}\n")
+        return EXIT_ERROR
+    except ClickException as exc:
+        sys.stderr.write(f"Error: {exc.format_message()}\n")
+        return exc.exit_code
+    except Exit as exc:
+        return exc.exit_code
+    except Abort:
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        return 130
+    finally:
+        try:
+            sys.stdout.flush()
+        except (ValueError, OSError):
+            pass
+    return rv if isinstance(rv, int) else 0
+
+
+def main() -> None:
+    sys.exit(run())
+
+
+if __name__ == "__main__":
+    main()

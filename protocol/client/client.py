@@ -1,0 +1,336 @@
+"""The quorumkv client: etcd-v3-style KV calls over ZeroMQ (protocol/SPEC.md).
+
+Transport rules:
+- one DEALER socket per thread (``threading.local``), connected to one endpoint at a time;
+  one request in flight per socket; replies are matched by ``id`` and any other reply
+  (a late answer to a request that timed out) is dropped;
+- ``zmq.IMMEDIATE`` is set, so a request is only queued once a connection to the
+  endpoint is up: "could not send" (nothing left this process) is told apart from "sent,
+  no reply" (the outcome of a write is unknown);
+- on a timeout the thread's socket is closed and recreated (Lazy Pirate, ZeroMQ guide
+  ch. 4), so a stale reply never reaches a later request;
+- reads (``range``, ``status``, txns without writes) that time out or get a retryable
+  error go to the next endpoint within the overall timeout; writes are never re-sent
+  after they may have left: a write that was sent and got no reply raises ``Timeout``
+  ("outcome unknown"); a write refused with a retryable error (it did not take effect)
+  may go to the next endpoint;
+- the zmq context is created lazily, per process: after ``fork`` the child makes its own
+  and never touches the parent's sockets.
+"""
+from __future__ import annotations
+
+import itertools
+import math
+import os
+import random
+import threading
+import time
+import weakref
+from typing import Any, Iterable, Sequence
+
+import zmq
+
+from protocol.codec import pack, unpack
+from protocol.errors import Internal, Malformed, QkvError, Timeout, Unavailable
+from protocol.client.txn import (
+    Compare, Op, Txn, delete_fields, put_fields, range_fields, txn_fields, txn_writes,
+)
+from protocol.client.types import (
+    CompactResponse, DeleteRangeResponse, PutResponse, RangeResponse, StatusResponse,
+    TxnResponse,
+)
+
+DEFAULT_ENDPOINT = "tcp://127.0.0.1:7379"
+DEFAULT_TIMEOUT_S = 7.0
+_ID_MASK = (1 << 64) - 1
+_READ_OPS = frozenset({"range", "status"})
+
+
+def normalize_endpoint(endpoint: str) -> str:
+    """``host:port`` -> ``tcp://host:port``; ``tcp://``/``ipc://``/``inproc://`` unchanged.
+    ``http://`` (etcd habit) is taken as tcp."""
+    e = endpoint.strip()
+    if not e:
+        raise ValueError("empty endpoint")
+    for scheme in ("http://", "https://"):
+        if e.startswith(scheme):
+            return "tcp://" + e[len(scheme):]
+    if "://" in e:
+        return e
+    return "tcp://" + e
+
+
+def is_write_request(req: dict[str, Any]) -> bool:
+    op = req.get("op")
+    if op in _READ_OPS:
+        return False
+    if op == "txn":
+        return txn_writes(req)
+    return True
+
+
+class _ThreadSocket:
+    """A thread's DEALER socket, connected to ``endpoint_index``."""
+
+    __slots__ = ("sock", "endpoint_index", "pid", "__weakref__")
+
+    def __init__(self, ctx: zmq.Context, endpoint: str, endpoint_index: int) -> None:
+        self.pid = os.getpid()
+        self.endpoint_index = endpoint_index
+        sock = ctx.socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.IMMEDIATE, 1)
+        sock.connect(endpoint)
+        self.sock: zmq.Socket | None = sock
+
+    def close(self) -> None:
+        sock, self.sock = self.sock, None
+        if sock is not None and self.pid == os.getpid():
+            try:
+                sock.close(linger=0)
+            except zmq.ZMQError:
+                pass
+
+    def __del__(self) -> None:  # the owning thread ended without closing it
+        self.close()
+
+
+class Client:
+    """A thread-safe quorumkv client. ``timeout`` bounds each call, failover included."""
+
+    def __init__(self, endpoints: Sequence[str] | str | None = None,
+                 timeout: float = DEFAULT_TIMEOUT_S) -> None:
+        if endpoints is None:
+            endpoints = [DEFAULT_ENDPOINT]
+        elif isinstance(endpoints, str):
+            endpoints = endpoints.split(",")
+        self.endpoints: list[str] = [normalize_endpoint(e) for e in endpoints if e.strip()]
+        if not self.endpoints:
+            raise ValueError("at least one endpoint is needed")
+        if not timeout or timeout <= 0:
+            raise ValueError("timeout must be > 0")
+        self.timeout = float(timeout)
+        self._lock = threading.Lock()
+        self._preferred = 0  # index into endpoints; moves on after a failure
+        self._ctx: zmq.Context | None = None
+        self._ctx_pid: int | None = None
+        self._local = threading.local()
+        self._live: weakref.WeakSet[_ThreadSocket] = weakref.WeakSet()
+        self._ids = itertools.count(random.getrandbits(40) + 1)
+        self._closed = False
+
+    # -- lifecycle ----------------------------------------------------------------------
+    def close(self) -> None:
+        """Close every socket and the context. Calls made after it raise ``Unavailable``."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            holders = list(self._live)
+            ctx, self._ctx = self._ctx, None
+            mine = self._ctx_pid == os.getpid()
+        for h in holders:
+            h.close()
+        if ctx is not None and mine:
+            ctx.term()
+
+    def __enter__(self) -> "Client":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    # -- KV API ---------------------------------------------------------------------------
+    def put(self, key: Any, value: Any = b"", lease: int = 0, prev_kv: bool = False,
+            ignore_value: bool = False, ignore_lease: bool = False) -> PutResponse:
+        req = {"op": "put", **put_fields(key, value, lease, prev_kv, ignore_value, ignore_lease)}
+        return PutResponse.from_wire(self._call(req, write=True))
+
+    def get(self, key: Any, range_end: Any = None, *, prefix: bool = False,
+            from_key: bool = False, limit: int = 0, revision: int = 0,
+            sort_order: str = "NONE", sort_target: str = "KEY", serializable: bool = False,
+            keys_only: bool = False, count_only: bool = False, min_mod_revision: int = 0,
+            max_mod_revision: int = 0, min_create_revision: int = 0,
+            max_create_revision: int = 0) -> RangeResponse:
+        req = {"op": "range", **range_fields(
+            key, range_end, prefix=prefix, from_key=from_key, limit=limit, revision=revision,
+            sort_order=sort_order, sort_target=sort_target, serializable=serializable,
+            keys_only=keys_only, count_only=count_only, min_mod_revision=min_mod_revision,
+            max_mod_revision=max_mod_revision, min_create_revision=min_create_revision,
+            max_create_revision=max_create_revision)}
+        return RangeResponse.from_wire(self._call(req, write=False))
+
+    range = get
+
+    def delete(self, key: Any, range_end: Any = None, *, prefix: bool = False,
+               from_key: bool = False, prev_kv: bool = False) -> DeleteRangeResponse:
+        req = {"op": "delete_range", **delete_fields(key, range_end, prefix=prefix,
+                                                     from_key=from_key, prev_kv=prev_kv)}
+        return DeleteRangeResponse.from_wire(self._call(req, write=True))
+
+    def txn(self, compare: Iterable[Compare] | None = None, success: Iterable[Op] | None = None,
+            failure: Iterable[Op] | None = None) -> Any:
+        """With no arguments: a ``Txn`` builder (``.if_().then().else_().commit()``);
+        otherwise run the txn and return a ``TxnResponse``."""
+        if compare is None and success is None and failure is None:
+            return Txn(self)
+        req = {"op": "txn", **txn_fields(compare or (), success or (), failure or ())}
+        return TxnResponse.from_wire(self._call(req, write=txn_writes(req)))
+
+    def compact(self, revision: int, physical: bool = False) -> CompactResponse:
+        req: dict[str, Any] = {"op": "compact", "revision": int(revision)}
+        if physical:
+            req["physical"] = True
+        return CompactResponse.from_wire(self._call(req, write=True))
+
+    def status(self) -> StatusResponse:
+        return StatusResponse.from_wire(self._call({"op": "status"}, write=False))
+
+    def request(self, req: dict[str, Any]) -> dict[str, Any]:
+        """Send any request map (``op`` and its fields; ``id`` is set here) and return the
+        reply map; error replies raise. Whether it may be retried follows from ``op``."""
+        if not isinstance(req, dict) or "op" not in req:
+            raise ValueError("a request is a map with an 'op'")
+        body = {k: v for k, v in req.items() if k != "id"}
+        return self._call(body, write=is_write_request(body))
+
+    # -- transport ------------------------------------------------------------------------
+    def _context(self) -> zmq.Context:
+        pid = os.getpid()
+        with self._lock:
+            if self._closed:
+                raise Unavailable("the client is closed")
+            if self._ctx is None or self._ctx_pid != pid:
+                # Never reuse a parent's context after fork: make our own.
+                self._ctx = zmq.Context()
+                self._ctx_pid = pid
+                self._live = weakref.WeakSet()
+            return self._ctx
+
+    def _socket(self, idx: int) -> _ThreadSocket:
+        holder: _ThreadSocket | None = getattr(self._local, "holder", None)
+        if holder is not None:
+            if holder.pid != os.getpid():
+                holder = None  # inherited through fork: abandon, never close or use
+            elif holder.sock is not None and holder.endpoint_index == idx:
+                return holder
+            else:
+                self._drop_socket()
+        ctx = self._context()
+        holder = _ThreadSocket(ctx, self.endpoints[idx], idx)
+        with self._lock:
+            self._live.add(holder)
+        self._local.holder = holder
+        return holder
+
+    def _drop_socket(self) -> None:
+        holder = getattr(self._local, "holder", None)
+        self._local.holder = None
+        if holder is not None:
+            holder.close()
+
+    def _fail_over(self, idx: int) -> None:
+        with self._lock:
+            if self._preferred == idx:
+                self._preferred = (idx + 1) % len(self.endpoints)
+
+    def _call(self, req: dict[str, Any], *, write: bool) -> dict[str, Any]:
+        if self._closed:
+            raise Unavailable("the client is closed")
+        n = len(self.endpoints)
+        deadline = time.monotonic() + self.timeout
+        start = self._preferred
+        refused: set[int] = set()  # endpoints that answered with a retryable error
+        attempted: set[int] = set()
+        last_error: QkvError | None = None
+        sent_any = False
+        for attempt in itertools.count():
+            now = time.monotonic()
+            remaining = deadline - now
+            if remaining <= 0:
+                break
+            idx = (start + attempt) % n
+            untried = max(1, n - len(attempted))
+            attempted.add(idx)
+            attempt_deadline = now + remaining / untried
+            endpoint = self.endpoints[idx]
+            holder = self._socket(idx)
+            sock = holder.sock
+            assert sock is not None
+            rid = next(self._ids) & _ID_MASK
+            frame = pack({"id": rid, **req})
+            if not _wait(sock, zmq.POLLOUT, attempt_deadline):
+                # No connection came up: nothing left this process, any request may go on.
+                self._drop_socket()
+                self._fail_over(idx)
+                last_error = Unavailable(f"could not connect to {endpoint}")
+                continue
+            try:
+                sock.send(frame, zmq.NOBLOCK)
+            except zmq.Again:
+                self._drop_socket()
+                self._fail_over(idx)
+                last_error = Unavailable(f"could not send to {endpoint}")
+                continue
+            sent_any = True
+            reply = _recv_reply(sock, rid, deadline if write else attempt_deadline)
+            if reply is None:
+                self._drop_socket()  # Lazy Pirate: a late reply must not reach the next call
+                self._fail_over(idx)
+                if write:
+                    raise Timeout(
+                        f"no reply from {endpoint} within {self.timeout:g}s: the write was sent "
+                        "and its outcome is unknown (it may or may not have taken effect)",
+                        endpoint=endpoint, outcome_unknown=True)
+                last_error = Timeout(f"no reply from {endpoint} within the timeout",
+                                     endpoint=endpoint)
+                continue
+            if reply.get("ok") is True:
+                return reply
+            err = QkvError.from_wire(reply.get("error"))
+            if not err.retryable:
+                raise err
+            # The server says it did not take effect: another member may serve it.
+            self._fail_over(idx)
+            refused.add(idx)
+            last_error = err
+            if len(refused) >= n:
+                raise err
+        if isinstance(last_error, Unavailable) and not sent_any:
+            raise Unavailable(f"could not connect to any endpoint within {self.timeout:g}s "
+                              f"({', '.join(self.endpoints)})")
+        if last_error is not None and last_error.retryable:
+            raise last_error
+        raise Timeout(f"request timed out after {self.timeout:g}s "
+                      f"(endpoints: {', '.join(self.endpoints)})")
+
+
+def _wait(sock: zmq.Socket, event: int, deadline: float) -> bool:
+    remaining = deadline - time.monotonic()
+    if remaining <= 0:
+        return bool(sock.poll(0, event))
+    return bool(sock.poll(math.ceil(remaining * 1000), event))
+
+
+def _recv_reply(sock: zmq.Socket, rid: int, deadline: float) -> dict[str, Any] | None:
+    """The reply to ``rid``, or None at the deadline; other replies are dropped."""
+    while True:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            return None
+        if not sock.poll(math.ceil(remaining * 1000), zmq.POLLIN):
+            return None
+        frames = sock.recv_multipart(zmq.NOBLOCK)
+        try:
+            reply = unpack(frames[-1])
+        except Malformed as exc:
+            raise Internal(f"undecodable reply from the server: {exc.message}") from None
+        if not isinstance(reply, dict):
+            raise Internal(f"reply is not a map: {reply!r:.200}")
+        reply_id = reply.get("id")
+        if reply_id == rid:
+            return reply
+        if reply_id is None and reply.get("ok") is False:
+            # The server could not decode our request: it is the only one in flight.
+            return reply
+        # A late reply to an earlier request: drop it.

@@ -1,0 +1,215 @@
+"""Response types of the quorumkv client and the key-range helpers (protocol/SPEC.md).
+
+Nothing here performs I/O. Keys and values are ``bytes``; a ``str`` given by the caller is
+encoded as UTF-8.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+# range_end meaning "every key >= key" (SPEC section 2).
+FROM_KEY_END = b"\x00"
+
+
+def to_bytes(value: Any, what: str = "key") -> bytes:
+    """``str`` -> UTF-8 bytes; bytes-like -> bytes; anything else is a caller mistake."""
+    if isinstance(value, bytes):
+        return value
+    if isinstance(value, str):
+        return value.encode("utf-8")
+    if isinstance(value, (bytearray, memoryview)):
+        return bytes(value)
+    raise TypeError(f"{what} must be str or bytes, not {type(value).__name__}")
+
+
+def prefix_end(prefix: bytes) -> bytes:
+    """etcd's ``GetPrefixRangeEnd``: the smallest key greater than every key starting
+    with ``prefix``: drop trailing 0xff bytes, then increment the last byte. An empty or
+    all-0xff prefix has no such key: ``b"\\x00"`` (every key >= ``prefix``)."""
+    end = bytearray(prefix)
+    while end and end[-1] == 0xFF:
+        end.pop()
+    if not end:
+        return FROM_KEY_END
+    end[-1] += 1
+    return bytes(end)
+
+
+def key_range(key: Any, range_end: Any = None, *, prefix: bool = False,
+              from_key: bool = False) -> tuple[bytes, bytes]:
+    """Resolve the (key, range_end) pair sent on the wire, as etcd's clientv3 does.
+    ``range_end`` empty means the single key."""
+    k = to_bytes(key)
+    if prefix and from_key:
+        raise ValueError("prefix and from_key are mutually exclusive")
+    if (prefix or from_key) and range_end not in (None, b"", ""):
+        raise ValueError("range_end cannot be combined with prefix or from_key")
+    if prefix:
+        if not k:  # clientv3.WithPrefix on "": the whole keyspace
+            return FROM_KEY_END, FROM_KEY_END
+        return k, prefix_end(k)
+    if from_key:
+        return (k or FROM_KEY_END), FROM_KEY_END
+    return k, (to_bytes(range_end, "range_end") if range_end is not None else b"")
+
+
+@dataclass(frozen=True, slots=True)
+class ResponseHeader:
+    cluster_id: int = 0
+    member_id: int = 0
+    revision: int = 0
+    raft_term: int = 0
+
+    @classmethod
+    def from_wire(cls, wire: Any) -> "ResponseHeader":
+        if not isinstance(wire, dict):
+            return cls()
+        return cls(int(wire.get("cluster_id") or 0), int(wire.get("member_id") or 0),
+                   int(wire.get("revision") or 0), int(wire.get("raft_term") or 0))
+
+
+@dataclass(frozen=True, slots=True)
+class KeyValue:
+    key: bytes
+    value: bytes = b""
+    create_revision: int = 0
+    mod_revision: int = 0
+    version: int = 0
+    lease: int = 0
+
+    @classmethod
+    def from_wire(cls, wire: dict) -> "KeyValue":
+        return cls(
+            key=_b(wire.get("key")), value=_b(wire.get("value")),
+            create_revision=int(wire.get("create_revision") or 0),
+            mod_revision=int(wire.get("mod_revision") or 0),
+            version=int(wire.get("version") or 0), lease=int(wire.get("lease") or 0),
+        )
+
+
+def _b(v: Any) -> bytes:
+    if v is None:
+        return b""
+    if isinstance(v, str):
+        return v.encode("utf-8")
+    return bytes(v)
+
+
+def _kvs(wire: Any) -> list[KeyValue]:
+    return [KeyValue.from_wire(kv) for kv in (wire or ())]
+
+
+@dataclass(slots=True)
+class RangeResponse:
+    header: ResponseHeader
+    kvs: list[KeyValue] = field(default_factory=list)
+    more: bool = False
+    count: int = 0
+
+    @classmethod
+    def from_wire(cls, wire: dict, header: ResponseHeader | None = None) -> "RangeResponse":
+        return cls(header or ResponseHeader.from_wire(wire.get("header")), _kvs(wire.get("kvs")),
+                   bool(wire.get("more")), int(wire.get("count") or 0))
+
+
+@dataclass(slots=True)
+class PutResponse:
+    header: ResponseHeader
+    prev_kv: KeyValue | None = None
+
+    @classmethod
+    def from_wire(cls, wire: dict, header: ResponseHeader | None = None) -> "PutResponse":
+        prev = wire.get("prev_kv")
+        return cls(header or ResponseHeader.from_wire(wire.get("header")),
+                   KeyValue.from_wire(prev) if prev else None)
+
+
+@dataclass(slots=True)
+class DeleteRangeResponse:
+    header: ResponseHeader
+    deleted: int = 0
+    prev_kvs: list[KeyValue] = field(default_factory=list)
+
+    @classmethod
+    def from_wire(cls, wire: dict, header: ResponseHeader | None = None) -> "DeleteRangeResponse":
+        return cls(header or ResponseHeader.from_wire(wire.get("header")),
+                   int(wire.get("deleted") or 0), _kvs(wire.get("prev_kvs")))
+
+
+@dataclass(slots=True)
+class TxnResponse:
+    header: ResponseHeader
+    succeeded: bool = False
+    # One entry per executed RequestOp: RangeResponse, PutResponse, DeleteRangeResponse
+    # or TxnResponse. Nested responses carry a header with only ``revision`` set (the
+    # txn's), as etcd's do.
+    responses: list[Any] = field(default_factory=list)
+
+    @classmethod
+    def from_wire(cls, wire: dict, header: ResponseHeader | None = None) -> "TxnResponse":
+        hdr = header or ResponseHeader.from_wire(wire.get("header"))
+        inner = ResponseHeader(revision=hdr.revision)
+        responses = []
+        for op in wire.get("responses") or ():
+            if not isinstance(op, dict) or len(op) != 1:
+                raise ValueError(f"malformed ResponseOp: {op!r}")
+            (kind, body), = op.items()
+            parser = _RESPONSE_OPS.get(kind)
+            if parser is None:
+                raise ValueError(f"unknown ResponseOp kind {kind!r}")
+            responses.append(parser(body or {}, inner))
+        return cls(hdr, bool(wire.get("succeeded")), responses)
+
+
+_RESPONSE_OPS = {
+    "range": RangeResponse.from_wire,
+    "put": PutResponse.from_wire,
+    "delete_range": DeleteRangeResponse.from_wire,
+    "txn": TxnResponse.from_wire,
+}
+
+
+@dataclass(slots=True)
+class CompactResponse:
+    header: ResponseHeader
+
+    @classmethod
+    def from_wire(cls, wire: dict) -> "CompactResponse":
+        return cls(ResponseHeader.from_wire(wire.get("header")))
+
+
+@dataclass(slots=True)
+class StatusResponse:
+    header: ResponseHeader
+    version: str = ""
+    name: str = ""
+    db_size: int = 0
+    db_size_in_use: int = 0
+    leader: int = 0
+    raft_index: int = 0
+    raft_term: int = 0
+    raft_applied_index: int = 0
+    is_learner: bool = False
+    errors: list[str] = field(default_factory=list)
+    compact_revision: int = 0
+    client_urls: list[str] = field(default_factory=list)
+    watch_urls: list[str] = field(default_factory=list)
+
+    @classmethod
+    def from_wire(cls, wire: dict) -> "StatusResponse":
+        return cls(
+            header=ResponseHeader.from_wire(wire.get("header")),
+            version=str(wire.get("version") or ""), name=str(wire.get("name") or ""),
+            db_size=int(wire.get("db_size") or 0),
+            db_size_in_use=int(wire.get("db_size_in_use") or 0),
+            leader=int(wire.get("leader") or 0), raft_index=int(wire.get("raft_index") or 0),
+            raft_term=int(wire.get("raft_term") or 0),
+            raft_applied_index=int(wire.get("raft_applied_index") or 0),
+            is_learner=bool(wire.get("is_learner")),
+            errors=[str(e) for e in wire.get("errors") or ()],
+            compact_revision=int(wire.get("compact_revision") or 0),
+            client_urls=[str(u) for u in wire.get("client_urls") or ()],
+            watch_urls=[str(u) for u in wire.get("watch_urls") or ()],
+        )

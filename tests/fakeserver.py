@@ -1,0 +1,365 @@
+"""An in-process fake quorumkv gateway for client tests (protocol/SPEC.md, section 1-4).
+
+A thread serves a ROUTER socket on a random free loopback port with a dict-based MVCC
+store: range/put/delete_range/txn/compact/status, enough for the client library and
+qkvctl. Switches for fault injection (set them from the test thread at any time):
+
+- ``error_code``: answer every request (or only ops in ``error_ops``) with this error;
+  ``error_applies``: apply the request first (a write that did happen);
+- ``drop_replies``: apply requests but never answer (``drop_count``: only that many);
+- ``delay_s``: answer after this delay (the request is applied at once);
+- ``requests``: every decoded request received, in order (inspect it in tests).
+
+Usage: ``with FakeServer() as srv: Client([srv.endpoint])``. ``stop()`` joins the thread
+and closes the socket and its context.
+"""
+from __future__ import annotations
+
+import heapq
+import threading
+import time
+from typing import Any
+
+import zmq
+
+from protocol.codec import pack, unpack
+from protocol.errors import (
+    Compacted, DuplicateKey, FutureRevision, InvalidArgument, KeyNotFound, KeyNotProvided,
+    LeaseNotFound, Malformed, QkvError, UnknownOp,
+)
+
+CLUSTER_ID = 0x1234_5678_9ABC_DEF0
+MEMBER_ID = 0x2E12_59D4_15F2_A040
+RAFT_TERM = 2
+
+
+def _in_range(k: bytes, key: bytes, end: bytes) -> bool:
+    if not end:
+        return k == key
+    if end == b"\x00":
+        return k >= key
+    return key <= k < end
+
+
+def _b(v: Any) -> bytes:
+    if v is None:
+        return b""
+    if isinstance(v, str):
+        return v.encode()
+    if isinstance(v, (bytes, bytearray)):
+        return bytes(v)
+    raise InvalidArgument(f"expected bytes, got {type(v).__name__}")
+
+
+class FakeStore:
+    """A tiny MVCC model: full history as (revision, key, kv-or-None) entries."""
+
+    def __init__(self) -> None:
+        self.revision = 1
+        self.compact_revision = 0
+        self.kv: dict[bytes, dict[str, Any]] = {}
+        self.history: list[tuple[int, bytes, dict[str, Any] | None]] = []
+        self.leases: set[int] = set()
+
+    def header(self) -> dict[str, Any]:
+        return {"cluster_id": CLUSTER_ID, "member_id": MEMBER_ID, "revision": self.revision,
+                "raft_term": RAFT_TERM}
+
+    def snapshot(self, rev: int) -> dict[bytes, dict[str, Any]]:
+        if rev == 0 or rev == self.revision:
+            return self.kv
+        if rev > self.revision:
+            raise FutureRevision(current_revision=self.revision)
+        if rev < self.compact_revision:
+            raise Compacted(compact_revision=self.compact_revision)
+        state: dict[bytes, dict[str, Any]] = {}
+        for r, k, kv in self.history:
+            if r > rev:
+                break
+            if kv is None:
+                state.pop(k, None)
+            else:
+                state[k] = kv
+        return state
+
+    # -- ops; ``rev`` is the revision a write would create ------------------------------
+    def range(self, f: dict[str, Any], view: dict[bytes, dict[str, Any]] | None = None) -> dict:
+        key = _b(f.get("key"))
+        if not key:
+            raise KeyNotProvided()
+        end = _b(f.get("range_end"))
+        for n in ("limit", "revision"):
+            if int(f.get(n) or 0) < 0:
+                raise InvalidArgument(f"negative {n}")
+        state = view if view is not None else self.snapshot(int(f.get("revision") or 0))
+        kvs = [kv for k, kv in sorted(state.items()) if _in_range(k, key, end)]
+        count = len(kvs)
+        for field, lo, hi in (("mod_revision", "min_mod_revision", "max_mod_revision"),
+                              ("create_revision", "min_create_revision", "max_create_revision")):
+            lo_v, hi_v = int(f.get(lo) or 0), int(f.get(hi) or 0)
+            if lo_v:
+                kvs = [kv for kv in kvs if kv[field] >= lo_v]
+            if hi_v:
+                kvs = [kv for kv in kvs if kv[field] <= hi_v]
+        order = f.get("sort_order") or "NONE"
+        target = f.get("sort_target") or "KEY"
+        if order not in ("NONE", "ASCEND", "DESCEND") or target not in (
+                "KEY", "VERSION", "CREATE", "MOD", "VALUE"):
+            raise InvalidArgument("bad sort")
+        if order == "NONE" and target != "KEY":
+            order = "ASCEND"
+        field = {"KEY": "key", "VERSION": "version", "CREATE": "create_revision",
+                 "MOD": "mod_revision", "VALUE": "value"}[target]
+        if order != "NONE":
+            kvs = sorted(kvs, key=lambda kv: kv[field], reverse=order == "DESCEND")
+        limit = int(f.get("limit") or 0)
+        more = bool(limit and len(kvs) > limit)
+        if limit:
+            kvs = kvs[:limit]
+        if f.get("count_only"):
+            kvs = []
+        elif f.get("keys_only"):
+            kvs = [{**kv, "value": b""} for kv in kvs]
+        return {"kvs": kvs, "more": more, "count": count}
+
+    def put(self, f: dict[str, Any], rev: int) -> dict:
+        key = _b(f.get("key"))
+        if not key:
+            raise KeyNotProvided()
+        value, lease = _b(f.get("value")), int(f.get("lease") or 0)
+        prev = self.kv.get(key)
+        if f.get("ignore_value") and value:
+            raise InvalidArgument("ignore_value with a value")
+        if f.get("ignore_lease") and lease:
+            raise InvalidArgument("ignore_lease with a lease")
+        if (f.get("ignore_value") or f.get("ignore_lease")) and prev is None:
+            raise KeyNotFound()
+        if lease and lease not in self.leases:
+            raise LeaseNotFound()
+        if f.get("ignore_value"):
+            value = prev["value"]
+        if f.get("ignore_lease"):
+            lease = prev["lease"]
+        kv = {"key": key, "value": value, "create_revision": prev["create_revision"] if prev else rev,
+              "mod_revision": rev, "version": prev["version"] + 1 if prev else 1, "lease": lease}
+        self.kv[key] = kv
+        self.history.append((rev, key, kv))
+        out: dict[str, Any] = {}
+        if f.get("prev_kv") and prev is not None:
+            out["prev_kv"] = prev
+        return out
+
+    def delete_range(self, f: dict[str, Any], rev: int) -> dict:
+        key = _b(f.get("key"))
+        if not key:
+            raise KeyNotProvided()
+        end = _b(f.get("range_end"))
+        gone = [kv for k, kv in sorted(self.kv.items()) if _in_range(k, key, end)]
+        for kv in gone:
+            del self.kv[kv["key"]]
+            self.history.append((rev, kv["key"], None))
+        out: dict[str, Any] = {"deleted": len(gone)}
+        if f.get("prev_kv"):
+            out["prev_kvs"] = gone
+        return out
+
+    def compare(self, c: dict[str, Any]) -> bool:
+        key, end = _b(c.get("key")), _b(c.get("range_end"))
+        target, result = c.get("target"), c.get("result")
+        field = {"VERSION": "version", "CREATE": "create_revision", "MOD": "mod_revision",
+                 "VALUE": "value", "LEASE": "lease"}.get(target)
+        if field is None or result not in ("EQUAL", "NOT_EQUAL", "GREATER", "LESS"):
+            raise InvalidArgument("bad compare")
+        want = _b(c.get(field)) if field == "value" else int(c.get(field) or 0)
+        kvs = [kv for k, kv in self.kv.items() if _in_range(k, key, end)]
+        if not end and not kvs:
+            if field == "value":
+                return False
+            kvs = [{field: 0}]
+        for kv in kvs:
+            have = kv[field]
+            ok = {"EQUAL": have == want, "NOT_EQUAL": have != want,
+                  "GREATER": have > want, "LESS": have < want}[result]
+            if not ok:
+                return False
+        return True
+
+    def txn(self, f: dict[str, Any], rev: int) -> dict:
+        for branch in ("success", "failure"):
+            puts: set[bytes] = set()
+            for op in f.get(branch) or ():
+                if not isinstance(op, dict) or len(op) != 1:
+                    raise InvalidArgument("a RequestOp is a one-entry map")
+                if "put" in op:
+                    k = _b(op["put"].get("key"))
+                    if k in puts:
+                        raise DuplicateKey()
+                    puts.add(k)
+        ok = all(self.compare(c) for c in f.get("compare") or ())
+        responses = []
+        for op in f.get("success" if ok else "failure") or ():
+            (kind, body), = op.items()
+            if kind == "range":
+                responses.append({"range": self.range(body, self.kv)})
+            elif kind == "put":
+                responses.append({"put": self.put(body, rev)})
+            elif kind == "delete_range":
+                responses.append({"delete_range": self.delete_range(body, rev)})
+            elif kind == "txn":
+                responses.append({"txn": self.txn(body, rev)})
+            else:
+                raise InvalidArgument(f"unknown RequestOp {kind!r}")
+        return {"succeeded": ok, "responses": responses}
+
+    def compact(self, f: dict[str, Any]) -> dict:
+        rev = int(f.get("revision") or 0)
+        if rev > self.revision:
+            raise FutureRevision(current_revision=self.revision)
+        if rev <= self.compact_revision:
+            raise Compacted(compact_revision=self.compact_revision)
+        self.compact_revision = rev
+        return {}
+
+    def apply(self, req: dict[str, Any]) -> dict[str, Any]:
+        op = req.get("op")
+        if op == "range":
+            return self.range(req)
+        if op == "status":
+            return {}
+        if op == "compact":
+            return self.compact(req)
+        if op not in ("put", "delete_range", "txn"):
+            raise UnknownOp(f"unknown op {op!r}")
+        rev = self.revision + 1
+        before = len(self.history)
+        result = getattr(self, op)(req, rev)
+        if len(self.history) != before:
+            self.revision = rev
+        return result
+
+
+class FakeServer:
+    def __init__(self, host: str = "127.0.0.1") -> None:
+        self.store = FakeStore()
+        self.error_code: str | None = None
+        self.error_ops: set[str] | None = None
+        self.error_applies = False
+        self.drop_replies = False
+        self.drop_count: int | None = None  # with drop_replies: drop only this many
+        self.delay_s = 0.0
+        self.requests: list[dict[str, Any]] = []
+        self.version = "3.4.23-fake"
+        self._ctx = zmq.Context()
+        self._sock = self._ctx.socket(zmq.ROUTER)
+        self._sock.setsockopt(zmq.LINGER, 0)
+        self._sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        self._sock.setsockopt(zmq.SNDHWM, 100_000)
+        self._sock.setsockopt(zmq.RCVHWM, 100_000)
+        port = self._sock.bind_to_random_port(f"tcp://{host}")
+        self.endpoint = f"tcp://{host}:{port}"
+        self.address = f"{host}:{port}"
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(target=self._run, name=f"fakeserver-{port}", daemon=True)
+        self._delayed: list[tuple[float, int, list[bytes]]] = []
+        self._seq = 0
+
+    def __enter__(self) -> "FakeServer":
+        self.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
+
+    def start(self) -> "FakeServer":
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=5)
+        self._sock.close(linger=0)
+        self._ctx.term()
+
+    def ops_received(self, op: str) -> int:
+        with self._lock:
+            return sum(1 for r in self.requests if r.get("op") == op)
+
+    # -- the serving loop --------------------------------------------------------------------
+    def _run(self) -> None:
+        poller = zmq.Poller()
+        poller.register(self._sock, zmq.POLLIN)
+        while not self._stop.is_set():
+            timeout_ms = 20
+            if self._delayed:
+                wait = self._delayed[0][0] - time.monotonic()
+                timeout_ms = max(0, min(timeout_ms, int(wait * 1000) + 1))
+            if poller.poll(timeout_ms):
+                while True:
+                    try:
+                        frames = self._sock.recv_multipart(zmq.NOBLOCK)
+                    except zmq.Again:
+                        break
+                    self._handle(frames)
+            now = time.monotonic()
+            while self._delayed and self._delayed[0][0] <= now:
+                _, _, out = heapq.heappop(self._delayed)
+                self._send(out)
+
+    def _send(self, frames: list[bytes]) -> None:
+        try:
+            self._sock.send_multipart(frames, zmq.NOBLOCK)
+        except zmq.ZMQError:
+            pass  # the client went away (ROUTER_MANDATORY) or its queue is full
+
+    def _handle(self, frames: list[bytes]) -> None:
+        ident, envelope, body = frames[0], frames[1:-1], frames[-1]
+        rid = None
+        try:
+            if len(frames) < 2:
+                raise Malformed()
+            req = unpack(body)
+            if not isinstance(req, dict):
+                raise Malformed()
+            rid = req.get("id")
+            with self._lock:
+                self.requests.append(req)
+            reply = self._answer(req)
+        except QkvError as err:
+            reply = {"ok": False, "error": err.to_wire()}
+        reply["id"] = rid
+        if self.drop_replies:
+            if self.drop_count is None:
+                return
+            if self.drop_count > 0:
+                self.drop_count -= 1
+                return
+        out = [ident, *envelope, pack(reply)]
+        if self.delay_s > 0:
+            self._seq += 1
+            heapq.heappush(self._delayed, (time.monotonic() + self.delay_s, self._seq, out))
+        else:
+            self._send(out)
+
+    def _answer(self, req: dict[str, Any]) -> dict[str, Any]:
+        op = req.get("op")
+        if self.error_code and (self.error_ops is None or op in self.error_ops):
+            if self.error_applies:
+                try:
+                    self.store.apply(req)
+                except QkvError:
+                    pass
+            return {"ok": False, "error": {"code": self.error_code,
+                                           "message": f"fake: {self.error_code}"}}
+        result = self.store.apply(req)
+        if op == "status":
+            s = self.store
+            result = {
+                "version": self.version, "name": "fake", "db_size": 24576,
+                "db_size_in_use": 16384, "leader": MEMBER_ID, "raft_index": s.revision + 7,
+                "raft_term": RAFT_TERM, "raft_applied_index": s.revision + 7,
+                "is_learner": False, "errors": [], "compact_revision": s.compact_revision,
+                "client_urls": [self.endpoint], "watch_urls": [],
+            }
+        return {"ok": True, "header": self.store.header(), **result}
