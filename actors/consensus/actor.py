@@ -34,6 +34,7 @@ from protocol.codec import pack_msg, unpack_msg
 FETCH_MAX_ENTRIES = 4096
 FETCH_MAX_BYTES = 4 * 1024 * 1024
 CATCH_UP_ENTRIES = 5000  # entries kept below storage's durable index after a compaction
+STATS_INTERVAL_S = 10.0
 
 
 class ConsensusActor(Actor):
@@ -67,6 +68,10 @@ class ConsensusActor(Actor):
         # read ctx -> [(identity, ctx_id)]
         self.reads: dict[bytes, tuple[bytes, int]] = {}
         self.every(cfg.heartbeat_interval / 1000.0, self.node.tick)
+        # Group-commit figures, logged every STATS_INTERVAL_S when there was traffic.
+        self.fsyncs = 0
+        self.entries_synced = 0
+        self.every(STATS_INTERVAL_S, self._log_stats)
         self.log.info("consensus_loaded", term=hard_state.term, commit=hard_state.commit,
                       first_index=self.raft_storage.first_index(), last_index=self.raft_storage.last_index())
 
@@ -139,6 +144,9 @@ class ConsensusActor(Actor):
                 failpoint("before_log_fsync")
                 self.wal.save(rd.hard_state, rd.entries, sync=rd.must_sync)
                 failpoint("after_log_fsync")
+                if rd.must_sync:
+                    self.fsyncs += 1
+                    self.entries_synced += len(rd.entries)
             if rd.hard_state is not None:
                 self.raft_storage.set_hard_state(rd.hard_state)
             if rd.entries:
@@ -183,6 +191,13 @@ class ConsensusActor(Actor):
         self.wal.compact(index, term)
         self.raft_storage.compact(index)
         self.log.info("log_compacted", index=index, durable_applied=durable)
+
+    def _log_stats(self) -> None:
+        if self.fsyncs:
+            self.log.info("wal_stats", fsyncs=self.fsyncs, entries=self.entries_synced,
+                          entries_per_fsync=round(self.entries_synced / self.fsyncs, 1),
+                          interval_s=STATS_INTERVAL_S)
+        self.fsyncs = self.entries_synced = 0
 
     def shutdown(self) -> None:
         self.wal.close()
