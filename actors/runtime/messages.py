@@ -28,7 +28,7 @@ STORAGE_STATUS_RESP = 23  # [ctx_id, {applied_index, revision, compact_revision,
 RESULTS = 30          # [[req_id, response | None, error_wire | None, revision, raft_term], ...]
 
 # storage -> watch (PUSH to Endpoints.watch_events)
-EVENTS = 40           # [revision, [[type, kv, prev_kv], ...]]
+EVENTS = 40           # [[revision, [[type, kv, prev_kv], ...]], ...]  one message per applied batch
 
 # actor -> supervisor (PUSH to Endpoints.supervisor)
 READY = 50            # [role, pid]

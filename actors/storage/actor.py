@@ -127,17 +127,19 @@ class StorageActor(Actor):
 
     def _publish(self, results: list, origins: dict[int, tuple[int, int]]) -> None:
         replies = []
+        revisions = []
         for res in results:
             origin = origins.get(res.index)
             if origin is not None and origin[0] == self.member_id:
                 error = res.error.to_wire() if res.error is not None else None
                 replies.append([origin[1], res.response, error, res.revision, self.raft_term])
             if res.events:
-                try:
-                    self.events.send(pack_msg(M.EVENTS, [res.revision, [_event_wire(e) for e in res.events]]),
-                                     zmq.NOBLOCK)
-                except zmq.ZMQError:
-                    pass  # the watch actor is away; it catches up from history
+                revisions.append([res.revision, [_event_wire(e) for e in res.events]])
+        if revisions:
+            try:
+                self.events.send(pack_msg(M.EVENTS, revisions), zmq.NOBLOCK)
+            except zmq.ZMQError:
+                pass  # the watch actor is away; it catches up from history
         if replies:
             try:
                 self.results.send(pack_msg(M.RESULTS, replies), zmq.NOBLOCK)

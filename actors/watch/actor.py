@@ -32,4 +32,4 @@ class WatchActor(Actor):
         except errors.QkvError:
             return
         if msg_type == M.EVENTS:
-            self.last_revision = max(self.last_revision, body[0])
+            self.last_revision = max(self.last_revision, body[-1][0])

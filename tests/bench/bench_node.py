@@ -12,6 +12,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -35,6 +36,16 @@ def qkvctl() -> list[str]:
     return [str(exe)] if exe.exists() else [sys.executable, "-m", "protocol.client.cli"]
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process, from /proc."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def main() -> int:
     tmp = Path(tempfile.mkdtemp(prefix="qkv-bench-"))
     node = NodeProcess(tmp, "bench")
@@ -44,8 +55,19 @@ def main() -> int:
                        check=True, stdout=subprocess.DEVNULL)
         for title, args in RUNS:
             print(f"\n=== {title}: {CLIENTS} clients, {TOTAL} requests ===", flush=True)
-            subprocess.run(qkvctl() + ["--endpoints", node.client_url, "benchmark", *args,
-                                       "--clients", CLIENTS, "--total", str(TOTAL)], check=True)
+            pids = node.actor_pids()
+            before = {role: cpu_seconds(pid) for role, pid in pids.items()}
+            bench = subprocess.Popen(qkvctl() + ["--endpoints", node.client_url, "benchmark", *args,
+                                                 "--clients", CLIENTS, "--total", str(TOTAL)])
+            client_cpu = 0.0
+            while bench.poll() is None:
+                client_cpu = max(client_cpu, cpu_seconds(bench.pid))
+                time.sleep(0.2)
+            if bench.returncode != 0:
+                raise SystemExit(f"benchmark failed with {bench.returncode}")
+            split = {role: cpu_seconds(pid) - before[role] for role, pid in pids.items()}
+            split["benchmark client"] = client_cpu
+            print("  CPU seconds by process: " + ", ".join(f"{k} {v:.2f}" for k, v in split.items()))
     finally:
         node.stop()
         shutil.rmtree(tmp, ignore_errors=True)

@@ -494,6 +494,12 @@ class Raft:
         else:
             self.send_append(transferee)
 
+    def report_unreachable(self, id_: int) -> None:
+        pr = self.prs.progress.get(id_)
+        if self.state == StateType.LEADER and pr is not None and id_ != self.id:
+            if pr.state == ProgressState.REPLICATE:
+                pr.become_probe()
+
     def abort_leader_transfer(self) -> None:
         self.lead_transferee = 0
 

@@ -49,6 +49,19 @@ class RawNode:
         self.raft.step(Message(MT.PROP, self.raft.id, self.raft.id,
                                entries=[Entry(0, 0, int(EntryType.NORMAL), data)]))
 
+    def propose_batch(self, datas: list[bytes]) -> None:
+        """Propose several entries at once: one APP per follower carries them all."""
+        if not datas:
+            return
+        if any(type(d) is not bytes for d in datas):
+            raise TypeError("propose_batch: data must be bytes")
+        self.raft.step(Message(MT.PROP, self.raft.id, self.raft.id,
+                               entries=[Entry(0, 0, int(EntryType.NORMAL), d) for d in datas]))
+
+    def report_unreachable(self, id_: int) -> None:
+        """The transport failed to send to id_: stop pipelining to it and probe instead."""
+        self.raft.report_unreachable(id_)
+
     def read_index(self, ctx: bytes) -> None:
         """Request a linearizable read point; a ReadState(index, ctx) follows in a Ready.
 
