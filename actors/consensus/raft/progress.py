@@ -17,7 +17,7 @@ from enum import IntEnum
 class ProgressState(IntEnum):
     PROBE = 0
     REPLICATE = 1
-    SNAPSHOT = 2  # reserved
+    SNAPSHOT = 2  # the peer needs a snapshot; paused (snapshot sending: not implemented)
 
 
 class VoteResult(IntEnum):
@@ -77,6 +77,12 @@ class Progress:
         self.probe_sent = False
         self.inflights.reset()
         self.next = self.match + 1
+
+    def become_snapshot(self) -> None:
+        """The entries the peer needs are compacted away (snapshots: not implemented)."""
+        self.state = ProgressState.SNAPSHOT
+        self.probe_sent = False
+        self.inflights.reset()
 
     def maybe_update(self, n: int) -> bool:
         """The peer acknowledged entries up to n; False if that is stale news."""

@@ -201,7 +201,9 @@ class Raft:
         prev_term = self.log.term(prev_index)
         ents = self.log.entries(pr.next, self.max_size_per_msg)
         if prev_term is None or ents is None:
-            # The entries are compacted away: a snapshot would be needed (not implemented).
+            # The entries are compacted away: the peer needs a snapshot, which is not
+            # implemented yet. Stop trying (and show it in Status) instead of spinning.
+            pr.become_snapshot()
             return False
         if not ents and not send_if_empty:
             return False
@@ -433,6 +435,8 @@ class Raft:
                 return
             if pr.state == ProgressState.PROBE:
                 pr.become_replicate()
+            elif pr.state == ProgressState.SNAPSHOT:
+                pr.become_probe()  # it moved on: try the log again
             else:
                 pr.inflights.free_le(m.index)
             if self.maybe_commit():
