@@ -65,7 +65,7 @@ class ConsensusActor(Actor):
         # identity -> after_index of the fetch being held
         self.fetches: dict[bytes, int] = {}
         self.durable_applied = 0
-        # read ctx -> [(identity, ctx_id)]
+        # read ctx -> (identity, ctx_id) of the gateway waiting for it
         self.reads: dict[bytes, tuple[bytes, int]] = {}
         self.every(cfg.heartbeat_interval / 1000.0, self.node.tick)
         # Group-commit figures, logged every STATS_INTERVAL_S when there was traffic.
@@ -91,23 +91,24 @@ class ConsensusActor(Actor):
     def _on_propose(self, identity: bytes, body: list) -> None:
         accepted: list[int] = []
         rejected: list[list[Any]] = []
-        for req_id, data in body:
-            try:
-                self.node.propose(data)
-                accepted.append(req_id)
-            except ProposalDropped:
-                rejected.append([req_id, errors.NoLeader().to_wire()])
+        try:
+            self.node.propose_batch([data for _, data in body])
+            accepted = [req_id for req_id, _ in body]
+        except ProposalDropped:
+            rejected = [[req_id, errors.NoLeader().to_wire()] for req_id, _ in body]
         self.send_router(self.router, identity, pack_msg(M.PROPOSE_ACK, [self.epoch, accepted, rejected]))
 
     def _on_read_index(self, identity: bytes, body: list) -> None:
         (ctx_id,) = body
-        if self.node.status().lead == 0:
+        # Unique across the cluster: a follower forwards it to the leader.
+        ctx = self.id.to_bytes(8, "big") + ctx_id.to_bytes(8, "big")
+        try:
+            self.node.read_index(ctx)
+        except ProposalDropped:
             self.send_router(self.router, identity,
                              pack_msg(M.READ_INDEX_RESP, [ctx_id, 0, errors.NoLeader().to_wire()]))
             return
-        ctx = ctx_id.to_bytes(8, "big")
         self.reads[ctx] = (identity, ctx_id)
-        self.node.read_index(ctx)
 
     def _on_fetch(self, identity: bytes, body: list) -> None:
         after, durable_applied, _max_entries = body
