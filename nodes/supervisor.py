@@ -238,11 +238,15 @@ class Supervisor:
                 self.log.warning("actor_killed_on_stop", role=child.role, pid=child.proc.pid)
                 child.proc.kill()
                 child.proc.wait()
-        for path in self.endpoints.ipc_files():
+        for path in [*self.endpoints.ipc_files(), self.config_path]:
             try:
                 os.unlink(path)
             except FileNotFoundError:
                 pass
+        try:
+            os.rmdir(self.endpoints.run_dir)
+        except OSError:
+            pass
         self.log.info("node_stopped", took_ms=round((time.monotonic() - started) * 1000))
         if self._lock_fd is not None:
             os.close(self._lock_fd)

@@ -77,6 +77,8 @@ class GatewayActor(Actor):
         self.raft_term = 0
         self.every(STATUS_POLL_S, self.poll_consensus)
         self.every(0.05, self.expire)
+        self.replies_dropped = 0
+        self.every(10.0, self._log_dropped)
         self.poll_consensus()
 
     def _new_id(self) -> int:
@@ -97,7 +99,9 @@ class GatewayActor(Actor):
         try:
             self.clients.send_multipart(frames, zmq.NOBLOCK)
         except zmq.ZMQError:
-            pass  # the client has gone (or its queue is full); it will time out and ask again
+            # The client has gone, or let its queue fill up (ROUTER_MANDATORY tells us
+            # instead of dropping in silence); it times out and asks again.
+            self.replies_dropped += 1
 
     def _reply_error(self, identity: bytes, delimiter: bool, client_id: int | None, err: errors.QkvError) -> None:
         self._send(identity, delimiter, {"id": client_id, "ok": False, "error": err.to_wire()})
@@ -263,7 +267,7 @@ class GatewayActor(Actor):
             "db_size": s["db_size"],
             "db_size_in_use": s["db_size_in_use"],
             "leader": c["lead"],
-            "raft_index": c["last_index"],
+            "raft_index": c["commit"],
             "raft_term": c["term"],
             "raft_applied_index": s["applied_index"],
             "is_learner": False,
@@ -302,6 +306,11 @@ class GatewayActor(Actor):
                 else "etcdserver: request timed out"
             )
             self._fail(req_id, errors.Timeout(msg))
+
+    def _log_dropped(self) -> None:
+        if self.replies_dropped:
+            self.log.warning("client_replies_dropped", count=self.replies_dropped, interval_s=10)
+            self.replies_dropped = 0
 
     def shutdown(self) -> None:
         for req_id, p in list(self.pending.items()):
