@@ -6,13 +6,17 @@ STAMP := $(VENV)/.installed-stamp
 DATA_DIR ?= ./default.qkv
 PYTEST_ARGS ?=
 
-.PHONY: run test bench bench-restart clean help
+.PHONY: run test bench bench-restart bench-cluster bench-watch cluster sim clean help
 
 help:
 	@echo "make run    - set up .venv and start one node (data dir $(DATA_DIR), clients on tcp://127.0.0.1:7379)"
 	@echo "make test   - set up .venv and run the whole test suite"
 	@echo "make bench  - benchmark a fresh local node (puts, serializable and linearizable gets, txn-puts)"
 	@echo "make bench-restart - time a restart of a node holding 1,000,000 keys"
+	@echo "make cluster - a local 3-node cluster in the foreground (Ctrl-C stops it)"
+	@echo "make bench-cluster - benchmark a fresh local 3-node cluster"
+	@echo "make bench-watch - watch fan-out, latency and memory figures"
+	@echo "make sim SEEDS=100000 - run the deterministic Raft simulation for many seeds"
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "need $(PYTHON) (Python 3.11+) on PATH"; exit 1; }
@@ -32,6 +36,19 @@ bench: $(STAMP)
 
 bench-restart: $(STAMP)
 	$(BIN)/python tests/bench/bench_restart.py
+
+bench-cluster: $(STAMP)
+	$(BIN)/python tests/bench/bench_cluster.py
+
+bench-watch: $(STAMP)
+	$(BIN)/python tests/bench/bench_watch.py
+
+cluster: $(STAMP)
+	exec $(BIN)/python deploy/cluster.py
+
+SEEDS ?= 10000
+sim: $(STAMP)
+	$(BIN)/python tests/sim/run.py --seeds $(SEEDS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .hypothesis

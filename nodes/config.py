@@ -72,15 +72,18 @@ def _name(flag: str, raw: Any) -> str:
     return value
 
 
+_ID_MASK = (1 << 63) - 1  # ids fit in an int64 as well as a uint64 (the Raft wire uses int64)
+
+
 def member_id(token: str, name: str) -> int:
     """A member's id: derived from the cluster token and its name, as stable as etcd's."""
     digest = hashlib.sha256(f"{token}/{name}".encode()).digest()
-    return int.from_bytes(digest[:8], "big") or 1
+    return (int.from_bytes(digest[:8], "big") & _ID_MASK) or 1
 
 
 def cluster_id(token: str, member_ids: list[int]) -> int:
     text = token + "/" + ",".join(str(m) for m in sorted(member_ids))
-    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "big") or 1
+    return (int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "big") & _ID_MASK) or 1
 
 
 @dataclass(frozen=True)

@@ -50,6 +50,11 @@ class Endpoints:
         """supervisor PULL: readiness reports from the actors."""
         return self._ipc("supervisor")
 
+    @property
+    def faults_file(self) -> str:
+        """Peer links cut by a test (see actors/consensus/transport.py); absent = none."""
+        return os.path.join(self.run_dir, "faults.json")
+
     def ipc_files(self) -> list[str]:
         return [
             url[len("ipc://"):]

@@ -116,6 +116,12 @@ class NoLeader(QkvError):
     retryable = True
 
 
+class NotLeader(QkvError):
+    code = "not_leader"
+    default_message = "etcdserver: not leader"
+    retryable = True
+
+
 class Timeout(QkvError):
     code = "timeout"
     default_message = "etcdserver: request timed out"
@@ -147,7 +153,7 @@ ERRORS_BY_CODE: dict[str, type[QkvError]] = {
     cls.code: cls
     for cls in (
         Malformed, UnknownOp, InvalidArgument, KeyNotProvided, RequestTooLarge, TooManyOps,
-        DuplicateKey, Compacted, KeyNotFound, FutureRevision, LeaseNotFound, NoLeader, Timeout,
+        DuplicateKey, Compacted, KeyNotFound, FutureRevision, LeaseNotFound, NoLeader, NotLeader, Timeout,
         UnknownOutcome, Unavailable, Stopping, Internal,
     )
 }

@@ -52,7 +52,9 @@ COMPARE_TARGET_FIELD = {
     "LEASE": "lease",
 }
 
-OPS = ("range", "put", "delete_range", "txn", "compact", "status")
+# Cluster and maintenance ops: answered by the node's actors, never through the log.
+ADMIN_OPS = ("status", "member_list", "move_leader", "hash_kv")
+OPS = ("range", "put", "delete_range", "txn", "compact", "history", *ADMIN_OPS)
 TXN_OPS = ("range", "put", "delete_range", "txn")
 WRITE_OPS = frozenset(("put", "delete_range", "txn", "compact"))
 
@@ -86,9 +88,20 @@ def _normalize_request(req: Any, limits: Limits) -> dict:
     if not isinstance(op, str) or op not in OPS:
         raise UnknownOp(f"unknown op: {_short(op)}")
     fields = {k: v for k, v in req.items() if k != "op"}
-    if op == "status":
-        _no_unknown(fields, (), "status")
-        return {"op": "status"}
+    if op in ("status", "member_list"):
+        _no_unknown(fields, (), op)
+        return {"op": op}
+    if op == "move_leader":
+        _no_unknown(fields, ("target_id",), op)
+        target = fields.get("target_id")
+        if isinstance(target, bool) or not isinstance(target, int) or not 0 < target < 2**64:
+            raise InvalidArgument(f"move_leader: target_id must be a member id (uint64), got {_short(target)}")
+        return {"op": op, "target_id": target}
+    if op == "hash_kv":
+        _no_unknown(fields, ("revision",), op)
+        return {"op": op, "revision": _int(fields, "revision", nonneg=True)}
+    if op == "history":
+        return _normalize_history(fields)
     if op == "compact":
         _no_unknown(fields, ("revision", "physical"), "compact")
         if "revision" not in fields:
@@ -101,6 +114,32 @@ def _normalize_request(req: Any, limits: Limits) -> dict:
     out = _normalize_kv_op(op, fields, limits, depth=0)
     if op == "txn":
         _check_txn_duplicates(out)
+    return out
+
+
+# --- history (the watch's catch-up, SPEC section 3) ---------------------------------------
+_HISTORY_FIELDS = ("key", "range_end", "start_revision", "end_revision", "prev_kv",
+                   "no_put", "no_delete", "limit_revisions")
+
+
+def _normalize_history(fields: dict) -> dict:
+    _no_unknown(fields, _HISTORY_FIELDS, "history")
+    out = {
+        "op": "history",
+        "key": _key(fields, "history"),
+        "range_end": _bytes(fields, "range_end"),
+        "start_revision": _int(fields, "start_revision", nonneg=True),
+        "end_revision": _int(fields, "end_revision", nonneg=True),
+        "prev_kv": _bool(fields, "prev_kv"),
+        "no_put": _bool(fields, "no_put"),
+        "no_delete": _bool(fields, "no_delete"),
+        "limit_revisions": _int(fields, "limit_revisions", nonneg=True),
+        # Served from the member's own history at once, like a serializable range: a
+        # watch is not linearizable, and its consumer never goes back in time anyway.
+        "serializable": True,
+    }
+    if out["end_revision"] and out["start_revision"] > out["end_revision"]:
+        raise InvalidArgument("history: start_revision is after end_revision")
     return out
 
 

@@ -23,3 +23,22 @@ def node_factory(tmp_path):
     yield make
     for node in started:
         node.stop()
+
+
+@pytest.fixture
+def cluster_factory(tmp_path):
+    """Start real clusters; every node is stopped at the end of the test, pass or fail."""
+    from nodeproc import Cluster
+
+    made: list = []
+
+    def make(size: int = 3, args: list[str] | None = None, start: bool = True):
+        cluster = Cluster(tmp_path, size, args)
+        made.append(cluster)
+        if start:
+            cluster.start()
+        return cluster
+
+    yield make
+    for cluster in made:
+        cluster.stop()

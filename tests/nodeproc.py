@@ -174,3 +174,92 @@ class NodeProcess:
             return self.log_path.read_text(errors="replace")
         except OSError:
             return ""
+
+
+class Cluster:
+    """N real nodes bootstrapped together (static --initial-cluster), with helpers to
+    find the leader and cut peer links through the transport's fault layer."""
+
+    def __init__(self, tmp_path: Path, size: int = 3, args: list[str] | None = None,
+                 token: str = "test-cluster") -> None:
+        from nodes.config import member_id
+
+        self.token = token
+        self.nodes = [NodeProcess(tmp_path, f"n{i + 1}", None) for i in range(size)]
+        initial = ",".join(f"{n.name}={n.peer_url}" for n in self.nodes)
+        for n in self.nodes:
+            n.args = ["--initial-cluster", initial, "--initial-cluster-token", token, *(args or [])]
+            n.member_id = member_id(token, n.name)
+
+    def by_id(self, member: int) -> NodeProcess:
+        return next(n for n in self.nodes if n.member_id == member)
+
+    def start(self, timeout: float = 30.0) -> "Cluster":
+        for n in self.nodes:
+            n.start(wait=False)
+        for n in self.nodes:
+            n.wait_ready(timeout)
+        return self
+
+    def stop(self) -> None:
+        for n in self.nodes:
+            n.stop()
+
+    def leader(self, among: list[NodeProcess] | None = None, timeout: float = 10.0) -> NodeProcess:
+        """The node that says it leads and that the others of `among` agree on."""
+        group = among or [n for n in self.nodes if n.proc is not None and n.proc.poll() is None]
+
+        def find() -> NodeProcess | None:
+            seen = set()
+            for n in group:
+                st = n.request({"op": "status"}, timeout=0.5)
+                if not st or not st.get("ok"):
+                    return None
+                seen.add(st["leader"])
+            if len(seen) == 1 and 0 not in seen:
+                lead = seen.pop()
+                return next((n for n in group if n.member_id == lead), None)
+            return None
+
+        return wait_for(find, timeout, "a leader all nodes agree on", interval=0.05)
+
+    def partition(self, *groups: list[NodeProcess]) -> None:
+        """Cut every link between different groups (both ways); nodes in no group keep theirs."""
+        for group in groups:
+            others = [n for g in groups if g is not group for n in g]
+            for n in group:
+                self._write_faults(n, [o.member_id for o in others], [o.member_id for o in others])
+
+    def cut_one_way(self, frm: NodeProcess, to: NodeProcess) -> None:
+        """Messages from `frm` to `to` are lost; the other direction works."""
+        self._write_faults(frm, [to.member_id], [])
+        self._write_faults(to, [], [frm.member_id])
+
+    def heal(self) -> None:
+        for n in self.nodes:
+            self._write_faults(n, [], [])
+
+    @staticmethod
+    def _write_faults(node: NodeProcess, drop_to: list[int], drop_from: list[int]) -> None:
+        """Write a node's fault file and wait until its consensus actor applies it (its
+        `status.errors` say so), so a test never races the reload."""
+        import json
+
+        from nodes.endpoints import Endpoints
+
+        path = Endpoints(run_dir_for(node.data_dir)).faults_file
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path + ".tmp", "w") as f:
+            json.dump({"drop_to": drop_to, "drop_from": drop_from}, f)
+        os.replace(path + ".tmp", path)
+        expected = []
+        if drop_to or drop_from:
+            expected = [f"peer fault injection active: drop_to={sorted(drop_to)} drop_from={sorted(drop_from)}"]
+        if node.proc is None or node.proc.poll() is not None:
+            return
+
+        def applied() -> bool:
+            st = node.request({"op": "status"}, timeout=1)
+            return bool(st and st.get("ok") and st["errors"] == expected)
+
+        wait_for(applied, 10, f"node {node.name} to apply the fault file")

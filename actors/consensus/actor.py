@@ -1,33 +1,46 @@
 """The consensus actor: a thin shell that does the Raft core's I/O.
 
-Loop (DESIGN.md section 3): take a Ready from the core -> persist hard state and entries
-to the WAL (fsync when `must_sync`) -> make them visible in MemoryStorage -> send
-messages -> answer read states -> serve committed entries to storage -> advance.
-Many proposals that arrive together share one Ready and so one fsync (group commit).
+Loop (DESIGN.md section 3): take a Ready from the core -> persist snapshot metadata,
+hard state and entries to the WAL (fsync when `must_sync`) -> make them visible in
+MemoryStorage -> send messages to peers -> answer read states -> serve committed entries
+to storage -> advance. Proposals that arrive together share one Ready and so one fsync
+(group commit).
 
-Storage pulls committed entries (FETCH after_index -> ENTRIES); a fetch with nothing
-new is held until the commit index moves. Storage reports the index it has durably
-applied; the log is compacted only below it, so a restarted storage can always catch
-up from the log.
-
-Each process start picks a random `epoch`, reported in every PROPOSE_ACK and STATUS
-reply, so the gateway can tell proposals the previous process accepted (outcome
-unknown) from ones the current process holds.
+- Storage pulls committed entries (FETCH after_index -> ENTRIES); a fetch with nothing
+  new is held until the commit index moves. Storage reports the index it has durably
+  applied; the log is compacted only below it, so a restarted storage can always catch
+  up from the log.
+- A follower forwards proposals to the leader (PEER_FORWARD); results travel back
+  through the storage of the node where the request arrived, never between nodes.
+- Snapshots: when the core sends SNAP to a follower, this shell asks its storage for a
+  checkpoint and streams it (actors/consensus/snapshot.py); the follower's shell has its
+  storage install it and only then steps the SNAP into its core.
+- Each process start picks a random `epoch`, reported in every PROPOSE_ACK and STATUS
+  reply, so the gateway can tell proposals the previous process accepted (outcome
+  unknown) from ones the current process holds.
+- On a clean stop the leader hands leadership to the most up-to-date follower first,
+  so the cluster does not wait an election timeout.
 """
 from __future__ import annotations
 
+import itertools
 import os
 import random
+import shutil
+import time
 from typing import Any
 
 import zmq
 
 from actors.consensus.raft import Config as RaftConfig
-from actors.consensus.raft import MemoryStorage, ProposalDropped, RawNode, StateType
+from actors.consensus.raft import MemoryStorage, Message, MessageType, ProposalDropped, RawNode, StateType
+from actors.consensus.snapshot import SnapshotError, SnapshotReceiver, SnapshotSender
+from actors.consensus.transport import PeerTransport
 from actors.consensus.wal import WAL
 from actors.runtime import messages as M
 from actors.runtime.actor import Actor
 from actors.runtime.failpoints import failpoint
+from nodes.config import VERSION
 from protocol import errors
 from protocol.codec import pack_msg, unpack_msg
 
@@ -35,6 +48,7 @@ FETCH_MAX_ENTRIES = 4096
 FETCH_MAX_BYTES = 4 * 1024 * 1024
 CATCH_UP_ENTRIES = 5000  # entries kept below storage's durable index after a compaction
 STATS_INTERVAL_S = 10.0
+HELLO_INTERVAL_S = 1.0
 
 
 class ConsensusActor(Actor):
@@ -44,59 +58,94 @@ class ConsensusActor(Actor):
         cfg = self.cfg
         self.epoch = random.SystemRandom().getrandbits(62)
         self.id = cfg.member_id
-        self.wal = WAL(os.path.join(os.path.abspath(cfg.data_dir), "consensus"))
+        self.data_dir = os.path.abspath(cfg.data_dir)
+        self.snap_dir = os.path.join(self.data_dir, "snapshots")
+        shutil.rmtree(self.snap_dir, ignore_errors=True)  # transfers never survive a restart
+        os.makedirs(self.snap_dir, exist_ok=True)
+        self.wal = WAL(os.path.join(self.data_dir, "consensus"))
         hard_state, snapshot, entries = self.wal.load()
         self.raft_storage = MemoryStorage(hard_state, snapshot, entries)
-        voters = [m.id for m in cfg.members]
+        self.voters = [m.id for m in cfg.members]
         self.node = RawNode(
             RaftConfig(
                 id=self.id,
-                voters=voters,
+                voters=self.voters,
                 election_tick=cfg.election_tick,
                 heartbeat_tick=cfg.heartbeat_tick,
                 rng=random.Random(random.SystemRandom().getrandbits(64)),
             ),
             self.raft_storage,
         )
-        if voters == [self.id]:
+        if self.voters == [self.id]:
             self.node.campaign()  # the only voter: no need to wait an election timeout
-        self.router = self.socket(zmq.ROUTER, bind=self.endpoints.consensus, handler=self.on_message)
+        self.router = self.socket(zmq.ROUTER, bind=self.endpoints.consensus, handler=self.on_local)
+        self.storage = self.socket(zmq.DEALER, connect=self.endpoints.storage, handler=self.on_storage)
+        self.transport = PeerTransport(
+            self, self.id, cfg.listen_peer_urls, cfg.members, self.endpoints.faults_file, self.on_peer
+        )
+        self.lead = 0
         self.committed = hard_state.commit
-        # identity -> after_index of the fetch being held
-        self.fetches: dict[bytes, int] = {}
+        self.fetches: dict[bytes, int] = {}  # storage identity -> after_index of the held fetch
         self.durable_applied = 0
-        # read ctx -> (identity, ctx_id) of the gateway waiting for it
-        self.reads: dict[bytes, tuple[bytes, int]] = {}
+        self.reads: dict[bytes, tuple[bytes, int]] = {}  # read ctx -> (gateway identity, ctx_id)
+        self.gateway_identity: bytes | None = None
+        self.moves: dict[int, tuple[bytes, int, float]] = {}  # ctx -> (identity, target, deadline)
+        self.member_info: dict[int, dict[str, Any]] = {self.id: self._my_info()}
+        self._ctx = itertools.count(1)
+        self.checkpoints: dict[int, Message] = {}  # ctx -> the SNAP message waiting for it
+        self.senders: dict[int, SnapshotSender] = {}  # peer id -> transfer in progress
+        self.receiver: SnapshotReceiver | None = None
+        self.installing: dict[int, tuple[int, int, list]] = {}  # ctx -> (frm, snap_id, snap message wire)
         self.every(cfg.heartbeat_interval / 1000.0, self.node.tick)
+        self.every(HELLO_INTERVAL_S, self._hello)
+        self.every(1.0, self._check_transfers)
         # Group-commit figures, logged every STATS_INTERVAL_S when there was traffic.
         self.fsyncs = 0
         self.entries_synced = 0
         self.every(STATS_INTERVAL_S, self._log_stats)
         self.log.info("consensus_loaded", term=hard_state.term, commit=hard_state.commit,
-                      first_index=self.raft_storage.first_index(), last_index=self.raft_storage.last_index())
+                      first_index=self.raft_storage.first_index(), last_index=self.raft_storage.last_index(),
+                      voters=[f"{v:x}" for v in self.voters])
 
-    # --- inbound -------------------------------------------------------------------
-    def on_message(self, frames: list[bytes]) -> None:
+    def _my_info(self) -> dict[str, Any]:
+        return {
+            "name": self.cfg.name,
+            "client_urls": list(self.cfg.advertise_client_urls),
+            "watch_urls": list(self.cfg.listen_watch_urls),
+            "version": VERSION,
+        }
+
+    def _reply(self, identity: bytes, msg_type: int, body: Any) -> None:
+        self.send_router(self.router, identity, pack_msg(msg_type, body))
+
+    # --- from this node's gateway and storage ---------------------------------------
+    def on_local(self, frames: list[bytes]) -> None:
         if len(frames) != 2:
             return
         identity, frame = frames
         try:
             msg_type, body = unpack_msg(frame)
-            handler = self._message_handlers[msg_type]
+            handler = self._local_handlers[msg_type]
         except (errors.QkvError, KeyError):
             self.log.warning("internal_message_dropped")
             return
         handler(self, identity, body)
 
     def _on_propose(self, identity: bytes, body: list) -> None:
+        self.gateway_identity = identity
         accepted: list[int] = []
         rejected: list[list[Any]] = []
-        try:
-            self.node.propose_batch([data for _, data in body])
+        if self.lead == self.id:
+            try:
+                self.node.propose_batch([data for _, data in body])
+                accepted = [req_id for req_id, _ in body]
+            except ProposalDropped:
+                rejected = [[req_id, errors.NoLeader().to_wire()] for req_id, _ in body]
+        elif self.lead and self.transport.send(self.lead, M.PEER_FORWARD, [body]):
             accepted = [req_id for req_id, _ in body]
-        except ProposalDropped:
+        else:
             rejected = [[req_id, errors.NoLeader().to_wire()] for req_id, _ in body]
-        self.send_router(self.router, identity, pack_msg(M.PROPOSE_ACK, [self.epoch, accepted, rejected]))
+        self._reply(identity, M.PROPOSE_ACK, [self.epoch, accepted, rejected])
 
     def _on_read_index(self, identity: bytes, body: list) -> None:
         (ctx_id,) = body
@@ -105,8 +154,7 @@ class ConsensusActor(Actor):
         try:
             self.node.read_index(ctx)
         except ProposalDropped:
-            self.send_router(self.router, identity,
-                             pack_msg(M.READ_INDEX_RESP, [ctx_id, 0, errors.NoLeader().to_wire()]))
+            self._reply(identity, M.READ_INDEX_RESP, [ctx_id, 0, errors.NoLeader().to_wire()])
             return
         self.reads[ctx] = (identity, ctx_id)
 
@@ -118,6 +166,14 @@ class ConsensusActor(Actor):
     def _on_status(self, identity: bytes, body: list) -> None:
         (ctx_id,) = body
         st = self.node.status()
+        members = []
+        for m in self.cfg.members:
+            info = self.member_info.get(m.id, {})
+            members.append({
+                "id": m.id, "name": m.name, "peer_urls": list(m.peer_urls),
+                "client_urls": info.get("client_urls", []), "watch_urls": info.get("watch_urls", []),
+                "is_learner": False,
+            })
         status = {
             "epoch": self.epoch,
             "member_id": self.id,
@@ -127,42 +183,137 @@ class ConsensusActor(Actor):
             "commit": st.commit,
             "first_index": self.raft_storage.first_index(),
             "last_index": self.raft_storage.last_index(),
+            "members": members,
+            "faults": self._faults_text(),
         }
-        self.send_router(self.router, identity, pack_msg(M.STATUS_RESP, [ctx_id, status]))
+        self._reply(identity, M.STATUS_RESP, [ctx_id, status])
 
-    _message_handlers = {
+    def _faults_text(self) -> str | None:
+        """Peer links cut by fault injection, for `status.errors`; None when there are none."""
+        faults = self.transport.faults
+        faults.refresh()
+        if not faults.drop_to and not faults.drop_from:
+            return None
+        return (f"peer fault injection active: drop_to={sorted(faults.drop_to)} "
+                f"drop_from={sorted(faults.drop_from)}")
+
+    def _on_move_leader(self, identity: bytes, body: list) -> None:
+        ctx_id, target = body
+        if self.lead != self.id:
+            self._reply(identity, M.MOVE_LEADER_RESP, [ctx_id, errors.NotLeader().to_wire()])
+        elif target not in self.voters:
+            self._reply(identity, M.MOVE_LEADER_RESP,
+                        [ctx_id, errors.InvalidArgument("etcdserver: bad leader transferee").to_wire()])
+        elif target == self.id:
+            self._reply(identity, M.MOVE_LEADER_RESP, [ctx_id, None])
+        else:
+            self.node.transfer_leader(target)
+            deadline = time.monotonic() + 2 * self.cfg.election_timeout / 1000.0
+            self.moves[ctx_id] = (identity, target, deadline)
+
+    _local_handlers = {
         M.PROPOSE: _on_propose,
         M.READ_INDEX: _on_read_index,
         M.FETCH: _on_fetch,
         M.STATUS: _on_status,
+        M.MOVE_LEADER: _on_move_leader,
     }
+
+    def on_storage(self, frames: list[bytes]) -> None:
+        try:
+            msg_type, body = unpack_msg(frames[-1])
+        except errors.QkvError:
+            return
+        if msg_type == M.CHECKPOINT_RESP:
+            self._on_checkpoint(*body)
+        elif msg_type == M.INSTALL_RESP:
+            self._on_installed(*body)
+
+    # --- from peers -----------------------------------------------------------------
+    def on_peer(self, msg_type: int, frm: int, body: list) -> None:
+        if msg_type == M.PEER_RAFT:
+            for wire in body[0]:
+                msg = Message.from_wire(wire)  # ValueError on garbage: the transport drops it
+                if msg.frm != frm or msg.to != self.id or msg.type == MessageType.SNAP:
+                    raise ValueError("peer message with a forged sender, recipient or type")
+                self.node.step(msg)
+        elif msg_type == M.PEER_FORWARD:
+            batch = body[0]
+            try:
+                if self.lead != self.id:
+                    raise ProposalDropped()
+                self.node.propose_batch([data for _, data in batch])
+            except ProposalDropped:
+                self.transport.send(frm, M.PEER_FORWARD_REJECT, [[req_id for req_id, _ in batch]])
+        elif msg_type == M.PEER_FORWARD_REJECT:
+            if self.gateway_identity is not None:
+                rejected = [[req_id, errors.NoLeader().to_wire()] for req_id in body[0]]
+                self._reply(self.gateway_identity, M.PROPOSE_ACK, [self.epoch, [], rejected])
+        elif msg_type == M.PEER_HELLO:
+            info = body[0]
+            if isinstance(info, dict):
+                self.member_info[frm] = {k: info.get(k) for k in ("name", "client_urls", "watch_urls", "version")}
+        elif msg_type == M.PEER_SNAP_CHUNK:
+            self._on_snap_chunk(frm, *body)
+        elif msg_type == M.PEER_SNAP_ACK:
+            self._on_snap_ack(frm, *body)
+
+    def _hello(self) -> None:
+        for peer in self.transport.peers:
+            self.transport.send(peer, M.PEER_HELLO, [self._my_info()])
 
     # --- the Ready loop ------------------------------------------------------------
     def flush(self) -> None:
         while self.node.has_ready():
             rd = self.node.ready()
-            if rd.hard_state is not None or rd.entries:
+            if rd.snapshot is not None or rd.hard_state is not None or rd.entries:
                 failpoint("before_log_fsync")
-                self.wal.save(rd.hard_state, rd.entries, sync=rd.must_sync)
+                sync = rd.must_sync or rd.snapshot is not None
+                self.wal.save(rd.hard_state, rd.entries, sync=sync, snapshot=rd.snapshot)
                 failpoint("after_log_fsync")
-                if rd.must_sync:
+                if sync:
                     self.fsyncs += 1
                     self.entries_synced += len(rd.entries)
+            if rd.snapshot is not None:
+                self.raft_storage.apply_snapshot(rd.snapshot)
+                self.committed = max(self.committed, rd.snapshot.index)
             if rd.hard_state is not None:
                 self.raft_storage.set_hard_state(rd.hard_state)
             if rd.entries:
                 self.raft_storage.append(rd.entries)
-            # rd.messages: a one-member cluster has no peers to send to.
+            self._send(rd.messages)
             for rs in rd.read_states:
                 waiter = self.reads.pop(rs.request_ctx, None)
                 if waiter is not None:
                     identity, ctx_id = waiter
-                    self.send_router(self.router, identity, pack_msg(M.READ_INDEX_RESP, [ctx_id, rs.index, None]))
+                    self._reply(identity, M.READ_INDEX_RESP, [ctx_id, rs.index, None])
             if rd.committed_entries:
                 self.committed = max(self.committed, rd.committed_entries[-1].index)
+            if rd.soft_state is not None and rd.soft_state.lead != self.lead:
+                self._leader_changed(rd.soft_state.lead)
             self.node.advance(rd)
         self._serve_fetches()
+        self._check_moves()
         self._maybe_compact()
+
+    def _send(self, messages: list[Message]) -> None:
+        by_peer: dict[int, list[list]] = {}
+        for msg in messages:
+            if msg.type == MessageType.SNAP:
+                self._start_snapshot(msg)
+            else:
+                by_peer.setdefault(msg.to, []).append(msg.to_wire())
+        for peer, wires in by_peer.items():
+            if not self.transport.send(peer, M.PEER_RAFT, [wires]):
+                self.node.report_unreachable(peer)
+
+    def _leader_changed(self, lead: int) -> None:
+        self.log.info("leader_changed", lead=f"{lead:x}", previous=f"{self.lead:x}", term=self.node.status().term)
+        self.lead = lead
+        # The core forgets pending read-index requests on a leader change: answer them now.
+        for identity, ctx_id in self.reads.values():
+            self._reply(identity, M.READ_INDEX_RESP, [ctx_id, 0, errors.NoLeader().to_wire()])
+        self.reads.clear()
 
     def _serve_fetches(self) -> None:
         if not self.fetches:
@@ -173,8 +324,8 @@ class ConsensusActor(Actor):
                 continue  # hold it until the commit index moves
             lo = after + 1
             if lo < first:
-                self.log.error("fetch_below_log", after=after, first_index=first)
-                del self.fetches[identity]
+                # Storage is behind the compacted log: only a snapshot helps (the
+                # leader sends one when it sees this member lagging).
                 continue
             hi = min(self.committed, lo + FETCH_MAX_ENTRIES - 1)
             entries = self.raft_storage.entries(lo, hi + 1, FETCH_MAX_BYTES)
@@ -182,17 +333,138 @@ class ConsensusActor(Actor):
             del self.fetches[identity]
             self.send_router(self.router, identity, pack_msg(M.ENTRIES, body))
 
+    def _check_moves(self) -> None:
+        if not self.moves:
+            return
+        now = time.monotonic()
+        for ctx_id, (identity, target, deadline) in list(self.moves.items()):
+            if self.lead == target:
+                self._reply(identity, M.MOVE_LEADER_RESP, [ctx_id, None])
+            elif now > deadline:
+                self._reply(identity, M.MOVE_LEADER_RESP,
+                            [ctx_id, errors.Timeout("etcdserver: leader transfer timed out").to_wire()])
+            else:
+                continue
+            del self.moves[ctx_id]
+
     def _maybe_compact(self) -> None:
         first = self.raft_storage.first_index()
         durable = min(self.durable_applied, self.committed)
-        if durable - first < self.cfg.snapshot_count + CATCH_UP_ENTRIES:
+        keep = min(CATCH_UP_ENTRIES, self.cfg.snapshot_count)
+        if durable - first < self.cfg.snapshot_count + keep:
             return
-        index = durable - CATCH_UP_ENTRIES
+        index = durable - keep
         term = self.raft_storage.term(index)
         self.wal.compact(index, term)
         self.raft_storage.compact(index)
         self.log.info("log_compacted", index=index, durable_applied=durable)
 
+    # --- snapshots: sending ----------------------------------------------------------
+    def _start_snapshot(self, msg: Message) -> None:
+        if msg.to in self.senders or any(m.to == msg.to for m in self.checkpoints.values()):
+            return  # one transfer per follower at a time
+        ctx = next(self._ctx)
+        self.checkpoints[ctx] = msg
+        try:
+            self.storage.send(pack_msg(M.CHECKPOINT, [ctx]), zmq.NOBLOCK)
+        except zmq.ZMQError:
+            del self.checkpoints[ctx]
+            self.node.report_snapshot(msg.to, False)
+
+    def _on_checkpoint(self, ctx: int, path: str | None, applied: int, error: Any) -> None:
+        msg = self.checkpoints.pop(ctx, None)
+        if msg is None:
+            return
+        if error is not None or path is None:
+            self.log.warning("snapshot_checkpoint_failed", error=error)
+            self.node.report_snapshot(msg.to, False)
+            return
+        sender = SnapshotSender(ctx, msg.to, path, msg.to_wire())
+        self.senders[msg.to] = sender
+        self.log.info("snapshot_send_started", to=f"{msg.to:x}", index=msg.snapshot.index,
+                      storage_applied=applied, bytes=sender.total_bytes)
+        self._pump(sender)
+
+    def _pump(self, sender: SnapshotSender) -> None:
+        for chunk in sender.next_chunks():
+            failpoint("snapshot_send")
+            if not self.transport.send(sender.to, M.PEER_SNAP_CHUNK, chunk):
+                self._finish_send(sender, False, "peer unreachable")
+                return
+
+    def _on_snap_ack(self, frm: int, snap_id: int, seq: int, status: str) -> None:
+        sender = self.senders.get(frm)
+        if sender is None or sender.snap_id != snap_id:
+            return
+        if status == "ok":
+            sender.on_ack(seq)
+            self._pump(sender)
+        else:
+            self._finish_send(sender, status == "done", status)
+
+    def _finish_send(self, sender: SnapshotSender, ok: bool, why: str) -> None:
+        self.senders.pop(sender.to, None)
+        sender.cleanup()
+        self.node.report_snapshot(sender.to, ok)
+        self.log.info("snapshot_send_finished", to=f"{sender.to:x}", ok=ok, why=why)
+
+    def _check_transfers(self) -> None:
+        for sender in list(self.senders.values()):
+            if sender.idle():
+                self._finish_send(sender, False, "timed out")
+        if self.receiver is not None and self.receiver.idle() and not self.installing:
+            self.receiver.cleanup()
+            self.receiver = None
+
+    # --- snapshots: receiving --------------------------------------------------------
+    def _on_snap_chunk(self, frm: int, snap_id: int, seq: int, relpath: str, offset: int, data: bytes,
+                       final: bool, digest: bytes | None, message_wire: list | None) -> None:
+        if seq == 0 and not self.installing:
+            if self.receiver is not None:
+                self.receiver.cleanup()
+            self.receiver = SnapshotReceiver(snap_id, frm, os.path.join(self.snap_dir, f"in-{frm:x}-{snap_id}"))
+        rcv = self.receiver
+        if rcv is None or rcv.snap_id != snap_id or rcv.frm != frm:
+            self.transport.send(frm, M.PEER_SNAP_ACK, [snap_id, seq, "failed"])
+            return
+        try:
+            failpoint("snapshot_receive")
+            complete = rcv.on_chunk(seq, relpath, offset, data, final, digest)
+            if complete:
+                msg = Message.from_wire(message_wire)
+                if msg.type != MessageType.SNAP or msg.snapshot is None:
+                    raise SnapshotError("the last chunk does not carry a snapshot message")
+        except (SnapshotError, ValueError, OSError) as exc:
+            self.log.warning("snapshot_receive_failed", error=str(exc)[:200])
+            rcv.cleanup()
+            self.receiver = None
+            self.transport.send(frm, M.PEER_SNAP_ACK, [snap_id, seq, "failed"])
+            return
+        self.transport.send(frm, M.PEER_SNAP_ACK, [snap_id, seq, "ok"])
+        if complete:
+            ctx = next(self._ctx)
+            self.installing[ctx] = (frm, snap_id, message_wire)
+            self.log.info("snapshot_received", frm=f"{frm:x}", bytes=rcv.bytes_received)
+            self.storage.send(pack_msg(M.INSTALL, [ctx, rcv.root]), zmq.NOBLOCK)
+
+    def _on_installed(self, ctx: int, applied: int, error: Any) -> None:
+        pending = self.installing.pop(ctx, None)
+        if pending is None:
+            return
+        frm, snap_id, message_wire = pending
+        if self.receiver is not None:
+            self.receiver.cleanup()
+            self.receiver = None
+        if error is not None:
+            self.log.error("snapshot_install_failed", error=error)
+            self.transport.send(frm, M.PEER_SNAP_ACK, [snap_id, -1, "failed"])
+            return
+        msg = Message.from_wire(message_wire)
+        self.log.info("snapshot_installed", index=msg.snapshot.index, storage_applied=applied)
+        self.node.step(msg)
+        self.transport.send(frm, M.PEER_SNAP_ACK, [snap_id, -1, "done"])
+
+    # --- stats and shutdown ----------------------------------------------------------
     def _log_stats(self) -> None:
         if self.fsyncs:
             self.log.info("wal_stats", fsyncs=self.fsyncs, entries=self.entries_synced,
@@ -200,5 +472,23 @@ class ConsensusActor(Actor):
                           interval_s=STATS_INTERVAL_S)
         self.fsyncs = self.entries_synced = 0
 
+    def _hand_over_leadership(self) -> None:
+        """On a clean stop, a leader hands over to its most up-to-date follower."""
+        if self.lead != self.id or len(self.voters) < 2:
+            return
+        progress = self.node.status().progress or {}
+        followers = [(p[0], peer) for peer, p in progress.items() if peer != self.id]
+        if not followers:
+            return
+        _, target = max(followers)
+        self.node.transfer_leader(target)
+        deadline = time.monotonic() + min(2 * self.cfg.election_timeout / 1000.0, 2.0)
+        while self.lead == self.id and time.monotonic() < deadline:
+            self._loop_once()
+        self.log.info("leadership_handed_over", to=f"{target:x}", done=self.lead != self.id)
+
     def shutdown(self) -> None:
-        self.wal.close()
+        try:
+            self._hand_over_leadership()
+        finally:
+            self.wal.close()

@@ -7,7 +7,8 @@ Rules:
 - Layout (raw mode, column families):
     "log":  key = index as 8-byte big-endian, value = msgpack [term, type, data]
     "meta": b"hard_state" -> msgpack [term, vote, commit]
-            b"snapshot"   -> msgpack [index, term]   (the compaction point)
+            b"snapshot"   -> msgpack [index, term, voters]   (the compaction point; older
+                             files hold [index, term])
 - Invariant: the stored log is consecutive from snapshot.index + 1 to last_index.
 """
 
@@ -62,8 +63,10 @@ class WAL:
         raw = self._meta.get(SNAPSHOT_KEY)
         if raw is None:
             return SnapshotMeta()
-        index, term = msgpack.unpackb(raw)
-        return SnapshotMeta(index, term)
+        fields = msgpack.unpackb(raw)
+        index, term = fields[0], fields[1]
+        voters = list(fields[2]) if len(fields) > 2 else []
+        return SnapshotMeta(index, term, voters)
 
     def _load_last_index(self) -> int:
         it = self._log.iter()
@@ -76,7 +79,7 @@ class WAL:
         assert self._db is not None, "wal is closed"
         raw = self._meta.get(HARD_STATE_KEY)
         hs = HardState(*msgpack.unpackb(raw)) if raw is not None else HardState()
-        snap = SnapshotMeta(self._snapshot.index, self._snapshot.term)
+        snap = self._snapshot.copy()
         entries: list[Entry] = []
         it = self._log.iter()
         it.seek(index_key(snap.index + 1))
@@ -94,19 +97,28 @@ class WAL:
         return self._last_index
 
     # --- writing -------------------------------------------------------------------------
-    def save(self, hard_state: HardState | None, entries: list[Entry], sync: bool) -> None:
-        """Persist a Ready's hard state and entries in one batch; entries may replace a suffix."""
+    def save(self, hard_state: HardState | None, entries: list[Entry], sync: bool,
+             snapshot: SnapshotMeta | None = None) -> None:
+        """Persist a Ready's snapshot, hard state and entries in one batch, in that order;
+        entries may replace a suffix. A snapshot (Ready.snapshot) drops the whole log."""
         assert self._db is not None, "wal is closed"
-        if hard_state is None and not entries:
+        if hard_state is None and not entries and snapshot is None:
             return
         wb = WriteBatch(raw_mode=True)
+        snap_index, last_index = self._snapshot.index, self._last_index
+        if snapshot is not None:
+            snap_index = last_index = snapshot.index
+            assert snapshot.index > self._snapshot.index, (
+                f"wal: snapshot {snapshot.index} not after {self._snapshot.index}")
+            wb.delete_range(index_key(0), _KEY_END, self._log_h)
+            wb.put(SNAPSHOT_KEY, self._pack_snapshot(snapshot), self._meta_h)
         if entries:
             # Never rewrite the compacted prefix.
-            entries = [e for e in entries if e.index > self._snapshot.index]
+            entries = [e for e in entries if e.index > snap_index]
         if entries:
             first = entries[0].index
-            assert first <= self._last_index + 1, f"wal: gap, last {self._last_index}, got {first}"
-            if first <= self._last_index:
+            assert first <= last_index + 1, f"wal: gap, last {last_index}, got {first}"
+            if first <= last_index:
                 wb.delete_range(index_key(first), _KEY_END, self._log_h)
             prev = first - 1
             for e in entries:
@@ -118,8 +130,15 @@ class WAL:
                    msgpack.packb([hard_state.term, hard_state.vote, hard_state.commit]),
                    self._meta_h)
         self._db.write(wb, self._wo_sync if sync else self._wo_nosync)
+        if snapshot is not None:
+            self._snapshot = snapshot.copy()
+            self._last_index = snapshot.index
         if entries:
             self._last_index = entries[-1].index
+
+    @staticmethod
+    def _pack_snapshot(s: SnapshotMeta) -> bytes:
+        return msgpack.packb([s.index, s.term, list(s.voters)])
 
     def compact(self, index: int, term: int) -> None:
         """Drop entries <= index and remember (index, term) as the compaction point."""
@@ -129,9 +148,10 @@ class WAL:
         assert index <= self._last_index, f"wal: compact {index} beyond last {self._last_index}"
         wb = WriteBatch(raw_mode=True)
         wb.delete_range(index_key(0), index_key(index + 1), self._log_h)
-        wb.put(SNAPSHOT_KEY, msgpack.packb([index, term]), self._meta_h)
+        snap = SnapshotMeta(index, term, list(self._snapshot.voters))
+        wb.put(SNAPSHOT_KEY, self._pack_snapshot(snap), self._meta_h)
         self._db.write(wb, self._wo_nosync)
-        self._snapshot = SnapshotMeta(index, term)
+        self._snapshot = snap
 
     def close(self) -> None:
         if self._db is None:

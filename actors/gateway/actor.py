@@ -29,7 +29,7 @@ from actors.runtime.actor import Actor
 from nodes.config import VERSION
 from protocol import errors
 from protocol.codec import pack, pack_msg, unpack, unpack_msg
-from protocol.requests import Limits, is_write, normalize_request
+from protocol.requests import ADMIN_OPS, Limits, is_write, normalize_request
 
 REQUEST_TIMEOUT_S = 5.0
 STATUS_POLL_S = 0.25
@@ -42,7 +42,7 @@ class Pending:
     delimiter: bool  # the client is a REQ socket: echo the empty delimiter frame
     client_id: int | None
     deadline: float
-    kind: str  # "write", "read", "status"
+    kind: str  # "write", "read", or the admin op ("status", "member_list", ...)
     epoch: int | None = None  # the consensus epoch that accepted the proposal
     status: dict[str, Any] = field(default_factory=dict)
 
@@ -75,6 +75,7 @@ class GatewayActor(Actor):
         self.consensus_epoch: int | None = None
         self.consensus_status: dict[str, Any] = {}
         self.raft_term = 0
+        self.revision_seen = 0  # the highest store revision this gateway has reported
         self.every(STATUS_POLL_S, self.poll_consensus)
         self.every(0.05, self.expire)
         self.replies_dropped = 0
@@ -113,6 +114,7 @@ class GatewayActor(Actor):
         if error is not None:
             self._send(p.identity, p.delimiter, {"id": p.client_id, "ok": False, "error": error})
             return
+        self.revision_seen = max(self.revision_seen, revision)
         reply = {"id": p.client_id, "ok": True, "header": self._header(revision, raft_term)}
         reply.update(response or {})
         self._send(p.identity, p.delimiter, reply)
@@ -153,10 +155,17 @@ class GatewayActor(Actor):
         req_id = self._new_id()
         now = time.monotonic()
         name = op["op"]
-        if name == "status":
-            self.pending[req_id] = Pending(identity, delimiter, client_id, now + REQUEST_TIMEOUT_S, "status")
-            self._send_internal(self.consensus, M.STATUS, [req_id])
-            self._send_internal(self.storage, M.STORAGE_STATUS, [req_id])
+        if name in ADMIN_OPS:
+            self.pending[req_id] = Pending(identity, delimiter, client_id, now + REQUEST_TIMEOUT_S, name)
+            if name == "status":
+                self._send_internal(self.consensus, M.STATUS, [req_id])
+                self._send_internal(self.storage, M.STORAGE_STATUS, [req_id])
+            elif name == "member_list":
+                self._send_internal(self.consensus, M.STATUS, [req_id])
+            elif name == "move_leader":
+                self._send_internal(self.consensus, M.MOVE_LEADER, [req_id, op["target_id"]])
+            elif name == "hash_kv":
+                self._send_internal(self.storage, M.HASH_KV, [req_id, op["revision"]])
         elif is_write(op):
             self.pending[req_id] = Pending(identity, delimiter, client_id, now + REQUEST_TIMEOUT_S, "write")
             data = msgpack.packb([self.member_id, req_id, op], use_bin_type=True)
@@ -238,7 +247,24 @@ class GatewayActor(Actor):
             self.raft_term = status.get("term", self.raft_term)
             self._note_epoch(status.get("epoch"))
             return
-        self._status_part(ctx_id, "consensus", status)
+        p = self.pending.get(ctx_id)
+        if p is not None and p.kind == "member_list":
+            self._finish(ctx_id, {"members": status["members"]}, None, self.revision_seen, status["term"])
+        else:
+            self._status_part(ctx_id, "consensus", status)
+
+    def _on_move_leader_resp(self, body: list) -> None:
+        ctx_id, error = body
+        self._finish(ctx_id, {}, error, self.revision_seen, self.raft_term)
+
+    def _on_hash_kv_resp(self, body: list) -> None:
+        ctx_id, result, error = body
+        if error is not None:
+            self._finish(ctx_id, None, error, 0, 0)
+        else:
+            response = {"hash": result["hash"], "compact_revision": result["compact_revision"],
+                        "hash_revision": result["revision"]}
+            self._finish(ctx_id, response, None, result["revision"], self.raft_term)
 
     def _on_storage_status_resp(self, body: list) -> None:
         ctx_id, status = body
@@ -251,6 +277,8 @@ class GatewayActor(Actor):
         M.READ_INDEX_RESP: _on_read_index_resp,
         M.STATUS_RESP: _on_status_resp,
         M.STORAGE_STATUS_RESP: _on_storage_status_resp,
+        M.MOVE_LEADER_RESP: _on_move_leader_resp,
+        M.HASH_KV_RESP: _on_hash_kv_resp,
     }
 
     def _status_part(self, req_id: int, part: str, status: dict) -> None:
@@ -271,7 +299,7 @@ class GatewayActor(Actor):
             "raft_term": c["term"],
             "raft_applied_index": s["applied_index"],
             "is_learner": False,
-            "errors": [],
+            "errors": [c["faults"]] if c.get("faults") else [],
             "compact_revision": s["compact_revision"],
             "client_urls": list(self.cfg.advertise_client_urls),
             "watch_urls": list(self.cfg.listen_watch_urls),

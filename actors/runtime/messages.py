@@ -32,3 +32,25 @@ EVENTS = 40           # [[revision, [[type, kv, prev_kv], ...]], ...]  one messa
 
 # actor -> supervisor (PUSH to Endpoints.supervisor)
 READY = 50            # [role, pid]
+
+# gateway -> consensus: cluster operations
+MOVE_LEADER = 9       # [ctx_id, target_id]
+MOVE_LEADER_RESP = 10  # [ctx_id, error_wire | None]
+
+# consensus <-> storage: snapshots (paths are inside this node's data dir)
+CHECKPOINT = 24       # [ctx_id]  make a consistent copy of the store
+CHECKPOINT_RESP = 25  # [ctx_id, path | None, applied_index, error_wire | None]
+INSTALL = 26          # [ctx_id, path]  replace the store by the snapshot at path
+INSTALL_RESP = 27     # [ctx_id, applied_index, error_wire | None]
+# gateway -> storage
+HASH_KV = 28          # [ctx_id, revision]
+HASH_KV_RESP = 29     # [ctx_id, {hash, revision, compact_revision} | None, error_wire | None]
+
+# consensus <-> consensus of other members (ROUTER at --listen-peer-urls; every body
+# starts with the sender's member id, which the fault layer filters on)
+PEER_RAFT = 60        # [frm, [raft message wire, ...]]
+PEER_FORWARD = 61     # [frm, [[req_id, data], ...]]  proposals from a follower to the leader
+PEER_FORWARD_REJECT = 62  # [frm, [req_id, ...]]  the receiver is not the leader
+PEER_HELLO = 63       # [frm, {name, client_urls, watch_urls, version}]
+PEER_SNAP_CHUNK = 64  # [frm, snap_id, seq, relpath, offset, data, final, digest | None, snap message wire | None]
+PEER_SNAP_ACK = 65    # [frm, snap_id, seq, status]  status: "ok" (chunk stored), "done" (installed), "failed"

@@ -21,6 +21,7 @@ from __future__ import annotations
 import heapq
 import itertools
 import os
+import shutil
 import time
 from typing import Any
 
@@ -39,6 +40,14 @@ FETCH_RESEND_S = 0.3
 SYNC_INTERVAL_S = 1.0
 
 
+def _fsync_dir(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def _event_wire(ev: Any) -> list:
     return [ev.type, ev.kv, ev.prev_kv]
 
@@ -49,7 +58,10 @@ class StorageActor(Actor):
     def setup(self) -> None:
         cfg = self.cfg
         self.member_id = cfg.member_id
-        self.backend = RocksBackend(os.path.join(os.path.abspath(cfg.data_dir), "storage"))
+        self.data_dir = os.path.abspath(cfg.data_dir)
+        self.store_dir = os.path.join(self.data_dir, "storage")
+        self._recover_install()
+        self.backend = RocksBackend(self.store_dir)
         self.store = MVCCStore(self.backend)
         self.backend.sync()  # whatever survived the last run is durable from here on
         self.durable_applied = self.store.applied_index
@@ -165,6 +177,19 @@ class StorageActor(Actor):
                     heapq.heappush(self.waiting, (min_index, next(self._seq), identity, req_id, op))
             if ready:
                 self.send_router(self.router, identity, pack_msg(M.READ_RESP, ready))
+        elif msg_type == M.CHECKPOINT:
+            self._checkpoint(identity, *body)
+        elif msg_type == M.INSTALL:
+            self._install(identity, *body)
+        elif msg_type == M.HASH_KV:
+            ctx_id, revision = body
+            try:
+                digest, rev = self.store.hash_kv(revision)
+                result = {"hash": digest, "revision": rev, "compact_revision": self.store.compact_revision}
+                reply = [ctx_id, result, None]
+            except errors.QkvError as err:
+                reply = [ctx_id, None, err.to_wire()]
+            self.send_router(self.router, identity, pack_msg(M.HASH_KV_RESP, reply))
         elif msg_type == M.STORAGE_STATUS:
             (ctx_id,) = body
             size = self.backend.size_bytes()
@@ -180,6 +205,8 @@ class StorageActor(Actor):
 
     def _read(self, req_id: int, op: dict) -> list:
         try:
+            if op.get("op") == "history":  # the watch's catch-up (clients and the watch actor)
+                return [req_id, self.store.history(op), None, self.store.current_revision, self.raft_term]
             return [req_id, self.store.range(op), None, self.store.current_revision, self.raft_term]
         except errors.QkvError as err:
             return [req_id, None, err.to_wire(), self.store.current_revision, self.raft_term]
@@ -195,6 +222,68 @@ class StorageActor(Actor):
             by_identity.setdefault(identity, []).append(self._read(req_id, op))
         for identity, replies in by_identity.items():
             self.send_router(self.router, identity, pack_msg(M.READ_RESP, replies))
+
+    # --- snapshots -------------------------------------------------------------------
+    def _checkpoint(self, identity: bytes, ctx_id: int) -> None:
+        """A consistent copy of the store for a follower; consensus streams and removes it."""
+        path = os.path.join(self.data_dir, "snapshots", f"out-{ctx_id}-{os.getpid()}")
+        try:
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            shutil.rmtree(path, ignore_errors=True)
+            self.backend.checkpoint(path)
+            reply = [ctx_id, path, self.store.applied_index, None]
+        except Exception as exc:  # disk full, permissions: the leader retries later
+            self.log.exception("checkpoint_failed")
+            reply = [ctx_id, None, 0, errors.Internal(f"checkpoint failed: {exc}").to_wire()]
+        self.send_router(self.router, identity, pack_msg(M.CHECKPOINT_RESP, reply))
+
+    def _install(self, identity: bytes, ctx_id: int, path: str) -> None:
+        """Replace the store by a snapshot received from the leader.
+
+        Crash-safe by renames: storage -> storage.old, snapshot -> storage, then remove
+        storage.old; `_recover_install` finishes or undoes a half-done swap at start.
+        """
+        failpoint("snapshot_install")
+        old = self.store_dir + ".old"
+        try:
+            probe = RocksBackend(path)
+            applied = MVCCStore(probe).applied_index
+            probe.close()
+        except Exception as exc:
+            self.log.warning("snapshot_rejected", error=str(exc)[:200])
+            self.send_router(self.router, identity, pack_msg(
+                M.INSTALL_RESP, [ctx_id, self.store.applied_index, errors.Internal(str(exc)).to_wire()]))
+            return
+        if applied <= self.store.applied_index:
+            # Our store is already as new: the log, not the data, was what lagged.
+            shutil.rmtree(path, ignore_errors=True)
+            self.send_router(self.router, identity,
+                             pack_msg(M.INSTALL_RESP, [ctx_id, self.store.applied_index, None]))
+            return
+        self.backend.close()
+        shutil.rmtree(old, ignore_errors=True)
+        os.rename(self.store_dir, old)
+        _fsync_dir(self.data_dir)
+        os.rename(path, self.store_dir)
+        _fsync_dir(self.data_dir)
+        shutil.rmtree(old, ignore_errors=True)
+        self.backend = RocksBackend(self.store_dir)
+        self.store = MVCCStore(self.backend)
+        self.durable_applied = self.store.applied_index
+        self.log.info("snapshot_installed", applied_index=self.store.applied_index,
+                      revision=self.store.current_revision)
+        self.send_router(self.router, identity, pack_msg(M.INSTALL_RESP, [ctx_id, self.store.applied_index, None]))
+        self._send_fetch()
+        self._serve_waiting()
+
+    def _recover_install(self) -> None:
+        old = self.store_dir + ".old"
+        if os.path.exists(old):
+            if os.path.exists(self.store_dir):
+                shutil.rmtree(old)  # the swap finished; only the clean-up was cut short
+            else:
+                os.rename(old, self.store_dir)  # cut between the renames: keep our own store
+            _fsync_dir(self.data_dir)
 
     def shutdown(self) -> None:
         self.backend.close()

@@ -19,7 +19,7 @@ import os
 import weakref
 from typing import Iterator, Iterable
 
-from rocksdict import Options, ReadOptions, Rdict, WriteBatch, WriteOptions
+from rocksdict import Checkpoint, Options, ReadOptions, Rdict, WriteBatch, WriteOptions
 
 from actors.storage.mvcc.store import COLUMN_FAMILIES
 
@@ -133,6 +133,12 @@ class RocksBackend:
     def sync(self) -> None:
         """A durability point: fsync the WAL, so every write so far survives a crash."""
         self.flush_wal(sync=True)
+
+    def checkpoint(self, path: str) -> None:
+        """A consistent copy of the whole database at ``path`` (hard links where it can;
+        ``path`` must not exist). Used to ship the store to a follower as a snapshot."""
+        assert self._db is not None, "backend is closed"
+        Checkpoint(self._db).create_checkpoint(path)
 
     def size_bytes(self) -> int:
         """Approximate bytes on disk plus in memtables, summed over column families."""

@@ -15,14 +15,15 @@ from typing import Any
 
 from protocol.client.txn import Compare, CompareTarget, Op, Txn
 from protocol.client.types import (
-    CompactResponse, DeleteRangeResponse, KeyValue, PutResponse, RangeResponse,
-    ResponseHeader, StatusResponse, TxnResponse, key_range, prefix_end,
+    CompactResponse, DeleteRangeResponse, HashKVResponse, KeyValue, Member, MemberListResponse,
+    MoveLeaderResponse, PutResponse, RangeResponse, ResponseHeader, StatusResponse, TxnResponse,
+    key_range, prefix_end,
 )
 
 __all__ = [
     "Client", "Compare", "CompareTarget", "Op", "Txn", "KeyValue", "ResponseHeader",
     "PutResponse", "RangeResponse", "DeleteRangeResponse", "TxnResponse", "CompactResponse",
-    "StatusResponse", "prefix_end", "key_range", "normalize_endpoint", "DEFAULT_ENDPOINT",
+    "StatusResponse", "Member", "MemberListResponse", "MoveLeaderResponse", "HashKVResponse", "prefix_end", "key_range", "normalize_endpoint", "DEFAULT_ENDPOINT",
 ]
 
 _LAZY = {"Client", "normalize_endpoint", "DEFAULT_ENDPOINT"}

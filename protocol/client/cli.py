@@ -37,8 +37,11 @@ endpoint_app = typer.Typer(no_args_is_help=True, rich_markup_mode=None,
                            help="Endpoint related commands")
 benchmark_app = typer.Typer(no_args_is_help=True, rich_markup_mode=None,
                             help="Benchmark the server (etcd tools/benchmark style)")
+member_app = typer.Typer(no_args_is_help=True, rich_markup_mode=None,
+                         help="Membership related commands")
 app.add_typer(endpoint_app, name="endpoint")
 app.add_typer(benchmark_app, name="benchmark")
+app.add_typer(member_app, name="member")
 
 
 class CliError(Exception):
@@ -292,6 +295,76 @@ def del_cmd(
         printer.delete(resp)
 
 
+@app.command("watch")
+def watch_cmd(
+    ctx: typer.Context,
+    args: Optional[list[str]] = typer.Argument(None, metavar="<key> [range_end]"),
+    prefix: bool = typer.Option(False, "--prefix", help="Watch on a prefix if prefix is set"),
+    rev: int = typer.Option(0, "--rev", help="Revision to start watching"),
+    prev_kv: bool = typer.Option(False, "--prev-kv", help="get the previous key-value pair before the event happens"),
+    progress_notify: bool = typer.Option(False, "--progress-notify", help="get periodic watch progress notification from server"),
+) -> None:
+    """Watches events stream on keys or prefixes (until Ctrl-C)."""
+    g = _g(ctx)
+    with _errors():
+        args = args or []
+        if not args:
+            raise CliError("watch in non-interactive mode requires at least one argument", EXIT_BAD_ARGS)
+        if len(args) > 2:
+            raise CliError("too many arguments", EXIT_BAD_ARGS)
+        if prefix and len(args) > 1:
+            raise CliError("`--prefix` cannot be set with range_end", EXIT_BAD_ARGS)
+        key, range_end = _arg(args[0]), (_arg(args[1]) if len(args) > 1 else None)
+        printer = _printer(g)
+        printer._need("simple", "json", "fields")
+        with _client(g) as c:
+            with c.watch(key, range_end, prefix=prefix, start_revision=max(0, rev), prev_kv=prev_kv,
+                         progress_notify=progress_notify) as watcher:
+                for resp in watcher:
+                    if resp.canceled:
+                        sys.stderr.write(f"watch was canceled ({resp.cancel_reason})\n")
+                        sys.stderr.flush()
+                        break
+                    _print_watch(printer, resp)
+        raise CliError("watch is canceled by the server", 5)
+
+
+def _print_watch(printer: Any, resp: Any) -> None:
+    """etcdctl 3.4's watch output for one response."""
+    from protocol.client.output import dumps, header_json, kv_json
+
+    out = printer.out
+    if resp.progress_notify:
+        out.write(b"progress notify: %d\n" % resp.revision)
+    if printer.fmt == "json":
+        events = []
+        for e in resp.events:
+            ev: dict[str, Any] = {}
+            if e.type == "DELETE":
+                ev["type"] = 1
+            ev["kv"] = kv_json(e.kv)
+            if e.prev_kv is not None:
+                ev["prev_kv"] = kv_json(e.prev_kv)
+            events.append(ev)
+        printer._line(dumps({"Header": header_json(resp.header), "Events": events,
+                             "CompactRevision": resp.compact_revision, "Canceled": resp.canceled,
+                             "Created": False}))
+    elif printer.fmt == "fields":
+        printer._hdr_fields(resp.header)
+        for e in resp.events:
+            printer._line(f'"Type" : {e.type}')
+            if e.prev_kv is not None:
+                printer._kv_fields(e.prev_kv, "Prev")
+            printer._kv_fields(e.kv)
+    else:
+        for e in resp.events:
+            printer._line(e.type)
+            if e.prev_kv is not None:
+                printer._kv_simple(e.prev_kv)
+            printer._kv_simple(e.kv)
+    out.flush()
+
+
 @app.command("txn")
 def txn_cmd(
     ctx: typer.Context,
@@ -345,8 +418,24 @@ def version_cmd() -> None:
 
 
 # -- endpoint ---------------------------------------------------------------------------------
+def _cluster_endpoints(g: Globals, cluster: bool) -> list[str]:
+    """The --endpoints, or with --cluster every member's client URLs (from member list)."""
+    if not cluster:
+        return g.endpoints
+    with _client(g) as c:
+        members = c.member_list().members
+    urls = [u for m in members for u in m.client_urls[:1]]
+    if len(urls) < len(members):
+        unknown = [m.name for m in members if not m.client_urls]
+        sys.stderr.write(f"client URLs of {', '.join(unknown)} are not known yet (member not reachable)\n")
+    return urls
+
+
+_CLUSTER_OPT = typer.Option(False, "--cluster", help="use all endpoints from the cluster member list")
+
+
 @endpoint_app.command("status")
-def endpoint_status_cmd(ctx: typer.Context) -> None:
+def endpoint_status_cmd(ctx: typer.Context, cluster: bool = _CLUSTER_OPT) -> None:
     """Prints out the status of endpoints specified in `--endpoints` flag."""
     g = _g(ctx)
     with _errors():
@@ -355,7 +444,7 @@ def endpoint_status_cmd(ctx: typer.Context) -> None:
         printer = _printer(g)
         statuses = []
         failed = False
-        for ep in g.endpoints:
+        for ep in _cluster_endpoints(g, cluster):
             try:
                 with _client(g, [ep]) as c:
                     statuses.append((ep, c.status()))
@@ -369,7 +458,7 @@ def endpoint_status_cmd(ctx: typer.Context) -> None:
 
 
 @endpoint_app.command("health")
-def endpoint_health_cmd(ctx: typer.Context) -> None:
+def endpoint_health_cmd(ctx: typer.Context, cluster: bool = _CLUSTER_OPT) -> None:
     """Checks the healthiness of endpoints specified in `--endpoints` flag: a linearizable
     get of the key "health" within --command-timeout."""
     g = _g(ctx)
@@ -378,7 +467,8 @@ def endpoint_health_cmd(ctx: typer.Context) -> None:
         from protocol.errors import QkvError
 
         printer = _printer(g)
-        results: list[dict[str, Any]] = [{} for _ in g.endpoints]
+        endpoints = _cluster_endpoints(g, cluster)
+        results: list[dict[str, Any]] = [{} for _ in endpoints]
 
         def check(i: int, ep: str) -> None:
             t0 = time.perf_counter()
@@ -392,7 +482,7 @@ def endpoint_health_cmd(ctx: typer.Context) -> None:
                               "took": go_duration(time.perf_counter() - t0), "error": exc.message}
 
         threads = [threading.Thread(target=check, args=(i, ep), daemon=True)
-                   for i, ep in enumerate(g.endpoints)]
+                   for i, ep in enumerate(endpoints)]
         for t in threads:
             t.start()
         for t in threads:
@@ -400,6 +490,71 @@ def endpoint_health_cmd(ctx: typer.Context) -> None:
         printer.endpoint_health(results, _err())
         if not all(r["health"] for r in results):
             raise CliError("unhealthy cluster", EXIT_ERROR)
+
+
+@endpoint_app.command("hashkv")
+def endpoint_hashkv_cmd(
+    ctx: typer.Context,
+    rev: int = typer.Option(0, "--rev", help="maximum revision to hash (default: latest revision)"),
+    cluster: bool = _CLUSTER_OPT,
+) -> None:
+    """Prints the KV history hash for each endpoint in --endpoints."""
+    g = _g(ctx)
+    with _errors():
+        from protocol.client.output import dumps, header_json, render_table
+
+        rows = []
+        for ep in _cluster_endpoints(g, cluster):
+            with _client(g, [ep]) as c:
+                rows.append((ep, c.hash_kv(rev)))
+        if g.write_out == "json":
+            _out().write((dumps([{"Endpoint": ep, "HashKV": {
+                "header": header_json(r.header), "hash": r.hash, "compact_revision": r.compact_revision,
+                "hash_revision": r.hash_revision}} for ep, r in rows]) + "\n").encode())
+        elif g.write_out == "table":
+            _out().write(render_table(["endpoint", "hash"], [[ep, str(r.hash)] for ep, r in rows]).encode())
+        else:
+            for ep, r in rows:
+                _out().write(f"{ep}, {r.hash}\n".encode())
+
+
+# -- member -----------------------------------------------------------------------------------
+@member_app.command("list")
+def member_list_cmd(ctx: typer.Context) -> None:
+    """Lists all members in the cluster."""
+    g = _g(ctx)
+    with _errors():
+        from protocol.client.output import dumps, header_json, render_table
+
+        with _client(g) as c:
+            resp = c.member_list()
+        rows = [[f"{m.id:x}", "started" if m.client_urls else "unstarted", m.name, ",".join(m.peer_urls),
+                 ",".join(m.client_urls), str(m.is_learner).lower()] for m in resp.members]
+        if g.write_out == "json":
+            _out().write((dumps({"header": header_json(resp.header), "members": [
+                {"ID": m.id, "name": m.name, "peerURLs": m.peer_urls, "clientURLs": m.client_urls,
+                 "watchURLs": m.watch_urls, "isLearner": m.is_learner} for m in resp.members]}) + "\n").encode())
+        elif g.write_out == "table":
+            _out().write(render_table(["ID", "status", "name", "peer addrs", "client addrs", "is learner"],
+                                      rows).encode())
+        else:
+            for row in rows:
+                _out().write((", ".join(row) + "\n").encode())
+
+
+@app.command("move-leader")
+def move_leader_cmd(ctx: typer.Context, transferee_id: str = typer.Argument(..., help="member id, in hex")) -> None:
+    """Transfers leadership to another member of the cluster."""
+    g = _g(ctx)
+    with _errors():
+        try:
+            target = int(transferee_id, 16)
+        except ValueError:
+            raise CliError(f"bad member id {transferee_id!r}: expected hex", EXIT_BAD_ARGS) from None
+        with _client(g) as c:
+            leader = c.status().leader
+            c.move_leader(target)
+        _out().write(f"Leadership transferred from {leader:x} to {target:x}\n".encode())
 
 
 # -- benchmark ------------------------------------------------------------------------------------

@@ -36,14 +36,14 @@ from protocol.client.txn import (
     Compare, Op, Txn, delete_fields, put_fields, range_fields, txn_fields, txn_writes,
 )
 from protocol.client.types import (
-    CompactResponse, DeleteRangeResponse, PutResponse, RangeResponse, StatusResponse,
-    TxnResponse,
+    CompactResponse, DeleteRangeResponse, HashKVResponse, MemberListResponse, MoveLeaderResponse,
+    PutResponse, RangeResponse, StatusResponse, TxnResponse,
 )
 
 DEFAULT_ENDPOINT = "tcp://127.0.0.1:7379"
 DEFAULT_TIMEOUT_S = 7.0
 _ID_MASK = (1 << 64) - 1
-_READ_OPS = frozenset({"range", "status"})
+_READ_OPS = frozenset({"range", "status", "member_list", "hash_kv"})
 
 
 def normalize_endpoint(endpoint: str) -> str:
@@ -185,6 +185,37 @@ class Client:
 
     def status(self) -> StatusResponse:
         return StatusResponse.from_wire(self._call({"op": "status"}, write=False))
+
+    def member_list(self) -> MemberListResponse:
+        return MemberListResponse.from_wire(self._call({"op": "member_list"}, write=False))
+
+    def move_leader(self, target_id: int) -> MoveLeaderResponse:
+        """Make ``target_id`` the leader. Only the leader can do it: members that answer
+        ``not_leader`` are skipped, so give every endpoint (or the leader's)."""
+        return MoveLeaderResponse.from_wire(
+            self._call({"op": "move_leader", "target_id": int(target_id)}, write=True))
+
+    def hash_kv(self, revision: int = 0) -> HashKVResponse:
+        """A hash of this member's keyspace as of ``revision`` (0 = current): equal on
+        every member at the same revision."""
+        return HashKVResponse.from_wire(self._call({"op": "hash_kv", "revision": int(revision)}, write=False))
+
+    def watch(self, key: Any, range_end: Any = None, *, prefix: bool = False,
+              start_revision: int = 0, prev_kv: bool = False, filters: Iterable[str] = (),
+              progress_notify: bool = False, **options: Any) -> Any:
+        """Watch a key, a prefix or ``[key, range_end)``: a ``Watcher`` (protocol/client/
+        watch.py) to iterate for ``WatchResponse``s; ``start_revision`` 0 = from now.
+        ``filters``: ``"NOPUT"``, ``"NODELETE"``. Cancel it, or use it as a context manager."""
+        from protocol.client.watch import Watcher
+
+        return Watcher(self, key, range_end, prefix=prefix, start_revision=start_revision,
+                       prev_kv=prev_kv, filters=tuple(filters), progress_notify=progress_notify,
+                       **options)
+
+    def watch_callback(self, key: Any, callback: Any, range_end: Any = None, **kwargs: Any) -> Any:
+        """``watch`` delivering every ``WatchResponse`` to ``callback`` from a background
+        thread; returns the started ``Watcher`` (``.cancel()`` stops it)."""
+        return self.watch(key, range_end, **kwargs).start(callback)
 
     def request(self, req: dict[str, Any]) -> dict[str, Any]:
         """Send any request map (``op`` and its fields; ``id`` is set here) and return the

@@ -213,3 +213,57 @@ class StatusResponse:
             client_urls=[str(u) for u in wire.get("client_urls") or ()],
             watch_urls=[str(u) for u in wire.get("watch_urls") or ()],
         )
+
+
+@dataclass(slots=True, frozen=True)
+class Member:
+    id: int
+    name: str
+    peer_urls: list[str]
+    client_urls: list[str]
+    watch_urls: list[str]
+    is_learner: bool = False
+
+    @classmethod
+    def from_wire(cls, wire: dict) -> "Member":
+        return cls(
+            id=int(wire.get("id") or 0), name=str(wire.get("name") or ""),
+            peer_urls=[str(u) for u in wire.get("peer_urls") or ()],
+            client_urls=[str(u) for u in wire.get("client_urls") or ()],
+            watch_urls=[str(u) for u in wire.get("watch_urls") or ()],
+            is_learner=bool(wire.get("is_learner")),
+        )
+
+
+@dataclass(slots=True)
+class MemberListResponse:
+    header: ResponseHeader
+    members: list[Member]
+
+    @classmethod
+    def from_wire(cls, wire: dict) -> "MemberListResponse":
+        return cls(header=ResponseHeader.from_wire(wire.get("header")),
+                   members=[Member.from_wire(m) for m in wire.get("members") or ()])
+
+
+@dataclass(slots=True)
+class MoveLeaderResponse:
+    header: ResponseHeader
+
+    @classmethod
+    def from_wire(cls, wire: dict) -> "MoveLeaderResponse":
+        return cls(header=ResponseHeader.from_wire(wire.get("header")))
+
+
+@dataclass(slots=True)
+class HashKVResponse:
+    header: ResponseHeader
+    hash: int
+    compact_revision: int
+    hash_revision: int
+
+    @classmethod
+    def from_wire(cls, wire: dict) -> "HashKVResponse":
+        return cls(header=ResponseHeader.from_wire(wire.get("header")), hash=int(wire.get("hash") or 0),
+                   compact_revision=int(wire.get("compact_revision") or 0),
+                   hash_revision=int(wire.get("hash_revision") or 0))

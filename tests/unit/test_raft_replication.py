@@ -367,7 +367,7 @@ def test_report_unreachable_falls_back_to_probe():
     assert net.data_applied(2) == [b"x", b"lost"]
 
 
-def test_follower_behind_compaction_is_marked_needing_snapshot():
+def test_follower_behind_compaction_catches_up_by_snapshot():
     net = Network([1, 2, 3])
     leader = elect(net, 1)
     net.down.add(3)
@@ -377,7 +377,8 @@ def test_follower_behind_compaction_is_marked_needing_snapshot():
         net.storages[i].compact(8)
     net.down.discard(3)
     net.tick_all(3)
-    assert leader.status().progress[3][2] == "snapshot"  # snapshots: not implemented yet
-    assert net.nodes[3].status().last_index == 1
+    assert leader.status().progress[3][2] == "replicate"  # snapshot sent, then back to the log
+    assert net.nodes[3].status().last_index >= 8
     net.propose(1, b"still works")
     assert net.data_applied(2)[-1] == b"still works"
+    assert net.data_applied(3)[-1] == b"still works"

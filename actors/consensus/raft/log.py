@@ -4,13 +4,15 @@ Rules:
 - Invariants: applied <= committed <= last_index(); unstable entries start at
   `unstable_offset` and may replace (once persisted) a suffix of the storage log.
 - The log never truncates at or below `committed`.
+- After `restore(snapshot)` (a SNAP from the leader) the log is empty at the snapshot until
+  the shell persists it: `unstable_snapshot` then stands in for the storage entirely.
 - Nothing here performs I/O.
 """
 
 from __future__ import annotations
 
 from .storage import CompactedError, MemoryStorage, UnavailableError, limit_size
-from .types import Entry
+from .types import Entry, SnapshotMeta
 
 
 class RaftLog:
@@ -19,6 +21,8 @@ class RaftLog:
         # Entries not yet persisted; unstable[i].index == unstable_offset + i.
         self.unstable: list[Entry] = []
         self.unstable_offset = storage.last_index() + 1
+        # Restored from a SNAP, not yet persisted: the storage's log is stale until then.
+        self.unstable_snapshot: SnapshotMeta | None = None
         first = storage.first_index()
         self.committed = first - 1  # highest index known committed; committed <= last_index()
         self.applied = first - 1  # highest index handed to the state machine; applied <= committed
@@ -30,12 +34,22 @@ class RaftLog:
 
     # --- indexes and terms -------------------------------------------------------------
     def first_index(self) -> int:
+        if self.unstable_snapshot is not None:
+            return self.unstable_snapshot.index + 1
         return self.storage.first_index()
 
     def last_index(self) -> int:
         if self.unstable:
             return self.unstable_offset + len(self.unstable) - 1
+        if self.unstable_snapshot is not None:
+            return self.unstable_snapshot.index
         return self.storage.last_index()
+
+    def snapshot(self) -> SnapshotMeta:
+        """The compaction point of our log (what a lagging follower is sent)."""
+        if self.unstable_snapshot is not None:
+            return self.unstable_snapshot.copy()
+        return self.storage.snapshot()
 
     def term(self, i: int) -> int | None:
         """Term of entry i; None when i is compacted away or beyond the last entry."""
@@ -43,6 +57,8 @@ class RaftLog:
             return self.unstable[i - self.unstable_offset].term
         if i >= self.unstable_offset and self.unstable:
             return None
+        if self.unstable_snapshot is not None:
+            return self.unstable_snapshot.term if i == self.unstable_snapshot.index else None
         try:
             return self.storage.term(i)
         except (CompactedError, UnavailableError):
@@ -63,6 +79,8 @@ class RaftLog:
 
     def stable_last_index(self) -> int:
         """Last index of the log prefix that is persisted and agrees with our log."""
+        if self.unstable_snapshot is not None:
+            return 0  # nothing on disk agrees with us until the snapshot is persisted
         return self.unstable_offset - 1 if self.unstable else self.last_index()
 
     # --- reading -----------------------------------------------------------------------
@@ -164,6 +182,21 @@ class RaftLog:
             return
         assert self.applied <= i <= self.committed, (self.applied, i, self.committed)
         self.applied = i
+
+    def restore(self, snap: SnapshotMeta) -> None:
+        """Drop the whole log: it becomes empty at the snapshot, everything up to it is
+        committed and (as far as the log is concerned) applied."""
+        assert snap.index > self.committed, f"restore {snap.index} <= committed {self.committed}"
+        self.unstable_snapshot = snap.copy()
+        self.unstable = []
+        self.unstable_offset = snap.index + 1
+        self.committed = snap.index
+        self.applied = snap.index
+
+    def stable_snap_to(self, index: int) -> None:
+        """The snapshot at index is persisted (and applied to the storage)."""
+        if self.unstable_snapshot is not None and self.unstable_snapshot.index == index:
+            self.unstable_snapshot = None
 
     def stable_to(self, index: int, term: int) -> None:
         """Entries up to (index, term) are persisted: drop them from the unstable tail."""

@@ -4,7 +4,9 @@ Rules:
 - Invariant: match < next; match is the highest index known replicated on the peer
   (for the leader itself: known persisted).
 - PROBE: one APP in flight at a time, until the peer answers. REPLICATE: pipelined APPs,
-  at most max_inflight of them unacknowledged (flow control).
+  at most max_inflight of them unacknowledged (flow control). SNAPSHOT: the entries the
+  peer needs are compacted away; a SNAP was sent and no APP goes until the peer acks an
+  index >= pending_snapshot or the shell reports the transfer (RawNode.report_snapshot).
 - Nothing here performs I/O.
 """
 
@@ -17,7 +19,7 @@ from enum import IntEnum
 class ProgressState(IntEnum):
     PROBE = 0
     REPLICATE = 1
-    SNAPSHOT = 2  # the peer needs a snapshot; paused (snapshot sending: not implemented)
+    SNAPSHOT = 2  # a snapshot is being sent to the peer; paused
 
 
 class VoteResult(IntEnum):
@@ -56,7 +58,8 @@ class Inflights:
 
 
 class Progress:
-    __slots__ = ("match", "next", "state", "probe_sent", "inflights", "recent_active")
+    __slots__ = ("match", "next", "state", "probe_sent", "inflights", "recent_active",
+                 "pending_snapshot")
 
     def __init__(self, match: int, next_: int, max_inflight: int):
         self.match = match  # match < next
@@ -65,23 +68,31 @@ class Progress:
         self.probe_sent = False  # PROBE: an APP is outstanding, wait for an answer
         self.inflights = Inflights(max_inflight)
         self.recent_active = False  # heard from the peer since the last check-quorum
+        self.pending_snapshot = 0  # SNAPSHOT: index of the snapshot being sent
 
     def become_probe(self) -> None:
+        if self.state == ProgressState.SNAPSHOT:
+            # The snapshot (if it was installed) covers up to pending_snapshot.
+            self.next = max(self.match + 1, self.pending_snapshot + 1)
+        else:
+            self.next = self.match + 1
         self.state = ProgressState.PROBE
         self.probe_sent = False
+        self.pending_snapshot = 0
         self.inflights.reset()
-        self.next = self.match + 1
 
     def become_replicate(self) -> None:
         self.state = ProgressState.REPLICATE
         self.probe_sent = False
+        self.pending_snapshot = 0
         self.inflights.reset()
         self.next = self.match + 1
 
-    def become_snapshot(self) -> None:
-        """The entries the peer needs are compacted away (snapshots: not implemented)."""
+    def become_snapshot(self, snapshot_index: int) -> None:
+        """The entries the peer needs are compacted away: a SNAP at snapshot_index is sent."""
         self.state = ProgressState.SNAPSHOT
         self.probe_sent = False
+        self.pending_snapshot = snapshot_index
         self.inflights.reset()
 
     def maybe_update(self, n: int) -> bool:

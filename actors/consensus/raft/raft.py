@@ -201,15 +201,24 @@ class Raft:
         prev_term = self.log.term(prev_index)
         ents = self.log.entries(pr.next, self.max_size_per_msg)
         if prev_term is None or ents is None:
-            # The entries are compacted away: the peer needs a snapshot, which is not
-            # implemented yet. Stop trying (and show it in Status) instead of spinning.
-            pr.become_snapshot()
-            return False
+            # The entries are compacted away: the peer needs a snapshot.
+            return self.send_snapshot(to)
         if not ents and not send_if_empty:
             return False
         self.send(Message(MT.APP, to, self.id, index=prev_index, log_term=prev_term,
                           entries=ents, commit=self.log.committed))
         pr.sent_entries(len(ents), ents[-1].index if ents else 0)
+        return True
+
+    def send_snapshot(self, to: int) -> bool:
+        """Send SNAP with our compaction point; the shell moves the data (etcd sendSnapshot)."""
+        pr = self.prs.progress[to]
+        if not pr.recent_active:
+            return False  # do not start a costly transfer to a peer we have not heard from
+        meta = self.log.snapshot()
+        assert meta.index > 0, "entries compacted but no snapshot"
+        self.send(Message(MT.SNAP, to, self.id, snapshot=meta))
+        pr.become_snapshot(meta.index)  # paused until it acks or the shell reports
         return True
 
     def send_heartbeat(self, to: int, ctx: bytes) -> None:
@@ -436,7 +445,10 @@ class Raft:
             if pr.state == ProgressState.PROBE:
                 pr.become_replicate()
             elif pr.state == ProgressState.SNAPSHOT:
-                pr.become_probe()  # it moved on: try the log again
+                if pr.match >= pr.pending_snapshot or pr.match + 1 >= self.log.first_index():
+                    # It has the snapshot (or caught up otherwise): back to the log.
+                    pr.become_probe()
+                    pr.become_replicate()
             else:
                 pr.inflights.free_le(m.index)
             if self.maybe_commit():
@@ -504,6 +516,20 @@ class Raft:
             if pr.state == ProgressState.REPLICATE:
                 pr.become_probe()
 
+    def report_snapshot(self, id_: int, ok: bool) -> None:
+        """The shell finished sending a snapshot to id_ (ok) or gave up (etcd MsgSnapStatus)."""
+        pr = self.prs.progress.get(id_)
+        if self.state != StateType.LEADER or pr is None or id_ == self.id:
+            return
+        if pr.state != ProgressState.SNAPSHOT:
+            return
+        if not ok:
+            pr.pending_snapshot = 0  # probe from match: the log or another snapshot
+        pr.become_probe()
+        # Wait for the peer's APP_RESP (ok) or a heartbeat round (failure) before the next
+        # APP, so a failing transfer is retried at most once per heartbeat.
+        pr.probe_sent = True
+
     def abort_leader_transfer(self) -> None:
         self.lead_transferee = 0
 
@@ -518,6 +544,9 @@ class Raft:
         elif m.type == MT.HEARTBEAT:
             self.become_follower(m.term, m.frm)
             self.handle_heartbeat(m)
+        elif m.type == MT.SNAP:
+            self.become_follower(m.term, m.frm)
+            self.handle_snapshot(m)
         elif m.type == my_vote_resp:
             res = self.poll(m.frm, m.type, not m.reject)
             if res == VoteResult.WON:
@@ -541,6 +570,10 @@ class Raft:
             self.election_elapsed = 0
             self.lead = m.frm
             self.handle_heartbeat(m)
+        elif m.type == MT.SNAP:
+            self.election_elapsed = 0
+            self.lead = m.frm
+            self.handle_snapshot(m)
         elif m.type == MT.TRANSFER_LEADER:
             if self.lead == 0:
                 return
@@ -573,3 +606,19 @@ class Raft:
         if m.commit <= self.log.last_index():
             self.log.commit_to(m.commit)
         self.send(Message(MT.HEARTBEAT_RESP, m.frm, self.id, context=m.context))
+
+    def handle_snapshot(self, m: Message) -> None:
+        """SNAP from the leader; the shell has installed the data (at an applied index >=
+        the snapshot's) in the state machine before stepping it (etcd handleSnapshot)."""
+        snap = m.snapshot
+        assert snap is not None
+        if snap.index <= self.log.committed:
+            pass  # old news: we have it all already
+        elif self.log.match_term(snap.index, snap.term):
+            # Our log has the snapshot's last entry: it is committed, keep the log.
+            self.log.commit_to(snap.index)
+        else:
+            self.log.restore(snap)
+            self.send(Message(MT.APP_RESP, m.frm, self.id, index=self.log.last_index()))
+            return
+        self.send(Message(MT.APP_RESP, m.frm, self.id, index=self.log.committed))

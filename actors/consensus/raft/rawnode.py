@@ -2,6 +2,8 @@
 
 The shell's loop, in this order:
     rd = node.ready()
+    if rd.snapshot: persist it (drop the whole log, record the meta);
+                    storage.apply_snapshot(rd.snapshot)
     persist rd.hard_state / rd.entries (fsync if rd.must_sync); storage.append(rd.entries)
     send rd.messages
     apply rd.committed_entries
@@ -13,6 +15,11 @@ Rules:
   local message types, wrong addressee), checked before the core sees the message. A
   well-shaped APP that contradicts our committed log also raises ValueError (only a
   faulty peer can send one); the message's term may have been adopted by then.
+- Snapshots (etcd's design): a SNAP in rd.messages carries only metadata (the leader's
+  compaction point). The sender's shell moves the state machine's data (taken at its
+  applied index A >= snapshot.index) to the peer out of band and then calls
+  report_snapshot(peer, ok). The receiver's shell installs the data in its state machine
+  first and only then steps the SNAP; the next Ready may carry rd.snapshot.
 - propose() / read_index() raise ProposalDropped when this node cannot take the request
   (not leader, no known leader, leadership transfer in progress); the shell forwards or
   retries.
@@ -62,6 +69,11 @@ class RawNode:
         """The transport failed to send to id_: stop pipelining to it and probe instead."""
         self.raft.report_unreachable(id_)
 
+    def report_snapshot(self, id_: int, ok: bool) -> None:
+        """The shell finished moving a snapshot's data to id_ (ok=True; the peer's APP_RESP
+        then resumes replication) or failed (ok=False: retried after a heartbeat)."""
+        self.raft.report_snapshot(id_, ok)
+
     def read_index(self, ctx: bytes) -> None:
         """Request a linearizable read point; a ReadState(index, ctx) follows in a Ready.
 
@@ -99,7 +111,7 @@ class RawNode:
             return True
         if r.hard_state() != self.prev_hard_state:
             return True
-        return bool(r.log.unstable or r.msgs or r.read_states
+        return bool(r.log.unstable or r.msgs or r.read_states or r.log.unstable_snapshot
                     or r.log.committed > r.log.applied)
 
     def ready(self) -> Ready:
@@ -109,6 +121,7 @@ class RawNode:
         hs = r.hard_state()
         prev = self.prev_hard_state
         entries = list(r.log.unstable)
+        snap = r.log.unstable_snapshot
         rd = Ready(
             soft_state=ss if ss != self.prev_soft_state else None,
             hard_state=hs if hs != prev else None,
@@ -116,7 +129,9 @@ class RawNode:
             committed_entries=r.log.next_committed_entries(),
             messages=r.msgs,
             read_states=r.read_states,
-            must_sync=bool(entries) or hs.term != prev.term or hs.vote != prev.vote,
+            must_sync=(bool(entries) or snap is not None
+                       or hs.term != prev.term or hs.vote != prev.vote),
+            snapshot=snap.copy() if snap is not None else None,
         )
         r.msgs = []
         r.read_states = []
@@ -132,9 +147,12 @@ class RawNode:
         r = self.raft
         if rd.committed_entries:
             r.log.applied_to(rd.committed_entries[-1].index)
+        if rd.snapshot is not None:
+            r.log.stable_snap_to(rd.snapshot.index)
         if rd.entries:
             last = rd.entries[-1]
             r.log.stable_to(last.index, last.term)
+        if rd.snapshot is not None or rd.entries:
             r.on_persisted(r.log.stable_last_index())
 
     def status(self) -> Status:

@@ -1,8 +1,9 @@
 """MemoryStorage: the stable (persisted) log as the Raft core sees it.
 
 Rules:
-- The shell mirrors its on-disk WAL into this object: `append` after persisting a Ready's
-  entries, `compact` after compacting the WAL. The core only reads from it.
+- The shell mirrors its on-disk WAL into this object: `apply_snapshot` after persisting a
+  Ready's snapshot, `append` after persisting its entries, `compact` after compacting the
+  WAL. The core only reads from it.
 - `_ents[0]` is a dummy entry holding the compaction point (snapshot index, term); real
   entries follow at consecutive indexes.
 - Nothing here performs I/O.
@@ -40,7 +41,7 @@ class MemoryStorage:
                  entries: list[Entry] | None = None):
         snapshot = snapshot or SnapshotMeta()
         self._hard_state = HardState(**vars(hard_state)) if hard_state else HardState()
-        self._snapshot = SnapshotMeta(snapshot.index, snapshot.term)
+        self._snapshot = snapshot.copy()
         # _ents[0].index == snapshot.index; _ents[i].index == snapshot.index + i
         self._ents: list[Entry] = [Entry(snapshot.term, snapshot.index)]
         if entries:
@@ -50,7 +51,7 @@ class MemoryStorage:
         return HardState(self._hard_state.term, self._hard_state.vote, self._hard_state.commit)
 
     def snapshot(self) -> SnapshotMeta:
-        return SnapshotMeta(self._snapshot.index, self._snapshot.term)
+        return self._snapshot.copy()
 
     def first_index(self) -> int:
         return self._ents[0].index + 1
@@ -104,4 +105,12 @@ class MemoryStorage:
         assert index <= self.last_index(), f"compact {index} beyond last {self.last_index()}"
         term = self._ents[index - offset].term
         self._ents = [Entry(term, index)] + self._ents[index - offset + 1:]
-        self._snapshot = SnapshotMeta(index, term)
+        self._snapshot = SnapshotMeta(index, term, list(self._snapshot.voters))
+
+    def apply_snapshot(self, meta: SnapshotMeta) -> None:
+        """Reset the log to a snapshot a leader sent (Ready.snapshot): every entry goes, the
+        log is empty at (meta.index, meta.term) and continues at meta.index + 1."""
+        if meta.index <= self._snapshot.index:
+            raise CompactedError(meta.index)  # older than what we have (etcd ErrSnapOutOfDate)
+        self._ents = [Entry(meta.term, meta.index)]
+        self._snapshot = meta.copy()

@@ -2,6 +2,10 @@
 
 Rules: nothing here performs I/O; every message crosses `to_wire`/`from_wire` so the codec
 is exercised; delivery order is FIFO and deterministic; `cut`/`isolate` drop messages.
+Snapshots are moved like a shell would: delivering a SNAP first copies the sender's applied
+entries (its "state machine") to the receiver, then steps it and reports success to the
+sender; a SNAP that is lost is reported as a failed transfer. `applied` skips entries at or
+below what a node already has (the state machine applies idempotently by index).
 """
 
 from __future__ import annotations
@@ -10,7 +14,7 @@ import random
 
 from .rawnode import RawNode
 from .storage import MemoryStorage
-from .types import Config, Entry, Message, ReadState, StateType
+from .types import Config, Entry, Message, MessageType, ReadState, StateType
 
 
 class Network:
@@ -66,11 +70,16 @@ class Network:
         st = self.storages[i]
         while node.has_ready():
             rd = node.ready()
+            if rd.snapshot is not None:
+                st.apply_snapshot(rd.snapshot)
             if rd.hard_state is not None:
                 st.set_hard_state(rd.hard_state)
             st.append(rd.entries)
             self.queue.extend(rd.messages)
-            self.applied[i].extend(rd.committed_entries)
+            applied = self.applied[i]
+            for e in rd.committed_entries:
+                if not applied or e.index > applied[-1].index:
+                    applied.append(e)
             self.read_states[i].extend(rd.read_states)
             node.advance(rd)
 
@@ -88,19 +97,27 @@ class Network:
                 return n
             msgs, self.queue = self.queue, []
             for m in msgs:
-                if (m.frm, m.to) in self.dropped or m.to in self.down or m.frm in self.down:
-                    continue
-                if self.msg_filter is not None and not self.msg_filter(m):
-                    continue
-                if m.to not in self.nodes and not self.strict:
+                lost = ((m.frm, m.to) in self.dropped or m.to in self.down or m.frm in self.down
+                        or (self.msg_filter is not None and not self.msg_filter(m)))
+                if lost or (m.to not in self.nodes and not self.strict):
+                    if m.type == MessageType.SNAP and m.frm not in self.down:
+                        self.nodes[m.frm].report_snapshot(m.to, False)
                     continue
                 self.delivered.append(m)
+                if m.type == MessageType.SNAP:
+                    # The shell moves the data first (the sender's state machine as of now),
+                    # unless the receiver already has newer data.
+                    src, dst = self.applied[m.frm], self.applied[m.to]
+                    if src and (not dst or src[-1].index > dst[-1].index):
+                        self.applied[m.to] = list(src)
                 try:
                     self.nodes[m.to].step(Message.from_wire(m.to_wire()))
                 except ValueError as e:
                     if self.strict:
                         raise
                     self.rejected.append((m, e))
+                if m.type == MessageType.SNAP:
+                    self.nodes[m.frm].report_snapshot(m.to, True)
                 n += 1
         raise AssertionError("network did not quiesce")
 

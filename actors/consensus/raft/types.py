@@ -53,10 +53,40 @@ class HardState:
 
 @dataclass
 class SnapshotMeta:
-    """The log compaction point: entries <= index are gone; (index, term) is remembered."""
+    """The log compaction point: entries <= index are gone; (index, term) is remembered.
+
+    Also what a SNAP message carries: the snapshot DATA (the state machine) travels out of
+    band, moved by the shell; the core only ever sees this metadata.
+    """
 
     index: int = 0
     term: int = 0
+    voters: list[int] = field(default_factory=list)  # membership at index ([] = unknown)
+
+    def copy(self) -> SnapshotMeta:
+        return SnapshotMeta(self.index, self.term, list(self.voters))
+
+    # Wire layout: [index, term, [voter, ...]]
+    def to_wire(self) -> list:
+        return [self.index, self.term, list(self.voters)]
+
+    @staticmethod
+    def from_wire(obj) -> SnapshotMeta:
+        """Decode snapshot metadata; raise ValueError unless it is well formed."""
+        if not isinstance(obj, (list, tuple)) or len(obj) != 3:
+            raise ValueError("snapshot: expected an array of 3 fields")
+        index, term, voters = obj
+        _check_int("snapshot.index", index)
+        _check_int("snapshot.term", term)
+        if not isinstance(voters, (list, tuple)):
+            raise ValueError("snapshot: voters must be an array")
+        for v in voters:
+            _check_int("snapshot.voter", v)
+            if v == 0:
+                raise ValueError("snapshot: voter ids must be non-zero")
+        if len(set(voters)) != len(voters):
+            raise ValueError("snapshot: duplicate voters")
+        return SnapshotMeta(index, term, list(voters))
 
 
 class StateType(IntEnum):
@@ -98,11 +128,11 @@ class MessageType(IntEnum):
     READ_INDEX_RESP = 12
     TIMEOUT_NOW = 13
     TRANSFER_LEADER = 14
-    SNAP = 15  # reserved: snapshot transfer is not implemented yet
+    SNAP = 15  # leader -> follower: install the snapshot `Message.snapshot` (data out of band)
 
 
 LOCAL_MESSAGE_TYPES = frozenset({MessageType.HUP, MessageType.BEAT, MessageType.PROP})
-_VALID_MESSAGE_TYPES = frozenset(int(t) for t in MessageType) - {int(MessageType.SNAP)}
+_VALID_MESSAGE_TYPES = frozenset(int(t) for t in MessageType)
 _VALID_ENTRY_TYPES = frozenset({int(EntryType.NORMAL)})
 
 
@@ -126,12 +156,14 @@ class Message:
     reject: bool = False
     reject_hint: int = 0
     context: bytes = b""
+    snapshot: SnapshotMeta | None = None  # SNAP only (and always there)
 
     # Wire layout (a msgpack array, positions fixed):
     # [type, to, frm, term, log_term, index, [[term, index, type, data], ...], commit,
-    #  reject (0/1), reject_hint, context]
+    #  reject (0/1), reject_hint, context]  + [snapshot] as a 12th field on SNAP only
+    #  (snapshot = [index, term, [voters]], see SnapshotMeta.to_wire).
     def to_wire(self) -> list:
-        return [
+        wire = [
             int(self.type),
             self.to,
             self.frm,
@@ -144,13 +176,17 @@ class Message:
             self.reject_hint,
             self.context,
         ]
+        if self.snapshot is not None:
+            wire.append(self.snapshot.to_wire())
+        return wire
 
     @staticmethod
     def from_wire(obj) -> Message:
         """Decode a peer's message; raise ValueError unless it is well formed."""
-        if not isinstance(obj, (list, tuple)) or len(obj) != 11:
-            raise ValueError("message: expected an array of 11 fields")
-        t, to, frm, term, log_term, index, raw_entries, commit, reject, hint, ctx = obj
+        if not isinstance(obj, (list, tuple)) or len(obj) not in (11, 12):
+            raise ValueError("message: expected an array of 11 (or 12) fields")
+        t, to, frm, term, log_term, index, raw_entries, commit, reject, hint, ctx = obj[:11]
+        snapshot = SnapshotMeta.from_wire(obj[11]) if len(obj) == 12 else None
         for name, v in (("type", t), ("to", to), ("frm", frm), ("term", term),
                         ("log_term", log_term), ("index", index), ("commit", commit),
                         ("reject_hint", hint)):
@@ -177,7 +213,7 @@ class Message:
                 raise ValueError("entry: data must be bytes")
             entries.append(Entry(et, ei, ety, ed))
         m = Message(MessageType(t), to, frm, term, log_term, index, entries, commit,
-                    bool(reject), hint, ctx)
+                    bool(reject), hint, ctx, snapshot)
         validate_message(m)
         return m
 
@@ -189,7 +225,7 @@ def _check_int(name: str, v) -> None:
 
 def validate_message(m: Message) -> None:
     """Semantic checks for a message from a peer; raise ValueError on garbage."""
-    if m.type in LOCAL_MESSAGE_TYPES or m.type == MessageType.SNAP:
+    if m.type in LOCAL_MESSAGE_TYPES:
         raise ValueError(f"message: type {m.type.name} is not accepted from peers")
     if m.to == 0 or m.frm == 0:
         raise ValueError("message: to and frm must be non-zero")
@@ -210,6 +246,20 @@ def validate_message(m: Message) -> None:
             prev_term = e.term
         if m.index == 0 and m.log_term != 0:
             raise ValueError("message: index 0 has term 0")
+    if m.type == MessageType.SNAP:
+        s = m.snapshot
+        if not isinstance(s, SnapshotMeta):
+            raise ValueError("message: SNAP needs a snapshot")
+        for name, v in (("snapshot.index", s.index), ("snapshot.term", s.term)):
+            _check_int(name, v)
+        if s.index == 0 or s.term == 0:
+            raise ValueError("message: snapshot at index 0 or term 0")
+        if s.term > m.term:
+            raise ValueError("message: snapshot term above message term")
+        if not isinstance(s.voters, list) or any(type(v) is not int or v <= 0 for v in s.voters):
+            raise ValueError("message: snapshot voters must be positive ids")
+    elif m.snapshot is not None:
+        raise ValueError(f"message: {m.type.name} carries no snapshot")
 
 
 @dataclass
@@ -222,7 +272,10 @@ class Ready:
     committed_entries: list[Entry]  # apply to the state machine
     messages: list[Message]
     read_states: list[ReadState]
-    must_sync: bool  # True iff entries or term/vote changed
+    must_sync: bool  # True iff entries, a snapshot or term/vote changed
+    # A snapshot the node restored from (SNAP): persist it FIRST (drop the whole log, record
+    # the meta; MemoryStorage.apply_snapshot), then hard_state and entries. None normally.
+    snapshot: SnapshotMeta | None = None
 
 
 @dataclass

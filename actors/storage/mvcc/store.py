@@ -59,7 +59,10 @@ META_APPLIED_INDEX = b"applied_index"
 META_CURRENT_REVISION = b"current_revision"
 META_COMPACT_REVISION = b"compact_revision"
 META_KEY_COUNT = b"key_count"
+META_COMPACT_EVENTS = b"compact_events"  # msgpack [compact_revision, [rev record, ...]]
 _META_USER_PREFIX = b"x/"
+HISTORY_LIMIT_DEFAULT = 1000  # revisions examined by one `history` call
+HISTORY_LIMIT_MAX = 10_000
 
 _U64 = struct.Struct(">Q")
 _TOMBSTONE = b""
@@ -449,12 +452,18 @@ class MVCCStore:
             raise FutureRevision(current_revision=st.current_revision)
         # Newest change <= revision of every key changed in (old compact, revision].
         newest: dict[bytes, tuple[int, int, bool]] = {}
+        at_revision: list[bytes] = []  # the changes of `revision` itself, in sub order
         for rk, raw in view.iterate(CF_REV, rev_bytes(st.compact_revision + 1),
                                     rev_bytes(revision + 1)):
             main, sub = Revision.from_bytes(rk)
             key, is_tombstone = _unpack(raw)[:2]
             newest[key] = (main, sub, is_tombstone)
             view.put(CF_REV, rk, None)
+            if main == revision:
+                at_revision.append(raw)
+        # Kept so that history (and so a watch) can start at the compact revision
+        # itself, as etcd allows: SPEC section 3, `history`.
+        view.put(CF_META, META_COMPACT_EVENTS, _pack([revision, at_revision]))
         for key in sorted(newest):
             main, sub, is_tombstone = newest[key]
             for hk, _ in view.iterate(CF_HIST, escape(key), hist_key(key, main, sub)):
@@ -578,6 +587,66 @@ class MVCCStore:
             else:
                 out.append((main, [ev]))
         return out
+
+    def history(self, op: dict) -> dict:
+        """A normalized ``history`` op (SPEC section 3) -> ``{"revisions": [{"revision",
+        "events"}], "more", "last_revision"}``: the matching events of the revisions
+        ``[start_revision, last_revision]``, grouped by revision, oldest first. At most
+        ``limit_revisions`` revisions are examined per call (revisions are dense, so the
+        page is a window); ``more`` says whether revisions up to ``end_revision`` remain.
+        ``Compacted`` if start_revision < compact_revision; a start at the compact revision
+        itself works (its events come without ``prev_kv``, which compaction removed)."""
+        st = self._state
+        compact, current = st.compact_revision, st.current_revision
+        start = op["start_revision"] or max(compact, 1)
+        if start < compact:
+            raise Compacted(compact_revision=compact)
+        end = min(op["end_revision"] or current, current)
+        limit = min(op["limit_revisions"] or HISTORY_LIMIT_DEFAULT, HISTORY_LIMIT_MAX)
+        last = min(end, start + limit - 1)
+        out: list[dict] = []
+        if last < start:
+            return {"revisions": out, "more": False, "last_revision": max(last, 0)}
+        lo, hi = _key_bounds(op["key"], op["range_end"])
+        no_put, no_delete, want_prev = op["no_put"], op["no_delete"], op["prev_kv"]
+        view = _View(self._backend)
+
+        def add(main: int, key: bytes, is_tombstone: bool, rec: list, sub: int | None) -> None:
+            if key < lo or (hi is not None and key >= hi):
+                return
+            if (no_delete and is_tombstone) or (no_put and not is_tombstone):
+                return
+            if is_tombstone:
+                ev = {"type": "DELETE", "kv": _tombstone_kv(key, main)}
+            else:
+                ev = {"type": "PUT", "kv": _kv(key, rec)}
+            if want_prev and sub is not None:
+                for _, praw in view.iterate(CF_HIST, escape(key), hist_key(key, main, sub),
+                                            reverse=True):
+                    if praw != _TOMBSTONE:
+                        ev["prev_kv"] = _kv(key, _unpack(praw))
+                    break
+            if out and out[-1]["revision"] == main:
+                out[-1]["events"].append(ev)
+            else:
+                out.append({"revision": main, "events": [ev]})
+
+        scan_from = start
+        if start == compact:
+            raw = view.get(CF_META, META_COMPACT_EVENTS)
+            stash = _unpack(raw) if raw is not None else None
+            if compact > 1 and (stash is None or stash[0] != compact):
+                raise Compacted(compact_revision=compact)
+            for rec_raw in (stash[1] if stash else ()):
+                key, is_tombstone, *rec = _unpack(rec_raw)
+                add(compact, key, is_tombstone, rec, None)
+            scan_from = start + 1
+        if scan_from <= last:
+            for rk, raw in view.iterate(CF_REV, rev_bytes(scan_from), rev_bytes(last + 1)):
+                main, sub = Revision.from_bytes(rk)
+                key, is_tombstone, *rec = _unpack(raw)
+                add(main, key, is_tombstone, rec, sub)
+        return {"revisions": out, "more": last < end, "last_revision": last}
 
     def hash_kv(self, revision: int = 0) -> tuple[int, int]:
         """(hash, revision): blake2b over every live KeyValue as of ``revision`` (0 =
