@@ -110,3 +110,17 @@ def test_env_and_config_file_settings(tmp_path):
     conf.write_text('snapshot-count = 7\nname = "fromfile"\nmax-txn-ops = 9\n')
     cfg = load_config({"max-txn-ops": "11"}, env={"QKV_SNAPSHOT_COUNT": "8"}, config_file=str(conf))
     assert (cfg.snapshot_count, cfg.name, cfg.max_txn_ops, cfg.data_dir) == (8, "fromfile", 11, "fromfile.qkv")
+
+
+def test_a_data_dir_refuses_another_cluster_token_or_member_list(node_factory):
+    node = node_factory()
+    node.stop()
+    base = node.command()
+    for extra, needle in (
+        (["--initial-cluster-token", "other-token"], "--initial-cluster-token 'other-token' does not match"),
+        (["--initial-cluster", f"n1={node.peer_url},n2=tcp://127.0.0.1:1"], "--initial-cluster does not match"),
+    ):
+        out = subprocess.run(base + extra, capture_output=True, text=True, timeout=30)
+        assert out.returncode != 0
+        assert needle in out.stderr, out.stderr
+    node.start()  # the right flags still work
