@@ -23,14 +23,18 @@ from protocol.client.types import (
 __all__ = [
     "Client", "Compare", "CompareTarget", "Op", "Txn", "KeyValue", "ResponseHeader",
     "PutResponse", "RangeResponse", "DeleteRangeResponse", "TxnResponse", "CompactResponse",
-    "StatusResponse", "Member", "MemberListResponse", "MoveLeaderResponse", "HashKVResponse", "prefix_end", "key_range", "normalize_endpoint", "DEFAULT_ENDPOINT",
+    "Watcher", "WatchResponse", "Event", "StatusResponse", "Member", "MemberListResponse", "MoveLeaderResponse", "HashKVResponse", "prefix_end", "key_range", "normalize_endpoint", "DEFAULT_ENDPOINT",
 ]
 
 _LAZY = {"Client", "normalize_endpoint", "DEFAULT_ENDPOINT"}
+_LAZY_WATCH = {"Watcher", "WatchResponse", "Event"}
 
 
 def __getattr__(name: str) -> Any:
     if name in _LAZY:
         from protocol.client import client as _client
         return getattr(_client, name)
+    if name in _LAZY_WATCH:
+        from protocol.client import watch as _watch
+        return getattr(_watch, name)
     raise AttributeError(f"module 'protocol.client' has no attribute {name!r}")

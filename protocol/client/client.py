@@ -43,7 +43,7 @@ from protocol.client.types import (
 DEFAULT_ENDPOINT = "tcp://127.0.0.1:7379"
 DEFAULT_TIMEOUT_S = 7.0
 _ID_MASK = (1 << 64) - 1
-_READ_OPS = frozenset({"range", "status", "member_list", "hash_kv"})
+_READ_OPS = frozenset({"range", "status", "member_list", "hash_kv", "history"})
 
 
 def normalize_endpoint(endpoint: str) -> str:
