@@ -2,8 +2,8 @@
 
 It validates every request (`protocol.requests.normalize_request`), gives it an internal
 id, and routes it:
-- writes (put, delete_range, txn, compact) -> consensus as proposals; the result comes
-  back from storage (RESULTS) once the entry is committed and applied;
+- writes (put, delete_range, txn, compact) -> consensus as proposals; the reply comes
+  back from storage (CLIENT_REPLIES) once the entry is committed and applied;
 - serializable ranges -> storage at once;
 - linearizable ranges -> consensus for a read index (one per batch of reads), then
   storage, which answers once it has applied that index;
@@ -168,12 +168,12 @@ class GatewayActor(Actor):
                 self._send_internal(self.storage, M.HASH_KV, [req_id, op["revision"]])
         elif is_write(op):
             self.pending[req_id] = Pending(identity, delimiter, client_id, now + REQUEST_TIMEOUT_S, "write")
-            data = msgpack.packb([self.member_id, req_id, op], use_bin_type=True)
+            data = msgpack.packb([self.member_id, req_id, op, client_id], use_bin_type=True)
             self.propose_batch.append([req_id, data])
         else:
             self.pending[req_id] = Pending(identity, delimiter, client_id, now + REQUEST_TIMEOUT_S, "read")
             if op.get("serializable"):
-                self.read_batch.append([req_id, op, 0])
+                self.read_batch.append([req_id, op, 0, client_id])
             else:
                 self.linear_batch.append([req_id, op])
 
@@ -192,8 +192,8 @@ class GatewayActor(Actor):
                     self._fail(req_id, errors.Unavailable("consensus is not reachable"))
         if self.read_batch:
             batch, self.read_batch = self.read_batch, []
-            if not self._send_internal(self.storage, M.READ, batch):
-                for req_id, _, _ in batch:
+            if not self._send_internal(self.storage, M.CLIENT_READ, batch):
+                for req_id, _, _, _ in batch:
                     self._fail(req_id, errors.Unavailable("storage is not reachable"))
         if self.linear_batch:
             batch, self.linear_batch = self.linear_batch, []
@@ -211,9 +211,19 @@ class GatewayActor(Actor):
             return
         handler(self, body)
 
-    def _on_results(self, body: list) -> None:
-        for req_id, response, error, revision, raft_term in body:
-            self._finish(req_id, response, error, revision, raft_term)
+    def _on_client_replies(self, body: list) -> None:
+        """Finished reply frames from storage: forward them as they are."""
+        for req_id, frame, revision in body:
+            p = self.pending.pop(req_id, None)
+            if p is None:
+                continue  # timed out already, or meant for an earlier gateway process
+            if revision > self.revision_seen:
+                self.revision_seen = revision
+            try:
+                self.clients.send_multipart([p.identity, b"", frame] if p.delimiter else [p.identity, frame],
+                                            zmq.NOBLOCK)
+            except zmq.ZMQError:
+                self.replies_dropped += 1
 
     def _on_propose_ack(self, body: list) -> None:
         epoch, accepted, rejected = body
@@ -235,9 +245,9 @@ class GatewayActor(Actor):
             for req_id, _ in batch:
                 self._finish(req_id, None, error, 0, 0)
             return
-        reads = [[req_id, op, index] for req_id, op in batch if req_id in self.pending]
-        if reads and not self._send_internal(self.storage, M.READ, reads):
-            for req_id, _, _ in reads:
+        reads = [[req_id, op, index, self.pending[req_id].client_id] for req_id, op in batch if req_id in self.pending]
+        if reads and not self._send_internal(self.storage, M.CLIENT_READ, reads):
+            for req_id, _, _, _ in reads:
                 self._fail(req_id, errors.Unavailable("storage is not reachable"))
 
     def _on_status_resp(self, body: list) -> None:
@@ -271,8 +281,7 @@ class GatewayActor(Actor):
         self._status_part(ctx_id, "storage", status)
 
     _internal_handlers = {
-        M.RESULTS: _on_results,
-        M.READ_RESP: _on_results,
+        M.CLIENT_REPLIES: _on_client_replies,
         M.PROPOSE_ACK: _on_propose_ack,
         M.READ_INDEX_RESP: _on_read_index_resp,
         M.STATUS_RESP: _on_status_resp,

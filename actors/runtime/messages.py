@@ -7,7 +7,7 @@ asked for again.
 """
 
 # gateway -> consensus (ROUTER at Endpoints.consensus)
-PROPOSE = 1           # [[req_id, data], ...]   data = packed [origin_member_id, req_id, op]
+PROPOSE = 1           # [[req_id, data], ...]   data = packed [origin_member_id, req_id, op, client_id]
 PROPOSE_ACK = 2       # [epoch, [accepted req_id, ...], [[req_id, error_wire], ...]]
 READ_INDEX = 3        # [ctx_id]
 READ_INDEX_RESP = 4   # [ctx_id, index, error_wire | None]
@@ -24,8 +24,11 @@ READ_RESP = 21        # [[req_id, response | None, error_wire | None, revision, 
 STORAGE_STATUS = 22   # [ctx_id]
 STORAGE_STATUS_RESP = 23  # [ctx_id, {applied_index, revision, compact_revision, db_size, db_size_in_use, raft_term}]
 
-# storage -> gateway (PUSH to Endpoints.gateway_results)
-RESULTS = 30          # [[req_id, response | None, error_wire | None, revision, raft_term], ...]
+# gateway -> storage: client reads whose replies storage encodes itself
+CLIENT_READ = 31      # [[req_id, op, min_applied_index, client_id], ...]
+# storage -> gateway: finished client reply frames (codec.pack of the SPEC reply map);
+# on the ROUTER for CLIENT_READ, and PUSHed to Endpoints.gateway_results for writes
+CLIENT_REPLIES = 32   # [[req_id, frame, revision], ...]
 
 # storage -> watch (PUSH to Endpoints.watch_events)
 EVENTS = 40           # [[revision, [[type, kv, prev_kv], ...]], ...]  one message per applied batch

@@ -9,7 +9,8 @@
 - The store's writes are not fsynced one by one (the Raft log is the durable copy).
   About once a second the RocksDB WAL is synced and that index is reported to
   consensus as `durable_applied`; consensus never compacts its log above it.
-- Results of writes that arrived through this node's gateway go back to it (RESULTS);
+- Replies to writes that arrived through this node's gateway go back to it, already encoded
+  as client frames (CLIENT_REPLIES);
   every applied revision's events go to the watch actor (EVENTS). Neither send ever
   blocks: if the receiver is gone, the message is dropped and the receiver recovers
   (the gateway times the request out; the watch catches up from history).
@@ -34,7 +35,7 @@ from actors.runtime.failpoints import failpoint
 from actors.storage.backend import RocksBackend
 from actors.storage.mvcc import MVCCStore
 from protocol import errors
-from protocol.codec import pack_msg, unpack_msg
+from protocol.codec import pack, pack_msg, unpack_msg
 
 FETCH_RESEND_S = 0.3
 SYNC_INTERVAL_S = 1.0
@@ -72,8 +73,10 @@ class StorageActor(Actor):
         self.events = self.socket(zmq.PUSH, connect=self.endpoints.watch_events)
         self.fetch_sent_at = 0.0
         self.fetch_outstanding = False
-        # (min_index, seq, identity, req_id, op): reads waiting for applied_index to reach min_index
-        self.waiting: list[tuple[int, int, bytes, int, dict]] = []
+        # (min_index, seq, identity, req_id, op, client_id): reads waiting for applied_index
+        # to reach min_index; client_id is None for READ (decoded reply), else CLIENT_READ
+        self.waiting: list[tuple[int, int, bytes, int, dict, Any]] = []
+        self.cluster_id = cfg.cluster_id
         self._seq = itertools.count()
         self.every(FETCH_RESEND_S, self._resend_fetch)
         self.every(SYNC_INTERVAL_S, self._sync)
@@ -111,7 +114,7 @@ class StorageActor(Actor):
         self.raft_term = max(self.raft_term, term)
         self.fetch_outstanding = False
         batch: list[tuple[int, dict | None]] = []
-        origins: dict[int, tuple[int, int]] = {}
+        origins: dict[int, tuple[int, int, Any]] = {}
         expected = self.store.applied_index + 1
         for index, _term, _type, data in raw_entries:
             if index < expected:
@@ -123,8 +126,8 @@ class StorageActor(Actor):
             op = None
             if data:
                 try:
-                    origin, req_id, op = msgpack.unpackb(data, raw=False, strict_map_key=False)
-                    origins[index] = (origin, req_id)
+                    origin, req_id, op, client_id = msgpack.unpackb(data, raw=False, strict_map_key=False)
+                    origins[index] = (origin, req_id, client_id)
                 except Exception:
                     self.log.error("entry_undecodable", index=index)
                     op = None
@@ -137,14 +140,25 @@ class StorageActor(Actor):
         self._send_fetch()
         self._serve_waiting()
 
-    def _publish(self, results: list, origins: dict[int, tuple[int, int]]) -> None:
+    def _client_frame(self, client_id: Any, response: dict | None, error: Any, revision: int) -> bytes:
+        """The finished client reply (SPEC section 1), so the gateway only forwards bytes."""
+        if error is not None:
+            return pack({"id": client_id, "ok": False, "error": error})
+        reply = {"id": client_id, "ok": True, "header": {
+            "cluster_id": self.cluster_id, "member_id": self.member_id,
+            "revision": revision, "raft_term": self.raft_term}}
+        reply.update(response or {})
+        return pack(reply)
+
+    def _publish(self, results: list, origins: dict[int, tuple[int, int, Any]]) -> None:
         replies = []
         revisions = []
         for res in results:
             origin = origins.get(res.index)
             if origin is not None and origin[0] == self.member_id:
                 error = res.error.to_wire() if res.error is not None else None
-                replies.append([origin[1], res.response, error, res.revision, self.raft_term])
+                replies.append([origin[1], self._client_frame(origin[2], res.response, error, res.revision),
+                                res.revision])
             if res.events:
                 revisions.append([res.revision, [_event_wire(e) for e in res.events]])
         if revisions:
@@ -154,7 +168,7 @@ class StorageActor(Actor):
                 pass  # the watch actor is away; it catches up from history
         if replies:
             try:
-                self.results.send(pack_msg(M.RESULTS, replies), zmq.NOBLOCK)
+                self.results.send(pack_msg(M.CLIENT_REPLIES, replies), zmq.NOBLOCK)
             except zmq.ZMQError:
                 self.log.warning("results_dropped", count=len(replies))
 
@@ -168,15 +182,9 @@ class StorageActor(Actor):
         except errors.QkvError:
             return
         if msg_type == M.READ:
-            applied = self.store.applied_index
-            ready = []
-            for req_id, op, min_index in body:
-                if min_index <= applied:
-                    ready.append(self._read(req_id, op))
-                else:
-                    heapq.heappush(self.waiting, (min_index, next(self._seq), identity, req_id, op))
-            if ready:
-                self.send_router(self.router, identity, pack_msg(M.READ_RESP, ready))
+            self._reads(identity, [(req_id, op, min_index, None) for req_id, op, min_index in body])
+        elif msg_type == M.CLIENT_READ:
+            self._reads(identity, body)
         elif msg_type == M.CHECKPOINT:
             self._checkpoint(identity, *body)
         elif msg_type == M.INSTALL:
@@ -214,14 +222,37 @@ class StorageActor(Actor):
             self.log.exception("read_failed")
             return [req_id, None, errors.Internal(f"{type(exc).__name__}: {exc}").to_wire(), 0, 0]
 
+    def _reads(self, identity: bytes, reads: list) -> None:
+        applied = self.store.applied_index
+        ready = []
+        for req_id, op, min_index, client_id in reads:
+            if min_index <= applied:
+                ready.append((identity, req_id, op, client_id))
+            else:
+                heapq.heappush(self.waiting, (min_index, next(self._seq), identity, req_id, op, client_id))
+        self._answer(ready)
+
+    def _answer(self, reads: list[tuple[bytes, int, dict, Any]]) -> None:
+        """Serve reads, one message per asker and kind: decoded (READ_RESP) for the watch
+        actor, finished client frames (CLIENT_REPLIES) for the gateway."""
+        out: dict[tuple[bytes, bool], list] = {}
+        for identity, req_id, op, client_id in reads:
+            req_id, response, error, revision, _term = self._read(req_id, op)
+            if client_id is None:
+                out.setdefault((identity, False), []).append([req_id, response, error, revision, self.raft_term])
+            else:
+                frame = self._client_frame(client_id, response, error, revision)
+                out.setdefault((identity, True), []).append([req_id, frame, revision])
+        for (identity, client), replies in out.items():
+            self.send_router(self.router, identity, pack_msg(M.CLIENT_REPLIES if client else M.READ_RESP, replies))
+
     def _serve_waiting(self) -> None:
         applied = self.store.applied_index
-        by_identity: dict[bytes, list] = {}
+        ready = []
         while self.waiting and self.waiting[0][0] <= applied:
-            _, _, identity, req_id, op = heapq.heappop(self.waiting)
-            by_identity.setdefault(identity, []).append(self._read(req_id, op))
-        for identity, replies in by_identity.items():
-            self.send_router(self.router, identity, pack_msg(M.READ_RESP, replies))
+            _, _, identity, req_id, op, client_id = heapq.heappop(self.waiting)
+            ready.append((identity, req_id, op, client_id))
+        self._answer(ready)
 
     # --- snapshots -------------------------------------------------------------------
     def _checkpoint(self, identity: bytes, ctx_id: int) -> None:
