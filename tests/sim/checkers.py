@@ -1,0 +1,143 @@
+"""Safety checkers for the deterministic simulator: global, incremental, over all time.
+
+Each check is fed by the simulator as things happen (a node is seen as leader, entries are
+written to a node's disk, entries are applied, a read point is returned), so the cost per
+step stays proportional to what changed. A violation raises `SafetyViolation`.
+
+- Election safety: at most one leader per term, ever.
+- Log matching (on persisted logs): an entry (index, term) has the same data and the same
+  previous term on every disk, ever; by induction two logs holding (index, term) agree on
+  every entry up to it.
+- Leader completeness: an entry committed in term T (a leader of T had it in its commit
+  index) is in the log of every leader of a later term (a compacted prefix is covered by
+  the snapshot). Not "every entry committed so far": a stale candidate may count delayed
+  votes and become leader of term 5 after a leader of term 6 committed entries.
+- State machine safety: no two nodes apply different entries at one index, and the MVCC
+  revision after applying index i is the same everywhere.
+- Revisions never decrease on a node, except a crash rolling the state machine back to its
+  durable checkpoint (never below what was durable).
+- ReadIndex: a read point is never below the commit index known anywhere when the read
+  was issued.
+"""
+
+from __future__ import annotations
+
+
+class SafetyViolation(AssertionError):
+    pass
+
+
+class Checker:
+    def __init__(self) -> None:
+        self.leaders: dict[int, int] = {}  # term -> leader id
+        # (index, term) -> (data, term of the entry before it)
+        self.entries: dict[tuple[int, int], tuple[bytes, int]] = {}
+        self.applied: dict[int, tuple[int, bytes]] = {}  # index -> (term, data)
+        self.commit_by_term: dict[int, int] = {}  # leader term -> highest commit it had
+        self.committed_terms: dict[int, int] = {}  # committed index -> term of its entry
+        self.top_committed = 0  # committed_terms holds what leaders logs had up to here
+        self.revision_at: dict[int, int] = {}  # applied index -> MVCC revision after it
+        self.max_commit = 0  # highest commit index any node ever had
+        self.reads: dict[bytes, int] = {}  # read ctx -> max_commit when issued
+        self.reads_checked = 0
+
+    # --- election safety + leader completeness ------------------------------------------
+    def leader_seen(self, term: int, node: int, log) -> None:
+        """`log` is the RaftLog of the node, seen as leader of `term`."""
+        other = self.leaders.get(term)
+        if other is None:
+            self.leaders[term] = node
+            self._check_complete(term, node, log)
+        elif other != node:
+            raise SafetyViolation(f"election safety: term {term} has leaders {other} and {node}")
+
+    def _check_complete(self, term: int, node: int, log) -> None:
+        need = max((c for t, c in self.commit_by_term.items() if t < term), default=0)
+        if not need:
+            return
+        last = log.last_index()
+        if need > last:
+            raise SafetyViolation(
+                f"leader completeness: leader {node} of term {term} ends at {last}, entry "
+                f"{need} was committed in an earlier term")
+        for i in range(log.first_index(), need + 1):
+            want = self.committed_terms.get(i)
+            if want is not None and log.term(i) != want:
+                raise SafetyViolation(
+                    f"leader completeness: leader {node} of term {term} has term "
+                    f"{log.term(i)} at {i}, the entry committed there has term {want}")
+
+    def leader_commit(self, term: int, node: int, log) -> None:
+        """A leader of `term` has log.committed: those entries are committed in `term`."""
+        commit = log.committed
+        if commit > self.commit_by_term.get(term, 0):
+            self.commit_by_term[term] = commit
+        if commit > self.top_committed:
+            for i in range(max(self.top_committed + 1, log.first_index()), commit + 1):
+                t = log.term(i)
+                assert t is not None
+                self.committed_terms[i] = t
+            self.top_committed = commit
+        # Committed entries never change (checked where this leader's log overlaps).
+
+    # --- log matching on persisted logs -----------------------------------------------
+    def persisted(self, node: int, prev_term: int, entries) -> None:
+        """Entries written to `node`'s disk; prev_term is the term of the entry before the
+        first one (or of the snapshot)."""
+        for e in entries:
+            key = (e.index, e.term)
+            seen = self.entries.get(key)
+            if seen is None:
+                self.entries[key] = (e.data, prev_term)
+            elif seen != (e.data, prev_term):
+                raise SafetyViolation(
+                    f"log matching: node {node} persisted ({e.index}, {e.term}) with "
+                    f"(data, prev_term) {(e.data, prev_term)}, elsewhere {seen}")
+            prev_term = e.term
+
+    # --- state machine safety ------------------------------------------------------------
+    def applied_entry(self, node: int, index: int, term: int, data: bytes,
+                      revision: int) -> None:
+        seen = self.applied.get(index)
+        if seen is None:
+            self.applied[index] = (term, data)
+        elif seen != (term, data):
+            raise SafetyViolation(
+                f"state machine safety: node {node} applied (term {term}, {data!r}) at "
+                f"{index}, another node applied {seen}")
+        self.revision_at_index(node, index, revision)
+
+    def revision_at_index(self, node: int, index: int, revision: int) -> None:
+        rev = self.revision_at.setdefault(index, revision)
+        if rev != revision:
+            raise SafetyViolation(
+                f"state machine safety: node {node} is at revision {revision} after index "
+                f"{index}, another node was at {rev}")
+
+    def commit_seen(self, commit: int) -> None:
+        if commit > self.max_commit:
+            self.max_commit = commit
+
+    # --- revisions -------------------------------------------------------------------
+    @staticmethod
+    def revision_moved(node: int, before: int, after: int, durable: int, why: str) -> None:
+        if why == "rollback":
+            if after < durable:
+                raise SafetyViolation(
+                    f"revision: node {node} rolled back to {after}, below durable {durable}")
+        elif after < before:
+            raise SafetyViolation(f"revision: node {node} went from {before} to {after} ({why})")
+
+    # --- ReadIndex -------------------------------------------------------------------
+    def read_issued(self, ctx: bytes) -> None:
+        self.reads[ctx] = self.max_commit
+
+    def read_returned(self, node: int, ctx: bytes, index: int) -> None:
+        floor = self.reads.get(ctx)
+        if floor is None:
+            raise SafetyViolation(f"read index: node {node} got a read state for unknown {ctx!r}")
+        if index < floor:
+            raise SafetyViolation(
+                f"read index: node {node} got read point {index} for {ctx!r}, but commit "
+                f"{floor} was known when it was issued")
+        self.reads_checked += 1
