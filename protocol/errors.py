@@ -104,6 +104,11 @@ class KeyNotFound(QkvError):
     default_message = "etcdserver: key not found"
 
 
+class LeaseExists(QkvError):
+    code = "lease_exists"
+    default_message = "etcdserver: lease already exists"
+
+
 class LeaseNotFound(QkvError):
     code = "lease_not_found"
     default_message = "etcdserver: requested lease not found"
@@ -153,7 +158,7 @@ ERRORS_BY_CODE: dict[str, type[QkvError]] = {
     cls.code: cls
     for cls in (
         Malformed, UnknownOp, InvalidArgument, KeyNotProvided, RequestTooLarge, TooManyOps,
-        DuplicateKey, Compacted, KeyNotFound, FutureRevision, LeaseNotFound, NoLeader, NotLeader, Timeout,
+        DuplicateKey, Compacted, KeyNotFound, FutureRevision, LeaseNotFound, LeaseExists, NoLeader, NotLeader, Timeout,
         UnknownOutcome, Unavailable, Stopping, Internal,
     )
 }
