@@ -98,6 +98,7 @@ class ConsensusActor(Actor):
         self.installing: dict[int, tuple[int, int, list]] = {}  # ctx -> (frm, snap_id, snap message wire)
         self.every(cfg.heartbeat_interval / 1000.0, self.node.tick)
         self.every(HELLO_INTERVAL_S, self._hello)
+        self.call_later(0.05, self._hello)
         self.every(1.0, self._check_transfers)
         # Group-commit figures, logged every STATS_INTERVAL_S when there was traffic.
         self.fsyncs = 0
@@ -252,6 +253,8 @@ class ConsensusActor(Actor):
         elif msg_type == M.PEER_HELLO:
             info = body[0]
             if isinstance(info, dict):
+                if frm not in self.member_info:  # a peer we had not heard from: introduce ourselves at once
+                    self.transport.send(frm, M.PEER_HELLO, [self._my_info()])
                 self.member_info[frm] = {k: info.get(k) for k in ("name", "client_urls", "watch_urls", "version")}
         elif msg_type == M.PEER_SNAP_CHUNK:
             self._on_snap_chunk(frm, *body)

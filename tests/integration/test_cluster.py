@@ -183,6 +183,9 @@ def test_qkvctl_member_list_status_cluster_and_move_leader(cluster_factory):
         return subprocess.run([str(exe), "--endpoints", cluster.nodes[0].client_url, *args],
                               capture_output=True, text=True, timeout=60)
 
+    # Members learn each other's client URLs from their first messages.
+    wait_for(lambda: len([line for line in qkvctl("member", "list").stdout.splitlines()
+                          if ", started, n" in line]) == 3, 10, "all three members started")
     members = qkvctl("member", "list").stdout.strip().splitlines()
     assert len(members) == 3 and all(", started, n" in line for line in members)
     status = json.loads(qkvctl("endpoint", "status", "--cluster", "-w", "json").stdout)
