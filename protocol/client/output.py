@@ -314,7 +314,7 @@ class Printer:
                                 ("raftTerm", s.raft_term),
                                 ("raftAppliedIndex", s.raft_applied_index),
                                 ("errors", s.errors), ("dbSizeInUse", s.db_size_in_use),
-                                ("isLearner", s.is_learner)):
+                                ("isLearner", s.is_learner), ("watchURLs", s.watch_urls)):
                     if v:
                         st[name] = v
                 out.append({"Endpoint": ep, "Status": st})
@@ -331,6 +331,7 @@ class Printer:
                 self._line(f'"RaftTerm" : {s.raft_term}')
                 self._line(f'"RaftAppliedIndex" : {s.raft_applied_index}')
                 self._line(f'"Errors" : [{" ".join(s.errors)}]')
+                self._line(f'"WatchURLs" : [{" ".join(s.watch_urls)}]')
                 self._line(f'"Endpoint" : {go_quote(ep.encode())}')
                 self._line()
             return
