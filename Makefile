@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed-stamp
 DATA_DIR ?= ./default.qkv
 PYTEST_ARGS ?=
 
-.PHONY: run test bench bench-restart bench-cluster bench-watch cluster sim clean help
+.PHONY: run test bench bench-restart bench-cluster bench-watch cluster sim robustness clean help
 
 help:
 	@echo "make run    - set up .venv and start one node (data dir $(DATA_DIR), clients on tcp://127.0.0.1:7379)"
@@ -17,6 +17,7 @@ help:
 	@echo "make bench-cluster - benchmark a fresh local 3-node cluster"
 	@echo "make bench-watch - watch fan-out, latency and memory figures"
 	@echo "make sim SEEDS=100000 - run the deterministic Raft simulation for many seeds"
+	@echo "make robustness DURATION=600 - fault scenarios with recorded histories, checked for linearizability"
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "need $(PYTHON) (Python 3.11+) on PATH"; exit 1; }
@@ -45,6 +46,10 @@ bench-watch: $(STAMP)
 
 cluster: $(STAMP)
 	exec $(BIN)/python deploy/cluster.py
+
+DURATION ?= 600
+robustness: $(STAMP)
+	$(BIN)/python tests/robustness/run.py --duration $(DURATION)
 
 SEEDS ?= 10000
 sim: $(STAMP)

@@ -1,0 +1,118 @@
+"""Recording clients: a weighted mix of KV operations against a cluster, each recorded
+with its invocation and completion times (one monotonic clock) and its result, as
+`linearizability.Op`s. A write that timed out or whose outcome the server could not
+know is recorded with `completed=None` (it may or may not have happened); a write the
+server refused before proposing it (`no_leader`, `unavailable`...) is a definite failure.
+Failed reads are left out (they change nothing)."""
+from __future__ import annotations
+
+import random
+import threading
+import time
+
+from linearizability import Op
+
+from protocol import errors
+from protocol.client import Client, Compare, Op as TxnOp
+
+UNCERTAIN = (errors.Timeout, errors.UnknownOutcome, errors.Internal, errors.Stopping)
+KEYS = [b"key/%d" % i for i in range(8)]
+MIX = [("put", 30), ("get", 30), ("get_serializable", 5), ("delete", 8), ("cas", 20), ("range", 7)]
+
+
+class RecordingClient(threading.Thread):
+    def __init__(self, client_no: int, endpoints: list[str], seed: int, history: list[Op],
+                 lock: threading.Lock, stop: threading.Event, timeout_s: float = 3.0) -> None:
+        super().__init__(daemon=True, name=f"traffic-{client_no}")
+        self.no = client_no
+        self.endpoints = endpoints
+        self.rng = random.Random(seed)
+        self.history = history
+        self.lock = lock
+        self.stop_event = stop
+        self.timeout_s = timeout_s
+        self.counts: dict[str, int] = {}
+        self._seq = 0
+        self._kinds = [k for k, w in MIX for _ in range(w)]
+
+    def _record(self, op: Op) -> None:
+        with self.lock:
+            self.history.append(op)
+
+    def run(self) -> None:
+        client = Client(self.endpoints, timeout=self.timeout_s)
+        # Each client prefers another endpoint, so followers take writes too.
+        client._preferred = self.no % len(self.endpoints)  # noqa: SLF001 (test harness)
+        try:
+            while not self.stop_event.is_set():
+                kind = self.rng.choice(self._kinds)
+                key = self.rng.choice(KEYS)
+                try:
+                    self._one(client, kind, key)
+                except Exception as exc:  # a harness bug must not hide behind a thread
+                    self.counts["harness_error"] = self.counts.get("harness_error", 0) + 1
+                    self.counts["last_error"] = repr(exc)  # type: ignore[assignment]
+        finally:
+            client.close()
+
+    def _value(self) -> bytes:
+        self._seq += 1
+        return b"c%d-%d" % (self.no, self._seq)
+
+    def _one(self, client: Client, kind: str, key: bytes) -> None:
+        t0 = time.monotonic()
+        op: Op | None = None
+        try:
+            if kind == "put":
+                value = self._value()
+                op = Op(self.no, "put", key, t0, None, value=value)
+                resp = client.put(key, value)
+                op.revision = resp.header.revision
+            elif kind in ("get", "get_serializable"):
+                serializable = kind == "get_serializable"
+                resp = client.get(key, serializable=serializable)
+                if serializable:
+                    return  # may be stale by design: not a linearizability claim
+                kv = resp.kvs[0] if resp.kvs else None
+                op = Op(self.no, "get", key, t0, None, revision=resp.header.revision,
+                        found=(kv.value, kv.mod_revision, kv.version) if kv else None)
+            elif kind == "range":
+                resp = client.get(b"key/", prefix=True)
+                t1 = time.monotonic()
+                by_key = {kv.key: kv for kv in resp.kvs}
+                for k in KEYS:  # one linearizable read of every key at one point
+                    kv = by_key.get(k)
+                    self._record(Op(self.no, "get", k, t0, t1, revision=resp.header.revision,
+                                    found=(kv.value, kv.mod_revision, kv.version) if kv else None))
+                self._count("range")
+                return
+            elif kind == "delete":
+                op = Op(self.no, "delete", key, t0, None)
+                resp = client.delete(key)
+                op.deleted, op.revision = resp.deleted, resp.header.revision
+            elif kind == "cas":
+                current = client.get(key)
+                expected = current.kvs[0].mod_revision if current.kvs else 0
+                t0 = time.monotonic()
+                value = self._value()
+                op = Op(self.no, "cas", key, t0, None, value=value, expected_mod=expected)
+                resp = client.txn(compare=[Compare.mod_revision(key) == expected],
+                                  success=[TxnOp.put(key, value)], failure=[])
+                op.succeeded, op.revision = resp.succeeded, resp.header.revision
+            op.completed = time.monotonic()
+            self._record(op)
+            self._count(kind)
+        except UNCERTAIN:
+            if op is not None and op.is_write:
+                op.completed = None  # may or may not have happened
+                self._record(op)
+            self._count("uncertain")
+        except errors.QkvError as err:
+            if op is not None and op.is_write:
+                op.completed = time.monotonic()
+                op.ok = False  # refused before it was proposed
+                self._record(op)
+            self._count(err.code)
+
+    def _count(self, what: str) -> None:
+        self.counts[what] = self.counts.get(what, 0) + 1
