@@ -10,6 +10,17 @@ qkvctl. Switches for fault injection (set them from the test thread at any time)
 - ``delay_s``: answer after this delay (the request is applied at once);
 - ``requests``: every decoded request received, in order (inspect it in tests).
 
+Leases (SPEC section 3): ``lease_grant/revoke/keepalive/timetolive/leases`` in memory,
+TTLs on a monotonic clock (``min_ttl``: the server minimum), expired leases revoked by
+the serving loop (their keys deleted in one revision). ``leader_urls``: when set, the
+leader-only ops (``lease_keepalive``, ``lease_timetolive``) answer ``not_leader`` with
+these ``leader_client_urls``. Two servers may share one ``FakeStore`` (``store=``) to
+stand for two members of one cluster.
+
+Watch (SPEC section 5): ``history`` and an XPUB socket (``watch_url``, advertised by
+``status``) that publishes every revision on the subscribed channels, answers every
+subscribe with a progress message and sends a heartbeat each second.
+
 Usage: ``with FakeServer() as srv: Client([srv.endpoint])``. ``stop()`` joins the thread
 and closes the socket and its context.
 """
@@ -25,7 +36,7 @@ import zmq
 from protocol.codec import pack, unpack
 from protocol.errors import (
     Compacted, DuplicateKey, FutureRevision, InvalidArgument, KeyNotFound, KeyNotProvided,
-    LeaseNotFound, Malformed, QkvError, UnknownOp,
+    LeaseExists, LeaseNotFound, Malformed, NotLeader, QkvError, UnknownOp,
 )
 
 CLUSTER_ID = 0x1234_5678_9ABC_DEF0
@@ -59,7 +70,10 @@ class FakeStore:
         self.compact_revision = 0
         self.kv: dict[bytes, dict[str, Any]] = {}
         self.history: list[tuple[int, bytes, dict[str, Any] | None]] = []
-        self.leases: set[int] = set()
+        self.leases: dict[int, dict[str, Any]] = {}  # id -> {"ttl": granted, "expires": monotonic}
+        self.min_ttl = 2
+        self.next_lease = 0x694D_77AA_9E38_2600
+        self.lock = threading.RLock()
 
     def header(self) -> dict[str, Any]:
         return {"cluster_id": CLUSTER_ID, "member_id": MEMBER_ID, "revision": self.revision,
@@ -220,6 +234,109 @@ class FakeStore:
         self.compact_revision = rev
         return {}
 
+    # -- leases -------------------------------------------------------------------------
+    def lease_grant(self, f: dict[str, Any]) -> dict:
+        ttl = max(int(f.get("ttl") or 0), self.min_ttl)
+        lid = int(f.get("ID") or 0)
+        if lid < 0:
+            raise InvalidArgument("negative lease id")
+        if lid == 0:
+            self.next_lease += 1
+            lid = self.next_lease
+        if lid in self.leases:
+            raise LeaseExists()
+        self.leases[lid] = {"ttl": ttl, "expires": time.monotonic() + ttl}
+        return {"ID": lid, "ttl": ttl}
+
+    def _drop_lease(self, lid: int) -> None:
+        del self.leases[lid]
+        rev = self.revision + 1
+        keys = [k for k, kv in sorted(self.kv.items()) if kv["lease"] == lid]
+        for k in keys:
+            del self.kv[k]
+            self.history.append((rev, k, None))
+        if keys:
+            self.revision = rev
+
+    def lease_revoke(self, f: dict[str, Any]) -> dict:
+        lid = int(f.get("ID") or 0)
+        if lid not in self.leases:
+            raise LeaseNotFound()
+        self._drop_lease(lid)
+        return {}
+
+    def lease_keepalive(self, f: dict[str, Any]) -> dict:
+        lid = int(f.get("ID") or 0)
+        lease = self.leases.get(lid)
+        if lease is None:
+            raise LeaseNotFound()
+        lease["expires"] = time.monotonic() + lease["ttl"]
+        return {"ID": lid, "ttl": lease["ttl"]}
+
+    def lease_timetolive(self, f: dict[str, Any]) -> dict:
+        lid = int(f.get("ID") or 0)
+        lease = self.leases.get(lid)
+        if lease is None:
+            return {"ID": lid, "ttl": -1, "granted_ttl": 0, "keys": []}
+        out = {"ID": lid, "ttl": max(0, int(lease["expires"] - time.monotonic())),
+               "granted_ttl": lease["ttl"], "keys": []}
+        if f.get("keys"):
+            out["keys"] = [k for k, kv in sorted(self.kv.items()) if kv["lease"] == lid]
+        return out
+
+    def lease_leases(self, f: dict[str, Any]) -> dict:
+        return {"leases": [{"id": lid} for lid in sorted(self.leases)]}
+
+    def expire_leases(self) -> bool:
+        """Revoke every expired lease; True when the revision moved."""
+        now = time.monotonic()
+        before = self.revision
+        for lid in [lid for lid, l in self.leases.items() if l["expires"] <= now]:
+            self._drop_lease(lid)
+        return self.revision != before
+
+    # -- history (SPEC section 3, for the watch) ------------------------------------------
+    def events(self, start: int, end: int, key: bytes, range_end: bytes, prev_kv: bool = False,
+               no_put: bool = False, no_delete: bool = False) -> list[tuple[int, list[dict]]]:
+        state: dict[bytes, dict[str, Any]] = {}
+        out: dict[int, list[dict]] = {}
+        for r, k, kv in self.history:
+            if r > end:
+                break
+            prev = state.get(k)
+            if kv is None:
+                state.pop(k, None)
+            else:
+                state[k] = kv
+            if r < start or not _in_range(k, key, range_end):
+                continue
+            if kv is None:
+                if no_delete:
+                    continue
+                ev: dict[str, Any] = {"type": "DELETE", "kv": {"key": k, "value": b"", "create_revision": 0,
+                                                               "mod_revision": r, "version": 0, "lease": 0}}
+            else:
+                if no_put:
+                    continue
+                ev = {"type": "PUT", "kv": kv}
+            if prev_kv and prev is not None:
+                ev["prev_kv"] = prev
+            out.setdefault(r, []).append(ev)
+        return sorted(out.items())
+
+    def history_op(self, f: dict[str, Any]) -> dict:
+        key, end = _b(f.get("key")), _b(f.get("range_end"))
+        start = int(f.get("start_revision") or 0) or max(1, self.compact_revision)
+        last = int(f.get("end_revision") or 0)
+        if not last or last > self.revision:
+            last = self.revision
+        if start < self.compact_revision:
+            raise Compacted(compact_revision=self.compact_revision)
+        groups = self.events(start, last, key, end, bool(f.get("prev_kv")), bool(f.get("no_put")),
+                             bool(f.get("no_delete")))
+        return {"revisions": [{"revision": r, "events": evs} for r, evs in groups],
+                "more": False, "last_revision": max(last, start - 1) if start <= self.revision else self.revision}
+
     def apply(self, req: dict[str, Any]) -> dict[str, Any]:
         op = req.get("op")
         if op == "range":
@@ -228,6 +345,11 @@ class FakeStore:
             return {}
         if op == "compact":
             return self.compact(req)
+        if op == "history":
+            return self.history_op(req)
+        if op in ("lease_grant", "lease_revoke", "lease_keepalive", "lease_timetolive",
+                  "lease_leases"):
+            return getattr(self, op)(req)
         if op not in ("put", "delete_range", "txn"):
             raise UnknownOp(f"unknown op {op!r}")
         rev = self.revision + 1
@@ -239,8 +361,9 @@ class FakeStore:
 
 
 class FakeServer:
-    def __init__(self, host: str = "127.0.0.1") -> None:
-        self.store = FakeStore()
+    def __init__(self, host: str = "127.0.0.1", store: FakeStore | None = None) -> None:
+        self.store = store if store is not None else FakeStore()
+        self.leader_urls: list[str] | None = None  # set: leader-only ops answer not_leader
         self.error_code: str | None = None
         self.error_ops: set[str] | None = None
         self.error_applies = False
@@ -258,6 +381,13 @@ class FakeServer:
         port = self._sock.bind_to_random_port(f"tcp://{host}")
         self.endpoint = f"tcp://{host}:{port}"
         self.address = f"{host}:{port}"
+        self._pub = self._ctx.socket(zmq.XPUB)
+        self._pub.setsockopt(zmq.LINGER, 0)
+        self._pub.setsockopt(zmq.XPUB_VERBOSE, 1)
+        self.watch_url = f"tcp://{host}:{self._pub.bind_to_random_port(f'tcp://{host}')}"
+        self._channels: dict[bytes, dict[str, Any]] = {}  # topic -> {"last": rev, range...}
+        self._published = self.store.revision
+        self._heartbeat_at = time.monotonic()
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self._thread = threading.Thread(target=self._run, name=f"fakeserver-{port}", daemon=True)
@@ -280,6 +410,7 @@ class FakeServer:
         if self._thread.is_alive():
             self._thread.join(timeout=5)
         self._sock.close(linger=0)
+        self._pub.close(linger=0)
         self._ctx.term()
 
     def ops_received(self, op: str) -> int:
@@ -290,6 +421,7 @@ class FakeServer:
     def _run(self) -> None:
         poller = zmq.Poller()
         poller.register(self._sock, zmq.POLLIN)
+        poller.register(self._pub, zmq.POLLIN)
         while not self._stop.is_set():
             timeout_ms = 20
             if self._delayed:
@@ -298,14 +430,70 @@ class FakeServer:
             if poller.poll(timeout_ms):
                 while True:
                     try:
+                        sub = self._pub.recv(zmq.NOBLOCK)
+                    except zmq.Again:
+                        break
+                    self._on_subscription(sub)
+                while True:
+                    try:
                         frames = self._sock.recv_multipart(zmq.NOBLOCK)
                     except zmq.Again:
                         break
                     self._handle(frames)
+            with self.store.lock:
+                self.store.expire_leases()
+                self._publish()
             now = time.monotonic()
+            if now - self._heartbeat_at >= 1.0:
+                self._heartbeat_at = now
+                for topic in list(self._channels):
+                    self._progress(topic)
             while self._delayed and self._delayed[0][0] <= now:
                 _, _, out = heapq.heappop(self._delayed)
                 self._send(out)
+
+    # -- watch ---------------------------------------------------------------------------
+    def _on_subscription(self, msg: bytes) -> None:
+        if not msg:
+            return
+        topic = msg[1:]
+        if msg[0] == 0:
+            self._channels.pop(topic, None)
+            return
+        if topic[:2] != b"W1" or len(topic) < 11:
+            return
+        if topic not in self._channels:
+            flags = topic[2]
+            n = int.from_bytes(topic[3:7], "big")
+            key = topic[7:7 + n]
+            m = int.from_bytes(topic[7 + n:11 + n], "big")
+            end = topic[11 + n:11 + n + m]
+            with self.store.lock:
+                self._publish()
+                self._channels[topic] = {"last": self.store.revision, "key": key, "end": end,
+                                         "prev_kv": bool(flags & 1), "no_put": bool(flags & 2),
+                                         "no_delete": bool(flags & 4)}
+        self._progress(topic)
+
+    def _progress(self, topic: bytes) -> None:
+        ch = self._channels.get(topic)
+        if ch is None:
+            return
+        body = {"progress_revision": self._published, "last_event_revision": ch["last"]}
+        self._pub.send_multipart([topic, pack(body)])
+
+    def _publish(self) -> None:
+        """Send every revision made since the last call on every channel (store locked)."""
+        rev = self.store.revision
+        if rev <= self._published:
+            return
+        for topic, ch in self._channels.items():
+            for r, evs in self.store.events(self._published + 1, rev, ch["key"], ch["end"],
+                                            ch["prev_kv"], ch["no_put"], ch["no_delete"]):
+                self._pub.send_multipart([topic, pack({"revision": r, "prev_revision": ch["last"],
+                                                       "events": evs})])
+                ch["last"] = r
+        self._published = rev
 
     def _send(self, frames: list[bytes]) -> None:
         try:
@@ -347,12 +535,18 @@ class FakeServer:
         if self.error_code and (self.error_ops is None or op in self.error_ops):
             if self.error_applies:
                 try:
-                    self.store.apply(req)
+                    with self.store.lock:
+                        self.store.apply(req)
                 except QkvError:
                     pass
             return {"ok": False, "error": {"code": self.error_code,
                                            "message": f"fake: {self.error_code}"}}
-        result = self.store.apply(req)
+        if self.leader_urls is not None and op in ("lease_keepalive", "lease_timetolive"):
+            return {"ok": False, "error": NotLeader(leader_id=MEMBER_ID + 1,
+                                                    leader_client_urls=list(self.leader_urls)).to_wire()}
+        with self.store.lock:
+            result = self.store.apply(req)
+            self._publish()
         if op == "status":
             s = self.store
             result = {
@@ -360,6 +554,6 @@ class FakeServer:
                 "db_size_in_use": 16384, "leader": MEMBER_ID, "raft_index": s.revision + 7,
                 "raft_term": RAFT_TERM, "raft_applied_index": s.revision + 7,
                 "is_learner": False, "errors": [], "compact_revision": s.compact_revision,
-                "client_urls": [self.endpoint], "watch_urls": [],
+                "client_urls": [self.endpoint], "watch_urls": [self.watch_url],
             }
         return {"ok": True, "header": self.store.header(), **result}

@@ -17,17 +17,22 @@ from protocol.client.txn import Compare, CompareTarget, Op, Txn
 from protocol.client.types import (
     CompactResponse, DeleteRangeResponse, HashKVResponse, KeyValue, Member, MemberListResponse,
     MoveLeaderResponse, PutResponse, RangeResponse, ResponseHeader, StatusResponse, TxnResponse,
-    key_range, prefix_end,
+    key_range, prefix_end, LeaseGrantResponse, LeaseKeepAliveResponse, LeaseLeasesResponse,
+    LeaseRevokeResponse, LeaseStatus, LeaseTimeToLiveResponse,
 )
 
 __all__ = [
     "Client", "Compare", "CompareTarget", "Op", "Txn", "KeyValue", "ResponseHeader",
     "PutResponse", "RangeResponse", "DeleteRangeResponse", "TxnResponse", "CompactResponse",
     "Watcher", "WatchResponse", "Event", "StatusResponse", "Member", "MemberListResponse", "MoveLeaderResponse", "HashKVResponse", "prefix_end", "key_range", "normalize_endpoint", "DEFAULT_ENDPOINT",
+    "LeaseGrantResponse", "LeaseKeepAliveResponse", "LeaseLeasesResponse", "LeaseRevokeResponse",
+    "LeaseStatus", "LeaseTimeToLiveResponse", "Lease", "Session", "Lock", "Election",
 ]
 
 _LAZY = {"Client", "normalize_endpoint", "DEFAULT_ENDPOINT"}
 _LAZY_WATCH = {"Watcher", "WatchResponse", "Event"}
+_LAZY_LEASE = {"Lease"}
+_LAZY_CONCURRENCY = {"Session", "Lock", "Election"}
 
 
 def __getattr__(name: str) -> Any:
@@ -37,4 +42,10 @@ def __getattr__(name: str) -> Any:
     if name in _LAZY_WATCH:
         from protocol.client import watch as _watch
         return getattr(_watch, name)
+    if name in _LAZY_LEASE:
+        from protocol.client import lease as _lease
+        return getattr(_lease, name)
+    if name in _LAZY_CONCURRENCY:
+        from protocol.client import concurrency as _conc
+        return getattr(_conc, name)
     raise AttributeError(f"module 'protocol.client' has no attribute {name!r}")

@@ -41,7 +41,10 @@ member_app = typer.Typer(no_args_is_help=True, rich_markup_mode=None,
                          help="Membership related commands")
 app.add_typer(endpoint_app, name="endpoint")
 app.add_typer(benchmark_app, name="benchmark")
+lease_app = typer.Typer(no_args_is_help=True, rich_markup_mode=None,
+                        help="Lease related commands")
 app.add_typer(member_app, name="member")
+app.add_typer(lease_app, name="lease")
 
 
 class CliError(Exception):
@@ -555,6 +558,345 @@ def move_leader_cmd(ctx: typer.Context, transferee_id: str = typer.Argument(...,
             leader = c.status().leader
             c.move_leader(target)
         _out().write(f"Leadership transferred from {leader:x} to {target:x}\n".encode())
+
+
+# -- lease ------------------------------------------------------------------------------------------
+EXIT_BAD_CONNECTION = 2
+
+
+def _lease_id_arg(text: Optional[str], what: str) -> int:
+    if text is None:
+        raise CliError(f"lease {what} command needs 1 argument", EXIT_BAD_ARGS)
+    try:
+        return int(text, 16)
+    except ValueError:
+        raise CliError(f'bad lease ID arg (strconv.ParseInt: parsing "{text}": invalid syntax), '
+                       "expecting ID in Hex", EXIT_BAD_ARGS) from None
+
+
+def _lease_json(header: Any, **fields: Any) -> str:
+    from protocol.client.output import dumps
+
+    h = header
+    return dumps({"cluster_id": h.cluster_id, "member_id": h.member_id, "revision": h.revision,
+                  "raft_term": h.raft_term, **fields})
+
+
+def _lease_fields(header: Any, rows: list[tuple[str, Any]]) -> None:
+    printer = _printer(Globals([], 1, "fields", False))
+    printer._hdr_fields(header)
+    for name, value in rows:
+        printer._line(f'"{name}" : {value}')
+
+
+def _need_lease_format(g: Globals) -> None:
+    from protocol.client.output import UnsupportedFormat
+
+    if g.write_out not in ("simple", "json", "fields"):
+        raise UnsupportedFormat(f"{g.write_out} not supported as output format")
+
+
+def _say(text: str) -> None:
+    _out().write(text.encode() + b"\n")
+    sys.stdout.flush()
+
+
+@lease_app.command("grant")
+def lease_grant_cmd(ctx: typer.Context, ttl: Optional[str] = typer.Argument(None, metavar="<ttl>")) -> None:
+    """Creates leases."""
+    g = _g(ctx)
+    with _errors():
+        if ttl is None:
+            raise CliError("lease grant command needs TTL argument", EXIT_BAD_ARGS)
+        try:
+            seconds = int(ttl)
+        except ValueError:
+            raise CliError(f'bad TTL (strconv.ParseInt: parsing "{ttl}": invalid syntax)',
+                           EXIT_BAD_ARGS) from None
+        _need_lease_format(g)
+        with _client(g) as c:
+            try:
+                resp = c.lease_grant(seconds)
+            except Exception as exc:
+                from protocol.errors import QkvError
+
+                if isinstance(exc, QkvError):
+                    raise CliError(f"failed to grant lease ({exc.message})") from None
+                raise
+        if g.write_out == "json":
+            _say(_lease_json(resp.header, ID=resp.id, TTL=resp.ttl, Error=""))
+        elif g.write_out == "fields":
+            _lease_fields(resp.header, [("ID", resp.id), ("TTL", resp.ttl)])
+        else:
+            _say(f"lease {resp.id:016x} granted with TTL({resp.ttl}s)")
+
+
+@lease_app.command("revoke")
+def lease_revoke_cmd(ctx: typer.Context, lease_id: Optional[str] = typer.Argument(None, metavar="<leaseID>")) -> None:
+    """Revokes leases."""
+    from protocol.errors import QkvError
+
+    g = _g(ctx)
+    with _errors():
+        lid = _lease_id_arg(lease_id, "revoke")
+        _need_lease_format(g)
+        with _client(g) as c:
+            try:
+                resp = c.lease_revoke(lid)
+            except QkvError as exc:
+                raise CliError(f"failed to revoke lease ({exc.message})") from None
+        if g.write_out == "json":
+            from protocol.client.output import dumps, header_json
+
+            _say(dumps({"header": header_json(resp.header)}))
+        elif g.write_out == "fields":
+            _lease_fields(resp.header, [])
+        else:
+            _say(f"lease {lid:016x} revoked")
+
+
+@lease_app.command("timetolive")
+def lease_timetolive_cmd(
+    ctx: typer.Context,
+    lease_id: Optional[str] = typer.Argument(None, metavar="<leaseID>"),
+    keys: bool = typer.Option(False, "--keys", help="Get keys attached to this lease"),
+) -> None:
+    """Get lease information."""
+    import base64
+
+    from protocol.client.output import go_quote
+
+    g = _g(ctx)
+    with _errors():
+        lid = _lease_id_arg(lease_id, "timetolive")
+        _need_lease_format(g)
+        with _client(g) as c:
+            resp = c.lease_time_to_live(lid, keys=keys)
+        if g.write_out == "json":
+            _say(_lease_json(resp.header, id=resp.id or lid, ttl=resp.ttl, **{
+                "granted-ttl": resp.granted_ttl,
+                "keys": [base64.b64encode(k).decode() for k in resp.keys] if resp.keys else None}))
+        elif g.write_out == "fields":
+            _lease_fields(resp.header, [("ID", resp.id or lid), ("TTL", resp.ttl),
+                                        ("GrantedTTL", resp.granted_ttl)]
+                          + [("Key", go_quote(k)) for k in resp.keys])
+        elif resp.ttl == -1:
+            _say(f"lease {lid:016x} already expired")
+        else:
+            text = f"lease {lid:016x} granted with TTL({resp.granted_ttl}s), remaining({resp.ttl}s)"
+            if keys:
+                names = " ".join(os.fsdecode(k) for k in resp.keys)
+                text += f", attached keys([{names}])"
+            _say(text)
+
+
+@lease_app.command("list")
+def lease_list_cmd(ctx: typer.Context) -> None:
+    """List all active leases."""
+    g = _g(ctx)
+    with _errors():
+        _need_lease_format(g)
+        with _client(g) as c:
+            resp = c.lease_leases()
+        if g.write_out == "json":
+            _say(_lease_json(resp.header, leases=[{"id": l.id} for l in resp.leases]))
+        elif g.write_out == "fields":
+            _lease_fields(resp.header, [("ID", l.id) for l in resp.leases])
+        else:
+            _say(f"found {len(resp.leases)} leases")
+            for l in resp.leases:
+                _say(f"{l.id:016x}")
+
+
+def _keepalived(g: Globals, header: Any, lid: int, ttl: int) -> None:
+    if g.write_out == "json":
+        _say(_lease_json(header, ID=lid, TTL=ttl))
+    elif g.write_out == "fields":
+        _lease_fields(header, [("ID", lid), ("TTL", ttl)])
+    else:
+        _say(f"lease {lid:016x} keepalived with TTL({ttl})")
+
+
+@lease_app.command("keep-alive")
+def lease_keepalive_cmd(
+    ctx: typer.Context,
+    lease_id: Optional[str] = typer.Argument(None, metavar="<leaseID>"),
+    once: bool = typer.Option(False, "--once", help="Resets the keep-alive time to its original value and exits immediately"),
+) -> None:
+    """Keeps leases alive (renew), every TTL/3 seconds until Ctrl-C or the lease expires."""
+    from protocol.errors import LeaseNotFound, QkvError
+
+    g = _g(ctx)
+    with _errors():
+        lid = _lease_id_arg(lease_id, "keep-alive")
+        _need_lease_format(g)
+        with _client(g) as c:
+            router = c._lease_router()
+            if once:
+                try:
+                    resp = router.keepalive(lid)
+                    if resp.ttl <= 0:
+                        raise LeaseNotFound()
+                except QkvError as exc:
+                    raise CliError(exc.message, EXIT_BAD_CONNECTION) from None
+                _keepalived(g, resp.header, lid, resp.ttl)
+                return
+            deadline: float | None = None
+            while True:
+                sent = time.monotonic()
+                try:
+                    resp = router.keepalive(lid)
+                except LeaseNotFound:
+                    break
+                except QkvError:
+                    if deadline is not None and time.monotonic() > deadline:
+                        break
+                    time.sleep(0.2)
+                    continue
+                if resp.ttl <= 0:
+                    break
+                deadline = sent + resp.ttl
+                _keepalived(g, resp.header, lid, resp.ttl)
+                time.sleep(max(resp.ttl / 3.0, 0.05))
+        if g.write_out == "simple":
+            _say(f"lease {lid:016x} expired or revoked.")
+
+
+# -- lock and elect -------------------------------------------------------------------------------
+def _print_kv(g: Globals, header: Any, kv: Any) -> None:
+    from protocol.client.types import RangeResponse
+
+    _printer(g).get(RangeResponse(header, [kv], False, 1))
+    sys.stdout.flush()
+
+
+def _wait_for_signal(session: Any) -> bool:
+    """Block until Ctrl-C / SIGTERM (True) or the session is lost (False)."""
+    import signal
+
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: Any) -> None:
+        stop.set()
+
+    old = {}
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        try:
+            old[sig] = signal.signal(sig, on_signal)
+        except ValueError:  # not the main thread (tests)
+            pass
+    try:
+        while not stop.is_set():
+            if session.done.wait(0.1):
+                return False
+        return True
+    finally:
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
+
+
+@app.command("lock", context_settings={"allow_interspersed_args": False, "ignore_unknown_options": True})
+def lock_cmd(
+    ctx: typer.Context,
+    args: Optional[list[str]] = typer.Argument(None, metavar="<lockname> [exec-command arg1 arg2 ...]"),
+    ttl: int = typer.Option(10, "--ttl", help="timeout for session"),
+) -> None:
+    """Acquires a named lock. With a command: runs it while holding the lock (environment
+    ETCD_LOCK_KEY and ETCD_LOCK_REV) and exits with its exit code; without: prints the
+    lock key and holds it until Ctrl-C. A lock is only as safe as its fencing (README)."""
+    import subprocess
+
+    from protocol.client.concurrency import Lock, Session
+
+    g = _g(ctx)
+    with _errors():
+        args = args or []
+        if not args:
+            raise CliError("lock takes a lock name argument and an optional command to execute",
+                           EXIT_BAD_ARGS)
+        with _client(g) as c:
+            session = Session(c, ttl=ttl)
+            try:
+                lock = Lock(session, _arg(args[0]))
+                lock.acquire()
+                try:
+                    kv = c.get(lock.key)
+                    if len(args) > 1:
+                        env = dict(os.environ, ETCD_LOCK_KEY=os.fsdecode(lock.key),
+                                   ETCD_LOCK_REV=str(lock.header.revision if lock.header else lock.revision))
+                        try:
+                            rc = subprocess.call(args[1:], env=env)
+                        except OSError as exc:
+                            raise CliError(str(exc)) from None
+                        if rc:
+                            raise typer.Exit(rc if rc > 0 else 128 - rc)
+                        return
+                    if kv.kvs:
+                        _print_kv(g, kv.header, kv.kvs[0])
+                    if not _wait_for_signal(session):
+                        raise CliError("session expired")
+                finally:
+                    try:
+                        lock.release()
+                    except Exception:
+                        pass
+            finally:
+                session.close()
+
+
+@app.command("elect")
+def elect_cmd(
+    ctx: typer.Context,
+    args: Optional[list[str]] = typer.Argument(None, metavar="<election-name> [proposal]"),
+    listen: bool = typer.Option(False, "-l", "--listen", help="observation mode"),
+    ttl: int = typer.Option(10, "--ttl", help="timeout for session"),
+) -> None:
+    """Observes and participates in leader election: campaigns with the proposal and, once
+    elected, prints the leader key and value and holds until Ctrl-C (then resigns); with
+    -l, prints every leader as it changes."""
+    from protocol.client.concurrency import Election, Session
+
+    g = _g(ctx)
+    with _errors():
+        args = args or []
+        if len(args) != 1 + (0 if listen else 1):
+            if not args or len(args) > 2:
+                raise CliError("elect takes one election name argument and an optional proposal",
+                               EXIT_BAD_ARGS)
+            if not listen and len(args) == 1:
+                raise CliError("no proposal argument but -l not set", EXIT_BAD_ARGS)
+            if listen and len(args) == 2:
+                raise CliError("proposal given but -l set", EXIT_BAD_ARGS)
+        name = _arg(args[0])
+        with _client(g) as c:
+            if listen:
+                from protocol.client.concurrency import Observer
+                from protocol.client.types import ResponseHeader
+
+                with Observer(c, name + b"/") as it:
+                    try:
+                        for kv in it:
+                            _print_kv(g, ResponseHeader(revision=it.revision), kv)
+                    except KeyboardInterrupt:
+                        return
+                return
+            session = Session(c, ttl=ttl)
+            try:
+                e = Election(session, name)
+                e.campaign(_arg(args[1]))
+                try:
+                    lead = c.get(e.key)
+                    if lead.kvs:
+                        _print_kv(g, lead.header, lead.kvs[0])
+                    if not _wait_for_signal(session):
+                        raise CliError("session expired")
+                finally:
+                    try:
+                        e.resign()
+                    except Exception:
+                        pass
+            finally:
+                session.close()
 
 
 # -- benchmark ------------------------------------------------------------------------------------

@@ -129,6 +129,9 @@ class Client:
             holders = list(self._live)
             ctx, self._ctx = self._ctx, None
             mine = self._ctx_pid == os.getpid()
+        router = self.__dict__.pop("_router", None)
+        if router is not None:
+            router.close()
         for h in holders:
             h.close()
         if ctx is not None and mine:
@@ -216,6 +219,82 @@ class Client:
         """``watch`` delivering every ``WatchResponse`` to ``callback`` from a background
         thread; returns the started ``Watcher`` (``.cancel()`` stops it)."""
         return self.watch(key, range_end, **kwargs).start(callback)
+
+    # -- leases (SPEC section 3, "Leases"; protocol/client/lease.py) --------------------
+    def lease_grant(self, ttl: int, id: int = 0) -> Any:
+        """Grant a lease of ``ttl`` seconds (raised to the server minimum); ``id`` 0 = the
+        server picks one. A ``LeaseGrantResponse(header, id, ttl)``."""
+        from protocol.client.types import LEASE_ID_FIELD, LeaseGrantResponse
+
+        req: dict[str, Any] = {"op": "lease_grant", "ttl": int(ttl)}
+        if id:
+            req[LEASE_ID_FIELD] = int(id)
+        return LeaseGrantResponse.from_wire(self._call(req, write=True))
+
+    def lease_revoke(self, id: int) -> Any:
+        """Revoke a lease: it and every key attached to it go, in one revision."""
+        from protocol.client.types import LEASE_ID_FIELD, LeaseRevokeResponse
+
+        return LeaseRevokeResponse.from_wire(
+            self._call({"op": "lease_revoke", LEASE_ID_FIELD: int(id)}, write=True))
+
+    def _lease_router(self) -> Any:
+        from protocol.client.lease import LeaderRouter
+
+        with self._lock:
+            router = self.__dict__.get("_router")
+            if router is None:
+                router = self.__dict__["_router"] = LeaderRouter(self)
+            return router
+
+    def lease_keepalive_once(self, id: int) -> tuple[int, int]:
+        """Refresh a lease once, at the leader; ``(id, ttl)``. Raises ``LeaseNotFound``
+        for a lease that does not exist (or has expired)."""
+        from protocol.errors import LeaseNotFound
+
+        resp = self._lease_router().keepalive(id)
+        if resp.ttl <= 0:
+            raise LeaseNotFound()
+        return resp.id, resp.ttl
+
+    def lease_time_to_live(self, id: int, keys: bool = False) -> Any:
+        """A ``LeaseTimeToLiveResponse``: remaining ``ttl`` (-1 when the lease does not
+        exist), ``granted_ttl``, and the attached ``keys`` when asked for."""
+        return self._lease_router().time_to_live(id, keys)
+
+    def lease_leases(self) -> Any:
+        """Every lease: a ``LeaseLeasesResponse`` with ``leases`` = [LeaseStatus(id)]."""
+        from protocol.client.types import LeaseLeasesResponse
+
+        return LeaseLeasesResponse.from_wire(self._call({"op": "lease_leases"}, write=False))
+
+    def lease(self, ttl: int, id: int = 0, **kwargs: Any) -> Any:
+        """Grant a lease and keep it alive from a background thread (every ttl/3 s, at the
+        leader, across failovers) until ``close()``, which revokes it; a context manager."""
+        from protocol.client.lease import Lease
+
+        return Lease(self, ttl, id, **kwargs)
+
+    def session(self, ttl: int = 60, **kwargs: Any) -> Any:
+        """A ``concurrency.Session``: a lease kept alive for as long as it is open."""
+        from protocol.client.concurrency import Session
+
+        return Session(self, ttl=ttl, **kwargs)
+
+    def lock(self, name: Any, *, ttl: int = 60, session: Any = None,
+             timeout: float | None = None) -> Any:
+        """A fair distributed mutex (``concurrency.Lock``). ``with client.lock("x"):`` waits
+        for it; without ``session`` it runs on a session of its own (``ttl``), closed on
+        exit. A lock is only as safe as its fencing: see ``Lock.holds_lock()``."""
+        from protocol.client.concurrency import Lock
+
+        return Lock.for_client(self, name, ttl=ttl, session=session, timeout=timeout)
+
+    def election(self, name: Any, *, ttl: int = 60, session: Any = None) -> Any:
+        """A leader election on the prefix ``name`` (``concurrency.Election``)."""
+        from protocol.client.concurrency import Election
+
+        return Election.for_client(self, name, ttl=ttl, session=session)
 
     def request(self, req: dict[str, Any]) -> dict[str, Any]:
         """Send any request map (``op`` and its fields; ``id`` is set here) and return the

@@ -267,3 +267,81 @@ class HashKVResponse:
         return cls(header=ResponseHeader.from_wire(wire.get("header")), hash=int(wire.get("hash") or 0),
                    compact_revision=int(wire.get("compact_revision") or 0),
                    hash_revision=int(wire.get("hash_revision") or 0))
+
+
+# -- leases (SPEC section 3, "Leases") -----------------------------------------------------
+# The lease id travels as "ID" (etcd's protobuf name): the envelope's "id" is the request
+# id, so a lease id under "id" would collide with it (the SPEC draft said "id").
+LEASE_ID_FIELD = "ID"
+
+
+def _lease_id(wire: dict) -> int:
+    for name in (LEASE_ID_FIELD, "lease_id"):
+        if wire.get(name) is not None:
+            return int(wire[name])
+    return 0
+
+@dataclass(slots=True)
+class LeaseGrantResponse:
+    header: ResponseHeader
+    id: int = 0
+    ttl: int = 0
+
+    @classmethod
+    def from_wire(cls, wire: dict) -> "LeaseGrantResponse":
+        return cls(ResponseHeader.from_wire(wire.get("header")), _lease_id(wire),
+                   int(wire.get("ttl") or 0))
+
+
+@dataclass(slots=True)
+class LeaseRevokeResponse:
+    header: ResponseHeader
+
+    @classmethod
+    def from_wire(cls, wire: dict) -> "LeaseRevokeResponse":
+        return cls(ResponseHeader.from_wire(wire.get("header")))
+
+
+@dataclass(slots=True)
+class LeaseKeepAliveResponse:
+    header: ResponseHeader
+    id: int = 0
+    ttl: int = 0
+
+    @classmethod
+    def from_wire(cls, wire: dict) -> "LeaseKeepAliveResponse":
+        return cls(ResponseHeader.from_wire(wire.get("header")), _lease_id(wire),
+                   int(wire.get("ttl") or 0))
+
+
+@dataclass(slots=True)
+class LeaseTimeToLiveResponse:
+    header: ResponseHeader
+    id: int = 0
+    ttl: int = -1          # remaining seconds; -1 when the lease does not exist
+    granted_ttl: int = 0
+    keys: list[bytes] = field(default_factory=list)
+
+    @classmethod
+    def from_wire(cls, wire: dict) -> "LeaseTimeToLiveResponse":
+        ttl = wire.get("ttl")
+        return cls(ResponseHeader.from_wire(wire.get("header")), _lease_id(wire),
+                   -1 if ttl is None else int(ttl), int(wire.get("granted_ttl") or 0),
+                   [_b(k) for k in wire.get("keys") or ()])
+
+
+@dataclass(frozen=True, slots=True)
+class LeaseStatus:
+    id: int
+
+
+@dataclass(slots=True)
+class LeaseLeasesResponse:
+    header: ResponseHeader
+    leases: list[LeaseStatus] = field(default_factory=list)
+
+    @classmethod
+    def from_wire(cls, wire: dict) -> "LeaseLeasesResponse":
+        return cls(ResponseHeader.from_wire(wire.get("header")),
+                   [LeaseStatus(int(x.get("id") or _lease_id(x)) if isinstance(x, dict) else int(x))
+                    for x in wire.get("leases") or ()])
