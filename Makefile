@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed-stamp
 DATA_DIR ?= ./default.qkv
 PYTEST_ARGS ?=
 
-.PHONY: run test bench bench-restart bench-cluster bench-watch cluster sim robustness clean help
+.PHONY: run test bench bench-restart bench-cluster bench-watch bench-lease cluster sim robustness clean help
 
 help:
 	@echo "make run    - set up .venv and start one node (data dir $(DATA_DIR), clients on tcp://127.0.0.1:7379)"
@@ -16,6 +16,7 @@ help:
 	@echo "make cluster - a local 3-node cluster in the foreground (Ctrl-C stops it)"
 	@echo "make bench-cluster - benchmark a fresh local 3-node cluster"
 	@echo "make bench-watch - watch fan-out, latency and memory figures"
+	@echo "make bench-lease - keep-alive throughput with 10,000 leases, lock cycles with 1 and 16 contenders"
 	@echo "make sim SEEDS=100000 - run the deterministic Raft simulation for many seeds"
 	@echo "make robustness DURATION=600 - fault scenarios with recorded histories, checked for linearizability"
 
@@ -43,6 +44,10 @@ bench-cluster: $(STAMP)
 
 bench-watch: $(STAMP)
 	$(BIN)/python tests/bench/bench_watch.py
+
+bench-lease: $(STAMP)
+	$(BIN)/python tests/bench/bench_lease.py
+	$(BIN)/python tests/bench/bench_lock.py
 
 cluster: $(STAMP)
 	exec $(BIN)/python deploy/cluster.py

@@ -54,9 +54,18 @@ COMPARE_TARGET_FIELD = {
 
 # Cluster and maintenance ops: answered by the node's actors, never through the log.
 ADMIN_OPS = ("status", "member_list", "move_leader", "hash_kv")
-OPS = ("range", "put", "delete_range", "txn", "compact", "history", *ADMIN_OPS)
+# Lease ops (SPEC section 3, "Leases"). Grant and revoke go through the log; keep-alive
+# and time-to-live are answered by the leader's storage from its deadlines; leases is a
+# linearizable read of the lease table.
+LEASE_OPS = ("lease_grant", "lease_revoke", "lease_keepalive", "lease_timetolive", "lease_leases")
+LEASE_LEADER_OPS = frozenset(("lease_keepalive", "lease_timetolive"))
+# Log entries only the server writes (the leader's storage proposes them): never accepted
+# from a client, since they are not in OPS.
+INTERNAL_OPS = frozenset(("lease_expire", "lease_checkpoint"))
+OPS = ("range", "put", "delete_range", "txn", "compact", "history", *ADMIN_OPS, *LEASE_OPS)
 TXN_OPS = ("range", "put", "delete_range", "txn")
-WRITE_OPS = frozenset(("put", "delete_range", "txn", "compact"))
+WRITE_OPS = frozenset(("put", "delete_range", "txn", "compact", "lease_grant", "lease_revoke"))
+LEASE_TTL_MAX = 9_000_000_000  # seconds, etcd's MaxLeaseTTL
 
 
 @dataclass(frozen=True)
@@ -65,7 +74,8 @@ class Limits:
 
 
 def is_write(op: dict) -> bool:
-    """True for ops that must go through the log (put, delete_range, txn, compact)."""
+    """True for ops that must go through the log (put, delete_range, txn, compact,
+    lease_grant, lease_revoke)."""
     return op.get("op") in WRITE_OPS
 
 
@@ -102,6 +112,8 @@ def _normalize_request(req: Any, limits: Limits) -> dict:
         return {"op": op, "revision": _int(fields, "revision", nonneg=True)}
     if op == "history":
         return _normalize_history(fields)
+    if op in LEASE_OPS:
+        return _normalize_lease(op, fields)
     if op == "compact":
         _no_unknown(fields, ("revision", "physical"), "compact")
         if "revision" not in fields:
@@ -115,6 +127,36 @@ def _normalize_request(req: Any, limits: Limits) -> dict:
     if op == "txn":
         _check_txn_duplicates(out)
     return out
+
+
+# --- leases (SPEC section 3, "Leases") ---------------------------------------------------
+# The lease id travels as "ID" (etcd's protobuf name): the envelope's "id" is the request
+# id. Normalized ops carry it as "id".
+LEASE_ID_FIELD = "ID"
+
+
+def _lease_id(fields: dict, op: str, required: bool = True) -> int:
+    lease_id = _int(fields, LEASE_ID_FIELD, nonneg=True)
+    if required and lease_id == 0:
+        raise InvalidArgument(f"{op}: ID must be a lease id (int64 > 0)")
+    return lease_id
+
+
+def _normalize_lease(op: str, fields: dict) -> dict:
+    if op == "lease_grant":
+        _no_unknown(fields, ("ttl", LEASE_ID_FIELD), op)
+        ttl = _int(fields, "ttl", nonneg=True)
+        if ttl > LEASE_TTL_MAX:
+            raise InvalidArgument("etcdserver: too large lease TTL")
+        return {"op": op, "ttl": ttl, "id": _lease_id(fields, op, required=False)}
+    if op == "lease_timetolive":
+        _no_unknown(fields, (LEASE_ID_FIELD, "keys"), op)
+        return {"op": op, "id": _lease_id(fields, op), "keys": _bool(fields, "keys")}
+    if op == "lease_leases":
+        _no_unknown(fields, (), op)
+        return {"op": op}
+    _no_unknown(fields, (LEASE_ID_FIELD,), op)  # lease_revoke, lease_keepalive
+    return {"op": op, "id": _lease_id(fields, op)}
 
 
 # --- history (the watch's catch-up, SPEC section 3) ---------------------------------------

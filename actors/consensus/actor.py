@@ -49,6 +49,7 @@ FETCH_MAX_BYTES = 4 * 1024 * 1024
 CATCH_UP_ENTRIES = 5000  # entries kept below storage's durable index after a compaction
 STATS_INTERVAL_S = 10.0
 HELLO_INTERVAL_S = 1.0
+LEADERSHIP_INTERVAL_S = 0.25
 
 
 class ConsensusActor(Actor):
@@ -100,6 +101,9 @@ class ConsensusActor(Actor):
         self.every(HELLO_INTERVAL_S, self._hello)
         self.call_later(0.05, self._hello)
         self.every(1.0, self._check_transfers)
+        # Lease expiry lives in the leader's storage: tell it who leads (LEADERSHIP).
+        self.leader_ready_index = 0
+        self.every(LEADERSHIP_INTERVAL_S, self._send_leadership)
         # Group-commit figures, logged every STATS_INTERVAL_S when there was traffic.
         self.fsyncs = 0
         self.entries_synced = 0
@@ -212,7 +216,29 @@ class ConsensusActor(Actor):
             deadline = time.monotonic() + 2 * self.cfg.election_timeout / 1000.0
             self.moves[ctx_id] = (identity, target, deadline)
 
+    def _on_lease_propose(self, identity: bytes, body: list) -> None:
+        """Entries from the leader's storage (lease expiry, checkpoints): proposed only
+        while this member leads in the term storage saw, never forwarded."""
+        term, datas = body
+        if self.lead != self.id or not datas or self.node.status().term != term:
+            return
+        try:
+            self.node.propose_batch(list(datas))
+        except ProposalDropped:
+            pass
+
+    def _send_leadership(self) -> None:
+        is_leader = self.lead == self.id
+        urls = self.member_info.get(self.lead, {}).get("client_urls") or [] if self.lead else []
+        body = [is_leader, self.node.status().term, self.lead, list(urls),
+                self.leader_ready_index if is_leader else 0]
+        try:
+            self.storage.send(pack_msg(M.LEADERSHIP, body), zmq.NOBLOCK)
+        except zmq.ZMQError:
+            pass
+
     _local_handlers = {
+        M.LEASE_PROPOSE: _on_lease_propose,
         M.PROPOSE: _on_propose,
         M.READ_INDEX: _on_read_index,
         M.FETCH: _on_fetch,
@@ -313,6 +339,10 @@ class ConsensusActor(Actor):
     def _leader_changed(self, lead: int) -> None:
         self.log.info("leader_changed", lead=f"{lead:x}", previous=f"{self.lead:x}", term=self.node.status().term)
         self.lead = lead
+        # Every entry up to the log's end when we became leader is committed once storage
+        # has applied this far (the new term's entries commit only after them).
+        self.leader_ready_index = self.raft_storage.last_index() if lead == self.id else 0
+        self._send_leadership()
         # The core forgets pending read-index requests on a leader change: answer them now.
         for identity, ctx_id in self.reads.values():
             self._reply(identity, M.READ_INDEX_RESP, [ctx_id, 0, errors.NoLeader().to_wire()])

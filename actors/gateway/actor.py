@@ -7,7 +7,14 @@ id, and routes it:
 - serializable ranges -> storage at once;
 - linearizable ranges -> consensus for a read index (one per batch of reads), then
   storage, which answers once it has applied that index;
-- status -> consensus and storage, combined here.
+- status -> consensus and storage, combined here;
+- leases: `lease_grant` gets its id (random when 0) and its TTL raised to the minimum
+  here, BEFORE it is proposed (the log must be deterministic); grant and revoke are
+  writes; `lease_leases`, `lease_keepalive` and `lease_timetolive` take the
+  linearizable read path: the read index confirms that this member's leader still leads
+  (a deposed leader cannot acknowledge a keep-alive that its successor does not honour),
+  then storage answers on the leader's node (from its deadlines) and says `not_leader`
+  elsewhere.
 
 Rules: no request is ever left without a reply: each has a deadline, and past it the
 client gets `timeout`. Bad input of any kind gets an error reply and never raises out
@@ -16,6 +23,7 @@ that visible instead of silent). Nothing here blocks: every send is non-blocking
 """
 from __future__ import annotations
 
+import math
 import random
 import time
 from dataclasses import dataclass, field
@@ -54,6 +62,8 @@ class GatewayActor(Actor):
         cfg = self.cfg
         self.limits = Limits(max_txn_ops=cfg.max_txn_ops)
         self.member_id = cfg.member_id
+        self.lease_ttl_min_s = math.ceil(1.5 * cfg.election_timeout / 1000.0)
+        self._rng = random.SystemRandom()
         self.cluster_id = cfg.cluster_id
         self.clients = self.socket(
             zmq.ROUTER,
@@ -155,6 +165,10 @@ class GatewayActor(Actor):
         req_id = self._new_id()
         now = time.monotonic()
         name = op["op"]
+        if name == "lease_grant":
+            if op["id"] == 0:
+                op["id"] = self._rng.randrange(1, 2**63)
+            op["ttl"] = max(op["ttl"], self.lease_ttl_min_s)
         if name in ADMIN_OPS:
             self.pending[req_id] = Pending(identity, delimiter, client_id, now + REQUEST_TIMEOUT_S, name)
             if name == "status":

@@ -57,3 +57,13 @@ PEER_FORWARD_REJECT = 62  # [frm, [req_id, ...]]  the receiver is not the leader
 PEER_HELLO = 63       # [frm, {name, client_urls, watch_urls, version}]
 PEER_SNAP_CHUNK = 64  # [frm, snap_id, seq, relpath, offset, data, final, digest | None, snap message wire | None]
 PEER_SNAP_ACK = 65    # [frm, snap_id, seq, status]  status: "ok" (chunk stored), "done" (installed), "failed"
+
+# consensus -> storage (on consensus's DEALER to Endpoints.storage): leadership, sent at
+# every change of leader or term and every 250 ms. ready_index = the last log index when
+# this member became leader (its term's first entry): the leader's storage takes over
+# lease expiry once it has applied that far (so it knows every lease and checkpoint).
+LEADERSHIP = 33       # [is_leader, term, lead, lead_client_urls, ready_index]
+# storage -> consensus (on storage's DEALER): entries only the server writes (lease
+# expiry, lease checkpoints). Proposed only if this member still leads in `term`, never
+# forwarded; no reply (storage sees the entries applied, or proposes again later).
+LEASE_PROPOSE = 34    # [term, [data, ...]]  data as in PROPOSE

@@ -16,6 +16,24 @@
   (the gateway times the request out; the watch catches up from history).
 - A read carries the index it must see (0 for serializable, the read index for
   linearizable); it waits until applied_index reaches it.
+- Lease expiry (SPEC "Leases"): the lease table is in the store (applied from the log);
+  deadlines live here, in memory, on the leader's node only. Consensus tells us who leads
+  (LEADERSHIP). Once this member leads and has applied every entry up to the start of its
+  term ("promote"), each lease's deadline = now + its checkpointed remaining TTL (or its
+  full TTL): no lease expires earlier than its holder could expect. Losing leadership
+  forgets the deadlines. Every 250 ms the leader proposes `lease_expire` for expired
+  leases (at most LEASE_REVOKES_PER_S, again after LEASE_RETRY_S if still there) through
+  consensus (LEASE_PROPOSE, only while leading in that term): nothing is deleted except by
+  a committed entry, so a leader without quorum revokes nothing. Keep-alive and
+  time-to-live are answered here from the deadlines once the read index (which the
+  gateway got first) has applied; other members say `not_leader`.
+- Checkpoints (etcd #9888, on by default): every LEASE_CHECKPOINT_S the leader writes the
+  remaining TTL of leases whose remaining TTL is LEASE_CHECKPOINT_MARGIN_MS below what the
+  log knows (`lease_checkpoint`), so every leader's tenure that lasts a checkpoint interval
+  moves a dead lease closer to expiry, however often elections happen. A keep-alive of a lease with a checkpoint
+  (applied or in flight) is answered only once a clearing checkpoint (remaining 0 = the
+  full TTL) has applied, so a later leader never uses a remaining TTL older than an
+  acknowledged keep-alive.
 """
 from __future__ import annotations
 
@@ -36,9 +54,19 @@ from actors.storage.backend import RocksBackend
 from actors.storage.mvcc import MVCCStore
 from protocol import errors
 from protocol.codec import pack, pack_msg, unpack_msg
+from protocol.requests import LEASE_LEADER_OPS
 
 FETCH_RESEND_S = 0.3
 SYNC_INTERVAL_S = 1.0
+LEASE_TICK_S = 0.25
+LEASE_REVOKES_PER_S = 500
+LEASE_RETRY_S = 3.0  # an expiry or clear proposal that did not apply is proposed again
+LEASE_CHECKPOINT_S = float(os.environ.get("QKV_LEASE_CHECKPOINT_S", "5.0"))
+LEASE_CHECKPOINT_BATCH = 1000
+LEADERSHIP_SILENCE_S = 1.0  # no LEADERSHIP from consensus for this long: stop acting as leader
+# A lease is checkpointed when its remaining TTL is this much below what the log knows
+# (its last checkpoint, or its full TTL); leases kept alive more often are never touched.
+LEASE_CHECKPOINT_MARGIN_MS = 1000
 
 
 def _fsync_dir(path: str) -> None:
@@ -80,6 +108,7 @@ class StorageActor(Actor):
         self._seq = itertools.count()
         self.every(FETCH_RESEND_S, self._resend_fetch)
         self.every(SYNC_INTERVAL_S, self._sync)
+        self._lease_setup()
         self._send_fetch()
         self.log.info("storage_loaded", applied_index=self.store.applied_index,
                       revision=self.store.current_revision, compact_revision=self.store.compact_revision)
@@ -137,8 +166,10 @@ class StorageActor(Actor):
             results = self.store.apply(batch)
             failpoint("after_storage_commit")
             self._publish(results, origins)
+            self._lease_applied(batch, results)
         self._send_fetch()
         self._serve_waiting()
+        self._maybe_promote()
 
     def _client_frame(self, client_id: Any, response: dict | None, error: Any, revision: int) -> bytes:
         """The finished client reply (SPEC section 1), so the gateway only forwards bytes."""
@@ -185,6 +216,8 @@ class StorageActor(Actor):
             self._reads(identity, [(req_id, op, min_index, None) for req_id, op, min_index in body])
         elif msg_type == M.CLIENT_READ:
             self._reads(identity, body)
+        elif msg_type == M.LEADERSHIP:
+            self._on_leadership(*body)
         elif msg_type == M.CHECKPOINT:
             self._checkpoint(identity, *body)
         elif msg_type == M.INSTALL:
@@ -215,6 +248,9 @@ class StorageActor(Actor):
         try:
             if op.get("op") == "history":  # the watch's catch-up (clients and the watch actor)
                 return [req_id, self.store.history(op), None, self.store.current_revision, self.raft_term]
+            if op.get("op") == "lease_leases":
+                leases = [{"ID": lease_id} for lease_id, _, _ in self.store.leases()]
+                return [req_id, {"leases": leases}, None, self.store.current_revision, self.raft_term]
             return [req_id, self.store.range(op), None, self.store.current_revision, self.raft_term]
         except errors.QkvError as err:
             return [req_id, None, err.to_wire(), self.store.current_revision, self.raft_term]
@@ -237,6 +273,9 @@ class StorageActor(Actor):
         actor, finished client frames (CLIENT_REPLIES) for the gateway."""
         out: dict[tuple[bytes, bool], list] = {}
         for identity, req_id, op, client_id in reads:
+            if op.get("op") in LEASE_LEADER_OPS:
+                self._lease_leader_op(identity, req_id, op, client_id)
+                continue
             req_id, response, error, revision, _term = self._read(req_id, op)
             if client_id is None:
                 out.setdefault((identity, False), []).append([req_id, response, error, revision, self.raft_term])
@@ -301,6 +340,7 @@ class StorageActor(Actor):
         self.backend = RocksBackend(self.store_dir)
         self.store = MVCCStore(self.backend)
         self.durable_applied = self.store.applied_index
+        self._demote()  # a leader never installs a snapshot; start from the new table anyway
         self.log.info("snapshot_installed", applied_index=self.store.applied_index,
                       revision=self.store.current_revision)
         self.send_router(self.router, identity, pack_msg(M.INSTALL_RESP, [ctx_id, self.store.applied_index, None]))
@@ -315,6 +355,219 @@ class StorageActor(Actor):
             else:
                 os.rename(old, self.store_dir)  # cut between the renames: keep our own store
             _fsync_dir(self.data_dir)
+
+    # --- leases ----------------------------------------------------------------------
+    def _lease_setup(self) -> None:
+        self.is_leader = False
+        self.leader_term = 0
+        self.lead = 0
+        self.lead_urls: list[str] = []
+        self.leader_ready_index = 0
+        self.promoted_term: int | None = None
+        self.lease_info: dict[int, list[int]] = {}  # id -> [ttl_s, checkpointed remaining_ms]
+        self.deadlines: dict[int, float] = {}  # id -> monotonic deadline (leader only)
+        self.expire_proposed: dict[int, float] = {}
+        self.ckpt_inflight: dict[int, float] = {}  # non-zero checkpoints proposed, not applied
+        self.clear_waiting: dict[int, list[tuple[bytes, int, Any]]] = {}  # keep-alive replies
+        self.clear_proposed: dict[int, float] = {}
+        self.held: list[tuple[bytes, int, dict, Any]] = []  # leader ops waiting for promote
+        self.revoke_tokens = 0.0
+        self.leadership_heard_at = 0.0
+        self.every(LEASE_TICK_S, self._lease_tick)
+        self.every(LEASE_CHECKPOINT_S, self._lease_checkpoint_tick)
+
+    def _on_leadership(self, is_leader: bool, term: int, lead: int, urls: list, ready_index: int) -> None:
+        self.leadership_heard_at = time.monotonic()
+        self.is_leader, self.leader_term, self.lead = bool(is_leader), term, lead
+        self.lead_urls = list(urls or [])
+        self.leader_ready_index = ready_index
+        self.raft_term = max(self.raft_term, term)
+        if self.promoted_term is not None and (not is_leader or term != self.promoted_term):
+            self._demote()
+        if is_leader:
+            self._maybe_promote()
+        elif self.held:
+            held, self.held = self.held, []
+            for identity, req_id, _op, client_id in held:
+                self._lease_reply(identity, req_id, client_id, None, self._not_leader())
+
+    def _maybe_promote(self) -> None:
+        if (not self.is_leader or self.promoted_term == self.leader_term
+                or self.store.applied_index < self.leader_ready_index):
+            return
+        now = time.monotonic()
+        self.lease_info = {}
+        self.deadlines = {}
+        for lease_id, ttl, remaining_ms in self.store.leases():
+            self.lease_info[lease_id] = [ttl, remaining_ms]
+            self.deadlines[lease_id] = now + (remaining_ms / 1000.0 if remaining_ms else ttl)
+        self.promoted_term = self.leader_term
+        self.log.info("lease_promoted", term=self.leader_term, leases=len(self.lease_info),
+                      applied_index=self.store.applied_index)
+        held, self.held = self.held, []
+        for identity, req_id, op, client_id in held:
+            self._lease_leader_op(identity, req_id, op, client_id)
+
+    def _demote(self) -> None:
+        if self.promoted_term is not None:
+            self.log.info("lease_demoted", term=self.promoted_term)
+        self.promoted_term = None
+        self.lease_info.clear()
+        self.deadlines.clear()
+        self.expire_proposed.clear()
+        self.ckpt_inflight.clear()
+        self.clear_proposed.clear()
+        waiting, self.clear_waiting = self.clear_waiting, {}
+        for replies in waiting.values():
+            for identity, req_id, client_id in replies:
+                self._lease_reply(identity, req_id, client_id, None, self._not_leader())
+
+    def _not_leader(self) -> dict:
+        details: dict[str, Any] = {}
+        if self.lead and not self.is_leader:
+            details = {"leader_id": self.lead, "leader_client_urls": self.lead_urls}
+        return errors.NotLeader(**details).to_wire()
+
+    def _lease_reply(self, identity: bytes, req_id: int, client_id: Any, response: dict | None,
+                     error: Any) -> None:
+        revision = self.store.current_revision
+        frame = self._client_frame(client_id, response, error, revision)
+        self.send_router(self.router, identity, pack_msg(M.CLIENT_REPLIES, [[req_id, frame, revision]]))
+
+    def _lease_leader_op(self, identity: bytes, req_id: int, op: dict, client_id: Any) -> None:
+        """lease_keepalive / lease_timetolive: the leader's deadlines answer them."""
+        if self.promoted_term is None:
+            if self.is_leader:
+                self.held.append((identity, req_id, op, client_id))  # promoted once caught up
+            else:
+                self._lease_reply(identity, req_id, client_id, None, self._not_leader())
+            return
+        lease_id = op["id"]
+        info = self.lease_info.get(lease_id)
+        now = time.monotonic()
+        if op["op"] == "lease_timetolive":
+            if info is None:
+                response = {"ID": lease_id, "ttl": -1, "granted_ttl": 0, "keys": []}
+            else:
+                remaining = max(0.0, self.deadlines.get(lease_id, now) - now)
+                response = {"ID": lease_id, "ttl": int(remaining), "granted_ttl": info[0],
+                            "keys": self.store.lease_keys(lease_id) if op["keys"] else []}
+            self._lease_reply(identity, req_id, client_id, response, None)
+            return
+        if info is None or self.deadlines.get(lease_id, now) <= now:
+            # Unknown, or expired: its revocation is (or is about to be) on its way.
+            self._lease_reply(identity, req_id, client_id, None, errors.LeaseNotFound(lease=lease_id).to_wire())
+            return
+        self.deadlines[lease_id] = now + info[0]
+        if info[1] or lease_id in self.ckpt_inflight or lease_id in self.clear_waiting:
+            # A checkpoint holds (or will hold) an older remaining TTL: clear it through
+            # the log before acknowledging, so no later leader can use it.
+            self.clear_waiting.setdefault(lease_id, []).append((identity, req_id, client_id))
+            return
+        self._lease_reply(identity, req_id, client_id, {"ID": lease_id, "ttl": info[0]}, None)
+
+    def _lease_applied(self, batch: list[tuple[int, dict | None]], results: list) -> None:
+        ops = {index: op for index, op in batch}
+        now = time.monotonic()
+        leading = self.promoted_term is not None
+        for res in results:
+            op = ops.get(res.index)
+            if op is None or res.error is not None:
+                continue
+            kind = op.get("op")
+            if kind == "lease_grant":
+                if leading:
+                    self.lease_info[op["id"]] = [op["ttl"], 0]
+                    self.deadlines[op["id"]] = now + op["ttl"]
+            elif kind in ("lease_revoke", "lease_expire"):
+                lease_id = op["id"]
+                if kind == "lease_expire":
+                    self.log.info("lease_expired", id=f"{lease_id:x}", revision=res.revision)
+                self.lease_info.pop(lease_id, None)
+                self.deadlines.pop(lease_id, None)
+                self.expire_proposed.pop(lease_id, None)
+                self.ckpt_inflight.pop(lease_id, None)
+                self.clear_proposed.pop(lease_id, None)
+                for identity, req_id, client_id in self.clear_waiting.pop(lease_id, []):
+                    self._lease_reply(identity, req_id, client_id, None,
+                                      errors.LeaseNotFound(lease=lease_id).to_wire())
+            elif kind == "lease_checkpoint":
+                for lease_id, remaining_ms in op["checkpoints"]:
+                    info = self.lease_info.get(lease_id)
+                    if info is None:
+                        continue
+                    info[1] = max(0, min(int(remaining_ms), info[0] * 1000))
+                    # Entries of one term apply in the order they were proposed: a checkpoint
+                    # proposed before this one has applied by now, or never will.
+                    self.ckpt_inflight.pop(lease_id, None)
+                    if not remaining_ms and lease_id in self.clear_waiting:
+                        self.clear_proposed.pop(lease_id, None)
+                        for identity, req_id, client_id in self.clear_waiting.pop(lease_id):
+                            self._lease_reply(identity, req_id, client_id, {"ID": lease_id, "ttl": info[0]}, None)
+
+    def _lease_propose(self, ops: list[dict]) -> None:
+        datas = [msgpack.packb([0, 0, op, None], use_bin_type=True) for op in ops]
+        try:
+            self.consensus.send(pack_msg(M.LEASE_PROPOSE, [self.promoted_term, datas]), zmq.NOBLOCK)
+        except zmq.ZMQError:
+            pass  # proposed again after LEASE_RETRY_S
+
+    def flush(self) -> None:
+        if self.clear_waiting and self.promoted_term is not None:
+            self._propose_clears()
+
+    def _propose_clears(self) -> None:
+        """Clearing checkpoints for held keep-alives (proposed after any checkpoint of the
+        lease still in flight, so they apply after it)."""
+        now = time.monotonic()
+        clears = [i for i in self.clear_waiting if now - self.clear_proposed.get(i, -1e9) >= LEASE_RETRY_S]
+        if not clears:
+            return
+        for lease_id in clears:
+            self.clear_proposed[lease_id] = now
+        self._lease_propose([{"op": "lease_checkpoint", "checkpoints": [[i, 0] for i in sorted(clears)]}])
+
+    def _lease_tick(self) -> None:
+        if self.promoted_term is None:
+            return
+        now = time.monotonic()
+        if now - self.leadership_heard_at > LEADERSHIP_SILENCE_S:
+            self.is_leader = False  # consensus is gone (restarting): it tells us again
+            self._demote()
+            return
+        ops: list[dict] = []
+        self.revoke_tokens = min(LEASE_REVOKES_PER_S * LEASE_TICK_S * 2,
+                                 self.revoke_tokens + LEASE_REVOKES_PER_S * LEASE_TICK_S)
+        expired = sorted((dl, i) for i, dl in self.deadlines.items()
+                         if dl <= now and now - self.expire_proposed.get(i, -1e9) >= LEASE_RETRY_S)
+        for _, lease_id in expired[: int(self.revoke_tokens)]:
+            self.expire_proposed[lease_id] = now
+            self.revoke_tokens -= 1
+            ops.append({"op": "lease_expire", "id": lease_id})
+        if ops:
+            self._lease_propose(ops)
+
+    def _lease_checkpoint_tick(self) -> None:
+        if self.promoted_term is None:
+            return
+        now = time.monotonic()
+        for lease_id in [i for i, t in self.ckpt_inflight.items() if now - t >= LEASE_RETRY_S]:
+            del self.ckpt_inflight[lease_id]  # lost with an old entry; re-evaluated below
+        items = []
+        for lease_id, deadline in self.deadlines.items():
+            if lease_id in self.clear_waiting or lease_id in self.ckpt_inflight:
+                continue
+            ttl, stored_ms = self.lease_info[lease_id]
+            remaining_ms = int((deadline - now) * 1000)
+            if 0 < remaining_ms < (stored_ms or ttl * 1000) - LEASE_CHECKPOINT_MARGIN_MS:
+                items.append([lease_id, remaining_ms])
+        if not items:
+            return
+        items.sort()
+        for lease_id, _ in items:
+            self.ckpt_inflight[lease_id] = now
+        self._lease_propose([{"op": "lease_checkpoint", "checkpoints": items[k:k + LEASE_CHECKPOINT_BATCH]}
+                             for k in range(0, len(items), LEASE_CHECKPOINT_BATCH)])
 
     def shutdown(self) -> None:
         self.backend.close()

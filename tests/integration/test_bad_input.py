@@ -24,6 +24,13 @@ TEMPLATES = [
      "failure": [{"range": {"key": b"fuzz/0001"}}]},
     {"op": "status"},
     {"op": "compact", "revision": 3, "physical": True},
+    # Leases: seed/ keys carry no lease, so no mutation of these can delete them.
+    {"op": "lease_grant", "ttl": 5},
+    {"op": "lease_grant", "ttl": 3, "ID": 424242},
+    {"op": "lease_revoke", "ID": 424242},
+    {"op": "lease_keepalive", "ID": 424242},
+    {"op": "lease_timetolive", "ID": 424242, "keys": True},
+    {"op": "lease_leases"},
 ]
 
 GARBAGE_VALUES = [None, True, False, 0, -1, 2**63, 2**64 - 1, -(2**63), 1.5, float("nan"), "", "x" * 300,

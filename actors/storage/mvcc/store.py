@@ -22,6 +22,16 @@ On-disk layout (column families; integers big-endian so byte order = numeric ord
   Entries at or below ``compact_revision`` are removed by compaction.
 - ``meta``: ``applied_index``, ``current_revision``, ``compact_revision``, ``key_count``
   (8-byte unsigned BE each) and ``x/<name>`` for small values callers keep (ids).
+- ``lease``: id(8) -> msgpack ``[ttl_s, remaining_ms]``: every lease that exists;
+  ``remaining_ms`` is the remaining TTL last checkpointed through the log (0 = none: the
+  full TTL counts). Deadlines are not here: they are the leader's, in memory.
+- ``lease_key``: id(8) + user key -> ``b""``: the keys attached to each lease. A put with
+  a lease attaches the key (and detaches it from its previous lease), a put without one
+  detaches it, ``ignore_lease`` keeps it; a delete detaches it.
+
+Leases: ``lease_grant`` / ``lease_checkpoint`` never change the revision; ``lease_revoke``
+and ``lease_expire`` (the leader's revocation of an expired lease) delete every attached
+key in ONE revision (in key order), or change no revision when none is attached.
 
 Revisions: ``current_revision`` starts at 1; each put, each delete that deleted something
 and each txn whose executed branch wrote adds one. The changes of one request are stored at
@@ -45,6 +55,7 @@ from protocol.errors import (
     Compacted,
     FutureRevision,
     KeyNotFound,
+    LeaseExists,
     LeaseNotFound,
     QkvError,
 )
@@ -53,7 +64,9 @@ CF_KEY = "key"
 CF_HIST = "hist"
 CF_REV = "rev"
 CF_META = "meta"
-COLUMN_FAMILIES = (CF_KEY, CF_HIST, CF_REV, CF_META)
+CF_LEASE = "lease"
+CF_LEASE_KEY = "lease_key"
+COLUMN_FAMILIES = (CF_KEY, CF_HIST, CF_REV, CF_META, CF_LEASE, CF_LEASE_KEY)
 
 META_APPLIED_INDEX = b"applied_index"
 META_CURRENT_REVISION = b"current_revision"
@@ -218,8 +231,6 @@ class MVCCStore:
             compact_revision=self._read_meta(META_COMPACT_REVISION, 0),
             key_count=self._read_meta(META_KEY_COUNT, 0),
         )
-        # Leases come later: today no lease exists, so every lease id but 0 is refused.
-        self._leases: set[int] = set()
 
     def _read_meta(self, name: bytes, default: int) -> int:
         raw = self._backend.get(CF_META, name)
@@ -264,8 +275,32 @@ class MVCCStore:
     def put_meta(self, name: str, value: bytes, sync: bool = True) -> None:
         self._backend.write([(CF_META, _META_USER_PREFIX + name.encode(), value)], sync=sync)
 
-    def _lease_exists(self, lease_id: int) -> bool:
-        return lease_id in self._leases
+    # --- leases (reads of the applied state) -----------------------------------------
+    def lease_get(self, lease_id: int) -> tuple[int, int] | None:
+        """``(ttl_s, checkpointed remaining_ms or 0)`` of a lease, None if it does not exist."""
+        if not 0 < lease_id < 2**64:
+            return None
+        raw = self._backend.get(CF_LEASE, _U64.pack(lease_id))
+        if raw is None:
+            return None
+        ttl, remaining_ms = _unpack(raw)
+        return ttl, remaining_ms
+
+    def leases(self) -> list[tuple[int, int, int]]:
+        """``(id, ttl_s, remaining_ms)`` of every lease, by id."""
+        return [(_U64.unpack(k)[0], *_unpack(v)) for k, v in self._backend.iterate(CF_LEASE, b"")]
+
+    def lease_keys(self, lease_id: int) -> list[bytes]:
+        """The keys attached to a lease, in key order."""
+        if not 0 < lease_id < 2**64:
+            return []
+        lo = _U64.pack(lease_id)
+        hi = _U64.pack(lease_id + 1) if lease_id + 1 < 2**64 else None
+        return [k[8:] for k, _ in self._backend.iterate(CF_LEASE_KEY, lo, hi)]
+
+    @staticmethod
+    def _lease_exists(view: "_View", lease_id: int) -> bool:
+        return 0 < lease_id < 2**64 and view.get(CF_LEASE, _U64.pack(lease_id)) is not None
 
     # --- apply -----------------------------------------------------------------------
     def apply(self, entries: list[tuple[int, dict | None]], sync: bool = False) -> list[ApplyResult]:
@@ -318,6 +353,12 @@ class MVCCStore:
             return self._delete_range(view, ch, op)
         if kind == "range":
             return self._range(view, op, self._read_revision(st, ch), st.compact_revision)
+        if kind == "lease_grant":
+            return self._lease_grant(view, op)
+        if kind in ("lease_revoke", "lease_expire"):
+            return self._lease_revoke(view, ch, op["id"])
+        if kind == "lease_checkpoint":
+            return self._lease_checkpoint(view, op)
         raise AssertionError(f"op {kind!r} is not a log entry")
 
     @staticmethod
@@ -337,7 +378,7 @@ class MVCCStore:
             raise KeyNotFound()
         value = prev[_VALUE] if op["ignore_value"] else op["value"]
         lease = prev[_LEASE] if op["ignore_lease"] else op["lease"]
-        if lease != 0 and not op["ignore_lease"] and not self._lease_exists(lease):
+        if lease != 0 and not op["ignore_lease"] and not self._lease_exists(view, lease):
             raise LeaseNotFound(lease=lease)
         main, sub = ch.main, ch.sub
         ch.sub += 1
@@ -346,6 +387,12 @@ class MVCCStore:
             ch.key_delta += 1
         else:
             rec = [value, prev[_CREATE], main, prev[_VERSION] + 1, lease]
+        old_lease = 0 if prev is None else prev[_LEASE]
+        if old_lease != lease:
+            if old_lease:
+                view.put(CF_LEASE_KEY, _U64.pack(old_lease) + key, None)
+            if lease:
+                view.put(CF_LEASE_KEY, _U64.pack(lease) + key, b"")
         packed = _pack(rec)
         view.put(CF_KEY, key, packed)
         view.put(CF_HIST, hist_key(key, main, sub), packed)
@@ -363,21 +410,60 @@ class MVCCStore:
             victims = [] if raw is None else [(start, raw)]
         else:
             victims = list(view.iterate(CF_KEY, start, end))
-        prev_kvs = []
-        for key, raw in victims:
-            main, sub = ch.main, ch.sub
-            ch.sub += 1
-            ch.key_delta -= 1
-            view.put(CF_KEY, key, None)
-            view.put(CF_HIST, hist_key(key, main, sub), _TOMBSTONE)
-            view.put(CF_REV, rev_bytes(main, sub), _pack([key, True, b"", 0, main, 0, 0]))
-            prev_kv = _kv(key, _unpack(raw))
-            prev_kvs.append(prev_kv)
-            ch.events.append(Event("DELETE", _tombstone_kv(key, main), prev_kv))
+        prev_kvs = [self._delete_key(view, ch, key, raw) for key, raw in victims]
         resp: dict = {"deleted": len(victims)}
         if op["prev_kv"]:
             resp["prev_kvs"] = prev_kvs
         return resp
+
+    @staticmethod
+    def _delete_key(view: _View, ch: _Changes, key: bytes, raw: bytes) -> dict:
+        """Delete one live key at (ch.main, next sub); its previous KeyValue."""
+        main, sub = ch.main, ch.sub
+        ch.sub += 1
+        ch.key_delta -= 1
+        prev = _unpack(raw)
+        if prev[_LEASE]:
+            view.put(CF_LEASE_KEY, _U64.pack(prev[_LEASE]) + key, None)
+        view.put(CF_KEY, key, None)
+        view.put(CF_HIST, hist_key(key, main, sub), _TOMBSTONE)
+        view.put(CF_REV, rev_bytes(main, sub), _pack([key, True, b"", 0, main, 0, 0]))
+        prev_kv = _kv(key, prev)
+        ch.events.append(Event("DELETE", _tombstone_kv(key, main), prev_kv))
+        return prev_kv
+
+    # --- leases ----------------------------------------------------------------------
+    def _lease_grant(self, view: _View, op: dict) -> dict:
+        lease_id, ttl = op["id"], op["ttl"]
+        assert 0 < lease_id < 2**63, "the gateway picks an id before proposing"
+        if self._lease_exists(view, lease_id):
+            raise LeaseExists(lease=lease_id)
+        view.put(CF_LEASE, _U64.pack(lease_id), _pack([ttl, 0]))
+        return {"ID": lease_id, "ttl": ttl}
+
+    def _lease_revoke(self, view: _View, ch: _Changes, lease_id: int) -> dict:
+        if not self._lease_exists(view, lease_id):
+            raise LeaseNotFound(lease=lease_id)
+        lo = _U64.pack(lease_id)
+        hi = _U64.pack(lease_id + 1)
+        for lk, _ in list(view.iterate(CF_LEASE_KEY, lo, hi)):
+            key = lk[8:]
+            raw = view.get(CF_KEY, key)
+            assert raw is not None and _unpack(raw)[_LEASE] == lease_id, "lease index out of step"
+            self._delete_key(view, ch, key, raw)
+        view.put(CF_LEASE, lo, None)
+        return {}
+
+    def _lease_checkpoint(self, view: _View, op: dict) -> dict:
+        """Record remaining TTLs (ms; 0 = clear: the full TTL counts) of existing leases."""
+        for lease_id, remaining_ms in op["checkpoints"]:
+            lk = _U64.pack(lease_id)
+            raw = view.get(CF_LEASE, lk)
+            if raw is None:
+                continue  # revoked meanwhile
+            ttl = _unpack(raw)[0]
+            view.put(CF_LEASE, lk, _pack([ttl, max(0, min(int(remaining_ms), ttl * 1000))]))
+        return {}
 
     def _txn(self, view: _View, st: _State, ch: _Changes, op: dict, path: Iterator[bool]) -> dict:
         succeeded = next(path)
