@@ -63,7 +63,7 @@ LEASE_REVOKES_PER_S = 500
 LEASE_RETRY_S = 3.0  # an expiry or clear proposal that did not apply is proposed again
 LEASE_CHECKPOINT_S = float(os.environ.get("QKV_LEASE_CHECKPOINT_S", "5.0"))
 LEASE_CHECKPOINT_BATCH = 1000
-LEADERSHIP_SILENCE_S = 1.0  # no LEADERSHIP from consensus for this long: stop acting as leader
+LEADERSHIP_SILENCE_S = 3.0  # no LEADERSHIP from consensus for this long: stop acting as leader
 # A lease is checkpointed when its remaining TTL is this much below what the log knows
 # (its last checkpoint, or its full TTL); leases kept alive more often are never touched.
 LEASE_CHECKPOINT_MARGIN_MS = 1000
@@ -437,8 +437,10 @@ class StorageActor(Actor):
     def _lease_leader_op(self, identity: bytes, req_id: int, op: dict, client_id: Any) -> None:
         """lease_keepalive / lease_timetolive: the leader's deadlines answer them."""
         if self.promoted_term is None:
-            if self.is_leader:
-                self.held.append((identity, req_id, op, client_id))  # promoted once caught up
+            if self.is_leader or not self.leadership_heard_at:
+                # Promoted once caught up; or consensus has not told us yet who leads
+                # (just started): hold it until it does, never guess.
+                self.held.append((identity, req_id, op, client_id))
             else:
                 self._lease_reply(identity, req_id, client_id, None, self._not_leader())
             return
