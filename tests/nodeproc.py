@@ -223,6 +223,24 @@ class Cluster:
 
         return wait_for(find, timeout, "a leader all nodes agree on", interval=0.05)
 
+    def converged_hashes(self, nodes: list[NodeProcess] | None = None, timeout: float = 60.0) -> set[int]:
+        """Wait until every node has applied the leader's current revision; the set of
+        their keyspace hashes there (one element when they agree)."""
+        nodes = nodes or self.nodes
+        lead = self.leader(nodes, timeout=30)
+        revision = lead.request({"op": "status"}, timeout=5)["header"]["revision"]
+
+        def applied_everywhere() -> bool:
+            for n in nodes:
+                st = n.request({"op": "range", "key": b"\x00", "range_end": b"\x00", "count_only": True,
+                                "serializable": True}, timeout=1)
+                if not st or not st.get("ok") or st["header"]["revision"] < revision:
+                    return False
+            return True
+
+        wait_for(applied_everywhere, timeout, f"every node to apply revision {revision}")
+        return {n.request({"op": "hash_kv", "revision": revision}, timeout=5)["hash"] for n in nodes}
+
     def partition(self, *groups: list[NodeProcess]) -> None:
         """Cut every link between different groups (both ways); nodes in no group keep theirs."""
         for group in groups:

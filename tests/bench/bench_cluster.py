@@ -11,14 +11,13 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
 
-from bench_node import cpu_seconds, qkvctl  # noqa: E402
+from bench_node import qkvctl, run_measured  # noqa: E402
 from nodeproc import Cluster  # noqa: E402
 
 TOTAL = int(os.environ.get("BENCH_TOTAL", "30000"))
@@ -45,16 +44,9 @@ def main() -> int:
         for title, eps, args in runs:
             print(f"\n=== {title}: {CLIENTS} clients, {TOTAL} requests ===", flush=True)
             pids = {f"{n.name}/{role}": pid for n in cluster.nodes for role, pid in n.actor_pids().items()}
-            before = {k: cpu_seconds(p) for k, p in pids.items()}
-            bench = subprocess.Popen(qkvctl() + ["--endpoints", eps, "benchmark", *args,
-                                                 "--clients", CLIENTS, "--total", str(TOTAL)])
-            client_cpu = 0.0
-            while bench.poll() is None:
-                client_cpu = max(client_cpu, cpu_seconds(bench.pid))
-                time.sleep(0.2)
-            if bench.returncode != 0:
-                raise SystemExit(f"benchmark failed with {bench.returncode}")
-            split = {k: cpu_seconds(p) - before[k] for k, p in pids.items()}
+            split = run_measured(qkvctl() + ["--endpoints", eps, "benchmark", *args,
+                                             "--clients", CLIENTS, "--total", str(TOTAL)], pids)
+            client_cpu = split.pop("benchmark client")
             by_role: dict[str, float] = {}
             for k, v in split.items():
                 role = k.split("/")[1]

@@ -46,6 +46,22 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def run_measured(cmd: list[str], pids: dict[str, int]) -> dict[str, float]:
+    """Run a benchmark command; CPU seconds each of `pids` spent meanwhile, plus the
+    benchmark client's own (sampled while it runs: it is gone when it ends)."""
+    before = {k: cpu_seconds(p) for k, p in pids.items()}
+    bench = subprocess.Popen(cmd)
+    client_cpu = 0.0
+    while bench.poll() is None:
+        client_cpu = max(client_cpu, cpu_seconds(bench.pid))
+        time.sleep(0.2)
+    if bench.returncode != 0:
+        raise SystemExit(f"benchmark failed with {bench.returncode}")
+    split = {k: cpu_seconds(p) - before[k] for k, p in pids.items()}
+    split["benchmark client"] = client_cpu
+    return split
+
+
 def main() -> int:
     tmp = Path(tempfile.mkdtemp(prefix="qkv-bench-"))
     node = NodeProcess(tmp, "bench")
@@ -55,18 +71,8 @@ def main() -> int:
                        check=True, stdout=subprocess.DEVNULL)
         for title, args in RUNS:
             print(f"\n=== {title}: {CLIENTS} clients, {TOTAL} requests ===", flush=True)
-            pids = node.actor_pids()
-            before = {role: cpu_seconds(pid) for role, pid in pids.items()}
-            bench = subprocess.Popen(qkvctl() + ["--endpoints", node.client_url, "benchmark", *args,
-                                                 "--clients", CLIENTS, "--total", str(TOTAL)])
-            client_cpu = 0.0
-            while bench.poll() is None:
-                client_cpu = max(client_cpu, cpu_seconds(bench.pid))
-                time.sleep(0.2)
-            if bench.returncode != 0:
-                raise SystemExit(f"benchmark failed with {bench.returncode}")
-            split = {role: cpu_seconds(pid) - before[role] for role, pid in pids.items()}
-            split["benchmark client"] = client_cpu
+            split = run_measured(qkvctl() + ["--endpoints", node.client_url, "benchmark", *args,
+                                             "--clients", CLIENTS, "--total", str(TOTAL)], node.actor_pids())
             print("  CPU seconds by process: " + ", ".join(f"{k} {v:.2f}" for k, v in split.items()))
     finally:
         node.stop()

@@ -24,24 +24,6 @@ def put(node, key: bytes, value: bytes = b"v", timeout: float = 5.0):
     return node.request({"op": "put", "key": key, "value": value}, timeout=timeout)
 
 
-def converged_hashes(cluster, nodes=None) -> set[int]:
-    """Wait until every node has applied the same revision; their keyspace hashes there."""
-    nodes = nodes or cluster.nodes
-    lead = cluster.leader(nodes)
-    revision = ok(lead.request({"op": "status"}))["header"]["revision"]
-
-    def applied_everywhere() -> bool:
-        for n in nodes:
-            st = n.request({"op": "range", "key": b"\x00", "range_end": b"\x00", "count_only": True,
-                            "serializable": True}, timeout=1)
-            if not st or not st.get("ok") or st["header"]["revision"] < revision:
-                return False
-        return True
-
-    wait_for(applied_everywhere, 30, f"every node to apply revision {revision}")
-    return {ok(n.request({"op": "hash_kv", "revision": revision}))["hash"] for n in nodes}
-
-
 @pytest.mark.parametrize("size", [3, 5])
 def test_kill_9_of_the_leader(cluster_factory, size):
     cluster = cluster_factory(size)
@@ -67,7 +49,7 @@ def test_kill_9_of_the_leader(cluster_factory, size):
     new_leader = cluster.leader(survivors)
     assert new_leader is not leader
     leader.start()  # the old leader restarts and catches up
-    assert len(converged_hashes(cluster)) == 1
+    assert len(cluster.converged_hashes()) == 1
     kvs = {kv["key"]: kv for kv in all_kvs(leader.request, b"load/")}
     lost = [k for k in writer.acked if k not in kvs]
     assert not lost, f"{len(lost)} acknowledged writes lost"
@@ -93,7 +75,7 @@ def test_partitioned_leader_cannot_commit_and_its_entries_vanish(cluster_factory
     wait_for(lambda: (put(old, b"k2", timeout=2) or {}).get("error", {}).get("code") == "no_leader", 10,
              "the isolated leader to step down")
     cluster.heal()
-    assert len(converged_hashes(cluster)) == 1
+    assert len(cluster.converged_hashes()) == 1
     assert ok(old.request({"op": "range", "key": b"minority-write"}))["kvs"] == []
     assert ok(old.request({"op": "range", "key": b"majority-write"}))["kvs"][0]["value"] == b"y"
 
@@ -110,7 +92,7 @@ def test_one_way_partition_and_a_bridge_keep_the_cluster_safe(cluster_factory):
     # Whoever leads has b for its quorum; a write through b (forwarded) commits.
     wait_for(lambda: (put(b, b"k2", b"2", timeout=3) or {}).get("ok"), 20, "a write through the bridge")
     cluster.heal()
-    assert len(converged_hashes(cluster)) == 1
+    assert len(cluster.converged_hashes()) == 1
 
 
 def test_lost_majority_is_read_only_then_resumes(cluster_factory):
@@ -148,7 +130,7 @@ def test_stop_every_node_then_restart_all(cluster_factory):
     assert not lost, f"{len(lost)} acknowledged writes lost"
     for key, rev in writer.acked.items():
         assert kvs[key]["mod_revision"] == rev
-    assert len(converged_hashes(cluster)) == 1
+    assert len(cluster.converged_hashes()) == 1
 
 
 def test_follower_far_behind_catches_up_by_snapshot_then_log(cluster_factory):
@@ -164,11 +146,11 @@ def test_follower_far_behind_catches_up_by_snapshot_then_log(cluster_factory):
         writer.stop()
     lagging.start(wait=False)
     lagging.wait_ready(60)
-    assert len(converged_hashes(cluster)) == 1
+    assert len(cluster.converged_hashes()) == 1
     log = lagging.log_text()
     assert '"snapshot_installed"' in log, "the follower did not catch up by snapshot"
     assert ok(put(leader, b"after-snapshot", b"1"))
-    assert len(converged_hashes(cluster)) == 1  # ... and then by log
+    assert len(cluster.converged_hashes()) == 1  # ... and then by log
     count = ok(lagging.request({"op": "range", "key": b"load/", "range_end": b"load0", "count_only": True,
                                 "serializable": True}))["count"]
     assert count >= len(writer.acked)

@@ -174,7 +174,7 @@ def run(scenario: str, seed: int, duration_s: float, workdir: Path, clients: int
                 kv = resp.kvs[0] if resp.kvs else None
                 history.append(Op(99, "get", key, t0, time.monotonic(), revision=resp.header.revision,
                                   found=(kv.value, kv.mod_revision, kv.version) if kv else None))
-        hashes = _converged_hashes(cluster)
+        hashes = cluster.converged_hashes()
         violations = check_history(history)
         counts: dict[str, int] = {}
         for w in workers:
@@ -201,22 +201,6 @@ def run(scenario: str, seed: int, duration_s: float, workdir: Path, clients: int
             result["report"] = str(_save_report(report_root, result, history, cluster))
         cluster.stop()
     return result
-
-
-def _converged_hashes(cluster: Cluster) -> set[int]:
-    lead = cluster.leader(timeout=30)
-    revision = lead.request({"op": "status"}, timeout=5)["header"]["revision"]
-
-    def applied_everywhere() -> bool:
-        for n in cluster.nodes:
-            st = n.request({"op": "range", "key": b"\x00", "range_end": b"\x00", "count_only": True,
-                            "serializable": True}, timeout=1)
-            if not st or not st.get("ok") or st["header"]["revision"] < revision:
-                return False
-        return True
-
-    wait_for(applied_everywhere, 60, f"every node to apply revision {revision}")
-    return {n.request({"op": "hash_kv", "revision": revision}, timeout=5)["hash"] for n in cluster.nodes}
 
 
 def _save_report(root: Path, result: dict, history: list[Op], cluster: Cluster) -> Path:
