@@ -163,6 +163,8 @@ class StorageActor(Actor):
             batch.append((index, op))
         if batch:
             failpoint("before_storage_commit")
+            if any(isinstance(op, dict) and op.get("op") == "compact" for _, op in batch):
+                failpoint("during_compaction")  # the compaction is in this batch's one write
             results = self.store.apply(batch)
             failpoint("after_storage_commit")
             self._publish(results, origins)

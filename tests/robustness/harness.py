@@ -39,6 +39,8 @@ class Nemesis:
         self.cluster = cluster
         self.rng = rng
         self.paused: list[int] = []
+        self.failpointed: list[NodeProcess] = []
+        self.snapshot_target: tuple[NodeProcess, int] | None = None
 
     def _live(self) -> list[NodeProcess]:
         return [n for n in self.cluster.nodes if n.proc is not None and n.proc.poll() is None]
@@ -81,6 +83,72 @@ class Nemesis:
         self.paused = pids
         return f"SIGSTOP node {n.name}"
 
+    def pause_actor(self) -> str:
+        n = self.rng.choice(self._live())
+        role = self.rng.choice(["consensus", "storage", "gateway", "watch"])
+        try:
+            pid = n.actor_pids()[role]
+        except KeyError:
+            return f"SIGSTOP {role} of {n.name}: not running"
+        os.kill(pid, signal.SIGSTOP)
+        self.paused.append(pid)
+        return f"SIGSTOP {role} of {n.name}"
+
+    def _restart_with_failpoints(self, n: NodeProcess, spec: str) -> None:
+        n.kill()
+        n.env["QKV_FAILPOINTS"] = spec
+        self.failpointed.append(n)
+        n.start(wait=False)
+
+    def crash_fsync(self) -> str:
+        return self._crash_point(["before_log_fsync", "after_log_fsync"])
+
+    def crash_storage(self) -> str:
+        return self._crash_point(["before_storage_commit", "after_storage_commit", "during_compaction"])
+
+    def _crash_point(self, names: list[str]) -> str:
+        """Restart a node whose actor kills itself at a crash point inside the code, again
+        and again (the supervisor restarts it, with the same environment) until healed."""
+        n = self.rng.choice(self._live())
+        name = self.rng.choice(names)
+        nth = 1 if name == "during_compaction" else self.rng.randint(5, 60)
+        self._restart_with_failpoints(n, f"{name}@{nth}")
+        return f"crash point {name}@{nth} on {n.name} (restarted with QKV_FAILPOINTS)"
+
+    def snapshot_follower(self, point: str | None = None) -> str:
+        """Cut a follower off until the leader has compacted its log past it, so healing
+        needs a snapshot; optionally with a crash point in the snapshot's send, receive or
+        install (set on every member: any of them may lead by then)."""
+        lead = self._leader()
+        f = self.rng.choice([n for n in self.cluster.nodes if n is not lead])
+        desc = f"partition: follower {f.name} alone until it needs a snapshot"
+        if point:
+            for n in self.cluster.nodes:
+                self._restart_with_failpoints(n, f"{point}@1")
+            for n in self.cluster.nodes:
+                n.wait_ready(60)
+            desc += f", crash point {point}@1 on every member"
+        applied = _status(f).get("raft_applied_index", 0)
+        self.cluster.partition([f], [n for n in self.cluster.nodes if n is not f])
+        self.snapshot_target = (f, applied)
+        return desc
+
+    def snapshot_crash(self) -> str:
+        return self.snapshot_follower(self.rng.choice(["snapshot_send", "snapshot_receive", "snapshot_install"]))
+
+    def snapshot_needed(self) -> bool:
+        """True once some live member compacted its log past the isolated follower."""
+        if self.snapshot_target is None:
+            return True
+        f, applied = self.snapshot_target
+        for n in self.cluster.nodes:
+            if n is f:
+                continue
+            for event in _log_events(n, "log_compacted"):
+                if int(event.get("index", 0)) > applied:
+                    return True
+        return False
+
     def isolate_leader(self) -> str:
         lead = self._leader()
         self.cluster.partition([lead], [n for n in self.cluster.nodes if n is not lead])
@@ -109,6 +177,11 @@ class Nemesis:
             except ProcessLookupError:
                 pass
         self.paused = []
+        for n in self.failpointed:  # restart without crash points
+            n.kill()
+            n.env.pop("QKV_FAILPOINTS", None)
+        self.failpointed = []
+        self.snapshot_target = None
         for n in self.cluster.nodes:
             if n.proc is None or n.proc.poll() is not None:
                 n.start(wait=False)
@@ -118,24 +191,64 @@ class Nemesis:
         return "heal: SIGCONT, restart dead nodes, remove partitions"
 
 
-SCENARIOS: dict[str, list[str]] = {
-    "kill-leader": ["kill_leader"],
-    "kill-actor": ["kill_actor", "kill_actor", "kill_actor"],
-    "kill-all": ["kill_all"],
-    "pause-node": ["pause_node"],
-    "isolate-leader": ["isolate_leader"],
-    "isolate-follower": ["isolate_follower"],
-    "one-way": ["one_way"],
-    "bridge": ["bridge"],
-    "mixed": ["kill_actor", "isolate_leader", "kill_node"],
+def _status(n: NodeProcess) -> dict:
+    reply = n.request({"op": "status"}, timeout=2.0)
+    return reply if reply and reply.get("ok") else {}
+
+
+def _log_events(n: NodeProcess, name: str) -> list[dict]:
+    """The node's JSON log lines whose event is `name`."""
+    out = []
+    for line in n.log_text().splitlines():
+        if name in line:
+            try:
+                event = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(event, dict) and event.get("event") == name:
+                out.append(event)
+    return out
+
+
+# name -> (cluster size, fault actions in turn)
+SCENARIOS: dict[str, tuple[int, list[str]]] = {
+    "kill-leader": (3, ["kill_leader"]),
+    "kill-actor": (3, ["kill_actor", "kill_actor", "kill_actor"]),
+    "kill-all": (3, ["kill_all"]),
+    "pause-node": (3, ["pause_node"]),
+    "pause-actor": (3, ["pause_actor", "pause_actor"]),
+    "isolate-leader": (3, ["isolate_leader"]),
+    "isolate-follower": (3, ["isolate_follower"]),
+    "one-way": (3, ["one_way"]),
+    "bridge": (3, ["bridge"]),
+    "snapshot-follower": (3, ["snapshot_follower"]),
+    "crash-fsync": (3, ["crash_fsync", "crash_fsync"]),
+    "crash-storage": (3, ["crash_storage", "crash_storage"]),
+    "crash-snapshot": (3, ["snapshot_crash"]),
+    "mixed": (3, ["kill_actor", "isolate_leader", "kill_node"]),
+    "single-kill": (1, ["kill_actor", "kill_all"]),
+    "single-pause": (1, ["pause_actor", "pause_node"]),
+    "single-crash": (1, ["crash_fsync", "crash_storage"]),
 }
+RANDOM_ACTIONS = sorted({a for _, acts in SCENARIOS.values() for a in acts})
+
+
+def _poll(predicate: Callable[[], bool], timeout: float) -> bool:
+    """Like wait_for, but a condition that may never hold is an outcome, not an error."""
+    try:
+        wait_for(predicate, timeout, "condition", interval=0.5)
+        return True
+    except AssertionError:
+        return False
 
 
 def run(scenario: str, seed: int, duration_s: float, workdir: Path, clients: int = 6,
-        size: int = 3, report_root: Path | None = None, log: Callable[[str], None] = print) -> dict:
+        report_root: Path | None = None, log: Callable[[str], None] = print) -> dict:
     rng = random.Random(seed)
-    actions = SCENARIOS[scenario] if scenario != "random" else rng.sample(
-        [a for acts in SCENARIOS.values() for a in acts], 3)
+    if scenario == "random":
+        size, actions = 3, rng.sample(RANDOM_ACTIONS, 3)
+    else:
+        size, actions = SCENARIOS[scenario]
     cluster = Cluster(workdir, size, args=["--snapshot-count", "500"])
     history: list[Op] = []
     lock = threading.Lock()
@@ -157,6 +270,10 @@ def run(scenario: str, seed: int, duration_s: float, workdir: Path, clients: int
             schedule.append((round(t_fault - started, 3), getattr(nemesis, action)()))
             hold = slot * (0.5 + rng.random() * 0.4)
             wait_for(lambda: time.monotonic() - t_fault > hold, hold + 5, "the fault to be held", interval=0.1)
+            if nemesis.snapshot_target is not None:  # hold until healing needs a snapshot
+                needed = _poll(nemesis.snapshot_needed, 60)
+                schedule.append((round(time.monotonic() - started, 3),
+                                 "log compacted past the follower" if needed else "no snapshot needed after 60 s"))
             schedule.append((round(time.monotonic() - started, 3), nemesis.heal()))
         wait_for(lambda: time.monotonic() - started > duration_s, duration_s + 60, "the end of the run",
                  interval=0.1)
@@ -168,7 +285,7 @@ def run(scenario: str, seed: int, duration_s: float, workdir: Path, clients: int
         from protocol.client import Client
 
         with Client(endpoints, timeout=10) as c:
-            for key in KEYS:
+            for key in KEYS + [k for w in workers for k in w.lease_keys]:
                 t0 = time.monotonic()
                 resp = c.get(key)
                 kv = resp.kvs[0] if resp.kvs else None
@@ -191,6 +308,8 @@ def run(scenario: str, seed: int, duration_s: float, workdir: Path, clients: int
             harness_errors=harness_errors,
             schedule=schedule,
         )
+        result["snapshots_installed"] = sum(len(_log_events(n, "snapshot_installed")) for n in cluster.nodes)
+        result["actor_deaths"] = sum(len(_log_events(n, "actor_died")) for n in cluster.nodes)
         result["ok"] = not violations and len(hashes) == 1 and not harness_errors
     except Exception as exc:
         result.update(ok=False, error=f"{type(exc).__name__}: {exc}", schedule=schedule,

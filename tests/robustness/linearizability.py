@@ -16,6 +16,10 @@ each op requires and does:
 - delete -> deleted count: 1 if the key existed (it becomes absent), else 0.
 - cas(expected_mod_revision, value) -> succeeded, revision: a txn that puts `value` if
   the key's mod_revision equals the expected one (0 = absent).
+- A put may attach a lease; revoke(lease) deletes the key if (and only if) the key's
+  latest put attached that lease. The state carries the lease for this.
+- A multi-key txn is recorded as one op per key sharing a `group`: its puts and deletes
+  share one revision (atomicity of ops of unknown outcome is left to the watch checks).
 Across keys, revisions are global: `check_revisions` verifies that every acknowledged
 write has a distinct revision and that real-time order never contradicts revision order
 (a write completed before another was invoked has the smaller revision; a linearizable
@@ -30,7 +34,7 @@ INF = float("inf")
 @dataclass
 class Op:
     client: int
-    kind: str  # "put", "get", "delete", "cas"
+    kind: str  # "put", "get", "delete", "cas", "revoke"
     key: bytes
     invoked: float
     completed: float | None  # None: outcome unknown
@@ -42,6 +46,8 @@ class Op:
     found: tuple[bytes, int, int] | None = None  # get: (value, mod_revision, version) or None
     deleted: int = 0  # delete
     succeeded: bool = False  # cas
+    lease: int = 0  # put: the lease attached; revoke: the lease revoked
+    group: int = 0  # ops of one multi-key txn (nonzero) may share a revision
     id: int = field(default=0, compare=False)
 
     @property
@@ -50,7 +56,7 @@ class Op:
 
     @property
     def is_write(self) -> bool:
-        return self.kind in ("put", "delete", "cas")
+        return self.kind in ("put", "delete", "cas", "revoke")
 
 
 @dataclass
@@ -60,8 +66,8 @@ class Violation:
     ops: list[Op]
 
 
-# State: None (absent) or (value, mod_revision or None if unknown, version or None)
-State = tuple[bytes, int | None, int | None] | None
+# State: None (absent) or (value, mod_revision or None if unknown, version or None, lease)
+State = tuple[bytes, int | None, int | None, int] | None
 
 
 def _step(state: State, op: Op) -> list[State]:
@@ -73,20 +79,24 @@ def _step(state: State, op: Op) -> list[State]:
             return [state] if state is None else []
         if state is None:
             return []
-        value, mod, version = state
+        value, mod, version, lease = state
         f_value, f_mod, f_version = op.found
         if f_value != value or (mod is not None and f_mod != mod) or (version is not None and f_version != version):
             return []
-        return [(value, f_mod, f_version)]  # pins down an unknown revision or version
+        return [(value, f_mod, f_version, lease)]  # pins down an unknown revision or version
+    if op.kind == "revoke":
+        if state is None or state[3] != op.lease:
+            return [state]  # not attached: the revoke leaves the key alone
+        return [None, state] if op.uncertain else [None]
     prev_mod = state[1] if state is not None else 0
     prev_version = state[2] if state is not None else 0
     if op.kind == "put":
         version = prev_version + 1 if prev_version is not None else None
         if op.uncertain:
-            return [(op.value, None, version)]
+            return [(op.value, None, version, op.lease)]
         if prev_mod is not None and op.revision <= prev_mod:
             return []
-        return [(op.value, op.revision, version)]
+        return [(op.value, op.revision, version, op.lease)]
     if op.kind == "delete":
         if op.uncertain:
             return [None]
@@ -96,20 +106,20 @@ def _step(state: State, op: Op) -> list[State]:
         if prev_mod is None:
             # The key was written by an op of unknown outcome at an unknown revision:
             # the compare may have held (pinning that revision) or not.
-            held: list[State] = [(state[0], op.expected_mod, state[2])] if op.expected_mod > 0 else []
+            held = op.expected_mod > 0
             if op.uncertain:
-                return [state] + [(op.value, None, version) for _ in held]
+                return [state] + ([(op.value, None, version, 0)] if held else [])
             if op.succeeded:
-                return [(op.value, op.revision, version)] if held else []
+                return [(op.value, op.revision, version, 0)] if held else []
             return [state]
         matches = prev_mod == op.expected_mod
         if op.uncertain:
-            return [(op.value, None, version)] if matches else [state]
+            return [(op.value, None, version, 0)] if matches else [state]
         if op.succeeded != matches:
             return []
         if not matches:
             return [state]
-        return [(op.value, op.revision, version)]
+        return [(op.value, op.revision, version, 0)]
     raise ValueError(f"unknown op kind {op.kind!r}")
 
 
@@ -175,7 +185,8 @@ def check_revisions(history: list[Op]) -> list[Violation]:
     writes = [op for op in history if op.is_write and not op.uncertain and op.ok and _wrote(op)]
     by_rev: dict[int, Op] = {}
     for op in writes:
-        if op.revision in by_rev:
+        other = by_rev.get(op.revision)
+        if other is not None and not (op.group and other.group == op.group):
             out.append(Violation(op.key, f"two acknowledged writes share revision {op.revision}",
                                  [by_rev[op.revision], op]))
         by_rev[op.revision] = op

@@ -52,6 +52,8 @@ def main(argv: list[str] | None = None) -> int:
         status = "ok" if res.get("ok") else "FAILED"
         print(f"[{time.monotonic() - started:6.0f}s] {scenario:<16} seed {seed:<6} {status}: "
               f"{res.get('ops_checked', 0)} ops checked, {res.get('uncertain', 0)} uncertain, "
+              f"{res.get('actor_deaths', 0)} actor deaths seen by supervisors, "
+              f"{res.get('snapshots_installed', 0)} snapshots installed, counts {res.get('counts')}, "
               f"schedule {res.get('schedule')}", flush=True)
         if not res.get("ok"):
             for v in res.get("violations", [])[:3]:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 from harness import run
 
-SCENARIOS = ["kill-leader", "kill-actor", "pause-node", "isolate-leader", "one-way", "kill-all"]
+SCENARIOS = ["kill-leader", "kill-actor", "pause-actor", "isolate-leader", "crash-storage", "snapshot-follower"]
 
 
 @pytest.mark.parametrize("scenario", SCENARIOS)

@@ -3,7 +3,13 @@ with its invocation and completion times (one monotonic clock) and its result, a
 `linearizability.Op`s. A write that timed out or whose outcome the server could not
 know is recorded with `completed=None` (it may or may not have happened); a write the
 server refused before proposing it (`no_leader`, `unavailable`...) is a definite failure.
-Failed reads are left out (they change nothing)."""
+Failed reads are left out (they change nothing).
+
+Leases: each client owns two keys of its own (`lease_keys`), which only it writes, with
+its current lease attached; a revoke is recorded as a `revoke` op on each of them (the
+checker deletes the key if its latest put attached that lease). Multi-key txns are one
+op per key sharing a `group`. Compactions change no key; they are counted, not checked
+(reads here are at the latest revision; the watch checks cover compacted history)."""
 from __future__ import annotations
 
 import random
@@ -17,7 +23,9 @@ from protocol.client import Client, Compare, Op as TxnOp
 
 UNCERTAIN = (errors.Timeout, errors.UnknownOutcome, errors.Internal, errors.Stopping)
 KEYS = [b"key/%d" % i for i in range(8)]
-MIX = [("put", 30), ("get", 30), ("get_serializable", 5), ("delete", 8), ("cas", 20), ("range", 7)]
+MIX = [("put", 26), ("get", 28), ("get_serializable", 5), ("delete", 7), ("cas", 16), ("range", 6),
+       ("mtxn", 6), ("lease_put", 4), ("revoke", 1), ("compact", 1)]
+LEASE_TTL = 300  # long enough never to expire within a run: expiry is not what this checks
 
 
 class RecordingClient(threading.Thread):
@@ -34,6 +42,9 @@ class RecordingClient(threading.Thread):
         self.counts: dict[str, int] = {}
         self._seq = 0
         self._kinds = [k for k, w in MIX for _ in range(w)]
+        self.lease_keys = [b"key/l%d-%d" % (client_no, j) for j in range(2)]
+        self._lease = 0  # the current lease (0: none granted yet)
+        self._last_revision = 0
 
     def _record(self, op: Op) -> None:
         with self.lock:
@@ -46,7 +57,7 @@ class RecordingClient(threading.Thread):
         try:
             while not self.stop_event.is_set():
                 kind = self.rng.choice(self._kinds)
-                key = self.rng.choice(KEYS)
+                key = self.rng.choice(KEYS + self.lease_keys if kind == "get" else KEYS)
                 try:
                     self._one(client, kind, key)
                 except Exception as exc:  # a harness bug must not hide behind a thread
@@ -86,6 +97,42 @@ class RecordingClient(threading.Thread):
                                     found=(kv.value, kv.mod_revision, kv.version) if kv else None))
                 self._count("range")
                 return
+            elif kind == "mtxn":
+                self._multi_txn(client, t0)
+                return
+            elif kind == "lease_put":
+                if not self._lease:
+                    self._lease = client.lease_grant(LEASE_TTL).id
+                    t0 = time.monotonic()
+                key = self.rng.choice(self.lease_keys)
+                value = self._value()
+                op = Op(self.no, "put", key, t0, None, value=value, lease=self._lease)
+                resp = client.put(key, value, lease=self._lease)
+                op.revision = resp.header.revision
+            elif kind == "revoke":
+                if not self._lease:
+                    return
+                lease, self._lease = self._lease, 0
+                ops = [Op(self.no, "revoke", k, t0, None, lease=lease) for k in self.lease_keys]
+                try:
+                    resp = client.lease_revoke(lease)
+                except UNCERTAIN:
+                    for o in ops:
+                        self._record(o)
+                    raise
+                except errors.QkvError:
+                    raise  # lease_not_found...: it had no effect
+                t1 = time.monotonic()
+                for o in ops:
+                    o.completed, o.revision = t1, resp.header.revision
+                    self._record(o)
+                self._count("revoke")
+                return
+            elif kind == "compact":
+                if self._last_revision > 100:
+                    client.compact(self._last_revision - 50)
+                    self._count("compact")
+                return
             elif kind == "delete":
                 op = Op(self.no, "delete", key, t0, None)
                 resp = client.delete(key)
@@ -100,6 +147,7 @@ class RecordingClient(threading.Thread):
                                   success=[TxnOp.put(key, value)], failure=[])
                 op.succeeded, op.revision = resp.succeeded, resp.header.revision
             op.completed = time.monotonic()
+            self._last_revision = max(self._last_revision, op.revision)
             self._record(op)
             self._count(kind)
         except UNCERTAIN:
@@ -108,11 +156,46 @@ class RecordingClient(threading.Thread):
                 self._record(op)
             self._count("uncertain")
         except errors.QkvError as err:
+            if err.code == "lease_not_found":
+                self._lease = 0  # revoked by an op of unknown outcome: grant another
             if op is not None and op.is_write:
                 op.completed = time.monotonic()
                 op.ok = False  # refused before it was proposed
                 self._record(op)
             self._count(err.code)
+
+    def _multi_txn(self, client: Client, t0: float) -> None:
+        """One txn putting two keys and deleting a third, in one revision."""
+        k1, k2, k3 = self.rng.sample(KEYS, 3)
+        self._seq += 1
+        group = self.no * 1_000_000 + self._seq
+        v1, v2 = self._value(), self._value()
+        ops = [Op(self.no, "put", k1, t0, None, value=v1, group=group),
+               Op(self.no, "put", k2, t0, None, value=v2, group=group),
+               Op(self.no, "delete", k3, t0, None, group=group)]
+        try:
+            resp = client.txn(compare=[], success=[TxnOp.put(k1, v1), TxnOp.put(k2, v2), TxnOp.delete(k3)],
+                              failure=[])
+        except UNCERTAIN:
+            for o in ops:
+                self._record(o)
+            self._count("uncertain")
+            return
+        except errors.QkvError as err:
+            t1 = time.monotonic()
+            for o in ops:
+                o.completed, o.ok = t1, False
+                self._record(o)
+            self._count(err.code)
+            return
+        t1 = time.monotonic()
+        for o in ops:
+            o.completed, o.revision = t1, resp.header.revision
+        ops[2].deleted = resp.responses[2].deleted
+        for o in ops:
+            self._record(o)
+        self._last_revision = max(self._last_revision, resp.header.revision)
+        self._count("mtxn")
 
     def _count(self, what: str) -> None:
         self.counts[what] = self.counts.get(what, 0) + 1
