@@ -182,10 +182,12 @@ class Nemesis:
             n.env.pop("QKV_FAILPOINTS", None)
         self.failpointed = []
         self.snapshot_target = None
+        # Partitions go first: a dead node's fault file is then clean when it starts, and
+        # an isolated member cannot serve linearizable reads, which the wait below needs.
+        self.cluster.heal()
         for n in self.cluster.nodes:
             if n.proc is None or n.proc.poll() is not None:
                 n.start(wait=False)
-        self.cluster.heal()  # before waiting: an isolated member cannot serve linearizable reads
         for n in self.cluster.nodes:
             n.wait_ready(60)
         return "heal: SIGCONT, restart dead nodes, remove partitions"
