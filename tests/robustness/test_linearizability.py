@@ -155,3 +155,33 @@ def test_a_random_history_with_one_corrupted_read_is_rejected():
         victim.found = (b"never-written", victim.found[1], victim.found[2])
         rejected += bool(check_history(h))
     assert rejected >= 90
+
+
+def revoke(c, t0, t1, lease, rev, key=K):
+    return Op(c, "revoke", key, t0, t1, lease=lease, revision=rev)
+
+
+def test_revoke_deletes_only_a_key_its_lease_is_attached_to():
+    attached = [put(1, 0, 1, b"a", 2, lease=7), revoke(1, 2, 3, 7, 3), get(2, 4, 5, None, 3)]
+    assert check_history(attached) == []
+    detached = [put(1, 0, 1, b"a", 2, lease=7), put(1, 2, 3, b"b", 3), revoke(1, 4, 5, 7, 4),
+                get(2, 6, 7, (b"b", 3, 2), 4)]
+    assert check_history(detached) == []
+
+
+def test_a_key_surviving_the_revoke_of_its_lease_is_rejected():
+    h = [put(1, 0, 1, b"a", 2, lease=7), revoke(1, 2, 3, 7, 3), get(2, 4, 5, (b"a", 2, 1), 3)]
+    assert check_history(h)
+
+
+def test_a_revoke_of_unknown_outcome_may_or_may_not_delete():
+    for found in (None, (b"a", 2, 1)):
+        h = [put(1, 0, 1, b"a", 2, lease=7), revoke(1, 2, None, 7, 0), get(2, 4, 5, found, 3)]
+        assert check_history(h) == []
+
+
+def test_writes_of_one_txn_share_a_revision_but_other_writes_may_not():
+    txn = [put(1, 0, 1, b"a", 5, key=b"x", group=9), put(1, 0, 1, b"b", 5, key=b"y", group=9)]
+    assert check_history(txn) == []
+    two = [put(1, 0, 1, b"a", 5, key=b"x"), put(2, 0, 1, b"b", 5, key=b"y")]
+    assert check_history(two)
