@@ -61,12 +61,16 @@ def raw_request(url: str, req: dict[str, Any], timeout: float = 5.0) -> dict[str
 
 class NodeProcess:
     def __init__(self, tmp_path: Path, name: str = "n1", args: list[str] | None = None,
-                 env: dict[str, str] | None = None) -> None:
+                 env: dict[str, str] | None = None, host: str = "127.0.0.1",
+                 command_prefix: list[str] | None = None) -> None:
+        """`host` and `command_prefix` (e.g. `ip netns exec NS`) let a node run in its own
+        network namespace (tests/robustness/netns.py); the ports stay free_port() ones."""
         self.name = name
         self.data_dir = str(tmp_path / f"{name}.qkv")
-        self.client_url = f"tcp://127.0.0.1:{free_port()}"
-        self.peer_url = f"tcp://127.0.0.1:{free_port()}"
-        self.watch_url = f"tcp://127.0.0.1:{free_port()}"
+        self.client_url = f"tcp://{host}:{free_port()}"
+        self.peer_url = f"tcp://{host}:{free_port()}"
+        self.watch_url = f"tcp://{host}:{free_port()}"
+        self.command_prefix = list(command_prefix or [])
         self.args = list(args or [])
         self.env = dict(os.environ, **(env or {}))
         self.log_path = tmp_path / f"{name}.log"
@@ -79,6 +83,7 @@ class NodeProcess:
 
     def command(self) -> list[str]:
         return [
+            *self.command_prefix,
             sys.executable, "-c", "from nodes.cli import main; main()",
             "--name", self.name, "--data-dir", self.data_dir,
             "--listen-client-urls", self.client_url,
@@ -185,11 +190,15 @@ class Cluster:
         from nodes.config import member_id
 
         self.token = token
-        self.nodes = [NodeProcess(tmp_path, f"n{i + 1}", None) for i in range(size)]
+        self.nodes = [self._new_node(tmp_path, f"n{i + 1}") for i in range(size)]
         initial = ",".join(f"{n.name}={n.peer_url}" for n in self.nodes)
         for n in self.nodes:
             n.args = ["--initial-cluster", initial, "--initial-cluster-token", token, *(args or [])]
             n.member_id = member_id(token, n.name)
+
+    def _new_node(self, tmp_path: Path, name: str) -> NodeProcess:
+        """One member; subclasses (netns.py) place it elsewhere."""
+        return NodeProcess(tmp_path, name, None)
 
     def by_id(self, member: int) -> NodeProcess:
         return next(n for n in self.nodes if n.member_id == member)

@@ -27,6 +27,7 @@ sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
 
 from linearizability import Op, check_history, describe  # noqa: E402
+from netns import make_cluster  # noqa: E402
 from traffic import KEYS, RecordingClient  # noqa: E402
 
 from nodeproc import Cluster, NodeProcess, wait_for  # noqa: E402
@@ -245,19 +246,22 @@ def _poll(predicate: Callable[[], bool], timeout: float) -> bool:
 
 
 def run(scenario: str, seed: int, duration_s: float, workdir: Path, clients: int = 6,
-        report_root: Path | None = None, log: Callable[[str], None] = print) -> dict:
+        report_root: Path | None = None, log: Callable[[str], None] = print,
+        network: str = "faults") -> dict:
     rng = random.Random(seed)
     if scenario == "random":
         size, actions = 3, rng.sample(RANDOM_ACTIONS, 3)
     else:
         size, actions = SCENARIOS[scenario]
-    cluster = Cluster(workdir, size, args=["--snapshot-count", "500"])
+    # "faults": partitions through the peer transport's fault layer; "netns": each node in
+    # its own network namespace, links cut for real (netns.py).
+    cluster = make_cluster(workdir, size, ["--snapshot-count", "500"], network)
     history: list[Op] = []
     lock = threading.Lock()
     stop = threading.Event()
     schedule: list[tuple[float, str]] = []
     started = time.monotonic()
-    result: dict = {"scenario": scenario, "seed": seed, "duration_s": duration_s}
+    result: dict = {"scenario": scenario, "seed": seed, "duration_s": duration_s, "network": network}
     try:
         cluster.start()
         endpoints = [n.client_url for n in cluster.nodes]
@@ -328,7 +332,7 @@ def _save_report(root: Path, result: dict, history: list[Op], cluster: Cluster) 
     folder = root / f"{result['scenario']}-seed{result['seed']}-{int(time.time())}"
     folder.mkdir(parents=True, exist_ok=True)
     replay = (f".venv/bin/python tests/robustness/run.py --scenario {result['scenario']} "
-              f"--seed {result['seed']} --duration {result['duration_s']}")
+              f"--seed {result['seed']} --duration {result['duration_s']} --network {result['network']}")
     result["replay"] = replay
     (folder / "result.json").write_text(json.dumps(result, indent=2, default=str))
     with open(folder / "history.jsonl", "w") as f:

@@ -14,6 +14,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 from harness import SCENARIOS, run  # noqa: E402
+from netns import netns_available  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -23,9 +24,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--scenario", choices=[*SCENARIOS, "random"])
     ap.add_argument("--seed", type=int, default=int(time.time()) % 100000)
     ap.add_argument("--reports", default="robustness-reports")
+    ap.add_argument("--network", choices=["faults", "netns", "both"], default="faults",
+                    help="partitions by the transport's fault layer, by real link cuts between "
+                         "network namespaces (needs CAP_NET_ADMIN), or runs alternating the two")
     args = ap.parse_args(argv)
     reports = Path(args.reports).resolve()
     plan = [(args.scenario, args.seed, args.duration)] if args.scenario else None
+    netns_ok, netns_why = netns_available() if args.network != "faults" else (False, "")
     started = time.monotonic()
     totals = {"runs": 0, "ops": 0, "violations": 0, "failed": 0}
     i = 0
@@ -42,7 +47,13 @@ def main(argv: list[str] | None = None) -> int:
         i += 1
         work = Path(tempfile.mkdtemp(prefix="qkv-robust-"))
         try:
-            res = run(scenario, seed, seconds, work, report_root=reports)
+            network = args.network
+            if network == "both":
+                network = "netns" if i % 2 == 0 else "faults"
+            if network == "netns" and not netns_ok:
+                print(f"network namespaces unavailable ({netns_why}): running with the fault layer", flush=True)
+                network = "faults"
+            res = run(scenario, seed, seconds, work, report_root=reports, network=network)
         finally:
             shutil.rmtree(work, ignore_errors=True)
         totals["runs"] += 1
@@ -50,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
         totals["violations"] += len(res.get("violations", []))
         totals["failed"] += 0 if res.get("ok") else 1
         status = "ok" if res.get("ok") else "FAILED"
-        print(f"[{time.monotonic() - started:6.0f}s] {scenario:<16} seed {seed:<6} {status}: "
+        print(f"[{time.monotonic() - started:6.0f}s] {scenario:<17} seed {seed:<6} {network:<6} {status}: "
               f"{res.get('ops_checked', 0)} ops checked, {res.get('uncertain', 0)} uncertain, "
               f"{res.get('actor_deaths', 0)} actor deaths seen by supervisors, "
               f"{res.get('snapshots_installed', 0)} snapshots installed, counts {res.get('counts')}, "
