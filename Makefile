@@ -18,7 +18,7 @@ help:
 	@echo "make bench-watch - watch fan-out, latency and memory figures"
 	@echo "make bench-lease - keep-alive throughput with 10,000 leases, lock cycles with 1 and 16 contenders"
 	@echo "make sim SEEDS=100000 - run the deterministic Raft simulation for many seeds"
-	@echo "make robustness DURATION=600 - fault scenarios with recorded histories, checked for linearizability"
+	@echo "make robustness DURATION=600 [NETWORK=faults|netns|both] - fault scenarios with recorded histories, checked for linearizability and watch guarantees"
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "need $(PYTHON) (Python 3.11+) on PATH"; exit 1; }
@@ -53,8 +53,9 @@ cluster: $(STAMP)
 	exec $(BIN)/python deploy/cluster.py
 
 DURATION ?= 600
+NETWORK ?= faults
 robustness: $(STAMP)
-	$(BIN)/python tests/robustness/run.py --duration $(DURATION)
+	$(BIN)/python tests/robustness/run.py --duration $(DURATION) --network $(NETWORK)
 
 SEEDS ?= 10000
 sim: $(STAMP)
