@@ -29,6 +29,8 @@ sys.path.insert(0, str(HERE.parent))
 from linearizability import Op, check_history, describe  # noqa: E402
 from netns import make_cluster  # noqa: E402
 from traffic import KEYS, RecordingClient  # noqa: E402
+from watch_check import check_watches, session_to_json, summary  # noqa: E402
+from watch_traffic import RecordingWatcher  # noqa: E402
 
 from nodeproc import Cluster, NodeProcess, wait_for  # noqa: E402
 
@@ -245,7 +247,7 @@ def _poll(predicate: Callable[[], bool], timeout: float) -> bool:
         return False
 
 
-def run(scenario: str, seed: int, duration_s: float, workdir: Path, clients: int = 6,
+def run(scenario: str, seed: int, duration_s: float, workdir: Path, clients: int = 6, watchers_n: int = 3,
         report_root: Path | None = None, log: Callable[[str], None] = print,
         network: str = "faults") -> dict:
     rng = random.Random(seed)
@@ -257,6 +259,7 @@ def run(scenario: str, seed: int, duration_s: float, workdir: Path, clients: int
     # its own network namespace, links cut for real (netns.py).
     cluster = make_cluster(workdir, size, ["--snapshot-count", "500"], network)
     history: list[Op] = []
+    watchers: list[RecordingWatcher] = []
     lock = threading.Lock()
     stop = threading.Event()
     schedule: list[tuple[float, str]] = []
@@ -266,7 +269,8 @@ def run(scenario: str, seed: int, duration_s: float, workdir: Path, clients: int
         cluster.start()
         endpoints = [n.client_url for n in cluster.nodes]
         workers = [RecordingClient(i, endpoints, seed * 100 + i, history, lock, stop) for i in range(clients)]
-        for w in workers:
+        watchers = [RecordingWatcher(i, endpoints, seed * 100 + 50 + i, stop) for i in range(watchers_n)]
+        for w in [*workers, *watchers]:
             w.start()
         nemesis = Nemesis(cluster, rng)
         # Faults spread over the first 70% of the run, each held for a while, then healed.
@@ -284,7 +288,7 @@ def run(scenario: str, seed: int, duration_s: float, workdir: Path, clients: int
         wait_for(lambda: time.monotonic() - started > duration_s, duration_s + 60, "the end of the run",
                  interval=0.1)
         stop.set()
-        for w in workers:
+        for w in [*workers, *watchers]:
             w.join(15)
         # Final linearizable reads of every key: an acknowledged write that went missing
         # shows up here as a read no linearization explains.
@@ -299,6 +303,8 @@ def run(scenario: str, seed: int, duration_s: float, workdir: Path, clients: int
                                   found=(kv.value, kv.mod_revision, kv.version) if kv else None))
         hashes = cluster.converged_hashes()
         violations = check_history(history)
+        sessions = [s for w in watchers for s in w.sessions]
+        watch_violations = check_watches(sessions, history, [r for w in workers for r in w.compactions])
         counts: dict[str, int] = {}
         for w in workers:
             for k, v in w.counts.items():
@@ -309,26 +315,28 @@ def run(scenario: str, seed: int, duration_s: float, workdir: Path, clients: int
             ops_checked=len(history),
             uncertain=sum(1 for op in history if op.completed is None),
             counts=counts,
-            violations=[describe(v) for v in violations],
+            violations=[describe(v) for v in violations] + [f"watch: {v}" for v in watch_violations],
+            watch=summary(sessions),
             hashes_equal=len(hashes) == 1,
             harness_errors=harness_errors,
             schedule=schedule,
         )
         result["snapshots_installed"] = sum(len(_log_events(n, "snapshot_installed")) for n in cluster.nodes)
         result["actor_deaths"] = sum(len(_log_events(n, "actor_died")) for n in cluster.nodes)
-        result["ok"] = not violations and len(hashes) == 1 and not harness_errors
+        result["ok"] = not violations and not watch_violations and len(hashes) == 1 and not harness_errors
     except Exception as exc:
         result.update(ok=False, error=f"{type(exc).__name__}: {exc}", schedule=schedule,
                       ops_checked=len(history))
     finally:
         stop.set()
         if not result.get("ok") and report_root is not None:
-            result["report"] = str(_save_report(report_root, result, history, cluster))
+            result["report"] = str(_save_report(report_root, result, history, cluster, watchers))
         cluster.stop()
     return result
 
 
-def _save_report(root: Path, result: dict, history: list[Op], cluster: Cluster) -> Path:
+def _save_report(root: Path, result: dict, history: list[Op], cluster: Cluster,
+                 watchers: list[RecordingWatcher]) -> Path:
     folder = root / f"{result['scenario']}-seed{result['seed']}-{int(time.time())}"
     folder.mkdir(parents=True, exist_ok=True)
     replay = (f".venv/bin/python tests/robustness/run.py --scenario {result['scenario']} "
@@ -344,6 +352,10 @@ def _save_report(root: Path, result: dict, history: list[Op], cluster: Cluster) 
             if d.get("found"):
                 d["found"] = [d["found"][0].decode(errors="replace"), d["found"][1], d["found"][2]]
             f.write(json.dumps(d) + "\n")
+    with open(folder / "watch-sessions.jsonl", "w") as f:
+        for w in watchers:
+            for session in w.sessions:
+                f.write(json.dumps(session_to_json(session), default=str) + "\n")
     for n in cluster.nodes:
         if n.log_path.exists():
             shutil.copy(n.log_path, folder / f"{n.name}.log")

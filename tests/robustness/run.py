@@ -32,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     plan = [(args.scenario, args.seed, args.duration)] if args.scenario else None
     netns_ok, netns_why = netns_available() if args.network != "faults" else (False, "")
     started = time.monotonic()
-    totals = {"runs": 0, "ops": 0, "violations": 0, "failed": 0}
+    totals = {"runs": 0, "ops": 0, "watch_events": 0, "violations": 0, "failed": 0}
     i = 0
     while True:
         if plan is not None:
@@ -61,8 +61,11 @@ def main(argv: list[str] | None = None) -> int:
         totals["violations"] += len(res.get("violations", []))
         totals["failed"] += 0 if res.get("ok") else 1
         status = "ok" if res.get("ok") else "FAILED"
+        watch = res.get("watch") or {}
+        totals["watch_events"] += watch.get("events", 0)
         print(f"[{time.monotonic() - started:6.0f}s] {scenario:<17} seed {seed:<6} {network:<6} {status}: "
               f"{res.get('ops_checked', 0)} ops checked, {res.get('uncertain', 0)} uncertain, "
+              f"{watch.get('events', 0)} watch events in {watch.get('sessions', 0)} sessions, "
               f"{res.get('actor_deaths', 0)} actor deaths seen by supervisors, "
               f"{res.get('snapshots_installed', 0)} snapshots installed, counts {res.get('counts')}, "
               f"schedule {res.get('schedule')}", flush=True)
@@ -72,6 +75,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  error: {res.get('error')}; report: {res.get('report')}\n  replay: {res.get('replay')}",
                   flush=True)
     print(f"summary: {totals['runs']} runs, {totals['ops']} operations checked, "
+          f"{totals['watch_events']} watch events checked, "
           f"{totals['violations']} violations, {totals['failed']} failed runs", flush=True)
     return 1 if totals["failed"] else 0
 

@@ -25,6 +25,7 @@ UNCERTAIN = (errors.Timeout, errors.UnknownOutcome, errors.Internal, errors.Stop
 KEYS = [b"key/%d" % i for i in range(8)]
 MIX = [("put", 26), ("get", 28), ("get_serializable", 5), ("delete", 7), ("cas", 16), ("range", 6),
        ("mtxn", 6), ("lease_put", 4), ("revoke", 1), ("compact", 1)]
+COMPACT_KEEP = 1000
 LEASE_TTL = 300  # long enough never to expire within a run: expiry is not what this checks
 
 
@@ -45,6 +46,7 @@ class RecordingClient(threading.Thread):
         self.lease_keys = [b"key/l%d-%d" % (client_no, j) for j in range(2)]
         self._lease = 0  # the current lease (0: none granted yet)
         self._last_revision = 0
+        self.compactions: list[int] = []  # revisions compacted at (watch checks excuse them)
 
     def _record(self, op: Op) -> None:
         with self.lock:
@@ -129,8 +131,12 @@ class RecordingClient(threading.Thread):
                 self._count("revoke")
                 return
             elif kind == "compact":
-                if self._last_revision > 100:
-                    client.compact(self._last_revision - 50)
+                # Keep ~1000 revisions: watchers resuming after a fault should mostly find
+                # their history (a compacted resume is legal but checks less).
+                if self._last_revision > COMPACT_KEEP + 100:
+                    revision = self._last_revision - COMPACT_KEEP
+                    self.compactions.append(revision)  # even if its outcome is unknown
+                    client.compact(revision)
                     self._count("compact")
                 return
             elif kind == "delete":
