@@ -284,6 +284,12 @@ def run(scenario: str, seed: int, duration_s: float, workdir: Path, clients: int
                 needed = _poll(nemesis.snapshot_needed, 60)
                 schedule.append((round(time.monotonic() - started, 3),
                                  "log compacted past the follower" if needed else "no snapshot needed after 60 s"))
+                if nemesis.failpointed:  # reconnect with the crash points still armed
+                    cluster.heal()
+                    hit = _poll(lambda: any(_log_events(n, "actor_died") for n in cluster.nodes), 20)
+                    schedule.append((round(time.monotonic() - started, 3),
+                                     "partition removed, crash points armed: "
+                                     + ("an actor died at one" if hit else "none hit in 20 s")))
             schedule.append((round(time.monotonic() - started, 3), nemesis.heal()))
         wait_for(lambda: time.monotonic() - started > duration_s, duration_s + 60, "the end of the run",
                  interval=0.1)
