@@ -308,6 +308,8 @@ def run(scenario: str, seed: int, duration_s: float, workdir: Path, clients: int
                 history.append(Op(99, "get", key, t0, time.monotonic(), revision=resp.header.revision,
                                   found=(kv.value, kv.mod_revision, kv.version) if kv else None))
         hashes = cluster.converged_hashes()
+        # No member may have raised an alarm (CORRUPT from the leader's hash checks, NOSPACE).
+        alarms = sorted({str(a) for n in cluster.nodes for a in (_status(n).get("alarms") or [])})
         violations = check_history(history)
         sessions = [s for w in watchers for s in w.sessions]
         watch_violations = check_watches(sessions, history, [r for w in workers for r in w.compactions])
@@ -324,12 +326,14 @@ def run(scenario: str, seed: int, duration_s: float, workdir: Path, clients: int
             violations=[describe(v) for v in violations] + [f"watch: {v}" for v in watch_violations],
             watch=summary(sessions),
             hashes_equal=len(hashes) == 1,
+            alarms=alarms,
             harness_errors=harness_errors,
             schedule=schedule,
         )
         result["snapshots_installed"] = sum(len(_log_events(n, "snapshot_installed")) for n in cluster.nodes)
         result["actor_deaths"] = sum(len(_log_events(n, "actor_died")) for n in cluster.nodes)
-        result["ok"] = not violations and not watch_violations and len(hashes) == 1 and not harness_errors
+        result["ok"] = (not violations and not watch_violations and len(hashes) == 1 and not alarms
+                        and not harness_errors)
     except Exception as exc:
         result.update(ok=False, error=f"{type(exc).__name__}: {exc}", schedule=schedule,
                       ops_checked=len(history))

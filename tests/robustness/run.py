@@ -72,7 +72,8 @@ def main(argv: list[str] | None = None) -> int:
         if not res.get("ok"):
             for v in res.get("violations", [])[:3]:
                 print(v, flush=True)
-            print(f"  error: {res.get('error')}; report: {res.get('report')}\n  replay: {res.get('replay')}",
+            print(f"  error: {res.get('error')}; hashes equal: {res.get('hashes_equal')}; alarms: "
+                  f"{res.get('alarms')}; report: {res.get('report')}\n  replay: {res.get('replay')}",
                   flush=True)
     print(f"summary: {totals['runs']} runs, {totals['ops']} operations checked, "
           f"{totals['watch_events']} watch events checked, "
