@@ -34,9 +34,19 @@ def run(
     snapshot_count: Optional[str] = _opt("Applied entries between log compactions. [default: 10000]"),
     max_request_bytes: Optional[str] = _opt("Largest client request, in bytes. [default: 1572864]"),
     max_txn_ops: Optional[str] = _opt("Most operations in one txn. [default: 128]"),
-    quota_backend_bytes: Optional[str] = _opt("Backend size quota, in bytes. [default: 2147483648]"),
+    quota_backend_bytes: Optional[str] = _opt("Backend size quota, in bytes; 0 = the default. [default: 2147483648]"),
+    corrupt_check_time: Optional[str] = _opt("How often the leader compares members' hashes (0 = never). [default: 60s]"),
+    auto_compaction_mode: Optional[str] = _opt("periodic or revision. [default: periodic]"),
+    auto_compaction_retention: Optional[str] = _opt(
+        "Auto-compaction retention: hours or a duration (periodic), revisions (revision); 0 = off. [default: 0]"),
     log_level: Optional[str] = _opt("debug, info, warning or error. [default: info]"),
     log_format: Optional[str] = _opt("json or console. [default: json]"),
+    force_new_cluster: bool = typer.Option(
+        False, "--force-new-cluster", show_default=False,
+        help="Restart this member as a one-member cluster with its data (disaster recovery)."),
+    auto_promote_learners: bool = typer.Option(
+        False, "--auto-promote-learners", show_default=False,
+        help="The leader promotes a learner to voter as soon as it has caught up."),
     config_file: Optional[str] = _opt("A TOML file with any of these settings (flag names as keys)."),
     version: bool = typer.Option(False, "--version", help="Print the version and exit."),
 ) -> None:
@@ -47,6 +57,8 @@ def run(
         typer.echo(f"qkv version {VERSION}")
         raise typer.Exit(0)
     flags = {k.replace("_", "-"): v for k, v in locals().items() if k not in ("config_file", "version")}
+    for flag in ("force-new-cluster", "auto-promote-learners"):
+        flags[flag] = True if flags[flag] else None  # unset: the environment or file decides
     try:
         cfg = load_config(flags, config_file=config_file)
     except ConfigError as exc:

@@ -65,6 +65,26 @@ def _choice(flag: str, raw: Any, choices: tuple[str, ...]) -> str:
     return value
 
 
+def _duration(flag: str, raw: Any) -> float:
+    from actors.storage.compactor import parse_duration
+
+    try:
+        return parse_duration(str(raw))
+    except ValueError:
+        raise ConfigError(f"invalid {flag} {raw!r}: must be a duration like 60s, 500ms or 1h") from None
+
+
+def _bool(flag: str, raw: Any) -> bool:
+    if isinstance(raw, bool):
+        return raw
+    value = str(raw).strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off", ""):
+        return False
+    raise ConfigError(f"invalid {flag} {raw!r}: must be true or false")
+
+
 def _name(flag: str, raw: Any) -> str:
     value = str(raw).strip()
     if not value or any(c in value for c in ",=/ \t\n"):
@@ -79,6 +99,13 @@ def member_id(token: str, name: str) -> int:
     """A member's id: derived from the cluster token and its name, as stable as etcd's."""
     digest = hashlib.sha256(f"{token}/{name}".encode()).digest()
     return (int.from_bytes(digest[:8], "big") & _ID_MASK) or 1
+
+
+def new_member_id(cluster: int, name: str, peer_urls: list[str], now_ns: int) -> int:
+    """The id of a member added at runtime (etcd: peer URLs + time): a name re-added after
+    its removal gets a new id, so the old one can never come back."""
+    text = f"{cluster}/{name}/{','.join(sorted(peer_urls))}/{now_ns}"
+    return (int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "big") & _ID_MASK) or 1
 
 
 def cluster_id(token: str, member_ids: list[int]) -> int:
@@ -110,9 +137,20 @@ class Config:
     snapshot_count: int = 10_000
     max_request_bytes: int = 1_572_864
     max_txn_ops: int = 128
-    quota_backend_bytes: int = 2 * 1024**3
+    quota_backend_bytes: int = 2 * 1024**3  # 0 = the default (2 GiB), as in etcd
+    corrupt_check_time: float = 60.0  # s between the leader's hash comparisons; 0 = off
+    auto_compaction_mode: str = "periodic"
+    auto_compaction_retention: str = "0"  # 0 = off; see actors/storage/compactor.py
     log_level: str = "info"
     log_format: str = "json"
+    force_new_cluster: bool = False  # restart as a one-member cluster keeping the data
+    auto_promote_learners: bool = False  # the leader promotes learners once caught up
+    # Set by the supervisor, never by a flag: the identity of a member that joined an
+    # existing cluster (`--initial-cluster-state existing`), learned from its peers and
+    # kept in <data-dir>/member.json; 0 / [] = derived from the flags.
+    assigned_member_id: int = 0
+    assigned_cluster_id: int = 0
+    initial_members: list = field(default_factory=list)  # [[id, name, peer_urls, is_learner], ...]
 
     # --- derived -----------------------------------------------------------------
     @property
@@ -126,11 +164,11 @@ class Config:
 
     @property
     def member_id(self) -> int:
-        return member_id(self.initial_cluster_token, self.name)
+        return self.assigned_member_id or member_id(self.initial_cluster_token, self.name)
 
     @property
     def cluster_id(self) -> int:
-        return cluster_id(self.initial_cluster_token, [m.id for m in self.members])
+        return self.assigned_cluster_id or cluster_id(self.initial_cluster_token, [m.id for m in self.members])
 
     @property
     def heartbeat_tick(self) -> int:
@@ -167,8 +205,13 @@ FLAGS: dict[str, _V] = {
     "max-request-bytes": lambda f, v: _positive_int(f, v, 1024, 64 * 1024 * 1024),
     "max-txn-ops": lambda f, v: _positive_int(f, v, 1, 100_000),
     "quota-backend-bytes": lambda f, v: _positive_int(f, v, 0),
+    "corrupt-check-time": lambda f, v: _duration(f, v),
+    "auto-compaction-mode": lambda f, v: _choice(f, v, ("periodic", "revision")),
+    "auto-compaction-retention": lambda f, v: str(v).strip(),
     "log-level": lambda f, v: _choice(f, v, ("debug", "info", "warning", "error")),
     "log-format": lambda f, v: _choice(f, v, ("json", "console")),
+    "force-new-cluster": _bool,
+    "auto-promote-learners": _bool,
 }
 
 
@@ -227,6 +270,14 @@ def load_config(
 
 
 def _check(cfg: Config) -> None:
+    from actors.storage.compactor import parse_retention
+
+    try:
+        parse_retention(cfg.auto_compaction_mode, cfg.auto_compaction_retention)
+    except ValueError:
+        raise ConfigError(
+            f"invalid --auto-compaction-retention {cfg.auto_compaction_retention!r}: must be hours or a "
+            f"duration like 30m (periodic), or a number of revisions (revision)") from None
     if cfg.election_timeout < 5 * cfg.heartbeat_interval:
         raise ConfigError(
             f"invalid --election-timeout {cfg.election_timeout}: must be at least 5 x --heartbeat-interval "

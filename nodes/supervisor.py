@@ -6,6 +6,11 @@ Rules:
 - one supervisor per data dir (an flock on `<data-dir>/LOCK`);
 - the data dir remembers its cluster token and member name (`<data-dir>/member.json`); a
   node started with other values refuses to start;
+- a member that joins an existing cluster (`--initial-cluster-state existing`, fresh data
+  dir) asks its peers for the membership first and takes the id `member add` gave it;
+  member.json keeps that identity for its restarts;
+- a member removed from the cluster stops for good: consensus leaves `<data-dir>/removed`,
+  the supervisor stops the node when it sees it, and refuses to start on that data dir;
 - each actor is in its own process group, so a terminal's Ctrl-C reaches only the
   supervisor, which then stops the actors in order;
 - an actor that dies is restarted at once, then with a growing delay if it keeps dying;
@@ -13,6 +18,7 @@ Rules:
 """
 from __future__ import annotations
 
+import dataclasses
 import errno
 import fcntl
 import json
@@ -30,11 +36,13 @@ from actors.runtime import log as runtime_log
 from actors.runtime import messages as M
 from nodes.config import VERSION, Config
 from nodes.endpoints import Endpoints, run_dir_for
-from protocol.codec import unpack_msg
+from protocol.codec import pack_msg, unpack_msg
 
 ROLES = ("consensus", "storage", "watch", "gateway")  # start order; stopped in reverse
 STOP_GRACE_S = 4.0
 RESTART_DELAY_MAX_S = 5.0
+JOIN_TIMEOUT_S = 15.0
+REMOVED_MARKER = "removed"  # written by consensus when this member is removed
 
 
 class StartupError(Exception):
@@ -98,6 +106,7 @@ class Supervisor:
             if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
                 raise StartupError(f"data dir {self.data_dir} is in use by another qkv process") from None
             raise
+        self._check_removed()
         self._check_member_file()
         for flag, urls in (
             ("--listen-client-urls", self.cfg.listen_client_urls),
@@ -117,24 +126,98 @@ class Supervisor:
             f.write(self.cfg.to_json())
         os.replace(self.config_path + ".tmp", self.config_path)
 
+    def _check_removed(self) -> None:
+        try:
+            with open(os.path.join(self.data_dir, REMOVED_MARKER)) as f:
+                info = json.load(f)
+        except FileNotFoundError:
+            return
+        except (OSError, ValueError):
+            info = {}
+        member = info.get("member_id")
+        who = f"member {member:x}" if isinstance(member, int) else "this member"
+        raise StartupError(
+            f"{who} was removed from the cluster; it cannot rejoin with its old identity: "
+            f"delete the data dir {self.data_dir} and add it again with `qkvctl member add`")
+
+    def _join(self) -> Config:
+        """Ask the peers of --initial-cluster for the membership; find us by peer URL."""
+        mine = set(self.cfg.initial_advertise_peer_urls)
+        urls = [u for m in self.cfg.members for u in m.peer_urls if u not in mine]
+        if not urls:
+            raise StartupError("--initial-cluster-state existing needs the other members in --initial-cluster")
+        ctx = zmq.Context()
+        deadline = time.monotonic() + JOIN_TIMEOUT_S
+        why = "no peer answered"
+        try:
+            while time.monotonic() < deadline:
+                for url in urls:
+                    sock = ctx.socket(zmq.DEALER)
+                    sock.setsockopt(zmq.LINGER, 0)
+                    sock.connect(url)
+                    try:
+                        sock.send(pack_msg(M.PEER_JOIN, [0]))
+                        if not sock.poll(500):
+                            continue
+                        msg_type, body = unpack_msg(sock.recv())
+                        if msg_type != M.PEER_JOIN_RESP:
+                            continue
+                        cluster, members = body
+                        found = [m for m in members if mine & set(m[2])]
+                    except Exception:  # noqa: BLE001 - a bad answer: ask another peer
+                        continue
+                    finally:
+                        sock.close()
+                    if found:
+                        self.log.info("joined_existing_cluster", member_id=f"{found[0][0]:x}",
+                                      cluster_id=f"{cluster:x}", members=len(members))
+                        return dataclasses.replace(self.cfg, assigned_member_id=found[0][0],
+                                                   assigned_cluster_id=cluster, initial_members=members)
+                    why = (f"no member has the peer URLs {sorted(mine)} (add it first with "
+                           "`qkvctl member add`)")
+                time.sleep(0.2)
+        finally:
+            ctx.destroy(linger=0)
+        raise StartupError(f"cannot join the existing cluster: {why}")
+
     def _check_member_file(self) -> None:
         path = os.path.join(self.data_dir, "member.json")
-        mine = {
-            "name": self.cfg.name,
-            "member_id": self.cfg.member_id,
-            "cluster_id": self.cfg.cluster_id,
-            "initial_cluster_token": self.cfg.initial_cluster_token,
-        }
         try:
             with open(path) as f:
                 stored = json.load(f)
         except FileNotFoundError:
+            if self.cfg.initial_cluster_state == "existing":
+                self.cfg = self._join()
+            mine = {
+                "name": self.cfg.name,
+                "member_id": self.cfg.member_id,
+                "cluster_id": self.cfg.cluster_id,
+                "initial_cluster_token": self.cfg.initial_cluster_token,
+                "joined": bool(self.cfg.assigned_member_id),
+                "initial_members": self.cfg.initial_members,
+            }
             with open(path + ".tmp", "w") as f:
                 json.dump(mine, f)
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(path + ".tmp", path)
             return
+        if stored.get("name") != self.cfg.name:
+            raise StartupError(
+                f"--name {self.cfg.name!r} does not match the data dir {self.data_dir} "
+                f"(it belongs to name {stored.get('name')!r})")
+        if stored.get("joined"):
+            # Joined at runtime: the identity is the one the cluster gave, not the flags'.
+            self.cfg = dataclasses.replace(
+                self.cfg, assigned_member_id=stored["member_id"], assigned_cluster_id=stored["cluster_id"],
+                initial_members=stored.get("initial_members") or [])
+            return
+        mine = {
+            "name": self.cfg.name,
+            "member_id": self.cfg.member_id,
+            "cluster_id": self.cfg.cluster_id,
+            "initial_cluster_token": self.cfg.initial_cluster_token,
+        }
         for key, flag in (("name", "--name"), ("initial_cluster_token", "--initial-cluster-token")):
             if stored.get(key) != mine[key]:
                 raise StartupError(
@@ -167,6 +250,12 @@ class Supervisor:
             if child.proc is None or child.proc.poll() is None:
                 continue
             code = child.proc.returncode
+            if os.path.exists(os.path.join(self.data_dir, REMOVED_MARKER)):
+                self.log.error("member_removed", message="this member was removed from the cluster; "
+                               "the node stops and will not start again on this data dir")
+                self.stopping = True
+                child.proc = None
+                return
             self.log.warning("actor_died", role=child.role, pid=child.proc.pid, exit_code=code)
             child.proc = None
             child.ready = False

@@ -114,6 +114,56 @@ class LeaseNotFound(QkvError):
     default_message = "etcdserver: requested lease not found"
 
 
+class NoSpace(QkvError):
+    """The NOSPACE alarm is active (the backend reached --quota-backend-bytes)."""
+
+    code = "no_space"
+    default_message = "etcdserver: mvcc: database space exceeded"
+
+
+class Corrupt(QkvError):
+    """The CORRUPT alarm is active (members' hashes differ): writes are refused."""
+
+    code = "corrupt"
+    default_message = "etcdserver: corrupt cluster"
+
+
+# --- membership (etcd's messages) -----------------------------------------------------
+class MemberNotFound(QkvError):
+    code = "member_not_found"
+    default_message = "etcdserver: member not found"
+
+
+class MemberExists(QkvError):
+    """member_add / member_update with a peer URL (or name) another member has."""
+
+    code = "member_exists"
+    default_message = "etcdserver: Peer URLs already exists"
+
+
+class MemberNotLearner(QkvError):
+    code = "member_not_learner"
+    default_message = "etcdserver: can only promote a learner member"
+
+
+class LearnerNotReady(QkvError):
+    code = "learner_not_ready"
+    default_message = "etcdserver: can only promote a learner member which is in sync with leader"
+
+
+class UnhealthyCluster(QkvError):
+    """--strict-reconfig-check: the change could leave the cluster without a quorum."""
+
+    code = "unhealthy_cluster"
+    default_message = "etcdserver: unhealthy cluster"
+
+
+class ConfChangeInProgress(QkvError):
+    code = "conf_change_in_progress"
+    default_message = ("etcdserver: another membership change is in progress (not yet applied); "
+                       "retry when it is done")
+
+
 # --- the system's state --------------------------------------------------------------
 class NoLeader(QkvError):
     code = "no_leader"
@@ -160,5 +210,7 @@ ERRORS_BY_CODE: dict[str, type[QkvError]] = {
         Malformed, UnknownOp, InvalidArgument, KeyNotProvided, RequestTooLarge, TooManyOps,
         DuplicateKey, Compacted, KeyNotFound, FutureRevision, LeaseNotFound, LeaseExists, NoLeader, NotLeader, Timeout,
         UnknownOutcome, Unavailable, Stopping, Internal,
+        MemberNotFound, MemberExists, MemberNotLearner, LearnerNotReady, UnhealthyCluster,
+        ConfChangeInProgress, NoSpace, Corrupt,
     )
 }

@@ -22,6 +22,7 @@ as empty and so misses a put inside it.
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -53,7 +54,13 @@ COMPARE_TARGET_FIELD = {
 }
 
 # Cluster and maintenance ops: answered by the node's actors, never through the log.
-ADMIN_OPS = ("status", "member_list", "move_leader", "hash_kv")
+ADMIN_OPS = ("status", "member_list", "move_leader", "hash_kv", "defragment", "member_add", "member_remove",
+             "member_update", "member_promote")
+MEMBER_CHANGE_OPS = ("member_add", "member_remove", "member_update", "member_promote")
+# Alarms (SPEC section 3, "Alarms"): list is a linearizable read, disarm goes through the
+# log; alarm_activate is written by the server only (quota check, corruption check).
+ALARM_OPS = ("alarm_list", "alarm_disarm")
+ALARM_TYPES = ("NOSPACE", "CORRUPT")
 # Lease ops (SPEC section 3, "Leases"). Grant and revoke go through the log; keep-alive
 # and time-to-live are answered by the leader's storage from its deadlines; leases is a
 # linearizable read of the lease table.
@@ -61,16 +68,27 @@ LEASE_OPS = ("lease_grant", "lease_revoke", "lease_keepalive", "lease_timetolive
 LEASE_LEADER_OPS = frozenset(("lease_keepalive", "lease_timetolive"))
 # Log entries only the server writes (the leader's storage proposes them): never accepted
 # from a client, since they are not in OPS.
-INTERNAL_OPS = frozenset(("lease_expire", "lease_checkpoint"))
-OPS = ("range", "put", "delete_range", "txn", "compact", "history", *ADMIN_OPS, *LEASE_OPS)
+INTERNAL_OPS = frozenset(("lease_expire", "lease_checkpoint", "alarm_activate"))
+# `snapshot save` (SPEC section 6): one member's store, streamed chunk by chunk like a read.
+SNAPSHOT_OPS = ("snapshot",)
+OPS = ("range", "put", "delete_range", "txn", "compact", "history", *ADMIN_OPS, *LEASE_OPS, *ALARM_OPS,
+       *SNAPSHOT_OPS)
 TXN_OPS = ("range", "put", "delete_range", "txn")
-WRITE_OPS = frozenset(("put", "delete_range", "txn", "compact", "lease_grant", "lease_revoke"))
+WRITE_OPS = frozenset(("put", "delete_range", "txn", "compact", "lease_grant", "lease_revoke",
+                       "alarm_disarm"))
 LEASE_TTL_MAX = 9_000_000_000  # seconds, etcd's MaxLeaseTTL
 
 
 @dataclass(frozen=True)
 class Limits:
     max_txn_ops: int = 128
+
+
+# `snapshot` chunks: the client asks for up to max_bytes (0 = the default); the server
+# keeps every reply frame within --max-request-bytes (chunk <= limit - overhead).
+SNAPSHOT_CHUNK_DEFAULT = 1024 * 1024
+SNAPSHOT_CHUNK_MIN = 4096
+SNAPSHOT_FRAME_OVERHEAD = 4096
 
 
 def is_write(op: dict) -> bool:
@@ -98,9 +116,13 @@ def _normalize_request(req: Any, limits: Limits) -> dict:
     if not isinstance(op, str) or op not in OPS:
         raise UnknownOp(f"unknown op: {_short(op)}")
     fields = {k: v for k, v in req.items() if k != "op"}
-    if op in ("status", "member_list"):
+    if op in ("status", "member_list", "defragment", "alarm_list"):
         _no_unknown(fields, (), op)
         return {"op": op}
+    if op == "snapshot":
+        return _normalize_snapshot(fields)
+    if op in MEMBER_CHANGE_OPS:
+        return _normalize_member(op, fields)
     if op == "move_leader":
         _no_unknown(fields, ("target_id",), op)
         target = fields.get("target_id")
@@ -112,6 +134,15 @@ def _normalize_request(req: Any, limits: Limits) -> dict:
         return {"op": op, "revision": _int(fields, "revision", nonneg=True)}
     if op == "history":
         return _normalize_history(fields)
+    if op == "alarm_disarm":
+        _no_unknown(fields, ("member_id", "alarm"), op)
+        member = fields.get("member_id", 0)
+        if isinstance(member, bool) or not isinstance(member, int) or not 0 <= member < 2**64:
+            raise InvalidArgument(f"alarm_disarm: member_id must be a member id (uint64), got {_short(member)}")
+        alarm = fields.get("alarm", "")
+        if not isinstance(alarm, str) or (alarm and alarm.upper() not in ALARM_TYPES):
+            raise InvalidArgument(f"alarm_disarm: alarm must be one of {', '.join(ALARM_TYPES)}, got {_short(alarm)}")
+        return {"op": op, "member_id": member, "alarm": alarm.upper()}
     if op in LEASE_OPS:
         return _normalize_lease(op, fields)
     if op == "compact":
@@ -157,6 +188,24 @@ def _normalize_lease(op: str, fields: dict) -> dict:
         return {"op": op}
     _no_unknown(fields, (LEASE_ID_FIELD,), op)  # lease_revoke, lease_keepalive
     return {"op": op, "id": _lease_id(fields, op)}
+
+
+# --- snapshot save (SPEC section 6) -------------------------------------------------------
+def _normalize_snapshot(fields: dict) -> dict:
+    _no_unknown(fields, ("snapshot_id", "offset", "max_bytes", "serializable"), "snapshot")
+    snapshot_id = _int(fields, "snapshot_id", nonneg=True)
+    offset = _int(fields, "offset", nonneg=True)
+    if snapshot_id == 0 and offset:
+        raise InvalidArgument("snapshot: a new save (snapshot_id 0) starts at offset 0")
+    return {
+        "op": "snapshot",
+        "snapshot_id": snapshot_id,
+        "offset": offset,
+        "max_bytes": _int(fields, "max_bytes", nonneg=True),
+        # A new save is linearizable unless asked otherwise: it waits for a read index, so
+        # it holds every write acknowledged before it was asked for. Chunks are local.
+        "serializable": bool(snapshot_id) or _bool(fields, "serializable"),
+    }
 
 
 # --- history (the watch's catch-up, SPEC section 3) ---------------------------------------
@@ -347,6 +396,38 @@ def _check_intervals(reqs: list[dict]) -> tuple[set[bytes], _Dels]:
 
 
 # --- field helpers ----------------------------------------------------------------------
+def _normalize_member(op: str, fields: dict) -> dict:
+    """member_add {name, peer_urls, is_learner} / member_update {member_id, peer_urls} /
+    member_remove, member_promote {member_id} (SPEC section 3)."""
+    allowed = {"member_add": ("name", "peer_urls", "is_learner"), "member_update": ("member_id", "peer_urls")}
+    _no_unknown(fields, allowed.get(op, ("member_id",)), op)
+    out: dict[str, Any] = {"op": op}
+    if op != "member_add":
+        mid = fields.get("member_id")
+        if isinstance(mid, bool) or not isinstance(mid, int) or not 0 < mid < 2**64:
+            raise InvalidArgument(f"{op}: member_id must be a member id (uint64 > 0), got {_short(mid)}")
+        out["member_id"] = mid
+    if op in ("member_add", "member_update"):
+        urls = fields.get("peer_urls")
+        if not isinstance(urls, list) or not urls or len(urls) > 16:
+            raise InvalidArgument(f"{op}: peer_urls must be a non-empty array of URLs, got {_short(urls)}")
+        for u in urls:
+            if not isinstance(u, str) or not _PEER_URL.fullmatch(u):
+                raise InvalidArgument(f"{op}: bad peer URL {_short(u)}: expected tcp://host:port")
+        out["peer_urls"] = list(urls)
+    if op == "member_add":
+        name = fields.get("name", "")
+        if not isinstance(name, str) or not name or len(name) > 256 or any(c in name for c in ",=/ \t\n"):
+            raise InvalidArgument(f"member_add: name must be a string without ',', '=', '/' or spaces, "
+                                  f"got {_short(name)}")
+        out["name"] = name
+        out["is_learner"] = _bool(fields, "is_learner")
+    return out
+
+
+_PEER_URL = re.compile(r"tcp://(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.\-_*]+):([1-9][0-9]{0,4})")
+
+
 def _short(v: Any) -> str:
     try:
         s = repr(v)

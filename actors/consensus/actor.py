@@ -20,27 +20,43 @@ to storage -> advance. Proposals that arrive together share one Ready and so one
   unknown) from ones the current process holds.
 - On a clean stop the leader hands leadership to the most up-to-date follower first,
   so the cluster does not wait an election timeout.
+- Membership (etcd 3.4 semantics): member_add / _remove / _update / _promote run on the
+  leader (a follower forwards them, PEER_MEMBER) after etcd's --strict-reconfig-check
+  rules, become one CONF_CHANGE entry each (the member's name and peer URLs ride in its
+  context), and are answered once that entry is applied. Conf changes take effect when
+  applied (raft.py); this shell then updates its member table and the peer links. The
+  table and the conf state are replayed from the log on restart and travel in snapshot
+  metadata (kept per compaction point), so every restart and every snapshot knows them.
+  A member that applies its own removal writes `<data-dir>/removed` and exits; the
+  supervisor then stops the node for good.
+- `--force-new-cluster`: on start, every entry in the local log is committed and conf
+  changes removing every other member are appended (etcd: restartAsStandaloneNode,
+  except that uncommitted entries are kept too: nothing this member holds is lost).
 """
 from __future__ import annotations
 
 import itertools
+import json
 import os
 import random
 import shutil
 import time
-from typing import Any
+from typing import Any, Callable
 
+import msgpack
 import zmq
 
 from actors.consensus.raft import Config as RaftConfig
-from actors.consensus.raft import MemoryStorage, Message, MessageType, ProposalDropped, RawNode, StateType
+from actors.consensus.raft import (ConfChange, ConfChangeRefused, ConfChangeType, ConfState, Entry, EntryType,
+                                   HardState, MemoryStorage, Message, MessageType, ProposalDropped, RawNode,
+                                   SnapshotMeta, StateType)
 from actors.consensus.snapshot import SnapshotError, SnapshotReceiver, SnapshotSender
 from actors.consensus.transport import PeerTransport
 from actors.consensus.wal import WAL
 from actors.runtime import messages as M
 from actors.runtime.actor import Actor
 from actors.runtime.failpoints import failpoint
-from nodes.config import VERSION
+from nodes.config import VERSION, new_member_id
 from protocol import errors
 from protocol.codec import pack_msg, unpack_msg
 
@@ -50,6 +66,10 @@ CATCH_UP_ENTRIES = 5000  # entries kept below storage's durable index after a co
 STATS_INTERVAL_S = 10.0
 HELLO_INTERVAL_S = 1.0
 LEADERSHIP_INTERVAL_S = 0.25
+AUTO_PROMOTE_INTERVAL_S = 0.5
+LEARNER_READY_RATIO = 0.9  # etcd: a learner is in sync once its match >= 90% of the leader's
+REMOVED_MARKER = "removed"  # see nodes/supervisor.py
+CC = ConfChangeType
 
 
 class ConsensusActor(Actor):
@@ -65,25 +85,39 @@ class ConsensusActor(Actor):
         os.makedirs(self.snap_dir, exist_ok=True)
         self.wal = WAL(os.path.join(self.data_dir, "consensus"))
         hard_state, snapshot, entries = self.wal.load()
+        self.members, self.conf = self._initial_membership(snapshot)
+        if cfg.force_new_cluster:
+            hard_state, entries = self._force_new_cluster(hard_state, snapshot, entries)
         self.raft_storage = MemoryStorage(hard_state, snapshot, entries)
-        self.voters = [m.id for m in cfg.members]
+        # (index, conf state, packed members) after each applied conf change: the membership
+        # recorded at a compaction point (snapshot metadata).
+        self.conf_history: list[tuple[int, ConfState, bytes]] = [
+            (snapshot.index, self.conf.copy(), self._pack_members())]
+        self.removed = False
         self.node = RawNode(
             RaftConfig(
                 id=self.id,
-                voters=self.voters,
+                voters=self.conf.voters,
+                learners=self.conf.learners,
                 election_tick=cfg.election_tick,
                 heartbeat_tick=cfg.heartbeat_tick,
                 rng=random.Random(random.SystemRandom().getrandbits(64)),
             ),
             self.raft_storage,
         )
-        if self.voters == [self.id]:
+        self._campaign_if_alone = False
+        if self.conf.voters == [self.id]:
             self.node.campaign()  # the only voter: no need to wait an election timeout
         self.router = self.socket(zmq.ROUTER, bind=self.endpoints.consensus, handler=self.on_local)
         self.storage = self.socket(zmq.DEALER, connect=self.endpoints.storage, handler=self.on_storage)
         self.transport = PeerTransport(
-            self, self.id, cfg.listen_peer_urls, cfg.members, self.endpoints.faults_file, self.on_peer
+            self, self.id, cfg.listen_peer_urls, [], self.endpoints.faults_file, self.on_peer, self._on_join
         )
+        self.last_heard: dict[int, float] = {}  # peer id -> monotonic time of its last message
+        self.member_ops: dict[int, tuple[int, Callable[[Any, Any], None]]] = {}  # index -> (term, reply)
+        self.forwarded: dict[int, tuple[bytes, int, float]] = {}  # ctx -> (gateway identity, ctx_id, deadline)
+        self.lingering: dict[int, str] = {}  # removed member -> peer URL, linked for a grace period
+        self._sync_transport()
         self.lead = 0
         self.committed = hard_state.commit
         self.fetches: dict[bytes, int] = {}  # storage identity -> after_index of the held fetch
@@ -101,6 +135,8 @@ class ConsensusActor(Actor):
         self.every(HELLO_INTERVAL_S, self._hello)
         self.call_later(0.05, self._hello)
         self.every(1.0, self._check_transfers)
+        if cfg.auto_promote_learners:
+            self.every(AUTO_PROMOTE_INTERVAL_S, self._auto_promote)
         # Lease expiry lives in the leader's storage: tell it who leads (LEADERSHIP).
         self.leader_ready_index = 0
         self.every(LEADERSHIP_INTERVAL_S, self._send_leadership)
@@ -110,7 +146,7 @@ class ConsensusActor(Actor):
         self.every(STATS_INTERVAL_S, self._log_stats)
         self.log.info("consensus_loaded", term=hard_state.term, commit=hard_state.commit,
                       first_index=self.raft_storage.first_index(), last_index=self.raft_storage.last_index(),
-                      voters=[f"{v:x}" for v in self.voters])
+                      voters=[f"{v:x}" for v in self.conf.voters], learners=[f"{v:x}" for v in self.conf.learners])
 
     def _my_info(self) -> dict[str, Any]:
         return {
@@ -171,14 +207,7 @@ class ConsensusActor(Actor):
     def _on_status(self, identity: bytes, body: list) -> None:
         (ctx_id,) = body
         st = self.node.status()
-        members = []
-        for m in self.cfg.members:
-            info = self.member_info.get(m.id, {})
-            members.append({
-                "id": m.id, "name": m.name, "peer_urls": list(m.peer_urls),
-                "client_urls": info.get("client_urls", []), "watch_urls": info.get("watch_urls", []),
-                "is_learner": False,
-            })
+        members = self._members_wire()
         status = {
             "epoch": self.epoch,
             "member_id": self.id,
@@ -189,6 +218,7 @@ class ConsensusActor(Actor):
             "first_index": self.raft_storage.first_index(),
             "last_index": self.raft_storage.last_index(),
             "members": members,
+            "is_learner": self.id in self.conf.learners,
             "faults": self._faults_text(),
         }
         self._reply(identity, M.STATUS_RESP, [ctx_id, status])
@@ -206,7 +236,7 @@ class ConsensusActor(Actor):
         ctx_id, target = body
         if self.lead != self.id:
             self._reply(identity, M.MOVE_LEADER_RESP, [ctx_id, errors.NotLeader().to_wire()])
-        elif target not in self.voters:
+        elif target not in self.conf.voters:
             self._reply(identity, M.MOVE_LEADER_RESP,
                         [ctx_id, errors.InvalidArgument("etcdserver: bad leader transferee").to_wire()])
         elif target == self.id:
@@ -244,6 +274,7 @@ class ConsensusActor(Actor):
         M.FETCH: _on_fetch,
         M.STATUS: _on_status,
         M.MOVE_LEADER: _on_move_leader,
+        M.MEMBER: lambda self, identity, body: self._on_member(identity, body),
     }
 
     def on_storage(self, frames: list[bytes]) -> None:
@@ -258,6 +289,7 @@ class ConsensusActor(Actor):
 
     # --- from peers -----------------------------------------------------------------
     def on_peer(self, msg_type: int, frm: int, body: list) -> None:
+        self.last_heard[frm] = time.monotonic()
         if msg_type == M.PEER_RAFT:
             for wire in body[0]:
                 msg = Message.from_wire(wire)  # ValueError on garbage: the transport drops it
@@ -286,6 +318,19 @@ class ConsensusActor(Actor):
             self._on_snap_chunk(frm, *body)
         elif msg_type == M.PEER_SNAP_ACK:
             self._on_snap_ack(frm, *body)
+        elif msg_type == M.PEER_MEMBER:
+            ctx, op = body
+            self._member_request(op, lambda result, error: self.transport.send(
+                frm, M.PEER_MEMBER_RESP, [ctx, result, error]))
+        elif msg_type == M.PEER_MEMBER_RESP:
+            ctx, result, error = body
+            waiter = self.forwarded.pop(ctx, None)
+            if waiter is not None:
+                self._reply(waiter[0], M.MEMBER_RESP, [waiter[1], result, error])
+        elif msg_type == M.PEER_REMOVED:
+            if not self.removed:
+                self.log.warning("removed_by_peer", peer=f"{frm:x}")
+                self._on_removed(0)
 
     def _hello(self) -> None:
         for peer in self.transport.peers:
@@ -306,6 +351,7 @@ class ConsensusActor(Actor):
             if rd.snapshot is not None:
                 self.raft_storage.apply_snapshot(rd.snapshot)
                 self.committed = max(self.committed, rd.snapshot.index)
+                self._restore_membership(rd.snapshot)
             if rd.hard_state is not None:
                 self.raft_storage.set_hard_state(rd.hard_state)
             if rd.entries:
@@ -317,10 +363,16 @@ class ConsensusActor(Actor):
                     identity, ctx_id = waiter
                     self._reply(identity, M.READ_INDEX_RESP, [ctx_id, rs.index, None])
             if rd.committed_entries:
+                self._apply_membership(rd.committed_entries)
                 self.committed = max(self.committed, rd.committed_entries[-1].index)
             if rd.soft_state is not None and rd.soft_state.lead != self.lead:
                 self._leader_changed(rd.soft_state.lead)
             self.node.advance(rd)
+            if self._campaign_if_alone:
+                self._campaign_if_alone = False
+                st = self.node.status()
+                if self.conf.voters == [self.id] and st.raft_state != StateType.LEADER:
+                    self.node.campaign()
         self._serve_fetches()
         self._check_moves()
         self._maybe_compact()
@@ -367,6 +419,10 @@ class ConsensusActor(Actor):
             self.send_router(self.router, identity, pack_msg(M.ENTRIES, body))
 
     def _check_moves(self) -> None:
+        if self.forwarded:
+            now = time.monotonic()
+            for ctx in [c for c, (_, _, deadline) in self.forwarded.items() if deadline < now]:
+                del self.forwarded[ctx]  # the gateway has answered `timeout` by now
         if not self.moves:
             return
         now = time.monotonic()
@@ -388,8 +444,9 @@ class ConsensusActor(Actor):
             return
         index = durable - keep
         term = self.raft_storage.term(index)
-        self.wal.compact(index, term)
-        self.raft_storage.compact(index)
+        conf = self._conf_at(index)
+        self.wal.compact(index, term, conf)
+        self.raft_storage.compact(index, conf)
         self.log.info("log_compacted", index=index, durable_applied=durable)
 
     # --- snapshots: sending ----------------------------------------------------------
@@ -497,6 +554,333 @@ class ConsensusActor(Actor):
         self.node.step(msg)
         self.transport.send(frm, M.PEER_SNAP_ACK, [snap_id, -1, "done"])
 
+    # --- membership ------------------------------------------------------------------
+    def _my_meta(self) -> dict[str, Any]:
+        return {"name": self.cfg.name, "peer_urls": list(self.cfg.initial_advertise_peer_urls)}
+
+    def _initial_membership(self, snapshot: SnapshotMeta) -> tuple[dict[int, dict[str, Any]], ConfState]:
+        """The membership at the WAL's compaction point: the snapshot's, else the one this
+        member joined with, else the static --initial-cluster. The log replays the rest."""
+        cfg = self.cfg
+        if cfg.initial_members:
+            members = {int(m[0]): {"name": str(m[1]), "peer_urls": list(m[2])} for m in cfg.initial_members}
+            conf = ConfState([int(m[0]) for m in cfg.initial_members if not m[3]],
+                             [int(m[0]) for m in cfg.initial_members if m[3]])
+        else:
+            members = {m.id: {"name": m.name, "peer_urls": list(m.peer_urls)} for m in cfg.members}
+            conf = ConfState([m.id for m in cfg.members], [])
+        if snapshot.voters:
+            packed = self._unpack_members(snapshot.context)
+            members = {i: packed.get(i) or members.get(i) or {"name": "", "peer_urls": []}
+                       for i in [*snapshot.voters, *snapshot.learners]}
+            conf = snapshot.conf_state()
+        return members, conf.copy()
+
+    def _pack_members(self) -> bytes:
+        return msgpack.packb([[i, m["name"], m["peer_urls"]] for i, m in self.members.items()], use_bin_type=True)
+
+    @staticmethod
+    def _unpack_members(data: bytes) -> dict[int, dict[str, Any]]:
+        try:
+            return {int(i): {"name": str(n), "peer_urls": [str(u) for u in urls]}
+                    for i, n, urls in msgpack.unpackb(data, raw=False)} if data else {}
+        except Exception:  # noqa: BLE001 - an old or damaged context: the ids are still known
+            return {}
+
+    @staticmethod
+    def _conf_apply(voters: set[int], learners: set[int], cc: ConfChange) -> None:
+        """The core's rule (raft.apply_conf_change) on plain sets, to replay a log."""
+        if cc.type == CC.ADD_NODE:
+            learners.discard(cc.node_id)
+            voters.add(cc.node_id)
+        elif cc.type == CC.ADD_LEARNER_NODE and cc.node_id not in voters:
+            learners.add(cc.node_id)
+        elif cc.type == CC.REMOVE_NODE and voters - {cc.node_id}:
+            voters.discard(cc.node_id)
+            learners.discard(cc.node_id)
+
+    def _force_new_cluster(self, hs: HardState, snapshot: SnapshotMeta,
+                           entries: list[Entry]) -> tuple[HardState, list[Entry]]:
+        """Commit the whole local log and append conf changes that leave only us."""
+        voters, learners = set(self.conf.voters), set(self.conf.learners)
+        for e in entries:
+            if e.type == EntryType.CONF_CHANGE:
+                try:
+                    self._conf_apply(voters, learners, ConfChange.from_bytes(e.data))
+                except ValueError:
+                    pass
+        changes = []
+        if self.id not in voters:
+            changes.append(ConfChange(CC.ADD_NODE, self.id, msgpack.packb(self._my_meta(), use_bin_type=True)))
+        changes += [ConfChange(CC.REMOVE_NODE, i, b"") for i in sorted((voters | learners) - {self.id})]
+        last_index, last_term = (entries[-1].index, entries[-1].term) if entries else (snapshot.index, snapshot.term)
+        term = max(hs.term, last_term, 1)
+        new = [Entry(term, last_index + 1 + i, int(EntryType.CONF_CHANGE), cc.to_bytes())
+               for i, cc in enumerate(changes)]
+        hs = HardState(term, hs.vote if term == hs.term else 0, last_index + len(new))
+        self.wal.save(hs, new, sync=True)
+        self.log.warning("force_new_cluster", commit=hs.commit, kept_entries=len(entries),
+                         removed=[f"{cc.node_id:x}" for cc in changes if cc.type == CC.REMOVE_NODE])
+        return hs, entries + new
+
+    def _sync_transport(self) -> None:
+        urls = dict(self.lingering)
+        urls.update({i: m["peer_urls"][0] for i, m in self.members.items() if i != self.id and m["peer_urls"]})
+        self.transport.set_peers(urls)
+
+    def _forget_peer(self, peer: int) -> None:
+        """A removed member's grace period is over: drop its link, refuse its messages."""
+        self.lingering.pop(peer, None)
+        if peer not in self.members:
+            self.transport.removed.add(peer)
+        self._sync_transport()
+
+    def _member_wire(self, mid: int) -> dict[str, Any]:
+        m = self.members.get(mid, {"name": "", "peer_urls": []})
+        info = self.member_info.get(mid, {})
+        return {"id": mid, "name": m["name"], "peer_urls": list(m["peer_urls"]),
+                "client_urls": info.get("client_urls") or [], "watch_urls": info.get("watch_urls") or [],
+                "is_learner": mid in self.conf.learners}
+
+    def _members_wire(self) -> list[dict[str, Any]]:
+        return [self._member_wire(mid) for mid in self.members]
+
+    def _on_join(self) -> list:
+        """PEER_JOIN from a node that is starting with --initial-cluster-state existing."""
+        return [self.cfg.cluster_id, [[i, m["name"], m["peer_urls"], i in self.conf.learners]
+                                      for i, m in self.members.items()]]
+
+    def _restore_membership(self, snap: SnapshotMeta) -> None:
+        if not snap.voters:
+            return
+        packed = self._unpack_members(snap.context)
+        self.members = {i: packed.get(i) or self.members.get(i) or {"name": "", "peer_urls": []}
+                        for i in [*snap.voters, *snap.learners]}
+        self.conf = snap.conf_state().copy()
+        self.conf_history = [(snap.index, self.conf.copy(), self._pack_members())]
+        self._sync_transport()
+        self.log.info("membership_restored", index=snap.index, voters=[f"{v:x}" for v in self.conf.voters],
+                      learners=[f"{v:x}" for v in self.conf.learners])
+
+    def _conf_at(self, index: int) -> SnapshotMeta:
+        """The membership as of log index `index` (for a compaction point); older history goes."""
+        at = 0
+        for k, (i, _, _) in enumerate(self.conf_history):
+            if i <= index:
+                at = k
+        del self.conf_history[:at]
+        _, conf, packed = self.conf_history[0]
+        return SnapshotMeta(0, 0, list(conf.voters), list(conf.learners), packed)
+
+    def _apply_membership(self, entries: list[Entry]) -> None:
+        """Committed entries are being applied: conf changes switch the membership; member
+        ops waiting on one of these indexes get their answer."""
+        for e in entries:
+            waiter = self.member_ops.pop(e.index, None) if self.member_ops else None
+            if e.type != EntryType.CONF_CHANGE:
+                if waiter is not None:
+                    waiter[1](None, errors.Unavailable("etcdserver: leader changed; the membership change "
+                                                       "was not applied").to_wire())
+                continue
+            try:
+                cc = ConfChange.from_bytes(e.data)
+            except ValueError as exc:
+                self.log.error("conf_change_undecodable", index=e.index, error=str(exc))
+                continue
+            self._apply_conf_change(e.index, cc)
+            if waiter is not None:
+                term, reply = waiter
+                if term != e.term:
+                    reply(None, errors.Unavailable("etcdserver: leader changed; the membership change "
+                                                   "was not applied").to_wire())
+                elif cc.type == CC.REMOVE_NODE:
+                    reply({"members": self._members_wire()}, None)
+                else:
+                    reply({"member": self._member_wire(cc.node_id), "members": self._members_wire()}, None)
+
+    def _apply_conf_change(self, index: int, cc: ConfChange) -> None:
+        meta: dict[str, Any] = {}
+        if cc.context:
+            try:
+                raw = msgpack.unpackb(cc.context, raw=False)
+                meta = {"name": str(raw.get("name") or ""), "peer_urls": [str(u) for u in raw.get("peer_urls") or []]}
+            except Exception:  # noqa: BLE001 - metadata is best effort; the conf change is not
+                meta = {}
+        before = self.conf.copy()
+        self.conf = self.node.apply_conf_change(cc).copy()
+        mid = cc.node_id
+        if cc.type in (CC.ADD_NODE, CC.ADD_LEARNER_NODE, CC.UPDATE_NODE):
+            if mid in self.conf.voters or mid in self.conf.learners:
+                old = self.members.get(mid, {"name": "", "peer_urls": []})
+                self.members[mid] = {"name": meta.get("name") or old["name"],
+                                     "peer_urls": meta.get("peer_urls") or old["peer_urls"]}
+        elif cc.type == CC.REMOVE_NODE and mid not in self.conf.voters:
+            gone = self.members.pop(mid, None)
+            self.member_info.pop(mid, None)
+            self.last_heard.pop(mid, None)
+            if mid != self.id and gone and gone["peer_urls"]:
+                # Keep the link a little: a removed leader's hand-over (TIMEOUT_NOW) and
+                # replies in flight still get through; the Raft core ignores the rest.
+                self.lingering[mid] = gone["peer_urls"][0]
+                self.call_later(min(2 * self.cfg.election_timeout / 1000.0, 5.0),
+                                lambda mid=mid: self._forget_peer(mid))
+        self.conf_history.append((index, self.conf.copy(), self._pack_members()))
+        self._sync_transport()
+        self.log.info("membership_changed", index=index, change=cc.type.name.lower(), member=f"{mid:x}",
+                      voters=[f"{v:x}" for v in self.conf.voters], learners=[f"{v:x}" for v in self.conf.learners],
+                      changed=before != self.conf)
+        if cc.type == CC.REMOVE_NODE and mid == self.id and self.id not in self.conf.voters:
+            self._on_removed(index)
+        elif self.conf.voters == [self.id]:
+            self._campaign_if_alone = True
+
+    def _on_removed(self, index: int) -> None:
+        """This member is out of the cluster: leave a marker and stop (after a grace period
+        in which a removed leader's successor can still get our vote)."""
+        if self.removed:
+            return
+        self.removed = True
+        path = os.path.join(self.data_dir, REMOVED_MARKER)
+        with open(path + ".tmp", "w") as f:
+            json.dump({"member_id": self.id, "index": index}, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(path + ".tmp", path)
+        self.log.error("member_removed", member_id=f"{self.id:x}", index=index,
+                       message="this member has been permanently removed from the cluster; the node stops")
+        grace = min(2 * self.cfg.election_timeout / 1000.0, 5.0)
+        self.call_later(grace, self._stop_removed)
+
+    def _stop_removed(self) -> None:
+        self.stopping = True
+
+    def _on_member(self, identity: bytes, body: list) -> None:
+        ctx_id, op = body
+        if self.removed:
+            self._reply(identity, M.MEMBER_RESP, [ctx_id, None, errors.Stopping(
+                "etcdserver: this member was removed from the cluster").to_wire()])
+        elif self.lead == self.id:
+            self._member_request(op, lambda result, error: self._reply(identity, M.MEMBER_RESP,
+                                                                        [ctx_id, result, error]))
+        elif self.lead and self.lead in self.transport.peers:
+            ctx = next(self._ctx)
+            self.forwarded[ctx] = (identity, ctx_id, time.monotonic() + 10.0)
+            if not self.transport.send(self.lead, M.PEER_MEMBER, [ctx, op]):
+                del self.forwarded[ctx]
+                self._reply(identity, M.MEMBER_RESP, [ctx_id, None, errors.NoLeader().to_wire()])
+        else:
+            self._reply(identity, M.MEMBER_RESP, [ctx_id, None, errors.NoLeader().to_wire()])
+
+    def _member_request(self, op: dict, reply: Callable[[Any, Any], None]) -> None:
+        """On the leader: check a member op, propose its conf change; `reply(result, error)`
+        runs once it is applied (or refused now)."""
+        try:
+            if self.lead != self.id:
+                raise errors.NoLeader("etcdserver: not leader")
+            cc = self._check_member_op(op)
+            self.node.propose_conf_change(cc)
+        except errors.QkvError as err:
+            reply(None, err.to_wire())
+            return
+        except ConfChangeRefused:
+            reply(None, errors.ConfChangeInProgress().to_wire())
+            return
+        except ProposalDropped as exc:
+            reply(None, errors.NoLeader(f"etcdserver: {exc}").to_wire())
+            return
+        st = self.node.status()
+        self.member_ops[st.last_index] = (st.term, reply)
+        self.log.info("conf_change_proposed", index=st.last_index, change=cc.type.name.lower(),
+                      member=f"{cc.node_id:x}")
+
+    def _active_voters(self) -> set[int]:
+        """Voters heard from within an election timeout and connected right now (a HELLO
+        goes out: the links use ZMQ_IMMEDIATE, so a send to a dead peer fails at once);
+        us included (etcd: transport ActiveSince)."""
+        return {v for v in self.conf.voters if v == self.id or self._peer_active(v)}
+
+    def _peer_active(self, peer: int) -> bool:
+        window = max(self.cfg.election_timeout / 1000.0, 0.2)
+        return (time.monotonic() - self.last_heard.get(peer, -1e9) < window
+                and self.transport.send(peer, M.PEER_HELLO, [self._my_info()]))
+
+    def _learner_ready(self, mid: int) -> bool:
+        st = self.node.status()
+        pr = st.progress.get(mid)
+        return (pr is not None and mid in self._active_learners()
+                and pr[0] >= int(LEARNER_READY_RATIO * st.commit))
+
+    def _active_learners(self) -> set[int]:
+        return {v for v in self.conf.learners if self._peer_active(v)}
+
+    def _check_member_op(self, op: dict) -> ConfChange:
+        """etcd's checks, --strict-reconfig-check included (always on here)."""
+        name = op["op"]
+        st = self.node.status()
+        if st.pending_conf_index > st.applied:
+            raise errors.ConfChangeInProgress()
+        voters = self.conf.voters
+        active = self._active_voters()
+        n = len(voters)
+        if name == "member_add":
+            urls = list(op["peer_urls"])
+            for m in self.members.values():
+                if set(m["peer_urls"]) & set(urls):
+                    raise errors.MemberExists("etcdserver: Peer URLs already exists")
+                if op["name"] and m["name"] == op["name"]:
+                    raise errors.MemberExists("etcdserver: member name already exists")
+            if not op["is_learner"] and not (len(active) == 1 and n == 1) and len(active) < (n + 1) // 2 + 1:
+                raise errors.UnhealthyCluster(
+                    "etcdserver: re-configuration failed due to not enough started members")
+            mid = 0
+            while mid == 0 or mid in self.members or mid in self.transport.removed:
+                mid = new_member_id(self.cfg.cluster_id, op["name"], urls, time.time_ns())
+            meta = msgpack.packb({"name": op["name"], "peer_urls": urls}, use_bin_type=True)
+            return ConfChange(CC.ADD_LEARNER_NODE if op["is_learner"] else CC.ADD_NODE, mid, meta)
+        mid = op["member_id"]
+        if mid not in self.members:
+            raise errors.MemberNotFound()
+        if name == "member_remove":
+            if mid in voters:
+                if n == 1:
+                    raise errors.UnhealthyCluster("etcdserver: cannot remove the only voting member")
+                # A member that is down is not part of the active quorum: removing it is safe.
+                if (mid in active or mid == self.id) and len(active) - 1 < (n - 1) // 2 + 1:
+                    raise errors.UnhealthyCluster("etcdserver: unhealthy cluster: removing this member "
+                                                  "would leave too few active members for a quorum")
+            return ConfChange(CC.REMOVE_NODE, mid, b"")
+        if name == "member_update":
+            urls = list(op["peer_urls"])
+            for other, m in self.members.items():
+                if other != mid and set(m["peer_urls"]) & set(urls):
+                    raise errors.MemberExists("etcdserver: Peer URLs already exists")
+            meta = msgpack.packb({"name": self.members[mid]["name"], "peer_urls": urls}, use_bin_type=True)
+            return ConfChange(CC.UPDATE_NODE, mid, meta)
+        assert name == "member_promote", name
+        if mid not in self.conf.learners:
+            raise errors.MemberNotLearner()
+        if not self._learner_ready(mid):
+            raise errors.LearnerNotReady()
+        if len(active) + 1 < (n + 1) // 2 + 1:
+            raise errors.UnhealthyCluster("etcdserver: re-configuration failed due to not enough started members")
+        return ConfChange(CC.ADD_NODE, mid, b"")
+
+    def _auto_promote(self) -> None:
+        """--auto-promote-learners: the leader promotes a learner once it has caught up."""
+        if self.lead != self.id or not self.conf.learners or self.removed:
+            return
+        st = self.node.status()
+        if st.pending_conf_index > st.applied:
+            return
+        for mid in list(self.conf.learners):
+            if not self._learner_ready(mid):
+                continue
+            self._member_request({"op": "member_promote", "member_id": mid},
+                                 lambda result, error, mid=mid: self.log.info(
+                                     "learner_auto_promoted" if error is None else "learner_auto_promote_failed",
+                                     member=f"{mid:x}", error=error))
+            return
+
     # --- stats and shutdown ----------------------------------------------------------
     def _log_stats(self) -> None:
         if self.fsyncs:
@@ -507,10 +891,10 @@ class ConsensusActor(Actor):
 
     def _hand_over_leadership(self) -> None:
         """On a clean stop, a leader hands over to its most up-to-date follower."""
-        if self.lead != self.id or len(self.voters) < 2:
+        if self.lead != self.id or len(self.conf.voters) < 2:
             return
         progress = self.node.status().progress or {}
-        followers = [(p[0], peer) for peer, p in progress.items() if peer != self.id]
+        followers = [(p[0], peer) for peer, p in progress.items() if peer != self.id and peer in self.conf.voters]
         if not followers:
             return
         _, target = max(followers)

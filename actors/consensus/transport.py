@@ -6,6 +6,10 @@
 - Every frame is `codec.pack_msg(type, [frm, ...])`. Garbage from the network (bad
   frames, unknown types, impossible bodies) is counted, logged and dropped; it never
   raises out of the transport.
+- Peers are dynamic: `set_peers` follows the membership (a DEALER per member, closed
+  when it is removed, reconnected when its peer URL changes). Frames from ids that are
+  not members are dropped, except PEER_JOIN (a node asking for the membership before it
+  knows its id) and, for a removed id, one PEER_REMOVED answer so that it stops.
 - A fault layer for tests: `<run dir>/faults.json` = {"drop_to": [member ids],
   "drop_from": [member ids]} cuts links one way or both. It is re-read every 100 ms
   and survives restarts of the actor; a missing file means no faults.
@@ -25,7 +29,8 @@ from protocol import errors
 from protocol.codec import pack_msg, unpack_msg
 
 PEER_TYPES = frozenset(
-    (M.PEER_RAFT, M.PEER_FORWARD, M.PEER_FORWARD_REJECT, M.PEER_HELLO, M.PEER_SNAP_CHUNK, M.PEER_SNAP_ACK)
+    (M.PEER_RAFT, M.PEER_FORWARD, M.PEER_FORWARD_REJECT, M.PEER_HELLO, M.PEER_SNAP_CHUNK, M.PEER_SNAP_ACK,
+     M.PEER_MEMBER, M.PEER_MEMBER_RESP, M.PEER_JOIN, M.PEER_REMOVED)
 )
 FAULTS_RELOAD_S = 0.1
 MAX_PEER_FRAME = 64 * 1024 * 1024
@@ -73,21 +78,48 @@ class PeerTransport:
         members: list[Member],
         faults_path: str,
         on_message: Callable[[int, int, list], None],
+        on_join: Callable[[], list] | None = None,
     ) -> None:
         self.my_id = my_id
+        self.actor = actor
         self.log = actor.log
         self.on_message = on_message
+        self.on_join = on_join
         self.faults = Faults(faults_path)
         self.dropped_garbage = 0
         self.router = actor.socket(
             zmq.ROUTER, bind=listen_urls, handler=self._on_frames, maxmsgsize=MAX_PEER_FRAME
         )
         self.peers: dict[int, zmq.Socket] = {}
-        for member in members:
-            if member.id != my_id:
-                self.peers[member.id] = actor.socket(
-                    zmq.DEALER, connect=member.peer_urls[0], hwm=10_000, immediate=1
-                )
+        self.peer_urls: dict[int, str] = {}
+        self.removed: set[int] = set()  # ids removed from the cluster: told so, never heard
+        self.set_peers({m.id: m.peer_urls[0] for m in members if m.id != my_id})
+
+    def set_peers(self, urls: dict[int, str]) -> None:
+        """Follow the membership: peer id -> its (first) peer URL; self is skipped."""
+        for peer in [p for p in self.peers if p not in urls or urls[p] != self.peer_urls.get(p)]:
+            sock = self.peers.pop(peer)
+            self.peer_urls.pop(peer, None)
+            self.actor.poller.unregister(sock)
+            self.actor._socket_handlers.pop(sock, None)
+            sock.close(0)
+        for peer, url in urls.items():
+            if peer == self.my_id or peer in self.peers:
+                continue
+            # Outbound only, but it hears PEER_REMOVED (a member telling us we are gone).
+            self.peers[peer] = self.actor.socket(zmq.DEALER, connect=url, hwm=10_000, immediate=1,
+                                                 handler=self._on_dealer_frames)
+            self.peer_urls[peer] = url
+
+    def _on_dealer_frames(self, frames: list[bytes]) -> None:
+        try:
+            msg_type, body = unpack_msg(frames[-1])
+            frm = body[0]
+            if msg_type != M.PEER_REMOVED or frm not in self.peers:
+                raise errors.Malformed(f"unexpected message type {msg_type} on an outbound link")
+            self.on_message(msg_type, frm, [])
+        except (errors.QkvError, TypeError, IndexError, KeyError) as err:
+            self._garbage(err)
 
     def send(self, to: int, msg_type: int, body: list) -> bool:
         """Send to one peer; False when it cannot go now (down, full, or cut by a fault)."""
@@ -109,6 +141,13 @@ class PeerTransport:
             if msg_type not in PEER_TYPES or not isinstance(body, list) or not body:
                 raise errors.Malformed(f"unexpected peer message type {msg_type}")
             frm = body[0]
+            if msg_type == M.PEER_JOIN and self.on_join is not None:
+                self.actor.send_router(self.router, frames[0], pack_msg(M.PEER_JOIN_RESP, self.on_join()))
+                return
+            if isinstance(frm, int) and frm in self.removed and msg_type != M.PEER_REMOVED:
+                # A removed member that did not hear of its removal: tell it, once a while.
+                self.actor.send_router(self.router, frames[0], pack_msg(M.PEER_REMOVED, [self.my_id]))
+                return
             if isinstance(frm, bool) or not isinstance(frm, int) or frm not in self.peers:
                 raise errors.Malformed(f"peer message from unknown member {frm!r}")
         except errors.QkvError as err:

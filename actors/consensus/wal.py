@@ -7,8 +7,9 @@ Rules:
 - Layout (raw mode, column families):
     "log":  key = index as 8-byte big-endian, value = msgpack [term, type, data]
     "meta": b"hard_state" -> msgpack [term, vote, commit]
-            b"snapshot"   -> msgpack [index, term, voters]   (the compaction point; older
-                             files hold [index, term])
+            b"snapshot"   -> msgpack [index, term, voters, learners, context] (the
+                             compaction point and the membership there; older files hold
+                             [index, term] or [index, term, voters])
 - Invariant: the stored log is consecutive from snapshot.index + 1 to last_index.
 """
 
@@ -66,7 +67,9 @@ class WAL:
         fields = msgpack.unpackb(raw)
         index, term = fields[0], fields[1]
         voters = list(fields[2]) if len(fields) > 2 else []
-        return SnapshotMeta(index, term, voters)
+        learners = list(fields[3]) if len(fields) > 3 else []
+        context = bytes(fields[4]) if len(fields) > 4 else b""
+        return SnapshotMeta(index, term, voters, learners, context)
 
     def _load_last_index(self) -> int:
         it = self._log.iter()
@@ -138,17 +141,20 @@ class WAL:
 
     @staticmethod
     def _pack_snapshot(s: SnapshotMeta) -> bytes:
-        return msgpack.packb([s.index, s.term, list(s.voters)])
+        return msgpack.packb([s.index, s.term, list(s.voters), list(s.learners), s.context],
+                             use_bin_type=True)
 
-    def compact(self, index: int, term: int) -> None:
-        """Drop entries <= index and remember (index, term) as the compaction point."""
+    def compact(self, index: int, term: int, conf: SnapshotMeta | None = None) -> None:
+        """Drop entries <= index and remember (index, term) as the compaction point, with
+        the membership as of index from `conf` when given (else the previous one's)."""
         assert self._db is not None, "wal is closed"
         if index <= self._snapshot.index:
             return
         assert index <= self._last_index, f"wal: compact {index} beyond last {self._last_index}"
         wb = WriteBatch(raw_mode=True)
         wb.delete_range(index_key(0), index_key(index + 1), self._log_h)
-        snap = SnapshotMeta(index, term, list(self._snapshot.voters))
+        src = conf if conf is not None else self._snapshot
+        snap = SnapshotMeta(index, term, list(src.voters), list(src.learners), src.context)
         wb.put(SNAPSHOT_KEY, self._pack_snapshot(snap), self._meta_h)
         self._db.write(wb, self._wo_nosync)
         self._snapshot = snap

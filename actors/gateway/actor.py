@@ -8,6 +8,13 @@ id, and routes it:
 - linearizable ranges -> consensus for a read index (one per batch of reads), then
   storage, which answers once it has applied that index;
 - status -> consensus and storage, combined here;
+- maintenance (SPEC "Maintenance and alarms"): before proposing a request that adds data
+  (put, txn with a put, lease_grant) the gateway checks the quota as etcd does: backend
+  size (storage's, polled every 250 ms) + request size > `--quota-backend-bytes` -> the
+  request fails with `no_space` and a NOSPACE alarm for this member is proposed through the
+  log; the alarm's effects are applied by storage (mvcc/alarms.py). `defragment` -> storage
+  (which compacts RocksDB in a thread). On the leader, `CorruptionChecker` (corruption.py)
+  compares the members' hashes every `--corrupt-check-time`;
 - leases: `lease_grant` gets its id (random when 0) and its TTL raised to the minimum
   here, BEFORE it is proposed (the log must be deterministic); grant and revoke are
   writes; `lease_leases`, `lease_keepalive` and `lease_timetolive` take the
@@ -34,13 +41,18 @@ import zmq
 
 from actors.runtime import messages as M
 from actors.runtime.actor import Actor
+from actors.gateway.corruption import CorruptionChecker
+from actors.storage.mvcc import alarms as alarm_rules
 from nodes.config import VERSION
 from protocol import errors
 from protocol.codec import pack, pack_msg, unpack, unpack_msg
 from protocol.requests import ADMIN_OPS, Limits, is_write, normalize_request
 
 REQUEST_TIMEOUT_S = 5.0
+DEFRAG_TIMEOUT_S = 600.0  # a defragment of a large store takes a while; the client's timeout rules
 STATUS_POLL_S = 0.25
+QUOTA_DEFAULT_BYTES = 2 * 1024**3  # etcd: --quota-backend-bytes 0 means the default
+ALARM_RETRY_S = 1.0  # an alarm proposal not yet seen applied is proposed again after this
 UINT64_MAX = 2**64 - 1
 
 
@@ -87,6 +99,15 @@ class GatewayActor(Actor):
         self.raft_term = 0
         self.revision_seen = 0  # the highest store revision this gateway has reported
         self.every(STATUS_POLL_S, self.poll_consensus)
+        self.storage_status: dict[str, Any] = {}  # storage's, polled with the consensus status
+        self.quota_bytes = cfg.quota_backend_bytes or QUOTA_DEFAULT_BYTES
+        self.alarm_proposed: dict[tuple[int, str], float] = {}
+        self.corruption: CorruptionChecker | None = None
+        if cfg.corrupt_check_time > 0:
+            self.corruption = CorruptionChecker(
+                self, self._member_urls, lambda: self.consensus_status.get("lead") == self.member_id,
+                lambda member: self.propose_alarm(member, alarm_rules.CORRUPT), self.member_id)
+            self.every(cfg.corrupt_check_time, self.corruption.tick)
         self.every(0.05, self.expire)
         self.replies_dropped = 0
         self.every(10.0, self._log_dropped)
@@ -169,8 +190,12 @@ class GatewayActor(Actor):
             if op["id"] == 0:
                 op["id"] = self._rng.randrange(1, 2**63)
             op["ttl"] = max(op["ttl"], self.lease_ttl_min_s)
+        if alarm_rules.adds_data(op) and self._over_quota(len(frame)):
+            self._reply_error(identity, delimiter, client_id, errors.NoSpace())
+            return
         if name in ADMIN_OPS:
-            self.pending[req_id] = Pending(identity, delimiter, client_id, now + REQUEST_TIMEOUT_S, name)
+            timeout_s = DEFRAG_TIMEOUT_S if name == "defragment" else REQUEST_TIMEOUT_S
+            self.pending[req_id] = Pending(identity, delimiter, client_id, now + timeout_s, name)
             if name == "status":
                 self._send_internal(self.consensus, M.STATUS, [req_id])
                 self._send_internal(self.storage, M.STORAGE_STATUS, [req_id])
@@ -180,6 +205,12 @@ class GatewayActor(Actor):
                 self._send_internal(self.consensus, M.MOVE_LEADER, [req_id, op["target_id"]])
             elif name == "hash_kv":
                 self._send_internal(self.storage, M.HASH_KV, [req_id, op["revision"]])
+            elif name == "defragment":
+                if not self._send_internal(self.storage, M.DEFRAG, [req_id]):
+                    self._fail(req_id, errors.Unavailable("storage is not reachable"))
+            elif name.startswith("member_"):  # add / remove / update / promote: consensus decides
+                if not self._send_internal(self.consensus, M.MEMBER, [req_id, op]):
+                    self._fail(req_id, errors.Unavailable("consensus is not reachable"))
         elif is_write(op):
             self.pending[req_id] = Pending(identity, delimiter, client_id, now + REQUEST_TIMEOUT_S, "write")
             data = msgpack.packb([self.member_id, req_id, op, client_id], use_bin_type=True)
@@ -190,6 +221,41 @@ class GatewayActor(Actor):
                 self.read_batch.append([req_id, op, 0, client_id])
             else:
                 self.linear_batch.append([req_id, op])
+
+    # --- quota and alarms ------------------------------------------------------------
+    def _over_quota(self, request_bytes: int) -> bool:
+        """etcd's quota check before proposing; past the quota, raise NOSPACE (once)."""
+        size = self.storage_status.get("db_size", 0)
+        if size + request_bytes <= self.quota_bytes:
+            return False
+        self.propose_alarm(self.member_id, alarm_rules.NOSPACE)
+        return True
+
+    def propose_alarm(self, member_id: int, alarm: str) -> None:
+        """Raise an alarm through the log, unless storage shows it active or it was proposed
+        just now. Nobody waits for the reply (no pending entry): storage's answer is dropped."""
+        key = (member_id, alarm)
+        if {"member_id": member_id, "alarm": alarm} in self.storage_status.get("alarms", []):
+            return
+        now = time.monotonic()
+        if now - self.alarm_proposed.get(key, -1e9) < ALARM_RETRY_S:
+            return
+        self.alarm_proposed[key] = now
+        self.log.warning("alarm_raised", member=f"{member_id:x}", alarm=alarm,
+                         db_size=self.storage_status.get("db_size"), quota=self.quota_bytes)
+        op = {"op": "alarm_activate", "member_id": member_id, "alarm": alarm}
+        self.propose_batch.append([self._new_id(), msgpack.packb([self.member_id, 0, op, None], use_bin_type=True)])
+
+    def _member_urls(self) -> list[tuple[int, str]]:
+        """(member id, first client URL) of every member whose URLs are known."""
+        out = []
+        for m in self.consensus_status.get("members", []):
+            urls = m.get("client_urls") or []
+            if m.get("id") == self.member_id:
+                urls = list(self.cfg.advertise_client_urls)
+            if urls:
+                out.append((m["id"], urls[0]))
+        return out
 
     def _send_internal(self, sock: zmq.Socket, msg_type: int, body: Any) -> bool:
         try:
@@ -292,7 +358,16 @@ class GatewayActor(Actor):
 
     def _on_storage_status_resp(self, body: list) -> None:
         ctx_id, status = body
+        if ctx_id == 0:
+            self.storage_status = status
+            return
         self._status_part(ctx_id, "storage", status)
+
+    def _on_defrag_resp(self, body: list) -> None:
+        ctx_id, result, error = body
+        if result is not None and self.storage_status:
+            self.storage_status["db_size"] = result["db_size_after"]  # the quota check sees it at once
+        self._finish(ctx_id, result, error, self.revision_seen, self.raft_term)
 
     _internal_handlers = {
         M.CLIENT_REPLIES: _on_client_replies,
@@ -302,6 +377,8 @@ class GatewayActor(Actor):
         M.STORAGE_STATUS_RESP: _on_storage_status_resp,
         M.MOVE_LEADER_RESP: _on_move_leader_resp,
         M.HASH_KV_RESP: _on_hash_kv_resp,
+        M.DEFRAG_RESP: _on_defrag_resp,
+        M.MEMBER_RESP: lambda self, body: self._finish(body[0], body[1], body[2], self.revision_seen, self.raft_term),
     }
 
     def _status_part(self, req_id: int, part: str, status: dict) -> None:
@@ -321,8 +398,11 @@ class GatewayActor(Actor):
             "raft_index": c["commit"],
             "raft_term": c["term"],
             "raft_applied_index": s["applied_index"],
-            "is_learner": False,
-            "errors": [c["faults"]] if c.get("faults") else [],
+            "is_learner": bool(c.get("is_learner", False)),
+            "errors": ([c["faults"]] if c.get("faults") else [])
+            + [f"memberID:{a['member_id']} alarm:{a['alarm']}" for a in s.get("alarms", [])],
+            "alarms": s.get("alarms", []),
+            "db_size_quota": self.quota_bytes,
             "compact_revision": s["compact_revision"],
             "client_urls": list(self.cfg.advertise_client_urls),
             "watch_urls": list(self.cfg.listen_watch_urls),
@@ -343,6 +423,7 @@ class GatewayActor(Actor):
     # --- timers --------------------------------------------------------------------
     def poll_consensus(self) -> None:
         self._send_internal(self.consensus, M.STATUS, [0])
+        self._send_internal(self.storage, M.STORAGE_STATUS, [0])
 
     def expire(self) -> None:
         now = time.monotonic()

@@ -64,6 +64,26 @@ PEER_SNAP_ACK = 65    # [frm, snap_id, seq, status]  status: "ok" (chunk stored)
 # lease expiry once it has applied that far (so it knows every lease and checkpoint).
 LEADERSHIP = 33       # [is_leader, term, lead, lead_client_urls, ready_index]
 # storage -> consensus (on storage's DEALER): entries only the server writes (lease
-# expiry, lease checkpoints). Proposed only if this member still leads in `term`, never
+# expiry, lease checkpoints, auto-compaction's compact entries). Proposed only if this member still leads in `term`, never
 # forwarded; no reply (storage sees the entries applied, or proposes again later).
 LEASE_PROPOSE = 34    # [term, [data, ...]]  data as in PROPOSE
+# gateway -> storage: `defragment` (maintenance). RocksDB compact_range of every column
+# family runs in a storage thread (it releases the GIL), so storage keeps serving; the
+# reply comes when it is done.
+DEFRAG = 70           # [ctx_id]
+DEFRAG_RESP = 71      # [ctx_id, {took_s, db_size_before, db_size_after} | None, error_wire | None]
+
+# Membership (actors/consensus/actor.py). gateway -> consensus: member_add / _remove /
+# _update / _promote; op = the normalized client op. A follower's consensus forwards it
+# to the leader (PEER_MEMBER); the reply comes once the conf change entry is applied.
+MEMBER = 90           # [ctx_id, op]
+MEMBER_RESP = 91      # [ctx_id, {member?, members} | None, error_wire | None]
+PEER_MEMBER = 92      # [frm, ctx, op]
+PEER_MEMBER_RESP = 93  # [frm, ctx, result | None, error_wire | None]
+# A node started with --initial-cluster-state existing asks a peer for the membership
+# (its own id among it) before it starts; frm is 0 (it has no id yet). Replied on the
+# peer ROUTER to the asking DEALER.
+PEER_JOIN = 94        # [0]
+PEER_JOIN_RESP = 95   # [cluster_id, [[id, name, peer_urls, is_learner], ...]]
+# To a member whose id was removed and that still talks to us: it stops.
+PEER_REMOVED = 96     # [frm]

@@ -34,6 +34,11 @@
   (applied or in flight) is answered only once a clearing checkpoint (remaining 0 = the
   full TTL) has applied, so a later leader never uses a remaining TTL older than an
   acknowledged keep-alive.
+- Snapshot saves (`qkvctl snapshot save`, SPEC section 6): a `snapshot` request makes a
+  RocksDB checkpoint under `<data-dir>/snapsave` (consistent: taken between two applied
+  batches, with the metadata read at that instant) and each further request reads one
+  chunk of it (snapshot_file.py), so serving never stops for long; a save left idle for
+  SNAPSHOT_IDLE_S is dropped with its checkpoint.
 """
 from __future__ import annotations
 
@@ -41,6 +46,7 @@ import heapq
 import itertools
 import os
 import shutil
+import threading
 import time
 from typing import Any
 
@@ -50,11 +56,17 @@ import zmq
 from actors.runtime import messages as M
 from actors.runtime.actor import Actor
 from actors.runtime.failpoints import failpoint
-from actors.storage.backend import RocksBackend
+from actors.storage.backend import RocksBackend, fsync_dir
+from actors.storage.compactor import make_compactor
+from actors.storage.mvcc import alarms as alarm_rules
 from actors.storage.mvcc import MVCCStore
+from actors.storage.snapshot_file import (
+    BadOffset, SnapshotFileError, SnapshotMeta, SnapshotSaves, TooManySaves, UnknownSave,
+)
+from nodes.config import VERSION
 from protocol import errors
 from protocol.codec import pack, pack_msg, unpack_msg
-from protocol.requests import LEASE_LEADER_OPS
+from protocol.requests import LEASE_LEADER_OPS, SNAPSHOT_CHUNK_DEFAULT, SNAPSHOT_CHUNK_MIN, SNAPSHOT_FRAME_OVERHEAD
 
 FETCH_RESEND_S = 0.3
 SYNC_INTERVAL_S = 1.0
@@ -64,17 +76,15 @@ LEASE_RETRY_S = 3.0  # an expiry or clear proposal that did not apply is propose
 LEASE_CHECKPOINT_S = float(os.environ.get("QKV_LEASE_CHECKPOINT_S", "5.0"))
 LEASE_CHECKPOINT_BATCH = 1000
 LEADERSHIP_SILENCE_S = 3.0  # no LEADERSHIP from consensus for this long: stop acting as leader
+# Auto-compaction in revision mode checks this often (etcd: 5 minutes); tests shorten it.
+AUTO_COMPACTION_REVISION_INTERVAL_S = float(os.environ.get("QKV_AUTO_COMPACTION_REVISION_INTERVAL_S", "300"))
+AUTO_COMPACTION_TICK_S = 0.1
+DEFRAG_POLL_S = 0.02
+# `snapshot save`: a save not asked for its next chunk for this long is dropped (client gone)
+SNAPSHOT_IDLE_S = float(os.environ.get("QKV_SNAPSHOT_IDLE_S", "10.0"))
 # A lease is checkpointed when its remaining TTL is this much below what the log knows
 # (its last checkpoint, or its full TTL); leases kept alive more often are never touched.
 LEASE_CHECKPOINT_MARGIN_MS = 1000
-
-
-def _fsync_dir(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _event_wire(ev: Any) -> list:
@@ -109,6 +119,11 @@ class StorageActor(Actor):
         self.every(FETCH_RESEND_S, self._resend_fetch)
         self.every(SYNC_INTERVAL_S, self._sync)
         self._lease_setup()
+        self._maintenance_setup()
+        # Snapshot saves in progress: checkpoints in their own dir (consensus empties
+        # `snapshots` whenever it starts), removed when done, idle, or at start.
+        self.saves = SnapshotSaves(os.path.join(self.data_dir, "snapsave"), SNAPSHOT_IDLE_S)
+        self.every(1.0, self._snapshot_expire)
         self._send_fetch()
         self.log.info("storage_loaded", applied_index=self.store.applied_index,
                       revision=self.store.current_revision, compact_revision=self.store.compact_revision)
@@ -153,7 +168,9 @@ class StorageActor(Actor):
                 break
             expected += 1
             op = None
-            if data:
+            # Type 1 = a Raft conf change (membership, consensus's business): only the
+            # applied index moves past it.
+            if data and _type == 0:
                 try:
                     origin, req_id, op, client_id = msgpack.unpackb(data, raw=False, strict_map_key=False)
                     origins[index] = (origin, req_id, client_id)
@@ -241,15 +258,24 @@ class StorageActor(Actor):
                 "revision": self.store.current_revision,
                 "compact_revision": self.store.compact_revision,
                 "db_size": size,
-                "db_size_in_use": size,
+                "db_size_in_use": min(size, self.backend.size_in_use_bytes()),
                 "raft_term": self.raft_term,
+                "alarms": alarm_rules.to_wire(self.store.alarms),
+                "defragmenting": self.defrag_thread is not None,
             }
             self.send_router(self.router, identity, pack_msg(M.STORAGE_STATUS_RESP, [ctx_id, status]))
+        elif msg_type == M.DEFRAG:
+            self._defrag_request(identity, body[0])
 
     def _read(self, req_id: int, op: dict) -> list:
         try:
             if op.get("op") == "history":  # the watch's catch-up (clients and the watch actor)
                 return [req_id, self.store.history(op), None, self.store.current_revision, self.raft_term]
+            if op.get("op") == "snapshot":  # `qkvctl snapshot save`: one chunk per request
+                return [req_id, self._snapshot_chunk(op), None, self.store.current_revision, self.raft_term]
+            if op.get("op") == "alarm_list":
+                return [req_id, {"alarms": alarm_rules.to_wire(self.store.alarms)}, None,
+                        self.store.current_revision, self.raft_term]
             if op.get("op") == "lease_leases":
                 leases = [{"ID": lease_id} for lease_id, _, _ in self.store.leases()]
                 return [req_id, {"leases": leases}, None, self.store.current_revision, self.raft_term]
@@ -332,12 +358,13 @@ class StorageActor(Actor):
             self.send_router(self.router, identity,
                              pack_msg(M.INSTALL_RESP, [ctx_id, self.store.applied_index, None]))
             return
+        self._defrag_join()
         self.backend.close()
         shutil.rmtree(old, ignore_errors=True)
         os.rename(self.store_dir, old)
-        _fsync_dir(self.data_dir)
+        fsync_dir(self.data_dir)
         os.rename(path, self.store_dir)
-        _fsync_dir(self.data_dir)
+        fsync_dir(self.data_dir)
         shutil.rmtree(old, ignore_errors=True)
         self.backend = RocksBackend(self.store_dir)
         self.store = MVCCStore(self.backend)
@@ -356,7 +383,123 @@ class StorageActor(Actor):
                 shutil.rmtree(old)  # the swap finished; only the clean-up was cut short
             else:
                 os.rename(old, self.store_dir)  # cut between the renames: keep our own store
-            _fsync_dir(self.data_dir)
+            fsync_dir(self.data_dir)
+
+    # --- snapshot save (SPEC `snapshot`; actors/storage/snapshot_file.py) -------------
+    def _snapshot_chunk(self, op: dict) -> dict:
+        """Start a save (a checkpoint: consistent, made between two applied batches, the
+        metadata read at the same instant) or serve its next chunk. Each call reads at most
+        one chunk, so the actor keeps serving while a save is streamed."""
+        limit = max(SNAPSHOT_CHUNK_MIN, self.cfg.max_request_bytes - SNAPSHOT_FRAME_OVERHEAD)
+        max_bytes = min(op["max_bytes"] or SNAPSHOT_CHUNK_DEFAULT, limit)
+        try:
+            if op["snapshot_id"] == 0:
+                meta = SnapshotMeta(
+                    revision=self.store.current_revision, compact_revision=self.store.compact_revision,
+                    applied_index=self.store.applied_index, key_count=self.store.key_count(),
+                    cluster_id=self.cluster_id, member_id=self.member_id, created=time.time(),
+                    version=VERSION)
+                save = self.saves.start(self.backend.checkpoint, meta)
+                self.log.info("snapshot_save_started", id=f"{save.snapshot_id:x}", revision=meta.revision,
+                              applied_index=meta.applied_index, bytes=save.stream.total_size)
+                snapshot_id, offset = save.snapshot_id, 0
+            else:
+                snapshot_id, offset = op["snapshot_id"], op["offset"]
+            save, offset, data, done = self.saves.chunk(snapshot_id, offset, max_bytes)
+        except TooManySaves as exc:
+            raise errors.Unavailable(str(exc)) from None
+        except (UnknownSave, BadOffset) as exc:
+            raise errors.InvalidArgument(str(exc)) from None
+        except (OSError, SnapshotFileError) as exc:  # disk full, a checkpoint file gone
+            self.log.exception("snapshot_save_failed")
+            raise errors.Internal(f"snapshot failed: {exc}") from None
+        if done:
+            self.log.info("snapshot_save_sent", id=f"{save.snapshot_id:x}", bytes=save.stream.total_size)
+        return {"snapshot_id": save.snapshot_id, "offset": offset, "data": data, "done": done,
+                "total_size": save.stream.total_size, "snapshot_revision": save.stream.meta.revision}
+
+    def _snapshot_expire(self) -> None:
+        for snapshot_id in self.saves.expire():
+            self.log.info("snapshot_save_dropped", id=f"{snapshot_id:x}", idle_s=SNAPSHOT_IDLE_S)
+
+    # --- maintenance: defragmentation, auto-compaction ---------------------------------
+    def _maintenance_setup(self) -> None:
+        self.defrag_thread: threading.Thread | None = None
+        self.defrag_running: list[tuple[bytes, int]] = []  # askers the running pass answers
+        self.defrag_next: list[tuple[bytes, int]] = []  # asked meanwhile: they get a new pass
+        self.defrag_result: tuple[float, str | None] = (0.0, None)
+        self.compactor = make_compactor(self.cfg.auto_compaction_mode, self.cfg.auto_compaction_retention,
+                                        AUTO_COMPACTION_REVISION_INTERVAL_S)
+        if self.compactor is not None:
+            self.every(AUTO_COMPACTION_TICK_S, self._auto_compact_tick)
+
+    def _defrag_request(self, identity: bytes, ctx_id: int) -> None:
+        if self.defrag_thread is None:
+            self.defrag_running.append((identity, ctx_id))
+            self._defrag_start()
+        else:
+            self.defrag_next.append((identity, ctx_id))
+
+    def _defrag_start(self) -> None:
+        """compact_range in a thread: it releases the GIL, so this loop keeps applying and
+        serving meanwhile (etcd's defrag stops the world, etcd #9222)."""
+        backend = self.backend
+        before = backend.size_bytes()
+        started = time.monotonic()
+        self.log.info("defrag_started", db_size=before)
+
+        def run() -> None:
+            error = None
+            try:
+                backend.defragment()
+            except Exception as exc:  # reported to the askers; the data is untouched
+                error = f"{type(exc).__name__}: {exc}"
+            self.defrag_result = (time.monotonic() - started, error)
+
+        self.defrag_before = before
+        self.defrag_thread = threading.Thread(target=run, name="defrag", daemon=True)
+        self.defrag_thread.start()
+        self.call_later(DEFRAG_POLL_S, self._defrag_poll)
+
+    def _defrag_poll(self) -> None:
+        thread = self.defrag_thread
+        if thread is None:
+            return
+        if thread.is_alive():
+            self.call_later(DEFRAG_POLL_S, self._defrag_poll)
+            return
+        self.defrag_thread = None
+        took_s, error = self.defrag_result
+        after = self.backend.size_bytes()
+        if error is None:
+            self.log.info("defrag_finished", took_s=round(took_s, 3), db_size_before=self.defrag_before,
+                          db_size_after=after)
+            reply: list = [{"took_s": took_s, "db_size_before": self.defrag_before, "db_size_after": after}, None]
+        else:
+            self.log.error("defrag_failed", error=error)
+            reply = [None, errors.Internal(f"defragment failed: {error}").to_wire()]
+        askers, self.defrag_running = self.defrag_running, []
+        for identity, ctx_id in askers:
+            self.send_router(self.router, identity, pack_msg(M.DEFRAG_RESP, [ctx_id, *reply]))
+        if self.defrag_next:
+            self.defrag_running, self.defrag_next = self.defrag_next, []
+            self._defrag_start()
+
+    def _defrag_join(self) -> None:
+        """Before the backend closes: a running compact_range (and any pass queued after it)
+        must finish first."""
+        while self.defrag_thread is not None:
+            self.defrag_thread.join()
+            self._defrag_poll()
+
+    def _auto_compact_tick(self) -> None:
+        assert self.compactor is not None
+        revision = self.compactor.tick(time.monotonic(), self.store.current_revision,
+                                       self.store.compact_revision, self.promoted_term is not None)
+        if revision is not None:
+            self.log.info("auto_compaction_proposed", revision=revision, mode=self.cfg.auto_compaction_mode,
+                          retention=self.cfg.auto_compaction_retention)
+            self._lease_propose([{"op": "compact", "revision": revision, "physical": False}])
 
     # --- leases ----------------------------------------------------------------------
     def _lease_setup(self) -> None:
@@ -574,4 +717,6 @@ class StorageActor(Actor):
                              for k in range(0, len(items), LEASE_CHECKPOINT_BATCH)])
 
     def shutdown(self) -> None:
+        self._defrag_join()
+        self.saves.close()
         self.backend.close()

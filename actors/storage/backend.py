@@ -19,7 +19,9 @@ import os
 import weakref
 from typing import Iterator, Iterable
 
-from rocksdict import Checkpoint, Options, ReadOptions, Rdict, WriteBatch, WriteOptions
+from rocksdict import (
+    BottommostLevelCompaction, Checkpoint, CompactOptions, Options, ReadOptions, Rdict, WriteBatch, WriteOptions,
+)
 
 from actors.storage.mvcc.store import COLUMN_FAMILIES
 
@@ -29,6 +31,15 @@ def _options() -> Options:
     opts.create_if_missing(True)
     opts.create_missing_column_families(True)
     return opts
+
+
+def fsync_dir(path: str) -> None:
+    """Make a rename or a new file in `path` durable."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 class RocksBackend:
@@ -147,6 +158,25 @@ class RocksBackend:
             for prop in ("rocksdb.total-sst-files-size", "rocksdb.size-all-mem-tables"):
                 total += cf.property_int_value(prop) or 0
         return total
+
+    def size_in_use_bytes(self) -> int:
+        """RocksDB's estimate of the live data (what a full compaction would keep) plus the
+        memtables: what ``defragment`` can shrink ``size_bytes`` to."""
+        total = 0
+        for cf in self._cfs.values():
+            for prop in ("rocksdb.estimate-live-data-size", "rocksdb.size-all-mem-tables"):
+                total += cf.property_int_value(prop) or 0
+        return total
+
+    def defragment(self) -> None:
+        """Compact every column family fully (memtables flushed, deleted and overwritten
+        data dropped from the files). rocksdict releases the GIL inside compact_range, so
+        a thread may run this while the owner keeps reading and writing (RocksDB is
+        thread-safe); ``close`` must wait for it."""
+        opts = CompactOptions()
+        opts.set_bottommost_level_compaction(BottommostLevelCompaction.force())
+        for cf in list(self._cfs.values()):
+            cf.compact_range(None, None, opts)
 
     def close(self) -> None:
         if self._db is None:

@@ -45,6 +45,12 @@ lease_app = typer.Typer(no_args_is_help=True, rich_markup_mode=None,
                         help="Lease related commands")
 app.add_typer(member_app, name="member")
 app.add_typer(lease_app, name="lease")
+alarm_app = typer.Typer(no_args_is_help=True, rich_markup_mode=None,
+                        help="Alarm related commands")
+app.add_typer(alarm_app, name="alarm")
+snapshot_app = typer.Typer(no_args_is_help=True, rich_markup_mode=None,
+                           help="Manages etcd node snapshots")
+app.add_typer(snapshot_app, name="snapshot")
 
 
 class CliError(Exception):
@@ -545,6 +551,100 @@ def member_list_cmd(ctx: typer.Context) -> None:
                 _out().write((", ".join(row) + "\n").encode())
 
 
+def _member_id_arg(raw: str) -> int:
+    try:
+        mid = int(raw, 16)
+    except ValueError:
+        raise CliError(f"bad member ID arg ({raw!r}), expecting ID in Hex", EXIT_BAD_ARGS) from None
+    if mid <= 0:
+        raise CliError(f"bad member ID arg ({raw!r}), expecting ID in Hex", EXIT_BAD_ARGS)
+    return mid
+
+
+def _peer_urls_opt(raw: str) -> list[str]:
+    urls = [u.strip() for u in raw.split(",") if u.strip()]
+    if not urls:
+        raise CliError("member peer urls not provided", EXIT_BAD_ARGS)
+    return urls
+
+
+def _member_change_out(g: Globals, resp: Any, line: str) -> None:
+    from protocol.client.output import dumps, header_json
+
+    if g.write_out == "json":
+        body: dict[str, Any] = {"header": header_json(resp.header)}
+        for key in ("member", "members"):
+            value = getattr(resp, key, None)
+            if value is None:
+                continue
+            ms = value if isinstance(value, list) else [value]
+            out = [{"ID": m.id, "name": m.name, "peerURLs": m.peer_urls, "clientURLs": m.client_urls,
+                    "isLearner": m.is_learner} for m in ms]
+            body[key] = out if isinstance(value, list) else out[0]
+        _out().write((dumps(body) + "\n").encode())
+    else:
+        _out().write((line + "\n").encode())
+
+
+@member_app.command("add")
+def member_add_cmd(ctx: typer.Context,
+                   name: str = typer.Argument(..., help="name of the new member"),
+                   peer_urls: str = typer.Option(..., "--peer-urls", help="comma separated peer URLs for the new member"),
+                   learner: bool = typer.Option(False, "--learner", help="indicates if the new member is raft learner")
+                   ) -> None:
+    """Adds a member into the cluster."""
+    g = _g(ctx)
+    with _errors():
+        urls = _peer_urls_opt(peer_urls)
+        with _client(g) as c:
+            resp = c.member_add(name, urls, is_learner=learner)
+        new_id = resp.member.id
+        _member_change_out(g, resp, f"Member {new_id:16x} added to cluster {resp.header.cluster_id:16x}")
+        if g.write_out not in ("json", "fields", "table"):
+            conf = [f"{name if m.id == new_id else m.name}={u}" for m in resp.members for u in m.peer_urls]
+            _out().write(("\n"
+                          f'QKV_NAME="{name}"\n'
+                          f'QKV_INITIAL_CLUSTER="{",".join(conf)}"\n'
+                          f'QKV_INITIAL_ADVERTISE_PEER_URLS="{",".join(urls)}"\n'
+                          'QKV_INITIAL_CLUSTER_STATE="existing"\n').encode())
+
+
+@member_app.command("remove")
+def member_remove_cmd(ctx: typer.Context, member_id: str = typer.Argument(..., help="member ID, in hex")) -> None:
+    """Removes a member from the cluster."""
+    g = _g(ctx)
+    with _errors():
+        mid = _member_id_arg(member_id)
+        with _client(g) as c:
+            resp = c.member_remove(mid)
+        _member_change_out(g, resp, f"Member {mid:16x} removed from cluster {resp.header.cluster_id:16x}")
+
+
+@member_app.command("update")
+def member_update_cmd(ctx: typer.Context, member_id: str = typer.Argument(..., help="member ID, in hex"),
+                      peer_urls: str = typer.Option(..., "--peer-urls", help="comma separated peer URLs for the updated member")
+                      ) -> None:
+    """Updates a member in the cluster."""
+    g = _g(ctx)
+    with _errors():
+        mid = _member_id_arg(member_id)
+        urls = _peer_urls_opt(peer_urls)
+        with _client(g) as c:
+            resp = c.member_update(mid, urls)
+        _member_change_out(g, resp, f"Member {mid:16x} updated in cluster {resp.header.cluster_id:16x}")
+
+
+@member_app.command("promote")
+def member_promote_cmd(ctx: typer.Context, member_id: str = typer.Argument(..., help="member ID, in hex")) -> None:
+    """Promotes a non-voting member in the cluster."""
+    g = _g(ctx)
+    with _errors():
+        mid = _member_id_arg(member_id)
+        with _client(g) as c:
+            resp = c.member_promote(mid)
+        _member_change_out(g, resp, f"Member {mid:16x} promoted in cluster {resp.header.cluster_id:16x}")
+
+
 @app.command("move-leader")
 def move_leader_cmd(ctx: typer.Context, transferee_id: str = typer.Argument(..., help="member id, in hex")) -> None:
     """Transfers leadership to another member of the cluster."""
@@ -558,6 +658,58 @@ def move_leader_cmd(ctx: typer.Context, transferee_id: str = typer.Argument(...,
             leader = c.status().leader
             c.move_leader(target)
         _out().write(f"Leadership transferred from {leader:x} to {target:x}\n".encode())
+
+
+# -- maintenance: alarm, defrag --------------------------------------------------------------
+def _print_alarms(g: Globals, resp: Any) -> None:
+    from protocol.client.output import dumps, header_json
+
+    if g.write_out == "json":
+        _out().write((dumps({"header": header_json(resp.header), "alarms": [
+            {"memberID": a.member_id, "alarm": a.alarm} for a in resp.alarms]}) + "\n").encode())
+    else:
+        for a in resp.alarms:
+            _out().write(f"{a}\n".encode())
+
+
+@alarm_app.command("list")
+def alarm_list_cmd(ctx: typer.Context) -> None:
+    """Lists all alarms."""
+    g = _g(ctx)
+    with _errors():
+        with _client(g) as c:
+            _print_alarms(g, c.alarm_list())
+
+
+@alarm_app.command("disarm")
+def alarm_disarm_cmd(ctx: typer.Context) -> None:
+    """Disarms all alarms."""
+    g = _g(ctx)
+    with _errors():
+        with _client(g) as c:
+            _print_alarms(g, c.alarm_disarm())
+
+
+@app.command("defrag")
+def defrag_cmd(ctx: typer.Context, cluster: bool = _CLUSTER_OPT) -> None:
+    """Defragments the storage of the etcd members with given endpoints (the members keep
+    serving meanwhile)."""
+    g = _g(ctx)
+    with _errors():
+        from protocol.errors import QkvError
+
+        failed = False
+        for ep in _cluster_endpoints(g, cluster):
+            try:
+                with _client(g, [ep]) as c:
+                    c.defragment()
+                _out().write(f"Finished defragmenting etcd member[{ep}]\n".encode())
+            except QkvError as exc:
+                failed = True
+                sys.stderr.write(f"Failed to defragment etcd member[{ep}] ({exc.message})\n")
+                sys.stderr.flush()
+        if failed:
+            raise typer.Exit(EXIT_ERROR)
 
 
 # -- lease ------------------------------------------------------------------------------------------
@@ -995,6 +1147,102 @@ def bench_txn_put(
     """Benchmark put through txn."""
     _bench(ctx, "txn-put", clients, total, duration, key_size=key_size, val_size=val_size,
            key_space_size=key_space_size, txn_ops=txn_ops, sequential_keys=True)
+
+
+# -- snapshot (protocol/client/snapshot.py) ----------------------------------------------------
+@snapshot_app.command("save")
+def snapshot_save_cmd(
+    ctx: typer.Context,
+    filename: Optional[str] = typer.Argument(None, metavar="<filename>"),
+    consistency: str = typer.Option("l", "--consistency",
+                                    help="l: holds every write acknowledged before (needs a leader); "
+                                         "s: what this member has applied"),
+) -> None:
+    """Stores an etcd node backend snapshot to a given file."""
+    g = _g(ctx)
+    with _errors():
+        from protocol.client.snapshot import ProgressBar, SnapshotFileError, save
+
+        if not filename:
+            raise CliError("snapshot save expects one argument", EXIT_BAD_ARGS)
+        if len(g.endpoints) != 1:
+            raise CliError(f"snapshot must be requested to one selected node, not multiple {g.endpoints}",
+                           EXIT_BAD_ARGS)
+        if consistency not in ("l", "s"):
+            raise CliError(f"unknown consistency flag {consistency!r}", EXIT_BAD_ARGS)
+        progress = ProgressBar(sys.stderr) if sys.stderr.isatty() else None
+        try:
+            save(g.endpoints[0], filename, timeout=g.command_timeout_s, serializable=consistency == "s",
+                 progress=progress)
+        except SnapshotFileError as exc:
+            raise CliError(str(exc)) from None
+        except OSError as exc:
+            raise CliError(f"could not write {filename}: {exc.strerror or exc}") from None
+        _out().write(f"Snapshot saved at {filename}\n".encode())
+
+
+@snapshot_app.command("status")
+def snapshot_status_cmd(ctx: typer.Context, filename: Optional[str] = typer.Argument(None, metavar="<filename>")) -> None:
+    """Gets backend snapshot status of a given file (after checking its hash)."""
+    g = _g(ctx)
+    with _errors():
+        from protocol.client.output import dumps, humanize_bytes, render_table
+        from protocol.client.snapshot import SnapshotFileError, status
+
+        if not filename:
+            raise CliError("snapshot status requires exactly one argument", EXIT_BAD_ARGS)
+        try:
+            st = status(filename)
+        except SnapshotFileError as exc:
+            raise CliError(str(exc)) from None
+        if g.write_out == "json":
+            text = dumps({"hash": st.hash, "revision": st.revision, "totalKey": st.total_key,
+                          "totalSize": st.total_size}) + "\n"
+        elif g.write_out == "table":
+            text = render_table(["hash", "revision", "total keys", "total size"],
+                                [[f"{st.hash:x}", str(st.revision), str(st.total_key), humanize_bytes(st.total_size)]])
+        elif g.write_out == "fields":
+            text = (f'"Hash" : {st.hash}\n"Revision" : {st.revision}\n"Keys" : {st.total_key}\n'
+                    f'"Size" : {st.total_size}\n')
+        else:
+            text = f"{st.hash:x}, {st.revision}, {st.total_key}, {humanize_bytes(st.total_size)}\n"
+        _out().write(text.encode())
+
+
+@snapshot_app.command("restore")
+def snapshot_restore_cmd(
+    ctx: typer.Context,
+    filename: Optional[str] = typer.Argument(None, metavar="<filename>"),
+    name: Optional[str] = typer.Option(None, "--name", help="human-readable name for this member [default: default]"),
+    data_dir: Optional[str] = typer.Option(None, "--data-dir", help="path to the data directory [default: <name>.qkv]"),
+    initial_cluster: Optional[str] = typer.Option(None, "--initial-cluster",
+                                                  help="initial cluster configuration for restore bootstrap"),
+    initial_cluster_token: Optional[str] = typer.Option(None, "--initial-cluster-token",
+                                                        help="initial cluster token for the cluster during restore "
+                                                             "bootstrap [default: qkv-cluster]"),
+    initial_advertise_peer_urls: Optional[str] = typer.Option(None, "--initial-advertise-peer-urls",
+                                                              help="list of this member's peer URLs to advertise"),
+) -> None:
+    """Restores a snapshot into a new data dir for one member of a new cluster
+    (start it with `qkv --initial-cluster-state new` and the same flags)."""
+    _g(ctx)
+    with _errors():
+        from actors.storage.restore import RestoreError
+        from protocol.client.snapshot import restore
+
+        if not filename:
+            raise CliError("snapshot restore requires exactly one argument", EXIT_BAD_ARGS)
+        try:
+            res = restore(filename, name=name, initial_cluster=initial_cluster,
+                          initial_cluster_token=initial_cluster_token,
+                          initial_advertise_peer_urls=initial_advertise_peer_urls, data_dir=data_dir)
+        except RestoreError as exc:
+            raise CliError(str(exc)) from None
+        except OSError as exc:
+            raise CliError(f"restore failed: {exc}") from None
+        _out().write((f"Restored snapshot {filename} (revision {res.meta.revision}, {res.meta.key_count} keys) "
+                      f"into {res.data_dir}: member {res.name} ({res.member_id:x}) of cluster "
+                      f"{res.cluster_id:x}\n").encode())
 
 
 # -- entry point ---------------------------------------------------------------------------------

@@ -36,14 +36,17 @@ from protocol.client.txn import (
     Compare, Op, Txn, delete_fields, put_fields, range_fields, txn_fields, txn_writes,
 )
 from protocol.client.types import (
-    CompactResponse, DeleteRangeResponse, HashKVResponse, MemberListResponse, MoveLeaderResponse,
+    AlarmResponse, DefragmentResponse,
+    CompactResponse, DeleteRangeResponse, HashKVResponse, MemberAddResponse, MemberListResponse,
+    MoveLeaderResponse,
     PutResponse, RangeResponse, StatusResponse, TxnResponse,
 )
 
 DEFAULT_ENDPOINT = "tcp://127.0.0.1:7379"
 DEFAULT_TIMEOUT_S = 7.0
 _ID_MASK = (1 << 64) - 1
-_READ_OPS = frozenset({"range", "status", "member_list", "hash_kv", "history"})
+_READ_OPS = frozenset({"range", "status", "member_list", "hash_kv", "history", "alarm_list", "defragment",
+                       "snapshot"})
 
 
 def normalize_endpoint(endpoint: str) -> str:
@@ -121,21 +124,18 @@ class Client:
 
     # -- lifecycle ----------------------------------------------------------------------
     def close(self) -> None:
-        """Close every socket and the context. Calls made after it raise ``Unavailable``."""
+        """Close every socket. Calls made after it raise ``Unavailable``."""
         with self._lock:
             if self._closed:
                 return
             self._closed = True
             holders = list(self._live)
-            ctx, self._ctx = self._ctx, None
-            mine = self._ctx_pid == os.getpid()
+            self._ctx = None
         router = self.__dict__.pop("_router", None)
         if router is not None:
             router.close()
         for h in holders:
             h.close()
-        if ctx is not None and mine:
-            ctx.term()
 
     def __enter__(self) -> "Client":
         return self
@@ -192,6 +192,26 @@ class Client:
     def member_list(self) -> MemberListResponse:
         return MemberListResponse.from_wire(self._call({"op": "member_list"}, write=False))
 
+    # Membership changes (SPEC section 3): the leader runs them (any member forwards), one
+    # at a time; each answers once its conf change is applied. A timeout leaves the outcome
+    # unknown (check with member_list), so they are never retried on a timeout.
+    def member_add(self, name: str, peer_urls: Sequence[str], is_learner: bool = False) -> MemberAddResponse:
+        return MemberAddResponse.from_wire(self._call(
+            {"op": "member_add", "name": name, "peer_urls": list(peer_urls), "is_learner": bool(is_learner)},
+            write=True))
+
+    def member_remove(self, member_id: int) -> MemberListResponse:
+        return MemberListResponse.from_wire(self._call({"op": "member_remove", "member_id": int(member_id)},
+                                                       write=True))
+
+    def member_update(self, member_id: int, peer_urls: Sequence[str]) -> MemberAddResponse:
+        return MemberAddResponse.from_wire(self._call(
+            {"op": "member_update", "member_id": int(member_id), "peer_urls": list(peer_urls)}, write=True))
+
+    def member_promote(self, member_id: int) -> MemberAddResponse:
+        return MemberAddResponse.from_wire(self._call({"op": "member_promote", "member_id": int(member_id)},
+                                                      write=True))
+
     def move_leader(self, target_id: int) -> MoveLeaderResponse:
         """Make ``target_id`` the leader. Only the leader can do it: members that answer
         ``not_leader`` are skipped, so give every endpoint (or the leader's)."""
@@ -202,6 +222,25 @@ class Client:
         """A hash of this member's keyspace as of ``revision`` (0 = current): equal on
         every member at the same revision."""
         return HashKVResponse.from_wire(self._call({"op": "hash_kv", "revision": int(revision)}, write=False))
+
+    def alarm_list(self) -> AlarmResponse:
+        """Active alarms of the cluster (a linearizable read)."""
+        return AlarmResponse.from_wire(self._call({"op": "alarm_list"}, write=False))
+
+    def alarm_disarm(self, member_id: int = 0, alarm: str = "") -> AlarmResponse:
+        """Disarm alarms through the log (member_id 0 = every member, alarm "" = every
+        type); the result lists the alarms disarmed."""
+        req: dict[str, Any] = {"op": "alarm_disarm"}
+        if member_id:
+            req["member_id"] = int(member_id)
+        if alarm:
+            req["alarm"] = str(alarm)
+        return AlarmResponse.from_wire(self._call(req, write=True))
+
+    def defragment(self) -> DefragmentResponse:
+        """Compact this member's RocksDB (give one endpoint per client: it is per member).
+        The member keeps serving meanwhile."""
+        return DefragmentResponse.from_wire(self._call({"op": "defragment"}, write=False))
 
     def watch(self, key: Any, range_end: Any = None, *, prefix: bool = False,
               start_revision: int = 0, prev_kv: bool = False, filters: Iterable[str] = (),
@@ -311,8 +350,11 @@ class Client:
             if self._closed:
                 raise Unavailable("the client is closed")
             if self._ctx is None or self._ctx_pid != pid:
-                # Never reuse a parent's context after fork: make our own.
-                self._ctx = zmq.Context()
+                # The process's one context (pyzmq makes a new one after a fork), never
+                # terminated here: a Client dropped without close() leaves its sockets to
+                # their own finalizers. A context of its own would be finalized in the same
+                # garbage cycle before them, and its term() would wait for them forever.
+                self._ctx = zmq.Context.instance()
                 self._ctx_pid = pid
                 self._live = weakref.WeakSet()
             return self._ctx

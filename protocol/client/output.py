@@ -314,7 +314,8 @@ class Printer:
                                 ("raftTerm", s.raft_term),
                                 ("raftAppliedIndex", s.raft_applied_index),
                                 ("errors", s.errors), ("dbSizeInUse", s.db_size_in_use),
-                                ("isLearner", s.is_learner), ("watchURLs", s.watch_urls)):
+                                ("isLearner", s.is_learner), ("watchURLs", s.watch_urls),
+                                ("dbSizeQuota", s.db_size_quota)):
                     if v:
                         st[name] = v
                 out.append({"Endpoint": ep, "Status": st})
@@ -325,6 +326,8 @@ class Printer:
                 self._hdr_fields(s.header)
                 self._line(f'"Version" : {go_quote(s.version.encode())}')
                 self._line(f'"DBSize" : {s.db_size}')
+                self._line(f'"DBSizeInUse" : {s.db_size_in_use}')
+                self._line(f'"DBSizeQuota" : {s.db_size_quota}')
                 self._line(f'"Leader" : {s.leader}')
                 self._line(f'"IsLearner" : {str(s.is_learner).lower()}')
                 self._line(f'"RaftIndex" : {s.raft_index}')
@@ -342,6 +345,10 @@ class Printer:
                  str(s.is_learner).lower(), str(s.raft_term), str(s.raft_index),
                  str(s.raft_applied_index), ", ".join(s.errors)] for ep, s in statuses]
         if self.fmt == "table":
+            # etcd 3.4's columns, plus the space in use and the quota after DB SIZE
+            header[4:4] = ["db size in use", "db size quota"]
+            for row, (_, s) in zip(rows, statuses):
+                row[4:4] = [humanize_bytes(s.db_size_in_use), humanize_bytes(s.db_size_quota)]
             self.out.write(render_table(header, rows).encode())
         else:
             for row in rows:

@@ -196,6 +196,8 @@ class StatusResponse:
     compact_revision: int = 0
     client_urls: list[str] = field(default_factory=list)
     watch_urls: list[str] = field(default_factory=list)
+    alarms: list["AlarmMember"] = field(default_factory=list)
+    db_size_quota: int = 0
 
     @classmethod
     def from_wire(cls, wire: dict) -> "StatusResponse":
@@ -212,7 +214,48 @@ class StatusResponse:
             compact_revision=int(wire.get("compact_revision") or 0),
             client_urls=[str(u) for u in wire.get("client_urls") or ()],
             watch_urls=[str(u) for u in wire.get("watch_urls") or ()],
+            alarms=[AlarmMember.from_wire(a) for a in wire.get("alarms") or ()],
+            db_size_quota=int(wire.get("db_size_quota") or 0),
         )
+
+
+# -- maintenance (SPEC "Maintenance and alarms") -------------------------------------------
+@dataclass(slots=True, frozen=True)
+class AlarmMember:
+    member_id: int
+    alarm: str  # "NOSPACE" | "CORRUPT"
+
+    @classmethod
+    def from_wire(cls, wire: dict) -> "AlarmMember":
+        return cls(member_id=int(wire.get("member_id") or 0), alarm=str(wire.get("alarm") or ""))
+
+    def __str__(self) -> str:  # etcdctl's `alarm list` line
+        return f"memberID:{self.member_id} alarm:{self.alarm}"
+
+
+@dataclass(slots=True)
+class AlarmResponse:
+    header: ResponseHeader
+    alarms: list[AlarmMember]
+
+    @classmethod
+    def from_wire(cls, wire: dict) -> "AlarmResponse":
+        return cls(header=ResponseHeader.from_wire(wire.get("header")),
+                   alarms=[AlarmMember.from_wire(a) for a in wire.get("alarms") or ()])
+
+
+@dataclass(slots=True)
+class DefragmentResponse:
+    header: ResponseHeader
+    took_s: float = 0.0
+    db_size_before: int = 0
+    db_size_after: int = 0
+
+    @classmethod
+    def from_wire(cls, wire: dict) -> "DefragmentResponse":
+        return cls(header=ResponseHeader.from_wire(wire.get("header")), took_s=float(wire.get("took_s") or 0.0),
+                   db_size_before=int(wire.get("db_size_before") or 0),
+                   db_size_after=int(wire.get("db_size_after") or 0))
 
 
 @dataclass(slots=True, frozen=True)
@@ -243,6 +286,21 @@ class MemberListResponse:
     @classmethod
     def from_wire(cls, wire: dict) -> "MemberListResponse":
         return cls(header=ResponseHeader.from_wire(wire.get("header")),
+                   members=[Member.from_wire(m) for m in wire.get("members") or ()])
+
+
+@dataclass(slots=True)
+class MemberAddResponse:
+    """member_add: the new member (its id is what the new node will get) and the members."""
+
+    header: ResponseHeader
+    member: Member
+    members: list[Member]
+
+    @classmethod
+    def from_wire(cls, wire: dict) -> "MemberAddResponse":
+        return cls(header=ResponseHeader.from_wire(wire.get("header")),
+                   member=Member.from_wire(wire.get("member") or {}),
                    members=[Member.from_wire(m) for m in wire.get("members") or ()])
 
 

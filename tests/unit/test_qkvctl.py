@@ -185,7 +185,8 @@ def test_endpoint_status(ctl, srv):
     rc, out, _ = ctl("endpoint", "status", "-w", "table")
     lines = out.splitlines()
     assert lines[1].split("|")[1:-1] == [
-        "    ENDPOINT     ", "        ID        ", "   VERSION   ", " DB SIZE ", " IS LEADER ",
+        "    ENDPOINT     ", "        ID        ", "   VERSION   ", " DB SIZE ", " DB SIZE IN USE ",
+        " DB SIZE QUOTA ", " IS LEADER ",
         " IS LEARNER ", " RAFT TERM ", " RAFT INDEX ", " RAFT APPLIED INDEX ", " ERRORS "]
     assert lines[3].startswith(f"| {srv.address} | {MEMBER_ID:x} |") and len(lines) == 5
     rc, out, _ = ctl("endpoint", "status", "-w", "json")

@@ -4,11 +4,13 @@ send -> apply -> advance."""
 
 from .rawnode import RawNode
 from .storage import CompactedError, MemoryStorage, UnavailableError
-from .types import (Config, Entry, EntryType, HardState, Message, MessageType, ProposalDropped,
-                    ReadState, Ready, SnapshotMeta, SoftState, StateType, Status)
+from .types import (Config, ConfChange, ConfChangeRefused, ConfChangeType, ConfState, Entry,
+                    EntryType, HardState, Message, MessageType, ProposalDropped, ReadState, Ready,
+                    SnapshotMeta, SoftState, StateType, Status)
 
 __all__ = [
-    "CompactedError", "Config", "Entry", "EntryType", "HardState", "MemoryStorage", "Message",
+    "CompactedError", "Config", "ConfChange", "ConfChangeRefused", "ConfChangeType", "ConfState",
+    "Entry", "EntryType", "HardState", "MemoryStorage", "Message",
     "MessageType", "ProposalDropped", "RawNode", "ReadState", "Ready", "SnapshotMeta",
     "SoftState", "StateType", "Status", "UnavailableError",
 ]

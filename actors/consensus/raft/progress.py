@@ -135,24 +135,49 @@ class Progress:
 
 
 class ProgressTracker:
-    def __init__(self, voters: list[int], max_inflight: int):
+    """Progress of every member (voters and learners); quorums count voters only."""
+
+    def __init__(self, voters: list[int], max_inflight: int, learners: list[int] | None = None):
         self.voters = sorted(voters)
+        self.learners = sorted(learners or [])
         self.max_inflight = max_inflight
         self.progress: dict[int, Progress] = {}
         self.votes: dict[int, bool] = {}
         self.reset_progress(0, 1)
 
+    def ids(self) -> list[int]:
+        """Every member that gets appends: voters then learners."""
+        return self.voters + self.learners
+
     def reset_progress(self, match: int, next_: int) -> None:
-        self.progress = {v: Progress(match, next_, self.max_inflight) for v in self.voters}
+        self.progress = {v: Progress(match, next_, self.max_inflight) for v in self.ids()}
+
+    def set_conf(self, voters: list[int], learners: list[int], next_: int) -> None:
+        """Switch to a new membership: new members start probing at next_, members that
+        stay keep their progress, removed ones are forgotten."""
+        assert not set(voters) & set(learners), "voters and learners overlap"
+        self.voters = sorted(voters)
+        self.learners = sorted(learners)
+        old = self.progress
+        self.progress = {}
+        for id_ in self.ids():
+            pr = old.get(id_)
+            if pr is None:
+                pr = Progress(0, next_, self.max_inflight)
+                pr.recent_active = True  # not counted as dead before it had a chance
+            self.progress[id_] = pr
+        self.votes = {k: v for k, v in self.votes.items() if k in self.progress}
 
     def quorum(self) -> int:
-        return len(self.voters) // 2 + 1
+        return len(self.voters) // 2 + 1 if self.voters else 1
 
     def is_singleton(self) -> bool:
         return len(self.voters) == 1
 
     def committed(self) -> int:
         """Highest index replicated on a quorum of voters."""
+        if not self.voters:
+            return 0
         matches = sorted((self.progress[v].match for v in self.voters), reverse=True)
         return matches[self.quorum() - 1]
 
@@ -160,7 +185,7 @@ class ProgressTracker:
         self.votes = {}
 
     def record_vote(self, id_: int, granted: bool) -> None:
-        if id_ in self.progress and id_ not in self.votes:
+        if id_ in self.voters and id_ not in self.votes:
             self.votes[id_] = granted
 
     def tally_votes(self) -> tuple[int, int, VoteResult]:

@@ -11,6 +11,20 @@ Rules:
 - A broken invariant is an `assert`; a caller's misuse raises; a peer's garbage never
   reaches here in a shape the code does not expect (see types.validate_message), and
   impossible values that do (acks beyond our log) are ignored.
+
+Membership changes (etcd's single-step ConfChange, learners included):
+- A CONF_CHANGE entry takes effect when the shell APPLIES it (RawNode.apply_conf_change,
+  as etcd's ApplyConfChange), not when it is appended: every member switches at the
+  same log position, and a restarted member replays them from its log (or takes the
+  membership from a snapshot's metadata, which carries the conf state at its index).
+- One change at a time: the leader refuses a conf change while an earlier one is not
+  yet applied (pending_conf_index > applied; a new leader counts its whole log as
+  possibly pending). Changes are idempotent (add an existing voter: no-op), so a replay
+  over a newer membership converges to the same one.
+- Quorums (commit, votes, read-index acks, check-quorum) count voters only; learners get
+  appends and heartbeats but are never asked for votes and never campaign.
+- A leader that applies its own removal sends its commit index to everyone, asks the
+  most up-to-date remaining voter to campaign at once (TIMEOUT_NOW), and steps down.
 """
 
 from __future__ import annotations
@@ -21,8 +35,9 @@ from enum import Enum
 from .log import RaftLog
 from .progress import ProgressState, ProgressTracker, VoteResult
 from .storage import MemoryStorage
-from .types import (CAMPAIGN_TRANSFER, Config, Entry, EntryType, HardState, Message, MessageType,
-                    ProposalDropped, ReadState, SoftState, StateType, vote_resp_type)
+from .types import (CAMPAIGN_TRANSFER, Config, ConfChange, ConfChangeRefused, ConfChangeType,
+                    ConfState, Entry, EntryType, HardState, Message, MessageType, ProposalDropped,
+                    ReadState, SoftState, StateType, vote_resp_type)
 
 MT = MessageType
 
@@ -87,7 +102,9 @@ class Raft:
         self.check_quorum = config.check_quorum
         self.max_size_per_msg = config.max_size_per_msg
         self.log = RaftLog(storage, config.applied)
-        self.prs = ProgressTracker(config.voters, config.max_inflight_msgs)
+        self.prs = ProgressTracker(config.voters, config.max_inflight_msgs, config.learners)
+        # Index of the last conf change appended; a new one waits until it is applied.
+        self.pending_conf_index = 0
 
         self.term = 0
         self.vote = 0  # voted for in `term`; 0 = nobody
@@ -121,7 +138,11 @@ class Raft:
         return SoftState(self.lead, self.state)
 
     def promotable(self) -> bool:
-        return self.id in self.prs.progress
+        """Only voters campaign (learners and removed members never do)."""
+        return self.id in self.prs.voters
+
+    def conf_state(self) -> ConfState:
+        return ConfState(list(self.prs.voters), list(self.prs.learners))
 
     def past_election_timeout(self) -> bool:
         return self.election_elapsed >= self.randomized_election_timeout
@@ -175,6 +196,8 @@ class Raft:
         me.match = self.log.stable_last_index()
         me.next = self.log.last_index() + 1
         me.recent_active = True
+        # Anything in our log may be an unapplied conf change: wait for it (etcd).
+        self.pending_conf_index = self.log.last_index()
         # An empty entry of our term: lets us commit (and learn the commit index) soon.
         self.append_entry([Entry(0, 0, int(EntryType.NORMAL), b"")])
 
@@ -227,14 +250,14 @@ class Raft:
         self.send(Message(MT.HEARTBEAT, to, self.id, commit=commit, context=ctx))
 
     def bcast_append(self) -> None:
-        for to in self.prs.voters:
+        for to in self.prs.ids():
             if to != self.id:
                 self.send_append(to)
 
     def bcast_heartbeat(self, ctx: bytes | None = None) -> None:
         if ctx is None:
             ctx = self.read_only.last_pending_request_ctx()
-        for to in self.prs.voters:
+        for to in self.prs.ids():
             if to != self.id:
                 self.send_heartbeat(to, ctx)
 
@@ -404,10 +427,18 @@ class Raft:
             return
         if m.type == MT.PROP:
             assert m.entries, "empty proposal"
-            if self.id not in self.prs.progress:
+            if self.id not in self.prs.voters:
                 raise ProposalDropped("not a voter")
             if self.lead_transferee:
                 raise ProposalDropped(f"leadership transfer to {self.lead_transferee} in progress")
+            conf_at = [i for i, e in enumerate(m.entries) if e.type == EntryType.CONF_CHANGE]
+            if conf_at:
+                if len(conf_at) > 1:
+                    raise ConfChangeRefused("one membership change at a time")
+                if self.pending_conf_index > self.log.applied:
+                    raise ConfChangeRefused(
+                        "a membership change is still in progress (not yet applied); retry later")
+                self.pending_conf_index = self.log.last_index() + 1 + conf_at[0]
             self.append_entry(m.entries)
             self.bcast_append()
             return
@@ -495,8 +526,8 @@ class Raft:
 
     def handle_transfer_leader(self, m: Message) -> None:
         transferee = m.frm
-        if transferee not in self.prs.progress:
-            return
+        if transferee not in self.prs.voters:
+            return  # learners and strangers cannot lead
         if self.lead_transferee:
             if self.lead_transferee == transferee:
                 return  # already in progress
@@ -619,6 +650,67 @@ class Raft:
             self.log.commit_to(snap.index)
         else:
             self.log.restore(snap)
+            if snap.voters:
+                # The membership as of the snapshot (etcd restore: the conf state).
+                self.prs.set_conf(snap.voters, snap.learners, self.log.last_index() + 1)
             self.send(Message(MT.APP_RESP, m.frm, self.id, index=self.log.last_index()))
             return
         self.send(Message(MT.APP_RESP, m.frm, self.id, index=self.log.committed))
+
+    # --- membership ----------------------------------------------------------------------
+    def apply_conf_change(self, cc: ConfChange) -> ConfState:
+        """Apply a committed conf change (the shell calls this when it applies the entry);
+        returns the new membership. Changes that make no sense (remove the last voter,
+        demote a voter) leave the membership as it is."""
+        voters, learners = set(self.prs.voters), set(self.prs.learners)
+        nid = cc.node_id
+        if cc.type == ConfChangeType.ADD_NODE:
+            learners.discard(nid)
+            voters.add(nid)
+        elif cc.type == ConfChangeType.ADD_LEARNER_NODE:
+            if nid not in voters:
+                learners.add(nid)
+        elif cc.type == ConfChangeType.REMOVE_NODE:
+            voters.discard(nid)
+            learners.discard(nid)
+        if not voters:
+            return self.conf_state()
+        if voters != set(self.prs.voters) or learners != set(self.prs.learners):
+            self.switch_to_config(sorted(voters), sorted(learners))
+        return self.conf_state()
+
+    def switch_to_config(self, voters: list[int], learners: list[int]) -> None:
+        """etcd switchToConfig: progress follows the membership; a leader that is no longer
+        a voter hands over and steps down; otherwise it commits what the new quorum allows
+        and probes new members at once."""
+        self.prs.set_conf(voters, learners, max(self.log.last_index(), 1))
+        if self.lead_transferee and self.lead_transferee not in self.prs.voters:
+            self.abort_leader_transfer()
+        if self.state != StateType.LEADER:
+            if not self.promotable() and self.state in (StateType.CANDIDATE,
+                                                        StateType.PRE_CANDIDATE):
+                self.become_follower(self.term, 0)
+            return
+        if self.id not in self.prs.voters:
+            self.step_down_removed()
+            return
+        if self.maybe_commit():
+            self.release_pending_read_index_messages()
+            self.bcast_append()
+        else:
+            for to in self.prs.ids():
+                if to != self.id:
+                    self.maybe_send_append(to, False)
+
+    def step_down_removed(self) -> None:
+        """We lead but are no longer a voter: tell everyone the commit index, ask the most
+        up-to-date voter to take over now (no election timeout), and follow."""
+        candidates = [(pr.match, id_) for id_, pr in self.prs.progress.items()
+                      if id_ in self.prs.voters and id_ != self.id]
+        for to in self.prs.ids():
+            if to != self.id:
+                self.send_heartbeat(to, b"")
+        if candidates:
+            _, target = max(candidates)
+            self.send_timeout_now(target)
+        self.become_follower(self.term, 0)

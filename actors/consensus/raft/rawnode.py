@@ -23,14 +23,17 @@ Rules:
 - propose() / read_index() raise ProposalDropped when this node cannot take the request
   (not leader, no known leader, leadership transfer in progress); the shell forwards or
   retries.
+- Membership: propose_conf_change() appends a CONF_CHANGE entry (ConfChangeRefused while
+  another one is unapplied); when the shell applies that committed entry it calls
+  apply_conf_change(), which switches the core's membership (see raft.py).
 """
 
 from __future__ import annotations
 
 from .raft import Raft
 from .storage import MemoryStorage
-from .types import (LOCAL_MESSAGE_TYPES, Config, ProposalDropped, Entry, EntryType, HardState, Message, MessageType,
-                    Ready, SoftState, StateType, Status, validate_message)
+from .types import (LOCAL_MESSAGE_TYPES, Config, ConfChange, ConfState, ProposalDropped, Entry, EntryType,
+                    HardState, Message, MessageType, Ready, SoftState, StateType, Status, validate_message)
 
 MT = MessageType
 
@@ -64,6 +67,18 @@ class RawNode:
             raise TypeError("propose_batch: data must be bytes")
         self.raft.step(Message(MT.PROP, self.raft.id, self.raft.id,
                                entries=[Entry(0, 0, int(EntryType.NORMAL), d) for d in datas]))
+
+    def propose_conf_change(self, cc: ConfChange) -> None:
+        """Append a membership change if we lead; raises ProposalDropped (or its subclass
+        ConfChangeRefused while an earlier change is not applied yet)."""
+        if not isinstance(cc, ConfChange):
+            raise TypeError("propose_conf_change: not a ConfChange")
+        self.raft.step(Message(MT.PROP, self.raft.id, self.raft.id,
+                               entries=[Entry(0, 0, int(EntryType.CONF_CHANGE), cc.to_bytes())]))
+
+    def apply_conf_change(self, cc: ConfChange) -> ConfState:
+        """The shell applies a committed CONF_CHANGE entry: switch the membership."""
+        return self.raft.apply_conf_change(cc)
 
     def report_unreachable(self, id_: int) -> None:
         """The transport failed to send to id_: stop pipelining to it and probe instead."""
@@ -158,10 +173,13 @@ class RawNode:
     def status(self) -> Status:
         r = self.raft
         progress = {}
+        active: set[int] = set()
         if r.state == StateType.LEADER:
             progress = {i: (p.match, p.next, p.state.name.lower())
                         for i, p in r.prs.progress.items()}
+            active = {i for i, p in r.prs.progress.items() if p.recent_active or i == r.id}
         return Status(id=r.id, term=r.term, vote=r.vote, lead=r.lead, raft_state=r.state,
                       commit=r.log.committed, applied=r.log.applied,
                       last_index=r.log.last_index(), progress=progress,
-                      lead_transferee=r.lead_transferee)
+                      lead_transferee=r.lead_transferee, conf_state=r.conf_state(),
+                      pending_conf_index=r.pending_conf_index, recent_active=active)

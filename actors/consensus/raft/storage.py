@@ -97,15 +97,17 @@ class MemoryStorage:
     def set_hard_state(self, hs: HardState) -> None:
         self._hard_state = HardState(hs.term, hs.vote, hs.commit)
 
-    def compact(self, index: int) -> None:
-        """Drop entries <= index; remember (index, term) as the SnapshotMeta."""
+    def compact(self, index: int, conf: SnapshotMeta | None = None) -> None:
+        """Drop entries <= index; remember (index, term) as the SnapshotMeta, with the
+        membership as of index from `conf` (voters, learners, context) when given."""
         offset = self._ents[0].index
         if index <= offset:
             raise CompactedError(index)
         assert index <= self.last_index(), f"compact {index} beyond last {self.last_index()}"
         term = self._ents[index - offset].term
         self._ents = [Entry(term, index)] + self._ents[index - offset + 1:]
-        self._snapshot = SnapshotMeta(index, term, list(self._snapshot.voters))
+        src = conf if conf is not None else self._snapshot
+        self._snapshot = SnapshotMeta(index, term, list(src.voters), list(src.learners), src.context)
 
     def apply_snapshot(self, meta: SnapshotMeta) -> None:
         """Reset the log to a snapshot a leader sent (Ready.snapshot): every entry goes, the

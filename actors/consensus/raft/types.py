@@ -14,6 +14,8 @@ import random
 from dataclasses import dataclass, field
 from enum import IntEnum
 
+import msgpack
+
 # Upper bound for any integer on the wire (terms, indexes, ids): keeps arithmetic sane.
 WIRE_INT_MAX = (1 << 63) - 1
 # Context of a VOTE that follows a leadership transfer: bypasses the follower lease.
@@ -26,9 +28,65 @@ class ProposalDropped(Exception):
     """The node cannot take the request now (not leader, no leader, transferring)."""
 
 
+class ConfChangeRefused(ProposalDropped):
+    """A conf change cannot be proposed now: one is still pending (committed entries
+    up to it not yet applied), or it makes no sense for the current membership."""
+
+
 class EntryType(IntEnum):
     NORMAL = 0
-    CONF_CHANGE = 1  # reserved: membership changes are not implemented yet
+    CONF_CHANGE = 1  # data = ConfChange.to_bytes(); see RawNode.apply_conf_change
+
+
+class ConfChangeType(IntEnum):
+    """Single-step membership changes (etcd raftpb.ConfChangeType). Promoting a learner is
+    ADD_NODE of an existing learner, as in etcd."""
+
+    ADD_NODE = 0
+    REMOVE_NODE = 1
+    UPDATE_NODE = 2  # no change to the Raft configuration; the shell's metadata changes
+    ADD_LEARNER_NODE = 3
+
+
+@dataclass
+class ConfChange:
+    type: ConfChangeType
+    node_id: int
+    context: bytes = b""  # opaque to the core: the shell's member metadata
+
+    def to_bytes(self) -> bytes:
+        return msgpack.packb([int(self.type), self.node_id, self.context], use_bin_type=True)
+
+    @staticmethod
+    def from_bytes(data: bytes) -> ConfChange:
+        """Decode a CONF_CHANGE entry's data; raise ValueError unless it is well formed."""
+        try:
+            obj = msgpack.unpackb(data, raw=False)
+        except Exception as exc:
+            raise ValueError(f"conf change: undecodable ({type(exc).__name__})") from None
+        if not isinstance(obj, (list, tuple)) or len(obj) != 3:
+            raise ValueError("conf change: expected an array of 3 fields")
+        t, node_id, ctx = obj
+        _check_int("conf_change.type", t)
+        _check_int("conf_change.node_id", node_id)
+        if t not in _VALID_CONF_CHANGE_TYPES or node_id == 0 or type(ctx) is not bytes:
+            raise ValueError("conf change: bad type, node id or context")
+        return ConfChange(ConfChangeType(t), node_id, ctx)
+
+
+_VALID_CONF_CHANGE_TYPES = frozenset(int(t) for t in ConfChangeType)
+
+
+@dataclass
+class ConfState:
+    """The membership: voters decide (quorums, elections), learners only replicate.
+    Invariant: voters and learners are disjoint."""
+
+    voters: list[int] = field(default_factory=list)
+    learners: list[int] = field(default_factory=list)
+
+    def copy(self) -> ConfState:
+        return ConfState(sorted(self.voters), sorted(self.learners))
 
 
 @dataclass(slots=True)
@@ -62,31 +120,42 @@ class SnapshotMeta:
     index: int = 0
     term: int = 0
     voters: list[int] = field(default_factory=list)  # membership at index ([] = unknown)
+    learners: list[int] = field(default_factory=list)
+    context: bytes = b""  # opaque to the core: the shell's member metadata at index
 
     def copy(self) -> SnapshotMeta:
-        return SnapshotMeta(self.index, self.term, list(self.voters))
+        return SnapshotMeta(self.index, self.term, list(self.voters), list(self.learners),
+                            self.context)
 
-    # Wire layout: [index, term, [voter, ...]]
+    def conf_state(self) -> ConfState:
+        return ConfState(list(self.voters), list(self.learners))
+
+    # Wire layout: [index, term, [voter, ...], [learner, ...], context] (older peers and
+    # files: the first three only).
     def to_wire(self) -> list:
-        return [self.index, self.term, list(self.voters)]
+        return [self.index, self.term, list(self.voters), list(self.learners), self.context]
 
     @staticmethod
     def from_wire(obj) -> SnapshotMeta:
         """Decode snapshot metadata; raise ValueError unless it is well formed."""
-        if not isinstance(obj, (list, tuple)) or len(obj) != 3:
-            raise ValueError("snapshot: expected an array of 3 fields")
-        index, term, voters = obj
+        if not isinstance(obj, (list, tuple)) or len(obj) not in (3, 5):
+            raise ValueError("snapshot: expected an array of 3 or 5 fields")
+        index, term, voters = obj[:3]
+        learners, context = (obj[3], obj[4]) if len(obj) == 5 else ([], b"")
         _check_int("snapshot.index", index)
         _check_int("snapshot.term", term)
-        if not isinstance(voters, (list, tuple)):
-            raise ValueError("snapshot: voters must be an array")
-        for v in voters:
-            _check_int("snapshot.voter", v)
-            if v == 0:
-                raise ValueError("snapshot: voter ids must be non-zero")
-        if len(set(voters)) != len(voters):
-            raise ValueError("snapshot: duplicate voters")
-        return SnapshotMeta(index, term, list(voters))
+        if type(context) is not bytes:
+            raise ValueError("snapshot: context must be bytes")
+        for name, ids in (("voter", voters), ("learner", learners)):
+            if not isinstance(ids, (list, tuple)):
+                raise ValueError(f"snapshot: {name}s must be an array")
+            for v in ids:
+                _check_int(f"snapshot.{name}", v)
+                if v == 0:
+                    raise ValueError(f"snapshot: {name} ids must be non-zero")
+        if len(set(voters) | set(learners)) != len(voters) + len(learners):
+            raise ValueError("snapshot: duplicate voters or learners")
+        return SnapshotMeta(index, term, list(voters), list(learners), context)
 
 
 class StateType(IntEnum):
@@ -133,7 +202,7 @@ class MessageType(IntEnum):
 
 LOCAL_MESSAGE_TYPES = frozenset({MessageType.HUP, MessageType.BEAT, MessageType.PROP})
 _VALID_MESSAGE_TYPES = frozenset(int(t) for t in MessageType)
-_VALID_ENTRY_TYPES = frozenset({int(EntryType.NORMAL)})
+_VALID_ENTRY_TYPES = frozenset(int(t) for t in EntryType)
 
 
 def vote_resp_type(t: MessageType) -> MessageType:
@@ -256,8 +325,9 @@ def validate_message(m: Message) -> None:
             raise ValueError("message: snapshot at index 0 or term 0")
         if s.term > m.term:
             raise ValueError("message: snapshot term above message term")
-        if not isinstance(s.voters, list) or any(type(v) is not int or v <= 0 for v in s.voters):
-            raise ValueError("message: snapshot voters must be positive ids")
+        for ids in (s.voters, s.learners):
+            if not isinstance(ids, list) or any(type(v) is not int or v <= 0 for v in ids):
+                raise ValueError("message: snapshot voters and learners must be positive ids")
     elif m.snapshot is not None:
         raise ValueError(f"message: {m.type.name} carries no snapshot")
 
@@ -291,6 +361,10 @@ class Status:
     # Leader only: peer id -> (match, next, "probe"/"replicate").
     progress: dict[int, tuple[int, int, str]] = field(default_factory=dict)
     lead_transferee: int = 0
+    conf_state: ConfState = field(default_factory=ConfState)
+    pending_conf_index: int = 0
+    # Leader only: peers heard from within the last election timeout (check-quorum).
+    recent_active: set[int] = field(default_factory=set)
 
 
 @dataclass
@@ -306,6 +380,7 @@ class Config:
     # Index of the last entry the state machine already applied (etcd's Config.Applied);
     # on restart committed entries up to here are not handed out again.
     applied: int = 0
+    learners: list[int] = field(default_factory=list)  # replicate, never vote or campaign
     rng: random.Random = field(kw_only=True)  # seeded by the caller; the only randomness
 
     def validate(self) -> None:
@@ -315,6 +390,10 @@ class Config:
             raise ValueError("config: voters must be positive ids")
         if len(set(self.voters)) != len(self.voters):
             raise ValueError("config: duplicate voters")
+        if any(v <= 0 for v in self.learners) or len(set(self.learners)) != len(self.learners):
+            raise ValueError("config: learners must be distinct positive ids")
+        if set(self.voters) & set(self.learners):
+            raise ValueError("config: a node cannot be both voter and learner")
         if self.heartbeat_tick <= 0:
             raise ValueError("config: heartbeat_tick must be positive")
         if self.election_tick <= self.heartbeat_tick:

@@ -21,7 +21,8 @@ On-disk layout (column families; integers big-endian so byte order = numeric ord
   mod_revision, version, lease]``: history in revision order (watch catch-up, compaction).
   Entries at or below ``compact_revision`` are removed by compaction.
 - ``meta``: ``applied_index``, ``current_revision``, ``compact_revision``, ``key_count``
-  (8-byte unsigned BE each) and ``x/<name>`` for small values callers keep (ids).
+  (8-byte unsigned BE each) and ``x/<name>`` for small values callers keep (ids);
+  ``alarm/`` + member_id(8) + type -> ``b""`` for every active alarm (mvcc/alarms.py).
 - ``lease``: id(8) -> msgpack ``[ttl_s, remaining_ms]``: every lease that exists;
   ``remaining_ms`` is the remaining TTL last checkpointed through the log (0 = none: the
   full TTL counts). Deadlines are not here: they are the leader's, in memory.
@@ -48,6 +49,7 @@ from typing import Any, Iterator
 
 import msgpack
 
+from actors.storage.mvcc import alarms as alarm_rules
 from actors.storage.mvcc.keys import escape, hist_key, prefix, split_hist_key
 from actors.storage.mvcc.memory import Backend
 from actors.storage.mvcc.revision import Revision, rev_bytes
@@ -210,6 +212,7 @@ class _State:
     current_revision: int
     compact_revision: int
     key_count: int
+    alarms: frozenset = frozenset()  # (member_id, type): mvcc/alarms.py
 
 
 @dataclass
@@ -230,6 +233,8 @@ class MVCCStore:
             current_revision=self._read_meta(META_CURRENT_REVISION, 1),
             compact_revision=self._read_meta(META_COMPACT_REVISION, 0),
             key_count=self._read_meta(META_KEY_COUNT, 0),
+            alarms=frozenset(alarm_rules.parse_alarm_key(k) for k, _ in
+                             backend.iterate(CF_META, alarm_rules.META_PREFIX, alarm_rules.META_END)),
         )
 
     def _read_meta(self, name: bytes, default: int) -> int:
@@ -252,6 +257,11 @@ class MVCCStore:
     @property
     def compact_revision(self) -> int:
         return self._state.compact_revision
+
+    @property
+    def alarms(self) -> frozenset:
+        """Active alarms, ``{(member_id, type)}`` (raised and disarmed through the log)."""
+        return self._state.alarms
 
     def key_count(self) -> int:
         """Live keys at the current revision (exact: kept in meta)."""
@@ -341,6 +351,11 @@ class MVCCStore:
 
     def _apply_op(self, view: _View, st: _State, ch: _Changes, op: dict) -> dict:
         kind = op["op"]
+        refused = alarm_rules.refusal(st.alarms, op)
+        if refused is not None:
+            raise refused
+        if kind in ("alarm_activate", "alarm_disarm"):
+            return self._alarm(view, st, op)
         if kind == "compact":
             self._compact(view, st, op["revision"])
             return {}
@@ -360,6 +375,19 @@ class MVCCStore:
         if kind == "lease_checkpoint":
             return self._lease_checkpoint(view, op)
         raise AssertionError(f"op {kind!r} is not a log entry")
+
+    @staticmethod
+    def _alarm(view: _View, st: _State, op: dict) -> dict:
+        """Raise or disarm alarms; never changes the revision. Result: the alarms changed."""
+        if op["op"] == "alarm_activate":
+            st.alarms, changed = alarm_rules.activate(st.alarms, op["member_id"], op["alarm"])
+            value: bytes | None = b""
+        else:
+            st.alarms, changed = alarm_rules.deactivate(st.alarms, op["member_id"], op["alarm"])
+            value = None
+        for member_id, alarm in changed:
+            view.put(CF_META, alarm_rules.alarm_key(member_id, alarm), value)
+        return {"alarms": alarm_rules.to_wire(changed)}
 
     @staticmethod
     def _read_revision(st: _State, ch: _Changes) -> int:

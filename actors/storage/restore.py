@@ -1,0 +1,128 @@
+"""`qkvctl snapshot restore`: build, offline, the data dir of one member of a NEW cluster
+from a snapshot file (actors/storage/snapshot_file.py).
+
+What a node needs to boot from it (nodes/supervisor.py, nodes/endpoints.py):
+- `<data-dir>/storage`: the RocksDB store, written from the snapshot's checkpoint, with
+  its meta rewritten: `applied_index` = 0, so the new cluster's Raft log (which starts
+  empty, at index 1) is applied on top of the restored data; revisions go on from the
+  snapshot's, leases are kept (as etcd does). The member and cluster ids are recorded in
+  the store's user meta (`x/member_id`, `x/cluster_id`) for the record;
+- `<data-dir>/member.json`: the identity the supervisor checks at start, written by the
+  supervisor's own code from a config built by nodes/config.py (so ids follow however
+  that file derives them);
+- no consensus WAL: the node boots as a member of a new cluster (`--initial-cluster-state
+  new` with the same `--initial-cluster` and `--initial-cluster-token`).
+
+The file's hash is checked before anything is written; a non-empty data dir is refused;
+on any failure what this wrote is removed again.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import struct
+from dataclasses import dataclass
+from typing import Any
+
+from actors.storage.backend import fsync_dir
+from actors.storage.snapshot_file import SnapshotFileError, SnapshotMeta, unpack
+
+STORAGE_DIR = "storage"  # as the storage actor names it (actors/storage/actor.py)
+_U64 = struct.Struct(">Q")
+
+
+class RestoreError(Exception):
+    """The restore cannot be done; the message says why in one line."""
+
+
+@dataclass
+class RestoreResult:
+    meta: SnapshotMeta
+    data_dir: str
+    name: str
+    member_id: int
+    cluster_id: int
+
+
+def restore_config(name: str | None, initial_cluster: str | None, token: str | None,
+                   advertise_peer_urls: str | None, data_dir: str | None) -> Any:
+    """The new member's `nodes.config.Config`, from etcdctl's restore flags (unset flags
+    take `qkv`'s defaults and derivations)."""
+    from nodes.config import ConfigError, load_config
+
+    flags = {
+        "name": name, "initial-cluster": initial_cluster, "initial-cluster-token": token,
+        "initial-advertise-peer-urls": advertise_peer_urls, "data-dir": data_dir,
+        "initial-cluster-state": "new",
+    }
+    try:
+        return load_config({k: v for k, v in flags.items() if v is not None}, env={})
+    except ConfigError as exc:
+        raise RestoreError(str(exc)) from None
+
+
+def restore(snapshot_path: str, cfg: Any) -> RestoreResult:
+    """Restore `snapshot_path` into `cfg.data_dir` for the member `cfg` describes."""
+    data_dir = os.path.abspath(cfg.data_dir)
+    if os.path.exists(data_dir):
+        if not os.path.isdir(data_dir):
+            raise RestoreError(f"--data-dir {data_dir} exists and is not a directory")
+        if os.listdir(data_dir):
+            raise RestoreError(f"--data-dir {data_dir} is not empty: restore only into a new or empty dir")
+        created = False
+    else:
+        created = True
+    store_tmp = os.path.join(data_dir, STORAGE_DIR + ".restoring")
+    try:
+        os.makedirs(data_dir, exist_ok=True)
+        try:
+            meta = unpack(snapshot_path, store_tmp)  # checks the hash first
+        except SnapshotFileError as exc:
+            raise RestoreError(str(exc)) from None
+        _rewrite_meta(store_tmp, meta, cfg)
+        os.rename(store_tmp, os.path.join(data_dir, STORAGE_DIR))
+        fsync_dir(data_dir)
+        _write_member_file(cfg)
+        fsync_dir(data_dir)
+    except BaseException:
+        if created:
+            shutil.rmtree(data_dir, ignore_errors=True)
+        elif os.path.isdir(data_dir):
+            for entry in os.listdir(data_dir):
+                path = os.path.join(data_dir, entry)
+                if os.path.isdir(path):
+                    shutil.rmtree(path, ignore_errors=True)
+                else:
+                    os.unlink(path)
+        raise
+    return RestoreResult(meta, data_dir, cfg.name, cfg.member_id, cfg.cluster_id)
+
+
+def _rewrite_meta(store_dir: str, meta: SnapshotMeta, cfg: Any) -> None:
+    from actors.storage.backend import RocksBackend
+    from actors.storage.mvcc import MVCCStore
+    from actors.storage.mvcc.store import CF_META, META_APPLIED_INDEX
+
+    backend = RocksBackend(store_dir)
+    try:
+        store = MVCCStore(backend)
+        if store.current_revision != meta.revision or store.compact_revision != meta.compact_revision:
+            raise RestoreError(
+                f"the snapshot's store is at revision {store.current_revision} (compacted at "
+                f"{store.compact_revision}) but its metadata says {meta.revision} ({meta.compact_revision})")
+        backend.write([(CF_META, META_APPLIED_INDEX, _U64.pack(0))], sync=True)
+        store.put_meta("member_id", _U64.pack(cfg.member_id))
+        store.put_meta("cluster_id", _U64.pack(cfg.cluster_id))
+        backend.sync()
+    finally:
+        backend.close()
+
+
+def _write_member_file(cfg: Any) -> None:
+    """member.json, as the supervisor writes it on a node's first start."""
+    from nodes.supervisor import StartupError, Supervisor
+
+    try:
+        Supervisor(cfg)._check_member_file()
+    except StartupError as exc:
+        raise RestoreError(str(exc)) from None
