@@ -38,9 +38,10 @@ from nodeproc import Cluster, NodeProcess, wait_for  # noqa: E402
 class Nemesis:
     """Fault actions on a cluster; each returns a description for the schedule."""
 
-    def __init__(self, cluster: Cluster, rng: random.Random) -> None:
+    def __init__(self, cluster: Cluster, rng: random.Random, seed: int = 0) -> None:
         self.cluster = cluster
         self.rng = rng
+        self.rotation = seed  # crash points rotate with the seed: consecutive seeds cover them all
         self.paused: list[int] = []
         self.failpointed: list[NodeProcess] = []
         self.snapshot_target: tuple[NodeProcess, int] | None = None
@@ -113,7 +114,7 @@ class Nemesis:
         """Restart a node whose actor kills itself at a crash point inside the code, again
         and again (the supervisor restarts it, with the same environment) until healed."""
         n = self.rng.choice(self._live())
-        name = self.rng.choice(names)
+        name = self._next_point(names)
         nth = 1 if name == "during_compaction" else self.rng.randint(5, 60)
         self._restart_with_failpoints(n, f"{name}@{nth}")
         return f"crash point {name}@{nth} on {n.name} (restarted with QKV_FAILPOINTS)"
@@ -137,7 +138,12 @@ class Nemesis:
         return desc
 
     def snapshot_crash(self) -> str:
-        return self.snapshot_follower(self.rng.choice(["snapshot_send", "snapshot_receive", "snapshot_install"]))
+        return self.snapshot_follower(self._next_point(["snapshot_send", "snapshot_receive", "snapshot_install"]))
+
+    def _next_point(self, names: list[str]) -> str:
+        name = names[self.rotation % len(names)]
+        self.rotation += 1
+        return name
 
     def snapshot_needed(self) -> bool:
         """True once some live member compacted its log past the isolated follower."""
@@ -272,7 +278,7 @@ def run(scenario: str, seed: int, duration_s: float, workdir: Path, clients: int
         watchers = [RecordingWatcher(i, endpoints, seed * 100 + 50 + i, stop) for i in range(watchers_n)]
         for w in [*workers, *watchers]:
             w.start()
-        nemesis = Nemesis(cluster, rng)
+        nemesis = Nemesis(cluster, rng, seed)
         # Faults spread over the first 70% of the run, each held for a while, then healed.
         slot = duration_s * 0.7 / max(1, len(actions))
         for action in actions:

@@ -49,7 +49,8 @@ def main(argv: list[str] | None = None) -> int:
         try:
             network = args.network
             if network == "both":
-                network = "netns" if i % 2 == 0 else "faults"
+                # Flip every cycle too, so each scenario runs on both networks.
+                network = "netns" if (i + i // (len(SCENARIOS) + 1)) % 2 == 0 else "faults"
             if network == "netns" and not netns_ok:
                 print(f"network namespaces unavailable ({netns_why}): running with the fault layer", flush=True)
                 network = "faults"
