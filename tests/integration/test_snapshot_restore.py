@@ -132,7 +132,8 @@ def test_status_formats_and_corrupted_file_refused(tmp_path, capsys):
     simple = ctl("snapshot", "status", snap)
     assert simple.returncode == 0 and simple.stdout == f"{h}, 21, 20, {humanize_bytes(size)}\n"
     table = ctl("snapshot", "status", snap, "-w", "table").stdout.splitlines()
-    assert table[1].split("|")[1:-1] == ["   HASH   ", " REVISION ", " TOTAL KEYS ", " TOTAL SIZE "]
+    # (the hash is etcdctl's %x of 32 bits: 7 digits or fewer one time in 16, so widths vary)
+    assert [c.strip() for c in table[1].split("|")[1:-1]] == ["HASH", "REVISION", "TOTAL KEYS", "TOTAL SIZE"]
     assert [c.strip() for c in table[3].split("|")[1:-1]] == [h, "21", "20", humanize_bytes(size)]
     assert json.loads(ctl("snapshot", "status", snap, "-w", "json").stdout) == {
         "hash": int(h, 16), "revision": 21, "totalKey": 20, "totalSize": size}
