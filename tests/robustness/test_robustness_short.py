@@ -26,7 +26,7 @@ def test_short_robustness_run(scenario, network, tmp_path):
         ok, why = netns_available()
         if not ok:
             pytest.skip(f"network namespaces need CAP_NET_ADMIN: {why}")
-    result = run(scenario, seed=[s for s, _ in RUNS].index(scenario) + 1, duration_s=20, workdir=tmp_path,
+    result = run(scenario, seed=[s for s, _ in RUNS].index(scenario) + 1, duration_s=16, workdir=tmp_path,
                  report_root=tmp_path / "reports", network=network)
     print(f"{scenario}: {result.get('ops_checked')} ops checked, {result.get('uncertain')} uncertain, "
           f"watch {result.get('watch')}, counts {result.get('counts')}, schedule {result.get('schedule')}")
