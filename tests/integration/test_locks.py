@@ -10,15 +10,28 @@ import sys
 import time
 
 import pytest
+from nodeproc import wait_for
+
+from protocol.client import Client
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 WORKER = os.path.join(ROOT, "tests", "integration", "lock_worker.py")
 
 
+def _log_entries(c) -> int:
+    """Entries the workers appended to "log" so far; -1 while the cluster cannot answer."""
+    from protocol.errors import QkvError
+
+    try:
+        resp = c.get("log")
+    except QkvError:
+        return -1
+    return resp.kvs[0].value.count(b";") if resp.kvs else 0
+
+
 def _require_leases(node) -> None:
     """Skip (with the reason) while the server side of issue 5 does not answer the lease
     ops the client sends; remove once it does."""
-    from protocol.client import Client
     from protocol.errors import QkvError
 
     with Client([node.client_url], timeout=5) as c:
@@ -42,10 +55,15 @@ def test_lock_mutual_exclusion_through_leader_kill_and_restart(cluster_factory):
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
              for _ in range(10)]
     try:
-        time.sleep(2.0)
+        with Client(_endpoints(cluster).split(","), timeout=5) as c:
+            wait_for(lambda: _log_entries(c) >= 2, 30, "the workers to take the lock")
         leader = cluster.leader()
         leader.kill()
-        time.sleep(2.0)
+        others = [n for n in cluster.nodes if n is not leader]
+        with Client([n.client_url for n in others], timeout=5) as c:
+            wait_for(lambda: _log_entries(c) >= 0, 30, "the others to serve")
+            before = _log_entries(c)
+            wait_for(lambda: _log_entries(c) > before, 30, "a lock cycle while the old leader is down")
         leader.start()
         outs = [p.communicate(timeout=50) for p in procs]
     finally:
@@ -58,7 +76,6 @@ def test_lock_mutual_exclusion_through_leader_kill_and_restart(cluster_factory):
     cycles = [r for r in recs if "rev" in r]
     assert len(cycles) == 50
     assert {r["pid"] for r in cycles} == {p.pid for p in procs}  # every process got the lock
-    from protocol.client import Client
 
     with Client(_endpoints(cluster).split(","), timeout=10) as c:
         log = c.get("log").kvs[0].value.decode().rstrip(";").split(";")
@@ -92,7 +109,6 @@ time.sleep(3600)
 def test_election_follower_takes_over_when_the_leader_process_dies(cluster_factory):
     cluster = cluster_factory(3)
     _require_leases(cluster.nodes[0])
-    from protocol.client import Client
     from protocol.client.concurrency import Observer
 
     eps = _endpoints(cluster)
@@ -113,7 +129,7 @@ def test_election_follower_takes_over_when_the_leader_process_dies(cluster_facto
         try:
             kv = obs.get(timeout=10)
             seen.append(kv.value)
-            time.sleep(1.0)  # b is queued behind a
+            wait_for(lambda: c.get("svc/", prefix=True).count >= 2, 10, "b to queue behind a")
             a.send_signal(signal.SIGKILL)
             t0 = time.monotonic()
             assert b.stdout.readline().strip() == "LEADER"
