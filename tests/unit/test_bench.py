@@ -6,14 +6,12 @@ import os
 import sys
 
 import msgpack
-import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 for p in (ROOT, os.path.join(ROOT, "tests")):
     if p not in sys.path:
         sys.path.insert(0, p)
 
-from fakeserver import FakeServer  # noqa: E402
 from protocol.client import bench  # noqa: E402
 from protocol.client.cli import run  # noqa: E402
 from protocol.codec import unpack  # noqa: E402
@@ -21,12 +19,6 @@ from protocol.codec import unpack  # noqa: E402
 SUMMARY_LINES = ("Summary:", "  Total:\t", "  Slowest:\t", "  Fastest:\t", "  Average:\t",
                  "  Stddev:\t", "  Requests/sec:\t", "Response time histogram:",
                  "Latency distribution:", "  10% in ", "  50% in ", "  99% in ")
-
-
-@pytest.fixture
-def srv():
-    with FakeServer() as s:
-        yield s
 
 
 def test_pre_encoded_frames_decode_to_the_spec_maps():

@@ -20,21 +20,9 @@ from protocol.client import Client, Compare, KeyValue, Op, key_range, prefix_end
 
 
 @pytest.fixture
-def srv():
-    with FakeServer() as s:
-        yield s
-
-
-@pytest.fixture
 def srv2():
     with FakeServer() as s:
         yield s
-
-
-@pytest.fixture
-def client(srv):
-    with Client([srv.endpoint], timeout=3.0) as c:
-        yield c
 
 
 def dead_endpoint() -> str:

@@ -24,18 +24,6 @@ from protocol.client.types import (  # noqa: E402
 from protocol.errors import LeaseExists, LeaseNotFound  # noqa: E402
 
 
-@pytest.fixture
-def srv():
-    with FakeServer() as s:
-        yield s
-
-
-@pytest.fixture
-def client(srv):
-    with Client([srv.endpoint], timeout=3) as c:
-        yield c
-
-
 def test_grant_timetolive_keepalive_revoke(client, srv):
     g = client.lease_grant(10)
     assert isinstance(g, LeaseGrantResponse) and g.id > 0 and g.ttl == 10

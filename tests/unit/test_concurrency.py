@@ -15,25 +15,12 @@ for p in (ROOT, os.path.join(ROOT, "tests")):
     if p not in sys.path:
         sys.path.insert(0, p)
 
-from fakeserver import FakeServer  # noqa: E402
-from protocol.client import Client, Op  # noqa: E402
+from protocol.client import Op  # noqa: E402
 from protocol.client.concurrency import (  # noqa: E402
     Election, ElectionNoLeader, ElectionNotLeader, Lock, Locked, LockTimeout, Session,
     SessionExpired,
 )
 from protocol.client.watch import watch_topic  # noqa: E402
-
-
-@pytest.fixture
-def srv():
-    with FakeServer() as s:
-        yield s
-
-
-@pytest.fixture
-def client(srv):
-    with Client([srv.endpoint], timeout=3) as c:
-        yield c
 
 
 def test_lock_key_fencing_and_release(client):

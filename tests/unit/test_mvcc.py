@@ -11,68 +11,12 @@ from protocol.errors import (
     KeyNotFound,
     LeaseNotFound,
 )
-from protocol.requests import Limits, normalize_request
-
-LIMITS = Limits()
+from mvcc_kv import KV, n
 
 
-def n(op: str, **fields) -> dict:
-    return normalize_request({"op": op, **fields}, LIMITS)
-
-
-class KV:
-    """A store plus helpers that feed it one normalized op per log entry."""
-
-    def __init__(self, make_backend):
-        self.make_backend = make_backend
-        self.backend = make_backend(None)
-        self.store = MVCCStore(self.backend)
-
-    def restart(self):
-        self.backend = self.make_backend(self.backend)
-        self.store = MVCCStore(self.backend)
-
-    def do(self, op: str, **fields):
-        index = self.store.applied_index + 1
-        (res,) = self.store.apply([(index, n(op, **fields))])
-        assert res.index == index
-        return res
-
-    def ok(self, op: str, **fields):
-        res = self.do(op, **fields)
-        assert res.error is None, res.error
-        return res
-
-    def put(self, key, value=b"", **kw):
-        return self.ok("put", key=key, value=value, **kw)
-
-    def get(self, key, **kw):
-        return self.store.range(n("range", key=key, **kw))
-
-    def kvs(self, key=b"\x00", range_end=b"\x00", **kw):
-        return self.store.range(n("range", key=key, range_end=range_end, **kw))["kvs"]
-
-    def keys(self, key=b"\x00", range_end=b"\x00", **kw):
-        return [kv["key"] for kv in self.kvs(key, range_end, **kw)]
-
-
-@pytest.fixture(params=["memory", "rocks"])
-def kv(request, tmp_path):
-    opened = []
-
-    def make(prev):
-        if request.param == "memory":
-            return prev if prev is not None else MemoryBackend()
-        if prev is not None:
-            prev.close()
-        be = RocksBackend(tmp_path / "db")
-        opened.append(be)
-        return be
-
-    k = KV(make)
-    yield k
-    for be in opened:
-        be.close()
+@pytest.fixture
+def kv(kv_backend):
+    return KV(kv_backend)
 
 
 def kvmap(key, value, create, mod, version, lease=0):

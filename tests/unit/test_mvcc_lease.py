@@ -4,38 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from actors.storage.backend import RocksBackend
+import mvcc_kv
+from mvcc_kv import n
+
 from actors.storage.mvcc import MemoryBackend, MVCCStore
 from protocol.errors import LeaseExists, LeaseNotFound
-from protocol.requests import Limits, normalize_request
 
 
-def n(op: str, **fields) -> dict:
-    if op in ("lease_expire", "lease_checkpoint"):  # internal: never from a client
-        return {"op": op, **fields}
-    return normalize_request({"op": op, **fields}, Limits())
-
-
-class KV:
-    def __init__(self, make_backend):
-        self.make_backend = make_backend
-        self.backend = make_backend(None)
-        self.store = MVCCStore(self.backend)
-
-    def restart(self):
-        self.backend = self.make_backend(self.backend)
-        self.store = MVCCStore(self.backend)
-
-    def do(self, op: str, **fields):
-        index = self.store.applied_index + 1
-        (res,) = self.store.apply([(index, n(op, **fields))])
-        return res
-
-    def ok(self, op: str, **fields):
-        res = self.do(op, **fields)
-        assert res.error is None, res.error
-        return res
-
+class KV(mvcc_kv.KV):
     def grant(self, lease_id: int, ttl: int = 10):
         return self.ok("lease_grant", ID=lease_id, ttl=ttl)
 
@@ -44,23 +20,9 @@ class KV:
         return kvs[0]["lease"] if kvs else None
 
 
-@pytest.fixture(params=["memory", "rocks"])
-def kv(request, tmp_path):
-    opened = []
-
-    def make(prev):
-        if request.param == "memory":
-            return prev if prev is not None else MemoryBackend()
-        if prev is not None:
-            prev.close()
-        be = RocksBackend(tmp_path / "db")
-        opened.append(be)
-        return be
-
-    k = KV(make)
-    yield k
-    for be in opened:
-        be.close()
+@pytest.fixture
+def kv(kv_backend):
+    return KV(kv_backend)
 
 
 def test_grant_does_not_change_revision_and_is_listed(kv):

@@ -15,16 +15,10 @@ for p in (ROOT, os.path.join(ROOT, "tests")):
     if p not in sys.path:
         sys.path.insert(0, p)
 
-from fakeserver import MEMBER_ID, FakeServer  # noqa: E402
+from fakeserver import MEMBER_ID  # noqa: E402
 from protocol.client.cli import hoist_global_flags, parse_duration, run  # noqa: E402
 from protocol.client.output import go_duration, go_quote, humanize_bytes, render_table  # noqa: E402
 from protocol.client.txnparse import TxnParseError, argify, parse_compare, parse_txn  # noqa: E402
-
-
-@pytest.fixture
-def srv():
-    with FakeServer() as s:
-        yield s
 
 
 @pytest.fixture
