@@ -21,24 +21,9 @@ class ConfNetwork(Network):
     def __init__(self, ids: list[int], seed: int = 0, **kw) -> None:
         super().__init__(ids, seed=seed, strict=False, **kw)
 
-    def process(self, i: int) -> None:
-        node = self.nodes[i]
-        while node.has_ready():
-            rd = node.ready()
-            st = self.storages[i]
-            if rd.snapshot is not None:
-                st.apply_snapshot(rd.snapshot)
-            if rd.hard_state is not None:
-                st.set_hard_state(rd.hard_state)
-            st.append(rd.entries)
-            self.queue.extend(rd.messages)
-            for e in rd.committed_entries:
-                if not self.applied[i] or e.index > self.applied[i][-1].index:
-                    self.applied[i].append(e)
-                if e.type == EntryType.CONF_CHANGE:
-                    node.apply_conf_change(ConfChange.from_bytes(e.data))
-            self.read_states[i].extend(rd.read_states)
-            node.advance(rd)
+    def on_committed(self, i: int, entry) -> None:
+        if entry.type == EntryType.CONF_CHANGE:
+            self.nodes[i].apply_conf_change(ConfChange.from_bytes(entry.data))
 
     def add_node(self, i: int, voters: list[int], learners: list[int]) -> None:
         self.ids.append(i)

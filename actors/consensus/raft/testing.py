@@ -80,8 +80,12 @@ class Network:
             for e in rd.committed_entries:
                 if not applied or e.index > applied[-1].index:
                     applied.append(e)
+                self.on_committed(i, e)
             self.read_states[i].extend(rd.read_states)
             node.advance(rd)
+
+    def on_committed(self, i: int, entry) -> None:
+        """A shell's apply step, for subclasses (conf changes); nothing by default."""
 
     def process_all(self) -> None:
         for i in self.ids:
