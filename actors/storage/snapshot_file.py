@@ -243,15 +243,20 @@ def _stored_and_computed(path: str) -> tuple[bytes, bytes]:
     digest = hashlib.sha256()
     size = os.path.getsize(path)
     with open(path, "rb") as f:
-        left = size - HASH_LEN
-        while left > 0:
-            block = f.read(min(READ_BLOCK, left))
-            if not block:
-                raise SnapshotFileError(f"{path} shrank while being read")
-            digest.update(block)
-            left -= len(block)
+        _read_blocks(f, size - HASH_LEN, digest.update, path)
         stored = f.read(HASH_LEN)
     return stored, digest.digest()
+
+
+def _read_blocks(f, length: int, sink, path: str) -> None:
+    """Feed the next `length` bytes of `f` to `sink` in blocks of at most READ_BLOCK."""
+    left = length
+    while left > 0:
+        block = f.read(min(READ_BLOCK, left))
+        if not block:
+            raise SnapshotFileError(f"{path} shrank while being read")
+        sink(block)
+        left -= len(block)
 
 
 def verify(path: str) -> tuple[SnapshotMeta, bytes]:
@@ -279,13 +284,7 @@ def unpack(path: str, dest_dir: str) -> SnapshotMeta:
         src.seek(offset)
         for name, size in meta.files:
             with open(os.path.join(dest_dir, name), "wb") as out:
-                left = size
-                while left > 0:
-                    block = src.read(min(READ_BLOCK, left))
-                    if not block:
-                        raise SnapshotFileError(f"{path} shrank while being read")
-                    out.write(block)
-                    left -= len(block)
+                _read_blocks(src, size, out.write, path)
                 out.flush()
                 os.fsync(out.fileno())
     return meta
