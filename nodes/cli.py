@@ -47,6 +47,22 @@ def run(
     auto_promote_learners: bool = typer.Option(
         False, "--auto-promote-learners", show_default=False,
         help="The leader promotes a learner to voter as soon as it has caught up."),
+    peer_key_file: Optional[str] = _opt("This member's secret key file (qkv keygen): CURVE on the peer port."),
+    initial_cluster_keys: Optional[str] = _opt("Peer public keys of the initial members: name=<Z85 key>,..."),
+    client_key_file: Optional[str] = _opt("The server's secret key file for the client and watch ports (CURVE)."),
+    client_cert_auth: bool = typer.Option(
+        False, "--client-cert-auth", show_default=False,
+        help="A client key registered on a user (user add --public-key) authenticates as that user."),
+    auth_token_ttl: Optional[str] = _opt("Lifetime of an auth token, in seconds. [default: 300]"),
+    insecure_peer: bool = typer.Option(
+        False, "--insecure-peer", show_default=False,
+        help="Allow non-loopback peer URLs without --peer-key-file (plaintext, unauthenticated peers)."),
+    insecure_client: bool = typer.Option(
+        False, "--insecure-client", show_default=False,
+        help="Allow non-loopback client/watch URLs without --client-key-file (plaintext)."),
+    test_fault_injection: bool = typer.Option(
+        False, "--test-fault-injection", show_default=False, hidden=True,
+        help="Tests only: obey the fault file and QKV_FAILPOINTS."),
     config_file: Optional[str] = _opt("A TOML file with any of these settings (flag names as keys)."),
     version: bool = typer.Option(False, "--version", help="Print the version and exit."),
 ) -> None:
@@ -57,7 +73,8 @@ def run(
         typer.echo(f"qkv version {VERSION}")
         raise typer.Exit(0)
     flags = {k.replace("_", "-"): v for k, v in locals().items() if k not in ("config_file", "version")}
-    for flag in ("force-new-cluster", "auto-promote-learners"):
+    for flag in ("force-new-cluster", "auto-promote-learners", "client-cert-auth", "insecure-peer", "insecure-client",
+                 "test-fault-injection"):
         flags[flag] = True if flags[flag] else None  # unset: the environment or file decides
     try:
         cfg = load_config(flags, config_file=config_file)
@@ -76,7 +93,31 @@ def run(
     raise typer.Exit(supervisor.run())
 
 
+keygen_app = typer.Typer(add_completion=False, context_settings={"help_option_names": ["-h", "--help"]})
+
+
+@keygen_app.command()
+def keygen(
+    name: str = typer.Option(..., "--name", help="Base name of the files: NAME.key and NAME.key_secret."),
+    directory: str = typer.Option(".", "--dir", help="Where to write them (created 0700 if missing)."),
+) -> None:
+    """Generate a CURVE key pair: NAME.key (public, give it to the cluster) and
+    NAME.key_secret (secret, mode 0600, --peer-key-file / --client-key-file)."""
+    from actors.runtime import security
+
+    try:
+        public_path, secret_path = security.generate(directory, name)
+    except (security.KeyFileError, OSError) as exc:
+        typer.echo(f"qkv keygen: {exc}", err=True)
+        raise typer.Exit(1)
+    typer.echo(f"public key: {security.load_public(public_path).decode()}")
+    typer.echo(f"wrote {public_path} and {secret_path} (0600)")
+
+
 def main() -> None:
+    if len(sys.argv) > 1 and sys.argv[1] == "keygen":
+        keygen_app(args=sys.argv[2:], prog_name="qkv keygen")
+        return
     app(prog_name="qkv")
 
 

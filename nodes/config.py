@@ -118,6 +118,7 @@ class Member:
     name: str
     id: int
     peer_urls: list[str]
+    peer_key: str = ""  # Z85 CURVE public key ("" without peer security)
 
 
 @dataclass(frozen=True)
@@ -145,6 +146,15 @@ class Config:
     log_format: str = "json"
     force_new_cluster: bool = False  # restart as a one-member cluster keeping the data
     auto_promote_learners: bool = False  # the leader promotes learners once caught up
+    # Security (actors/runtime/security.py, README "Security").
+    peer_key_file: str = ""  # this member's secret cert: CURVE on the peer port
+    initial_cluster_keys: str = ""  # name=Z85,... peer public keys of the initial members
+    client_key_file: str = ""  # the server's secret cert for the client and watch ports
+    client_cert_auth: bool = False  # a client key registered on a user authenticates as it
+    auth_token_ttl: int = 300  # s, etcd's simple token TTL
+    insecure_peer: bool = False  # allow non-loopback peer URLs without peer security
+    insecure_client: bool = False  # allow non-loopback client/watch URLs without client security
+    test_fault_injection: bool = False  # tests only: read faults.json and QKV_FAILPOINTS
     # Set by the supervisor, never by a flag: the identity of a member that joined an
     # existing cluster (`--initial-cluster-state existing`), learned from its peers and
     # kept in <data-dir>/member.json; 0 / [] = derived from the flags.
@@ -160,7 +170,27 @@ class Config:
         for item in self.initial_cluster.split(","):
             name, url = item.split("=", 1)
             by_name.setdefault(name.strip(), []).append(url.strip())
-        return [Member(n, member_id(self.initial_cluster_token, n), urls) for n, urls in by_name.items()]
+        keys = self.initial_keys
+        return [Member(n, member_id(self.initial_cluster_token, n), urls, keys.get(n, ""))
+                for n, urls in by_name.items()]
+
+    @property
+    def initial_keys(self) -> dict[str, str]:
+        """`--initial-cluster-keys`: member name -> Z85 peer public key."""
+        keys: dict[str, str] = {}
+        for item in self.initial_cluster_keys.split(","):
+            if "=" in item:
+                name, key = item.split("=", 1)
+                keys[name.strip()] = key.strip()
+        return keys
+
+    @property
+    def peer_security(self) -> bool:
+        return bool(self.peer_key_file)
+
+    @property
+    def client_security(self) -> bool:
+        return bool(self.client_key_file)
 
     @property
     def member_id(self) -> int:
@@ -212,6 +242,14 @@ FLAGS: dict[str, _V] = {
     "log-format": lambda f, v: _choice(f, v, ("json", "console")),
     "force-new-cluster": _bool,
     "auto-promote-learners": _bool,
+    "peer-key-file": lambda f, v: str(v),
+    "initial-cluster-keys": lambda f, v: str(v).strip(),
+    "client-key-file": lambda f, v: str(v),
+    "client-cert-auth": _bool,
+    "auth-token-ttl": lambda f, v: _positive_int(f, v, 1, 7 * 24 * 3600),
+    "insecure-peer": _bool,
+    "insecure-client": _bool,
+    "test-fault-injection": _bool,
 }
 
 
@@ -298,3 +336,31 @@ def _check(cfg: Config) -> None:
     ids = [m.id for m in cfg.members]
     if len(set(ids)) != len(ids):
         raise ConfigError(f"invalid --initial-cluster {cfg.initial_cluster!r}: duplicate member")
+    _check_security(cfg, names)
+
+
+def _check_security(cfg: Config, names: set[str]) -> None:
+    from actors.runtime import security
+
+    for flag, path in (("--peer-key-file", cfg.peer_key_file), ("--client-key-file", cfg.client_key_file)):
+        if path:
+            try:
+                security.load_keypair(path)
+            except security.KeyFileError as exc:
+                raise ConfigError(f"invalid {flag}: {exc}") from None
+    keys = cfg.initial_keys
+    for item in cfg.initial_cluster_keys.split(",") if cfg.initial_cluster_keys else []:
+        name, _, key = item.partition("=")
+        if name.strip() not in names or not security.valid_z85_key(key.strip()):
+            raise ConfigError(f"invalid --initial-cluster-keys {item!r}: expected name=<40-character Z85 key> "
+                              f"for a member of --initial-cluster")
+    if cfg.peer_key_file:
+        own = security.load_keypair(cfg.peer_key_file)[0].decode()
+        if cfg.initial_cluster_state == "new":
+            missing = sorted(names - set(keys))
+            if missing:
+                raise ConfigError(f"--peer-key-file needs --initial-cluster-keys with every member's peer key; "
+                                  f"missing: {', '.join(missing)}")
+        if cfg.name in keys and keys[cfg.name] != own:
+            raise ConfigError(f"invalid --initial-cluster-keys: the key given for {cfg.name!r} is not the public "
+                              f"key of --peer-key-file")

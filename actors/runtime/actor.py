@@ -24,6 +24,7 @@ import zmq
 
 from actors.runtime import log as runtime_log
 from actors.runtime import messages as M
+from actors.runtime import security
 from nodes.config import Config
 from nodes.endpoints import Endpoints
 from protocol.codec import pack_msg
@@ -48,7 +49,9 @@ class Actor:
         self.log = runtime_log.configure(cfg.log_level, cfg.log_format, node=cfg.name, actor=self.role)
         self.ctx = zmq.Context()
         self.poller = zmq.Poller()
-        self._socket_handlers: dict[zmq.Socket, Callable[[list[bytes]], None]] = {}
+        self._socket_handlers: dict[zmq.Socket, Callable[..., None]] = {}
+        self._with_user: set[zmq.Socket] = set()
+        self._authenticators: list[security.KeyAuthenticator] = []
         self._timers: list[tuple[float, int, Callable[[], None]]] = []
         self._seq = itertools.count()
         self.stopping = False
@@ -63,8 +66,15 @@ class Actor:
         connect: str | None = None,
         handler: Callable[[list[bytes]], None] | None = None,
         hwm: int = 100_000,
+        curve_server: tuple[bytes, bytes, str] | None = None,
+        curve_client: tuple[bytes, bytes, bytes] | None = None,
+        with_user: bool = False,
         **options: Any,
     ) -> zmq.Socket:
+        """A socket in this actor's poller. `curve_server=(public, secret, zap_domain)` or
+        `curve_client=(public, secret, server_public)` make it CURVE (runtime/security.py).
+        `with_user=True`: the handler is called as `handler(frames, user_id)`, user_id being
+        the ZAP User-Id of the connection the message came on ("" without one)."""
         sock = self.ctx.socket(kind)
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.SNDHWM, hwm)
@@ -73,14 +83,35 @@ class Actor:
             sock.setsockopt(zmq.ROUTER_MANDATORY, 1)  # a reply that cannot go raises, never vanishes
         for name, value in options.items():
             sock.setsockopt(getattr(zmq, name.upper()), value)
+        if curve_server is not None:
+            security.make_curve_server(sock, *curve_server)
+        if curve_client is not None:
+            security.make_curve_client(sock, *curve_client)
         for url in [bind] if isinstance(bind, str) else (bind or []):
             sock.bind(url)
         if connect:
             sock.connect(connect)
         if handler is not None:
             self._socket_handlers[sock] = handler
+            if with_user:
+                self._with_user.add(sock)
             self.poller.register(sock, zmq.POLLIN)
         return sock
+
+    def close_socket(self, sock: zmq.Socket) -> None:
+        """Stop polling a socket made by `socket()` and close it."""
+        if sock in self._socket_handlers:
+            self.poller.unregister(sock)
+            del self._socket_handlers[sock]
+        self._with_user.discard(sock)
+        sock.close(0)
+
+    def start_authenticator(self, domain: str, lookup: Callable[[bytes], str | None]) -> "security.KeyAuthenticator":
+        """This process's ZAP handler (one per context); stopped at shutdown."""
+        auth = security.KeyAuthenticator(self.ctx, domain, lookup)
+        auth.start()
+        self._authenticators.append(auth)
+        return auth
 
     @staticmethod
     def send_router(sock: zmq.Socket, identity: bytes, frame: bytes) -> bool:
@@ -157,8 +188,22 @@ class Actor:
             try:
                 self.shutdown()
             finally:
+                for auth in self._authenticators:
+                    try:
+                        auth.stop()
+                    except Exception:
+                        pass
                 self.ctx.destroy(linger=0)
         return 0
+
+    @staticmethod
+    def _drain_with_user(sock: zmq.Socket, handler: Callable[..., None]) -> None:
+        for _ in range(DRAIN_MAX):
+            try:
+                frames = sock.recv_multipart(zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                break
+            handler([f.bytes for f in frames], security.frame_user(frames[-1]))
 
     def _loop_once(self) -> None:
         now = time.monotonic()
@@ -175,7 +220,12 @@ class Actor:
                 return
             raise
         for sock, _ in events:
-            handler = self._socket_handlers[sock]
+            handler = self._socket_handlers.get(sock)
+            if handler is None:  # closed by an earlier handler of this round
+                continue
+            if sock in self._with_user:
+                self._drain_with_user(sock, handler)
+                continue
             for _ in range(DRAIN_MAX):
                 try:
                     frames = sock.recv_multipart(zmq.NOBLOCK)

@@ -87,3 +87,12 @@ PEER_JOIN = 94        # [0]
 PEER_JOIN_RESP = 95   # [cluster_id, [[id, name, peer_urls, is_learner], ...]]
 # To a member whose id was removed and that still talks to us: it stops.
 PEER_REMOVED = 96     # [frm]
+
+# Auth (actors/storage/auth/, issue 11). storage -> gateway (on the results PUSH) and
+# storage -> watch (on the events PUSH): the whole auth state after every applied batch
+# that changed it, and as the reply to AUTH_STATE_GET on storage's ROUTER.
+AUTH_STATE = 35       # [auth_state_wire]
+# storage -> gateway and watch, when `authenticate` entries applied; a receiver ignores
+# grants older than --auth-token-ttl by wall clock (a replay after a storage restart).
+AUTH_TOKEN = 36       # [[token_sha256_hex, user, issued_unix_s, key_z85 | None], ...]
+AUTH_STATE_GET = 37   # [ctx_id]  gateway/watch -> storage; answered with AUTH_STATE
