@@ -42,11 +42,60 @@ def wait_for(predicate, timeout: float, what: str, interval: float = 0.02):
         time.sleep(interval)
 
 
-def raw_request(url: str, req: dict[str, Any], timeout: float = 5.0) -> dict[str, Any] | None:
-    """Send one request on a fresh DEALER; the decoded reply, or None on timeout."""
+class Security:
+    """Keys of a secure test cluster: a peer key pair per member and one client-port key
+    pair that every member serves with (its public half is what clients trust), plus a
+    client key pair for the tests themselves and, once auth is on, a root token."""
+
+    def __init__(self, key_dir: Path, names: list[str]) -> None:
+        from actors.runtime import security
+
+        self.key_dir = key_dir
+        self.peer: dict[str, tuple[bytes, bytes]] = {}
+        self.peer_files: dict[str, str] = {}
+        for name in names:
+            self.add_member(name)
+        _, secret = security.generate(str(key_dir), "server")
+        self.server_file = secret
+        self.server_public = security.load_keypair(secret)[0]
+        self.client = zmq.curve_keypair()
+        self.token: str | None = None
+
+    def add_member(self, name: str) -> bytes:
+        """A peer key pair for a member; its public key (Z85)."""
+        from actors.runtime import security
+
+        _, secret = security.generate(str(self.key_dir), name)
+        self.peer_files[name] = secret
+        self.peer[name] = security.load_keypair(secret)
+        return self.peer[name][0]
+
+    def initial_keys(self, names: list[str]) -> str:
+        return ",".join(f"{n}={self.peer[n][0].decode()}" for n in names)
+
+    def node_args(self, name: str, names: list[str]) -> list[str]:
+        return ["--peer-key-file", self.peer_files[name], "--initial-cluster-keys", self.initial_keys(names),
+                "--client-key-file", self.server_file]
+
+    @property
+    def curve(self) -> tuple[bytes, bytes, bytes]:
+        """(public, secret, server public): what a CURVE client socket needs."""
+        return (self.client[0], self.client[1], self.server_public)
+
+
+def raw_request(url: str, req: dict[str, Any], timeout: float = 5.0,
+                security: Security | None = None) -> dict[str, Any] | None:
+    """Send one request on a fresh DEALER; the decoded reply, or None on timeout. With
+    `security`, the socket is a CURVE client and requests carry its token (if any)."""
     ctx = zmq.Context.instance()
     sock = ctx.socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 0)
+    if security is not None:
+        from actors.runtime.security import make_curve_client
+
+        make_curve_client(sock, *security.curve)
+        if security.token and "token" not in req:
+            req = dict(req, token=security.token)
     sock.connect(url)
     try:
         req = dict(req)
@@ -62,7 +111,7 @@ def raw_request(url: str, req: dict[str, Any], timeout: float = 5.0) -> dict[str
 class NodeProcess:
     def __init__(self, tmp_path: Path, name: str = "n1", args: list[str] | None = None,
                  env: dict[str, str] | None = None, host: str = "127.0.0.1",
-                 command_prefix: list[str] | None = None) -> None:
+                 command_prefix: list[str] | None = None, security: Security | None = None) -> None:
         """`host` and `command_prefix` (e.g. `ip netns exec NS`) let a node run in its own
         network namespace (tests/robustness/netns.py); the ports stay free_port() ones."""
         self.name = name
@@ -72,6 +121,7 @@ class NodeProcess:
         self.watch_url = f"tcp://{host}:{free_port()}"
         self.command_prefix = list(command_prefix or [])
         self.args = list(args or [])
+        self.security = security
         self.env = dict(os.environ, **(env or {}))
         self.log_path = tmp_path / f"{name}.log"
         self.proc: subprocess.Popen | None = None
@@ -100,7 +150,7 @@ class NodeProcess:
         return self
 
     def request(self, req: dict[str, Any], timeout: float = 5.0) -> dict[str, Any] | None:
-        return raw_request(self.client_url, req, timeout)
+        return raw_request(self.client_url, req, timeout, self.security)
 
     def serves(self) -> bool:
         """True when a linearizable read and the status op both answer."""
@@ -186,15 +236,28 @@ class Cluster:
     find the leader and cut peer links through the transport's fault layer."""
 
     def __init__(self, tmp_path: Path, size: int = 3, args: list[str] | None = None,
-                 token: str = "test-cluster") -> None:
+                 token: str = "test-cluster", secure: bool = False) -> None:
+        """`secure`: CURVE on every port (keys in tmp_path/keys, see `Security`)."""
         from nodes.config import member_id
 
         self.token = token
-        self.nodes = [self._new_node(tmp_path, f"n{i + 1}") for i in range(size)]
+        names = [f"n{i + 1}" for i in range(size)]
+        self.security = Security(tmp_path / "keys", names) if secure else None
+        self.nodes = [self._new_node(tmp_path, name) for name in names]
         initial = ",".join(f"{n.name}={n.peer_url}" for n in self.nodes)
         for n in self.nodes:
+            n.security = self.security
             n.args = ["--initial-cluster", initial, "--initial-cluster-token", token, *(args or [])]
+            if self.security is not None:
+                n.args += self.security.node_args(n.name, names)
             n.member_id = member_id(token, n.name)
+
+    @property
+    def client_options(self) -> dict[str, Any]:
+        """Keyword arguments for protocol.client.Client on this cluster."""
+        if self.security is None:
+            return {}
+        return {"server_key": self.security.server_public.decode()}
 
     def _new_node(self, tmp_path: Path, name: str) -> NodeProcess:
         """One member; subclasses (netns.py) place it elsewhere."""
