@@ -47,6 +47,18 @@ def run(
     auto_promote_learners: bool = typer.Option(
         False, "--auto-promote-learners", show_default=False,
         help="The leader promotes a learner to voter as soon as it has caught up."),
+    peer_key_file: Optional[str] = _opt("This member's secret key file (qkv keygen); turns peer security on."),
+    client_key_file: Optional[str] = _opt(
+        "Secret key file of the client and watch ports (qkv keygen); turns client security on."),
+    insecure_peer: bool = typer.Option(
+        False, "--insecure-peer", show_default=False,
+        help="Allow non-loopback --listen-peer-urls without --peer-key-file (plain text)."),
+    insecure_client: bool = typer.Option(
+        False, "--insecure-client", show_default=False,
+        help="Allow non-loopback client/watch URLs without --client-key-file (plain text)."),
+    test_fault_injection: bool = typer.Option(
+        False, "--test-fault-injection", show_default=False, hidden=True,
+        help="TESTS ONLY: obey <run dir>/faults.json and QKV_FAILPOINTS."),
     config_file: Optional[str] = _opt("A TOML file with any of these settings (flag names as keys)."),
     version: bool = typer.Option(False, "--version", help="Print the version and exit."),
 ) -> None:
@@ -57,7 +69,8 @@ def run(
         typer.echo(f"qkv version {VERSION}")
         raise typer.Exit(0)
     flags = {k.replace("_", "-"): v for k, v in locals().items() if k not in ("config_file", "version")}
-    for flag in ("force-new-cluster", "auto-promote-learners"):
+    for flag in ("force-new-cluster", "auto-promote-learners", "insecure-peer", "insecure-client",
+                 "test-fault-injection"):
         flags[flag] = True if flags[flag] else None  # unset: the environment or file decides
     try:
         cfg = load_config(flags, config_file=config_file)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import ipaddress
 import json
 import os
 import tomllib
@@ -145,6 +146,11 @@ class Config:
     log_format: str = "json"
     force_new_cluster: bool = False  # restart as a one-member cluster keeping the data
     auto_promote_learners: bool = False  # the leader promotes learners once caught up
+    peer_key_file: str = ""  # this member's secret cert: peer security (CURVE) on
+    client_key_file: str = ""  # the client/watch ports' secret cert: client security on
+    insecure_peer: bool = False  # allow a non-loopback peer URL without --peer-key-file
+    insecure_client: bool = False  # allow a non-loopback client/watch URL without --client-key-file
+    test_fault_injection: bool = False  # tests only: read <run dir>/faults.json and QKV_FAILPOINTS
     # Set by the supervisor, never by a flag: the identity of a member that joined an
     # existing cluster (`--initial-cluster-state existing`), learned from its peers and
     # kept in <data-dir>/member.json; 0 / [] = derived from the flags.
@@ -212,6 +218,11 @@ FLAGS: dict[str, _V] = {
     "log-format": lambda f, v: _choice(f, v, ("json", "console")),
     "force-new-cluster": _bool,
     "auto-promote-learners": _bool,
+    "peer-key-file": lambda f, v: str(v).strip(),
+    "client-key-file": lambda f, v: str(v).strip(),
+    "insecure-peer": _bool,
+    "insecure-client": _bool,
+    "test-fault-injection": _bool,
 }
 
 
@@ -298,3 +309,36 @@ def _check(cfg: Config) -> None:
     ids = [m.id for m in cfg.members]
     if len(set(ids)) != len(ids):
         raise ConfigError(f"invalid --initial-cluster {cfg.initial_cluster!r}: duplicate member")
+    _check_exposure(cfg)
+
+
+def is_loopback_url(url: str) -> bool:
+    """True when a listen URL can only be reached from this host: ipc://, or a tcp:// host
+    in 127.0.0.0/8, ::1 or `localhost`. Wildcards (`*`, 0.0.0.0, ::) and names other than
+    localhost count as reachable from the network."""
+    if url.startswith(("ipc://", "inproc://")):
+        return True
+    host = urlsplit(url).hostname or ""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # `*`, an interface or a host name: assume it is exposed
+
+
+def _check_exposure(cfg: Config) -> None:
+    """Refuse to listen beyond loopback without security, unless told it is wanted
+    (etcd would serve plain text there; we require saying so)."""
+    exposed_peer = [u for u in cfg.listen_peer_urls if not is_loopback_url(u)]
+    if exposed_peer and not cfg.peer_key_file and not cfg.insecure_peer:
+        raise ConfigError(
+            f"refusing to listen on {exposed_peer[0]} (--listen-peer-urls) without peer security: "
+            f"add --peer-key-file (or --insecure-peer to allow plain text peer traffic)")
+    for flag, urls in (("--listen-client-urls", cfg.listen_client_urls),
+                       ("--listen-watch-urls", cfg.listen_watch_urls)):
+        exposed = [u for u in urls if not is_loopback_url(u)]
+        if exposed and not cfg.client_key_file and not cfg.insecure_client:
+            raise ConfigError(
+                f"refusing to listen on {exposed[0]} ({flag}) without client security: "
+                f"add --client-key-file (or --insecure-client to allow plain text clients)")
