@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 from nodes.config import Config
 from nodes.endpoints import Endpoints, run_dir_for
+from nodes.perms import PRIVATE_UMASK
 
 ROLES = {
     "consensus": "actors.consensus.actor:ConsensusActor",
@@ -24,6 +26,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("role", choices=sorted(ROLES))
     parser.add_argument("--config", required=True, help="the node's config, as JSON, written by the supervisor")
     args = parser.parse_args(argv)
+    os.umask(PRIVATE_UMASK)  # as the supervisor's, also when an actor is started by hand
     with open(args.config) as f:
         cfg = Config.from_json(f.read())
     module_name, class_name = ROLES[args.role].split(":")
