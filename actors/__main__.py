@@ -9,6 +9,7 @@ import importlib
 import os
 import sys
 
+from actors.runtime import failpoints
 from nodes.config import Config
 from nodes.endpoints import Endpoints, run_dir_for
 from nodes.perms import PRIVATE_UMASK
@@ -29,6 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     os.umask(PRIVATE_UMASK)  # as the supervisor's, also when an actor is started by hand
     with open(args.config) as f:
         cfg = Config.from_json(f.read())
+    failpoints.configure(cfg.test_fault_injection)  # QKV_FAILPOINTS only with --test-fault-injection
     module_name, class_name = ROLES[args.role].split(":")
     actor_cls = getattr(importlib.import_module(module_name), class_name)
     return actor_cls(cfg, Endpoints(run_dir_for(cfg.data_dir))).run()
