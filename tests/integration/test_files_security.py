@@ -13,7 +13,7 @@ import sys
 
 import pytest
 
-from nodeproc import free_port
+from nodeproc import free_port, wait_for
 from nodes.endpoints import Endpoints, run_dir_for
 
 
@@ -29,6 +29,19 @@ def loose_entries(top: str) -> list[str]:
             path = os.path.join(root, name)
             if not os.path.islink(path) and mode(path) & 0o077:
                 found.append(f"{path} {mode(path):04o}")
+    return found
+
+
+def log_events(node) -> set[tuple]:
+    """(event, role, exit_code) of the node's JSON log lines."""
+    found = set()
+    for line in node.log_text().splitlines():
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(rec, dict):
+            found.add((rec.get("event"), rec.get("role"), rec.get("exit_code")))
     return found
 
 
@@ -120,14 +133,19 @@ def test_a_node_without_the_test_flag_ignores_faults_and_failpoints(node_factory
     assert status["ok"] and status["errors"] == []
     assert node.actor_pids()["storage"] == storage
     assert "fault_injection_ignored" in node.log_text()
+    assert not any(event == "actor_died" for event, _, _ in log_events(node))
     node.stop()
 
-    # The same node with the flag obeys the file: the check above is not vacuous.
-    node.env.pop("QKV_FAILPOINTS")
+    # The same node with the flag obeys both: the checks above are not vacuous.
     node.args = ["--test-fault-injection"]
+    failpoints = node.env.pop("QKV_FAILPOINTS")
     node.start()
     status = node.request({"op": "status"})
     assert status["ok"] and any("peer fault injection active" in e for e in status["errors"]), status
+    node.stop()
+    node.env["QKV_FAILPOINTS"] = failpoints
+    node.start(wait=False)  # storage dies at its first commit (the new leader's empty entry)
+    wait_for(lambda: ("actor_died", "storage", -9) in log_events(node), 20, "storage to die at its crash point")
 
 
 def test_sigterm_still_removes_the_run_dir(node_factory):
