@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import ipaddress
 import json
 import os
 import tomllib
@@ -336,6 +337,7 @@ def _check(cfg: Config) -> None:
     ids = [m.id for m in cfg.members]
     if len(set(ids)) != len(ids):
         raise ConfigError(f"invalid --initial-cluster {cfg.initial_cluster!r}: duplicate member")
+    _check_exposure(cfg)
     _check_security(cfg, names)
 
 
@@ -364,3 +366,35 @@ def _check_security(cfg: Config, names: set[str]) -> None:
         if cfg.name in keys and keys[cfg.name] != own:
             raise ConfigError(f"invalid --initial-cluster-keys: the key given for {cfg.name!r} is not the public "
                               f"key of --peer-key-file")
+
+
+def is_loopback_url(url: str) -> bool:
+    """True when a listen URL can only be reached from this host: ipc://, or a tcp:// host
+    in 127.0.0.0/8, ::1 or `localhost`. Wildcards (`*`, 0.0.0.0, ::) and names other than
+    localhost count as reachable from the network."""
+    if url.startswith(("ipc://", "inproc://")):
+        return True
+    host = urlsplit(url).hostname or ""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # `*`, an interface or a host name: assume it is exposed
+
+
+def _check_exposure(cfg: Config) -> None:
+    """Refuse to listen beyond loopback without security, unless told it is wanted
+    (etcd would serve plain text there; we require saying so)."""
+    exposed_peer = [u for u in cfg.listen_peer_urls if not is_loopback_url(u)]
+    if exposed_peer and not cfg.peer_key_file and not cfg.insecure_peer:
+        raise ConfigError(
+            f"refusing to listen on {exposed_peer[0]} (--listen-peer-urls) without peer security: "
+            f"add --peer-key-file (or --insecure-peer to allow plain text peer traffic)")
+    for flag, urls in (("--listen-client-urls", cfg.listen_client_urls),
+                       ("--listen-watch-urls", cfg.listen_watch_urls)):
+        exposed = [u for u in urls if not is_loopback_url(u)]
+        if exposed and not cfg.client_key_file and not cfg.insecure_client:
+            raise ConfigError(
+                f"refusing to listen on {exposed[0]} ({flag}) without client security: "
+                f"add --client-key-file (or --insecure-client to allow plain text clients)")

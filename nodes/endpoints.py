@@ -4,6 +4,10 @@ Actors of one node talk over ipc:// sockets in a short per-node run directory (i
 paths are limited to 107 characters, so it lives under the system temp dir, named by
 a hash of the absolute data dir). Public endpoints (client, peer, watch) come from the
 config.
+
+The temp dir is shared with other users: the supervisor creates the run dir 0700 and
+refuses one that another user could control (nodes/perms.py `make_private_dir`). Set
+TMPDIR to move it (e.g. to a directory of systemd's RuntimeDirectory=).
 """
 from __future__ import annotations
 
@@ -11,6 +15,9 @@ import hashlib
 import os
 import tempfile
 from dataclasses import dataclass
+
+
+IPC_PATH_MAX = 107  # sun_path of a unix socket, less its NUL
 
 
 def run_dir_for(data_dir: str) -> str:

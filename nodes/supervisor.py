@@ -35,7 +35,8 @@ import zmq
 from actors.runtime import log as runtime_log
 from actors.runtime import messages as M
 from nodes.config import VERSION, Config
-from nodes.endpoints import Endpoints, run_dir_for
+from nodes.endpoints import IPC_PATH_MAX, Endpoints, run_dir_for
+from nodes.perms import PRIVATE_UMASK, UnsafeDirError, make_private_dir, secure_data_dir
 from protocol.codec import pack_msg, unpack_msg
 
 ROLES = ("consensus", "storage", "watch", "gateway")  # start order; stopped in reverse
@@ -98,7 +99,16 @@ class Supervisor:
 
     # --- start-up ------------------------------------------------------------------
     def prepare(self) -> None:
-        os.makedirs(self.data_dir, exist_ok=True)
+        # Everything a node writes is its user's alone (nodes/perms.py); the actors inherit it.
+        os.umask(PRIVATE_UMASK)
+        try:
+            old_mode, fixed = secure_data_dir(self.data_dir)
+        except UnsafeDirError as exc:
+            raise StartupError(str(exc)) from None
+        if old_mode is not None or fixed:
+            self.log.warning("data_dir_permissions_fixed", data_dir=self.data_dir,
+                             old_mode=f"{old_mode:04o}" if old_mode is not None else None, entries_fixed=fixed,
+                             message="the data dir was readable by other users; it is now 0700, its files 0600")
         self._lock_fd = os.open(os.path.join(self.data_dir, "LOCK"), os.O_RDWR | os.O_CREAT, 0o600)
         try:
             fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -115,7 +125,15 @@ class Supervisor:
         ):
             for url in urls:
                 _check_port_free(flag, url)
-        os.makedirs(self.endpoints.run_dir, exist_ok=True)
+        longest = max(self.endpoints.ipc_files(), key=len)
+        if len(longest) > IPC_PATH_MAX:
+            raise StartupError(f"the ipc path {longest} is longer than {IPC_PATH_MAX} characters: "
+                               "set TMPDIR to a shorter directory")
+        try:
+            make_private_dir(self.endpoints.run_dir)
+        except UnsafeDirError as exc:
+            raise StartupError(str(exc)) from None
+        self._warn_ignored_faults()
         for path in self.endpoints.ipc_files():  # a stale ipc file would steal connections
             try:
                 os.unlink(path)
@@ -125,6 +143,15 @@ class Supervisor:
         with open(self.config_path + ".tmp", "w") as f:
             f.write(self.cfg.to_json())
         os.replace(self.config_path + ".tmp", self.config_path)
+
+    def _warn_ignored_faults(self) -> None:
+        if self.cfg.test_fault_injection:
+            self.log.warning("test_fault_injection_on", message="--test-fault-injection is for tests only: "
+                             f"{self.endpoints.faults_file} and QKV_FAILPOINTS are obeyed")
+            return
+        if os.environ.get("QKV_FAILPOINTS") or os.path.exists(self.endpoints.faults_file):
+            self.log.warning("fault_injection_ignored", message="QKV_FAILPOINTS / faults.json are ignored "
+                             "without the test-only --test-fault-injection")
 
     def _check_removed(self) -> None:
         try:

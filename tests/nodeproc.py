@@ -247,7 +247,10 @@ class Cluster:
         initial = ",".join(f"{n.name}={n.peer_url}" for n in self.nodes)
         for n in self.nodes:
             n.security = self.security
-            n.args = ["--initial-cluster", initial, "--initial-cluster-token", token, *(args or [])]
+            # Test clusters cut links (faults.json) and crash actors (QKV_FAILPOINTS): both
+            # are obeyed only with the test-only flag.
+            n.args = ["--initial-cluster", initial, "--initial-cluster-token", token, "--test-fault-injection",
+                      *(args or [])]
             if self.security is not None:
                 n.args += self.security.node_args(n.name, names)
             n.member_id = member_id(token, n.name)
@@ -338,7 +341,7 @@ class Cluster:
         from nodes.endpoints import Endpoints
 
         path = Endpoints(run_dir_for(node.data_dir)).faults_file
-        os.makedirs(os.path.dirname(path), exist_ok=True)
+        os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)  # the node refuses a looser run dir
         with open(path + ".tmp", "w") as f:
             json.dump({"drop_to": drop_to, "drop_from": drop_from}, f)
         os.replace(path + ".tmp", path)

@@ -39,14 +39,17 @@ MAX_PEER_FRAME = 64 * 1024 * 1024
 class Faults:
     """Which links the test harness has cut; read from a file so tests can flip it."""
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, enabled: bool = True) -> None:
         self.path = path
+        self.enabled = enabled  # off unless --test-fault-injection: the file is never read
         self.drop_to: frozenset[int] = frozenset()
         self.drop_from: frozenset[int] = frozenset()
         self._mtime: float | None = None
         self._checked = 0.0
 
     def refresh(self) -> None:
+        if not self.enabled:
+            return
         now = time.monotonic()
         if now - self._checked < FAULTS_RELOAD_S:
             return
@@ -85,7 +88,7 @@ class PeerTransport:
         self.log = actor.log
         self.on_message = on_message
         self.on_join = on_join
-        self.faults = Faults(faults_path)
+        self.faults = Faults(faults_path, enabled=actor.cfg.test_fault_injection)
         self.dropped_garbage = 0
         self.router = actor.socket(
             zmq.ROUTER, bind=listen_urls, handler=self._on_frames, maxmsgsize=MAX_PEER_FRAME

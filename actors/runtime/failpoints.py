@@ -1,6 +1,9 @@
 """Crash points for fault tests: `QKV_FAILPOINTS=name[,name...]` makes the process
 kill itself with SIGKILL the first time it reaches `failpoint(name)`; `name@N` on the
-N-th time. With the variable unset, `failpoint` costs one dict lookup."""
+N-th time. With the variable unset, `failpoint` costs one dict lookup.
+
+Only a node started with the test-only `--test-fault-injection` obeys the variable: the
+actor's entry point calls `configure(cfg.test_fault_injection)` before anything runs."""
 from __future__ import annotations
 
 import os
@@ -18,7 +21,14 @@ def _parse(spec: str) -> dict[str, int]:
     return points
 
 
-_POINTS = _parse(os.environ.get("QKV_FAILPOINTS", ""))
+_POINTS: dict[str, int] = {}
+
+
+def configure(enabled: bool, env: dict[str, str] | None = None) -> None:
+    """Arm the crash points of QKV_FAILPOINTS when fault injection is on; none otherwise."""
+    global _POINTS
+    env = os.environ if env is None else env
+    _POINTS = _parse(env.get("QKV_FAILPOINTS", "")) if enabled else {}
 
 
 def failpoint(name: str) -> None:

@@ -14,7 +14,8 @@ What a node needs to boot from it (nodes/supervisor.py, nodes/endpoints.py):
   new` with the same `--initial-cluster` and `--initial-cluster-token`).
 
 The file's hash is checked before anything is written; a non-empty data dir is refused;
-on any failure what this wrote is removed again.
+on any failure what this wrote is removed again. The data dir is made 0700 and what is
+written in it 0600, as a node does with its own.
 """
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ from typing import Any
 
 from actors.storage.backend import fsync_dir
 from actors.storage.snapshot_file import SnapshotFileError, SnapshotMeta, unpack
+from nodes.perms import private_umask, secure_data_dir
 
 STORAGE_DIR = "storage"  # as the storage actor names it (actors/storage/actor.py)
 _U64 = struct.Struct(">Q")
@@ -74,16 +76,18 @@ def restore(snapshot_path: str, cfg: Any) -> RestoreResult:
         created = True
     store_tmp = os.path.join(data_dir, STORAGE_DIR + ".restoring")
     try:
-        os.makedirs(data_dir, exist_ok=True)
-        try:
-            meta = unpack(snapshot_path, store_tmp)  # checks the hash first
-        except SnapshotFileError as exc:
-            raise RestoreError(str(exc)) from None
-        _rewrite_meta(store_tmp, meta, cfg)
-        os.rename(store_tmp, os.path.join(data_dir, STORAGE_DIR))
-        fsync_dir(data_dir)
-        _write_member_file(cfg)
-        fsync_dir(data_dir)
+        # As a node's own: the dir 0700, everything in it 0600 (nodes/perms.py).
+        secure_data_dir(data_dir)
+        with private_umask():
+            try:
+                meta = unpack(snapshot_path, store_tmp)  # checks the hash first
+            except SnapshotFileError as exc:
+                raise RestoreError(str(exc)) from None
+            _rewrite_meta(store_tmp, meta, cfg)
+            os.rename(store_tmp, os.path.join(data_dir, STORAGE_DIR))
+            fsync_dir(data_dir)
+            _write_member_file(cfg)
+            fsync_dir(data_dir)
     except BaseException:
         if created:
             shutil.rmtree(data_dir, ignore_errors=True)

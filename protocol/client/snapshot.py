@@ -1,10 +1,10 @@
 """Snapshots for disaster recovery (etcdctl's `snapshot save | status | restore`).
 
-- `save` streams one member's store (SPEC section 6, op `snapshot`) into `<file>.part`,
-  chunk by chunk: each request asks for the next chunk, so there is never more than one
-  chunk in flight and no frame exceeds the server's limit. A chunk whose reply was lost
-  is asked for again (the server keeps the last one). The file is verified (its SHA-256)
-  before it is renamed to `<file>`.
+- `save` streams one member's store (SPEC section 6, op `snapshot`) into `<file>.part`
+  (mode 0600: it holds every key), chunk by chunk: each request asks for the next chunk,
+  so there is never more than one chunk in flight and no frame exceeds the server's
+  limit. A chunk whose reply was lost is asked for again (the server keeps the last
+  one). The file is verified (its SHA-256) before it is renamed to `<file>`.
 - `status` reads a file's metadata after checking its hash.
 - `restore` builds a new member's data dir offline (actors/storage/restore.py).
 """
@@ -14,7 +14,7 @@ import os
 import sys
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, TextIO
+from typing import Any, BinaryIO, Callable, TextIO
 
 from actors.storage.snapshot_file import SnapshotFileError, SnapshotMeta, short_hash, verify
 from protocol.errors import Internal
@@ -48,6 +48,18 @@ def _fsync_dir(path: str) -> None:
         os.close(fd)
 
 
+def _open_private(path: str) -> BinaryIO:
+    """`path` truncated for writing, mode 0600 (a snapshot holds every key and the auth
+    data); the rename to the final name keeps the mode."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+    try:
+        os.fchmod(fd, 0o600)  # a .part left by an older run keeps its mode otherwise
+        return os.fdopen(fd, "wb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
 def save(endpoint: str, path: str, *, timeout: float = 7.0, chunk_bytes: int = SNAPSHOT_CHUNK_DEFAULT,
          serializable: bool = False, progress: Callable[[int, int], None] | None = None) -> SnapshotStatus:
     """Save a snapshot of the member at `endpoint` into `path`. `timeout` bounds each
@@ -59,7 +71,7 @@ def save(endpoint: str, path: str, *, timeout: float = 7.0, chunk_bytes: int = S
 
     part = path + ".part"
     try:
-        with Client([endpoint], timeout=timeout) as client, open(part, "wb") as f:
+        with Client([endpoint], timeout=timeout) as client, _open_private(part) as f:
             req: dict[str, Any] = {"op": "snapshot", "max_bytes": int(chunk_bytes)}
             if serializable:
                 req["serializable"] = True

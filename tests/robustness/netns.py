@@ -152,7 +152,8 @@ class NetnsCluster(Cluster):
         self._cuts: set[tuple[str, str]] = set()  # (from name, to name) pairs whose traffic is dropped
         self._applied: set[tuple[str, str]] = set()
         self._index = 0
-        super().__init__(tmp_path, size, args, token)
+        # The members listen on 10.x addresses: plain text there must be asked for.
+        super().__init__(tmp_path, size, ["--insecure-peer", "--insecure-client", *(args or [])], token)
 
     # -- placement -------------------------------------------------------------------------
     def _new_node(self, tmp_path: Path, name: str) -> NodeProcess:
