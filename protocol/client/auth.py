@@ -74,19 +74,16 @@ def load_keypair(path: str) -> tuple[bytes, bytes]:
     import zmq.auth
 
     try:
-        st = os.stat(path)
-    except OSError as exc:
-        raise ValueError(f"cannot read the key file {path}: {exc.strerror or exc}") from None
-    if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
-        raise ValueError(f"the key file {path} is readable by other users "
-                         f"(mode {stat.S_IMODE(st.st_mode):04o}): chmod 600 it")
-    try:
         public, secret = zmq.auth.load_certificate(path)
+        st = os.stat(path)
     except (OSError, ValueError) as exc:
         raise ValueError(f"cannot read the key file {path}: {exc}") from None
     if not secret:
         raise ValueError(f"{path} holds no secret key (give the NAME.key_secret file, "
                          "not the public NAME.key)")
+    if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+        raise ValueError(f"the key file {path} is readable by other users "
+                         f"(mode {stat.S_IMODE(st.st_mode):04o}): chmod 600 it")
     return _z85_key(public, "client public key"), _z85_key(secret, "client secret key")
 
 
