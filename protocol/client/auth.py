@@ -55,8 +55,10 @@ def _z85_key(value: Any, what: str) -> bytes:
 
 def load_public_key(value: Any, what: str = "server key") -> bytes:
     """A Z85 public key given as text/bytes, or ``"@path"``: the public key of a pyzmq
-    certificate file (``NAME.key``, or the public half of ``NAME.key_secret``)."""
-    if isinstance(value, (str, bytes)) and (value[:1] in ("@", b"@")):
+    certificate file (``NAME.key``, or the public half of ``NAME.key_secret``). "@" is
+    also a Z85 character: a 40-character value naming no file is taken as a key."""
+    if isinstance(value, (str, bytes)) and (value[:1] in ("@", b"@")) and not (
+            len(value) == Z85_KEY_LEN and not os.path.exists(os.fsdecode(value[1:]))):
         import zmq.auth
 
         path = os.fsdecode(value[1:])

@@ -281,3 +281,11 @@ def test_lease_keepalive_and_lock_under_auth(srv):
         with c.lock("L", ttl=5) as lk:
             assert lk.holds_lock() if hasattr(lk, "holds_lock") else True
     assert all(r.get("token") for r in srv.requests if r["op"] != "authenticate")
+
+
+def test_a_z85_key_starting_with_at_is_a_key_not_a_file():
+    while True:
+        public = zmq.curve_keypair()[0]
+        if public.startswith(b"@"):
+            break
+    assert load_public_key(public.decode()) == public
