@@ -115,7 +115,11 @@ class _ThreadSocket:
                 ev = recv_monitor_message(mon, zmq.NOBLOCK)
             except (zmq.Again, zmq.ZMQError):
                 break
-            self.handshake_error = handshake_failure(ev["event"], ev["value"])
+            why = handshake_failure(ev["event"], ev["value"])
+            # A specific reason (mechanism mismatch, ZAP refusal) is not overwritten by a
+            # vaguer one from a later reconnection attempt.
+            if why is None or self.handshake_error is None or ev["event"] != zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL:
+                self.handshake_error = why
         return self.handshake_error
 
     def close(self) -> None:
