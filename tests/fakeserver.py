@@ -21,6 +21,14 @@ Watch (SPEC section 5): ``history`` and an XPUB socket (``watch_url``, advertise
 ``status``) that publishes every revision on the subscribed channels, answers every
 subscribe with a progress message and sends a heartbeat each second.
 
+Auth (issue 11): ``store.auth`` (``FakeAuth``) keeps users, roles, permissions and tokens
+with etcd's errors; every request is checked once auth is enabled (``token`` -> user;
+none -> ``user_empty``; unknown -> ``invalid_auth_token``; ranges need READ, writes WRITE,
+management ops the root role). ``forget_tokens()`` stands for a restarted gateway;
+``old_revision_count``: answer that many requests with ``auth_old_revision``.
+``FakeServer(curve=True)``: both sockets are CURVE servers (``server_key``: the public
+key, ``impostor=True``: it holds another secret than the key it advertises).
+
 Usage: ``with FakeServer() as srv: Client([srv.endpoint])``. ``stop()`` joins the thread
 and closes the socket and its context.
 """
@@ -35,6 +43,9 @@ import zmq
 
 from protocol.codec import pack, unpack
 from protocol.errors import (
+    AuthFailed, AuthNotEnabled, InvalidAuthToken, PermissionDenied, PermissionNotGranted,
+    RoleAlreadyExist, RoleNotFound, RoleNotGranted, RootRoleNotExist, RootUserNotExist,
+    UserAlreadyExist, UserEmpty, UserNotFound, AuthOldRevision,
     Compacted, DuplicateKey, FutureRevision, InvalidArgument, KeyNotFound, KeyNotProvided,
     LeaseExists, LeaseNotFound, Malformed, NotLeader, QkvError, UnknownOp,
 )
@@ -74,6 +85,7 @@ class FakeStore:
         self.min_ttl = 2
         self.next_lease = 0x694D_77AA_9E38_2600
         self.lock = threading.RLock()
+        self.auth = FakeAuth()
 
     def header(self) -> dict[str, Any]:
         return {"cluster_id": CLUSTER_ID, "member_id": MEMBER_ID, "revision": self.revision,
@@ -339,6 +351,8 @@ class FakeStore:
 
     def apply(self, req: dict[str, Any]) -> dict[str, Any]:
         op = req.get("op")
+        if op in FakeAuth.OPS:
+            return getattr(self.auth, op)(req)
         if op == "range":
             return self.range(req)
         if op == "status":
@@ -360,8 +374,223 @@ class FakeStore:
         return result
 
 
+def _covers(perm: dict[str, Any], key: bytes, end: bytes) -> bool:
+    """Does the permission cover the whole range [key, end)?"""
+    pk, pe = perm["key"], perm["range_end"]
+    if not pe:
+        return not end and key == pk
+    if key < pk:
+        return False
+    if pe == b"\x00":
+        return True
+    if not end:
+        return key < pe
+    return end != b"\x00" and end <= pe
+
+
+class FakeAuth:
+    """etcd's auth store, in memory (no hashing: it is a test double)."""
+
+    OPS = ("auth_enable", "auth_disable", "auth_status", "user_add", "user_delete", "user_get",
+           "user_list", "user_change_password", "user_grant_role", "user_revoke_role",
+           "role_add", "role_delete", "role_get", "role_list", "role_grant_permission",
+           "role_revoke_permission")
+    ADMIN_OPS = frozenset(OPS) - {"auth_status"} | {
+        "member_add", "member_remove", "member_update", "member_promote", "move_leader",
+        "defragment", "hash_kv", "snapshot", "alarm_disarm"}
+
+    def __init__(self) -> None:
+        self.enabled = False
+        self.revision = 1
+        self.users: dict[str, dict[str, Any]] = {}   # name -> {password, roles: set, key}
+        self.roles: dict[str, list[dict[str, Any]]] = {}
+        self.tokens: dict[str, str] = {}              # token -> user
+        self.keys: list[str] = []                     # keys registered by authenticate
+        self._n = 0
+
+    def _bump(self) -> dict:
+        self.revision += 1
+        return {}
+
+    def _user(self, f: dict[str, Any]) -> dict[str, Any]:
+        name = f.get("name") or ""
+        if not name:
+            raise UserEmpty()
+        if name not in self.users:
+            raise UserNotFound()
+        return self.users[name]
+
+    def _role(self, name: str) -> list[dict[str, Any]]:
+        if name not in self.roles:
+            raise RoleNotFound()
+        return self.roles[name]
+
+    def _end_tokens(self, name: str) -> None:
+        self.tokens = {t: u for t, u in self.tokens.items() if u != name}
+
+    # -- authenticate and check -------------------------------------------------------
+    def authenticate(self, f: dict[str, Any]) -> dict:
+        if not self.enabled:
+            raise AuthNotEnabled()
+        u = self.users.get(f.get("name") or "")
+        if u is None or u["password"] is None or u["password"] != f.get("password"):
+            raise AuthFailed()
+        self._n += 1
+        token = f"fake-token.{self._n}"
+        self.tokens[token] = f["name"]
+        if f.get("key"):
+            self.keys.append(f["key"])
+        return {"token": token}
+
+    def is_root(self, user: str) -> bool:
+        return "root" in self.users.get(user, {}).get("roles", ())
+
+    def can(self, user: str, key: bytes, end: bytes, write: bool) -> bool:
+        if self.is_root(user):
+            return True
+        want = ("WRITE", "READWRITE") if write else ("READ", "READWRITE")
+        for role in self.users.get(user, {}).get("roles", ()):
+            for perm in self.roles.get(role, ()):
+                if perm["perm_type"] in want and _covers(perm, key, end):
+                    return True
+        return False
+
+    def check(self, req: dict[str, Any]) -> None:
+        """Raise unless the request's token may do it (auth enabled only)."""
+        if not self.enabled or req.get("op") == "auth_status":  # auth_status: anyone
+            return
+        token = req.get("token")
+        if not token:
+            raise UserEmpty()
+        user = self.tokens.get(token)
+        if user is None:
+            raise InvalidAuthToken()
+        op = req.get("op")
+        if op in self.ADMIN_OPS:
+            if not self.is_root(user):
+                raise PermissionDenied()
+            return
+        key, end = _b(req.get("key")), _b(req.get("range_end"))
+        if op in ("range", "history") and not self.can(user, key, end, False):
+            raise PermissionDenied()
+        if op in ("put", "delete_range") and not self.can(user, key, end, True):
+            raise PermissionDenied()
+        if op == "txn":
+            for branch in ("success", "failure"):
+                for o in req.get(branch) or ():
+                    (kind, body), = o.items()
+                    self.check({**body, "op": kind, "token": token})
+            for c in req.get("compare") or ():
+                if not self.can(user, _b(c.get("key")), _b(c.get("range_end")), False):
+                    raise PermissionDenied()
+
+    # -- management ops ---------------------------------------------------------------
+    def auth_enable(self, f: dict[str, Any]) -> dict:
+        if self.enabled:
+            return {}
+        if "root" not in self.users:
+            raise RootUserNotExist()
+        if not self.is_root("root"):
+            raise RootRoleNotExist()
+        self.enabled = True
+        return self._bump()
+
+    def auth_disable(self, f: dict[str, Any]) -> dict:
+        if self.enabled:
+            self.enabled = False
+            self.tokens.clear()
+            self._bump()
+        return {}
+
+    def auth_status(self, f: dict[str, Any]) -> dict:
+        return {"enabled": self.enabled, "auth_revision": self.revision}
+
+    def user_add(self, f: dict[str, Any]) -> dict:
+        name = f.get("name") or ""
+        if not name:
+            raise UserEmpty()
+        if name in self.users:
+            raise UserAlreadyExist()
+        self.users[name] = {"password": None if f.get("no_password") else (f.get("password") or ""),
+                            "roles": set(), "key": f.get("public_key")}
+        return self._bump()
+
+    def user_delete(self, f: dict[str, Any]) -> dict:
+        self._user(f)
+        del self.users[f["name"]]
+        self._end_tokens(f["name"])
+        return self._bump()
+
+    def user_get(self, f: dict[str, Any]) -> dict:
+        return {"roles": sorted(self._user(f)["roles"])}
+
+    def user_list(self, f: dict[str, Any]) -> dict:
+        return {"users": sorted(self.users)}
+
+    def user_change_password(self, f: dict[str, Any]) -> dict:
+        self._user(f)["password"] = f.get("password") or ""
+        self._end_tokens(f["name"])
+        return self._bump()
+
+    def user_grant_role(self, f: dict[str, Any]) -> dict:
+        u = self._user(f)
+        if f.get("role") != "root":
+            self._role(f.get("role") or "")
+        u["roles"].add(f["role"])
+        return self._bump()
+
+    def user_revoke_role(self, f: dict[str, Any]) -> dict:
+        u = self._user(f)
+        if f.get("role") not in u["roles"]:
+            raise RoleNotGranted()
+        u["roles"].discard(f["role"])
+        return self._bump()
+
+    def role_add(self, f: dict[str, Any]) -> dict:
+        name = f.get("name") or ""
+        if not name:
+            raise InvalidArgument("etcdserver: role name is empty")
+        if name in self.roles:
+            raise RoleAlreadyExist()
+        self.roles[name] = []
+        return self._bump()
+
+    def role_delete(self, f: dict[str, Any]) -> dict:
+        self._role(f.get("name") or "")
+        del self.roles[f["name"]]
+        for u in self.users.values():
+            u["roles"].discard(f["name"])
+        return self._bump()
+
+    def role_get(self, f: dict[str, Any]) -> dict:
+        return {"perm": [dict(p) for p in self._role(f.get("name") or "")]}
+
+    def role_list(self, f: dict[str, Any]) -> dict:
+        return {"roles": sorted(self.roles)}
+
+    def role_grant_permission(self, f: dict[str, Any]) -> dict:
+        perms = self._role(f.get("name") or "")
+        p = f.get("perm") or {}
+        if p.get("perm_type") not in ("READ", "WRITE", "READWRITE"):
+            raise InvalidArgument("bad perm_type")
+        new = {"perm_type": p["perm_type"], "key": _b(p.get("key")), "range_end": _b(p.get("range_end"))}
+        perms[:] = sorted([q for q in perms if (q["key"], q["range_end"]) != (new["key"], new["range_end"])]
+                          + [new], key=lambda q: (q["key"], q["range_end"]))
+        return self._bump()
+
+    def role_revoke_permission(self, f: dict[str, Any]) -> dict:
+        perms = self._role(f.get("name") or "")
+        k, e = _b(f.get("key")), _b(f.get("range_end"))
+        keep = [q for q in perms if (q["key"], q["range_end"]) != (k, e)]
+        if len(keep) == len(perms):
+            raise PermissionNotGranted()
+        perms[:] = keep
+        return self._bump()
+
+
 class FakeServer:
-    def __init__(self, host: str = "127.0.0.1", store: FakeStore | None = None) -> None:
+    def __init__(self, host: str = "127.0.0.1", store: FakeStore | None = None, *,
+                 curve: bool = False, impostor: bool = False) -> None:
         self.store = store if store is not None else FakeStore()
         self.leader_urls: list[str] | None = None  # set: leader-only ops answer not_leader
         self.error_code: str | None = None
@@ -372,8 +601,19 @@ class FakeServer:
         self.delay_s = 0.0
         self.requests: list[dict[str, Any]] = []
         self.version = "3.4.23-fake"
+        self.old_revision_count = 0
+        self.server_key: str | None = None
+        secret = None
+        if curve:
+            public, secret = zmq.curve_keypair()
+            self.server_key = public.decode()
+            if impostor:  # advertise one key, hold the secret of another
+                _, secret = zmq.curve_keypair()
         self._ctx = zmq.Context()
         self._sock = self._ctx.socket(zmq.ROUTER)
+        if secret is not None:
+            self._sock.curve_server = True
+            self._sock.curve_secretkey = secret
         self._sock.setsockopt(zmq.LINGER, 0)
         self._sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
         self._sock.setsockopt(zmq.SNDHWM, 100_000)
@@ -384,6 +624,9 @@ class FakeServer:
         self._pub = self._ctx.socket(zmq.XPUB)
         self._pub.setsockopt(zmq.LINGER, 0)
         self._pub.setsockopt(zmq.XPUB_VERBOSE, 1)
+        if secret is not None:
+            self._pub.curve_server = True
+            self._pub.curve_secretkey = secret
         self.watch_url = f"tcp://{host}:{self._pub.bind_to_random_port(f'tcp://{host}')}"
         self._channels: dict[bytes, dict[str, Any]] = {}  # topic -> {"last": rev, range...}
         self._published = self.store.revision
@@ -412,6 +655,19 @@ class FakeServer:
         self._sock.close(linger=0)
         self._pub.close(linger=0)
         self._ctx.term()
+
+    def forget_tokens(self) -> None:
+        """What a restarted gateway does: every token becomes unknown."""
+        with self.store.lock:
+            self.store.auth.tokens.clear()
+
+    def enable_auth(self, root_password: str = "rootpw") -> None:
+        """A root user with the root role, and auth on (test setup shortcut)."""
+        a = self.store.auth
+        with self.store.lock:
+            a.users.setdefault("root", {"password": root_password, "roles": {"root"}, "key": None})
+            a.enabled = True
+            a.revision += 1
 
     def ops_received(self, op: str) -> int:
         with self._lock:
@@ -541,6 +797,14 @@ class FakeServer:
                     pass
             return {"ok": False, "error": {"code": self.error_code,
                                            "message": f"fake: {self.error_code}"}}
+        auth = self.store.auth
+        with self.store.lock:
+            if op == "authenticate":
+                return {"ok": True, "header": self.store.header(), **auth.authenticate(req)}
+            auth.check(req)
+        if self.old_revision_count > 0 and auth.enabled:
+            self.old_revision_count -= 1
+            raise AuthOldRevision()
         if self.leader_urls is not None and op in ("lease_keepalive", "lease_timetolive"):
             return {"ok": False, "error": NotLeader(leader_id=MEMBER_ID + 1,
                                                     leader_client_urls=list(self.leader_urls)).to_wire()}

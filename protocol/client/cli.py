@@ -51,6 +51,13 @@ app.add_typer(alarm_app, name="alarm")
 snapshot_app = typer.Typer(no_args_is_help=True, rich_markup_mode=None,
                            help="Manages etcd node snapshots")
 app.add_typer(snapshot_app, name="snapshot")
+auth_app = typer.Typer(no_args_is_help=True, rich_markup_mode=None,
+                       help="Enable or disable authentication")
+app.add_typer(auth_app, name="auth")
+user_app = typer.Typer(no_args_is_help=True, rich_markup_mode=None, help="User related commands")
+app.add_typer(user_app, name="user")
+role_app = typer.Typer(no_args_is_help=True, rich_markup_mode=None, help="Role related commands")
+app.add_typer(role_app, name="role")
 
 
 class CliError(Exception):
@@ -65,6 +72,39 @@ class Globals:
     command_timeout_s: float
     write_out: str
     is_hex: bool
+    user: Optional[str] = None       # --user, without the ":password" part
+    password: Optional[str] = None   # None: not given yet (asked for on first use)
+    server_key: Optional[str] = None
+    key_file: Optional[str] = None
+
+    def client_options(self) -> dict[str, Any]:
+        """The Client's security options; asks for the password on a terminal when
+        --user named none (etcdctl's behavior)."""
+        if self.user and self.password is None:
+            self.password = ask_password("Password: ")
+        return {"user": self.user or None, "password": self.password,
+                "server_key": self.server_key or None, "key_file": self.key_file or None}
+
+
+def ask_password(prompt: str) -> str:
+    """etcdctl's speakeasy prompt: only on a terminal (stdin carries data otherwise)."""
+    import getpass
+
+    if not (sys.stdin is not None and sys.stdin.isatty()):
+        raise CliError("the password is missing and stdin is not a terminal to ask for it: "
+                       "give --password or --user name:password", EXIT_ERROR)
+    return getpass.getpass(prompt)
+
+
+def split_user(user: Optional[str], password: Optional[str]) -> tuple[Optional[str], Optional[str]]:
+    """etcdctl's --user/--password: with --password, --user is the whole name; otherwise
+    ``name:password`` splits at the first colon; a name alone leaves the password to ask."""
+    if not user:
+        return None, None
+    if password:
+        return user, password
+    name, sep, pw = user.partition(":")
+    return (name, pw) if sep else (user, None)
 
 
 _DURATION_RE = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)")
@@ -114,7 +154,7 @@ def _arg(s: str) -> bytes:
 def _errors() -> Iterator[None]:
     from protocol.client.output import UnsupportedFormat
     from protocol.client.txnparse import TxnParseError
-    from protocol.errors import QkvError
+    from protocol.errors import AuthFailed, QkvError
 
     try:
         yield
@@ -124,6 +164,8 @@ def _errors() -> Iterator[None]:
         _fail(str(exc), exc.exit_code)
     except UnsupportedFormat as exc:
         _fail(str(exc), EXIT_BAD_FEATURE)
+    except AuthFailed as exc:  # etcdctl: the client could not be created (ExitBadConnection)
+        _fail(exc.message, EXIT_BAD_CONNECTION)
     except QkvError as exc:
         _fail(exc.message, EXIT_ERROR)
     finally:
@@ -144,7 +186,7 @@ def _client(g: Globals, endpoints: list[str] | None = None) -> Any:
     from protocol.client.client import Client
 
     try:
-        return Client(endpoints or g.endpoints, timeout=g.command_timeout_s)
+        return Client(endpoints or g.endpoints, timeout=g.command_timeout_s, **g.client_options())
     except ValueError as exc:
         raise CliError(str(exc), EXIT_BAD_ARGS) from None
 
@@ -168,6 +210,17 @@ def _root(
     write_out: str = typer.Option("simple", "-w", "--write-out",
                                   help="set the output format (fields, json, simple, table)"),
     is_hex: bool = typer.Option(False, "--hex", help="print byte strings as hex encoded strings"),
+    user: Optional[str] = typer.Option(None, "--user", envvar="QKVCTL_USER",
+                                       help="username[:password] for authentication (prompt if password is not supplied)"),
+    password: Optional[str] = typer.Option(None, "--password", envvar="QKVCTL_PASSWORD",
+                                           help="password for authentication (if this option is used, --user "
+                                                "option shouldn't include password)"),
+    server_key: Optional[str] = typer.Option(None, "--server-key", envvar="QKVCTL_SERVER_KEY",
+                                             help="the server's CURVE public key (Z85, or @file of its .key "
+                                                  "certificate): turns CURVE on and refuses any other server"),
+    key_file: Optional[str] = typer.Option(None, "--key-file", envvar="QKVCTL_KEY_FILE",
+                                           help="this client's CURVE secret certificate (NAME.key_secret); "
+                                                "default: a fresh key per run"),
 ) -> None:
     with _errors():
         from protocol.client.output import FORMATS
@@ -182,7 +235,8 @@ def _root(
         parse_duration(dial_timeout)
         if timeout_s <= 0:
             raise CliError("--command-timeout must be > 0", EXIT_BAD_ARGS)
-        ctx.obj = Globals(eps, timeout_s, write_out, is_hex)
+        name, pw = split_user(user, password)
+        ctx.obj = Globals(eps, timeout_s, write_out, is_hex, name, pw, server_key, key_file)
 
 
 # -- KV commands ----------------------------------------------------------------------------------
@@ -1173,7 +1227,7 @@ def snapshot_save_cmd(
         progress = ProgressBar(sys.stderr) if sys.stderr.isatty() else None
         try:
             save(g.endpoints[0], filename, timeout=g.command_timeout_s, serializable=consistency == "s",
-                 progress=progress)
+                 progress=progress, **g.client_options())
         except SnapshotFileError as exc:
             raise CliError(str(exc)) from None
         except OSError as exc:
@@ -1245,8 +1299,345 @@ def snapshot_restore_cmd(
                       f"{res.cluster_id:x}\n").encode())
 
 
+# -- auth, user, role (etcdctl 3.4; `auth status` is 3.5's) ------------------------------
+def _auth_printer(g: Globals) -> Any:
+    from protocol.client.output import AuthPrinter
+
+    return AuthPrinter(g.write_out, _out())
+
+
+def _nargs(args: Optional[list[str]], n: int, message: str) -> list[str]:
+    args = args or []
+    if len(args) != n:
+        raise CliError(message, EXIT_BAD_ARGS)
+    return args
+
+
+def _read_password_interactive(name: str) -> str:
+    """etcdctl's readPasswordInteractive: asked twice on the terminal."""
+    import getpass
+
+    if not (sys.stdin is not None and sys.stdin.isatty()):
+        raise CliError("failed to ask password: stdin is not a terminal "
+                       "(use --interactive=false to read it from stdin)", EXIT_BAD_ARGS)
+    pw1 = getpass.getpass(f"Password of {name}: ")
+    if not pw1:
+        raise CliError("empty password", EXIT_BAD_ARGS)
+    pw2 = getpass.getpass(f"Type password of {name} again for confirmation: ")
+    if pw1 != pw2:
+        raise CliError("given passwords are different", EXIT_BAD_ARGS)
+    return pw1
+
+
+def _read_password_stdin() -> str:
+    """etcdctl's ``fmt.Scanf("%s")``: the first word on stdin (empty if none)."""
+    line = sys.stdin.readline() if sys.stdin is not None else ""
+    words = line.split()
+    return words[0] if words else ""
+
+
+@auth_app.command("enable")
+def auth_enable_cmd(ctx: typer.Context, args: Optional[list[str]] = typer.Argument(None, hidden=True)) -> None:
+    """Enables authentication (creates the root role and grants it to root if needed)."""
+    from protocol.errors import RootRoleNotExist
+
+    g = _g(ctx)
+    with _errors():
+        _nargs(args, 0, "auth enable command does not accept any arguments")
+        with _client(g) as c:
+            while True:
+                try:
+                    c.auth.auth_enable()
+                    break
+                except RootRoleNotExist:  # etcdctl: add the root role, grant it to root, again
+                    c.auth.role_add("root")
+                    c.auth.user_grant_role("root", "root")
+        _say("Authentication Enabled")
+
+
+@auth_app.command("disable")
+def auth_disable_cmd(ctx: typer.Context, args: Optional[list[str]] = typer.Argument(None, hidden=True)) -> None:
+    """Disables authentication."""
+    g = _g(ctx)
+    with _errors():
+        _nargs(args, 0, "auth disable command does not accept any arguments")
+        with _client(g) as c:
+            c.auth.auth_disable()
+        _say("Authentication Disabled")
+
+
+@auth_app.command("status")
+def auth_status_cmd(ctx: typer.Context, args: Optional[list[str]] = typer.Argument(None, hidden=True)) -> None:
+    """Returns authentication status (etcdctl 3.5's command)."""
+    g = _g(ctx)
+    with _errors():
+        _nargs(args, 0, "auth status command does not accept any arguments")
+        with _client(g) as c:
+            resp = c.auth.auth_status()
+        _auth_printer(g).auth_status(resp)
+
+
+@user_app.command("add")
+def user_add_cmd(
+    ctx: typer.Context,
+    args: Optional[list[str]] = typer.Argument(None, metavar="<user name or user:password>"),
+    interactive: bool = typer.Option(True, "--interactive/--no-interactive",
+                                     help="Read password from stdin instead of interactive terminal"),
+    new_user_password: str = typer.Option("", "--new-user-password", help="Supply password from the command line flag"),
+    no_password: bool = typer.Option(False, "--no-password", help="Create a user without password (key based auth only)"),
+    public_key: Optional[str] = typer.Option(None, "--public-key",
+                                             help="the user's CURVE public key (Z85 or @file): with "
+                                                  "--client-cert-auth a client with this key is this user"),
+) -> None:
+    """Adds a new user."""
+    g = _g(ctx)
+    with _errors():
+        name = _nargs(args, 1, "user add command requires user name as its argument")[0]
+        password: Optional[str] = None
+        if not no_password:
+            if new_user_password:
+                password = new_user_password
+            else:
+                user, sep, pw = name.partition(":")
+                if not sep:
+                    password = _read_password_interactive(name) if interactive else _read_password_stdin()
+                else:
+                    if not user:
+                        raise CliError("empty user name is not allowed", EXIT_BAD_ARGS)
+                    name, password = user, pw
+        with _client(g) as c:
+            try:
+                resp = c.auth.user_add(name, password, no_password=no_password, public_key=public_key)
+            except ValueError as exc:  # a bad --public-key
+                raise CliError(str(exc), EXIT_BAD_ARGS) from None
+        _auth_printer(g).header_only(resp, f"User {name} created")
+
+
+@user_app.command("delete")
+def user_delete_cmd(ctx: typer.Context, args: Optional[list[str]] = typer.Argument(None, metavar="<user name>")) -> None:
+    """Deletes a user."""
+    g = _g(ctx)
+    with _errors():
+        name = _nargs(args, 1, "user delete command requires user name as its argument")[0]
+        with _client(g) as c:
+            resp = c.auth.user_delete(name)
+        _auth_printer(g).header_only(resp, f"User {name} deleted")
+
+
+@user_app.command("get")
+def user_get_cmd(
+    ctx: typer.Context,
+    args: Optional[list[str]] = typer.Argument(None, metavar="<user name>"),
+    detail: bool = typer.Option(False, "--detail", help="Show permissions of roles granted to the user"),
+) -> None:
+    """Gets detailed information of a user."""
+    g = _g(ctx)
+    with _errors():
+        name = _nargs(args, 1, "user get command requires user name as its argument")[0]
+        printer = _auth_printer(g)
+        with _client(g) as c:
+            resp = c.auth.user_get(name)
+            if not detail:
+                printer.user_get(name, resp)
+                return
+            _say(f"User: {name}")
+            for role in resp.roles:
+                _out().write(b"\n")
+                printer.role_get(role, c.auth.role_get(role))
+
+
+@user_app.command("list")
+def user_list_cmd(ctx: typer.Context, args: Optional[list[str]] = typer.Argument(None, hidden=True)) -> None:
+    """Lists all users."""
+    g = _g(ctx)
+    with _errors():
+        _nargs(args, 0, "user list command requires no arguments")
+        with _client(g) as c:
+            resp = c.auth.user_list()
+        _auth_printer(g).user_list(resp)
+
+
+@user_app.command("passwd")
+def user_passwd_cmd(
+    ctx: typer.Context,
+    args: Optional[list[str]] = typer.Argument(None, metavar="<user name>"),
+    interactive: bool = typer.Option(True, "--interactive/--no-interactive",
+                                     help="If true, read password from stdin instead of interactive terminal"),
+) -> None:
+    """Changes password of user."""
+    g = _g(ctx)
+    with _errors():
+        name = _nargs(args, 1, "user passwd command requires user name as its argument")[0]
+        password = _read_password_interactive(name) if interactive else _read_password_stdin()
+        with _client(g) as c:
+            resp = c.auth.user_change_password(name, password)
+        _auth_printer(g).header_only(resp, "Password updated")
+
+
+@user_app.command("grant-role")
+def user_grant_role_cmd(ctx: typer.Context,
+                        args: Optional[list[str]] = typer.Argument(None, metavar="<user name> <role name>")) -> None:
+    """Grants a role to a user."""
+    g = _g(ctx)
+    with _errors():
+        user, role = _nargs(args, 2, "user grant command requires user name and role name as its argument")
+        with _client(g) as c:
+            resp = c.auth.user_grant_role(user, role)
+        _auth_printer(g).header_only(resp, f"Role {role} is granted to user {user}")
+
+
+@user_app.command("revoke-role")
+def user_revoke_role_cmd(ctx: typer.Context,
+                         args: Optional[list[str]] = typer.Argument(None, metavar="<user name> <role name>")) -> None:
+    """Revokes a role from a user."""
+    g = _g(ctx)
+    with _errors():
+        user, role = _nargs(args, 2, "user revoke-role requires user name and role name as its argument")
+        with _client(g) as c:
+            resp = c.auth.user_revoke_role(user, role)
+        _auth_printer(g).header_only(resp, f"Role {role} is revoked from user {user}")
+
+
+@role_app.command("add")
+def role_add_cmd(ctx: typer.Context, args: Optional[list[str]] = typer.Argument(None, metavar="<role name>")) -> None:
+    """Adds a new role."""
+    g = _g(ctx)
+    with _errors():
+        name = _nargs(args, 1, "role add command requires role name as its argument")[0]
+        with _client(g) as c:
+            resp = c.auth.role_add(name)
+        _auth_printer(g).header_only(resp, f"Role {name} created")
+
+
+@role_app.command("delete")
+def role_delete_cmd(ctx: typer.Context, args: Optional[list[str]] = typer.Argument(None, metavar="<role name>")) -> None:
+    """Deletes a role."""
+    g = _g(ctx)
+    with _errors():
+        name = _nargs(args, 1, "role delete command requires role name as its argument")[0]
+        with _client(g) as c:
+            resp = c.auth.role_delete(name)
+        _auth_printer(g).header_only(resp, f"Role {name} deleted")
+
+
+@role_app.command("get")
+def role_get_cmd(ctx: typer.Context, args: Optional[list[str]] = typer.Argument(None, metavar="<role name>")) -> None:
+    """Gets detailed information of a role."""
+    g = _g(ctx)
+    with _errors():
+        name = _nargs(args, 1, "role get command requires role name as its argument")[0]
+        with _client(g) as c:
+            resp = c.auth.role_get(name)
+        _auth_printer(g).role_get(name, resp)
+
+
+@role_app.command("list")
+def role_list_cmd(ctx: typer.Context, args: Optional[list[str]] = typer.Argument(None, hidden=True)) -> None:
+    """Lists all roles."""
+    g = _g(ctx)
+    with _errors():
+        _nargs(args, 0, "role list command requires no arguments")
+        with _client(g) as c:
+            resp = c.auth.role_list()
+        _auth_printer(g).role_list(resp)
+
+
+def _perm_range_args(args: list[str], prefix: bool, from_key: bool) -> tuple[bytes, bytes]:
+    """etcdctl's permRange: the wire key and range_end of a permission."""
+    from protocol.client.types import prefix_end
+
+    key = _arg(args[0])
+    if prefix and from_key:
+        raise CliError("--from-key and --prefix flags are mutually exclusive", EXIT_BAD_ARGS)
+    if not key:
+        # the empty key is "\x00"; with --prefix/--from-key: every key
+        return b"\x00", (b"\x00" if prefix or from_key else b"")
+    if len(args) == 1:
+        if prefix:
+            return key, prefix_end(key)
+        return key, (b"\x00" if from_key else b"")
+    if prefix:
+        raise CliError("unexpected endkey argument with --prefix flag", EXIT_BAD_ARGS)
+    if from_key:
+        raise CliError("unexpected endkey argument with --from-key flag", EXIT_BAD_ARGS)
+    return key, _arg(args[1])
+
+
+_PERM_PREFIX = typer.Option(False, "--prefix", help="grant a prefix permission")
+_PERM_FROM_KEY = typer.Option(False, "--from-key", help="grant a permission of keys that are greater than or "
+                                                         "equal to the given key using byte compare")
+
+
+@role_app.command("grant-permission")
+def role_grant_permission_cmd(
+    ctx: typer.Context,
+    args: Optional[list[str]] = typer.Argument(None, metavar="<role name> <permission type> <key> [endkey]"),
+    prefix: bool = _PERM_PREFIX, from_key: bool = _PERM_FROM_KEY,
+) -> None:
+    """Grants a key to a role."""
+    from protocol.client.types import perm_type_name
+
+    g = _g(ctx)
+    with _errors():
+        args = args or []
+        if len(args) < 3:
+            raise CliError("role grant command requires role name, permission type, and key [endkey] as its "
+                           "argument", EXIT_BAD_ARGS)
+        try:
+            perm = perm_type_name(args[1])
+        except ValueError as exc:
+            raise CliError(str(exc), EXIT_BAD_ARGS) from None
+        key, end = _perm_range_args(args[2:], prefix, from_key)
+        with _client(g) as c:
+            resp = c.auth.role_grant_permission(args[0], perm, key, end)
+        _auth_printer(g).header_only(resp, f"Role {args[0]} updated")
+
+
+@role_app.command("revoke-permission")
+def role_revoke_permission_cmd(
+    ctx: typer.Context,
+    args: Optional[list[str]] = typer.Argument(None, metavar="<role name> <key> [endkey]"),
+    prefix: bool = typer.Option(False, "--prefix", help="revoke a prefix permission"),
+    from_key: bool = typer.Option(False, "--from-key", help="revoke a permission of keys that are greater than or "
+                                                            "equal to the given key using byte compare"),
+) -> None:
+    """Revokes a key from a role."""
+    g = _g(ctx)
+    with _errors():
+        args = args or []
+        if len(args) < 2:
+            raise CliError("role revoke-permission command requires role name and key [endkey] as its argument",
+                           EXIT_BAD_ARGS)
+        key, end = _perm_range_args(args[1:], prefix, from_key)
+        with _client(g) as c:
+            resp = c.auth.role_revoke_permission(args[0], key, end)
+        _auth_printer(g).role_revoke_permission(resp, args[0], _arg(args[1]), end)
+
+
 # -- entry point ---------------------------------------------------------------------------------
-_GLOBAL_WITH_VALUE = {"--endpoints", "--command-timeout", "--dial-timeout", "-w", "--write-out"}
+_GLOBAL_WITH_VALUE = {"--endpoints", "--command-timeout", "--dial-timeout", "-w", "--write-out",
+                      "--user", "--password", "--server-key", "--key-file"}
+# Go-style "--flag=false" for the boolean flags of the auth commands.
+_BOOL_FLAGS = {"--interactive": "--no-interactive", "--no-password": None, "--detail": None,
+               "--prefix": None, "--from-key": None}
+
+
+def normalize_bool_flags(argv: list[str]) -> list[str]:
+    """``--interactive=false`` -> ``--no-interactive``, ``--detail=true`` -> ``--detail``,
+    ``--prefix=false`` -> (dropped), as cobra takes them. Stops at ``--``."""
+    out: list[str] = []
+    for i, a in enumerate(argv):
+        if a == "--":
+            return out + argv[i:]
+        name, sep, value = a.partition("=")
+        if sep and name in _BOOL_FLAGS and value.lower() in ("true", "false", "1", "0", "t", "f"):
+            if value.lower() in ("true", "1", "t"):
+                out.append(name)
+            elif _BOOL_FLAGS[name]:
+                out.append(_BOOL_FLAGS[name])
+            continue
+        out.append(a)
+    return out
 _GLOBAL_FLAGS = {"--hex"}
 
 
@@ -1288,7 +1679,7 @@ def run(argv: list[str] | None = None) -> int:
     from typer._click.exceptions import ClickException, NoArgsIsHelpError, UsageError
     from typer.exceptions import Abort, Exit
 
-    args = hoist_global_flags(list(sys.argv[1:] if argv is None else argv))
+    args = hoist_global_flags(normalize_bool_flags(list(sys.argv[1:] if argv is None else argv)))
     try:
         rv = app(args=args, prog_name="qkvctl", standalone_mode=False)
     except NoArgsIsHelpError as exc:

@@ -15,7 +15,12 @@ Transport rules:
   ("outcome unknown"); a write refused with a retryable error (it did not take effect)
   may go to the next endpoint;
 - the zmq context is created lazily, per process: after ``fork`` the child makes its own
-  and never touches the parent's sockets.
+  and never touches the parent's sockets;
+- security (protocol/client/auth.py): ``server_key`` makes every socket a CURVE client
+  (a failed handshake is reported as such, from the socket's monitor events, instead of a
+  bare "could not connect"); ``user``/``password`` attach a token to every request, and a
+  request refused for its token (``invalid_auth_token``, ``user_empty``,
+  ``auth_old_revision``) is resent once with a fresh one.
 """
 from __future__ import annotations
 
@@ -31,7 +36,8 @@ from typing import Any, Iterable, Sequence
 import zmq
 
 from protocol.codec import pack, unpack
-from protocol.errors import Internal, Malformed, QkvError, Timeout, Unavailable
+from protocol.client.auth import REAUTH_ERRORS, Auth, Security
+from protocol.errors import AuthOldRevision, Internal, InvalidAuthToken, Malformed, QkvError, Timeout, Unavailable
 from protocol.client.txn import (
     Compare, Op, Txn, delete_fields, put_fields, range_fields, txn_fields, txn_writes,
 )
@@ -46,7 +52,11 @@ DEFAULT_ENDPOINT = "tcp://127.0.0.1:7379"
 DEFAULT_TIMEOUT_S = 7.0
 _ID_MASK = (1 << 64) - 1
 _READ_OPS = frozenset({"range", "status", "member_list", "hash_kv", "history", "alarm_list", "defragment",
-                       "snapshot"})
+                       "snapshot", "authenticate", "auth_status", "user_get", "user_list", "role_get",
+                       "role_list"})
+# Monitor events of a CURVE socket that tell why no connection comes up.
+_HANDSHAKE_EVENTS = (zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+                     | zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_SUCCEEDED)
 
 
 def normalize_endpoint(endpoint: str) -> str:
@@ -75,34 +85,93 @@ def is_write_request(req: dict[str, Any]) -> bool:
 class _ThreadSocket:
     """A thread's DEALER socket, connected to ``endpoint_index``."""
 
-    __slots__ = ("sock", "endpoint_index", "pid", "__weakref__")
+    __slots__ = ("sock", "endpoint_index", "pid", "monitor", "handshake_error", "__weakref__")
 
-    def __init__(self, ctx: zmq.Context, endpoint: str, endpoint_index: int) -> None:
+    def __init__(self, ctx: zmq.Context, endpoint: str, endpoint_index: int,
+                 security: Security | None = None) -> None:
         self.pid = os.getpid()
         self.endpoint_index = endpoint_index
+        self.handshake_error: str | None = None
         sock = ctx.socket(zmq.DEALER)
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.IMMEDIATE, 1)
+        self.monitor: zmq.Socket | None = None
+        if security is not None and security.curve:
+            security.configure(sock)
+            self.monitor = sock.get_monitor_socket(_HANDSHAKE_EVENTS)
         sock.connect(endpoint)
         self.sock: zmq.Socket | None = sock
 
+    def check_handshake(self) -> str | None:
+        """Why the CURVE handshake failed, from the monitor events seen so far (None if
+        it did not fail, or security is off)."""
+        mon = self.monitor
+        if mon is None:
+            return self.handshake_error
+        from zmq.utils.monitor import recv_monitor_message
+
+        while True:
+            try:
+                ev = recv_monitor_message(mon, zmq.NOBLOCK)
+            except (zmq.Again, zmq.ZMQError):
+                break
+            why = handshake_failure(ev["event"], ev["value"])
+            # A specific reason (mechanism mismatch, ZAP refusal) is not overwritten by a
+            # vaguer one from a later reconnection attempt.
+            if why is None or self.handshake_error is None or ev["event"] != zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL:
+                self.handshake_error = why
+        return self.handshake_error
+
     def close(self) -> None:
         sock, self.sock = self.sock, None
-        if sock is not None and self.pid == os.getpid():
+        mon, self.monitor = self.monitor, None
+        if self.pid != os.getpid():
+            return
+        if sock is not None and mon is not None:
             try:
-                sock.close(linger=0)
+                sock.disable_monitor()
             except zmq.ZMQError:
                 pass
+        for s in (mon, sock):
+            if s is not None:
+                try:
+                    s.close(linger=0)
+                except zmq.ZMQError:
+                    pass
 
     def __del__(self) -> None:  # the owning thread ended without closing it
         self.close()
 
 
+def handshake_failure(event: int, value: int) -> str | None:
+    """A socket monitor event -> why the CURVE handshake failed (None: it did not)."""
+    if event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+        return None
+    if event == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
+        return f"the server refused this client's key (ZAP status {value})"
+    if event == zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL:
+        if value == getattr(zmq, "PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH", 0x11000002):
+            return ("the server does not speak CURVE (client security is off there, "
+                    "or it is not the server the key belongs to)")
+        return f"protocol error {value:#x} in the CURVE handshake"
+    if event == zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL:
+        return ("the server broke off the CURVE handshake: it does not hold the secret key of "
+                "the given server key (a wrong server key, or an impostor)")
+    return None
+
+
 class Client:
-    """A thread-safe quorumkv client. ``timeout`` bounds each call, failover included."""
+    """A thread-safe quorumkv client. ``timeout`` bounds each call, failover included.
+
+    Security (SPEC "Security"): ``server_key`` (the server's Z85 public key, or
+    ``"@path"`` of its ``.key`` certificate file) turns CURVE on, with this client's
+    keypair from ``key_file`` (a pyzmq secret certificate) or an ephemeral one;
+    ``user``/``password`` authenticate and attach a token to every request."""
 
     def __init__(self, endpoints: Sequence[str] | str | None = None,
-                 timeout: float = DEFAULT_TIMEOUT_S) -> None:
+                 timeout: float = DEFAULT_TIMEOUT_S, *, user: str | None = None,
+                 password: str | None = None, server_key: Any = None,
+                 key_file: str | None = None, _security: Security | None = None) -> None:
         if endpoints is None:
             endpoints = [DEFAULT_ENDPOINT]
         elif isinstance(endpoints, str):
@@ -121,6 +190,23 @@ class Client:
         self._live: weakref.WeakSet[_ThreadSocket] = weakref.WeakSet()
         self._ids = itertools.count(random.getrandbits(40) + 1)
         self._closed = False
+        self._security = _security if _security is not None else Security(
+            server_key=server_key, key_file=key_file, user=user, password=password)
+
+    def _derive(self, endpoints: Sequence[str], timeout: float) -> "Client":
+        """A client of other endpoints/timeout with this one's keys, user and token (the
+        watch's, the lease router's)."""
+        return Client(list(endpoints), timeout=timeout, _security=self._security)
+
+    @property
+    def auth(self) -> Auth:
+        """etcd's Auth API: ``client.auth.user_add(...)``, ``role_grant_permission``..."""
+        return Auth(self)
+
+    @property
+    def public_key(self) -> str | None:
+        """This client's CURVE public key (Z85), None without CURVE."""
+        return self._security.public_key
 
     # -- lifecycle ----------------------------------------------------------------------
     def close(self) -> None:
@@ -369,7 +455,7 @@ class Client:
             else:
                 self._drop_socket()
         ctx = self._context()
-        holder = _ThreadSocket(ctx, self.endpoints[idx], idx)
+        holder = _ThreadSocket(ctx, self.endpoints[idx], idx, self._security)
         with self._lock:
             self._live.add(holder)
         self._local.holder = holder
@@ -387,6 +473,25 @@ class Client:
                 self._preferred = (idx + 1) % len(self.endpoints)
 
     def _call(self, req: dict[str, Any], *, write: bool) -> dict[str, Any]:
+        """Send ``req`` with this client's token (when it has a user); a refusal for the
+        token is answered by authenticating again and resending once (auth.py)."""
+        sec = self._security
+        if sec.user is None:
+            return self._send(req, write=write)
+        token, gen = sec.token(self)
+        retried: set[type] = set()
+        while True:
+            body = {**req, "token": token} if token else req
+            try:
+                return self._send(body, write=write)
+            except REAUTH_ERRORS as exc:
+                kind = AuthOldRevision if isinstance(exc, AuthOldRevision) else InvalidAuthToken
+                if kind in retried:
+                    raise
+                retried.add(kind)
+                token, gen = sec.refresh(self, gen)
+
+    def _send(self, req: dict[str, Any], *, write: bool) -> dict[str, Any]:
         if self._closed:
             raise Unavailable("the client is closed")
         n = len(self.endpoints)
@@ -395,6 +500,7 @@ class Client:
         refused: set[int] = set()  # endpoints that answered with a retryable error
         attempted: set[int] = set()
         last_error: QkvError | None = None
+        handshake: str | None = None  # why a CURVE handshake failed, if one did
         sent_any = False
         for attempt in itertools.count():
             now = time.monotonic()
@@ -413,9 +519,14 @@ class Client:
             frame = pack({"id": rid, **req})
             if not _wait(sock, zmq.POLLOUT, attempt_deadline):
                 # No connection came up: nothing left this process, any request may go on.
+                why = holder.check_handshake()
                 self._drop_socket()
                 self._fail_over(idx)
-                last_error = Unavailable(f"could not connect to {endpoint}")
+                if why:
+                    handshake = f"CURVE handshake with {endpoint} failed: {why}"
+                    last_error = Unavailable(handshake)
+                else:
+                    last_error = Unavailable(f"could not connect to {endpoint}")
                 continue
             try:
                 sock.send(frame, zmq.NOBLOCK)
@@ -450,7 +561,7 @@ class Client:
                 raise err
         if isinstance(last_error, Unavailable) and not sent_any:
             raise Unavailable(f"could not connect to any endpoint within {self.timeout:g}s "
-                              f"({', '.join(self.endpoints)})")
+                              f"({', '.join(self.endpoints)})" + (f": {handshake}" if handshake else ""))
         if last_error is not None and last_error.retryable:
             raise last_error
         raise Timeout(f"request timed out after {self.timeout:g}s "

@@ -51,12 +51,10 @@ class LeaderRouter:
         self.redirects = 0  # not_leader answers followed (for tests)
 
     def _client_for(self, url: str) -> Any:
-        from protocol.client.client import Client
-
         with self._lock:
             c = self._clients.get(url)
-            if c is None:
-                c = self._clients[url] = Client([url], timeout=self.attempt_timeout)
+            if c is None:  # same keys, user and token as the client (auth.py)
+                c = self._clients[url] = self.client._derive([url], timeout=self.attempt_timeout)
             return c
 
     def _candidates(self) -> list[str]:

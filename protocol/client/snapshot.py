@@ -61,17 +61,19 @@ def _open_private(path: str) -> BinaryIO:
 
 
 def save(endpoint: str, path: str, *, timeout: float = 7.0, chunk_bytes: int = SNAPSHOT_CHUNK_DEFAULT,
-         serializable: bool = False, progress: Callable[[int, int], None] | None = None) -> SnapshotStatus:
+         serializable: bool = False, progress: Callable[[int, int], None] | None = None,
+         **client_options: Any) -> SnapshotStatus:
     """Save a snapshot of the member at `endpoint` into `path`. `timeout` bounds each
     request. A save is linearizable unless `serializable`: it holds every write
     acknowledged before it started (the member first applies up to a read index, which
     needs a leader); `serializable` saves whatever the member has applied (a member
-    without quorum)."""
+    without quorum). `client_options`: the Client's security options (user, password,
+    server_key, key_file). The file is created 0600: it holds the whole store."""
     from protocol.client.client import Client
 
     part = path + ".part"
     try:
-        with Client([endpoint], timeout=timeout) as client, _open_private(part) as f:
+        with Client([endpoint], timeout=timeout, **client_options) as client, _open_private(part) as f:
             req: dict[str, Any] = {"op": "snapshot", "max_bytes": int(chunk_bytes)}
             if serializable:
                 req["serializable"] = True

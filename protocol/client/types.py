@@ -403,3 +403,110 @@ class LeaseLeasesResponse:
         return cls(ResponseHeader.from_wire(wire.get("header")),
                    [LeaseStatus(int(x.get("id") or _lease_id(x)) if isinstance(x, dict) else int(x))
                     for x in wire.get("leases") or ()])
+
+
+# -- auth (SPEC section "Authentication"; etcd's clientv3 Auth* responses) -------------------
+PERM_TYPES = ("READ", "WRITE", "READWRITE")  # etcd's authpb.Permission_Type, in value order
+
+
+def perm_type_name(value: Any) -> str:
+    """``"read"`` / ``"READ"`` / ``0`` -> ``"READ"`` (etcd's StrToPermissionType, case-blind)."""
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < len(PERM_TYPES):
+        return PERM_TYPES[value]
+    if isinstance(value, (str, bytes)):
+        name = (value.decode() if isinstance(value, bytes) else value).upper()
+        if name in PERM_TYPES:
+            return name
+    raise ValueError(f"invalid permission type: {value if isinstance(value, str) else repr(value)}")
+
+
+@dataclass(frozen=True, slots=True)
+class Permission:
+    perm_type: str      # "READ" | "WRITE" | "READWRITE"
+    key: bytes
+    range_end: bytes = b""
+
+    @classmethod
+    def from_wire(cls, wire: Any) -> "Permission":
+        if not isinstance(wire, dict):
+            raise ValueError(f"malformed permission: {wire!r:.100}")
+        return cls(perm_type_name(wire.get("perm_type") or 0), _b(wire.get("key")),
+                   _b(wire.get("range_end")))
+
+    @property
+    def perm_type_value(self) -> int:
+        return PERM_TYPES.index(self.perm_type)
+
+
+@dataclass(slots=True)
+class AuthResponse:
+    """The reply of an auth op without results (auth_enable, user_add, role_grant_permission...)."""
+
+    header: ResponseHeader
+
+    @classmethod
+    def from_wire(cls, wire: dict) -> "AuthResponse":
+        return cls(ResponseHeader.from_wire(wire.get("header")))
+
+
+@dataclass(slots=True)
+class AuthenticateResponse:
+    header: ResponseHeader
+    token: str = ""
+
+    @classmethod
+    def from_wire(cls, wire: dict) -> "AuthenticateResponse":
+        return cls(ResponseHeader.from_wire(wire.get("header")), str(wire.get("token") or ""))
+
+
+@dataclass(slots=True)
+class AuthStatusResponse:
+    header: ResponseHeader
+    enabled: bool = False
+    auth_revision: int = 0
+
+    @classmethod
+    def from_wire(cls, wire: dict) -> "AuthStatusResponse":
+        return cls(ResponseHeader.from_wire(wire.get("header")), bool(wire.get("enabled")),
+                   int(wire.get("auth_revision") or 0))
+
+
+@dataclass(slots=True)
+class AuthUserGetResponse:
+    header: ResponseHeader
+    roles: list[str] = field(default_factory=list)
+
+    @classmethod
+    def from_wire(cls, wire: dict) -> "AuthUserGetResponse":
+        return cls(ResponseHeader.from_wire(wire.get("header")), [str(r) for r in wire.get("roles") or ()])
+
+
+@dataclass(slots=True)
+class AuthUserListResponse:
+    header: ResponseHeader
+    users: list[str] = field(default_factory=list)
+
+    @classmethod
+    def from_wire(cls, wire: dict) -> "AuthUserListResponse":
+        return cls(ResponseHeader.from_wire(wire.get("header")), [str(u) for u in wire.get("users") or ()])
+
+
+@dataclass(slots=True)
+class AuthRoleGetResponse:
+    header: ResponseHeader
+    perm: list[Permission] = field(default_factory=list)
+
+    @classmethod
+    def from_wire(cls, wire: dict) -> "AuthRoleGetResponse":
+        return cls(ResponseHeader.from_wire(wire.get("header")),
+                   [Permission.from_wire(p) for p in wire.get("perm") or ()])
+
+
+@dataclass(slots=True)
+class AuthRoleListResponse:
+    header: ResponseHeader
+    roles: list[str] = field(default_factory=list)
+
+    @classmethod
+    def from_wire(cls, wire: dict) -> "AuthRoleListResponse":
+        return cls(ResponseHeader.from_wire(wire.get("header")), [str(r) for r in wire.get("roles") or ()])

@@ -11,7 +11,12 @@ The consumer side of SPEC.md section 5, hidden behind ``Client.watch``:
 - never delivers a revision <= D, whatever the node says (etcd bug #15271);
 - silence (no message, not even the broadcaster's heartbeat) makes it ask for progress,
   then move to the next endpoint and resume from D+1: no gap, no duplicate;
-- a compacted start (or hole) ends the watch with ``canceled`` and ``compact_revision``.
+- a compacted start (or hole) ends the watch with ``canceled`` and ``compact_revision``;
+- under auth the history requests carry the client's token and the SUB socket is a CURVE
+  client with the client's key (the one ``authenticate`` registered for the watch port).
+  The broadcaster silently drops a subscription its user may not read, so the watcher
+  asks ``history`` first (checked like a range) and raises ``PermissionDenied`` at once
+  instead of waiting for events that never come.
 
 One Watcher is used by one thread at a time (its iterator); ``cancel()`` may be called
 from any thread.
@@ -35,6 +40,10 @@ FLAG_PREV_KV, FLAG_NO_PUT, FLAG_NO_DELETE = 1, 2, 4
 SILENCE_S = 5.0          # no message for this long: ask the broadcaster for progress
 PROBE_S = 2.0            # and no answer this long after: move to another endpoint
 HISTORY_PAGE_REVISIONS = 5000
+# history errors that no other endpoint or retry can cure: raised to the caller.
+FATAL_CODES = frozenset({"unknown_op", "invalid_argument", "key_not_provided", "malformed",
+                         "permission_denied", "auth_failed", "user_empty", "invalid_auth_token",
+                         "auth_old_revision"})
 
 
 def watch_topic(key: bytes, range_end: bytes = b"", *, prev_kv: bool = False,
@@ -107,6 +116,7 @@ class Watcher:
         self._progress_sent_at = 0.0
         self.topic = watch_topic(self.key, self.range_end, prev_kv=prev_kv, no_put=self.no_put,
                                  no_delete=self.no_delete)
+        self._client = client
         self._endpoints: list[str] = list(client.endpoints)
         self._timeout = client.timeout
         self._idx = client._preferred % len(self._endpoints)
@@ -133,6 +143,14 @@ class Watcher:
             self.delivered = start_revision - 1
         else:
             self.delivered = status_rev  # etcd: "from now" = current revision + 1
+        if getattr(client, "_security", None) is not None and client._security.user:
+            # Under auth: the first catch-up page now, so that a range the user may not
+            # read raises PermissionDenied here (the watch port would just stay silent).
+            try:
+                self._catch_up()
+            except QkvError:
+                self._detach()
+                raise
 
     # --- attaching to a node -------------------------------------------------------
     def _attach_any(self) -> int:
@@ -150,10 +168,8 @@ class Watcher:
         raise last_err
 
     def _attach(self, idx: int) -> int:
-        from protocol.client.client import Client
-
         self._detach()
-        client = Client([self._endpoints[idx]], timeout=min(self._timeout, 3.0))
+        client = self._client._derive([self._endpoints[idx]], timeout=min(self._timeout, 3.0))
         try:
             st = client.status()
         except QkvError:
@@ -166,6 +182,7 @@ class Watcher:
         url = _reachable(urls[0], self._endpoints[idx])
         sub = self._ctx.socket(zmq.SUB)
         sub.setsockopt(zmq.LINGER, 0)
+        client._security.configure(sub)  # CURVE with the client's key when security is on
         sub.setsockopt(zmq.RCVHWM, self._rcvhwm)
         sub.setsockopt(zmq.RCVBUF, self._rcvbuf)
         sub.connect(url)
@@ -274,8 +291,8 @@ class Watcher:
                                             compact_revision=int(exc.details.get("compact_revision") or 0),
                                             cancel_reason=exc.message))
                     return
-                if exc.code in ("unknown_op", "invalid_argument", "key_not_provided", "malformed"):
-                    raise  # the caller's mistake, or a server without `history`: no retry helps
+                if exc.code in FATAL_CODES:
+                    raise  # the caller's mistake, a server without `history`, or a refusal: no retry helps
                 self._fail_over()
             return
         sub = self._sub
