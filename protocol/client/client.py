@@ -156,7 +156,7 @@ def handshake_failure(event: int, value: int) -> str | None:
         return f"protocol error {value:#x} in the CURVE handshake"
     if event == zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL:
         return ("the server broke off the CURVE handshake: it does not hold the secret key of "
-                "the given server key (a wrong server key, or an impostor)")
+                "the given server key (a wrong server key, or an impostor), or it does not speak CURVE")
     return None
 
 
