@@ -211,14 +211,21 @@ def test_qkvctl_lease_errors_and_formats(ctl, srv):
 def test_qkvctl_keep_alive_until_revoked(srv):
     """`lease keep-alive <id>` prints one line per keep-alive and ends when the lease goes."""
     import subprocess
-    import threading
 
     with Client([srv.endpoint]) as c:
         lid = c.lease_grant(2).id
-        threading.Timer(1.6, lambda: c.lease_revoke(lid)).start()
-        r = subprocess.run([sys.executable, "-c", "from protocol.client.cli import main; main()",
-                            "--endpoints", srv.address, "lease", "keep-alive", f"{lid:x}"],
-                           capture_output=True, text=True, timeout=20, cwd=ROOT)
+        proc = subprocess.Popen([sys.executable, "-c", "from protocol.client.cli import main; main()",
+                                 "--endpoints", srv.address, "lease", "keep-alive", f"{lid:x}"],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+        try:
+            head = [proc.stdout.readline(), proc.stdout.readline()]  # two keep-alives, then revoke
+            c.lease_revoke(lid)
+            rest, err = proc.communicate(timeout=20)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    r = subprocess.CompletedProcess(proc.args, proc.returncode, "".join(head) + rest, err)
     lines = r.stdout.splitlines()
     assert r.returncode == 0, r.stderr
     assert lines[0] == f"lease {lid:016x} keepalived with TTL(2)" and len(lines) >= 3
