@@ -45,6 +45,10 @@ class BenchConfig:
     txn_ops: int = 1
     timeout_s: float = 5.0
     seed: int | None = None
+    # Security (SPEC "Security"): a CURVE client setup (public, secret, server public) for
+    # every connection, and the auth token every request carries.
+    curve: tuple[bytes, bytes, bytes] | None = None
+    token: str | None = None
 
 
 @dataclass
@@ -89,6 +93,9 @@ class _RequestMaker:
     def __init__(self, cfg: BenchConfig) -> None:
         self.cfg = cfg
         self.rng = random.Random(cfg.seed)
+        # the token rides as one more pre-encoded pair at the end of every request
+        self._token = _PACK.pack("token") + _PACK.pack(cfg.token) if cfg.token else b""
+        self._token_n = 1 if cfg.token else 0
         self.value = self.rng.randbytes(cfg.val_size)
         if cfg.kind == "range":
             fields: dict[str, Any] = {"op": "range", "key": cfg.key}
@@ -111,13 +118,15 @@ class _RequestMaker:
     def frame(self, rid: int, i: int) -> bytes:
         cfg = self.cfg
         if cfg.kind == "range":
-            return _frame(rid, *self._fixed)
-        if cfg.kind == "put":
+            n, body = self._fixed
+        elif cfg.kind == "put":
             key = make_key(self._key_index(i), cfg.key_size)
-            return _frame(rid, 3, self._head + _PACK.pack(key) + self._tail)
-        ops = [{"put": {"key": make_key((i * cfg.txn_ops + j) % cfg.key_space_size, cfg.key_size),
-                        "value": self.value}} for j in range(cfg.txn_ops)]
-        return _frame(rid, *_body({"op": "txn", "compare": [], "success": ops, "failure": []}))
+            n, body = 3, self._head + _PACK.pack(key) + self._tail
+        else:
+            ops = [{"put": {"key": make_key((i * cfg.txn_ops + j) % cfg.key_space_size, cfg.key_size),
+                            "value": self.value}} for j in range(cfg.txn_ops)]
+            n, body = _body({"op": "txn", "compare": [], "success": ops, "failure": []})
+        return _frame(rid, n + self._token_n, body + self._token)
 
 
 class _Conn:
@@ -150,6 +159,8 @@ def run(cfg: BenchConfig, progress: Callable[[int, int | None, float], None] | N
     def new_socket(endpoint: str) -> zmq.Socket:
         s = ctx.socket(zmq.DEALER)
         s.setsockopt(zmq.LINGER, 0)
+        if cfg.curve is not None:
+            s.curve_publickey, s.curve_secretkey, s.curve_serverkey = cfg.curve
         s.connect(endpoint)
         poller.register(s, zmq.POLLIN)
         return s

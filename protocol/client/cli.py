@@ -1145,12 +1145,26 @@ def _bench(ctx: typer.Context, kind: str, clients: Optional[int], total: Optiona
             raise CliError(f'unknown consistency flag "{kw["consistency"]}"', EXIT_BAD_FEATURE)
         if clients < 1 or kw.get("key_space_size", 1) < 1:
             raise CliError("--clients and --key-space-size must be >= 1", EXIT_BAD_ARGS)
+        curve, token = _bench_credentials(g)
         cfg = bench.BenchConfig(kind=kind, endpoints=[normalize_endpoint(e) for e in g.endpoints],
                                 clients=clients, total=total, duration_s=duration,
-                                timeout_s=g.command_timeout_s, **kw)
+                                timeout_s=g.command_timeout_s, curve=curve, token=token, **kw)
         result = bench.main(cfg, sys.stdout, sys.stderr)
         if result.error_count and not result.latencies_s:
             raise CliError(f"all {result.error_count} requests failed", EXIT_ERROR)
+
+
+def _bench_credentials(g: Globals) -> tuple[tuple[bytes, bytes, bytes] | None, str | None]:
+    """The global --server-key/--key-file/--user as the benchmark's raw sockets need them:
+    a CURVE setup and one token (authenticated once, as etcd's benchmark does)."""
+    options = g.client_options()
+    if not options.get("server_key") and not options.get("user"):
+        return None, None
+    with _client(g) as c:
+        sec = c._security
+        token = sec.token(c)[0] if options.get("user") else None
+        curve = (sec.public, sec.secret, sec.server_key) if sec.curve else None
+    return curve, token or None
 
 
 _CLIENTS = typer.Option(None, "--clients", help="concurrent logical clients (default 1)")
