@@ -44,8 +44,9 @@ def main() -> int:
         for title, eps, args in runs:
             print(f"\n=== {title}: {CLIENTS} clients, {TOTAL} requests ===", flush=True)
             pids = {f"{n.name}/{role}": pid for n in cluster.nodes for role, pid in n.actor_pids().items()}
-            split = run_measured(qkvctl() + ["--endpoints", eps, "benchmark", *args,
-                                             "--clients", CLIENTS, "--total", str(TOTAL)], pids)
+            split, report = run_measured(qkvctl() + ["--endpoints", eps, "benchmark", *args,
+                                                     "--clients", CLIENTS, "--total", str(TOTAL)], pids)
+            print(report, end="")
             client_cpu = split.pop("benchmark client")
             by_role: dict[str, float] = {}
             for k, v in split.items():
