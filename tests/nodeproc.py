@@ -60,6 +60,10 @@ class Security:
         self.server_public = security.load_keypair(secret)[0]
         self.client = zmq.curve_keypair()
         self.token: str | None = None
+        # Who the harness's raw requests are, once auth is on: a lost token (a restarted
+        # gateway forgets them) is renewed with these.
+        self.user: str | None = None
+        self.password: str | None = None
 
     def add_member(self, name: str) -> bytes:
         """A peer key pair for a member; its public key (Z85)."""
@@ -86,7 +90,20 @@ class Security:
 def raw_request(url: str, req: dict[str, Any], timeout: float = 5.0,
                 security: Security | None = None) -> dict[str, Any] | None:
     """Send one request on a fresh DEALER; the decoded reply, or None on timeout. With
-    `security`, the socket is a CURVE client and requests carry its token (if any)."""
+    `security`, the socket is a CURVE client and requests carry its token (if any),
+    renewed once when the member no longer knows it."""
+    reply = _raw_request(url, req, timeout, security)
+    if (security is not None and security.password and reply is not None and not reply.get("ok")
+            and reply.get("error", {}).get("code") == "invalid_auth_token" and "token" not in req):
+        auth = _raw_request(url, {"op": "authenticate", "name": security.user, "password": security.password},
+                            timeout, security)
+        if auth and auth.get("ok"):
+            security.token = auth["token"]
+            reply = _raw_request(url, req, timeout, security)
+    return reply
+
+
+def _raw_request(url: str, req: dict[str, Any], timeout: float, security: Security | None) -> dict[str, Any] | None:
     ctx = zmq.Context.instance()
     sock = ctx.socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 0)
@@ -94,7 +111,7 @@ def raw_request(url: str, req: dict[str, Any], timeout: float = 5.0,
         from actors.runtime.security import make_curve_client
 
         make_curve_client(sock, *security.curve)
-        if security.token and "token" not in req:
+        if security.token and "token" not in req and req.get("op") != "authenticate":
             req = dict(req, token=security.token)
     sock.connect(url)
     try:

@@ -158,6 +158,20 @@ class Nemesis:
                     return True
         return False
 
+    def auth_churn(self) -> str:
+        """Change the traffic user's permissions a few times (each change bumps the auth
+        revision: requests checked at the old one are refused and retried, the watch
+        ports rebind), ending where it began: readwrite on the traffic's prefix."""
+        lead = self._leader()
+        n = self.rng.randint(2, 5)
+        for i in range(n):
+            _root_call(lead, {"op": "role_grant_permission", "name": "traffic",
+                              "perm": {"perm_type": "READ", "key": b"other/%d" % i, "range_end": b""}})
+        for i in range(n):
+            _root_call(lead, {"op": "role_revoke_permission", "name": "traffic", "key": b"other/%d" % i,
+                              "range_end": b""})
+        return f"auth churn: {2 * n} permission changes for the traffic user via {lead.name}"
+
     def isolate_leader(self) -> str:
         lead = self._leader()
         self.cluster.partition([lead], [n for n in self.cluster.nodes if n is not lead])
@@ -240,8 +254,43 @@ SCENARIOS: dict[str, tuple[int, list[str]]] = {
     "single-kill": (1, ["kill_actor", "kill_all"]),
     "single-pause": (1, ["pause_actor", "pause_node"]),
     "single-crash": (1, ["crash_fsync", "crash_storage"]),
+    # CURVE on every port and auth on: traffic and watchers run as a user with readwrite on
+    # their prefix only, while permissions change under them (auth_old_revision retries,
+    # watch port rebinds) and members die.
+    "secure": (3, ["auth_churn", "kill_leader", "auth_churn", "kill_actor"]),
 }
-RANDOM_ACTIONS = sorted({a for _, acts in SCENARIOS.values() for a in acts})
+SECURE_SCENARIOS = frozenset({"secure"})
+TRAFFIC_USER, TRAFFIC_PASSWORD = "traffic", "traffic-password"
+ROOT_PASSWORD = "root-password"
+RANDOM_ACTIONS = sorted({a for name, (_, acts) in SCENARIOS.items() if name not in SECURE_SCENARIOS for a in acts})
+
+
+def _root_call(node: NodeProcess, req: dict) -> dict:
+    reply = node.request(req, timeout=10)
+    if not reply or not reply.get("ok"):
+        raise AssertionError(f"{req.get('op')} failed: {reply}")
+    return reply
+
+
+def enable_auth(cluster: Cluster) -> dict:
+    """Root user and role, a traffic user with readwrite on the traffic's prefix, auth on;
+    the raw requests of the harness then carry root's token. Returns the Client options
+    of the traffic user."""
+    lead = cluster.leader()
+    for req in ({"op": "user_add", "name": "root", "password": ROOT_PASSWORD},
+                {"op": "role_add", "name": "root"},
+                {"op": "user_grant_role", "name": "root", "role": "root"},
+                {"op": "user_add", "name": TRAFFIC_USER, "password": TRAFFIC_PASSWORD},
+                {"op": "role_add", "name": "traffic"},
+                {"op": "role_grant_permission", "name": "traffic",
+                 "perm": {"perm_type": "READWRITE", "key": b"key/", "range_end": b"key0"}},
+                {"op": "user_grant_role", "name": TRAFFIC_USER, "role": "traffic"},
+                {"op": "auth_enable"}):
+        _root_call(lead, req)
+    cluster.security.user, cluster.security.password = "root", ROOT_PASSWORD
+    cluster.security.token = _root_call(lead, {"op": "authenticate", "name": "root",
+                                               "password": ROOT_PASSWORD})["token"]
+    return {**cluster.client_options, "user": TRAFFIC_USER, "password": TRAFFIC_PASSWORD}
 
 
 def _poll(predicate: Callable[[], bool], timeout: float) -> bool:
@@ -263,7 +312,8 @@ def run(scenario: str, seed: int, duration_s: float, workdir: Path, clients: int
         size, actions = SCENARIOS[scenario]
     # "faults": partitions through the peer transport's fault layer; "netns": each node in
     # its own network namespace, links cut for real (netns.py).
-    cluster = make_cluster(workdir, size, ["--snapshot-count", "500"], network)
+    secure = scenario in SECURE_SCENARIOS
+    cluster = make_cluster(workdir, size, ["--snapshot-count", "500"], network, secure=secure)
     history: list[Op] = []
     watchers: list[RecordingWatcher] = []
     lock = threading.Lock()
@@ -274,8 +324,11 @@ def run(scenario: str, seed: int, duration_s: float, workdir: Path, clients: int
     try:
         cluster.start()
         endpoints = [n.client_url for n in cluster.nodes]
-        workers = [RecordingClient(i, endpoints, seed * 100 + i, history, lock, stop) for i in range(clients)]
-        watchers = [RecordingWatcher(i, endpoints, seed * 100 + 50 + i, stop) for i in range(watchers_n)]
+        options = enable_auth(cluster) if secure else {}
+        workers = [RecordingClient(i, endpoints, seed * 100 + i, history, lock, stop, client_options=options)
+                   for i in range(clients)]
+        watchers = [RecordingWatcher(i, endpoints, seed * 100 + 50 + i, stop, client_options=options)
+                    for i in range(watchers_n)]
         for w in [*workers, *watchers]:
             w.start()
         nemesis = Nemesis(cluster, rng, seed)
@@ -306,7 +359,7 @@ def run(scenario: str, seed: int, duration_s: float, workdir: Path, clients: int
         # shows up here as a read no linearization explains.
         from protocol.client import Client
 
-        with Client(endpoints, timeout=10) as c:
+        with Client(endpoints, timeout=10, **options) as c:
             for key in KEYS + [k for w in workers for k in w.lease_keys]:
                 t0 = time.monotonic()
                 resp = c.get(key)

@@ -263,16 +263,17 @@ class NetnsCluster(Cluster):
             self._applied.add((a, b))
 
 
-def make_cluster(workdir: Path, size: int, args: list[str] | None, network: str = "faults") -> Cluster:
+def make_cluster(workdir: Path, size: int, args: list[str] | None, network: str = "faults",
+                 secure: bool = False) -> Cluster:
     """The harness's cluster: link cuts by the transport's fault layer ("faults") or by
-    the kernel between network namespaces ("netns")."""
+    the kernel between network namespaces ("netns"); `secure`: CURVE on every port."""
     if network == "faults":
-        return Cluster(workdir, size, args=args)
+        return Cluster(workdir, size, args=args, secure=secure)
     if network == "netns":
         ok, reason = netns_available()
         if not ok:
             raise RuntimeError(f"network namespaces need CAP_NET_ADMIN: {reason}")
-        return NetnsCluster(workdir, size, args=args)
+        return NetnsCluster(workdir, size, args=args, secure=secure)
     raise ValueError(f"unknown network {network!r}: expected one of {', '.join(NETWORKS)}")
 
 

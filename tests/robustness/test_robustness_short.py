@@ -17,6 +17,7 @@ RUNS = [
     ("crash-storage", "faults"),
     ("snapshot-follower", "faults"),
     ("single-crash", "faults"),
+    ("secure", "faults"),
 ]
 
 

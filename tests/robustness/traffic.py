@@ -31,8 +31,10 @@ LEASE_TTL = 300  # long enough never to expire within a run: expiry is not what 
 
 class RecordingClient(threading.Thread):
     def __init__(self, client_no: int, endpoints: list[str], seed: int, history: list[Op],
-                 lock: threading.Lock, stop: threading.Event, timeout_s: float = 3.0) -> None:
+                 lock: threading.Lock, stop: threading.Event, timeout_s: float = 3.0,
+                 client_options: dict | None = None) -> None:
         super().__init__(daemon=True, name=f"traffic-{client_no}")
+        self.client_options = dict(client_options or {})  # security: server_key, user, password
         self.no = client_no
         self.endpoints = endpoints
         self.rng = random.Random(seed)
@@ -53,7 +55,7 @@ class RecordingClient(threading.Thread):
             self.history.append(op)
 
     def run(self) -> None:
-        client = Client(self.endpoints, timeout=self.timeout_s)
+        client = Client(self.endpoints, timeout=self.timeout_s, **self.client_options)
         # Each client prefers another endpoint, so followers take writes too.
         client._preferred = self.no % len(self.endpoints)  # noqa: SLF001 (test harness)
         try:

@@ -46,8 +46,10 @@ def to_wevent(e: Any) -> WEvent:
 class RecordingWatcher(threading.Thread):
     def __init__(self, no: int, endpoints: list[str], seed: int, stop: threading.Event,
                  prefix: bytes = b"key/", restart_s: tuple[float, float] = (3.0, 8.0),
-                 stall_s: float = 8.0, timeout_s: float = 3.0, progress_interval_s: float = 1.0) -> None:
+                 stall_s: float = 8.0, timeout_s: float = 3.0, progress_interval_s: float = 1.0,
+                 client_options: dict | None = None) -> None:
         super().__init__(daemon=True, name=f"watch-{no}")
+        self.client_options = dict(client_options or {})  # security: server_key, user, password
         self.no = no
         self.endpoints = list(endpoints)
         self.rng = random.Random(seed)
@@ -73,7 +75,7 @@ class RecordingWatcher(threading.Thread):
         super().join(timeout)
 
     def run(self) -> None:
-        client = Client(self.endpoints, timeout=self.timeout_s)
+        client = Client(self.endpoints, timeout=self.timeout_s, **self.client_options)
         idx = self.no % len(self.endpoints)
         start, resume_of = 0, None
         backoff = 0.1
