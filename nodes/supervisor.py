@@ -37,6 +37,7 @@ from actors.runtime import messages as M
 from nodes.config import VERSION, Config
 from nodes.endpoints import IPC_PATH_MAX, Endpoints, run_dir_for
 from nodes.perms import PRIVATE_UMASK, UnsafeDirError, make_private_dir, secure_data_dir
+from protocol import errors
 from protocol.codec import pack_msg, unpack_msg
 
 ROLES = ("consensus", "storage", "watch", "gateway")  # start order; stopped in reverse
@@ -168,19 +169,29 @@ class Supervisor:
             f"delete the data dir {self.data_dir} and add it again with `qkvctl member add`")
 
     def _join(self) -> Config:
-        """Ask the peers of --initial-cluster for the membership; find us by peer URL."""
+        """Ask the peers of --initial-cluster for the membership; find us by peer URL. With
+        peer security, each ask is a CURVE client pinned to that peer's key
+        (--initial-cluster-keys), and our own key must be the one `member add` was given."""
+        from actors.consensus.peer_wire import PeerWireError, decode_join_resp
+        from actors.runtime import security
+
         mine = set(self.cfg.initial_advertise_peer_urls)
-        urls = [u for m in self.cfg.members for u in m.peer_urls if u not in mine]
-        if not urls:
-            raise StartupError("--initial-cluster-state existing needs the other members in --initial-cluster")
+        keypair = security.load_keypair(self.cfg.peer_key_file) if self.cfg.peer_security else None
+        targets = [(u, m.peer_key) for m in self.cfg.members for u in m.peer_urls if u not in mine
+                   and (keypair is None or m.peer_key)]
+        if not targets:
+            raise StartupError("--initial-cluster-state existing needs the other members in --initial-cluster"
+                               + (" and their keys in --initial-cluster-keys" if keypair else ""))
         ctx = zmq.Context()
         deadline = time.monotonic() + JOIN_TIMEOUT_S
         why = "no peer answered"
         try:
             while time.monotonic() < deadline:
-                for url in urls:
+                for url, key in targets:
                     sock = ctx.socket(zmq.DEALER)
                     sock.setsockopt(zmq.LINGER, 0)
+                    if keypair is not None:
+                        security.make_curve_client(sock, keypair[0], keypair[1], key)
                     sock.connect(url)
                     try:
                         sock.send(pack_msg(M.PEER_JOIN, [0]))
@@ -189,12 +200,16 @@ class Supervisor:
                         msg_type, body = unpack_msg(sock.recv())
                         if msg_type != M.PEER_JOIN_RESP:
                             continue
-                        cluster, members = body
+                        resp = decode_join_resp(body)
+                        cluster, members = resp.cluster_id, resp.members
                         found = [m for m in members if mine & set(m[2])]
-                    except Exception:  # noqa: BLE001 - a bad answer: ask another peer
+                    except (PeerWireError, errors.QkvError):  # a bad answer: ask another peer
                         continue
                     finally:
                         sock.close()
+                    if found and keypair is not None and found[0][4] != keypair[0].decode():
+                        raise StartupError("the peer key given at `member add` is not the public key of "
+                                           "--peer-key-file")
                     if found:
                         self.log.info("joined_existing_cluster", member_id=f"{found[0][0]:x}",
                                       cluster_id=f"{cluster:x}", members=len(members))

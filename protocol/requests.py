@@ -544,9 +544,10 @@ def _check_intervals(reqs: list[dict]) -> tuple[set[bytes], _Dels]:
 
 # --- field helpers ----------------------------------------------------------------------
 def _normalize_member(op: str, fields: dict) -> dict:
-    """member_add {name, peer_urls, is_learner} / member_update {member_id, peer_urls} /
+    """member_add {name, peer_urls, is_learner, peer_key} / member_update {member_id, peer_urls} /
     member_remove, member_promote {member_id} (SPEC section 3)."""
-    allowed = {"member_add": ("name", "peer_urls", "is_learner"), "member_update": ("member_id", "peer_urls")}
+    allowed = {"member_add": ("name", "peer_urls", "is_learner", "peer_key"),
+               "member_update": ("member_id", "peer_urls")}
     _no_unknown(fields, allowed.get(op, ("member_id",)), op)
     out: dict[str, Any] = {"op": op}
     if op != "member_add":
@@ -569,7 +570,30 @@ def _normalize_member(op: str, fields: dict) -> dict:
                                   f"got {_short(name)}")
         out["name"] = name
         out["is_learner"] = _bool(fields, "is_learner")
+        # The new member's CURVE peer public key (Z85); "" = none (a cluster without peer
+        # security). Consensus requires one when the cluster runs peer security.
+        key = fields.get("peer_key", "")
+        if key != "" and not is_z85_key(key):
+            raise InvalidArgument(f"member_add: peer_key must be a 40-character Z85 public key, got {_short(key)}")
+        out["peer_key"] = key
     return out
+
+
+_Z85_CHARS = "0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ.-:+=^!/*?&<>()[]{}@%$#"
+_Z85_VALUE = {c: i for i, c in enumerate(_Z85_CHARS)}
+
+
+def is_z85_key(key: Any) -> bool:
+    """A 32-byte key in Z85 text (40 characters), as CURVE keys travel (pure check)."""
+    if not isinstance(key, str) or len(key) != 40 or not all(c in _Z85_VALUE for c in key):
+        return False
+    for i in range(0, 40, 5):
+        value = 0
+        for c in key[i:i + 5]:
+            value = value * 85 + _Z85_VALUE[c]
+        if value >= 2**32:
+            return False
+    return True
 
 
 _PEER_URL = re.compile(r"tcp://(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.\-_*]+):([1-9][0-9]{0,4})")

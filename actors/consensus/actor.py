@@ -46,6 +46,7 @@ from typing import Any, Callable
 import msgpack
 import zmq
 
+from actors.consensus import peer_wire as W
 from actors.consensus.raft import Config as RaftConfig
 from actors.consensus.raft import (ConfChange, ConfChangeRefused, ConfChangeType, ConfState, Entry, EntryType,
                                    HardState, MemoryStorage, Message, MessageType, ProposalDropped, RawNode,
@@ -55,6 +56,7 @@ from actors.consensus.transport import PeerTransport
 from actors.consensus.wal import WAL
 from actors.runtime import messages as M
 from actors.runtime.actor import Actor
+from actors.runtime import security
 from actors.runtime.failpoints import failpoint
 from nodes.config import VERSION, new_member_id
 from protocol import errors
@@ -110,13 +112,14 @@ class ConsensusActor(Actor):
             self.node.campaign()  # the only voter: no need to wait an election timeout
         self.router = self.socket(zmq.ROUTER, bind=self.endpoints.consensus, handler=self.on_local)
         self.storage = self.socket(zmq.DEALER, connect=self.endpoints.storage, handler=self.on_storage)
+        keypair = security.load_keypair(cfg.peer_key_file) if cfg.peer_security else None
         self.transport = PeerTransport(
-            self, self.id, cfg.listen_peer_urls, [], self.endpoints.faults_file, self.on_peer, self._on_join
+            self, self.id, cfg.listen_peer_urls, self.endpoints.faults_file, self.on_peer, self._on_join, keypair
         )
         self.last_heard: dict[int, float] = {}  # peer id -> monotonic time of its last message
         self.member_ops: dict[int, tuple[int, Callable[[Any, Any], None]]] = {}  # index -> (term, reply)
         self.forwarded: dict[int, tuple[bytes, int, float]] = {}  # ctx -> (gateway identity, ctx_id, deadline)
-        self.lingering: dict[int, str] = {}  # removed member -> peer URL, linked for a grace period
+        self.lingering: dict[int, tuple[str, str]] = {}  # removed member -> (peer URL, key), linked a while
         self._sync_transport()
         self.lead = 0
         self.committed = hard_state.commit
@@ -130,7 +133,7 @@ class ConsensusActor(Actor):
         self.checkpoints: dict[int, Message] = {}  # ctx -> the SNAP message waiting for it
         self.senders: dict[int, SnapshotSender] = {}  # peer id -> transfer in progress
         self.receiver: SnapshotReceiver | None = None
-        self.installing: dict[int, tuple[int, int, list]] = {}  # ctx -> (frm, snap_id, snap message wire)
+        self.installing: dict[int, tuple[int, int, Message]] = {}  # ctx -> (frm, snap_id, SNAP message)
         self.every(cfg.heartbeat_interval / 1000.0, self.node.tick)
         self.every(HELLO_INTERVAL_S, self._hello)
         self.call_later(0.05, self._hello)
@@ -288,45 +291,40 @@ class ConsensusActor(Actor):
             self._on_installed(*body)
 
     # --- from peers -----------------------------------------------------------------
-    def on_peer(self, msg_type: int, frm: int, body: list) -> None:
+    def on_peer(self, msg_type: int, frm: int, msg: Any) -> None:
+        """A peer message the transport authenticated and decoded (peer_wire.py): typed and
+        whole. Nothing here guards against shapes: an exception is a bug and crashes us."""
         self.last_heard[frm] = time.monotonic()
         if msg_type == M.PEER_RAFT:
-            for wire in body[0]:
-                msg = Message.from_wire(wire)  # ValueError on garbage: the transport drops it
-                if msg.frm != frm or msg.to != self.id or msg.type == MessageType.SNAP:
-                    raise ValueError("peer message with a forged sender, recipient or type")
-                self.node.step(msg)
+            for m in msg.messages:
+                self.node.step(m)
         elif msg_type == M.PEER_FORWARD:
-            batch = body[0]
             try:
                 if self.lead != self.id:
                     raise ProposalDropped()
-                self.node.propose_batch([data for _, data in batch])
+                self.node.propose_batch([data for _, data in msg.proposals])
             except ProposalDropped:
-                self.transport.send(frm, M.PEER_FORWARD_REJECT, [[req_id for req_id, _ in batch]])
+                self.transport.send(frm, M.PEER_FORWARD_REJECT, [[req_id for req_id, _ in msg.proposals]])
         elif msg_type == M.PEER_FORWARD_REJECT:
             if self.gateway_identity is not None:
-                rejected = [[req_id, errors.NoLeader().to_wire()] for req_id in body[0]]
+                rejected = [[req_id, errors.NoLeader().to_wire()] for req_id in msg.req_ids]
                 self._reply(self.gateway_identity, M.PROPOSE_ACK, [self.epoch, [], rejected])
         elif msg_type == M.PEER_HELLO:
-            info = body[0]
-            if isinstance(info, dict):
-                if frm not in self.member_info:  # a peer we had not heard from: introduce ourselves at once
-                    self.transport.send(frm, M.PEER_HELLO, [self._my_info()])
-                self.member_info[frm] = {k: info.get(k) for k in ("name", "client_urls", "watch_urls", "version")}
+            if frm not in self.member_info:  # a peer we had not heard from: introduce ourselves at once
+                self.transport.send(frm, M.PEER_HELLO, [self._my_info()])
+            self.member_info[frm] = msg.info
         elif msg_type == M.PEER_SNAP_CHUNK:
-            self._on_snap_chunk(frm, *body)
+            self._on_snap_chunk(frm, msg)
         elif msg_type == M.PEER_SNAP_ACK:
-            self._on_snap_ack(frm, *body)
+            self._on_snap_ack(frm, msg.snap_id, msg.seq, msg.status)
         elif msg_type == M.PEER_MEMBER:
-            ctx, op = body
-            self._member_request(op, lambda result, error: self.transport.send(
+            ctx = msg.ctx
+            self._member_request(msg.op, lambda result, error: self.transport.send(
                 frm, M.PEER_MEMBER_RESP, [ctx, result, error]))
         elif msg_type == M.PEER_MEMBER_RESP:
-            ctx, result, error = body
-            waiter = self.forwarded.pop(ctx, None)
+            waiter = self.forwarded.pop(msg.ctx, None)
             if waiter is not None:
-                self._reply(waiter[0], M.MEMBER_RESP, [waiter[1], result, error])
+                self._reply(waiter[0], M.MEMBER_RESP, [waiter[1], msg.result, msg.error])
         elif msg_type == M.PEER_REMOVED:
             if not self.removed:
                 self.log.warning("removed_by_peer", peer=f"{frm:x}")
@@ -507,24 +505,20 @@ class ConsensusActor(Actor):
             self.receiver = None
 
     # --- snapshots: receiving --------------------------------------------------------
-    def _on_snap_chunk(self, frm: int, snap_id: int, seq: int, relpath: str, offset: int, data: bytes,
-                       final: bool, digest: bytes | None, message_wire: list | None) -> None:
+    def _on_snap_chunk(self, frm: int, chunk: W.SnapChunk) -> None:
+        snap_id, seq = chunk.snap_id, chunk.seq  # ints (peer_wire): the staging dir stays in snap_dir
         if seq == 0 and not self.installing:
             if self.receiver is not None:
                 self.receiver.cleanup()
-            self.receiver = SnapshotReceiver(snap_id, frm, os.path.join(self.snap_dir, f"in-{frm:x}-{snap_id}"))
+            self.receiver = SnapshotReceiver(snap_id, frm, os.path.join(self.snap_dir, f"in-{frm:x}-{snap_id:d}"))
         rcv = self.receiver
         if rcv is None or rcv.snap_id != snap_id or rcv.frm != frm:
             self.transport.send(frm, M.PEER_SNAP_ACK, [snap_id, seq, "failed"])
             return
         try:
             failpoint("snapshot_receive")
-            complete = rcv.on_chunk(seq, relpath, offset, data, final, digest)
-            if complete:
-                msg = Message.from_wire(message_wire)
-                if msg.type != MessageType.SNAP or msg.snapshot is None:
-                    raise SnapshotError("the last chunk does not carry a snapshot message")
-        except (SnapshotError, ValueError, OSError) as exc:
+            complete = rcv.on_chunk(seq, chunk.relpath, chunk.offset, chunk.data, chunk.final, chunk.digest)
+        except (SnapshotError, OSError) as exc:
             self.log.warning("snapshot_receive_failed", error=str(exc)[:200])
             rcv.cleanup()
             self.receiver = None
@@ -533,7 +527,7 @@ class ConsensusActor(Actor):
         self.transport.send(frm, M.PEER_SNAP_ACK, [snap_id, seq, "ok"])
         if complete:
             ctx = next(self._ctx)
-            self.installing[ctx] = (frm, snap_id, message_wire)
+            self.installing[ctx] = (frm, snap_id, chunk.message)
             self.log.info("snapshot_received", frm=f"{frm:x}", bytes=rcv.bytes_received)
             self.storage.send(pack_msg(M.INSTALL, [ctx, rcv.root]), zmq.NOBLOCK)
 
@@ -541,7 +535,7 @@ class ConsensusActor(Actor):
         pending = self.installing.pop(ctx, None)
         if pending is None:
             return
-        frm, snap_id, message_wire = pending
+        frm, snap_id, msg = pending
         if self.receiver is not None:
             self.receiver.cleanup()
             self.receiver = None
@@ -549,41 +543,45 @@ class ConsensusActor(Actor):
             self.log.error("snapshot_install_failed", error=error)
             self.transport.send(frm, M.PEER_SNAP_ACK, [snap_id, -1, "failed"])
             return
-        msg = Message.from_wire(message_wire)
         self.log.info("snapshot_installed", index=msg.snapshot.index, storage_applied=applied)
         self.node.step(msg)
         self.transport.send(frm, M.PEER_SNAP_ACK, [snap_id, -1, "done"])
 
     # --- membership ------------------------------------------------------------------
     def _my_meta(self) -> dict[str, Any]:
-        return {"name": self.cfg.name, "peer_urls": list(self.cfg.initial_advertise_peer_urls)}
+        key = security.load_keypair(self.cfg.peer_key_file)[0].decode() if self.cfg.peer_security else ""
+        return {"name": self.cfg.name, "peer_urls": list(self.cfg.initial_advertise_peer_urls), "peer_key": key}
 
     def _initial_membership(self, snapshot: SnapshotMeta) -> tuple[dict[int, dict[str, Any]], ConfState]:
         """The membership at the WAL's compaction point: the snapshot's, else the one this
         member joined with, else the static --initial-cluster. The log replays the rest."""
         cfg = self.cfg
         if cfg.initial_members:
-            members = {int(m[0]): {"name": str(m[1]), "peer_urls": list(m[2])} for m in cfg.initial_members}
+            members = {int(m[0]): {"name": str(m[1]), "peer_urls": list(m[2]),
+                                   "peer_key": str(m[4]) if len(m) > 4 else ""} for m in cfg.initial_members}
             conf = ConfState([int(m[0]) for m in cfg.initial_members if not m[3]],
                              [int(m[0]) for m in cfg.initial_members if m[3]])
         else:
-            members = {m.id: {"name": m.name, "peer_urls": list(m.peer_urls)} for m in cfg.members}
+            members = {m.id: {"name": m.name, "peer_urls": list(m.peer_urls), "peer_key": m.peer_key}
+                       for m in cfg.members}
             conf = ConfState([m.id for m in cfg.members], [])
         if snapshot.voters:
             packed = self._unpack_members(snapshot.context)
-            members = {i: packed.get(i) or members.get(i) or {"name": "", "peer_urls": []}
+            members = {i: packed.get(i) or members.get(i) or {"name": "", "peer_urls": [], "peer_key": ""}
                        for i in [*snapshot.voters, *snapshot.learners]}
             conf = snapshot.conf_state()
         return members, conf.copy()
 
     def _pack_members(self) -> bytes:
-        return msgpack.packb([[i, m["name"], m["peer_urls"]] for i, m in self.members.items()], use_bin_type=True)
+        return msgpack.packb([[i, m["name"], m["peer_urls"], m.get("peer_key", "")] for i, m in self.members.items()],
+                             use_bin_type=True)
 
     @staticmethod
     def _unpack_members(data: bytes) -> dict[int, dict[str, Any]]:
         try:
-            return {int(i): {"name": str(n), "peer_urls": [str(u) for u in urls]}
-                    for i, n, urls in msgpack.unpackb(data, raw=False)} if data else {}
+            return {int(m[0]): {"name": str(m[1]), "peer_urls": [str(u) for u in m[2]],
+                                "peer_key": str(m[3]) if len(m) > 3 else ""}
+                    for m in msgpack.unpackb(data, raw=False)} if data else {}
         except Exception:  # noqa: BLE001 - an old or damaged context: the ids are still known
             return {}
 
@@ -624,9 +622,14 @@ class ConsensusActor(Actor):
         return hs, entries + new
 
     def _sync_transport(self) -> None:
-        urls = dict(self.lingering)
-        urls.update({i: m["peer_urls"][0] for i, m in self.members.items() if i != self.id and m["peer_urls"]})
-        self.transport.set_peers(urls)
+        """Links and trust follow the member table: a DEALER per member (and per lingering
+        removed member), and the ZAP table = the current members' peer keys, replaced whole
+        (a removed member's key is refused from this moment)."""
+        peers = dict(self.lingering)
+        peers.update({i: (m["peer_urls"][0], m.get("peer_key", "")) for i, m in self.members.items()
+                      if i != self.id and m["peer_urls"]})
+        self.transport.set_trusted({i: m.get("peer_key", "") for i, m in self.members.items()})
+        self.transport.set_peers(peers)
 
     def _forget_peer(self, peer: int) -> None:
         """A removed member's grace period is over: drop its link, refuse its messages."""
@@ -638,7 +641,7 @@ class ConsensusActor(Actor):
     def _member_wire(self, mid: int) -> dict[str, Any]:
         m = self.members.get(mid, {"name": "", "peer_urls": []})
         info = self.member_info.get(mid, {})
-        return {"id": mid, "name": m["name"], "peer_urls": list(m["peer_urls"]),
+        return {"id": mid, "name": m["name"], "peer_urls": list(m["peer_urls"]), "peer_key": m.get("peer_key", ""),
                 "client_urls": info.get("client_urls") or [], "watch_urls": info.get("watch_urls") or [],
                 "is_learner": mid in self.conf.learners}
 
@@ -647,14 +650,14 @@ class ConsensusActor(Actor):
 
     def _on_join(self) -> list:
         """PEER_JOIN from a node that is starting with --initial-cluster-state existing."""
-        return [self.cfg.cluster_id, [[i, m["name"], m["peer_urls"], i in self.conf.learners]
+        return [self.cfg.cluster_id, [[i, m["name"], m["peer_urls"], i in self.conf.learners, m.get("peer_key", "")]
                                       for i, m in self.members.items()]]
 
     def _restore_membership(self, snap: SnapshotMeta) -> None:
         if not snap.voters:
             return
         packed = self._unpack_members(snap.context)
-        self.members = {i: packed.get(i) or self.members.get(i) or {"name": "", "peer_urls": []}
+        self.members = {i: packed.get(i) or self.members.get(i) or {"name": "", "peer_urls": [], "peer_key": ""}
                         for i in [*snap.voters, *snap.learners]}
         self.conf = snap.conf_state().copy()
         self.conf_history = [(snap.index, self.conf.copy(), self._pack_members())]
@@ -703,7 +706,8 @@ class ConsensusActor(Actor):
         if cc.context:
             try:
                 raw = msgpack.unpackb(cc.context, raw=False)
-                meta = {"name": str(raw.get("name") or ""), "peer_urls": [str(u) for u in raw.get("peer_urls") or []]}
+                meta = {"name": str(raw.get("name") or ""), "peer_urls": [str(u) for u in raw.get("peer_urls") or []],
+                        "peer_key": str(raw.get("peer_key") or "")}
             except Exception:  # noqa: BLE001 - metadata is best effort; the conf change is not
                 meta = {}
         before = self.conf.copy()
@@ -711,9 +715,10 @@ class ConsensusActor(Actor):
         mid = cc.node_id
         if cc.type in (CC.ADD_NODE, CC.ADD_LEARNER_NODE, CC.UPDATE_NODE):
             if mid in self.conf.voters or mid in self.conf.learners:
-                old = self.members.get(mid, {"name": "", "peer_urls": []})
+                old = self.members.get(mid, {"name": "", "peer_urls": [], "peer_key": ""})
                 self.members[mid] = {"name": meta.get("name") or old["name"],
-                                     "peer_urls": meta.get("peer_urls") or old["peer_urls"]}
+                                     "peer_urls": meta.get("peer_urls") or old["peer_urls"],
+                                     "peer_key": meta.get("peer_key") or old.get("peer_key", "")}
         elif cc.type == CC.REMOVE_NODE and mid not in self.conf.voters:
             gone = self.members.pop(mid, None)
             self.member_info.pop(mid, None)
@@ -721,7 +726,7 @@ class ConsensusActor(Actor):
             if mid != self.id and gone and gone["peer_urls"]:
                 # Keep the link a little: a removed leader's hand-over (TIMEOUT_NOW) and
                 # replies in flight still get through; the Raft core ignores the rest.
-                self.lingering[mid] = gone["peer_urls"][0]
+                self.lingering[mid] = (gone["peer_urls"][0], gone.get("peer_key", ""))
                 self.call_later(min(2 * self.cfg.election_timeout / 1000.0, 5.0),
                                 lambda mid=mid: self._forget_peer(mid))
         self.conf_history.append((index, self.conf.copy(), self._pack_members()))
@@ -832,10 +837,16 @@ class ConsensusActor(Actor):
             if not op["is_learner"] and not (len(active) == 1 and n == 1) and len(active) < (n + 1) // 2 + 1:
                 raise errors.UnhealthyCluster(
                     "etcdserver: re-configuration failed due to not enough started members")
+            key = op.get("peer_key", "")
+            if self.cfg.peer_security and not key:
+                raise errors.InvalidArgument("etcdserver: this cluster runs peer security: member add needs the "
+                                             "new member's peer_key (its public key, qkv keygen)")
+            if key and any(m.get("peer_key") == key for m in self.members.values()):
+                raise errors.MemberExists("etcdserver: peer key already in use by another member")
             mid = 0
             while mid == 0 or mid in self.members or mid in self.transport.removed:
                 mid = new_member_id(self.cfg.cluster_id, op["name"], urls, time.time_ns())
-            meta = msgpack.packb({"name": op["name"], "peer_urls": urls}, use_bin_type=True)
+            meta = msgpack.packb({"name": op["name"], "peer_urls": urls, "peer_key": key}, use_bin_type=True)
             return ConfChange(CC.ADD_LEARNER_NODE if op["is_learner"] else CC.ADD_NODE, mid, meta)
         mid = op["member_id"]
         if mid not in self.members:
@@ -854,7 +865,8 @@ class ConsensusActor(Actor):
             for other, m in self.members.items():
                 if other != mid and set(m["peer_urls"]) & set(urls):
                     raise errors.MemberExists("etcdserver: Peer URLs already exists")
-            meta = msgpack.packb({"name": self.members[mid]["name"], "peer_urls": urls}, use_bin_type=True)
+            meta = msgpack.packb({"name": self.members[mid]["name"], "peer_urls": urls,
+                                  "peer_key": self.members[mid].get("peer_key", "")}, use_bin_type=True)
             return ConfChange(CC.UPDATE_NODE, mid, meta)
         assert name == "member_promote", name
         if mid not in self.conf.learners:

@@ -35,7 +35,7 @@ def safe_relpath(relpath: object) -> str:
     if not isinstance(relpath, str) or not relpath or "\0" in relpath:
         raise SnapshotError(f"bad path in snapshot chunk: {relpath!r}")
     norm = os.path.normpath(relpath)
-    if os.path.isabs(norm) or norm.startswith("..") or norm != relpath:
+    if os.path.isabs(norm) or norm == "." or norm.split(os.sep)[0] == ".." or norm != relpath:
         raise SnapshotError(f"bad path in snapshot chunk: {relpath!r}")
     return norm
 
@@ -101,6 +101,8 @@ class SnapshotSender:
 
 class SnapshotReceiver:
     def __init__(self, snap_id: int, frm: int, root: str) -> None:
+        if type(snap_id) is not int or type(frm) is not int or snap_id < 0 or frm <= 0:
+            raise SnapshotError(f"bad snapshot id {snap_id!r} from {frm!r}")  # they name `root`
         self.snap_id = snap_id
         self.frm = frm
         self.root = root
@@ -123,6 +125,8 @@ class SnapshotReceiver:
         if relpath != "":
             rel = safe_relpath(relpath)
             path = os.path.join(self.root, rel)
+            if os.path.commonpath([self.root, path]) != self.root:
+                raise SnapshotError(f"bad path in snapshot chunk: {relpath!r}")
             os.makedirs(os.path.dirname(path), exist_ok=True)
             with open(path, "r+b" if os.path.exists(path) else "wb") as f:
                 f.seek(offset)

@@ -83,8 +83,10 @@ PEER_MEMBER_RESP = 93  # [frm, ctx, result | None, error_wire | None]
 # A node started with --initial-cluster-state existing asks a peer for the membership
 # (its own id among it) before it starts; frm is 0 (it has no id yet). Replied on the
 # peer ROUTER to the asking DEALER.
+# With peer security the asking DEALER is a CURVE client pinned to that peer's key
+# (--initial-cluster-keys) and its own key must be a member's (given at `member add`).
 PEER_JOIN = 94        # [0]
-PEER_JOIN_RESP = 95   # [cluster_id, [[id, name, peer_urls, is_learner], ...]]
+PEER_JOIN_RESP = 95   # [cluster_id, [[id, name, peer_urls, is_learner, peer_key], ...]]
 # To a member whose id was removed and that still talks to us: it stops.
 PEER_REMOVED = 96     # [frm]
 

@@ -644,14 +644,17 @@ def _member_change_out(g: Globals, resp: Any, line: str) -> None:
 def member_add_cmd(ctx: typer.Context,
                    name: str = typer.Argument(..., help="name of the new member"),
                    peer_urls: str = typer.Option(..., "--peer-urls", help="comma separated peer URLs for the new member"),
-                   learner: bool = typer.Option(False, "--learner", help="indicates if the new member is raft learner")
+                   learner: bool = typer.Option(False, "--learner", help="indicates if the new member is raft learner"),
+                   peer_key: str = typer.Option("", "--peer-key", help="the new member's peer public key (Z85, or "
+                                                "its NAME.key file from qkv keygen); required with peer security")
                    ) -> None:
     """Adds a member into the cluster."""
     g = _g(ctx)
     with _errors():
         urls = _peer_urls_opt(peer_urls)
+        peer_key = _peer_key_opt(peer_key)
         with _client(g) as c:
-            resp = c.member_add(name, urls, is_learner=learner)
+            resp = c.member_add(name, urls, is_learner=learner, peer_key=peer_key)
         new_id = resp.member.id
         _member_change_out(g, resp, f"Member {new_id:16x} added to cluster {resp.header.cluster_id:16x}")
         if g.write_out not in ("json", "fields", "table"):
@@ -661,6 +664,23 @@ def member_add_cmd(ctx: typer.Context,
                           f'QKV_INITIAL_CLUSTER="{",".join(conf)}"\n'
                           f'QKV_INITIAL_ADVERTISE_PEER_URLS="{",".join(urls)}"\n'
                           'QKV_INITIAL_CLUSTER_STATE="existing"\n').encode())
+            keys = [f"{name if m.id == new_id else m.name}={m.peer_key}" for m in resp.members if m.peer_key]
+            if keys:
+                _out().write(f'QKV_INITIAL_CLUSTER_KEYS="{",".join(keys)}"\n'.encode())
+
+
+def _peer_key_opt(raw: str) -> str:
+    """--peer-key: a Z85 key, or the path of a public key file (NAME.key)."""
+    raw = raw.strip()
+    if raw and len(raw) != 40 and os.path.isfile(raw):
+        import zmq.auth
+
+        try:
+            public, _ = zmq.auth.load_certificate(raw)
+        except (OSError, ValueError) as exc:
+            raise CliError(f"cannot read --peer-key file {raw!r}: {exc}", EXIT_BAD_ARGS) from None
+        raw = (public or b"").decode()
+    return raw
 
 
 @member_app.command("remove")

@@ -281,10 +281,13 @@ class Client:
     # Membership changes (SPEC section 3): the leader runs them (any member forwards), one
     # at a time; each answers once its conf change is applied. A timeout leaves the outcome
     # unknown (check with member_list), so they are never retried on a timeout.
-    def member_add(self, name: str, peer_urls: Sequence[str], is_learner: bool = False) -> MemberAddResponse:
-        return MemberAddResponse.from_wire(self._call(
-            {"op": "member_add", "name": name, "peer_urls": list(peer_urls), "is_learner": bool(is_learner)},
-            write=True))
+    def member_add(self, name: str, peer_urls: Sequence[str], is_learner: bool = False,
+                   peer_key: str = "") -> MemberAddResponse:
+        """`peer_key`: the new member's Z85 peer public key (required by a cluster with peer security)."""
+        req = {"op": "member_add", "name": name, "peer_urls": list(peer_urls), "is_learner": bool(is_learner)}
+        if peer_key:
+            req["peer_key"] = peer_key
+        return MemberAddResponse.from_wire(self._call(req, write=True))
 
     def member_remove(self, member_id: int) -> MemberListResponse:
         return MemberListResponse.from_wire(self._call({"op": "member_remove", "member_id": int(member_id)},

@@ -266,6 +266,7 @@ class Member:
     client_urls: list[str]
     watch_urls: list[str]
     is_learner: bool = False
+    peer_key: str = ""  # Z85 peer public key ("" without peer security)
 
     @classmethod
     def from_wire(cls, wire: dict) -> "Member":
@@ -274,7 +275,7 @@ class Member:
             peer_urls=[str(u) for u in wire.get("peer_urls") or ()],
             client_urls=[str(u) for u in wire.get("client_urls") or ()],
             watch_urls=[str(u) for u in wire.get("watch_urls") or ()],
-            is_learner=bool(wire.get("is_learner")),
+            is_learner=bool(wire.get("is_learner")), peer_key=str(wire.get("peer_key") or ""),
         )
 
 
