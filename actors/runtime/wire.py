@@ -191,6 +191,24 @@ class Func(Schema):
             _fail(path, str(exc)[:200])
 
 
+class AnyOf(Schema):
+    """The first alternative that matches (each is tried whole)."""
+
+    def __init__(self, *options: Schema) -> None:
+        self.options = options
+
+    def check(self, v: Any, path: str) -> None:
+        first: Malformed | None = None
+        for option in self.options:
+            try:
+                option.check(v, path)
+                return
+            except Malformed as exc:
+                first = first or exc
+        assert first is not None
+        raise first
+
+
 class Reply(Tup):
     """[ctx, result | None, error | None, ...]: a reply holds a result or an error, never
     both and never neither (positions `result_at` and `result_at + 1`)."""
@@ -240,6 +258,7 @@ STORAGE_STATUS = Map({
     "raft_term": U64, "alarms": ALARMS, "defragmenting": Bool(),
 }, extra=True)
 Z85 = Str(40)
+AUTH = Tup(Str(256), U64)  # [user, auth_revision] (runtime/entry.py)
 # A Raft message (raft/types.py Message.to_wire): an array; Message.from_wire checks it.
 RAFT_WIRE = Opaque(list, 32)
 
@@ -258,6 +277,8 @@ SCHEMAS: dict[int, Schema] = {
     M.READ_RESP: ListOf(Reply(ID, Nullable(HISTORY_RESPONSE), OPT_ERROR, I64, U64)),
     M.STORAGE_STATUS: Tup(ID),
     M.STORAGE_STATUS_RESP: Tup(ID, STORAGE_STATUS),
+    # design-11 adds the auth tuple to a client read: then Tup(ID, READ_OP, U64, U64, Nullable(AUTH)),
+    # changed together with storage's _reads.
     M.CLIENT_READ: ListOf(Tup(ID, READ_OP, U64, U64)),
     M.CLIENT_REPLIES: ListOf(Tup(ID, Bytes(), I64)),
     M.EVENTS: ListOf(Tup(I64, ListOf(EVENT))),

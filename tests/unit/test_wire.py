@@ -199,6 +199,7 @@ def test_every_position_with_a_wrong_value_is_refused_or_still_well_typed(msg_ty
     (M.READ, [[5, {"op": "put"}, 0]]),
     (M.READ, [[5, PUT, 0]]),
     (M.CLIENT_READ, [[5, HISTORY, 0, None]]),
+    (M.CLIENT_READ, [[5, HISTORY, 0, 1, None]]),
     (M.READ_RESP, [[5, None, None, 4, 3]]),  # neither result nor error
     (M.READ_RESP, [[5, HISTORY_PAGE, COMPACTED, 4, 3]]),  # both
     (M.READ_RESP, [[5, None, {"code": "compacted", "message": "m", "compact_revision": "5"}, 4, 3]]),
@@ -236,6 +237,14 @@ def test_a_deep_value_where_a_scalar_belongs_is_refused():
             wire.decode(pack_msg(msg_type, body))
         except errors.Malformed:
             continue
+
+
+def test_any_of_takes_the_first_matching_alternative():
+    schema = wire.AnyOf(wire.Tup(wire.U64), wire.Tup(wire.U64, wire.AUTH))
+    schema.check([1], "x")
+    schema.check([1, ["bob", 2]], "x")
+    with pytest.raises(errors.Malformed):
+        schema.check([1, ["bob", -2]], "x")
 
 
 def test_dropped_counts_and_rate_limits_its_log():
