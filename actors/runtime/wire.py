@@ -12,7 +12,7 @@ must propagate, never be taken for garbage.
 
 Peer messages (60-96) have envelope schemas here too; the Raft message inside PEER_RAFT
 (`Message.from_wire`), snapshot chunk paths and member ops from peers are checked by the
-consensus side. Pure: no I/O.
+consensus side. The decoders are pure (no I/O); `Dropped` reads the clock for its rate limit.
 """
 from __future__ import annotations
 
