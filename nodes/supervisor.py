@@ -34,11 +34,15 @@ import zmq
 
 from actors.runtime import log as runtime_log
 from actors.runtime import messages as M
+from actors.runtime import wire
 from nodes.config import VERSION, Config
 from nodes.endpoints import IPC_PATH_MAX, Endpoints, run_dir_for
 from nodes.perms import PRIVATE_UMASK, UnsafeDirError, make_private_dir, secure_data_dir
 from protocol import errors
 from protocol.codec import pack_msg, unpack_msg
+from protocol.errors import Malformed
+
+_READY_TYPES = frozenset((M.READY,))  # what the readiness PULL may receive (runtime/wire.py)
 
 ROLES = ("consensus", "storage", "watch", "gateway")  # start order; stopped in reverse
 STOP_GRACE_S = 4.0
@@ -322,6 +326,7 @@ class Supervisor:
         ready_sock.setsockopt(zmq.LINGER, 0)
         ready_sock.bind(self.endpoints.supervisor)
         announced = False
+        ready_dropped = wire.Dropped(self.log)
         try:
             self.log.info(
                 "node_starting", version=VERSION, data_dir=self.data_dir, member_id=f"{self.cfg.member_id:x}",
@@ -333,12 +338,13 @@ class Supervisor:
                 if ready_sock.poll(50):
                     while True:
                         try:
-                            msg_type, body = unpack_msg(ready_sock.recv(zmq.NOBLOCK))
+                            msg_type, body = wire.decode(ready_sock.recv(zmq.NOBLOCK), _READY_TYPES)
                         except zmq.Again:
                             break
-                        except Exception:
+                        except Malformed as err:
+                            ready_dropped("supervisor.ready", err)
                             continue
-                        if msg_type == M.READY and body[0] in self.children:
+                        if body[0] in self.children:
                             child = self.children[body[0]]
                             if child.proc is not None and child.proc.pid == body[1]:
                                 child.ready = True

@@ -55,6 +55,7 @@ from actors.consensus.snapshot import SnapshotError, SnapshotReceiver, SnapshotS
 from actors.consensus.transport import PeerTransport
 from actors.consensus.wal import WAL
 from actors.runtime import messages as M
+from actors.runtime import wire
 from actors.runtime.actor import Actor
 from actors.runtime import security
 from actors.runtime.failpoints import failpoint
@@ -164,16 +165,19 @@ class ConsensusActor(Actor):
 
     # --- from this node's gateway and storage ---------------------------------------
     def on_local(self, frames: list[bytes]) -> None:
-        if len(frames) != 2:
-            return
-        identity, frame = frames
+        """Gateway and storage requests, decoded by runtime/wire.py; an invalid one is
+        dropped and counted, and a valid one is handled whole (an exception is a bug)."""
+        if not hasattr(self, "_local_dropped"):
+            self._local_dropped = wire.Dropped(self.log)
         try:
-            msg_type, body = unpack_msg(frame)
-            handler = self._local_handlers[msg_type]
-        except (errors.QkvError, KeyError):
-            self.log.warning("internal_message_dropped")
+            if len(frames) != 2:
+                raise errors.Malformed(f"expected 2 frames, got {len(frames)}")
+            identity, frame = frames
+            msg_type, body = wire.decode(frame, self._local_types)
+        except errors.Malformed as err:
+            self._local_dropped("consensus.local", err)
             return
-        handler(self, identity, body)
+        self._local_handlers[msg_type](self, identity, body)
 
     def _on_propose(self, identity: bytes, body: list) -> None:
         self.gateway_identity = identity
@@ -279,6 +283,7 @@ class ConsensusActor(Actor):
         M.MOVE_LEADER: _on_move_leader,
         M.MEMBER: lambda self, identity, body: self._on_member(identity, body),
     }
+    _local_types = frozenset(_local_handlers)
 
     def on_storage(self, frames: list[bytes]) -> None:
         try:

@@ -36,16 +36,17 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-import msgpack
 import zmq
 
+from actors.runtime import entry
 from actors.runtime import messages as M
+from actors.runtime import wire
 from actors.runtime.actor import Actor
 from actors.gateway.corruption import CorruptionChecker
 from actors.storage.mvcc import alarms as alarm_rules
 from nodes.config import VERSION
 from protocol import errors
-from protocol.codec import pack, pack_msg, unpack, unpack_msg
+from protocol.codec import pack, pack_msg, unpack
 from protocol.requests import ADMIN_OPS, Limits, is_write, normalize_request
 
 REQUEST_TIMEOUT_S = 5.0
@@ -83,6 +84,7 @@ class GatewayActor(Actor):
             handler=self.on_client,
             maxmsgsize=max(4 * cfg.max_request_bytes, 8 * 1024 * 1024),
         )
+        self.dropped = wire.Dropped(self.log)  # invalid internal messages (runtime/wire.py)
         self.results = self.socket(zmq.PULL, bind=self.endpoints.gateway_results, handler=self.on_internal)
         self.consensus = self.socket(zmq.DEALER, connect=self.endpoints.consensus, handler=self.on_internal)
         self.storage = self.socket(zmq.DEALER, connect=self.endpoints.storage, handler=self.on_internal)
@@ -213,7 +215,7 @@ class GatewayActor(Actor):
                     self._fail(req_id, errors.Unavailable("consensus is not reachable"))
         elif is_write(op):
             self.pending[req_id] = Pending(identity, delimiter, client_id, now + REQUEST_TIMEOUT_S, "write")
-            data = msgpack.packb([self.member_id, req_id, op, client_id], use_bin_type=True)
+            data = entry.encode(self.member_id, req_id, client_id, None, op)
             self.propose_batch.append([req_id, data])
         else:
             self.pending[req_id] = Pending(identity, delimiter, client_id, now + REQUEST_TIMEOUT_S, "read")
@@ -244,7 +246,7 @@ class GatewayActor(Actor):
         self.log.warning("alarm_raised", member=f"{member_id:x}", alarm=alarm,
                          db_size=self.storage_status.get("db_size"), quota=self.quota_bytes)
         op = {"op": "alarm_activate", "member_id": member_id, "alarm": alarm}
-        self.propose_batch.append([self._new_id(), msgpack.packb([self.member_id, 0, op, None], use_bin_type=True)])
+        self.propose_batch.append([self._new_id(), entry.encode(self.member_id, 0, None, None, op)])
 
     def _member_urls(self) -> list[tuple[int, str]]:
         """(member id, first client URL) of every member whose URLs are known."""
@@ -283,13 +285,14 @@ class GatewayActor(Actor):
 
     # --- internal replies ----------------------------------------------------------
     def on_internal(self, frames: list[bytes]) -> None:
+        """Replies of consensus and storage, decoded by runtime/wire.py: an invalid one is
+        dropped and counted; a valid one is handled whole (an exception is a bug)."""
         try:
-            msg_type, body = unpack_msg(frames[-1])
-            handler = self._internal_handlers[msg_type]
-        except (errors.QkvError, KeyError, AttributeError):
-            self.log.warning("internal_message_dropped", frames=len(frames))
+            msg_type, body = wire.decode(frames[-1], self._internal_types)
+        except errors.Malformed as err:
+            self.dropped("gateway.internal", err)
             return
-        handler(self, body)
+        self._internal_handlers[msg_type](self, body)
 
     def _on_client_replies(self, body: list) -> None:
         """Finished reply frames from storage: forward them as they are."""
@@ -380,6 +383,7 @@ class GatewayActor(Actor):
         M.DEFRAG_RESP: _on_defrag_resp,
         M.MEMBER_RESP: lambda self, body: self._finish(body[0], body[1], body[2], self.revision_seen, self.raft_term),
     }
+    _internal_types = frozenset(_internal_handlers)
 
     def _status_part(self, req_id: int, part: str, status: dict) -> None:
         p = self.pending.get(req_id)

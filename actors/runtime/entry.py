@@ -10,9 +10,13 @@ Wire (msgpack array), version 1:
   saw; checked again when the entry applies (etcd's auth_revision).
 - op: the normalized op map (protocol/requests.py).
 
-`decode` checks the envelope; the op itself is validated where it applies. A committed
-entry that fails either is applied as an error on every member, never skipped and never
-a crash. Nothing here performs I/O.
+Version 0 (before issue 11, still in the logs of upgraded members): `[origin_member_id,
+req_id, op, client_id]`, 4 elements; `decode` reads it too (auth None), so an upgraded
+member replays its log.
+
+`decode` checks the envelope; the op itself is validated by `entry_ops.validate_entry_op`
+where it applies. A committed entry that fails either is applied as an error on every
+member, never skipped and never a crash. Nothing here performs I/O.
 """
 from __future__ import annotations
 
@@ -27,7 +31,7 @@ MAX_USER_LEN = 256
 
 
 class InvalidEntry(ValueError):
-    """A committed entry that is not a valid version-1 entry."""
+    """A committed entry that is not a valid entry (envelope or op); the reason is the message."""
 
 
 @dataclass(frozen=True)
@@ -52,9 +56,15 @@ def decode(data: bytes) -> Entry:
         obj = msgpack.unpackb(data, raw=False, strict_map_key=False, max_ext_len=0)
     except Exception as exc:
         raise InvalidEntry(f"undecodable entry: {type(exc).__name__}") from None
-    if not isinstance(obj, list) or len(obj) != 6 or obj[0] != VERSION:
+    if not isinstance(obj, list):
         raise InvalidEntry("not a version-1 entry")
-    _, origin, req_id, client_id, auth, op = obj
+    if len(obj) == 4:  # version 0: [origin, req_id, op, client_id], no auth
+        origin, req_id, op, client_id = obj
+        auth = None
+    elif len(obj) == 6 and _uint64(obj[0]) and obj[0] == VERSION:
+        _, origin, req_id, client_id, auth, op = obj
+    else:
+        raise InvalidEntry("not a version-1 entry")
     if not _uint64(origin) or not _uint64(req_id):
         raise InvalidEntry("bad origin or request id")
     if isinstance(client_id, (list, dict)):

@@ -50,10 +50,13 @@ import threading
 import time
 from typing import Any
 
-import msgpack
 import zmq
 
+from actors.runtime import entry
 from actors.runtime import messages as M
+from actors.runtime import wire
+from actors.runtime.entry import InvalidEntry
+from actors.runtime.entry_ops import validate_entry_op
 from actors.runtime.actor import Actor
 from actors.runtime.failpoints import failpoint
 from actors.storage.backend import RocksBackend, fsync_dir
@@ -65,7 +68,7 @@ from actors.storage.snapshot_file import (
 )
 from nodes.config import VERSION
 from protocol import errors
-from protocol.codec import pack, pack_msg, unpack_msg
+from protocol.codec import pack, pack_msg
 from protocol.requests import LEASE_LEADER_OPS, SNAPSHOT_CHUNK_DEFAULT, SNAPSHOT_CHUNK_MIN, SNAPSHOT_FRAME_OVERHEAD
 
 FETCH_RESEND_S = 0.3
@@ -87,6 +90,12 @@ SNAPSHOT_IDLE_S = float(os.environ.get("QKV_SNAPSHOT_IDLE_S", "10.0"))
 LEASE_CHECKPOINT_MARGIN_MS = 1000
 
 
+# What each socket may receive (runtime/wire.py decodes and checks every message).
+_CONSENSUS_TYPES = frozenset((M.ENTRIES,))
+_REQUEST_TYPES = frozenset((M.READ, M.CLIENT_READ, M.LEADERSHIP, M.CHECKPOINT, M.INSTALL, M.HASH_KV,
+                            M.STORAGE_STATUS, M.DEFRAG, M.AUTH_STATE_GET))
+
+
 def _event_wire(ev: Any) -> list:
     return [ev.type, ev.kv, ev.prev_kv]
 
@@ -105,6 +114,7 @@ class StorageActor(Actor):
         self.backend.sync()  # whatever survived the last run is durable from here on
         self.durable_applied = self.store.applied_index
         self.raft_term = 0
+        self.dropped = wire.Dropped(self.log)  # invalid internal messages (runtime/wire.py)
         self.consensus = self.socket(zmq.DEALER, connect=self.endpoints.consensus, handler=self.on_consensus)
         self.router = self.socket(zmq.ROUTER, bind=self.endpoints.storage, handler=self.on_request)
         self.results = self.socket(zmq.PUSH, connect=self.endpoints.gateway_results)
@@ -149,10 +159,9 @@ class StorageActor(Actor):
 
     def on_consensus(self, frames: list[bytes]) -> None:
         try:
-            msg_type, body = unpack_msg(frames[-1])
-        except errors.QkvError:
-            return
-        if msg_type != M.ENTRIES:
+            msg_type, body = wire.decode(frames[-1], _CONSENSUS_TYPES)
+        except errors.Malformed as err:
+            self.dropped("storage.consensus", err)
             return
         raw_entries, _commit, term = body
         self.raft_term = max(self.raft_term, term)
@@ -167,16 +176,11 @@ class StorageActor(Actor):
                 self.log.warning("entries_gap", expected=expected, got=index)
                 break
             expected += 1
-            op = None
+            op: dict | errors.QkvError | None = None
             # Type 1 = a Raft conf change (membership, consensus's business): only the
             # applied index moves past it.
             if data and _type == 0:
-                try:
-                    origin, req_id, op, client_id = msgpack.unpackb(data, raw=False, strict_map_key=False)
-                    origins[index] = (origin, req_id, client_id)
-                except Exception:
-                    self.log.error("entry_undecodable", index=index)
-                    op = None
+                op = self._decode_entry(index, data, origins)
             batch.append((index, op))
         if batch:
             failpoint("before_storage_commit")
@@ -189,6 +193,18 @@ class StorageActor(Actor):
         self._send_fetch()
         self._serve_waiting()
         self._maybe_promote()
+
+    def _decode_entry(self, index: int, data: bytes, origins: dict[int, tuple[int, int, Any]]) -> dict | errors.QkvError:
+        """A committed entry's op, validated whole (runtime/entry.py, entry_ops.py); an entry
+        that does not validate is applied as the same `invalid_argument` error on every
+        member (the reason depends only on the entry): it takes its index, changes nothing."""
+        try:
+            ent = entry.decode(data)
+            origins[index] = (ent.origin, ent.req_id, ent.client_id)
+            return validate_entry_op(ent.op)
+        except InvalidEntry as exc:
+            self.log.error("entry_invalid", index=index, reason=str(exc)[:200])
+            return errors.InvalidArgument(f"etcdserver: invalid log entry: {exc}"[:300])
 
     def _client_frame(self, client_id: Any, response: dict | None, error: Any, revision: int) -> bytes:
         """The finished client reply (SPEC section 1), so the gateway only forwards bytes."""
@@ -224,12 +240,13 @@ class StorageActor(Actor):
 
     # --- reads and status from the gateway -----------------------------------------
     def on_request(self, frames: list[bytes]) -> None:
-        if len(frames) != 2:
-            return
-        identity, frame = frames
         try:
-            msg_type, body = unpack_msg(frame)
-        except errors.QkvError:
+            if len(frames) != 2:
+                raise errors.Malformed(f"expected 2 frames, got {len(frames)}")
+            identity, frame = frames
+            msg_type, body = wire.decode(frame, _REQUEST_TYPES)
+        except errors.Malformed as err:
+            self.dropped("storage.request", err)
             return
         if msg_type == M.READ:
             self._reads(identity, [(req_id, op, min_index, None) for req_id, op, min_index in body])
@@ -282,9 +299,6 @@ class StorageActor(Actor):
             return [req_id, self.store.range(op), None, self.store.current_revision, self.raft_term]
         except errors.QkvError as err:
             return [req_id, None, err.to_wire(), self.store.current_revision, self.raft_term]
-        except Exception as exc:
-            self.log.exception("read_failed")
-            return [req_id, None, errors.Internal(f"{type(exc).__name__}: {exc}").to_wire(), 0, 0]
 
     def _reads(self, identity: bytes, reads: list) -> None:
         applied = self.store.applied_index
@@ -343,6 +357,12 @@ class StorageActor(Actor):
         """
         failpoint("snapshot_install")
         old = self.store_dir + ".old"
+        snapshots = os.path.join(os.path.realpath(self.data_dir), "snapshots") + os.sep
+        if not os.path.realpath(path).startswith(snapshots):
+            self.log.warning("snapshot_rejected", error="path outside the snapshots dir")
+            self.send_router(self.router, identity, pack_msg(M.INSTALL_RESP, [
+                ctx_id, self.store.applied_index, errors.InvalidArgument("install path outside the snapshots dir").to_wire()]))
+            return
         try:
             probe = RocksBackend(path)
             applied = MVCCStore(probe).applied_index
@@ -653,7 +673,7 @@ class StorageActor(Actor):
                             self._lease_reply(identity, req_id, client_id, {"ID": lease_id, "ttl": info[0]}, None)
 
     def _lease_propose(self, ops: list[dict]) -> None:
-        datas = [msgpack.packb([0, 0, op, None], use_bin_type=True) for op in ops]
+        datas = [entry.encode(0, 0, None, None, op) for op in ops]
         try:
             self.consensus.send(pack_msg(M.LEASE_PROPOSE, [self.promoted_term, datas]), zmq.NOBLOCK)
         except zmq.ZMQError:

@@ -24,10 +24,11 @@ import time
 import zmq
 
 from actors.runtime import messages as M
+from actors.runtime import wire
 from actors.runtime.actor import Actor
 from actors.watch.channels import Broadcaster, Sequencer
 from protocol import errors
-from protocol.codec import pack_msg, unpack_msg
+from protocol.codec import pack_msg
 
 STATUS_POLL_S = 0.1          # storage's revision: finds a lost last message (tail gap)
 PROGRESS_TICK_S = 0.2        # progress on channels whose position moved
@@ -36,6 +37,9 @@ HISTORY_TIMEOUT_S = 1.0      # a history or status request without answer is sen
 HISTORY_PAGE_REVISIONS = 2000
 PROGRESS_PER_TICK_MAX = 20_000
 DEFAULT_SNDHWM = 100_000
+# What each socket may receive (runtime/wire.py decodes and checks every message).
+_EVENTS_TYPES = frozenset((M.EVENTS, M.AUTH_STATE, M.AUTH_TOKEN))
+_STORAGE_TYPES = frozenset((M.STORAGE_STATUS_RESP, M.READ_RESP, M.AUTH_STATE))
 
 
 class WatchActor(Actor):
@@ -47,6 +51,7 @@ class WatchActor(Actor):
         sndbuf = int(os.environ.get("QKV_WATCH_SNDBUF", -1))
         self.pub = self.socket(zmq.XPUB, bind=self.cfg.listen_watch_urls, handler=self.on_subscription,
                                hwm=sndhwm, xpub_verbose=1, sndbuf=sndbuf)
+        self.dropped = wire.Dropped(self.log)  # invalid internal messages (runtime/wire.py)
         self.events_in = self.socket(zmq.PULL, bind=self.endpoints.watch_events, handler=self.on_events)
         self.storage = self.socket(zmq.DEALER, connect=self.endpoints.storage, handler=self.on_storage)
         self.core = Broadcaster()
@@ -84,8 +89,9 @@ class WatchActor(Actor):
     # --- events --------------------------------------------------------------------
     def on_events(self, frames: list[bytes]) -> None:
         try:
-            msg_type, body = unpack_msg(frames[-1])
-        except errors.QkvError:
+            msg_type, body = wire.decode(frames[-1], _EVENTS_TYPES)
+        except errors.Malformed as err:
+            self.dropped("watch.events", err)
             return
         if msg_type != M.EVENTS:
             return
@@ -96,8 +102,9 @@ class WatchActor(Actor):
 
     def on_storage(self, frames: list[bytes]) -> None:
         try:
-            msg_type, body = unpack_msg(frames[-1])
-        except errors.QkvError:
+            msg_type, body = wire.decode(frames[-1], _STORAGE_TYPES)
+        except errors.Malformed as err:
+            self.dropped("watch.storage", err)
             return
         if msg_type == M.STORAGE_STATUS_RESP:
             ctx_id, status = body
