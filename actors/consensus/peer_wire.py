@@ -21,14 +21,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-import msgpack
-
 from actors.consensus.raft import Message, MessageType
 from actors.consensus.snapshot import CHUNK_BYTES, SnapshotError, safe_relpath
 from actors.runtime import entry as entry_mod
+from actors.runtime.entry import InvalidEntry
+from actors.runtime.entry_ops import validate_entry_op
 from actors.runtime import messages as M
 from protocol import errors
-from protocol.requests import MEMBER_CHANGE_OPS, OPS, WRITE_OPS, Limits, is_z85_key, normalize_request
+from protocol.requests import MEMBER_CHANGE_OPS, WRITE_OPS, Limits, is_z85_key, normalize_request
 
 INT64_MAX = 2**63 - 1
 MAX_TERM = 2**62  # see the module docstring
@@ -49,10 +49,6 @@ _AUTH_LOG_OPS = frozenset((
     "role_revoke_permission"))
 FORWARDABLE_OPS = frozenset(WRITE_OPS) | {"alarm_activate"} | _AUTH_LOG_OPS
 
-try:  # the entry-op validator of issue 11's storage work, once it is in main
-    from actors.runtime.entry import validate_entry_op as _validate_entry_op  # type: ignore[attr-defined]
-except ImportError:  # pragma: no cover - depends on the merge order
-    _validate_entry_op = None
 
 
 class PeerWireError(ValueError):
@@ -216,23 +212,6 @@ def _member_wire(v: Any) -> dict:
 
 
 # --- forwarded entries ----------------------------------------------------------------------
-def _denormalize(op: dict) -> dict:
-    """A normalized txn back in the client's shape, so normalize_request can check it."""
-    if op.get("op") != "txn":
-        return op
-
-    def request_op(sub: Any) -> dict:
-        if type(sub) is not dict or type(sub.get("op")) is not str:
-            raise PeerWireError("txn branch op must be a map with an op")
-        inner = _denormalize(sub)
-        return {sub["op"]: {k: v for k, v in inner.items() if k != "op"}}
-
-    out = dict(op)
-    for branch in ("success", "failure"):
-        out[branch] = [request_op(s) for s in _list(f"txn.{branch}", op.get(branch), 100_000)]
-    return out
-
-
 def check_entry_op(op: Any) -> None:
     """The op of a forwarded entry: one the log takes, in its normalized shape."""
     if type(op) is not dict or type(op.get("op")) is not str:
@@ -240,22 +219,10 @@ def check_entry_op(op: Any) -> None:
     name = op["op"]
     if name not in FORWARDABLE_OPS:
         raise PeerWireError(f"entry op {_short(name)} cannot be proposed by a peer")
-    if _validate_entry_op is not None:
-        try:
-            _validate_entry_op(op)
-        except (ValueError, errors.QkvError) as exc:
-            raise PeerWireError(f"invalid entry op: {exc}") from None
-        return
-    if name in OPS:
-        try:
-            normalize_request(_denormalize(op), _LIMITS)
-        except errors.QkvError as exc:
-            raise PeerWireError(f"invalid entry op: {exc.message}") from None
-    elif name == "alarm_activate":
-        if set(op) != {"op", "member_id", "alarm"} or op["alarm"] not in ("NOSPACE", "CORRUPT"):
-            raise PeerWireError("invalid alarm_activate op")
-        _id("alarm_activate.member_id", op["member_id"])
-    # auth ops: by name only until their validator is in main (see FORWARDABLE_OPS)
+    try:
+        validate_entry_op(op)
+    except (InvalidEntry, errors.QkvError) as exc:
+        raise PeerWireError(f"invalid entry op: {exc}") from None
 
 
 def check_forwarded_entry(data: Any, frm: int) -> None:
@@ -263,19 +230,9 @@ def check_forwarded_entry(data: Any, frm: int) -> None:
     _bytes("proposal", data, MAX_PROPOSAL_BYTES)
     try:
         e = entry_mod.decode(data)
-        origin, op = e.origin, e.op
     except entry_mod.InvalidEntry as exc:
-        # The pre-issue-11 layout [origin, req_id, op, client_id], while gateways write it.
-        try:
-            obj = msgpack.unpackb(data, raw=False, strict_map_key=False, max_ext_len=0)
-        except Exception:  # noqa: BLE001 - undecodable bytes
-            raise PeerWireError(f"invalid entry: {exc}") from None
-        if type(obj) is not list or len(obj) != 4:
-            raise PeerWireError(f"invalid entry: {exc}") from None
-        origin, req_id, op, client_id = obj
-        _int("entry.req_id", req_id, 0, 2**64 - 1)
-        if isinstance(client_id, (list, dict)):
-            raise PeerWireError("invalid entry: bad client id") from None
+        raise PeerWireError(f"invalid entry: {exc}") from None
+    origin, op = e.origin, e.op
     if origin != frm:
         raise PeerWireError(f"entry of member {_short(origin)} forwarded by member {frm:x}")
     check_entry_op(op)

@@ -13,7 +13,7 @@ from actors.consensus.raft import Message, MessageType, SnapshotMeta
 from actors.consensus.snapshot import SnapshotError, SnapshotReceiver, safe_relpath
 from actors.runtime import entry
 from actors.runtime import messages as M
-from protocol.requests import is_z85_key
+from protocol.requests import Limits, is_z85_key, normalize_request
 
 ME, PEER = 7, 9
 MT = MessageType
@@ -25,8 +25,12 @@ def put_entry(origin=PEER, op=None):
                                                    "prev_kv": False, "ignore_value": False, "ignore_lease": False})
 
 
+PUT = {"op": "put", "key": b"k", "value": b"v", "lease": 0, "prev_kv": False, "ignore_value": False,
+       "ignore_lease": False}
+
+
 def legacy_entry(origin=PEER, op=None):
-    return msgpack.packb([origin, 5, op or {"op": "put", "key": b"k", "value": b"v"}, 1], use_bin_type=True)
+    return msgpack.packb([origin, 5, op or PUT, 1], use_bin_type=True)
 
 
 def snap_wire(term=3):
@@ -40,7 +44,8 @@ GOOD = [
     (M.PEER_FORWARD, [PEER, [[1, legacy_entry()]]], W.Forward),
     (M.PEER_FORWARD, [PEER, [[2, put_entry(op={"op": "txn", "compare": [], "success": [
         {"op": "put", "key": b"a", "value": b"", "lease": 0, "prev_kv": False, "ignore_value": False,
-         "ignore_lease": False}], "failure": [{"op": "range", "key": b"a"}]})]]], W.Forward),
+         "ignore_lease": False}], "failure": [normalize_request({"op": "range", "key": b"a"}, Limits())]})]]],
+     W.Forward),
     (M.PEER_FORWARD, [PEER, [[3, put_entry(op={"op": "alarm_activate", "member_id": PEER, "alarm": "NOSPACE"})]]],
      W.Forward),
     (M.PEER_FORWARD_REJECT, [PEER, [1, 2]], W.ForwardReject),
