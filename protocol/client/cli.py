@@ -666,7 +666,8 @@ def member_add_cmd(ctx: typer.Context,
                           'QKV_INITIAL_CLUSTER_STATE="existing"\n').encode())
             keys = [f"{name if m.id == new_id else m.name}={m.peer_key}" for m in resp.members if m.peer_key]
             if keys:
-                _out().write(f'QKV_INITIAL_CLUSTER_KEYS="{",".join(keys)}"\n'.encode())
+                # single quotes: Z85 keys hold $, ! and & that a shell would expand in double quotes
+                _out().write(f"QKV_INITIAL_CLUSTER_KEYS='{','.join(keys)}'\n".encode())
 
 
 def _peer_key_opt(raw: str) -> str:

@@ -219,7 +219,7 @@ def test_secure_cluster_end_to_end(cluster_factory, tmp_path):
     out = qkvctl(live, "member", "add", "n4", f"--peer-urls={n4.peer_url}", "--learner", f"--peer-key={public_file}")
     env = dict(line.split("=", 1) for line in out.splitlines()[2:] if "=" in line)
     n4.member_id = int(out.split()[1], 16)
-    keys = env["QKV_INITIAL_CLUSTER_KEYS"].strip('"')
+    keys = env["QKV_INITIAL_CLUSTER_KEYS"].strip("'")
     assert f"n4={public}" in keys and all(f"{n.name}={n.peer_key}" in keys for n in live)
     n4.args = ["--initial-cluster", env["QKV_INITIAL_CLUSTER"].strip('"'),
                "--initial-advertise-peer-urls", env["QKV_INITIAL_ADVERTISE_PEER_URLS"].strip('"'),
