@@ -164,6 +164,91 @@ class ConfChangeInProgress(QkvError):
                        "retry when it is done")
 
 
+# --- auth (etcd's messages; SPEC section "Authentication") ------------------------------
+class PermissionDenied(QkvError):
+    code = "permission_denied"
+    default_message = "etcdserver: permission denied"
+
+
+class AuthFailed(QkvError):
+    code = "auth_failed"
+    default_message = "etcdserver: authentication failed, invalid user ID or password"
+
+
+class InvalidAuthToken(QkvError):
+    """The token is unknown or expired. Refused before it did anything: a client
+    re-authenticates once and resends."""
+
+    code = "invalid_auth_token"
+    default_message = "etcdserver: invalid auth token"
+
+
+class AuthNotEnabled(QkvError):
+    code = "auth_not_enabled"
+    default_message = "etcdserver: authentication is not enabled"
+
+
+class UserEmpty(QkvError):
+    """Auth is enabled and the request carries no user (no token, no client key)."""
+
+    code = "user_empty"
+    default_message = "etcdserver: user name is empty"
+
+
+class AuthOldRevision(QkvError):
+    """The request was authorized under an auth revision older than the one it met when it
+    ran: refused without effect, the client refreshes and retries."""
+
+    code = "auth_old_revision"
+    default_message = "etcdserver: revision of auth store is old"
+    retryable = True
+
+
+class RootUserNotExist(QkvError):
+    code = "root_user_not_exist"
+    default_message = "etcdserver: root user does not exist"
+
+
+class RootRoleNotExist(QkvError):
+    code = "root_role_not_exist"
+    default_message = "etcdserver: root user does not have root role"
+
+
+class UserAlreadyExist(QkvError):
+    code = "user_already_exist"
+    default_message = "etcdserver: user name already exists"
+
+
+class UserNotFound(QkvError):
+    code = "user_not_found"
+    default_message = "etcdserver: user name not found"
+
+
+class RoleAlreadyExist(QkvError):
+    code = "role_already_exist"
+    default_message = "etcdserver: role name already exists"
+
+
+class RoleNotFound(QkvError):
+    code = "role_not_found"
+    default_message = "etcdserver: role name not found"
+
+
+class RoleNotGranted(QkvError):
+    code = "role_not_granted"
+    default_message = "etcdserver: role is not granted to the user"
+
+
+class PermissionNotGranted(QkvError):
+    code = "permission_not_granted"
+    default_message = "etcdserver: permission is not granted to the role"
+
+
+class InvalidAuthMgmt(QkvError):
+    code = "invalid_auth_mgmt"
+    default_message = "etcdserver: invalid auth management"
+
+
 # --- the system's state --------------------------------------------------------------
 class NoLeader(QkvError):
     code = "no_leader"
@@ -212,5 +297,8 @@ ERRORS_BY_CODE: dict[str, type[QkvError]] = {
         UnknownOutcome, Unavailable, Stopping, Internal,
         MemberNotFound, MemberExists, MemberNotLearner, LearnerNotReady, UnhealthyCluster,
         ConfChangeInProgress, NoSpace, Corrupt,
+        PermissionDenied, AuthFailed, InvalidAuthToken, AuthNotEnabled, UserEmpty, AuthOldRevision,
+        RootUserNotExist, RootRoleNotExist, UserAlreadyExist, UserNotFound, RoleAlreadyExist,
+        RoleNotFound, RoleNotGranted, PermissionNotGranted, InvalidAuthMgmt,
     )
 }

@@ -29,11 +29,13 @@ from typing import Any
 from protocol.errors import (
     DuplicateKey,
     InvalidArgument,
+    InvalidAuthMgmt,
     KeyNotProvided,
     Malformed,
     QkvError,
     TooManyOps,
     UnknownOp,
+    UserEmpty,
 )
 
 INT64_MAX = 2**63 - 1
@@ -71,11 +73,29 @@ LEASE_LEADER_OPS = frozenset(("lease_keepalive", "lease_timetolive"))
 INTERNAL_OPS = frozenset(("lease_expire", "lease_checkpoint", "alarm_activate"))
 # `snapshot save` (SPEC section 6): one member's store, streamed chunk by chunk like a read.
 SNAPSHOT_OPS = ("snapshot",)
+# Users, roles and permissions (SPEC section "Authentication", etcd 3.4's auth). The
+# changes go through the log (AUTH_WRITE_OPS are in WRITE_OPS); the reads are linearizable
+# reads answered by storage. `authenticate` is neither: the gateway verifies the password
+# and proposes its own entry {"op": "authenticate", "name", "token_sha256",
+# "auth_revision", "key"}; the plaintext password never enters the log, and user_add /
+# user_change_password entries carry the scrypt hash in place of the password.
+AUTH_WRITE_OPS = ("auth_enable", "auth_disable", "user_add", "user_delete", "user_change_password",
+                  "user_grant_role", "user_revoke_role", "role_add", "role_delete",
+                  "role_grant_permission", "role_revoke_permission")
+AUTH_READ_OPS = ("auth_status", "user_get", "user_list", "role_get", "role_list")
+AUTH_OPS = ("authenticate", *AUTH_WRITE_OPS, *AUTH_READ_OPS)
+PERM_TYPES = ("READ", "WRITE", "READWRITE")
+AUTH_NAME_MAX_BYTES = 256
+AUTH_PASSWORD_MAX_BYTES = 1024
+AUTH_TOKEN_MAX_CHARS = 512
+# Every request map may carry the token `authenticate` gave: an envelope field like `id`,
+# never part of the normalized op (so never in the log).
+TOKEN_FIELD = "token"
 OPS = ("range", "put", "delete_range", "txn", "compact", "history", *ADMIN_OPS, *LEASE_OPS, *ALARM_OPS,
-       *SNAPSHOT_OPS)
+       *SNAPSHOT_OPS, *AUTH_OPS)
 TXN_OPS = ("range", "put", "delete_range", "txn")
 WRITE_OPS = frozenset(("put", "delete_range", "txn", "compact", "lease_grant", "lease_revoke",
-                       "alarm_disarm"))
+                       "alarm_disarm", *AUTH_WRITE_OPS))
 LEASE_TTL_MAX = 9_000_000_000  # seconds, etcd's MaxLeaseTTL
 
 
@@ -93,8 +113,24 @@ SNAPSHOT_FRAME_OVERHEAD = 4096
 
 def is_write(op: dict) -> bool:
     """True for ops that must go through the log (put, delete_range, txn, compact,
-    lease_grant, lease_revoke)."""
+    lease_grant, lease_revoke, alarm_disarm and the auth changes)."""
     return op.get("op") in WRITE_OPS
+
+
+def request_token(req: Any) -> str | None:
+    """The ``token`` envelope field of a decoded request: a non-empty str, or None when
+    absent (or nil). ``normalize_request`` checks it the same way and leaves it out of the
+    op it returns; the gateway reads it with this function."""
+    if not isinstance(req, dict):
+        return None
+    token = req.get(TOKEN_FIELD)
+    if token is None:
+        return None
+    if not isinstance(token, str) or not token or len(token) > AUTH_TOKEN_MAX_CHARS:
+        got = f"{len(token)} characters" if isinstance(token, str) else _short(token)
+        raise InvalidArgument(f"token: must be a non-empty string of at most {AUTH_TOKEN_MAX_CHARS} "
+                              f"characters, got {got}")
+    return token
 
 
 def normalize_request(req: dict, limits: Limits) -> dict:
@@ -115,7 +151,10 @@ def _normalize_request(req: Any, limits: Limits) -> dict:
     op = req.get("op")
     if not isinstance(op, str) or op not in OPS:
         raise UnknownOp(f"unknown op: {_short(op)}")
-    fields = {k: v for k, v in req.items() if k != "op"}
+    request_token(req)
+    fields = {k: v for k, v in req.items() if k not in ("op", TOKEN_FIELD)}
+    if op in AUTH_OPS:
+        return _normalize_auth(op, fields)
     if op in ("status", "member_list", "defragment", "alarm_list"):
         _no_unknown(fields, (), op)
         return {"op": op}
@@ -188,6 +227,114 @@ def _normalize_lease(op: str, fields: dict) -> dict:
         return {"op": op}
     _no_unknown(fields, (LEASE_ID_FIELD,), op)  # lease_revoke, lease_keepalive
     return {"op": op, "id": _lease_id(fields, op)}
+
+
+# --- users, roles, permissions (SPEC section "Authentication") ---------------------------
+_Z85_CHARS = frozenset("0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ.-:+=^!/*?&<>()[]{}@%$#")
+
+
+def is_z85_key(v: Any) -> bool:
+    """A CurveZMQ public key in Z85 text: 40 characters of the Z85 alphabet."""
+    return isinstance(v, str) and len(v) == 40 and all(c in _Z85_CHARS for c in v)
+
+
+def auth_name(v: Any, what: str) -> str:
+    """A user or role name: a non-empty str of at most 256 UTF-8 bytes without control
+    characters. An empty user name is etcd's ``user_empty``."""
+    if not isinstance(v, str):
+        raise InvalidArgument(f"{what}: must be a string, got {_short(v)}")
+    if not v:
+        if what == "role":
+            raise InvalidArgument("etcdserver: role name is empty")
+        raise UserEmpty()
+    try:
+        size = len(v.encode("utf-8"))
+    except UnicodeEncodeError:
+        raise InvalidArgument(f"{what}: not valid UTF-8") from None
+    if size > AUTH_NAME_MAX_BYTES:
+        raise InvalidArgument(f"{what}: longer than {AUTH_NAME_MAX_BYTES} bytes")
+    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in v):
+        raise InvalidArgument(f"{what}: must not contain control characters")
+    return v
+
+
+def _password(v: Any, what: str = "password") -> str:
+    if not isinstance(v, str):
+        raise InvalidArgument(f"{what}: must be a string, got {type(v).__name__}")
+    try:
+        size = len(v.encode("utf-8"))
+    except UnicodeEncodeError:
+        raise InvalidArgument(f"{what}: not valid UTF-8") from None
+    if size > AUTH_PASSWORD_MAX_BYTES:
+        raise InvalidArgument(f"{what}: longer than {AUTH_PASSWORD_MAX_BYTES} bytes")
+    return v
+
+
+def valid_perm_range(key: bytes, range_end: bytes) -> bool:
+    """etcd's isValidPermissionRange: a key, [key, range_end) with range_end > key, or
+    every key >= key (range_end "\\x00")."""
+    return bool(key) and (not range_end or range_end > key or range_end == b"\x00")
+
+
+_AUTH_FIELDS = {
+    "authenticate": ("name", "password", "key"),
+    "user_add": ("name", "password", "no_password", "public_key"),
+    "user_delete": ("name",), "user_get": ("name",),
+    "user_change_password": ("name", "password"),
+    "user_grant_role": ("name", "role"), "user_revoke_role": ("name", "role"),
+    "role_add": ("name",), "role_delete": ("name",), "role_get": ("name",),
+    "role_grant_permission": ("name", "perm"),
+    "role_revoke_permission": ("name", "key", "range_end"),
+}
+
+
+def _normalize_auth(op: str, fields: dict) -> dict:
+    _no_unknown(fields, _AUTH_FIELDS.get(op, ()), op)
+    out: dict[str, Any] = {"op": op}
+    if op not in _AUTH_FIELDS:  # auth_enable, auth_disable, auth_status, user_list, role_list
+        return out
+    out["name"] = auth_name(fields.get("name", ""), "role" if op.startswith("role_") else "name")
+    if op == "authenticate":
+        out["password"] = _password(fields.get("password", ""))
+        key = fields.get("key")
+        if key is not None and not is_z85_key(key):
+            raise InvalidArgument(f"authenticate: key must be a Z85 public key (40 characters), got {_short(key)}")
+        out["key"] = key
+    elif op == "user_add":
+        no_password = _bool(fields, "no_password")
+        password = fields.get("password")
+        if no_password:
+            if password is not None:
+                raise InvalidArgument("user_add: password given with no_password")
+        else:
+            if password is None or password == "":
+                raise InvalidArgument("user_add: password is required (or no_password: true)")
+            password = _password(password)
+        key = fields.get("public_key")
+        if key is not None and not is_z85_key(key):
+            raise InvalidArgument(f"user_add: public_key must be a Z85 public key (40 characters), got {_short(key)}")
+        out.update(password=password, no_password=no_password, public_key=key)
+    elif op == "user_change_password":
+        password = _password(fields.get("password", ""))
+        if not password:
+            raise InvalidArgument("user_change_password: password must not be empty")
+        out["password"] = password
+    elif op in ("user_grant_role", "user_revoke_role"):
+        out["role"] = auth_name(fields.get("role", ""), "role")
+    elif op == "role_grant_permission":
+        perm = fields.get("perm")
+        if not isinstance(perm, dict):
+            raise InvalidArgument(f"role_grant_permission: perm must be a map, got {_short(perm)}")
+        _no_unknown(perm, ("perm_type", "key", "range_end"), "perm")
+        p = {"perm_type": _enum(perm, "perm_type", PERM_TYPES), "key": _bytes(perm, "key"),
+             "range_end": _bytes(perm, "range_end")}
+        if not valid_perm_range(p["key"], p["range_end"]):
+            raise InvalidAuthMgmt()
+        out["perm"] = p
+    elif op == "role_revoke_permission":
+        out["key"] = _key(fields, op)
+        out["range_end"] = _bytes(fields, "range_end")
+    return out
 
 
 # --- snapshot save (SPEC section 6) -------------------------------------------------------
