@@ -418,3 +418,41 @@ def test_client_cert_auth_with_a_registered_key(tmp_path, node_factory):
         admin.close()
         if alice is not None:
             alice.close()
+
+
+def _pipelined_puts(url: str, token: str, count: int, window: int = 200) -> None:
+    sock = zmq.Context.instance().socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.connect(url)
+    try:
+        sent = done = 0
+        while done < count:
+            while sent < count and sent - done < window:
+                sock.send(pack({"id": sent + 1, "op": "put", "key": b"/c/load/%06d" % sent, "value": b"x" * 100,
+                                "token": token}))
+                sent += 1
+            assert sock.poll(10_000), "no reply"
+            reply = unpack(sock.recv())
+            assert reply["ok"], reply
+            done += 1
+    finally:
+        sock.close()
+
+
+def test_a_follower_that_installs_a_snapshot_gets_the_auth_state(cluster_factory):
+    cluster = cluster_factory(3, args=["--snapshot-count", "1000"])
+    leader = cluster.leader()
+    lagging = next(n for n in cluster.nodes if n is not leader)
+    lagging.stop()
+    tok = setup_matrix(leader)
+    _pipelined_puts(leader.client_url, tok["rwc"], 3000)
+    lagging.start(wait=False)
+    wait_for(lambda: '"snapshot_installed"' in lagging.log_text(), 60, "the follower to install a snapshot")
+    # the lagging member's own storage decides serializable reads: its auth came with the snapshot
+    wait_for(lambda: (lagging.request({"op": "auth_status"}, timeout=1) or {}).get("enabled"), 30,
+             "auth on the lagging member")
+    mine = {u: login(lagging, u) for u in ("root", "ra", "wb", "rwc")}
+    ok(call(lagging, rng(b"/a/1", serializable=True), mine["ra"]))
+    err(call(lagging, rng(b"/c/load/000001", serializable=True), mine["ra"]), "permission_denied")
+    err(lagging.request(rng(b"/a/1", serializable=True)), "user_empty")
+    check_matrix(lagging, mine)
