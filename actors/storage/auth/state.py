@@ -129,8 +129,10 @@ class AuthState:
         """Rebuild a state from ``to_wire``'s map; raises ``InvalidArgument`` on anything else."""
         try:
             return AuthState._from_wire(w)
-        except QkvError:
+        except InvalidArgument:
             raise
+        except QkvError as err:  # user_empty, invalid_auth_mgmt from the shared validators
+            raise InvalidArgument(f"auth state: {err.message}") from None
         except Exception as exc:  # e.g. unhashable garbage: still a clean refusal
             raise InvalidArgument(f"auth state: {type(exc).__name__}") from None
 
