@@ -23,6 +23,16 @@ id, and routes it:
   then storage answers on the leader's node (from its deadlines) and says `not_leader`
   elsewhere.
 
+- auth (issue 11, SPEC "Authentication"; actors/gateway/auth.py): with
+  `--client-key-file` the client port is a CURVE server (every key may connect: the
+  link is encrypted for everyone; with `--client-cert-auth` a key registered on a user
+  is that user). Every request is resolved to who asks (token, client key, or nobody)
+  and stamped with (user, cached auth revision) on its log entry or read; storage checks
+  it there, the gateway checks what it answers itself. `authenticate` verifies the
+  password in a thread, then proposes an `authenticate` entry that carries only the
+  token's sha256; the client gets the token once that entry applied. user_add and
+  user_change_password entries carry the scrypt hash computed here, never the password.
+
 Rules: no request is ever left without a reply: each has a deadline, and past it the
 client gets `timeout`. Bad input of any kind gets an error reply and never raises out
 of a handler. Replies to clients that have gone are dropped (ROUTER_MANDATORY makes
@@ -32,6 +42,7 @@ from __future__ import annotations
 
 import math
 import random
+import secrets
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -40,14 +51,17 @@ import zmq
 
 from actors.runtime import entry
 from actors.runtime import messages as M
+from actors.runtime import security
 from actors.runtime import wire
 from actors.runtime.actor import Actor
+from actors.gateway.auth import MEMBER, TOKEN_SWEEP_S, GatewayAuth, PasswordWork, token_sha256
 from actors.gateway.corruption import CorruptionChecker
+from actors.storage.auth import AuthState
 from actors.storage.mvcc import alarms as alarm_rules
 from nodes.config import VERSION
 from protocol import errors
 from protocol.codec import pack, pack_msg, unpack
-from protocol.requests import ADMIN_OPS, Limits, is_write, normalize_request
+from protocol.requests import ADMIN_OPS, Limits, is_write, normalize_request, request_token
 
 REQUEST_TIMEOUT_S = 5.0
 DEFRAG_TIMEOUT_S = 600.0  # a defragment of a large store takes a while; the client's timeout rules
@@ -55,6 +69,7 @@ STATUS_POLL_S = 0.25
 QUOTA_DEFAULT_BYTES = 2 * 1024**3  # etcd: --quota-backend-bytes 0 means the default
 ALARM_RETRY_S = 1.0  # an alarm proposal not yet seen applied is proposed again after this
 UINT64_MAX = 2**64 - 1
+AUTHENTICATE_ATTEMPTS = 3  # the auth state changed between the password check and the apply: again
 
 
 @dataclass
@@ -66,6 +81,9 @@ class Pending:
     kind: str  # "write", "read", or the admin op ("status", "member_list", ...)
     epoch: int | None = None  # the consensus epoch that accepted the proposal
     status: dict[str, Any] = field(default_factory=dict)
+    auth: Any = None  # None or (user, auth_revision): stamped on its entry or read
+    token: str | None = None  # authenticate: the token the client gets once its entry applied
+    login: tuple[str, str, Any, int] | None = None  # authenticate: (name, password, key, attempt)
 
 
 class GatewayActor(Actor):
@@ -78,11 +96,27 @@ class GatewayActor(Actor):
         self.lease_ttl_min_s = math.ceil(1.5 * cfg.election_timeout / 1000.0)
         self._rng = random.SystemRandom()
         self.cluster_id = cfg.cluster_id
+        curve_server = None
+        self.client_curve: tuple[bytes, bytes, bytes] | None = None
+        own_key = None
+        if cfg.client_key_file:
+            public, secret = security.load_keypair(cfg.client_key_file)
+            curve_server = (public, secret, "client")
+            # The corruption checker talks to the other members' client ports with this
+            # same key pair: one client key for the whole cluster (see corruption.py).
+            self.client_curve = (public, secret, public)
+            own_key = public.decode()
+        self.auth = GatewayAuth(cfg.auth_token_ttl, cfg.client_cert_auth, own_key)
+        self.passwords = PasswordWork()
+        if curve_server is not None:
+            self.start_authenticator("client", self.auth.zap_lookup)
         self.clients = self.socket(
             zmq.ROUTER,
             bind=cfg.listen_client_urls,
             handler=self.on_client,
             maxmsgsize=max(4 * cfg.max_request_bytes, 8 * 1024 * 1024),
+            curve_server=curve_server,
+            with_user=curve_server is not None,
         )
         self.dropped = wire.Dropped(self.log)  # invalid internal messages (runtime/wire.py)
         self.results = self.socket(zmq.PULL, bind=self.endpoints.gateway_results, handler=self.on_internal)
@@ -108,12 +142,15 @@ class GatewayActor(Actor):
         if cfg.corrupt_check_time > 0:
             self.corruption = CorruptionChecker(
                 self, self._member_urls, lambda: self.consensus_status.get("lead") == self.member_id,
-                lambda member: self.propose_alarm(member, alarm_rules.CORRUPT), self.member_id)
+                lambda member: self.propose_alarm(member, alarm_rules.CORRUPT), self.member_id,
+                curve=self.client_curve)
             self.every(cfg.corrupt_check_time, self.corruption.tick)
         self.every(0.05, self.expire)
         self.replies_dropped = 0
         self.every(10.0, self._log_dropped)
+        self.every(TOKEN_SWEEP_S, self.auth.sweep)
         self.poll_consensus()
+        self._send_internal(self.storage, M.AUTH_STATE_GET, [0])
 
     def _new_id(self) -> int:
         self._next_id += 1
@@ -156,7 +193,7 @@ class GatewayActor(Actor):
         self._finish(req_id, None, err.to_wire(), 0, 0)
 
     # --- client requests -----------------------------------------------------------
-    def on_client(self, frames: list[bytes]) -> None:
+    def on_client(self, frames: list[bytes], zap_user: str = "") -> None:
         identity = frames[0]
         if len(frames) == 2:
             delimiter, frame = False, frames[1]
@@ -177,6 +214,11 @@ class GatewayActor(Actor):
             if len(frame) > self.cfg.max_request_bytes:
                 raise errors.RequestTooLarge(limit=self.cfg.max_request_bytes)
             op = normalize_request(req, self.limits)
+            auth = self.auth.resolve(request_token(req), zap_user, op["op"])
+            if not self.auth.known and (op["op"] in ADMIN_OPS or op["op"] == "authenticate"):
+                # What only the gateway checks waits for storage's auth state (just started)
+                raise errors.Unavailable("the auth state is not loaded yet; retry")
+            self.auth.precheck(auth, op)
         except errors.QkvError as err:
             self._reply_error(identity, delimiter, client_id, err)
             return
@@ -194,6 +236,23 @@ class GatewayActor(Actor):
             op["ttl"] = max(op["ttl"], self.lease_ttl_min_s)
         if alarm_rules.adds_data(op) and self._over_quota(len(frame)):
             self._reply_error(identity, delimiter, client_id, errors.NoSpace())
+            return
+        if auth == MEMBER:
+            auth = None  # another member's checker: status / hash_kv only (precheck), no user
+        if name == "authenticate":
+            p = Pending(identity, delimiter, client_id, now + REQUEST_TIMEOUT_S, "write")
+            p.login = (op["name"], op["password"], op["key"], 1)
+            self.pending[req_id] = p
+            self._authenticate(req_id)
+            return
+        if name in ("user_add", "user_change_password") and isinstance(op.get("password"), str):
+            # The log gets the scrypt hash, computed off this thread; then it is proposed.
+            self.pending[req_id] = Pending(identity, delimiter, client_id, now + REQUEST_TIMEOUT_S, "write",
+                                           auth=auth)
+            try:
+                self.passwords.hash(op["password"], lambda h, rid=req_id, o=op: self._hashed(rid, o, h))
+            except errors.QkvError as err:
+                self._fail(req_id, err)
             return
         if name in ADMIN_OPS:
             timeout_s = DEFRAG_TIMEOUT_S if name == "defragment" else REQUEST_TIMEOUT_S
@@ -214,15 +273,101 @@ class GatewayActor(Actor):
                 if not self._send_internal(self.consensus, M.MEMBER, [req_id, op]):
                     self._fail(req_id, errors.Unavailable("consensus is not reachable"))
         elif is_write(op):
-            self.pending[req_id] = Pending(identity, delimiter, client_id, now + REQUEST_TIMEOUT_S, "write")
-            data = entry.encode(self.member_id, req_id, client_id, None, op)
-            self.propose_batch.append([req_id, data])
+            self.pending[req_id] = Pending(identity, delimiter, client_id, now + REQUEST_TIMEOUT_S, "write",
+                                           auth=auth)
+            self.propose_batch.append([req_id, entry.encode(self.member_id, req_id, client_id, auth, op)])
         else:
-            self.pending[req_id] = Pending(identity, delimiter, client_id, now + REQUEST_TIMEOUT_S, "read")
+            self.pending[req_id] = Pending(identity, delimiter, client_id, now + REQUEST_TIMEOUT_S, "read",
+                                           auth=auth)
             if op.get("serializable"):
-                self.read_batch.append([req_id, op, 0, client_id])
+                self.read_batch.append([req_id, op, 0, client_id, auth])
             else:
                 self.linear_batch.append([req_id, op])
+
+    # --- auth: authenticate, password hashes ------------------------------------------
+    def _authenticate(self, req_id: int) -> None:
+        """Verify the password against the cached state (in a thread), then propose."""
+        p = self.pending.get(req_id)
+        if p is None or p.login is None:
+            return
+        st = self.auth.state
+        if not st.enabled:
+            self._fail(req_id, errors.AuthNotEnabled())
+            return
+        name, password, _key, _attempt = p.login
+        user = st.users.get(name)
+        wire = user.password if user is not None else None
+        revision = st.revision
+        try:
+            self.passwords.verify(wire, password, lambda ok, rid=req_id, rev=revision: self._verified(rid, ok, rev))
+        except errors.QkvError as err:
+            self._fail(req_id, err)
+
+    def _verified(self, req_id: int, ok: Any, revision: int) -> None:
+        p = self.pending.get(req_id)
+        if p is None or p.login is None:
+            return  # timed out meanwhile
+        if ok is not True:
+            if isinstance(ok, Exception):
+                self.log.error("password_verify_failed", error=f"{type(ok).__name__}: {ok}")
+            self._fail(req_id, errors.AuthFailed())
+            return
+        name, _password, key, _attempt = p.login
+        p.token = secrets.token_urlsafe(32)
+        op = {"op": "authenticate", "name": name, "token_sha256": token_sha256(p.token),
+              "auth_revision": revision, "key": key, "issued": int(time.time())}
+        # No user yet: authenticate is open to anyone; req_id != 0 marks it a client's.
+        self.propose_batch.append([req_id, entry.encode(self.member_id, req_id, p.client_id, None, op)])
+
+    def _hashed(self, req_id: int, op: dict, result: Any) -> None:
+        p = self.pending.get(req_id)
+        if p is None:
+            return
+        if not isinstance(result, dict):
+            self.log.error("password_hash_failed", error=f"{type(result).__name__}: {result}")
+            self._fail(req_id, errors.Internal("password hashing failed"))
+            return
+        op = dict(op, password=result)
+        self.propose_batch.append([req_id, entry.encode(self.member_id, req_id, p.client_id, p.auth, op)])
+
+    def _login_reply(self, req_id: int, p: Pending, frame: bytes) -> bytes | None:
+        """An applied authenticate entry's reply: add the token, or try again once the
+        auth state moved under it (auth_old_revision). None = not answered yet."""
+        try:
+            reply = unpack(frame)
+        except errors.QkvError:
+            return frame
+        if not isinstance(reply, dict):
+            return frame
+        if reply.get("ok"):
+            reply["token"] = p.token
+            return pack(reply)
+        code = (reply.get("error") or {}).get("code")
+        if code == "auth_old_revision" and p.login is not None and p.login[3] < AUTHENTICATE_ATTEMPTS:
+            name, password, key, attempt = p.login
+            p.login = (name, password, key, attempt + 1)
+            p.token = None
+            self.pending[req_id] = p
+            self._authenticate(req_id)
+            return None
+        return frame
+
+    def _on_auth_state(self, body: list) -> None:
+        try:
+            state = AuthState.from_wire(body[0])
+        except (errors.QkvError, IndexError, TypeError):
+            self.log.error("auth_state_undecodable")
+            return
+        was = self.auth.state.enabled
+        self.auth.set_state(state)
+        if state.enabled != was:
+            self.log.info("auth_enabled" if state.enabled else "auth_disabled", auth_revision=state.revision)
+
+    def _on_auth_token(self, body: list) -> None:
+        try:
+            self.auth.grant(body)
+        except (TypeError, ValueError):
+            self.log.warning("auth_token_dropped")
 
     # --- quota and alarms ------------------------------------------------------------
     def _over_quota(self, request_bytes: int) -> bool:
@@ -246,6 +391,7 @@ class GatewayActor(Actor):
         self.log.warning("alarm_raised", member=f"{member_id:x}", alarm=alarm,
                          db_size=self.storage_status.get("db_size"), quota=self.quota_bytes)
         op = {"op": "alarm_activate", "member_id": member_id, "alarm": alarm}
+        # req_id 0 in the entry: the server's own entry (never a client's; not checked)
         self.propose_batch.append([self._new_id(), entry.encode(self.member_id, 0, None, None, op)])
 
     def _member_urls(self) -> list[tuple[int, str]]:
@@ -266,7 +412,11 @@ class GatewayActor(Actor):
         except zmq.ZMQError:
             return False
 
+    def poll_timeout_ms(self) -> int | None:
+        return 5 if self.passwords.busy() else None  # collect finished scrypt runs soon
+
     def flush(self) -> None:
+        self.passwords.done()
         if self.propose_batch:
             batch, self.propose_batch = self.propose_batch, []
             if not self._send_internal(self.consensus, M.PROPOSE, batch):
@@ -275,7 +425,7 @@ class GatewayActor(Actor):
         if self.read_batch:
             batch, self.read_batch = self.read_batch, []
             if not self._send_internal(self.storage, M.CLIENT_READ, batch):
-                for req_id, _, _, _ in batch:
+                for req_id, *_ in batch:
                     self._fail(req_id, errors.Unavailable("storage is not reachable"))
         if self.linear_batch:
             batch, self.linear_batch = self.linear_batch, []
@@ -300,6 +450,10 @@ class GatewayActor(Actor):
             p = self.pending.pop(req_id, None)
             if p is None:
                 continue  # timed out already, or meant for an earlier gateway process
+            if p.login is not None:
+                frame = self._login_reply(req_id, p, frame)
+                if frame is None:
+                    continue
             if revision > self.revision_seen:
                 self.revision_seen = revision
             try:
@@ -328,9 +482,10 @@ class GatewayActor(Actor):
             for req_id, _ in batch:
                 self._finish(req_id, None, error, 0, 0)
             return
-        reads = [[req_id, op, index, self.pending[req_id].client_id] for req_id, op in batch if req_id in self.pending]
+        reads = [[req_id, op, index, self.pending[req_id].client_id, self.pending[req_id].auth]
+                 for req_id, op in batch if req_id in self.pending]
         if reads and not self._send_internal(self.storage, M.CLIENT_READ, reads):
-            for req_id, _, _, _ in reads:
+            for req_id, *_ in reads:
                 self._fail(req_id, errors.Unavailable("storage is not reachable"))
 
     def _on_status_resp(self, body: list) -> None:
@@ -363,6 +518,8 @@ class GatewayActor(Actor):
         ctx_id, status = body
         if ctx_id == 0:
             self.storage_status = status
+            if status.get("auth_revision") != self.auth.state.revision or not self.auth.known:
+                self._send_internal(self.storage, M.AUTH_STATE_GET, [0])  # a push was missed
             return
         self._status_part(ctx_id, "storage", status)
 
@@ -381,6 +538,8 @@ class GatewayActor(Actor):
         M.MOVE_LEADER_RESP: _on_move_leader_resp,
         M.HASH_KV_RESP: _on_hash_kv_resp,
         M.DEFRAG_RESP: _on_defrag_resp,
+        M.AUTH_STATE: _on_auth_state,
+        M.AUTH_TOKEN: _on_auth_token,
         M.MEMBER_RESP: lambda self, body: self._finish(body[0], body[1], body[2], self.revision_seen, self.raft_term),
     }
     _internal_types = frozenset(_internal_handlers)
@@ -449,6 +608,7 @@ class GatewayActor(Actor):
             self.replies_dropped = 0
 
     def shutdown(self) -> None:
+        self.passwords.close()
         for req_id, p in list(self.pending.items()):
             if p.kind == "write":
                 self._fail(req_id, errors.UnknownOutcome("the node is stopping; the write may or may not take effect"))

@@ -10,6 +10,12 @@ Every interval the leader's gateway runs one round over the client port of every
    agrees, or, with no such majority, those that differ from the leader (etcd 3.4); the
    gateway proposes a CORRUPT alarm for each one through the log.
 A member that does not answer within the round's deadline is left out of that round.
+With client security (`--client-key-file`) every member's client port is a CURVE server
+with the cluster's one client key pair (SPEC "Security": clients need one server key for
+the whole cluster, as etcd clients need one CA), so the checker connects as a CURVE
+client with that same pair, expecting that same server key; the gateways map that key to
+a member (actors/gateway/auth.py MEMBER), which may ask `status` and `hash_kv` under
+auth. A member with another client key refuses the handshake and sits the rounds out.
 ``find_corrupt`` and ``pick_revision`` are pure; ``CorruptionChecker`` is the thin shell
 that owns the sockets (one DEALER per member URL, created on first use).
 """
@@ -69,12 +75,13 @@ class CorruptionChecker:
 
     def __init__(self, actor: Any, members: Callable[[], list[tuple[int, str]]],
                  is_leader: Callable[[], bool], raise_alarm: Callable[[int], None],
-                 leader_id: int) -> None:
+                 leader_id: int, curve: tuple[bytes, bytes, bytes] | None = None) -> None:
         self.actor = actor
         self.members = members
         self.is_leader = is_leader
         self.raise_alarm = raise_alarm
         self.leader_id = leader_id
+        self.curve = curve  # (public, secret, server public) with client security
         self.socks: dict[str, zmq.Socket] = {}
         self.round: _Round | None = None
         self._ids = itertools.count(1)
@@ -104,7 +111,8 @@ class CorruptionChecker:
     def _ask(self, rnd: _Round, url: str, req: dict) -> None:
         sock = self.socks.get(url)
         if sock is None:
-            sock = self.actor.socket(zmq.DEALER, connect=url, handler=self.on_reply, immediate=1, hwm=1000)
+            sock = self.actor.socket(zmq.DEALER, connect=url, handler=self.on_reply, immediate=1, hwm=1000,
+                                     curve_client=self.curve)
             self.socks[url] = sock
         rid = next(self._ids)
         try:

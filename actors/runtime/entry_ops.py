@@ -10,7 +10,7 @@ producers write them, and raises `InvalidEntry` (with a reason) on anything else
   compact (auto-compaction), alarm_activate (the gateway's quota and corruption checks);
 - auth changes (design-11): the AUTH_WRITE ops with `password` as a scrypt hash wire
   map (or None), and the gateway's `authenticate` entry (`name`, `token_sha256`,
-  `auth_revision`, `key`).
+  `auth_revision`, `key`, `issued`).
 
 Every field must be present with its exact type (bool is never an int, ints are within
 int64 or uint64 as the store needs), and no other field may be there: whatever passes is
@@ -326,8 +326,9 @@ def _auth(op: dict) -> None:
         _bytes(op, "key", nonempty=True)
         _bytes(op, "range_end")
     else:  # authenticate
-        _fields(op, ("op", "name", "token_sha256", "auth_revision", "key"), kind)
+        _fields(op, ("op", "name", "token_sha256", "auth_revision", "key", "issued"), kind)
         _name(op, "name")
+        _int(op, "issued", 0, INT64_MAX)  # wall-clock s, set by the proposing gateway
         token = op["token_sha256"]
         if not isinstance(token, str) or not _SHA256_HEX.fullmatch(token):
             raise InvalidEntry("token_sha256: must be 64 lower-case hex digits")

@@ -7,7 +7,7 @@ asked for again.
 """
 
 # gateway -> consensus (ROUTER at Endpoints.consensus)
-PROPOSE = 1           # [[req_id, data], ...]   data = packed [origin_member_id, req_id, op, client_id]
+PROPOSE = 1           # [[req_id, data], ...]   data = runtime/entry.py encode(...)
 PROPOSE_ACK = 2       # [epoch, [accepted req_id, ...], [[req_id, error_wire], ...]]
 READ_INDEX = 3        # [ctx_id]
 READ_INDEX_RESP = 4   # [ctx_id, index, error_wire | None]
@@ -25,7 +25,7 @@ STORAGE_STATUS = 22   # [ctx_id]
 STORAGE_STATUS_RESP = 23  # [ctx_id, {applied_index, revision, compact_revision, db_size, db_size_in_use, raft_term}]
 
 # gateway -> storage: client reads whose replies storage encodes itself
-CLIENT_READ = 31      # [[req_id, op, min_applied_index, client_id], ...]
+CLIENT_READ = 31      # [[req_id, op, min_applied_index, client_id, auth], ...]  auth: None or [user, auth_revision]
 # storage -> gateway: finished client reply frames (codec.pack of the SPEC reply map);
 # on the ROUTER for CLIENT_READ, and PUSHed to Endpoints.gateway_results for writes
 CLIENT_REPLIES = 32   # [[req_id, frame, revision], ...]

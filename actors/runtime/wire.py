@@ -277,9 +277,8 @@ SCHEMAS: dict[int, Schema] = {
     M.READ_RESP: ListOf(Reply(ID, Nullable(HISTORY_RESPONSE), OPT_ERROR, I64, U64)),
     M.STORAGE_STATUS: Tup(ID),
     M.STORAGE_STATUS_RESP: Tup(ID, STORAGE_STATUS),
-    # design-11 adds the auth tuple to a client read: then Tup(ID, READ_OP, U64, U64, Nullable(AUTH)),
-    # changed together with storage's _reads.
-    M.CLIENT_READ: ListOf(Tup(ID, READ_OP, U64, U64)),
+    # [req_id, op, min_applied_index, client_id, auth]: auth = None | [user, auth_revision]
+    M.CLIENT_READ: ListOf(Tup(ID, READ_OP, U64, U64, Nullable(AUTH))),
     M.CLIENT_REPLIES: ListOf(Tup(ID, Bytes(), I64)),
     M.EVENTS: ListOf(Tup(I64, ListOf(EVENT))),
     M.READY: Tup(Str(64, ("consensus", "storage", "gateway", "watch")), Int(1, 2**31 - 1)),

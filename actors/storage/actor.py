@@ -34,6 +34,16 @@
   (applied or in flight) is answered only once a clearing checkpoint (remaining 0 = the
   full TTL) has applied, so a later leader never uses a remaining TTL older than an
   acknowledged keep-alive.
+- Auth (issue 11, SPEC "Authentication"): the auth state (users, roles, permissions) is
+  the store's (mvcc/store.py, persisted in the same write as the batch that changed it).
+  Every entry carries its auth (runtime/entry.py) and the store checks it at apply;
+  entries with req_id 0 are the server's own (lease expiry and checkpoints,
+  auto-compaction, the gateway's alarms) and are not checked. Every client read
+  (CLIENT_READ) carries its auth too and is checked here before it is served. After a
+  batch that changed the auth state (and after a snapshot install, and at start) the
+  whole state is PUSHed to the gateway and the watch actor (AUTH_STATE), before the
+  batch's replies and events; applied `authenticate` entries are PUSHed as AUTH_TOKEN
+  grants to both. AUTH_STATE_GET on the ROUTER answers with AUTH_STATE.
 - Snapshot saves (`qkvctl snapshot save`, SPEC section 6): a `snapshot` request makes a
   RocksDB checkpoint under `<data-dir>/snapsave` (consistent: taken between two applied
   batches, with the metadata read at that instant) and each further request reads one
@@ -62,14 +72,16 @@ from actors.runtime.failpoints import failpoint
 from actors.storage.backend import RocksBackend, fsync_dir
 from actors.storage.compactor import make_compactor
 from actors.storage.mvcc import alarms as alarm_rules
+from actors.storage.auth import read_auth
 from actors.storage.mvcc import MVCCStore
+from actors.storage.mvcc.store import AUTH_ENTRY_OPS, SERVER
 from actors.storage.snapshot_file import (
     BadOffset, SnapshotFileError, SnapshotMeta, SnapshotSaves, TooManySaves, UnknownSave,
 )
 from nodes.config import VERSION
 from protocol import errors
 from protocol.codec import pack, pack_msg
-from protocol.requests import LEASE_LEADER_OPS, SNAPSHOT_CHUNK_DEFAULT, SNAPSHOT_CHUNK_MIN, SNAPSHOT_FRAME_OVERHEAD
+from protocol.requests import AUTH_READ_OPS, LEASE_LEADER_OPS, SNAPSHOT_CHUNK_DEFAULT, SNAPSHOT_CHUNK_MIN, SNAPSHOT_FRAME_OVERHEAD
 
 FETCH_RESEND_S = 0.3
 SYNC_INTERVAL_S = 1.0
@@ -121,9 +133,10 @@ class StorageActor(Actor):
         self.events = self.socket(zmq.PUSH, connect=self.endpoints.watch_events)
         self.fetch_sent_at = 0.0
         self.fetch_outstanding = False
-        # (min_index, seq, identity, req_id, op, client_id): reads waiting for applied_index
-        # to reach min_index; client_id is None for READ (decoded reply), else CLIENT_READ
-        self.waiting: list[tuple[int, int, bytes, int, dict, Any]] = []
+        # (min_index, seq, identity, req_id, op, client_id, auth): reads waiting for
+        # applied_index to reach min_index; client_id is None for READ (decoded reply, the
+        # watch actor's: auth SERVER, unchecked), else CLIENT_READ (checked with its auth)
+        self.waiting: list[tuple[int, int, bytes, int, dict, Any, Any]] = []
         self.cluster_id = cfg.cluster_id
         self._seq = itertools.count()
         self.every(FETCH_RESEND_S, self._resend_fetch)
@@ -135,6 +148,7 @@ class StorageActor(Actor):
         self.saves = SnapshotSaves(os.path.join(self.data_dir, "snapsave"), SNAPSHOT_IDLE_S)
         self.every(1.0, self._snapshot_expire)
         self._send_fetch()
+        self._push_auth_state()  # a gateway or watch that asked while we were away learns it now
         self.log.info("storage_loaded", applied_index=self.store.applied_index,
                       revision=self.store.current_revision, compact_revision=self.store.compact_revision)
 
@@ -166,7 +180,7 @@ class StorageActor(Actor):
         raw_entries, _commit, term = body
         self.raft_term = max(self.raft_term, term)
         self.fetch_outstanding = False
-        batch: list[tuple[int, dict | None]] = []
+        batch: list[tuple[int, dict | None, Any]] = []
         origins: dict[int, tuple[int, int, Any]] = {}
         expected = self.store.applied_index + 1
         for index, _term, _type, data in raw_entries:
@@ -177,34 +191,40 @@ class StorageActor(Actor):
                 break
             expected += 1
             op: dict | errors.QkvError | None = None
+            auth: Any = None
             # Type 1 = a Raft conf change (membership, consensus's business): only the
             # applied index moves past it.
             if data and _type == 0:
-                op = self._decode_entry(index, data, origins)
-            batch.append((index, op))
+                op, auth = self._decode_entry(index, data, origins)
+            batch.append((index, op, auth))
         if batch:
             failpoint("before_storage_commit")
-            if any(isinstance(op, dict) and op.get("op") == "compact" for _, op in batch):
+            if any(isinstance(op, dict) and op.get("op") == "compact" for _, op, _ in batch):
                 failpoint("during_compaction")  # the compaction is in this batch's one write
+            auth_before = self.store.auth
             results = self.store.apply(batch)
             failpoint("after_storage_commit")
+            self._publish_auth(batch, results, auth_before)
             self._publish(results, origins)
             self._lease_applied(batch, results)
         self._send_fetch()
         self._serve_waiting()
         self._maybe_promote()
 
-    def _decode_entry(self, index: int, data: bytes, origins: dict[int, tuple[int, int, Any]]) -> dict | errors.QkvError:
-        """A committed entry's op, validated whole (runtime/entry.py, entry_ops.py); an entry
-        that does not validate is applied as the same `invalid_argument` error on every
-        member (the reason depends only on the entry): it takes its index, changes nothing."""
+    def _decode_entry(self, index: int, data: bytes, origins: dict[int, tuple[int, int, Any]]
+                      ) -> tuple[dict | errors.QkvError, Any]:
+        """A committed entry's op, validated whole (runtime/entry.py, entry_ops.py), and the
+        auth it is checked with (SERVER for req_id 0: an entry the server wrote itself, never
+        a client's request). An entry that does not validate is applied as the same
+        `invalid_argument` error on every member (the reason depends only on the entry): it
+        takes its index, changes nothing."""
         try:
             ent = entry.decode(data)
             origins[index] = (ent.origin, ent.req_id, ent.client_id)
-            return validate_entry_op(ent.op)
+            return validate_entry_op(ent.op), (SERVER if ent.req_id == 0 else ent.auth)
         except InvalidEntry as exc:
             self.log.error("entry_invalid", index=index, reason=str(exc)[:200])
-            return errors.InvalidArgument(f"etcdserver: invalid log entry: {exc}"[:300])
+            return errors.InvalidArgument(f"etcdserver: invalid log entry: {exc}"[:300]), None
 
     def _client_frame(self, client_id: Any, response: dict | None, error: Any, revision: int) -> bytes:
         """The finished client reply (SPEC section 1), so the gateway only forwards bytes."""
@@ -238,6 +258,37 @@ class StorageActor(Actor):
             except zmq.ZMQError:
                 self.log.warning("results_dropped", count=len(replies))
 
+    def _push(self, sock: zmq.Socket, msg_type: int, body: Any) -> None:
+        try:
+            sock.send(pack_msg(msg_type, body), zmq.NOBLOCK)
+        except zmq.ZMQError:
+            pass  # the receiver is away: it asks (AUTH_STATE_GET) when it comes back
+
+    def _push_auth_state(self) -> None:
+        frame_body = [self.store.auth.to_wire()]
+        self._push(self.results, M.AUTH_STATE, frame_body)
+        self._push(self.events, M.AUTH_STATE, frame_body)
+
+    def _publish_auth(self, batch: list, results: list, before: Any) -> None:
+        """After a batch: the new auth state if it changed, and the tokens of applied
+        `authenticate` entries. Sent before the batch's replies and events on the same
+        sockets, so the gateway knows a token (and a new user) before its client does."""
+        if self.store.auth is not before:
+            self._push_auth_state()
+        ops = {index: op for index, op, _ in batch if isinstance(op, dict) and op.get("op") in AUTH_ENTRY_OPS}
+        if not ops:
+            return
+        grants = []
+        for res in results:
+            op = ops.get(res.index)
+            if op is not None and op["op"] == "authenticate" and res.error is None:
+                issued = op.get("issued")
+                grants.append([op["token_sha256"], op["name"], issued if isinstance(issued, int) else 0,
+                               op.get("key")])
+        if grants:
+            self._push(self.results, M.AUTH_TOKEN, grants)
+            self._push(self.events, M.AUTH_TOKEN, grants)
+
     # --- reads and status from the gateway -----------------------------------------
     def on_request(self, frames: list[bytes]) -> None:
         try:
@@ -248,10 +299,13 @@ class StorageActor(Actor):
         except errors.Malformed as err:
             self.dropped("storage.request", err)
             return
-        if msg_type == M.READ:
-            self._reads(identity, [(req_id, op, min_index, None) for req_id, op, min_index in body])
+        if msg_type == M.READ:  # the watch actor's own reads (history catch-up): not a client's
+            self._reads(identity, [(req_id, op, min_index, None, SERVER) for req_id, op, min_index in body])
         elif msg_type == M.CLIENT_READ:
-            self._reads(identity, body)
+            # [req_id, op, min_index, client_id, auth]; a read without auth has none (None)
+            self._reads(identity, [(r[0], r[1], r[2], r[3], r[4] if len(r) > 4 else None) for r in body])
+        elif msg_type == M.AUTH_STATE_GET:
+            self.send_router(self.router, identity, pack_msg(M.AUTH_STATE, [self.store.auth.to_wire()]))
         elif msg_type == M.LEADERSHIP:
             self._on_leadership(*body)
         elif msg_type == M.CHECKPOINT:
@@ -279,6 +333,7 @@ class StorageActor(Actor):
                 "raft_term": self.raft_term,
                 "alarms": alarm_rules.to_wire(self.store.alarms),
                 "defragmenting": self.defrag_thread is not None,
+                "auth_revision": self.store.auth.revision,
             }
             self.send_router(self.router, identity, pack_msg(M.STORAGE_STATUS_RESP, [ctx_id, status]))
         elif msg_type == M.DEFRAG:
@@ -293,6 +348,8 @@ class StorageActor(Actor):
             if op.get("op") == "alarm_list":
                 return [req_id, {"alarms": alarm_rules.to_wire(self.store.alarms)}, None,
                         self.store.current_revision, self.raft_term]
+            if op.get("op") in AUTH_READ_OPS:  # auth_status, user_get/list, role_get/list
+                return [req_id, read_auth(self.store.auth, op), None, self.store.current_revision, self.raft_term]
             if op.get("op") == "lease_leases":
                 leases = [{"ID": lease_id} for lease_id, _, _ in self.store.leases()]
                 return [req_id, {"leases": leases}, None, self.store.current_revision, self.raft_term]
@@ -303,18 +360,26 @@ class StorageActor(Actor):
     def _reads(self, identity: bytes, reads: list) -> None:
         applied = self.store.applied_index
         ready = []
-        for req_id, op, min_index, client_id in reads:
+        for req_id, op, min_index, client_id, auth in reads:
             if min_index <= applied:
-                ready.append((identity, req_id, op, client_id))
+                ready.append((identity, req_id, op, client_id, auth))
             else:
-                heapq.heappush(self.waiting, (min_index, next(self._seq), identity, req_id, op, client_id))
+                heapq.heappush(self.waiting, (min_index, next(self._seq), identity, req_id, op, client_id, auth))
         self._answer(ready)
 
-    def _answer(self, reads: list[tuple[bytes, int, dict, Any]]) -> None:
+    def _answer(self, reads: list[tuple[bytes, int, dict, Any, Any]]) -> None:
         """Serve reads, one message per asker and kind: decoded (READ_RESP) for the watch
-        actor, finished client frames (CLIENT_REPLIES) for the gateway."""
+        actor, finished client frames (CLIENT_REPLIES) for the gateway. A client read is
+        checked against the applied auth state first (at serve time: the state it meets)."""
         out: dict[tuple[bytes, bool], list] = {}
-        for identity, req_id, op, client_id in reads:
+        for identity, req_id, op, client_id, auth in reads:
+            if auth != SERVER:
+                try:
+                    self.store.check_read(auth, op)
+                except errors.QkvError as err:
+                    frame = self._client_frame(client_id, None, err.to_wire(), self.store.current_revision)
+                    out.setdefault((identity, True), []).append([req_id, frame, self.store.current_revision])
+                    continue
             if op.get("op") in LEASE_LEADER_OPS:
                 self._lease_leader_op(identity, req_id, op, client_id)
                 continue
@@ -331,8 +396,8 @@ class StorageActor(Actor):
         applied = self.store.applied_index
         ready = []
         while self.waiting and self.waiting[0][0] <= applied:
-            _, _, identity, req_id, op, client_id = heapq.heappop(self.waiting)
-            ready.append((identity, req_id, op, client_id))
+            _, _, identity, req_id, op, client_id, auth = heapq.heappop(self.waiting)
+            ready.append((identity, req_id, op, client_id, auth))
         self._answer(ready)
 
     # --- snapshots -------------------------------------------------------------------
@@ -390,6 +455,7 @@ class StorageActor(Actor):
         self.store = MVCCStore(self.backend)
         self.durable_applied = self.store.applied_index
         self._demote()  # a leader never installs a snapshot; start from the new table anyway
+        self._push_auth_state()  # the snapshot carries the auth state of its index
         self.log.info("snapshot_installed", applied_index=self.store.applied_index,
                       revision=self.store.current_revision)
         self.send_router(self.router, identity, pack_msg(M.INSTALL_RESP, [ctx_id, self.store.applied_index, None]))
@@ -633,8 +699,8 @@ class StorageActor(Actor):
             return
         self._lease_reply(identity, req_id, client_id, {"ID": lease_id, "ttl": info[0]}, None)
 
-    def _lease_applied(self, batch: list[tuple[int, dict | None]], results: list) -> None:
-        ops = {index: op for index, op in batch}
+    def _lease_applied(self, batch: list[tuple[int, dict | None, Any]], results: list) -> None:
+        ops = {index: op for index, op, _ in batch}
         now = time.monotonic()
         leading = self.promoted_term is not None
         for res in results:
@@ -673,7 +739,7 @@ class StorageActor(Actor):
                             self._lease_reply(identity, req_id, client_id, {"ID": lease_id, "ttl": info[0]}, None)
 
     def _lease_propose(self, ops: list[dict]) -> None:
-        datas = [entry.encode(0, 0, None, None, op) for op in ops]
+        datas = [entry.encode(0, 0, None, None, op) for op in ops]  # req_id 0: the server's
         try:
             self.consensus.send(pack_msg(M.LEASE_PROPOSE, [self.promoted_term, datas]), zmq.NOBLOCK)
         except zmq.ZMQError:

@@ -39,9 +39,11 @@ LeaseKeys = Callable[[Any], Iterable[bytes]]
 # Allowed to anyone, with or without a user.
 OPEN_OPS = frozenset(("authenticate", "auth_status", *INTERNAL_OPS))
 # Allowed to any authenticated user.
-USER_OPS = frozenset(("compact", "lease_grant", "alarm_list", "member_list"))
+# `status` as in Debian's etcd 3.4.23 (any user): it is how a client finds a member's
+# watch URL and current revision (etcd made it admin-only in 3.4.42).
+USER_OPS = frozenset(("compact", "lease_grant", "alarm_list", "member_list", "status"))
 # Root only (etcd: IsAdminPermitted / needAdminPermission / authMaintenanceServer).
-ROOT_OPS = frozenset((*AUTH_WRITE_OPS, "user_list", "role_list", "status", "hash_kv", "defragment",
+ROOT_OPS = frozenset((*AUTH_WRITE_OPS, "user_list", "role_list", "hash_kv", "defragment",
                       "snapshot", "move_leader", "alarm_disarm", "member_add", "member_remove",
                       "member_update", "member_promote"))
 # Checked against the user's key permissions (and, for some, a lease's keys).

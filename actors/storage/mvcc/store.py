@@ -22,6 +22,9 @@ On-disk layout (column families; integers big-endian so byte order = numeric ord
   Entries at or below ``compact_revision`` are removed by compaction.
 - ``meta``: ``applied_index``, ``current_revision``, ``compact_revision``, ``key_count``
   (8-byte unsigned BE each) and ``x/<name>`` for small values callers keep (ids);
+  ``auth`` -> msgpack ``AuthState.to_wire()`` (actors/storage/auth): users, roles,
+  permissions, written in the same batch as the entries that changed it, so a crash,
+  a checkpoint or a snapshot carries it with the data it protects;
   ``alarm/`` + member_id(8) + type -> ``b""`` for every active alarm (mvcc/alarms.py).
 - ``lease``: id(8) -> msgpack ``[ttl_s, remaining_ms]``: every lease that exists;
   ``remaining_ms`` is the remaining TTL last checkpointed through the log (0 = none: the
@@ -34,6 +37,12 @@ Leases: ``lease_grant`` / ``lease_checkpoint`` never change the revision; ``leas
 and ``lease_expire`` (the leader's revocation of an expired lease) delete every attached
 key in ONE revision (in key order), or change no revision when none is attached.
 
+Auth (issue 11): every entry is given with the auth it carries (``(index, op, auth)``;
+auth None, ``(user, auth_revision)``, or ``SERVER`` for the entries the server writes
+itself) and is checked with ``auth.check`` against the auth state as the entries before
+it in the same batch left it, BEFORE it runs; a refusal is that entry's error result,
+the same on every member. Auth changes (``AUTH_ENTRY_OPS``) go to ``auth.apply_auth``.
+
 Revisions: ``current_revision`` starts at 1; each put, each delete that deleted something
 and each txn whose executed branch wrote adds one. The changes of one request are stored at
 ``(main, sub)`` with sub = 0, 1, ... Compaction at R removes, for each key changed at or
@@ -42,6 +51,7 @@ when it is a tombstone; ``rev`` entries <= R go too.
 """
 from __future__ import annotations
 
+import copy
 import hashlib
 import struct
 from dataclasses import dataclass, field
@@ -49,6 +59,7 @@ from typing import Any, Iterator
 
 import msgpack
 
+from actors.storage.auth import AuthState, apply_auth, check as auth_check
 from actors.storage.mvcc import alarms as alarm_rules
 from actors.storage.mvcc.keys import escape, hist_key, prefix, split_hist_key
 from actors.storage.mvcc.memory import Backend
@@ -60,13 +71,7 @@ from protocol.errors import (
     LeaseExists,
     LeaseNotFound,
     QkvError,
-    UnknownOp,
 )
-
-# Auth changes and authenticate (actors/runtime/entry_ops.py AUTH_ENTRY_OPS).
-_AUTH_ENTRY_OPS = frozenset(("auth_enable", "auth_disable", "user_add", "user_delete", "user_change_password",
-                             "user_grant_role", "user_revoke_role", "role_add", "role_delete",
-                             "role_grant_permission", "role_revoke_permission", "authenticate"))
 
 CF_KEY = "key"
 CF_HIST = "hist"
@@ -81,9 +86,20 @@ META_CURRENT_REVISION = b"current_revision"
 META_COMPACT_REVISION = b"compact_revision"
 META_KEY_COUNT = b"key_count"
 META_COMPACT_EVENTS = b"compact_events"  # msgpack [compact_revision, [rev record, ...]]
+META_AUTH = b"auth"  # msgpack AuthState.to_wire()
 _META_USER_PREFIX = b"x/"
 HISTORY_LIMIT_DEFAULT = 1000  # revisions examined by one `history` call
 HISTORY_LIMIT_MAX = 10_000
+
+# The auth of an entry the server writes itself (lease expiry and checkpoints,
+# auto-compaction, alarms): not a client request, so never checked. The storage actor
+# gives it to entries with req_id 0, which no gateway ever uses for a client request.
+SERVER = "<server>"
+# Entries applied by the auth core (auth.apply_auth); `authenticate` changes nothing.
+AUTH_CHANGE_OPS = frozenset(("auth_enable", "auth_disable", "user_add", "user_delete", "user_change_password",
+                             "user_grant_role", "user_revoke_role", "role_add", "role_delete",
+                             "role_grant_permission", "role_revoke_permission"))
+AUTH_ENTRY_OPS = AUTH_CHANGE_OPS | {"authenticate"}
 
 _U64 = struct.Struct(">Q")
 _TOMBSTONE = b""
@@ -219,6 +235,7 @@ class _State:
     compact_revision: int
     key_count: int
     alarms: frozenset = frozenset()  # (member_id, type): mvcc/alarms.py
+    auth: AuthState = field(default_factory=AuthState)  # replaced (copied), never changed in place
 
 
 @dataclass
@@ -241,7 +258,15 @@ class MVCCStore:
             key_count=self._read_meta(META_KEY_COUNT, 0),
             alarms=frozenset(alarm_rules.parse_alarm_key(k) for k, _ in
                              backend.iterate(CF_META, alarm_rules.META_PREFIX, alarm_rules.META_END)),
+            auth=self._read_auth(backend),
         )
+
+    @staticmethod
+    def _read_auth(backend: Backend) -> AuthState:
+        """The persisted auth state; a store that never had one has auth disabled. A state
+        that does not decode is refused loudly (never silently replaced by an open one)."""
+        raw = backend.get(CF_META, META_AUTH)
+        return AuthState() if raw is None else AuthState.from_wire(_unpack(raw))
 
     def _read_meta(self, name: bytes, default: int) -> int:
         raw = self._backend.get(CF_META, name)
@@ -268,6 +293,21 @@ class MVCCStore:
     def alarms(self) -> frozenset:
         """Active alarms, ``{(member_id, type)}`` (raised and disarmed through the log)."""
         return self._state.alarms
+
+    @property
+    def auth(self) -> AuthState:
+        """The applied auth state (users, roles, permissions). Callers must not change it."""
+        return self._state.auth
+
+    def check_read(self, auth: Any, op: dict) -> None:
+        """Raise the error that refuses a read (range, history, lease reads, snapshot, ...)
+        to ``auth`` under the applied auth state; None when it may run."""
+        auth_check(self._state.auth, auth, op, self._lease_keys_of)
+
+    def _lease_keys_of(self, lease_id: Any) -> list[bytes]:
+        if lease_id is None:
+            return [k[8:] for k, _ in self._backend.iterate(CF_LEASE_KEY, b"")]
+        return self.lease_keys(lease_id)
 
     def key_count(self) -> int:
         """Live keys at the current revision (exact: kept in meta)."""
@@ -319,16 +359,20 @@ class MVCCStore:
         return 0 < lease_id < 2**64 and view.get(CF_LEASE, _U64.pack(lease_id)) is not None
 
     # --- apply -----------------------------------------------------------------------
-    def apply(self, entries: list[tuple[int, dict | QkvError | None]], sync: bool = False) -> list[ApplyResult]:
-        """Apply entries ``(index, op)``: op None (an empty entry, a conf change) only moves
-        ``applied_index``; op a ``QkvError`` (an entry that did not validate,
-        actors/runtime/entry_ops.py) is that error's result and changes nothing else; op a
-        dict must be a validated op: any failure other than a ``QkvError`` is a bug and
-        raises ``AssertionError`` naming the index (nothing of the call is written)."""
+    def apply(self, entries: list[tuple], sync: bool = False) -> list[ApplyResult]:
+        """Apply entries ``(index, op)`` or ``(index, op, auth)`` (auth None when absent;
+        ``SERVER`` for the server's own entries, which are not checked). op None (an empty
+        entry, a conf change) only moves ``applied_index``; op a ``QkvError`` (an entry that
+        did not validate, actors/runtime/entry_ops.py) is that error's result and changes
+        nothing else; op a dict must be a validated op: it is authorized first (an auth
+        refusal is its error), and any failure other than a ``QkvError`` is a bug and raises
+        ``AssertionError`` naming the index (nothing of the call is written)."""
         st = _State(**vars(self._state))
         view = _View(self._backend)
         results: list[ApplyResult] = []
-        for index, op in entries:
+        for item in entries:
+            index, op = item[0], item[1]
+            auth = item[2] if len(item) > 2 else None
             if index <= st.applied_index:
                 continue  # already applied (replay after a crash)
             assert index == st.applied_index + 1, (
@@ -343,6 +387,8 @@ class MVCCStore:
             changes = _Changes(main=st.current_revision + 1)
             view.push()
             try:
+                if auth != SERVER:
+                    auth_check(st.auth, auth, op, lambda lease_id: self._view_lease_keys(view, lease_id))
                 response = self._apply_op(view, st, changes, op)
             except QkvError as err:
                 view.discard()
@@ -362,9 +408,32 @@ class MVCCStore:
         view.put(CF_META, META_CURRENT_REVISION, _U64.pack(st.current_revision))
         view.put(CF_META, META_COMPACT_REVISION, _U64.pack(st.compact_revision))
         view.put(CF_META, META_KEY_COUNT, _U64.pack(st.key_count))
+        if st.auth is not self._state.auth:
+            view.put(CF_META, META_AUTH, _pack(st.auth.to_wire()))
         self._backend.write(view.batch(), sync=sync)
         self._state = st  # only after the write succeeded
         return results
+
+    @staticmethod
+    def _view_lease_keys(view: "_View", lease_id: Any) -> list[bytes]:
+        """The keys attached to a lease as this batch has left them (auth checks)."""
+        if lease_id is None:
+            return [k[8:] for k, _ in view.iterate(CF_LEASE_KEY, b"")]
+        if not isinstance(lease_id, int) or not 0 < lease_id < 2**64:
+            return []
+        lo = _U64.pack(lease_id)
+        hi = _U64.pack(lease_id + 1) if lease_id + 1 < 2**64 else None
+        return [k[8:] for k, _ in view.iterate(CF_LEASE_KEY, lo, hi)]
+
+    def _auth_op(self, st: _State, op: dict) -> dict:
+        """An auth change or `authenticate` (which changes nothing): the auth core decides.
+        The state is copied on the first change of a batch, so the applied one stays as it
+        was until the batch is written."""
+        if op["op"] == "authenticate":
+            return apply_auth(st.auth, op)
+        if st.auth is self._state.auth:
+            st.auth = copy.deepcopy(st.auth)
+        return apply_auth(st.auth, op)
 
     def _apply_op(self, view: _View, st: _State, ch: _Changes, op: dict) -> dict:
         kind = op["op"]
@@ -391,10 +460,8 @@ class MVCCStore:
             return self._lease_revoke(view, ch, op["id"])
         if kind == "lease_checkpoint":
             return self._lease_checkpoint(view, op)
-        if kind in _AUTH_ENTRY_OPS:
-            # Valid log entries (entry_ops.py) that this store does not apply yet: the
-            # auth store (issue 11) takes them over; until then, the same error everywhere.
-            raise UnknownOp(f"{kind}: auth is not available on this member")
+        if kind in AUTH_ENTRY_OPS:
+            return self._auth_op(st, op)
         raise AssertionError(f"op {kind!r} is not a log entry")
 
     @staticmethod
