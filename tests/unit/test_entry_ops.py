@@ -6,6 +6,8 @@ import copy
 
 import msgpack
 import pytest
+
+from protocol.errors import QkvError
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -88,8 +90,8 @@ AUTH_OPS = [
     {"op": "role_grant_permission", "name": "r", "perm": {"perm_type": "READWRITE", "key": b"/a/",
                                                           "range_end": b"/a0"}},
     {"op": "role_revoke_permission", "name": "r", "key": b"/a/", "range_end": b""},
-    {"op": "authenticate", "name": "bob", "token_sha256": SHA, "auth_revision": 4, "key": None},
-    {"op": "authenticate", "name": "bob", "token_sha256": SHA, "auth_revision": 0, "key": Z85},
+    {"op": "authenticate", "name": "bob", "token_sha256": SHA, "auth_revision": 4, "key": None, "issued": 1700000000},
+    {"op": "authenticate", "name": "bob", "token_sha256": SHA, "auth_revision": 0, "key": Z85, "issued": 1700000000},
 ]
 
 
@@ -215,13 +217,13 @@ BAD_OPS = [
                                                            "range_end": b""}}, "perm type not normalized"),
     ({"op": "role_grant_permission", "name": "r", "perm": [b"a"]}, "perm not a map"),
     ({"op": "role_revoke_permission", "name": "r", "key": b"", "range_end": b""}, "empty key"),
-    ({"op": "authenticate", "name": "bob", "token_sha256": SHA.upper(), "auth_revision": 1, "key": None},
+    ({"op": "authenticate", "name": "bob", "token_sha256": SHA.upper(), "auth_revision": 1, "key": None, "issued": 1700000000},
      "upper-case hex"),
-    ({"op": "authenticate", "name": "bob", "token_sha256": SHA[:-1], "auth_revision": 1, "key": None},
+    ({"op": "authenticate", "name": "bob", "token_sha256": SHA[:-1], "auth_revision": 1, "key": None, "issued": 1700000000},
      "short token"),
-    ({"op": "authenticate", "name": "bob", "token_sha256": SHA, "auth_revision": -1, "key": None},
+    ({"op": "authenticate", "name": "bob", "token_sha256": SHA, "auth_revision": -1, "key": None, "issued": 1700000000},
      "negative auth revision"),
-    ({"op": "authenticate", "name": "bob", "token_sha256": SHA, "auth_revision": 1}, "no key"),
+    ({"op": "authenticate", "name": "bob", "token_sha256": SHA, "auth_revision": 1, "issued": 1}, "no key"),
     ({"op": "authenticate", "name": "bob", "password": "pw", "token_sha256": SHA, "auth_revision": 1,
       "key": None}, "password in an authenticate entry"),
 ]
@@ -381,10 +383,14 @@ def test_a_failure_applying_a_validated_op_is_a_loud_bug():
 
 
 @pytest.mark.parametrize("op", AUTH_OPS, ids=lambda op: op["op"])
-def test_auth_entries_apply_as_an_error_until_the_auth_store_takes_them(op):
+def test_auth_entries_apply_through_the_auth_store(op):
+    """A valid auth entry applies as a result or an ordinary error, never a crash, and
+    leaves the keyspace alone."""
     store = _store_with_data()
+    revision = store.current_revision
     (res,) = store.apply([(store.applied_index + 1, op)])
-    assert res.error is not None
+    assert res.error is None or isinstance(res.error, QkvError)
+    assert store.current_revision == revision
 
 
 VALID = normalized_writes() + SERVER_OPS + [

@@ -60,9 +60,10 @@ GOOD: dict[int, list] = {
     M.READ_RESP: [[[5, HISTORY_PAGE, None, 4, 3]], [[5, None, COMPACTED, 4, 3]]],
     M.STORAGE_STATUS: [[9]],
     M.STORAGE_STATUS_RESP: [[9, STORAGE_STATUS]],
-    M.CLIENT_READ: [[[5, normalize_request({"op": "range", "key": b"a", "range_end": b"b"}, LIMITS), 10, 2**64 - 1],
-                     [6, normalize_request({"op": "lease_keepalive", "ID": 3}, LIMITS), 0, 0],
-                     [7, normalize_request({"op": "snapshot"}, LIMITS), 3, 1]]],
+    M.CLIENT_READ: [[[5, normalize_request({"op": "range", "key": b"a", "range_end": b"b"}, LIMITS), 10, 2**64 - 1,
+                      None],
+                     [6, normalize_request({"op": "lease_keepalive", "ID": 3}, LIMITS), 0, 0, ["alice", 4]],
+                     [7, normalize_request({"op": "snapshot"}, LIMITS), 3, 1, None]]],
     M.CLIENT_REPLIES: [[[5, pack({"id": 1, "ok": True}), 4]]],
     M.EVENTS: [EVENTS],
     M.READY: [["storage", 4242]],
@@ -199,7 +200,8 @@ def test_every_position_with_a_wrong_value_is_refused_or_still_well_typed(msg_ty
     (M.READ, [[5, {"op": "put"}, 0]]),
     (M.READ, [[5, PUT, 0]]),
     (M.CLIENT_READ, [[5, HISTORY, 0, None]]),
-    (M.CLIENT_READ, [[5, HISTORY, 0, 1, None]]),
+    (M.CLIENT_READ, [[5, HISTORY, 0, 1]]),  # no auth element
+    (M.CLIENT_READ, [[5, HISTORY, 0, 1, ["alice"]]]),  # auth without its revision
     (M.READ_RESP, [[5, None, None, 4, 3]]),  # neither result nor error
     (M.READ_RESP, [[5, HISTORY_PAGE, COMPACTED, 4, 3]]),  # both
     (M.READ_RESP, [[5, None, {"code": "compacted", "message": "m", "compact_revision": "5"}, 4, 3]]),
