@@ -172,6 +172,14 @@ class Broadcaster:
         else:
             self._ranges.remove(ch)
 
+    def clear(self) -> None:
+        """Every subscription is gone (the XPUB was rebound): no channel is left. The
+        position stays; a channel subscribed again starts from it (its consumers see the
+        gap in ``prev_revision`` and read it from history)."""
+        self.channels = {}
+        self._by_key = {}
+        self._ranges = []
+
     # --- revisions -----------------------------------------------------------------
     def start(self, position: int) -> None:
         """The position is known (from storage's current revision at start)."""

@@ -1,0 +1,256 @@
+"""Who may subscribe to what on the watch port (actors/watch/gate.py), without sockets;
+and the libzmq XPUB_MANUAL behaviour the gate relies on, with real sockets."""
+from __future__ import annotations
+
+import pathlib
+
+import pytest
+import zmq
+
+from actors.storage.auth import AuthState, Perm, User
+from actors.watch import gate as G
+from actors.watch.channels import encode_topic
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+ALL = encode_topic(b"\x00", b"\x00")
+A = encode_topic(b"/a/", b"/a0")
+A_KEY = encode_topic(b"/a/x", prev_kv=True)
+B = encode_topic(b"/b/", b"/b0")
+AB = encode_topic(b"/a/", b"/b0")
+KEY = "rq(.u7j4Pv)T^Z:]d+e-xX*(iN6m1[&ZPxUS]4Zf"
+
+
+def state(enabled=True, revision=5, **extra_users) -> AuthState:
+    users = {"root": User(["root"]), "alice": User(["ra"]), "bob": User(["rb"]),
+             "nobody": User([]), **extra_users}
+    roles = {"root": [], "ra": [Perm("READ", b"/a/", b"/a0")], "rb": [Perm("READWRITE", b"/b/", b"/b0")]}
+    return AuthState(enabled, revision, users, roles)
+
+
+def test_gate_module_is_pure():
+    from test_pure_imports import violations  # tests/unit is on sys.path under pytest
+
+    assert violations(ROOT / "actors/watch/gate.py") == []
+
+
+# --- decisions ----------------------------------------------------------------------------
+def test_nothing_before_the_auth_state_is_known():
+    assert G.may_subscribe(None, "root", ALL) == G.AUTH_UNKNOWN
+    assert G.manual_mode(None)
+
+
+def test_auth_disabled_allows_any_topic_to_anyone():
+    s = state(enabled=False)
+    for topic in (ALL, A, B, b"", b"W1", b"garbage"):
+        assert G.may_subscribe(s, "", topic) is None
+    assert not G.manual_mode(s)
+
+
+@pytest.mark.parametrize("user,topic,reason", [
+    ("", A, G.ANONYMOUS),
+    ("alice", A, None),
+    ("alice", A_KEY, None),
+    ("alice", encode_topic(b"/a/", b"/a0", no_put=True), None),
+    ("alice", B, G.DENIED),
+    ("alice", AB, G.DENIED),             # wider than what alice may read
+    ("alice", ALL, G.DENIED),            # the whole keyspace
+    ("alice", encode_topic(b"/a", b"\x00"), G.DENIED),
+    ("alice", b"", G.NOT_A_CHANNEL),     # a raw SUB's "everything"
+    ("alice", b"W1", G.NOT_A_CHANNEL),   # a prefix of every channel topic
+    ("alice", A[:-1], G.NOT_A_CHANNEL),  # a prefix of an allowed topic
+    ("bob", B, None),                    # READWRITE includes READ
+    ("nobody", A, G.DENIED),
+    ("ghost", A, G.DENIED),              # not a user (deleted)
+    ("root", ALL, None),
+    ("root", b"", G.NOT_A_CHANNEL),
+])
+def test_auth_enabled_allows_a_channel_the_user_may_read(user, topic, reason):
+    s = state()
+    assert G.manual_mode(s)
+    assert G.may_subscribe(s, user, topic) == reason
+
+
+def test_manual_gate_decides_every_subscriber_on_its_own():
+    s, g, chans = state(), G.Gate(manual=True), set()
+
+    def decide(msg, user):
+        d = g.decide(msg, user, s, chans)
+        if d.track:
+            chans.add(d.topic)
+        if d.untrack:
+            chans.discard(d.topic)
+        return d
+
+    assert decide(b"\x01" + A, "alice") == G.Decision(G.SUBSCRIBE, A, track=True)
+    # a second subscriber of the same topic, not allowed: refused although the channel exists
+    assert decide(b"\x01" + A, "bob") == G.Decision(G.REFUSE, A, reason=G.DENIED)
+    assert decide(b"\x01" + A, "") .action == G.REFUSE
+    assert decide(b"\x01" + A, "root").action == G.SUBSCRIBE
+    assert g.granted == {A: 2} and g.granted_users == {"alice", "root"}
+    assert g.refused == {G.DENIED: 1, G.ANONYMOUS: 1}
+    # The refused ones' connections close: libzmq sends an unsubscribe (without a user)
+    # for each; they must not end the channel alice and root still have.
+    assert decide(b"\x00" + A, "") == G.Decision(G.UNSUBSCRIBE, A)
+    assert decide(b"\x00" + A, "") == G.Decision(G.UNSUBSCRIBE, A)
+    assert A in chans
+    assert decide(b"\x00" + A, "alice") == G.Decision(G.UNSUBSCRIBE, A)
+    assert decide(b"\x00" + A, "") == G.Decision(G.UNSUBSCRIBE, A, untrack=True)
+    assert chans == set() and g.granted == {}
+    # an unsubscribe of something never subscribed: nothing to end
+    assert decide(b"\x00" + B, "") == G.Decision(G.UNSUBSCRIBE, B)
+    assert decide(b"", "alice").action == G.IGNORE
+    assert decide(b"\x02" + A, "alice").action == G.IGNORE
+
+
+def test_open_gate_follows_libzmq_counts_and_bounds_channels():
+    g, chans = G.Gate(manual=False, max_channels=2), set()
+    s = state(enabled=False)
+
+    def decide(msg):
+        d = g.decide(msg, "", s, chans)
+        if d.track:
+            chans.add(d.topic)
+        if d.untrack:
+            chans.discard(d.topic)
+        return d
+
+    assert decide(b"\x01" + A).track
+    assert decide(b"\x01" + A).track  # a progress request
+    assert decide(b"\x01" + b"").action == G.SUBSCRIBE and not decide(b"\x01").track  # not a channel
+    assert decide(b"\x01" + B).track
+    d = decide(b"\x01" + ALL)  # the third channel: over the bound
+    assert d.action == G.SUBSCRIBE and not d.track and g.refused == {G.FULL: 1}
+    assert decide(b"\x00" + A).untrack and chans == {B}
+
+
+def test_bounds_topic_length_channels_and_budget():
+    s = state()
+    g = G.Gate(manual=True, max_topic_bytes=100, max_channels=2, budget_messages=6, budget_bytes=10**9)
+    long_topic = encode_topic(b"/a/" + b"x" * 100)
+    chans: set[bytes] = set()
+    assert g.decide(b"\x01" + long_topic, "root", s, chans).reason == G.TOO_LONG
+    for t in (A, B):
+        d = g.decide(b"\x01" + t, "root", s, chans)
+        assert d.track
+        chans.add(t)
+    assert g.decide(b"\x01" + ALL, "root", s, chans).reason == G.FULL
+    assert g.decide(b"\x01" + A, "alice", s, chans).action == G.SUBSCRIBE  # an existing channel
+    assert not g.over_budget
+    g.decide(b"\x00" + A, "", s, chans)
+    assert g.over_budget
+    g.reset(manual=True)
+    assert not g.over_budget and g.granted == {} and g.refused_open == {}
+    g2 = G.Gate(budget_bytes=36)
+    g2.decide(b"\x01" + A, "root", s, set())
+    g2.decide(b"\x01" + B, "root", s, set())
+    assert g2.over_budget
+
+
+def test_rebind_when_auth_is_or_was_enabled_and_changed():
+    assert G.needs_rebind(None, state(enabled=False))
+    assert not G.needs_rebind(state(enabled=False, revision=3), state(enabled=False, revision=4))
+    assert G.needs_rebind(state(enabled=False, revision=3), state(enabled=True, revision=4))
+    assert G.needs_rebind(state(revision=3), state(revision=4))
+    assert G.needs_rebind(state(revision=3), state(enabled=False, revision=4))
+    assert not G.needs_rebind(state(revision=4), state(revision=4))
+
+
+# --- keys ---------------------------------------------------------------------------------------
+def grant(user, issued, key=KEY, sha="ab" * 32):
+    return [sha, user, issued, key]
+
+
+def test_token_keys_take_live_grants_only():
+    t = G.TokenKeys()
+    assert t.add([grant("alice", 1000)], now=1100, ttl=300) == []
+    assert t.grants == {KEY.encode(): ("alice", 1300.0)}
+    t.add([grant("alice", 500)], now=1100, ttl=300)  # an older grant of the same key
+    assert t.grants[KEY.encode()] == ("alice", 1300.0)
+    t.add([grant("bob", 100, key=KEY[:-1] + "x")], now=1100, ttl=300)  # expired: a replay
+    assert len(t.grants) == 1
+    for bad in ([grant("alice", 1000, key="short")], [["zz", "alice", 1000, KEY]],
+                [grant("", 1000)], [grant("alice", True)], [[1, 2]], "nope"):
+        t.add(bad if isinstance(bad, list) else bad, now=1100, ttl=300)
+    assert t.invalid == 6 and len(t.grants) == 1
+    t.add([grant("alice", 1000, key=None)], now=1100, ttl=300)  # no key: nothing for the watch
+    # the same key, now another user's: reported so subscriptions can be decided again
+    assert t.add([grant("bob", 1050)], now=1100, ttl=300) == [(KEY.encode(), "alice")]
+    assert t.expire(1349) == [] and t.expire(1350) == [(KEY.encode(), "bob")] and t.grants == {}
+
+
+def test_tokens_end_with_their_user_its_password_or_auth():
+    old = state(alice=User(["ra"], password={"h": 1}))
+    t = G.TokenKeys()
+    t.add([grant("alice", 1000), grant("bob", 1000, key=KEY[:-1] + "x")], now=1000, ttl=300)
+    assert t.follow(old, state(revision=6, alice=User(["ra"], password={"h": 1}))) == []
+    assert t.follow(old, state(revision=6, alice=User(["ra"], password={"h": 2}))) == [(KEY.encode(), "alice")]
+    new = state(revision=7)
+    del new.users["bob"]
+    assert [u for _, u in t.follow(state(revision=6), new)] == ["bob"]
+    t.add([grant("alice", 1000)], now=1000, ttl=300)
+    assert len(t.follow(new, state(enabled=False, revision=8))) == 1 and t.grants == {}
+
+
+def test_key_map_cert_auth_keys_win_over_token_keys():
+    other = KEY[:-1] + "x"
+    s = state(carol=User([], key=KEY))
+    tokens = [(KEY.encode(), ("alice", 1.0)), (other.encode(), ("bob", 1.0))]
+    assert G.key_map(s, True, tokens) == {KEY.encode(): "carol", other.encode(): "bob"}
+    assert G.key_map(s, False, tokens) == {KEY.encode(): "alice", other.encode(): "bob"}
+    assert G.key_map(None, True, []) == {}
+
+
+# --- libzmq: what XPUB_MANUAL does (the gate's assumptions) ----------------------------------
+def _recv(sock, timeout_ms=2000):
+    if not sock.poll(timeout_ms):
+        return None
+    return sock.recv(copy=False)
+
+
+def test_xpub_manual_delivers_every_subscribe_and_an_unsubscribe_per_topic_at_close():
+    ctx = zmq.Context()
+    try:
+        pub = ctx.socket(zmq.XPUB)
+        pub.linger = 0
+        pub.setsockopt(zmq.XPUB_MANUAL, 1)
+        pub.setsockopt(zmq.MAXMSGSIZE, 64)
+        port = pub.bind_to_random_port("tcp://127.0.0.1")
+        subs = []
+        for _ in range(2):
+            s = ctx.socket(zmq.SUB)
+            s.linger = 0
+            s.connect(f"tcp://127.0.0.1:{port}")
+            subs.append(s)
+        a, b = subs
+        a.subscribe(b"T")
+        assert _recv(pub).bytes == b"\x01T"
+        pub.subscribe(b"T")  # granted to a (the pipe of the message just received)
+        b.subscribe(b"T")
+        assert _recv(pub).bytes == b"\x01T"  # the second subscriber is seen too: refused
+        a.subscribe(b"T")
+        assert _recv(pub).bytes == b"\x01T"  # a repeat from the same connection, too
+        a.unsubscribe(b"T")                  # SUB counts: nothing sent while one remains
+        assert _recv(pub, 300) is None
+        got = None
+        for _ in range(50):
+            pub.send(b"T-event")
+            if a.poll(100):
+                got = a.recv()
+                break
+        assert got == b"T-event"
+        assert b.poll(300) == 0  # refused: never gets it
+        b.close(0)
+        f = _recv(pub)
+        assert f.bytes == b"\x00T"  # at close, for the refused topic too, and without a user
+        with pytest.raises(zmq.ZMQError):
+            f.get("Socket-Type")
+        # A message over ZMQ_MAXMSGSIZE drops that connection; nothing reaches us.
+        x = ctx.socket(zmq.XSUB)
+        x.linger = 0
+        x.connect(f"tcp://127.0.0.1:{port}")
+        x.send(b"\x01" + b"x" * 100)
+        assert _recv(pub, 500) is None
+        for s in (a, x, pub):
+            s.close(0)
+    finally:
+        ctx.term()
