@@ -24,8 +24,8 @@ Security (issue 11; SPEC section 5 "Security"):
   pushes on the events PULL). Until it is known, and while auth is enabled, the XPUB is
   XPUB_MANUAL and each subscription is decided by `gate.Gate` (the user may read the
   channel's range); with auth disabled it is XPUB_VERBOSE as before (all allowed).
-- When the auth state changes (with auth enabled before or after), when a token whose
-  user had subscriptions expires, or after too many subscription messages, the XPUB is
+- When the auth state changes (with auth enabled before or after), when a registered key
+  moves to another user, or after too many subscription messages, the XPUB is
   closed and bound again: subscribers reconnect and subscribe again and are decided
   again; what they missed meanwhile they read from history (a gap like any other).
 """
@@ -90,7 +90,7 @@ class WatchActor(Actor):
         if self._curve is not None:
             self.start_authenticator("watch", self._zap_lookup)
         self.pub: zmq.Socket = self._bind_pub(first=True)
-        self.dropped = wire.Dropped(self.log)  # invalid internal messages (runtime/wire.py)
+        self.dropped_internal = wire.Dropped(self.log)  # invalid internal messages (runtime/wire.py)
         self.events_in = self.socket(zmq.PULL, bind=self.endpoints.watch_events, handler=self.on_events)
         self.storage = self.socket(zmq.DEALER, connect=self.endpoints.storage, handler=self.on_storage)
         self.core = Broadcaster()
@@ -216,19 +216,18 @@ class WatchActor(Actor):
                 self.storage.send(pack_msg(M.AUTH_STATE_GET, [self.auth_ctx]), zmq.NOBLOCK)
             except zmq.ZMQError:
                 pass
-        gone = self.tokens.expire(time.time())
-        if gone:
+        # Expired grants only stop new connections from being that user: a subscriber that
+        # connected while its token lived keeps its subscriptions (an etcd watch stream
+        # outlives its token too); permission changes still rebind (see _on_auth_state).
+        if self.tokens.expire(time.time()):
             self._refresh_keys()
-            if self.gate.manual and any(u in self.gate.granted_users and self._keys.get(k) != u
-                                        for k, u in gone):
-                self._rebind_reason = "token_expired"
 
     # --- events --------------------------------------------------------------------
     def on_events(self, frames: list[bytes]) -> None:
         try:
             msg_type, body = wire.decode(frames[-1], _EVENTS_TYPES)
         except errors.Malformed as err:
-            self.dropped("watch.events", err)
+            self.dropped_internal("watch.events", err)
             return
         if msg_type == M.AUTH_STATE:
             self._on_auth_state(body)
@@ -247,7 +246,7 @@ class WatchActor(Actor):
         try:
             msg_type, body = wire.decode(frames[-1], _STORAGE_TYPES)
         except errors.Malformed as err:
-            self.dropped("watch.storage", err)
+            self.dropped_internal("watch.storage", err)
             return
         if msg_type == M.STORAGE_STATUS_RESP:
             ctx_id, status = body

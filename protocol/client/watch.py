@@ -170,7 +170,13 @@ class Watcher:
     def _attach(self, idx: int) -> int:
         self._detach()
         client = self._client._derive([self._endpoints[idx]], timeout=min(self._timeout, 3.0))
+        sec = client._security
         try:
+            if sec.curve and sec.user:
+                # The watch port knows this client's key from its last authenticate, for one
+                # token TTL after it (SPEC "Security"): authenticate again on every attach,
+                # so a watch that reconnects after hours is still recognized.
+                sec.refresh(client, sec._gen)
             st = client.status()
         except QkvError:
             client.close()
