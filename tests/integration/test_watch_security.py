@@ -5,14 +5,10 @@ consumer in another language would write them from SPEC section 5 "Security".
   CURVE trusting another server key) gets nothing: the handshake never completes;
 - auth enabled: a SUB whose user may read /a/ gets /a/ events and nothing for /b/, even
   when it subscribes to /b/ or to the whole keyspace; after its role loses the
-  permission it stops receiving (the broadcaster rebinds and decides again).
-
-The second test needs the storage side of auth (AUTH_STATE / AUTH_TOKEN, branch
-`authsrv`) and the gateway's auth ops; it is skipped until they are in the tree."""
+  permission it stops receiving (the broadcaster rebinds and decides again)."""
 from __future__ import annotations
 
 import itertools
-import pathlib
 import time
 
 import pytest
@@ -23,24 +19,10 @@ from actors.watch.channels import encode_topic, unpack_payload
 from nodeproc import wait_for
 from protocol.codec import pack, unpack
 
-ROOT = pathlib.Path(__file__).resolve().parents[2]
 ALL = encode_topic(b"\x00", b"\x00")
 A = encode_topic(b"/a/", b"/a0")
 B = encode_topic(b"/b/", b"/b0")
 _ids = itertools.count(1)
-
-
-def _has(path: str, needle: str) -> bool:
-    p = ROOT / path
-    files = sorted(p.rglob("*.py")) if p.is_dir() else [p]
-    return any(needle in f.read_text() for f in files if f.exists())
-
-
-# Dependencies on other parts of issue 11 (remove these once they are merged):
-GATEWAY_CURVE = _has("actors/gateway", "client_key_file")
-needs_auth_server = pytest.mark.skipif(
-    not (_has("actors/storage/actor.py", "AUTH_TOKEN") and _has("actors/gateway", "authenticate")),
-    reason="needs the storage side of auth (branch authsrv) and the gateway's auth ops")
 
 
 @pytest.fixture
@@ -57,8 +39,7 @@ def request(node, keys, req: dict, timeout: float = 5.0) -> dict | None:
     """One request on a fresh DEALER: CURVE with the server key when the gateway has it."""
     sock = zmq.Context.instance().socket(zmq.DEALER)
     sock.linger = 0
-    if GATEWAY_CURVE:
-        security.make_curve_client(sock, *keys["client"], keys["server"][0])
+    security.make_curve_client(sock, *keys["client"], keys["server"][0])
     sock.connect(node.client_url)
     try:
         sock.send(pack({**req, "id": next(_ids)}))
@@ -126,7 +107,6 @@ def test_watch_port_is_curve_with_the_server_key(node_factory, keys):
         s.close(0)
 
 
-@needs_auth_server
 def test_watch_under_auth_only_readable_channels_and_revocation(node_factory, keys):
     node = start_node(node_factory, keys, "--client-cert-auth")
     alice_key = keys["alice"][0].decode()
