@@ -6,11 +6,12 @@ STAMP := $(VENV)/.installed-stamp
 DATA_DIR ?= ./default.qkv
 PYTEST_ARGS ?=
 
-.PHONY: run test bench bench-restart bench-cluster bench-watch bench-lease cluster sim robustness clean help
+.PHONY: run test test-fast bench bench-restart bench-cluster bench-watch bench-lease cluster sim robustness clean help
 
 help:
 	@echo "make run    - set up .venv and start one node (data dir $(DATA_DIR), clients on tcp://127.0.0.1:7379)"
 	@echo "make test   - set up .venv and run the whole test suite"
+	@echo "make test-fast - unit tests and the simulator only (the edit loop)"
 	@echo "make bench  - benchmark a fresh local node (puts, serializable and linearizable gets, txn-puts)"
 	@echo "make bench-restart - time a restart of a node holding 1,000,000 keys"
 	@echo "make cluster - a local 3-node cluster in the foreground (Ctrl-C stops it)"
@@ -32,6 +33,9 @@ run: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q tests/unit tests/sim $(PYTEST_ARGS)
 
 bench: $(STAMP)
 	$(BIN)/python tests/bench/bench_node.py
