@@ -143,6 +143,7 @@ class Watcher:
             self.delivered = start_revision - 1
         else:
             self.delivered = status_rev  # etcd: "from now" = current revision + 1
+        self.start_revision = self.delivered + 1  # the first revision this watch delivers
         if getattr(client, "_security", None) is not None and client._security.user:
             # Under auth: the first catch-up page now, so that a range the user may not
             # read raises PermissionDenied here (the watch port would just stay silent).

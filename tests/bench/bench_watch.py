@@ -195,7 +195,7 @@ def bench_fast(node: NodeProcess) -> None:
 
     with Client([node.client_url]) as c:
         w = c.watch("fast/", prefix=True)
-        start_rev = w.delivered + 1
+        start_rev = w.start_revision
         load = Load(node.client_url, prefix="fast/", total=FAST_EVENTS, window=256, keys=FAST_EVENTS)
         t0 = time.perf_counter()
         load.start()

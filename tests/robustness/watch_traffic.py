@@ -111,7 +111,7 @@ class RecordingWatcher(threading.Thread):
         w = client.watch(self.prefix, prefix=True, start_revision=start, prev_kv=True,
                          progress_notify=True, progress_interval_s=self.progress_interval_s)
         now = time.monotonic()
-        s = Session(self.no, len(self.sessions), w.delivered + 1, self.prefix,
+        s = Session(self.no, len(self.sessions), w.start_revision, self.prefix,
                     endpoint=w._endpoints[w._idx], started=now, resume_of=resume_of)  # noqa: SLF001
         self.sessions.append(s)
         self._watcher = w
