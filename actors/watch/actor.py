@@ -89,7 +89,9 @@ class WatchActor(Actor):
         self.auth_ctx = 0
         if self._curve is not None:
             self.start_authenticator("watch", self._zap_lookup)
-        self.pub: zmq.Socket = self._bind_pub(first=True)
+        # The XPUB is bound once the auth state is known (storage answers AUTH_STATE_GET at
+        # once), in the mode it asks for: no subscriber is refused, then rebound, at start.
+        self.pub: zmq.Socket | None = None
         self.dropped_internal = wire.Dropped(self.log)  # invalid internal messages (runtime/wire.py)
         self.events_in = self.socket(zmq.PULL, bind=self.endpoints.watch_events, handler=self.on_events)
         self.storage = self.socket(zmq.DEALER, connect=self.endpoints.storage, handler=self.on_storage)
@@ -172,6 +174,8 @@ class WatchActor(Actor):
 
     def _rebind(self, reason: str) -> None:
         """Drop every subscriber: they reconnect, subscribe again and are decided again."""
+        if self.pub is None:
+            return  # not bound yet: the first bind takes the current state
         self.close_socket(self.pub)
         self.core.clear()
         self._want_progress = {}
@@ -194,6 +198,10 @@ class WatchActor(Actor):
         self.auth_state = new
         self.tokens.follow(old, new)
         self._refresh_keys()
+        if self.pub is None:
+            self.pub = self._bind_pub(first=True)
+            self.log.info("watch_auth_state", enabled=new.enabled, auth_revision=new.revision)
+            return
         if old is None or old.enabled != new.enabled:
             self.log.info("watch_auth_state", enabled=new.enabled, auth_revision=new.revision)
         if G.needs_rebind(old, new):
@@ -318,6 +326,8 @@ class WatchActor(Actor):
         self._maybe_fetch()
 
     def _send(self, topic: bytes, payload: bytes) -> None:
+        if self.pub is None:
+            return  # not bound yet: nobody can have subscribed
         try:
             self.pub.send_multipart([topic, payload], zmq.NOBLOCK)
             self.published_msgs += 1

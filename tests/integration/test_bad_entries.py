@@ -154,7 +154,9 @@ class StorageUnderTest:
         while len(out) < count and time.monotonic() < deadline:
             if self.results.poll(100):
                 msg_type, body = unpack_msg(self.results.recv())
-                assert msg_type == M.CLIENT_REPLIES
+                if msg_type != M.CLIENT_REPLIES:
+                    assert msg_type in (M.AUTH_STATE, M.AUTH_TOKEN), msg_type  # storage's auth pushes
+                    continue
                 for req_id, frame, _rev in body:
                     out[req_id] = unpack(frame)
         return out

@@ -134,7 +134,7 @@ class NetnsCluster(Cluster):
     """A Cluster whose members each live in a network namespace; link cuts are kernel rules."""
 
     def __init__(self, tmp_path: Path, size: int = 3, args: list[str] | None = None,
-                 token: str = "test-cluster") -> None:
+                 token: str = "test-cluster", secure: bool = False) -> None:
         if size > 99:
             raise ValueError("at most 99 members")
         pid, n = os.getpid(), next(_counter)
@@ -153,7 +153,8 @@ class NetnsCluster(Cluster):
         self._applied: set[tuple[str, str]] = set()
         self._index = 0
         # The members listen on 10.x addresses: plain text there must be asked for.
-        super().__init__(tmp_path, size, ["--insecure-peer", "--insecure-client", *(args or [])], token)
+        insecure = [] if secure else ["--insecure-peer", "--insecure-client"]
+        super().__init__(tmp_path, size, [*insecure, *(args or [])], token, secure=secure)
 
     # -- placement -------------------------------------------------------------------------
     def _new_node(self, tmp_path: Path, name: str) -> NodeProcess:
