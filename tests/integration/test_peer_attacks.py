@@ -203,7 +203,14 @@ def test_secure_cluster_end_to_end(cluster_factory, tmp_path):
     new = cluster.leader(live, timeout=20)
     assert new is not old
     with Client([n.client_url for n in live], timeout=10) as c:
-        c.put(b"after-failover", b"v")
+        def put_after_failover() -> bool:
+            try:
+                c.put(b"after-failover", b"v")
+                return True
+            except errors.NoLeader:  # a second election right after the first (a loaded machine)
+                return False
+
+        wait_for(put_after_failover, 30, "a write after the failover")
     old.start()
     live = list(cluster.nodes)
     cluster.leader(live, timeout=20)
