@@ -42,6 +42,34 @@ def wait_for(predicate, timeout: float, what: str, interval: float = 0.02):
         time.sleep(interval)
 
 
+def ok(reply: dict[str, Any] | None) -> dict[str, Any]:
+    """A raw reply that must be a success."""
+    assert reply is not None, "no reply"
+    assert reply["ok"], reply
+    return reply
+
+
+def err(reply: dict[str, Any] | None, code: str) -> dict[str, Any]:
+    """A raw reply that must be the error `code`; its error map."""
+    assert reply is not None, "no reply"
+    assert not reply["ok"] and reply["error"]["code"] == code, reply
+    return reply["error"]
+
+
+def promote_when_ready(c: Any, member_id: int) -> None:
+    """Promote a learner as soon as the leader finds it caught up."""
+    from protocol import errors
+
+    def attempt() -> bool:
+        try:
+            c.member_promote(member_id)
+            return True
+        except (errors.LearnerNotReady, errors.ConfChangeInProgress):
+            return False
+
+    wait_for(attempt, 30, "the learner to catch up and be promoted", interval=0.2)
+
+
 class Security:
     """Keys of a secure test cluster: a peer key pair per member and one client-port key
     pair that every member serves with (its public half is what clients trust), plus a

@@ -11,23 +11,15 @@ import time
 
 import zmq
 
-from nodeproc import wait_for
+from nodeproc import err, ok, wait_for
 from protocol.codec import pack, unpack
 
 PW = {"root": "rootpw", "ra": "pw-ra", "wb": "pw-wb", "rwc": "pw-rwc"}
 _ids = itertools.count(1)
 
 
-def ok(reply):
-    assert reply is not None, "no reply"
-    assert reply["ok"], reply
-    return reply
 
 
-def err(reply, code):
-    assert reply is not None, "no reply"
-    assert not reply["ok"] and reply["error"]["code"] == code, reply
-    return reply["error"]
 
 
 def call(node, req: dict, token: str | None = None, timeout: float = 5.0):

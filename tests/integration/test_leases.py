@@ -9,23 +9,15 @@ import time
 
 import zmq
 
-from nodeproc import wait_for
+from nodeproc import err, ok, wait_for
 from protocol.client import Client
 from protocol.codec import pack, unpack
 
 ELECTION_S = 1.0  # the default --election-timeout
 
 
-def ok(reply):
-    assert reply is not None, "no reply"
-    assert reply["ok"], reply
-    return reply
 
 
-def err(reply, code):
-    assert reply is not None, "no reply"
-    assert not reply["ok"] and reply["error"]["code"] == code, reply
-    return reply["error"]
 
 
 def grant(node, ttl, lease_id=0):

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from load import Writer, all_kvs
 
-from nodeproc import NodeProcess, wait_for
+from nodeproc import NodeProcess, promote_when_ready, wait_for
 from nodes.config import member_id
 from protocol import errors
 from protocol.client import Client
@@ -114,15 +114,6 @@ def hashes(nodes: list[NodeProcess]) -> set[int]:
     return {n.request({"op": "hash_kv", "revision": rev}, timeout=5)["hash"] for n in nodes}
 
 
-def promote_when_ready(c: Client, member_id: int) -> None:
-    def attempt() -> bool:
-        try:
-            c.member_promote(member_id)
-            return True
-        except (errors.LearnerNotReady, errors.ConfChangeInProgress):
-            return False
-
-    wait_for(attempt, 30, "the learner to catch up and be promoted", interval=0.2)
 
 
 def test_grow_1_3_5_and_shrink_to_3_under_load(members):

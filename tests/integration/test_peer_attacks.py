@@ -22,7 +22,7 @@ from peer_attack import FAST, Attacker, keygen, member_keypair, plain_cluster, s
 
 from actors.consensus.raft import Message, MessageType
 from actors.runtime import messages as M
-from nodeproc import NodeProcess, wait_for
+from nodeproc import NodeProcess, promote_when_ready, wait_for
 from protocol import errors
 from protocol.client import Client
 
@@ -179,15 +179,6 @@ def qkvctl(nodes: list[NodeProcess], *args: str) -> str:
     return proc.stdout
 
 
-def promote_when_ready(c: Client, member_id: int) -> None:
-    def attempt() -> bool:
-        try:
-            c.member_promote(member_id)
-            return True
-        except (errors.LearnerNotReady, errors.ConfChangeInProgress):
-            return False
-
-    wait_for(attempt, 30, "the learner to catch up and be promoted", interval=0.2)
 
 
 def test_secure_cluster_end_to_end(cluster_factory, tmp_path):
