@@ -94,7 +94,7 @@ def start_node(tmp: Path, mode: str) -> tuple[NodeProcess, list[str]]:
         ctl("user", "add", "root", "--new-user-password", "root-password", "--interactive=false", user="")
         ctl("user", "add", BENCH_USER, "--new-user-password", BENCH_PASSWORD, "--interactive=false", user="")
         ctl("role", "add", "rw", user="")
-        ctl("role", "grant-permission", "rw", "readwrite", "\x00", "--from-key", user="")
+        ctl("role", "grant-permission", "rw", "readwrite", "", "--from-key", user="")  # every key
         ctl("user", "grant-role", BENCH_USER, "rw", user="")
         ctl("auth", "enable", user="")
         flags += ["--user", f"{BENCH_USER}:{BENCH_PASSWORD}"]
