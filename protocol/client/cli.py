@@ -646,7 +646,7 @@ def member_add_cmd(ctx: typer.Context,
                    peer_urls: str = typer.Option(..., "--peer-urls", help="comma separated peer URLs for the new member"),
                    learner: bool = typer.Option(False, "--learner", help="indicates if the new member is raft learner"),
                    peer_key: str = typer.Option("", "--peer-key", help="the new member's peer public key (Z85, or "
-                                                "its NAME.key file from qkv keygen); required with peer security")
+                                                "@ and its NAME.key file from qkv keygen); required with peer security")
                    ) -> None:
     """Adds a member into the cluster."""
     g = _g(ctx)
@@ -671,17 +671,19 @@ def member_add_cmd(ctx: typer.Context,
 
 
 def _peer_key_opt(raw: str) -> str:
-    """--peer-key: a Z85 key, or the path of a public key file (NAME.key)."""
-    raw = raw.strip()
-    if raw and len(raw) != 40 and os.path.isfile(raw):
-        import zmq.auth
+    """--peer-key: a Z85 key, "@" and the path of a key file (as --server-key takes it), or
+    a bare path of one (NAME.key)."""
+    from protocol.client.auth import load_public_key
 
-        try:
-            public, _ = zmq.auth.load_certificate(raw)
-        except (OSError, ValueError) as exc:
-            raise CliError(f"cannot read --peer-key file {raw!r}: {exc}", EXIT_BAD_ARGS) from None
-        raw = (public or b"").decode()
-    return raw
+    raw = raw.strip()
+    if raw and len(raw) != 40 and not raw.startswith("@") and os.path.isfile(raw):
+        raw = "@" + raw
+    if not raw:
+        return raw
+    try:
+        return load_public_key(raw, "--peer-key").decode()
+    except ValueError as exc:
+        raise CliError(str(exc), EXIT_BAD_ARGS) from None
 
 
 @member_app.command("remove")
