@@ -18,10 +18,6 @@ PW = {"root": "rootpw", "ra": "pw-ra", "wb": "pw-wb", "rwc": "pw-rwc"}
 _ids = itertools.count(1)
 
 
-
-
-
-
 def call(node, req: dict, token: str | None = None, timeout: float = 5.0):
     if token is not None:
         req = dict(req, token=token)

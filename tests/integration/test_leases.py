@@ -16,10 +16,6 @@ from protocol.codec import pack, unpack
 ELECTION_S = 1.0  # the default --election-timeout
 
 
-
-
-
-
 def grant(node, ttl, lease_id=0):
     req = {"op": "lease_grant", "ttl": ttl}
     if lease_id:

@@ -114,8 +114,6 @@ def hashes(nodes: list[NodeProcess]) -> set[int]:
     return {n.request({"op": "hash_kv", "revision": rev}, timeout=5)["hash"] for n in nodes}
 
 
-
-
 def test_grow_1_3_5_and_shrink_to_3_under_load(members):
     (n1,) = members.bootstrap(["n1"])
     writer = Writer(n1.client_url)

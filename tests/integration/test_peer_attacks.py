@@ -73,7 +73,7 @@ def send_all(frames: list[tuple], key_mode: str, stolen: tuple[bytes, bytes] | N
             a.send(msg_type, body)  # queued before the handshake: nothing may get through
             outcomes.append(_handshake(mon))
             if outcomes[-1] == "ok":
-                time.sleep(0.05)  # let the queued frame leave before the socket closes
+                a.sock.setsockopt(zmq.LINGER, 2000)  # the close waits until the queued frame left
             a.sock.disable_monitor()
             mon.close(0)
     return outcomes
@@ -177,8 +177,6 @@ def qkvctl(nodes: list[NodeProcess], *args: str) -> str:
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, f"qkvctl {args}: {proc.stdout}{proc.stderr}"
     return proc.stdout
-
-
 
 
 def test_secure_cluster_end_to_end(cluster_factory, tmp_path):
