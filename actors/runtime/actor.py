@@ -191,8 +191,8 @@ class Actor:
                 for auth in self._authenticators:
                     try:
                         auth.stop()
-                    except Exception:
-                        pass
+                    except Exception as exc:  # the process is ending anyway: say so, go on
+                        self.log.warning("authenticator_stop_failed", error=str(exc)[:200])
                 self.ctx.destroy(linger=0)
         return 0
 
