@@ -34,6 +34,15 @@ def run(
     snapshot_count: Optional[str] = _opt("Applied entries between log compactions. [default: 10000]"),
     max_request_bytes: Optional[str] = _opt("Largest client request, in bytes. [default: 1572864]"),
     max_txn_ops: Optional[str] = _opt("Most operations in one txn. [default: 128]"),
+    max_txn_keys: Optional[str] = _opt(
+        "Most keys one txn's compares, ranges and deletes may examine. [default: 10000]"),
+    max_client_queue_bytes: Optional[str] = _opt(
+        "Reply bytes held for one client connection; past it the connection waits. [default: 4194304]"),
+    max_client_requests: Optional[str] = _opt(
+        "Requests of one client connection in progress at once; more wait. [default: 64]"),
+    watch_subscriber_bytes: Optional[str] = _opt(
+        "Bytes queued for one watch subscriber; past it live messages are dropped. [default: 8388608]"),
+    max_watch_subscriptions: Optional[str] = _opt("Subscriptions of one watch connection. [default: 1000]"),
     quota_backend_bytes: Optional[str] = _opt("Backend size quota, in bytes; 0 = the default. [default: 2147483648]"),
     corrupt_check_time: Optional[str] = _opt("How often the leader compares members' hashes (0 = never). [default: 60s]"),
     auto_compaction_mode: Optional[str] = _opt("periodic or revision. [default: periodic]"),

@@ -139,6 +139,12 @@ class Config:
     snapshot_count: int = 10_000
     max_request_bytes: int = 1_572_864
     max_txn_ops: int = 128
+    # Hostile-load bounds (issue 12; README "Limits").
+    max_txn_keys: int = 10_000  # keys one request's txn compares, ranges and deletes may examine
+    max_client_queue_bytes: int = 4 * 1024**2  # replies held for one client connection
+    max_client_requests: int = 64  # requests of one client connection in progress at once
+    watch_subscriber_bytes: int = 8 * 1024**2  # messages queued for one watch subscriber
+    max_watch_subscriptions: int = 1_000  # subscriptions of one watch connection
     quota_backend_bytes: int = 2 * 1024**3  # 0 = the default (2 GiB), as in etcd
     corrupt_check_time: float = 60.0  # s between the leader's hash comparisons; 0 = off
     auto_compaction_mode: str = "periodic"
@@ -235,6 +241,11 @@ FLAGS: dict[str, _V] = {
     "snapshot-count": lambda f, v: _positive_int(f, v, 1),
     "max-request-bytes": lambda f, v: _positive_int(f, v, 1024, 64 * 1024 * 1024),
     "max-txn-ops": lambda f, v: _positive_int(f, v, 1, 100_000),
+    "max-txn-keys": lambda f, v: _positive_int(f, v, 1, 10_000_000),
+    "max-client-queue-bytes": lambda f, v: _positive_int(f, v, 64 * 1024, 1024**3),
+    "max-client-requests": lambda f, v: _positive_int(f, v, 1, 100_000),
+    "watch-subscriber-bytes": lambda f, v: _positive_int(f, v, 256 * 1024, 1024**3),
+    "max-watch-subscriptions": lambda f, v: _positive_int(f, v, 1, 1_000_000),
     "quota-backend-bytes": lambda f, v: _positive_int(f, v, 0),
     "corrupt-check-time": lambda f, v: _duration(f, v),
     "auto-compaction-mode": lambda f, v: _choice(f, v, ("periodic", "revision")),

@@ -278,6 +278,13 @@ class Unavailable(QkvError):
     retryable = True
 
 
+class TooManyRequests(QkvError):
+    """A connection asked for more than its share (README "Limits"); retry after a pause."""
+    code = "too_many_requests"
+    default_message = "etcdserver: too many requests"
+    retryable = True
+
+
 class Stopping(QkvError):
     code = "stopping"
     default_message = "etcdserver: server stopped"
@@ -294,7 +301,7 @@ ERRORS_BY_CODE: dict[str, type[QkvError]] = {
     for cls in (
         Malformed, UnknownOp, InvalidArgument, KeyNotProvided, RequestTooLarge, TooManyOps,
         DuplicateKey, Compacted, KeyNotFound, FutureRevision, LeaseNotFound, LeaseExists, NoLeader, NotLeader, Timeout,
-        UnknownOutcome, Unavailable, Stopping, Internal,
+        UnknownOutcome, Unavailable, TooManyRequests, Stopping, Internal,
         MemberNotFound, MemberExists, MemberNotLearner, LearnerNotReady, UnhealthyCluster,
         ConfChangeInProgress, NoSpace, Corrupt,
         PermissionDenied, AuthFailed, InvalidAuthToken, AuthNotEnabled, UserEmpty, AuthOldRevision,
