@@ -1,0 +1,120 @@
+"""What a careless or hostile client does to a node (issue 12), as small functions the
+hostile tests and the all-in-one scenario share. Each returns what the caller must close
+(sockets) or what it got back; none waits on a bare sleep."""
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+import zmq
+
+from protocol.codec import pack, unpack
+from protocol.client.watch import watch_topic
+
+MiB = 1024 * 1024
+
+
+def request(url: str, req: dict[str, Any], timeout: float = 30.0) -> dict[str, Any] | None:
+    """One request on a fresh DEALER; the reply, or None on timeout."""
+    ctx = zmq.Context.instance()
+    sock = ctx.socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.connect(url)
+    try:
+        sock.send(pack(dict(req, id=1)))
+        if not sock.poll(int(timeout * 1000)):
+            return None
+        return unpack(sock.recv())
+    finally:
+        sock.close(0)
+
+
+def put_many(url: str, prefix: bytes, count: int, value: bytes = b"v", per_txn: int = 128) -> None:
+    """`count` keys prefix + %08d, written in txns of `per_txn` puts."""
+    for start in range(0, count, per_txn):
+        ops = [{"put": {"key": prefix + b"%08d" % i, "value": value}}
+               for i in range(start, min(count, start + per_txn))]
+        reply = request(url, {"op": "txn", "compare": [], "success": ops, "failure": []})
+        assert reply and reply.get("ok"), reply
+
+
+def slow_reader(url: str, key: bytes, count: int = 300) -> zmq.Socket:
+    """A DEALER that sends `count` reads of `key` and never reads a reply. Close it with
+    `close(0)` to end the attack."""
+    ctx = zmq.Context.instance()
+    sock = ctx.socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.RCVHWM, 1)
+    sock.setsockopt(zmq.RCVBUF, 4096)
+    sock.connect(url)
+    for i in range(count):
+        sock.send(pack({"id": i + 1, "op": "range", "key": key, "serializable": True}))
+    return sock
+
+
+def stalled_subscriber(watch_url: str, key: bytes, range_end: bytes = b"") -> zmq.Socket:
+    """A SUB on a channel that never reads."""
+    ctx = zmq.Context.instance()
+    sock = ctx.socket(zmq.SUB)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.RCVHWM, 1)
+    sock.setsockopt(zmq.RCVBUF, 4096)
+    sock.connect(watch_url)
+    sock.subscribe(watch_topic(key, range_end))
+    return sock
+
+
+def many_subscriptions(watch_url: str, count: int, per_connection: int = 1000) -> list[zmq.Socket]:
+    """`count` distinct single-key channels over ceil(count / per_connection) SUBs."""
+    ctx = zmq.Context.instance()
+    socks = []
+    for start in range(0, count, per_connection):
+        sock = ctx.socket(zmq.SUB)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.connect(watch_url)
+        for i in range(start, min(count, start + per_connection)):
+            sock.subscribe(watch_topic(b"idle/%08d" % i))
+        socks.append(sock)
+    return socks
+
+
+def huge_topic(watch_url: str, size: int = 8 * MiB) -> zmq.Socket:
+    """A SUB whose one subscription is `size` bytes long (not a valid channel)."""
+    ctx = zmq.Context.instance()
+    sock = ctx.socket(zmq.SUB)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.connect(watch_url)
+    sock.subscribe(b"W1" + os.urandom(size))
+    return sock
+
+
+def range_compare_txn(prefix: bytes, compares: int = 128) -> dict[str, Any]:
+    """The issue's 7.7 KB txn: `compares` compares, each over the whole prefix range."""
+    end = prefix[:-1] + bytes([prefix[-1] + 1])
+    cmp = [{"target": "VERSION", "result": "GREATER", "key": prefix, "range_end": end, "version": 0}
+           for _ in range(compares)]
+    return {"op": "txn", "compare": cmp, "success": [], "failure": []}
+
+
+def nested_txn(depth: int = 127, width: int = 64) -> dict[str, Any]:
+    """The issue's nested txn: `depth` levels, each with `width` range deletes and `width`
+    puts of distinct keys and the next level."""
+    inner: dict[str, Any] | None = None
+    for level in range(depth, 0, -1):
+        ops: list[dict[str, Any]] = []
+        for i in range(width):
+            ops.append({"delete_range": {"key": b"n/%03d/d%02d/" % (level, i),
+                                         "range_end": b"n/%03d/d%02d0" % (level, i)}})
+            ops.append({"put": {"key": b"n/%03d/p%02d" % (level, i), "value": b"x" * 40}})
+        if inner is not None:
+            ops.append({"txn": inner})
+        inner = {"compare": [], "success": ops, "failure": []}
+    assert inner is not None
+    return dict(inner, op="txn")
+
+
+def timed(url: str, req: dict[str, Any], timeout: float = 60.0) -> tuple[dict[str, Any] | None, float]:
+    t0 = time.monotonic()
+    reply = request(url, req, timeout)
+    return reply, time.monotonic() - t0

@@ -1,0 +1,172 @@
+"""The whole hostile set (issue 12) against one 3-node cluster with an honest writer
+beside it. At the end: no actor died, every acknowledged write is readable on every
+member, `hash_kv` is equal everywhere, and every actor's peak RSS stayed under
+RSS_LIMIT_MIB. Figures (honest latency per phase, peak RSS per actor) are printed.
+
+Order: n1 is made the leader; the request-level attacks run on every member at once
+(slow readers, stalled and greedy subscribers, a huge topic, expensive txns); then n3's
+disk (a small tmpfs) fills up and empties; then n2 is killed, its log tail damaged, it
+refuses to start, and is replaced (member remove, member add) by n4.
+"""
+from __future__ import annotations
+
+import glob
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import attacks
+from hostile_support import Honest, RssWatch
+
+from nodeproc import Cluster, NodeProcess, wait_for
+from protocol.client import Client
+
+FAST = ["--heartbeat-interval", "50", "--election-timeout", "1000"]
+RSS_LIMIT_MIB = 250  # peak RSS of any one actor over the whole scenario
+DISK_MIB = 64
+
+
+def _mount_tmpfs(path: str) -> bool:
+    os.makedirs(path, mode=0o700, exist_ok=True)
+    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={DISK_MIB}m,mode=0700", "tmpfs", path],
+                          capture_output=True, text=True)
+    return proc.returncode == 0
+
+
+def _fill(path: str) -> str:
+    """Fill the filesystem of `path` with one file; returns its name."""
+    filler = os.path.join(os.path.dirname(path), "filler")
+    with open(filler, "wb") as f:
+        try:
+            while True:
+                f.write(b"\0" * (1 << 20))
+                f.flush()
+        except OSError:
+            pass
+    return filler
+
+
+def _qkvctl(urls: list[str], *args: str) -> str:
+    proc = subprocess.run([sys.executable, "-c", "from protocol.client.cli import main; main()",
+                           "--endpoints", ",".join(urls), "--command-timeout", "10s", *args],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, f"qkvctl {args}: {proc.stdout}{proc.stderr}"
+    return proc.stdout
+
+
+def test_hostile_scenario(tmp_path: Path) -> None:
+    cluster = Cluster(tmp_path, 3, args=FAST)
+    n1, n2, n3 = cluster.nodes
+    disk = _mount_tmpfs(n3.data_dir)
+    extra: list[NodeProcess] = []
+    watches: dict[str, RssWatch] = {}
+    honest: Honest | None = None
+    socks = []
+    try:
+        cluster.start()
+        lead = cluster.leader()
+        if lead is not n1:
+            assert lead.request({"op": "move_leader", "target_id": n1.member_id}, timeout=10)["ok"]
+            wait_for(lambda: cluster.leader() is n1, 20, "n1 to lead")
+        for n in cluster.nodes:
+            watches[n.name] = RssWatch(n)
+            watches[n.name].start()
+        honest = Honest(n1.client_url)
+        honest.start()
+        wait_for(lambda: len(honest.samples["before"]) >= 50, 30, "honest baseline")
+
+        # --- set-up: a 1 MiB value and a 25,000-key range ---------------------------
+        assert attacks.request(n1.client_url, {"op": "put", "key": b"big", "value": b"b" * attacks.MiB})["ok"]
+        attacks.put_many(n1.client_url, b"range/", 25_000)
+
+        # --- items 1-3 on every member at once ----------------------------------------
+        honest.phase("requests")
+        for n in cluster.nodes:
+            socks.append(attacks.slow_reader(n.client_url, b"big", 300))
+            socks.append(attacks.stalled_subscriber(n.watch_url, b"watched/"))
+            socks.append(attacks.huge_topic(n.watch_url))
+            socks.extend(attacks.many_subscriptions(n.watch_url, 5_000))
+        for size in (4096, 1_500_000):
+            for i in range(20):
+                reply = attacks.request(n2.client_url, {"op": "put", "key": b"watched/%d" % i, "value": b"w" * size})
+                assert reply and reply.get("ok"), reply
+        for req in (attacks.range_compare_txn(b"range/"), attacks.nested_txn()):
+            reply, took = attacks.timed(n1.client_url, req)
+            print(f"expensive txn: {'ok' if reply and reply.get('ok') else (reply or {}).get('error')} in {took:.2f} s")
+            assert reply is not None and (reply.get("ok") or reply["error"]["code"] == "too_many_ops"), reply
+        for s in socks:
+            s.close(0)
+        socks = []
+
+        # --- item 4: n3's disk fills up and empties ------------------------------------
+        if disk:
+            honest.phase("disk_full")
+            filler = _fill(n3.data_dir)
+
+            def refused() -> bool:
+                r = attacks.request(n3.client_url, {"op": "put", "key": b"on-full", "value": b"x"}, timeout=5)
+                return bool(r) and not r.get("ok") and r["error"]["code"] == "no_space"
+
+            wait_for(refused, 60, "n3 to refuse writes with no_space")
+            r = attacks.request(n3.client_url, {"op": "range", "key": b"big", "serializable": True})
+            assert r and r.get("ok") and r["kvs"][0]["value"] == b"b" * attacks.MiB, r
+            os.unlink(filler)
+            wait_for(lambda: (attacks.request(n3.client_url, {"op": "put", "key": b"after-full", "value": b"x"},
+                                              timeout=5) or {}).get("ok"), 60, "n3 to take writes again")
+        else:
+            print("disk-full part skipped: mounting a tmpfs is not permitted here")
+
+        # --- item 5: n2's log tail is damaged; it refuses to start; it is replaced ---------
+        honest.phase("damaged_log")
+        n2.kill()
+        logs = sorted(glob.glob(os.path.join(n2.data_dir, "**", "consensus*", "*.log"), recursive=True))
+        assert logs, os.listdir(n2.data_dir)
+        with open(logs[-1], "r+b") as f:
+            f.seek(max(0, os.path.getsize(logs[-1]) - 512))
+            f.write(os.urandom(512))
+        proc = subprocess.run(n2.command(), capture_output=True, text=True, timeout=60)
+        print("damaged member:", proc.returncode, (proc.stdout + proc.stderr).strip().splitlines()[-1:])
+        urls = [n1.client_url, n3.client_url]
+        _qkvctl(urls, "member", "remove", f"{n2.member_id:x}")
+        n4 = NodeProcess(tmp_path, "n4")
+        extra.append(n4)
+        out = _qkvctl(urls, "member", "add", "n4", f"--peer-urls={n4.peer_url}")
+        env = dict(line.split("=", 1) for line in out.splitlines()[2:] if "=" in line)
+        n4.args = ["--initial-cluster", env["QKV_INITIAL_CLUSTER"].strip('"'),
+                   "--initial-advertise-peer-urls", env["QKV_INITIAL_ADVERTISE_PEER_URLS"].strip('"'),
+                   "--initial-cluster-state", "existing", *FAST]
+        n4.start(timeout=60)
+
+        honest.stop()
+        print("honest client:", honest.report())
+        assert not honest.failures, honest.failures[:5]
+        assert proc.returncode != 0, "a member with a damaged log must refuse to start"
+
+        # --- the end state ---------------------------------------------------------------
+        members = [n1, n3, n4]
+        assert len(cluster.converged_hashes(members, timeout=90)) == 1
+        for n in members:
+            with Client([n.client_url], timeout=10) as one:
+                got = {kv.key: kv.value for kv in one.get(b"honest/", prefix=True, serializable=True).kvs}
+            missing = {k for k, v in honest.acked.items() if got.get(k) != v}
+            assert not missing, (n.name, sorted(missing)[:5])
+        peaks = {name: w.stop() for name, w in watches.items()}
+        print("peak RSS MiB:", {name: {r: round(v) for r, v in p.items()} for name, p in peaks.items()})
+        for name in ("n1", "n3"):
+            assert not watches[name].restarted(), (name, watches[name].restarted())
+        for name, p in peaks.items():
+            for role, mib in p.items():
+                assert mib < RSS_LIMIT_MIB, (name, role, mib)
+    finally:
+        for s in socks:
+            s.close(0)
+        if honest is not None and honest.is_alive():
+            honest.stop()
+        for w in watches.values():
+            w.stop()
+        for n in extra:
+            n.stop()
+        cluster.stop()
+        if disk:
+            subprocess.run(["umount", "-l", n3.data_dir], capture_output=True)
