@@ -51,6 +51,7 @@ when it is a tombstone; ``rev`` entries <= R go too.
 """
 from __future__ import annotations
 
+import bisect
 import copy
 import hashlib
 import struct
@@ -149,35 +150,88 @@ class ApplyResult:
 
 
 # --- a view of the backend with layers of pending writes ------------------------------
+class _Layer:
+    """Pending writes of one layer: per column family a dict, and (once the column family
+    has been iterated in this layer) its keys in order, kept sorted by the later writes."""
+
+    __slots__ = ("writes", "index")
+
+    def __init__(self) -> None:
+        self.writes: dict[str, dict[bytes, bytes | None]] = {}
+        self.index: dict[str, list[bytes]] = {}
+
+    def keys_in(self, cf: str, start: bytes, end: bytes | None) -> list[bytes]:
+        """The pending keys of ``cf`` in ``[start, end)``, in order: O(log n + found)."""
+        writes = self.writes.get(cf)
+        if not writes:
+            return []
+        keys = self.index.get(cf)
+        if keys is None:
+            keys = self.index[cf] = sorted(writes)
+        lo = bisect.bisect_left(keys, start)
+        hi = len(keys) if end is None else bisect.bisect_left(keys, end, lo)
+        return keys[lo:hi] if lo < hi else []
+
+
 class _View:
     """The backend as the current ``apply`` call has changed it so far.
 
     ``layers[0]`` holds the pending writes of the whole call; each op runs in a layer of
     its own (``push``), merged down when it succeeds and dropped when it fails.
+    ``iterate`` costs O(log pending + pending keys in the range), never a scan of every
+    pending write (a txn's range compares, a batch of thousands of entries).
     """
+
+    # A commit that brings more new keys than this fraction of the layer below drops that
+    # layer's key index (rebuilt by one sort at its next iterate) instead of inserting
+    # each key on its own.
+    _REINDEX_FRACTION = 8
 
     def __init__(self, backend: Backend) -> None:
         self.backend = backend
-        self.layers: list[dict[str, dict[bytes, bytes | None]]] = [{}]
+        self.layers: list[_Layer] = [_Layer()]
 
     def push(self) -> None:
-        self.layers.append({})
+        self.layers.append(_Layer())
 
     def commit(self) -> None:
         top = self.layers.pop()
         below = self.layers[-1]
-        for cf, writes in top.items():
-            below.setdefault(cf, {}).update(writes)
+        for cf, writes in top.writes.items():
+            dest = below.writes.get(cf)
+            if dest is None:
+                below.writes[cf] = writes
+                below.index.pop(cf, None)
+                if cf in top.index:
+                    below.index[cf] = top.index[cf]
+                continue
+            keys = below.index.get(cf)
+            if keys is not None:
+                new = [k for k in writes if k not in dest]
+                if len(new) * self._REINDEX_FRACTION > len(keys):
+                    del below.index[cf]
+                else:
+                    for k in new:
+                        bisect.insort(keys, k)
+            dest.update(writes)
 
     def discard(self) -> None:
         self.layers.pop()
 
     def put(self, cf: str, key: bytes, value: bytes | None) -> None:
-        self.layers[-1].setdefault(cf, {})[key] = value
+        layer = self.layers[-1]
+        writes = layer.writes.get(cf)
+        if writes is None:
+            writes = layer.writes[cf] = {}
+        if key not in writes:
+            keys = layer.index.get(cf)
+            if keys is not None:
+                bisect.insort(keys, key)
+        writes[key] = value
 
     def get(self, cf: str, key: bytes) -> bytes | None:
         for layer in reversed(self.layers):
-            writes = layer.get(cf)
+            writes = layer.writes.get(cf)
             if writes is not None and key in writes:
                 return writes[key]
         return self.backend.get(cf, key)
@@ -185,21 +239,27 @@ class _View:
     def iterate(
         self, cf: str, start: bytes, end: bytes | None = None, reverse: bool = False
     ) -> Iterator[tuple[bytes, bytes]]:
-        pending: dict[bytes, bytes | None] = {}
-        for layer in self.layers:
-            writes = layer.get(cf)
-            if writes:
-                for k, v in writes.items():
-                    if k >= start and (end is None or k < end):
-                        pending[k] = v
+        found = [(layer.writes[cf], keys) for layer in self.layers
+                 if (keys := layer.keys_in(cf, start, end))]
         base = self.backend.iterate(cf, start, end, reverse)
-        if not pending:
+        if not found:
             return base
-        return _merge(base, sorted(pending.items(), reverse=reverse), reverse)
+        if len(found) == 1:
+            writes, keys = found[0]
+            pending = [(k, writes[k]) for k in keys]
+        else:
+            merged: dict[bytes, bytes | None] = {}
+            for writes, keys in found:  # lower layers first: the upper ones win
+                for k in keys:
+                    merged[k] = writes[k]
+            pending = sorted(merged.items())
+        if reverse:
+            pending.reverse()
+        return _merge(base, pending, reverse)
 
     def batch(self) -> list[tuple[str, bytes, bytes | None]]:
         assert len(self.layers) == 1, "an op layer was left open"
-        return [(cf, k, v) for cf, writes in self.layers[0].items() for k, v in writes.items()]
+        return [(cf, k, v) for cf, writes in self.layers[0].writes.items() for k, v in writes.items()]
 
 
 def _merge(base: Iterator[tuple[bytes, bytes]], pending: list[tuple[bytes, bytes | None]],
