@@ -24,7 +24,9 @@ as empty and so misses a put inside it.
 
 Cost: validation is O(request size) (the duplicate rule O(n log n)) and stops at the
 first item past a limit, so a request that breaks a rule costs no more than one that
-just keeps to it.
+just keeps to it. A normalized top-level txn carries ``max_txn_keys`` (``Limits``, the
+member's --max-txn-keys): the storage actor of every member bounds the keys the txn may
+examine with that number from the entry, so the answer is the same everywhere.
 """
 from __future__ import annotations
 
@@ -117,6 +119,7 @@ LEASE_TTL_MAX = 9_000_000_000  # seconds, etcd's MaxLeaseTTL
 @dataclass(frozen=True)
 class Limits:
     max_txn_ops: int = 128
+    max_txn_keys: int = 10_000  # written into each txn for the apply (SPEC `txn`)
 
 
 # `snapshot` chunks: the client asks for up to max_bytes (0 = the default); the server
@@ -211,6 +214,7 @@ def _normalize_request(req: Any, limits: Limits) -> dict:
     out = _normalize_kv_op(op, fields, limits, depth=0, tally=_Tally(limits.max_txn_ops * TXN_TREE_FACTOR))
     if op == "txn":
         _check_txn_duplicates(out)
+        out["max_txn_keys"] = limits.max_txn_keys
     return out
 
 
