@@ -119,7 +119,7 @@ LEASE_TTL_MAX = 9_000_000_000  # seconds, etcd's MaxLeaseTTL
 @dataclass(frozen=True)
 class Limits:
     max_txn_ops: int = 128
-    max_txn_keys: int = 10_000  # written into each txn for the apply (SPEC `txn`)
+    max_txn_keys: int = 5_000  # written into each txn for the apply (SPEC `txn`); nodes/config.py
 
 
 # `snapshot` chunks: the client asks for up to max_bytes (0 = the default); the server
