@@ -35,7 +35,7 @@ def run(
     max_request_bytes: Optional[str] = _opt("Largest client request, in bytes. [default: 1572864]"),
     max_txn_ops: Optional[str] = _opt("Most operations in one txn. [default: 128]"),
     max_txn_keys: Optional[str] = _opt(
-        "Most keys one txn's compares, ranges and deletes may examine. [default: 10000]"),
+        "Most keys one txn's compares, ranges and deletes may examine. [default: 5000]"),
     max_client_queue_bytes: Optional[str] = _opt(
         "Reply bytes held for one client connection; past it the connection waits. [default: 4194304]"),
     max_client_requests: Optional[str] = _opt(

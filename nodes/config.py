@@ -140,7 +140,7 @@ class Config:
     max_request_bytes: int = 1_572_864
     max_txn_ops: int = 128
     # Hostile-load bounds (issue 12; README "Limits").
-    max_txn_keys: int = 10_000  # keys one request's txn compares, ranges and deletes may examine
+    max_txn_keys: int = 5_000  # keys one request's txn compares, ranges and deletes may examine
     max_client_queue_bytes: int = 4 * 1024**2  # replies held for one client connection
     max_client_requests: int = 64  # requests of one client connection in progress at once
     watch_subscriber_bytes: int = 8 * 1024**2  # messages queued for one watch subscriber

@@ -91,7 +91,7 @@ class GatewayActor(Actor):
 
     def setup(self) -> None:
         cfg = self.cfg
-        self.limits = Limits(max_txn_ops=cfg.max_txn_ops)
+        self.limits = Limits(max_txn_ops=cfg.max_txn_ops, max_txn_keys=cfg.max_txn_keys)
         self.member_id = cfg.member_id
         self.lease_ttl_min_s = math.ceil(1.5 * cfg.election_timeout / 1000.0)
         self._rng = random.SystemRandom()

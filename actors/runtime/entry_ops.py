@@ -4,8 +4,10 @@ envelope), and of the ops the gateway hands storage for reads.
 `validate_entry_op(op)` accepts exactly the ops that may be in the log, in the shape their
 producers write them, and raises `InvalidEntry` (with a reason) on anything else:
 - client writes, as `protocol.requests.normalize_request` returns them: put, delete_range,
-  txn (nested up to MAX_TXN_DEPTH, etcd's duplicate-key rule), compact, lease_grant (id
-  and TTL already filled in by the gateway), lease_revoke, alarm_disarm;
+  txn (nested up to MAX_TXN_DEPTH, etcd's duplicate-key rule; the top level carries
+  `max_txn_keys`, the proposing gateway's --max-txn-keys that the store enforces, absent
+  only in entries written before that rule), compact, lease_grant (id and TTL already
+  filled in by the gateway), lease_revoke, alarm_disarm;
 - ops only the server writes: lease_expire and lease_checkpoint (the leader's storage),
   compact (auto-compaction), alarm_activate (the gateway's quota and corruption checks);
 - auth changes (design-11): the AUTH_WRITE ops with `password` as a scrypt hash wire
@@ -201,6 +203,9 @@ def _txn(op: dict, depth: int) -> None:
 
 
 def _txn_top(op: dict) -> None:
+    if "max_txn_keys" in op:  # absent in entries written before the rule (no limit)
+        _int(op, "max_txn_keys", 1)
+        op = {k: v for k, v in op.items() if k != "max_txn_keys"}
     _txn(op, 0)
     try:
         R._check_txn_duplicates(op)

@@ -75,7 +75,7 @@ def test_txn_normalized_recursively():
     assert out["success"][1] == {"op": "txn", "compare": [], "failure": [],
                                  "success": [RANGE_DEFAULTS | {"key": b"z"}]}
     assert out["failure"] == [DELETE_DEFAULTS | {"key": b"q"}]
-    assert n({"op": "txn"}) == {"op": "txn", "compare": [], "success": [], "failure": []}
+    assert n({"op": "txn"}) == {"op": "txn", "compare": [], "success": [], "failure": [], "max_txn_keys": 5_000}
 
 
 @pytest.mark.parametrize("target,field,value", [

@@ -51,6 +51,7 @@ when it is a tombstone; ``rev`` entries <= R go too.
 """
 from __future__ import annotations
 
+import bisect
 import copy
 import hashlib
 import struct
@@ -71,6 +72,7 @@ from protocol.errors import (
     LeaseExists,
     LeaseNotFound,
     QkvError,
+    TooManyOps,
 )
 
 CF_KEY = "key"
@@ -149,35 +151,88 @@ class ApplyResult:
 
 
 # --- a view of the backend with layers of pending writes ------------------------------
+class _Layer:
+    """Pending writes of one layer: per column family a dict, and (once the column family
+    has been iterated in this layer) its keys in order, kept sorted by the later writes."""
+
+    __slots__ = ("writes", "index")
+
+    def __init__(self) -> None:
+        self.writes: dict[str, dict[bytes, bytes | None]] = {}
+        self.index: dict[str, list[bytes]] = {}
+
+    def keys_in(self, cf: str, start: bytes, end: bytes | None) -> list[bytes]:
+        """The pending keys of ``cf`` in ``[start, end)``, in order: O(log n + found)."""
+        writes = self.writes.get(cf)
+        if not writes:
+            return []
+        keys = self.index.get(cf)
+        if keys is None:
+            keys = self.index[cf] = sorted(writes)
+        lo = bisect.bisect_left(keys, start)
+        hi = len(keys) if end is None else bisect.bisect_left(keys, end, lo)
+        return keys[lo:hi] if lo < hi else []
+
+
 class _View:
     """The backend as the current ``apply`` call has changed it so far.
 
     ``layers[0]`` holds the pending writes of the whole call; each op runs in a layer of
     its own (``push``), merged down when it succeeds and dropped when it fails.
+    ``iterate`` costs O(log pending + pending keys in the range), never a scan of every
+    pending write (a txn's range compares, a batch of thousands of entries).
     """
+
+    # A commit that brings more new keys than this fraction of the layer below drops that
+    # layer's key index (rebuilt by one sort at its next iterate) instead of inserting
+    # each key on its own.
+    _REINDEX_FRACTION = 8
 
     def __init__(self, backend: Backend) -> None:
         self.backend = backend
-        self.layers: list[dict[str, dict[bytes, bytes | None]]] = [{}]
+        self.layers: list[_Layer] = [_Layer()]
 
     def push(self) -> None:
-        self.layers.append({})
+        self.layers.append(_Layer())
 
     def commit(self) -> None:
         top = self.layers.pop()
         below = self.layers[-1]
-        for cf, writes in top.items():
-            below.setdefault(cf, {}).update(writes)
+        for cf, writes in top.writes.items():
+            dest = below.writes.get(cf)
+            if dest is None:
+                below.writes[cf] = writes
+                below.index.pop(cf, None)
+                if cf in top.index:
+                    below.index[cf] = top.index[cf]
+                continue
+            keys = below.index.get(cf)
+            if keys is not None:
+                new = [k for k in writes if k not in dest]
+                if len(new) * self._REINDEX_FRACTION > len(keys):
+                    del below.index[cf]
+                else:
+                    for k in new:
+                        bisect.insort(keys, k)
+            dest.update(writes)
 
     def discard(self) -> None:
         self.layers.pop()
 
     def put(self, cf: str, key: bytes, value: bytes | None) -> None:
-        self.layers[-1].setdefault(cf, {})[key] = value
+        layer = self.layers[-1]
+        writes = layer.writes.get(cf)
+        if writes is None:
+            writes = layer.writes[cf] = {}
+        if key not in writes:
+            keys = layer.index.get(cf)
+            if keys is not None:
+                bisect.insort(keys, key)
+        writes[key] = value
 
     def get(self, cf: str, key: bytes) -> bytes | None:
         for layer in reversed(self.layers):
-            writes = layer.get(cf)
+            writes = layer.writes.get(cf)
             if writes is not None and key in writes:
                 return writes[key]
         return self.backend.get(cf, key)
@@ -185,21 +240,27 @@ class _View:
     def iterate(
         self, cf: str, start: bytes, end: bytes | None = None, reverse: bool = False
     ) -> Iterator[tuple[bytes, bytes]]:
-        pending: dict[bytes, bytes | None] = {}
-        for layer in self.layers:
-            writes = layer.get(cf)
-            if writes:
-                for k, v in writes.items():
-                    if k >= start and (end is None or k < end):
-                        pending[k] = v
+        found = [(layer.writes[cf], keys) for layer in self.layers
+                 if (keys := layer.keys_in(cf, start, end))]
         base = self.backend.iterate(cf, start, end, reverse)
-        if not pending:
+        if not found:
             return base
-        return _merge(base, sorted(pending.items(), reverse=reverse), reverse)
+        if len(found) == 1:
+            writes, keys = found[0]
+            pending = [(k, writes[k]) for k in keys]
+        else:
+            merged: dict[bytes, bytes | None] = {}
+            for writes, keys in found:  # lower layers first: the upper ones win
+                for k in keys:
+                    merged[k] = writes[k]
+            pending = sorted(merged.items())
+        if reverse:
+            pending.reverse()
+        return _merge(base, pending, reverse)
 
     def batch(self) -> list[tuple[str, bytes, bytes | None]]:
         assert len(self.layers) == 1, "an op layer was left open"
-        return [(cf, k, v) for cf, writes in self.layers[0].items() for k, v in writes.items()]
+        return [(cf, k, v) for cf, writes in self.layers[0].writes.items() for k, v in writes.items()]
 
 
 def _merge(base: Iterator[tuple[bytes, bytes]], pending: list[tuple[bytes, bytes | None]],
@@ -225,6 +286,38 @@ def _merge(base: Iterator[tuple[bytes, bytes]], pending: list[tuple[bytes, bytes
         i += 1
         if pv is not None:
             yield pk, pv
+
+
+# --- the keys a txn may examine (SPEC `txn`, --max-txn-keys) ---------------------------
+class _KeyBudget:
+    """Keys one txn's compares, ranges and deletes may examine, summed over the whole txn.
+
+    The limit is the entry's own (``max_txn_keys``, written by the gateway that took the
+    request), so every member counts the same keys of the same state and refuses at the
+    same key: the txn then fails as a whole with ``too_many_ops`` and, like any failed op,
+    changes nothing. At most ``limit + 1`` keys are examined before the refusal.
+    """
+
+    __slots__ = ("limit", "used")
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.used = 0
+
+    def take(self, n: int = 1) -> None:
+        self.used += n
+        if self.used > self.limit:
+            raise TooManyOps(f"etcdserver: too many keys examined by txn request (more than {self.limit}: "
+                             f"--max-txn-keys)", limit=self.limit)
+
+    def counted(self, items: Iterator[tuple[bytes, bytes]]) -> Iterator[tuple[bytes, bytes]]:
+        for item in items:
+            self.take()
+            yield item
+
+
+def _counted(budget: _KeyBudget | None, items: Iterator[tuple[bytes, bytes]]) -> Iterator[tuple[bytes, bytes]]:
+    return items if budget is None else budget.counted(items)
 
 
 # --- per-call working state -------------------------------------------------------------
@@ -446,8 +539,10 @@ class MVCCStore:
             self._compact(view, st, op["revision"])
             return {}
         if kind == "txn":
-            path = iter(self._compare_path(view, op))
-            return self._txn(view, st, ch, op, path)
+            # Entries written before the rule have no limit (their replay stays the same).
+            budget = _KeyBudget(op["max_txn_keys"]) if "max_txn_keys" in op else None
+            path = iter(self._compare_path(view, op, budget))
+            return self._txn(view, st, ch, op, path, budget)
         if kind == "put":
             return self._put(view, ch, op)
         if kind == "delete_range":
@@ -517,15 +612,17 @@ class MVCCStore:
         ch.events.append(Event("PUT", _kv(key, rec), prev_kv))
         return {"prev_kv": prev_kv} if op["prev_kv"] and prev_kv is not None else {}
 
-    def _delete_range(self, view: _View, ch: _Changes, op: dict) -> dict:
+    def _delete_range(self, view: _View, ch: _Changes, op: dict, budget: _KeyBudget | None = None) -> dict:
         start, end = _key_bounds(op["key"], op["range_end"])
         if end is not None and end <= start:
             victims: list[tuple[bytes, bytes]] = []
         elif not op["range_end"]:
+            if budget is not None:
+                budget.take()
             raw = view.get(CF_KEY, start)
             victims = [] if raw is None else [(start, raw)]
         else:
-            victims = list(view.iterate(CF_KEY, start, end))
+            victims = list(_counted(budget, view.iterate(CF_KEY, start, end)))
         prev_kvs = [self._delete_key(view, ch, key, raw) for key, raw in victims]
         resp: dict = {"deleted": len(victims)}
         if op["prev_kv"]:
@@ -581,70 +678,61 @@ class MVCCStore:
             view.put(CF_LEASE, lk, _pack([ttl, max(0, min(int(remaining_ms), ttl * 1000))]))
         return {}
 
-    def _txn(self, view: _View, st: _State, ch: _Changes, op: dict, path: Iterator[bool]) -> dict:
+    def _txn(self, view: _View, st: _State, ch: _Changes, op: dict, path: Iterator[bool],
+             budget: _KeyBudget | None) -> dict:
         succeeded = next(path)
         responses = []
         for sub_op in op["success"] if succeeded else op["failure"]:
             kind = sub_op["op"]
             if kind == "range":
-                resp = self._range(view, sub_op, self._read_revision(st, ch), st.compact_revision)
+                resp = self._range(view, sub_op, self._read_revision(st, ch), st.compact_revision, budget)
             elif kind == "put":
                 resp = self._put(view, ch, sub_op)
             elif kind == "delete_range":
-                resp = self._delete_range(view, ch, sub_op)
+                resp = self._delete_range(view, ch, sub_op, budget)
             elif kind == "txn":
-                resp = self._txn(view, st, ch, sub_op, path)
+                resp = self._txn(view, st, ch, sub_op, path, budget)
             else:
                 raise AssertionError(f"op {kind!r} cannot be in a txn")
             responses.append({kind: resp})
         return {"succeeded": succeeded, "responses": responses}
 
-    def _compare_path(self, view: _View, txn: dict) -> list[bool]:
+    def _compare_path(self, view: _View, txn: dict, budget: _KeyBudget | None = None) -> list[bool]:
         """etcd's compareToPath: every compare of the executed path, on the state before
         the txn ran (nested txns' compares too), in execution order."""
-        ok = all(self._compare(view, c) for c in txn["compare"])
+        ok = all(self._compare(view, c, budget) for c in txn["compare"])
         path = [ok]
         for sub_op in txn["success"] if ok else txn["failure"]:
             if sub_op["op"] == "txn":
-                path.extend(self._compare_path(view, sub_op))
+                path.extend(self._compare_path(view, sub_op, budget))
         return path
 
-    def _compare(self, view: _View, cmp: dict) -> bool:
+    def _compare(self, view: _View, cmp: dict, budget: _KeyBudget | None = None) -> bool:
+        """One Compare on the current state; a range compare stops at its first key that
+        fails (each key it reads counts against the txn's key budget)."""
         start, end = _key_bounds(cmp["key"], cmp["range_end"])
         if not cmp["range_end"]:
+            if budget is not None:
+                budget.take()
             raw = view.get(CF_KEY, start)
-            recs = [] if raw is None else [_unpack(raw)]
+            raws: Any = () if raw is None else (raw,)
         elif end is not None and end <= start:
-            recs = []
+            raws = ()
         else:
-            recs = [_unpack(raw) for _, raw in view.iterate(CF_KEY, start, end)]
+            raws = (raw for _, raw in _counted(budget, view.iterate(CF_KEY, start, end)))
         target = cmp["target"]
-        if not recs:
+        field_pos = _COMPARE_FIELD_POS[target]
+        want = cmp[_COMPARE_OPERAND[target]]
+        test = _COMPARE_RESULT[cmp["result"]]
+        seen = False
+        for raw in raws:
+            seen = True
+            if not test(_unpack(raw)[field_pos], want):
+                return False
+        if not seen:
             if target == "VALUE":
                 return False  # no way to compare a value of a key that does not exist
-            recs = [[b"", 0, 0, 0, 0]]
-        for rec in recs:
-            if target == "VALUE":
-                have, want = rec[_VALUE], cmp["value"]
-            elif target == "VERSION":
-                have, want = rec[_VERSION], cmp["version"]
-            elif target == "CREATE":
-                have, want = rec[_CREATE], cmp["create_revision"]
-            elif target == "MOD":
-                have, want = rec[_MOD], cmp["mod_revision"]
-            else:
-                have, want = rec[_LEASE], cmp["lease"]
-            result = cmp["result"]
-            if result == "EQUAL":
-                ok = have == want
-            elif result == "NOT_EQUAL":
-                ok = have != want
-            elif result == "GREATER":
-                ok = have > want
-            else:
-                ok = have < want
-            if not ok:
-                return False
+            return test(0, want)  # a missing key: version, revisions and lease are 0
         return True
 
     def _compact(self, view: _View, st: _State, revision: int) -> None:
@@ -689,9 +777,10 @@ class MVCCStore:
             raise Compacted(compact_revision=compact)
         return revision
 
-    def _range(self, view: _View, op: dict, current: int, compact: int) -> dict:
+    def _range(self, view: _View, op: dict, current: int, compact: int,
+               budget: _KeyBudget | None = None) -> dict:
         rev = self._check_revision(op["revision"], current, compact)
-        items = self._live_items(view, op["key"], op["range_end"], rev, current)
+        items = self._live_items(view, op["key"], op["range_end"], rev, current, budget)
         limit = op["limit"]
         order, target = op["sort_order"], op["sort_target"]
         if order == "NONE" and target != "KEY":
@@ -727,29 +816,33 @@ class MVCCStore:
         return {"kvs": kvs, "more": more, "count": count}
 
     def _live_items(self, view: _View, key: bytes, range_end: bytes, rev: int,
-                    current: int) -> Iterator[tuple[bytes, bytes]]:
-        """(key, packed record) of the keys alive at ``rev`` in the range, in key order."""
+                    current: int, budget: _KeyBudget | None = None) -> Iterator[tuple[bytes, bytes]]:
+        """(key, packed record) of the keys alive at ``rev`` in the range, in key order.
+        With a budget, a single key counts one and a range every record it reads: each
+        live key at the current revision, each stored version of each key at an older one."""
         start, end = _key_bounds(key, range_end)
         if end is not None and end <= start:
             return iter(())
+        if not range_end and budget is not None:
+            budget.take()
         if rev == current:
             if not range_end:
                 raw = view.get(CF_KEY, start)
                 return iter(()) if raw is None else iter(((start, raw),))
-            return view.iterate(CF_KEY, start, end)
+            return _counted(budget, view.iterate(CF_KEY, start, end))
         if not range_end:
             for _, raw in view.iterate(CF_HIST, escape(start), hist_key(start, rev + 1, 0),
                                        reverse=True):
                 return iter(()) if raw == _TOMBSTONE else iter(((start, raw),))
             return iter(())
-        return self._hist_items(view, prefix(start), None if end is None else prefix(end), rev)
+        return self._hist_items(view, prefix(start), None if end is None else prefix(end), rev, budget)
 
     @staticmethod
     def _hist_items(view: _View, hstart: bytes, hend: bytes | None,
-                    rev: int) -> Iterator[tuple[bytes, bytes]]:
+                    rev: int, budget: _KeyBudget | None = None) -> Iterator[tuple[bytes, bytes]]:
         group: bytes | None = None
         best: tuple[bytes, bytes] | None = None
-        for hk, raw in view.iterate(CF_HIST, hstart, hend):
+        for hk, raw in _counted(budget, view.iterate(CF_HIST, hstart, hend)):
             esc, user, r = split_hist_key(hk)
             if esc != group:
                 if best is not None and best[1] != _TOMBSTONE:
@@ -861,6 +954,17 @@ class MVCCStore:
             h.update(_pack([key, *_unpack(raw)]))
         return int.from_bytes(h.digest(), "big"), rev
 
+
+# Compare: the record position of each target, and each result as a test (have, want).
+_COMPARE_FIELD_POS = {"VALUE": _VALUE, "VERSION": _VERSION, "CREATE": _CREATE, "MOD": _MOD, "LEASE": _LEASE}
+_COMPARE_OPERAND = {"VALUE": "value", "VERSION": "version", "CREATE": "create_revision", "MOD": "mod_revision",
+                    "LEASE": "lease"}
+_COMPARE_RESULT = {
+    "EQUAL": lambda have, want: have == want,
+    "NOT_EQUAL": lambda have, want: have != want,
+    "GREATER": lambda have, want: have > want,
+    "LESS": lambda have, want: have < want,
+}
 
 _SORT_FIELD = {"KEY": "key", "VERSION": "version", "CREATE": "create_revision",
                "MOD": "mod_revision", "VALUE": "value"}
