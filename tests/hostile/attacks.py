@@ -89,29 +89,32 @@ def huge_topic(watch_url: str, size: int = 8 * MiB) -> zmq.Socket:
     return sock
 
 
-def range_compare_txn(prefix: bytes, compares: int = 128) -> dict[str, Any]:
-    """The issue's 7.7 KB txn: `compares` compares, each over the whole prefix range."""
-    end = prefix[:-1] + bytes([prefix[-1] + 1])
-    cmp = [{"target": "VERSION", "result": "GREATER", "key": prefix, "range_end": end, "version": 0}
-           for _ in range(compares)]
-    return {"op": "txn", "compare": cmp, "success": [], "failure": []}
+def range_compare_txn(prefix: bytes, end: bytes | None = None, compares: int = 128) -> dict[str, Any]:
+    """The issue's 7.7 KB txn: `compares` compares, each over the range [prefix, end)
+    (end: the prefix's end)."""
+    if end is None:
+        end = prefix[:-1] + bytes([prefix[-1] + 1])
+    cmp = {"target": "VERSION", "result": "GREATER", "key": prefix, "range_end": end, "version": 0}
+    return {"op": "txn", "compare": [cmp] * compares, "success": [], "failure": []}
 
 
-def nested_txn(depth: int = 127, width: int = 64) -> dict[str, Any]:
-    """The issue's nested txn: `depth` levels, each with `width` range deletes and `width`
-    puts of distinct keys and the next level."""
-    inner: dict[str, Any] | None = None
-    for level in range(depth, 0, -1):
-        ops: list[dict[str, Any]] = []
-        for i in range(width):
-            ops.append({"delete_range": {"key": b"n/%03d/d%02d/" % (level, i),
-                                         "range_end": b"n/%03d/d%02d0" % (level, i)}})
-            ops.append({"put": {"key": b"n/%03d/p%02d" % (level, i), "value": b"x" * 40}})
-        if inner is not None:
-            ops.append({"txn": inner})
-        inner = {"compare": [], "success": ops, "failure": []}
-    assert inner is not None
-    return dict(inner, op="txn")
+def nested_tree(levels: int = 7) -> dict[str, Any]:
+    """The issue's big nested txn (~700 KiB): a binary tree of 2^levels - 1 txns, each
+    with 64 range deletes, 62 puts and (above the last level) two nested txns."""
+    count = [0]
+
+    def node(level: int) -> dict[str, Any]:
+        n = count[0]
+        count[0] += 1
+        ops: list[dict[str, Any]] = [
+            {"delete_range": {"key": b"d%03d/%02d" % (n, i), "range_end": b"d%03d/%02dz" % (n, i)}}
+            for i in range(64)]
+        ops += [{"put": {"key": b"p%03d/%02d" % (n, i), "value": b"v" * 8}} for i in range(62)]
+        if level + 1 < levels:
+            ops += [{"txn": node(level + 1)}, {"txn": node(level + 1)}]
+        return {"compare": [], "success": ops, "failure": []}
+
+    return {"op": "txn", **node(0)}
 
 
 def timed(url: str, req: dict[str, Any], timeout: float = 60.0) -> tuple[dict[str, Any] | None, float]:

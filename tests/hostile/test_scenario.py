@@ -91,7 +91,7 @@ def test_hostile_scenario(tmp_path: Path) -> None:
             for i in range(20):
                 reply = attacks.request(n2.client_url, {"op": "put", "key": b"watched/%d" % i, "value": b"w" * size})
                 assert reply and reply.get("ok"), reply
-        for req in (attacks.range_compare_txn(b"range/"), attacks.nested_txn()):
+        for req in (attacks.range_compare_txn(b"range/"), attacks.nested_tree()):
             reply, took = attacks.timed(n1.client_url, req)
             print(f"expensive txn: {'ok' if reply and reply.get('ok') else (reply or {}).get('error')} in {took:.2f} s")
             assert reply is not None and (reply.get("ok") or reply["error"]["code"] == "too_many_ops"), reply

@@ -11,52 +11,22 @@ The honest client's latency percentiles are printed per phase; the test asserts 
 that it had no failures (never on time)."""
 from __future__ import annotations
 
+from attacks import nested_tree, put_many, range_compare_txn
 from hostile_support import Honest
 
 from nodeproc import err, ok, raw_request, wait_for
-from protocol.requests import MAX_TXN_DEPTH, TXN_TREE_FACTOR
+from protocol.requests import TXN_TREE_FACTOR
 
 KEYS = 25_000
 MAX_TXN_KEYS = 5_000  # the default of --max-txn-keys
 MAX_TXN_OPS = 128
 
 
-def load(url: str, prefix: bytes, n: int) -> None:
-    for base in range(0, n, MAX_TXN_OPS):
-        ops = [{"put": {"key": prefix + b"%06d" % i, "value": b"x" * 16}} for i in range(base, min(n, base + MAX_TXN_OPS))]
-        ok(raw_request(url, {"op": "txn", "success": ops}, timeout=30))
-
-
-def range_compares(prefix: bytes, end: bytes, count: int = 128) -> dict:
-    """The issue's 7.7 KB txn: `count` compares, each over the whole range."""
-    cmp = {"target": "VERSION", "result": "GREATER", "key": prefix, "range_end": end, "version": 0}
-    return {"op": "txn", "compare": [cmp] * count, "success": [], "failure": []}
-
-
-def nested_tree(levels: int = 7) -> dict:
-    """The issue's big nested txn: 2^levels - 1 txns, each with 64 range deletes, 62 puts
-    and (above the last level) two nested txns: 16,256 ops in all."""
-    count = [0]
-
-    def node(level: int) -> dict:
-        n = count[0]
-        count[0] += 1
-        ops: list = [{"delete_range": {"key": b"d%03d/%02d" % (n, i), "range_end": b"d%03d/%02dz" % (n, i)}}
-                     for i in range(64)]
-        ops += [{"put": {"key": b"p%03d/%02d" % (n, i), "value": b"v" * 8}} for i in range(62)]
-        if level + 1 < levels:
-            ops += [{"txn": node(level + 1)}, {"txn": node(level + 1)}]
-        return {"compare": [], "success": ops, "failure": []}
-
-    assert levels <= MAX_TXN_DEPTH
-    return {"op": "txn", **node(0)}
-
-
 def test_txn_work_is_bounded(cluster_factory):
     cluster = cluster_factory(3)
     attacker, bystander = cluster.nodes[0], cluster.nodes[1]
     url = attacker.client_url
-    load(url, b"big/", KEYS)
+    put_many(url, b"big/", KEYS, value=b"x" * 16)
 
     honest = Honest(bystander.client_url)
     honest.start()
@@ -70,7 +40,7 @@ def test_txn_work_is_bounded(cluster_factory):
         # 1. 128 compares over 25,000 keys: refused at apply, on every member alike.
         honest.phase("range_compares")
         for _ in range(3):
-            e = err(raw_request(url, range_compares(b"big/", b"big0"), timeout=30), "too_many_ops")
+            e = err(raw_request(url, range_compare_txn(b"big/", b"big0"), timeout=30), "too_many_ops")
             assert e["limit"] == MAX_TXN_KEYS and "--max-txn-keys" in e["message"], e
         settle("range_compares")
 
@@ -78,9 +48,9 @@ def test_txn_work_is_bounded(cluster_factory):
         honest.phase("partial_writes")
         partial = {"op": "txn", "success": [
             {"put": {"key": b"partial/a", "value": b"1"}},
-            {"delete_range": {"key": b"big/000000", "range_end": b"big/000010"}},
+            {"delete_range": {"key": b"big/00000000", "range_end": b"big/00000010"}},
             {"put": {"key": b"partial/b", "value": b"2"}},
-            {"delete_range": {"key": b"big/000010", "range_end": b"big0"}},
+            {"delete_range": {"key": b"big/00000010", "range_end": b"big0"}},
         ]}
         err(raw_request(url, partial, timeout=30), "too_many_ops")
         settle("partial_writes")
@@ -94,7 +64,7 @@ def test_txn_work_is_bounded(cluster_factory):
 
         # 4. At the bound: a compare over exactly --max-txn-keys keys completes.
         honest.phase("at_bound")
-        reply = ok(raw_request(url, range_compares(b"big/", b"big/%06d" % MAX_TXN_KEYS, count=1), timeout=30))
+        reply = ok(raw_request(url, range_compare_txn(b"big/", b"big/%08d" % MAX_TXN_KEYS, compares=1), timeout=30))
         assert reply["succeeded"] is True
         settle("at_bound")
     finally:
