@@ -7,19 +7,23 @@ nothing, and the rest of the cluster keeps serving an honest client with no fail
 fix the line names (remove the member, move the data dir aside, add it again) brings the
 member back with every acknowledged write. A torn append (the beginning of a record at
 the end of the file, as a crash while appending leaves it) and a clean kill -9 restart
-still start."""
+still start, and so does a member killed right after a snapshot install (its store is
+then ahead of its log, legitimately)."""
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import random
 import shutil
 
+import zmq
 from hostile_support import Honest
 
 from actors.runtime import rocks_log
 from nodeproc import NodeProcess, wait_for
 from protocol.client import Client
+from protocol.codec import pack, unpack
 
 FAST = ["--heartbeat-interval", "50", "--election-timeout", "500"]
 
@@ -177,3 +181,47 @@ def test_torn_append_and_clean_restarts_start(node_factory):
     checked = [line for line in node.log_text().splitlines() if '"data_dir_checked"' in line]
     print("start-up checks:", *checked[-3:], sep="\n")
     assert len(checked) == 4  # the first start, the kill -9 restart, the torn append, the clean restart
+
+
+def burst(url: str, n: int, prefix: bytes, window: int = 128) -> None:
+    """n puts, `window` in flight at once on one DEALER; every one must succeed."""
+    ctx = zmq.Context.instance()
+    sock = ctx.socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.connect(url)
+    try:
+        sent = done = 0
+        while done < n:
+            while sent < n and sent - done < window:
+                sent += 1
+                sock.send(pack({"id": sent, "op": "put", "key": prefix + b"%06d" % sent, "value": b"v" * 20}))
+            assert sock.poll(10_000), "no reply within 10 s"
+            reply = unpack(sock.recv())
+            assert reply["ok"], reply
+            done += 1
+    finally:
+        sock.close()
+
+
+def test_restart_right_after_a_snapshot_install_starts(cluster_factory):
+    """After a snapshot install the store is ahead of the log until the leader's entries
+    arrive; a crash then is no damage: the install's mark lets the node start."""
+    c = cluster_factory(3, args=[*FAST, "--snapshot-count", "1000"])
+    lead = c.leader()
+    lagging = next(n for n in c.nodes if n is not lead)
+    lagging.stop()
+    burst(lead.client_url, 4000, b"load/")  # compacts the leader's log past what `lagging` has
+    wait_for(lambda: '"log_compacted"' in lead.log_text(), 30, "the leader to compact its log")
+    seen = len(lagging.log_text())
+    lagging.start(wait=False)
+    wait_for(lambda: '"snapshot_installed"' in lagging.log_text()[seen:], 60, "the snapshot install",
+             interval=0.002)
+    lagging.kill()  # at once: usually before the log has caught up with the store
+    seen = len(lagging.log_text())
+    lagging.start(timeout=30)
+    line = next(x for x in lagging.log_text()[seen:].splitlines() if '"data_dir_checked"' in x)
+    print("restart after the install:", line)
+    checked = json.loads(line)
+    if checked["applied_index"] > checked["last_index"]:
+        assert checked["installed_index"] == checked["applied_index"]
+    assert len(c.converged_hashes(timeout=60)) == 1
