@@ -14,11 +14,13 @@ Rules:
 - `verify` reads a log without changing it, before the consensus actor opens it (the
   node's start-up check, nodes/preflight.py). RocksDB replays its own write-ahead file on
   open; `WAL` opens it in point-in-time mode (the default), which silently stops at the
-  first record that fails its checksum and drops everything after it. `verify` opens it
-  read-only in tolerate-corrupted-tail-records mode instead: a record cut short at the
-  end of the file (a crash during an append) is dropped, as `WAL` will drop it, but a
-  checksum failure anywhere is an error (`WALDamaged`), so the node refuses to start
-  rather than forget entries it had acknowledged.
+  first record that fails its checksum and drops everything after it (and RocksDB 9.8
+  hangs or skips data silently on some damaged framing: actors/runtime/rocks_log.py).
+  `verify` scans the framing first, then opens the log read-only in
+  tolerate-corrupted-tail-records mode: a record cut short at the end of the file (a
+  crash during an append) is dropped, as `WAL` will drop it, but a checksum failure
+  anywhere is an error (`WALDamaged`), so the node refuses to start rather than forget
+  entries it had acknowledged.
 """
 
 from __future__ import annotations
@@ -87,8 +89,8 @@ def verify(path: str) -> WALSummary | None:
     Raises `WALDamaged` when the framing of RocksDB's write-ahead files is damaged
     (actors/runtime/rocks_log.py), when RocksDB finds a record that fails its checksum
     (anywhere: a record cut short at the very end is a torn append and is dropped, not an
-    error), when a file it needs is unreadable, when the hard state or the compaction point does not
-    decode, when the entries after the compaction point are not consecutive, or when the
+    error), when a file it needs is unreadable, when the hard state or the compaction
+    point does not decode, when the entries after the compaction point are not consecutive, or when the
     hard state says more is committed than the log holds. Cost: a read of the write-ahead
     files, one read-only open (RocksDB replays them again) and a walk over the keys."""
     path = os.fspath(path)
