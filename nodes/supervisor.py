@@ -6,6 +6,8 @@ Rules:
 - one supervisor per data dir (an flock on `<data-dir>/LOCK`);
 - the data dir remembers its cluster token and member name (`<data-dir>/member.json`); a
   node started with other values refuses to start;
+- a data dir whose consensus log is damaged, or whose store has applied entries past the
+  end of the log, is refused before any actor runs (nodes/preflight.py);
 - a member that joins an existing cluster (`--initial-cluster-state existing`, fresh data
   dir) asks its peers for the membership first and takes the id `member add` gave it;
   member.json keeps that identity for its restarts;
@@ -35,6 +37,7 @@ import zmq
 from actors.runtime import log as runtime_log
 from actors.runtime import messages as M
 from actors.runtime import wire
+from nodes import preflight
 from nodes.config import VERSION, Config
 from nodes.endpoints import IPC_PATH_MAX, Endpoints, run_dir_for
 from nodes.perms import PRIVATE_UMASK, UnsafeDirError, make_private_dir, secure_data_dir
@@ -123,6 +126,11 @@ class Supervisor:
             raise
         self._check_removed()
         self._check_member_file()
+        try:  # a damaged log or a store ahead of it: refuse before any actor runs
+            checked = preflight.check(self.data_dir, self.cfg.member_id)
+        except preflight.PreflightError as exc:
+            raise StartupError(str(exc)) from None
+        self.log.info("data_dir_checked", **vars(checked))
         for flag, urls in (
             ("--listen-client-urls", self.cfg.listen_client_urls),
             ("--listen-peer-urls", self.cfg.listen_peer_urls),

@@ -11,17 +11,29 @@ Rules:
                              compaction point and the membership there; older files hold
                              [index, term] or [index, term, voters])
 - Invariant: the stored log is consecutive from snapshot.index + 1 to last_index.
+- `verify` reads a log without changing it, before the consensus actor opens it (the
+  node's start-up check, nodes/preflight.py). RocksDB replays its own write-ahead file on
+  open; `WAL` opens it in point-in-time mode (the default), which silently stops at the
+  first record that fails its checksum and drops everything after it (and RocksDB 9.8
+  hangs or skips data silently on some damaged framing: actors/runtime/rocks_log.py).
+  `verify` scans the framing first, then opens the log read-only in
+  tolerate-corrupted-tail-records mode: a record cut short at the end of the file (a
+  crash during an append) is dropped, as `WAL` will drop it, but a checksum failure
+  anywhere is an error (`WALDamaged`), so the node refuses to start rather than forget
+  entries it had acknowledged.
 """
 
 from __future__ import annotations
 
 import gc
 import os
+from dataclasses import dataclass
 
 import msgpack
-from rocksdict import Options, Rdict, WriteBatch, WriteOptions
+from rocksdict import AccessType, DBRecoveryMode, Options, Rdict, WriteBatch, WriteOptions
 
 from actors.consensus.raft.types import Entry, HardState, SnapshotMeta
+from actors.runtime import rocks_log
 
 LOG_CF = "log"
 META_CF = "meta"
@@ -39,6 +51,110 @@ def _options() -> Options:
 
 def index_key(index: int) -> bytes:
     return index.to_bytes(8, "big")
+
+
+def _unpack_snapshot(raw: bytes | None) -> SnapshotMeta:
+    if raw is None:
+        return SnapshotMeta()
+    fields = msgpack.unpackb(raw)
+    index, term = fields[0], fields[1]
+    voters = list(fields[2]) if len(fields) > 2 else []
+    learners = list(fields[3]) if len(fields) > 3 else []
+    context = bytes(fields[4]) if len(fields) > 4 else b""
+    return SnapshotMeta(index, term, voters, learners, context)
+
+
+def _unpack_hard_state(raw: bytes | None) -> HardState:
+    return HardState(*msgpack.unpackb(raw)) if raw is not None else HardState()
+
+
+class WALDamaged(Exception):
+    """The log cannot be trusted (`verify`); the message says why in one line."""
+
+
+@dataclass
+class WALSummary:
+    """What `verify` found: the compaction point, the hard state and the last index
+    (snapshot.index when the log holds no entry)."""
+
+    snapshot: SnapshotMeta
+    hard_state: HardState
+    last_index: int
+    entries: int
+
+
+def verify(path: str) -> WALSummary | None:
+    """Check the log at `path` without changing it; None when there is no log yet.
+
+    Raises `WALDamaged` when the framing of RocksDB's write-ahead files is damaged
+    (actors/runtime/rocks_log.py), when RocksDB finds a record that fails its checksum
+    (anywhere: a record cut short at the very end is a torn append and is dropped, not an
+    error), when a file it needs is unreadable, when the hard state or the compaction
+    point does not decode, when the entries after the compaction point are not consecutive, or when the
+    hard state says more is committed than the log holds. Cost: a read of the write-ahead
+    files, one read-only open (RocksDB replays them again) and a walk over the keys."""
+    path = os.fspath(path)
+    if not os.path.exists(os.path.join(path, "CURRENT")):
+        return None
+    try:
+        rocks_log.scan(path)  # first: damaged framing can make RocksDB's replay hang
+    except (rocks_log.DamagedLog, OSError) as exc:
+        raise WALDamaged(_one_line(exc)) from None
+    opts = Options(raw_mode=True)
+    opts.set_wal_recovery_mode(DBRecoveryMode.tolerate_corrupted_tail_records())
+    try:
+        names = set(Rdict.list_cf(path, opts))
+        db = Rdict(path, options=opts, access_type=AccessType.read_only(),
+                   column_families={n: Options(raw_mode=True) for n in names & {LOG_CF, META_CF}})
+    except Exception as exc:  # rocksdict raises a bare Exception: "Corruption: ...", "IO error: ..."
+        raise WALDamaged(f"RocksDB cannot read it: {_one_line(exc)}") from None
+    try:
+        if not {LOG_CF, META_CF} <= names:
+            raise WALDamaged(f"its column families are {sorted(names)}, not {LOG_CF!r} and {META_CF!r}")
+        return _summarize(db)
+    except WALDamaged:
+        raise
+    except Exception as exc:  # a block that fails its checksum while reading, a bad value
+        raise WALDamaged(f"reading it failed: {_one_line(exc)}") from None
+    finally:
+        db.close()
+        del db
+        gc.collect()
+
+
+def _summarize(db: Rdict) -> WALSummary:
+    log = db.get_column_family(LOG_CF)
+    meta = db.get_column_family(META_CF)
+    try:
+        try:
+            snap = _unpack_snapshot(meta.get(SNAPSHOT_KEY))
+            hs = _unpack_hard_state(meta.get(HARD_STATE_KEY))
+        except Exception as exc:  # noqa: BLE001 - any garbage: msgpack errors, wrong shapes
+            raise WALDamaged(f"its hard state or compaction point does not decode ({exc})") from None
+        expected, count = snap.index + 1, 0
+        it = log.iter()
+        try:
+            it.seek(index_key(expected))
+            while it.valid():
+                key = it.key()
+                index = int.from_bytes(key, "big") if len(key) == 8 else -1
+                if index != expected:
+                    raise WALDamaged(f"entry {expected} is missing (the next key is {key.hex()})")
+                expected += 1
+                count += 1
+                it.next()
+        finally:
+            del it
+        last = expected - 1
+        if hs.commit > last:
+            raise WALDamaged(f"its hard state says entry {hs.commit} is committed but the log ends at {last}")
+        return WALSummary(snap, hs, last, count)
+    finally:
+        del log, meta
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split())[:300]
 
 
 class WAL:
@@ -61,15 +177,7 @@ class WAL:
 
     # --- reading -------------------------------------------------------------------------
     def _load_snapshot(self) -> SnapshotMeta:
-        raw = self._meta.get(SNAPSHOT_KEY)
-        if raw is None:
-            return SnapshotMeta()
-        fields = msgpack.unpackb(raw)
-        index, term = fields[0], fields[1]
-        voters = list(fields[2]) if len(fields) > 2 else []
-        learners = list(fields[3]) if len(fields) > 3 else []
-        context = bytes(fields[4]) if len(fields) > 4 else b""
-        return SnapshotMeta(index, term, voters, learners, context)
+        return _unpack_snapshot(self._meta.get(SNAPSHOT_KEY))
 
     def _load_last_index(self) -> int:
         it = self._log.iter()
@@ -80,8 +188,7 @@ class WAL:
 
     def load(self) -> tuple[HardState, SnapshotMeta, list[Entry]]:
         assert self._db is not None, "wal is closed"
-        raw = self._meta.get(HARD_STATE_KEY)
-        hs = HardState(*msgpack.unpackb(raw)) if raw is not None else HardState()
+        hs = _unpack_hard_state(self._meta.get(HARD_STATE_KEY))
         snap = self._snapshot.copy()
         entries: list[Entry] = []
         it = self._log.iter()

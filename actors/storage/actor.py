@@ -75,6 +75,7 @@ from actors.storage.mvcc import alarms as alarm_rules
 from actors.storage.auth import read_auth
 from actors.storage.mvcc import MVCCStore
 from actors.storage.mvcc.store import AUTH_ENTRY_OPS, SERVER
+from actors.storage.offline import mark_installed
 from actors.storage.snapshot_file import (
     BadOffset, SnapshotFileError, SnapshotMeta, SnapshotSaves, TooManySaves, UnknownSave,
 )
@@ -430,7 +431,9 @@ class StorageActor(Actor):
             return
         try:
             probe = RocksBackend(path)
-            applied = MVCCStore(probe).applied_index
+            probe_store = MVCCStore(probe)
+            applied = probe_store.applied_index
+            mark_installed(probe_store)  # the log may end before this index (nodes/preflight.py)
             probe.close()
         except Exception as exc:
             self.log.warning("snapshot_rejected", error=str(exc)[:200])

@@ -106,6 +106,7 @@ def _rewrite_meta(store_dir: str, meta: SnapshotMeta, cfg: Any) -> None:
     from actors.storage.backend import RocksBackend
     from actors.storage.mvcc import MVCCStore
     from actors.storage.mvcc.store import CF_META, META_APPLIED_INDEX
+    from actors.storage.offline import INSTALLED_INDEX_KEY
 
     backend = RocksBackend(store_dir)
     try:
@@ -114,7 +115,8 @@ def _rewrite_meta(store_dir: str, meta: SnapshotMeta, cfg: Any) -> None:
             raise RestoreError(
                 f"the snapshot's store is at revision {store.current_revision} (compacted at "
                 f"{store.compact_revision}) but its metadata says {meta.revision} ({meta.compact_revision})")
-        backend.write([(CF_META, META_APPLIED_INDEX, _U64.pack(0))], sync=True)
+        # applied_index 0; and no install mark (actors/storage/offline.py) from the old cluster.
+        backend.write([(CF_META, META_APPLIED_INDEX, _U64.pack(0)), (CF_META, INSTALLED_INDEX_KEY, None)], sync=True)
         store.put_meta("member_id", _U64.pack(cfg.member_id))
         store.put_meta("cluster_id", _U64.pack(cfg.cluster_id))
         backend.sync()
