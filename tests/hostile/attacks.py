@@ -4,11 +4,13 @@ hostile tests and the all-in-one scenario share. Each returns what the caller mu
 from __future__ import annotations
 
 import os
+import random
 import time
 from typing import Any
 
 import zmq
 
+from actors.runtime import rocks_log
 from protocol.codec import pack, unpack
 from protocol.client.watch import watch_topic
 
@@ -121,3 +123,17 @@ def timed(url: str, req: dict[str, Any], timeout: float = 60.0) -> tuple[dict[st
     t0 = time.monotonic()
     reply = request(url, req, timeout)
     return reply, time.monotonic() - t0
+
+
+def wal_file(node: Any) -> str:
+    files = [f for f in rocks_log.log_files(os.path.join(node.data_dir, "consensus")) if os.path.getsize(f) > 0]
+    assert files, "no write-ahead file with records"
+    return files[-1]
+
+
+def damage_random_tail(path: str) -> str:
+    size = os.path.getsize(path)
+    with open(path, "r+b") as f:
+        f.seek(max(0, size - 512))
+        f.write(random.Random(12).randbytes(min(512, size)))
+    return "512 random bytes over the tail"

@@ -151,3 +151,15 @@ class Honest(threading.Thread):
         finally:
             sock.close(0)
             ctx.term()
+
+
+def refusal(node: Any) -> str:
+    """Start the node; it must exit non-zero by itself; its one `qkv:` line."""
+    seen = len(node.log_text())
+    node.start(wait=False)
+    code = node.proc.wait(timeout=60)
+    text = node.log_text()[seen:]
+    lines = [line for line in text.splitlines() if line.startswith("qkv: ")]
+    assert code != 0 and len(lines) == 1, f"exit {code}; log:\n{text[-3000:]}"
+    assert "actor_spawned" not in text, "an actor ran on the refused data dir"
+    return lines[0]

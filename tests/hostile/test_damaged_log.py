@@ -14,11 +14,11 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import random
 import shutil
 
 import zmq
-from hostile_support import Honest
+from attacks import damage_random_tail, wal_file
+from hostile_support import Honest, refusal
 
 from actors.runtime import rocks_log
 from nodeproc import NodeProcess, wait_for
@@ -26,12 +26,6 @@ from protocol.client import Client
 from protocol.codec import pack, unpack
 
 FAST = ["--heartbeat-interval", "50", "--election-timeout", "500"]
-
-
-def wal_file(node: NodeProcess) -> str:
-    files = [f for f in rocks_log.log_files(os.path.join(node.data_dir, "consensus")) if os.path.getsize(f) > 0]
-    assert files, "no write-ahead file with records"
-    return files[-1]
 
 
 def record_offsets(path: str) -> list[int]:
@@ -62,31 +56,11 @@ def applied_on(node: NodeProcess, key: bytes) -> bool:
     return bool(reply and reply.get("ok") and reply["kvs"])
 
 
-def refusal(node: NodeProcess) -> str:
-    """Start the node; it must exit non-zero by itself; its one `qkv:` line."""
-    seen = len(node.log_text())
-    node.start(wait=False)
-    code = node.proc.wait(timeout=60)
-    text = node.log_text()[seen:]
-    lines = [line for line in text.splitlines() if line.startswith("qkv: ")]
-    assert code != 0 and len(lines) == 1, f"exit {code}; log:\n{text[-3000:]}"
-    assert "actor_spawned" not in text, "an actor ran on the refused data dir"
-    return lines[0]
-
-
 def readable_everywhere(nodes: list[NodeProcess], acked: dict[bytes, bytes]) -> None:
     for n in nodes:
         for key, value in acked.items():
             reply = n.request({"op": "range", "key": key}, timeout=10)
             assert reply and reply["ok"] and reply["kvs"] and reply["kvs"][0]["value"] == value, (n.name, key, reply)
-
-
-def damage_random_tail(path: str) -> str:
-    size = os.path.getsize(path)
-    with open(path, "r+b") as f:
-        f.seek(max(0, size - 512))
-        f.write(random.Random(12).randbytes(min(512, size)))
-    return "512 random bytes over the tail"
 
 
 def damage_cut_records(path: str) -> str:
