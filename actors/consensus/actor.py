@@ -307,7 +307,8 @@ class ConsensusActor(Actor):
         is_leader = self.lead == self.id
         urls = self.member_info.get(self.lead, {}).get("client_urls") or [] if self.lead else []
         body = [is_leader, self.node.status().term, self.lead, list(urls),
-                self.leader_ready_index if is_leader else 0]
+                self.leader_ready_index if is_leader else 0,
+                self.conf.voters == [self.id]]  # sole voter: storage's reads on a full disk
         try:
             self.storage.send(pack_msg(M.LEADERSHIP, body), zmq.NOBLOCK)
         except zmq.ZMQError:

@@ -7,13 +7,9 @@ Storage and consensus report `disk` (None, or {"state": "no_space" | "io_error",
   `no_space` for a full disk, `unavailable` for another disk error (retryable: another
   member may take it). Reads go on. Membership ops go to consensus, which refuses them
   itself while its log cannot be written;
-- reads on a one-voter cluster whose storage cannot apply: a linearizable read would wait
-  for entries storage cannot apply (the commit index may be past what it applied: the
-  entries in flight when the disk filled, the alarm entry) and time out. There every
-  acknowledged write was acknowledged by this storage once it had applied it, so what it
-  has applied holds them all: the read is served from it at once (as a serializable
-  read), which is linearizable there. With more voters another member may have applied
-  and acknowledged more: their reads take the usual path;
+- reads take their usual path: storage serves a read that waits for entries it cannot
+  apply at once on a one-voter cluster, and refuses it (`unavailable`) elsewhere
+  (actors/storage/actor.py `_stalled_reads`);
 - a full disk raises the NOSPACE alarm of this member through the log: proposed when the
   episode starts and again every ALARM_REPEAT_S while it lasts (this member's storage
   cannot apply it, so the gateway cannot see it become active). It commits only where a
@@ -67,25 +63,17 @@ class DiskGuard:
 
     def check(self, op: dict, needs_log: bool, storage_status: dict,
               consensus_status: dict) -> errors.QkvError | None:
-        """The error for a request while a local disk refuses writes; None to go on (a
-        read of a one-voter cluster whose storage cannot apply is marked serializable)."""
+        """The error for a request while a local disk refuses writes; None to go on."""
+        if not needs_log and op.get("op") != "authenticate":
+            return None
         fault = local_fault(storage_status, consensus_status)
         if fault is None:
-            return None
-        if not needs_log and op.get("op") != "authenticate":
-            if isinstance(storage_status.get("disk"), dict) and self._sole_voter(consensus_status):
-                op["serializable"] = True
             return None
         if fault.get("state") == "no_space":
             return errors.NoSpace(f"etcdserver: mvcc: database space exceeded: the disk of member "
                                   f"{self.member_id:x} is full; writes are refused until space is freed")
         return errors.Unavailable(f"etcdserver: member {self.member_id:x} cannot write to its disk (I/O error); "
                                   "writes are refused until it can")
-
-    def _sole_voter(self, consensus_status: dict) -> bool:
-        members = consensus_status.get("members") or []
-        voters = [m.get("id") for m in members if isinstance(m, dict) and not m.get("is_learner")]
-        return voters == [self.member_id]
 
     def tick(self, now: float, storage_status: dict, consensus_status: dict,
              over_quota: bool = False) -> list[dict]:

@@ -212,6 +212,9 @@ class StorageActor(Actor):
             self.log.error("disk_full" if kind == NO_SPACE else "disk_write_failed", during=during, **info,
                            applied_index=self.store.applied_index if hasattr(self, "store") else None,
                            action="writes refused, reads served from what is applied; retrying by itself")
+        if getattr(self, "waiting", None):  # they wait for entries that cannot be applied now
+            waiting, self.waiting = self.waiting, []
+            self._stalled_reads([w[2:] for w in waiting])
         return True
 
     def _disk_retry(self) -> None:
@@ -435,19 +438,49 @@ class StorageActor(Actor):
     def _reads(self, identity: bytes, reads: list) -> None:
         applied = self.store.applied_index
         ready = []
+        stalled = []
         for req_id, op, min_index, client_id, auth in reads:
             if min_index <= applied:
                 ready.append((identity, req_id, op, client_id, auth))
+            elif self.disk.failed:
+                stalled.append((identity, req_id, op, client_id, auth))
             else:
                 heapq.heappush(self.waiting, (min_index, next(self._seq), identity, req_id, op, client_id, auth))
         self._answer(ready)
+        self._stalled_reads(stalled)
 
-    def _answer(self, reads: list[tuple[bytes, int, dict, Any, Any]]) -> None:
+    def _stalled_reads(self, reads: list[tuple[bytes, int, dict, Any, Any]]) -> None:
+        """Reads that wait for entries this store cannot apply (its disk refuses writes).
+        On a sole voter that leads they are served at once: every write acknowledged
+        anywhere was acknowledged by this storage after it applied it, so what it has
+        applied holds them all. Elsewhere another member may have applied and acknowledged
+        more: `unavailable` (retryable: the client asks another member) at once rather
+        than a timeout."""
+        if not reads:
+            return
+        if self.is_leader and self.sole_voter:
+            self._answer(reads)
+        else:
+            self._answer(reads, errors.Unavailable(
+                "etcdserver: this member cannot apply the log (its disk refuses writes); serializable reads "
+                "are served, or ask another member"))
+
+    def _answer(self, reads: list[tuple[bytes, int, dict, Any, Any]], error: errors.QkvError | None = None) -> None:
         """Serve reads, one message per asker and kind: decoded (READ_RESP) for the watch
         actor, finished client frames (CLIENT_REPLIES) for the gateway. A client read is
-        checked against the applied auth state first (at serve time: the state it meets)."""
+        checked against the applied auth state first (at serve time: the state it meets).
+        With `error`, each gets that error instead."""
         out: dict[tuple[bytes, bool], list] = {}
         for identity, req_id, op, client_id, auth in reads:
+            if error is not None:
+                revision = self.store.current_revision
+                if client_id is None:
+                    out.setdefault((identity, False), []).append([req_id, None, error.to_wire(), revision,
+                                                                   self.raft_term])
+                else:
+                    frame = self._client_frame(client_id, None, error.to_wire(), revision)
+                    out.setdefault((identity, True), []).append([req_id, frame, revision])
+                continue
             if auth != SERVER:
                 try:
                     self.store.check_read(auth, op)
@@ -674,6 +707,7 @@ class StorageActor(Actor):
     # --- leases ----------------------------------------------------------------------
     def _lease_setup(self) -> None:
         self.is_leader = False
+        self.sole_voter = False  # this member is the only voter (LEADERSHIP): reads on a full disk
         self.leader_term = 0
         self.lead = 0
         self.lead_urls: list[str] = []
@@ -691,8 +725,10 @@ class StorageActor(Actor):
         self.every(LEASE_TICK_S, self._lease_tick)
         self.every(LEASE_CHECKPOINT_S, self._lease_checkpoint_tick)
 
-    def _on_leadership(self, is_leader: bool, term: int, lead: int, urls: list, ready_index: int) -> None:
+    def _on_leadership(self, is_leader: bool, term: int, lead: int, urls: list, ready_index: int,
+                       sole_voter: bool) -> None:
         self.leadership_heard_at = time.monotonic()
+        self.sole_voter = bool(sole_voter)
         self.is_leader, self.leader_term, self.lead = bool(is_leader), term, lead
         self.lead_urls = list(urls or [])
         self.leader_ready_index = ready_index

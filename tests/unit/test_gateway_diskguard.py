@@ -49,7 +49,7 @@ def test_writes_refused_with_no_space_reads_go_on():
     assert isinstance(g.check({"op": "authenticate"}, False, {"disk": FULL}, cons()), errors.NoSpace)
     read = {"op": "range", "key": b"k"}
     assert g.check(read, False, {"disk": FULL}, cons()) is None
-    assert "serializable" not in read  # three voters: the usual linearizable path
+    assert read == {"op": "range", "key": b"k"}  # untouched: storage decides (_stalled_reads)
 
 
 def test_log_full_refuses_too_and_io_errors_are_unavailable():
@@ -57,23 +57,6 @@ def test_log_full_refuses_too_and_io_errors_are_unavailable():
     assert isinstance(g.check({"op": "put"}, True, {}, cons(disk=FULL)), errors.NoSpace)
     err = g.check({"op": "put"}, True, {}, cons(disk=EIO))
     assert isinstance(err, errors.Unavailable) and err.retryable
-
-
-def test_sole_voter_reads_from_storage_when_it_cannot_apply():
-    g = guard()
-    read = {"op": "range", "key": b"k"}
-    assert g.check(read, False, {"disk": FULL}, cons(lead=ME, ids=(ME,))) is None
-    assert read["serializable"] is True
-    # Only the log full: consensus answers the read index itself; storage applies.
-    read = {"op": "range", "key": b"k"}
-    g.check(read, False, {}, cons(lead=ME, ids=(ME,), disk=FULL))
-    assert "serializable" not in read
-    # A learner does not vote: still the sole voter.
-    read = {"op": "range", "key": b"k"}
-    c = cons(lead=ME, ids=(ME,))
-    c["members"] = members(ME, learners=(OTHER,))
-    g.check(read, False, {"disk": FULL}, c)
-    assert read["serializable"] is True
 
 
 def test_alarm_proposed_on_a_follower_and_repeated():
