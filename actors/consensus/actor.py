@@ -42,8 +42,9 @@ to storage -> advance. Proposals that arrive together share one Ready and so one
   proposals taken into our log (`no_space`; a follower still forwards them to its leader:
   that writes nothing here, and is how the gateway's NOSPACE alarm reaches the others),
   no compaction. Linearizable reads: a sole voter answers with its commit index (it is
-  its own quorum); other members answer `unavailable` (serializable reads are served by
-  storage). Every so often (backing off, once the filesystem shows room) the log is
+  its own quorum, leader or not yet: a node restarted on a full disk cannot persist the
+  vote of its election); other members answer `unavailable` (serializable reads are
+  served by storage). Every so often (backing off, once the filesystem shows room) the log is
   reopened read-write; then the held Ready is saved and everything goes on. A log that the
   disk does not let open read-write at start opens read-only, frozen the same way.
 """
@@ -226,9 +227,12 @@ class ConsensusActor(Actor):
         # Unique across the cluster: a follower forwards it to the leader.
         ctx = self.id.to_bytes(8, "big") + ctx_id.to_bytes(8, "big")
         if self.disk.failed:
-            if self.conf.voters == [self.id] and self.lead == self.id:
+            if self.conf.voters == [self.id]:
                 # The sole voter is its own quorum: every acknowledged write is at or
-                # below the commit index it has persisted and handed to storage.
+                # below the commit index it has persisted and handed to storage. (Also
+                # when it could not persist the vote that makes it leader: restarted on a
+                # full disk. No other member can lead without its vote, which it does not
+                # give while frozen.)
                 self._reply(identity, M.READ_INDEX_RESP, [ctx_id, self.committed, None])
             else:
                 self._reply(identity, M.READ_INDEX_RESP, [ctx_id, 0, errors.Unavailable(

@@ -18,8 +18,9 @@ Storage and consensus report `disk` (None, or {"state": "no_space" | "io_error",
   cannot commit while the disk is full: `status` shows NOSPACE for this member from the
   local report, `annotate`);
 - once no local actor reports a fault, an alarm this gateway raised for the disk is
-  disarmed by itself: `alarm_disarm` is proposed while storage shows it active and the
-  store is not over `--quota-backend-bytes` (past the quota it is the quota's alarm,
+  disarmed by itself: `alarm_disarm` is proposed at once (the alarm may have committed
+  while this member's storage could not apply it), then while storage shows it active,
+  unless the store is over `--quota-backend-bytes` (past the quota it is the quota's alarm,
   which the operator disarms, as in etcd). The gateway watches until its storage has
   applied past the commit index seen DISARM_WATCH_S after the disk came back, so an
   alarm proposal that was still in flight is disarmed too.
@@ -97,22 +98,26 @@ class DiskGuard:
             return [{"op": "alarm_activate", "member_id": self.member_id, "alarm": NOSPACE}]
         if not self.raised:
             return []
-        if self.cleared_at is None:
+        back = self.cleared_at is None  # the first look since the disk came back
+        if back:
             self.cleared_at = now
-        if self._alarm() in (storage_status.get("alarms") or []):
-            if over_quota:
-                self.log.warning("disk_alarm_kept", member=f"{self.member_id:x}", alarm=NOSPACE,
-                                 reason="the store is over --quota-backend-bytes: disarm it once space is freed")
-                self.raised = False
-                return []
-            if now - self.last_disarm < DISARM_REPEAT_S:
-                return []
+        active = self._alarm() in (storage_status.get("alarms") or [])
+        if active and over_quota:
+            self.log.warning("disk_alarm_kept", member=f"{self.member_id:x}", alarm=NOSPACE,
+                             reason="the store is over --quota-backend-bytes: disarm it once space is freed")
+            self.raised = False
+            return []
+        # At once when the disk is back (the alarm may have committed while this member's
+        # storage could not apply it: the disarm commits after it), then while it shows.
+        if (active or (back and not over_quota)) and now - self.last_disarm >= DISARM_REPEAT_S:
             self.last_disarm = now
             if self.disarms == 0:
-                self.log.info("disk_alarm_disarmed", member=f"{self.member_id:x}", alarm=NOSPACE,
+                self.log.info("disk_alarm_disarm_proposed", member=f"{self.member_id:x}", alarm=NOSPACE,
                               reason="the disk takes writes again")
             self.disarms += 1
             return [{"op": "alarm_disarm", "member_id": self.member_id, "alarm": NOSPACE}]
+        if active:
+            return []
         if now - self.cleared_at < DISARM_WATCH_S:
             return []
         if self.watch_index is None:

@@ -451,14 +451,15 @@ class StorageActor(Actor):
 
     def _stalled_reads(self, reads: list[tuple[bytes, int, dict, Any, Any]]) -> None:
         """Reads that wait for entries this store cannot apply (its disk refuses writes).
-        On a sole voter that leads they are served at once: every write acknowledged
-        anywhere was acknowledged by this storage after it applied it, so what it has
-        applied holds them all. Elsewhere another member may have applied and acknowledged
+        On a sole voter they are served at once: every write acknowledged anywhere was
+        acknowledged by this storage after it applied it, so what it has applied holds
+        them all (leading or not: a node restarted on a full disk cannot persist the vote
+        that makes it leader, and nobody else can lead without that vote). Elsewhere another member may have applied and acknowledged
         more: `unavailable` (retryable: the client asks another member) at once rather
         than a timeout."""
         if not reads:
             return
-        if self.is_leader and self.sole_voter:
+        if self.sole_voter:
             self._answer(reads)
         else:
             self._answer(reads, errors.Unavailable(

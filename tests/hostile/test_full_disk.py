@@ -301,3 +301,41 @@ def test_one_node_full_log(tmpfs, node_factory):
     assert [e["actor"] for e in full_lines] == ["consensus"] and full_lines[0]["path"] == str(log_fs), full_lines
     assert not [f for f in honest.failures if f[0] != "put" or f[1] == "no reply"], honest.failures
     assert all(f[1].get("code") in ("no_space", "timeout") for f in honest.failures), honest.failures
+
+
+def test_restart_on_a_full_disk(tmpfs, node_factory):
+    """The issue's crash loop: actors restarted on a full disk could not open RocksDB
+    (its open writes). Now they open read-only: reads are served, writes refused, and
+    the node takes writes again once space is freed."""
+    node = node_factory(start=False)
+    small_fs = tmpfs(Path(node.data_dir).parent / "small", FS_MIB)
+    node.data_dir = str(small_fs / "n1.qkv")
+    node.start()
+    room = ballast(small_fs)
+    writer = Writer(node.client_url, b"fill/")
+    writer.until_refused()
+    node.stop()
+    with open(small_fs / "rest", "wb") as f:  # whatever the shutdown left: full to the last byte
+        try:
+            while True:
+                f.write(b"\0" * 65536)
+        except OSError:
+            pass
+    t0 = time.monotonic()
+    node.start()  # waits until status and a linearizable read are served
+    serving_s = time.monotonic() - t0
+    assert writer.put() == "no_space"
+    status = raw_request(node.client_url, {"op": "status"})
+    assert {"member_id": status["header"]["member_id"], "alarm": "NOSPACE"} in status["alarms"], status
+    room.unlink()
+    (small_fs / "rest").unlink()
+    freed_at = time.monotonic()
+    wait_for(lambda: writer.put() == "ok", 30, "writes to work again after space was freed", interval=0.1)
+    back_s = time.monotonic() - freed_at
+    assert_readable(node.client_url, writer.acked)
+    log = node.log_text()
+    opens = [(e["actor"], e["during"]) for e in events(log, "disk_full") if e["during"] == "open"]
+    print(f"\nrestart on a full disk: serving reads {serving_s:.2f} s after start (opened read-only: {opens}); "
+          f"writes back {back_s:.2f} s after space was freed; {len(writer.acked)} acknowledged writes readable")
+    assert sorted(opens) == [("consensus", "open"), ("storage", "open")], opens
+    assert "actor_crashed" not in log and "actor_died" not in log
