@@ -32,6 +32,21 @@ to storage -> advance. Proposals that arrive together share one Ready and so one
 - `--force-new-cluster`: on start, every entry in the local log is committed and conf
   changes removing every other member are appended (etcd: restartAsStandaloneNode,
   except that uncommitted entries are kept too: nothing this member holds is lost).
+- A full disk (issue 12; actors/runtime/diskfault.py): a Ready whose save the disk refuses
+  is HELD: none of its messages is sent, none of its entries is applied or served, the
+  core is not advanced (the Raft rule: nothing is acknowledged or sent before it is
+  persisted); its read states are answered at once (etcd does so before persisting: a read
+  index does not depend on this member's log). One log line (`disk_full`, naming the log's
+  directory) starts the episode; status reports `disk`. Meanwhile the core is frozen, as
+  if this member were cut off: no ticks, peer Raft messages dropped (counted), no
+  proposals taken into our log (`no_space`; a follower still forwards them to its leader:
+  that writes nothing here, and is how the gateway's NOSPACE alarm reaches the others),
+  no compaction. Linearizable reads: a sole voter answers with its commit index (it is
+  its own quorum, leader or not yet: a node restarted on a full disk cannot persist the
+  vote of its election); other members answer `unavailable` (serializable reads are
+  served by storage). Every so often (backing off, once the filesystem shows room) the log is
+  reopened read-write; then the held Ready is saved and everything goes on. A log that the
+  disk does not let open read-write at start opens read-only, frozen the same way.
 """
 from __future__ import annotations
 
@@ -57,6 +72,7 @@ from actors.consensus.wal import WAL
 from actors.runtime import messages as M
 from actors.runtime import wire
 from actors.runtime.actor import Actor
+from actors.runtime.diskfault import NO_SPACE, DiskFault, disk_error_kind, enough_room
 from actors.runtime import security
 from actors.runtime.failpoints import failpoint
 from nodes.config import VERSION, new_member_id
@@ -72,6 +88,7 @@ LEADERSHIP_INTERVAL_S = 0.25
 AUTO_PROMOTE_INTERVAL_S = 0.5
 LEARNER_READY_RATIO = 0.9  # etcd: a learner is in sync once its match >= 90% of the leader's
 REMOVED_MARKER = "removed"  # see nodes/supervisor.py
+DISK_RETRY_TICK_S = 0.1  # how often a failed disk is looked at (DiskFault sets the backoff)
 CC = ConfChangeType
 
 
@@ -86,7 +103,13 @@ class ConsensusActor(Actor):
         self.snap_dir = os.path.join(self.data_dir, "snapshots")
         shutil.rmtree(self.snap_dir, ignore_errors=True)  # transfers never survive a restart
         os.makedirs(self.snap_dir, exist_ok=True)
-        self.wal = WAL(os.path.join(self.data_dir, "consensus"))
+        self.disk = DiskFault(os.path.join(self.data_dir, "consensus"))
+        self._held: Any = None  # the Ready the disk refused to save (module docstring)
+        self._wal_writable = True  # False from a refused write until a reopen works
+        self.frozen_dropped = 0  # peer Raft messages dropped while frozen
+        self.wal = WAL(self.disk.path)
+        if self.wal.open_error is not None:  # full at start: read-only, frozen
+            self._disk_error(self.wal.open_error, "open")
         hard_state, snapshot, entries = self.wal.load()
         self.members, self.conf = self._initial_membership(snapshot)
         if cfg.force_new_cluster:
@@ -135,7 +158,8 @@ class ConsensusActor(Actor):
         self.senders: dict[int, SnapshotSender] = {}  # peer id -> transfer in progress
         self.receiver: SnapshotReceiver | None = None
         self.installing: dict[int, tuple[int, int, Message]] = {}  # ctx -> (frm, snap_id, SNAP message)
-        self.every(cfg.heartbeat_interval / 1000.0, self.node.tick)
+        self.every(cfg.heartbeat_interval / 1000.0, self._tick)
+        self.every(DISK_RETRY_TICK_S, self._disk_retry)
         self.every(HELLO_INTERVAL_S, self._hello)
         self.call_later(0.05, self._hello)
         self.every(1.0, self._check_transfers)
@@ -183,7 +207,10 @@ class ConsensusActor(Actor):
         self.gateway_identity = identity
         accepted: list[int] = []
         rejected: list[list[Any]] = []
-        if self.lead == self.id:
+        if self.disk.failed and (self.lead == self.id or not self.lead):
+            # Nothing goes into a log this member cannot write (a follower forwards: below).
+            rejected = [[req_id, self._disk_refusal().to_wire()] for req_id, _ in body]
+        elif self.lead == self.id:
             try:
                 self.node.propose_batch([data for _, data in body])
                 accepted = [req_id for req_id, _ in body]
@@ -199,6 +226,19 @@ class ConsensusActor(Actor):
         (ctx_id,) = body
         # Unique across the cluster: a follower forwards it to the leader.
         ctx = self.id.to_bytes(8, "big") + ctx_id.to_bytes(8, "big")
+        if self.disk.failed:
+            if self.conf.voters == [self.id]:
+                # The sole voter is its own quorum: every acknowledged write is at or
+                # below the commit index it has persisted and handed to storage. (Also
+                # when it could not persist the vote that makes it leader: restarted on a
+                # full disk. No other member can lead without its vote, which it does not
+                # give while frozen.)
+                self._reply(identity, M.READ_INDEX_RESP, [ctx_id, self.committed, None])
+            else:
+                self._reply(identity, M.READ_INDEX_RESP, [ctx_id, 0, errors.Unavailable(
+                    "etcdserver: this member cannot write its log (its disk refuses writes); "
+                    "serializable reads are served, or ask another member").to_wire()])
+            return
         try:
             self.node.read_index(ctx)
         except ProposalDropped:
@@ -227,6 +267,7 @@ class ConsensusActor(Actor):
             "members": members,
             "is_learner": self.id in self.conf.learners,
             "faults": self._faults_text(),
+            "disk": self.disk.wire(time.monotonic()),
         }
         self._reply(identity, M.STATUS_RESP, [ctx_id, status])
 
@@ -241,7 +282,9 @@ class ConsensusActor(Actor):
 
     def _on_move_leader(self, identity: bytes, body: list) -> None:
         ctx_id, target = body
-        if self.lead != self.id:
+        if self.disk.failed:
+            self._reply(identity, M.MOVE_LEADER_RESP, [ctx_id, self._disk_refusal().to_wire()])
+        elif self.lead != self.id:
             self._reply(identity, M.MOVE_LEADER_RESP, [ctx_id, errors.NotLeader().to_wire()])
         elif target not in self.conf.voters:
             self._reply(identity, M.MOVE_LEADER_RESP,
@@ -257,7 +300,7 @@ class ConsensusActor(Actor):
         """Entries from the leader's storage (lease expiry, checkpoints): proposed only
         while this member leads in the term storage saw, never forwarded."""
         term, datas = body
-        if self.lead != self.id or not datas or self.node.status().term != term:
+        if self.disk.failed or self.lead != self.id or not datas or self.node.status().term != term:
             return
         try:
             self.node.propose_batch(list(datas))
@@ -268,7 +311,8 @@ class ConsensusActor(Actor):
         is_leader = self.lead == self.id
         urls = self.member_info.get(self.lead, {}).get("client_urls") or [] if self.lead else []
         body = [is_leader, self.node.status().term, self.lead, list(urls),
-                self.leader_ready_index if is_leader else 0]
+                self.leader_ready_index if is_leader else 0,
+                self.conf.voters == [self.id]]  # sole voter: storage's reads on a full disk
         try:
             self.storage.send(pack_msg(M.LEADERSHIP, body), zmq.NOBLOCK)
         except zmq.ZMQError:
@@ -301,11 +345,14 @@ class ConsensusActor(Actor):
         whole. Nothing here guards against shapes: an exception is a bug and crashes us."""
         self.last_heard[frm] = time.monotonic()
         if msg_type == M.PEER_RAFT:
+            if self.disk.failed:  # frozen: as if cut off (module docstring)
+                self.frozen_dropped += len(msg.messages)
+                return
             for m in msg.messages:
                 self.node.step(m)
         elif msg_type == M.PEER_FORWARD:
             try:
-                if self.lead != self.id:
+                if self.lead != self.id or self.disk.failed:
                     raise ProposalDropped()
                 self.node.propose_batch([data for _, data in msg.proposals])
             except ProposalDropped:
@@ -341,16 +388,10 @@ class ConsensusActor(Actor):
 
     # --- the Ready loop ------------------------------------------------------------
     def flush(self) -> None:
-        while self.node.has_ready():
-            rd = self.node.ready()
-            if rd.snapshot is not None or rd.hard_state is not None or rd.entries:
-                failpoint("before_log_fsync")
-                sync = rd.must_sync or rd.snapshot is not None
-                self.wal.save(rd.hard_state, rd.entries, sync=sync, snapshot=rd.snapshot)
-                failpoint("after_log_fsync")
-                if sync:
-                    self.fsyncs += 1
-                    self.entries_synced += len(rd.entries)
+        while self._held is not None or self.node.has_ready():
+            rd = self._held if self._held is not None else self.node.ready()
+            if not self._persist(rd):
+                break  # held: saved once the disk takes writes again; nothing of it goes out
             if rd.snapshot is not None:
                 self.raft_storage.apply_snapshot(rd.snapshot)
                 self.committed = max(self.committed, rd.snapshot.index)
@@ -360,11 +401,7 @@ class ConsensusActor(Actor):
             if rd.entries:
                 self.raft_storage.append(rd.entries)
             self._send(rd.messages)
-            for rs in rd.read_states:
-                waiter = self.reads.pop(rs.request_ctx, None)
-                if waiter is not None:
-                    identity, ctx_id = waiter
-                    self._reply(identity, M.READ_INDEX_RESP, [ctx_id, rs.index, None])
+            self._answer_read_states(rd)
             if rd.committed_entries:
                 self._apply_membership(rd.committed_entries)
                 self.committed = max(self.committed, rd.committed_entries[-1].index)
@@ -378,7 +415,100 @@ class ConsensusActor(Actor):
                     self.node.campaign()
         self._serve_fetches()
         self._check_moves()
-        self._maybe_compact()
+        if not self.disk.failed:
+            self._maybe_compact()
+
+    def _persist(self, rd: Any) -> bool:
+        """Save a Ready's snapshot, hard state and entries (one batch). False when the disk
+        refuses (or has refused and the log is not reopened yet): the Ready is held."""
+        if rd.snapshot is None and rd.hard_state is None and not rd.entries:
+            self._held = None
+            return True
+        if self._held is None:
+            self._held = rd
+            if self.disk.failed:
+                self._answer_read_states(rd)
+        if not self._wal_writable:
+            return False
+        failpoint("before_log_fsync")
+        sync = rd.must_sync or rd.snapshot is not None
+        try:
+            self.wal.save(rd.hard_state, rd.entries, sync=sync, snapshot=rd.snapshot)
+        except Exception as exc:
+            if not self._disk_error(exc, "save"):
+                raise
+            self._answer_read_states(rd)
+            return False
+        failpoint("after_log_fsync")
+        self._held = None
+        if sync:
+            self.fsyncs += 1
+            self.entries_synced += len(rd.entries)
+        if self.disk.failed:
+            self._disk_recovered()
+        return True
+
+    def _answer_read_states(self, rd: Any) -> None:
+        """Answer a Ready's read states (once). A held Ready's are answered at once: etcd
+        answers them before it persists (a read index depends on the leader's commit
+        index, not on this member's log)."""
+        for rs in rd.read_states:
+            waiter = self.reads.pop(rs.request_ctx, None)
+            if waiter is not None:
+                identity, ctx_id = waiter
+                self._reply(identity, M.READ_INDEX_RESP, [ctx_id, rs.index, None])
+        rd.read_states = []
+
+    # --- a full disk (module docstring; runtime/diskfault.py) --------------------------
+    def _disk_error(self, exc: Exception, during: str) -> bool:
+        """A write of the log raised `exc`: True when the disk refused it (the episode
+        starts or goes on; logged once), False for anything else (the caller re-raises)."""
+        kind = disk_error_kind(exc)
+        if kind is None:
+            return False
+        self._wal_writable = False
+        info = self.disk.fail(time.monotonic(), exc, kind)
+        if info is not None:
+            self.log.error("disk_full" if kind == NO_SPACE else "disk_write_failed", during=during, **info,
+                           action="nothing unpersisted is sent or acknowledged; writes refused; retrying by itself")
+        return True
+
+    def _disk_retry(self) -> None:
+        """Reopen the log read-write when due and the filesystem shows room; the held Ready
+        (if any) is saved by the flush() that follows."""
+        now = time.monotonic()
+        if self._wal_writable or not self.disk.due(now):
+            return
+        if not enough_room(self.disk.path):
+            self.disk.not_yet(now)
+            return
+        try:
+            self.wal.reopen()
+        except Exception as exc:
+            if not self._disk_error(exc, "reopen"):
+                raise
+            return
+        self._wal_writable = True
+        if self._held is None:
+            self._disk_recovered()
+
+    def _disk_recovered(self) -> None:
+        info = self.disk.recover(time.monotonic())
+        if info is not None:
+            self.log.info("disk_recovered", **info, peer_messages_dropped=self.frozen_dropped)
+        self.frozen_dropped = 0
+
+    def _disk_refusal(self) -> errors.QkvError:
+        """The error for what needs our log while the disk refuses writes."""
+        if self.disk.kind == NO_SPACE:
+            return errors.NoSpace(f"etcdserver: mvcc: database space exceeded: the disk of member {self.id:x} "
+                                  "is full; writes are refused until space is freed")
+        return errors.Unavailable(f"etcdserver: member {self.id:x} cannot write its log (disk I/O error); "
+                                  "writes are refused until it can")
+
+    def _tick(self) -> None:
+        if not self.disk.failed:  # frozen: as if cut off (module docstring)
+            self.node.tick()
 
     def _send(self, messages: list[Message]) -> None:
         by_peer: dict[int, list[list]] = {}
@@ -448,7 +578,12 @@ class ConsensusActor(Actor):
         index = durable - keep
         term = self.raft_storage.term(index)
         conf = self._conf_at(index)
-        self.wal.compact(index, term, conf)
+        try:
+            self.wal.compact(index, term, conf)
+        except Exception as exc:
+            if not self._disk_error(exc, "compact"):
+                raise
+            return
         self.raft_storage.compact(index, conf)
         self.log.info("log_compacted", index=index, durable_applied=durable)
 
@@ -785,6 +920,8 @@ class ConsensusActor(Actor):
         """On the leader: check a member op, propose its conf change; `reply(result, error)`
         runs once it is applied (or refused now)."""
         try:
+            if self.disk.failed:
+                raise self._disk_refusal()
             if self.lead != self.id:
                 raise errors.NoLeader("etcdserver: not leader")
             cc = self._check_member_op(op)
@@ -907,8 +1044,9 @@ class ConsensusActor(Actor):
         self.fsyncs = self.entries_synced = 0
 
     def _hand_over_leadership(self) -> None:
-        """On a clean stop, a leader hands over to its most up-to-date follower."""
-        if self.lead != self.id or len(self.conf.voters) < 2:
+        """On a clean stop, a leader hands over to its most up-to-date follower (not while
+        frozen: nothing could be sent)."""
+        if self.lead != self.id or len(self.conf.voters) < 2 or self.disk.failed:
             return
         progress = self.node.status().progress or {}
         followers = [(p[0], peer) for peer, p in progress.items() if peer != self.id and peer in self.conf.voters]
@@ -922,7 +1060,10 @@ class ConsensusActor(Actor):
         self.log.info("leadership_handed_over", to=f"{target:x}", done=self.lead != self.id)
 
     def shutdown(self) -> None:
+        # Also after a setup that stopped half-way (each part exists once setup made it).
         try:
-            self._hand_over_leadership()
+            if hasattr(self, "node") and hasattr(self, "lead"):
+                self._hand_over_leadership()
         finally:
-            self.wal.close()
+            if hasattr(self, "wal"):
+                self.wal.close()

@@ -21,6 +21,11 @@ Rules:
   crash during an append) is dropped, as `WAL` will drop it, but a checksum failure
   anywhere is an error (`WALDamaged`), so the node refuses to start rather than forget
   entries it had acknowledged.
+- A full disk (issue 12, actors/runtime/diskfault.py): a `save`/`compact` the disk refuses
+  raises and changes nothing here (memory moves only after the write); RocksDB's handle
+  cannot write again after that, so the caller holds what it could not persist and calls
+  `reopen` later. The WAL opens read-only when the disk refuses a read-write open (at
+  start or in `reopen`): `load` works, writes raise the disk error until a `reopen` works.
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ from rocksdict import AccessType, DBRecoveryMode, Options, Rdict, WriteBatch, Wr
 
 from actors.consensus.raft.types import Entry, HardState, SnapshotMeta
 from actors.runtime import rocks_log
+from actors.runtime.diskfault import disk_error_kind
 
 LOG_CF = "log"
 META_CF = "meta"
@@ -161,19 +167,53 @@ class WAL:
     def __init__(self, path: str):
         self.path = os.fspath(path)
         os.makedirs(self.path, exist_ok=True)
-        self._db: Rdict | None = Rdict(
-            self.path, options=_options(),
-            column_families={LOG_CF: _options(), META_CF: _options()})
-        self._log = self._db.get_column_family(LOG_CF)
-        self._meta = self._db.get_column_family(META_CF)
-        self._log_h = self._db.get_column_family_handle(LOG_CF)
-        self._meta_h = self._db.get_column_family_handle(META_CF)
+        self._db: Rdict | None = None
+        self.read_only = False
+        self.open_error: Exception | None = None  # why it is read-only
         self._wo_sync = WriteOptions()
         self._wo_sync.sync = True
         self._wo_nosync = WriteOptions()
         self._wo_nosync.sync = False
+        self._open_or_read_only()
+
+    def _open(self, read_only: bool) -> None:
+        self._db = Rdict(
+            self.path, options=_options(),
+            column_families={LOG_CF: _options(), META_CF: _options()},
+            access_type=AccessType.read_only() if read_only else AccessType.read_write())
+        self.read_only = read_only
+        self._log = self._db.get_column_family(LOG_CF)
+        self._meta = self._db.get_column_family(META_CF)
+        self._log_h = self._db.get_column_family_handle(LOG_CF)
+        self._meta_h = self._db.get_column_family_handle(META_CF)
         self._snapshot = self._load_snapshot()
         self._last_index = self._load_last_index()  # snapshot.index when the log is empty
+
+    def _open_or_read_only(self) -> None:
+        try:
+            self._open(read_only=False)
+            self.open_error = None
+        except Exception as exc:
+            if disk_error_kind(exc) is None:
+                raise
+            self._drop()
+            self.open_error = exc
+            self._open(read_only=True)
+
+    def reopen(self) -> None:
+        """Close and open read-write again (after a write the disk refused: RocksDB's handle
+        stays unable to write, rocksdict has no Resume). The snapshot and last index are
+        read again from disk. Raises the open's error when the disk still refuses, after
+        opening read-only."""
+        self.close()
+        self._open_or_read_only()
+        if self.open_error is not None:
+            raise self.open_error
+
+    def _check_writable(self) -> None:
+        assert self._db is not None, "wal is closed"
+        if self.read_only:
+            raise Exception(f"IO error: the log is open read-only since: {self.open_error}")
 
     # --- reading -------------------------------------------------------------------------
     def _load_snapshot(self) -> SnapshotMeta:
@@ -211,15 +251,16 @@ class WAL:
              snapshot: SnapshotMeta | None = None) -> None:
         """Persist a Ready's snapshot, hard state and entries in one batch, in that order;
         entries may replace a suffix. A snapshot (Ready.snapshot) drops the whole log."""
-        assert self._db is not None, "wal is closed"
         if hard_state is None and not entries and snapshot is None:
             return
+        self._check_writable()
         wb = WriteBatch(raw_mode=True)
         snap_index, last_index = self._snapshot.index, self._last_index
         if snapshot is not None:
             snap_index = last_index = snapshot.index
-            assert snapshot.index > self._snapshot.index, (
-                f"wal: snapshot {snapshot.index} not after {self._snapshot.index}")
+            # (>=: a save the disk refused may still have reached it; it is saved again)
+            assert snapshot.index >= self._snapshot.index, (
+                f"wal: snapshot {snapshot.index} before {self._snapshot.index}")
             wb.delete_range(index_key(0), _KEY_END, self._log_h)
             wb.put(SNAPSHOT_KEY, self._pack_snapshot(snapshot), self._meta_h)
         if entries:
@@ -254,9 +295,9 @@ class WAL:
     def compact(self, index: int, term: int, conf: SnapshotMeta | None = None) -> None:
         """Drop entries <= index and remember (index, term) as the compaction point, with
         the membership as of index from `conf` when given (else the previous one's)."""
-        assert self._db is not None, "wal is closed"
         if index <= self._snapshot.index:
             return
+        self._check_writable()
         assert index <= self._last_index, f"wal: compact {index} beyond last {self._last_index}"
         wb = WriteBatch(raw_mode=True)
         wb.delete_range(index_key(0), index_key(index + 1), self._log_h)
@@ -269,13 +310,24 @@ class WAL:
     def close(self) -> None:
         if self._db is None:
             return
-        db = self._db
-        self._db = None
         # rocksdict keeps the lock while any column-family handle is alive.
         del self._log_h, self._meta_h
         for cf in (self._log, self._meta):
-            cf.close() if hasattr(cf, "close") else None
+            try:
+                cf.close() if hasattr(cf, "close") else None
+            except Exception:  # a handle whose writes failed: see _drop
+                pass
         del self._log, self._meta
-        db.close()
-        del db
+        self._drop()
+
+    def _drop(self) -> None:
+        """Close the db; one whose writes failed raises from close() ("Writer has previous
+        error") but is closed all the same (its lock is free): not an error of ours."""
+        db, self._db = self._db, None
+        if db is not None:
+            try:
+                db.close()
+            except Exception:
+                pass
+            del db
         gc.collect()

@@ -56,6 +56,7 @@ from actors.runtime import wire
 from actors.runtime.actor import Actor
 from actors.gateway.auth import MEMBER, TOKEN_SWEEP_S, GatewayAuth, PasswordWork, token_sha256
 from actors.gateway.corruption import CorruptionChecker
+from actors.gateway.diskguard import DiskGuard
 from actors.storage.auth import AuthState
 from actors.storage.mvcc import alarms as alarm_rules
 from nodes.config import VERSION
@@ -138,6 +139,8 @@ class GatewayActor(Actor):
         self.storage_status: dict[str, Any] = {}  # storage's, polled with the consensus status
         self.quota_bytes = cfg.quota_backend_bytes or QUOTA_DEFAULT_BYTES
         self.alarm_proposed: dict[tuple[int, str], float] = {}
+        self.disk = DiskGuard(self.member_id, self.log)  # a full local disk (issue 12): _disk_tick
+        self.every(STATUS_POLL_S, self._disk_tick)
         self.corruption: CorruptionChecker | None = None
         if cfg.corrupt_check_time > 0:
             self.corruption = CorruptionChecker(
@@ -234,6 +237,10 @@ class GatewayActor(Actor):
             if op["id"] == 0:
                 op["id"] = self._rng.randrange(1, 2**63)
             op["ttl"] = max(op["ttl"], self.lease_ttl_min_s)
+        refused = self.disk.check(op, is_write(op), self.storage_status, self.consensus_status)
+        if refused is not None:  # a local disk refuses writes (actors/gateway/diskguard.py)
+            self._reply_error(identity, delimiter, client_id, refused)
+            return
         if alarm_rules.adds_data(op) and self._over_quota(len(frame)):
             self._reply_error(identity, delimiter, client_id, errors.NoSpace())
             return
@@ -377,6 +384,13 @@ class GatewayActor(Actor):
             return False
         self.propose_alarm(self.member_id, alarm_rules.NOSPACE)
         return True
+
+    def _disk_tick(self) -> None:
+        """Issue 12: raise / disarm this member's NOSPACE alarm for a full local disk
+        (actors/gateway/diskguard.py decides; server entries, req_id 0)."""
+        over_quota = self.storage_status.get("db_size", 0) > self.quota_bytes
+        for op in self.disk.tick(time.monotonic(), self.storage_status, self.consensus_status, over_quota):
+            self.propose_batch.append([self._new_id(), entry.encode(self.member_id, 0, None, None, op)])
 
     def propose_alarm(self, member_id: int, alarm: str) -> None:
         """Raise an alarm through the log, unless storage shows it active or it was proposed
@@ -570,6 +584,7 @@ class GatewayActor(Actor):
             "client_urls": list(self.cfg.advertise_client_urls),
             "watch_urls": list(self.cfg.listen_watch_urls),
         }
+        self.disk.annotate(response, s, c)  # NOSPACE while this member's disk is full
         self._finish(req_id, response, None, s["revision"], c["term"])
 
     def _note_epoch(self, epoch: int | None) -> None:

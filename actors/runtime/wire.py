@@ -291,7 +291,7 @@ SCHEMAS: dict[int, Schema] = {
     M.HASH_KV: Tup(ID, I64),
     M.HASH_KV_RESP: Reply(ID, Nullable(Map({"hash": U64, "revision": I64, "compact_revision": I64})),
                           OPT_ERROR),
-    M.LEADERSHIP: Tup(Bool(), U64, U64, URLS, U64),
+    M.LEADERSHIP: Tup(Bool(), U64, U64, URLS, U64, Bool()),  # ..., ready_index, sole_voter
     M.LEASE_PROPOSE: Tup(U64, ListOf(Bytes())),
     M.DEFRAG: Tup(ID),
     M.DEFRAG_RESP: Tup(ID, Nullable(Map({"took_s": Num(), "db_size_before": I64, "db_size_after": I64})),

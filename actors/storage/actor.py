@@ -49,6 +49,16 @@
   batches, with the metadata read at that instant) and each further request reads one
   chunk of it (snapshot_file.py), so serving never stops for long; a save left idle for
   SNAPSHOT_IDLE_S is dropped with its checkpoint.
+- A full disk (issue 12; actors/runtime/diskfault.py): a write of the store that the disk
+  refuses (apply, the periodic WAL sync, the open at start) does not take the actor down.
+  The batch is not applied (nothing of it was written, nothing is published); one log line
+  (`disk_full`, naming the store's directory) starts the episode; status reports `disk`;
+  reads are served from the store as it was; no entries are fetched. Every so often
+  (backing off, once the filesystem shows room) the database is closed and opened again
+  (RocksDB stays unable to write on that handle otherwise); a reopen that fails leaves a
+  read-only handle, so reads go on. Once it opens read-write the store is read again from
+  disk, entries are fetched from the applied index, and `disk_recovered` is logged. The
+  gateway refuses writes meanwhile (it sees `disk` in the status it polls).
 """
 from __future__ import annotations
 
@@ -68,6 +78,7 @@ from actors.runtime import wire
 from actors.runtime.entry import InvalidEntry
 from actors.runtime.entry_ops import validate_entry_op
 from actors.runtime.actor import Actor
+from actors.runtime.diskfault import NO_SPACE, DiskFault, disk_error_kind, enough_room
 from actors.runtime.failpoints import failpoint
 from actors.storage.backend import RocksBackend, fsync_dir
 from actors.storage.compactor import make_compactor
@@ -101,6 +112,7 @@ SNAPSHOT_IDLE_S = float(os.environ.get("QKV_SNAPSHOT_IDLE_S", "10.0"))
 # A lease is checkpointed when its remaining TTL is this much below what the log knows
 # (its last checkpoint, or its full TTL); leases kept alive more often are never touched.
 LEASE_CHECKPOINT_MARGIN_MS = 1000
+DISK_RETRY_TICK_S = 0.1  # how often a failed disk is looked at (DiskFault sets the backoff)
 
 
 # What each socket may receive (runtime/wire.py decodes and checks every message).
@@ -122,9 +134,18 @@ class StorageActor(Actor):
         self.data_dir = os.path.abspath(cfg.data_dir)
         self.store_dir = os.path.join(self.data_dir, "storage")
         self._recover_install()
-        self.backend = RocksBackend(self.store_dir)
+        self.disk = DiskFault(self.store_dir)
+        # On a full disk RocksDB cannot open read-write: read-only, so reads go on.
+        self.backend = RocksBackend(self.store_dir, fallback_read_only=True)
+        if self.backend.open_error is not None:
+            self._disk_error(self.backend.open_error, "open")
         self.store = MVCCStore(self.backend)
-        self.backend.sync()  # whatever survived the last run is durable from here on
+        if not self.disk.failed:
+            try:
+                self.backend.sync()  # whatever survived the last run is durable from here on
+            except Exception as exc:
+                if not self._disk_error(exc, "sync"):
+                    raise
         self.durable_applied = self.store.applied_index
         self.raft_term = 0
         self.dropped = wire.Dropped(self.log)  # invalid internal messages (runtime/wire.py)
@@ -142,6 +163,7 @@ class StorageActor(Actor):
         self._seq = itertools.count()
         self.every(FETCH_RESEND_S, self._resend_fetch)
         self.every(SYNC_INTERVAL_S, self._sync)
+        self.every(DISK_RETRY_TICK_S, self._disk_retry)
         self._lease_setup()
         self._maintenance_setup()
         # Snapshot saves in progress: checkpoints in their own dir (consensus empties
@@ -155,6 +177,8 @@ class StorageActor(Actor):
 
     # --- entries from consensus ----------------------------------------------------
     def _send_fetch(self) -> None:
+        if self.disk.failed:
+            return  # nothing can be applied: fetched again once writes work
         body = [self.store.applied_index, self.durable_applied, 4096]
         try:
             self.consensus.send(pack_msg(M.FETCH, body), zmq.NOBLOCK)
@@ -168,9 +192,55 @@ class StorageActor(Actor):
             self._send_fetch()
 
     def _sync(self) -> None:
-        if self.store.applied_index > self.durable_applied:
-            self.backend.sync()
+        if self.store.applied_index > self.durable_applied and not self.disk.failed:
+            try:
+                self.backend.sync()
+            except Exception as exc:
+                if not self._disk_error(exc, "sync"):
+                    raise
+                return
             self.durable_applied = self.store.applied_index
+
+    # --- a full disk (module docstring; runtime/diskfault.py) --------------------------
+    def _disk_error(self, exc: Exception, during: str) -> bool:
+        """A write of the store raised `exc`: True when the disk refused it (the episode
+        starts or goes on; logged once), False for anything else (the caller re-raises)."""
+        kind = disk_error_kind(exc)
+        if kind is None:
+            return False
+        info = self.disk.fail(time.monotonic(), exc, kind)
+        if info is not None:
+            self.log.error("disk_full" if kind == NO_SPACE else "disk_write_failed", during=during, **info,
+                           applied_index=self.store.applied_index if hasattr(self, "store") else None,
+                           action="writes refused, reads served from what is applied; retrying by itself")
+        if getattr(self, "waiting", None):  # they wait for entries that cannot be applied now
+            waiting, self.waiting = self.waiting, []
+            self._stalled_reads([w[2:] for w in waiting])
+        return True
+
+    def _disk_retry(self) -> None:
+        now = time.monotonic()
+        if not self.disk.due(now):
+            return
+        if not enough_room(self.store_dir):
+            self.disk.not_yet(now)
+            return
+        self._defrag_join()
+        try:
+            self.backend.reopen()
+        except Exception as exc:
+            if not self._disk_error(exc, "reopen"):
+                raise
+        # Read again from disk, read-write or read-only: the store is what the disk holds.
+        self.store = MVCCStore(self.backend)
+        if self.disk.failed and self.backend.open_error is None:
+            info = self.disk.recover(time.monotonic())
+            if info is not None:
+                self.log.info("disk_recovered", **info, applied_index=self.store.applied_index)
+            self.durable_applied = self.store.applied_index  # the reopen flushed the WAL
+            self._push_auth_state()
+            self._send_fetch()
+            self._serve_waiting()
 
     def on_consensus(self, frames: list[bytes]) -> None:
         try:
@@ -181,6 +251,8 @@ class StorageActor(Actor):
         raw_entries, _commit, term = body
         self.raft_term = max(self.raft_term, term)
         self.fetch_outstanding = False
+        if self.disk.failed:
+            return  # fetched before the disk failed: fetched again once writes work
         batch: list[tuple[int, dict | None, Any]] = []
         origins: dict[int, tuple[int, int, Any]] = {}
         expected = self.store.applied_index + 1
@@ -203,7 +275,12 @@ class StorageActor(Actor):
             if any(isinstance(op, dict) and op.get("op") == "compact" for _, op, _ in batch):
                 failpoint("during_compaction")  # the compaction is in this batch's one write
             auth_before = self.store.auth
-            results = self.store.apply(batch)
+            try:
+                results = self.store.apply(batch)
+            except Exception as exc:
+                if not self._disk_error(exc, "apply"):
+                    raise
+                return  # nothing of the batch was written or published
             failpoint("after_storage_commit")
             self._publish_auth(batch, results, auth_before)
             self._publish(results, origins)
@@ -335,6 +412,7 @@ class StorageActor(Actor):
                 "alarms": alarm_rules.to_wire(self.store.alarms),
                 "defragmenting": self.defrag_thread is not None,
                 "auth_revision": self.store.auth.revision,
+                "disk": self.disk.wire(time.monotonic()),
             }
             self.send_router(self.router, identity, pack_msg(M.STORAGE_STATUS_RESP, [ctx_id, status]))
         elif msg_type == M.DEFRAG:
@@ -361,19 +439,50 @@ class StorageActor(Actor):
     def _reads(self, identity: bytes, reads: list) -> None:
         applied = self.store.applied_index
         ready = []
+        stalled = []
         for req_id, op, min_index, client_id, auth in reads:
             if min_index <= applied:
                 ready.append((identity, req_id, op, client_id, auth))
+            elif self.disk.failed:
+                stalled.append((identity, req_id, op, client_id, auth))
             else:
                 heapq.heappush(self.waiting, (min_index, next(self._seq), identity, req_id, op, client_id, auth))
         self._answer(ready)
+        self._stalled_reads(stalled)
 
-    def _answer(self, reads: list[tuple[bytes, int, dict, Any, Any]]) -> None:
+    def _stalled_reads(self, reads: list[tuple[bytes, int, dict, Any, Any]]) -> None:
+        """Reads that wait for entries this store cannot apply (its disk refuses writes).
+        On a sole voter they are served at once: every write acknowledged anywhere was
+        acknowledged by this storage after it applied it, so what it has applied holds
+        them all (leading or not: a node restarted on a full disk cannot persist the vote
+        that makes it leader, and nobody else can lead without that vote). Elsewhere another member may have applied and acknowledged
+        more: `unavailable` (retryable: the client asks another member) at once rather
+        than a timeout."""
+        if not reads:
+            return
+        if self.sole_voter:
+            self._answer(reads)
+        else:
+            self._answer(reads, errors.Unavailable(
+                "etcdserver: this member cannot apply the log (its disk refuses writes); serializable reads "
+                "are served, or ask another member"))
+
+    def _answer(self, reads: list[tuple[bytes, int, dict, Any, Any]], error: errors.QkvError | None = None) -> None:
         """Serve reads, one message per asker and kind: decoded (READ_RESP) for the watch
         actor, finished client frames (CLIENT_REPLIES) for the gateway. A client read is
-        checked against the applied auth state first (at serve time: the state it meets)."""
+        checked against the applied auth state first (at serve time: the state it meets).
+        With `error`, each gets that error instead."""
         out: dict[tuple[bytes, bool], list] = {}
         for identity, req_id, op, client_id, auth in reads:
+            if error is not None:
+                revision = self.store.current_revision
+                if client_id is None:
+                    out.setdefault((identity, False), []).append([req_id, None, error.to_wire(), revision,
+                                                                   self.raft_term])
+                else:
+                    frame = self._client_frame(client_id, None, error.to_wire(), revision)
+                    out.setdefault((identity, True), []).append([req_id, frame, revision])
+                continue
             if auth != SERVER:
                 try:
                     self.store.check_read(auth, op)
@@ -454,7 +563,9 @@ class StorageActor(Actor):
         os.rename(path, self.store_dir)
         fsync_dir(self.data_dir)
         shutil.rmtree(old, ignore_errors=True)
-        self.backend = RocksBackend(self.store_dir)
+        self.backend = RocksBackend(self.store_dir, fallback_read_only=True)
+        if self.backend.open_error is not None:
+            self._disk_error(self.backend.open_error, "open")
         self.store = MVCCStore(self.backend)
         self.durable_applied = self.store.applied_index
         self._demote()  # a leader never installs a snapshot; start from the new table anyway
@@ -502,6 +613,13 @@ class StorageActor(Actor):
         except (OSError, SnapshotFileError) as exc:  # disk full, a checkpoint file gone
             self.log.exception("snapshot_save_failed")
             raise errors.Internal(f"snapshot failed: {exc}") from None
+        except Exception as exc:  # RocksDB's checkpoint on a full disk
+            if disk_error_kind(exc) is None:
+                raise
+            self.log.warning("snapshot_save_failed", error=str(exc)[:300])
+            if disk_error_kind(exc) == NO_SPACE:
+                raise errors.NoSpace("snapshot save failed: no space left on this member's disk") from None
+            raise errors.Internal(f"snapshot failed: {exc}"[:300]) from None
         if done:
             self.log.info("snapshot_save_sent", id=f"{save.snapshot_id:x}", bytes=save.stream.total_size)
         return {"snapshot_id": save.snapshot_id, "offset": offset, "data": data, "done": done,
@@ -593,6 +711,7 @@ class StorageActor(Actor):
     # --- leases ----------------------------------------------------------------------
     def _lease_setup(self) -> None:
         self.is_leader = False
+        self.sole_voter = False  # this member is the only voter (LEADERSHIP): reads on a full disk
         self.leader_term = 0
         self.lead = 0
         self.lead_urls: list[str] = []
@@ -610,8 +729,10 @@ class StorageActor(Actor):
         self.every(LEASE_TICK_S, self._lease_tick)
         self.every(LEASE_CHECKPOINT_S, self._lease_checkpoint_tick)
 
-    def _on_leadership(self, is_leader: bool, term: int, lead: int, urls: list, ready_index: int) -> None:
+    def _on_leadership(self, is_leader: bool, term: int, lead: int, urls: list, ready_index: int,
+                       sole_voter: bool) -> None:
         self.leadership_heard_at = time.monotonic()
+        self.sole_voter = bool(sole_voter)
         self.is_leader, self.leader_term, self.lead = bool(is_leader), term, lead
         self.lead_urls = list(urls or [])
         self.leader_ready_index = ready_index
@@ -806,6 +927,10 @@ class StorageActor(Actor):
                              for k in range(0, len(items), LEASE_CHECKPOINT_BATCH)])
 
     def shutdown(self) -> None:
-        self._defrag_join()
-        self.saves.close()
-        self.backend.close()
+        # Also after a setup that stopped half-way (each part exists once setup made it).
+        if hasattr(self, "defrag_thread"):
+            self._defrag_join()
+        if hasattr(self, "saves"):
+            self.saves.close()
+        if hasattr(self, "backend"):
+            self.backend.close()

@@ -8,7 +8,11 @@ Rules:
 - iteration uses ``seek`` / ``seek_for_prev`` plus an upper bound in the read options
   (``set_iterate_lower_bound`` is broken in rocksdict: it sets the upper bound);
 - ``close`` drops every column-family handle before closing the db (rocksdict keeps the
-  lock while any handle is alive).
+  lock while any handle is alive);
+- a full disk (actors/runtime/diskfault.py): a failed write leaves the handle unable to
+  write but able to read; ``reopen`` closes it and opens read-write again, or read-only
+  (reads go on) when the disk still refuses. A write or a WAL sync on a read-only handle
+  raises the disk error that made it read-only.
 
 The on-disk layout of the data is the store's business (mvcc/store.py docstring).
 """
@@ -20,9 +24,10 @@ import weakref
 from typing import Iterator, Iterable
 
 from rocksdict import (
-    BottommostLevelCompaction, Checkpoint, CompactOptions, Options, ReadOptions, Rdict, WriteBatch, WriteOptions,
+    AccessType, BottommostLevelCompaction, Checkpoint, CompactOptions, Options, ReadOptions, Rdict, WriteBatch, WriteOptions,
 )
 
+from actors.runtime.diskfault import disk_error_kind
 from actors.storage.mvcc.store import COLUMN_FAMILIES
 
 
@@ -43,28 +48,65 @@ def fsync_dir(path: str) -> None:
 
 
 class RocksBackend:
-    def __init__(self, path: str | os.PathLike, column_families: Iterable[str] = COLUMN_FAMILIES) -> None:
+    def __init__(self, path: str | os.PathLike, column_families: Iterable[str] = COLUMN_FAMILIES,
+                 fallback_read_only: bool = False) -> None:
+        """Open read-write. With `fallback_read_only`, a disk error (runtime/diskfault.py:
+        a full disk) opens it read-only instead, so reads go on, and is kept in
+        ``open_error`` (``reopen`` tries read-write again)."""
         self.path = os.fspath(path)
         os.makedirs(self.path, exist_ok=True)
-        names = set(column_families)
-        try:
-            names.update(Rdict.list_cf(self.path, _options()))
-        except Exception:  # a new database has no column families to list yet
-            pass
-        names.discard("default")
-        self._db: Rdict | None = Rdict(
-            self.path, options=_options(), column_families={n: _options() for n in sorted(names)}
-        )
+        self._names = set(column_families)
+        self._db: Rdict | None = None
         self._cfs: dict[str, Rdict] = {}
         self._handles: dict[str, object] = {}
-        for name in sorted(names):
-            self._open_cf(name)
         # Live iterate() generators: close() ends them, as each holds a RocksDB iterator.
         self._iterators: weakref.WeakSet = weakref.WeakSet()
         self._wo_sync = WriteOptions()
         self._wo_sync.sync = True
         self._wo_nosync = WriteOptions()
         self._wo_nosync.sync = False
+        self.read_only = False
+        self.open_error: Exception | None = None
+        if fallback_read_only:
+            self._open_or_read_only()
+        else:
+            self._open(read_only=False)
+
+    def _open(self, read_only: bool) -> None:
+        names = set(self._names)
+        try:
+            names.update(Rdict.list_cf(self.path, _options()))
+        except Exception:  # a new database has no column families to list yet
+            pass
+        names.discard("default")
+        if read_only:
+            # Only what exists: a read-only handle creates nothing.
+            names &= set(Rdict.list_cf(self.path, _options())) - {"default"}
+        self._db = Rdict(self.path, options=_options(), column_families={n: _options() for n in sorted(names)},
+                         access_type=AccessType.read_only() if read_only else AccessType.read_write())
+        self.read_only = read_only
+        for name in sorted(names):
+            self._open_cf(name)
+
+    def _open_or_read_only(self) -> None:
+        try:
+            self._open(read_only=False)
+            self.open_error = None
+        except Exception as exc:
+            if disk_error_kind(exc) is None:
+                raise
+            self._drop_handles()
+            self.open_error = exc
+            self._open(read_only=True)
+
+    def reopen(self) -> None:
+        """Close and open again read-write: the only way out of RocksDB's error state after
+        a failed write (rocksdict has no Resume). Raises the open's error when the disk
+        still refuses, after opening read-only so that reads go on."""
+        self.close()
+        self._open_or_read_only()
+        if self.open_error is not None:
+            raise self.open_error
 
     def _open_cf(self, name: str) -> None:
         assert self._db is not None, "backend is closed"
@@ -81,6 +123,8 @@ class RocksBackend:
         return cf
 
     def get(self, cf: str, key: bytes) -> bytes | None:
+        if self.read_only and cf not in self._cfs:
+            return None  # a read-only handle creates nothing: the family is empty
         return self._cf(cf).get(key)
 
     def iterate(
@@ -93,6 +137,8 @@ class RocksBackend:
     def _iterate(
         self, cf: str, start: bytes, end: bytes | None, reverse: bool
     ) -> Iterator[tuple[bytes, bytes]]:
+        if self.read_only and cf not in self._cfs:
+            return
         ro = ReadOptions()
         if end is not None:
             if end <= start:
@@ -125,8 +171,15 @@ class RocksBackend:
                 yield k, it.value()
                 it.prev()
 
-    def write(self, batch: list[tuple[str, bytes, bytes | None]], sync: bool = False) -> None:
+    def _check_writable(self) -> None:
         assert self._db is not None, "backend is closed"
+        if self.read_only:
+            # A new exception each time (re-raising one object would grow its traceback);
+            # it reads as the disk error that made the handle read-only (diskfault.py).
+            raise Exception(f"IO error: the database is open read-only since: {self.open_error}")
+
+    def write(self, batch: list[tuple[str, bytes, bytes | None]], sync: bool = False) -> None:
+        self._check_writable()
         wb = WriteBatch(raw_mode=True)
         for cf, key, value in batch:
             self._cf(cf)
@@ -138,7 +191,7 @@ class RocksBackend:
         self._db.write(wb, self._wo_sync if sync else self._wo_nosync)
 
     def flush_wal(self, sync: bool = True) -> None:
-        assert self._db is not None, "backend is closed"
+        self._check_writable()
         self._db.flush_wal(sync)
 
     def sync(self) -> None:
@@ -178,16 +231,24 @@ class RocksBackend:
         for cf in list(self._cfs.values()):
             cf.compact_range(None, None, opts)
 
+    def _drop_handles(self) -> None:
+        self._handles.clear()
+        self._cfs.clear()
+        db, self._db = self._db, None
+        if db is not None:
+            try:
+                db.close()
+            except Exception:  # a handle whose writes failed: closed all the same
+                pass
+            del db
+        gc.collect()
+
     def close(self) -> None:
+        """Close; a handle whose writes failed (RocksDB's error state) raises from its own
+        close, but is closed all the same: that error is not ours to raise."""
         if self._db is None:
             return
         for gen in list(self._iterators):
             gen.close()
         self._iterators.clear()
-        db = self._db
-        self._db = None
-        self._handles.clear()
-        self._cfs.clear()
-        db.close()
-        del db
-        gc.collect()
+        self._drop_handles()

@@ -75,7 +75,8 @@ GOOD: dict[int, list] = {
     M.INSTALL_RESP: [[4, 10, None]],
     M.HASH_KV: [[4, 0]],
     M.HASH_KV_RESP: [[4, {"hash": 2**64 - 1, "revision": 4, "compact_revision": 0}, None], [4, None, ERR]],
-    M.LEADERSHIP: [[True, 3, 5, ["tcp://127.0.0.1:2379"], 9], [False, 0, 0, [], 0]],
+    M.LEADERSHIP: [[True, 3, 5, ["tcp://127.0.0.1:2379"], 9, False], [False, 0, 0, [], 0, False],
+                   [True, 1, 5, [], 2, True]],
     M.LEASE_PROPOSE: [[3, [entry.encode(0, 0, None, None, {"op": "lease_expire", "id": 9})]]],
     M.DEFRAG: [[4]],
     M.DEFRAG_RESP: [[4, {"took_s": 0.25, "db_size_before": 10, "db_size_after": 5}, None], [4, None, ERR]],
@@ -190,8 +191,9 @@ def test_every_position_with_a_wrong_value_is_refused_or_still_well_typed(msg_ty
     (M.FETCH, [True, 0, 10]),
     (M.FETCH, [-1, 0, 10]),
     (M.FETCH, [0, 0, 10**9]),
-    (M.LEADERSHIP, [1, 3, 5, [], 9]),  # an int as the bool
-    (M.LEADERSHIP, [True, 3, 5, "tcp://h:1", 9]),
+    (M.LEADERSHIP, [1, 3, 5, [], 9, False]),  # an int as the bool
+    (M.LEADERSHIP, [True, 3, 5, [], 9]),  # sole_voter missing
+    (M.LEADERSHIP, [True, 3, 5, "tcp://h:1", 9, False]),
     (M.ENTRIES, [[[1, 1, 256, b""]], 1, 1]),
     (M.ENTRIES, [[[1, 1, 0, "str"]], 1, 1]),
     (M.ENTRIES, [[[1, 1, 0]], 1, 1]),
