@@ -33,10 +33,19 @@ id, and routes it:
   token's sha256; the client gets the token once that entry applied. user_add and
   user_change_password entries carry the scrypt hash computed here, never the password.
 
+- per-connection bounds (issue 12, SPEC section 1 "Per-connection limits";
+  actors/gateway/conns.py): every request passes `Conns.request` (start now, wait, or
+  `too_many_requests`) and every reply `Conns.reply` (send, park, or drop), so what the
+  node holds for one client connection is bounded in bytes and a client that does not
+  read its replies waits alone; the first drop or refusal of such an episode is logged
+  once (`slow_client`, with the peer's address), the counts every 10 s.
+
 Rules: no request is ever left without a reply: each has a deadline, and past it the
-client gets `timeout`. Bad input of any kind gets an error reply and never raises out
-of a handler. Replies to clients that have gone are dropped (ROUTER_MANDATORY makes
-that visible instead of silent). Nothing here blocks: every send is non-blocking.
+client gets `timeout` (a reply the connection's bound drops is the exception: the
+client does not read anyway, and times out). Bad input of any kind gets an error reply
+and never raises out of a handler. Replies to clients that have gone are dropped
+(ROUTER_MANDATORY makes that visible instead of silent). Nothing here blocks: every
+send is non-blocking.
 """
 from __future__ import annotations
 
@@ -54,6 +63,7 @@ from actors.runtime import messages as M
 from actors.runtime import security
 from actors.runtime import wire
 from actors.runtime.actor import Actor
+from actors.gateway.conns import ADMIT, REFUSE, Conn, Conns, PeerGone, PipeFull
 from actors.gateway.auth import MEMBER, TOKEN_SWEEP_S, GatewayAuth, PasswordWork, token_sha256
 from actors.gateway.corruption import CorruptionChecker
 from actors.gateway.diskguard import DiskGuard
@@ -70,6 +80,13 @@ STATUS_POLL_S = 0.25
 QUOTA_DEFAULT_BYTES = 2 * 1024**3  # etcd: --quota-backend-bytes 0 means the default
 ALARM_RETRY_S = 1.0  # an alarm proposal not yet seen applied is proposed again after this
 UINT64_MAX = 2**64 - 1
+# Per-connection bounds (conns.py; SPEC section 1 "Per-connection limits").
+CLIENT_SNDHWM = 128  # messages per client pipe in libzmq (a multipart message counts once)
+CLIENT_COPY_THRESHOLD = 8192  # replies of this size or more are sent zero-copy and tracked:
+# so the copied (uncounted) replies libzmq holds for one connection are < 128 x 8 KiB = 1 MiB
+WAITING_PER_REQUEST = 16  # requests that may wait per connection: 16 x --max-client-requests
+SLOW_LOG_PERIOD_S = 10.0
+SLOW_LOG_LINES = 5  # slow_client lines per period at most; the others are counted
 AUTHENTICATE_ATTEMPTS = 3  # the auth state changed between the password check and the apply: again
 
 
@@ -117,8 +134,20 @@ class GatewayActor(Actor):
             handler=self.on_client,
             maxmsgsize=max(4 * cfg.max_request_bytes, 8 * 1024 * 1024),
             curve_server=curve_server,
-            with_user=curve_server is not None,
+            with_peer=True,  # handler(frames, zap_user, peer address): the slow_client line names the peer
+            sndhwm=CLIENT_SNDHWM,
         )
+        self.clients.copy_threshold = CLIENT_COPY_THRESHOLD
+        self.conns = Conns(
+            self._send_frames,
+            queue_bytes=cfg.max_client_queue_bytes,
+            max_requests=cfg.max_client_requests,
+            max_waiting=WAITING_PER_REQUEST * cfg.max_client_requests,
+            wait_timeout=REQUEST_TIMEOUT_S,
+            on_slow=self._on_slow,
+        )
+        self._slow_logged = 0  # slow_client lines this period
+        self._slow_unlogged = 0  # slow connections not named in a line this period
         self.dropped = wire.Dropped(self.log)  # invalid internal messages (runtime/wire.py)
         self.results = self.socket(zmq.PULL, bind=self.endpoints.gateway_results, handler=self.on_internal)
         self.consensus = self.socket(zmq.DEALER, connect=self.endpoints.consensus, handler=self.on_internal)
@@ -149,8 +178,7 @@ class GatewayActor(Actor):
                 curve=self.client_curve)
             self.every(cfg.corrupt_check_time, self.corruption.tick)
         self.every(0.05, self.expire)
-        self.replies_dropped = 0
-        self.every(10.0, self._log_dropped)
+        self.every(SLOW_LOG_PERIOD_S, self._log_dropped)
         self.every(TOKEN_SWEEP_S, self.auth.sweep)
         self.poll_consensus()
         self._send_internal(self.storage, M.AUTH_STATE_GET, [0])
@@ -168,17 +196,44 @@ class GatewayActor(Actor):
             "raft_term": raft_term if raft_term is not None else self.raft_term,
         }
 
-    def _send(self, identity: bytes, delimiter: bool, reply: dict[str, Any]) -> None:
-        frames = [identity, b"", pack(reply)] if delimiter else [identity, pack(reply)]
-        try:
-            self.clients.send_multipart(frames, zmq.NOBLOCK)
-        except zmq.ZMQError:
-            # The client has gone, or let its queue fill up (ROUTER_MANDATORY tells us
-            # instead of dropping in silence); it times out and asks again.
-            self.replies_dropped += 1
+    def _send(self, identity: bytes, delimiter: bool, reply: dict[str, Any], admitted: bool = True) -> None:
+        self._to_client(identity, delimiter, pack(reply), admitted)
 
-    def _reply_error(self, identity: bytes, delimiter: bool, client_id: int | None, err: errors.QkvError) -> None:
-        self._send(identity, delimiter, {"id": client_id, "ok": False, "error": err.to_wire()})
+    def _to_client(self, identity: bytes, delimiter: bool, payload: bytes, admitted: bool = True) -> None:
+        """Every reply to a client goes here: the connection's bound decides (conns.py)
+        whether it is sent, parked until libzmq takes it, or dropped (counted; the client
+        times out). `admitted`: it answers a request that was counted in progress."""
+        frames = [identity, b"", payload] if delimiter else [identity, payload]
+        self.conns.reply(identity, frames, time.monotonic(), admitted)
+
+    def _send_frames(self, frames: list[bytes]) -> Any:
+        """conns.py's way out: zero-copy and tracked, so that the bytes libzmq holds for a
+        connection are known until it lets go of them (small frames are copied: None)."""
+        try:
+            tracker = self.clients.send_multipart(frames, zmq.NOBLOCK, copy=False, track=True)
+        except zmq.Again:
+            raise PipeFull() from None  # the client does not read (ROUTER_MANDATORY: not silent)
+        except zmq.ZMQError:
+            raise PeerGone() from None  # EHOSTUNREACH: the client has gone
+        return None if tracker is None or tracker.done else tracker
+
+    def _on_slow(self, conn: Conn, reason: str) -> None:
+        """A connection's first dropped reply or expired request of an episode: one line,
+        rate-limited."""
+        if self._slow_logged >= SLOW_LOG_LINES:
+            self._slow_unlogged += 1
+            return
+        self._slow_logged += 1
+        self.log.warning("slow_client", reason=reason, identity=conn.identity.hex(), peer=conn.peer or None,
+                         user=conn.user or None, held_bytes=conn.held, in_progress=conn.in_progress,
+                         waiting=len(conn.waiting), limit_bytes=self.conns.queue_bytes,
+                         flag="--max-client-queue-bytes",
+                         message="the client does not read its replies: its requests wait, then are refused "
+                                 "(too_many_requests); replies over the bound are dropped")
+
+    def _reply_error(self, identity: bytes, delimiter: bool, client_id: int | None, err: errors.QkvError,
+                     admitted: bool = True) -> None:
+        self._send(identity, delimiter, {"id": client_id, "ok": False, "error": err.to_wire()}, admitted)
 
     def _finish(self, req_id: int, response: dict | None, error: Any, revision: int, raft_term: int) -> None:
         p = self.pending.pop(req_id, None)
@@ -196,15 +251,67 @@ class GatewayActor(Actor):
         self._finish(req_id, None, err.to_wire(), 0, 0)
 
     # --- client requests -----------------------------------------------------------
-    def on_client(self, frames: list[bytes], zap_user: str = "") -> None:
+    def on_client(self, frames: list[bytes], zap_user: str = "", peer: str = "") -> None:
+        """A client's frame: started now, or queued behind the connection's bound
+        (conns.py), or refused with too_many_requests. A malformed or oversized frame is
+        answered at once (a small refusal; it does no work)."""
         identity = frames[0]
         if len(frames) == 2:
             delimiter, frame = False, frames[1]
         elif len(frames) == 3 and frames[1] == b"":
             delimiter, frame = True, frames[2]
         else:
-            self._reply_error(identity, False, None, errors.Malformed("malformed request: expected one frame"))
+            self._reply_error(identity, False, None, errors.Malformed("malformed request: expected one frame"),
+                              admitted=False)
             return
+        now = time.monotonic()
+        if len(frame) > self.cfg.max_request_bytes:
+            self._handle(identity, delimiter, frame, zap_user, now, admitted=False)
+            return
+        item = (identity, delimiter, frame, zap_user, now)
+        decision = self.conns.request(identity, item, len(frame), now, peer, zap_user)
+        if decision == ADMIT:
+            self._handle(*item)
+        elif decision == REFUSE:
+            self._refuse(item, f"etcdserver: too many requests: this connection has too many requests "
+                               f"waiting behind its limits (--max-client-requests "
+                               f"{self.cfg.max_client_requests} in progress, --max-client-queue-bytes "
+                               f"{self.cfg.max_client_queue_bytes} of replies held)")
+
+    def _refuse(self, item: tuple, message: str) -> None:
+        """too_many_requests for a request that never started (retryable: it did nothing)."""
+        identity, delimiter, frame, _user, _arrived = item
+        client_id = None
+        try:
+            req = unpack(frame)
+            cid = req.get("id") if isinstance(req, dict) else None
+            if not isinstance(cid, bool) and isinstance(cid, int) and 0 <= cid <= UINT64_MAX:
+                client_id = cid
+        except errors.QkvError:
+            pass
+        self._reply_error(identity, delimiter, client_id,
+                          errors.TooManyRequests(message, limit_requests=self.cfg.max_client_requests,
+                                                 limit_bytes=self.cfg.max_client_queue_bytes),
+                          admitted=False)
+
+    def _start_ready(self) -> None:
+        """Requests the connection bound let wait and now lets start, or expire."""
+        conns = self.conns
+        conns.service(time.monotonic())
+        while conns.ready or conns.expired:
+            while conns.ready:
+                self._handle(*conns.ready.popleft())
+            while conns.expired:
+                self._refuse(conns.expired.popleft(),
+                             f"etcdserver: too many requests: the request waited {REQUEST_TIMEOUT_S:g} s behind "
+                             f"earlier ones of this connection whose replies are not read "
+                             f"(--max-client-queue-bytes {self.cfg.max_client_queue_bytes}, "
+                             f"--max-client-requests {self.cfg.max_client_requests})")
+
+    def _handle(self, identity: bytes, delimiter: bool, frame: bytes, zap_user: str, now: float,
+                admitted: bool = True) -> None:
+        """Validate and route one request. `now` is when it arrived (its deadline counts
+        from there); `admitted=False` only for frames refused without being counted."""
         client_id = None
         try:
             req = unpack(frame)
@@ -223,15 +330,16 @@ class GatewayActor(Actor):
                 raise errors.Unavailable("the auth state is not loaded yet; retry")
             self.auth.precheck(auth, op)
         except errors.QkvError as err:
-            self._reply_error(identity, delimiter, client_id, err)
+            self._reply_error(identity, delimiter, client_id, err, admitted)
             return
         except Exception as exc:  # a validator bug must not take the gateway down
             self.log.exception("request_rejected_by_bug")
-            self._reply_error(identity, delimiter, client_id, errors.Internal(f"{type(exc).__name__}: {exc}"))
+            self._reply_error(identity, delimiter, client_id, errors.Internal(f"{type(exc).__name__}: {exc}"),
+                              admitted)
             return
+        # (admitted=False came from a frame over --max-request-bytes: refused above)
 
         req_id = self._new_id()
-        now = time.monotonic()
         name = op["op"]
         if name == "lease_grant":
             if op["id"] == 0:
@@ -427,10 +535,18 @@ class GatewayActor(Actor):
             return False
 
     def poll_timeout_ms(self) -> int | None:
-        return 5 if self.passwords.busy() else None  # collect finished scrypt runs soon
+        if self.conns.ready or self.conns.expired:
+            return 0  # requests let start by a reply sent during the last flush
+        hint = 5 if self.passwords.busy() else None  # collect finished scrypt runs soon
+        due = self.conns.next_due()  # a parked reply to retry, a waiting request to expire
+        if due is not None:
+            ms = max(0, math.ceil((due - time.monotonic()) * 1000))
+            hint = ms if hint is None else min(hint, ms)
+        return hint
 
     def flush(self) -> None:
         self.passwords.done()
+        self._start_ready()
         if self.propose_batch:
             batch, self.propose_batch = self.propose_batch, []
             if not self._send_internal(self.consensus, M.PROPOSE, batch):
@@ -470,11 +586,7 @@ class GatewayActor(Actor):
                     continue
             if revision > self.revision_seen:
                 self.revision_seen = revision
-            try:
-                self.clients.send_multipart([p.identity, b"", frame] if p.delimiter else [p.identity, frame],
-                                            zmq.NOBLOCK)
-            except zmq.ZMQError:
-                self.replies_dropped += 1
+            self._to_client(p.identity, p.delimiter, frame)
 
     def _on_propose_ack(self, body: list) -> None:
         epoch, accepted, rejected = body
@@ -618,9 +730,15 @@ class GatewayActor(Actor):
             self._fail(req_id, errors.Timeout(msg))
 
     def _log_dropped(self) -> None:
-        if self.replies_dropped:
-            self.log.warning("client_replies_dropped", count=self.replies_dropped, interval_s=10)
-            self.replies_dropped = 0
+        """One line per period: replies dropped (client over its bound, or gone)."""
+        conns = self.conns
+        if conns.dropped or conns.gone or conns.refused or conns.expired_count or self._slow_unlogged:
+            self.log.warning("client_replies_dropped", over_bound=conns.dropped, client_gone=conns.gone,
+                             refused_too_many=conns.refused, refused_waited=conns.expired_count,
+                             slow_clients_not_named=self._slow_unlogged, busy_connections=len(conns.conns),
+                             interval_s=SLOW_LOG_PERIOD_S)
+            conns.dropped = conns.gone = conns.refused = conns.expired_count = 0
+        self._slow_logged = self._slow_unlogged = 0
 
     def shutdown(self) -> None:
         self.passwords.close()

@@ -51,6 +51,7 @@ class Actor:
         self.poller = zmq.Poller()
         self._socket_handlers: dict[zmq.Socket, Callable[..., None]] = {}
         self._with_user: set[zmq.Socket] = set()
+        self._with_peer: set[zmq.Socket] = set()
         self._authenticators: list[security.KeyAuthenticator] = []
         self._timers: list[tuple[float, int, Callable[[], None]]] = []
         self._seq = itertools.count()
@@ -69,12 +70,15 @@ class Actor:
         curve_server: tuple[bytes, bytes, str] | None = None,
         curve_client: tuple[bytes, bytes, bytes] | None = None,
         with_user: bool = False,
+        with_peer: bool = False,
         **options: Any,
     ) -> zmq.Socket:
         """A socket in this actor's poller. `curve_server=(public, secret, zap_domain)` or
         `curve_client=(public, secret, server_public)` make it CURVE (runtime/security.py).
         `with_user=True`: the handler is called as `handler(frames, user_id)`, user_id being
-        the ZAP User-Id of the connection the message came on ("" without one)."""
+        the ZAP User-Id of the connection the message came on ("" without one).
+        `with_peer=True` (implies with_user): `handler(frames, user_id, peer_address)`, the
+        connection's remote address as libzmq reports it ("" when it has none)."""
         sock = self.ctx.socket(kind)
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.SNDHWM, hwm)
@@ -93,8 +97,10 @@ class Actor:
             sock.connect(connect)
         if handler is not None:
             self._socket_handlers[sock] = handler
-            if with_user:
+            if with_user or with_peer:
                 self._with_user.add(sock)
+            if with_peer:
+                self._with_peer.add(sock)
             self.poller.register(sock, zmq.POLLIN)
         return sock
 
@@ -104,6 +110,7 @@ class Actor:
             self.poller.unregister(sock)
             del self._socket_handlers[sock]
         self._with_user.discard(sock)
+        self._with_peer.discard(sock)
         sock.close(0)
 
     def start_authenticator(self, domain: str, lookup: Callable[[bytes], str | None]) -> "security.KeyAuthenticator":
@@ -197,13 +204,16 @@ class Actor:
         return 0
 
     @staticmethod
-    def _drain_with_user(sock: zmq.Socket, handler: Callable[..., None]) -> None:
+    def _drain_with_user(sock: zmq.Socket, handler: Callable[..., None], peer: bool = False) -> None:
         for _ in range(DRAIN_MAX):
             try:
                 frames = sock.recv_multipart(zmq.NOBLOCK, copy=False)
             except zmq.Again:
                 break
-            handler([f.bytes for f in frames], security.frame_user(frames[-1]))
+            if peer:
+                handler([f.bytes for f in frames], security.frame_user(frames[-1]), security.frame_peer(frames[-1]))
+            else:
+                handler([f.bytes for f in frames], security.frame_user(frames[-1]))
 
     def _loop_once(self) -> None:
         now = time.monotonic()
@@ -224,7 +234,7 @@ class Actor:
             if handler is None:  # closed by an earlier handler of this round
                 continue
             if sock in self._with_user:
-                self._drain_with_user(sock, handler)
+                self._drain_with_user(sock, handler, sock in self._with_peer)
                 continue
             for _ in range(DRAIN_MAX):
                 try:

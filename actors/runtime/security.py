@@ -147,3 +147,12 @@ def frame_user(frame: zmq.Frame) -> str:
     except zmq.ZMQError:
         return ""
     return user if isinstance(user, str) else ""
+
+
+def frame_peer(frame: zmq.Frame) -> str:
+    """The remote address libzmq attached to a received frame ("" when there is none)."""
+    try:
+        peer = frame.get("Peer-Address")
+    except zmq.ZMQError:
+        return ""
+    return peer if isinstance(peer, str) else ""

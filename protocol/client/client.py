@@ -20,7 +20,11 @@ Transport rules:
   (a failed handshake is reported as such, from the socket's monitor events, instead of a
   bare "could not connect"); ``user``/``password`` attach a token to every request, and a
   request refused for its token (``invalid_auth_token``, ``user_empty``,
-  ``auth_old_revision``) is resent once with a fresh one.
+  ``auth_old_revision``) is resent once with a fresh one;
+- ``too_many_requests`` (the member holds too much for this connection, SPEC section 1
+  "Per-connection limits"; the request did nothing) is sent again to the same member
+  after a short, growing, jittered pause (25 ms doubling to 500 ms), within the overall
+  timeout.
 """
 from __future__ import annotations
 
@@ -37,7 +41,9 @@ import zmq
 
 from protocol.codec import pack, unpack
 from protocol.client.auth import REAUTH_ERRORS, Auth, Security
-from protocol.errors import AuthOldRevision, Internal, InvalidAuthToken, Malformed, QkvError, Timeout, Unavailable
+from protocol.errors import (
+    AuthOldRevision, Internal, InvalidAuthToken, Malformed, QkvError, Timeout, TooManyRequests, Unavailable,
+)
 from protocol.client.txn import (
     Compare, Op, Txn, delete_fields, put_fields, range_fields, txn_fields, txn_writes,
 )
@@ -50,6 +56,8 @@ from protocol.client.types import (
 
 DEFAULT_ENDPOINT = "tcp://127.0.0.1:7379"
 DEFAULT_TIMEOUT_S = 7.0
+BUSY_BACKOFF_S = 0.025  # first pause after too_many_requests; doubles up to BUSY_BACKOFF_MAX_S
+BUSY_BACKOFF_MAX_S = 0.5
 _ID_MASK = (1 << 64) - 1
 _READ_OPS = frozenset({"range", "status", "member_list", "hash_kv", "history", "alarm_list", "defragment",
                        "snapshot", "authenticate", "auth_status", "user_get", "user_list", "role_get",
@@ -505,6 +513,7 @@ class Client:
         last_error: QkvError | None = None
         handshake: str | None = None  # why a CURVE handshake failed, if one did
         sent_any = False
+        busy_pause = BUSY_BACKOFF_S
         for attempt in itertools.count():
             now = time.monotonic()
             remaining = deadline - now
@@ -554,6 +563,17 @@ class Client:
             if reply.get("ok") is True:
                 return reply
             err = QkvError.from_wire(reply.get("error"))
+            if isinstance(err, TooManyRequests):
+                # The member holds too much for this connection; the request did nothing.
+                # Pause, then send it again to the same member (within the deadline).
+                last_error = err
+                pause = min(busy_pause * (0.5 + random.random() / 2), deadline - time.monotonic())
+                if pause <= 0:
+                    break
+                time.sleep(pause)
+                busy_pause = min(BUSY_BACKOFF_MAX_S, busy_pause * 2)
+                start -= 1  # the next attempt goes to the same endpoint
+                continue
             if not err.retryable:
                 raise err
             # The server says it did not take effect: another member may serve it.
