@@ -82,6 +82,13 @@ from protocol.codec import pack_msg, unpack_msg
 FETCH_MAX_ENTRIES = 4096
 FETCH_MAX_BYTES = 4 * 1024 * 1024
 CATCH_UP_ENTRIES = 5000  # entries kept below storage's durable index after a compaction
+# The log held in memory (MemoryStorage) is compacted also when its entries exceed this many
+# bytes, keeping half of it for followers to catch up from: 10,000 entries of 1.5 MiB would
+# otherwise hold 15 GiB (README "Limits").
+LOG_MEMORY_BYTES = 64 * 1024 * 1024
+# Entry bytes the leader has in flight to one follower (etcd raft's MaxInflightBytes): a
+# slow, cut-off or dead follower's queue holds at most this much (plus one message).
+INFLIGHT_BYTES = 16 * 1024 * 1024
 STATS_INTERVAL_S = 10.0
 HELLO_INTERVAL_S = 1.0
 LEADERSHIP_INTERVAL_S = 0.25
@@ -127,6 +134,7 @@ class ConsensusActor(Actor):
                 learners=self.conf.learners,
                 election_tick=cfg.election_tick,
                 heartbeat_tick=cfg.heartbeat_tick,
+                max_inflight_bytes=INFLIGHT_BYTES,
                 rng=random.Random(random.SystemRandom().getrandbits(64)),
             ),
             self.raft_storage,
@@ -573,9 +581,16 @@ class ConsensusActor(Actor):
         first = self.raft_storage.first_index()
         durable = min(self.durable_applied, self.committed)
         keep = min(CATCH_UP_ENTRIES, self.cfg.snapshot_count)
-        if durable - first < self.cfg.snapshot_count + keep:
+        if durable - first >= self.cfg.snapshot_count + keep:
+            index = durable - keep
+        elif self.raft_storage.bytes > LOG_MEMORY_BYTES and durable >= first:
+            # Entries above `durable` stay whatever their size (not yet applied everywhere
+            # locally); below it, keep at most half the bound.
+            index = max(durable - keep, self.raft_storage.keep_within(durable, LOG_MEMORY_BYTES // 2))
+            if index < first:
+                return
+        else:
             return
-        index = durable - keep
         term = self.raft_storage.term(index)
         conf = self._conf_at(index)
         try:

@@ -7,8 +7,10 @@ the honest client failed or timed out" (tests never assert on time).
 """
 from __future__ import annotations
 
+import os
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import zmq
@@ -90,6 +92,7 @@ class Honest(threading.Thread):
         self.samples: dict[str, list[float]] = {"before": []}
         self.current = "before"
         self.failures: list[tuple[str, Any]] = []
+        self.failures_by_phase: dict[str, list[tuple[str, Any]]] = {}
         self.acked: dict[bytes, bytes] = {}  # key -> value of every acknowledged put
         self._stop_event = threading.Event()
         self._seq = 0
@@ -113,6 +116,10 @@ class Honest(threading.Thread):
             sec.make_curve_client(sock, *self.security.curve())
         sock.connect(self.url)
         return sock
+
+    def _failed(self, op: str, error: Any) -> None:
+        self.failures.append((op, error))
+        self.failures_by_phase.setdefault(self.current, []).append((op, error))
 
     def run(self) -> None:
         ctx = zmq.Context()
@@ -139,13 +146,13 @@ class Honest(threading.Thread):
                     if reply is None:
                         if self._stop_event.is_set():
                             return
-                        self.failures.append((op, "no reply"))
+                        self._failed(op, "no reply")
                         sock.close(0)
                         sock = self._socket(ctx)
                         continue
                     self.samples[self.current].append(time.monotonic() - t0)
                     if not reply.get("ok"):
-                        self.failures.append((op, reply.get("error")))
+                        self._failed(op, reply.get("error"))
                     elif op == "put":
                         self.acked[key] = value
         finally:
@@ -163,3 +170,14 @@ def refusal(node: Any) -> str:
     assert code != 0 and len(lines) == 1, f"exit {code}; log:\n{text[-3000:]}"
     assert "actor_spawned" not in text, "an actor ran on the refused data dir"
     return lines[0]
+
+
+def ballast(mnt: Path, room_mib: int = 6) -> Path:
+    """Fill the filesystem of `mnt` but `room_mib`."""
+    path = mnt / "ballast"
+    st = os.statvfs(mnt)
+    size = st.f_bavail * st.f_frsize - room_mib * 1024 * 1024
+    with open(path, "wb") as f:
+        for _ in range(size // (1024 * 1024)):
+            f.write(b"\0" * (1024 * 1024))
+    return path

@@ -14,59 +14,19 @@ from __future__ import annotations
 import collections
 import json
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
 
-import pytest
 
 sys.path.insert(0, os.path.dirname(__file__))
-from hostile_support import Honest, RssWatch, percentiles  # noqa: E402
+from hostile_support import Honest, RssWatch, ballast, percentiles  # noqa: E402
 
 from nodeproc import raw_request, wait_for  # noqa: E402
 
 FS_MIB = 24
 DATA_ROOM_MIB = 6  # what the ballast leaves for the node's data (RocksDB WALs of both actors)
 VALUE = os.urandom(64 * 1024)
-
-
-@pytest.fixture
-def tmpfs(tmp_path: Path):
-    """`tmpfs(path, mib)` mounts a small tmpfs at `path`; every mount is undone at the end,
-    whatever happens (request this fixture BEFORE node_factory / cluster_factory: fixtures
-    are torn down in reverse order, so the nodes are stopped first)."""
-    if os.geteuid() != 0:
-        pytest.skip("a full disk needs a real small filesystem: mounting a tmpfs needs root")
-    mounted: list[Path] = []
-
-    def mount(path: Path, mib: int) -> Path:
-        path.mkdir(parents=True, exist_ok=True)
-        r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={mib}m,mode=0700", "tmpfs", str(path)],
-                           capture_output=True, text=True)
-        if r.returncode != 0:
-            pytest.skip(f"a full disk needs a real small filesystem: mount -t tmpfs failed here "
-                        f"({r.stderr.strip() or r.returncode})")
-        mounted.append(path)
-        return path
-
-    try:
-        yield mount
-    finally:
-        for path in reversed(mounted):
-            if subprocess.run(["umount", str(path)], capture_output=True).returncode != 0:
-                subprocess.run(["umount", "-l", str(path)], capture_output=True)
-
-
-def ballast(mnt: Path, room_mib: int = DATA_ROOM_MIB) -> Path:
-    """Fill the filesystem of `mnt` but `room_mib`."""
-    path = mnt / "ballast"
-    st = os.statvfs(mnt)
-    size = st.f_bavail * st.f_frsize - room_mib * 1024 * 1024
-    with open(path, "wb") as f:
-        for _ in range(size // (1024 * 1024)):
-            f.write(b"\0" * (1024 * 1024))
-    return path
 
 
 def code(reply: dict | None) -> str:

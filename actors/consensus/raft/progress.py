@@ -29,29 +29,36 @@ class VoteResult(IntEnum):
 
 
 class Inflights:
-    """Last indexes of APPs sent but not yet acknowledged, oldest first."""
+    """Last indexes of APPs sent but not yet acknowledged, oldest first, with their entry
+    bytes. Full at `capacity` messages or, when `max_bytes` > 0, at `max_bytes` bytes
+    (etcd raft's MaxInflightMsgs and MaxInflightBytes: one slow follower costs the leader
+    at most that much in flight)."""
 
-    def __init__(self, capacity: int):
+    def __init__(self, capacity: int, max_bytes: int = 0):
         self.capacity = capacity
-        self._q: deque[int] = deque()
+        self.max_bytes = max_bytes
+        self.bytes = 0
+        self._q: deque[tuple[int, int]] = deque()
 
-    def add(self, index: int) -> None:
+    def add(self, index: int, size: int = 0) -> None:
         assert not self.full(), "inflights overflow"
-        self._q.append(index)
+        self._q.append((index, size))
+        self.bytes += size
 
     def free_le(self, index: int) -> None:
-        while self._q and self._q[0] <= index:
-            self._q.popleft()
+        while self._q and self._q[0][0] <= index:
+            self.bytes -= self._q.popleft()[1]
 
     def free_first_one(self) -> None:
         if self._q:
-            self._q.popleft()
+            self.bytes -= self._q.popleft()[1]
 
     def full(self) -> bool:
-        return len(self._q) >= self.capacity
+        return len(self._q) >= self.capacity or (self.max_bytes > 0 and self.bytes >= self.max_bytes)
 
     def reset(self) -> None:
         self._q.clear()
+        self.bytes = 0
 
     def __len__(self) -> int:
         return len(self._q)
@@ -61,12 +68,12 @@ class Progress:
     __slots__ = ("match", "next", "state", "probe_sent", "inflights", "recent_active",
                  "pending_snapshot")
 
-    def __init__(self, match: int, next_: int, max_inflight: int):
+    def __init__(self, match: int, next_: int, max_inflight: int, max_inflight_bytes: int = 0):
         self.match = match  # match < next
         self.next = next_
         self.state = ProgressState.PROBE
         self.probe_sent = False  # PROBE: an APP is outstanding, wait for an answer
-        self.inflights = Inflights(max_inflight)
+        self.inflights = Inflights(max_inflight, max_inflight_bytes)
         self.recent_active = False  # heard from the peer since the last check-quorum
         self.pending_snapshot = 0  # SNAPSHOT: index of the snapshot being sent
 
@@ -118,11 +125,11 @@ class Progress:
         self.probe_sent = False
         return True
 
-    def sent_entries(self, n_entries: int, last_index: int) -> None:
+    def sent_entries(self, n_entries: int, last_index: int, size: int = 0) -> None:
         if self.state == ProgressState.REPLICATE:
             if n_entries:
                 self.next = last_index + 1
-                self.inflights.add(last_index)
+                self.inflights.add(last_index, size)
         elif self.state == ProgressState.PROBE:
             self.probe_sent = True
 
@@ -137,10 +144,12 @@ class Progress:
 class ProgressTracker:
     """Progress of every member (voters and learners); quorums count voters only."""
 
-    def __init__(self, voters: list[int], max_inflight: int, learners: list[int] | None = None):
+    def __init__(self, voters: list[int], max_inflight: int, learners: list[int] | None = None,
+                 max_inflight_bytes: int = 0):
         self.voters = sorted(voters)
         self.learners = sorted(learners or [])
         self.max_inflight = max_inflight
+        self.max_inflight_bytes = max_inflight_bytes
         self.progress: dict[int, Progress] = {}
         self.votes: dict[int, bool] = {}
         self.reset_progress(0, 1)
@@ -150,7 +159,7 @@ class ProgressTracker:
         return self.voters + self.learners
 
     def reset_progress(self, match: int, next_: int) -> None:
-        self.progress = {v: Progress(match, next_, self.max_inflight) for v in self.ids()}
+        self.progress = {v: Progress(match, next_, self.max_inflight, self.max_inflight_bytes) for v in self.ids()}
 
     def set_conf(self, voters: list[int], learners: list[int], next_: int) -> None:
         """Switch to a new membership: new members start probing at next_, members that
@@ -163,7 +172,7 @@ class ProgressTracker:
         for id_ in self.ids():
             pr = old.get(id_)
             if pr is None:
-                pr = Progress(0, next_, self.max_inflight)
+                pr = Progress(0, next_, self.max_inflight, self.max_inflight_bytes)
                 pr.recent_active = True  # not counted as dead before it had a chance
             self.progress[id_] = pr
         self.votes = {k: v for k, v in self.votes.items() if k in self.progress}

@@ -102,7 +102,8 @@ class Raft:
         self.check_quorum = config.check_quorum
         self.max_size_per_msg = config.max_size_per_msg
         self.log = RaftLog(storage, config.applied)
-        self.prs = ProgressTracker(config.voters, config.max_inflight_msgs, config.learners)
+        self.prs = ProgressTracker(config.voters, config.max_inflight_msgs, config.learners,
+                                   config.max_inflight_bytes)
         # Index of the last conf change appended; a new one waits until it is applied.
         self.pending_conf_index = 0
 
@@ -230,7 +231,7 @@ class Raft:
             return False
         self.send(Message(MT.APP, to, self.id, index=prev_index, log_term=prev_term,
                           entries=ents, commit=self.log.committed))
-        pr.sent_entries(len(ents), ents[-1].index if ents else 0)
+        pr.sent_entries(len(ents), ents[-1].index if ents else 0, sum(e.size() for e in ents))
         return True
 
     def send_snapshot(self, to: int) -> bool:

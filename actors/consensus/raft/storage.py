@@ -5,7 +5,8 @@ Rules:
   Ready's snapshot, `append` after persisting its entries, `compact` after compacting the
   WAL. The core only reads from it.
 - `_ents[0]` is a dummy entry holding the compaction point (snapshot index, term); real
-  entries follow at consecutive indexes.
+  entries follow at consecutive indexes. `bytes` is the size of the real entries (kept
+  as they come and go), so the shell can bound the log's memory (issue 12).
 - Nothing here performs I/O.
 """
 
@@ -44,6 +45,7 @@ class MemoryStorage:
         self._snapshot = snapshot.copy()
         # _ents[0].index == snapshot.index; _ents[i].index == snapshot.index + i
         self._ents: list[Entry] = [Entry(snapshot.term, snapshot.index)]
+        self.bytes = 0
         if entries:
             self.append(list(entries))
 
@@ -91,8 +93,23 @@ class MemoryStorage:
             entries = entries[first - entries[0].index:]
         offset = entries[0].index - self._ents[0].index
         assert offset <= len(self._ents), f"gap: last {self.last_index()}, append {entries[0].index}"
+        self.bytes -= sum(e.size() for e in self._ents[max(1, offset):])
         del self._ents[offset:]
         self._ents.extend(entries)
+        self.bytes += sum(e.size() for e in entries)
+
+    def keep_within(self, upto: int, max_bytes: int) -> int:
+        """The highest index <= upto such that the entries after it up to `upto` hold at
+        most max_bytes (the compaction index that keeps that much below `upto`)."""
+        offset = self._ents[0].index
+        total = 0
+        i = upto
+        while i > offset:
+            total += self._ents[i - offset].size()
+            if total > max_bytes:
+                return i
+            i -= 1
+        return offset
 
     def set_hard_state(self, hs: HardState) -> None:
         self._hard_state = HardState(hs.term, hs.vote, hs.commit)
@@ -105,6 +122,7 @@ class MemoryStorage:
             raise CompactedError(index)
         assert index <= self.last_index(), f"compact {index} beyond last {self.last_index()}"
         term = self._ents[index - offset].term
+        self.bytes -= sum(e.size() for e in self._ents[1:index - offset + 1])
         self._ents = [Entry(term, index)] + self._ents[index - offset + 1:]
         src = conf if conf is not None else self._snapshot
         self._snapshot = SnapshotMeta(index, term, list(src.voters), list(src.learners), src.context)
@@ -115,4 +133,5 @@ class MemoryStorage:
         if meta.index <= self._snapshot.index:
             raise CompactedError(meta.index)  # older than what we have (etcd ErrSnapOutOfDate)
         self._ents = [Entry(meta.term, meta.index)]
+        self.bytes = 0
         self._snapshot = meta.copy()

@@ -377,6 +377,7 @@ class Config:
     check_quorum: bool = True
     max_size_per_msg: int = 1 << 20
     max_inflight_msgs: int = 256
+    max_inflight_bytes: int = 0  # entry bytes in flight to one follower; 0 = no limit
     # Index of the last entry the state machine already applied (etcd's Config.Applied);
     # on restart committed entries up to here are not handed out again.
     applied: int = 0
