@@ -48,10 +48,16 @@ SNAPSHOT_KEY = b"snapshot"
 _KEY_END = b"\xff" * 9  # sorts after every 8-byte key
 
 
+# RocksDB's memtables of the log's column families together: entries are also kept in
+# memory by MemoryStorage (bounded by the actor), so the memtables need not hold many.
+MEMTABLE_BYTES = 32 * 1024 * 1024
+
+
 def _options() -> Options:
     opts = Options(raw_mode=True)
     opts.create_if_missing(True)
     opts.create_missing_column_families(True)
+    opts.set_db_write_buffer_size(MEMTABLE_BYTES)
     return opts
 
 

@@ -31,10 +31,16 @@ from actors.runtime.diskfault import disk_error_kind
 from actors.storage.mvcc.store import COLUMN_FAMILIES
 
 
+# RocksDB's memtables of every column family together (README "Limits"): past it the
+# largest is flushed. Without it each family may hold 2 x 64 MiB of recent writes in memory.
+MEMTABLE_BYTES = 64 * 1024 * 1024
+
+
 def _options() -> Options:
     opts = Options(raw_mode=True)
     opts.create_if_missing(True)
     opts.create_missing_column_families(True)
+    opts.set_db_write_buffer_size(MEMTABLE_BYTES)
     return opts
 
 

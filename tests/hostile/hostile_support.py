@@ -94,12 +94,21 @@ class Honest(threading.Thread):
         self.failures: list[tuple[str, Any]] = []
         self.failures_by_phase: dict[str, list[tuple[str, Any]]] = {}
         self.acked: dict[bytes, bytes] = {}  # key -> value of every acknowledged put
+        # key -> values of puts that failed without saying they did not happen (timeout,
+        # unknown_outcome, no reply): any of them may be what the key holds later.
+        self.maybe: dict[bytes, set[bytes]] = {}
         self._stop_event = threading.Event()
         self._seq = 0
 
     def phase(self, name: str) -> None:
         self.samples.setdefault(name, [])
         self.current = name
+
+    def lost(self, stored: dict[bytes, bytes]) -> list[bytes]:
+        """Keys whose stored value is neither the last acknowledged put nor a later put
+        whose outcome is unknown (`stored`: key -> value as read from a member)."""
+        return sorted(k for k, v in self.acked.items()
+                      if stored.get(k) != v and stored.get(k) not in self.maybe.get(k, ()))
 
     def report(self) -> dict[str, dict[str, float]]:
         return {name: percentiles(s) for name, s in self.samples.items()}
@@ -147,12 +156,16 @@ class Honest(threading.Thread):
                         if self._stop_event.is_set():
                             return
                         self._failed(op, "no reply")
+                        if op == "put":
+                            self.maybe.setdefault(key, set()).add(value)
                         sock.close(0)
                         sock = self._socket(ctx)
                         continue
                     self.samples[self.current].append(time.monotonic() - t0)
                     if not reply.get("ok"):
                         self._failed(op, reply.get("error"))
+                        if op == "put" and (reply.get("error") or {}).get("code") in ("timeout", "unknown_outcome"):
+                            self.maybe.setdefault(key, set()).add(value)
                     elif op == "put":
                         self.acked[key] = value
         finally:
