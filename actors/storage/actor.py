@@ -99,6 +99,7 @@ FETCH_RESEND_S = 0.3
 SYNC_INTERVAL_S = 1.0
 LEASE_TICK_S = 0.25
 LEASE_REVOKES_PER_S = 500
+REPLIES_MESSAGE_BYTES = 4 * 1024 * 1024  # client read replies are sent on once a batch holds this much
 LEASE_RETRY_S = 3.0  # an expiry or clear proposal that did not apply is proposed again
 LEASE_CHECKPOINT_S = float(os.environ.get("QKV_LEASE_CHECKPOINT_S", "5.0"))
 LEASE_CHECKPOINT_BATCH = 1000
@@ -473,6 +474,7 @@ class StorageActor(Actor):
         checked against the applied auth state first (at serve time: the state it meets).
         With `error`, each gets that error instead."""
         out: dict[tuple[bytes, bool], list] = {}
+        pending_bytes: dict[bytes, int] = {}
         for identity, req_id, op, client_id, auth in reads:
             if error is not None:
                 revision = self.store.current_revision
@@ -499,6 +501,12 @@ class StorageActor(Actor):
             else:
                 frame = self._client_frame(client_id, response, error, revision)
                 out.setdefault((identity, True), []).append([req_id, frame, revision])
+                pending_bytes[identity] = pending_bytes.get(identity, 0) + len(frame)
+                if pending_bytes[identity] >= REPLIES_MESSAGE_BYTES:
+                    # Big replies go out as they are made, not as one message of the whole
+                    # batch: the gateway forwards (and bounds) them sooner (issue 12).
+                    self.send_router(self.router, identity, pack_msg(M.CLIENT_REPLIES, out.pop((identity, True))))
+                    pending_bytes[identity] = 0
         for (identity, client), replies in out.items():
             self.send_router(self.router, identity, pack_msg(M.CLIENT_REPLIES if client else M.READ_RESP, replies))
 
