@@ -98,7 +98,7 @@ def run(
         supervisor.prepare()
     except StartupError as exc:
         typer.echo(f"qkv: {exc}", err=True)
-        raise typer.Exit(1)
+        raise typer.Exit(exc.exit_code)
     raise typer.Exit(supervisor.run())
 
 

@@ -56,7 +56,16 @@ MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": str(4 * 1024**2), "MALLOC_TRIM_THRESHOLD
 
 
 class StartupError(Exception):
-    """The node cannot start; the message says why in one line."""
+    """The node cannot start; the message says why in one line. `exit_code` 1: it may
+    start later by itself (a port or the data dir in use); DATA_DIR_REFUSED: it never will
+    until an operator acts (deploy/qkv.service does not restart it)."""
+
+    def __init__(self, message: str, exit_code: int = 1) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+DATA_DIR_REFUSED = 78  # EX_CONFIG: a damaged data dir (nodes/preflight.py)
 
 
 @dataclass
@@ -130,7 +139,7 @@ class Supervisor:
         try:  # a damaged log or a store ahead of it: refuse before any actor runs
             checked = preflight.check(self.data_dir, self.cfg.member_id)
         except preflight.PreflightError as exc:
-            raise StartupError(str(exc)) from None
+            raise StartupError(str(exc), DATA_DIR_REFUSED) from None
         self.log.info("data_dir_checked", **vars(checked))
         for flag, urls in (
             ("--listen-client-urls", self.cfg.listen_client_urls),

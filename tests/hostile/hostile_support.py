@@ -180,7 +180,7 @@ def refusal(node: Any) -> str:
     code = node.proc.wait(timeout=60)
     text = node.log_text()[seen:]
     lines = [line for line in text.splitlines() if line.startswith("qkv: ")]
-    assert code != 0 and len(lines) == 1, f"exit {code}; log:\n{text[-3000:]}"
+    assert code == 78 and len(lines) == 1, f"exit {code}; log:\n{text[-3000:]}"
     assert "actor_spawned" not in text, "an actor ran on the refused data dir"
     return lines[0]
 
