@@ -100,6 +100,7 @@ SYNC_INTERVAL_S = 1.0
 LEASE_TICK_S = 0.25
 LEASE_REVOKES_PER_S = 500
 REPLIES_MESSAGE_BYTES = 4 * 1024 * 1024  # client read replies are sent on once a batch holds this much
+READ_TURN_BYTES = 4 * 1024 * 1024  # reply bytes made per loop turn before the rest waits a turn
 LEASE_RETRY_S = 3.0  # an expiry or clear proposal that did not apply is proposed again
 LEASE_CHECKPOINT_S = float(os.environ.get("QKV_LEASE_CHECKPOINT_S", "5.0"))
 LEASE_CHECKPOINT_BATCH = 1000
@@ -160,6 +161,10 @@ class StorageActor(Actor):
         # applied_index to reach min_index; client_id is None for READ (decoded reply, the
         # watch actor's: auth SERVER, unchecked), else CLIENT_READ (checked with its auth)
         self.waiting: list[tuple[int, int, bytes, int, dict, Any, Any]] = []
+        # Reads past this loop turn's byte budget, served first thing next turn after the
+        # reads that arrive then (so a few big reads cannot hold up everybody's small ones).
+        self.deferred: list[tuple[bytes, int, dict, Any, Any]] = []
+        self.turn_bytes = 0
         self.cluster_id = cfg.cluster_id
         self._seq = itertools.count()
         self.every(FETCH_RESEND_S, self._resend_fetch)
@@ -475,7 +480,10 @@ class StorageActor(Actor):
         With `error`, each gets that error instead."""
         out: dict[tuple[bytes, bool], list] = {}
         pending_bytes: dict[bytes, int] = {}
-        for identity, req_id, op, client_id, auth in reads:
+        for n, (identity, req_id, op, client_id, auth) in enumerate(reads):
+            if error is None and self.turn_bytes >= READ_TURN_BYTES:
+                self.deferred.extend(reads[n:])
+                break
             if error is not None:
                 revision = self.store.current_revision
                 if client_id is None:
@@ -501,6 +509,7 @@ class StorageActor(Actor):
             else:
                 frame = self._client_frame(client_id, response, error, revision)
                 out.setdefault((identity, True), []).append([req_id, frame, revision])
+                self.turn_bytes += len(frame)
                 pending_bytes[identity] = pending_bytes.get(identity, 0) + len(frame)
                 if pending_bytes[identity] >= REPLIES_MESSAGE_BYTES:
                     # Big replies go out as they are made, not as one message of the whole
@@ -880,6 +889,14 @@ class StorageActor(Actor):
     def flush(self) -> None:
         if self.clear_waiting and self.promoted_term is not None:
             self._propose_clears()
+        if self.deferred:
+            reads, self.deferred = self.deferred, []
+            self.turn_bytes = 0
+            self._answer(reads)
+        self.turn_bytes = 0  # the next turn's reads start with a full budget
+
+    def poll_timeout_ms(self) -> int | None:
+        return 0 if self.deferred else None
 
     def _propose_clears(self) -> None:
         """Clearing checkpoints for held keep-alives (proposed after any checkpoint of the
