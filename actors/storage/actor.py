@@ -503,11 +503,12 @@ class StorageActor(Actor):
             if op.get("op") in LEASE_LEADER_OPS:
                 self._lease_leader_op(identity, req_id, op, client_id)
                 continue
-            req_id, response, error, revision, _term = self._read(req_id, op)
+            req_id, response, read_error, revision, _term = self._read(req_id, op)
             if client_id is None:
-                out.setdefault((identity, False), []).append([req_id, response, error, revision, self.raft_term])
+                out.setdefault((identity, False), []).append([req_id, response, read_error, revision,
+                                                               self.raft_term])
             else:
-                frame = self._client_frame(client_id, response, error, revision)
+                frame = self._client_frame(client_id, response, read_error, revision)
                 out.setdefault((identity, True), []).append([req_id, frame, revision])
                 self.turn_bytes += len(frame)
                 pending_bytes[identity] = pending_bytes.get(identity, 0) + len(frame)
