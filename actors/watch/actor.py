@@ -40,6 +40,7 @@ Security (issue 11; SPEC section 5 "Security"):
 from __future__ import annotations
 
 import ctypes
+import gc
 import math
 import os
 import random
@@ -48,6 +49,7 @@ import time
 from collections import deque
 
 import zmq
+from zmq.utils import monitor as zmq_monitor
 
 from actors.runtime import messages as M
 from actors.runtime import security
@@ -115,6 +117,7 @@ class WatchActor(Actor):
         # The XPUB is bound once the auth state is known (storage answers AUTH_STATE_GET at
         # once): no subscriber is refused, then rebound, at start.
         self.pub: zmq.Socket | None = None
+        self._pub_mon: zmq.Socket | None = None
         self._bound_urls: list[str] = []
         self.dropped_internal = wire.Dropped(self.log)  # invalid internal messages (runtime/wire.py)
         self.events_in = self.socket(zmq.PULL, bind=self.endpoints.watch_events, handler=self.on_events,
@@ -137,6 +140,7 @@ class WatchActor(Actor):
         self._bulk: deque[C.Channel] = deque()  # progress messages to send, in slices
         self._tick = 0
         self._freed_since_trim = 0
+        self._trims_left = 0
         self._libc: ctypes.CDLL | None = None
         try:
             self._libc = ctypes.CDLL("libc.so.6")
@@ -159,7 +163,31 @@ class WatchActor(Actor):
                 frame = sock.recv(zmq.NOBLOCK, copy=False)
             except zmq.Again:
                 break
-            self.on_subscription(frame.bytes, _origin(frame))
+            # Each message is decided right after it is received (XPUB_MANUAL gives a
+            # SUBSCRIBE to the pipe of the last message received). The first message of a
+            # connection is decided after the disconnections reported until then: so the
+            # gate never takes a connection for the one that held its socket before
+            # (gate.Gate.closed).
+            origin = _origin(frame)
+            if origin is not None and origin.conn not in self.gate.conns:
+                self._drain_monitor()
+            self.on_subscription(frame.bytes, origin)
+
+    def _drain_monitor(self) -> None:
+        mon = self._pub_mon
+        if mon is None:
+            return
+        while True:
+            try:
+                frames = mon.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            try:
+                event = zmq_monitor.parse_monitor_message(frames)
+            except Exception:
+                continue
+            if event["event"] == zmq.EVENT_DISCONNECTED:
+                self.gate.closed(int(event["value"]))
 
     def on_subscription(self, msg: bytes, origin: G.Origin | None) -> None:
         d = self.gate.decide(msg, origin, self.auth_state, self.core.admit)
@@ -227,6 +255,7 @@ class WatchActor(Actor):
                            curve_server=self._curve, xpub_manual=1, **opts)
         self.gate.reset()
         self._pub_gen += 1
+        self._pub_mon = self._monitor(sock)
         if first:
             self._bound_urls = []
             for url in self.cfg.listen_watch_urls:
@@ -238,6 +267,18 @@ class WatchActor(Actor):
         self._bind_started = time.monotonic()
         self._bind_rest(self._pub_gen, 0)
         return sock
+
+    def _monitor(self, sock: zmq.Socket) -> zmq.Socket:
+        """The XPUB's disconnections (socket numbers), on a PAIR with no queue limit (an
+        event lost would only keep a closed connection's record until its socket number
+        is used again). Drained by _drain_with_user and _memory_tick; not polled."""
+        addr = f"inproc://watch-xpub-monitor-{self._pub_gen}"
+        sock.monitor(addr, zmq.EVENT_DISCONNECTED)
+        mon = self.ctx.socket(zmq.PAIR)
+        mon.setsockopt(zmq.LINGER, 0)
+        mon.setsockopt(zmq.RCVHWM, 0)
+        mon.connect(addr)
+        return mon
 
     def _bind_rest(self, gen: int, attempt: int) -> None:
         if gen != self._pub_gen:
@@ -260,6 +301,10 @@ class WatchActor(Actor):
         """Drop every subscriber: they reconnect, subscribe again and are decided again."""
         if self.pub is None:
             return  # not bound yet: the first bind takes the current state
+        self._drain_monitor()
+        self.pub.disable_monitor()
+        self._pub_mon.close(0)
+        self._pub_mon = None
         self.close_socket(self.pub)
         self._freed_since_trim += self.gate.held_bytes + self.core.topic_bytes + 600 * len(self.core.channels)
         self.core.clear()
@@ -448,7 +493,8 @@ class WatchActor(Actor):
         if self.pub is None:
             return  # not bound yet: nobody can have subscribed
         try:
-            self.pub.send_multipart([topic, payload], zmq.NOBLOCK)
+            self.pub.send(topic, zmq.NOBLOCK | zmq.SNDMORE)  # XPUB drops per subscriber: never blocks
+            self.pub.send(payload, zmq.NOBLOCK)
             self.published_msgs += 1
         except zmq.ZMQError:
             self.dropped += 1
@@ -504,13 +550,26 @@ class WatchActor(Actor):
         """After many subscriptions went away: shrink the tables and give freed heap back
         to the system (glibc keeps it otherwise; libzmq's topic tries are many small
         blocks), so the process's memory comes back to where it was."""
+        self._drain_monitor()
         if self._freed_since_trim < TRIM_AFTER_BYTES:
+            if self._trims_left > 0 and self._libc is not None:
+                # libzmq frees a closed connection's pipes and buffers on its own threads,
+                # after we saw it go: trim again for a few ticks.
+                self._trims_left -= 1
+                self._libc.malloc_trim(0)
             return
-        self._freed_since_trim = 0
+        self._trims_left = 3
+        freed, self._freed_since_trim = self._freed_since_trim, 0
+        before = _rss_mib()
         self.core.compact()
         self.gate.compact()
+        # A full collection also empties the interpreter's free lists (tuples, dicts...),
+        # whose objects from the burst would keep its allocator arenas alive.
+        gc.collect()
         if self._libc is not None:
             self._libc.malloc_trim(0)
+        self.log.info("watch_memory_returned", freed_estimate=freed, channels=len(self.core.channels),
+                      connections=len(self.gate.conns), rss_mib_before=before, rss_mib=_rss_mib())
 
     def _log_stats(self) -> None:
         self.log.info("watch_stats", position=self.core.position, channels=len(self.core.channels),
@@ -557,3 +616,11 @@ def _origin(frame: zmq.Frame) -> G.Origin | None:
     except ValueError:
         conn = -1
     return G.Origin(props[0] if isinstance(props[0], str) else "", conn, fd, props[2])
+
+
+def _rss_mib() -> float:
+    try:
+        with open("/proc/self/statm") as f:
+            return round(int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 1048576, 1)
+    except (OSError, ValueError, IndexError):
+        return 0.0

@@ -52,7 +52,7 @@ FROM_KEY_END = b"\x00"
 MAX_TOPIC_KEY = 256                      # bytes of a channel's key, and of its range_end
 MAX_TOPIC_BYTES = 11 + 2 * MAX_TOPIC_KEY  # the longest channel topic (523 bytes)
 MAX_WATCH_MESSAGE = 32 * 1024            # topic + payload of one published message
-MAX_CHANNELS = 100_000
+MAX_CHANNELS = 200_000
 MAX_CHANNEL_BYTES = 8 * 1024 * 1024      # the channels' topics together
 MAX_RANGE_CHANNELS = 1_000               # channels of a range neither a prefix nor from-key
 HEARTBEAT_SLOTS = 10                     # one slot per progress tick: a heartbeat each 10 ticks
@@ -190,6 +190,10 @@ def filter_events(spec: ChannelSpec, events: Iterable[WireEvent]) -> list[dict]:
 
 def pack_payload(body: dict) -> bytes:
     return PAYLOAD_VERSION + msgpack.packb(body, use_bin_type=True)
+
+
+_PROGRESS_HEAD = PAYLOAD_VERSION + b"\x82" + msgpack.packb("progress_revision")  # a map of 2
+_PROGRESS_LAST = msgpack.packb("last_event_revision")
 
 
 def unpack_payload(frame: bytes) -> dict:
@@ -422,11 +426,12 @@ class Broadcaster:
         for one too big, announced by ``last_event_revision``)."""
         if self.position is None:
             return []
-        out = []
+        position = self.position
+        head = _PROGRESS_HEAD + msgpack.packb(position)  # the same bytes as pack_payload of
+        out = []                                          # {"progress_revision", "last_event_revision"}
         for ch in channels:
-            ch.progress_sent_at = self.position
-            out.append((ch.topic, pack_payload({"progress_revision": self.position,
-                                                "last_event_revision": ch.last})))
+            ch.progress_sent_at = position
+            out.append((ch.topic, head + _PROGRESS_LAST + msgpack.packb(ch.last)))
         return out
 
     def take_dirty(self) -> list[Channel]:

@@ -25,16 +25,22 @@ What libzmq holds, and what we count:
   else off the granted count (we cannot tell which connection closed): a channel may
   outlive its subscribers a little, or end early (its consumers see no heartbeat,
   subscribe again, see the gap and read it from history: nothing is lost).
-- Per connection (``Conn``): its granted and refused topics. A record goes when it holds
-  nothing, or when a newer connection shows up on the same socket number (the old one is
-  closed: libzmq already reported its topics); so records are bounded by open sockets.
+- Per connection (``Conn``): its granted and refused topics. A record goes when its socket
+  is reported disconnected (``closed``: the actor's monitor of the XPUB), or when a newer
+  connection shows up on the same socket number (the old one is closed: libzmq reports
+  its topics without an origin); so records are bounded by open sockets.
 
-Connection ids grow (the ZAP handler counts), so on one socket number a smaller id is an
-older connection: a late message from it is counted as held and refused (its closing
-unsubscribes follow).
+Connection ids grow (the ZAP handler counts), so on one socket number a smaller (or equal,
+once closed) id is an older connection: a late message from it is counted as held and
+refused (its closing unsubscribes follow). ``closed(fd)`` ends the newest connection seen
+on ``fd``, which is right as long as the actor handles no message it read before the
+disconnections reported up to then (it drains the monitor after reading a batch, before
+handling it): a newer connection on that socket was accepted after the disconnection, so
+none of its messages can have been handled yet.
 """
 from __future__ import annotations
 
+from array import array
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
@@ -141,7 +147,10 @@ class Gate:
     refused_open: dict[bytes, int] = field(default_factory=dict)  # topic -> connections
     granted_users: set[str] = field(default_factory=set)
     conns: dict[int, Conn] = field(default_factory=dict)
-    fd_owner: dict[int, int] = field(default_factory=dict)        # socket number -> newest conn id
+    # socket number -> newest connection id seen on it (-1 none). An array, not a dict:
+    # it outlives the connections, and small objects kept from a burst of subscriptions
+    # would keep the allocator's arenas of that burst (memory that never comes back).
+    fd_owner: array = field(default_factory=lambda: array("q"))
     refused: dict[str, int] = field(default_factory=dict)  # reason -> count (the actor resets it)
     held_bytes: int = 0
     messages: int = 0
@@ -149,7 +158,7 @@ class Gate:
 
     def reset(self) -> None:
         self.granted, self.refused_open, self.granted_users = {}, {}, set()
-        self.conns, self.fd_owner = {}, {}
+        self.conns, self.fd_owner = {}, array("q")
         self.held_bytes = 0
         self.messages = 0
 
@@ -212,14 +221,23 @@ class Gate:
         if c is not None:
             return c
         if origin.fd >= 0 and origin.conn >= 0:
-            owner = self.fd_owner.get(origin.fd)
-            if owner is not None and owner != origin.conn:
-                if owner > origin.conn:
-                    return None  # a newer connection has this socket: this one closed
+            owners = self.fd_owner
+            if origin.fd >= len(owners):
+                owners.extend([-1] * (origin.fd + 64 - len(owners)))
+            owner = owners[origin.fd]
+            if owner >= 0:
+                if owner >= origin.conn:
+                    return None  # closed (reported), or a newer connection has this socket
                 self.conns.pop(owner, None)  # closed; libzmq reports (reported) its topics
-            self.fd_owner[origin.fd] = origin.conn
+            owners[origin.fd] = origin.conn
         c = self.conns[origin.conn] = Conn(origin.fd)
         return c
+
+    def closed(self, fd: int) -> None:
+        """The connection on socket ``fd`` was reported disconnected: forget its record
+        (its topics come as origin-less unsubscribes)."""
+        if 0 <= fd < len(self.fd_owner) and self.fd_owner[fd] >= 0:
+            self.conns.pop(self.fd_owner[fd], None)
 
     def _unsubscribe(self, topic: bytes, origin: Origin | None) -> Decision:
         if origin is None:
@@ -229,7 +247,7 @@ class Gate:
                 return Decision(UNSUBSCRIBE, topic)
             return Decision(UNSUBSCRIBE, topic, untrack=_dec(self.granted, topic) == 0)
         conn = self.conns.get(origin.conn)
-        if conn is None:  # it holds nothing (or closed): nothing to count
+        if conn is None:  # a closed connection's, or one that never subscribed: nothing held
             return Decision(UNSUBSCRIBE, topic)
         untrack = False
         if topic in conn.granted:
@@ -240,14 +258,12 @@ class Gate:
             conn.refused.discard(topic)
             self.held_bytes = max(0, self.held_bytes - len(topic))
             _dec(self.refused_open, topic)
-        if not conn.granted and not conn.refused:
-            del self.conns[origin.conn]
         return Decision(UNSUBSCRIBE, topic, untrack=untrack)
 
     def compact(self) -> None:
         """Give back the memory of dicts that shrank (a dict keeps its size)."""
         self.granted, self.refused_open = dict(self.granted), dict(self.refused_open)
-        self.conns, self.fd_owner = dict(self.conns), dict(self.fd_owner)
+        self.conns = dict(self.conns)
 
 
 # --- keys -> users (the ZAP User-Id of a watch connection) -----------------------------------

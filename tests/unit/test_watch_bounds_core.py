@@ -139,6 +139,17 @@ def test_a_message_over_max_message_becomes_a_progress_message_showing_the_hole(
     assert b.take_dirty() == [ch]
 
 
+def test_progress_payload_is_the_specified_map():
+    b = C.Broadcaster()
+    ch = b.subscribe(C.encode_topic(b"k"))
+    b.start(2**40)
+    b.publish(2**40 + 1, [ev("PUT", b"k", 2**40 + 1)])
+    b.publish(2**40 + 2, [ev("PUT", b"z", 2**40 + 2)])
+    (t, p), = b.progress([ch])
+    want = {"progress_revision": 2**40 + 2, "last_event_revision": 2**40 + 1}
+    assert t == ch.topic and C.unpack_payload(p) == want and p == C.pack_payload(want)
+
+
 def test_heartbeat_slots_hold_every_channel_once_and_evenly():
     b = C.Broadcaster()
     topics = [C.encode_topic(b"k%d" % i) for i in range(95)]

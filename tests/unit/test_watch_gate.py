@@ -165,6 +165,23 @@ def test_a_newer_connection_on_the_same_socket_replaces_the_old_record():
     assert h.chans == {t3}  # conn 11 still has it
 
 
+def test_a_disconnected_socket_ends_its_newest_connection_record():
+    h = Harness(auth=state(enabled=False))
+    t1, t2 = encode_topic(b"/k/1"), encode_topic(b"/k/2")
+    h(b"\x01" + t1, conn=3, fd=30)
+    h(b"\x00" + t1, conn=3, fd=30)  # it holds nothing now: the record stays while it is open
+    assert 3 in h.g.conns
+    h.g.closed(30)
+    assert 3 not in h.g.conns
+    # a late message of that connection is not a new one
+    assert h(b"\x01" + t2, conn=3, fd=30).reason == "closed" and 3 not in h.g.conns
+    h(b"\x00" + t2, origin=False)  # ... libzmq reports it with the close
+    assert h.g.held_bytes == 0 and h.g.refused_open == {}
+    assert h(b"\x01" + t2, conn=4, fd=30).action == G.SUBSCRIBE  # the next one on that socket
+    h.g.closed(31)  # a socket we never heard of: nothing
+    assert set(h.g.conns) == {4}
+
+
 def test_topic_length_channels_and_budget():
     h = Harness(max_channels=2, budget_bytes=4 * len(A))
     too_long = encode_topic(b"/a/" + b"x" * 300)
