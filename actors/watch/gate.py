@@ -45,7 +45,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
 from actors.storage.auth import AuthState, can_read
-from actors.watch.channels import FULL, MAX_TOPIC_BYTES, NOT_A_CHANNEL, TOO_LONG, decode_topic
+from actors.watch.channels import FULL, NOT_A_CHANNEL, TOO_LONG, decode_topic
 
 BUDGET_BYTES = 16 * 1024 * 1024  # topics held by libzmq for all connections (see above)
 MAX_PER_CONN = 1_000             # default of --max-watch-subscriptions
@@ -56,7 +56,7 @@ AUTH_UNKNOWN = "auth_state_unknown"
 ANONYMOUS = "anonymous"
 DENIED = "permission_denied"
 TOO_MANY = "too_many_subscriptions"
-__all__ = ["NOT_A_CHANNEL", "TOO_LONG", "FULL", "MAX_TOPIC_BYTES"]
+# and channels.NOT_A_CHANNEL, TOO_LONG, FULL (why a topic cannot be a channel)
 
 SUBSCRIBE = "subscribe"
 REFUSE = "refuse"
