@@ -1,60 +1,78 @@
 """The watch broadcaster: publishes applied events on an XPUB socket bound at
 `--listen-watch-urls`, one message per (channel, revision), as SPEC.md section 5 says.
 
-- Channels are learnt from XPUB subscription messages (XPUB_VERBOSE: every subscribe
-  arrives, also a repeated one; an unsubscribe arrives when the last subscriber of a
-  topic leaves). Every subscribe is answered at once with a progress message on that
-  topic: it confirms the subscription and serves on-demand progress requests.
+- The XPUB is always XPUB_MANUAL: every subscribe and unsubscribe message of every
+  connection reaches `gate.Gate`, which grants it (SUBSCRIBE for that pipe) or refuses it.
+  Every connection goes through this process's ZAP handler (zap.py; CURVE or NULL), so
+  each message carries its connection (`gate.Origin`): subscriptions are counted per
+  connection (`--max-watch-subscriptions`). Every granted subscribe is answered at once
+  with a progress message on that topic: it confirms the subscription and serves
+  on-demand progress requests.
 - Events come from storage (PULL at Endpoints.watch_events). Storage sends without
   blocking, so messages may be missing: revisions are dense, and a hole (or storage's
   revision, polled with STORAGE_STATUS, being ahead of us) is filled from storage's
   history (READ of a `history` op over a DEALER) before anything later is published.
 - At start the position is storage's current revision: nothing at or below it is
   published by this process; each channel's `prev_revision` tells consumers so.
-- Publishing never blocks: XPUB drops for a subscriber whose queue is full, and the
-  consumer sees the hole through `prev_revision` / progress messages and catches up
-  from history.
+- Publishing never blocks: XPUB drops for a subscriber whose queue is full (SNDHWM =
+  `--watch-subscriber-bytes` // channels.MAX_WATCH_MESSAGE messages, each at most
+  MAX_WATCH_MESSAGE bytes: a bound in bytes), and the consumer sees the hole through
+  `prev_revision` / progress messages and catches up from history. A message longer than
+  MAX_WATCH_MESSAGE is replaced by a progress message that shows the hole.
+- Progress work is spread: per tick (0.2 s) the channels that published since their last
+  progress message, and a tenth of all channels (their heartbeat, so every 2 s each);
+  sent in slices between polls (`flush`), after subscriptions and events, so a new
+  subscriber's first message never waits behind bulk work.
 
 Security (issue 11; SPEC section 5 "Security"):
-- With `--client-key-file` the XPUB is a CURVE server; this process's ZAP handler
-  lets every client key connect and names its User-Id: the user a key is registered to
+- With `--client-key-file` the XPUB is a CURVE server; the ZAP handler lets every client
+  key connect and names its User-Id: the user a key is registered to
   (`--client-cert-auth` user keys, then keys registered by `authenticate` while their
   token lives), "" for any other key.
 - The auth state is storage's (AUTH_STATE_GET at start, then AUTH_STATE / AUTH_TOKEN
-  pushes on the events PULL). Until it is known, and while auth is enabled, the XPUB is
-  XPUB_MANUAL and each subscription is decided by `gate.Gate` (the user may read the
-  channel's range); with auth disabled it is XPUB_VERBOSE as before (all allowed).
+  pushes on the events PULL). Until it is known nothing is granted; with auth enabled a
+  subscription is granted only for a channel its user may read; with auth disabled any.
 - When the auth state changes (with auth enabled before or after), when a registered key
-  moves to another user, or after too many subscription messages, the XPUB is
-  closed and bound again: subscribers reconnect and subscribe again and are decided
+  moves to another user, or when the topics libzmq holds pass the gate's budget, the XPUB
+  is closed and bound again: subscribers reconnect and subscribe again and are decided
   again; what they missed meanwhile they read from history (a gap like any other).
 """
 from __future__ import annotations
 
+import ctypes
+import gc
 import math
 import os
 import random
+import socket as pysocket
 import time
+from collections import deque
 
 import zmq
+from zmq.utils import monitor as zmq_monitor
 
 from actors.runtime import messages as M
 from actors.runtime import security
 from actors.runtime import wire
-from actors.runtime.actor import Actor
+from actors.runtime.actor import DRAIN_MAX, Actor
 from actors.storage.auth import AuthState
+from actors.watch import channels as C
 from actors.watch import gate as G
 from actors.watch.channels import Broadcaster, Sequencer
+from actors.watch.zap import CONN_PROPERTY, ConnAuthenticator
 from protocol import errors
 from protocol.codec import pack_msg
 
 STATUS_POLL_S = 0.1          # storage's revision: finds a lost last message (tail gap)
-PROGRESS_TICK_S = 0.2        # progress on channels whose position moved
-HEARTBEAT_S = 2.0            # progress on every channel, moved or not
+PROGRESS_TICK_S = 0.2        # progress on channels that published; one heartbeat slot
+# HEARTBEAT = PROGRESS_TICK_S * channels.HEARTBEAT_SLOTS = 2 s: progress on every channel
 HISTORY_TIMEOUT_S = 1.0      # a history or status request without answer is sent again
 HISTORY_PAGE_REVISIONS = 2000
-PROGRESS_PER_TICK_MAX = 20_000
-DEFAULT_SNDHWM = 100_000
+HISTORY_PAGE_BYTES = 8 * 1024 * 1024  # aim of a history page's size (pages shrink to it)
+BULK_SLICE_S = 0.005         # progress messages sent per flush: at most this long
+EVENTS_RCVHWM = 1000         # EVENTS messages queued from storage (each a batch of revisions)
+MEMORY_TICK_S = 2.0          # give memory back after subscribers left (dicts, malloc_trim)
+TRIM_AFTER_BYTES = 1024 * 1024  # ... once about this much subscription state went away
 # What each socket may receive (runtime/wire.py decodes and checks every message).
 _EVENTS_TYPES = frozenset((M.EVENTS, M.AUTH_STATE, M.AUTH_TOKEN))
 _STORAGE_TYPES = frozenset((M.STORAGE_STATUS_RESP, M.READ_RESP, M.AUTH_STATE))
@@ -67,8 +85,11 @@ class WatchActor(Actor):
     role = "watch"
 
     def setup(self) -> None:
-        # Test knobs: a small queue makes a slow consumer lose messages sooner.
-        sndhwm = int(os.environ.get("QKV_WATCH_SNDHWM", DEFAULT_SNDHWM))
+        # Per subscriber at most watch_subscriber_bytes queued: messages of at most
+        # MAX_WATCH_MESSAGE bytes, SNDHWM of them. Test knobs: QKV_WATCH_SNDHWM (a small
+        # queue makes a slow consumer lose messages sooner), QKV_WATCH_SNDBUF.
+        default_hwm = max(1, self.cfg.watch_subscriber_bytes // C.MAX_WATCH_MESSAGE)
+        sndhwm = int(os.environ.get("QKV_WATCH_SNDHWM", default_hwm))
         sndbuf = int(os.environ.get("QKV_WATCH_SNDBUF", -1))
         self._sndhwm, self._sndbuf = sndhwm, sndbuf
         self._curve: tuple[bytes, bytes, str] | None = None
@@ -78,7 +99,7 @@ class WatchActor(Actor):
         self.auth_state: AuthState | None = None  # storage's, once it answered
         self.tokens = G.TokenKeys()
         self._keys: dict[bytes, str] = {}  # replaced whole: the ZAP thread reads it
-        self.gate = G.Gate()
+        self.gate = G.Gate(max_per_conn=self.cfg.max_watch_subscriptions)
         self._pub_gen = 0
         self._unbound: list[str] = []
         self._bind_started = 0.0
@@ -87,13 +108,20 @@ class WatchActor(Actor):
         self.rebinds = 0
         self.bad_auth_msgs = 0
         self.auth_ctx = 0
-        if self._curve is not None:
-            self.start_authenticator("watch", self._zap_lookup)
+        self.kicked = 0
+        self.kick_failed = 0
+        # Every connection goes through ZAP (CURVE or NULL) to get its connection id.
+        self.zap = ConnAuthenticator(self.ctx, "watch", self._zap_lookup, allow_null=self._curve is None)
+        self.zap.start()
+        self._authenticators.append(self.zap)  # stopped by the loop at shutdown
         # The XPUB is bound once the auth state is known (storage answers AUTH_STATE_GET at
-        # once), in the mode it asks for: no subscriber is refused, then rebound, at start.
+        # once): no subscriber is refused, then rebound, at start.
         self.pub: zmq.Socket | None = None
+        self._pub_mon: zmq.Socket | None = None
+        self._bound_urls: list[str] = []
         self.dropped_internal = wire.Dropped(self.log)  # invalid internal messages (runtime/wire.py)
-        self.events_in = self.socket(zmq.PULL, bind=self.endpoints.watch_events, handler=self.on_events)
+        self.events_in = self.socket(zmq.PULL, bind=self.endpoints.watch_events, handler=self.on_events,
+                                     hwm=EVENTS_RCVHWM)
         self.storage = self.socket(zmq.DEALER, connect=self.endpoints.storage, handler=self.on_storage)
         self.core = Broadcaster()
         self.seq = Sequencer()
@@ -104,31 +132,112 @@ class WatchActor(Actor):
         self.history_ctx: int | None = None
         self.history_sent_at = 0.0
         self.history_range: tuple[int, int] = (0, 0)
+        self.history_page = HISTORY_PAGE_REVISIONS
         self.dropped = 0
         self.published_msgs = 0
+        self.bulk_behind = 0
         self._want_progress: dict[bytes, None] = {}
+        self._bulk: deque[C.Channel] = deque()  # progress messages to send, in slices
+        self._tick = 0
+        self._freed_since_trim = 0
+        self._trims_left = 0
+        self._libc: ctypes.CDLL | None = None
+        try:
+            self._libc = ctypes.CDLL("libc.so.6")
+        except OSError:
+            pass
         self.every(STATUS_POLL_S, self.poll_status)
         self.every(PROGRESS_TICK_S, self.progress_tick)
-        self.every(HEARTBEAT_S, self.heartbeat)
         self.every(10.0, self._log_stats)
+        self.every(MEMORY_TICK_S, self._memory_tick)
         self.every(AUTH_TICK_S, self.auth_tick)
         self.poll_status()
         self.auth_tick()
 
     # --- subscriptions -------------------------------------------------------------
-    def on_subscription(self, frames: list[bytes], user: str) -> None:
-        d = self.gate.decide(frames[0], user, self.auth_state, self.core.channels)
+    def _drain_with_user(self, sock: zmq.Socket, handler) -> None:  # type: ignore[override]
+        """The XPUB's messages with their origin (runtime/actor.py calls this for sockets
+        made with_user=True; the watch port needs more than the User-Id)."""
+        for _ in range(DRAIN_MAX):
+            try:
+                frame = sock.recv(zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                break
+            # Each message is decided right after it is received (XPUB_MANUAL gives a
+            # SUBSCRIBE to the pipe of the last message received). The first message of a
+            # connection is decided after the disconnections reported until then: so the
+            # gate never takes a connection for the one that held its socket before
+            # (gate.Gate.closed).
+            origin = _origin(frame)
+            if origin is not None and origin.conn not in self.gate.conns:
+                self._drain_monitor()
+            self.on_subscription(frame.bytes, origin)
+
+    def _drain_monitor(self) -> None:
+        mon = self._pub_mon
+        if mon is None:
+            return
+        while True:
+            try:
+                frames = mon.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            try:
+                event = zmq_monitor.parse_monitor_message(frames)
+            except Exception:
+                continue
+            if event["event"] == zmq.EVENT_DISCONNECTED:
+                self.gate.closed(int(event["value"]))
+
+    def on_subscription(self, msg: bytes, origin: G.Origin | None) -> None:
+        d = self.gate.decide(msg, origin, self.auth_state, self.core.admit)
         if d.action == G.SUBSCRIBE:
-            if self.gate.manual:  # XPUB_MANUAL: gives the topic to the pipe that asked
-                self.pub.setsockopt(zmq.SUBSCRIBE, d.topic)
+            self.pub.setsockopt(zmq.SUBSCRIBE, d.topic)  # gives the topic to the pipe that asked
             if d.track and self.core.subscribe(d.topic) is not None:
                 self._want_progress[d.topic] = None
         elif d.action == G.UNSUBSCRIBE:
-            if self.gate.manual:
-                self.pub.setsockopt(zmq.UNSUBSCRIBE, d.topic)
+            self.pub.setsockopt(zmq.UNSUBSCRIBE, d.topic)
             if d.untrack:
-                self.core.unsubscribe(d.topic)
                 self._want_progress.pop(d.topic, None)
+                if d.topic in self.core.channels:
+                    self._freed_since_trim += len(d.topic) + 600
+                self.core.unsubscribe(d.topic)
+            self._freed_since_trim += len(d.topic)
+        elif d.action == G.REFUSE and d.kick and origin is not None:
+            self._kick(origin.fd, origin.peer)
+
+    def _kick(self, fd: int, peer: str) -> None:
+        """Close one subscriber's connection (it holds more refused topics than
+        --max-watch-subscriptions): shut its socket down under libzmq, which then sees
+        the connection end as if the peer closed it. Only when the socket number is still
+        a connection to our watch port from that peer (else nothing: the budget holds)."""
+        try:
+            s = pysocket.socket(fileno=os.dup(fd))
+        except OSError:
+            self.kick_failed += 1
+            return
+        try:
+            local, remote = s.getsockname(), s.getpeername()
+            ok = s.type == pysocket.SOCK_STREAM and self._is_watch_addr(s.family, local) \
+                and (s.family == pysocket.AF_UNIX or remote[0] == peer)
+            if ok:
+                s.shutdown(pysocket.SHUT_RDWR)
+                self.kicked += 1
+            else:
+                self.kick_failed += 1
+        except OSError:
+            self.kick_failed += 1
+        finally:
+            s.close()
+
+    def _is_watch_addr(self, family: int, local) -> bool:
+        for url in self._bound_urls:
+            if url.startswith("ipc://"):
+                if family == pysocket.AF_UNIX and local == url[len("ipc://"):]:
+                    return True
+            elif family in (pysocket.AF_INET, pysocket.AF_INET6) and url.rsplit(":", 1)[-1] == str(local[1]):
+                return True
+        return False
 
     def _zap_lookup(self, key: bytes) -> str:
         """ZAP (on the authenticator's thread): every key may connect; its User-Id is the
@@ -136,19 +245,22 @@ class WatchActor(Actor):
         return self._keys.get(key, "")
 
     def _bind_pub(self, first: bool) -> zmq.Socket:
-        """A new XPUB in the mode the auth state asks for, bound at --listen-watch-urls.
-        At start a bind error is fatal; after a close the port may still be held for a
-        moment, so binding is retried from timers until REBIND_DEADLINE_S."""
-        manual = G.manual_mode(self.auth_state)
-        mode = {"xpub_manual": 1} if manual else {"xpub_verbose": 1}
+        """A new XPUB (XPUB_MANUAL; ZAP for every connection), bound at
+        --listen-watch-urls. At start a bind error is fatal; after a close the port may
+        still be held for a moment, so binding is retried from timers until
+        REBIND_DEADLINE_S."""
+        opts = {} if self._curve is not None else {"zap_domain": b"watch"}
         sock = self.socket(zmq.XPUB, handler=self.on_subscription, with_user=True, hwm=self._sndhwm,
-                           sndbuf=self._sndbuf, maxmsgsize=G.MAX_TOPIC_BYTES + 1,
-                           curve_server=self._curve, **mode)
-        self.gate.reset(manual)
+                           sndbuf=self._sndbuf, maxmsgsize=C.MAX_TOPIC_BYTES + 1,
+                           curve_server=self._curve, xpub_manual=1, **opts)
+        self.gate.reset()
         self._pub_gen += 1
+        self._pub_mon = self._monitor(sock)
         if first:
+            self._bound_urls = []
             for url in self.cfg.listen_watch_urls:
                 sock.bind(url)
+                self._bound_urls.append(sock.getsockopt_string(zmq.LAST_ENDPOINT))
             return sock
         self.pub = sock
         self._unbound = list(self.cfg.listen_watch_urls)
@@ -156,12 +268,25 @@ class WatchActor(Actor):
         self._bind_rest(self._pub_gen, 0)
         return sock
 
+    def _monitor(self, sock: zmq.Socket) -> zmq.Socket:
+        """The XPUB's disconnections (socket numbers), on a PAIR with no queue limit (an
+        event lost would only keep a closed connection's record until its socket number
+        is used again). Drained by _drain_with_user and _memory_tick; not polled."""
+        addr = f"inproc://watch-xpub-monitor-{self._pub_gen}"
+        sock.monitor(addr, zmq.EVENT_DISCONNECTED)
+        mon = self.ctx.socket(zmq.PAIR)
+        mon.setsockopt(zmq.LINGER, 0)
+        mon.setsockopt(zmq.RCVHWM, 0)
+        mon.connect(addr)
+        return mon
+
     def _bind_rest(self, gen: int, attempt: int) -> None:
         if gen != self._pub_gen:
             return
         while self._unbound:
             try:
                 self.pub.bind(self._unbound[0])
+                self._bound_urls.append(self.pub.getsockopt_string(zmq.LAST_ENDPOINT))
             except zmq.ZMQError as exc:
                 if time.monotonic() - self._bind_started > REBIND_DEADLINE_S:
                     self.log.error("watch_rebind_failed", url=self._unbound[0], error=str(exc))
@@ -169,16 +294,23 @@ class WatchActor(Actor):
                 self.call_later(min(0.2, 0.002 * 2 ** attempt), lambda: self._bind_rest(gen, attempt + 1))
                 return
             self._unbound.pop(0)
-        self.log.info("watch_rebound", manual=self.gate.manual, attempts=attempt + 1,
+        self.log.info("watch_rebound", attempts=attempt + 1,
                       auth_revision=self.auth_state.revision if self.auth_state else None)
 
     def _rebind(self, reason: str) -> None:
         """Drop every subscriber: they reconnect, subscribe again and are decided again."""
         if self.pub is None:
             return  # not bound yet: the first bind takes the current state
+        self._drain_monitor()
+        self.pub.disable_monitor()
+        self._pub_mon.close(0)
+        self._pub_mon = None
         self.close_socket(self.pub)
+        self._freed_since_trim += self.gate.held_bytes + self.core.topic_bytes + 600 * len(self.core.channels)
         self.core.clear()
         self._want_progress = {}
+        self._bulk.clear()
+        self._bound_urls = []
         self.rebinds += 1
         self.log.info("watch_rebind", reason=reason)
         self._bind_pub(first=False)
@@ -210,7 +342,7 @@ class WatchActor(Actor):
     def _on_auth_tokens(self, body: object) -> None:
         changed = self.tokens.add(body, time.time(), self.cfg.auth_token_ttl)
         self._refresh_keys()
-        if self.gate.manual and any(u in self.gate.granted_users for _, u in changed):
+        if any(u in self.gate.granted_users for _, u in changed):
             self._rebind_reason = "token_key_reassigned"
 
     def _refresh_keys(self) -> None:
@@ -275,6 +407,8 @@ class WatchActor(Actor):
                     continue
                 self.history_ctx = None
                 self.known_revision = max(self.known_revision, revision)
+                if error is None:
+                    self._size_history_page(len(frames[-1]), response["last_revision"])
                 if error is not None:
                     self._history_failed(error)
                     continue
@@ -288,6 +422,13 @@ class WatchActor(Actor):
                 for rev in range(self.history_range[0], response["last_revision"] + 1):
                     if rev not in listed:
                         self.seq.add(rev, [])
+
+    def _size_history_page(self, reply_bytes: int, last_revision: int) -> None:
+        """Pages of about HISTORY_PAGE_BYTES: the revisions a page asks for follow the
+        size of the last reply (large values make a page of 2000 revisions gigabytes)."""
+        covered = max(1, last_revision - self.history_range[0] + 1)
+        per_rev = max(1, reply_bytes // covered)
+        self.history_page = max(1, min(HISTORY_PAGE_REVISIONS, HISTORY_PAGE_BYTES // per_rev))
 
     def _history_failed(self, error: dict) -> None:
         if error.get("code") == "compacted":
@@ -310,6 +451,8 @@ class WatchActor(Actor):
                 and time.monotonic() - self._budget_rebind_at >= BUDGET_REBIND_MIN_S:
             self._budget_rebind_at = time.monotonic()
             self._rebind_reason = "subscription_budget"
+            self.log.warning("watch_subscription_budget", held_bytes=self.gate.held_bytes,
+                             budget_bytes=self.gate.budget_bytes, connections=len(self.gate.conns))
         if self._rebind_reason is not None:
             reason, self._rebind_reason = self._rebind_reason, None
             self._rebind(reason)
@@ -318,18 +461,40 @@ class WatchActor(Actor):
         for revision, events in self.seq.pop_ready():
             for topic, payload in self.core.publish(revision, events):
                 self._send(topic, payload)
-        if self._want_progress:
+        if self._want_progress:  # the answers to this round's subscribes, before bulk work
             topics, self._want_progress = self._want_progress, {}
             chans = [self.core.channels[t] for t in topics if t in self.core.channels]
             for topic, payload in self.core.progress(chans):
                 self._send(topic, payload)
+        if self._bulk:
+            self._send_bulk()
         self._maybe_fetch()
+
+    def poll_timeout_ms(self) -> int | None:
+        return 0 if self._bulk else None
+
+    def _send_bulk(self) -> None:
+        """A slice of the queued progress messages (at most BULK_SLICE_S), so the loop
+        polls its sockets (new subscribers, events) in between."""
+        deadline = time.monotonic() + BULK_SLICE_S
+        bulk, channels, core = self._bulk, self.core.channels, self.core
+        while bulk:
+            batch = []
+            for _ in range(min(256, len(bulk))):
+                ch = bulk.popleft()
+                if channels.get(ch.topic) is ch:  # still a channel
+                    batch.append(ch)
+            for topic, payload in core.progress(batch):
+                self._send(topic, payload)
+            if time.monotonic() >= deadline:
+                return
 
     def _send(self, topic: bytes, payload: bytes) -> None:
         if self.pub is None:
             return  # not bound yet: nobody can have subscribed
         try:
-            self.pub.send_multipart([topic, payload], zmq.NOBLOCK)
+            self.pub.send(topic, zmq.NOBLOCK | zmq.SNDMORE)  # XPUB drops per subscriber: never blocks
+            self.pub.send(payload, zmq.NOBLOCK)
             self.published_msgs += 1
         except zmq.ZMQError:
             self.dropped += 1
@@ -344,7 +509,7 @@ class WatchActor(Actor):
         first, last = gap
         if last == 0:
             last = self.known_revision
-        last = min(last, first + HISTORY_PAGE_REVISIONS - 1)
+        last = min(last, first + self.history_page - 1)
         self._ids += 1
         self.history_ctx = self._ids
         self.history_sent_at = now
@@ -371,23 +536,92 @@ class WatchActor(Actor):
             self.status_ctx = None
 
     def progress_tick(self) -> None:
-        stale = self.core.stale_progress()[:PROGRESS_PER_TICK_MAX]
-        for topic, payload in self.core.progress(stale):
-            self._send(topic, payload)
+        """Queue this tick's progress messages: the channels that published since their
+        last one (a lost last message shows within a tick), and one heartbeat slot (each
+        channel every HEARTBEAT_SLOTS ticks = 2 s). Sent in slices by flush."""
+        self._tick += 1
+        self._bulk.extend(self.core.take_dirty())
+        if len(self._bulk) > len(self.core.channels) + 10_000:
+            self.bulk_behind += 1  # the slices cannot keep up: skip this slot's heartbeats
+            return
+        self._bulk.extend(self.core.heartbeat_slot(self._tick))
 
-    def heartbeat(self) -> None:
-        for topic, payload in self.core.progress(list(self.core.channels.values())):
-            self._send(topic, payload)
+    def _memory_tick(self) -> None:
+        """After many subscriptions went away: shrink the tables and give freed heap back
+        to the system (glibc keeps it otherwise; libzmq's topic tries are many small
+        blocks). What stays is Python's allocator arenas that still hold a few live
+        objects (~30 MiB after 100,000 subscriptions), reused by later subscribers."""
+        self._drain_monitor()
+        if self._freed_since_trim < TRIM_AFTER_BYTES:
+            if self._trims_left > 0 and self._libc is not None:
+                # libzmq frees a closed connection's pipes and buffers on its own threads,
+                # after we saw it go: trim again for a few ticks.
+                self._trims_left -= 1
+                self._libc.malloc_trim(0)
+            return
+        self._trims_left = 3
+        freed, self._freed_since_trim = self._freed_since_trim, 0
+        before = _rss_mib()
+        self.core.compact()
+        self.gate.compact()
+        # A full collection also empties the interpreter's free lists (tuples, dicts...),
+        # whose objects from the burst would keep its allocator arenas alive.
+        gc.collect()
+        if self._libc is not None:
+            self._libc.malloc_trim(0)
+        self.log.info("watch_memory_returned", freed_estimate=freed, channels=len(self.core.channels),
+                      connections=len(self.gate.conns), rss_mib_before=before, rss_mib=_rss_mib())
 
     def _log_stats(self) -> None:
         self.log.info("watch_stats", position=self.core.position, channels=len(self.core.channels),
-                      published=self.published_msgs, dropped=self.dropped, rebinds=self.rebinds)
-        if self.gate.refused or self.bad_auth_msgs or self.tokens.invalid:
+                      published=self.published_msgs, dropped=self.dropped, rebinds=self.rebinds,
+                      subscription_bytes=self.gate.held_bytes, connections=len(self.gate.conns),
+                      history_page=self.history_page)
+        if self.core.oversize:
+            # Event messages over MAX_WATCH_MESSAGE: their consumers read them from history.
+            self.log.info("watch_messages_too_large", count=self.core.oversize,
+                          max_bytes=self.core.max_message)
+            self.core.oversize = 0
+        if self.bulk_behind:
+            self.log.warning("watch_progress_behind", ticks=self.bulk_behind, channels=len(self.core.channels))
+            self.bulk_behind = 0
+        if self.gate.refused or self.bad_auth_msgs or self.tokens.invalid or self.kicked or self.kick_failed:
             # Refusals are counted and logged here, once per period (never per message).
             self.log.warning("watch_subscriptions_refused", refused=dict(self.gate.refused),
+                             max_watch_subscriptions=self.gate.max_per_conn,
+                             connections_closed=self.kicked, close_failed=self.kick_failed,
                              bad_auth_messages=self.bad_auth_msgs, bad_token_grants=self.tokens.invalid)
             self.gate.refused = {}
             self.bad_auth_msgs = 0
             self.tokens.invalid = 0
+            self.kicked = self.kick_failed = 0
         self.dropped = 0
         self.published_msgs = 0
+
+
+def _origin(frame: zmq.Frame) -> G.Origin | None:
+    """Where an XPUB message came from; None for libzmq's own unsubscribes of a closing
+    connection (they carry no metadata)."""
+    try:
+        fd = int(frame.get("__fd"))
+    except (zmq.ZMQError, ValueError, TypeError):
+        return None
+    props = []
+    for name in ("User-Id", CONN_PROPERTY, "Peer-Address"):
+        try:
+            props.append(frame.get(name) or "")
+        except zmq.ZMQError:
+            props.append("")
+    try:
+        conn = int(props[1])
+    except ValueError:
+        conn = -1
+    return G.Origin(props[0] if isinstance(props[0], str) else "", conn, fd, props[2])
+
+
+def _rss_mib() -> float:
+    try:
+        with open("/proc/self/statm") as f:
+            return round(int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 1048576, 1)
+    except (OSError, ValueError, IndexError):
+        return 0.0

@@ -16,12 +16,27 @@ revision, or the broadcaster's position when the channel appeared, or the end of
 it could not fill). Each event message carries it as ``prev_revision`` and each progress
 message as ``last_event_revision``, so a consumer that has delivered every matching
 event up to D can tell it missed nothing as long as that value is <= D.
+
+Bounds (issue 12; SPEC section 5 "Bounds"):
+- A channel's key and range_end are each at most ``MAX_TOPIC_KEY`` bytes (a topic at most
+  ``MAX_TOPIC_BYTES``). A consumer of a longer key or range subscribes to the channel
+  ``covering_range`` names (a wider range with short bounds) and filters its events.
+- An event message longer than ``max_message`` bytes is not published: the channel's
+  ``last`` moves to its revision and a progress message goes out in its place, so the
+  consumer sees the hole and reads that revision from history.
+- Matching one event costs O(distinct prefix lengths + matches + generic ranges), never
+  O(channels): single keys, prefixes and from-key ranges are indexed; other ranges
+  ("generic") are at most ``max_range_channels``.
+- Progress work per tick is O(what changed + channels / HEARTBEAT_SLOTS): the channels
+  that published since their last progress (``take_dirty``), and one heartbeat slot.
+- At most ``max_channels`` channels whose topics total at most ``max_channel_bytes``.
 """
 from __future__ import annotations
 
+import bisect
 import struct
 from dataclasses import dataclass, field
-from typing import Iterable
+from typing import Iterable, Iterator
 
 import msgpack
 
@@ -32,6 +47,20 @@ FLAG_NO_DELETE = 4
 _ALL_FLAGS = FLAG_PREV_KV | FLAG_NO_PUT | FLAG_NO_DELETE
 _LEN = struct.Struct(">I")
 PAYLOAD_VERSION = b"\x01"
+FROM_KEY_END = b"\x00"
+
+MAX_TOPIC_KEY = 256                      # bytes of a channel's key, and of its range_end
+MAX_TOPIC_BYTES = 11 + 2 * MAX_TOPIC_KEY  # the longest channel topic (523 bytes)
+MAX_WATCH_MESSAGE = 32 * 1024            # topic + payload of one published message
+MAX_CHANNELS = 200_000
+MAX_CHANNEL_BYTES = 8 * 1024 * 1024      # the channels' topics together
+MAX_RANGE_CHANNELS = 1_000               # channels of a range neither a prefix nor from-key
+HEARTBEAT_SLOTS = 10                     # one slot per progress tick: a heartbeat each 10 ticks
+
+# Why a topic cannot be a channel (counted per reason by the gate).
+NOT_A_CHANNEL = "not_a_channel"
+TOO_LONG = "topic_too_long"
+FULL = "too_many_channels"
 
 # Events as storage sends them: [type, kv, prev_kv]; type "PUT" | "DELETE".
 WireEvent = list
@@ -68,7 +97,40 @@ def decode_topic(topic: bytes) -> "ChannelSpec | None":
                        bool(flags & FLAG_NO_DELETE))
 
 
-@dataclass(frozen=True)
+def prefix_end(prefix: bytes) -> bytes:
+    """The smallest key above every key that starts with ``prefix`` (etcd's
+    GetPrefixRangeEnd); ``b"\\x00"`` (no end) for an empty or all-0xff prefix."""
+    end = bytearray(prefix)
+    while end and end[-1] == 0xFF:
+        end.pop()
+    if not end:
+        return FROM_KEY_END
+    end[-1] += 1
+    return bytes(end)
+
+
+def covering_range(key: bytes, range_end: bytes = b"") -> tuple[bytes, bytes]:
+    """The channel range a consumer of ``[key, range_end)`` subscribes to (SPEC section 5,
+    "Long keys"): the range itself when key and range_end are each at most
+    MAX_TOPIC_KEY bytes; else a wider one whose bounds are: key[:MAX_TOPIC_KEY] (<= key),
+    and for the end: a single key's prefix_end(key[:MAX_TOPIC_KEY]) (every key that starts
+    like it), ``"\\x00"`` unchanged, a longer range_end's prefix_end(range_end[:MAX]) (>=
+    range_end). The consumer filters what the wider channel sends to its own range."""
+    n = MAX_TOPIC_KEY
+    if len(key) <= n and len(range_end) <= n:
+        return key, range_end
+    k = key[:n]
+    if not range_end:
+        return k, prefix_end(k)
+    if range_end == FROM_KEY_END or len(range_end) <= n:
+        return k, range_end
+    return k, prefix_end(range_end[:n])
+
+
+KIND_KEY, KIND_PREFIX, KIND_FROM, KIND_RANGE = 0, 1, 2, 3
+
+
+@dataclass(frozen=True, slots=True)
 class ChannelSpec:
     key: bytes
     range_end: bytes = b""
@@ -84,6 +146,22 @@ class ChannelSpec:
     @property
     def single_key(self) -> bool:
         return not self.range_end
+
+    @property
+    def kind(self) -> int:
+        """How the broadcaster indexes it: one key, a prefix, from a key on, other range."""
+        if not self.range_end:
+            return KIND_KEY
+        if self.range_end == FROM_KEY_END:
+            return KIND_FROM
+        if self.range_end == prefix_end(self.key):
+            return KIND_PREFIX
+        return KIND_RANGE
+
+    @property
+    def short(self) -> bool:
+        """Both bounds within MAX_TOPIC_KEY: may be a channel."""
+        return len(self.key) <= MAX_TOPIC_KEY and len(self.range_end) <= MAX_TOPIC_KEY
 
     def contains(self, key: bytes) -> bool:
         if not self.range_end:
@@ -114,6 +192,10 @@ def pack_payload(body: dict) -> bytes:
     return PAYLOAD_VERSION + msgpack.packb(body, use_bin_type=True)
 
 
+_PROGRESS_HEAD = PAYLOAD_VERSION + b"\x82" + msgpack.packb("progress_revision")  # a map of 2
+_PROGRESS_LAST = msgpack.packb("last_event_revision")
+
+
 def unpack_payload(frame: bytes) -> dict:
     if not frame or frame[:1] != PAYLOAD_VERSION:
         raise ValueError("watch payload: bad version byte")
@@ -123,7 +205,7 @@ def unpack_payload(frame: bytes) -> dict:
     return body
 
 
-@dataclass
+@dataclass(eq=False, slots=True)
 class Channel:
     spec: ChannelSpec
     topic: bytes
@@ -131,6 +213,23 @@ class Channel:
     # broadcaster knows its position. Invariant: last <= position once known.
     last: int | None = None
     progress_sent_at: int = -1  # position of the last progress message sent
+    slot: int = 0               # its heartbeat slot
+    kind: int = KIND_KEY
+
+
+def _drop(index: dict, key: bytes, ch: Channel) -> bool:
+    """Remove ch from index[key] (a list); True when that list is gone."""
+    lst = index.get(key)
+    if lst is None:
+        return False
+    try:
+        lst.remove(ch)
+    except ValueError:
+        return False
+    if not lst:
+        del index[key]
+        return True
+    return False
 
 
 @dataclass
@@ -138,24 +237,73 @@ class Broadcaster:
     """The channels and the position (every revision <= position has been published)."""
 
     position: int | None = None
+    max_channels: int = MAX_CHANNELS
+    max_channel_bytes: int = MAX_CHANNEL_BYTES
+    max_range_channels: int = MAX_RANGE_CHANNELS
+    max_message: int = MAX_WATCH_MESSAGE
     channels: dict[bytes, Channel] = field(default_factory=dict)
+    topic_bytes: int = 0        # len(topic) summed over the channels
+    oversize: int = 0           # event messages replaced by a progress message (the actor resets it)
+    # Channels that published an event since their last progress message: each gets one at
+    # the next progress tick, so a lost last message shows quickly (SPEC section 5).
+    dirty: dict[bytes, Channel] = field(default_factory=dict)
+    slots: list[dict[bytes, Channel]] = field(
+        default_factory=lambda: [{} for _ in range(HEARTBEAT_SLOTS)])
+    _next_slot: int = 0
+    _peak: int = 0
     _by_key: dict[bytes, list[Channel]] = field(default_factory=dict)
+    _prefix: dict[bytes, list[Channel]] = field(default_factory=dict)
+    _prefix_lens: dict[int, int] = field(default_factory=dict)  # prefix length -> channels
+    _from: dict[bytes, list[Channel]] = field(default_factory=dict)
+    _from_keys: list[bytes] = field(default_factory=list)  # sorted keys of _from
     _ranges: list[Channel] = field(default_factory=list)
 
     # --- subscriptions -------------------------------------------------------------
+    def admit(self, topic: bytes) -> str | None:
+        """None when a channel for ``topic`` exists or may be made now, else why not
+        (NOT_A_CHANNEL, TOO_LONG or FULL)."""
+        if topic in self.channels:
+            return None
+        if len(topic) > MAX_TOPIC_BYTES:
+            return TOO_LONG
+        spec = decode_topic(topic)
+        if spec is None:
+            return NOT_A_CHANNEL
+        if not spec.short:
+            return TOO_LONG
+        if len(self.channels) >= self.max_channels \
+                or self.topic_bytes + len(topic) > self.max_channel_bytes:
+            return FULL
+        if spec.kind == KIND_RANGE and len(self._ranges) >= self.max_range_channels:
+            return FULL
+        return None
+
     def subscribe(self, topic: bytes) -> Channel | None:
         """A subscription to ``topic`` arrived: the channel (created if new), or None for
-        a topic that is not a channel's."""
+        a topic that is not (or may not be, ``admit``) a channel's."""
         ch = self.channels.get(topic)
         if ch is not None:
             return ch
-        spec = decode_topic(topic)
-        if spec is None:
+        if self.admit(topic) is not None:
             return None
-        ch = Channel(spec, topic, last=self.position)
+        spec = decode_topic(topic)
+        assert spec is not None
+        ch = Channel(spec, topic, last=self.position, slot=self._next_slot, kind=spec.kind)
+        self._next_slot = (self._next_slot + 1) % HEARTBEAT_SLOTS
         self.channels[topic] = ch
-        if spec.single_key:
+        self.topic_bytes += len(topic)
+        self._peak = max(self._peak, len(self.channels))
+        self.slots[ch.slot][topic] = ch
+        if ch.kind == KIND_KEY:
             self._by_key.setdefault(spec.key, []).append(ch)
+        elif ch.kind == KIND_PREFIX:
+            self._prefix.setdefault(spec.key, []).append(ch)
+            n = len(spec.key)
+            self._prefix_lens[n] = self._prefix_lens.get(n, 0) + 1
+        elif ch.kind == KIND_FROM:
+            if spec.key not in self._from:
+                bisect.insort(self._from_keys, spec.key)
+            self._from.setdefault(spec.key, []).append(ch)
         else:
             self._ranges.append(ch)
         return ch
@@ -164,11 +312,23 @@ class Broadcaster:
         ch = self.channels.pop(topic, None)
         if ch is None:
             return
-        if ch.spec.single_key:
-            lst = self._by_key[ch.spec.key]
-            lst.remove(ch)
-            if not lst:
-                del self._by_key[ch.spec.key]
+        self.topic_bytes -= len(topic)
+        self.slots[ch.slot].pop(topic, None)
+        self.dirty.pop(topic, None)
+        key = ch.spec.key
+        if ch.kind == KIND_KEY:
+            _drop(self._by_key, key, ch)
+        elif ch.kind == KIND_PREFIX:
+            _drop(self._prefix, key, ch)
+            n = len(key)
+            if self._prefix_lens[n] == 1:
+                del self._prefix_lens[n]
+            else:
+                self._prefix_lens[n] -= 1
+        elif ch.kind == KIND_FROM:
+            if _drop(self._from, key, ch):
+                i = bisect.bisect_left(self._from_keys, key)
+                del self._from_keys[i]
         else:
             self._ranges.remove(ch)
 
@@ -177,8 +337,42 @@ class Broadcaster:
         position stays; a channel subscribed again starts from it (its consumers see the
         gap in ``prev_revision`` and read it from history)."""
         self.channels = {}
-        self._by_key = {}
-        self._ranges = []
+        self.topic_bytes = 0
+        self.dirty = {}
+        self.slots = [{} for _ in range(HEARTBEAT_SLOTS)]
+        self._peak = 0
+        self._by_key, self._prefix, self._prefix_lens = {}, {}, {}
+        self._from, self._from_keys, self._ranges = {}, [], []
+
+    def compact(self) -> bool:
+        """Give back the memory of channels that are gone (a dict keeps its size after
+        deletions): rebuild the tables once they hold a quarter of their peak. True when
+        it did."""
+        if self._peak < 1024 or len(self.channels) * 4 > self._peak:
+            return False
+        self.channels = dict(self.channels)
+        self.dirty = dict(self.dirty)
+        self.slots = [dict(s) for s in self.slots]
+        self._by_key, self._prefix = dict(self._by_key), dict(self._prefix)
+        self._from = dict(self._from)
+        self._peak = len(self.channels)
+        return True
+
+    # --- matching ------------------------------------------------------------------
+    def matching(self, key: bytes) -> Iterator[Channel]:
+        """The channels whose range holds ``key`` (each once)."""
+        yield from self._by_key.get(key, ())
+        if self._prefix_lens:
+            n = len(key)
+            for length in self._prefix_lens:
+                if length <= n:
+                    yield from self._prefix.get(key[:length], ())
+        if self._from_keys:
+            for start in self._from_keys[:bisect.bisect_right(self._from_keys, key)]:
+                yield from self._from[start]
+        for ch in self._ranges:
+            if ch.spec.key <= key < ch.spec.range_end:
+                yield ch
 
     # --- revisions -----------------------------------------------------------------
     def start(self, position: int) -> None:
@@ -189,24 +383,34 @@ class Broadcaster:
             ch.last = position
 
     def publish(self, revision: int, events: list[WireEvent]) -> list[tuple[bytes, bytes]]:
-        """The messages for the next revision: one per channel with matching events."""
+        """The messages for the next revision: one per channel with matching events (a
+        progress message instead when the events message would exceed max_message)."""
         assert self.position is not None and revision == self.position + 1, (self.position, revision)
         self.position = revision
         matched: dict[bytes, tuple[Channel, list[WireEvent]]] = {}
         for ev in events:
-            key = ev[1]["key"]
-            for ch in self._by_key.get(key, ()):
+            for ch in self.matching(ev[1]["key"]):
                 if ch.spec.wants(ev[0]):
-                    matched.setdefault(ch.topic, (ch, []))[1].append(ev)
-            for ch in self._ranges:
-                if ch.spec.contains(key) and ch.spec.wants(ev[0]):
-                    matched.setdefault(ch.topic, (ch, []))[1].append(ev)
+                    entry = matched.get(ch.topic)
+                    if entry is None:
+                        matched[ch.topic] = (ch, [ev])
+                    else:
+                        entry[1].append(ev)
         out = []
         for topic, (ch, evs) in matched.items():
             body = {"revision": revision, "prev_revision": ch.last,
                     "events": [event_map(ev, ch.spec.prev_kv) for ev in evs]}
             ch.last = revision
-            out.append((topic, pack_payload(body)))
+            payload = pack_payload(body)
+            if len(topic) + len(payload) > self.max_message:
+                # Too big for the live path: say at once that revision holds events for
+                # this channel; the consumer reads it from history (SPEC section 5).
+                self.oversize += 1
+                self.dirty.pop(topic, None)
+                out.extend(self.progress((ch,)))
+                continue
+            self.dirty[topic] = ch
+            out.append((topic, payload))
         return out
 
     def skip_to(self, revision: int) -> None:
@@ -218,19 +422,27 @@ class Broadcaster:
             ch.last = revision
 
     def progress(self, channels: Iterable[Channel]) -> list[tuple[bytes, bytes]]:
-        """Progress messages: every matching event <= position has been published."""
+        """Progress messages: every matching event <= position has been published (or,
+        for one too big, announced by ``last_event_revision``)."""
         if self.position is None:
             return []
-        out = []
+        position = self.position
+        head = _PROGRESS_HEAD + msgpack.packb(position)  # the same bytes as pack_payload of
+        out = []                                          # {"progress_revision", "last_event_revision"}
         for ch in channels:
-            ch.progress_sent_at = self.position
-            out.append((ch.topic, pack_payload({"progress_revision": self.position,
-                                                "last_event_revision": ch.last})))
+            ch.progress_sent_at = position
+            out.append((ch.topic, head + _PROGRESS_LAST + msgpack.packb(ch.last)))
         return out
 
-    def stale_progress(self) -> list[Channel]:
-        """Channels that have not had a progress message at the current position."""
-        return [ch for ch in self.channels.values() if ch.progress_sent_at != self.position]
+    def take_dirty(self) -> list[Channel]:
+        """The channels that published since their last progress message (and forget them)."""
+        out = list(self.dirty.values())
+        self.dirty = {}
+        return out
+
+    def heartbeat_slot(self, tick: int) -> list[Channel]:
+        """The channels whose heartbeat falls on this tick (a tenth of them)."""
+        return list(self.slots[tick % HEARTBEAT_SLOTS].values())
 
 
 @dataclass

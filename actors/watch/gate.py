@@ -1,55 +1,62 @@
-"""Who may subscribe to what on the watch port (SPEC section 5, "Security"), and which keys
-name which users there. Pure: no zmq, time or sockets; the actor shell passes the clock.
+"""Who may subscribe to what on the watch port (SPEC section 5, "Security" and "Bounds"),
+and which keys name which users there. Pure: no zmq, time or sockets; the actor shell
+passes the clock.
 
-The broadcaster's XPUB runs in one of two modes, chosen when it is bound:
+The broadcaster's XPUB always runs in XPUB_MANUAL mode: libzmq hands us every subscribe
+and unsubscribe message of every connection, and a pipe gets a topic only if we call
+SUBSCRIBE right after receiving its message. Every connection goes through the ZAP
+handler (with CURVE, and without: the socket has a ZAP domain), which names its user and
+gives it a connection id and libzmq adds its socket (``__fd``): each message says its
+``Origin``. ``decide`` grants a subscription when the user may have the topic
+(``may_subscribe``), its connection has fewer than ``max_per_conn`` granted subscriptions,
+and a channel for it exists or may be made (``Broadcaster.admit``).
 
-- **open** (the auth state is known and auth is disabled): every subscription is allowed,
-  so libzmq applies them itself (XPUB_VERBOSE) and counts subscribers per topic exactly:
-  an unsubscribe reaches us only when the last subscriber of a topic leaves.
-- **manual** (auth enabled, or its state not known yet): XPUB_MANUAL hands us every
-  subscribe and unsubscribe message of every connection, with the connection's ZAP
-  User-Id, and a pipe gets a topic only if we call SUBSCRIBE right after receiving its
-  message. ``may_subscribe`` decides; until the state is known nothing is allowed.
+What libzmq holds, and what we count:
+- libzmq keeps, per connection, every topic it subscribed and did not unsubscribe, refused
+  ones too (XPUB_MANUAL's record), until the connection closes; then it hands us one
+  unsubscribe per topic, *without* an origin. ``held_bytes`` is the sum of those topics'
+  lengths over all connections: +len for a (connection, topic) pair that is new, -len for
+  an unsubscribe from that connection, -len for each origin-less unsubscribe. Past
+  ``budget_bytes`` the actor rebinds (``over_budget``; every subscriber reconnects).
+- A connection holding more than ``max_per_conn`` refused topics is closed (``kick``), so
+  one connection cannot push everyone into a rebind.
+- Per topic: how many connections hold it granted (the channel ends when that reaches
+  zero) and refused. An origin-less unsubscribe takes one off the refused count first,
+  else off the granted count (we cannot tell which connection closed): a channel may
+  outlive its subscribers a little, or end early (its consumers see no heartbeat,
+  subscribe again, see the gap and read it from history: nothing is lost).
+- Per connection (``Conn``): its granted and refused topics. A record goes when its socket
+  is reported disconnected (``closed``: the actor's monitor of the XPUB), or when a newer
+  connection shows up on the same socket number (the old one is closed: libzmq reports
+  its topics without an origin); so records are bounded by open sockets.
 
-In manual mode libzmq no longer counts subscribers for us, and it cannot tell us which
-connection a message came from, only its user. ``Gate`` keeps counts per topic: granted
-subscribe messages, and refused ones; an unsubscribe takes one off the refused count
-first (libzmq sends an unsubscribe, without a user, for every topic a closing connection
-ever sent, refused or not), else off the granted count, and the channel ends when that
-reaches zero. The counts are approximate (a repeated subscribe from one connection, as a
-progress request, counts twice; a forged unsubscribe counts as one): a channel may
-outlive its subscribers (bounded by ``max_channels``; every rebind starts afresh) or end
-early (its consumers see no heartbeat, subscribe again, see the gap in ``prev_revision``
-and read it from ``history``: nothing is lost).
-
-Bounds: a topic longer than ``max_topic_bytes`` is never a channel (the actor also sets
-ZMQ_MAXMSGSIZE, so libzmq drops a connection that sends a longer message), at most
-``max_channels`` channels exist, and after ``budget_messages`` subscription messages or
-``budget_bytes`` of them since the XPUB was bound (libzmq keeps every subscription a
-connection ever sent, refused ones too, until it closes) the actor rebinds
-(``over_budget``).
+Connection ids grow (the ZAP handler counts), so on one socket number a smaller (or equal,
+once closed) id is an older connection: a late message from it is counted as held and
+refused (its closing unsubscribes follow). ``closed(fd)`` ends the newest connection seen
+on ``fd``, which is right as long as the actor handles no message it read before the
+disconnections reported up to then (it drains the monitor after reading a batch, before
+handling it): a newer connection on that socket was accepted after the disconnection, so
+none of its messages can have been handled yet.
 """
 from __future__ import annotations
 
+from array import array
 from dataclasses import dataclass, field
-from typing import Any, Container, Iterable, Sized
+from typing import Any, Callable, Iterable
 
 from actors.storage.auth import AuthState, can_read
-from actors.watch.channels import decode_topic
+from actors.watch.channels import FULL, NOT_A_CHANNEL, TOO_LONG, decode_topic
 
-MAX_TOPIC_BYTES = 11 + 64 * 1024   # head + key + range_end: 64 KiB of key bytes
-MAX_CHANNELS = 100_000
-BUDGET_MESSAGES = 1_000_000
-BUDGET_BYTES = 256 * 1024 * 1024
+BUDGET_BYTES = 16 * 1024 * 1024  # topics held by libzmq for all connections (see above)
+MAX_PER_CONN = 1_000             # default of --max-watch-subscriptions
 _HEX = frozenset("0123456789abcdef")
 
 # Reasons a subscription is refused (counted per reason, logged rate-limited).
 AUTH_UNKNOWN = "auth_state_unknown"
 ANONYMOUS = "anonymous"
-NOT_A_CHANNEL = "not_a_channel"
 DENIED = "permission_denied"
-TOO_LONG = "topic_too_long"
-FULL = "too_many_channels"
+TOO_MANY = "too_many_subscriptions"
+# and channels.NOT_A_CHANNEL, TOO_LONG, FULL (why a topic cannot be a channel)
 
 SUBSCRIBE = "subscribe"
 REFUSE = "refuse"
@@ -75,11 +82,6 @@ def may_subscribe(state: AuthState | None, user: str, topic: bytes) -> str | Non
     return None
 
 
-def manual_mode(state: AuthState | None) -> bool:
-    """The XPUB mode for this auth state: manual unless auth is known to be disabled."""
-    return state is None or state.enabled
-
-
 def needs_rebind(old: AuthState | None, new: AuthState) -> bool:
     """Must the XPUB be rebound (every subscription decided again) when the auth state
     changes from ``old`` to ``new``? Whenever auth is or was enabled and anything changed;
@@ -92,99 +94,176 @@ def needs_rebind(old: AuthState | None, new: AuthState) -> bool:
 
 
 @dataclass(frozen=True)
+class Origin:
+    """The connection a message came on: its ZAP User-Id, connection id (from the ZAP
+    handler; -1 unknown), socket number (libzmq's ``__fd``; -1 unknown) and peer."""
+    user: str = ""
+    conn: int = -1
+    fd: int = -1
+    peer: str = ""  # libzmq's Peer-Address (the peer's IP)
+
+
+@dataclass(frozen=True)
 class Decision:
     action: str            # SUBSCRIBE | REFUSE | UNSUBSCRIBE | IGNORE
     topic: bytes = b""
     track: bool = False    # SUBSCRIBE: a channel for this topic should exist
     untrack: bool = False  # UNSUBSCRIBE: the channel for this topic ends
     reason: str = ""       # REFUSE: why
+    kick: bool = False     # REFUSE: close this connection (origin's fd)
+
+
+@dataclass
+class Conn:
+    fd: int
+    granted: set[bytes] = field(default_factory=set)
+    refused: set[bytes] = field(default_factory=set)
+    kicked: bool = False
+
+
+def _inc(d: dict[bytes, int], k: bytes) -> None:
+    d[k] = d.get(k, 0) + 1
+
+
+def _dec(d: dict[bytes, int], k: bytes) -> int:
+    """Take one off d[k] (gone at zero); the count left, or -1 when there was none."""
+    n = d.get(k, 0)
+    if n <= 0:
+        return -1
+    if n == 1:
+        del d[k]
+        return 0
+    d[k] = n - 1
+    return n - 1
 
 
 @dataclass
 class Gate:
-    """The decisions for one bound XPUB (make a new one, or ``reset``, at every bind)."""
+    """The decisions for one bound XPUB (``reset`` at every bind)."""
 
-    manual: bool = True
-    max_topic_bytes: int = MAX_TOPIC_BYTES
-    max_channels: int = MAX_CHANNELS
-    budget_messages: int = BUDGET_MESSAGES
+    max_per_conn: int = MAX_PER_CONN
     budget_bytes: int = BUDGET_BYTES
-    granted: dict[bytes, int] = field(default_factory=dict)
-    refused_open: dict[bytes, int] = field(default_factory=dict)
+    granted: dict[bytes, int] = field(default_factory=dict)       # topic -> connections
+    refused_open: dict[bytes, int] = field(default_factory=dict)  # topic -> connections
     granted_users: set[str] = field(default_factory=set)
+    conns: dict[int, Conn] = field(default_factory=dict)
+    # socket number -> newest connection id seen on it (-1 none). An array, not a dict:
+    # it outlives the connections, and small objects kept from a burst of subscriptions
+    # would keep the allocator's arenas of that burst (memory that never comes back).
+    fd_owner: array = field(default_factory=lambda: array("q"))
     refused: dict[str, int] = field(default_factory=dict)  # reason -> count (the actor resets it)
+    held_bytes: int = 0
     messages: int = 0
-    bytes: int = 0
+    kicks: int = 0
 
-    def reset(self, manual: bool) -> None:
-        self.manual = manual
-        self.granted = {}
-        self.refused_open = {}
-        self.granted_users = set()
+    def reset(self) -> None:
+        self.granted, self.refused_open, self.granted_users = {}, {}, set()
+        self.conns, self.fd_owner = {}, array("q")
+        self.held_bytes = 0
         self.messages = 0
-        self.bytes = 0
 
     @property
     def over_budget(self) -> bool:
-        return self.messages >= self.budget_messages or self.bytes >= self.budget_bytes
+        return self.held_bytes >= self.budget_bytes
 
-    def decide(self, msg: bytes, user: str, state: AuthState | None,
-               channels: "Container[bytes] | Sized") -> Decision:
-        """What to do with one message received on the XPUB. ``channels``: the topics of
-        the channels that exist now (``in`` and ``len``)."""
+    def decide(self, msg: bytes, origin: Origin | None, state: AuthState | None,
+               admit: Callable[[bytes], str | None]) -> Decision:
+        """What to do with one message received on the XPUB. ``origin`` None: libzmq's
+        unsubscribe for a connection that closed. ``admit(topic)``: None when a channel
+        for it exists or may be made, else why not (channels.Broadcaster.admit)."""
         if not msg or msg[0] not in (0, 1):
             return Decision(IGNORE)
         self.messages += 1
-        self.bytes += len(msg)
         topic = msg[1:]
         if msg[0] == 0:
-            return self._unsubscribe(topic, channels)
-        if len(topic) > self.max_topic_bytes:
-            return self._refuse(topic, TOO_LONG)
-        if not self.manual:
-            # libzmq already gave the pipe this topic (auth disabled); only the channel
-            # table is ours to bound.
-            if topic in channels:  # type: ignore[operator]
-                return Decision(SUBSCRIBE, topic, track=True)
-            if decode_topic(topic) is None:
-                return Decision(SUBSCRIBE, topic)
-            if len(channels) >= self.max_channels:  # type: ignore[arg-type]
-                self.refused[FULL] = self.refused.get(FULL, 0) + 1
-                return Decision(SUBSCRIBE, topic)
-            return Decision(SUBSCRIBE, topic, track=True)
-        reason = may_subscribe(state, user, topic)
-        if reason is None and topic not in channels and len(channels) >= self.max_channels:  # type: ignore
+            return self._unsubscribe(topic, origin)
+        if origin is None:
+            origin = Origin()
+        conn = self._conn(origin)
+        if conn is None:  # a late message of a closed connection: libzmq holds it until
+            self.held_bytes += len(topic)  # it reports the close (an origin-less unsubscribe)
+            _inc(self.refused_open, topic)
+            return Decision(REFUSE, topic, reason="closed")
+        if topic in conn.granted:  # a repeat (a progress request): libzmq holds it already
+            return Decision(SUBSCRIBE, topic, track=admit(topic) is None)
+        again = topic in conn.refused
+        if not again:
+            self.held_bytes += len(topic)
+        reason = may_subscribe(state, origin.user, topic)
+        room = admit(topic)
+        if reason is None and room == TOO_LONG:
+            reason = TOO_LONG
+        elif reason is None and len(conn.granted) >= self.max_per_conn:
+            reason = TOO_MANY
+        elif reason is None and room == FULL:
             reason = FULL
         if reason is not None:
-            return self._refuse(topic, reason)
-        self.granted[topic] = self.granted.get(topic, 0) + 1
-        self.granted_users.add(user)
-        return Decision(SUBSCRIBE, topic, track=True)
+            self.refused[reason] = self.refused.get(reason, 0) + 1
+            if not again:
+                conn.refused.add(topic)
+                _inc(self.refused_open, topic)
+            kick = len(conn.refused) > self.max_per_conn and not conn.kicked
+            if kick:
+                conn.kicked = True
+                self.kicks += 1
+            return Decision(REFUSE, topic, reason=reason, kick=kick)
+        if again:  # refused before, allowed now (room was made): the same libzmq entry
+            conn.refused.discard(topic)
+            _dec(self.refused_open, topic)
+        conn.granted.add(topic)
+        _inc(self.granted, topic)
+        self.granted_users.add(origin.user)
+        return Decision(SUBSCRIBE, topic, track=room is None)
 
-    def _refuse(self, topic: bytes, reason: str) -> Decision:
-        self.refused[reason] = self.refused.get(reason, 0) + 1
-        if self.manual and (topic in self.refused_open or len(self.refused_open) < self.max_channels):
-            self.refused_open[topic] = self.refused_open.get(topic, 0) + 1
-        return Decision(REFUSE, topic, reason=reason)
+    def _conn(self, origin: Origin) -> Conn | None:
+        """The record of origin's connection (made if new); None for a closed one."""
+        c = self.conns.get(origin.conn)
+        if c is not None:
+            return c
+        if origin.fd >= 0 and origin.conn >= 0:
+            owners = self.fd_owner
+            if origin.fd >= len(owners):
+                owners.extend([-1] * (origin.fd + 64 - len(owners)))
+            owner = owners[origin.fd]
+            if owner >= 0:
+                if owner >= origin.conn:
+                    return None  # closed (reported), or a newer connection has this socket
+                self.conns.pop(owner, None)  # closed; libzmq reports (reported) its topics
+            owners[origin.fd] = origin.conn
+        c = self.conns[origin.conn] = Conn(origin.fd)
+        return c
 
-    def _unsubscribe(self, topic: bytes, channels: Any) -> Decision:
-        if not self.manual:
-            # libzmq reports an unsubscribe only when the topic's last subscriber left.
-            return Decision(UNSUBSCRIBE, topic, untrack=topic in channels)
-        n = self.refused_open.get(topic, 0)
-        if n:
-            if n == 1:
-                del self.refused_open[topic]
-            else:
-                self.refused_open[topic] = n - 1
+    def closed(self, fd: int) -> None:
+        """The connection on socket ``fd`` was reported disconnected: forget its record
+        (its topics come as origin-less unsubscribes)."""
+        if 0 <= fd < len(self.fd_owner) and self.fd_owner[fd] >= 0:
+            self.conns.pop(self.fd_owner[fd], None)
+
+    def _unsubscribe(self, topic: bytes, origin: Origin | None) -> Decision:
+        if origin is None:
+            # A closing connection's topic: refused holders first, then granted ones.
+            self.held_bytes = max(0, self.held_bytes - len(topic))
+            if _dec(self.refused_open, topic) >= 0:
+                return Decision(UNSUBSCRIBE, topic)
+            return Decision(UNSUBSCRIBE, topic, untrack=_dec(self.granted, topic) == 0)
+        conn = self.conns.get(origin.conn)
+        if conn is None:  # a closed connection's, or one that never subscribed: nothing held
             return Decision(UNSUBSCRIBE, topic)
-        n = self.granted.get(topic, 0)
-        if n > 1:
-            self.granted[topic] = n - 1
-            return Decision(UNSUBSCRIBE, topic)
-        if n == 1:
-            del self.granted[topic]
-        return Decision(UNSUBSCRIBE, topic, untrack=topic in channels)
+        untrack = False
+        if topic in conn.granted:
+            conn.granted.discard(topic)
+            self.held_bytes = max(0, self.held_bytes - len(topic))
+            untrack = _dec(self.granted, topic) == 0
+        elif topic in conn.refused:
+            conn.refused.discard(topic)
+            self.held_bytes = max(0, self.held_bytes - len(topic))
+            _dec(self.refused_open, topic)
+        return Decision(UNSUBSCRIBE, topic, untrack=untrack)
+
+    def compact(self) -> None:
+        """Give back the memory of dicts that shrank (a dict keeps its size)."""
+        self.granted, self.refused_open = dict(self.granted), dict(self.refused_open)
+        self.conns = dict(self.conns)
 
 
 # --- keys -> users (the ZAP User-Id of a watch connection) -----------------------------------

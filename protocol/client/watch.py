@@ -9,6 +9,13 @@ The consumer side of SPEC.md section 5, hidden behind ``Client.watch``:
   D = r); r <= D is a duplicate; p > D means a hole: catch up from history [D+1, ...].
   A progress message (R, L) with L <= D moves D to R; L > D is a hole as well;
 - never delivers a revision <= D, whatever the node says (etcd bug #15271);
+- a key or range_end longer than MAX_TOPIC_KEY (256) bytes is watched through its
+  *covering* channel (``covering_range``: bounds cut to 256 bytes, a range that holds the
+  watched one), whose events are filtered to the watched range; a revision with no event
+  left after filtering moves D like a progress message (SPEC section 5, "Long keys").
+  So no topic is ever long (libzmq's SUB crashes on topics of 256 KiB or more). A
+  covering channel the user may not read (auth) is refused, so the live path stays
+  silent: the watcher then follows the range from ``history`` after each silence;
 - silence (no message, not even the broadcaster's heartbeat) makes it ask for progress,
   then move to the next endpoint and resume from D+1: no gap, no duplicate;
 - a compacted start (or hole) ends the watch with ``canceled`` and ``compact_revision``;
@@ -32,11 +39,12 @@ from typing import Any, Callable, Iterator
 import msgpack
 import zmq
 
-from protocol.client.types import KeyValue, ResponseHeader, key_range
+from protocol.client.types import FROM_KEY_END, KeyValue, ResponseHeader, key_range, prefix_end
 from protocol.errors import QkvError
 
 TOPIC_HEAD = b"W1"
 FLAG_PREV_KV, FLAG_NO_PUT, FLAG_NO_DELETE = 1, 2, 4
+MAX_TOPIC_KEY = 256      # SPEC section 5: a channel's key and range_end are at most this long
 SILENCE_S = 5.0          # no message for this long: ask the broadcaster for progress
 PROBE_S = 2.0            # and no answer this long after: move to another endpoint
 HISTORY_PAGE_REVISIONS = 5000
@@ -53,6 +61,29 @@ def watch_topic(key: bytes, range_end: bytes = b"", *, prev_kv: bool = False,
         | (FLAG_NO_DELETE if no_delete else 0)
     return b"".join((TOPIC_HEAD, bytes((flags,)), len(key).to_bytes(4, "big"), key,
                      len(range_end).to_bytes(4, "big"), range_end))
+
+
+def covering_range(key: bytes, range_end: bytes = b"") -> tuple[bytes, bytes]:
+    """The channel range to subscribe to for ``[key, range_end)`` (SPEC section 5, "Long
+    keys"; the same rule as actors/watch/channels.py): the range itself when key and
+    range_end are each at most MAX_TOPIC_KEY bytes; else key[:MAX] and, as the end, a
+    single key's prefix_end(key[:MAX]), ``"\\x00"`` as is, a short range_end as is, a long
+    one's prefix_end(range_end[:MAX])."""
+    n = MAX_TOPIC_KEY
+    if len(key) <= n and len(range_end) <= n:
+        return key, range_end
+    k = key[:n]
+    if not range_end:
+        return k, prefix_end(k)
+    if range_end == FROM_KEY_END or len(range_end) <= n:
+        return k, range_end
+    return k, prefix_end(range_end[:n])
+
+
+def _in_range(key: bytes, start: bytes, end: bytes) -> bool:
+    if not end:
+        return key == start
+    return key >= start and (end == FROM_KEY_END or key < end)
 
 
 def _reachable(watch_url: str, client_endpoint: str) -> str:
@@ -114,7 +145,10 @@ class Watcher:
         self.progress_notify = progress_notify
         self.progress_interval_s = progress_interval_s
         self._progress_sent_at = 0.0
-        self.topic = watch_topic(self.key, self.range_end, prev_kv=prev_kv, no_put=self.no_put,
+        ckey, cend = covering_range(self.key, self.range_end)
+        # A covering channel sends more than this range: its events are filtered.
+        self.covering = (ckey, cend) != (self.key, self.range_end)
+        self.topic = watch_topic(ckey, cend, prev_kv=prev_kv, no_put=self.no_put,
                                  no_delete=self.no_delete)
         self._client = client
         self._endpoints: list[str] = list(client.endpoints)
@@ -284,7 +318,13 @@ class Watcher:
         if prev is None or prev > self.delivered:
             self._need_catchup = True  # a hole: (delivered, prev] may hold events
             return
-        self._ready.append(WatchResponse(self._hdr(rev), [Event.from_wire(e) for e in body["events"]]))
+        events = body["events"]
+        if self.covering:
+            events = [e for e in events if _in_range(e["kv"]["key"], self.key, self.range_end)]
+            if not events:  # nothing of this range at rev: like a progress message
+                self.delivered = rev
+                return
+        self._ready.append(WatchResponse(self._hdr(rev), [Event.from_wire(e) for e in events]))
         self.delivered = rev
 
     def _step(self, timeout_s: float) -> None:
@@ -315,6 +355,14 @@ class Watcher:
                 self._probe_at = now
                 self._resubscribe = True
             elif self._probe_at is not None and now - self._probe_at > PROBE_S:
+                sec = getattr(self._client, "_security", None)
+                if self.covering and sec is not None and sec.user:
+                    # Under auth a covering channel wider than the user's permission is
+                    # refused (no message ever comes): follow the range from history,
+                    # which is checked for the range itself, once per silence.
+                    self._last_msg_at, self._probe_at = now, None
+                    self._need_catchup = True
+                    return
                 self._fail_over()
             return
         self._last_msg_at = time.monotonic()

@@ -112,9 +112,11 @@ def test_new_channel_starts_at_position_and_progress_reports_last():
     (topic, payload), = b.progress([ch])
     assert topic == t and body(payload) == {"progress_revision": 6, "last_event_revision": 6}
     b.publish(7, [ev("PUT", b"b", 7)])
-    assert [c.topic for c in b.stale_progress()] == [t]
+    assert b.take_dirty() == []  # nothing published on it: its heartbeat brings progress
+    assert ch in b.heartbeat_slot(ch.slot)
     assert body(b.progress([ch])[0][1]) == {"progress_revision": 7, "last_event_revision": 6}
-    assert b.stale_progress() == []
+    b.publish(8, [ev("PUT", b"a", 8)])
+    assert b.take_dirty() == [ch] and b.take_dirty() == []  # published: progress at the next tick
 
 
 def test_skip_to_makes_the_hole_visible():
@@ -254,6 +256,7 @@ def bare_watcher(delivered: int, progress_notify: bool = False):
     w._header, w.progress_notify, w._progress_wanted = ResponseHeader(), progress_notify, False
     w.progress_interval_s, w._progress_sent_at = 0.0, 0.0
     w._need_catchup = False
+    w.key, w.range_end, w.covering = b"k", b"", False
     return w
 
 

@@ -9,7 +9,7 @@ import zmq
 
 from actors.storage.auth import AuthState, Perm, User
 from actors.watch import gate as G
-from actors.watch.channels import encode_topic
+from actors.watch.channels import MAX_TOPIC_BYTES, Broadcaster, encode_topic
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 ALL = encode_topic(b"\x00", b"\x00")
@@ -36,14 +36,12 @@ def test_gate_module_is_pure():
 # --- decisions ----------------------------------------------------------------------------
 def test_nothing_before_the_auth_state_is_known():
     assert G.may_subscribe(None, "root", ALL) == G.AUTH_UNKNOWN
-    assert G.manual_mode(None)
 
 
 def test_auth_disabled_allows_any_topic_to_anyone():
     s = state(enabled=False)
     for topic in (ALL, A, B, b"", b"W1", b"garbage"):
         assert G.may_subscribe(s, "", topic) is None
-    assert not G.manual_mode(s)
 
 
 @pytest.mark.parametrize("user,topic,reason", [
@@ -65,85 +63,137 @@ def test_auth_disabled_allows_any_topic_to_anyone():
     ("root", b"", G.NOT_A_CHANNEL),
 ])
 def test_auth_enabled_allows_a_channel_the_user_may_read(user, topic, reason):
-    s = state()
-    assert G.manual_mode(s)
-    assert G.may_subscribe(s, user, topic) == reason
+    assert G.may_subscribe(state(), user, topic) == reason
 
 
-def test_manual_gate_decides_every_subscriber_on_its_own():
-    s, g, chans = state(), G.Gate(manual=True), set()
+class Harness:
+    """A gate with a channel table (channels.Broadcaster), as the actor drives it."""
 
-    def decide(msg, user):
-        d = g.decide(msg, user, s, chans)
+    def __init__(self, auth=None, max_channels=100, **gate):
+        self.g = G.Gate(**gate)
+        self.core = Broadcaster(max_channels=max_channels, max_channel_bytes=10**9)
+        self.state = auth if auth is not None else state()
+
+    def __call__(self, msg, user="", conn=1, fd=7, origin=True):
+        o = G.Origin(user, conn, fd) if origin else None
+        d = self.g.decide(msg, o, self.state, self.core.admit)
         if d.track:
-            chans.add(d.topic)
+            self.core.subscribe(d.topic)
         if d.untrack:
-            chans.discard(d.topic)
+            self.core.unsubscribe(d.topic)
         return d
 
-    assert decide(b"\x01" + A, "alice") == G.Decision(G.SUBSCRIBE, A, track=True)
+    @property
+    def chans(self):
+        return set(self.core.channels)
+
+
+def test_gate_decides_every_subscriber_on_its_own():
+    h = Harness()
+    assert h(b"\x01" + A, "alice", conn=1) == G.Decision(G.SUBSCRIBE, A, track=True)
     # a second subscriber of the same topic, not allowed: refused although the channel exists
-    assert decide(b"\x01" + A, "bob") == G.Decision(G.REFUSE, A, reason=G.DENIED)
-    assert decide(b"\x01" + A, "") .action == G.REFUSE
-    assert decide(b"\x01" + A, "root").action == G.SUBSCRIBE
-    assert g.granted == {A: 2} and g.granted_users == {"alice", "root"}
-    assert g.refused == {G.DENIED: 1, G.ANONYMOUS: 1}
-    # The refused ones' connections close: libzmq sends an unsubscribe (without a user)
-    # for each; they must not end the channel alice and root still have.
-    assert decide(b"\x00" + A, "") == G.Decision(G.UNSUBSCRIBE, A)
-    assert decide(b"\x00" + A, "") == G.Decision(G.UNSUBSCRIBE, A)
-    assert A in chans
-    assert decide(b"\x00" + A, "alice") == G.Decision(G.UNSUBSCRIBE, A)
-    assert decide(b"\x00" + A, "") == G.Decision(G.UNSUBSCRIBE, A, untrack=True)
-    assert chans == set() and g.granted == {}
-    # an unsubscribe of something never subscribed: nothing to end
-    assert decide(b"\x00" + B, "") == G.Decision(G.UNSUBSCRIBE, B)
-    assert decide(b"", "alice").action == G.IGNORE
-    assert decide(b"\x02" + A, "alice").action == G.IGNORE
+    assert h(b"\x01" + A, "bob", conn=2, fd=8) == G.Decision(G.REFUSE, A, reason=G.DENIED)
+    assert h(b"\x01" + A, "", conn=3, fd=9).action == G.REFUSE
+    assert h(b"\x01" + A, "root", conn=4, fd=10).action == G.SUBSCRIBE
+    assert h.g.granted == {A: 2} and h.g.granted_users == {"alice", "root"}
+    assert h.g.refused == {G.DENIED: 1, G.ANONYMOUS: 1}
+    assert h.g.held_bytes == 4 * len(A)  # libzmq holds the refused ones too
+    # The refused ones' connections close: libzmq sends an unsubscribe (without an
+    # origin) for each; they must not end the channel alice and root still have.
+    assert h(b"\x00" + A, origin=False) == G.Decision(G.UNSUBSCRIBE, A)
+    assert h(b"\x00" + A, origin=False) == G.Decision(G.UNSUBSCRIBE, A)
+    assert A in h.chans
+    assert h(b"\x00" + A, "alice", conn=1) == G.Decision(G.UNSUBSCRIBE, A)  # alice's own
+    assert h(b"\x00" + A, origin=False) == G.Decision(G.UNSUBSCRIBE, A, untrack=True)  # root closes
+    assert h.chans == set() and h.g.granted == {} and h.g.held_bytes == 0
+    # an unsubscribe of something never subscribed: nothing to end, nothing counted
+    assert h(b"\x00" + B, "alice", conn=1) == G.Decision(G.UNSUBSCRIBE, B)
+    assert h.g.held_bytes == 0
+    assert h(b"", "alice").action == G.IGNORE
+    assert h(b"\x02" + A, "alice").action == G.IGNORE
 
 
-def test_open_gate_follows_libzmq_counts_and_bounds_channels():
-    g, chans = G.Gate(manual=False, max_channels=2), set()
-    s = state(enabled=False)
-
-    def decide(msg):
-        d = g.decide(msg, "", s, chans)
-        if d.track:
-            chans.add(d.topic)
-        if d.untrack:
-            chans.discard(d.topic)
-        return d
-
-    assert decide(b"\x01" + A).track
-    assert decide(b"\x01" + A).track  # a progress request
-    assert decide(b"\x01" + b"").action == G.SUBSCRIBE and not decide(b"\x01").track  # not a channel
-    assert decide(b"\x01" + B).track
-    d = decide(b"\x01" + ALL)  # the third channel: over the bound
-    assert d.action == G.SUBSCRIBE and not d.track and g.refused == {G.FULL: 1}
-    assert decide(b"\x00" + A).untrack and chans == {B}
+def test_auth_disabled_grants_any_topic_but_only_channels_are_tracked():
+    h = Harness(auth=state(enabled=False))
+    assert h(b"\x01" + A).track
+    assert h(b"\x01" + A).track  # a progress request: granted again, held once
+    assert h.g.held_bytes == len(A) and h.g.granted == {A: 1}
+    d = h(b"\x01")  # b"": a raw SUB's everything
+    assert d.action == G.SUBSCRIBE and not d.track
+    assert h(b"\x00" + A).untrack and h.chans == set()
 
 
-def test_bounds_topic_length_channels_and_budget():
-    s = state()
-    g = G.Gate(manual=True, max_topic_bytes=100, max_channels=2, budget_messages=6, budget_bytes=10**9)
-    long_topic = encode_topic(b"/a/" + b"x" * 100)
-    chans: set[bytes] = set()
-    assert g.decide(b"\x01" + long_topic, "root", s, chans).reason == G.TOO_LONG
+def test_per_connection_bound_refuses_then_closes_the_connection():
+    h = Harness(auth=state(enabled=False), max_per_conn=3)
+    topics = [encode_topic(b"/k/%d" % i) for i in range(8)]
+    for t in topics[:3]:
+        assert h(b"\x01" + t, conn=5).action == G.SUBSCRIBE
+    d = h(b"\x01" + topics[3], conn=5)
+    assert d.action == G.REFUSE and d.reason == G.TOO_MANY and not d.kick
+    # other connections are not affected
+    assert h(b"\x01" + topics[3], conn=6, fd=8).action == G.SUBSCRIBE
+    # repeats of held topics are neither new grants nor new refusals
+    assert h(b"\x01" + topics[0], conn=5).action == G.SUBSCRIBE
+    assert h(b"\x01" + topics[3], conn=5).reason == G.TOO_MANY
+    assert len(h.g.conns[5].refused) == 1
+    # an unsubscribe makes room on that connection
+    h(b"\x00" + topics[0], conn=5)
+    assert h(b"\x01" + topics[3], conn=5).action == G.SUBSCRIBE  # refused before, granted now
+    assert h.g.refused_open == {}
+    kicks = [h(b"\x01" + t, conn=5).kick for t in topics[4:]]
+    assert kicks == [False, False, False, True]  # more refused topics held than the bound
+    assert h(b"\x01" + encode_topic(b"/x"), conn=5).kick is False  # once
+    assert h.g.kicks == 1
+
+
+def test_a_newer_connection_on_the_same_socket_replaces_the_old_record():
+    h = Harness(auth=state(enabled=False), max_per_conn=2)
+    t1, t2, t3 = (encode_topic(b"/k/%d" % i) for i in range(3))
+    h(b"\x01" + t1, conn=10, fd=20)
+    h(b"\x01" + t2, conn=10, fd=20)
+    assert h(b"\x01" + t3, conn=10, fd=20).reason == G.TOO_MANY
+    # conn 10 closed (its unsubscribes come without an origin); conn 11 got socket 20
+    assert h(b"\x01" + t3, conn=11, fd=20).action == G.SUBSCRIBE
+    assert 10 not in h.g.conns
+    # a late message of conn 10: held (libzmq reports its close) and refused
+    d = h(b"\x01" + encode_topic(b"/late"), conn=10, fd=20)
+    assert d.action == G.REFUSE and 10 not in h.g.conns
+    held = h.g.held_bytes
+    for t in (t1, t2, t3, encode_topic(b"/late")):  # conn 10's close
+        h(b"\x00" + t, origin=False)
+    assert h.g.held_bytes == held - len(t1) - len(t2) - len(t3) - len(encode_topic(b"/late"))
+    assert h.chans == {t3}  # conn 11 still has it
+
+
+def test_a_disconnected_socket_ends_its_newest_connection_record():
+    h = Harness(auth=state(enabled=False))
+    t1, t2 = encode_topic(b"/k/1"), encode_topic(b"/k/2")
+    h(b"\x01" + t1, conn=3, fd=30)
+    h(b"\x00" + t1, conn=3, fd=30)  # it holds nothing now: the record stays while it is open
+    assert 3 in h.g.conns
+    h.g.closed(30)
+    assert 3 not in h.g.conns
+    # a late message of that connection is not a new one
+    assert h(b"\x01" + t2, conn=3, fd=30).reason == "closed" and 3 not in h.g.conns
+    h(b"\x00" + t2, origin=False)  # ... libzmq reports it with the close
+    assert h.g.held_bytes == 0 and h.g.refused_open == {}
+    assert h(b"\x01" + t2, conn=4, fd=30).action == G.SUBSCRIBE  # the next one on that socket
+    h.g.closed(31)  # a socket we never heard of: nothing
+    assert set(h.g.conns) == {4}
+
+
+def test_topic_length_channels_and_budget():
+    h = Harness(max_channels=2, budget_bytes=4 * len(A))
+    too_long = encode_topic(b"/a/" + b"x" * 300)
+    assert len(too_long) < MAX_TOPIC_BYTES
+    assert h(b"\x01" + too_long, "root").reason == G.TOO_LONG
     for t in (A, B):
-        d = g.decide(b"\x01" + t, "root", s, chans)
-        assert d.track
-        chans.add(t)
-    assert g.decide(b"\x01" + ALL, "root", s, chans).reason == G.FULL
-    assert g.decide(b"\x01" + A, "alice", s, chans).action == G.SUBSCRIBE  # an existing channel
-    assert not g.over_budget
-    g.decide(b"\x00" + A, "", s, chans)
-    assert g.over_budget
-    g.reset(manual=True)
-    assert not g.over_budget and g.granted == {} and g.refused_open == {}
-    g2 = G.Gate(budget_bytes=36)
-    g2.decide(b"\x01" + A, "root", s, set())
-    g2.decide(b"\x01" + B, "root", s, set())
-    assert g2.over_budget
+        assert h(b"\x01" + t, "root").track
+    assert h(b"\x01" + ALL, "root", conn=2, fd=8).reason == G.FULL
+    assert h(b"\x01" + A, "alice", conn=3, fd=9).action == G.SUBSCRIBE  # an existing channel
+    assert h.g.over_budget
+    h.g.reset()
+    assert not h.g.over_budget and h.g.granted == {} and h.g.refused_open == {} and h.g.conns == {}
 
 
 def test_rebind_when_auth_is_or_was_enabled_and_changed():
