@@ -17,17 +17,17 @@ Memory is asserted as RSS against stated limits; times are printed, never assert
 """
 from __future__ import annotations
 
-import socket
-import struct
 import threading
 import time
 
+import attacks
 import pytest
 import zmq
 
 from hostile_support import MiB, Honest, RssWatch, node_rss, rss_mib
 from nodeproc import wait_for
 from protocol.client import Client
+from protocol.client.watch import watch_topic
 from protocol.codec import pack, unpack
 
 STALLED_LIMIT_MIB = 48      # watch actor RSS growth with a stalled SUB (queue bound: 8 MiB)
@@ -38,10 +38,6 @@ SUBS_LIMIT_MIB = 256        # watch actor RSS growth holding 100,000 subscriptio
 BACK_LIMIT_MIB = 48
 SMALL_BACK_LIMIT_MIB = 16   # after the over-the-bound connection and the 8 MiB topic
 N_CONNS, PER_CONN = 100, 1_000
-
-
-def topic(key: bytes, range_end: bytes = b"") -> bytes:
-    return b"W1\x00" + len(key).to_bytes(4, "big") + key + len(range_end).to_bytes(4, "big") + range_end
 
 
 def watch_url(node) -> str:
@@ -93,7 +89,7 @@ def test_stalled_subscriber_costs_a_bounded_queue(node):
     stalled.setsockopt(zmq.RCVHWM, 1)
     stalled.setsockopt(zmq.RCVBUF, 4096)
     stalled.connect(node.watch_url)
-    stalled.subscribe(topic(b"big/", b"big0"))
+    stalled.subscribe(watch_topic(b"big/", b"big0"))
     stalled.subscribe(b"")
     c = Client([node.client_url])
     watcher = c.watch(b"big/", prefix=True)  # a reader beside it gets every revision
@@ -170,7 +166,7 @@ class Subscribers:
             s.setsockopt(zmq.RCVHWM, 0)
             s.setsockopt(zmq.SNDHWM, 0)  # a SUB's own queue drops subscriptions past it
             s.connect(url)
-            topics = [topic(b"/hostile/%s/%03d/%04d" % (tag, c, i)) for i in range(PER_CONN)]
+            topics = [watch_topic(b"/hostile/%s/%03d/%04d" % (tag, c, i)) for i in range(PER_CONN)]
             for t in topics:
                 s.subscribe(t)
             self.socks.append(s)
@@ -200,29 +196,6 @@ class Subscribers:
         self.ctx.term()
 
 
-def raw_subscribe_is_closed(url: str, topic: bytes) -> bool:
-    """Send one subscribe message by hand (ZMTP 3.0, NULL, as an XSUB: libzmq's own XSUB
-    and SUB keep a trie of what they send and crash on topics of 256 KiB or more); True
-    when the node closes the connection."""
-    host, port = url[len("tcp://"):].rsplit(":", 1)
-    s = socket.create_connection((host, int(port)), timeout=10)
-    try:
-        s.sendall(b"\xff" + b"\x00" * 8 + b"\x7f" + b"\x03\x00" + b"NULL".ljust(20, b"\x00") + b"\x00" * 32)
-        ready = b"\x05READY" + b"\x0bSocket-Type" + struct.pack(">I", 4) + b"XSUB"
-        s.sendall(b"\x04" + bytes((len(ready),)) + ready)
-        body = b"\x01" + topic
-        s.sendall(b"\x02" + struct.pack(">Q", len(body)) + body)
-        while s.recv(65536):  # the node's greeting and READY, then the end
-            pass
-        return True
-    except (ConnectionResetError, BrokenPipeError):
-        return True
-    except socket.timeout:
-        return False
-    finally:
-        s.close()
-
-
 def first_message_s(url: str, key: bytes, timeout: float = 30.0) -> float:
     """A new SUB's time from subscribe to its first message (the subscribe's answer)."""
     ctx = zmq.Context.instance()
@@ -230,7 +203,7 @@ def first_message_s(url: str, key: bytes, timeout: float = 30.0) -> float:
     s.linger = 0
     s.connect(url)
     t0 = time.monotonic()
-    s.subscribe(topic(key))
+    s.subscribe(watch_topic(key))
     try:
         assert s.poll(int(timeout * 1000)), f"no first message for {key!r} within {timeout} s"
         return time.monotonic() - t0
@@ -295,7 +268,7 @@ def test_one_connection_past_the_bound_is_refused_then_closed_and_long_topics_co
     ctx = zmq.Context.instance()
     base = node_rss(node)["watch"]
     # An 8 MiB subscribe: libzmq closes that connection (MAXMSGSIZE) before it holds it.
-    assert raw_subscribe_is_closed(node.watch_url, b"W1" + b"t" * (8 * MiB))
+    assert attacks.raw_subscribe_is_closed(node.watch_url, b"W1" + b"t" * (8 * MiB))
     # A SUB of the client library's kind with 1,000 + 20 subscriptions: 1,000 answered.
     s = ctx.socket(zmq.SUB)
     s.linger = 0
@@ -303,7 +276,7 @@ def test_one_connection_past_the_bound_is_refused_then_closed_and_long_topics_co
     s.setsockopt(zmq.SNDHWM, 0)  # a SUB's own queue drops subscriptions past it
     mon = s.get_monitor_socket(zmq.EVENT_DISCONNECTED)
     s.connect(node.watch_url)
-    topics = [topic(b"/over/%05d" % i) for i in range(PER_CONN + 20)]
+    topics = [watch_topic(b"/over/%05d" % i) for i in range(PER_CONN + 20)]
     for t in topics:
         s.subscribe(t)
     answered: set[bytes] = set()
@@ -319,7 +292,7 @@ def test_one_connection_past_the_bound_is_refused_then_closed_and_long_topics_co
     assert answered == set(topics[:PER_CONN])
     # More refused topics held than the bound: the connection is closed.
     for i in range(PER_CONN + 5):
-        s.subscribe(topic(b"/more/%05d" % i))
+        s.subscribe(watch_topic(b"/more/%05d" % i))
     assert mon.poll(15_000), "the connection holding too many refused topics was not closed"
     s.close(0)
     mon.close(0)
