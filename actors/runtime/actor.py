@@ -52,6 +52,7 @@ class Actor:
         self._socket_handlers: dict[zmq.Socket, Callable[..., None]] = {}
         self._with_user: set[zmq.Socket] = set()
         self._with_peer: set[zmq.Socket] = set()
+        self._raw: set[zmq.Socket] = set()
         self._authenticators: list[security.KeyAuthenticator] = []
         self._timers: list[tuple[float, int, Callable[[], None]]] = []
         self._seq = itertools.count()
@@ -71,6 +72,7 @@ class Actor:
         curve_client: tuple[bytes, bytes, bytes] | None = None,
         with_user: bool = False,
         with_peer: bool = False,
+        raw: bool = False,
         **options: Any,
     ) -> zmq.Socket:
         """A socket in this actor's poller. `curve_server=(public, secret, zap_domain)` or
@@ -78,7 +80,9 @@ class Actor:
         `with_user=True`: the handler is called as `handler(frames, user_id)`, user_id being
         the ZAP User-Id of the connection the message came on ("" without one).
         `with_peer=True` (implies with_user): `handler(frames, user_id, peer_address)`, the
-        connection's remote address as libzmq reports it ("" when it has none)."""
+        connection's remote address as libzmq reports it ("" when it has none).
+        `raw=True`: `handler(frames)` with the message's zmq.Frame objects (copy=False),
+        for a handler that reads more of their properties itself."""
         sock = self.ctx.socket(kind)
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.SNDHWM, hwm)
@@ -101,6 +105,8 @@ class Actor:
                 self._with_user.add(sock)
             if with_peer:
                 self._with_peer.add(sock)
+            if raw:
+                self._raw.add(sock)
             self.poller.register(sock, zmq.POLLIN)
         return sock
 
@@ -111,6 +117,7 @@ class Actor:
             del self._socket_handlers[sock]
         self._with_user.discard(sock)
         self._with_peer.discard(sock)
+        self._raw.discard(sock)
         sock.close(0)
 
     def start_authenticator(self, domain: str, lookup: Callable[[bytes], str | None]) -> "security.KeyAuthenticator":
@@ -236,9 +243,10 @@ class Actor:
             if sock in self._with_user:
                 self._drain_with_user(sock, handler, sock in self._with_peer)
                 continue
+            copy = sock not in self._raw
             for _ in range(DRAIN_MAX):
                 try:
-                    frames = sock.recv_multipart(zmq.NOBLOCK)
+                    frames = sock.recv_multipart(zmq.NOBLOCK, copy=copy)
                 except zmq.Again:
                     break
                 handler(frames)

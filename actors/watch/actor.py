@@ -54,7 +54,7 @@ from zmq.utils import monitor as zmq_monitor
 from actors.runtime import messages as M
 from actors.runtime import security
 from actors.runtime import wire
-from actors.runtime.actor import DRAIN_MAX, Actor
+from actors.runtime.actor import Actor
 from actors.storage.auth import AuthState
 from actors.watch import channels as C
 from actors.watch import gate as G
@@ -155,23 +155,17 @@ class WatchActor(Actor):
         self.auth_tick()
 
     # --- subscriptions -------------------------------------------------------------
-    def _drain_with_user(self, sock: zmq.Socket, handler) -> None:  # type: ignore[override]
-        """The XPUB's messages with their origin (runtime/actor.py calls this for sockets
-        made with_user=True; the watch port needs more than the User-Id)."""
-        for _ in range(DRAIN_MAX):
-            try:
-                frame = sock.recv(zmq.NOBLOCK, copy=False)
-            except zmq.Again:
-                break
-            # Each message is decided right after it is received (XPUB_MANUAL gives a
-            # SUBSCRIBE to the pipe of the last message received). The first message of a
-            # connection is decided after the disconnections reported until then: so the
-            # gate never takes a connection for the one that held its socket before
-            # (gate.Gate.closed).
-            origin = _origin(frame)
-            if origin is not None and origin.conn not in self.gate.conns:
-                self._drain_monitor()
-            self.on_subscription(frame.bytes, origin)
+    def _on_xpub(self, frames: list[zmq.Frame]) -> None:
+        """One XPUB message (a raw socket: its frame properties name its origin). It is
+        decided right away: XPUB_MANUAL gives a SUBSCRIBE to the pipe of the last message
+        received. The first message of a connection is decided after the disconnections
+        reported until then, so the gate never takes a connection for the one that held
+        its socket before (gate.Gate.closed)."""
+        frame = frames[-1]
+        origin = _origin(frame)
+        if origin is not None and origin.conn not in self.gate.conns:
+            self._drain_monitor()
+        self.on_subscription(frame.bytes, origin)
 
     def _drain_monitor(self) -> None:
         mon = self._pub_mon
@@ -250,7 +244,7 @@ class WatchActor(Actor):
         still be held for a moment, so binding is retried from timers until
         REBIND_DEADLINE_S."""
         opts = {} if self._curve is not None else {"zap_domain": b"watch"}
-        sock = self.socket(zmq.XPUB, handler=self.on_subscription, with_user=True, hwm=self._sndhwm,
+        sock = self.socket(zmq.XPUB, handler=self._on_xpub, raw=True, hwm=self._sndhwm,
                            sndbuf=self._sndbuf, maxmsgsize=C.MAX_TOPIC_BYTES + 1,
                            curve_server=self._curve, xpub_manual=1, **opts)
         self.gate.reset()
@@ -271,7 +265,7 @@ class WatchActor(Actor):
     def _monitor(self, sock: zmq.Socket) -> zmq.Socket:
         """The XPUB's disconnections (socket numbers), on a PAIR with no queue limit (an
         event lost would only keep a closed connection's record until its socket number
-        is used again). Drained by _drain_with_user and _memory_tick; not polled."""
+        is used again). Drained by _on_xpub and _memory_tick; not polled."""
         addr = f"inproc://watch-xpub-monitor-{self._pub_gen}"
         sock.monitor(addr, zmq.EVENT_DISCONNECTED)
         mon = self.ctx.socket(zmq.PAIR)
