@@ -179,6 +179,8 @@ class Sim:
         self.compact_every = rng.choice([5, 10, 20, 40])
         self.max_size_per_msg = rng.choice([64, 256, 1 << 20])
         self.max_inflight = rng.choice([2, 4, 64])
+        # Drawn from its own stream so that every older seed replays as it did.
+        self.max_inflight_bytes = random.Random(seed * 7919 + 17).choice([0, 0, 200, 1000, 1 << 16])
         self.p_crash = rng.choice([0.0, 0.002, 0.005, 0.01])
         self.p_propose = rng.choice([0.1, 0.3, 0.6])
         self.now = 0
@@ -204,7 +206,7 @@ class Sim:
             self.nodes[i] = sn
             self._boot(sn)
         self.trace(f"seed {seed}: {self.n} nodes, K={self.compact_every}, "
-                   f"max_size={self.max_size_per_msg}, inflight={self.max_inflight}, "
+                   f"max_size={self.max_size_per_msg}, inflight={self.max_inflight}/{self.max_inflight_bytes} B, "
                    f"p_crash={self.p_crash}, p_propose={self.p_propose}, steps={self.steps}")
 
     # --- helpers -------------------------------------------------------------------------
@@ -221,7 +223,8 @@ class Sim:
         cfg = Config(id=sn.id, voters=list(self.ids), election_tick=10, heartbeat_tick=1,
                      pre_vote=self.pre_vote, check_quorum=self.check_quorum,
                      max_size_per_msg=self.max_size_per_msg,
-                     max_inflight_msgs=self.max_inflight, applied=sn.sm.applied_index,
+                     max_inflight_msgs=self.max_inflight, max_inflight_bytes=self.max_inflight_bytes,
+                     applied=sn.sm.applied_index,
                      rng=random.Random(self.rng.getrandbits(64)))
         sn.node = RawNode(cfg, sn.storage)
         sn.up = True
