@@ -39,7 +39,7 @@ from rocksdict import AccessType, DBRecoveryMode, Options, Rdict, WriteBatch, Wr
 
 from actors.consensus.raft.types import Entry, HardState, SnapshotMeta
 from actors.runtime import rocks_log
-from actors.runtime.diskfault import disk_error_kind
+from actors.runtime.diskfault import open_or_read_only
 
 LOG_CF = "log"
 META_CF = "meta"
@@ -196,15 +196,7 @@ class WAL:
         self._last_index = self._load_last_index()  # snapshot.index when the log is empty
 
     def _open_or_read_only(self) -> None:
-        try:
-            self._open(read_only=False)
-            self.open_error = None
-        except Exception as exc:
-            if disk_error_kind(exc) is None:
-                raise
-            self._drop()
-            self.open_error = exc
-            self._open(read_only=True)
+        self.open_error = open_or_read_only(self._open, self._drop)
 
     def reopen(self) -> None:
         """Close and open read-write again (after a write the disk refused: RocksDB's handle

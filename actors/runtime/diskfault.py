@@ -28,7 +28,7 @@ from __future__ import annotations
 import errno
 import os
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 NO_SPACE = "no_space"
 IO_ERROR = "io_error"
@@ -160,3 +160,18 @@ class DiskFault:
 
 def _short(exc: BaseException) -> str:
     return str(exc)[:300] or type(exc).__name__
+
+
+def open_or_read_only(open_db: Callable[[bool], None], drop: Callable[[], None]) -> Exception | None:
+    """Open a RocksDB read-write (`open_db(False)`); when the disk refuses, drop what the
+    failed open left (`drop()`) and open it read-only (`open_db(True)`) so reads go on.
+    Returns the disk's error, or None when it opened read-write. Any other error raises."""
+    try:
+        open_db(False)
+        return None
+    except Exception as exc:
+        if disk_error_kind(exc) is None:
+            raise
+        drop()
+        open_db(True)
+        return exc

@@ -140,19 +140,20 @@ class KeyAuthenticator(ThreadAuthenticator):
             return ""
 
 
-def frame_user(frame: zmq.Frame) -> str:
-    """The ZAP User-Id libzmq attached to a received frame ("" when there is none)."""
+def frame_property(frame: zmq.Frame, name: str) -> str:
+    """A metadata property libzmq attached to a received frame ("" when there is none)."""
     try:
-        user = frame.get("User-Id")
+        value = frame.get(name)
     except zmq.ZMQError:
         return ""
-    return user if isinstance(user, str) else ""
+    return value if isinstance(value, str) else ""
+
+
+def frame_user(frame: zmq.Frame) -> str:
+    """The ZAP User-Id of the connection a frame came on ("" when there is none)."""
+    return frame_property(frame, "User-Id")
 
 
 def frame_peer(frame: zmq.Frame) -> str:
-    """The remote address libzmq attached to a received frame ("" when there is none)."""
-    try:
-        peer = frame.get("Peer-Address")
-    except zmq.ZMQError:
-        return ""
-    return peer if isinstance(peer, str) else ""
+    """The remote address of the connection a frame came on ("" when there is none)."""
+    return frame_property(frame, "Peer-Address")

@@ -27,7 +27,7 @@ from rocksdict import (
     AccessType, BottommostLevelCompaction, Checkpoint, CompactOptions, Options, ReadOptions, Rdict, WriteBatch, WriteOptions,
 )
 
-from actors.runtime.diskfault import disk_error_kind
+from actors.runtime.diskfault import open_or_read_only
 from actors.storage.mvcc.store import COLUMN_FAMILIES
 
 
@@ -95,15 +95,7 @@ class RocksBackend:
             self._open_cf(name)
 
     def _open_or_read_only(self) -> None:
-        try:
-            self._open(read_only=False)
-            self.open_error = None
-        except Exception as exc:
-            if disk_error_kind(exc) is None:
-                raise
-            self._drop_handles()
-            self.open_error = exc
-            self._open(read_only=True)
+        self.open_error = open_or_read_only(self._open, self._drop_handles)
 
     def reopen(self) -> None:
         """Close and open again read-write: the only way out of RocksDB's error state after

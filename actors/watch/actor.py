@@ -600,17 +600,11 @@ def _origin(frame: zmq.Frame) -> G.Origin | None:
         fd = int(frame.get("__fd"))
     except (zmq.ZMQError, ValueError, TypeError):
         return None
-    props = []
-    for name in ("User-Id", CONN_PROPERTY, "Peer-Address"):
-        try:
-            props.append(frame.get(name) or "")
-        except zmq.ZMQError:
-            props.append("")
     try:
-        conn = int(props[1])
+        conn = int(security.frame_property(frame, CONN_PROPERTY))
     except ValueError:
         conn = -1
-    return G.Origin(props[0] if isinstance(props[0], str) else "", conn, fd, props[2])
+    return G.Origin(security.frame_user(frame), conn, fd, security.frame_peer(frame))
 
 
 def _rss_mib() -> float:

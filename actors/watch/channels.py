@@ -20,7 +20,7 @@ event up to D can tell it missed nothing as long as that value is <= D.
 Bounds (issue 12; SPEC section 5 "Bounds"):
 - A channel's key and range_end are each at most ``MAX_TOPIC_KEY`` bytes (a topic at most
   ``MAX_TOPIC_BYTES``). A consumer of a longer key or range subscribes to the channel
-  ``covering_range`` names (a wider range with short bounds) and filters its events.
+  ``protocol.client.watch.covering_range`` names (a wider range with short bounds) and filters its events.
 - An event message longer than ``max_message`` bytes is not published: the channel's
   ``last`` moves to its revision and a progress message goes out in its place, so the
   consumer sees the hole and reads that revision from history.
@@ -40,6 +40,9 @@ from typing import Iterable, Iterator
 
 import msgpack
 
+from protocol.client.types import FROM_KEY_END, prefix_end
+from protocol.client.watch import MAX_TOPIC_KEY
+
 TOPIC_HEAD = b"W1"
 FLAG_PREV_KV = 1
 FLAG_NO_PUT = 2
@@ -47,9 +50,8 @@ FLAG_NO_DELETE = 4
 _ALL_FLAGS = FLAG_PREV_KV | FLAG_NO_PUT | FLAG_NO_DELETE
 _LEN = struct.Struct(">I")
 PAYLOAD_VERSION = b"\x01"
-FROM_KEY_END = b"\x00"
 
-MAX_TOPIC_KEY = 256                      # bytes of a channel's key, and of its range_end
+# The topic rule is the client's (the wire contract, protocol/client/watch.py): one copy.
 MAX_TOPIC_BYTES = 11 + 2 * MAX_TOPIC_KEY  # the longest channel topic (523 bytes)
 MAX_WATCH_MESSAGE = 32 * 1024            # topic + payload of one published message
 MAX_CHANNELS = 200_000
@@ -95,36 +97,6 @@ def decode_topic(topic: bytes) -> "ChannelSpec | None":
     range_end = topic[pos:]
     return ChannelSpec(key, range_end, bool(flags & FLAG_PREV_KV), bool(flags & FLAG_NO_PUT),
                        bool(flags & FLAG_NO_DELETE))
-
-
-def prefix_end(prefix: bytes) -> bytes:
-    """The smallest key above every key that starts with ``prefix`` (etcd's
-    GetPrefixRangeEnd); ``b"\\x00"`` (no end) for an empty or all-0xff prefix."""
-    end = bytearray(prefix)
-    while end and end[-1] == 0xFF:
-        end.pop()
-    if not end:
-        return FROM_KEY_END
-    end[-1] += 1
-    return bytes(end)
-
-
-def covering_range(key: bytes, range_end: bytes = b"") -> tuple[bytes, bytes]:
-    """The channel range a consumer of ``[key, range_end)`` subscribes to (SPEC section 5,
-    "Long keys"): the range itself when key and range_end are each at most
-    MAX_TOPIC_KEY bytes; else a wider one whose bounds are: key[:MAX_TOPIC_KEY] (<= key),
-    and for the end: a single key's prefix_end(key[:MAX_TOPIC_KEY]) (every key that starts
-    like it), ``"\\x00"`` unchanged, a longer range_end's prefix_end(range_end[:MAX]) (>=
-    range_end). The consumer filters what the wider channel sends to its own range."""
-    n = MAX_TOPIC_KEY
-    if len(key) <= n and len(range_end) <= n:
-        return key, range_end
-    k = key[:n]
-    if not range_end:
-        return k, prefix_end(k)
-    if range_end == FROM_KEY_END or len(range_end) <= n:
-        return k, range_end
-    return k, prefix_end(range_end[:n])
 
 
 KIND_KEY, KIND_PREFIX, KIND_FROM, KIND_RANGE = 0, 1, 2, 3

@@ -47,15 +47,22 @@ def put_many(url: str, prefix: bytes, count: int, value: bytes = b"v", per_txn: 
         assert reply and reply.get("ok"), reply
 
 
-def slow_reader(url: str, key: bytes, count: int = 300) -> zmq.Socket:
-    """A DEALER that sends `count` reads of `key` and never reads a reply. Close it with
-    `close(0)` to end the attack."""
-    ctx = zmq.Context.instance()
-    sock = ctx.socket(zmq.DEALER)
+def stalled_dealer(url: str, ctx: zmq.Context | None = None) -> zmq.Socket:
+    """A DEALER that takes (almost) nothing off the wire: its receive queue holds one
+    message and its kernel receive buffer is tiny, so the node's sends back up."""
+    sock = (ctx or zmq.Context.instance()).socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 0)
     sock.setsockopt(zmq.RCVHWM, 1)
     sock.setsockopt(zmq.RCVBUF, 4096)
+    sock.setsockopt(zmq.SNDHWM, 100_000)
     sock.connect(url)
+    return sock
+
+
+def slow_reader(url: str, key: bytes, count: int = 300) -> zmq.Socket:
+    """A DEALER that sends `count` reads of `key` and never reads a reply. Close it with
+    `close(0)` to end the attack."""
+    sock = stalled_dealer(url)
     for i in range(count):
         sock.send(pack({"id": i + 1, "op": "range", "key": key, "serializable": True}))
     return sock

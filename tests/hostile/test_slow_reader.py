@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import zmq
 
+from attacks import stalled_dealer
 from hostile_support import MiB, Honest, RssWatch, node_rss
 from nodeproc import ok, wait_for
 from protocol.codec import pack, unpack
@@ -25,18 +26,6 @@ RSS_LIMIT_MIB = 64
 RETURN_LIMIT_MIB = 16  # the gateway's RSS over its base once a churn of slow connections is over
 VALUE = b"x" * MiB
 READS = 300
-
-
-def _stalled_dealer(ctx: zmq.Context, url: str) -> zmq.Socket:
-    """A DEALER that takes (almost) nothing off the wire: its receive queue holds one
-    message and its kernel receive buffer is tiny, so the node's sends back up."""
-    sock = ctx.socket(zmq.DEALER)
-    sock.setsockopt(zmq.LINGER, 0)
-    sock.setsockopt(zmq.RCVHWM, 1)
-    sock.setsockopt(zmq.RCVBUF, 4096)
-    sock.setsockopt(zmq.SNDHWM, 100_000)
-    sock.connect(url)
-    return sock
 
 
 def _growth(base: dict[str, float], peak: dict[str, float]) -> dict[str, float]:
@@ -59,7 +48,7 @@ def test_slow_reader_is_bounded(node_factory):
         base = node_rss(node)
         watch.start()
         honest.phase("attack")
-        attacker = _stalled_dealer(ctx, node.client_url)
+        attacker = stalled_dealer(node.client_url, ctx)
         for i in range(READS):
             # half linearizable (through the read index), half served by storage at once
             attacker.send(pack({"id": i + 1, "op": "range", "key": b"big", "serializable": bool(i % 2)}))
@@ -106,7 +95,7 @@ def test_many_slow_connections_and_churn(node_factory):
         watch.start()
         honest.phase("churn")
         for wave in range(10):
-            socks = [_stalled_dealer(ctx, node.client_url) for _ in range(10)]
+            socks = [stalled_dealer(node.client_url, ctx) for _ in range(10)]
             for n, sock in enumerate(socks):
                 for i in range(20):
                     sock.send(pack({"id": i + 1, "op": "range", "key": b"big", "serializable": True}))
