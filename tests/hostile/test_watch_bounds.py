@@ -96,7 +96,8 @@ def test_stalled_subscriber_costs_a_bounded_queue(node):
     got: list[int] = []
     t = threading.Thread(target=lambda: [got.append(r.revision) for r in watcher], daemon=True)
     t.start()
-    time.sleep(0.5)
+    warm = c.put(b"big/warm", b"w").header.revision  # the watcher is attached once it has this
+    wait_for(lambda: warm in got, 30, "the watcher's first event")
     base = node_rss(node)["watch"]
     rss = RssWatch(node)
     rss.start()
@@ -125,7 +126,7 @@ def test_stalled_subscriber_costs_a_bounded_queue(node):
     assert rss.restarted() == {}
     assert not honest.failures, honest.failures[:5]
     assert growth < STALLED_LIMIT_MIB
-    assert got == sorted(set(got)) and len(got) == 15_000 + 12  # every revision, once, in order
+    assert got == sorted(set(got)) and len(got) == 1 + 15_000 + 12  # every revision, once, in order
 
 
 def test_a_300kb_key_is_watched_through_its_covering_channel(node):
@@ -211,13 +212,24 @@ def first_message_s(url: str, key: bytes, timeout: float = 30.0) -> float:
         s.close(0)
 
 
+def settled_rss(node, role: str, timeout: float = 20.0) -> float:
+    """The actor's RSS once three samples in a row, 0.5 s apart, agree within 1 MiB."""
+    samples: list[float] = []
+
+    def settled() -> bool:
+        samples.append(node_rss(node)[role])
+        return len(samples) >= 3 and max(samples[-3:]) - min(samples[-3:]) < 1.0
+
+    wait_for(settled, timeout, f"{role} RSS to settle", interval=0.5)
+    return samples[-1]
+
+
 def test_100k_subscriptions_new_watcher_and_memory_back(node):
     honest = Honest(node.client_url)
     honest.start()
     c = Client([node.client_url])
     first_message_s(node.watch_url, b"/warm")  # the ZAP thread and the XPUB have run once
-    time.sleep(2.5)  # a memory tick after the warm-up
-    base = node_rss(node)["watch"]
+    base = settled_rss(node, "watch")  # after the warm-up's memory tick
     honest.phase("subscribing")
     t0 = time.monotonic()
     subs = Subscribers(node.watch_url, b"a")
