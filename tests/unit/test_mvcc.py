@@ -147,6 +147,28 @@ def test_range_limit_more_count(abc):
     assert r["kvs"] == [kvmap(b"a", b"", 2, 2, 1)]
 
 
+def test_paged_list_counts_every_key_after_the_page(kv):
+    """A paged list (limit) counts the keys after its page by the backend's own count: the
+    same count as reading them, with deleted keys and keys past range_end left out."""
+    for i in range(60):
+        kv.put(b"p/%03d" % i, b"v")
+    kv.put(b"q", b"outside")
+    kv.ok("delete_range", key=b"p/010", range_end=b"p/020")
+    key, pages, seen = b"p/", 0, []
+    while True:
+        r = kv.store.range(n("range", key=key, range_end=b"p0", limit=7))
+        seen += [x["key"] for x in r["kvs"]]
+        assert r["count"] == 50 - (len(seen) - len(r["kvs"]))
+        pages += 1
+        if not r["more"]:
+            break
+        key = r["kvs"][-1]["key"] + b"\x00"
+    assert len(seen) == 50 and pages == 8
+    assert kv.store.range(n("range", key=b"p/", range_end=b"p0", count_only=True))["count"] == 50
+    assert kv.store.range(n("range", key=b"p/", range_end=b"\x00", count_only=True))["count"] == 51
+    assert kv.store.range(n("range", key=b"p/", range_end=b"\x00", limit=1))["count"] == 51
+
+
 @pytest.mark.parametrize("order,target,expect", [
     ("NONE", "KEY", [b"a", b"b", b"c", b"d\x00"]),
     ("ASCEND", "KEY", [b"a", b"b", b"c", b"d\x00"]),

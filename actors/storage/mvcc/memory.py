@@ -20,6 +20,10 @@ class Backend(Protocol):
         """Keys in ``[start, end)`` ascending (descending when ``reverse``); end None = no bound."""
         ...
 
+    def count(self, cf: str, start: bytes, end: bytes | None = None) -> int:
+        """How many keys are in ``[start, end)`` (end None = no bound)."""
+        ...
+
     def write(self, batch: list[tuple[str, bytes, bytes | None]], sync: bool = False) -> None:
         """Apply ``(cf, key, value or None = delete)`` in order, atomically."""
         ...
@@ -61,6 +65,13 @@ class MemoryBackend:
         if reverse:
             selected.reverse()
         return ((k, data[k]) for k in selected if k in data)
+
+    def count(self, cf: str, start: bytes, end: bytes | None = None) -> int:
+        assert not self.closed, "backend is closed"
+        _, keys = self._cf(cf)
+        lo = bisect.bisect_left(keys, start)
+        hi = len(keys) if end is None else bisect.bisect_left(keys, end)
+        return max(0, hi - lo)
 
     def write(self, batch: list[tuple[str, bytes, bytes | None]], sync: bool = False) -> None:
         assert not self.closed, "backend is closed"
