@@ -284,6 +284,10 @@ class RocksSnapshot:
             return snap[key]
         except KeyError:
             return None
+        except Exception as exc:  # rocksdict's Snapshot says a missing key this way
+            if "not found" in str(exc):
+                return None
+            raise
 
     def iterate(
         self, cf: str, start: bytes, end: bytes | None = None, reverse: bool = False
@@ -313,10 +317,10 @@ class RocksSnapshot:
             v = it.value()
             del it
             yield k, v
-            assert self._owner.get(cf) is token, "another walk of this snapshot's column family started"
             it = self._iters.get(cf)
             if it is None:
                 return  # closed meanwhile
+            assert self._owner.get(cf) is token, "another walk of this snapshot's column family started"
             if reverse:
                 it.prev()
             else:
