@@ -128,8 +128,10 @@ SNAPSHOT_IDLE_S = float(os.environ.get("QKV_SNAPSHOT_IDLE_S", "10.0"))
 LEASE_CHECKPOINT_MARGIN_MS = 1000
 DISK_RETRY_TICK_S = 0.1  # how often a failed disk is looked at (DiskFault sets the backoff)
 # Physical compaction (module docstring): a slice stops at --compaction-batch-limit
-# revisions or after this long, whichever first; then other work for the pause.
+# revisions or after this long, whichever first; then other work for the pause. The
+# slice's scan stops at COMPACTION_SCAN_S, leaving ~1 ms for its write of the deletions.
 COMPACTION_SLICE_S = 0.005
+COMPACTION_SCAN_S = 0.004
 COMPACTION_PAUSE_S = 0.01  # etcd's compaction batch interval
 # hash_kv jobs: each loop turn gives one job (round-robin) this long.
 HASH_SLICE_S = 0.005
@@ -786,7 +788,7 @@ class StorageActor(Actor):
                           physical_revision=store.physical_revision, resumed=self.compaction_resumed,
                           batch_limit=self.cfg.compaction_batch_limit)
             self.compaction_resumed = False
-        deadline = started + COMPACTION_SLICE_S
+        deadline = started + COMPACTION_SCAN_S
         try:
             removed = store.compact_step(self.cfg.compaction_batch_limit, stop=lambda: time.monotonic() >= deadline)
         except Exception as exc:

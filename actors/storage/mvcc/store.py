@@ -117,7 +117,7 @@ AUTH_CHANGE_OPS = frozenset(("auth_enable", "auth_disable", "user_add", "user_de
 AUTH_ENTRY_OPS = AUTH_CHANGE_OPS | {"authenticate"}
 
 _U64 = struct.Struct(">Q")
-_STOP_CHECK_EVERY = 32  # compact_step / HashJob.step ask their stop() this often
+_STOP_CHECK_EVERY = 8  # compact_step / HashJob.step ask their stop() every this many items
 _TOMBSTONE = b""
 
 # Record positions in the msgpack array of ``key`` and ``hist`` values.
