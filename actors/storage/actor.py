@@ -51,8 +51,9 @@
   SNAPSHOT_IDLE_S is dropped with its checkpoint.
 - Compaction (issue 13): the `compact` entry's apply is logical (mvcc/store.py); the rows
   it makes obsolete are removed here afterwards, in slices of at most
-  `--compaction-batch-limit` revisions and COMPACTION_SLICE_S each, COMPACTION_PAUSE_S
-  apart (etcd: 1,000 revisions, 10 ms), so applies and reads interleave. Each slice is one
+  `--compaction-batch-limit` revisions and about 5 ms each (COMPACTION_SCAN_S plus the
+  write), COMPACTION_PAUSE_S apart (etcd: 1,000 revisions, 10 ms), so applies and reads
+  interleave. Each slice is one
   write that records its progress, so a restart resumes it (`compaction_started` with
   `resumed`, then `compaction_finished`); none runs while the disk is failed. A `compact`
   with `physical` that came through this member's gateway is answered once this member's
@@ -127,10 +128,9 @@ SNAPSHOT_IDLE_S = float(os.environ.get("QKV_SNAPSHOT_IDLE_S", "10.0"))
 # (its last checkpoint, or its full TTL); leases kept alive more often are never touched.
 LEASE_CHECKPOINT_MARGIN_MS = 1000
 DISK_RETRY_TICK_S = 0.1  # how often a failed disk is looked at (DiskFault sets the backoff)
-# Physical compaction (module docstring): a slice stops at --compaction-batch-limit
-# revisions or after this long, whichever first; then other work for the pause. The
-# slice's scan stops at COMPACTION_SCAN_S, leaving ~1 ms for its write of the deletions.
-COMPACTION_SLICE_S = 0.005
+# Physical compaction (module docstring): a slice's scan stops at --compaction-batch-limit
+# revisions or after COMPACTION_SCAN_S, whichever first, then writes its deletions (~1 ms
+# more: about 5 ms a slice); then other work for the pause.
 COMPACTION_SCAN_S = 0.004
 COMPACTION_PAUSE_S = 0.01  # etcd's compaction batch interval
 # hash_kv jobs: each loop turn gives one job (round-robin) this long.
