@@ -48,6 +48,9 @@ def run(
     auto_compaction_mode: Optional[str] = _opt("periodic or revision. [default: periodic]"),
     auto_compaction_retention: Optional[str] = _opt(
         "Auto-compaction retention: hours or a duration (periodic), revisions (revision); 0 = off. [default: 0]"),
+    compaction_batch_limit: Optional[str] = _opt(
+        "Most revisions one slice of background compaction removes (a slice also stops after ~5 ms). "
+        "[default: 1000]"),
     log_level: Optional[str] = _opt("debug, info, warning or error. [default: info]"),
     log_format: Optional[str] = _opt("json or console. [default: json]"),
     force_new_cluster: bool = typer.Option(

@@ -149,6 +149,9 @@ class Config:
     corrupt_check_time: float = 60.0  # s between the leader's hash comparisons; 0 = off
     auto_compaction_mode: str = "periodic"
     auto_compaction_retention: str = "0"  # 0 = off; see actors/storage/compactor.py
+    # Revisions one slice of physical compaction removes at most (etcd's
+    # --experimental-compaction-batch-limit); a slice also stops after ~5 ms.
+    compaction_batch_limit: int = 1000
     log_level: str = "info"
     log_format: str = "json"
     force_new_cluster: bool = False  # restart as a one-member cluster keeping the data
@@ -250,6 +253,7 @@ FLAGS: dict[str, _V] = {
     "corrupt-check-time": lambda f, v: _duration(f, v),
     "auto-compaction-mode": lambda f, v: _choice(f, v, ("periodic", "revision")),
     "auto-compaction-retention": lambda f, v: str(v).strip(),
+    "compaction-batch-limit": lambda f, v: _positive_int(f, v, 1, 1_000_000),
     "log-level": lambda f, v: _choice(f, v, ("debug", "info", "warning", "error")),
     "log-format": lambda f, v: _choice(f, v, ("json", "console")),
     "force-new-cluster": _bool,

@@ -76,6 +76,8 @@ from protocol.requests import ADMIN_OPS, Limits, is_write, normalize_request, re
 
 REQUEST_TIMEOUT_S = 5.0
 DEFRAG_TIMEOUT_S = 600.0  # a defragment of a large store takes a while; the client's timeout rules
+HASH_KV_TIMEOUT_S = 30.0  # a hash of a large keyspace takes seconds (storage runs it in slices)
+PHYSICAL_COMPACT_TIMEOUT_S = 600.0  # `compact` with `physical` waits for the background removal
 STATUS_POLL_S = 0.25
 QUOTA_DEFAULT_BYTES = 2 * 1024**3  # etcd: --quota-backend-bytes 0 means the default
 ALARM_RETRY_S = 1.0  # an alarm proposal not yet seen applied is proposed again after this
@@ -370,7 +372,7 @@ class GatewayActor(Actor):
                 self._fail(req_id, err)
             return
         if name in ADMIN_OPS:
-            timeout_s = DEFRAG_TIMEOUT_S if name == "defragment" else REQUEST_TIMEOUT_S
+            timeout_s = {"defragment": DEFRAG_TIMEOUT_S, "hash_kv": HASH_KV_TIMEOUT_S}.get(name, REQUEST_TIMEOUT_S)
             self.pending[req_id] = Pending(identity, delimiter, client_id, now + timeout_s, name)
             if name == "status":
                 self._send_internal(self.consensus, M.STATUS, [req_id])
@@ -388,7 +390,10 @@ class GatewayActor(Actor):
                 if not self._send_internal(self.consensus, M.MEMBER, [req_id, op]):
                     self._fail(req_id, errors.Unavailable("consensus is not reachable"))
         elif is_write(op):
-            self.pending[req_id] = Pending(identity, delimiter, client_id, now + REQUEST_TIMEOUT_S, "write",
+            # `compact` with `physical` is answered once storage has removed the history
+            # (in background slices): as a defragment, the client's timeout rules.
+            timeout_s = PHYSICAL_COMPACT_TIMEOUT_S if name == "compact" and op.get("physical") else REQUEST_TIMEOUT_S
+            self.pending[req_id] = Pending(identity, delimiter, client_id, now + timeout_s, "write",
                                            auth=auth)
             self.propose_batch.append([req_id, entry.encode(self.member_id, req_id, client_id, auth, op)])
         else:

@@ -49,6 +49,19 @@
   batches, with the metadata read at that instant) and each further request reads one
   chunk of it (snapshot_file.py), so serving never stops for long; a save left idle for
   SNAPSHOT_IDLE_S is dropped with its checkpoint.
+- Compaction (issue 13): the `compact` entry's apply is logical (mvcc/store.py); the rows
+  it makes obsolete are removed here afterwards, in slices of at most
+  `--compaction-batch-limit` revisions and about 5 ms each (COMPACTION_SCAN_S plus the
+  write), COMPACTION_PAUSE_S apart (etcd: 1,000 revisions, 10 ms), so applies and reads
+  interleave. Each slice is one
+  write that records its progress, so a restart resumes it (`compaction_started` with
+  `resumed`, then `compaction_finished`); none runs while the disk is failed. A `compact`
+  with `physical` that came through this member's gateway is answered once this member's
+  physical compaction has reached its revision (etcd's semantics); without, at apply.
+- `hash_kv` (the corruption check's, `endpoint hashkv`) runs as a job over a pinned
+  snapshot of the store, HASH_SLICE_S at a time between other work; at most HASH_JOBS_MAX
+  at once, HASH_QUEUE_MAX more wait, beyond that `unavailable`. A job whose store is
+  replaced (snapshot install, disk reopen) starts again on the new one.
 - A full disk (issue 12; actors/runtime/diskfault.py): a write of the store that the disk
   refuses (apply, the periodic WAL sync, the open at start) does not take the actor down.
   The batch is not applied (nothing of it was written, nothing is published); one log line
@@ -115,6 +128,15 @@ SNAPSHOT_IDLE_S = float(os.environ.get("QKV_SNAPSHOT_IDLE_S", "10.0"))
 # (its last checkpoint, or its full TTL); leases kept alive more often are never touched.
 LEASE_CHECKPOINT_MARGIN_MS = 1000
 DISK_RETRY_TICK_S = 0.1  # how often a failed disk is looked at (DiskFault sets the backoff)
+# Physical compaction (module docstring): a slice's scan stops at --compaction-batch-limit
+# revisions or after COMPACTION_SCAN_S, whichever first, then writes its deletions (~1 ms
+# more: about 5 ms a slice); then other work for the pause.
+COMPACTION_SCAN_S = 0.004
+COMPACTION_PAUSE_S = 0.01  # etcd's compaction batch interval
+# hash_kv jobs: each loop turn gives one job (round-robin) this long.
+HASH_SLICE_S = 0.005
+HASH_JOBS_MAX = 2
+HASH_QUEUE_MAX = 64
 
 
 # What each socket may receive (runtime/wire.py decodes and checks every message).
@@ -176,6 +198,7 @@ class StorageActor(Actor):
         # `snapshots` whenever it starts), removed when done, idle, or at start.
         self.saves = SnapshotSaves(os.path.join(self.data_dir, "snapsave"), SNAPSHOT_IDLE_S)
         self.every(1.0, self._snapshot_expire)
+        self._compaction_setup()
         self._send_fetch()
         self._push_auth_state()  # a gateway or watch that asked while we were away learns it now
         self.log.info("storage_loaded", applied_index=self.store.applied_index,
@@ -232,6 +255,7 @@ class StorageActor(Actor):
             self.disk.not_yet(now)
             return
         self._defrag_join()
+        self._hash_restart()  # their snapshots go with the handle
         try:
             self.backend.reopen()
         except Exception as exc:
@@ -247,6 +271,7 @@ class StorageActor(Actor):
             self._push_auth_state()
             self._send_fetch()
             self._serve_waiting()
+            self._compaction_kick()
 
     def on_consensus(self, frames: list[bytes]) -> None:
         try:
@@ -289,8 +314,9 @@ class StorageActor(Actor):
                 return  # nothing of the batch was written or published
             failpoint("after_storage_commit")
             self._publish_auth(batch, results, auth_before)
-            self._publish(results, origins)
+            self._publish(results, origins, batch)
             self._lease_applied(batch, results)
+            self._compaction_kick()
         self._send_fetch()
         self._serve_waiting()
         self._maybe_promote()
@@ -320,15 +346,21 @@ class StorageActor(Actor):
         reply.update(response or {})
         return pack(reply)
 
-    def _publish(self, results: list, origins: dict[int, tuple[int, int, Any]]) -> None:
+    def _publish(self, results: list, origins: dict[int, tuple[int, int, Any]], batch: list) -> None:
         replies = []
         revisions = []
+        physical = {index: op["revision"] for index, op, _ in batch
+                    if isinstance(op, dict) and op.get("op") == "compact" and op.get("physical")}
         for res in results:
             origin = origins.get(res.index)
             if origin is not None and origin[0] == self.member_id:
                 error = res.error.to_wire() if res.error is not None else None
-                replies.append([origin[1], self._client_frame(origin[2], res.response, error, res.revision),
-                                res.revision])
+                reply = [origin[1], self._client_frame(origin[2], res.response, error, res.revision), res.revision]
+                target = physical.get(res.index)
+                if target is not None and error is None and self.store.physical_revision < target:
+                    self.physical_waiting.append((target, reply))  # answered by _compaction_slice
+                    continue
+                replies.append(reply)
             if res.events:
                 revisions.append([res.revision, [_event_wire(e) for e in res.events]])
         if revisions:
@@ -398,13 +430,7 @@ class StorageActor(Actor):
             self._install(identity, *body)
         elif msg_type == M.HASH_KV:
             ctx_id, revision = body
-            try:
-                digest, rev = self.store.hash_kv(revision)
-                result = {"hash": digest, "revision": rev, "compact_revision": self.store.compact_revision}
-                reply = [ctx_id, result, None]
-            except errors.QkvError as err:
-                reply = [ctx_id, None, err.to_wire()]
-            self.send_router(self.router, identity, pack_msg(M.HASH_KV_RESP, reply))
+            self._hash_request(identity, ctx_id, revision)
         elif msg_type == M.STORAGE_STATUS:
             (ctx_id,) = body
             size = self.backend.size_bytes()
@@ -574,6 +600,7 @@ class StorageActor(Actor):
                              pack_msg(M.INSTALL_RESP, [ctx_id, self.store.applied_index, None]))
             return
         self._defrag_join()
+        self._hash_restart()  # their snapshots go with the old store
         self.backend.close()
         shutil.rmtree(old, ignore_errors=True)
         os.rename(self.store_dir, old)
@@ -593,6 +620,8 @@ class StorageActor(Actor):
         self.send_router(self.router, identity, pack_msg(M.INSTALL_RESP, [ctx_id, self.store.applied_index, None]))
         self._send_fetch()
         self._serve_waiting()
+        self._release_physical_waiting()
+        self._compaction_kick()  # the snapshot may carry physical work still to do
 
     def _recover_install(self) -> None:
         old = self.store_dir + ".old"
@@ -725,6 +754,118 @@ class StorageActor(Actor):
             self.log.info("auto_compaction_proposed", revision=revision, mode=self.cfg.auto_compaction_mode,
                           retention=self.cfg.auto_compaction_retention)
             self._lease_propose([{"op": "compact", "revision": revision, "physical": False}])
+
+    # --- physical compaction in slices (module docstring; MVCCStore.compact_step) --------
+    def _compaction_setup(self) -> None:
+        self.compaction_scheduled = False
+        self.compaction_run: dict[str, Any] | None = None
+        self.compaction_resumed = self.store.compaction_pending  # left pending by the last run
+        # (revision, client reply): `compact` with `physical`, answered once this member's
+        # physical compaction reaches the revision
+        self.physical_waiting: list[tuple[int, list]] = []
+        self.hash_jobs: list[tuple[bytes, int, Any, int]] = []  # (identity, ctx_id, job, revision asked)
+        self.hash_queue: list[tuple[bytes, int, int]] = []
+        self._compaction_kick()
+
+    def _compaction_kick(self, delay_s: float = 0.0) -> None:
+        if self.compaction_scheduled or self.disk.failed or not self.store.compaction_pending:
+            return
+        self.compaction_scheduled = True
+        self.call_later(delay_s, self._compaction_slice)
+
+    def _compaction_slice(self) -> None:
+        self.compaction_scheduled = False
+        store = self.store
+        if self.disk.failed or not store.compaction_pending:
+            return
+        run = self.compaction_run
+        started = time.monotonic()
+        if run is None:
+            run = self.compaction_run = {"started": started, "revision": store.compact_revision,
+                                         "from": store.physical_revision, "removed": 0, "slices": 0,
+                                         "slice_max_s": 0.0}
+            self.log.info("compaction_started", revision=store.compact_revision,
+                          physical_revision=store.physical_revision, resumed=self.compaction_resumed,
+                          batch_limit=self.cfg.compaction_batch_limit)
+            self.compaction_resumed = False
+        deadline = started + COMPACTION_SCAN_S
+        try:
+            removed = store.compact_step(self.cfg.compaction_batch_limit, stop=lambda: time.monotonic() >= deadline)
+        except Exception as exc:
+            if not self._disk_error(exc, "compaction"):
+                raise
+            return  # nothing of the slice was written; resumed once the disk recovers
+        took_s = time.monotonic() - started
+        run["removed"] += removed
+        run["slices"] += 1
+        run["slice_max_s"] = max(run["slice_max_s"], took_s)
+        self._release_physical_waiting()
+        if store.compaction_pending:
+            failpoint("compaction_slice")  # between two slices (tests kill it here)
+            self._compaction_kick(COMPACTION_PAUSE_S)
+            return
+        self.compaction_run = None
+        self.log.info("compaction_finished", revision=store.compact_revision, physical_from=run["from"],
+                      revisions_removed=run["removed"], took_s=round(time.monotonic() - run["started"], 3),
+                      slices=run["slices"], slice_max_ms=round(run["slice_max_s"] * 1000, 2))
+
+    def _release_physical_waiting(self) -> None:
+        if not self.physical_waiting:
+            return
+        done = self.store.physical_revision
+        ready = [reply for target, reply in self.physical_waiting if target <= done]
+        if not ready:
+            return
+        self.physical_waiting = [(t, r) for t, r in self.physical_waiting if t > done]
+        try:
+            self.results.send(pack_msg(M.CLIENT_REPLIES, ready), zmq.NOBLOCK)
+        except zmq.ZMQError:
+            self.log.warning("results_dropped", count=len(ready))
+
+    # --- hash_kv in slices (module docstring; MVCCStore.hash_kv_job) --------------------
+    def _hash_request(self, identity: bytes, ctx_id: int, revision: int) -> None:
+        if len(self.hash_jobs) < HASH_JOBS_MAX:
+            self._hash_start(identity, ctx_id, revision)
+        elif len(self.hash_queue) < HASH_QUEUE_MAX:
+            self.hash_queue.append((identity, ctx_id, revision))
+        else:
+            err = errors.Unavailable(f"too many hash_kv requests in progress on this member ({HASH_JOBS_MAX} "
+                                     f"running, {HASH_QUEUE_MAX} waiting); try again later")
+            self.send_router(self.router, identity, pack_msg(M.HASH_KV_RESP, [ctx_id, None, err.to_wire()]))
+
+    def _hash_start(self, identity: bytes, ctx_id: int, revision: int) -> None:
+        try:
+            job = self.store.hash_kv_job(revision)
+        except errors.QkvError as err:
+            self.send_router(self.router, identity, pack_msg(M.HASH_KV_RESP, [ctx_id, None, err.to_wire()]))
+            return
+        self.hash_jobs.append((identity, ctx_id, job, revision))
+
+    def _hash_slice(self) -> None:
+        """One slice of the first job, which then goes to the back of the line."""
+        identity, ctx_id, job, revision = self.hash_jobs.pop(0)
+        deadline = time.monotonic() + HASH_SLICE_S
+        if not job.step(1 << 62, stop=lambda: time.monotonic() >= deadline):
+            self.hash_jobs.append((identity, ctx_id, job, revision))
+            return
+        digest, rev = job.result
+        result = {"hash": digest, "revision": rev, "compact_revision": job.compact_revision}
+        self.send_router(self.router, identity, pack_msg(M.HASH_KV_RESP, [ctx_id, result, None]))
+        self._hash_pump()
+
+    def _hash_pump(self) -> None:
+        while self.hash_queue and len(self.hash_jobs) < HASH_JOBS_MAX:
+            self._hash_start(*self.hash_queue.pop(0))
+
+    def _hash_restart(self) -> None:
+        """Before the store's handle closes: running jobs wait at the head of the queue
+        and start again on the store that replaces it."""
+        if not getattr(self, "hash_jobs", None):
+            return
+        jobs, self.hash_jobs = self.hash_jobs, []
+        for _identity, _ctx_id, job, _revision in jobs:
+            job.close()
+        self.hash_queue[:0] = [(identity, ctx_id, revision) for identity, ctx_id, _job, revision in jobs]
 
     # --- leases ----------------------------------------------------------------------
     def _lease_setup(self) -> None:
@@ -888,6 +1029,10 @@ class StorageActor(Actor):
             pass  # proposed again after LEASE_RETRY_S
 
     def flush(self) -> None:
+        if self.hash_queue and len(self.hash_jobs) < HASH_JOBS_MAX:
+            self._hash_pump()  # jobs restarted on a new store (install, disk reopen)
+        if self.hash_jobs:
+            self._hash_slice()
         if self.clear_waiting and self.promoted_term is not None:
             self._propose_clears()
         if self.deferred:
@@ -897,7 +1042,7 @@ class StorageActor(Actor):
         self.turn_bytes = 0  # the next turn's reads start with a full budget
 
     def poll_timeout_ms(self) -> int | None:
-        return 0 if self.deferred else None
+        return 0 if self.deferred or self.hash_jobs or self.hash_queue else None
 
     def _propose_clears(self) -> None:
         """Clearing checkpoints for held keep-alives (proposed after any checkpoint of the
@@ -956,6 +1101,8 @@ class StorageActor(Actor):
         # Also after a setup that stopped half-way (each part exists once setup made it).
         if hasattr(self, "defrag_thread"):
             self._defrag_join()
+        for job in getattr(self, "hash_jobs", ()):
+            job[2].close()
         if hasattr(self, "saves"):
             self.saves.close()
         if hasattr(self, "backend"):

@@ -184,6 +184,14 @@ class RocksBackend:
                 yield k, it.value()
                 it.prev()
 
+    def snapshot(self) -> "RocksSnapshot":
+        """A read-only view (get, iterate) pinned at this instant; ``close()`` releases it
+        (``close`` of the backend releases it too)."""
+        assert self._db is not None, "backend is closed"
+        snap = RocksSnapshot(self._cfs)
+        self._iterators.add(snap)  # closed with the backend, like a live iterate()
+        return snap
+
     def _check_writable(self) -> None:
         assert self._db is not None, "backend is closed"
         if self.read_only:
@@ -265,3 +273,81 @@ class RocksBackend:
             gen.close()
         self._iterators.clear()
         self._drop_handles()
+
+
+class RocksSnapshot:
+    """The data of every column family as of its creation, read-only.
+
+    rocksdict's ``Snapshot`` serves pinned point reads, but iterating it reads live data
+    (BUILDING-BLOCKS); a RocksDB iterator, though, sees the data as of its creation, also
+    across later writes, flushes and compactions. So each column family gets one iterator,
+    all made at the same instant (the owner's thread writes nothing in between), and
+    ``iterate`` seeks it: one walk at a time per column family (a new ``iterate`` of the
+    family ends the previous one, which then raises). ``get`` uses a ``Snapshot``.
+    It holds memtables and files alive until ``close``: keep it short-lived."""
+
+    def __init__(self, cfs: dict[str, Rdict]) -> None:
+        self._iters = {name: cf.iter(ReadOptions()) for name, cf in cfs.items()}
+        self._snaps = {name: cf.snapshot() for name, cf in cfs.items()}
+        self._owner: dict[str, object] = {}
+
+    def get(self, cf: str, key: bytes) -> bytes | None:
+        snap = self._snaps.get(cf)
+        if snap is None:
+            return None
+        try:
+            return snap[key]
+        except KeyError:
+            return None
+        except Exception as exc:  # rocksdict's Snapshot says a missing key this way
+            if "not found" in str(exc):
+                return None
+            raise
+
+    def iterate(
+        self, cf: str, start: bytes, end: bytes | None = None, reverse: bool = False
+    ) -> Iterator[tuple[bytes, bytes]]:
+        return self._walk(cf, start, end, reverse, object())
+
+    def _walk(self, cf: str, start: bytes, end: bytes | None, reverse: bool,
+              token: object) -> Iterator[tuple[bytes, bytes]]:
+        # No reference to the RocksDB iterator survives a yield: once closed (``close``,
+        # or the backend's), a suspended walk holds nothing that keeps the database open.
+        it = self._iters.get(cf)
+        if it is None or (end is not None and end <= start):
+            return
+        self._owner[cf] = token
+        if not reverse:
+            it.seek(start)
+        elif end is None:
+            it.seek_to_last()
+        else:
+            it.seek_for_prev(end)
+            if it.valid() and it.key() >= end:
+                it.prev()
+        while it.valid():
+            k = it.key()
+            if (k < start) if reverse else (end is not None and k >= end):
+                return
+            v = it.value()
+            del it
+            yield k, v
+            it = self._iters.get(cf)
+            if it is None:
+                return  # closed meanwhile
+            assert self._owner.get(cf) is token, "another walk of this snapshot's column family started"
+            if reverse:
+                it.prev()
+            else:
+                it.next()
+
+    def close(self) -> None:
+        self._iters = {}
+        self._snaps = {}
+        self._owner = {}
+
+    def size_bytes(self) -> int:
+        return 0
+
+    def write(self, batch: list, sync: bool = False) -> None:
+        raise AssertionError("a snapshot is read-only")

@@ -30,6 +30,11 @@ class Backend(Protocol):
 
     def size_bytes(self) -> int: ...
 
+    def snapshot(self) -> "Backend":
+        """A read-only view (``get``, ``iterate``) of the data as it is now, unchanged by
+        later writes; ``close()`` releases it."""
+        ...
+
     def close(self) -> None: ...
 
 
@@ -89,6 +94,14 @@ class MemoryBackend:
                 if key not in data:
                     bisect.insort(keys, key)
                 data[key] = value
+
+    def snapshot(self) -> "MemoryBackend":
+        """A copy: later writes to this backend do not change it."""
+        assert not self.closed, "backend is closed"
+        snap = MemoryBackend()
+        snap._data = {cf: dict(d) for cf, d in self._data.items()}
+        snap._keys = {cf: list(k) for cf, k in self._keys.items()}
+        return snap
 
     def size_bytes(self) -> int:
         return sum(len(k) + len(v) for d in self._data.values() for k, v in d.items())

@@ -48,6 +48,16 @@ and each txn whose executed branch wrote adds one. The changes of one request ar
 ``(main, sub)`` with sub = 0, 1, ... Compaction at R removes, for each key changed at or
 below R, every change older than its newest change <= R, and that newest change as well
 when it is a tombstone; ``rev`` entries <= R go too.
+
+Compaction has two halves. The `compact` entry's apply is LOGICAL and O(changes at R): it
+checks R, sets ``compact_revision`` (reads and history below R fail from then on), keeps
+the changes of R for ``history`` (``META_COMPACT_EVENTS``) and records that physical work
+is pending. ``compact_step`` then removes the obsolete rows in slices (the storage actor
+runs them between other work), each slice one atomic write that also moves the cursor
+``META_COMPACT_CURSOR`` (the first ``rev`` key not yet processed; absent = nothing
+pending), so a restart resumes where it stopped. A later compaction only moves the target.
+Reads at or above the compact revision, and so ``hash_kv``, are the same whatever the
+physical progress. ``hash_kv_job`` hashes a pinned ``Backend.snapshot()`` in steps.
 """
 from __future__ import annotations
 
@@ -56,7 +66,7 @@ import copy
 import hashlib
 import struct
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import msgpack
 
@@ -89,6 +99,9 @@ META_COMPACT_REVISION = b"compact_revision"
 META_KEY_COUNT = b"key_count"
 META_COMPACT_EVENTS = b"compact_events"  # msgpack [compact_revision, [rev record, ...]]
 META_AUTH = b"auth"  # msgpack AuthState.to_wire()
+# Physical compaction's progress: the first ``rev`` key (main(8) + sub(8), or a key just
+# after one) not yet processed; pending while it is below rev_bytes(compact_revision + 1).
+META_COMPACT_CURSOR = b"compact_cursor"
 _META_USER_PREFIX = b"x/"
 HISTORY_LIMIT_DEFAULT = 1000  # revisions examined by one `history` call
 HISTORY_LIMIT_MAX = 10_000
@@ -104,6 +117,7 @@ AUTH_CHANGE_OPS = frozenset(("auth_enable", "auth_disable", "user_add", "user_de
 AUTH_ENTRY_OPS = AUTH_CHANGE_OPS | {"authenticate"}
 
 _U64 = struct.Struct(">Q")
+_STOP_CHECK_EVERY = 8  # compact_step / HashJob.step ask their stop() every this many items
 _TOMBSTONE = b""
 
 # Record positions in the msgpack array of ``key`` and ``hist`` values.
@@ -357,6 +371,7 @@ class MVCCStore:
                              backend.iterate(CF_META, alarm_rules.META_PREFIX, alarm_rules.META_END)),
             auth=self._read_auth(backend),
         )
+        self._cursor = self._read_cursor()  # physical compaction's (see compact_step)
 
     @staticmethod
     def _read_auth(backend: Backend) -> AuthState:
@@ -508,7 +523,10 @@ class MVCCStore:
         if st.auth is not self._state.auth:
             view.put(CF_META, META_AUTH, _pack(st.auth.to_wire()))
         self._backend.write(view.batch(), sync=sync)
+        compacted = st.compact_revision != self._state.compact_revision
         self._state = st  # only after the write succeeded
+        if compacted:
+            self._cursor = self._read_cursor()
         return results
 
     @staticmethod
@@ -747,31 +765,88 @@ class MVCCStore:
         return raw
 
     def _compact(self, view: _View, st: _State, revision: int) -> None:
+        """Logical compaction at ``revision``: O(changes at ``revision``). Reads and history
+        below it fail from here on; the rows it makes obsolete are removed afterwards by
+        ``compact_step`` (physical compaction), which this records as pending."""
         if revision <= st.compact_revision:
             raise Compacted(compact_revision=st.compact_revision)
         if revision > st.current_revision:
             raise FutureRevision(current_revision=st.current_revision)
-        # Newest change <= revision of every key changed in (old compact, revision].
-        newest: dict[bytes, tuple[int, int, bool]] = {}
-        at_revision: list[bytes] = []  # the changes of `revision` itself, in sub order
-        for rk, raw in view.iterate(CF_REV, rev_bytes(st.compact_revision + 1),
-                                    rev_bytes(revision + 1)):
-            main, sub = Revision.from_bytes(rk)
-            key, is_tombstone = _unpack(raw)[:2]
-            newest[key] = (main, sub, is_tombstone)
-            view.put(CF_REV, rk, None)
-            if main == revision:
-                at_revision.append(self._stash_record(view, rk, raw))
         # Kept so that history (and so a watch) can start at the compact revision
         # itself, as etcd allows: SPEC section 3, `history`.
+        at_revision = [self._stash_record(view, rk, raw)
+                       for rk, raw in view.iterate(CF_REV, rev_bytes(revision), rev_bytes(revision + 1))]
         view.put(CF_META, META_COMPACT_EVENTS, _pack([revision, at_revision]))
-        for key in sorted(newest):
-            main, sub, is_tombstone = newest[key]
-            for hk, _ in view.iterate(CF_HIST, escape(key), hist_key(key, main, sub)):
-                view.put(CF_HIST, hk, None)
-            if is_tombstone:
-                view.put(CF_HIST, hist_key(key, main, sub), None)
+        if view.get(CF_META, META_COMPACT_CURSOR) is None:
+            # A store whose every earlier compaction is physically done (or that never
+            # compacted): physical work starts right after the old compact revision.
+            view.put(CF_META, META_COMPACT_CURSOR, rev_bytes(st.compact_revision + 1))
         st.compact_revision = revision
+
+    # --- physical compaction (in slices, between other work) -------------------------
+    def _read_cursor(self) -> bytes:
+        raw = self._backend.get(CF_META, META_COMPACT_CURSOR)
+        return raw if raw is not None else rev_bytes(self._state.compact_revision + 1)
+
+    @property
+    def compaction_pending(self) -> bool:
+        """True while rows made obsolete by a compaction are still on disk."""
+        return self._cursor < rev_bytes(self._state.compact_revision + 1)
+
+    @property
+    def physical_revision(self) -> int:
+        """Every ``rev`` entry at or below this revision has been physically compacted
+        (the compact revision once nothing is pending)."""
+        if not self.compaction_pending:
+            return self._state.compact_revision
+        return _U64.unpack(self._cursor[:8])[0] - 1
+
+    def compact_step(self, limit: int, stop: Callable[[], bool] | None = None) -> int:
+        """One slice of physical compaction: at most ``limit`` ``rev`` entries at or below
+        the compact revision, in revision order (``stop()``, asked every few entries, may
+        end it sooner), removed in ONE atomic backend write that also records how far it
+        got (``META_COMPACT_CURSOR``), so a restart resumes there. The number of entries
+        processed (0: nothing was pending).
+
+        The rule, stateless and idempotent, for entry (key, main, sub): delete the newest
+        ``hist`` entry of key older than (main, sub) if there is one (at most one is left:
+        older ones went with earlier entries or compactions), delete ``hist(key, main,
+        sub)`` too when it is a tombstone, delete the ``rev`` entry. One forward step and one
+        reverse seek per entry: linear in the revisions removed. Reads at revisions at or
+        above the compact revision give the same answers whatever the progress (the newest
+        change <= compact revision of each key is never removed unless it is a tombstone,
+        and then with everything older in the same write)."""
+        end = rev_bytes(self._state.compact_revision + 1)
+        cursor = self._cursor
+        if cursor >= end:
+            return 0
+        backend = self._backend
+        batch: list[tuple[str, bytes, bytes | None]] = []
+        gone: set[bytes] = set()  # hist keys this slice deletes
+        count = 0
+        next_cursor = end  # the whole range done, unless the slice stops early
+        for rk, raw in backend.iterate(CF_REV, cursor, end):
+            main, sub = Revision.from_bytes(rk)
+            key, is_tombstone = _unpack(raw)[:2]
+            hk = hist_key(key, main, sub)
+            for older, _ in backend.iterate(CF_HIST, escape(key), hk, reverse=True):
+                # Already deleted by this slice (a tombstone, with all before it): nothing left.
+                if older not in gone:
+                    batch.append((CF_HIST, older, None))
+                    gone.add(older)
+                break
+            if is_tombstone:
+                batch.append((CF_HIST, hk, None))
+                gone.add(hk)
+            batch.append((CF_REV, rk, None))
+            count += 1
+            if count >= limit or (stop is not None and count % _STOP_CHECK_EVERY == 0 and stop()):
+                next_cursor = rk + b"\x00"  # the first key after rk
+                break
+        batch.append((CF_META, META_COMPACT_CURSOR, next_cursor))
+        backend.write(batch)
+        self._cursor = next_cursor
+        return count
 
     # --- reads -----------------------------------------------------------------------
     def range(self, op: dict) -> dict:
@@ -966,14 +1041,70 @@ class MVCCStore:
 
     def hash_kv(self, revision: int = 0) -> tuple[int, int]:
         """(hash, revision): blake2b over every live KeyValue as of ``revision`` (0 =
-        current), in key order. Equal on every member with the same history."""
+        current), in key order. Equal on every member with the same history, whatever
+        the progress of physical compaction. One call; ``hash_kv_job`` is the same in steps."""
+        job = self.hash_kv_job(revision, pinned=False)
+        while not job.step(1 << 62):
+            pass
+        return job.result
+
+    def hash_kv_job(self, revision: int = 0, pinned: bool = True) -> "HashJob":
+        """``hash_kv`` as a job run in steps (``HashJob.step``). ``Compacted`` /
+        ``FutureRevision`` at once, as ``hash_kv``. ``pinned``: it reads a
+        ``Backend.snapshot()`` taken now, so writes between steps do not change the result;
+        without it the backend must not change until the job is done."""
         st = self._state
         rev = self._check_revision(revision, st.current_revision, st.compact_revision)
-        h = hashlib.blake2b(digest_size=8)
-        for key, raw in self._live_items(_View(self._backend), b"\x00", b"\x00", rev,
-                                         st.current_revision):
+        source = self._backend.snapshot() if pinned else self._backend
+        items = self._live_items(_View(source), b"\x00", b"\x00", rev, st.current_revision)
+        return HashJob(items, rev, st.compact_revision, source if pinned else None)
+
+
+class HashJob:
+    """``hash_kv`` in steps over a pinned view: ``step(max_items, stop)`` hashes at most
+    ``max_items`` keys (``stop()``, asked every few keys, may end it sooner) and says
+    whether it is done; ``result`` is then ``(hash, revision)``. ``close`` releases the
+    view early (a job that finishes releases it itself)."""
+
+    def __init__(self, items: Iterator[tuple[bytes, bytes]], revision: int, compact_revision: int,
+                 snapshot: Any) -> None:
+        self.revision = revision
+        self.compact_revision = compact_revision  # the store's when the job started
+        self.keys = 0
+        self.done = False
+        self._items: Iterator[tuple[bytes, bytes]] | None = items
+        self._snapshot = snapshot
+        self._h = hashlib.blake2b(digest_size=8)
+
+    def step(self, max_items: int, stop: Callable[[], bool] | None = None) -> bool:
+        if self.done:
+            return True
+        assert self._items is not None, "the job was closed"
+        h = self._h
+        n = 0
+        for key, raw in self._items:
             h.update(_pack([key, *_unpack(raw)]))
-        return int.from_bytes(h.digest(), "big"), rev
+            n += 1
+            if n >= max_items or (stop is not None and n % _STOP_CHECK_EVERY == 0 and stop()):
+                self.keys += n
+                return False
+        self.keys += n
+        self.done = True
+        self.close()
+        return True
+
+    @property
+    def result(self) -> tuple[int, int]:
+        assert self.done, "the job is not done"
+        return int.from_bytes(self._h.digest(), "big"), self.revision
+
+    def close(self) -> None:
+        items, self._items = self._items, None
+        if items is not None and hasattr(items, "close"):
+            items.close()
+        snapshot, self._snapshot = self._snapshot, None
+        if snapshot is not None:
+            snapshot.close()
 
 
 # Compare: the record position of each target, and each result as a test (have, want).
