@@ -184,7 +184,7 @@ class WatchActor(Actor):
                 self.gate.closed(int(event["value"]))
 
     def on_subscription(self, msg: bytes, origin: G.Origin | None) -> None:
-        d = self.gate.decide(msg, origin, self.auth_state, self.core.admit)
+        d = self.gate.decide(msg, origin, self.auth_state, self.core.admit, self.core.canonical)
         if d.action == G.SUBSCRIBE:
             self.pub.setsockopt(zmq.SUBSCRIBE, d.topic)  # gives the topic to the pipe that asked
             if d.track and self.core.subscribe(d.topic) is not None:
