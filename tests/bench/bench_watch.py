@@ -380,7 +380,9 @@ def bench_load(node: NodeProcess) -> None:
         print(f"[load] latency commit(ack) -> consumer: p50 {pct(lat_ms, 0.5):.2f} ms, "
               f"p99 {pct(lat_ms, 0.99):.2f} ms, max {max(lat_ms):.2f} ms")
     print("[load] CPU seconds per actor during the load: "
-          + ", ".join(f"{role} {v:.1f}" for role, v in sorted(cpu.items())))
+          + ", ".join(f"{role} {v:.1f}" for role, v in sorted(cpu.items()))
+          + f"; machine load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores (a shared machine: "
+          f"the tail follows it)")
     print(f"[load] broadcaster RSS {before:.1f} MiB -> {with_watchers:.1f} with the watchers "
           f"({(with_watchers - before) * 1024 * 1024 / LOAD_WATCHERS:.0f} B per watcher) -> {loaded:.1f} after the load")
 
