@@ -233,7 +233,7 @@ def sub_proc(url: str, conn_topics: list[list[bytes]], ready, done, out, record:
                 except zmq.Again:
                     break
                 msgs += 1
-                if record:
+                if record and payload[1:2] != b"\x82":  # not a progress message (a 2-entry map)
                     now = time.time()
                     body = msgpack.unpackb(payload[1:])
                     rev = body.get("revision")
