@@ -189,19 +189,47 @@ class Channel:
     kind: int = KIND_KEY
 
 
+# The indexes (by key, by prefix, by from-key start) map a key to its channel, or to a
+# list of its channels when several share the key (other flags): a list per key would
+# cost ~90 bytes for every channel, and most keys have one.
+def _add(index: dict, key: bytes, ch: Channel) -> bool:
+    """Add ch under key; True when the key is new."""
+    cur = index.get(key)
+    if cur is None:
+        index[key] = ch
+        return True
+    if type(cur) is list:
+        cur.append(ch)
+    else:
+        index[key] = [cur, ch]
+    return False
+
+
 def _drop(index: dict, key: bytes, ch: Channel) -> bool:
-    """Remove ch from index[key] (a list); True when that list is gone."""
-    lst = index.get(key)
-    if lst is None:
+    """Remove ch from under key; True when the key is gone."""
+    cur = index.get(key)
+    if cur is None:
         return False
-    try:
-        lst.remove(ch)
-    except ValueError:
-        return False
-    if not lst:
+    if type(cur) is not list:
+        if cur is not ch:
+            return False
         del index[key]
         return True
+    try:
+        cur.remove(ch)
+    except ValueError:
+        return False
+    if len(cur) == 1:
+        index[key] = cur[0]
     return False
+
+
+def _under(index: dict, key: bytes) -> tuple | list:
+    """The channels under key (a sequence)."""
+    cur = index.get(key)
+    if cur is None:
+        return ()
+    return cur if type(cur) is list else (cur,)
 
 
 @dataclass
@@ -223,10 +251,11 @@ class Broadcaster:
         default_factory=lambda: [{} for _ in range(HEARTBEAT_SLOTS)])
     _next_slot: int = 0
     _peak: int = 0
-    _by_key: dict[bytes, list[Channel]] = field(default_factory=dict)
-    _prefix: dict[bytes, list[Channel]] = field(default_factory=dict)
+    # key -> Channel | list[Channel] (see _add)
+    _by_key: dict[bytes, Channel | list[Channel]] = field(default_factory=dict)
+    _prefix: dict[bytes, Channel | list[Channel]] = field(default_factory=dict)
     _prefix_lens: dict[int, int] = field(default_factory=dict)  # prefix length -> channels
-    _from: dict[bytes, list[Channel]] = field(default_factory=dict)
+    _from: dict[bytes, Channel | list[Channel]] = field(default_factory=dict)
     _from_keys: list[bytes] = field(default_factory=list)  # sorted keys of _from
     _ranges: list[Channel] = field(default_factory=list)
 
@@ -250,6 +279,12 @@ class Broadcaster:
             return FULL
         return None
 
+    def canonical(self, topic: bytes) -> bytes:
+        """The channel table's bytes object for ``topic`` (``topic`` itself when it has
+        no channel): the gate keeps this one, so equal topics are held once."""
+        ch = self.channels.get(topic)
+        return topic if ch is None else ch.topic
+
     def subscribe(self, topic: bytes) -> Channel | None:
         """A subscription to ``topic`` arrived: the channel (created if new), or None for
         a topic that is not (or may not be, ``admit``) a channel's."""
@@ -267,15 +302,14 @@ class Broadcaster:
         self._peak = max(self._peak, len(self.channels))
         self.slots[ch.slot][topic] = ch
         if ch.kind == KIND_KEY:
-            self._by_key.setdefault(spec.key, []).append(ch)
+            _add(self._by_key, spec.key, ch)
         elif ch.kind == KIND_PREFIX:
-            self._prefix.setdefault(spec.key, []).append(ch)
+            _add(self._prefix, spec.key, ch)
             n = len(spec.key)
             self._prefix_lens[n] = self._prefix_lens.get(n, 0) + 1
         elif ch.kind == KIND_FROM:
-            if spec.key not in self._from:
+            if _add(self._from, spec.key, ch):
                 bisect.insort(self._from_keys, spec.key)
-            self._from.setdefault(spec.key, []).append(ch)
         else:
             self._ranges.append(ch)
         return ch
@@ -333,15 +367,15 @@ class Broadcaster:
     # --- matching ------------------------------------------------------------------
     def matching(self, key: bytes) -> Iterator[Channel]:
         """The channels whose range holds ``key`` (each once)."""
-        yield from self._by_key.get(key, ())
+        yield from _under(self._by_key, key)
         if self._prefix_lens:
             n = len(key)
             for length in self._prefix_lens:
                 if length <= n:
-                    yield from self._prefix.get(key[:length], ())
+                    yield from _under(self._prefix, key[:length])
         if self._from_keys:
             for start in self._from_keys[:bisect.bisect_right(self._from_keys, key)]:
-                yield from self._from[start]
+                yield from _under(self._from, start)
         for ch in self._ranges:
             if ch.spec.key <= key < ch.spec.range_end:
                 yield ch

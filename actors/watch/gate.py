@@ -113,12 +113,26 @@ class Decision:
     kick: bool = False     # REFUSE: close this connection (origin's fd)
 
 
-@dataclass
+_NONE: frozenset = frozenset()
+
+
 class Conn:
-    fd: int
-    granted: set[bytes] = field(default_factory=set)
-    refused: set[bytes] = field(default_factory=set)
-    kicked: bool = False
+    """One connection's record: its granted topics (the channel table's own bytes
+    objects where a channel exists, so a subscription costs a set slot, not a copy of its
+    topic) and its refused ones (``_NONE``, shared, until it has one: most never do)."""
+
+    __slots__ = ("fd", "granted", "refused", "kicked")
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.granted: set[bytes] = set()
+        self.refused: set[bytes] | frozenset = _NONE
+        self.kicked = False
+
+    def refuse(self, topic: bytes) -> None:
+        if self.refused is _NONE:
+            self.refused = set()
+        self.refused.add(topic)
 
 
 def _inc(d: dict[bytes, int], k: bytes) -> None:
@@ -167,10 +181,14 @@ class Gate:
         return self.held_bytes >= self.budget_bytes
 
     def decide(self, msg: bytes, origin: Origin | None, state: AuthState | None,
-               admit: Callable[[bytes], str | None]) -> Decision:
+               admit: Callable[[bytes], str | None],
+               canonical: Callable[[bytes], bytes] | None = None) -> Decision:
         """What to do with one message received on the XPUB. ``origin`` None: libzmq's
         unsubscribe for a connection that closed. ``admit(topic)``: None when a channel
-        for it exists or may be made, else why not (channels.Broadcaster.admit)."""
+        for it exists or may be made, else why not (channels.Broadcaster.admit).
+        ``canonical(topic)``: the bytes object to keep for an equal topic (the channel
+        table's, channels.Broadcaster.canonical), so that the records of the connections
+        sharing a topic share one copy of it; a granted decision's ``topic`` is it."""
         if not msg or msg[0] not in (0, 1):
             return Decision(IGNORE)
         self.messages += 1
@@ -200,7 +218,7 @@ class Gate:
         if reason is not None:
             self.refused[reason] = self.refused.get(reason, 0) + 1
             if not again:
-                conn.refused.add(topic)
+                conn.refuse(topic)
                 _inc(self.refused_open, topic)
             kick = len(conn.refused) > self.max_per_conn and not conn.kicked
             if kick:
@@ -210,6 +228,8 @@ class Gate:
         if again:  # refused before, allowed now (room was made): the same libzmq entry
             conn.refused.discard(topic)
             _dec(self.refused_open, topic)
+        if canonical is not None:
+            topic = canonical(topic)
         conn.granted.add(topic)
         _inc(self.granted, topic)
         self.granted_users.add(origin.user)
@@ -255,7 +275,7 @@ class Gate:
             self.held_bytes = max(0, self.held_bytes - len(topic))
             untrack = _dec(self.granted, topic) == 0
         elif topic in conn.refused:
-            conn.refused.discard(topic)
+            conn.refused.discard(topic)  # a set: it held the topic
             self.held_bytes = max(0, self.held_bytes - len(topic))
             _dec(self.refused_open, topic)
         return Decision(UNSUBSCRIBE, topic, untrack=untrack)

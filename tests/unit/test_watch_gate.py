@@ -76,7 +76,7 @@ class Harness:
 
     def __call__(self, msg, user="", conn=1, fd=7, origin=True):
         o = G.Origin(user, conn, fd) if origin else None
-        d = self.g.decide(msg, o, self.state, self.core.admit)
+        d = self.g.decide(msg, o, self.state, self.core.admit, self.core.canonical)
         if d.track:
             self.core.subscribe(d.topic)
         if d.untrack:
