@@ -105,6 +105,10 @@ AUTH_ENTRY_OPS = AUTH_CHANGE_OPS | {"authenticate"}
 
 _U64 = struct.Struct(">Q")
 _TOMBSTONE = b""
+# A ``hist`` value: "this is the key's newest change; its record is the one in ``key``"
+# (msgpack nil; a record is a msgpack array, a tombstone is empty). Only the newest entry
+# of a live key holds it; the change that supersedes it writes the record there.
+_LATEST = b"\xc0"
 
 # Record positions in the msgpack array of ``key`` and ``hist`` values.
 _VALUE, _CREATE, _MOD, _VERSION, _LEASE = range(5)
@@ -132,6 +136,53 @@ def _kv(key: bytes, rec: list) -> dict:
 def _tombstone_kv(key: bytes, main: int) -> dict:
     return {"key": key, "value": b"", "create_revision": 0, "mod_revision": main,
             "version": 0, "lease": 0}
+
+
+def _resolve(view: "_View", key: bytes, raw: bytes) -> bytes:
+    """The packed record of a ``hist`` value that is not a tombstone."""
+    if raw == _LATEST:
+        raw = view.get(CF_KEY, key)
+        assert raw is not None, "a live key's newest history entry without its record"
+    return raw
+
+
+def _supersede(view: "_View", key: bytes, mod: int, raw: bytes) -> None:
+    """Before a change of a live key: write its record ``raw`` (``key``'s value, last
+    changed at main ``mod``) into its newest ``hist`` entry when that holds ``_LATEST``.
+    Usually one point read (the change was sub 0 of its revision); a key changed twice in
+    one revision, or written by an older version (full records everywhere), costs a seek."""
+    hk = hist_key(key, mod, 0)
+    if view.get(CF_HIST, hk) == _LATEST:
+        view.put(CF_HIST, hk, raw)
+        return
+    for hk, hraw in view.iterate(CF_HIST, escape(key), hist_key(key, mod + 1, 0), reverse=True):
+        if hraw == _LATEST:
+            view.put(CF_HIST, hk, raw)
+        return
+
+
+def _rev_change(view: "_View", rk: bytes, raw: bytes) -> tuple[int, int, bytes, bool, list | None]:
+    """``(main, sub, key, is_tombstone, record or None for a tombstone)`` of a ``rev``
+    entry: the record is the entry's own in the older layout (``[key, is_tombstone,
+    *record]``), else read from ``hist`` (and ``key`` for the newest change of a key)."""
+    main, sub = Revision.from_bytes(rk)
+    key, is_tombstone, *rec = _unpack(raw)
+    if is_tombstone:
+        return main, sub, key, True, None
+    if not rec:
+        hraw = view.get(CF_HIST, hist_key(key, main, sub))
+        assert hraw is not None and hraw != _TOMBSTONE, "a change without its history entry"
+        rec = _unpack(_resolve(view, key, hraw))
+    return main, sub, key, False, rec
+
+
+def _prev_kv(view: "_View", key: bytes, main: int, sub: int) -> dict | None:
+    """The KeyValue of ``key`` just before its change at ``(main, sub)``; None if absent."""
+    for _, praw in view.iterate(CF_HIST, escape(key), hist_key(key, main, sub), reverse=True):
+        if praw != _TOMBSTONE:
+            return _kv(key, _unpack(_resolve(view, key, praw)))
+        break
+    return None
 
 
 @dataclass
@@ -578,13 +629,10 @@ class MVCCStore:
         return ch.main if ch.sub > 0 else st.current_revision
 
     # --- writes ----------------------------------------------------------------------
-    def _live(self, view: _View, key: bytes) -> list | None:
-        raw = view.get(CF_KEY, key)
-        return None if raw is None else _unpack(raw)
-
     def _put(self, view: _View, ch: _Changes, op: dict) -> dict:
         key = op["key"]
-        prev = self._live(view, key)
+        prev_raw = view.get(CF_KEY, key)
+        prev = None if prev_raw is None else _unpack(prev_raw)
         if (op["ignore_value"] or op["ignore_lease"]) and prev is None:
             raise KeyNotFound()
         value = prev[_VALUE] if op["ignore_value"] else op["value"]
@@ -604,10 +652,11 @@ class MVCCStore:
                 view.put(CF_LEASE_KEY, _U64.pack(old_lease) + key, None)
             if lease:
                 view.put(CF_LEASE_KEY, _U64.pack(lease) + key, b"")
-        packed = _pack(rec)
-        view.put(CF_KEY, key, packed)
-        view.put(CF_HIST, hist_key(key, main, sub), packed)
-        view.put(CF_REV, rev_bytes(main, sub), _pack([key, False, *rec]))
+        if prev_raw is not None:
+            _supersede(view, key, prev[_MOD], prev_raw)
+        view.put(CF_KEY, key, _pack(rec))
+        view.put(CF_HIST, hist_key(key, main, sub), _LATEST)
+        view.put(CF_REV, rev_bytes(main, sub), _pack([key, False]))
         prev_kv = None if prev is None else _kv(key, prev)
         ch.events.append(Event("PUT", _kv(key, rec), prev_kv))
         return {"prev_kv": prev_kv} if op["prev_kv"] and prev_kv is not None else {}
@@ -638,9 +687,10 @@ class MVCCStore:
         prev = _unpack(raw)
         if prev[_LEASE]:
             view.put(CF_LEASE_KEY, _U64.pack(prev[_LEASE]) + key, None)
+        _supersede(view, key, prev[_MOD], raw)
         view.put(CF_KEY, key, None)
         view.put(CF_HIST, hist_key(key, main, sub), _TOMBSTONE)
-        view.put(CF_REV, rev_bytes(main, sub), _pack([key, True, b"", 0, main, 0, 0]))
+        view.put(CF_REV, rev_bytes(main, sub), _pack([key, True]))
         prev_kv = _kv(key, prev)
         ch.events.append(Event("DELETE", _tombstone_kv(key, main), prev_kv))
         return prev_kv
@@ -739,8 +789,12 @@ class MVCCStore:
     def _stash_record(view: _View, rk: bytes, raw: bytes) -> bytes:
         """The self-contained record of one change of the compact revision (``CF_REV`` key
         ``rk``, value ``raw``), kept in ``META_COMPACT_EVENTS``: msgpack ``[key,
-        is_tombstone, *record]``; ``history`` at the compact revision reads it."""
-        return raw
+        is_tombstone, *record]``; ``history`` at the compact revision reads it. Must run
+        before the change's own ``hist`` entry is removed (a tombstone's is not read)."""
+        main, _sub, key, is_tombstone, rec = _rev_change(view, rk, raw)
+        if is_tombstone:
+            return _pack([key, True, b"", 0, main, 0, 0])
+        return _pack([key, False, *rec])
 
     def _compact(self, view: _View, st: _State, revision: int) -> None:
         if revision <= st.compact_revision:
@@ -840,7 +894,7 @@ class MVCCStore:
         if not range_end:
             for _, raw in view.iterate(CF_HIST, escape(start), hist_key(start, rev + 1, 0),
                                        reverse=True):
-                return iter(()) if raw == _TOMBSTONE else iter(((start, raw),))
+                return iter(()) if raw == _TOMBSTONE else iter(((start, _resolve(view, start, raw)),))
             return iter(())
         return self._hist_items(view, prefix(start), None if end is None else prefix(end), rev, budget)
 
@@ -853,12 +907,12 @@ class MVCCStore:
             esc, user, r = split_hist_key(hk)
             if esc != group:
                 if best is not None and best[1] != _TOMBSTONE:
-                    yield best
+                    yield best[0], _resolve(view, *best)
                 group, best = esc, None
             if r.main <= rev:
                 best = (user, raw)
         if best is not None and best[1] != _TOMBSTONE:
-            yield best
+            yield best[0], _resolve(view, *best)
 
     def events_between(self, start_rev: int, end_rev: int) -> list[tuple[int, list[Event]]]:
         """History in ``(start_rev, end_rev]`` grouped by revision, oldest first (end is
@@ -872,14 +926,8 @@ class MVCCStore:
             return out
         view = _View(self._backend)
         for rk, raw in view.iterate(CF_REV, rev_bytes(start_rev + 1), rev_bytes(end + 1)):
-            main, sub = Revision.from_bytes(rk)
-            key, is_tombstone, *rec = _unpack(raw)
-            prev_kv = None
-            for _, praw in view.iterate(CF_HIST, escape(key), hist_key(key, main, sub),
-                                        reverse=True):
-                if praw != _TOMBSTONE:
-                    prev_kv = _kv(key, _unpack(praw))
-                break
+            main, sub, key, is_tombstone, rec = _rev_change(view, rk, raw)
+            prev_kv = _prev_kv(view, key, main, sub)
             if is_tombstone:
                 ev = Event("DELETE", _tombstone_kv(key, main), prev_kv)
             else:
@@ -913,7 +961,8 @@ class MVCCStore:
         no_put, no_delete, want_prev = op["no_put"], op["no_delete"], op["prev_kv"]
         view = _View(self._backend)
 
-        def add(main: int, key: bytes, is_tombstone: bool, rec: list, sub: int | None) -> None:
+        def add(main: int, key: bytes, is_tombstone: bool, rec: list | None, sub: int | None,
+                rk: bytes = b"", raw: bytes = b"") -> None:
             if key < lo or (hi is not None and key >= hi):
                 return
             if (no_delete and is_tombstone) or (no_put and not is_tombstone):
@@ -921,13 +970,13 @@ class MVCCStore:
             if is_tombstone:
                 ev = {"type": "DELETE", "kv": _tombstone_kv(key, main)}
             else:
+                if not rec:  # a pointer (the current layout): the record is in `hist`
+                    rec = _rev_change(view, rk, raw)[4]
                 ev = {"type": "PUT", "kv": _kv(key, rec)}
             if want_prev and sub is not None:
-                for _, praw in view.iterate(CF_HIST, escape(key), hist_key(key, main, sub),
-                                            reverse=True):
-                    if praw != _TOMBSTONE:
-                        ev["prev_kv"] = _kv(key, _unpack(praw))
-                    break
+                prev_kv = _prev_kv(view, key, main, sub)
+                if prev_kv is not None:
+                    ev["prev_kv"] = prev_kv
             if out and out[-1]["revision"] == main:
                 out[-1]["events"].append(ev)
             else:
@@ -947,7 +996,7 @@ class MVCCStore:
             for rk, raw in view.iterate(CF_REV, rev_bytes(scan_from), rev_bytes(last + 1)):
                 main, sub = Revision.from_bytes(rk)
                 key, is_tombstone, *rec = _unpack(raw)
-                add(main, key, is_tombstone, rec, sub)
+                add(main, key, is_tombstone, rec, sub, rk, raw)
         return {"revisions": out, "more": last < end, "last_revision": last}
 
     def hash_kv(self, revision: int = 0) -> tuple[int, int]:
