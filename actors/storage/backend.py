@@ -34,6 +34,12 @@ from actors.storage.mvcc.store import COLUMN_FAMILIES
 # RocksDB's memtables of every column family together (README "Limits"): past it the
 # largest is flushed. Without it each family may hold 2 x 64 MiB of recent writes in memory.
 MEMTABLE_BYTES = 64 * 1024 * 1024
+# RocksDB's own write-ahead files (`*.log`): past this much, the column families whose
+# memtables keep the oldest file alive are flushed so it can go. Left at 0 (RocksDB's
+# default) the bound is 4 x the write buffers of every family (7 x 2 x 64 MiB: 3.5 GiB).
+MAX_WAL_BYTES = 2 * MEMTABLE_BYTES
+# RocksDB's info logs (`LOG`, `LOG.old.*`): one more per open, 1,000 kept by default.
+KEEP_INFO_LOGS = 5
 
 
 def _options() -> Options:
@@ -41,6 +47,8 @@ def _options() -> Options:
     opts.create_if_missing(True)
     opts.create_missing_column_families(True)
     opts.set_db_write_buffer_size(MEMTABLE_BYTES)
+    opts.set_max_total_wal_size(MAX_WAL_BYTES)
+    opts.set_keep_log_file_num(KEEP_INFO_LOGS)
     return opts
 
 

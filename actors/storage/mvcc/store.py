@@ -11,15 +11,29 @@ Rules:
 - a failing op (``Compacted``, ``KeyNotFound``, ``LeaseNotFound``, ...) changes nothing;
 - opening is O(1) in the number of keys: the index lives on disk, only meta is read.
 
-On-disk layout (column families; integers big-endian so byte order = numeric order):
+On-disk layout (column families; integers big-endian so byte order = numeric order).
+Each version's record is stored ONCE (issue 13: three copies of every value made a data
+dir of 1M keys x 256 B 918 MB; one makes it about a third):
 - ``key``:  user key -> msgpack ``[value, create_revision, mod_revision, version, lease]``,
   the latest live record of every key (deleted keys are absent): current reads, counts.
-- ``hist``: escape(key) + main(8) + sub(8) -> the same record, or ``b""`` for a tombstone
-  (escape: 0x00 -> 0x00 0xFF, then terminator 0x00 0x01; see keys.py). A read at revision
-  R takes, per key, the newest entry with main <= R.
-- ``rev``:  main(8) + sub(8) -> msgpack ``[key, is_tombstone, value, create_revision,
-  mod_revision, version, lease]``: history in revision order (watch catch-up, compaction).
+- ``hist``: escape(key) + main(8) + sub(8) -> (escape: 0x00 -> 0x00 0xFF, then terminator
+  0x00 0x01; see keys.py) one of
+    ``b"\xc0"`` (``_LATEST``, msgpack nil): the key's newest change, whose record is the
+      one in ``key``; only the newest entry of a live key holds it;
+    the record of that change (msgpack array, as in ``key``): every older change. The
+      change that supersedes a ``_LATEST`` entry (a put or delete of that key) writes the
+      record there in the same batch (``_supersede``: one point read when the superseded
+      change was sub 0 of its revision, else a reverse seek);
+    ``b""``: a tombstone.
+  A read at revision R takes, per key, the newest entry with main <= R (``_LATEST`` read
+  through ``key``).
+- ``rev``:  main(8) + sub(8) -> msgpack ``[key, is_tombstone]``: history in revision order
+  (watch catch-up, compaction); the record is read from ``hist`` (``_rev_change``).
   Entries at or below ``compact_revision`` are removed by compaction.
+  Older layout (read as is, no migration): ``hist`` held the record in every entry,
+  newest included, and ``rev`` held ``[key, is_tombstone, value, create_revision,
+  mod_revision, version, lease]``; a ``rev`` value longer than two items carries its
+  record, and ``_supersede`` leaves an entry that already holds a record untouched.
 - ``meta``: ``applied_index``, ``current_revision``, ``compact_revision``, ``key_count``
   (8-byte unsigned BE each) and ``x/<name>`` for small values callers keep (ids);
   ``auth`` -> msgpack ``AuthState.to_wire()`` (actors/storage/auth): users, roles,
