@@ -20,7 +20,7 @@ from actors.storage.mvcc.keys import hist_key
 from actors.storage.mvcc.memory import MemoryBackend
 from actors.storage.mvcc.revision import rev_bytes
 from actors.storage.mvcc.store import CF_HIST, CF_KEY, CF_META, CF_REV, META_APPLIED_INDEX, \
-    META_CURRENT_REVISION, META_KEY_COUNT
+    META_CURRENT_REVISION, META_KEY_COUNT, META_LAYOUT
 from mvcc_kv import KV, n
 
 _U64 = struct.Struct(">Q")
@@ -166,6 +166,19 @@ class _OldLayoutWriter:
         self._write([(CF_KEY, key, packed), (CF_HIST, hist_key(key, self.rev, 0), packed),
                      (CF_REV, rev_bytes(self.rev, 0), _pack([key, False, *rec]))])
 
+    def put_two(self, k1: bytes, v1: bytes, k2: bytes, v2: bytes) -> None:
+        """A txn's two puts: (rev, 0) and (rev, 1)."""
+        self.rev += 1
+        rows = []
+        for sub, (key, value) in enumerate(((k1, v1), (k2, v2))):
+            prev = self.live.get(key)
+            rec = [value, self.rev, self.rev, 1, 0] if prev is None else [value, prev[1], self.rev, prev[3] + 1, 0]
+            self.live[key] = rec
+            packed = _pack(rec)
+            rows += [(CF_KEY, key, packed), (CF_HIST, hist_key(key, self.rev, sub), packed),
+                     (CF_REV, rev_bytes(self.rev, sub), _pack([key, False, *rec]))]
+        self._write(rows)
+
     def delete(self, key: bytes) -> None:
         self.rev += 1
         del self.live[key]
@@ -206,13 +219,17 @@ def test_a_store_written_by_the_older_layout_reads_the_same(kv_backend):
     writer = _OldLayoutWriter(old_backend)
     for kind, k, v in script:
         writer.put(k, v) if kind == "put" else writer.delete(k)
+    writer.put_two(b"a", b"two-a", b"e", b"two-e")  # e's newest change is at sub 1
     old = KV(lambda prev: prev if prev is not None else old_backend)
     old.make_backend = kv_backend
     old.restart()
     new = KV(lambda prev: prev if prev is not None else MemoryBackend())
     for kind, k, v in script:
         new.put(k, v) if kind == "put" else new.ok("delete_range", key=k)
+    new.ok("txn", compare=[], failure=[], success=[{"put": {"key": b"a", "value": b"two-a"}},
+                                                    {"put": {"key": b"e", "value": b"two-e"}}])
     assert old.store.current_revision == new.store.current_revision
+    assert old.backend.get(CF_META, META_LAYOUT) is None  # an older store stays as it is
 
     def same() -> None:
         cur = new.store.current_revision
@@ -228,6 +245,7 @@ def test_a_store_written_by_the_older_layout_reads_the_same(kv_backend):
 
     same()
     # New changes on top of old rows: old newest records are superseded in place.
+    more = [("put", b"e", b"after-two")] + more
     for kind, k, v in more:
         for s in (old, new):
             s.put(k, v, prev_kv=True) if kind == "put" else s.ok("delete_range", key=k, prev_kv=True)
@@ -263,3 +281,26 @@ def test_a_key_changed_twice_in_one_revision_keeps_both_records(kv, twice):
         assert values == [(b"before", None), (b"one", b"before"), (b"after", b"one")]
     rev = kv.store.current_revision - 1
     assert kv.get(b"k", revision=rev)["kvs"][0]["value"] == (b"two" if twice else b"one")
+
+
+def test_hash_kv_hashes_the_logical_record_of_a_change_at_sub_1(kv):
+    """A key changed at sub > 0 keeps its sub beside its record in ``key``: hash_kv, range
+    and history see the record only (hash as defined: blake2b over [key, value,
+    create_revision, mod_revision, version, lease] of every live key, in key order)."""
+    import hashlib
+    kv.ok("txn", compare=[], failure=[], success=[{"put": {"key": b"a", "value": b"1"}},
+                                                  {"put": {"key": b"b", "value": b"2"}}])
+    kv.put(b"c", b"3")
+    assert kv.backend.get(CF_META, META_LAYOUT) is not None  # made by this layout
+    for rev in (kv.store.current_revision - 1, kv.store.current_revision):
+        h = hashlib.blake2b(digest_size=8)
+        for x in kv.kvs(revision=rev):
+            h.update(_pack([x["key"], x["value"], x["create_revision"], x["mod_revision"], x["version"],
+                            x["lease"]]))
+        assert kv.store.hash_kv(rev) == (int.from_bytes(h.digest(), "big"), rev)
+    kv.put(b"b", b"22")  # supersedes b's change at sub 1
+    kv.restart()
+    evs = kv.store.events_between(1, kv.store.current_revision)
+    assert [(e.kv["key"], e.kv["value"], e.prev_kv and e.prev_kv["value"]) for _, b in evs for e in b] == [
+        (b"a", b"1", None), (b"b", b"2", None), (b"c", b"3", None), (b"b", b"22", b"2")]
+    assert kv.get(b"b", revision=2)["kvs"][0]["value"] == b"2"

@@ -123,6 +123,14 @@ _TOMBSTONE = b""
 # (msgpack nil; a record is a msgpack array, a tombstone is empty). Only the newest entry
 # of a live key holds it; the change that supersedes it writes the record there.
 _LATEST = b"\xc0"
+# A ``key`` record of a change at sub > 0 carries the sub as a 6th item (msgpack fixarray
+# of 6 starts with this byte); reads strip it (``_strip``): it is not part of the record.
+_WITH_SUB = 0x96
+_WITH_SUB_AT = 5
+# META: set in the first write of a store made by this layout (never by older versions):
+# every live key's newest ``hist`` entry then holds ``_LATEST`` at (mod_revision, sub).
+META_LAYOUT = b"layout"
+_LAYOUT_ONE_COPY = b"\x02"
 
 # Record positions in the msgpack array of ``key`` and ``hist`` values.
 _VALUE, _CREATE, _MOD, _VERSION, _LEASE = range(5)
@@ -152,21 +160,33 @@ def _tombstone_kv(key: bytes, main: int) -> dict:
             "version": 0, "lease": 0}
 
 
+def _strip(raw: bytes) -> bytes:
+    """A ``key`` record without its trailing sub (see the layout): the logical record."""
+    return raw if raw[0] != _WITH_SUB else _pack(_unpack(raw)[:_WITH_SUB_AT])
+
+
 def _resolve(view: "_View", key: bytes, raw: bytes) -> bytes:
     """The packed record of a ``hist`` value that is not a tombstone."""
     if raw == _LATEST:
         raw = view.get(CF_KEY, key)
         assert raw is not None, "a live key's newest history entry without its record"
+        return _strip(raw)
     return raw
 
 
 def _supersede(view: "_View", key: bytes, mod: int, raw: bytes) -> None:
-    """Before a change of a live key: write its record ``raw`` (``key``'s value, last
-    changed at main ``mod``) into its newest ``hist`` entry when that holds ``_LATEST``.
-    Usually one point read (the change was sub 0 of its revision); a key changed twice in
-    one revision, or written by an older version (full records everywhere), costs a seek."""
-    hk = hist_key(key, mod, 0)
-    if view.get(CF_HIST, hk) == _LATEST:
+    """Before a change of a live key: write its record (``raw``, from ``key``; last changed
+    at main ``mod``) into its newest ``hist`` entry, which holds ``_LATEST``. In a store
+    made by this layout (``view.blind``) that entry is at (mod, sub) with sub from the
+    record: a write, no read. In an older store it may hold the record already, or be
+    elsewhere: one point read, and a reverse seek when that does not find ``_LATEST``."""
+    sub = 0
+    if raw[0] == _WITH_SUB:
+        rec = _unpack(raw)
+        sub = rec[_WITH_SUB_AT]
+        raw = _pack(rec[:_WITH_SUB_AT])
+    hk = hist_key(key, mod, sub)
+    if view.blind or view.get(CF_HIST, hk) == _LATEST:
         view.put(CF_HIST, hk, raw)
         return
     for hk, hraw in view.iterate(CF_HIST, escape(key), hist_key(key, mod + 1, 0), reverse=True):
@@ -190,13 +210,29 @@ def _rev_change(view: "_View", rk: bytes, raw: bytes) -> tuple[int, int, bytes, 
     return main, sub, key, False, rec
 
 
-def _prev_kv(view: "_View", key: bytes, main: int, sub: int) -> dict | None:
-    """The KeyValue of ``key`` just before its change at ``(main, sub)``; None if absent."""
-    for _, praw in view.iterate(CF_HIST, escape(key), hist_key(key, main, sub), reverse=True):
-        if praw != _TOMBSTONE:
-            return _kv(key, _unpack(_resolve(view, key, praw)))
+def _change(view: "_View", key: bytes, main: int, sub: int, is_tombstone: bool, rec: list,
+            want_prev: bool) -> tuple[list | None, dict | None]:
+    """``(record, prev_kv)`` of the change of ``key`` at ``(main, sub)`` (a ``rev`` entry):
+    the record is ``rec`` when the entry carried it (older layout), None for a tombstone,
+    else read from ``hist``; prev_kv (only ``want_prev``) is the KeyValue before it, None if
+    absent. One reverse walk over the key's ``hist`` entries from the change."""
+    need_rec = not is_tombstone and not rec
+    if not need_rec and not want_prev:
+        return (None if is_tombstone else rec), None
+    hk = hist_key(key, main, sub)
+    prev_kv = None
+    for k, v in view.iterate(CF_HIST, escape(key), hk + b"\x00" if need_rec else hk, reverse=True):
+        if need_rec:
+            assert k == hk and v != _TOMBSTONE, "a change without its history entry"
+            rec, need_rec = _unpack(_resolve(view, key, v)), False
+            if not want_prev:
+                break
+            continue
+        if v != _TOMBSTONE:
+            prev_kv = _kv(key, _unpack(_resolve(view, key, v)))
         break
-    return None
+    assert not need_rec, "a change without its history entry"
+    return (None if is_tombstone else rec), prev_kv
 
 
 @dataclass
@@ -253,9 +289,10 @@ class _View:
     # each key on its own.
     _REINDEX_FRACTION = 8
 
-    def __init__(self, backend: Backend) -> None:
+    def __init__(self, backend: Backend, blind: bool = False) -> None:
         self.backend = backend
         self.layers: list[_Layer] = [_Layer()]
+        self.blind = blind  # _supersede may write without reading (see META_LAYOUT)
 
     def push(self) -> None:
         self.layers.append(_Layer())
@@ -418,6 +455,11 @@ class MVCCStore:
                              backend.iterate(CF_META, alarm_rules.META_PREFIX, alarm_rules.META_END)),
             auth=self._read_auth(backend),
         )
+        # The layout's flag (META_LAYOUT): a store written by an older version never has
+        # it; an empty one gets it with its first write.
+        self._layout_written = backend.get(CF_META, META_LAYOUT) == _LAYOUT_ONE_COPY
+        self._one_copy = self._layout_written or (
+            self._state.applied_index == 0 and next(iter(backend.iterate(CF_HIST, b"")), None) is None)
 
     @staticmethod
     def _read_auth(backend: Backend) -> AuthState:
@@ -526,7 +568,9 @@ class MVCCStore:
         refusal is its error), and any failure other than a ``QkvError`` is a bug and raises
         ``AssertionError`` naming the index (nothing of the call is written)."""
         st = _State(**vars(self._state))
-        view = _View(self._backend)
+        view = _View(self._backend, blind=self._one_copy)
+        if self._one_copy and not self._layout_written:
+            view.put(CF_META, META_LAYOUT, _LAYOUT_ONE_COPY)
         results: list[ApplyResult] = []
         for item in entries:
             index, op = item[0], item[1]
@@ -570,6 +614,7 @@ class MVCCStore:
             view.put(CF_META, META_AUTH, _pack(st.auth.to_wire()))
         self._backend.write(view.batch(), sync=sync)
         self._state = st  # only after the write succeeded
+        self._layout_written = self._one_copy
         return results
 
     @staticmethod
@@ -668,7 +713,7 @@ class MVCCStore:
                 view.put(CF_LEASE_KEY, _U64.pack(lease) + key, b"")
         if prev_raw is not None:
             _supersede(view, key, prev[_MOD], prev_raw)
-        view.put(CF_KEY, key, _pack(rec))
+        view.put(CF_KEY, key, _pack(rec if sub == 0 else [*rec, sub]))
         view.put(CF_HIST, hist_key(key, main, sub), _LATEST)
         view.put(CF_REV, rev_bytes(main, sub), _pack([key, False]))
         prev_kv = None if prev is None else _kv(key, prev)
@@ -903,8 +948,9 @@ class MVCCStore:
         if rev == current:
             if not range_end:
                 raw = view.get(CF_KEY, start)
-                return iter(()) if raw is None else iter(((start, raw),))
-            return _counted(budget, view.iterate(CF_KEY, start, end))
+                return iter(()) if raw is None else iter(((start, _strip(raw)),))
+            return (kv if kv[1][0] != _WITH_SUB else (kv[0], _strip(kv[1]))
+                    for kv in _counted(budget, view.iterate(CF_KEY, start, end)))
         if not range_end:
             for _, raw in view.iterate(CF_HIST, escape(start), hist_key(start, rev + 1, 0),
                                        reverse=True):
@@ -940,8 +986,9 @@ class MVCCStore:
             return out
         view = _View(self._backend)
         for rk, raw in view.iterate(CF_REV, rev_bytes(start_rev + 1), rev_bytes(end + 1)):
-            main, sub, key, is_tombstone, rec = _rev_change(view, rk, raw)
-            prev_kv = _prev_kv(view, key, main, sub)
+            main, sub = Revision.from_bytes(rk)
+            key, is_tombstone, *rec = _unpack(raw)
+            rec, prev_kv = _change(view, key, main, sub, is_tombstone, rec, True)
             if is_tombstone:
                 ev = Event("DELETE", _tombstone_kv(key, main), prev_kv)
             else:
@@ -975,22 +1022,20 @@ class MVCCStore:
         no_put, no_delete, want_prev = op["no_put"], op["no_delete"], op["prev_kv"]
         view = _View(self._backend)
 
-        def add(main: int, key: bytes, is_tombstone: bool, rec: list | None, sub: int | None,
-                rk: bytes = b"", raw: bytes = b"") -> None:
+        def add(main: int, key: bytes, is_tombstone: bool, rec: list, sub: int | None) -> None:
             if key < lo or (hi is not None and key >= hi):
                 return
             if (no_delete and is_tombstone) or (no_put and not is_tombstone):
                 return
+            prev_kv = None
+            if sub is not None:  # a change still in `rev` (the stash has its records)
+                rec, prev_kv = _change(view, key, main, sub, is_tombstone, rec, want_prev)
             if is_tombstone:
                 ev = {"type": "DELETE", "kv": _tombstone_kv(key, main)}
             else:
-                if not rec:  # a pointer (the current layout): the record is in `hist`
-                    rec = _rev_change(view, rk, raw)[4]
                 ev = {"type": "PUT", "kv": _kv(key, rec)}
-            if want_prev and sub is not None:
-                prev_kv = _prev_kv(view, key, main, sub)
-                if prev_kv is not None:
-                    ev["prev_kv"] = prev_kv
+            if prev_kv is not None:
+                ev["prev_kv"] = prev_kv
             if out and out[-1]["revision"] == main:
                 out[-1]["events"].append(ev)
             else:
@@ -1010,7 +1055,7 @@ class MVCCStore:
             for rk, raw in view.iterate(CF_REV, rev_bytes(scan_from), rev_bytes(last + 1)):
                 main, sub = Revision.from_bytes(rk)
                 key, is_tombstone, *rec = _unpack(raw)
-                add(main, key, is_tombstone, rec, sub, rk, raw)
+                add(main, key, is_tombstone, rec, sub)
         return {"revisions": out, "more": last < end, "last_revision": last}
 
     def hash_kv(self, revision: int = 0) -> tuple[int, int]:
