@@ -35,3 +35,12 @@ def test_the_raft_logs_rocksdb_is_bounded_too(tmp_path):
     logs = glob.glob(os.path.join(path, "LOG*"))
     assert len(logs) <= raft_wal.KEEP_INFO_LOGS, logs
     assert _option(path, "max_total_wal_size") == {str(raft_wal.MAX_WAL_BYTES)}
+
+
+def test_the_stores_last_level_is_zstd(tmp_path):
+    path = str(tmp_path / "storage")
+    be = RocksBackend(path)
+    be.write([("hist", b"h%06d" % i, b"\xc0") for i in range(2000)], sync=True)
+    be.defragment()
+    be.close()
+    assert _option(path, "bottommost_compression") == {"kZSTD"}
