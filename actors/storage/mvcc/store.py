@@ -16,14 +16,18 @@ Each version's record is stored ONCE (issue 13: three copies of every value made
 dir of 1M keys x 256 B 918 MB; one makes it about a third):
 - ``key``:  user key -> msgpack ``[value, create_revision, mod_revision, version, lease]``,
   the latest live record of every key (deleted keys are absent): current reads, counts.
+  A change at sub > 0 keeps its sub as a 6th item (``_WITH_SUB``), so that the change
+  superseding it finds its ``hist`` entry without a read; every read strips it
+  (``_strip``): ranges, history and ``hash_kv`` see the 5-item record only.
 - ``hist``: escape(key) + main(8) + sub(8) -> (escape: 0x00 -> 0x00 0xFF, then terminator
   0x00 0x01; see keys.py) one of
     ``b"\xc0"`` (``_LATEST``, msgpack nil): the key's newest change, whose record is the
       one in ``key``; only the newest entry of a live key holds it;
     the record of that change (msgpack array, as in ``key``): every older change. The
       change that supersedes a ``_LATEST`` entry (a put or delete of that key) writes the
-      record there in the same batch (``_supersede``: one point read when the superseded
-      change was sub 0 of its revision, else a reverse seek);
+      record there, at (mod_revision, sub), in the same batch (``_supersede``: a blind
+      write in a store made by this layout, ``meta`` ``layout``; in an older store one
+      point read and, when that misses, a reverse seek);
     ``b""``: a tombstone.
   A read at revision R takes, per key, the newest entry with main <= R (``_LATEST`` read
   through ``key``).
@@ -36,6 +40,9 @@ dir of 1M keys x 256 B 918 MB; one makes it about a third):
   record, and ``_supersede`` leaves an entry that already holds a record untouched.
 - ``meta``: ``applied_index``, ``current_revision``, ``compact_revision``, ``key_count``
   (8-byte unsigned BE each) and ``x/<name>`` for small values callers keep (ids);
+  ``layout`` -> ``b"\x02"`` in a store whose every write was made by this layout (set
+  with the first apply of an empty store; never in an older one, even once it is written
+  by this code);
   ``auth`` -> msgpack ``AuthState.to_wire()`` (actors/storage/auth): users, roles,
   permissions, written in the same batch as the entries that changed it, so a crash,
   a checkpoint or a snapshot carries it with the data it protects;
