@@ -51,6 +51,9 @@ _KEY_END = b"\xff" * 9  # sorts after every 8-byte key
 # RocksDB's memtables of the log's column families together: entries are also kept in
 # memory by MemoryStorage (bounded by the actor), so the memtables need not hold many.
 MEMTABLE_BYTES = 32 * 1024 * 1024
+# RocksDB's own write-ahead files (`*.log`) and info logs: see actors/storage/backend.py.
+MAX_WAL_BYTES = 2 * MEMTABLE_BYTES
+KEEP_INFO_LOGS = 5
 
 
 def _options() -> Options:
@@ -58,6 +61,8 @@ def _options() -> Options:
     opts.create_if_missing(True)
     opts.create_missing_column_families(True)
     opts.set_db_write_buffer_size(MEMTABLE_BYTES)
+    opts.set_max_total_wal_size(MAX_WAL_BYTES)
+    opts.set_keep_log_file_num(KEEP_INFO_LOGS)
     return opts
 
 

@@ -24,7 +24,8 @@ import weakref
 from typing import Iterator, Iterable
 
 from rocksdict import (
-    AccessType, BottommostLevelCompaction, Checkpoint, CompactOptions, Options, ReadOptions, Rdict, WriteBatch, WriteOptions,
+    AccessType, BottommostLevelCompaction, Checkpoint, CompactOptions, DBCompressionType, Options, ReadOptions, Rdict,
+    WriteBatch, WriteOptions,
 )
 
 from actors.runtime.diskfault import open_or_read_only
@@ -34,6 +35,18 @@ from actors.storage.mvcc.store import COLUMN_FAMILIES
 # RocksDB's memtables of every column family together (README "Limits"): past it the
 # largest is flushed. Without it each family may hold 2 x 64 MiB of recent writes in memory.
 MEMTABLE_BYTES = 64 * 1024 * 1024
+# RocksDB's own write-ahead files (`*.log`): past this much, the column families whose
+# memtables keep the oldest file alive are flushed so it can go. Left at 0 (RocksDB's
+# default) the bound is 4 x the write buffers of every family (7 x 2 x 64 MiB: 3.5 GiB).
+MAX_WAL_BYTES = 2 * MEMTABLE_BYTES
+# RocksDB's info logs (`LOG`, `LOG.old.*`): one more per open, 1,000 kept by default.
+KEEP_INFO_LOGS = 5
+# The last level, where nearly all the data ends, is compressed with zstd (upper levels
+# keep RocksDB's default, snappy: cheap for data that moves on soon). Measured on the
+# families of 1M keys (issue 13): `hist` 9.4 -> 3.8 MB and `rev` 12.1 -> 4.7 MB after a full
+# compaction; random values do not compress (RocksDB then keeps a block uncompressed),
+# real ones (JSON, protobuf) do.
+BOTTOMMOST_COMPRESSION = DBCompressionType.zstd
 
 
 def _options() -> Options:
@@ -41,6 +54,9 @@ def _options() -> Options:
     opts.create_if_missing(True)
     opts.create_missing_column_families(True)
     opts.set_db_write_buffer_size(MEMTABLE_BYTES)
+    opts.set_max_total_wal_size(MAX_WAL_BYTES)
+    opts.set_keep_log_file_num(KEEP_INFO_LOGS)
+    opts.set_bottommost_compression_type(BOTTOMMOST_COMPRESSION())
     return opts
 
 

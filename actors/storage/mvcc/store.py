@@ -11,17 +11,38 @@ Rules:
 - a failing op (``Compacted``, ``KeyNotFound``, ``LeaseNotFound``, ...) changes nothing;
 - opening is O(1) in the number of keys: the index lives on disk, only meta is read.
 
-On-disk layout (column families; integers big-endian so byte order = numeric order):
+On-disk layout (column families; integers big-endian so byte order = numeric order).
+Each version's record is stored ONCE (issue 13: three copies of every value made a data
+dir of 1M keys x 256 B 918 MB; one makes it about a third):
 - ``key``:  user key -> msgpack ``[value, create_revision, mod_revision, version, lease]``,
   the latest live record of every key (deleted keys are absent): current reads, counts.
-- ``hist``: escape(key) + main(8) + sub(8) -> the same record, or ``b""`` for a tombstone
-  (escape: 0x00 -> 0x00 0xFF, then terminator 0x00 0x01; see keys.py). A read at revision
-  R takes, per key, the newest entry with main <= R.
-- ``rev``:  main(8) + sub(8) -> msgpack ``[key, is_tombstone, value, create_revision,
-  mod_revision, version, lease]``: history in revision order (watch catch-up, compaction).
+  A change at sub > 0 keeps its sub as a 6th item (``_WITH_SUB``), so that the change
+  superseding it finds its ``hist`` entry without a read; every read strips it
+  (``_strip``): ranges, history and ``hash_kv`` see the 5-item record only.
+- ``hist``: escape(key) + main(8) + sub(8) -> (escape: 0x00 -> 0x00 0xFF, then terminator
+  0x00 0x01; see keys.py) one of
+    ``b"\xc0"`` (``_LATEST``, msgpack nil): the key's newest change, whose record is the
+      one in ``key``; only the newest entry of a live key holds it;
+    the record of that change (msgpack array, as in ``key``): every older change. The
+      change that supersedes a ``_LATEST`` entry (a put or delete of that key) writes the
+      record there, at (mod_revision, sub), in the same batch (``_supersede``: a blind
+      write in a store made by this layout, ``meta`` ``layout``; in an older store one
+      point read and, when that misses, a reverse seek);
+    ``b""``: a tombstone.
+  A read at revision R takes, per key, the newest entry with main <= R (``_LATEST`` read
+  through ``key``).
+- ``rev``:  main(8) + sub(8) -> msgpack ``[key, is_tombstone]``: history in revision order
+  (watch catch-up, compaction); the record is read from ``hist`` (``_rev_change``).
   Entries at or below ``compact_revision`` are removed by compaction.
+  Older layout (read as is, no migration): ``hist`` held the record in every entry,
+  newest included, and ``rev`` held ``[key, is_tombstone, value, create_revision,
+  mod_revision, version, lease]``; a ``rev`` value longer than two items carries its
+  record, and ``_supersede`` leaves an entry that already holds a record untouched.
 - ``meta``: ``applied_index``, ``current_revision``, ``compact_revision``, ``key_count``
   (8-byte unsigned BE each) and ``x/<name>`` for small values callers keep (ids);
+  ``layout`` -> ``b"\x02"`` in a store whose every write was made by this layout (set
+  with the first apply of an empty store; never in an older one, even once it is written
+  by this code);
   ``auth`` -> msgpack ``AuthState.to_wire()`` (actors/storage/auth): users, roles,
   permissions, written in the same batch as the entries that changed it, so a crash,
   a checkpoint or a snapshot carries it with the data it protects;
@@ -119,6 +140,18 @@ AUTH_ENTRY_OPS = AUTH_CHANGE_OPS | {"authenticate"}
 _U64 = struct.Struct(">Q")
 _STOP_CHECK_EVERY = 8  # compact_step / HashJob.step ask their stop() every this many items
 _TOMBSTONE = b""
+# A ``hist`` value: "this is the key's newest change; its record is the one in ``key``"
+# (msgpack nil; a record is a msgpack array, a tombstone is empty). Only the newest entry
+# of a live key holds it; the change that supersedes it writes the record there.
+_LATEST = b"\xc0"
+# A ``key`` record of a change at sub > 0 carries the sub as a 6th item (msgpack fixarray
+# of 6 starts with this byte); reads strip it (``_strip``): it is not part of the record.
+_WITH_SUB = 0x96
+_WITH_SUB_AT = 5
+# META: set in the first write of a store made by this layout (never by older versions):
+# every live key's newest ``hist`` entry then holds ``_LATEST`` at (mod_revision, sub).
+META_LAYOUT = b"layout"
+_LAYOUT_ONE_COPY = b"\x02"
 
 # Record positions in the msgpack array of ``key`` and ``hist`` values.
 _VALUE, _CREATE, _MOD, _VERSION, _LEASE = range(5)
@@ -146,6 +179,81 @@ def _kv(key: bytes, rec: list) -> dict:
 def _tombstone_kv(key: bytes, main: int) -> dict:
     return {"key": key, "value": b"", "create_revision": 0, "mod_revision": main,
             "version": 0, "lease": 0}
+
+
+def _strip(raw: bytes) -> bytes:
+    """A ``key`` record without its trailing sub (see the layout): the logical record."""
+    return raw if raw[0] != _WITH_SUB else _pack(_unpack(raw)[:_WITH_SUB_AT])
+
+
+def _resolve(view: "_View", key: bytes, raw: bytes) -> bytes:
+    """The packed record of a ``hist`` value that is not a tombstone."""
+    if raw == _LATEST:
+        raw = view.get(CF_KEY, key)
+        assert raw is not None, "a live key's newest history entry without its record"
+        return _strip(raw)
+    return raw
+
+
+def _supersede(view: "_View", key: bytes, mod: int, raw: bytes) -> None:
+    """Before a change of a live key: write its record (``raw``, from ``key``; last changed
+    at main ``mod``) into its newest ``hist`` entry, which holds ``_LATEST``. In a store
+    made by this layout (``view.blind``) that entry is at (mod, sub) with sub from the
+    record: a write, no read. In an older store it may hold the record already, or be
+    elsewhere: one point read, and a reverse seek when that does not find ``_LATEST``."""
+    sub = 0
+    if raw[0] == _WITH_SUB:
+        rec = _unpack(raw)
+        sub = rec[_WITH_SUB_AT]
+        raw = _pack(rec[:_WITH_SUB_AT])
+    hk = hist_key(key, mod, sub)
+    if view.blind or view.get(CF_HIST, hk) == _LATEST:
+        view.put(CF_HIST, hk, raw)
+        return
+    for hk, hraw in view.iterate(CF_HIST, escape(key), hist_key(key, mod + 1, 0), reverse=True):
+        if hraw == _LATEST:
+            view.put(CF_HIST, hk, raw)
+        return
+
+
+def _rev_change(view: "_View", rk: bytes, raw: bytes) -> tuple[int, int, bytes, bool, list | None]:
+    """``(main, sub, key, is_tombstone, record or None for a tombstone)`` of a ``rev``
+    entry: the record is the entry's own in the older layout (``[key, is_tombstone,
+    *record]``), else read from ``hist`` (and ``key`` for the newest change of a key)."""
+    main, sub = Revision.from_bytes(rk)
+    key, is_tombstone, *rec = _unpack(raw)
+    if is_tombstone:
+        return main, sub, key, True, None
+    if not rec:
+        hraw = view.get(CF_HIST, hist_key(key, main, sub))
+        assert hraw is not None and hraw != _TOMBSTONE, "a change without its history entry"
+        rec = _unpack(_resolve(view, key, hraw))
+    return main, sub, key, False, rec
+
+
+def _change(view: "_View", key: bytes, main: int, sub: int, is_tombstone: bool, rec: list,
+            want_prev: bool) -> tuple[list | None, dict | None]:
+    """``(record, prev_kv)`` of the change of ``key`` at ``(main, sub)`` (a ``rev`` entry):
+    the record is ``rec`` when the entry carried it (older layout), None for a tombstone,
+    else read from ``hist``; prev_kv (only ``want_prev``) is the KeyValue before it, None if
+    absent. One reverse walk over the key's ``hist`` entries from the change."""
+    need_rec = not is_tombstone and not rec
+    if not need_rec and not want_prev:
+        return (None if is_tombstone else rec), None
+    hk = hist_key(key, main, sub)
+    prev_kv = None
+    for k, v in view.iterate(CF_HIST, escape(key), hk + b"\x00" if need_rec else hk, reverse=True):
+        if need_rec:
+            assert k == hk and v != _TOMBSTONE, "a change without its history entry"
+            rec, need_rec = _unpack(_resolve(view, key, v)), False
+            if not want_prev:
+                break
+            continue
+        if v != _TOMBSTONE:
+            prev_kv = _kv(key, _unpack(_resolve(view, key, v)))
+        break
+    assert not need_rec, "a change without its history entry"
+    return (None if is_tombstone else rec), prev_kv
 
 
 @dataclass
@@ -202,9 +310,10 @@ class _View:
     # each key on its own.
     _REINDEX_FRACTION = 8
 
-    def __init__(self, backend: Backend) -> None:
+    def __init__(self, backend: Backend, blind: bool = False) -> None:
         self.backend = backend
         self.layers: list[_Layer] = [_Layer()]
+        self.blind = blind  # _supersede may write without reading (see META_LAYOUT)
 
     def push(self) -> None:
         self.layers.append(_Layer())
@@ -372,6 +481,11 @@ class MVCCStore:
             auth=self._read_auth(backend),
         )
         self._cursor = self._read_cursor()  # physical compaction's (see compact_step)
+        # The layout's flag (META_LAYOUT): a store written by an older version never has
+        # it; an empty one gets it with its first write.
+        self._layout_written = backend.get(CF_META, META_LAYOUT) == _LAYOUT_ONE_COPY
+        self._one_copy = self._layout_written or (
+            self._state.applied_index == 0 and next(iter(backend.iterate(CF_HIST, b"")), None) is None)
 
     @staticmethod
     def _read_auth(backend: Backend) -> AuthState:
@@ -480,7 +594,9 @@ class MVCCStore:
         refusal is its error), and any failure other than a ``QkvError`` is a bug and raises
         ``AssertionError`` naming the index (nothing of the call is written)."""
         st = _State(**vars(self._state))
-        view = _View(self._backend)
+        view = _View(self._backend, blind=self._one_copy)
+        if self._one_copy and not self._layout_written:
+            view.put(CF_META, META_LAYOUT, _LAYOUT_ONE_COPY)
         results: list[ApplyResult] = []
         for item in entries:
             index, op = item[0], item[1]
@@ -527,6 +643,7 @@ class MVCCStore:
         self._state = st  # only after the write succeeded
         if compacted:
             self._cursor = self._read_cursor()
+        self._layout_written = self._one_copy
         return results
 
     @staticmethod
@@ -600,13 +717,10 @@ class MVCCStore:
         return ch.main if ch.sub > 0 else st.current_revision
 
     # --- writes ----------------------------------------------------------------------
-    def _live(self, view: _View, key: bytes) -> list | None:
-        raw = view.get(CF_KEY, key)
-        return None if raw is None else _unpack(raw)
-
     def _put(self, view: _View, ch: _Changes, op: dict) -> dict:
         key = op["key"]
-        prev = self._live(view, key)
+        prev_raw = view.get(CF_KEY, key)
+        prev = None if prev_raw is None else _unpack(prev_raw)
         if (op["ignore_value"] or op["ignore_lease"]) and prev is None:
             raise KeyNotFound()
         value = prev[_VALUE] if op["ignore_value"] else op["value"]
@@ -626,10 +740,11 @@ class MVCCStore:
                 view.put(CF_LEASE_KEY, _U64.pack(old_lease) + key, None)
             if lease:
                 view.put(CF_LEASE_KEY, _U64.pack(lease) + key, b"")
-        packed = _pack(rec)
-        view.put(CF_KEY, key, packed)
-        view.put(CF_HIST, hist_key(key, main, sub), packed)
-        view.put(CF_REV, rev_bytes(main, sub), _pack([key, False, *rec]))
+        if prev_raw is not None:
+            _supersede(view, key, prev[_MOD], prev_raw)
+        view.put(CF_KEY, key, _pack(rec if sub == 0 else [*rec, sub]))
+        view.put(CF_HIST, hist_key(key, main, sub), _LATEST)
+        view.put(CF_REV, rev_bytes(main, sub), _pack([key, False]))
         prev_kv = None if prev is None else _kv(key, prev)
         ch.events.append(Event("PUT", _kv(key, rec), prev_kv))
         return {"prev_kv": prev_kv} if op["prev_kv"] and prev_kv is not None else {}
@@ -660,9 +775,10 @@ class MVCCStore:
         prev = _unpack(raw)
         if prev[_LEASE]:
             view.put(CF_LEASE_KEY, _U64.pack(prev[_LEASE]) + key, None)
+        _supersede(view, key, prev[_MOD], raw)
         view.put(CF_KEY, key, None)
         view.put(CF_HIST, hist_key(key, main, sub), _TOMBSTONE)
-        view.put(CF_REV, rev_bytes(main, sub), _pack([key, True, b"", 0, main, 0, 0]))
+        view.put(CF_REV, rev_bytes(main, sub), _pack([key, True]))
         prev_kv = _kv(key, prev)
         ch.events.append(Event("DELETE", _tombstone_kv(key, main), prev_kv))
         return prev_kv
@@ -761,8 +877,12 @@ class MVCCStore:
     def _stash_record(view: _View, rk: bytes, raw: bytes) -> bytes:
         """The self-contained record of one change of the compact revision (``CF_REV`` key
         ``rk``, value ``raw``), kept in ``META_COMPACT_EVENTS``: msgpack ``[key,
-        is_tombstone, *record]``; ``history`` at the compact revision reads it."""
-        return raw
+        is_tombstone, *record]``; ``history`` at the compact revision reads it. Must run
+        before the change's own ``hist`` entry is removed (a tombstone's is not read)."""
+        main, _sub, key, is_tombstone, rec = _rev_change(view, rk, raw)
+        if is_tombstone:
+            return _pack([key, True, b"", 0, main, 0, 0])
+        return _pack([key, False, *rec])
 
     def _compact(self, view: _View, st: _State, revision: int) -> None:
         """Logical compaction at ``revision``: O(changes at ``revision``). Reads and history
@@ -924,12 +1044,13 @@ class MVCCStore:
         if rev == current:
             if not range_end:
                 raw = view.get(CF_KEY, start)
-                return iter(()) if raw is None else iter(((start, raw),))
-            return _counted(budget, view.iterate(CF_KEY, start, end))
+                return iter(()) if raw is None else iter(((start, _strip(raw)),))
+            return (kv if kv[1][0] != _WITH_SUB else (kv[0], _strip(kv[1]))
+                    for kv in _counted(budget, view.iterate(CF_KEY, start, end)))
         if not range_end:
             for _, raw in view.iterate(CF_HIST, escape(start), hist_key(start, rev + 1, 0),
                                        reverse=True):
-                return iter(()) if raw == _TOMBSTONE else iter(((start, raw),))
+                return iter(()) if raw == _TOMBSTONE else iter(((start, _resolve(view, start, raw)),))
             return iter(())
         return self._hist_items(view, prefix(start), None if end is None else prefix(end), rev, budget)
 
@@ -942,12 +1063,12 @@ class MVCCStore:
             esc, user, r = split_hist_key(hk)
             if esc != group:
                 if best is not None and best[1] != _TOMBSTONE:
-                    yield best
+                    yield best[0], _resolve(view, *best)
                 group, best = esc, None
             if r.main <= rev:
                 best = (user, raw)
         if best is not None and best[1] != _TOMBSTONE:
-            yield best
+            yield best[0], _resolve(view, *best)
 
     def events_between(self, start_rev: int, end_rev: int) -> list[tuple[int, list[Event]]]:
         """History in ``(start_rev, end_rev]`` grouped by revision, oldest first (end is
@@ -963,12 +1084,7 @@ class MVCCStore:
         for rk, raw in view.iterate(CF_REV, rev_bytes(start_rev + 1), rev_bytes(end + 1)):
             main, sub = Revision.from_bytes(rk)
             key, is_tombstone, *rec = _unpack(raw)
-            prev_kv = None
-            for _, praw in view.iterate(CF_HIST, escape(key), hist_key(key, main, sub),
-                                        reverse=True):
-                if praw != _TOMBSTONE:
-                    prev_kv = _kv(key, _unpack(praw))
-                break
+            rec, prev_kv = _change(view, key, main, sub, is_tombstone, rec, True)
             if is_tombstone:
                 ev = Event("DELETE", _tombstone_kv(key, main), prev_kv)
             else:
@@ -1007,16 +1123,15 @@ class MVCCStore:
                 return
             if (no_delete and is_tombstone) or (no_put and not is_tombstone):
                 return
+            prev_kv = None
+            if sub is not None:  # a change still in `rev` (the stash has its records)
+                rec, prev_kv = _change(view, key, main, sub, is_tombstone, rec, want_prev)
             if is_tombstone:
                 ev = {"type": "DELETE", "kv": _tombstone_kv(key, main)}
             else:
                 ev = {"type": "PUT", "kv": _kv(key, rec)}
-            if want_prev and sub is not None:
-                for _, praw in view.iterate(CF_HIST, escape(key), hist_key(key, main, sub),
-                                            reverse=True):
-                    if praw != _TOMBSTONE:
-                        ev["prev_kv"] = _kv(key, _unpack(praw))
-                    break
+            if prev_kv is not None:
+                ev["prev_kv"] = prev_kv
             if out and out[-1]["revision"] == main:
                 out[-1]["events"].append(ev)
             else:
