@@ -19,7 +19,8 @@ to storage -> advance. Proposals that arrive together share one Ready and so one
   connection) took its unanswered CHECKPOINT and INSTALL requests with it: the leader's
   transfer is reported failed to the core (which sends SNAP again), the follower's install
   is failed to its leader (who sends the snapshot again); else that follower would wait
-  for them for good.
+  for them for good. (A storage process that dies before any of its fetches reached us
+  is not told apart from its successor: that gap stays.)
 - Each process start picks a random `epoch`, reported in every PROPOSE_ACK and STATUS
   reply, so the gateway can tell proposals the previous process accepted (outcome
   unknown) from ones the current process holds.
@@ -267,11 +268,13 @@ class ConsensusActor(Actor):
         if identity != self.storage_identity:
             if identity in self.gone_storage:
                 return  # sent by a storage process that has died since
-            if self.storage_identity is not None:
+            restarted = self.storage_identity is not None
+            if restarted:
                 self.gone_storage.add(self.storage_identity)
                 self.fetches.pop(self.storage_identity, None)
                 self._storage_restarted()
             self.storage_identity = identity
+            self.log.info("storage_connected", restarted=restarted)
         self.fetches[identity] = after
         self.durable_applied = max(self.durable_applied, durable_applied)
 

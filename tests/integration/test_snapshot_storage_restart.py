@@ -52,7 +52,9 @@ def test_a_follower_whose_storage_dies_in_a_snapshot_install_gets_the_snapshot_a
     cluster.partition([lagging], others)
     seen = len(lagging.log_text())
     lagging.start(wait=False)
-    wait_for(lambda: '"storage_loaded"' in lagging.log_text()[seen:], 30, "the member's storage to load")
+    # Consensus tells a new storage process by the connection its fetches come from: freeze
+    # this one only once consensus has heard from it.
+    wait_for(lambda: '"storage_connected"' in lagging.log_text()[seen:], 30, "the member's storage to connect")
     cluster._write_faults(lagging, [], [])  # its own side first: its status needs its storage
     lagging.kill_actor("storage", signal.SIGSTOP)
     for n in others:
