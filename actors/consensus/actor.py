@@ -14,7 +14,13 @@ to storage -> advance. Proposals that arrive together share one Ready and so one
   through the storage of the node where the request arrived, never between nodes.
 - Snapshots: when the core sends SNAP to a follower, this shell asks its storage for a
   checkpoint and streams it (actors/consensus/snapshot.py); the follower's shell has its
-  storage install it and only then steps the SNAP into its core.
+  storage install it and only then steps the SNAP into its core. A storage actor that
+  restarts (the supervisor restarts a dead actor alone; its fetches then come from a new
+  connection) took its unanswered CHECKPOINT and INSTALL requests with it: the leader's
+  transfer is reported failed to the core (which sends SNAP again), the follower's install
+  is failed to its leader (who sends the snapshot again); else that follower would wait
+  for them for good. (A storage process that dies before any of its fetches reached us
+  is not told apart from its successor: that gap stays.)
 - Each process start picks a random `epoch`, reported in every PROPOSE_ACK and STATUS
   reply, so the gateway can tell proposals the previous process accepted (outcome
   unknown) from ones the current process holds.
@@ -156,6 +162,9 @@ class ConsensusActor(Actor):
         self.lead = 0
         self.committed = hard_state.commit
         self.fetches: dict[bytes, int] = {}  # storage identity -> after_index of the held fetch
+        self.storage_identity: bytes | None = None  # the connection our storage's fetches come from
+        self.gone_storage: set[bytes] = set()  # earlier ones (a storage process that died)
+        self.stale_installs: list[str] = []  # staging dirs of installs a dead storage took with it
         self.durable_applied = 0
         self.reads: dict[bytes, tuple[bytes, int]] = {}  # read ctx -> (gateway identity, ctx_id)
         self.gateway_identity: bytes | None = None
@@ -256,6 +265,16 @@ class ConsensusActor(Actor):
 
     def _on_fetch(self, identity: bytes, body: list) -> None:
         after, durable_applied, _max_entries = body
+        if identity != self.storage_identity:
+            if identity in self.gone_storage:
+                return  # sent by a storage process that has died since
+            restarted = self.storage_identity is not None
+            if restarted:
+                self.gone_storage.add(self.storage_identity)
+                self.fetches.pop(self.storage_identity, None)
+                self._storage_restarted()
+            self.storage_identity = identity
+            self.log.info("storage_connected", restarted=restarted)
         self.fetches[identity] = after
         self.durable_applied = max(self.durable_applied, durable_applied)
 
@@ -617,6 +636,8 @@ class ConsensusActor(Actor):
     def _on_checkpoint(self, ctx: int, path: str | None, applied: int, error: Any) -> None:
         msg = self.checkpoints.pop(ctx, None)
         if msg is None:
+            if path is not None:  # given up on (_storage_restarted): nobody streams it
+                shutil.rmtree(path, ignore_errors=True)
             return
         if error is not None or path is None:
             self.log.warning("snapshot_checkpoint_failed", error=error)
@@ -687,6 +708,10 @@ class ConsensusActor(Actor):
             self.storage.send(pack_msg(M.INSTALL, [ctx, rcv.root]), zmq.NOBLOCK)
 
     def _on_installed(self, ctx: int, applied: int, error: Any) -> None:
+        # Storage answers in order: an INSTALL given up on has been handled or lost by now.
+        for root in self.stale_installs:
+            shutil.rmtree(root, ignore_errors=True)
+        self.stale_installs.clear()
         pending = self.installing.pop(ctx, None)
         if pending is None:
             return
@@ -701,6 +726,26 @@ class ConsensusActor(Actor):
         self.log.info("snapshot_installed", index=msg.snapshot.index, storage_applied=applied)
         self.node.step(msg)
         self.transport.send(frm, M.PEER_SNAP_ACK, [snap_id, -1, "done"])
+
+    def _storage_restarted(self) -> None:
+        """Our storage actor is a new process: the CHECKPOINT and INSTALL requests the old
+        one had will not be answered (module docstring)."""
+        lost_checkpoints = list(self.checkpoints.values())
+        self.checkpoints.clear()
+        for msg in lost_checkpoints:
+            self.node.report_snapshot(msg.to, False)
+        lost_installs = list(self.installing.values())
+        self.installing.clear()
+        if lost_installs and self.receiver is not None:
+            # The INSTALL may still reach the new process (sent while none was listening):
+            # its staging dir goes once storage has answered a later INSTALL.
+            self.stale_installs.append(self.receiver.root)
+            self.receiver = None
+        for frm, snap_id, _msg in lost_installs:
+            self.transport.send(frm, M.PEER_SNAP_ACK, [snap_id, -1, "failed"])
+        if lost_checkpoints or lost_installs:
+            self.log.warning("snapshot_requests_lost", reason="storage restarted",
+                             checkpoints=len(lost_checkpoints), installs=len(lost_installs))
 
     # --- membership ------------------------------------------------------------------
     def _my_meta(self) -> dict[str, Any]:

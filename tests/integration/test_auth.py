@@ -6,7 +6,9 @@ the tests depend on the wire contract only."""
 from __future__ import annotations
 
 import itertools
+import json
 import os
+import re
 import time
 
 import zmq
@@ -412,6 +414,14 @@ def test_client_cert_auth_with_a_registered_key(tmp_path, node_factory):
             alice.close()
 
 
+def _compacted_past(node, index: int) -> bool:
+    """The node's log says its Raft log was compacted past `index` (`log_compacted`)."""
+    for m in re.finditer(r'\{[^{}]*"event": "log_compacted"[^{}]*\}', node.log_text()):
+        if json.loads(m.group(0))["index"] > index:
+            return True
+    return False
+
+
 def _pipelined_puts(url: str, token: str, count: int, window: int = 200) -> None:
     sock = zmq.Context.instance().socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 0)
@@ -435,9 +445,19 @@ def test_a_follower_that_installs_a_snapshot_gets_the_auth_state(cluster_factory
     cluster = cluster_factory(3, args=["--snapshot-count", "1000"])
     leader = cluster.leader()
     lagging = next(n for n in cluster.nodes if n is not leader)
+    others = [n for n in cluster.nodes if n is not lagging]
     lagging.stop()
     tok = setup_matrix(leader)
+    # Every entry the stopped member holds is at or below this (it left a quiet cluster,
+    # and the leader has committed the auth setup since).
+    behind = ok(call(leader, {"op": "status"}, tok["root"]))["raft_index"]
     _pipelined_puts(leader.client_url, tok["rwc"], 3000)
+    # It needs a snapshot only if the log is compacted past its end when it comes back,
+    # else it catches up by entries. A member compacts only below what its storage has
+    # synced (about once a second), so the last compaction can come after the last put;
+    # wait for it on both (either may lead when the member comes back).
+    wait_for(lambda: all(_compacted_past(n, behind) for n in others), 60,
+             f"the log compacted past index {behind} on the running members")
     lagging.start(wait=False)
     wait_for(lambda: '"snapshot_installed"' in lagging.log_text(), 60, "the follower to install a snapshot")
     # the lagging member's own storage decides serializable reads: its auth came with the snapshot
