@@ -244,7 +244,9 @@ class EtcdConn:
         self.next_id += 1
         i = self.next_id
         fut = self._future(op, TIMEOUT_S if timeout is None else timeout)
-        fut.add_done_callback(lambda f, i=i: self.done.put((i, f)))
+        # The completion time is taken in gRPC's callback, not when this process's loop
+        # gets to it, as the DEALER's is taken when its reply is read.
+        fut.add_done_callback(lambda f, i=i: self.done.put((i, f, time.monotonic())))
         return i
 
     def _result(self, f) -> dict:
@@ -266,10 +268,10 @@ class EtcdConn:
 
     def recv(self, timeout: float) -> tuple[int, dict] | None:
         try:
-            i, f = self.done.get(timeout=timeout)
+            i, f, t = self.done.get(timeout=timeout)
         except queue.Empty:
             return None
-        return i, self._result(f)
+        return i, dict(self._result(f), t=t)
 
     def call(self, op: tuple, timeout: float = 30.0) -> dict:
         f = self._future(op, timeout)
@@ -361,7 +363,7 @@ def op_worker(system: str, endpoint: str, job: dict, window: int, go, stop, out)
         sent = inflight.pop(i, None)
         if sent is None:
             continue
-        now = time.monotonic()
+        now = res.get("t") or time.monotonic()
         done += 1
         if not res["ok"]:
             errors += 1
@@ -765,12 +767,66 @@ def bench_watchers(sut) -> None:
 
 # --- 2c. leases -----------------------------------------------------------------------------------
 def lease_proc(system: str, endpoint: str, sessions: list[int], per: int, ttl: int, ready, go, stop, out) -> None:
-    """Grants `per` leases for each session with one key each, then keeps them alive in
-    rounds every ttl/3 s (each session sends all its keep-alives at once) until `stop`;
-    puts the wall time of the end of the last round on `out`."""
+    """Grants `per` leases for each session with one key each, keeping every granted
+    lease alive from then on (granting 10,000 can take longer than a TTL), in rounds
+    every ttl/3 s (each session sends all its keep-alives at once) until `stop`; puts
+    the wall time of the end of the last round on `out`."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     conn = connect(system, endpoint)
     ids: dict[int, list[int]] = {}
+    if system == "quorumkv":
+        import zmq
+
+        from protocol.codec import pack, unpack
+
+        socks = {}
+        for s in sessions:
+            sk = zmq.Context.instance().socket(zmq.DEALER)
+            sk.setsockopt(zmq.LINGER, 0)
+            sk.connect(endpoint)
+            socks[s] = sk
+
+        def one_round(active: list[int]) -> int:
+            for s in active:
+                for lease in ids[s]:
+                    socks[s].send(pack({"id": lease, "op": "lease_keepalive", "ID": lease}))
+            ok = 0
+            for s in active:
+                for _ in ids[s]:
+                    if not socks[s].poll(10_000):
+                        break
+                    ok += 1 if unpack(socks[s].recv()).get("ok") else 0
+            return ok
+    else:
+        import etcd_driver
+
+        pb = etcd_driver.load_pb().rpc
+        streams = {}
+        for s in sessions:
+            q: queue.Queue = queue.Queue()
+
+            def reqs(q=q):
+                while True:
+                    item = q.get()
+                    if item is None:
+                        return
+                    yield item
+
+            ch = etcd_driver.channel(endpoint)
+            streams[s] = (ch, q, etcd_driver.stubs(ch).lease.LeaseKeepAlive(reqs()))
+
+        def one_round(active: list[int]) -> int:
+            for s in active:
+                for lease in ids[s]:
+                    streams[s][1].put(pb.LeaseKeepAliveRequest(ID=lease))
+            ok = 0
+            for s in active:
+                for _ in ids[s]:
+                    ok += 1 if next(streams[s][2]).TTL > 0 else 0  # TTL <= 0: the lease was gone
+            return ok
+
+    active: list[int] = []
+    last_round = time.monotonic()
     for s in sessions:
         pending = [conn.send(("grant", ttl)) for _ in range(per)]
         got = {}
@@ -783,70 +839,27 @@ def lease_proc(system: str, endpoint: str, sessions: list[int], per: int, ttl: i
         n = 0
         while n < len(pending):
             n += 1 if conn.recv(5) else 0
-    if system == "quorumkv":
-        import zmq
-
-        from protocol.codec import pack, unpack
-
-        socks = []
-        for _ in sessions:
-            sk = zmq.Context.instance().socket(zmq.DEALER)
-            sk.setsockopt(zmq.LINGER, 0)
-            sk.connect(endpoint)
-            socks.append(sk)
-
-        def one_round() -> int:
-            for sk, s in zip(socks, sessions):
-                for lease in ids[s]:
-                    sk.send(pack({"id": lease, "op": "lease_keepalive", "ID": lease}))
-            ok = 0
-            for sk, s in zip(socks, sessions):
-                for _ in ids[s]:
-                    if not sk.poll(10_000):
-                        break
-                    ok += 1 if unpack(sk.recv()).get("ok") else 0
-            return ok
-    else:
-        import etcd_driver
-
-        pb = etcd_driver.load_pb().rpc
-        streams = []
-        for s in sessions:
-            q: queue.Queue = queue.Queue()
-
-            def reqs(q=q):
-                while True:
-                    item = q.get()
-                    if item is None:
-                        return
-                    yield item
-
-            ch = etcd_driver.channel(endpoint)
-            responses = etcd_driver.stubs(ch).lease.LeaseKeepAlive(reqs())
-            streams.append((ch, q, responses, ids[s]))
-
-        def one_round() -> int:
-            for _, q, _, leases in streams:
-                for lease in leases:
-                    q.put(pb.LeaseKeepAliveRequest(ID=lease))
-            ok = 0
-            for _, _, responses, leases in streams:
-                for _ in leases:
-                    ok += 1 if next(responses).TTL > 0 else 0
-            return ok
-
+        active.append(s)
+        if time.monotonic() - last_round >= ttl / 3:
+            one_round(active)
+            last_round = time.monotonic()
     ready.set()
-    go.wait(600)
+    while not go.is_set():  # the other processes may still be granting
+        if time.monotonic() - last_round >= ttl / 3:
+            one_round(active)
+            last_round = time.monotonic()
+        go.wait(0.1)
     rounds = oks = 0
+    last = time.time()
     while not stop.is_set():
         t = time.monotonic()
-        oks += one_round()
+        oks += one_round(active)
         rounds += 1
         last = time.time()
         stop.wait(max(0.0, ttl / 3 - (time.monotonic() - t)))
     out.put({"last_round_end": last, "rounds": rounds, "ok": oks, "leases": sum(len(v) for v in ids.values())})
     if system != "quorumkv":
-        for ch, q, _, _ in streams:
+        for ch, q, _ in streams.values():
             q.put(None)
             ch.close()
     conn.close()
@@ -955,7 +968,7 @@ def bench_churn(sut, prefix: bytes) -> None:
                 marks["logged"] = time.time()
             if finished.is_set() and sut.system != "quorumkv":
                 break
-            if finished.is_set() and time.time() > marks["reply"] + 10:
+            if finished.is_set() and time.time() > marks["reply"] + 5:
                 break  # no log line (the background compaction isn't there): the reply is the end
             time.sleep(0.1)
         finished.wait(max(0.0, deadline - time.time()))
