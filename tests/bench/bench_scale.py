@@ -58,7 +58,7 @@ BIG_KEYS = env_int("SCALE_BIG_KEYS", 100_000)
 CHURN_KEYS = env_int("SCALE_CHURN_KEYS", 100_000)
 CLIENTS = env_int("SCALE_CLIENTS", 64)
 PROCS = env_int("SCALE_PROCS", 2)
-CHURN_S = float(os.environ.get("SCALE_CHURN_S", "15"))
+CHURN_S = float(os.environ.get("SCALE_CHURN_S", "10"))
 COMPACT_WAIT_S = float(os.environ.get("SCALE_COMPACT_WAIT_S", "120"))
 TIMEOUT_S = float(os.environ.get("SCALE_TIMEOUT_S", "5"))
 PAGE = env_int("SCALE_PAGE", 500)
@@ -69,7 +69,7 @@ WATCH_RATE = env_int("SCALE_WATCH_RATE", 2_000)
 WATCH_S = float(os.environ.get("SCALE_WATCH_S", "10"))
 LEASES = env_int("SCALE_LEASES", 10_000)
 LEASE_SESSIONS = env_int("SCALE_LEASE_SESSIONS", 100)
-LEASE_S = float(os.environ.get("SCALE_LEASE_S", "20"))
+LEASE_S = float(os.environ.get("SCALE_LEASE_S", "10"))
 LEASE_TTL = env_int("SCALE_LEASE_TTL", 10)
 CONSUMER_PROCS = env_int("SCALE_CONSUMER_PROCS", 4)
 BASE_DIR = os.environ.get("SCALE_DIR") or None
@@ -114,12 +114,13 @@ def pct(values: list[float], p: float) -> float:
     return values[min(len(values) - 1, int(len(values) * p))]
 
 
+_T0 = time.monotonic()
 FIGURES: dict[str, dict[str, str]] = {}  # figure -> system -> text, in insertion order
 
 
 def figure(system: str, name: str, text: str) -> None:
     FIGURES.setdefault(name, {})[system] = text
-    print(f"[{system}] {name}: {text}", flush=True)
+    print(f"[{system} +{time.monotonic() - _T0:.0f}s] {name}: {text}", flush=True)
 
 
 # --- connections: one request API over both wires -----------------------------------------
@@ -139,7 +140,7 @@ class QkvConn:
         self.next_id = 0
         self.pending: dict[int, float] = {}
 
-    def send(self, op: tuple) -> int:
+    def send(self, op: tuple, timeout: float | None = None) -> int:
         self.next_id += 1
         i = self.next_id
         kind = op[0]
@@ -163,16 +164,16 @@ class QkvConn:
             raise ValueError(kind)
         req["id"] = i
         self.sock.send(self._pack(req))
-        self.pending[i] = time.monotonic()
+        self.pending[i] = time.monotonic() + (TIMEOUT_S if timeout is None else timeout)
         return i
 
     def recv(self, timeout: float) -> tuple[int, dict] | None:
-        """The next reply, or None after `timeout` s; a request pending longer than
-        TIMEOUT_S is given up as ("timeout")."""
+        """The next reply, or None after `timeout` s; a request pending past its
+        deadline (TIMEOUT_S, or call()'s timeout) is given up as ("timeout")."""
         now = time.monotonic()
         if self.pending:
             oldest = next(iter(self.pending))
-            if now - self.pending[oldest] > TIMEOUT_S:
+            if now > self.pending[oldest]:
                 del self.pending[oldest]
                 return oldest, {"ok": False, "timeout": True}
         if not self.sock.poll(int(timeout * 1000)):
@@ -197,7 +198,7 @@ class QkvConn:
         return i, out
 
     def call(self, op: tuple, timeout: float = 30.0) -> dict:
-        i = self.send(op)
+        i = self.send(op, timeout)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             got = self.recv(0.5)
