@@ -673,12 +673,15 @@ def etcd_watch_proc(target: str, conns: list[int], per: int, ready, done, out) -
     created = [0]
     lock = threading.Lock()
     channels = []
+    # The request streams stay open until the end on a thread Event: 25 gRPC threads
+    # waiting on the multiprocessing `done` deadlocked its set() (seen in a full run).
+    finished = threading.Event()
 
     def requests(c: int):
         for p in conn_prefixes(c, per):
             yield pb.WatchRequest(create_request=pb.WatchCreateRequest(key=watch_prefix(p),
                                                                       range_end=prefix_end(watch_prefix(p))))
-        done.wait()
+        finished.wait()
 
     def reader(c: int) -> None:
         ch = etcd_driver.channel(target)
@@ -705,6 +708,7 @@ def etcd_watch_proc(target: str, conns: list[int], per: int, ready, done, out) -
         if created[0] >= len(conns) * per:
             ready.set()
         time.sleep(0.05)
+    finished.set()
     out.put(arrivals)
     for ch in channels:
         ch.close()
