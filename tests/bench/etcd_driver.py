@@ -1,0 +1,151 @@
+"""A small etcd 3.4 driver for the comparison benchmarks (`make bench-scale`).
+
+- `load_pb()` compiles tests/bench/etcd_proto/*.proto (the subset of etcd's rpc.proto and
+  kv.proto the benches use, same packages and field numbers) with grpc_tools.protoc
+  into a temporary directory once per run (child processes find it through the
+  environment) and returns the generated modules.
+- `EtcdProcess` runs /usr/bin/etcd as a one-member cluster on free ports with its data
+  dir under a given directory, and always stops it (`stop()`, also from `atexit`).
+
+Needs the optional `bench` extra (grpcio, grpcio-tools, protobuf).
+"""
+from __future__ import annotations
+
+import atexit
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+HERE = Path(__file__).resolve().parent
+PROTO_DIR = HERE / "etcd_proto"
+ETCD = os.environ.get("ETCD_BIN", "/usr/bin/etcd")
+_PB_ENV = "QKV_BENCH_ETCD_PB_DIR"
+_pb: SimpleNamespace | None = None
+
+
+def available() -> bool:
+    return os.access(ETCD, os.X_OK)
+
+
+def load_pb() -> SimpleNamespace:
+    """The generated modules: kv (mvccpb), rpc (etcdserverpb messages), grpc (stubs)."""
+    global _pb
+    if _pb is not None:
+        return _pb
+    out = os.environ.get(_PB_ENV)
+    if not out or not os.path.exists(os.path.join(out, "rpc_pb2_grpc.py")):
+        from grpc_tools import protoc
+
+        out = tempfile.mkdtemp(prefix="qkv-etcd-pb-")
+        atexit.register(shutil.rmtree, out, True)
+        import grpc_tools
+
+        include = os.path.join(os.path.dirname(grpc_tools.__file__), "_proto")
+        rc = protoc.main(["protoc", f"-I{PROTO_DIR}", f"-I{include}", f"--python_out={out}",
+                          f"--grpc_python_out={out}", "kv.proto", "rpc.proto"])
+        if rc != 0:
+            raise RuntimeError(f"protoc failed with {rc}")
+        os.environ[_PB_ENV] = out
+    if out not in sys.path:
+        sys.path.insert(0, out)
+    import kv_pb2  # noqa: E402
+    import rpc_pb2  # noqa: E402
+    import rpc_pb2_grpc  # noqa: E402
+
+    _pb = SimpleNamespace(kv=kv_pb2, rpc=rpc_pb2, grpc=rpc_pb2_grpc)
+    return _pb
+
+
+def stubs(channel) -> SimpleNamespace:
+    pb = load_pb()
+    return SimpleNamespace(kv=pb.grpc.KVStub(channel), watch=pb.grpc.WatchStub(channel),
+                           lease=pb.grpc.LeaseStub(channel), maint=pb.grpc.MaintenanceStub(channel))
+
+
+def channel(target: str):
+    import grpc
+
+    return grpc.insecure_channel(target, options=[("grpc.max_receive_message_length", 64 << 20),
+                                                  ("grpc.max_send_message_length", 64 << 20)])
+
+
+class EtcdProcess:
+    """One etcd member on 127.0.0.1 free ports, data dir `<base>/<name>.etcd`."""
+
+    def __init__(self, base: Path, name: str = "etcd", quota_bytes: int = 8 << 30) -> None:
+        from nodeproc import free_port
+
+        self.name = name
+        self.data_dir = str(base / f"{name}.etcd")
+        self.client_port = free_port()
+        self.peer_port = free_port()
+        self.target = f"127.0.0.1:{self.client_port}"
+        self.quota_bytes = quota_bytes
+        self.log_path = base / f"{name}.log"
+        self.proc: subprocess.Popen | None = None
+        self._log = None
+        atexit.register(self.stop)
+
+    def command(self) -> list[str]:
+        client = f"http://127.0.0.1:{self.client_port}"
+        peer = f"http://127.0.0.1:{self.peer_port}"
+        return [ETCD, "--name", self.name, "--data-dir", self.data_dir,
+                "--listen-client-urls", client, "--advertise-client-urls", client,
+                "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
+                "--initial-cluster", f"{self.name}={peer}", "--initial-cluster-state", "new",
+                "--quota-backend-bytes", str(self.quota_bytes),
+                "--logger", "zap", "--log-outputs", "stderr", "--log-level", "warn"]
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def start(self, wait: bool = True, timeout: float = 60.0) -> "EtcdProcess":
+        self._log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(self.command(), stdout=self._log, stderr=subprocess.STDOUT)
+        if wait:
+            self.wait_ready(timeout)
+        return self
+
+    def wait_ready(self, timeout: float = 60.0) -> None:
+        import grpc
+
+        pb = load_pb()
+        deadline = time.monotonic() + timeout
+        with channel(self.target) as ch:
+            kv = pb.grpc.KVStub(ch)
+            while True:
+                if self.proc is not None and self.proc.poll() is not None:
+                    raise RuntimeError(f"etcd exited with {self.proc.returncode}: {self.log_text()[-2000:]}")
+                try:
+                    kv.Range(pb.rpc.RangeRequest(key=b"health"), timeout=1.0)
+                    return
+                except grpc.RpcError:
+                    if time.monotonic() > deadline:
+                        raise RuntimeError(f"etcd did not serve within {timeout}s: {self.log_text()[-2000:]}")
+                    time.sleep(0.05)
+
+    def stop(self, timeout: float = 20.0) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+
+    def log_text(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
