@@ -7,7 +7,9 @@ on `stop()` makes sure the supervisor and every actor are gone, also when a test
 from __future__ import annotations
 
 import itertools
+import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -113,6 +115,26 @@ class Security:
     def curve(self) -> tuple[bytes, bytes, bytes]:
         """(public, secret, server public): what a CURVE client socket needs."""
         return (self.client[0], self.client[1], self.server_public)
+
+
+def put_burst(url: str, n: int, prefix: bytes, window: int = 128, value: bytes = b"v" * 20) -> None:
+    """n puts (keys prefix + 000001...), `window` in flight at once on one DEALER; every
+    one must succeed."""
+    sock = zmq.Context.instance().socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.connect(url)
+    try:
+        sent = done = 0
+        while done < n:
+            while sent < n and sent - done < window:
+                sent += 1
+                sock.send(pack({"id": sent, "op": "put", "key": prefix + b"%06d" % sent, "value": value}))
+            assert sock.poll(10_000), "no reply within 10 s"
+            reply = unpack(sock.recv())
+            assert reply["ok"], reply
+            done += 1
+    finally:
+        sock.close()
 
 
 def raw_request(url: str, req: dict[str, Any], timeout: float = 5.0,
@@ -274,6 +296,13 @@ class NodeProcess:
             return self.log_path.read_text(errors="replace")
         except OSError:
             return ""
+
+    def compacted_past(self, index: int) -> bool:
+        """The node's log says its Raft log was compacted past `index` (`log_compacted`)."""
+        for m in re.finditer(r'\{[^{}]*"event": "log_compacted"[^{}]*\}', self.log_text()):
+            if json.loads(m.group(0))["index"] > index:
+                return True
+        return False
 
 
 class Cluster:

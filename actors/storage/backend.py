@@ -60,6 +60,19 @@ def _options() -> Options:
     return opts
 
 
+def _position(it, start: bytes, end: bytes | None, reverse: bool) -> None:
+    """Put a RocksDB iterator on the first key of a walk of ``[start, end)``: ``start``
+    going forward, the last key below ``end`` (or the last key) going backward."""
+    if not reverse:
+        it.seek(start)
+    elif end is None:
+        it.seek_to_last()
+    else:
+        it.seek_for_prev(end)
+        if it.valid() and it.key() >= end:
+            it.prev()
+
+
 def fsync_dir(path: str) -> None:
     """Make a rename or a new file in `path` durable."""
     fd = os.open(path, os.O_RDONLY)
@@ -181,18 +194,12 @@ class RocksBackend:
 
     @staticmethod
     def _walk(it, start: bytes, end: bytes | None, reverse: bool) -> Iterator[tuple[bytes, bytes]]:
+        _position(it, start, end, reverse)
         if not reverse:
-            it.seek(start)
             while it.valid():
                 yield it.key(), it.value()
                 it.next()
         else:
-            if end is None:
-                it.seek_to_last()
-            else:
-                it.seek_for_prev(end)
-                if it.valid() and it.key() >= end:
-                    it.prev()
             while it.valid():
                 k = it.key()
                 if k < start:
@@ -333,14 +340,7 @@ class RocksSnapshot:
         if it is None or (end is not None and end <= start):
             return
         self._owner[cf] = token
-        if not reverse:
-            it.seek(start)
-        elif end is None:
-            it.seek_to_last()
-        else:
-            it.seek_for_prev(end)
-            if it.valid() and it.key() >= end:
-                it.prev()
+        _position(it, start, end, reverse)
         while it.valid():
             k = it.key()
             if (k < start) if reverse else (end is not None and k >= end):

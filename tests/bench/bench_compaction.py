@@ -11,71 +11,24 @@ import shutil
 import sys
 import tempfile
 import time
+from pathlib import Path
 
-from actors.storage.backend import RocksBackend
-from actors.storage.mvcc import MVCCStore
-from protocol.requests import Limits, normalize_request
+HERE = Path(__file__).resolve().parent
+sys.path += [str(HERE.parent.parent), str(HERE.parent / "unit")]  # after PYTHONPATH's checkout
+
+from actors.storage.backend import RocksBackend  # noqa: E402
+from mvcc_kv import n  # noqa: E402
+from test_compaction_linear import _loaded  # noqa: E402
 
 ROOT = os.path.join(os.environ.get("QKV_BENCH_DIR") or tempfile.gettempdir(), "qkv-bench-compaction")
-
-
-def n(op, **f):
-    return normalize_request({"op": op, **f}, Limits())
-
-
-class Counting:
-    def __init__(self, inner):
-        self.inner = inner
-        self.c = {"get": 0, "seek": 0, "item": 0, "write": 0}
-        self.on = False
-
-    def get(self, cf, key):
-        if self.on:
-            self.c["get"] += 1
-        return self.inner.get(cf, key)
-
-    def iterate(self, cf, start, end=None, reverse=False):
-        if self.on:
-            self.c["seek"] += 1
-        for item in self.inner.iterate(cf, start, end, reverse):
-            if self.on:
-                self.c["item"] += 1
-            yield item
-
-    def write(self, batch, sync=False):
-        if self.on:
-            self.c["write"] += len(batch)
-        self.inner.write(batch, sync)
-
-    def snapshot(self):
-        return self.inner.snapshot()
-
-    def size_bytes(self):
-        return self.inner.size_bytes()
-
-    def close(self):
-        self.inner.close()
 
 
 def run(revisions: int, value_size: int = 64) -> None:
     path = f"{ROOT}-{revisions}"
     shutil.rmtree(path, ignore_errors=True)
-    be = Counting(RocksBackend(path))
-    store = MVCCStore(be)
-    keys = revisions // 4
-    entries = []
-    idx = 0
-    for rnd in range(4):
-        for k in range(keys):
-            idx += 1
-            if rnd == 3 and k % 7 == 0:
-                op = n("delete_range", key=b"key/%08d" % k)
-            else:
-                op = n("put", key=b"key/%08d" % k, value=bytes([65 + rnd]) * value_size)
-            entries.append((idx, op))
-    for i in range(0, len(entries), 1000):
-        store.apply(entries[i:i + 1000])
-    be.on = True
+    be, store = _loaded(revisions, RocksBackend(path), value_size)
+    idx = store.applied_index
+    be.reset()
     t0 = time.perf_counter()
     (res,) = store.apply([(idx + 1, n("compact", revision=store.current_revision))])
     assert res.error is None
@@ -89,9 +42,9 @@ def run(revisions: int, value_size: int = 64) -> None:
             store.compact_step(limit, stop=lambda: time.perf_counter() >= deadline)
             slices.append(time.perf_counter() - s0)
     total = time.perf_counter() - t0
-    ops = sum(be.c.values())
+    ops = be.ops
     line = (f"{revisions:>7} revisions: compact apply {apply_s * 1000:8.1f} ms, total {total:7.3f} s, "
-            f"backend ops {ops} {be.c}")
+            f"backend ops {ops} {be.counts}")
     if slices:
         slices.sort()
         line += (f", {len(slices)} slices (limit 1000 / scan 4 ms): p50 {slices[len(slices) // 2] * 1000:.2f} ms, "

@@ -46,6 +46,8 @@ sys.path.insert(0, str(HERE.parent.parent))
 sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
 
+from bench_node import cpu_seconds  # noqa: E402
+
 
 def env_int(name: str, default: int) -> int:
     return int(float(os.environ.get(name, default)))
@@ -84,15 +86,6 @@ def rss_mib(pid: int) -> float:
     except OSError:
         pass
     return float("nan")
-
-
-def cpu_s(pid: int) -> float:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def du_mib(path: str) -> float:
@@ -742,11 +735,11 @@ def bench_watchers(sut) -> None:
         job = {"kind": "paced", "rate": WATCH_RATE / PROCS, "total": int(WATCH_RATE * WATCH_S / PROCS),
                "prefixes": WATCH_PREFIXES}
         jobs = [dict(job, first=i * 10**8) for i in range(PROCS)]
-        cpu0 = {k: cpu_s(v) for k, v in sut.pids().items()}
+        cpu0 = {k: cpu_seconds(v) for k, v in sut.pids().items()}
         t_load = time.monotonic()
         results = run_workers(sut.system, sut.endpoint, jobs, max(1, CLIENTS // PROCS))
         took = time.monotonic() - t_load - 1.0
-        cpu = sum(cpu_s(v) - cpu0.get(k, 0) for k, v in sut.pids().items())
+        cpu = sum(cpu_seconds(v) - cpu0.get(k, 0) for k, v in sut.pids().items())
         time.sleep(2)
         done.set()
         arrivals = [a for _ in procs for a in out.get(timeout=120)]
@@ -889,10 +882,10 @@ def bench_leases(sut) -> None:
             r.wait(300)
         setup = time.monotonic() - t0
         pids = sut.pids()
-        cpu0 = {k: cpu_s(v) for k, v in pids.items()}
+        cpu0 = {k: cpu_seconds(v) for k, v in pids.items()}
         go.set()
         time.sleep(LEASE_S)
-        cpu = {k: (cpu_s(v) - cpu0[k]) / LEASE_S * 100 for k, v in pids.items()}
+        cpu = {k: (cpu_seconds(v) - cpu0[k]) / LEASE_S * 100 for k, v in pids.items()}
         stop.set()
         results = [out.get(timeout=120) for _ in procs]
         leases = sum(r["leases"] for r in results)

@@ -16,14 +16,12 @@ import json
 import os
 import shutil
 
-import zmq
 from attacks import damage_random_tail, wal_file
 from hostile_support import Honest, refusal
 
 from actors.runtime import rocks_log
-from nodeproc import NodeProcess, wait_for
+from nodeproc import NodeProcess, put_burst, wait_for
 from protocol.client import Client
-from protocol.codec import pack, unpack
 
 FAST = ["--heartbeat-interval", "50", "--election-timeout", "500"]
 
@@ -157,26 +155,6 @@ def test_torn_append_and_clean_restarts_start(node_factory):
     assert len(checked) == 4  # the first start, the kill -9 restart, the torn append, the clean restart
 
 
-def burst(url: str, n: int, prefix: bytes, window: int = 128) -> None:
-    """n puts, `window` in flight at once on one DEALER; every one must succeed."""
-    ctx = zmq.Context.instance()
-    sock = ctx.socket(zmq.DEALER)
-    sock.setsockopt(zmq.LINGER, 0)
-    sock.connect(url)
-    try:
-        sent = done = 0
-        while done < n:
-            while sent < n and sent - done < window:
-                sent += 1
-                sock.send(pack({"id": sent, "op": "put", "key": prefix + b"%06d" % sent, "value": b"v" * 20}))
-            assert sock.poll(10_000), "no reply within 10 s"
-            reply = unpack(sock.recv())
-            assert reply["ok"], reply
-            done += 1
-    finally:
-        sock.close()
-
-
 def test_restart_right_after_a_snapshot_install_starts(cluster_factory):
     """After a snapshot install the store is ahead of the log until the leader's entries
     arrive; a crash then is no damage: the install's mark lets the node start."""
@@ -184,7 +162,7 @@ def test_restart_right_after_a_snapshot_install_starts(cluster_factory):
     lead = c.leader()
     lagging = next(n for n in c.nodes if n is not lead)
     lagging.stop()
-    burst(lead.client_url, 4000, b"load/")  # compacts the leader's log past what `lagging` has
+    put_burst(lead.client_url, 4000, b"load/")  # compacts the leader's log past what `lagging` has
     wait_for(lambda: '"log_compacted"' in lead.log_text(), 30, "the leader to compact its log")
     seen = len(lagging.log_text())
     lagging.start(wait=False)

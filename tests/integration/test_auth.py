@@ -6,9 +6,7 @@ the tests depend on the wire contract only."""
 from __future__ import annotations
 
 import itertools
-import json
 import os
-import re
 import time
 
 import zmq
@@ -414,14 +412,6 @@ def test_client_cert_auth_with_a_registered_key(tmp_path, node_factory):
             alice.close()
 
 
-def _compacted_past(node, index: int) -> bool:
-    """The node's log says its Raft log was compacted past `index` (`log_compacted`)."""
-    for m in re.finditer(r'\{[^{}]*"event": "log_compacted"[^{}]*\}', node.log_text()):
-        if json.loads(m.group(0))["index"] > index:
-            return True
-    return False
-
-
 def _pipelined_puts(url: str, token: str, count: int, window: int = 200) -> None:
     sock = zmq.Context.instance().socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 0)
@@ -456,7 +446,7 @@ def test_a_follower_that_installs_a_snapshot_gets_the_auth_state(cluster_factory
     # else it catches up by entries. A member compacts only below what its storage has
     # synced (about once a second), so the last compaction can come after the last put;
     # wait for it on both (either may lead when the member comes back).
-    wait_for(lambda: all(_compacted_past(n, behind) for n in others), 60,
+    wait_for(lambda: all(n.compacted_past(behind) for n in others), 60,
              f"the log compacted past index {behind} on the running members")
     lagging.start(wait=False)
     wait_for(lambda: '"snapshot_installed"' in lagging.log_text(), 60, "the follower to install a snapshot")

@@ -3,39 +3,9 @@ by the supervisor; its consensus actor must not wait for the answer the dead pro
 with it (actors/consensus/actor.py, "Snapshots")."""
 from __future__ import annotations
 
-import json
-import re
 import signal
 
-import zmq
-
-from nodeproc import ok, wait_for
-from protocol.codec import pack, unpack
-
-
-def _puts(url: str, count: int, window: int = 200) -> None:
-    sock = zmq.Context.instance().socket(zmq.DEALER)
-    sock.setsockopt(zmq.LINGER, 0)
-    sock.connect(url)
-    try:
-        sent = done = 0
-        while done < count:
-            while sent < count and sent - done < window:
-                sock.send(pack({"id": sent + 1, "op": "put", "key": b"load/%06d" % sent, "value": b"x" * 100}))
-                sent += 1
-            assert sock.poll(10_000), "no reply within 10 s"
-            reply = unpack(sock.recv())
-            assert reply["ok"], reply
-            done += 1
-    finally:
-        sock.close()
-
-
-def _compacted_past(node, index: int) -> bool:
-    for m in re.finditer(r'\{[^{}]*"event": "log_compacted"[^{}]*\}', node.log_text()):
-        if json.loads(m.group(0))["index"] > index:
-            return True
-    return False
+from nodeproc import ok, put_burst, wait_for
 
 
 def test_a_follower_whose_storage_dies_in_a_snapshot_install_gets_the_snapshot_again(cluster_factory):
@@ -45,8 +15,8 @@ def test_a_follower_whose_storage_dies_in_a_snapshot_install_gets_the_snapshot_a
     others = [n for n in cluster.nodes if n is not lagging]
     lagging.stop()
     behind = ok(leader.request({"op": "status"}))["raft_index"]  # a quiet cluster: it holds no more
-    _puts(leader.client_url, 3000)
-    wait_for(lambda: all(_compacted_past(n, behind) for n in others), 60,
+    put_burst(leader.client_url, 3000, b"load/", window=200, value=b"x" * 100)
+    wait_for(lambda: all(n.compacted_past(behind) for n in others), 60,
              f"the log compacted past index {behind} on the running members")
     # It comes back cut off, so its storage can be frozen before the snapshot arrives.
     cluster.partition([lagging], others)
