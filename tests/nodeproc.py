@@ -9,6 +9,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import random
 import re
 import signal
 import socket
@@ -27,10 +28,32 @@ ROLES = ("consensus", "storage", "gateway", "watch")
 _ids = itertools.count(1)
 
 
+# Ports handed out come from below Linux's ephemeral range (32768-60999 by default): a port
+# the kernel picked for `bind(0)` can be taken, before a node binds it, by the outgoing
+# connection of another node (seen: a gateway refused "Address already in use" for 30 s).
+# Each process walks its own shuffle (seeded by its pid, so a forked child does not repeat
+# its parent's ports).
+_ports: dict[int, tuple[list[int], Any]] = {}
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A port nobody listens on now, outside the ephemeral range, never the same twice in
+    one test process."""
+    pid = os.getpid()
+    if pid not in _ports:
+        order = list(range(20000, 32768))
+        random.Random(pid).shuffle(order)
+        _ports[pid] = (order, itertools.count())
+    order, counter = _ports[pid]
+    for _ in range(len(order)):
+        port = order[next(counter) % len(order)]
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free port below the ephemeral range")
 
 
 def wait_for(predicate, timeout: float, what: str, interval: float = 0.02):

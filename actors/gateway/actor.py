@@ -746,8 +746,10 @@ class GatewayActor(Actor):
         self._slow_logged = self._slow_unlogged = 0
 
     def shutdown(self) -> None:
-        self.passwords.close()
-        for req_id, p in list(self.pending.items()):
+        # Also after a setup that stopped half-way (a port already in use): only what exists.
+        if hasattr(self, "passwords"):
+            self.passwords.close()
+        for req_id, p in list(getattr(self, "pending", {}).items()):
             if p.kind == "write":
                 self._fail(req_id, errors.UnknownOutcome("the node is stopping; the write may or may not take effect"))
             else:
