@@ -10,7 +10,6 @@ import itertools
 import json
 import os
 import random
-import re
 import signal
 import socket
 import subprocess
@@ -138,6 +137,21 @@ class Security:
     def curve(self) -> tuple[bytes, bytes, bytes]:
         """(public, secret, server public): what a CURVE client socket needs."""
         return (self.client[0], self.client[1], self.server_public)
+
+
+def log_events(text: str, name: str) -> list[dict[str, Any]]:
+    """The JSON log records of event `name` in a node's log text, in order."""
+    out = []
+    for line in text.splitlines():
+        if f'"{name}"' not in line:
+            continue
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(rec, dict) and rec.get("event") == name:
+            out.append(rec)
+    return out
 
 
 def put_burst(url: str, n: int, prefix: bytes, window: int = 128, value: bytes = b"v" * 20) -> None:
@@ -322,10 +336,7 @@ class NodeProcess:
 
     def compacted_past(self, index: int) -> bool:
         """The node's log says its Raft log was compacted past `index` (`log_compacted`)."""
-        for m in re.finditer(r'\{[^{}]*"event": "log_compacted"[^{}]*\}', self.log_text()):
-            if json.loads(m.group(0))["index"] > index:
-                return True
-        return False
+        return any(ev["index"] > index for ev in log_events(self.log_text(), "log_compacted"))
 
 
 class Cluster:

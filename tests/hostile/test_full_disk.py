@@ -12,7 +12,6 @@ the honest client's latency per phase.
 from __future__ import annotations
 
 import collections
-import json
 import os
 import sys
 import time
@@ -22,7 +21,7 @@ from pathlib import Path
 sys.path.insert(0, os.path.dirname(__file__))
 from hostile_support import Honest, RssWatch, ballast, percentiles  # noqa: E402
 
-from nodeproc import raw_request, wait_for  # noqa: E402
+from nodeproc import log_events, raw_request, wait_for  # noqa: E402
 
 FS_MIB = 24
 DATA_ROOM_MIB = 6  # what the ballast leaves for the node's data (RocksDB WALs of both actors)
@@ -33,19 +32,6 @@ def code(reply: dict | None) -> str:
     if reply is None:
         return "no_reply"
     return "ok" if reply.get("ok") else reply["error"]["code"]
-
-
-def events(log_text: str, name: str) -> list[dict]:
-    out = []
-    for line in log_text.splitlines():
-        if f'"{name}"' in line:
-            try:
-                ev = json.loads(line)
-            except ValueError:
-                continue
-            if ev.get("event") == name:
-                out.append(ev)
-    return out
 
 
 class Writer:
@@ -136,8 +122,8 @@ def test_one_node_full_disk(tmpfs, node_factory):
 
     assert_readable(node.client_url, writer.acked)
     log = node.log_text()
-    full_lines = events(log, "disk_full")
-    recovered = events(log, "disk_recovered")
+    full_lines = log_events(log, "disk_full")
+    recovered = log_events(log, "disk_recovered")
     print(f"\nfull disk, one node ({FS_MIB} MiB tmpfs, {DATA_ROOM_MIB} MiB left for data):")
     print(f"  writer: {puts_to_fill} puts of 64 KiB until no_space ({fill_s:.1f} s); outcomes {dict(writer.codes)}; "
           f"{len(writer.acked)} acknowledged, all readable after")
@@ -215,7 +201,7 @@ def test_full_follower_raises_nospace_for_the_cluster(tmpfs, cluster_factory):
     print(f"\nfull disk, 3 nodes, follower {full.name} full: writer outcomes {dict(writer.codes)}, "
           f"{len(writer.acked)} acknowledged and readable on every member; every member writes again "
           f"{back_s:.2f} s after space was freed; disk_full lines "
-          f"{[(e['actor'], e['path']) for e in events(log, 'disk_full')]}")
+          f"{[(e['actor'], e['path']) for e in log_events(log, 'disk_full')]}")
     assert watch.restarted() == {}, f"actors restarted: {watch.restarted()}"
     assert "actor_crashed" not in log and "actor_died" not in log
 
@@ -250,11 +236,11 @@ def test_one_node_full_log(tmpfs, node_factory):
     watch.stop()
     assert_readable(node.client_url, writer.acked)
     log = node.log_text()
-    full_lines = events(log, "disk_full")
+    full_lines = log_events(log, "disk_full")
     print(f"\nfull log only (16 MiB tmpfs under consensus/, 3 MiB left): {puts_to_fill} puts until no_space; "
           f"outcomes {dict(writer.codes)}; writes back {back_s:.2f} s after space was freed; "
           f"disk_full {[(e['actor'], e['during'], e['path']) for e in full_lines]}; "
-          f"recovered {[(e['actor'], e['down_s']) for e in events(log, 'disk_recovered')]}; "
+          f"recovered {[(e['actor'], e['down_s']) for e in log_events(log, 'disk_recovered')]}; "
           f"honest {honest.report()}; failures {collections.Counter(str(f) for f in honest.failures)}")
     assert watch.restarted() == {}, f"actors restarted: {watch.restarted()}"
     assert "actor_crashed" not in log and "actor_died" not in log
@@ -294,7 +280,7 @@ def test_restart_on_a_full_disk(tmpfs, node_factory):
     back_s = time.monotonic() - freed_at
     assert_readable(node.client_url, writer.acked)
     log = node.log_text()
-    opens = [(e["actor"], e["during"]) for e in events(log, "disk_full") if e["during"] == "open"]
+    opens = [(e["actor"], e["during"]) for e in log_events(log, "disk_full") if e["during"] == "open"]
     print(f"\nrestart on a full disk: serving reads {serving_s:.2f} s after start (opened read-only: {opens}); "
           f"writes back {back_s:.2f} s after space was freed; {len(writer.acked)} acknowledged writes readable")
     assert sorted(opens) == [("consensus", "open"), ("storage", "open")], opens

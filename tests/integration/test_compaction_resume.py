@@ -5,29 +5,14 @@ member's own physical compaction has reached the revision. Every node is stopped
 fixture, pass or fail."""
 from __future__ import annotations
 
-import json
 import time
 
-from nodeproc import ok, wait_for
+from nodeproc import log_events, ok, wait_for
 
 BATCH_LIMIT = 50  # revisions per slice: ~25,000 revisions make ~500 slices per member
 KEYS = 2_000
 TXNS = 250
 PUTS_PER_TXN = 100
-
-
-def _events(text: str, name: str) -> list[dict]:
-    out = []
-    for line in text.splitlines():
-        if f'"{name}"' not in line:
-            continue
-        try:
-            rec = json.loads(line)
-        except ValueError:
-            continue
-        if rec.get("event") == name:
-            out.append(rec)
-    return out
 
 
 def _load(node) -> None:
@@ -58,7 +43,7 @@ def test_a_member_killed_during_its_physical_compaction_resumes_and_agrees(clust
     ok(leader.request({"op": "compact", "revision": compact_at}, timeout=10))
 
     def storage_died() -> bool:
-        return any(e.get("role") == "storage" for e in _events(victim.log_text(), "actor_died"))
+        return any(e.get("role") == "storage" for e in log_events(victim.log_text(), "actor_died"))
 
     wait_for(storage_died, 60, "the victim's storage to die between compaction slices", interval=0.05)
     victim.kill()
@@ -67,19 +52,19 @@ def test_a_member_killed_during_its_physical_compaction_resumes_and_agrees(clust
     victim.start()
 
     def finished_after_restart() -> list[dict]:
-        return _events(victim.log_text()[offset:], "compaction_finished")
+        return log_events(victim.log_text()[offset:], "compaction_finished")
 
     done = wait_for(finished_after_restart, 60, "the restarted victim to finish its compaction")
-    started = _events(victim.log_text()[offset:], "compaction_started")
+    started = log_events(victim.log_text()[offset:], "compaction_started")
     assert started and started[0]["resumed"] is True, started
     # It resumed where the killed run stopped, not from the start.
     assert 0 < started[0]["physical_revision"] < compact_at, started
     assert done[0]["revision"] == compact_at and done[0]["slices"] >= 1, done
     for peer in cluster.nodes:
         if peer is not victim:
-            wait_for(lambda p=peer: _events(p.log_text(), "compaction_finished"), 60,
+            wait_for(lambda p=peer: log_events(p.log_text(), "compaction_finished"), 60,
                      f"{peer.name} to finish its compaction")
-            fin = _events(peer.log_text(), "compaction_finished")[0]
+            fin = log_events(peer.log_text(), "compaction_finished")[0]
             assert fin["revision"] == compact_at and fin["slices"] > 100, fin
             assert fin["revisions_removed"] >= TXNS * PUTS_PER_TXN * 0.9, fin
     assert len(cluster.converged_hashes()) == 1
@@ -98,7 +83,7 @@ def test_a_member_killed_during_its_physical_compaction_resumes_and_agrees(clust
     waited = time.monotonic() - t0
 
     def finished_again() -> list[dict]:
-        return [e for e in _events(victim.log_text()[offset:], "compaction_finished") if e["revision"] == again]
+        return [e for e in log_events(victim.log_text()[offset:], "compaction_finished") if e["revision"] == again]
 
     fin = wait_for(finished_again, 10, "the victim's log line for the physical compaction")[0]
     assert fin["slices"] > 10 and waited >= fin["took_s"] * 0.9, (fin, waited)
