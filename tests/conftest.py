@@ -6,6 +6,12 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # tests/nodeproc.py, tests/fakeserver.py
 
 
+def pytest_addoption(parser):
+    parser.addoption("--rewrite", action="store_true", default=False,
+                     help="rewrite the Raft transcripts (tests/unit/raft_testdata/*.txt) "
+                          "with the actual output instead of comparing")
+
+
 @pytest.fixture
 def node_factory(tmp_path):
     """Start real nodes; every one is stopped at the end of the test, pass or fail."""
