@@ -278,7 +278,11 @@ class Env:
         if rd.hard_state is not None:
             n.storage.set_hard_state(rd.hard_state)
         n.storage.append(rd.entries)
-        self.queue.extend(rd.messages)
+        for m in rd.messages:
+            if m.to in self.nodes:
+                self.queue.append(m)
+            else:  # no such process (not started yet, or gone): nobody receives it
+                self.emit(f"dropped: {describe_message(m)} (no node {m.to})")
         for e in rd.committed_entries:
             n.applied.append(e)
             if e.type == EntryType.CONF_CHANGE:
