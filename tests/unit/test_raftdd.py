@@ -109,3 +109,11 @@ def test_transcripts_catch_a_core_that_ignores_timeout_now(monkeypatch: pytest.M
 def test_transcripts_catch_a_learner_counted_as_a_voter(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(raft_mod.Raft, "promotable", lambda self: True)
     _fails("confchange_learner.txt")
+
+
+def test_debug_level_adds_leaders_learned() -> None:
+    src = ("log-level debug\n----\n\nadd-nodes 2 voters=(1,2) prevote=false\n----\n\n"
+           "campaign 1\n----\n\nstabilize\n----\n")
+    out = raftdd.rewrite(src)
+    assert "DEBUG 2 learned leader 1 at term 1" in out
+    assert "DEBUG" not in raftdd.rewrite(src.replace("log-level debug", "log-level info"))
