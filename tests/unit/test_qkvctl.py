@@ -18,7 +18,9 @@ for p in (ROOT, os.path.join(ROOT, "tests")):
 from fakeserver import MEMBER_ID  # noqa: E402
 from protocol.client.cli import hoist_global_flags, parse_duration, run  # noqa: E402
 from protocol.client.output import go_duration, go_quote, humanize_bytes, render_table  # noqa: E402
-from protocol.client.txnparse import TxnParseError, argify, parse_compare, parse_txn  # noqa: E402
+from protocol.client.txnparse import (  # noqa: E402
+    TxnParseError, argify, parse_compare, parse_del, parse_get, parse_txn,
+)
 
 
 @pytest.fixture
@@ -79,6 +81,25 @@ def test_txn_syntax_parser():
     with pytest.raises(TxnParseError) as exc:
         parse_txn(io.StringIO("\n\nput a\n\n"))
     assert exc.value.exit_code == 128
+
+
+def test_get_del_put_rules_are_shared_by_commands_and_txn_lines(ctl):
+    """One parser per op (etcdctl runs the same command definition for a txn line): each
+    bad get/del/put fails with the same message and exit code on both paths."""
+    cases = [("get",), ("get", "a", "b", "c"), ("get", "a", "--prefix", "--from-key"),
+             ("get", "a", "b", "--prefix"), ("get", "a", "--consistency=x"), ("get", "a", "--order=up"),
+             ("del",), ("del", "a", "b", "--from-key"), ("del", "a", "--prefix", "--from-key"),
+             ("put", "k", "v", "--ignore-value"), ("put", "k", "v", "--lease=zz")]
+    for args in cases:
+        rc, out, err = ctl(*args)
+        with pytest.raises(TxnParseError) as exc:
+            parse_txn(io.StringIO("\n" + " ".join(args) + "\n\n"))
+        assert (rc, err) == (exc.value.exit_code, f"Error: {exc.value}\n"), args
+    req = parse_get(["a"], prefix=True, order="DESCEND", sort_by="MODIFY", limit=-1, consistency="s")
+    assert req.op().to_wire() == {"range": {"key": b"a", "range_end": b"b", "sort_order": "DESCEND",
+                                            "sort_target": "MOD", "serializable": True}}
+    assert parse_del(["a", "c"], prev_kv=True).op().to_wire() == {
+        "delete_range": {"key": b"a", "range_end": b"c", "prev_kv": True}}
 
 
 # -- commands ----------------------------------------------------------------------------------
