@@ -20,13 +20,14 @@ from typing import TYPE_CHECKING, BinaryIO, Iterator, NoReturn, Optional, TypedD
 
 import typer
 
+from protocol import VERSION
+
 if TYPE_CHECKING:
     from protocol.client.client import Client
     from protocol.client.output import Printer
     from protocol.client.types import KeyValue, ResponseHeader
 
 DEFAULT_ENDPOINTS = "tcp://127.0.0.1:7379"
-VERSION = "0.1.0"  # the package version (nodes/config.py VERSION; protocol/ may not import nodes/)
 API_VERSION = "3.4"
 
 EXIT_ERROR = 1
