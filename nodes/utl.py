@@ -24,7 +24,7 @@ from typing import Optional
 
 import typer
 
-from nodes.config import VERSION
+from protocol import VERSION
 from protocol.client.cli.common import EXIT_BAD_ARGS, EXIT_BAD_FEATURE, CliError, errors, out
 from protocol.client.cli.root import hoist_global_flags, run_app
 

@@ -108,7 +108,7 @@ def _safe_name(name: Any) -> bool:
 
 
 def encode_header(meta: SnapshotMeta) -> bytes:
-    body = msgpack.packb(meta.to_wire(), use_bin_type=True)
+    body: bytes = msgpack.packb(meta.to_wire(), use_bin_type=True)
     return MAGIC + _U32.pack(len(body)) + body
 
 

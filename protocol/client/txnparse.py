@@ -144,7 +144,8 @@ def parse_compare(line: str) -> Compare:
             operand = int(val.decode(), 16 if target == "lease" else 10)
         except ValueError:
             raise TxnParseError(f"invalid txn compare request: {line}") from None
-    return getattr(lhs, _OPS[op])(operand)
+    compare: Compare = getattr(lhs, _OPS[op])(operand)
+    return compare
 
 
 # -- request lines: a small flag parser with etcdctl's get/put/del flags ------------------

@@ -25,9 +25,10 @@ offline tools that open a data dir are ``qkvutl`` (nodes/utl.py).
 """
 from __future__ import annotations
 
+from protocol import VERSION
 from protocol.client.cli.common import (
     API_VERSION, DEFAULT_ENDPOINTS, EXIT_BAD_ARGS, EXIT_BAD_CONNECTION, EXIT_BAD_FEATURE, EXIT_ERROR,
-    EXIT_INVALID_INPUT, VERSION, CliError, Globals, parse_duration, split_user,
+    EXIT_INVALID_INPUT, CliError, Globals, parse_duration, split_user,
 )
 from protocol.client.cli.root import app, hoist_global_flags, main, normalize_bool_flags, run, run_app
 

@@ -7,9 +7,10 @@ from typing import Optional
 
 import typer
 
+from protocol import VERSION
 from protocol.client.cli import auth, bench, kv, lease, lock_elect, maintenance, member, snapshot, watch
 from protocol.client.cli.common import (
-    API_VERSION, DEFAULT_ENDPOINTS, EXIT_BAD_ARGS, EXIT_BAD_FEATURE, EXIT_ERROR, VERSION, CliError,
+    API_VERSION, DEFAULT_ENDPOINTS, EXIT_BAD_ARGS, EXIT_BAD_FEATURE, EXIT_ERROR, CliError,
     Globals, errors, parse_duration, split_user,
 )
 
