@@ -280,3 +280,32 @@ def test_console_script_help_is_fast_and_lazy():
     assert proc.returncode == 0, proc.stderr
     for cmd in ("put", "get", "del", "txn", "compaction", "endpoint", "benchmark"):
         assert cmd in proc.stdout
+
+
+def test_watch_output_shapes():
+    """etcdctl 3.4's watch lines (Printer.watch), in every format it supports."""
+    from protocol.client.output import Printer
+    from protocol.client.types import KeyValue, ResponseHeader
+    from protocol.client.watch import Event, WatchResponse
+
+    old = KeyValue(b"foo", b"bar", 2, 2, 1)
+    new = KeyValue(b"foo", b"baz", 2, 3, 2)
+    gone = KeyValue(b"foo", mod_revision=4)
+    resp = WatchResponse(ResponseHeader(7, 9, 4, 2), [Event("PUT", new, old), Event("DELETE", gone)])
+
+    def shown(fmt: str, r: WatchResponse = resp) -> str:
+        buf = io.BytesIO()
+        Printer(fmt, buf).watch(r)
+        return buf.getvalue().decode()
+
+    assert shown("simple") == "PUT\nfoo\nbar\nfoo\nbaz\nDELETE\nfoo\n\n"
+    line = json.loads(shown("json"))
+    assert line["Header"]["revision"] == 4 and line["Created"] is False and line["Canceled"] is False
+    assert [e.get("type", 0) for e in line["Events"]] == [0, 1]
+    assert line["Events"][0]["prev_kv"]["value"] == "YmFy" and "prev_kv" not in line["Events"][1]
+    fields = shown("fields").splitlines()
+    assert fields[:5] == ['"ClusterID" : 7', '"MemberID" : 9', '"Revision" : 4', '"RaftTerm" : 2',
+                          '"Type" : PUT']
+    assert '"PrevValue" : "bar"' in fields and fields[-7] == '"Type" : DELETE'
+    notify = WatchResponse(ResponseHeader(revision=5), progress_notify=True)
+    assert shown("simple", notify) == "progress notify: 5\n"

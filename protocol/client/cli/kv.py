@@ -86,7 +86,7 @@ def get_cmd(
         if print_value_only and g.write_out != "simple":
             raise CliError("print-value-only is only for `--write-out=simple`", EXIT_BAD_ARGS)
         p = printer(g, value_only=print_value_only)
-        p._need("simple", "json", "fields")
+        p.need("simple", "json", "fields")
         with client(g) as c:
             resp = req.run(c)
         p.get(resp)
@@ -107,7 +107,7 @@ def del_cmd(
     with errors():
         req = parse_del(args or [], prefix=prefix, from_key=from_key, prev_kv=prev_kv)
         p = printer(g)
-        p._need("simple", "json", "fields")
+        p.need("simple", "json", "fields")
         with client(g) as c:
             resp = req.run(c)
         p.delete(resp)
@@ -124,7 +124,7 @@ def txn_cmd(
     g = globals_of(ctx)
     with errors():
         p = printer(g)
-        p._need("simple", "json", "fields")
+        p.need("simple", "json", "fields")
 
         def prompt(title: str) -> None:
             sys.stdout.write(title + "\n")

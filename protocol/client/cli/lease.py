@@ -39,10 +39,7 @@ def _lease_json(header: ResponseHeader, **fields: JsonValue) -> str:
 
 
 def _lease_fields(header: ResponseHeader, rows: list[tuple[str, Union[int, str]]]) -> None:
-    p = printer(Globals([], 1, "fields", False))
-    p._hdr_fields(header)
-    for name, value in rows:
-        p._line(f'"{name}" : {value}')
+    printer(Globals([], 1, "fields", False)).fields(header, rows)
 
 
 def _need_lease_format(g: Globals) -> None:
