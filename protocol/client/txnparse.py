@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, Iterable, Iterator, Sequence, TextIO
+from typing import TYPE_CHECKING, Callable, Iterable, Iterator, Sequence, TextIO, TypedDict
 
 from protocol.client.txn import Compare, CompareTarget, Op
 
@@ -243,33 +243,33 @@ def key_range_args(args: Sequence[str], prefix: bool, from_key: bool, what: str)
     return _b(args[0]), (_b(args[1]) if len(args) > 1 else None)
 
 
+class RangeOptions(TypedDict):
+    """The flags of a checked ``get``, as ``Client.get`` and ``Op.get`` take them."""
+
+    prefix: bool
+    from_key: bool
+    limit: int
+    revision: int
+    sort_order: str
+    sort_target: str
+    serializable: bool
+    keys_only: bool
+    count_only: bool
+
+
 @dataclass(frozen=True)
 class GetRequest:
     """A checked ``get``: run it (``qkvctl get``) or make it a txn ``Op``."""
 
     key: bytes
     range_end: bytes | None
-    prefix: bool = False
-    from_key: bool = False
-    limit: int = 0
-    revision: int = 0
-    sort_order: str = "NONE"
-    sort_target: str = "KEY"
-    serializable: bool = False
-    keys_only: bool = False
-    count_only: bool = False
+    options: RangeOptions
 
     def op(self) -> Op:
-        return Op.get(self.key, self.range_end, prefix=self.prefix, from_key=self.from_key,
-                      limit=self.limit, revision=self.revision, sort_order=self.sort_order,
-                      sort_target=self.sort_target, serializable=self.serializable,
-                      keys_only=self.keys_only, count_only=self.count_only)
+        return Op.get(self.key, self.range_end, **self.options)
 
     def run(self, client: Client) -> RangeResponse:
-        return client.get(self.key, self.range_end, prefix=self.prefix, from_key=self.from_key,
-                          limit=self.limit, revision=self.revision, sort_order=self.sort_order,
-                          sort_target=self.sort_target, serializable=self.serializable,
-                          keys_only=self.keys_only, count_only=self.count_only)
+        return client.get(self.key, self.range_end, **self.options)
 
 
 def parse_get(args: Sequence[str], *, prefix: bool = False, from_key: bool = False,
@@ -281,9 +281,17 @@ def parse_get(args: Sequence[str], *, prefix: bool = False, from_key: bool = Fal
     if consistency not in ("l", "s"):
         raise TxnParseError(f'unknown consistency flag "{consistency}"', 4)
     sort_order, sort_target = sort_options(order, sort_by)
-    return GetRequest(key, range_end, prefix=prefix, from_key=from_key, limit=max(0, limit),
-                      revision=max(0, rev), sort_order=sort_order, sort_target=sort_target,
-                      serializable=consistency == "s", keys_only=keys_only, count_only=count_only)
+    return GetRequest(key, range_end, RangeOptions(
+        prefix=prefix, from_key=from_key, limit=max(0, limit), revision=max(0, rev), sort_order=sort_order,
+        sort_target=sort_target, serializable=consistency == "s", keys_only=keys_only, count_only=count_only))
+
+
+class DeleteOptions(TypedDict):
+    """The flags of a checked ``del``, as ``Client.delete`` and ``Op.delete`` take them."""
+
+    prefix: bool
+    from_key: bool
+    prev_kv: bool
 
 
 @dataclass(frozen=True)
@@ -292,24 +300,20 @@ class DeleteRequest:
 
     key: bytes
     range_end: bytes | None
-    prefix: bool = False
-    from_key: bool = False
-    prev_kv: bool = False
+    options: DeleteOptions
 
     def op(self) -> Op:
-        return Op.delete(self.key, self.range_end, prefix=self.prefix, from_key=self.from_key,
-                         prev_kv=self.prev_kv)
+        return Op.delete(self.key, self.range_end, **self.options)
 
     def run(self, client: Client) -> DeleteRangeResponse:
-        return client.delete(self.key, self.range_end, prefix=self.prefix, from_key=self.from_key,
-                             prev_kv=self.prev_kv)
+        return client.delete(self.key, self.range_end, **self.options)
 
 
 def parse_del(args: Sequence[str], *, prefix: bool = False, from_key: bool = False,
               prev_kv: bool = False) -> DeleteRequest:
     """``del <key> [range_end]`` with etcdctl's flags, checked."""
     key, range_end = key_range_args(args, prefix, from_key, "del")
-    return DeleteRequest(key, range_end, prefix=prefix, from_key=from_key, prev_kv=prev_kv)
+    return DeleteRequest(key, range_end, DeleteOptions(prefix=prefix, from_key=from_key, prev_kv=prev_kv))
 
 
 def check_put_args(n_args: int, ignore_value: bool) -> None:
