@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 from urllib.parse import urlsplit
 
-VERSION = "0.1.0"
+from protocol import VERSION  # noqa: F401  (re-exported: one version for the server, qkvctl, qkvutl)
 
 
 class ConfigError(Exception):

@@ -54,7 +54,7 @@ def fix_text(data_dir: str, member_id: int | None = None) -> str:
     who = f" {member_id:x}" if member_id else " <id>"
     return (f"this member must not rejoin with it: remove it and add it again (`qkvctl member remove{who}`, "
             f"`qkvctl member add`, move {data_dir} aside and start with an empty data dir and "
-            "--initial-cluster-state existing), or restore from a snapshot (`qkvctl snapshot restore`)")
+            "--initial-cluster-state existing), or restore from a snapshot (`qkvutl snapshot restore`)")
 
 
 def check(data_dir: str, member_id: int | None = None) -> Preflight:

@@ -1,5 +1,5 @@
-"""`qkvctl snapshot restore`: build, offline, the data dir of one member of a NEW cluster
-from a snapshot file (actors/storage/snapshot_file.py).
+"""`qkvutl snapshot restore` (nodes/utl.py): build, offline, the data dir of one member
+of a NEW cluster from a snapshot file (protocol/snapshot_file.py).
 
 What a node needs to boot from it (nodes/supervisor.py, nodes/endpoints.py):
 - `<data-dir>/storage`: the RocksDB store, written from the snapshot's checkpoint, with

@@ -1,26 +1,12 @@
-"""The backup file of `qkvctl snapshot save`: one member's store as a RocksDB checkpoint,
-packed into one stream with its metadata and a SHA-256 of the whole content.
-
-Layout (protocol/SPEC.md section 6; integers big-endian):
-
-    magic     8 bytes   b"QKVSNAP\\x01"
-    meta_len  4 bytes   uint32
-    meta      msgpack map: {"format": 1, "revision", "compact_revision", "applied_index",
-              "key_count", "cluster_id", "member_id", "created" (unix seconds, float),
-              "version", "files": [[name, size], ...]}
-    files     the bytes of every file named in `files`, in that order, back to back
-    sha256    32 bytes: SHA-256 of every byte before it
-
-The metadata comes first and names every file with its size, so the total size is known
-before the first chunk goes out (a progress bar) and a truncated file is told apart from
-a corrupted one. The hash comes last, so the server hashes as it streams.
+"""The server side of the snapshot file (protocol/snapshot_file.py holds its layout and
+the readers `read_meta`, `verify`, which the client shares):
 
 - `PackStream` reads a checkpoint directory as that stream, chunk by chunk (the storage
   actor serves one chunk per client request: no step takes long);
 - `SnapshotSaves` holds the storage actor's saves in progress: their checkpoints, the
   last chunk served (a client that lost a reply asks for it again), and an idle deadline
   after which an abandoned save's checkpoint is removed;
-- `read_meta`, `verify`, `unpack` read a file back (`snapshot status`, `snapshot restore`).
+- `unpack` writes a verified file's checkpoint into a new dir (`qkvutl snapshot restore`).
 
 File I/O only: no sockets, no clock except the one `SnapshotSaves` is given.
 """
@@ -30,94 +16,14 @@ import hashlib
 import os
 import random
 import shutil
-import struct
 import time
-from dataclasses import dataclass, field
-from typing import Any, BinaryIO, Callable
+from dataclasses import dataclass
+from typing import BinaryIO, Callable
 
-import msgpack
-
-MAGIC = b"QKVSNAP\x01"
-FORMAT = 1
-HASH_LEN = 32
-_U32 = struct.Struct(">I")
-HEADER_MAX = 16 * 1024 * 1024  # a sane bound for meta_len (a corrupted length is refused)
-READ_BLOCK = 1024 * 1024
-
-
-class SnapshotFileError(Exception):
-    """The file is not a usable snapshot: wrong magic, truncated, or a hash mismatch."""
-
-
-@dataclass
-class SnapshotMeta:
-    revision: int
-    compact_revision: int
-    applied_index: int
-    key_count: int
-    cluster_id: int
-    member_id: int
-    created: float
-    version: str
-    files: list[tuple[str, int]] = field(default_factory=list)
-    format: int = FORMAT
-
-    def to_wire(self) -> dict[str, Any]:
-        return {
-            "format": self.format, "revision": self.revision, "compact_revision": self.compact_revision,
-            "applied_index": self.applied_index, "key_count": self.key_count,
-            "cluster_id": self.cluster_id, "member_id": self.member_id, "created": self.created,
-            "version": self.version, "files": [[n, s] for n, s in self.files],
-        }
-
-    @classmethod
-    def from_wire(cls, wire: Any) -> "SnapshotMeta":
-        if not isinstance(wire, dict):
-            raise SnapshotFileError("snapshot metadata is not a map")
-        if wire.get("format") != FORMAT:
-            raise SnapshotFileError(f"unsupported snapshot format {wire.get('format')!r} (this qkvctl reads {FORMAT})")
-        ints = {}
-        for name in ("revision", "compact_revision", "applied_index", "key_count", "cluster_id", "member_id"):
-            v = wire.get(name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
-                raise SnapshotFileError(f"snapshot metadata: bad {name} {v!r}")
-            ints[name] = v
-        created = wire.get("created")
-        if isinstance(created, bool) or not isinstance(created, (int, float)):
-            raise SnapshotFileError(f"snapshot metadata: bad created {created!r}")
-        files = wire.get("files")
-        if not isinstance(files, list):
-            raise SnapshotFileError("snapshot metadata: files is not a list")
-        out: list[tuple[str, int]] = []
-        for item in files:
-            if not isinstance(item, (list, tuple)) or len(item) != 2:
-                raise SnapshotFileError(f"snapshot metadata: bad file entry {item!r:.80}")
-            name, size = item
-            if not _safe_name(name) or isinstance(size, bool) or not isinstance(size, int) or size < 0:
-                raise SnapshotFileError(f"snapshot metadata: bad file entry {item!r:.80}")
-            out.append((name, size))
-        return cls(created=float(created), version=str(wire.get("version", "")), files=out, **ints)
-
-    @property
-    def data_size(self) -> int:
-        return sum(size for _, size in self.files)
-
-
-def _safe_name(name: Any) -> bool:
-    """A plain file name (a checkpoint is flat): nothing that could escape the target dir."""
-    return (isinstance(name, str) and name not in ("", ".", "..") and "/" not in name
-            and "\\" not in name and "\x00" not in name)
-
-
-def encode_header(meta: SnapshotMeta) -> bytes:
-    body = msgpack.packb(meta.to_wire(), use_bin_type=True)
-    return MAGIC + _U32.pack(len(body)) + body
-
-
-def short_hash(digest: bytes) -> int:
-    """The 32-bit hash `snapshot status` prints (etcdctl prints a uint32 there): the
-    first four bytes of the SHA-256."""
-    return int.from_bytes(digest[:4], "big")
+from protocol.snapshot_file import (  # noqa: F401  (re-exported: the server's one import point)
+    FORMAT, HASH_LEN, HEADER_MAX, MAGIC, READ_BLOCK, SnapshotFileError, SnapshotMeta, encode_header,
+    read_blocks, read_meta, short_hash, verify,
+)
 
 
 def checkpoint_files(directory: str) -> list[tuple[str, int]]:
@@ -207,73 +113,6 @@ def pack_checkpoint(directory: str, out_path: str, meta: SnapshotMeta) -> int:
     return stream.total_size
 
 
-# --- reading a file back -------------------------------------------------------------------
-def read_meta(path: str) -> tuple[SnapshotMeta, int]:
-    """The metadata and the offset of the first file byte; checks that the file's size is
-    exactly what the metadata says (a truncated or padded file is refused)."""
-    try:
-        size = os.path.getsize(path)
-        with open(path, "rb") as f:
-            head = f.read(len(MAGIC) + _U32.size)
-            if len(head) < len(MAGIC) + _U32.size or head[: len(MAGIC)] != MAGIC:
-                raise SnapshotFileError(f"{path} is not a quorumkv snapshot file (bad magic)")
-            (meta_len,) = _U32.unpack(head[len(MAGIC):])
-            if meta_len > HEADER_MAX:
-                raise SnapshotFileError(f"{path}: snapshot metadata length {meta_len} is corrupt")
-            body = f.read(meta_len)
-    except OSError as exc:
-        raise SnapshotFileError(f"cannot read {path}: {exc.strerror or exc}") from None
-    if len(body) < meta_len:
-        raise SnapshotFileError(f"{path} is truncated (in its metadata)")
-    try:
-        wire = msgpack.unpackb(body, raw=False, strict_map_key=False)
-    except Exception:
-        raise SnapshotFileError(f"{path}: snapshot metadata is corrupt") from None
-    meta = SnapshotMeta.from_wire(wire)
-    data_offset = len(MAGIC) + _U32.size + meta_len
-    expected = data_offset + meta.data_size + HASH_LEN
-    if size < expected:
-        raise SnapshotFileError(f"{path} is truncated: {size} bytes, the snapshot needs {expected}")
-    if size > expected:
-        raise SnapshotFileError(f"{path} has {size - expected} unexpected trailing bytes")
-    return meta, data_offset
-
-
-def _stored_and_computed(path: str) -> tuple[bytes, bytes]:
-    digest = hashlib.sha256()
-    size = os.path.getsize(path)
-    with open(path, "rb") as f:
-        _read_blocks(f, size - HASH_LEN, digest.update, path)
-        stored = f.read(HASH_LEN)
-    return stored, digest.digest()
-
-
-def _read_blocks(f, length: int, sink, path: str) -> None:
-    """Feed the next `length` bytes of `f` to `sink` in blocks of at most READ_BLOCK."""
-    left = length
-    while left > 0:
-        block = f.read(min(READ_BLOCK, left))
-        if not block:
-            raise SnapshotFileError(f"{path} shrank while being read")
-        sink(block)
-        left -= len(block)
-
-
-def verify(path: str) -> tuple[SnapshotMeta, bytes]:
-    """The metadata and the SHA-256 of a snapshot file whose hash matches its content;
-    SnapshotFileError otherwise."""
-    meta, _ = read_meta(path)
-    try:
-        stored, computed = _stored_and_computed(path)
-    except OSError as exc:
-        raise SnapshotFileError(f"cannot read {path}: {exc.strerror or exc}") from None
-    if stored != computed:
-        raise SnapshotFileError(
-            f"snapshot file {path} is corrupted: its SHA-256 does not match its content "
-            f"(stored {stored.hex()[:16]}..., computed {computed.hex()[:16]}...)")
-    return meta, computed
-
-
 def unpack(path: str, dest_dir: str) -> SnapshotMeta:
     """Verify `path`, then write its checkpoint files into `dest_dir` (created; must not
     exist), each fsynced."""
@@ -284,7 +123,7 @@ def unpack(path: str, dest_dir: str) -> SnapshotMeta:
         src.seek(offset)
         for name, size in meta.files:
             with open(os.path.join(dest_dir, name), "wb") as out:
-                _read_blocks(src, size, out.write, path)
+                read_blocks(src, size, out.write, path)
                 out.flush()
                 os.fsync(out.fileno())
     return meta

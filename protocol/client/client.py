@@ -35,7 +35,7 @@ import random
 import threading
 import time
 import weakref
-from typing import Any, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
 import zmq
 
@@ -53,6 +53,12 @@ from protocol.client.types import (
     MoveLeaderResponse,
     PutResponse, RangeResponse, StatusResponse, TxnResponse,
 )
+
+if TYPE_CHECKING:
+    from protocol.client.lease import LeaderRouter
+    from protocol.client.types import (
+        LeaseGrantResponse, LeaseLeasesResponse, LeaseRevokeResponse, LeaseTimeToLiveResponse,
+    )
 
 DEFAULT_ENDPOINT = "tcp://127.0.0.1:7379"
 DEFAULT_TIMEOUT_S = 7.0
@@ -357,7 +363,7 @@ class Client:
         return self.watch(key, range_end, **kwargs).start(callback)
 
     # -- leases (SPEC section 3, "Leases"; protocol/client/lease.py) --------------------
-    def lease_grant(self, ttl: int, id: int = 0) -> Any:
+    def lease_grant(self, ttl: int, id: int = 0) -> LeaseGrantResponse:
         """Grant a lease of ``ttl`` seconds (raised to the server minimum); ``id`` 0 = the
         server picks one. A ``LeaseGrantResponse(header, id, ttl)``."""
         from protocol.client.types import LEASE_ID_FIELD, LeaseGrantResponse
@@ -367,14 +373,14 @@ class Client:
             req[LEASE_ID_FIELD] = int(id)
         return LeaseGrantResponse.from_wire(self._call(req, write=True))
 
-    def lease_revoke(self, id: int) -> Any:
+    def lease_revoke(self, id: int) -> LeaseRevokeResponse:
         """Revoke a lease: it and every key attached to it go, in one revision."""
         from protocol.client.types import LEASE_ID_FIELD, LeaseRevokeResponse
 
         return LeaseRevokeResponse.from_wire(
             self._call({"op": "lease_revoke", LEASE_ID_FIELD: int(id)}, write=True))
 
-    def _lease_router(self) -> Any:
+    def _lease_router(self) -> LeaderRouter:
         from protocol.client.lease import LeaderRouter
 
         with self._lock:
@@ -393,12 +399,12 @@ class Client:
             raise LeaseNotFound()
         return resp.id, resp.ttl
 
-    def lease_time_to_live(self, id: int, keys: bool = False) -> Any:
+    def lease_time_to_live(self, id: int, keys: bool = False) -> LeaseTimeToLiveResponse:
         """A ``LeaseTimeToLiveResponse``: remaining ``ttl`` (-1 when the lease does not
         exist), ``granted_ttl``, and the attached ``keys`` when asked for."""
         return self._lease_router().time_to_live(id, keys)
 
-    def lease_leases(self) -> Any:
+    def lease_leases(self) -> LeaseLeasesResponse:
         """Every lease: a ``LeaseLeasesResponse`` with ``leases`` = [LeaseStatus(id)]."""
         from protocol.client.types import LeaseLeasesResponse
 

@@ -7,12 +7,15 @@ from __future__ import annotations
 
 import base64
 import json
-from typing import Any, BinaryIO, Sequence
+from typing import TYPE_CHECKING, Any, BinaryIO, Sequence
 
 from protocol.client.types import (
     DeleteRangeResponse, KeyValue, PutResponse, RangeResponse, ResponseHeader, StatusResponse,
     TxnResponse,
 )
+
+if TYPE_CHECKING:
+    from protocol.client.watch import WatchResponse  # the watch module imports zmq
 
 FORMATS = ("simple", "json", "fields", "table")
 
@@ -230,13 +233,21 @@ class Printer:
         self._line(f'"{pfx}Value" : {go_quote(kv.value)}')
         self._line(f'"{pfx}Lease" : {kv.lease}')
 
-    def _need(self, *fmts: str) -> None:
+    def need(self, *fmts: str) -> None:
+        """UnsupportedFormat unless this printer's format is one of ``fmts`` (a command
+        calls it before its request: a bad -w fails without touching the server)."""
         if self.fmt not in fmts:
             raise UnsupportedFormat(f"{self.fmt} not supported as output format")
 
+    def fields(self, header: ResponseHeader, rows: Sequence[tuple[str, int | str]]) -> None:
+        """``-w fields``: the header's fields, then ``"name" : value`` lines (leases)."""
+        self._hdr_fields(header)
+        for name, value in rows:
+            self._line(f'"{name}" : {value}')
+
     # responses ----------------------------------------------------------------------------------
     def get(self, resp: RangeResponse) -> None:
-        self._need("simple", "json", "fields")
+        self.need("simple", "json", "fields")
         if self.fmt == "simple":
             for kv in resp.kvs:
                 self._kv_simple(kv)
@@ -250,7 +261,7 @@ class Printer:
             self._line(f'"Count" : {resp.count}')
 
     def put(self, resp: PutResponse) -> None:
-        self._need("simple", "json", "fields")
+        self.need("simple", "json", "fields")
         if self.fmt == "simple":
             self._line("OK")
             if resp.prev_kv is not None:
@@ -263,7 +274,7 @@ class Printer:
                 self._kv_fields(resp.prev_kv, "Prev")
 
     def delete(self, resp: DeleteRangeResponse) -> None:
-        self._need("simple", "json", "fields")
+        self.need("simple", "json", "fields")
         if self.fmt == "simple":
             self._line(str(resp.deleted))
             for kv in resp.prev_kvs:
@@ -277,7 +288,7 @@ class Printer:
                 self._kv_fields(kv, "Prev")
 
     def txn(self, resp: TxnResponse) -> None:
-        self._need("simple", "json", "fields")
+        self.need("simple", "json", "fields")
         if self.fmt == "json":
             self._line(dumps(response_json(resp)))
             return
@@ -303,6 +314,38 @@ class Printer:
     def compact(self, revision: int) -> None:
         # etcdctl prints this whatever the format.
         self._line(f"compacted revision {revision}")
+
+    def watch(self, resp: WatchResponse) -> None:
+        """etcdctl 3.4's watch output for one response."""
+        if resp.progress_notify:
+            self.out.write(b"progress notify: %d\n" % resp.revision)
+        if self.fmt == "json":
+            events = []
+            for e in resp.events:
+                ev: dict[str, Any] = {}
+                if e.type == "DELETE":
+                    ev["type"] = 1
+                ev["kv"] = kv_json(e.kv)
+                if e.prev_kv is not None:
+                    ev["prev_kv"] = kv_json(e.prev_kv)
+                events.append(ev)
+            self._line(dumps({"Header": header_json(resp.header), "Events": events,
+                              "CompactRevision": resp.compact_revision, "Canceled": resp.canceled,
+                              "Created": False}))
+        elif self.fmt == "fields":
+            self._hdr_fields(resp.header)
+            for e in resp.events:
+                self._line(f'"Type" : {e.type}')
+                if e.prev_kv is not None:
+                    self._kv_fields(e.prev_kv, "Prev")
+                self._kv_fields(e.kv)
+        else:
+            for e in resp.events:
+                self._line(e.type)
+                if e.prev_kv is not None:
+                    self._kv_simple(e.prev_kv)
+                self._kv_simple(e.kv)
+        self.out.flush()
 
     def endpoint_status(self, statuses: Sequence[tuple[str, StatusResponse]]) -> None:
         if self.fmt == "json":
@@ -405,12 +448,12 @@ class AuthPrinter:
         self.p = Printer(fmt, stream)
         self.fmt = fmt
 
-    def _need(self, *fmts: str) -> None:
-        self.p._need(*fmts)
+    def need(self, *fmts: str) -> None:
+        self.p.need(*fmts)
 
     def header_only(self, resp: Any, simple: str | bytes) -> None:
         """user add/delete/passwd/grant-role/revoke-role, role add/delete/grant/revoke."""
-        self._need("simple", "json", "fields")
+        self.need("simple", "json", "fields")
         if self.fmt == "json":
             self.p._line(dumps({"header": header_json(resp.header)}))
         elif self.fmt == "fields":
@@ -419,7 +462,7 @@ class AuthPrinter:
             self.p._line(simple)
 
     def auth_status(self, resp: Any) -> None:
-        self._need("simple", "json", "fields")
+        self.need("simple", "json", "fields")
         if self.fmt == "json":
             body: dict[str, Any] = {"header": header_json(resp.header)}
             if resp.enabled:
@@ -436,7 +479,7 @@ class AuthPrinter:
             self.p._line(f"AuthRevision: {resp.auth_revision}")
 
     def user_get(self, name: str, resp: Any) -> None:
-        self._need("simple", "json")
+        self.need("simple", "json")
         if self.fmt == "json":
             body: dict[str, Any] = {"header": header_json(resp.header)}
             if resp.roles:
@@ -447,7 +490,7 @@ class AuthPrinter:
             self.p._line("Roles:" + "".join(f" {r}" for r in resp.roles))
 
     def user_list(self, resp: Any) -> None:
-        self._need("simple", "json")
+        self.need("simple", "json")
         if self.fmt == "json":
             body: dict[str, Any] = {"header": header_json(resp.header)}
             if resp.users:
@@ -458,7 +501,7 @@ class AuthPrinter:
                 self.p._line(u)
 
     def role_get(self, name: str, resp: Any) -> None:
-        self._need("simple", "json", "fields")
+        self.need("simple", "json", "fields")
         if self.fmt == "json":
             body: dict[str, Any] = {"header": header_json(resp.header)}
             if resp.perm:
@@ -489,7 +532,7 @@ class AuthPrinter:
                         self.p._line(b"\t" + p.key if not p.range_end else _perm_range(p.key, p.range_end))
 
     def role_list(self, resp: Any) -> None:
-        self._need("simple", "json", "fields")
+        self.need("simple", "json", "fields")
         if self.fmt == "json":
             body: dict[str, Any] = {"header": header_json(resp.header)}
             if resp.roles:

@@ -1,4 +1,4 @@
-"""Snapshots for disaster recovery (etcdctl's `snapshot save | status | restore`).
+"""Snapshots for disaster recovery (etcdctl's `snapshot save | status`).
 
 - `save` streams one member's store (SPEC section 6, op `snapshot`) into `<file>.part`
   (mode 0600: it holds every key), chunk by chunk: each request asks for the next chunk,
@@ -6,7 +6,8 @@
   limit. A chunk whose reply was lost is asked for again (the server keeps the last
   one). The file is verified (its SHA-256) before it is renamed to `<file>`.
 - `status` reads a file's metadata after checking its hash.
-- `restore` builds a new member's data dir offline (actors/storage/restore.py).
+- `restore` is not here: it builds a data dir with server code, offline, so it is
+  `qkvutl snapshot restore` (nodes/utl.py), as etcd moved it into etcdutl.
 """
 from __future__ import annotations
 
@@ -16,14 +17,14 @@ import time
 from dataclasses import dataclass
 from typing import Any, BinaryIO, Callable, TextIO
 
-from actors.storage.snapshot_file import SnapshotFileError, SnapshotMeta, short_hash, verify
 from protocol.errors import Internal
 from protocol.requests import SNAPSHOT_CHUNK_DEFAULT
+from protocol.snapshot_file import SnapshotFileError, SnapshotMeta, short_hash, verify
 
-__all__ = ["SnapshotFileError", "SnapshotStatus", "ProgressBar", "save", "status", "restore"]
+__all__ = ["SnapshotFileError", "SnapshotStatus", "ProgressBar", "save", "status"]
 
 
-@dataclass
+@dataclass(frozen=True)
 class SnapshotStatus:
     hash: int  # the first 4 bytes of the file's SHA-256 (etcdctl prints a uint32 here)
     revision: int
@@ -113,18 +114,6 @@ def save(endpoint: str, path: str, *, timeout: float = 7.0, chunk_bytes: int = S
         except FileNotFoundError:
             pass
         raise
-
-
-def restore(path: str, *, name: str | None = None, initial_cluster: str | None = None,
-            initial_cluster_token: str | None = None, initial_advertise_peer_urls: str | None = None,
-            data_dir: str | None = None) -> Any:
-    """Restore `path` into a new data dir for one member of a new cluster; the
-    `RestoreResult`. Raises `RestoreError` (bad flags, non-empty dir, corrupt file)."""
-    from actors.storage.restore import restore as do_restore
-    from actors.storage.restore import restore_config
-
-    cfg = restore_config(name, initial_cluster, initial_cluster_token, initial_advertise_peer_urls, data_dir)
-    return do_restore(path, cfg)
 
 
 class ProgressBar:

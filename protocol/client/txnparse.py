@@ -10,14 +10,21 @@
 
 Compare targets: ``ver``/``version``, ``c``/``create``, ``m``/``mod``, ``val``/``value``,
 ``lease`` (hex id); results ``=``, ``!=``, ``>``, ``<``. Operands are Go-quoted strings.
+The get/del/put argument checks live here once (``parse_get``, ``parse_del``,
+``check_put_args``): ``qkvctl get``/``del``/``put`` and the txn request lines both use them.
 Nothing here performs I/O except reading the lines it is handed.
 """
 from __future__ import annotations
 
 import re
-from typing import Callable, Iterable, Iterator, TextIO
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Callable, Iterable, Iterator, Sequence, TextIO, TypedDict
 
 from protocol.client.txn import Compare, CompareTarget, Op
+
+if TYPE_CHECKING:
+    from protocol.client.client import Client
+    from protocol.client.types import DeleteRangeResponse, RangeResponse
 
 
 class TxnParseError(Exception):
@@ -137,7 +144,8 @@ def parse_compare(line: str) -> Compare:
             operand = int(val.decode(), 16 if target == "lease" else 10)
         except ValueError:
             raise TxnParseError(f"invalid txn compare request: {line}") from None
-    return getattr(lhs, _OPS[op])(operand)
+    compare: Compare = getattr(lhs, _OPS[op])(operand)
+    return compare
 
 
 # -- request lines: a small flag parser with etcdctl's get/put/del flags ------------------
@@ -188,30 +196,8 @@ def _parse_flags(cmd: str, args: list[str]) -> tuple[list[str], dict[str, object
 
 
 def _b(s: str) -> bytes:
+    """An argument as the bytes the user typed (os.fsencode's rule on POSIX)."""
     return s.encode("utf-8", "surrogateescape")
-
-
-def get_op(args: list[str]) -> Op:
-    pos, f = _parse_flags("get", args)
-    if not pos or len(pos) > 2:
-        raise TxnParseError("get command needs one argument as key and an optional argument "
-                            "as range_end", 128)
-    prefix, from_key = bool(f.get("prefix")), bool(f.get("from-key"))
-    if prefix and from_key:
-        raise TxnParseError("`--prefix` and `--from-key` cannot be set at the same time, "
-                            "choose one", 128)
-    if len(pos) > 1 and (prefix or from_key):
-        raise TxnParseError("too many arguments, only accept one argument when `--prefix` or "
-                            "`--from-key` is set", 128)
-    consistency = f.get("consistency", "l")
-    if consistency not in ("l", "s"):
-        raise TxnParseError(f'unknown consistency flag "{consistency}"', 4)
-    order, target = sort_options(str(f.get("order", "")), str(f.get("sort-by", "")))
-    return Op.get(_b(pos[0]), _b(pos[1]) if len(pos) > 1 else None, prefix=prefix,
-                  from_key=from_key, limit=max(0, int(f.get("limit", 0))),  # type: ignore[arg-type]
-                  revision=max(0, int(f.get("rev", 0))), sort_order=order,  # type: ignore[arg-type]
-                  sort_target=target, serializable=consistency == "s",
-                  keys_only=bool(f.get("keys-only")), count_only=bool(f.get("count-only")))
 
 
 def sort_options(order: str, sort_by: str) -> tuple[str, str]:
@@ -240,34 +226,146 @@ def parse_lease(s: str) -> int:
                             "expecting ID in Hex", 128) from None
 
 
-def put_op(args: list[str]) -> Op:
-    pos, f = _parse_flags("put", args)
-    ignore_value = bool(f.get("ignore-value"))
-    if not pos:
-        raise TxnParseError("put command needs 1 argument and input from stdin or 2 arguments", 128)
-    if ignore_value and len(pos) > 1:
-        raise TxnParseError("put command needs only 1 argument when 'ignore-value' is set", 128)
-    if not ignore_value and len(pos) < 2:
-        raise TxnParseError("put command needs 1 argument and input from stdin or 2 arguments", 128)
-    return Op.put(_b(pos[0]), _b(pos[1]) if len(pos) > 1 else b"",
-                  lease=parse_lease(str(f.get("lease", "0"))), prev_kv=bool(f.get("prev-kv")),
-                  ignore_value=ignore_value, ignore_lease=bool(f.get("ignore-lease")))
-
-
-def del_op(args: list[str]) -> Op:
-    pos, f = _parse_flags("del", args)
-    if not pos or len(pos) > 2:
-        raise TxnParseError("del command needs one argument as key and an optional argument "
+# -- get/del/put: one parser each, shared by the qkvctl commands and the txn lines ----------
+# (etcdctl runs the same command definitions for a txn op line: txn_command.go).
+def key_range_args(args: Sequence[str], prefix: bool, from_key: bool, what: str) -> tuple[bytes, bytes | None]:
+    """The key and optional range_end of ``get``/``del``: one key, a second argument only
+    without --prefix/--from-key, and not both flags (etcdctl's getGetOp/getDelOp)."""
+    if not args or len(args) > 2:
+        raise TxnParseError(f"{what} command needs one argument as key and an optional argument "
                             "as range_end", 128)
-    prefix, from_key = bool(f.get("prefix")), bool(f.get("from-key"))
     if prefix and from_key:
         raise TxnParseError("`--prefix` and `--from-key` cannot be set at the same time, "
                             "choose one", 128)
-    if len(pos) > 1 and (prefix or from_key):
+    if len(args) > 1 and (prefix or from_key):
         raise TxnParseError("too many arguments, only accept one argument when `--prefix` or "
                             "`--from-key` is set", 128)
-    return Op.delete(_b(pos[0]), _b(pos[1]) if len(pos) > 1 else None, prefix=prefix,
-                     from_key=from_key, prev_kv=bool(f.get("prev-kv")))
+    return _b(args[0]), (_b(args[1]) if len(args) > 1 else None)
+
+
+class RangeOptions(TypedDict):
+    """The flags of a checked ``get``, as ``Client.get`` and ``Op.get`` take them."""
+
+    prefix: bool
+    from_key: bool
+    limit: int
+    revision: int
+    sort_order: str
+    sort_target: str
+    serializable: bool
+    keys_only: bool
+    count_only: bool
+
+
+@dataclass(frozen=True)
+class GetRequest:
+    """A checked ``get``: run it (``qkvctl get``) or make it a txn ``Op``."""
+
+    key: bytes
+    range_end: bytes | None
+    options: RangeOptions
+
+    def op(self) -> Op:
+        return Op.get(self.key, self.range_end, **self.options)
+
+    def run(self, client: Client) -> RangeResponse:
+        return client.get(self.key, self.range_end, **self.options)
+
+
+def parse_get(args: Sequence[str], *, prefix: bool = False, from_key: bool = False,
+              consistency: str = "l", order: str = "", sort_by: str = "", limit: int = 0,
+              rev: int = 0, keys_only: bool = False, count_only: bool = False) -> GetRequest:
+    """``get <key> [range_end]`` with etcdctl's flags, checked (TxnParseError: 128 for bad
+    arguments, 4 for an unknown consistency, order or sort target)."""
+    key, range_end = key_range_args(args, prefix, from_key, "get")
+    if consistency not in ("l", "s"):
+        raise TxnParseError(f'unknown consistency flag "{consistency}"', 4)
+    sort_order, sort_target = sort_options(order, sort_by)
+    return GetRequest(key, range_end, RangeOptions(
+        prefix=prefix, from_key=from_key, limit=max(0, limit), revision=max(0, rev), sort_order=sort_order,
+        sort_target=sort_target, serializable=consistency == "s", keys_only=keys_only, count_only=count_only))
+
+
+class DeleteOptions(TypedDict):
+    """The flags of a checked ``del``, as ``Client.delete`` and ``Op.delete`` take them."""
+
+    prefix: bool
+    from_key: bool
+    prev_kv: bool
+
+
+@dataclass(frozen=True)
+class DeleteRequest:
+    """A checked ``del``: run it (``qkvctl del``) or make it a txn ``Op``."""
+
+    key: bytes
+    range_end: bytes | None
+    options: DeleteOptions
+
+    def op(self) -> Op:
+        return Op.delete(self.key, self.range_end, **self.options)
+
+    def run(self, client: Client) -> DeleteRangeResponse:
+        return client.delete(self.key, self.range_end, **self.options)
+
+
+def parse_del(args: Sequence[str], *, prefix: bool = False, from_key: bool = False,
+              prev_kv: bool = False) -> DeleteRequest:
+    """``del <key> [range_end]`` with etcdctl's flags, checked."""
+    key, range_end = key_range_args(args, prefix, from_key, "del")
+    return DeleteRequest(key, range_end, DeleteOptions(prefix=prefix, from_key=from_key, prev_kv=prev_kv))
+
+
+def check_put_args(n_args: int, ignore_value: bool) -> None:
+    """``put <key> [value]``: a value unless --ignore-value, and none with it (the command
+    line may take the value from stdin: it counts as the second argument)."""
+    if n_args < 1:
+        raise TxnParseError("put command needs 1 argument and input from stdin or 2 arguments", 128)
+    if ignore_value and n_args > 1:
+        raise TxnParseError("put command needs only 1 argument when 'ignore-value' is set", 128)
+    if not ignore_value and n_args < 2:
+        raise TxnParseError("put command needs 1 argument and input from stdin or 2 arguments", 128)
+
+
+def _flag_bool(f: dict[str, object], name: str) -> bool:
+    return bool(f.get(name))
+
+
+def _flag_int(f: dict[str, object], name: str) -> int:
+    v = f.get(name, 0)
+    return v if isinstance(v, int) else 0
+
+
+def _flag_str(f: dict[str, object], name: str, default: str = "") -> str:
+    v = f.get(name, default)
+    return v if isinstance(v, str) else default
+
+
+def get_op(args: list[str]) -> Op:
+    """A txn line's ``get ...`` (after the command word)."""
+    pos, f = _parse_flags("get", args)
+    return parse_get(pos, prefix=_flag_bool(f, "prefix"), from_key=_flag_bool(f, "from-key"),
+                     consistency=_flag_str(f, "consistency", "l"), order=_flag_str(f, "order"),
+                     sort_by=_flag_str(f, "sort-by"), limit=_flag_int(f, "limit"),
+                     rev=_flag_int(f, "rev"), keys_only=_flag_bool(f, "keys-only"),
+                     count_only=_flag_bool(f, "count-only")).op()
+
+
+def put_op(args: list[str]) -> Op:
+    """A txn line's ``put ...``."""
+    pos, f = _parse_flags("put", args)
+    ignore_value = _flag_bool(f, "ignore-value")
+    check_put_args(len(pos), ignore_value)
+    return Op.put(_b(pos[0]), _b(pos[1]) if len(pos) > 1 else b"",
+                  lease=parse_lease(_flag_str(f, "lease", "0")), prev_kv=_flag_bool(f, "prev-kv"),
+                  ignore_value=ignore_value, ignore_lease=_flag_bool(f, "ignore-lease"))
+
+
+def del_op(args: list[str]) -> Op:
+    """A txn line's ``del ...``."""
+    pos, f = _parse_flags("del", args)
+    return parse_del(pos, prefix=_flag_bool(f, "prefix"), from_key=_flag_bool(f, "from-key"),
+                     prev_kv=_flag_bool(f, "prev-kv")).op()
 
 
 def parse_request(line: str) -> Op:

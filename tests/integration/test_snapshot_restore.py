@@ -1,5 +1,5 @@
 """Disaster recovery: `qkvctl snapshot save` from a live 3-node cluster under a write
-load, then `snapshot restore` into a brand-new 3-node cluster (`snapshot status` and the
+load, then `qkvutl snapshot restore` into a brand-new 3-node cluster (`snapshot status` and the
 refusal of a corrupted file on the way). Every node is stopped, pass or fail."""
 from __future__ import annotations
 
@@ -20,6 +20,12 @@ ROOT = str(Path(__file__).resolve().parents[2])
 
 def ctl(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "protocol.client.cli", *args], capture_output=True,
+                          text=True, cwd=ROOT, timeout=60)
+
+
+def utl(*args: str) -> subprocess.CompletedProcess:
+    """qkvutl (nodes/utl.py), the offline tools, as `python -m` (no reinstall needed)."""
+    return subprocess.run([sys.executable, "-m", "nodes.utl", *args], capture_output=True,
                           text=True, cwd=ROOT, timeout=60)
 
 
@@ -75,7 +81,7 @@ def test_save_under_load_restore_new_cluster(tmp_path):
 
     initial = ",".join(f"{n.name}={n.peer_url}" for n in new.nodes)
     for n in new.nodes:
-        r = ctl("snapshot", "restore", snap, "--name", n.name, "--initial-cluster", initial,
+        r = utl("snapshot", "restore", snap, "--name", n.name, "--initial-cluster", initial,
                 "--initial-cluster-token", "restored-cluster", "--initial-advertise-peer-urls", n.peer_url,
                 "--data-dir", n.data_dir)
         assert r.returncode == 0, r.stderr
@@ -101,15 +107,23 @@ def test_save_under_load_restore_new_cluster(tmp_path):
 
 
 def test_status_formats_and_corrupted_file_refused(tmp_path, capsys):
-    """qkvctl in-process (fast): etcdctl's status shapes; a flipped byte, a truncated file
-    and a non-empty data dir refused with a clear error and exit code 1."""
+    """qkvctl and qkvutl in-process (fast): etcdctl's status shapes (from both); a flipped
+    byte, a truncated file and a non-empty data dir refused by `qkvutl snapshot restore`
+    with a clear error and exit code 1; `qkvctl snapshot restore` points to qkvutl."""
+    from nodes.utl import run as run_utl
     from protocol.client.cli import run
 
-    def ctl(*args: str) -> subprocess.CompletedProcess:
+    def in_process(main, args: tuple[str, ...]) -> subprocess.CompletedProcess:
         capsys.readouterr()
-        rc = run(list(args))
+        rc = main(list(args))
         out = capsys.readouterr()
         return subprocess.CompletedProcess(args, rc, out.out, out.err)
+
+    def ctl(*args: str) -> subprocess.CompletedProcess:
+        return in_process(run, args)
+
+    def utl(*args: str) -> subprocess.CompletedProcess:
+        return in_process(run_utl, args)
 
     from actors.storage.backend import RocksBackend
     from actors.storage.mvcc import MVCCStore
@@ -138,22 +152,28 @@ def test_status_formats_and_corrupted_file_refused(tmp_path, capsys):
     assert json.loads(ctl("snapshot", "status", snap, "-w", "json").stdout) == {
         "hash": int(h, 16), "revision": 21, "totalKey": 20, "totalSize": size}
     assert ctl("snapshot", "status", snap, "-w", "fields").stdout.splitlines()[1] == '"Revision" : 21'
+    for fmt in ("simple", "table", "json", "fields"):  # qkvutl prints the same
+        assert utl("snapshot", "status", snap, "-w", fmt).stdout == ctl("snapshot", "status", snap, "-w", fmt).stdout
 
     raw = bytearray(open(snap, "rb").read())
     raw[len(raw) // 2] ^= 0x40
     open(snap, "wb").write(bytes(raw))
     bad = ctl("snapshot", "status", snap)
     assert bad.returncode == 1 and "corrupted" in bad.stderr and bad.stdout == ""
+    bad = utl("snapshot", "status", snap)
+    assert bad.returncode == 1 and "corrupted" in bad.stderr and bad.stdout == ""
     data_dir = tmp_path / "r.qkv"
-    bad = ctl("snapshot", "restore", snap, "--name", "r", "--initial-cluster", "r=tcp://127.0.0.1:7380",
+    moved = ctl("snapshot", "restore", snap, "--name", "r", "--data-dir", str(data_dir))
+    assert (moved.returncode, moved.stdout) == (1, "") and "qkvutl snapshot restore" in moved.stderr, moved
+    bad = utl("snapshot", "restore", snap, "--name", "r", "--initial-cluster", "r=tcp://127.0.0.1:7380",
               "--data-dir", str(data_dir))
     assert bad.returncode == 1 and "corrupted" in bad.stderr, bad.stderr
     assert not data_dir.exists()
     open(snap, "wb").write(bytes(raw[:-100]))
-    bad = ctl("snapshot", "restore", snap, "--name", "r", "--data-dir", str(data_dir))
+    bad = utl("snapshot", "restore", snap, "--name", "r", "--data-dir", str(data_dir))
     assert bad.returncode == 1 and "truncated" in bad.stderr, bad.stderr
     data_dir.mkdir()
     (data_dir / "x").write_text("")
-    bad = ctl("snapshot", "restore", snap, "--name", "r", "--data-dir", str(data_dir))
+    bad = utl("snapshot", "restore", snap, "--name", "r", "--data-dir", str(data_dir))
     assert bad.returncode == 1 and "not empty" in bad.stderr, bad.stderr
     assert ctl("--endpoints", "tcp://127.0.0.1:1,tcp://127.0.0.1:2", "snapshot", "save", snap).returncode == 128

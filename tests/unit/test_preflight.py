@@ -305,7 +305,7 @@ def refused(data_dir: str, match: str) -> str:
     assert "\n" not in text
     assert f"data dir {data_dir} cannot be trusted" in text
     assert "qkvctl member remove abc" in text and "--initial-cluster-state existing" in text
-    assert "qkvctl snapshot restore" in text
+    assert "qkvutl snapshot restore" in text
     return text
 
 
@@ -322,7 +322,7 @@ def test_consistent_data_dir_passes(tmp_path):
 
 
 def test_store_restored_from_a_snapshot_file_passes(tmp_path):
-    """`qkvctl snapshot restore`: a store at applied index 0 and no log yet."""
+    """`qkvutl snapshot restore`: a store at applied index 0 and no log yet."""
     make_store(str(tmp_path), 0)
     check(str(tmp_path))
 

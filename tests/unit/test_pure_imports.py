@@ -79,3 +79,60 @@ def test_checker_catches_violations(tmp_path):
     good.write_text("import random\nfrom random import Random\n"
                     "def f(rng: random.Random): return rng.random()\n")
     assert violations(good) == []
+
+
+# -- the client package imports nothing from the server --------------------------------------
+# protocol/ (the wire format, the client library, qkvctl) is what a client installs; the
+# server's packages (actors/, nodes/) may import it, never the reverse. Offline tools that
+# need server code are qkvutl (nodes/utl.py), as etcd keeps them in etcdutl.
+CLIENT_DIR = "protocol"
+SERVER_PACKAGES = {"actors", "nodes"}
+
+
+def client_modules():
+    return sorted((ROOT / CLIENT_DIR).rglob("*.py"))
+
+
+def server_imports(path: pathlib.Path) -> list[str]:
+    """Every import of actors/ or nodes/ in `path`, at any depth (a lazy import inside a
+    function counts: it still needs the server installed), and `importlib`/`__import__`
+    calls naming one."""
+    tree = ast.parse(path.read_text(), filename=str(path))
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for a in node.names:
+                if a.name.split(".")[0] in SERVER_PACKAGES:
+                    found.append(f"line {node.lineno}: import {a.name}")
+        elif isinstance(node, ast.ImportFrom):
+            if node.level == 0 and (node.module or "").split(".")[0] in SERVER_PACKAGES:
+                found.append(f"line {node.lineno}: from {node.module} import ...")
+        elif isinstance(node, ast.Call) and node.args and isinstance(node.args[0], ast.Constant):
+            func = node.func
+            name = func.id if isinstance(func, ast.Name) else func.attr if isinstance(func, ast.Attribute) else ""
+            target = node.args[0].value
+            if (name in ("__import__", "import_module") and isinstance(target, str)
+                    and target.split(".")[0] in SERVER_PACKAGES):
+                found.append(f"line {node.lineno}: {name}({target!r})")
+    return found
+
+
+def test_there_are_client_modules_to_check():
+    names = {str(p.relative_to(ROOT)) for p in client_modules()}
+    assert "protocol/client/cli/root.py" in names and "protocol/snapshot_file.py" in names
+
+
+@pytest.mark.parametrize("path", client_modules(), ids=lambda p: str(p.relative_to(ROOT)))
+def test_client_imports_no_server_code(path):
+    assert server_imports(path) == []
+
+
+def test_server_import_checker_catches_violations(tmp_path):
+    bad = tmp_path / "bad.py"
+    bad.write_text("import actors.storage\nfrom nodes.config import VERSION\n"
+                   "def f():\n    from actors.storage.restore import restore\n"
+                   "    import importlib; importlib.import_module('nodes.utl')\n")
+    assert len(server_imports(bad)) == 4, server_imports(bad)
+    good = tmp_path / "good.py"
+    good.write_text("from protocol.snapshot_file import verify\nimport actorsx\nfrom . import nodes\n")
+    assert server_imports(good) == []

@@ -18,7 +18,9 @@ for p in (ROOT, os.path.join(ROOT, "tests")):
 from fakeserver import MEMBER_ID  # noqa: E402
 from protocol.client.cli import hoist_global_flags, parse_duration, run  # noqa: E402
 from protocol.client.output import go_duration, go_quote, humanize_bytes, render_table  # noqa: E402
-from protocol.client.txnparse import TxnParseError, argify, parse_compare, parse_txn  # noqa: E402
+from protocol.client.txnparse import (  # noqa: E402
+    TxnParseError, argify, parse_compare, parse_del, parse_get, parse_txn,
+)
 
 
 @pytest.fixture
@@ -79,6 +81,25 @@ def test_txn_syntax_parser():
     with pytest.raises(TxnParseError) as exc:
         parse_txn(io.StringIO("\n\nput a\n\n"))
     assert exc.value.exit_code == 128
+
+
+def test_get_del_put_rules_are_shared_by_commands_and_txn_lines(ctl):
+    """One parser per op (etcdctl runs the same command definition for a txn line): each
+    bad get/del/put fails with the same message and exit code on both paths."""
+    cases = [("get",), ("get", "a", "b", "c"), ("get", "a", "--prefix", "--from-key"),
+             ("get", "a", "b", "--prefix"), ("get", "a", "--consistency=x"), ("get", "a", "--order=up"),
+             ("del",), ("del", "a", "b", "--from-key"), ("del", "a", "--prefix", "--from-key"),
+             ("put", "k", "v", "--ignore-value"), ("put", "k", "v", "--lease=zz")]
+    for args in cases:
+        rc, out, err = ctl(*args)
+        with pytest.raises(TxnParseError) as exc:
+            parse_txn(io.StringIO("\n" + " ".join(args) + "\n\n"))
+        assert (rc, err) == (exc.value.exit_code, f"Error: {exc.value}\n"), args
+    req = parse_get(["a"], prefix=True, order="DESCEND", sort_by="MODIFY", limit=-1, consistency="s")
+    assert req.op().to_wire() == {"range": {"key": b"a", "range_end": b"b", "sort_order": "DESCEND",
+                                            "sort_target": "MOD", "serializable": True}}
+    assert parse_del(["a", "c"], prev_kv=True).op().to_wire() == {
+        "delete_range": {"key": b"a", "range_end": b"c", "prev_kv": True}}
 
 
 # -- commands ----------------------------------------------------------------------------------
@@ -259,3 +280,32 @@ def test_console_script_help_is_fast_and_lazy():
     assert proc.returncode == 0, proc.stderr
     for cmd in ("put", "get", "del", "txn", "compaction", "endpoint", "benchmark"):
         assert cmd in proc.stdout
+
+
+def test_watch_output_shapes():
+    """etcdctl 3.4's watch lines (Printer.watch), in every format it supports."""
+    from protocol.client.output import Printer
+    from protocol.client.types import KeyValue, ResponseHeader
+    from protocol.client.watch import Event, WatchResponse
+
+    old = KeyValue(b"foo", b"bar", 2, 2, 1)
+    new = KeyValue(b"foo", b"baz", 2, 3, 2)
+    gone = KeyValue(b"foo", mod_revision=4)
+    resp = WatchResponse(ResponseHeader(7, 9, 4, 2), [Event("PUT", new, old), Event("DELETE", gone)])
+
+    def shown(fmt: str, r: WatchResponse = resp) -> str:
+        buf = io.BytesIO()
+        Printer(fmt, buf).watch(r)
+        return buf.getvalue().decode()
+
+    assert shown("simple") == "PUT\nfoo\nbar\nfoo\nbaz\nDELETE\nfoo\n\n"
+    line = json.loads(shown("json"))
+    assert line["Header"]["revision"] == 4 and line["Created"] is False and line["Canceled"] is False
+    assert [e.get("type", 0) for e in line["Events"]] == [0, 1]
+    assert line["Events"][0]["prev_kv"]["value"] == "YmFy" and "prev_kv" not in line["Events"][1]
+    fields = shown("fields").splitlines()
+    assert fields[:5] == ['"ClusterID" : 7', '"MemberID" : 9', '"Revision" : 4', '"RaftTerm" : 2',
+                          '"Type" : PUT']
+    assert '"PrevValue" : "bar"' in fields and fields[-7] == '"Type" : DELETE'
+    notify = WatchResponse(ResponseHeader(revision=5), progress_notify=True)
+    assert shown("simple", notify) == "progress notify: 5\n"
