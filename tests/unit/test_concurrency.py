@@ -59,7 +59,7 @@ def test_waiters_are_served_in_fifo_order_and_watch_only_their_predecessor(clien
                 time.sleep(0.01)
         time.sleep(0.3)
         # each waiter watches exactly one key, its predecessor's; nobody watches the prefix
-        watched = {t for t in srv._channels}
+        watched = srv.channels
         expected = {watch_topic(l.key, no_put=True) for l in locks[:3]}
         assert watched == expected
         assert order == []
