@@ -7,8 +7,11 @@ compaction, history and leases are the real ``MVCCStore`` on a ``MemoryBackend``
 are made by the storage actor's own ``_read`` and ``_client_frame``; the watch is the
 watch actor's ``Broadcaster`` (actors/watch/channels.py) on an XPUB socket. What a single
 in-process member cannot have is stood in for: Raft (every write commits at once), the
-gateway's status (a fixed member of a one-member cluster), the lease deadlines (the
-leader storage's rules, on a monotonic clock) and auth (``FakeAuth``, below).
+gateway's status (a fixed member of a one-member cluster) and the lease deadlines (the
+leader storage's rules, on a monotonic clock). Auth is the node's too: the gateway's
+``GatewayAuth`` (tokens, who asks, its pre-check), the store's ``AuthState`` and checks
+(every entry at apply, every read before it is served); only the password hashes are
+cheaper (scrypt with n=2: a test double must not spend 50 ms per password).
 
 A thread serves a ROUTER socket on a random free loopback port. Switches for fault
 injection (set them from the test thread at any time):
@@ -32,14 +35,13 @@ Watch (SPEC section 5): ``history`` and an XPUB socket (``watch_url``, advertise
 answered with a progress message, and progress goes out as the watch actor sends it
 (channels that published, and a heartbeat slot, every ``PROGRESS_TICK_S``).
 
-Auth (issue 11): ``store.auth`` (``FakeAuth``) keeps users, roles, permissions and tokens
-with etcd's errors (passwords in clear: a test double); every request is checked once
-auth is enabled (``token`` -> user; none -> ``user_empty``; unknown ->
-``invalid_auth_token``; ranges need READ, writes WRITE, management ops the root role).
-``forget_tokens()`` stands for a restarted gateway; ``old_revision_count``: answer that
-many requests with ``auth_old_revision``. ``FakeServer(curve=True)``: both sockets are
-CURVE servers (``server_key``: the public key, ``impostor=True``: it holds another secret
-than the key it advertises).
+Auth (issue 11): ``store.auth`` is the store's ``AuthState`` (read it; change it with
+``store.auth_change(request, ...)``: requests as a root client sends them, applied as
+the server's entries; ``enable_auth()``: a root user and auth on). Tokens are
+``fake-token.<n>``. ``forget_tokens()`` stands for a restarted gateway;
+``old_revision_count``: answer that many requests with ``auth_old_revision``.
+``FakeServer(curve=True)``: both sockets are CURVE servers (``server_key``: the public
+key, ``impostor=True``: it holds another secret than the key it advertises).
 
 Usage: ``with FakeServer() as srv: Client([srv.endpoint])``. ``stop()`` joins the thread
 and closes the socket and its context. Test setup writes through ``srv.store.put``;
@@ -47,46 +49,55 @@ and closes the socket and its context. Test setup writes through ``srv.store.put
 """
 from __future__ import annotations
 
+import hashlib
 import heapq
+import os
 import threading
 import time
 from typing import Any, cast
 
 import zmq
 
+from actors.gateway.auth import GatewayAuth, token_sha256
 from actors.storage.actor import StorageActor
+from actors.storage.auth import AuthState, verify_password
 from actors.storage.mvcc import MemoryBackend, MVCCStore
 from actors.storage.mvcc.store import SERVER
 from actors.watch.actor import PROGRESS_TICK_S
 from actors.watch.channels import Broadcaster, Channel
 from protocol.codec import unpack
 from protocol.errors import (
-    AuthFailed, AuthNotEnabled, InvalidAuthToken, PermissionDenied, PermissionNotGranted,
-    RoleAlreadyExist, RoleNotFound, RoleNotGranted, RootRoleNotExist, RootUserNotExist,
-    UserAlreadyExist, UserEmpty, UserNotFound, AuthOldRevision,
-    Compacted, InvalidArgument, LeaseNotFound, Malformed, NotLeader, QkvError, UnknownOp,
+    AuthFailed, AuthNotEnabled, AuthOldRevision, LeaseNotFound, Malformed, NotLeader, QkvError, UnknownOp,
 )
-from protocol.requests import LEASE_LEADER_OPS, Limits, is_write, normalize_request
+from protocol.requests import (
+    AUTH_READ_OPS, LEASE_LEADER_OPS, Limits, is_write, normalize_request, request_token,
+)
 
 CLUSTER_ID = 0x1234_5678_9ABC_DEF0
 MEMBER_ID = 0x2E12_59D4_15F2_A040
 RAFT_TERM = 2
 # Reads the storage actor answers itself (StorageActor._read), as a node's storage does.
-STORAGE_READ_OPS = frozenset(("range", "history", "lease_leases", "alarm_list"))
+STORAGE_READ_OPS = frozenset(("range", "history", "lease_leases", "alarm_list", *AUTH_READ_OPS))
+TOKEN_TTL_S = 300  # the gateway's --auth-token-ttl default
 _ALL_KEYS = {"op": "range", "key": b"\x00", "range_end": b"\x00", "revision": 0, "limit": 0,
              "sort_order": "NONE", "sort_target": "KEY", "serializable": True, "keys_only": False,
              "count_only": False, "min_mod_revision": 0, "max_mod_revision": 0,
              "min_create_revision": 0, "max_create_revision": 0}
 
 
-def _b(v: Any) -> bytes:
-    if v is None:
-        return b""
-    if isinstance(v, str):
-        return v.encode()
-    if isinstance(v, (bytes, bytearray)):
-        return bytes(v)
-    raise InvalidArgument(f"expected bytes, got {type(v).__name__}")
+def cheap_hash(password: str) -> dict[str, Any]:
+    """A password hash wire map as passwords.hash_password makes, with the cheapest scrypt
+    parameters the store accepts (n=2, r=1, p=1): verify_password checks it the same way."""
+    salt = os.urandom(16)
+    return {"alg": "scrypt", "n": 2, "r": 1, "p": 1, "salt": salt,
+            "hash": hashlib.scrypt(password.encode("utf-8"), salt=salt, n=2, r=1, p=1, dklen=32)}
+
+
+def _hashed(op: dict[str, Any]) -> dict[str, Any]:
+    """What the gateway proposes for an op with a password: its hash, never the password."""
+    if op["op"] in ("user_add", "user_change_password") and isinstance(op.get("password"), str):
+        return {**op, "password": cheap_hash(op["password"])}
+    return op
 
 
 class _Node:
@@ -104,7 +115,8 @@ class _Node:
 class FakeStore:
     """One cluster's applied state: the real ``MVCCStore`` on a ``MemoryBackend``, every
     write one entry (``write``), plus what a leader's storage keeps in memory (lease
-    deadlines) and the fake auth. Lock ``lock`` around every use from another thread."""
+    deadlines) and the gateways' token table (``gateway``, shared: a token works on every
+    member). Lock ``lock`` around every use from another thread."""
 
     def __init__(self) -> None:
         self.mvcc = MVCCStore(MemoryBackend())
@@ -114,7 +126,9 @@ class FakeStore:
         self.min_ttl = 2
         self.next_lease = 0x694D_77AA_9E38_2600
         self.lock = threading.RLock()
-        self.auth = FakeAuth()
+        self.gateway = GatewayAuth(TOKEN_TTL_S, cert_auth=False, own_client_key=None)
+        self.gateway.set_state(self.mvcc.auth)
+        self._tokens = 0
 
     # -- what tests read and set up ------------------------------------------------------
     @property
@@ -124,6 +138,11 @@ class FakeStore:
     @property
     def compact_revision(self) -> int:
         return self.mvcc.compact_revision
+
+    @property
+    def auth(self) -> AuthState:
+        """The store's auth state (read only: change it with ``auth_change``)."""
+        return self.mvcc.auth
 
     @property
     def kv(self) -> dict[bytes, dict[str, Any]]:
@@ -144,22 +163,35 @@ class FakeStore:
                                          self.limits))
             return self.revision
 
+    def auth_change(self, *requests: dict[str, Any]) -> None:
+        """Test setup: auth requests (``{"op": "user_add", "name": ..., "password": ...}``)
+        validated and hashed as the gateway does, applied as the server's own entries
+        (not checked: whatever the auth state, as a root would)."""
+        with self.lock:
+            for req in requests:
+                self.write(normalize_request(req, self.limits))
+
     def header(self) -> dict[str, Any]:
         return {"cluster_id": CLUSTER_ID, "member_id": MEMBER_ID, "revision": self.revision,
                 "raft_term": RAFT_TERM}
 
     # -- entries -------------------------------------------------------------------------
-    def write(self, op: dict[str, Any]) -> tuple[dict[str, Any], int]:
-        """Apply a normalized write as the next log entry (committed at once, auth checked
-        by the caller): ``(response, revision)``, or its error raised. What the gateway
-        does before proposing (a lease id, the minimum TTL) and what the leader's storage
-        does after (deadlines, physical compaction: at once here) is done here too."""
+    def write(self, op: dict[str, Any], auth: Any = SERVER) -> tuple[dict[str, Any], int]:
+        """Apply a normalized write as the next log entry with its ``auth`` (None, ``(user,
+        auth_revision)`` or SERVER: the store checks it), committed at once:
+        ``(response, revision)``, or its error raised. What the gateway does before
+        proposing (a lease id, the minimum TTL, a password's hash) and what the leader's
+        storage does after (deadlines, physical compaction: at once here; the new auth
+        state to the gateway) is done here too."""
+        op = _hashed(op)
         if op["op"] == "lease_grant":
             if op["id"] == 0:
                 self.next_lease += 1
                 op = {**op, "id": self.next_lease}
             op = {**op, "ttl": max(op["ttl"], self.min_ttl)}
-        (res,) = self.mvcc.apply([(self.mvcc.applied_index + 1, op, SERVER)])
+        (res,) = self.mvcc.apply([(self.mvcc.applied_index + 1, op, auth)])
+        if self.mvcc.auth is not self.gateway.state:
+            self.gateway.set_state(self.mvcc.auth)  # storage's AUTH_STATE push
         if res.error is not None:
             raise res.error
         if op["op"] == "lease_grant":
@@ -179,6 +211,23 @@ class FakeStore:
                 self.write({"op": "lease_expire", "id": lease_id})
             except LeaseNotFound:
                 self.deadlines.pop(lease_id, None)
+
+    def authenticate(self, op: dict[str, Any]) -> dict[str, Any]:
+        """The gateway's authenticate: check the password against the auth state, apply the
+        ``authenticate`` entry (refused if the state moved meanwhile), grant the token."""
+        st = self.mvcc.auth
+        if not st.enabled:
+            raise AuthNotEnabled()
+        user = st.users.get(op["name"])
+        if not verify_password(user.password if user is not None else None, op["password"]):
+            raise AuthFailed()
+        self._tokens += 1
+        token = f"fake-token.{self._tokens}"
+        issued = int(time.time())
+        self.write({"op": "authenticate", "name": op["name"], "token_sha256": token_sha256(token),
+                    "auth_revision": st.revision, "key": op["key"], "issued": issued}, None)
+        self.gateway.grant([[token_sha256(token), op["name"], issued, op["key"]]])
+        return {"token": token}
 
     def lease_leader_op(self, op: dict[str, Any]) -> dict[str, Any]:
         """``lease_keepalive`` / ``lease_timetolive`` as the leader's storage answers them
@@ -202,222 +251,6 @@ class FakeStore:
         """A read as the storage actor serves it: ``(response, error wire, revision)``."""
         _req_id, response, error, revision, _term = StorageActor._read(self.node, 0, op)
         return response, error, revision
-
-
-def _covers(perm: dict[str, Any], key: bytes, end: bytes) -> bool:
-    """Does the permission cover the whole range [key, end)?"""
-    pk, pe = perm["key"], perm["range_end"]
-    if not pe:
-        return not end and key == pk
-    if key < pk:
-        return False
-    if pe == b"\x00":
-        return True
-    if not end:
-        return key < pe
-    return end != b"\x00" and end <= pe
-
-
-class FakeAuth:
-    """etcd's auth store, in memory (no hashing: it is a test double)."""
-
-    OPS = ("auth_enable", "auth_disable", "auth_status", "user_add", "user_delete", "user_get",
-           "user_list", "user_change_password", "user_grant_role", "user_revoke_role",
-           "role_add", "role_delete", "role_get", "role_list", "role_grant_permission",
-           "role_revoke_permission")
-    ADMIN_OPS = frozenset(OPS) - {"auth_status"} | {
-        "member_add", "member_remove", "member_update", "member_promote", "move_leader",
-        "defragment", "hash_kv", "snapshot", "alarm_disarm"}
-
-    def __init__(self) -> None:
-        self.enabled = False
-        self.revision = 1
-        self.users: dict[str, dict[str, Any]] = {}   # name -> {password, roles: set, key}
-        self.roles: dict[str, list[dict[str, Any]]] = {}
-        self.tokens: dict[str, str] = {}              # token -> user
-        self.keys: list[str] = []                     # keys registered by authenticate
-        self._n = 0
-
-    def _bump(self) -> dict:
-        self.revision += 1
-        return {}
-
-    def _user(self, f: dict[str, Any]) -> dict[str, Any]:
-        name = f.get("name") or ""
-        if not name:
-            raise UserEmpty()
-        if name not in self.users:
-            raise UserNotFound()
-        return self.users[name]
-
-    def _role(self, name: str) -> list[dict[str, Any]]:
-        if name not in self.roles:
-            raise RoleNotFound()
-        return self.roles[name]
-
-    def _end_tokens(self, name: str) -> None:
-        self.tokens = {t: u for t, u in self.tokens.items() if u != name}
-
-    # -- authenticate and check -------------------------------------------------------
-    def authenticate(self, f: dict[str, Any]) -> dict:
-        if not self.enabled:
-            raise AuthNotEnabled()
-        u = self.users.get(f.get("name") or "")
-        if u is None or u["password"] is None or u["password"] != f.get("password"):
-            raise AuthFailed()
-        self._n += 1
-        token = f"fake-token.{self._n}"
-        self.tokens[token] = f["name"]
-        if f.get("key"):
-            self.keys.append(f["key"])
-        return {"token": token}
-
-    def is_root(self, user: str) -> bool:
-        return "root" in self.users.get(user, {}).get("roles", ())
-
-    def can(self, user: str, key: bytes, end: bytes, write: bool) -> bool:
-        if self.is_root(user):
-            return True
-        want = ("WRITE", "READWRITE") if write else ("READ", "READWRITE")
-        for role in self.users.get(user, {}).get("roles", ()):
-            for perm in self.roles.get(role, ()):
-                if perm["perm_type"] in want and _covers(perm, key, end):
-                    return True
-        return False
-
-    def check(self, req: dict[str, Any]) -> None:
-        """Raise unless the request's token may do it (auth enabled only)."""
-        if not self.enabled or req.get("op") == "auth_status":  # auth_status: anyone
-            return
-        token = req.get("token")
-        if not token:
-            raise UserEmpty()
-        user = self.tokens.get(token)
-        if user is None:
-            raise InvalidAuthToken()
-        op = req.get("op")
-        if op in self.ADMIN_OPS:
-            if not self.is_root(user):
-                raise PermissionDenied()
-            return
-        key, end = _b(req.get("key")), _b(req.get("range_end"))
-        if op in ("range", "history") and not self.can(user, key, end, False):
-            raise PermissionDenied()
-        if op in ("put", "delete_range") and not self.can(user, key, end, True):
-            raise PermissionDenied()
-        if op == "txn":
-            for branch in ("success", "failure"):
-                for o in req.get(branch) or ():
-                    (kind, body), = o.items()
-                    self.check({**body, "op": kind, "token": token})
-            for c in req.get("compare") or ():
-                if not self.can(user, _b(c.get("key")), _b(c.get("range_end")), False):
-                    raise PermissionDenied()
-
-    # -- management ops ---------------------------------------------------------------
-    def auth_enable(self, f: dict[str, Any]) -> dict:
-        if self.enabled:
-            return {}
-        if "root" not in self.users:
-            raise RootUserNotExist()
-        if not self.is_root("root"):
-            raise RootRoleNotExist()
-        self.enabled = True
-        return self._bump()
-
-    def auth_disable(self, f: dict[str, Any]) -> dict:
-        if self.enabled:
-            self.enabled = False
-            self.tokens.clear()
-            self._bump()
-        return {}
-
-    def auth_status(self, f: dict[str, Any]) -> dict:
-        return {"enabled": self.enabled, "auth_revision": self.revision}
-
-    def user_add(self, f: dict[str, Any]) -> dict:
-        name = f.get("name") or ""
-        if not name:
-            raise UserEmpty()
-        if name in self.users:
-            raise UserAlreadyExist()
-        self.users[name] = {"password": None if f.get("no_password") else (f.get("password") or ""),
-                            "roles": set(), "key": f.get("public_key")}
-        return self._bump()
-
-    def user_delete(self, f: dict[str, Any]) -> dict:
-        self._user(f)
-        del self.users[f["name"]]
-        self._end_tokens(f["name"])
-        return self._bump()
-
-    def user_get(self, f: dict[str, Any]) -> dict:
-        return {"roles": sorted(self._user(f)["roles"])}
-
-    def user_list(self, f: dict[str, Any]) -> dict:
-        return {"users": sorted(self.users)}
-
-    def user_change_password(self, f: dict[str, Any]) -> dict:
-        self._user(f)["password"] = f.get("password") or ""
-        self._end_tokens(f["name"])
-        return self._bump()
-
-    def user_grant_role(self, f: dict[str, Any]) -> dict:
-        u = self._user(f)
-        if f.get("role") != "root":
-            self._role(f.get("role") or "")
-        u["roles"].add(f["role"])
-        return self._bump()
-
-    def user_revoke_role(self, f: dict[str, Any]) -> dict:
-        u = self._user(f)
-        if f.get("role") not in u["roles"]:
-            raise RoleNotGranted()
-        u["roles"].discard(f["role"])
-        return self._bump()
-
-    def role_add(self, f: dict[str, Any]) -> dict:
-        name = f.get("name") or ""
-        if not name:
-            raise InvalidArgument("etcdserver: role name is empty")
-        if name in self.roles:
-            raise RoleAlreadyExist()
-        self.roles[name] = []
-        return self._bump()
-
-    def role_delete(self, f: dict[str, Any]) -> dict:
-        self._role(f.get("name") or "")
-        del self.roles[f["name"]]
-        for u in self.users.values():
-            u["roles"].discard(f["name"])
-        return self._bump()
-
-    def role_get(self, f: dict[str, Any]) -> dict:
-        return {"perm": [dict(p) for p in self._role(f.get("name") or "")]}
-
-    def role_list(self, f: dict[str, Any]) -> dict:
-        return {"roles": sorted(self.roles)}
-
-    def role_grant_permission(self, f: dict[str, Any]) -> dict:
-        perms = self._role(f.get("name") or "")
-        p = f.get("perm") or {}
-        if p.get("perm_type") not in ("READ", "WRITE", "READWRITE"):
-            raise InvalidArgument("bad perm_type")
-        new = {"perm_type": p["perm_type"], "key": _b(p.get("key")), "range_end": _b(p.get("range_end"))}
-        perms[:] = sorted([q for q in perms if (q["key"], q["range_end"]) != (new["key"], new["range_end"])]
-                          + [new], key=lambda q: (q["key"], q["range_end"]))
-        return self._bump()
-
-    def role_revoke_permission(self, f: dict[str, Any]) -> dict:
-        perms = self._role(f.get("name") or "")
-        k, e = _b(f.get("key")), _b(f.get("range_end"))
-        keep = [q for q in perms if (q["key"], q["range_end"]) != (k, e)]
-        if len(keep) == len(perms):
-            raise PermissionNotGranted()
-        perms[:] = keep
-        return self._bump()
-
-
 
 
 class FakeServer:
@@ -491,15 +324,15 @@ class FakeServer:
     def forget_tokens(self) -> None:
         """What a restarted gateway does: every token becomes unknown."""
         with self.store.lock:
-            self.store.auth.tokens.clear()
+            self.store.gateway.tokens.clear()
 
     def enable_auth(self, root_password: str = "rootpw") -> None:
         """A root user with the root role, and auth on (test setup shortcut)."""
-        a = self.store.auth
         with self.store.lock:
-            a.users.setdefault("root", {"password": root_password, "roles": {"root"}, "key": None})
-            a.enabled = True
-            a.revision += 1
+            if "root" not in self.store.auth.users:
+                self.store.auth_change({"op": "user_add", "name": "root", "password": root_password})
+            self.store.auth_change({"op": "user_grant_role", "name": "root", "role": "root"},
+                                   {"op": "auth_enable"})
 
     @property
     def channels(self) -> set[bytes]:
@@ -628,38 +461,39 @@ class FakeServer:
             if self.error_applies:
                 with store.lock:
                     try:
-                        self._serve(normalize_request(fields, store.limits))
+                        self._serve(normalize_request(fields, store.limits), SERVER)
                     except QkvError:
                         pass
             return self._frame(rid, None, {"code": self.error_code, "message": f"fake: {self.error_code}"})
-        with store.lock:
+        with store.lock:  # the gateway's: validate, who asks, pre-check
             op = normalize_request(fields, store.limits)
+            auth = store.gateway.resolve(request_token(req), "", op["op"])
+            store.gateway.precheck(auth, op)
             if op["op"] == "authenticate":
-                return self._frame(rid, store.auth.authenticate(op), None)
-            store.auth.check(req)
+                return self._frame(rid, store.authenticate(op), None)
         if self.old_revision_count > 0 and store.auth.enabled:
             self.old_revision_count -= 1
             raise AuthOldRevision()
         if self.leader_urls is not None and op["op"] in LEASE_LEADER_OPS:
             raise NotLeader(leader_id=MEMBER_ID + 1, leader_client_urls=list(self.leader_urls))
         with store.lock:
-            response, error, revision = self._serve(op)
+            response, error, revision = self._serve(op, auth)
             self._publish()
         return self._frame(rid, response, error, revision)
 
-    def _serve(self, op: dict[str, Any]) -> tuple[dict[str, Any] | None, Any, int]:
-        """A normalized op (store locked): ``(response, error wire, revision)``."""
+    def _serve(self, op: dict[str, Any], auth: Any) -> tuple[dict[str, Any] | None, Any, int]:
+        """A normalized op from ``auth`` (store locked): ``(response, error wire, revision)``."""
         store, name = self.store, op["op"]
-        if name in FakeAuth.OPS:
-            return getattr(store.auth, name)(op), None, store.revision
         if name == "status":
             return self._status(), None, store.revision
-        if name in LEASE_LEADER_OPS:
-            return store.lease_leader_op(op), None, store.revision
         if is_write(op):
-            response, revision = store.write(op)
+            response, revision = store.write(op, auth)
             return response, None, revision
-        if name in STORAGE_READ_OPS:
+        if name in LEASE_LEADER_OPS or name in STORAGE_READ_OPS:
+            if auth != SERVER:
+                store.mvcc.check_read(auth, op)  # storage checks every client read
+            if name in LEASE_LEADER_OPS:
+                return store.lease_leader_op(op), None, store.revision
             return store.read(op)
         raise UnknownOp(f"unknown op: {name!r} (not served by the fake)")
 
