@@ -403,6 +403,9 @@ class FakeServer:
         (store locked)."""
         watch, mvcc = self._watch, self.store.mvcc
         assert watch.position is not None
+        if not watch.channels:  # nobody subscribed: nothing to read or send
+            watch.skip_to(mvcc.current_revision)
+            return
         if watch.position < mvcc.compact_revision:  # compacted before it went out: the
             watch.skip_to(mvcc.compact_revision)      # channels show the gap (SPEC section 5)
         for revision, events in mvcc.events_between(watch.position, mvcc.current_revision):
