@@ -1,8 +1,20 @@
-"""An in-process fake quorumkv gateway for client tests (protocol/SPEC.md, section 1-4).
+"""An in-process fake quorumkv member for client tests (protocol/SPEC.md, sections 1-5).
 
-A thread serves a ROUTER socket on a random free loopback port with a dict-based MVCC
-store: range/put/delete_range/txn/compact/status, enough for the client library and
-qkvctl. Switches for fault injection (set them from the test thread at any time):
+It answers as a node does, from the node's own code: requests are validated by the
+gateway's ``normalize_request`` (protocol/requests.py); keys, revisions, txns,
+compaction, history and leases are the real ``MVCCStore`` on a ``MemoryBackend``
+(actors/storage/mvcc/), each write applied as one log entry would be; reads and replies
+are made by the storage actor's own ``_read`` and ``_client_frame``; the watch is the
+watch actor's ``Broadcaster`` (actors/watch/channels.py) on an XPUB socket. What a single
+in-process member cannot have is stood in for: Raft (every write commits at once), the
+gateway's status (a fixed member of a one-member cluster) and the lease deadlines (the
+leader storage's rules, on a monotonic clock). Auth is the node's too: the gateway's
+``GatewayAuth`` (tokens, who asks, its pre-check), the store's ``AuthState`` and checks
+(every entry at apply, every read before it is served); only the password hashes are
+cheaper (scrypt with n=2: a test double must not spend 50 ms per password).
+
+A thread serves a ROUTER socket on a random free loopback port. Switches for fault
+injection (set them from the test thread at any time):
 
 - ``error_code``: answer every request (or only ops in ``error_ops``) with this error;
   ``error_applies``: apply the request first (a write that did happen);
@@ -10,582 +22,235 @@ qkvctl. Switches for fault injection (set them from the test thread at any time)
 - ``delay_s``: answer after this delay (the request is applied at once);
 - ``requests``: every decoded request received, in order (inspect it in tests).
 
-Leases (SPEC section 3): ``lease_grant/revoke/keepalive/timetolive/leases`` in memory,
-TTLs on a monotonic clock (``min_ttl``: the server minimum), expired leases revoked by
-the serving loop (their keys deleted in one revision). ``leader_urls``: when set, the
-leader-only ops (``lease_keepalive``, ``lease_timetolive``) answer ``not_leader`` with
-these ``leader_client_urls``. Two servers may share one ``FakeStore`` (``store=``) to
-stand for two members of one cluster.
+Leases (SPEC section 3): grant and revoke are store entries; keep-alive and time-to-live
+are answered from deadlines (``FakeStore.deadlines``, monotonic; ``min_ttl``: the
+gateway's minimum TTL); the serving loop applies ``lease_expire`` for every expired
+lease, as the leader's storage does. ``leader_urls``: when set, the leader-only ops
+(``lease_keepalive``, ``lease_timetolive``) answer ``not_leader`` with these
+``leader_client_urls``. Two servers may share one ``FakeStore`` (``store=``) to stand
+for two members of one cluster.
 
 Watch (SPEC section 5): ``history`` and an XPUB socket (``watch_url``, advertised by
-``status``) that publishes every revision on the subscribed channels, answers every
-subscribe with a progress message and sends a heartbeat each second.
+``status``): every revision goes out on the subscribed channels, every subscribe is
+answered with a progress message, and progress goes out as the watch actor sends it
+(channels that published, and a heartbeat slot, every ``PROGRESS_TICK_S``).
 
-Auth (issue 11): ``store.auth`` (``FakeAuth``) keeps users, roles, permissions and tokens
-with etcd's errors; every request is checked once auth is enabled (``token`` -> user;
-none -> ``user_empty``; unknown -> ``invalid_auth_token``; ranges need READ, writes WRITE,
-management ops the root role). ``forget_tokens()`` stands for a restarted gateway;
+Auth (issue 11): ``store.auth`` is the store's ``AuthState`` (read it; change it with
+``store.auth_change(request, ...)``: requests as a root client sends them, applied as
+the server's entries; ``enable_auth()``: a root user and auth on). Tokens are
+``fake-token.<n>``. ``forget_tokens()`` stands for a restarted gateway;
 ``old_revision_count``: answer that many requests with ``auth_old_revision``.
 ``FakeServer(curve=True)``: both sockets are CURVE servers (``server_key``: the public
 key, ``impostor=True``: it holds another secret than the key it advertises).
 
 Usage: ``with FakeServer() as srv: Client([srv.endpoint])``. ``stop()`` joins the thread
-and closes the socket and its context.
+and closes the socket and its context. Test setup writes through ``srv.store.put``;
+``srv.store.kv`` is the current key -> KeyValue map (a copy, read from the store).
 """
 from __future__ import annotations
 
+import hashlib
 import heapq
+import os
 import threading
 import time
-from typing import Any
+from typing import Any, cast
 
 import zmq
 
-from protocol.codec import pack, unpack
+from actors.gateway.auth import GatewayAuth, token_sha256
+from actors.storage.actor import StorageActor
+from actors.storage.auth import AuthState, verify_password
+from actors.storage.mvcc import MemoryBackend, MVCCStore
+from actors.storage.mvcc.store import SERVER
+from actors.watch.actor import PROGRESS_TICK_S
+from actors.watch.channels import Broadcaster, Channel
+from protocol.codec import unpack
 from protocol.errors import (
-    AuthFailed, AuthNotEnabled, InvalidAuthToken, PermissionDenied, PermissionNotGranted,
-    RoleAlreadyExist, RoleNotFound, RoleNotGranted, RootRoleNotExist, RootUserNotExist,
-    UserAlreadyExist, UserEmpty, UserNotFound, AuthOldRevision,
-    Compacted, DuplicateKey, FutureRevision, InvalidArgument, KeyNotFound, KeyNotProvided,
-    LeaseExists, LeaseNotFound, Malformed, NotLeader, QkvError, UnknownOp,
+    AuthFailed, AuthNotEnabled, AuthOldRevision, LeaseNotFound, Malformed, NotLeader, QkvError, UnknownOp,
+)
+from protocol.requests import (
+    AUTH_READ_OPS, LEASE_LEADER_OPS, Limits, is_write, normalize_request, request_token,
 )
 
 CLUSTER_ID = 0x1234_5678_9ABC_DEF0
 MEMBER_ID = 0x2E12_59D4_15F2_A040
 RAFT_TERM = 2
+# Reads the storage actor answers itself (StorageActor._read), as a node's storage does.
+STORAGE_READ_OPS = frozenset(("range", "history", "lease_leases", "alarm_list", *AUTH_READ_OPS))
+TOKEN_TTL_S = 300  # the gateway's --auth-token-ttl default
+_ALL_KEYS = {"op": "range", "key": b"\x00", "range_end": b"\x00", "revision": 0, "limit": 0,
+             "sort_order": "NONE", "sort_target": "KEY", "serializable": True, "keys_only": False,
+             "count_only": False, "min_mod_revision": 0, "max_mod_revision": 0,
+             "min_create_revision": 0, "max_create_revision": 0}
 
 
-def _in_range(k: bytes, key: bytes, end: bytes) -> bool:
-    if not end:
-        return k == key
-    if end == b"\x00":
-        return k >= key
-    return key <= k < end
+def cheap_hash(password: str) -> dict[str, Any]:
+    """A password hash wire map as passwords.hash_password makes, with the cheapest scrypt
+    parameters the store accepts (n=2, r=1, p=1): verify_password checks it the same way."""
+    salt = os.urandom(16)
+    return {"alg": "scrypt", "n": 2, "r": 1, "p": 1, "salt": salt,
+            "hash": hashlib.scrypt(password.encode("utf-8"), salt=salt, n=2, r=1, p=1, dklen=32)}
 
 
-def _b(v: Any) -> bytes:
-    if v is None:
-        return b""
-    if isinstance(v, str):
-        return v.encode()
-    if isinstance(v, (bytes, bytearray)):
-        return bytes(v)
-    raise InvalidArgument(f"expected bytes, got {type(v).__name__}")
+def _hashed(op: dict[str, Any]) -> dict[str, Any]:
+    """What the gateway proposes for an op with a password: its hash, never the password."""
+    if op["op"] in ("user_add", "user_change_password") and isinstance(op.get("password"), str):
+        return {**op, "password": cheap_hash(op["password"])}
+    return op
+
+
+class _Node:
+    """What the storage actor's ``_read`` and ``_client_frame`` read of their actor: they
+    are called unbound on this (``StorageActor._read(node, ...)``), so the fake's reads and
+    replies are the node's own code."""
+
+    def __init__(self, store: MVCCStore) -> None:
+        self.store = store
+        self.cluster_id = CLUSTER_ID
+        self.member_id = MEMBER_ID
+        self.raft_term = RAFT_TERM
 
 
 class FakeStore:
-    """A tiny MVCC model: full history as (revision, key, kv-or-None) entries."""
+    """One cluster's applied state: the real ``MVCCStore`` on a ``MemoryBackend``, every
+    write one entry (``write``), plus what a leader's storage keeps in memory (lease
+    deadlines) and the gateways' token table (``gateway``, shared: a token works on every
+    member). Lock ``lock`` around every use from another thread."""
 
     def __init__(self) -> None:
-        self.revision = 1
-        self.compact_revision = 0
-        self.kv: dict[bytes, dict[str, Any]] = {}
-        self.history: list[tuple[int, bytes, dict[str, Any] | None]] = []
-        self.leases: dict[int, dict[str, Any]] = {}  # id -> {"ttl": granted, "expires": monotonic}
+        self.mvcc = MVCCStore(MemoryBackend())
+        self.node = cast(StorageActor, _Node(self.mvcc))
+        self.limits = Limits()
+        self.deadlines: dict[int, float] = {}  # lease id -> monotonic deadline
         self.min_ttl = 2
         self.next_lease = 0x694D_77AA_9E38_2600
         self.lock = threading.RLock()
-        self.auth = FakeAuth()
+        self.gateway = GatewayAuth(TOKEN_TTL_S, cert_auth=False, own_client_key=None)
+        self.gateway.set_state(self.mvcc.auth)
+        self._tokens = 0
+
+    # -- what tests read and set up ------------------------------------------------------
+    @property
+    def revision(self) -> int:
+        return self.mvcc.current_revision
+
+    @property
+    def compact_revision(self) -> int:
+        return self.mvcc.compact_revision
+
+    @property
+    def auth(self) -> AuthState:
+        """The store's auth state (read only: change it with ``auth_change``)."""
+        return self.mvcc.auth
+
+    @property
+    def kv(self) -> dict[bytes, dict[str, Any]]:
+        """Every live key's KeyValue at the current revision (a copy)."""
+        with self.lock:
+            return {kv["key"]: kv for kv in self.mvcc.range(_ALL_KEYS)["kvs"]}
+
+    @property
+    def leases(self) -> dict[int, int]:
+        """Every lease's granted TTL by id."""
+        with self.lock:
+            return {lease_id: ttl for lease_id, ttl, _ in self.mvcc.leases()}
+
+    def put(self, key: bytes, value: bytes, lease: int = 0) -> int:
+        """Test setup: a put as a client's would be; the new revision."""
+        with self.lock:
+            self.write(normalize_request({"op": "put", "key": key, "value": value, "lease": lease},
+                                         self.limits))
+            return self.revision
+
+    def auth_change(self, *requests: dict[str, Any]) -> None:
+        """Test setup: auth requests (``{"op": "user_add", "name": ..., "password": ...}``)
+        validated and hashed as the gateway does, applied as the server's own entries
+        (not checked: whatever the auth state, as a root would)."""
+        with self.lock:
+            for req in requests:
+                self.write(normalize_request(req, self.limits))
 
     def header(self) -> dict[str, Any]:
         return {"cluster_id": CLUSTER_ID, "member_id": MEMBER_ID, "revision": self.revision,
                 "raft_term": RAFT_TERM}
 
-    def snapshot(self, rev: int) -> dict[bytes, dict[str, Any]]:
-        if rev == 0 or rev == self.revision:
-            return self.kv
-        if rev > self.revision:
-            raise FutureRevision(current_revision=self.revision)
-        if rev < self.compact_revision:
-            raise Compacted(compact_revision=self.compact_revision)
-        state: dict[bytes, dict[str, Any]] = {}
-        for r, k, kv in self.history:
-            if r > rev:
-                break
-            if kv is None:
-                state.pop(k, None)
-            else:
-                state[k] = kv
-        return state
+    # -- entries -------------------------------------------------------------------------
+    def write(self, op: dict[str, Any], auth: Any = SERVER) -> tuple[dict[str, Any], int]:
+        """Apply a normalized write as the next log entry with its ``auth`` (None, ``(user,
+        auth_revision)`` or SERVER: the store checks it), committed at once:
+        ``(response, revision)``, or its error raised. What the gateway does before
+        proposing (a lease id, the minimum TTL, a password's hash) and what the leader's
+        storage does after (deadlines, physical compaction: at once here; the new auth
+        state to the gateway) is done here too."""
+        op = _hashed(op)
+        if op["op"] == "lease_grant":
+            if op["id"] == 0:
+                self.next_lease += 1
+                op = {**op, "id": self.next_lease}
+            op = {**op, "ttl": max(op["ttl"], self.min_ttl)}
+        (res,) = self.mvcc.apply([(self.mvcc.applied_index + 1, op, auth)])
+        if self.mvcc.auth is not self.gateway.state:
+            self.gateway.set_state(self.mvcc.auth)  # storage's AUTH_STATE push
+        if res.error is not None:
+            raise res.error
+        if op["op"] == "lease_grant":
+            self.deadlines[op["id"]] = time.monotonic() + op["ttl"]
+        elif op["op"] in ("lease_revoke", "lease_expire"):
+            self.deadlines.pop(op["id"], None)
+        elif op["op"] == "compact":
+            while self.mvcc.compaction_pending:
+                self.mvcc.compact_step(10_000)
+        return res.response or {}, res.revision
 
-    # -- ops; ``rev`` is the revision a write would create ------------------------------
-    def range(self, f: dict[str, Any], view: dict[bytes, dict[str, Any]] | None = None) -> dict:
-        key = _b(f.get("key"))
-        if not key:
-            raise KeyNotProvided()
-        end = _b(f.get("range_end"))
-        for n in ("limit", "revision"):
-            if int(f.get(n) or 0) < 0:
-                raise InvalidArgument(f"negative {n}")
-        state = view if view is not None else self.snapshot(int(f.get("revision") or 0))
-        kvs = [kv for k, kv in sorted(state.items()) if _in_range(k, key, end)]
-        count = len(kvs)
-        for field, lo, hi in (("mod_revision", "min_mod_revision", "max_mod_revision"),
-                              ("create_revision", "min_create_revision", "max_create_revision")):
-            lo_v, hi_v = int(f.get(lo) or 0), int(f.get(hi) or 0)
-            if lo_v:
-                kvs = [kv for kv in kvs if kv[field] >= lo_v]
-            if hi_v:
-                kvs = [kv for kv in kvs if kv[field] <= hi_v]
-        order = f.get("sort_order") or "NONE"
-        target = f.get("sort_target") or "KEY"
-        if order not in ("NONE", "ASCEND", "DESCEND") or target not in (
-                "KEY", "VERSION", "CREATE", "MOD", "VALUE"):
-            raise InvalidArgument("bad sort")
-        if order == "NONE" and target != "KEY":
-            order = "ASCEND"
-        field = {"KEY": "key", "VERSION": "version", "CREATE": "create_revision",
-                 "MOD": "mod_revision", "VALUE": "value"}[target]
-        if order != "NONE":
-            kvs = sorted(kvs, key=lambda kv: kv[field], reverse=order == "DESCEND")
-        limit = int(f.get("limit") or 0)
-        more = bool(limit and len(kvs) > limit)
-        if limit:
-            kvs = kvs[:limit]
-        if f.get("count_only"):
-            kvs = []
-        elif f.get("keys_only"):
-            kvs = [{**kv, "value": b""} for kv in kvs]
-        return {"kvs": kvs, "more": more, "count": count}
-
-    def put(self, f: dict[str, Any], rev: int) -> dict:
-        key = _b(f.get("key"))
-        if not key:
-            raise KeyNotProvided()
-        value, lease = _b(f.get("value")), int(f.get("lease") or 0)
-        prev = self.kv.get(key)
-        if f.get("ignore_value") and value:
-            raise InvalidArgument("ignore_value with a value")
-        if f.get("ignore_lease") and lease:
-            raise InvalidArgument("ignore_lease with a lease")
-        if (f.get("ignore_value") or f.get("ignore_lease")) and prev is None:
-            raise KeyNotFound()
-        if lease and lease not in self.leases:
-            raise LeaseNotFound()
-        if f.get("ignore_value"):
-            value = prev["value"]
-        if f.get("ignore_lease"):
-            lease = prev["lease"]
-        kv = {"key": key, "value": value, "create_revision": prev["create_revision"] if prev else rev,
-              "mod_revision": rev, "version": prev["version"] + 1 if prev else 1, "lease": lease}
-        self.kv[key] = kv
-        self.history.append((rev, key, kv))
-        out: dict[str, Any] = {}
-        if f.get("prev_kv") and prev is not None:
-            out["prev_kv"] = prev
-        return out
-
-    def delete_range(self, f: dict[str, Any], rev: int) -> dict:
-        key = _b(f.get("key"))
-        if not key:
-            raise KeyNotProvided()
-        end = _b(f.get("range_end"))
-        gone = [kv for k, kv in sorted(self.kv.items()) if _in_range(k, key, end)]
-        for kv in gone:
-            del self.kv[kv["key"]]
-            self.history.append((rev, kv["key"], None))
-        out: dict[str, Any] = {"deleted": len(gone)}
-        if f.get("prev_kv"):
-            out["prev_kvs"] = gone
-        return out
-
-    def compare(self, c: dict[str, Any]) -> bool:
-        key, end = _b(c.get("key")), _b(c.get("range_end"))
-        target, result = c.get("target"), c.get("result")
-        field = {"VERSION": "version", "CREATE": "create_revision", "MOD": "mod_revision",
-                 "VALUE": "value", "LEASE": "lease"}.get(target)
-        if field is None or result not in ("EQUAL", "NOT_EQUAL", "GREATER", "LESS"):
-            raise InvalidArgument("bad compare")
-        want = _b(c.get(field)) if field == "value" else int(c.get(field) or 0)
-        kvs = [kv for k, kv in self.kv.items() if _in_range(k, key, end)]
-        if not end and not kvs:
-            if field == "value":
-                return False
-            kvs = [{field: 0}]
-        for kv in kvs:
-            have = kv[field]
-            ok = {"EQUAL": have == want, "NOT_EQUAL": have != want,
-                  "GREATER": have > want, "LESS": have < want}[result]
-            if not ok:
-                return False
-        return True
-
-    def txn(self, f: dict[str, Any], rev: int) -> dict:
-        for branch in ("success", "failure"):
-            puts: set[bytes] = set()
-            for op in f.get(branch) or ():
-                if not isinstance(op, dict) or len(op) != 1:
-                    raise InvalidArgument("a RequestOp is a one-entry map")
-                if "put" in op:
-                    k = _b(op["put"].get("key"))
-                    if k in puts:
-                        raise DuplicateKey()
-                    puts.add(k)
-        ok = all(self.compare(c) for c in f.get("compare") or ())
-        responses = []
-        for op in f.get("success" if ok else "failure") or ():
-            (kind, body), = op.items()
-            if kind == "range":
-                responses.append({"range": self.range(body, self.kv)})
-            elif kind == "put":
-                responses.append({"put": self.put(body, rev)})
-            elif kind == "delete_range":
-                responses.append({"delete_range": self.delete_range(body, rev)})
-            elif kind == "txn":
-                responses.append({"txn": self.txn(body, rev)})
-            else:
-                raise InvalidArgument(f"unknown RequestOp {kind!r}")
-        return {"succeeded": ok, "responses": responses}
-
-    def compact(self, f: dict[str, Any]) -> dict:
-        rev = int(f.get("revision") or 0)
-        if rev > self.revision:
-            raise FutureRevision(current_revision=self.revision)
-        if rev <= self.compact_revision:
-            raise Compacted(compact_revision=self.compact_revision)
-        self.compact_revision = rev
-        return {}
-
-    # -- leases -------------------------------------------------------------------------
-    def lease_grant(self, f: dict[str, Any]) -> dict:
-        ttl = max(int(f.get("ttl") or 0), self.min_ttl)
-        lid = int(f.get("ID") or 0)
-        if lid < 0:
-            raise InvalidArgument("negative lease id")
-        if lid == 0:
-            self.next_lease += 1
-            lid = self.next_lease
-        if lid in self.leases:
-            raise LeaseExists()
-        self.leases[lid] = {"ttl": ttl, "expires": time.monotonic() + ttl}
-        return {"ID": lid, "ttl": ttl}
-
-    def _drop_lease(self, lid: int) -> None:
-        del self.leases[lid]
-        rev = self.revision + 1
-        keys = [k for k, kv in sorted(self.kv.items()) if kv["lease"] == lid]
-        for k in keys:
-            del self.kv[k]
-            self.history.append((rev, k, None))
-        if keys:
-            self.revision = rev
-
-    def lease_revoke(self, f: dict[str, Any]) -> dict:
-        lid = int(f.get("ID") or 0)
-        if lid not in self.leases:
-            raise LeaseNotFound()
-        self._drop_lease(lid)
-        return {}
-
-    def lease_keepalive(self, f: dict[str, Any]) -> dict:
-        lid = int(f.get("ID") or 0)
-        lease = self.leases.get(lid)
-        if lease is None:
-            raise LeaseNotFound()
-        lease["expires"] = time.monotonic() + lease["ttl"]
-        return {"ID": lid, "ttl": lease["ttl"]}
-
-    def lease_timetolive(self, f: dict[str, Any]) -> dict:
-        lid = int(f.get("ID") or 0)
-        lease = self.leases.get(lid)
-        if lease is None:
-            return {"ID": lid, "ttl": -1, "granted_ttl": 0, "keys": []}
-        out = {"ID": lid, "ttl": max(0, int(lease["expires"] - time.monotonic())),
-               "granted_ttl": lease["ttl"], "keys": []}
-        if f.get("keys"):
-            out["keys"] = [k for k, kv in sorted(self.kv.items()) if kv["lease"] == lid]
-        return out
-
-    def lease_leases(self, f: dict[str, Any]) -> dict:
-        return {"leases": [{"id": lid} for lid in sorted(self.leases)]}
-
-    def expire_leases(self) -> bool:
-        """Revoke every expired lease; True when the revision moved."""
+    def expire_leases(self) -> None:
+        """The leader's expiry: a ``lease_expire`` entry for every lease past its deadline."""
         now = time.monotonic()
-        before = self.revision
-        for lid in [lid for lid, l in self.leases.items() if l["expires"] <= now]:
-            self._drop_lease(lid)
-        return self.revision != before
+        for lease_id in sorted(i for i, deadline in self.deadlines.items() if deadline <= now):
+            try:
+                self.write({"op": "lease_expire", "id": lease_id})
+            except LeaseNotFound:
+                self.deadlines.pop(lease_id, None)
 
-    # -- history (SPEC section 3, for the watch) ------------------------------------------
-    def events(self, start: int, end: int, key: bytes, range_end: bytes, prev_kv: bool = False,
-               no_put: bool = False, no_delete: bool = False) -> list[tuple[int, list[dict]]]:
-        state: dict[bytes, dict[str, Any]] = {}
-        out: dict[int, list[dict]] = {}
-        for r, k, kv in self.history:
-            if r > end:
-                break
-            prev = state.get(k)
-            if kv is None:
-                state.pop(k, None)
-            else:
-                state[k] = kv
-            if r < start or not _in_range(k, key, range_end):
-                continue
-            if kv is None:
-                if no_delete:
-                    continue
-                ev: dict[str, Any] = {"type": "DELETE", "kv": {"key": k, "value": b"", "create_revision": 0,
-                                                               "mod_revision": r, "version": 0, "lease": 0}}
-            else:
-                if no_put:
-                    continue
-                ev = {"type": "PUT", "kv": kv}
-            if prev_kv and prev is not None:
-                ev["prev_kv"] = prev
-            out.setdefault(r, []).append(ev)
-        return sorted(out.items())
-
-    def history_op(self, f: dict[str, Any]) -> dict:
-        key, end = _b(f.get("key")), _b(f.get("range_end"))
-        start = int(f.get("start_revision") or 0) or max(1, self.compact_revision)
-        last = int(f.get("end_revision") or 0)
-        if not last or last > self.revision:
-            last = self.revision
-        if start < self.compact_revision:
-            raise Compacted(compact_revision=self.compact_revision)
-        groups = self.events(start, last, key, end, bool(f.get("prev_kv")), bool(f.get("no_put")),
-                             bool(f.get("no_delete")))
-        return {"revisions": [{"revision": r, "events": evs} for r, evs in groups],
-                "more": False, "last_revision": max(last, start - 1) if start <= self.revision else self.revision}
-
-    def apply(self, req: dict[str, Any]) -> dict[str, Any]:
-        op = req.get("op")
-        if op in FakeAuth.OPS:
-            return getattr(self.auth, op)(req)
-        if op == "range":
-            return self.range(req)
-        if op == "status":
-            return {}
-        if op == "compact":
-            return self.compact(req)
-        if op == "history":
-            return self.history_op(req)
-        if op in ("lease_grant", "lease_revoke", "lease_keepalive", "lease_timetolive",
-                  "lease_leases"):
-            return getattr(self, op)(req)
-        if op not in ("put", "delete_range", "txn"):
-            raise UnknownOp(f"unknown op {op!r}")
-        rev = self.revision + 1
-        before = len(self.history)
-        result = getattr(self, op)(req, rev)
-        if len(self.history) != before:
-            self.revision = rev
-        return result
-
-
-def _covers(perm: dict[str, Any], key: bytes, end: bytes) -> bool:
-    """Does the permission cover the whole range [key, end)?"""
-    pk, pe = perm["key"], perm["range_end"]
-    if not pe:
-        return not end and key == pk
-    if key < pk:
-        return False
-    if pe == b"\x00":
-        return True
-    if not end:
-        return key < pe
-    return end != b"\x00" and end <= pe
-
-
-class FakeAuth:
-    """etcd's auth store, in memory (no hashing: it is a test double)."""
-
-    OPS = ("auth_enable", "auth_disable", "auth_status", "user_add", "user_delete", "user_get",
-           "user_list", "user_change_password", "user_grant_role", "user_revoke_role",
-           "role_add", "role_delete", "role_get", "role_list", "role_grant_permission",
-           "role_revoke_permission")
-    ADMIN_OPS = frozenset(OPS) - {"auth_status"} | {
-        "member_add", "member_remove", "member_update", "member_promote", "move_leader",
-        "defragment", "hash_kv", "snapshot", "alarm_disarm"}
-
-    def __init__(self) -> None:
-        self.enabled = False
-        self.revision = 1
-        self.users: dict[str, dict[str, Any]] = {}   # name -> {password, roles: set, key}
-        self.roles: dict[str, list[dict[str, Any]]] = {}
-        self.tokens: dict[str, str] = {}              # token -> user
-        self.keys: list[str] = []                     # keys registered by authenticate
-        self._n = 0
-
-    def _bump(self) -> dict:
-        self.revision += 1
-        return {}
-
-    def _user(self, f: dict[str, Any]) -> dict[str, Any]:
-        name = f.get("name") or ""
-        if not name:
-            raise UserEmpty()
-        if name not in self.users:
-            raise UserNotFound()
-        return self.users[name]
-
-    def _role(self, name: str) -> list[dict[str, Any]]:
-        if name not in self.roles:
-            raise RoleNotFound()
-        return self.roles[name]
-
-    def _end_tokens(self, name: str) -> None:
-        self.tokens = {t: u for t, u in self.tokens.items() if u != name}
-
-    # -- authenticate and check -------------------------------------------------------
-    def authenticate(self, f: dict[str, Any]) -> dict:
-        if not self.enabled:
+    def authenticate(self, op: dict[str, Any]) -> dict[str, Any]:
+        """The gateway's authenticate: check the password against the auth state, apply the
+        ``authenticate`` entry (refused if the state moved meanwhile), grant the token."""
+        st = self.mvcc.auth
+        if not st.enabled:
             raise AuthNotEnabled()
-        u = self.users.get(f.get("name") or "")
-        if u is None or u["password"] is None or u["password"] != f.get("password"):
+        user = st.users.get(op["name"])
+        if not verify_password(user.password if user is not None else None, op["password"]):
             raise AuthFailed()
-        self._n += 1
-        token = f"fake-token.{self._n}"
-        self.tokens[token] = f["name"]
-        if f.get("key"):
-            self.keys.append(f["key"])
+        self._tokens += 1
+        token = f"fake-token.{self._tokens}"
+        issued = int(time.time())
+        self.write({"op": "authenticate", "name": op["name"], "token_sha256": token_sha256(token),
+                    "auth_revision": st.revision, "key": op["key"], "issued": issued}, None)
+        self.gateway.grant([[token_sha256(token), op["name"], issued, op["key"]]])
         return {"token": token}
 
-    def is_root(self, user: str) -> bool:
-        return "root" in self.users.get(user, {}).get("roles", ())
+    def lease_leader_op(self, op: dict[str, Any]) -> dict[str, Any]:
+        """``lease_keepalive`` / ``lease_timetolive`` as the leader's storage answers them
+        (StorageActor._lease_leader_op) from its deadlines."""
+        lease_id = op["id"]
+        info = self.mvcc.lease_get(lease_id)
+        deadline = self.deadlines.get(lease_id)
+        now = time.monotonic()
+        if op["op"] == "lease_timetolive":
+            if info is None:
+                return {"ID": lease_id, "ttl": -1, "granted_ttl": 0, "keys": []}
+            remaining = max(0.0, (deadline if deadline is not None else now) - now)
+            return {"ID": lease_id, "ttl": int(remaining), "granted_ttl": info[0],
+                    "keys": self.mvcc.lease_keys(lease_id) if op["keys"] else []}
+        if info is None or deadline is None or deadline <= now:
+            raise LeaseNotFound(lease=lease_id)
+        self.deadlines[lease_id] = now + info[0]
+        return {"ID": lease_id, "ttl": info[0]}
 
-    def can(self, user: str, key: bytes, end: bytes, write: bool) -> bool:
-        if self.is_root(user):
-            return True
-        want = ("WRITE", "READWRITE") if write else ("READ", "READWRITE")
-        for role in self.users.get(user, {}).get("roles", ()):
-            for perm in self.roles.get(role, ()):
-                if perm["perm_type"] in want and _covers(perm, key, end):
-                    return True
-        return False
-
-    def check(self, req: dict[str, Any]) -> None:
-        """Raise unless the request's token may do it (auth enabled only)."""
-        if not self.enabled or req.get("op") == "auth_status":  # auth_status: anyone
-            return
-        token = req.get("token")
-        if not token:
-            raise UserEmpty()
-        user = self.tokens.get(token)
-        if user is None:
-            raise InvalidAuthToken()
-        op = req.get("op")
-        if op in self.ADMIN_OPS:
-            if not self.is_root(user):
-                raise PermissionDenied()
-            return
-        key, end = _b(req.get("key")), _b(req.get("range_end"))
-        if op in ("range", "history") and not self.can(user, key, end, False):
-            raise PermissionDenied()
-        if op in ("put", "delete_range") and not self.can(user, key, end, True):
-            raise PermissionDenied()
-        if op == "txn":
-            for branch in ("success", "failure"):
-                for o in req.get(branch) or ():
-                    (kind, body), = o.items()
-                    self.check({**body, "op": kind, "token": token})
-            for c in req.get("compare") or ():
-                if not self.can(user, _b(c.get("key")), _b(c.get("range_end")), False):
-                    raise PermissionDenied()
-
-    # -- management ops ---------------------------------------------------------------
-    def auth_enable(self, f: dict[str, Any]) -> dict:
-        if self.enabled:
-            return {}
-        if "root" not in self.users:
-            raise RootUserNotExist()
-        if not self.is_root("root"):
-            raise RootRoleNotExist()
-        self.enabled = True
-        return self._bump()
-
-    def auth_disable(self, f: dict[str, Any]) -> dict:
-        if self.enabled:
-            self.enabled = False
-            self.tokens.clear()
-            self._bump()
-        return {}
-
-    def auth_status(self, f: dict[str, Any]) -> dict:
-        return {"enabled": self.enabled, "auth_revision": self.revision}
-
-    def user_add(self, f: dict[str, Any]) -> dict:
-        name = f.get("name") or ""
-        if not name:
-            raise UserEmpty()
-        if name in self.users:
-            raise UserAlreadyExist()
-        self.users[name] = {"password": None if f.get("no_password") else (f.get("password") or ""),
-                            "roles": set(), "key": f.get("public_key")}
-        return self._bump()
-
-    def user_delete(self, f: dict[str, Any]) -> dict:
-        self._user(f)
-        del self.users[f["name"]]
-        self._end_tokens(f["name"])
-        return self._bump()
-
-    def user_get(self, f: dict[str, Any]) -> dict:
-        return {"roles": sorted(self._user(f)["roles"])}
-
-    def user_list(self, f: dict[str, Any]) -> dict:
-        return {"users": sorted(self.users)}
-
-    def user_change_password(self, f: dict[str, Any]) -> dict:
-        self._user(f)["password"] = f.get("password") or ""
-        self._end_tokens(f["name"])
-        return self._bump()
-
-    def user_grant_role(self, f: dict[str, Any]) -> dict:
-        u = self._user(f)
-        if f.get("role") != "root":
-            self._role(f.get("role") or "")
-        u["roles"].add(f["role"])
-        return self._bump()
-
-    def user_revoke_role(self, f: dict[str, Any]) -> dict:
-        u = self._user(f)
-        if f.get("role") not in u["roles"]:
-            raise RoleNotGranted()
-        u["roles"].discard(f["role"])
-        return self._bump()
-
-    def role_add(self, f: dict[str, Any]) -> dict:
-        name = f.get("name") or ""
-        if not name:
-            raise InvalidArgument("etcdserver: role name is empty")
-        if name in self.roles:
-            raise RoleAlreadyExist()
-        self.roles[name] = []
-        return self._bump()
-
-    def role_delete(self, f: dict[str, Any]) -> dict:
-        self._role(f.get("name") or "")
-        del self.roles[f["name"]]
-        for u in self.users.values():
-            u["roles"].discard(f["name"])
-        return self._bump()
-
-    def role_get(self, f: dict[str, Any]) -> dict:
-        return {"perm": [dict(p) for p in self._role(f.get("name") or "")]}
-
-    def role_list(self, f: dict[str, Any]) -> dict:
-        return {"roles": sorted(self.roles)}
-
-    def role_grant_permission(self, f: dict[str, Any]) -> dict:
-        perms = self._role(f.get("name") or "")
-        p = f.get("perm") or {}
-        if p.get("perm_type") not in ("READ", "WRITE", "READWRITE"):
-            raise InvalidArgument("bad perm_type")
-        new = {"perm_type": p["perm_type"], "key": _b(p.get("key")), "range_end": _b(p.get("range_end"))}
-        perms[:] = sorted([q for q in perms if (q["key"], q["range_end"]) != (new["key"], new["range_end"])]
-                          + [new], key=lambda q: (q["key"], q["range_end"]))
-        return self._bump()
-
-    def role_revoke_permission(self, f: dict[str, Any]) -> dict:
-        perms = self._role(f.get("name") or "")
-        k, e = _b(f.get("key")), _b(f.get("range_end"))
-        keep = [q for q in perms if (q["key"], q["range_end"]) != (k, e)]
-        if len(keep) == len(perms):
-            raise PermissionNotGranted()
-        perms[:] = keep
-        return self._bump()
+    def read(self, op: dict[str, Any]) -> tuple[dict[str, Any] | None, Any, int]:
+        """A read as the storage actor serves it: ``(response, error wire, revision)``."""
+        _req_id, response, error, revision, _term = StorageActor._read(self.node, 0, op)
+        return response, error, revision
 
 
 class FakeServer:
@@ -628,9 +293,9 @@ class FakeServer:
             self._pub.curve_server = True
             self._pub.curve_secretkey = secret
         self.watch_url = f"tcp://{host}:{self._pub.bind_to_random_port(f'tcp://{host}')}"
-        self._channels: dict[bytes, dict[str, Any]] = {}  # topic -> {"last": rev, range...}
-        self._published = self.store.revision
-        self._heartbeat_at = time.monotonic()
+        self._watch = Broadcaster(position=self.store.revision)
+        self._tick = 0
+        self._progress_at = time.monotonic()
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self._thread = threading.Thread(target=self._run, name=f"fakeserver-{port}", daemon=True)
@@ -659,15 +324,20 @@ class FakeServer:
     def forget_tokens(self) -> None:
         """What a restarted gateway does: every token becomes unknown."""
         with self.store.lock:
-            self.store.auth.tokens.clear()
+            self.store.gateway.tokens.clear()
 
     def enable_auth(self, root_password: str = "rootpw") -> None:
         """A root user with the root role, and auth on (test setup shortcut)."""
-        a = self.store.auth
         with self.store.lock:
-            a.users.setdefault("root", {"password": root_password, "roles": {"root"}, "key": None})
-            a.enabled = True
-            a.revision += 1
+            if "root" not in self.store.auth.users:
+                self.store.auth_change({"op": "user_add", "name": "root", "password": root_password})
+            self.store.auth_change({"op": "user_grant_role", "name": "root", "role": "root"},
+                                   {"op": "auth_enable"})
+
+    @property
+    def channels(self) -> set[bytes]:
+        """The topics of the watch channels subscribed now."""
+        return set(self._watch.channels.copy())  # dict.copy is atomic: the loop changes it
 
     def ops_received(self, op: str) -> int:
         with self._lock:
@@ -700,62 +370,63 @@ class FakeServer:
                 self.store.expire_leases()
                 self._publish()
             now = time.monotonic()
-            if now - self._heartbeat_at >= 1.0:
-                self._heartbeat_at = now
-                for topic in list(self._channels):
-                    self._progress(topic)
+            if now - self._progress_at >= PROGRESS_TICK_S:
+                self._progress_at = now
+                self._progress_tick()
             while self._delayed and self._delayed[0][0] <= now:
                 _, _, out = heapq.heappop(self._delayed)
                 self._send(out)
 
-    # -- watch ---------------------------------------------------------------------------
+    # -- watch (the watch actor's Broadcaster) -------------------------------------------
     def _on_subscription(self, msg: bytes) -> None:
         if not msg:
             return
         topic = msg[1:]
         if msg[0] == 0:
-            self._channels.pop(topic, None)
+            self._watch.unsubscribe(topic)
             return
-        if topic[:2] != b"W1" or len(topic) < 11:
-            return
-        if topic not in self._channels:
-            flags = topic[2]
-            n = int.from_bytes(topic[3:7], "big")
-            key = topic[7:7 + n]
-            m = int.from_bytes(topic[7 + n:11 + n], "big")
-            end = topic[11 + n:11 + n + m]
-            with self.store.lock:
-                self._publish()
-                self._channels[topic] = {"last": self.store.revision, "key": key, "end": end,
-                                         "prev_kv": bool(flags & 1), "no_put": bool(flags & 2),
-                                         "no_delete": bool(flags & 4)}
-        self._progress(topic)
+        with self.store.lock:
+            self._publish()  # the channel starts at the current revision
+        ch = self._watch.subscribe(topic)
+        if ch is not None:
+            self._send_watch(self._watch.progress([ch]))
 
-    def _progress(self, topic: bytes) -> None:
-        ch = self._channels.get(topic)
-        if ch is None:
-            return
-        body = {"progress_revision": self._published, "last_event_revision": ch["last"]}
-        self._pub.send_multipart([topic, pack(body)])
+    def _progress_tick(self) -> None:
+        """As the watch actor's: the channels that published, and one heartbeat slot."""
+        self._tick += 1
+        chans: list[Channel] = self._watch.take_dirty()
+        chans += self._watch.heartbeat_slot(self._tick)
+        self._send_watch(self._watch.progress(chans))
 
     def _publish(self) -> None:
-        """Send every revision made since the last call on every channel (store locked)."""
-        rev = self.store.revision
-        if rev <= self._published:
+        """Publish every revision made since the last call, from the store's history
+        (store locked)."""
+        watch, mvcc = self._watch, self.store.mvcc
+        assert watch.position is not None
+        if not watch.channels:  # nobody subscribed: nothing to read or send
+            watch.skip_to(mvcc.current_revision)
             return
-        for topic, ch in self._channels.items():
-            for r, evs in self.store.events(self._published + 1, rev, ch["key"], ch["end"],
-                                            ch["prev_kv"], ch["no_put"], ch["no_delete"]):
-                self._pub.send_multipart([topic, pack({"revision": r, "prev_revision": ch["last"],
-                                                       "events": evs})])
-                ch["last"] = r
-        self._published = rev
+        if watch.position < mvcc.compact_revision:  # compacted before it went out: the
+            watch.skip_to(mvcc.compact_revision)      # channels show the gap (SPEC section 5)
+        for revision, events in mvcc.events_between(watch.position, mvcc.current_revision):
+            self._send_watch(watch.publish(revision, [[e.type, e.kv, e.prev_kv] for e in events]))
 
+    def _send_watch(self, messages: list[tuple[bytes, bytes]]) -> None:
+        for topic, payload in messages:
+            self._pub.send_multipart([topic, payload])
+
+    # -- requests ------------------------------------------------------------------------
     def _send(self, frames: list[bytes]) -> None:
         try:
             self._sock.send_multipart(frames, zmq.NOBLOCK)
         except zmq.ZMQError:
             pass  # the client went away (ROUTER_MANDATORY) or its queue is full
+
+    def _frame(self, client_id: Any, response: dict[str, Any] | None, error: Any,
+               revision: int | None = None) -> bytes:
+        """The reply frame, made by the storage actor's own code."""
+        rev = self.store.revision if revision is None else revision
+        return StorageActor._client_frame(self.store.node, client_id, response, error, rev)
 
     def _handle(self, frames: list[bytes]) -> None:
         ident, envelope, body = frames[0], frames[1:-1], frames[-1]
@@ -765,59 +436,76 @@ class FakeServer:
                 raise Malformed()
             req = unpack(body)
             if not isinstance(req, dict):
-                raise Malformed()
+                raise Malformed("malformed request: the frame must hold a msgpack map")
             rid = req.get("id")
             with self._lock:
                 self.requests.append(req)
-            reply = self._answer(req)
+            frame = self._answer(req, rid)
         except QkvError as err:
-            reply = {"ok": False, "error": err.to_wire()}
-        reply["id"] = rid
+            frame = self._frame(rid, None, err.to_wire())
         if self.drop_replies:
             if self.drop_count is None:
                 return
             if self.drop_count > 0:
                 self.drop_count -= 1
                 return
-        out = [ident, *envelope, pack(reply)]
+        out = [ident, *envelope, frame]
         if self.delay_s > 0:
             self._seq += 1
             heapq.heappush(self._delayed, (time.monotonic() + self.delay_s, self._seq, out))
         else:
             self._send(out)
 
-    def _answer(self, req: dict[str, Any]) -> dict[str, Any]:
-        op = req.get("op")
-        if self.error_code and (self.error_ops is None or op in self.error_ops):
+    def _answer(self, req: dict[str, Any], rid: Any) -> bytes:
+        """Validate (the gateway's normalize_request), check auth, serve; the reply frame."""
+        store = self.store
+        fields = {k: v for k, v in req.items() if k != "id"}
+        if self.error_code and (self.error_ops is None or req.get("op") in self.error_ops):
             if self.error_applies:
-                try:
-                    with self.store.lock:
-                        self.store.apply(req)
-                except QkvError:
-                    pass
-            return {"ok": False, "error": {"code": self.error_code,
-                                           "message": f"fake: {self.error_code}"}}
-        auth = self.store.auth
-        with self.store.lock:
-            if op == "authenticate":
-                return {"ok": True, "header": self.store.header(), **auth.authenticate(req)}
-            auth.check(req)
-        if self.old_revision_count > 0 and auth.enabled:
+                with store.lock:
+                    try:
+                        self._serve(normalize_request(fields, store.limits), SERVER)
+                    except QkvError:
+                        pass
+            return self._frame(rid, None, {"code": self.error_code, "message": f"fake: {self.error_code}"})
+        with store.lock:  # the gateway's: validate, who asks, pre-check
+            op = normalize_request(fields, store.limits)
+            auth = store.gateway.resolve(request_token(req), "", op["op"])
+            store.gateway.precheck(auth, op)
+            if op["op"] == "authenticate":
+                return self._frame(rid, store.authenticate(op), None)
+        if self.old_revision_count > 0 and store.auth.enabled:
             self.old_revision_count -= 1
             raise AuthOldRevision()
-        if self.leader_urls is not None and op in ("lease_keepalive", "lease_timetolive"):
-            return {"ok": False, "error": NotLeader(leader_id=MEMBER_ID + 1,
-                                                    leader_client_urls=list(self.leader_urls)).to_wire()}
-        with self.store.lock:
-            result = self.store.apply(req)
+        if self.leader_urls is not None and op["op"] in LEASE_LEADER_OPS:
+            raise NotLeader(leader_id=MEMBER_ID + 1, leader_client_urls=list(self.leader_urls))
+        with store.lock:
+            response, error, revision = self._serve(op, auth)
             self._publish()
-        if op == "status":
-            s = self.store
-            result = {
-                "version": self.version, "name": "fake", "db_size": 24576,
-                "db_size_in_use": 16384, "leader": MEMBER_ID, "raft_index": s.revision + 7,
-                "raft_term": RAFT_TERM, "raft_applied_index": s.revision + 7,
-                "is_learner": False, "errors": [], "compact_revision": s.compact_revision,
-                "client_urls": [self.endpoint], "watch_urls": [self.watch_url],
-            }
-        return {"ok": True, "header": self.store.header(), **result}
+        return self._frame(rid, response, error, revision)
+
+    def _serve(self, op: dict[str, Any], auth: Any) -> tuple[dict[str, Any] | None, Any, int]:
+        """A normalized op from ``auth`` (store locked): ``(response, error wire, revision)``."""
+        store, name = self.store, op["op"]
+        if name == "status":
+            return self._status(), None, store.revision
+        if is_write(op):
+            response, revision = store.write(op, auth)
+            return response, None, revision
+        if name in LEASE_LEADER_OPS or name in STORAGE_READ_OPS:
+            if auth != SERVER:
+                store.mvcc.check_read(auth, op)  # storage checks every client read
+            if name in LEASE_LEADER_OPS:
+                return store.lease_leader_op(op), None, store.revision
+            return store.read(op)
+        raise UnknownOp(f"unknown op: {name!r} (not served by the fake)")
+
+    def _status(self) -> dict[str, Any]:
+        s = self.store
+        return {
+            "version": self.version, "name": "fake", "db_size": 24576,
+            "db_size_in_use": 16384, "leader": MEMBER_ID, "raft_index": s.revision + 7,
+            "raft_term": RAFT_TERM, "raft_applied_index": s.revision + 7,
+            "is_learner": False, "errors": [], "compact_revision": s.compact_revision,
+            "client_urls": [self.endpoint], "watch_urls": [self.watch_url],
+        }

@@ -72,8 +72,7 @@ def test_put_benchmark_against_fake(srv):
 
 
 def test_range_benchmark_via_cli_with_duration(srv, capsys):
-    srv.store.kv[b"foo"] = {"key": b"foo", "value": b"bar", "create_revision": 1,
-                            "mod_revision": 1, "version": 1, "lease": 0}
+    srv.store.put(b"foo", b"bar")
     rc = run(["--endpoints", srv.address, "benchmark", "range", "foo", "--clients", "4",
               "--duration", "0.5", "--consistency", "s"])
     cap = capsys.readouterr()

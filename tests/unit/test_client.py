@@ -184,8 +184,7 @@ def test_server_side_validation_errors(client):
 # -- failover, timeouts, retries -------------------------------------------------------------
 def test_read_fails_over_when_a_member_does_not_answer(srv, srv2):
     srv.drop_replies = True
-    srv2.store.kv[b"k"] = {"key": b"k", "value": b"v", "create_revision": 1,
-                           "mod_revision": 1, "version": 1, "lease": 0}
+    srv2.store.put(b"k", b"v")
     with Client([srv.endpoint, srv2.endpoint], timeout=2.0) as c:
         assert c.get("k").kvs[0].value == b"v"
         assert srv.ops_received("range") == 1 and srv2.ops_received("range") == 1
@@ -253,14 +252,12 @@ def test_unreachable_endpoint_raises_unavailable():
 def test_read_timeout_then_stale_reply_is_not_seen(srv):
     srv.delay_s = 0.8
     with Client([srv.endpoint], timeout=0.3) as c:
-        c_put = srv.store
-        c_put.kv[b"k"] = {"key": b"k", "value": b"old", "create_revision": 1,
-                          "mod_revision": 1, "version": 1, "lease": 0}
+        srv.store.put(b"k", b"old")
         with pytest.raises(errors.Timeout) as exc:
             c.get("k")
         assert "unknown" not in exc.value.message
         srv.delay_s = 0.0
-        c_put.kv[b"k"] = {**c_put.kv[b"k"], "value": b"new"}
+        srv.store.put(b"k", b"new")
         deadline = time.monotonic() + 2.0
         while time.monotonic() < deadline:  # replies arrive; none may be the stale one
             assert c.get("k").kvs[0].value == b"new"

@@ -25,9 +25,12 @@ from protocol.client.types import Permission  # noqa: E402
 def setup_users(srv: FakeServer) -> None:
     """root (root role), eve: read+write on /e/ only."""
     srv.enable_auth()
-    a = srv.store.auth
-    a.roles["er"] = [{"perm_type": "READWRITE", "key": b"/e/", "range_end": b"/e0"}]
-    a.users["eve"] = {"password": "evepw", "roles": {"er"}, "key": None}
+    srv.store.auth_change(
+        {"op": "role_add", "name": "er"},
+        {"op": "role_grant_permission", "name": "er",
+         "perm": {"perm_type": "READWRITE", "key": b"/e/", "range_end": b"/e0"}},
+        {"op": "user_add", "name": "eve", "password": "evepw"},
+        {"op": "user_grant_role", "name": "eve", "role": "er"})
 
 
 def ops(srv: FakeServer) -> list[str]:
@@ -100,7 +103,8 @@ def test_auth_old_revision_refreshes_and_resends_once(srv):
 
 
 def test_user_given_while_auth_is_off_then_enabled(srv):
-    srv.store.auth.users["root"] = {"password": "rootpw", "roles": {"root"}, "key": None}
+    srv.store.auth_change({"op": "user_add", "name": "root", "password": "rootpw"},
+                          {"op": "user_grant_role", "name": "root", "role": "root"})
     with Client([srv.endpoint], timeout=3, user="root", password="rootpw") as c:
         c.put("k", "v")  # auth_not_enabled: no token needed (etcd's clientv3 too)
         assert "token" not in srv.requests[-1]

@@ -59,7 +59,7 @@ def test_waiters_are_served_in_fifo_order_and_watch_only_their_predecessor(clien
                 time.sleep(0.01)
         time.sleep(0.3)
         # each waiter watches exactly one key, its predecessor's; nobody watches the prefix
-        watched = {t for t in srv._channels}
+        watched = srv.channels
         expected = {watch_topic(l.key, no_put=True) for l in locks[:3]}
         assert watched == expected
         assert order == []
@@ -215,6 +215,7 @@ def test_qkvctl_lock_and_elect_hold_until_interrupted(srv):
     lock = subprocess.Popen(_qkvctl(srv, "lock", "mylock"), stdout=subprocess.PIPE, text=True, cwd=ROOT)
     obs = subprocess.Popen(_qkvctl(srv, "elect", "-l", "el"), stdout=subprocess.PIPE, text=True, cwd=ROOT)
     p1 = subprocess.Popen(_qkvctl(srv, "elect", "el", "p1"), stdout=subprocess.PIPE, text=True, cwd=ROOT)
+    p2 = None
     try:
         deadline = time.monotonic() + 10
         while len(srv.store.kv) < 2 and time.monotonic() < deadline:
@@ -225,16 +226,16 @@ def test_qkvctl_lock_and_elect_hold_until_interrupted(srv):
         time.sleep(0.3)
         for p in (lock, p1):
             p.send_signal(2)
-        out_lock, out_p1 = lock.communicate(10)[0], p1.communicate(10)[0]
+        out_lock, out_p1 = lock.communicate(timeout=10)[0], p1.communicate(timeout=10)[0]
         time.sleep(1.0)
         p2.send_signal(2)
-        out_p2 = p2.communicate(10)[0]
+        out_p2 = p2.communicate(timeout=10)[0]
         time.sleep(0.5)
         obs.send_signal(2)
-        out_obs = obs.communicate(10)[0]
+        out_obs = obs.communicate(timeout=10)[0]
     finally:
-        for p in (lock, obs, p1):
-            if p.poll() is None:
+        for p in (lock, obs, p1, p2):
+            if p is not None and p.poll() is None:
                 p.kill()
     assert lock.returncode == 0 and out_lock.startswith("mylock/") and out_lock.endswith("\n\n")
     k1, _ = out_p1.split("\n", 1)

@@ -17,6 +17,7 @@ for p in (ROOT, os.path.join(ROOT, "tests")):
     if p not in sys.path:
         sys.path.insert(0, p)
 
+from actors.storage.auth import verify_password  # noqa: E402
 from fakeserver import CLUSTER_ID, MEMBER_ID, FakeServer  # noqa: E402
 from protocol.client import cli  # noqa: E402
 from protocol.client.cli import normalize_bool_flags, run, split_user  # noqa: E402
@@ -72,9 +73,9 @@ def test_auth_enable_creates_the_root_role_like_etcdctl(ctl, srv):
     assert ctl("auth", "enable") == (1, "", "Error: etcdserver: root user does not exist\n")
     assert ctl("user", "add", "root", "--new-user-password", "rootpw") == (0, "User root created\n", "")
     for fmt in ("simple", "json", "fields", "table"):  # the same line in every format
-        srv.store.auth.enabled = False
+        srv.store.auth_change({"op": "auth_disable"})
         assert ctl("-w", fmt, "auth", "enable") == (0, "Authentication Enabled\n", "")
-    assert srv.store.auth.users["root"]["roles"] == {"root"} and "root" in srv.store.auth.roles
+    assert srv.store.auth.users["root"].roles == ["root"] and "root" in srv.store.auth.roles
     assert ctl("get", "k") == (1, "", "Error: etcdserver: user name is empty\n")
     assert ctl("auth", "disable") == (1, "", "Error: etcdserver: user name is empty\n")
     assert ctl("-w", "json", "--user", "root:rootpw", "auth", "disable") == (0, "Authentication Disabled\n", "")
@@ -82,31 +83,32 @@ def test_auth_enable_creates_the_root_role_like_etcdctl(ctl, srv):
 
 
 def test_auth_status_every_format(ctl, srv):
-    srv.store.auth.revision = 7
+    srv.store.auth_change(*({"op": "role_add", "name": f"r{i}"} for i in range(6)))  # revision 1 -> 7
     assert ctl("auth", "status") == (0, "Authentication Status: false\nAuthRevision: 7\n", "")
     assert ctl("-w", "json", "auth", "status") == (0, json.dumps(
         {"header": HDR, "authRevision": 7}, separators=(",", ":")) + "\n", "")
     srv.enable_auth()
     assert ctl("-w", "json", "auth", "status")[1] == json.dumps(
-        {"header": HDR, "enabled": True, "authRevision": 8}, separators=(",", ":")) + "\n"
-    assert ctl("-w", "fields", "auth", "status") == (
-        0, HDR_FIELDS + '"Enabled" : true\n"AuthRevision" : 8\n', "")
+        {"header": HDR, "enabled": True, "authRevision": 10}, separators=(",", ":")) + "\n"
+    assert ctl("-w", "fields", "auth", "status") == (  # user_add root, grant root, enable: 3 changes
+        0, HDR_FIELDS + '"Enabled" : true\n"AuthRevision" : 10\n', "")
     assert ctl("-w", "table", "auth", "status") == (4, "", TABLE_ERR)
 
 
 # -- user ------------------------------------------------------------------------------------
 def test_user_add_forms(ctl, srv):
-    users = srv.store.auth.users
+    def users():
+        return srv.store.auth.users
     assert ctl("user", "add", "a:apw") == (0, "User a created\n", "")
-    assert users["a"]["password"] == "apw"
+    assert verify_password(users()["a"].password, "apw")
     assert ctl("user", "add", "b", "--interactive=false", stdin="bpw more\n") == (0, "User b created\n", "")
-    assert users["b"]["password"] == "bpw"
+    assert verify_password(users()["b"].password, "bpw")
     assert ctl("user", "add", "c", "--new-user-password=cpw") == (0, "User c created\n", "")
     assert ctl("user", "add", "d:x", "--no-password") == (0, "User d:x created\n", "")
-    assert users["d:x"]["password"] is None
+    assert users()["d:x"].password is None
     key = zmq.curve_keypair()[0].decode()
     assert ctl("user", "add", "svc", "--no-password", "--public-key", key) == (0, "User svc created\n", "")
-    assert users["svc"]["key"] == key
+    assert users()["svc"].key == key
     assert ctl("user", "add", "svc2", "--no-password", "--public-key", "bad")[0] == 128
     # interactive: asked twice on a terminal
     answers = iter(["epw", "epw"])
@@ -121,7 +123,7 @@ def test_user_add_forms(ctl, srv):
         assert ctl("user", "add", "f", tty=True) == (128, "", "Error: empty password\n")
     finally:
         getpass.getpass = orig
-    assert users["e"]["password"] == "epw"
+    assert verify_password(users()["e"].password, "epw")
     assert ctl("user", "add", "g")[0] == 128  # not a terminal: cannot ask
     assert ctl("user", "add") == (128, "", "Error: user add command requires user name as its argument\n")
     assert ctl("user", "add", "a", "b")[0] == 128
@@ -129,14 +131,14 @@ def test_user_add_forms(ctl, srv):
     assert ctl("-w", "json", "user", "add", "h:x") == (0, HDR_JSON + "\n", "")
     assert ctl("-w", "fields", "user", "add", "i:x") == (0, HDR_FIELDS, "")
     assert ctl("-w", "table", "user", "add", "j:x") == (4, "", TABLE_ERR)
-    assert "j" in users  # etcdctl sends first, then fails to print
+    assert "j" in users()  # etcdctl sends first, then fails to print
 
 
 def test_user_commands_every_format(ctl, srv):
-    a = srv.store.auth
-    a.users.update({"bob": {"password": "pw", "roles": set(), "key": None},
-                    "al": {"password": "pw", "roles": set(), "key": None}})
-    a.roles.update({"r1": [{"perm_type": "READ", "key": b"/a", "range_end": b""}], "r2": []})
+    srv.store.auth_change(
+        {"op": "user_add", "name": "bob", "password": "pw"}, {"op": "user_add", "name": "al", "password": "pw"},
+        {"op": "role_add", "name": "r1"}, {"op": "role_add", "name": "r2"},
+        {"op": "role_grant_permission", "name": "r1", "perm": {"perm_type": "READ", "key": b"/a"}})
     assert ctl("user", "grant-role", "bob", "r1") == (0, "Role r1 is granted to user bob\n", "")
     assert ctl("-w", "json", "user", "grant-role", "bob", "r2") == (0, HDR_JSON + "\n", "")
     assert ctl("-w", "fields", "user", "grant-role", "al", "r2") == (0, HDR_FIELDS, "")
@@ -164,7 +166,7 @@ def test_user_commands_every_format(ctl, srv):
     assert ctl("user", "revoke-role", "bob", "r1") == (1, "", "Error: etcdserver: role is not granted to the user\n")
     assert ctl("-w", "fields", "user", "revoke-role", "bob", "r2") == (0, HDR_FIELDS, "")
     assert ctl("user", "passwd", "bob", "--interactive=false", stdin="newpw\n") == (0, "Password updated\n", "")
-    assert a.users["bob"]["password"] == "newpw"
+    assert verify_password(srv.store.auth.users["bob"].password, "newpw")
     assert ctl("-w", "json", "user", "passwd", "bob", "--interactive=false", stdin="x\n") == (0, HDR_JSON + "\n", "")
     assert ctl("user", "passwd", "nobody", "--interactive=false", stdin="x\n") == (
         1, "", "Error: etcdserver: user name not found\n")
@@ -190,7 +192,7 @@ def test_role_commands_every_format(ctl, srv):
                  ("READWRITE", "/p/", "--prefix"), ("Read", "/f", "--from-key=true")):
         assert ctl("role", "grant-permission", "r", *args) == (0, "Role r updated\n", "")
     perms = srv.store.auth.roles["r"]
-    assert {(p["perm_type"], p["key"], p["range_end"]) for p in perms} == {
+    assert {(p.perm_type, p.key, p.range_end) for p in perms} == {
         ("READ", b"\x00", b"\x00"), ("READ", b"/a", b""), ("WRITE", b"/b", b"/c"),
         ("READWRITE", b"/p/", b"/p0"), ("READ", b"/f", b"\x00")}
     assert ctl("-w", "json", "role", "grant-permission", "rj", "read", "/a") == (0, HDR_JSON + "\n", "")
@@ -245,7 +247,7 @@ def test_role_commands_every_format(ctl, srv):
 # -- globals: --user, --password, env, prompt, CURVE -----------------------------------------
 def test_user_password_globals(ctl, srv, monkeypatch):
     srv.enable_auth()
-    srv.store.auth.users["eve"] = {"password": "e:pw", "roles": set(), "key": None}
+    srv.store.auth_change({"op": "user_add", "name": "eve", "password": "e:pw"})
     assert ctl("--user", "root:rootpw", "put", "k", "v") == (0, "OK\n", "")
     assert srv.requests[-2]["op"] == "authenticate" and srv.requests[-2]["name"] == "root"
     assert srv.requests[-1]["token"]
