@@ -26,9 +26,9 @@ import zmq
 from actors.runtime import log as runtime_log
 from actors.runtime import messages as M
 from actors.runtime import security
+from actors.runtime import wire
 from nodes.config import Config
 from nodes.endpoints import Endpoints
-from protocol.codec import pack_msg
 
 DRAIN_MAX = 2048  # messages taken from one socket before other sockets get a turn
 
@@ -178,7 +178,7 @@ class Actor:
         sock.setsockopt(zmq.LINGER, 1000)
         sock.connect(self.endpoints.supervisor)
         try:
-            sock.send(pack_msg(M.READY, [self.role, os.getpid()]), zmq.NOBLOCK)
+            sock.send(wire.pack(M.Ready(self.role, os.getpid())), zmq.NOBLOCK)
         except zmq.ZMQError:
             pass
         sock.close()
