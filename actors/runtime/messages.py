@@ -160,7 +160,7 @@ class StorageStatus(TypedDict):
     alarms: Annotated[list[dict[str, Any]], ALARMS]
     defragmenting: Annotated[bool, Bool()]
     auth_revision: NotRequired[Annotated[int, U64]]
-    disk: NotRequired[Annotated[dict[str, Any], AnyMap()]]
+    disk: NotRequired[Annotated[dict[str, Any] | None, Nullable(AnyMap())]]  # None: the disk takes writes
 
 
 class HashKvResult(TypedDict):

@@ -126,7 +126,6 @@ def test_good_messages_round_trip(msg_type):
         assert type(msg) is M.CLASSES[msg_type] and msg.TYPE == msg_type
         assert wire.decode(frame, {msg_type}) == msg
         assert wire.pack(msg) == frame
-        assert msgpack.unpackb(wire.pack(msg)[2:], raw=False, strict_map_key=False) == body
 
 
 def test_messages_read_by_name_and_by_position():
