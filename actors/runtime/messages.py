@@ -117,6 +117,7 @@ RAFT_WIRE = Opaque(list, 32)
 
 Error = dict[str, Any]  # an error wire map (protocol/errors.py QkvError.to_wire)
 Op = dict[str, Any]  # a normalized op (protocol/requests.py normalize_request)
+MemberWire = dict[str, Any]  # MEMBER_WIRE: id, name, peer_urls, client_urls, watch_urls, is_learner, ...
 
 
 class Message(Protocol):
@@ -125,15 +126,6 @@ class Message(Protocol):
 
 
 # --- status maps -----------------------------------------------------------------------
-class MemberInfo(TypedDict):
-    id: Annotated[int, U64]
-    name: Annotated[str, Str(1024)]
-    peer_urls: Annotated[list[str], URLS]
-    client_urls: Annotated[list[str], URLS]
-    watch_urls: Annotated[list[str], URLS]
-    is_learner: Annotated[bool, Bool()]
-
-
 class ConsensusStatus(TypedDict):
     """Consensus's status (STATUS_RESP); other keys are kept unread."""
     epoch: Annotated[int, U64]
@@ -144,9 +136,10 @@ class ConsensusStatus(TypedDict):
     commit: Annotated[int, U64]
     first_index: Annotated[int, U64]
     last_index: Annotated[int, U64]
-    members: Annotated[list[MemberInfo], ListOf(MEMBER_WIRE, MAX_LIST)]
+    members: Annotated[list[MemberWire], ListOf(MEMBER_WIRE, MAX_LIST)]
     is_learner: Annotated[bool, Bool()]
-    faults: Annotated[str | None, Nullable(Str())]
+    faults: Annotated[str | None, Nullable(Str())]  # peer fault injection, when active
+    disk: NotRequired[Annotated[dict[str, Any] | None, Nullable(AnyMap())]]  # None: the log's disk takes writes
 
 
 class StorageStatus(TypedDict):
@@ -176,8 +169,8 @@ class DefragResult(TypedDict):
 
 
 class MemberResult(TypedDict):
-    members: Annotated[list[MemberInfo], ListOf(MEMBER_WIRE, MAX_LIST)]
-    member: NotRequired[Annotated[MemberInfo, MEMBER_WIRE]]
+    members: Annotated[list[MemberWire], ListOf(MEMBER_WIRE, MAX_LIST)]
+    member: NotRequired[Annotated[MemberWire, MEMBER_WIRE]]
 
 
 # --- items of batch messages -----------------------------------------------------------
