@@ -233,7 +233,7 @@ class ConsensusActor(Actor):
                 accepted = [req_id for req_id, _ in body]
             except ProposalDropped:
                 rejected = [M.Rejected(req_id, errors.NoLeader().to_wire()) for req_id, _ in body]
-        elif self.lead and self.transport.send(self.lead, M.PEER_FORWARD, [body]):
+        elif self.lead and self.transport.send(self.lead, M.PeerForward(self.id, body)):
             accepted = [req_id for req_id, _ in body]
         else:
             rejected = [M.Rejected(req_id, errors.NoLeader().to_wire()) for req_id, _ in body]
@@ -387,14 +387,14 @@ class ConsensusActor(Actor):
                     raise ProposalDropped()
                 self.node.propose_batch([data for _, data in msg.proposals])
             except ProposalDropped:
-                self.transport.send(frm, M.PEER_FORWARD_REJECT, [[req_id for req_id, _ in msg.proposals]])
+                self.transport.send(frm, M.PeerForwardReject(self.id, [req_id for req_id, _ in msg.proposals]))
         elif msg_type == M.PEER_FORWARD_REJECT:
             if self.gateway_identity is not None:
                 rejected = [M.Rejected(req_id, errors.NoLeader().to_wire()) for req_id in msg.req_ids]
                 self._reply(self.gateway_identity, M.ProposeAck(self.epoch, [], rejected))
         elif msg_type == M.PEER_HELLO:
             if frm not in self.member_info:  # a peer we had not heard from: introduce ourselves at once
-                self.transport.send(frm, M.PEER_HELLO, [self._my_info()])
+                self.transport.send(frm, M.PeerHello(self.id, self._my_info()))
             self.member_info[frm] = msg.info
         elif msg_type == M.PEER_SNAP_CHUNK:
             self._on_snap_chunk(frm, msg)
@@ -403,7 +403,7 @@ class ConsensusActor(Actor):
         elif msg_type == M.PEER_MEMBER:
             ctx = msg.ctx
             self._member_request(msg.op, lambda result, error: self.transport.send(
-                frm, M.PEER_MEMBER_RESP, [ctx, result, error]))
+                frm, M.PeerMemberResp(self.id, ctx, result, error)))
         elif msg_type == M.PEER_MEMBER_RESP:
             waiter = self.forwarded.pop(msg.ctx, None)
             if waiter is not None:
@@ -415,7 +415,7 @@ class ConsensusActor(Actor):
 
     def _hello(self) -> None:
         for peer in self.transport.peers:
-            self.transport.send(peer, M.PEER_HELLO, [self._my_info()])
+            self.transport.send(peer, M.PeerHello(self.id, self._my_info()))
 
     # --- the Ready loop ------------------------------------------------------------
     def flush(self) -> None:
@@ -549,7 +549,7 @@ class ConsensusActor(Actor):
             else:
                 by_peer.setdefault(msg.to, []).append(msg.to_wire())
         for peer, wires in by_peer.items():
-            if not self.transport.send(peer, M.PEER_RAFT, [wires]):
+            if not self.transport.send(peer, M.PeerRaft(self.id, wires)):
                 self.node.report_unreachable(peer)
 
     def _leader_changed(self, lead: int) -> None:
@@ -657,7 +657,7 @@ class ConsensusActor(Actor):
     def _pump(self, sender: SnapshotSender) -> None:
         for chunk in sender.next_chunks():
             failpoint("snapshot_send")
-            if not self.transport.send(sender.to, M.PEER_SNAP_CHUNK, chunk):
+            if not self.transport.send(sender.to, M.PeerSnapChunk(self.id, *chunk)):
                 self._finish_send(sender, False, "peer unreachable")
                 return
 
@@ -694,7 +694,7 @@ class ConsensusActor(Actor):
             self.receiver = SnapshotReceiver(snap_id, frm, os.path.join(self.snap_dir, f"in-{frm:x}-{snap_id:d}"))
         rcv = self.receiver
         if rcv is None or rcv.snap_id != snap_id or rcv.frm != frm:
-            self.transport.send(frm, M.PEER_SNAP_ACK, [snap_id, seq, "failed"])
+            self.transport.send(frm, M.PeerSnapAck(self.id, snap_id, seq, "failed"))
             return
         try:
             failpoint("snapshot_receive")
@@ -703,9 +703,9 @@ class ConsensusActor(Actor):
             self.log.warning("snapshot_receive_failed", error=str(exc)[:200])
             rcv.cleanup()
             self.receiver = None
-            self.transport.send(frm, M.PEER_SNAP_ACK, [snap_id, seq, "failed"])
+            self.transport.send(frm, M.PeerSnapAck(self.id, snap_id, seq, "failed"))
             return
-        self.transport.send(frm, M.PEER_SNAP_ACK, [snap_id, seq, "ok"])
+        self.transport.send(frm, M.PeerSnapAck(self.id, snap_id, seq, "ok"))
         if complete:
             ctx = next(self._ctx)
             self.installing[ctx] = (frm, snap_id, chunk.message)
@@ -726,11 +726,11 @@ class ConsensusActor(Actor):
             self.receiver = None
         if error is not None:
             self.log.error("snapshot_install_failed", error=error)
-            self.transport.send(frm, M.PEER_SNAP_ACK, [snap_id, -1, "failed"])
+            self.transport.send(frm, M.PeerSnapAck(self.id, snap_id, -1, "failed"))
             return
         self.log.info("snapshot_installed", index=msg.snapshot.index, storage_applied=applied)
         self.node.step(msg)
-        self.transport.send(frm, M.PEER_SNAP_ACK, [snap_id, -1, "done"])
+        self.transport.send(frm, M.PeerSnapAck(self.id, snap_id, -1, "done"))
 
     def _storage_restarted(self) -> None:
         """Our storage actor is a new process: the CHECKPOINT and INSTALL requests the old
@@ -747,7 +747,7 @@ class ConsensusActor(Actor):
             self.stale_installs.append(self.receiver.root)
             self.receiver = None
         for frm, snap_id, _msg in lost_installs:
-            self.transport.send(frm, M.PEER_SNAP_ACK, [snap_id, -1, "failed"])
+            self.transport.send(frm, M.PeerSnapAck(self.id, snap_id, -1, "failed"))
         if lost_checkpoints or lost_installs:
             self.log.warning("snapshot_requests_lost", reason="storage restarted",
                              checkpoints=len(lost_checkpoints), installs=len(lost_installs))
@@ -853,10 +853,11 @@ class ConsensusActor(Actor):
     def _members_wire(self) -> list[dict[str, Any]]:
         return [self._member_wire(mid) for mid in self.members]
 
-    def _on_join(self) -> list:
+    def _on_join(self) -> M.PeerJoinResp:
         """PEER_JOIN from a node that is starting with --initial-cluster-state existing."""
-        return [self.cfg.cluster_id, [[i, m["name"], m["peer_urls"], i in self.conf.learners, m.get("peer_key", "")]
-                                      for i, m in self.members.items()]]
+        return M.PeerJoinResp(self.cfg.cluster_id, [
+            M.JoinMember(i, m["name"], m["peer_urls"], i in self.conf.learners, m.get("peer_key", ""))
+            for i, m in self.members.items()])
 
     def _restore_membership(self, snap: SnapshotMeta) -> None:
         if not snap.voters:
@@ -974,7 +975,7 @@ class ConsensusActor(Actor):
         elif self.lead and self.lead in self.transport.peers:
             ctx = next(self._ctx)
             self.forwarded[ctx] = (identity, ctx_id, time.monotonic() + 10.0)
-            if not self.transport.send(self.lead, M.PEER_MEMBER, [ctx, op]):
+            if not self.transport.send(self.lead, M.PeerMember(self.id, ctx, op)):
                 del self.forwarded[ctx]
                 self._reply(identity, M.MemberResp(ctx_id, None, errors.NoLeader().to_wire()))
         else:
@@ -1013,7 +1014,7 @@ class ConsensusActor(Actor):
     def _peer_active(self, peer: int) -> bool:
         window = max(self.cfg.election_timeout / 1000.0, 0.2)
         return (time.monotonic() - self.last_heard.get(peer, -1e9) < window
-                and self.transport.send(peer, M.PEER_HELLO, [self._my_info()]))
+                and self.transport.send(peer, M.PeerHello(self.id, self._my_info())))
 
     def _learner_ready(self, mid: int) -> bool:
         st = self.node.status()
