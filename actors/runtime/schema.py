@@ -220,20 +220,6 @@ class AnyOf(Schema):
         raise first
 
 
-class Reply(Tup):
-    """[ctx, result | None, error | None, ...]: a reply holds a result or an error, never
-    both and never neither (positions `result_at` and `result_at + 1`)."""
-
-    def __init__(self, *items: Schema, result_at: int = 1) -> None:
-        super().__init__(*items)
-        self.result_at = result_at
-
-    def check(self, v: Any, path: str) -> None:
-        super().check(v, path)
-        if (v[self.result_at] is None) == (v[self.result_at + 1] is None):
-            _fail(path, "a reply must hold a result or an error")
-
-
 def _field_schemas(cls: type) -> dict[str, Schema]:
     """The schema in each field's `Annotated[type, schema]` annotation."""
     out: dict[str, Schema] = {}

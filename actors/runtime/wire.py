@@ -31,7 +31,7 @@ from actors.runtime.messages import (  # noqa: F401 - the shared schemas, for ca
 )
 from actors.runtime.schema import (  # noqa: F401 - re-exported: the schema nodes lived here
     INT64_MAX, MAX_BATCH, MAX_BYTES, MAX_LIST, MAX_STR, UINT64_MAX, AnyMap, AnyOf, Bool, Bytes, Func, Int,
-    ListOf, Map, Nullable, Num, Opaque, Reply, Schema, Str, Tup,
+    ListOf, Map, Nullable, Num, Opaque, Schema, Str, Tup,
 )
 from protocol.errors import Malformed
 
@@ -41,8 +41,9 @@ MAX_FRAME = 256 * 1024 * 1024
 
 def pack(msg: M.Message) -> bytes:
     """The frame of a typed message (a NamedTuple packs as the array of its fields)."""
-    body: Any = msg[0] if getattr(msg, "BATCH", False) else msg  # type: ignore[index]
-    return bytes((VERSION, msg.TYPE)) + msgpack.packb(body, use_bin_type=True)
+    body: Any = msg[0] if getattr(msg, "BATCH", False) else msg  # type: ignore[index]  # a batch: its items
+    data: bytes = msgpack.packb(body, use_bin_type=True)
+    return bytes((VERSION, msg.TYPE)) + data
 
 
 def decode(frame: bytes, allowed: frozenset[int] | set[int] | None = None) -> Any:
