@@ -31,6 +31,8 @@ MAX_BYTES = 64 * 1024 * 1024
 
 # --- schema nodes ------------------------------------------------------------------------
 class Schema:
+    builds = False  # load returns a new value (a record, or values holding records)
+
     def check(self, v: Any, path: str) -> None:  # pragma: no cover - abstract
         raise NotImplementedError
 
@@ -97,6 +99,7 @@ class Str(Schema):
 class Nullable(Schema):
     def __init__(self, inner: Schema) -> None:
         self.inner = inner
+        self.builds = inner.builds
 
     def check(self, v: Any, path: str) -> None:
         if v is not None:
@@ -124,24 +127,40 @@ class Tup(Schema):
 class ListOf(Schema):
     def __init__(self, item: Schema, max_len: int = MAX_BATCH, min_len: int = 0) -> None:
         self.item, self.max_len, self.min_len = item, max_len, min_len
+        self.builds = item.builds
 
     def check(self, v: Any, path: str) -> None:
         if not isinstance(v, list):
             _fail(path, f"expected an array, got {type(v).__name__}")
         if not self.min_len <= len(v) <= self.max_len:
             _fail(path, f"array length {len(v)} out of [{self.min_len}, {self.max_len}]")
+        check = self.item.check
+        try:  # the fast pass names no position; a failure is checked again to name it
+            for item in v:
+                check(item, path)
+        except Malformed:
+            self._where(v, path)
+            raise
+
+    def _where(self, v: list[Any], path: str) -> None:
+        """Raise the Malformed of the first bad element, with its index in the path."""
         for i, item in enumerate(v):
             self.item.check(item, f"{path}[{i}]")
 
     def load(self, v: Any, path: str) -> Any:
-        if not isinstance(self.item, Record):
+        if not self.builds:
             self.check(v, path)
             return v
         if not isinstance(v, list):
             _fail(path, f"expected an array, got {type(v).__name__}")
         if not self.min_len <= len(v) <= self.max_len:
             _fail(path, f"array length {len(v)} out of [{self.min_len}, {self.max_len}]")
-        return [self.item.load(item, f"{path}[{i}]") for i, item in enumerate(v)]
+        load = self.item.load
+        try:
+            return [load(item, path) for item in v]
+        except Malformed:
+            self._where(v, path)
+            raise
 
 
 class Map(Schema):
@@ -240,13 +259,20 @@ class Record(Schema):
     of its annotation; `load` returns `cls(...)`. Trailing fields with defaults may be
     absent. `xor=(a, b)` (or `cls.XOR`): exactly one of fields a and b is None."""
 
+    builds = True
+
     def __init__(self, cls: type, xor: tuple[str, str] | None = None) -> None:
         self.cls = cls
         schemas = _field_schemas(cls)
-        self.fields: list[tuple[str, Schema]] = [(name, schemas[name]) for name in cls._fields]  # type: ignore[attr-defined]
-        self.min_len = len(self.fields) - len(getattr(cls, "_field_defaults", {}))
+        names: tuple[str, ...] = cls._fields  # type: ignore[attr-defined]
+        self.fields: list[tuple[str, Schema]] = [(name, schemas[name]) for name in names]
+        self.schemas = [schema for _, schema in self.fields]
+        self.any_builds = any(schema.builds for schema in self.schemas)
+        defaults: dict[str, Any] = getattr(cls, "_field_defaults", {})
+        self.defaults = [defaults[name] for name in names if name in defaults]
+        self.min_len = len(self.fields) - len(self.defaults)
         xor = xor or getattr(cls, "XOR", None)
-        self.xor = (cls._fields.index(xor[0]), cls._fields.index(xor[1])) if xor else None  # type: ignore[attr-defined]
+        self.xor = (names.index(xor[0]), names.index(xor[1])) if xor else None
 
     def check(self, v: Any, path: str) -> None:
         self.load(v, path)
@@ -254,13 +280,32 @@ class Record(Schema):
     def load(self, v: Any, path: str) -> Any:
         if not isinstance(v, list):
             _fail(path, f"expected an array, got {type(v).__name__}")
-        if not self.min_len <= len(v) <= len(self.fields):
-            want = str(len(self.fields)) if self.min_len == len(self.fields) else f"{self.min_len}-{len(self.fields)}"
-            _fail(path, f"expected {want} elements, got {len(v)}")
-        values = [schema.load(item, f"{path}.{name}") for item, (name, schema) in zip(v, self.fields)]
-        if self.xor and (values[self.xor[0]] is None) == (values[self.xor[1]] is None):
+        n = len(v)
+        if not self.min_len <= n <= len(self.fields):
+            want = str(len(self.fields)) if not self.defaults else f"{self.min_len}-{len(self.fields)}"
+            _fail(path, f"expected {want} elements, got {n}")
+        try:  # the fast pass names no field; a failure is checked again to name it
+            if self.any_builds:
+                out: list[Any] = []
+                for item, schema in zip(v, self.schemas):
+                    if schema.builds:
+                        out.append(schema.load(item, path))
+                    else:
+                        schema.check(item, path)
+                        out.append(item)
+            else:
+                for item, schema in zip(v, self.schemas):
+                    schema.check(item, path)
+                out = v
+        except Malformed:
+            for item, (name, schema) in zip(v, self.fields):
+                schema.check(item, f"{path}.{name}")
+            raise
+        if n < len(self.fields):
+            out.extend(self.defaults[n - self.min_len:])
+        if self.xor and (out[self.xor[0]] is None) == (out[self.xor[1]] is None):
             _fail(path, "a reply must hold a result or an error")
-        return self.cls(*values)
+        return tuple.__new__(self.cls, out)  # the length is checked: skip the generated __new__
 
 
 def MapOf(cls: type, extra: bool = False) -> Map:  # noqa: N802 - reads as a schema node

@@ -294,3 +294,14 @@ def test_dropped_counts_and_rate_limits_its_log():
     for _ in range(5):
         dropped("x", errors.Malformed("bad"))
     assert dropped.total == 5 and len(lines) == 1 and lines[0][0] == "internal_message_dropped"
+
+
+@pytest.mark.parametrize("msg_type,body,where", [
+    (M.ENTRIES, [[[1, 1, 0, b""], [2, True, 0, b""]], 2, 1], r"type 6\.entries\[1\]\.term: expected an integer"),
+    (M.ENTRIES, [[[1, 1, 0, b""]], -1, 1], r"type 6\.commit: integer out of range"),
+    (M.CLIENT_REPLIES, [[5, b"f", 1], [6, "f", 1]], r"type 32\[1\]\.frame: expected bytes"),
+    (M.HASH_KV_RESP, [4, None, None], r"type 29: a reply must hold a result or an error"),
+])
+def test_a_refusal_names_the_field(msg_type, body, where):
+    with pytest.raises(errors.Malformed, match=where):
+        wire.decode(pack_msg(msg_type, body))
