@@ -42,7 +42,7 @@ from nodes.config import VERSION, Config
 from nodes.endpoints import IPC_PATH_MAX, Endpoints, run_dir_for
 from nodes.perms import PRIVATE_UMASK, UnsafeDirError, make_private_dir, secure_data_dir
 from protocol import errors
-from protocol.codec import pack_msg, unpack_msg
+from protocol.codec import unpack_msg
 from protocol.errors import Malformed
 
 _READY_TYPES = frozenset((M.READY,))  # what the readiness PULL may receive (runtime/wire.py)
@@ -216,7 +216,7 @@ class Supervisor:
                         security.make_curve_client(sock, keypair[0], keypair[1], key)
                     sock.connect(url)
                     try:
-                        sock.send(pack_msg(M.PEER_JOIN, [0]))
+                        sock.send(wire.pack(M.PeerJoin(0)))
                         if not sock.poll(500):
                             continue
                         msg_type, body = unpack_msg(sock.recv())
@@ -367,15 +367,15 @@ class Supervisor:
                 if ready_sock.poll(50):
                     while True:
                         try:
-                            msg_type, body = wire.decode(ready_sock.recv(zmq.NOBLOCK), _READY_TYPES)
+                            ready: M.Ready = wire.decode(ready_sock.recv(zmq.NOBLOCK), _READY_TYPES)
                         except zmq.Again:
                             break
                         except Malformed as err:
                             ready_dropped("supervisor.ready", err)
                             continue
-                        if body[0] in self.children:
-                            child = self.children[body[0]]
-                            if child.proc is not None and child.proc.pid == body[1]:
+                        if ready.role in self.children:
+                            child = self.children[ready.role]
+                            if child.proc is not None and child.proc.pid == ready.pid:
                                 child.ready = True
                 if not announced and all(c.ready for c in self.children.values()):
                     announced = True

@@ -83,7 +83,6 @@ from actors.runtime import security
 from actors.runtime.failpoints import failpoint
 from nodes.config import VERSION, new_member_id
 from protocol import errors
-from protocol.codec import pack_msg, unpack_msg
 
 FETCH_MAX_ENTRIES = 4096
 FETCH_MAX_BYTES = 4 * 1024 * 1024
@@ -201,8 +200,8 @@ class ConsensusActor(Actor):
             "version": VERSION,
         }
 
-    def _reply(self, identity: bytes, msg_type: int, body: Any) -> None:
-        self.send_router(self.router, identity, pack_msg(msg_type, body))
+    def _reply(self, identity: bytes, msg: M.Message) -> None:
+        self.send_router(self.router, identity, wire.pack(msg))
 
     # --- from this node's gateway and storage ---------------------------------------
     def on_local(self, frames: list[bytes]) -> None:
@@ -214,30 +213,31 @@ class ConsensusActor(Actor):
             if len(frames) != 2:
                 raise errors.Malformed(f"expected 2 frames, got {len(frames)}")
             identity, frame = frames
-            msg_type, body = wire.decode(frame, self._local_types)
+            msg = wire.decode(frame, self._local_types)
         except errors.Malformed as err:
             self._local_dropped("consensus.local", err)
             return
-        self._local_handlers[msg_type](self, identity, body)
+        self._local_handlers[msg.TYPE](self, identity, msg)
 
-    def _on_propose(self, identity: bytes, body: list) -> None:
+    def _on_propose(self, identity: bytes, msg: M.Propose) -> None:
+        body = msg.items
         self.gateway_identity = identity
         accepted: list[int] = []
-        rejected: list[list[Any]] = []
+        rejected: list[M.Rejected] = []
         if self.disk.failed and (self.lead == self.id or not self.lead):
             # Nothing goes into a log this member cannot write (a follower forwards: below).
-            rejected = [[req_id, self._disk_refusal().to_wire()] for req_id, _ in body]
+            rejected = [M.Rejected(req_id, self._disk_refusal().to_wire()) for req_id, _ in body]
         elif self.lead == self.id:
             try:
                 self.node.propose_batch([data for _, data in body])
                 accepted = [req_id for req_id, _ in body]
             except ProposalDropped:
-                rejected = [[req_id, errors.NoLeader().to_wire()] for req_id, _ in body]
-        elif self.lead and self.transport.send(self.lead, M.PEER_FORWARD, [body]):
+                rejected = [M.Rejected(req_id, errors.NoLeader().to_wire()) for req_id, _ in body]
+        elif self.lead and self.transport.send(self.lead, M.PeerForward(self.id, body)):
             accepted = [req_id for req_id, _ in body]
         else:
-            rejected = [[req_id, errors.NoLeader().to_wire()] for req_id, _ in body]
-        self._reply(identity, M.PROPOSE_ACK, [self.epoch, accepted, rejected])
+            rejected = [M.Rejected(req_id, errors.NoLeader().to_wire()) for req_id, _ in body]
+        self._reply(identity, M.ProposeAck(self.epoch, accepted, rejected))
 
     def _on_read_index(self, identity: bytes, body: list) -> None:
         (ctx_id,) = body
@@ -250,16 +250,16 @@ class ConsensusActor(Actor):
                 # when it could not persist the vote that makes it leader: restarted on a
                 # full disk. No other member can lead without its vote, which it does not
                 # give while frozen.)
-                self._reply(identity, M.READ_INDEX_RESP, [ctx_id, self.committed, None])
+                self._reply(identity, M.ReadIndexResp(ctx_id, self.committed, None))
             else:
-                self._reply(identity, M.READ_INDEX_RESP, [ctx_id, 0, errors.Unavailable(
+                self._reply(identity, M.ReadIndexResp(ctx_id, 0, errors.Unavailable(
                     "etcdserver: this member cannot write its log (its disk refuses writes); "
-                    "serializable reads are served, or ask another member").to_wire()])
+                    "serializable reads are served, or ask another member").to_wire()))
             return
         try:
             self.node.read_index(ctx)
         except ProposalDropped:
-            self._reply(identity, M.READ_INDEX_RESP, [ctx_id, 0, errors.NoLeader().to_wire()])
+            self._reply(identity, M.ReadIndexResp(ctx_id, 0, errors.NoLeader().to_wire()))
             return
         self.reads[ctx] = (identity, ctx_id)
 
@@ -282,7 +282,7 @@ class ConsensusActor(Actor):
         (ctx_id,) = body
         st = self.node.status()
         members = self._members_wire()
-        status = {
+        status: M.ConsensusStatus = {
             "epoch": self.epoch,
             "member_id": self.id,
             "term": st.term,
@@ -296,7 +296,7 @@ class ConsensusActor(Actor):
             "faults": self._faults_text(),
             "disk": self.disk.wire(time.monotonic()),
         }
-        self._reply(identity, M.STATUS_RESP, [ctx_id, status])
+        self._reply(identity, M.StatusResp(ctx_id, status))
 
     def _faults_text(self) -> str | None:
         """Peer links cut by fault injection, for `status.errors`; None when there are none."""
@@ -310,14 +310,14 @@ class ConsensusActor(Actor):
     def _on_move_leader(self, identity: bytes, body: list) -> None:
         ctx_id, target = body
         if self.disk.failed:
-            self._reply(identity, M.MOVE_LEADER_RESP, [ctx_id, self._disk_refusal().to_wire()])
+            self._reply(identity, M.MoveLeaderResp(ctx_id, self._disk_refusal().to_wire()))
         elif self.lead != self.id:
-            self._reply(identity, M.MOVE_LEADER_RESP, [ctx_id, errors.NotLeader().to_wire()])
+            self._reply(identity, M.MoveLeaderResp(ctx_id, errors.NotLeader().to_wire()))
         elif target not in self.conf.voters:
-            self._reply(identity, M.MOVE_LEADER_RESP,
-                        [ctx_id, errors.InvalidArgument("etcdserver: bad leader transferee").to_wire()])
+            self._reply(identity, M.MoveLeaderResp(
+                ctx_id, errors.InvalidArgument("etcdserver: bad leader transferee").to_wire()))
         elif target == self.id:
-            self._reply(identity, M.MOVE_LEADER_RESP, [ctx_id, None])
+            self._reply(identity, M.MoveLeaderResp(ctx_id, None))
         else:
             self.node.transfer_leader(target)
             deadline = time.monotonic() + 2 * self.cfg.election_timeout / 1000.0
@@ -337,15 +337,15 @@ class ConsensusActor(Actor):
     def _send_leadership(self) -> None:
         is_leader = self.lead == self.id
         urls = self.member_info.get(self.lead, {}).get("client_urls") or [] if self.lead else []
-        body = [is_leader, self.node.status().term, self.lead, list(urls),
-                self.leader_ready_index if is_leader else 0,
-                self.conf.voters == [self.id]]  # sole voter: storage's reads on a full disk
+        body = M.Leadership(is_leader, self.node.status().term, self.lead, list(urls),
+                            self.leader_ready_index if is_leader else 0,
+                            self.conf.voters == [self.id])  # sole voter: storage's reads on a full disk
         try:
-            self.storage.send(pack_msg(M.LEADERSHIP, body), zmq.NOBLOCK)
+            self.storage.send(wire.pack(body), zmq.NOBLOCK)
         except zmq.ZMQError:
             pass
 
-    _local_handlers = {
+    _local_handlers: dict[int, Callable[[Any, bytes, Any], None]] = {
         M.LEASE_PROPOSE: _on_lease_propose,
         M.PROPOSE: _on_propose,
         M.READ_INDEX: _on_read_index,
@@ -355,16 +355,20 @@ class ConsensusActor(Actor):
         M.MEMBER: lambda self, identity, body: self._on_member(identity, body),
     }
     _local_types = frozenset(_local_handlers)
+    _storage_types = frozenset((M.CHECKPOINT_RESP, M.INSTALL_RESP))
 
     def on_storage(self, frames: list[bytes]) -> None:
+        if not hasattr(self, "_local_dropped"):
+            self._local_dropped = wire.Dropped(self.log)
         try:
-            msg_type, body = unpack_msg(frames[-1])
-        except errors.QkvError:
+            msg = wire.decode(frames[-1], self._storage_types)
+        except errors.Malformed as err:
+            self._local_dropped("consensus.storage", err)
             return
-        if msg_type == M.CHECKPOINT_RESP:
-            self._on_checkpoint(*body)
-        elif msg_type == M.INSTALL_RESP:
-            self._on_installed(*body)
+        if isinstance(msg, M.CheckpointResp):
+            self._on_checkpoint(*msg)
+        elif isinstance(msg, M.InstallResp):
+            self._on_installed(*msg)
 
     # --- from peers -----------------------------------------------------------------
     def on_peer(self, msg_type: int, frm: int, msg: Any) -> None:
@@ -383,14 +387,14 @@ class ConsensusActor(Actor):
                     raise ProposalDropped()
                 self.node.propose_batch([data for _, data in msg.proposals])
             except ProposalDropped:
-                self.transport.send(frm, M.PEER_FORWARD_REJECT, [[req_id for req_id, _ in msg.proposals]])
+                self.transport.send(frm, M.PeerForwardReject(self.id, [req_id for req_id, _ in msg.proposals]))
         elif msg_type == M.PEER_FORWARD_REJECT:
             if self.gateway_identity is not None:
-                rejected = [[req_id, errors.NoLeader().to_wire()] for req_id in msg.req_ids]
-                self._reply(self.gateway_identity, M.PROPOSE_ACK, [self.epoch, [], rejected])
+                rejected = [M.Rejected(req_id, errors.NoLeader().to_wire()) for req_id in msg.req_ids]
+                self._reply(self.gateway_identity, M.ProposeAck(self.epoch, [], rejected))
         elif msg_type == M.PEER_HELLO:
             if frm not in self.member_info:  # a peer we had not heard from: introduce ourselves at once
-                self.transport.send(frm, M.PEER_HELLO, [self._my_info()])
+                self.transport.send(frm, M.PeerHello(self.id, self._my_info()))
             self.member_info[frm] = msg.info
         elif msg_type == M.PEER_SNAP_CHUNK:
             self._on_snap_chunk(frm, msg)
@@ -399,11 +403,11 @@ class ConsensusActor(Actor):
         elif msg_type == M.PEER_MEMBER:
             ctx = msg.ctx
             self._member_request(msg.op, lambda result, error: self.transport.send(
-                frm, M.PEER_MEMBER_RESP, [ctx, result, error]))
+                frm, M.PeerMemberResp(self.id, ctx, result, error)))
         elif msg_type == M.PEER_MEMBER_RESP:
             waiter = self.forwarded.pop(msg.ctx, None)
             if waiter is not None:
-                self._reply(waiter[0], M.MEMBER_RESP, [waiter[1], msg.result, msg.error])
+                self._reply(waiter[0], M.MemberResp(waiter[1], msg.result, msg.error))
         elif msg_type == M.PEER_REMOVED:
             if not self.removed:
                 self.log.warning("removed_by_peer", peer=f"{frm:x}")
@@ -411,7 +415,7 @@ class ConsensusActor(Actor):
 
     def _hello(self) -> None:
         for peer in self.transport.peers:
-            self.transport.send(peer, M.PEER_HELLO, [self._my_info()])
+            self.transport.send(peer, M.PeerHello(self.id, self._my_info()))
 
     # --- the Ready loop ------------------------------------------------------------
     def flush(self) -> None:
@@ -483,7 +487,7 @@ class ConsensusActor(Actor):
             waiter = self.reads.pop(rs.request_ctx, None)
             if waiter is not None:
                 identity, ctx_id = waiter
-                self._reply(identity, M.READ_INDEX_RESP, [ctx_id, rs.index, None])
+                self._reply(identity, M.ReadIndexResp(ctx_id, rs.index, None))
         rd.read_states = []
 
     # --- a full disk (module docstring; runtime/diskfault.py) --------------------------
@@ -545,7 +549,7 @@ class ConsensusActor(Actor):
             else:
                 by_peer.setdefault(msg.to, []).append(msg.to_wire())
         for peer, wires in by_peer.items():
-            if not self.transport.send(peer, M.PEER_RAFT, [wires]):
+            if not self.transport.send(peer, M.PeerRaft(self.id, wires)):
                 self.node.report_unreachable(peer)
 
     def _leader_changed(self, lead: int) -> None:
@@ -557,7 +561,7 @@ class ConsensusActor(Actor):
         self._send_leadership()
         # The core forgets pending read-index requests on a leader change: answer them now.
         for identity, ctx_id in self.reads.values():
-            self._reply(identity, M.READ_INDEX_RESP, [ctx_id, 0, errors.NoLeader().to_wire()])
+            self._reply(identity, M.ReadIndexResp(ctx_id, 0, errors.NoLeader().to_wire()))
         self.reads.clear()
 
     def _serve_fetches(self) -> None:
@@ -574,9 +578,10 @@ class ConsensusActor(Actor):
                 continue
             hi = min(self.committed, lo + FETCH_MAX_ENTRIES - 1)
             entries = self.raft_storage.entries(lo, hi + 1, FETCH_MAX_BYTES)
-            body = [[[e.index, e.term, e.type, e.data] for e in entries], self.committed, self.node.status().term]
+            body = M.Entries([M.EntryRow(e.index, e.term, e.type, e.data) for e in entries], self.committed,
+                             self.node.status().term)
             del self.fetches[identity]
-            self.send_router(self.router, identity, pack_msg(M.ENTRIES, body))
+            self.send_router(self.router, identity, wire.pack(body))
 
     def _check_moves(self) -> None:
         if self.forwarded:
@@ -588,10 +593,10 @@ class ConsensusActor(Actor):
         now = time.monotonic()
         for ctx_id, (identity, target, deadline) in list(self.moves.items()):
             if self.lead == target:
-                self._reply(identity, M.MOVE_LEADER_RESP, [ctx_id, None])
+                self._reply(identity, M.MoveLeaderResp(ctx_id, None))
             elif now > deadline:
-                self._reply(identity, M.MOVE_LEADER_RESP,
-                            [ctx_id, errors.Timeout("etcdserver: leader transfer timed out").to_wire()])
+                self._reply(identity, M.MoveLeaderResp(
+                    ctx_id, errors.Timeout("etcdserver: leader transfer timed out").to_wire()))
             else:
                 continue
             del self.moves[ctx_id]
@@ -628,7 +633,7 @@ class ConsensusActor(Actor):
         ctx = next(self._ctx)
         self.checkpoints[ctx] = msg
         try:
-            self.storage.send(pack_msg(M.CHECKPOINT, [ctx]), zmq.NOBLOCK)
+            self.storage.send(wire.pack(M.Checkpoint(ctx)), zmq.NOBLOCK)
         except zmq.ZMQError:
             del self.checkpoints[ctx]
             self.node.report_snapshot(msg.to, False)
@@ -652,7 +657,7 @@ class ConsensusActor(Actor):
     def _pump(self, sender: SnapshotSender) -> None:
         for chunk in sender.next_chunks():
             failpoint("snapshot_send")
-            if not self.transport.send(sender.to, M.PEER_SNAP_CHUNK, chunk):
+            if not self.transport.send(sender.to, M.PeerSnapChunk(self.id, *chunk)):
                 self._finish_send(sender, False, "peer unreachable")
                 return
 
@@ -689,7 +694,7 @@ class ConsensusActor(Actor):
             self.receiver = SnapshotReceiver(snap_id, frm, os.path.join(self.snap_dir, f"in-{frm:x}-{snap_id:d}"))
         rcv = self.receiver
         if rcv is None or rcv.snap_id != snap_id or rcv.frm != frm:
-            self.transport.send(frm, M.PEER_SNAP_ACK, [snap_id, seq, "failed"])
+            self.transport.send(frm, M.PeerSnapAck(self.id, snap_id, seq, "failed"))
             return
         try:
             failpoint("snapshot_receive")
@@ -698,14 +703,14 @@ class ConsensusActor(Actor):
             self.log.warning("snapshot_receive_failed", error=str(exc)[:200])
             rcv.cleanup()
             self.receiver = None
-            self.transport.send(frm, M.PEER_SNAP_ACK, [snap_id, seq, "failed"])
+            self.transport.send(frm, M.PeerSnapAck(self.id, snap_id, seq, "failed"))
             return
-        self.transport.send(frm, M.PEER_SNAP_ACK, [snap_id, seq, "ok"])
+        self.transport.send(frm, M.PeerSnapAck(self.id, snap_id, seq, "ok"))
         if complete:
             ctx = next(self._ctx)
             self.installing[ctx] = (frm, snap_id, chunk.message)
             self.log.info("snapshot_received", frm=f"{frm:x}", bytes=rcv.bytes_received)
-            self.storage.send(pack_msg(M.INSTALL, [ctx, rcv.root]), zmq.NOBLOCK)
+            self.storage.send(wire.pack(M.Install(ctx, rcv.root)), zmq.NOBLOCK)
 
     def _on_installed(self, ctx: int, applied: int, error: Any) -> None:
         # Storage answers in order: an INSTALL given up on has been handled or lost by now.
@@ -721,11 +726,11 @@ class ConsensusActor(Actor):
             self.receiver = None
         if error is not None:
             self.log.error("snapshot_install_failed", error=error)
-            self.transport.send(frm, M.PEER_SNAP_ACK, [snap_id, -1, "failed"])
+            self.transport.send(frm, M.PeerSnapAck(self.id, snap_id, -1, "failed"))
             return
         self.log.info("snapshot_installed", index=msg.snapshot.index, storage_applied=applied)
         self.node.step(msg)
-        self.transport.send(frm, M.PEER_SNAP_ACK, [snap_id, -1, "done"])
+        self.transport.send(frm, M.PeerSnapAck(self.id, snap_id, -1, "done"))
 
     def _storage_restarted(self) -> None:
         """Our storage actor is a new process: the CHECKPOINT and INSTALL requests the old
@@ -742,7 +747,7 @@ class ConsensusActor(Actor):
             self.stale_installs.append(self.receiver.root)
             self.receiver = None
         for frm, snap_id, _msg in lost_installs:
-            self.transport.send(frm, M.PEER_SNAP_ACK, [snap_id, -1, "failed"])
+            self.transport.send(frm, M.PeerSnapAck(self.id, snap_id, -1, "failed"))
         if lost_checkpoints or lost_installs:
             self.log.warning("snapshot_requests_lost", reason="storage restarted",
                              checkpoints=len(lost_checkpoints), installs=len(lost_installs))
@@ -848,10 +853,11 @@ class ConsensusActor(Actor):
     def _members_wire(self) -> list[dict[str, Any]]:
         return [self._member_wire(mid) for mid in self.members]
 
-    def _on_join(self) -> list:
+    def _on_join(self) -> M.PeerJoinResp:
         """PEER_JOIN from a node that is starting with --initial-cluster-state existing."""
-        return [self.cfg.cluster_id, [[i, m["name"], m["peer_urls"], i in self.conf.learners, m.get("peer_key", "")]
-                                      for i, m in self.members.items()]]
+        return M.PeerJoinResp(self.cfg.cluster_id, [
+            M.JoinMember(i, m["name"], m["peer_urls"], i in self.conf.learners, m.get("peer_key", ""))
+            for i, m in self.members.items()])
 
     def _restore_membership(self, snap: SnapshotMeta) -> None:
         if not snap.voters:
@@ -962,19 +968,18 @@ class ConsensusActor(Actor):
     def _on_member(self, identity: bytes, body: list) -> None:
         ctx_id, op = body
         if self.removed:
-            self._reply(identity, M.MEMBER_RESP, [ctx_id, None, errors.Stopping(
-                "etcdserver: this member was removed from the cluster").to_wire()])
+            self._reply(identity, M.MemberResp(ctx_id, None, errors.Stopping(
+                "etcdserver: this member was removed from the cluster").to_wire()))
         elif self.lead == self.id:
-            self._member_request(op, lambda result, error: self._reply(identity, M.MEMBER_RESP,
-                                                                        [ctx_id, result, error]))
+            self._member_request(op, lambda result, error: self._reply(identity, M.MemberResp(ctx_id, result, error)))
         elif self.lead and self.lead in self.transport.peers:
             ctx = next(self._ctx)
             self.forwarded[ctx] = (identity, ctx_id, time.monotonic() + 10.0)
-            if not self.transport.send(self.lead, M.PEER_MEMBER, [ctx, op]):
+            if not self.transport.send(self.lead, M.PeerMember(self.id, ctx, op)):
                 del self.forwarded[ctx]
-                self._reply(identity, M.MEMBER_RESP, [ctx_id, None, errors.NoLeader().to_wire()])
+                self._reply(identity, M.MemberResp(ctx_id, None, errors.NoLeader().to_wire()))
         else:
-            self._reply(identity, M.MEMBER_RESP, [ctx_id, None, errors.NoLeader().to_wire()])
+            self._reply(identity, M.MemberResp(ctx_id, None, errors.NoLeader().to_wire()))
 
     def _member_request(self, op: dict, reply: Callable[[Any, Any], None]) -> None:
         """On the leader: check a member op, propose its conf change; `reply(result, error)`
@@ -1009,7 +1014,7 @@ class ConsensusActor(Actor):
     def _peer_active(self, peer: int) -> bool:
         window = max(self.cfg.election_timeout / 1000.0, 0.2)
         return (time.monotonic() - self.last_heard.get(peer, -1e9) < window
-                and self.transport.send(peer, M.PEER_HELLO, [self._my_info()]))
+                and self.transport.send(peer, M.PeerHello(self.id, self._my_info())))
 
     def _learner_ready(self, mid: int) -> bool:
         st = self.node.status()

@@ -39,8 +39,9 @@ import zmq
 from actors.consensus import peer_wire
 from actors.consensus.peer_wire import PeerWireError
 from actors.runtime import messages as M
+from actors.runtime import wire
 from protocol import errors
-from protocol.codec import pack_msg, unpack_msg
+from protocol.codec import unpack_msg
 
 PEER_TYPES = peer_wire.PEER_TYPES
 ZAP_DOMAIN = "peer"
@@ -93,7 +94,7 @@ class PeerTransport:
         listen_urls: list[str],
         faults_path: str,
         on_message: Callable[[int, int, Any], None],
-        on_join: Callable[[], list] | None = None,
+        on_join: Callable[[], M.PeerJoinResp] | None = None,
         keypair: tuple[bytes, bytes] | None = None,
     ) -> None:
         """`keypair` = this member's (public, secret) Z85 keys: peer security on."""
@@ -177,14 +178,15 @@ class PeerTransport:
             return
         self.on_message(msg_type, frm, msg)
 
-    def send(self, to: int, msg_type: int, body: list) -> bool:
-        """Send to one peer; False when it cannot go now (down, full, or cut by a fault)."""
+    def send(self, to: int, msg: M.Message) -> bool:
+        """Send a peer message (messages.py PEER_*, frm = this member) to one peer; False
+        when it cannot go now (down, full, or cut by a fault)."""
         self.faults.refresh()
         sock = self.peers.get(to)
         if sock is None or to in self.faults.drop_to:
             return False
         try:
-            sock.send(pack_msg(msg_type, [self.my_id, *body]), zmq.NOBLOCK)
+            sock.send(wire.pack(msg), zmq.NOBLOCK)
         except zmq.ZMQError:
             self._note_down(to)
             return False
@@ -217,13 +219,13 @@ class PeerTransport:
             if msg_type == M.PEER_JOIN:
                 peer_wire.decode(msg_type, body, self.my_id)
                 if self.on_join is not None and (user or not self.secure):
-                    self.actor.send_router(self.router, frames[0], pack_msg(M.PEER_JOIN_RESP, self.on_join()))
+                    self.actor.send_router(self.router, frames[0], wire.pack(self.on_join()))
                 return
             if msg_type == M.PEER_REMOVED:
                 raise PeerWireError("PEER_REMOVED is only believed on an outbound link")
             if type(claimed) is int and claimed in self.removed:
                 # A removed member that did not hear of its removal: tell it.
-                self.actor.send_router(self.router, frames[0], pack_msg(M.PEER_REMOVED, [self.my_id]))
+                self.actor.send_router(self.router, frames[0], wire.pack(M.PeerRemoved(self.my_id)))
                 return
             if type(claimed) is not int or claimed not in self.peers:
                 raise PeerWireError(f"peer message from unknown member {claimed!r}"[:200])

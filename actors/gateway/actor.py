@@ -54,7 +54,7 @@ import random
 import secrets
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable, Mapping, cast
 
 import zmq
 
@@ -71,7 +71,7 @@ from actors.storage.auth import AuthState
 from actors.storage.mvcc import alarms as alarm_rules
 from nodes.config import VERSION
 from protocol import errors
-from protocol.codec import pack, pack_msg, unpack
+from protocol.codec import pack, unpack
 from protocol.requests import ADMIN_OPS, Limits, is_write, normalize_request, request_token
 
 REQUEST_TIMEOUT_S = 5.0
@@ -90,6 +90,11 @@ WAITING_PER_REQUEST = 16  # requests that may wait per connection: 16 x --max-cl
 SLOW_LOG_PERIOD_S = 10.0
 SLOW_LOG_LINES = 5  # slow_client lines per period at most; the others are counted
 AUTHENTICATE_ATTEMPTS = 3  # the auth state changed between the password check and the apply: again
+
+
+def _auth(auth: Any) -> M.Auth | None:
+    """A request's (user, auth_revision) as the CLIENT_READ item carries it."""
+    return None if auth is None else M.Auth(*auth)
 
 
 @dataclass
@@ -158,16 +163,16 @@ class GatewayActor(Actor):
         # gateway process are never mistaken for ours.
         self._next_id = random.SystemRandom().getrandbits(40) << 20
         self.pending: dict[int, Pending] = {}
-        self.propose_batch: list[list[Any]] = []
-        self.read_batch: list[list[Any]] = []
-        self.linear_batch: list[list[Any]] = []
-        self.read_index_waiting: dict[int, tuple[float, list[list[Any]]]] = {}
+        self.propose_batch: list[M.Proposal] = []
+        self.read_batch: list[M.ClientReadItem] = []
+        self.linear_batch: list[tuple[int, dict]] = []  # (req_id, op): read at one read index
+        self.read_index_waiting: dict[int, tuple[float, list[tuple[int, dict]]]] = {}
         self.consensus_epoch: int | None = None
-        self.consensus_status: dict[str, Any] = {}
+        self.consensus_status: M.ConsensusStatus | dict = {}  # {} until consensus answers
         self.raft_term = 0
         self.revision_seen = 0  # the highest store revision this gateway has reported
         self.every(STATUS_POLL_S, self.poll_consensus)
-        self.storage_status: dict[str, Any] = {}  # storage's, polled with the consensus status
+        self.storage_status: M.StorageStatus | dict = {}  # storage's, polled with the consensus status; {} until it answers
         self.quota_bytes = cfg.quota_backend_bytes or QUOTA_DEFAULT_BYTES
         self.alarm_proposed: dict[tuple[int, str], float] = {}
         self.disk = DiskGuard(self.member_id, self.log)  # a full local disk (issue 12): _disk_tick
@@ -183,7 +188,7 @@ class GatewayActor(Actor):
         self.every(SLOW_LOG_PERIOD_S, self._log_dropped)
         self.every(TOKEN_SWEEP_S, self.auth.sweep)
         self.poll_consensus()
-        self._send_internal(self.storage, M.AUTH_STATE_GET, [0])
+        self._send_internal(self.storage, M.AuthStateGet(0))
 
     def _new_id(self) -> int:
         self._next_id += 1
@@ -237,7 +242,7 @@ class GatewayActor(Actor):
                      admitted: bool = True) -> None:
         self._send(identity, delimiter, {"id": client_id, "ok": False, "error": err.to_wire()}, admitted)
 
-    def _finish(self, req_id: int, response: dict | None, error: Any, revision: int, raft_term: int) -> None:
+    def _finish(self, req_id: int, response: Mapping[str, Any] | None, error: Any, revision: int, raft_term: int) -> None:
         p = self.pending.pop(req_id, None)
         if p is None:
             return  # timed out already, or meant for an earlier gateway process
@@ -375,19 +380,19 @@ class GatewayActor(Actor):
             timeout_s = {"defragment": DEFRAG_TIMEOUT_S, "hash_kv": HASH_KV_TIMEOUT_S}.get(name, REQUEST_TIMEOUT_S)
             self.pending[req_id] = Pending(identity, delimiter, client_id, now + timeout_s, name)
             if name == "status":
-                self._send_internal(self.consensus, M.STATUS, [req_id])
-                self._send_internal(self.storage, M.STORAGE_STATUS, [req_id])
+                self._send_internal(self.consensus, M.Status(req_id))
+                self._send_internal(self.storage, M.StorageStatusReq(req_id))
             elif name == "member_list":
-                self._send_internal(self.consensus, M.STATUS, [req_id])
+                self._send_internal(self.consensus, M.Status(req_id))
             elif name == "move_leader":
-                self._send_internal(self.consensus, M.MOVE_LEADER, [req_id, op["target_id"]])
+                self._send_internal(self.consensus, M.MoveLeader(req_id, op["target_id"]))
             elif name == "hash_kv":
-                self._send_internal(self.storage, M.HASH_KV, [req_id, op["revision"]])
+                self._send_internal(self.storage, M.HashKv(req_id, op["revision"]))
             elif name == "defragment":
-                if not self._send_internal(self.storage, M.DEFRAG, [req_id]):
+                if not self._send_internal(self.storage, M.Defrag(req_id)):
                     self._fail(req_id, errors.Unavailable("storage is not reachable"))
             elif name.startswith("member_"):  # add / remove / update / promote: consensus decides
-                if not self._send_internal(self.consensus, M.MEMBER, [req_id, op]):
+                if not self._send_internal(self.consensus, M.Member(req_id, op)):
                     self._fail(req_id, errors.Unavailable("consensus is not reachable"))
         elif is_write(op):
             # `compact` with `physical` is answered once storage has removed the history
@@ -395,14 +400,14 @@ class GatewayActor(Actor):
             timeout_s = PHYSICAL_COMPACT_TIMEOUT_S if name == "compact" and op.get("physical") else REQUEST_TIMEOUT_S
             self.pending[req_id] = Pending(identity, delimiter, client_id, now + timeout_s, "write",
                                            auth=auth)
-            self.propose_batch.append([req_id, entry.encode(self.member_id, req_id, client_id, auth, op)])
+            self.propose_batch.append(M.Proposal(req_id, entry.encode(self.member_id, req_id, client_id, auth, op)))
         else:
             self.pending[req_id] = Pending(identity, delimiter, client_id, now + REQUEST_TIMEOUT_S, "read",
                                            auth=auth)
             if op.get("serializable"):
-                self.read_batch.append([req_id, op, 0, client_id, auth])
+                self.read_batch.append(M.ClientReadItem(req_id, op, 0, client_id, _auth(auth)))
             else:
-                self.linear_batch.append([req_id, op])
+                self.linear_batch.append((req_id, op))
 
     # --- auth: authenticate, password hashes ------------------------------------------
     def _authenticate(self, req_id: int) -> None:
@@ -437,7 +442,7 @@ class GatewayActor(Actor):
         op = {"op": "authenticate", "name": name, "token_sha256": token_sha256(p.token),
               "auth_revision": revision, "key": key, "issued": int(time.time())}
         # No user yet: authenticate is open to anyone; req_id != 0 marks it a client's.
-        self.propose_batch.append([req_id, entry.encode(self.member_id, req_id, p.client_id, None, op)])
+        self.propose_batch.append(M.Proposal(req_id, entry.encode(self.member_id, req_id, p.client_id, None, op)))
 
     def _hashed(self, req_id: int, op: dict, result: Any) -> None:
         p = self.pending.get(req_id)
@@ -448,7 +453,7 @@ class GatewayActor(Actor):
             self._fail(req_id, errors.Internal("password hashing failed"))
             return
         op = dict(op, password=result)
-        self.propose_batch.append([req_id, entry.encode(self.member_id, req_id, p.client_id, p.auth, op)])
+        self.propose_batch.append(M.Proposal(req_id, entry.encode(self.member_id, req_id, p.client_id, p.auth, op)))
 
     def _login_reply(self, req_id: int, p: Pending, frame: bytes) -> bytes | None:
         """An applied authenticate entry's reply: add the token, or try again once the
@@ -472,9 +477,9 @@ class GatewayActor(Actor):
             return None
         return frame
 
-    def _on_auth_state(self, body: list) -> None:
+    def _on_auth_state(self, msg: M.AuthState) -> None:
         try:
-            state = AuthState.from_wire(body[0])
+            state = AuthState.from_wire(msg.state)
         except (errors.QkvError, IndexError, TypeError):
             self.log.error("auth_state_undecodable")
             return
@@ -483,9 +488,9 @@ class GatewayActor(Actor):
         if state.enabled != was:
             self.log.info("auth_enabled" if state.enabled else "auth_disabled", auth_revision=state.revision)
 
-    def _on_auth_token(self, body: list) -> None:
+    def _on_auth_token(self, msg: M.AuthToken) -> None:
         try:
-            self.auth.grant(body)
+            self.auth.grant(msg.items)
         except (TypeError, ValueError):
             self.log.warning("auth_token_dropped")
 
@@ -503,7 +508,7 @@ class GatewayActor(Actor):
         (actors/gateway/diskguard.py decides; server entries, req_id 0)."""
         over_quota = self.storage_status.get("db_size", 0) > self.quota_bytes
         for op in self.disk.tick(time.monotonic(), self.storage_status, self.consensus_status, over_quota):
-            self.propose_batch.append([self._new_id(), entry.encode(self.member_id, 0, None, None, op)])
+            self.propose_batch.append(M.Proposal(self._new_id(), entry.encode(self.member_id, 0, None, None, op)))
 
     def propose_alarm(self, member_id: int, alarm: str) -> None:
         """Raise an alarm through the log, unless storage shows it active or it was proposed
@@ -519,7 +524,7 @@ class GatewayActor(Actor):
                          db_size=self.storage_status.get("db_size"), quota=self.quota_bytes)
         op = {"op": "alarm_activate", "member_id": member_id, "alarm": alarm}
         # req_id 0 in the entry: the server's own entry (never a client's; not checked)
-        self.propose_batch.append([self._new_id(), entry.encode(self.member_id, 0, None, None, op)])
+        self.propose_batch.append(M.Proposal(self._new_id(), entry.encode(self.member_id, 0, None, None, op)))
 
     def _member_urls(self) -> list[tuple[int, str]]:
         """(member id, first client URL) of every member whose URLs are known."""
@@ -532,9 +537,9 @@ class GatewayActor(Actor):
                 out.append((m["id"], urls[0]))
         return out
 
-    def _send_internal(self, sock: zmq.Socket, msg_type: int, body: Any) -> bool:
+    def _send_internal(self, sock: zmq.Socket, msg: M.Message) -> bool:
         try:
-            sock.send(pack_msg(msg_type, body), zmq.NOBLOCK)
+            sock.send(wire.pack(msg), zmq.NOBLOCK)
             return True
         except zmq.ZMQError:
             return False
@@ -553,74 +558,72 @@ class GatewayActor(Actor):
         self.passwords.done()
         self._start_ready()
         if self.propose_batch:
-            batch, self.propose_batch = self.propose_batch, []
-            if not self._send_internal(self.consensus, M.PROPOSE, batch):
-                for req_id, _ in batch:
-                    self._fail(req_id, errors.Unavailable("consensus is not reachable"))
+            proposals, self.propose_batch = self.propose_batch, []
+            if not self._send_internal(self.consensus, M.Propose(proposals)):
+                for proposal in proposals:
+                    self._fail(proposal.req_id, errors.Unavailable("consensus is not reachable"))
         if self.read_batch:
-            batch, self.read_batch = self.read_batch, []
-            if not self._send_internal(self.storage, M.CLIENT_READ, batch):
-                for req_id, *_ in batch:
-                    self._fail(req_id, errors.Unavailable("storage is not reachable"))
+            reads, self.read_batch = self.read_batch, []
+            if not self._send_internal(self.storage, M.ClientRead(reads)):
+                for read in reads:
+                    self._fail(read.req_id, errors.Unavailable("storage is not reachable"))
         if self.linear_batch:
-            batch, self.linear_batch = self.linear_batch, []
+            linear, self.linear_batch = self.linear_batch, []
             ctx_id = self._new_id()
-            self.read_index_waiting[ctx_id] = (time.monotonic() + REQUEST_TIMEOUT_S, batch)
-            self._send_internal(self.consensus, M.READ_INDEX, [ctx_id])
+            self.read_index_waiting[ctx_id] = (time.monotonic() + REQUEST_TIMEOUT_S, linear)
+            self._send_internal(self.consensus, M.ReadIndex(ctx_id))
 
     # --- internal replies ----------------------------------------------------------
     def on_internal(self, frames: list[bytes]) -> None:
         """Replies of consensus and storage, decoded by runtime/wire.py: an invalid one is
         dropped and counted; a valid one is handled whole (an exception is a bug)."""
         try:
-            msg_type, body = wire.decode(frames[-1], self._internal_types)
+            msg = wire.decode(frames[-1], self._internal_types)
         except errors.Malformed as err:
             self.dropped("gateway.internal", err)
             return
-        self._internal_handlers[msg_type](self, body)
+        self._internal_handlers[msg.TYPE](self, msg)
 
-    def _on_client_replies(self, body: list) -> None:
+    def _on_client_replies(self, msg: M.ClientReplies) -> None:
         """Finished reply frames from storage: forward them as they are."""
-        for req_id, frame, revision in body:
+        for req_id, frame, revision in msg.items:
             p = self.pending.pop(req_id, None)
             if p is None:
                 continue  # timed out already, or meant for an earlier gateway process
-            if p.login is not None:
-                frame = self._login_reply(req_id, p, frame)
-                if frame is None:
-                    continue
+            reply = frame if p.login is None else self._login_reply(req_id, p, frame)
+            if reply is None:
+                continue
             if revision > self.revision_seen:
                 self.revision_seen = revision
-            self._to_client(p.identity, p.delimiter, frame)
+            self._to_client(p.identity, p.delimiter, reply)
 
-    def _on_propose_ack(self, body: list) -> None:
-        epoch, accepted, rejected = body
-        for req_id in accepted:
+    def _on_propose_ack(self, msg: M.ProposeAck) -> None:
+        for req_id in msg.accepted:
             p = self.pending.get(req_id)
             if p is not None:
-                p.epoch = epoch
-        for req_id, error in rejected:
+                p.epoch = msg.epoch
+        for req_id, error in msg.rejected:
             self._finish(req_id, None, error, 0, 0)
-        self._note_epoch(epoch)
+        self._note_epoch(msg.epoch)
 
-    def _on_read_index_resp(self, body: list) -> None:
-        ctx_id, index, error = body
-        waiting = self.read_index_waiting.pop(ctx_id, None)
+    def _on_read_index_resp(self, msg: M.ReadIndexResp) -> None:
+        waiting = self.read_index_waiting.pop(msg.ctx_id, None)
         if waiting is None:
             return
         _, batch = waiting
-        if error is not None:
+        if msg.error is not None:
             for req_id, _ in batch:
-                self._finish(req_id, None, error, 0, 0)
+                self._finish(req_id, None, msg.error, 0, 0)
             return
-        reads = [[req_id, op, index, self.pending[req_id].client_id, self.pending[req_id].auth]
+        reads = [M.ClientReadItem(req_id, op, msg.read_index, cast(int, self.pending[req_id].client_id),
+                                  _auth(self.pending[req_id].auth))
                  for req_id, op in batch if req_id in self.pending]
-        if reads and not self._send_internal(self.storage, M.CLIENT_READ, reads):
-            for req_id, *_ in reads:
-                self._fail(req_id, errors.Unavailable("storage is not reachable"))
+        if reads and not self._send_internal(self.storage, M.ClientRead(reads)):
+            for read in reads:
+                self._fail(read.req_id, errors.Unavailable("storage is not reachable"))
 
-    def _on_status_resp(self, body: list) -> None:
-        ctx_id, status = body
+    def _on_status_resp(self, msg: M.StatusResp) -> None:
+        ctx_id, status = msg
         if ctx_id == 0:
             self.consensus_status = status
             self.raft_term = status.get("term", self.raft_term)
@@ -632,35 +635,37 @@ class GatewayActor(Actor):
         else:
             self._status_part(ctx_id, "consensus", status)
 
-    def _on_move_leader_resp(self, body: list) -> None:
-        ctx_id, error = body
-        self._finish(ctx_id, {}, error, self.revision_seen, self.raft_term)
+    def _on_move_leader_resp(self, msg: M.MoveLeaderResp) -> None:
+        self._finish(msg.ctx_id, {}, msg.error, self.revision_seen, self.raft_term)
 
-    def _on_hash_kv_resp(self, body: list) -> None:
-        ctx_id, result, error = body
-        if error is not None:
+    def _on_hash_kv_resp(self, msg: M.HashKvResp) -> None:
+        ctx_id, result, error = msg
+        if result is None:
             self._finish(ctx_id, None, error, 0, 0)
         else:
             response = {"hash": result["hash"], "compact_revision": result["compact_revision"],
                         "hash_revision": result["revision"]}
             self._finish(ctx_id, response, None, result["revision"], self.raft_term)
 
-    def _on_storage_status_resp(self, body: list) -> None:
-        ctx_id, status = body
+    def _on_storage_status_resp(self, msg: M.StorageStatusResp) -> None:
+        ctx_id, status = msg
         if ctx_id == 0:
             self.storage_status = status
             if status.get("auth_revision") != self.auth.state.revision or not self.auth.known:
-                self._send_internal(self.storage, M.AUTH_STATE_GET, [0])  # a push was missed
+                self._send_internal(self.storage, M.AuthStateGet(0))  # a push was missed
             return
         self._status_part(ctx_id, "storage", status)
 
-    def _on_defrag_resp(self, body: list) -> None:
-        ctx_id, result, error = body
+    def _on_defrag_resp(self, msg: M.DefragResp) -> None:
+        ctx_id, result, error = msg
         if result is not None and self.storage_status:
             self.storage_status["db_size"] = result["db_size_after"]  # the quota check sees it at once
         self._finish(ctx_id, result, error, self.revision_seen, self.raft_term)
 
-    _internal_handlers = {
+    def _on_member_resp(self, msg: M.MemberResp) -> None:
+        self._finish(msg.ctx_id, msg.result, msg.error, self.revision_seen, self.raft_term)
+
+    _internal_handlers: dict[int, Callable[[Any, Any], None]] = {
         M.CLIENT_REPLIES: _on_client_replies,
         M.PROPOSE_ACK: _on_propose_ack,
         M.READ_INDEX_RESP: _on_read_index_resp,
@@ -671,11 +676,11 @@ class GatewayActor(Actor):
         M.DEFRAG_RESP: _on_defrag_resp,
         M.AUTH_STATE: _on_auth_state,
         M.AUTH_TOKEN: _on_auth_token,
-        M.MEMBER_RESP: lambda self, body: self._finish(body[0], body[1], body[2], self.revision_seen, self.raft_term),
+        M.MEMBER_RESP: _on_member_resp,
     }
     _internal_types = frozenset(_internal_handlers)
 
-    def _status_part(self, req_id: int, part: str, status: dict) -> None:
+    def _status_part(self, req_id: int, part: str, status: Mapping[str, Any]) -> None:
         p = self.pending.get(req_id)
         if p is None or p.kind != "status":
             return
@@ -717,8 +722,8 @@ class GatewayActor(Actor):
 
     # --- timers --------------------------------------------------------------------
     def poll_consensus(self) -> None:
-        self._send_internal(self.consensus, M.STATUS, [0])
-        self._send_internal(self.storage, M.STORAGE_STATUS, [0])
+        self._send_internal(self.consensus, M.Status(0))
+        self._send_internal(self.storage, M.StorageStatusReq(0))
 
     def expire(self) -> None:
         now = time.monotonic()

@@ -29,7 +29,7 @@ Storage and consensus report `disk` (None, or {"state": "no_space" | "io_error",
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Mapping
 
 from protocol import errors
 
@@ -39,7 +39,7 @@ DISARM_REPEAT_S = 1.0  # a disarm is repeated this often while the alarm shows a
 DISARM_WATCH_S = 3.0  # after the disk came back: how long before the watch index is taken
 
 
-def local_fault(storage_status: dict, consensus_status: dict) -> dict | None:
+def local_fault(storage_status: Mapping[str, Any], consensus_status: Mapping[str, Any]) -> dict | None:
     """The disk fault a local actor reports (storage's first), or None."""
     for status in (storage_status, consensus_status):
         fault = status.get("disk") if isinstance(status, dict) else None
@@ -62,8 +62,8 @@ class DiskGuard:
     def _alarm(self) -> dict:
         return {"member_id": self.member_id, "alarm": NOSPACE}
 
-    def check(self, op: dict, needs_log: bool, storage_status: dict,
-              consensus_status: dict) -> errors.QkvError | None:
+    def check(self, op: dict, needs_log: bool, storage_status: Mapping[str, Any],
+              consensus_status: Mapping[str, Any]) -> errors.QkvError | None:
         """The error for a request while a local disk refuses writes; None to go on."""
         if not needs_log and op.get("op") != "authenticate":
             return None
@@ -76,7 +76,7 @@ class DiskGuard:
         return errors.Unavailable(f"etcdserver: member {self.member_id:x} cannot write to its disk (I/O error); "
                                   "writes are refused until it can")
 
-    def tick(self, now: float, storage_status: dict, consensus_status: dict,
+    def tick(self, now: float, storage_status: Mapping[str, Any], consensus_status: Mapping[str, Any],
              over_quota: bool = False) -> list[dict]:
         """The alarm ops to propose now."""
         fault = local_fault(storage_status, consensus_status)
@@ -128,7 +128,7 @@ class DiskGuard:
             self.disarms = 0
         return []
 
-    def annotate(self, response: dict, storage_status: dict, consensus_status: dict) -> None:
+    def annotate(self, response: dict, storage_status: Mapping[str, Any], consensus_status: Mapping[str, Any]) -> None:
         """A `status` reply while this member's disk is full says NOSPACE for it, as an
         active alarm would (on a one-node cluster the alarm cannot commit meanwhile)."""
         fault = local_fault(storage_status, consensus_status)

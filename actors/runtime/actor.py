@@ -13,6 +13,7 @@ supervisor leaves no orphans.
 from __future__ import annotations
 
 import ctypes
+import errno
 import heapq
 import itertools
 import os
@@ -25,9 +26,9 @@ import zmq
 from actors.runtime import log as runtime_log
 from actors.runtime import messages as M
 from actors.runtime import security
+from actors.runtime import wire
 from nodes.config import Config
 from nodes.endpoints import Endpoints
-from protocol.codec import pack_msg
 
 DRAIN_MAX = 2048  # messages taken from one socket before other sockets get a turn
 
@@ -177,7 +178,7 @@ class Actor:
         sock.setsockopt(zmq.LINGER, 1000)
         sock.connect(self.endpoints.supervisor)
         try:
-            sock.send(pack_msg(M.READY, [self.role, os.getpid()]), zmq.NOBLOCK)
+            sock.send(wire.pack(M.Ready(self.role, os.getpid())), zmq.NOBLOCK)
         except zmq.ZMQError:
             pass
         sock.close()
@@ -233,7 +234,7 @@ class Actor:
         try:
             events = self.poller.poll(timeout_ms)
         except zmq.ZMQError as exc:
-            if exc.errno == zmq.EINTR:  # a signal; the handler set a flag
+            if exc.errno == errno.EINTR:  # a signal; the handler set a flag
                 return
             raise
         for sock, _ in events:

@@ -105,7 +105,7 @@ from actors.storage.snapshot_file import (
 )
 from nodes.config import VERSION
 from protocol import errors
-from protocol.codec import pack, pack_msg
+from protocol.codec import pack
 from protocol.requests import AUTH_READ_OPS, LEASE_LEADER_OPS, SNAPSHOT_CHUNK_DEFAULT, SNAPSHOT_CHUNK_MIN, SNAPSHOT_FRAME_OVERHEAD
 
 FETCH_RESEND_S = 0.3
@@ -145,8 +145,8 @@ _REQUEST_TYPES = frozenset((M.READ, M.CLIENT_READ, M.LEADERSHIP, M.CHECKPOINT, M
                             M.STORAGE_STATUS, M.DEFRAG, M.AUTH_STATE_GET))
 
 
-def _event_wire(ev: Any) -> list:
-    return [ev.type, ev.kv, ev.prev_kv]
+def _event_wire(ev: Any) -> M.Event:
+    return M.Event(ev.type, ev.kv, ev.prev_kv)
 
 
 class StorageActor(Actor):
@@ -210,7 +210,7 @@ class StorageActor(Actor):
             return  # nothing can be applied: fetched again once writes work
         body = [self.store.applied_index, self.durable_applied, 4096]
         try:
-            self.consensus.send(pack_msg(M.FETCH, body), zmq.NOBLOCK)
+            self.consensus.send(wire.pack(M.Fetch(*body)), zmq.NOBLOCK)
         except zmq.ZMQError:
             return
         self.fetch_outstanding = True
@@ -275,7 +275,7 @@ class StorageActor(Actor):
 
     def on_consensus(self, frames: list[bytes]) -> None:
         try:
-            msg_type, body = wire.decode(frames[-1], _CONSENSUS_TYPES)
+            body: M.Entries = wire.decode(frames[-1], _CONSENSUS_TYPES)
         except errors.Malformed as err:
             self.dropped("storage.consensus", err)
             return
@@ -355,35 +355,36 @@ class StorageActor(Actor):
             origin = origins.get(res.index)
             if origin is not None and origin[0] == self.member_id:
                 error = res.error.to_wire() if res.error is not None else None
-                reply = [origin[1], self._client_frame(origin[2], res.response, error, res.revision), res.revision]
+                reply = M.ClientReply(origin[1], self._client_frame(origin[2], res.response, error, res.revision),
+                                      res.revision)
                 target = physical.get(res.index)
                 if target is not None and error is None and self.store.physical_revision < target:
                     self.physical_waiting.append((target, reply))  # answered by _compaction_slice
                     continue
                 replies.append(reply)
             if res.events:
-                revisions.append([res.revision, [_event_wire(e) for e in res.events]])
+                revisions.append(M.RevisionEvents(res.revision, [_event_wire(e) for e in res.events]))
         if revisions:
             try:
-                self.events.send(pack_msg(M.EVENTS, revisions), zmq.NOBLOCK)
+                self.events.send(wire.pack(M.Events(revisions)), zmq.NOBLOCK)
             except zmq.ZMQError:
                 pass  # the watch actor is away; it catches up from history
         if replies:
             try:
-                self.results.send(pack_msg(M.CLIENT_REPLIES, replies), zmq.NOBLOCK)
+                self.results.send(wire.pack(M.ClientReplies(replies)), zmq.NOBLOCK)
             except zmq.ZMQError:
                 self.log.warning("results_dropped", count=len(replies))
 
-    def _push(self, sock: zmq.Socket, msg_type: int, body: Any) -> None:
+    def _push(self, sock: zmq.Socket, msg: M.Message) -> None:
         try:
-            sock.send(pack_msg(msg_type, body), zmq.NOBLOCK)
+            sock.send(wire.pack(msg), zmq.NOBLOCK)
         except zmq.ZMQError:
             pass  # the receiver is away: it asks (AUTH_STATE_GET) when it comes back
 
     def _push_auth_state(self) -> None:
         frame_body = [self.store.auth.to_wire()]
-        self._push(self.results, M.AUTH_STATE, frame_body)
-        self._push(self.events, M.AUTH_STATE, frame_body)
+        self._push(self.results, M.AuthState(*frame_body))
+        self._push(self.events, M.AuthState(*frame_body))
 
     def _publish_auth(self, batch: list, results: list, before: Any) -> None:
         """After a batch: the new auth state if it changed, and the tokens of applied
@@ -399,11 +400,11 @@ class StorageActor(Actor):
             op = ops.get(res.index)
             if op is not None and op["op"] == "authenticate" and res.error is None:
                 issued = op.get("issued")
-                grants.append([op["token_sha256"], op["name"], issued if isinstance(issued, int) else 0,
-                               op.get("key")])
+                grants.append(M.AuthTokenGrant(op["token_sha256"], op["name"], issued if isinstance(issued, int) else 0,
+                                               op.get("key")))
         if grants:
-            self._push(self.results, M.AUTH_TOKEN, grants)
-            self._push(self.events, M.AUTH_TOKEN, grants)
+            self._push(self.results, M.AuthToken(grants))
+            self._push(self.events, M.AuthToken(grants))
 
     # --- reads and status from the gateway -----------------------------------------
     def on_request(self, frames: list[bytes]) -> None:
@@ -411,30 +412,28 @@ class StorageActor(Actor):
             if len(frames) != 2:
                 raise errors.Malformed(f"expected 2 frames, got {len(frames)}")
             identity, frame = frames
-            msg_type, body = wire.decode(frame, _REQUEST_TYPES)
+            msg = wire.decode(frame, _REQUEST_TYPES)
         except errors.Malformed as err:
             self.dropped("storage.request", err)
             return
-        if msg_type == M.READ:  # the watch actor's own reads (history catch-up): not a client's
-            self._reads(identity, [(req_id, op, min_index, None, SERVER) for req_id, op, min_index in body])
-        elif msg_type == M.CLIENT_READ:
-            # [req_id, op, min_index, client_id, auth]; a read without auth has none (None)
-            self._reads(identity, [(r[0], r[1], r[2], r[3], r[4] if len(r) > 4 else None) for r in body])
-        elif msg_type == M.AUTH_STATE_GET:
-            self.send_router(self.router, identity, pack_msg(M.AUTH_STATE, [self.store.auth.to_wire()]))
-        elif msg_type == M.LEADERSHIP:
-            self._on_leadership(*body)
-        elif msg_type == M.CHECKPOINT:
-            self._checkpoint(identity, *body)
-        elif msg_type == M.INSTALL:
-            self._install(identity, *body)
-        elif msg_type == M.HASH_KV:
-            ctx_id, revision = body
-            self._hash_request(identity, ctx_id, revision)
-        elif msg_type == M.STORAGE_STATUS:
-            (ctx_id,) = body
+        if isinstance(msg, M.Read):  # the watch actor's own reads (history catch-up): not a client's
+            self._reads(identity, [(r.req_id, r.op, r.min_applied_index, None, SERVER) for r in msg.items])
+        elif isinstance(msg, M.ClientRead):
+            self._reads(identity, [tuple(r) for r in msg.items])  # (req_id, op, min_index, client_id, auth)
+        elif isinstance(msg, M.AuthStateGet):
+            self.send_router(self.router, identity, wire.pack(M.AuthState(self.store.auth.to_wire())))
+        elif isinstance(msg, M.Leadership):
+            self._on_leadership(*msg)
+        elif isinstance(msg, M.Checkpoint):
+            self._checkpoint(identity, msg.ctx_id)
+        elif isinstance(msg, M.Install):
+            self._install(identity, msg.ctx_id, msg.path)
+        elif isinstance(msg, M.HashKv):
+            self._hash_request(identity, msg.ctx_id, msg.revision)
+        elif isinstance(msg, M.StorageStatusReq):
+            ctx_id = msg.ctx_id
             size = self.backend.size_bytes()
-            status = {
+            status: M.StorageStatus = {
                 "applied_index": self.store.applied_index,
                 "revision": self.store.current_revision,
                 "compact_revision": self.store.compact_revision,
@@ -446,9 +445,9 @@ class StorageActor(Actor):
                 "auth_revision": self.store.auth.revision,
                 "disk": self.disk.wire(time.monotonic()),
             }
-            self.send_router(self.router, identity, pack_msg(M.STORAGE_STATUS_RESP, [ctx_id, status]))
-        elif msg_type == M.DEFRAG:
-            self._defrag_request(identity, body[0])
+            self.send_router(self.router, identity, wire.pack(M.StorageStatusResp(ctx_id, status)))
+        elif isinstance(msg, M.Defrag):
+            self._defrag_request(identity, msg.ctx_id)
 
     def _read(self, req_id: int, op: dict) -> list:
         try:
@@ -541,10 +540,10 @@ class StorageActor(Actor):
                 if pending_bytes[identity] >= REPLIES_MESSAGE_BYTES:
                     # Big replies go out as they are made, not as one message of the whole
                     # batch: the gateway forwards (and bounds) them sooner (issue 12).
-                    self.send_router(self.router, identity, pack_msg(M.CLIENT_REPLIES, out.pop((identity, True))))
+                    self.send_router(self.router, identity, wire.pack(M.ClientReplies(out.pop((identity, True)))))
                     pending_bytes[identity] = 0
         for (identity, client), replies in out.items():
-            self.send_router(self.router, identity, pack_msg(M.CLIENT_REPLIES if client else M.READ_RESP, replies))
+            self.send_router(self.router, identity, wire.pack(M.ClientReplies(replies) if client else M.ReadResp(replies)))
 
     def _serve_waiting(self) -> None:
         applied = self.store.applied_index
@@ -562,11 +561,11 @@ class StorageActor(Actor):
             os.makedirs(os.path.dirname(path), exist_ok=True)
             shutil.rmtree(path, ignore_errors=True)
             self.backend.checkpoint(path)
-            reply = [ctx_id, path, self.store.applied_index, None]
+            reply = M.CheckpointResp(ctx_id, path, self.store.applied_index, None)
         except Exception as exc:  # disk full, permissions: the leader retries later
             self.log.exception("checkpoint_failed")
-            reply = [ctx_id, None, 0, errors.Internal(f"checkpoint failed: {exc}").to_wire()]
-        self.send_router(self.router, identity, pack_msg(M.CHECKPOINT_RESP, reply))
+            reply = M.CheckpointResp(ctx_id, None, 0, errors.Internal(f"checkpoint failed: {exc}").to_wire())
+        self.send_router(self.router, identity, wire.pack(reply))
 
     def _install(self, identity: bytes, ctx_id: int, path: str) -> None:
         """Replace the store by a snapshot received from the leader.
@@ -579,8 +578,8 @@ class StorageActor(Actor):
         snapshots = os.path.join(os.path.realpath(self.data_dir), "snapshots") + os.sep
         if not os.path.realpath(path).startswith(snapshots):
             self.log.warning("snapshot_rejected", error="path outside the snapshots dir")
-            self.send_router(self.router, identity, pack_msg(M.INSTALL_RESP, [
-                ctx_id, self.store.applied_index, errors.InvalidArgument("install path outside the snapshots dir").to_wire()]))
+            self.send_router(self.router, identity, wire.pack(M.InstallResp(
+                ctx_id, self.store.applied_index, errors.InvalidArgument("install path outside the snapshots dir").to_wire())))
             return
         try:
             probe = RocksBackend(path)
@@ -590,14 +589,14 @@ class StorageActor(Actor):
             probe.close()
         except Exception as exc:
             self.log.warning("snapshot_rejected", error=str(exc)[:200])
-            self.send_router(self.router, identity, pack_msg(
-                M.INSTALL_RESP, [ctx_id, self.store.applied_index, errors.Internal(str(exc)).to_wire()]))
+            self.send_router(self.router, identity, wire.pack(
+                M.InstallResp(ctx_id, self.store.applied_index, errors.Internal(str(exc)).to_wire())))
             return
         if applied <= self.store.applied_index:
             # Our store is already as new: the log, not the data, was what lagged.
             shutil.rmtree(path, ignore_errors=True)
             self.send_router(self.router, identity,
-                             pack_msg(M.INSTALL_RESP, [ctx_id, self.store.applied_index, None]))
+                             wire.pack(M.InstallResp(ctx_id, self.store.applied_index, None)))
             return
         self._defrag_join()
         self._hash_restart()  # their snapshots go with the old store
@@ -617,7 +616,7 @@ class StorageActor(Actor):
         self._push_auth_state()  # the snapshot carries the auth state of its index
         self.log.info("snapshot_installed", applied_index=self.store.applied_index,
                       revision=self.store.current_revision)
-        self.send_router(self.router, identity, pack_msg(M.INSTALL_RESP, [ctx_id, self.store.applied_index, None]))
+        self.send_router(self.router, identity, wire.pack(M.InstallResp(ctx_id, self.store.applied_index, None)))
         self._send_fetch()
         self._serve_waiting()
         self._release_physical_waiting()
@@ -734,7 +733,7 @@ class StorageActor(Actor):
             reply = [None, errors.Internal(f"defragment failed: {error}").to_wire()]
         askers, self.defrag_running = self.defrag_running, []
         for identity, ctx_id in askers:
-            self.send_router(self.router, identity, pack_msg(M.DEFRAG_RESP, [ctx_id, *reply]))
+            self.send_router(self.router, identity, wire.pack(M.DefragResp(ctx_id, *reply)))
         if self.defrag_next:
             self.defrag_running, self.defrag_next = self.defrag_next, []
             self._defrag_start()
@@ -762,7 +761,7 @@ class StorageActor(Actor):
         self.compaction_resumed = self.store.compaction_pending  # left pending by the last run
         # (revision, client reply): `compact` with `physical`, answered once this member's
         # physical compaction reaches the revision
-        self.physical_waiting: list[tuple[int, list]] = []
+        self.physical_waiting: list[tuple[int, M.ClientReply]] = []
         self.hash_jobs: list[tuple[bytes, int, Any, int]] = []  # (identity, ctx_id, job, revision asked)
         self.hash_queue: list[tuple[bytes, int, int]] = []
         self._compaction_kick()
@@ -818,7 +817,7 @@ class StorageActor(Actor):
             return
         self.physical_waiting = [(t, r) for t, r in self.physical_waiting if t > done]
         try:
-            self.results.send(pack_msg(M.CLIENT_REPLIES, ready), zmq.NOBLOCK)
+            self.results.send(wire.pack(M.ClientReplies(ready)), zmq.NOBLOCK)
         except zmq.ZMQError:
             self.log.warning("results_dropped", count=len(ready))
 
@@ -831,13 +830,13 @@ class StorageActor(Actor):
         else:
             err = errors.Unavailable(f"too many hash_kv requests in progress on this member ({HASH_JOBS_MAX} "
                                      f"running, {HASH_QUEUE_MAX} waiting); try again later")
-            self.send_router(self.router, identity, pack_msg(M.HASH_KV_RESP, [ctx_id, None, err.to_wire()]))
+            self.send_router(self.router, identity, wire.pack(M.HashKvResp(ctx_id, None, err.to_wire())))
 
     def _hash_start(self, identity: bytes, ctx_id: int, revision: int) -> None:
         try:
             job = self.store.hash_kv_job(revision)
         except errors.QkvError as err:
-            self.send_router(self.router, identity, pack_msg(M.HASH_KV_RESP, [ctx_id, None, err.to_wire()]))
+            self.send_router(self.router, identity, wire.pack(M.HashKvResp(ctx_id, None, err.to_wire())))
             return
         self.hash_jobs.append((identity, ctx_id, job, revision))
 
@@ -849,8 +848,8 @@ class StorageActor(Actor):
             self.hash_jobs.append((identity, ctx_id, job, revision))
             return
         digest, rev = job.result
-        result = {"hash": digest, "revision": rev, "compact_revision": job.compact_revision}
-        self.send_router(self.router, identity, pack_msg(M.HASH_KV_RESP, [ctx_id, result, None]))
+        result: M.HashKvResult = {"hash": digest, "revision": rev, "compact_revision": job.compact_revision}
+        self.send_router(self.router, identity, wire.pack(M.HashKvResp(ctx_id, result, None)))
         self._hash_pump()
 
     def _hash_pump(self) -> None:
@@ -946,7 +945,7 @@ class StorageActor(Actor):
                      error: Any) -> None:
         revision = self.store.current_revision
         frame = self._client_frame(client_id, response, error, revision)
-        self.send_router(self.router, identity, pack_msg(M.CLIENT_REPLIES, [[req_id, frame, revision]]))
+        self.send_router(self.router, identity, wire.pack(M.ClientReplies([M.ClientReply(req_id, frame, revision)])))
 
     def _lease_leader_op(self, identity: bytes, req_id: int, op: dict, client_id: Any) -> None:
         """lease_keepalive / lease_timetolive: the leader's deadlines answer them."""
@@ -1024,7 +1023,7 @@ class StorageActor(Actor):
     def _lease_propose(self, ops: list[dict]) -> None:
         datas = [entry.encode(0, 0, None, None, op) for op in ops]  # req_id 0: the server's
         try:
-            self.consensus.send(pack_msg(M.LEASE_PROPOSE, [self.promoted_term, datas]), zmq.NOBLOCK)
+            self.consensus.send(wire.pack(M.LeasePropose(self.promoted_term, datas)), zmq.NOBLOCK)
         except zmq.ZMQError:
             pass  # proposed again after LEASE_RETRY_S
 

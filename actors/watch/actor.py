@@ -47,6 +47,7 @@ import random
 import socket as pysocket
 import time
 from collections import deque
+from typing import cast
 
 import zmq
 from zmq.utils import monitor as zmq_monitor
@@ -61,7 +62,6 @@ from actors.watch import gate as G
 from actors.watch.channels import Broadcaster, Sequencer
 from actors.watch.zap import CONN_PROPERTY, ConnAuthenticator
 from protocol import errors
-from protocol.codec import pack_msg
 
 STATUS_POLL_S = 0.1          # storage's revision: finds a lost last message (tail gap)
 PROGRESS_TICK_S = 0.2        # progress on channels that published; one heartbeat slot
@@ -314,11 +314,9 @@ class WatchActor(Actor):
         self._bind_pub(first=False)
 
     # --- auth ----------------------------------------------------------------------
-    def _on_auth_state(self, body: object) -> None:
+    def _on_auth_state(self, msg: M.AuthState) -> None:
         try:
-            if not isinstance(body, list) or len(body) != 1:
-                raise errors.InvalidArgument("AUTH_STATE: not [state]")
-            new = AuthState.from_wire(body[0])
+            new = AuthState.from_wire(msg.state)
         except errors.QkvError:
             self.bad_auth_msgs += 1
             return
@@ -337,8 +335,9 @@ class WatchActor(Actor):
         if G.needs_rebind(old, new):
             self._rebind_reason = "auth_state"
 
-    def _on_auth_tokens(self, body: object) -> None:
-        changed = self.tokens.add(body, time.time(), self.cfg.auth_token_ttl)
+    def _on_auth_tokens(self, msg: M.AuthToken) -> None:
+        # the token table takes (and checks again) the grants as msgpack lists
+        changed = self.tokens.add([list(grant) for grant in msg.items], time.time(), self.cfg.auth_token_ttl)
         self._refresh_keys()
         if any(u in self.gate.granted_users for _, u in changed):
             self._rebind_reason = "token_key_reassigned"
@@ -351,7 +350,7 @@ class WatchActor(Actor):
             self._ids += 1
             self.auth_ctx = self._ids
             try:
-                self.storage.send(pack_msg(M.AUTH_STATE_GET, [self.auth_ctx]), zmq.NOBLOCK)
+                self.storage.send(wire.pack(M.AuthStateGet(self.auth_ctx)), zmq.NOBLOCK)
             except zmq.ZMQError:
                 pass
         # Expired grants only stop new connections from being that user: a subscriber that
@@ -363,31 +362,30 @@ class WatchActor(Actor):
     # --- events --------------------------------------------------------------------
     def on_events(self, frames: list[bytes]) -> None:
         try:
-            msg_type, body = wire.decode(frames[-1], _EVENTS_TYPES)
+            msg = wire.decode(frames[-1], _EVENTS_TYPES)
         except errors.Malformed as err:
             self.dropped_internal("watch.events", err)
             return
-        if msg_type == M.AUTH_STATE:
-            self._on_auth_state(body)
+        if isinstance(msg, M.AuthState):
+            self._on_auth_state(msg)
             return
-        if msg_type == M.AUTH_TOKEN:
-            self._on_auth_tokens(body)
+        if isinstance(msg, M.AuthToken):
+            self._on_auth_tokens(msg)
             return
-        if msg_type != M.EVENTS:
-            return
-        for revision, events in body:
-            self.seq.add(revision, events)
+        assert isinstance(msg, M.Events)
+        for revision, events in msg.items:
+            self.seq.add(revision, cast(list, events))  # Event tuples index as channels' [type, kv, prev_kv]
             if revision > self.known_revision:
                 self.known_revision = revision
 
     def on_storage(self, frames: list[bytes]) -> None:
         try:
-            msg_type, body = wire.decode(frames[-1], _STORAGE_TYPES)
+            msg = wire.decode(frames[-1], _STORAGE_TYPES)
         except errors.Malformed as err:
             self.dropped_internal("watch.storage", err)
             return
-        if msg_type == M.STORAGE_STATUS_RESP:
-            ctx_id, status = body
+        if isinstance(msg, M.StorageStatusResp):
+            ctx_id, status = msg
             if ctx_id != self.status_ctx:
                 return
             self.status_ctx = None
@@ -397,19 +395,18 @@ class WatchActor(Actor):
                 self.core.start(revision)
                 self.seq.start(revision + 1)
                 self.log.info("watch_started", position=revision, channels=len(self.core.channels))
-        elif msg_type == M.AUTH_STATE:
-            self._on_auth_state(body)
-        elif msg_type == M.READ_RESP:
-            for req_id, response, error, revision, _term in body:
+        elif isinstance(msg, M.AuthState):
+            self._on_auth_state(msg)
+        elif isinstance(msg, M.ReadResp):
+            for req_id, response, error, revision, _term in msg.items:
                 if req_id != self.history_ctx:
                     continue
                 self.history_ctx = None
                 self.known_revision = max(self.known_revision, revision)
-                if error is None:
-                    self._size_history_page(len(frames[-1]), response["last_revision"])
-                if error is not None:
+                if response is None:  # then error is set (a reply holds one of them)
                     self._history_failed(error)
                     continue
+                self._size_history_page(len(frames[-1]), response["last_revision"])
                 listed = set()
                 for group in response["revisions"]:
                     listed.add(group["revision"])
@@ -428,7 +425,8 @@ class WatchActor(Actor):
         per_rev = max(1, reply_bytes // covered)
         self.history_page = max(1, min(HISTORY_PAGE_REVISIONS, HISTORY_PAGE_BYTES // per_rev))
 
-    def _history_failed(self, error: dict) -> None:
+    def _history_failed(self, error: M.Error | None) -> None:
+        assert error is not None
         if error.get("code") == "compacted":
             # The revisions before the compact revision are gone: give them up; every
             # channel's next message shows the hole, so consumers learn it.
@@ -516,7 +514,7 @@ class WatchActor(Actor):
               "end_revision": last, "prev_kv": True, "no_put": False, "no_delete": False,
               "limit_revisions": last - first + 1, "serializable": True}
         try:
-            self.storage.send(pack_msg(M.READ, [[self.history_ctx, op, 0]]), zmq.NOBLOCK)
+            self.storage.send(wire.pack(M.Read([M.ReadItem(self.history_ctx, op, 0)])), zmq.NOBLOCK)
         except zmq.ZMQError:
             self.history_ctx = None
 
@@ -529,7 +527,7 @@ class WatchActor(Actor):
         self.status_ctx = self._ids
         self.status_sent_at = now
         try:
-            self.storage.send(pack_msg(M.STORAGE_STATUS, [self.status_ctx]), zmq.NOBLOCK)
+            self.storage.send(wire.pack(M.StorageStatusReq(self.status_ctx)), zmq.NOBLOCK)
         except zmq.ZMQError:
             self.status_ctx = None
 

@@ -96,21 +96,53 @@ GOOD: dict[int, list] = {
     M.PEER_MEMBER: [[5, 1, normalize_request({"op": "member_promote", "member_id": 9}, LIMITS)]],
     M.PEER_MEMBER_RESP: [[5, 1, {"members": []}, None]],
     M.PEER_JOIN: [[0]],
-    M.PEER_JOIN_RESP: [[5, [[5, "n1", ["tcp://h:1"], False]]]],
+    M.PEER_JOIN_RESP: [[5, [[5, "n1", ["tcp://h:1"], False, ""]]]],
     M.PEER_REMOVED: [[5]],
 }
 
 
-def test_every_message_type_has_a_schema_and_a_test():
-    types = {getattr(M, n) for n in dir(M) if n.isupper() and isinstance(getattr(M, n), int)}
-    assert types == set(wire.SCHEMAS) == set(GOOD)
+def test_every_message_type_has_a_schema_a_class_and_a_test():
+    types = {getattr(M, n) for n in dir(M) if n.isupper() and isinstance(getattr(M, n), int)
+             and not n.startswith(("MAX_", "INT64", "UINT64"))}
+    assert types == set(wire.SCHEMAS) == set(M.CLASSES) == set(GOOD)
+
+
+def test_every_type_code_has_exactly_one_class():
+    classes = [v for v in vars(M).values() if isinstance(v, type) and isinstance(getattr(v, "TYPE", None), int)]
+    codes = [cls.TYPE for cls in classes]
+    assert sorted(codes) == sorted(set(codes)) == sorted(M.CLASSES)
+    for cls in classes:
+        assert M.CLASSES[cls.TYPE] is cls and issubclass(cls, tuple)
+        if getattr(cls, "BATCH", False):
+            assert cls._fields == ("items",)
 
 
 @pytest.mark.parametrize("msg_type", sorted(GOOD))
 def test_good_messages_round_trip(msg_type):
+    """decode gives the typed message of the frame's type, and pack gives the same bytes back."""
     for body in GOOD[msg_type]:
-        assert wire.decode(pack_msg(msg_type, body)) == (msg_type, body)
-        assert wire.decode(pack_msg(msg_type, body), {msg_type}) == (msg_type, body)
+        frame = pack_msg(msg_type, body)
+        msg = wire.decode(frame)
+        assert type(msg) is M.CLASSES[msg_type] and msg.TYPE == msg_type
+        assert wire.decode(frame, {msg_type}) == msg
+        assert wire.pack(msg) == frame
+
+
+def test_messages_read_by_name_and_by_position():
+    msg = wire.decode(pack_msg(M.CHECKPOINT_RESP, [4, "/d/s", 10, None]))
+    assert (msg.ctx_id, msg.path, msg.applied_index, msg.error) == (4, "/d/s", 10, None)
+    ctx_id, path, applied, error = msg
+    assert (ctx_id, path, applied, error) == (4, "/d/s", 10, None)
+    batch = wire.decode(pack_msg(M.CLIENT_READ, GOOD[M.CLIENT_READ][0]))
+    assert [type(r) for r in batch.items] == [M.ClientReadItem] * len(batch.items)
+    assert batch.items[1].auth == M.Auth("alice", 4) and batch.items[0].auth is None
+    entries = wire.decode(pack_msg(M.ENTRIES, GOOD[M.ENTRIES][0]))
+    assert entries.entries[1] == M.EntryRow(12, 4, 1, b"") and entries.term == 4
+
+
+def test_a_join_answer_of_an_older_member_has_no_peer_key():
+    msg = wire.decode(pack_msg(M.PEER_JOIN_RESP, [5, [[5, "n1", ["tcp://h:1"], False]]]))
+    assert msg.members == [M.JoinMember(5, "n1", ["tcp://h:1"], False, "")]
 
 
 def test_a_type_the_socket_does_not_take_is_refused():
@@ -262,3 +294,14 @@ def test_dropped_counts_and_rate_limits_its_log():
     for _ in range(5):
         dropped("x", errors.Malformed("bad"))
     assert dropped.total == 5 and len(lines) == 1 and lines[0][0] == "internal_message_dropped"
+
+
+@pytest.mark.parametrize("msg_type,body,where", [
+    (M.ENTRIES, [[[1, 1, 0, b""], [2, True, 0, b""]], 2, 1], r"type 6\.entries\[1\]\.term: expected an integer"),
+    (M.ENTRIES, [[[1, 1, 0, b""]], -1, 1], r"type 6\.commit: integer out of range"),
+    (M.CLIENT_REPLIES, [[5, b"f", 1], [6, "f", 1]], r"type 32\[1\]\.frame: expected bytes"),
+    (M.HASH_KV_RESP, [4, None, None], r"type 29: a reply must hold a result or an error"),
+])
+def test_a_refusal_names_the_field(msg_type, body, where):
+    with pytest.raises(errors.Malformed, match=where):
+        wire.decode(pack_msg(msg_type, body))

@@ -1,0 +1,317 @@
+"""Schema nodes of the internal messages: each checks a msgpack value and returns it typed.
+
+Rules:
+- `check(v, path)` raises `Malformed` (with the path and the reason) unless `v` matches;
+  `load(v, path)` checks and returns the value the receiver works with: a NamedTuple for a
+  `Record` (an array whose positions are a NamedTuple's fields), the value itself for
+  every other node (lists of records are lists of NamedTuples).
+- A bool is never an int, integers are within their range, strings, bytes, lists and
+  maps are bounded; a map's other keys are refused unless the node says `extra`.
+- The schema of a record's field lives in the field's annotation:
+  `ctx_id: Annotated[int, ID]` (actors/runtime/messages.py). A field with a default may be
+  absent at the end of the array. A record's `XOR` names two fields of which exactly one
+  is None (a reply holds a result or an error, never both and never neither).
+- Pure: no I/O.
+"""
+from __future__ import annotations
+
+import typing
+from typing import Any, Callable, Iterable
+
+from actors.runtime.entry import InvalidEntry
+from protocol.errors import Malformed
+
+UINT64_MAX = 2**64 - 1
+INT64_MAX = 2**63 - 1
+MAX_BATCH = 100_000  # elements of any batch list (proposals, reads, replies, entries, events)
+MAX_LIST = 10_000  # other lists: URLs, members, alarms
+MAX_STR = 64 * 1024
+MAX_BYTES = 64 * 1024 * 1024
+
+
+# --- schema nodes ------------------------------------------------------------------------
+class Schema:
+    builds = False  # load returns a new value (a record, or values holding records)
+
+    def check(self, v: Any, path: str) -> None:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def load(self, v: Any, path: str) -> Any:
+        """`v` checked, as the receiver works with it (see Record)."""
+        self.check(v, path)
+        return v
+
+
+def _fail(path: str, why: str) -> typing.NoReturn:
+    raise Malformed(f"malformed internal message: {path}: {why}")
+
+
+class Int(Schema):
+    def __init__(self, lo: int = 0, hi: int = UINT64_MAX) -> None:
+        self.lo, self.hi = lo, hi
+
+    def check(self, v: Any, path: str) -> None:
+        if not isinstance(v, int) or isinstance(v, bool):
+            _fail(path, f"expected an integer, got {type(v).__name__}")
+        if not self.lo <= v <= self.hi:
+            _fail(path, f"integer out of range [{self.lo}, {self.hi}]")
+
+
+class Num(Schema):
+    """A non-negative number (int or float, never bool), finite."""
+
+    def check(self, v: Any, path: str) -> None:
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v < float("inf"):
+            _fail(path, "expected a non-negative number")
+
+
+class Bool(Schema):
+    def check(self, v: Any, path: str) -> None:
+        if not isinstance(v, bool):
+            _fail(path, f"expected a bool, got {type(v).__name__}")
+
+
+class Bytes(Schema):
+    def __init__(self, max_len: int = MAX_BYTES) -> None:
+        self.max_len = max_len
+
+    def check(self, v: Any, path: str) -> None:
+        if not isinstance(v, bytes):
+            _fail(path, f"expected bytes, got {type(v).__name__}")
+        if len(v) > self.max_len:
+            _fail(path, "bytes too long")
+
+
+class Str(Schema):
+    def __init__(self, max_len: int = MAX_STR, values: Iterable[str] | None = None) -> None:
+        self.max_len = max_len
+        self.values = frozenset(values) if values is not None else None
+
+    def check(self, v: Any, path: str) -> None:
+        if not isinstance(v, str):
+            _fail(path, f"expected a string, got {type(v).__name__}")
+        if len(v) > self.max_len:
+            _fail(path, "string too long")
+        if self.values is not None and v not in self.values:
+            _fail(path, "unexpected value")
+
+
+class Nullable(Schema):
+    def __init__(self, inner: Schema) -> None:
+        self.inner = inner
+        self.builds = inner.builds
+
+    def check(self, v: Any, path: str) -> None:
+        if v is not None:
+            self.inner.check(v, path)
+
+    def load(self, v: Any, path: str) -> Any:
+        return None if v is None else self.inner.load(v, path)
+
+
+class Tup(Schema):
+    """An array of fixed length, one schema per position."""
+
+    def __init__(self, *items: Schema) -> None:
+        self.items = items
+
+    def check(self, v: Any, path: str) -> None:
+        if not isinstance(v, list):
+            _fail(path, f"expected an array, got {type(v).__name__}")
+        if len(v) != len(self.items):
+            _fail(path, f"expected {len(self.items)} elements, got {len(v)}")
+        for i, (item, schema) in enumerate(zip(v, self.items)):
+            schema.check(item, f"{path}[{i}]")
+
+
+class ListOf(Schema):
+    def __init__(self, item: Schema, max_len: int = MAX_BATCH, min_len: int = 0) -> None:
+        self.item, self.max_len, self.min_len = item, max_len, min_len
+        self.builds = item.builds
+
+    def check(self, v: Any, path: str) -> None:
+        if not isinstance(v, list):
+            _fail(path, f"expected an array, got {type(v).__name__}")
+        if not self.min_len <= len(v) <= self.max_len:
+            _fail(path, f"array length {len(v)} out of [{self.min_len}, {self.max_len}]")
+        check = self.item.check
+        try:  # the fast pass names no position; a failure is checked again to name it
+            for item in v:
+                check(item, path)
+        except Malformed:
+            self._where(v, path)
+            raise
+
+    def _where(self, v: list[Any], path: str) -> None:
+        """Raise the Malformed of the first bad element, with its index in the path."""
+        for i, item in enumerate(v):
+            self.item.check(item, f"{path}[{i}]")
+
+    def load(self, v: Any, path: str) -> Any:
+        if not self.builds:
+            self.check(v, path)
+            return v
+        if not isinstance(v, list):
+            _fail(path, f"expected an array, got {type(v).__name__}")
+        if not self.min_len <= len(v) <= self.max_len:
+            _fail(path, f"array length {len(v)} out of [{self.min_len}, {self.max_len}]")
+        load = self.item.load
+        try:
+            return [load(item, path) for item in v]
+        except Malformed:
+            self._where(v, path)
+            raise
+
+
+class Map(Schema):
+    """A map with string keys: `required` and `optional` fields with their schemas; other
+    keys are refused unless `extra` (then their values are not looked at)."""
+
+    def __init__(self, required: dict[str, Schema], optional: dict[str, Schema] | None = None,
+                 extra: bool = False, max_len: int = 256) -> None:
+        self.required, self.optional, self.extra, self.max_len = required, optional or {}, extra, max_len
+
+    def check(self, v: Any, path: str) -> None:
+        if not isinstance(v, dict):
+            _fail(path, f"expected a map, got {type(v).__name__}")
+        if len(v) > self.max_len:
+            _fail(path, "map too large")
+        for k in v:
+            if not isinstance(k, str):
+                _fail(path, "map key is not a string")
+            if not self.extra and k not in self.required and k not in self.optional:
+                _fail(path, f"unknown field {k[:40]!r}")
+        for k, schema in self.required.items():
+            if k not in v:
+                _fail(path, f"missing field {k!r}")
+            schema.check(v[k], f"{path}.{k}")
+        for k, schema in self.optional.items():
+            if k in v:
+                schema.check(v[k], f"{path}.{k}")
+
+
+class Opaque(Schema):
+    """A map or array whose content the receiver validates itself (the auth state wire,
+    a Raft message): only its type and top-level length are checked here."""
+
+    def __init__(self, kind: type, max_len: int = MAX_BATCH) -> None:
+        self.kind, self.max_len = kind, max_len
+
+    def check(self, v: Any, path: str) -> None:
+        if not isinstance(v, self.kind):
+            _fail(path, f"expected a {self.kind.__name__}, got {type(v).__name__}")
+        if len(typing.cast(typing.Sized, v)) > self.max_len:
+            _fail(path, "too large")
+
+
+def AnyMap() -> Opaque:  # noqa: N802 - reads as a schema node
+    return Opaque(dict)
+
+
+class Func(Schema):
+    """A check written as a function raising InvalidEntry (ops: entry_ops.py)."""
+
+    def __init__(self, fn: Callable[[Any], Any]) -> None:
+        self.fn = fn
+
+    def check(self, v: Any, path: str) -> None:
+        try:
+            self.fn(v)
+        except InvalidEntry as exc:
+            _fail(path, str(exc)[:200])
+
+
+class AnyOf(Schema):
+    """The first alternative that matches (each is tried whole)."""
+
+    def __init__(self, *options: Schema) -> None:
+        self.options = options
+
+    def check(self, v: Any, path: str) -> None:
+        first: Malformed | None = None
+        for option in self.options:
+            try:
+                option.check(v, path)
+                return
+            except Malformed as exc:
+                first = first or exc
+        assert first is not None
+        raise first
+
+
+def _field_schemas(cls: type) -> dict[str, Schema]:
+    """The schema in each field's `Annotated[type, schema]` annotation."""
+    out: dict[str, Schema] = {}
+    hints = typing.get_type_hints(cls, include_extras=True)
+    for name in getattr(cls, "_fields", hints):  # a NamedTuple's fields, or a TypedDict's keys
+        hint = hints[name]
+        if typing.get_origin(hint) in (typing.NotRequired, typing.Required):
+            hint = typing.get_args(hint)[0]
+        meta = [m for m in getattr(hint, "__metadata__", ()) if isinstance(m, Schema)]
+        if len(meta) != 1:
+            raise TypeError(f"{cls.__name__}.{name}: the annotation must be Annotated[type, schema]")
+        out[name] = meta[0]
+    return out
+
+
+class Record(Schema):
+    """An array whose positions are the fields of a NamedTuple `cls`, each with the schema
+    of its annotation; `load` returns `cls(...)`. Trailing fields with defaults may be
+    absent. `xor=(a, b)` (or `cls.XOR`): exactly one of fields a and b is None."""
+
+    builds = True
+
+    def __init__(self, cls: type, xor: tuple[str, str] | None = None) -> None:
+        self.cls = cls
+        schemas = _field_schemas(cls)
+        names: tuple[str, ...] = cls._fields  # type: ignore[attr-defined]
+        self.fields: list[tuple[str, Schema]] = [(name, schemas[name]) for name in names]
+        self.schemas = [schema for _, schema in self.fields]
+        self.any_builds = any(schema.builds for schema in self.schemas)
+        defaults: dict[str, Any] = getattr(cls, "_field_defaults", {})
+        self.defaults = [defaults[name] for name in names if name in defaults]
+        self.min_len = len(self.fields) - len(self.defaults)
+        xor = xor or getattr(cls, "XOR", None)
+        self.xor = (names.index(xor[0]), names.index(xor[1])) if xor else None
+
+    def check(self, v: Any, path: str) -> None:
+        self.load(v, path)
+
+    def load(self, v: Any, path: str) -> Any:
+        if not isinstance(v, list):
+            _fail(path, f"expected an array, got {type(v).__name__}")
+        n = len(v)
+        if not self.min_len <= n <= len(self.fields):
+            want = str(len(self.fields)) if not self.defaults else f"{self.min_len}-{len(self.fields)}"
+            _fail(path, f"expected {want} elements, got {n}")
+        try:  # the fast pass names no field; a failure is checked again to name it
+            if self.any_builds:
+                out: list[Any] = []
+                for item, schema in zip(v, self.schemas):
+                    if schema.builds:
+                        out.append(schema.load(item, path))
+                    else:
+                        schema.check(item, path)
+                        out.append(item)
+            else:
+                for item, schema in zip(v, self.schemas):
+                    schema.check(item, path)
+                out = v
+        except Malformed:
+            for item, (name, schema) in zip(v, self.fields):
+                schema.check(item, f"{path}.{name}")
+            raise
+        if n < len(self.fields):
+            out.extend(self.defaults[n - self.min_len:])
+        if self.xor and (out[self.xor[0]] is None) == (out[self.xor[1]] is None):
+            _fail(path, "a reply must hold a result or an error")
+        return tuple.__new__(self.cls, out)  # the length is checked: skip the generated __new__
+
+
+def MapOf(cls: type, extra: bool = False) -> Map:  # noqa: N802 - reads as a schema node
+    """The Map of a TypedDict `cls`: its required and NotRequired keys with the schemas of
+    their `Annotated` annotations (the value stays a dict: its wire is a msgpack map)."""
+    schemas = _field_schemas(cls)
+    required: frozenset[str] = cls.__required_keys__  # type: ignore[attr-defined]
+    return Map({k: s for k, s in schemas.items() if k in required},
+               {k: s for k, s in schemas.items() if k not in required}, extra=extra)
