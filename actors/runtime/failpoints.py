@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import signal
+from typing import Mapping
 
 
 def _parse(spec: str) -> dict[str, int]:
@@ -24,7 +25,7 @@ def _parse(spec: str) -> dict[str, int]:
 _POINTS: dict[str, int] = {}
 
 
-def configure(enabled: bool, env: dict[str, str] | None = None) -> None:
+def configure(enabled: bool, env: Mapping[str, str] | None = None) -> None:
     """Arm the crash points of QKV_FAILPOINTS when fault injection is on; none otherwise."""
     global _POINTS
     env = os.environ if env is None else env

@@ -95,7 +95,7 @@ import msgpack
 from actors.storage.auth import AuthState, apply_auth, check as auth_check
 from actors.storage.mvcc import alarms as alarm_rules
 from actors.storage.mvcc.keys import escape, hist_key, prefix, split_hist_key
-from actors.storage.mvcc.memory import Backend
+from actors.storage.mvcc.memory import Backend, ReadView
 from actors.storage.mvcc.revision import Revision, rev_bytes
 from actors.storage.mvcc.shapes import KeyValue, Op, Record, Response
 from protocol.errors import (
@@ -313,7 +313,7 @@ class _View:
     # each key on its own.
     _REINDEX_FRACTION = 8
 
-    def __init__(self, backend: Backend, blind: bool = False) -> None:
+    def __init__(self, backend: ReadView, blind: bool = False) -> None:
         self.backend = backend
         self.layers: list[_Layer] = [_Layer()]
         self.blind = blind  # _supersede may write without reading (see META_LAYOUT)
@@ -1000,12 +1000,13 @@ class MVCCStore:
                                        "min_create_revision", "max_create_revision"))
         # Live keys at the current revision outside an apply are exactly CF_KEY's keys
         # in the range: the backend counts them without making a tuple per key (a
-        # paged list counts every key after its page, as etcd does).
+        # paged list counts every key after its page, as etcd does). A range's view reads
+        # the store's own backend (only hash jobs read a snapshot), so that one counts.
         start, end = _key_bounds(op["key"], op["range_end"])
         backend_counts = (budget is None and rev == current and bool(op["range_end"])
                           and view.untouched() and (end is None or start < end))
         if op["count_only"]:
-            count = view.backend.count(CF_KEY, start, end) if backend_counts else sum(1 for _ in items)
+            count = self._backend.count(CF_KEY, start, end) if backend_counts else sum(1 for _ in items)
             return {"kvs": [], "more": False, "count": count}
         if limit > 0 and not filtered and order in ("NONE", "ASCEND") and target == "KEY":
             # Key order already: decode only what is returned, count the rest.
@@ -1016,7 +1017,7 @@ class MVCCStore:
                 if count <= limit:
                     kvs.append(_kv(key, _unpack(raw)))
                 elif backend_counts:
-                    count += view.backend.count(CF_KEY, key + b"\x00", end)
+                    count += self._backend.count(CF_KEY, key + b"\x00", end)
                     break
             more = count > limit
         else:
@@ -1189,7 +1190,7 @@ class HashJob:
     view early (a job that finishes releases it itself)."""
 
     def __init__(self, items: Iterator[tuple[bytes, bytes]], revision: int, compact_revision: int,
-                 snapshot: Any) -> None:
+                 snapshot: ReadView | None) -> None:
         self.revision = revision
         self.compact_revision = compact_revision  # the store's when the job started
         self.keys = 0
