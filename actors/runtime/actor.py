@@ -13,6 +13,7 @@ supervisor leaves no orphans.
 from __future__ import annotations
 
 import ctypes
+import errno
 import heapq
 import itertools
 import os
@@ -66,7 +67,7 @@ class Actor:
         *,
         bind: str | list[str] | None = None,
         connect: str | None = None,
-        handler: Callable[[list[bytes]], None] | None = None,
+        handler: Callable[..., None] | None = None,  # its arguments: see below
         hwm: int = 100_000,
         curve_server: tuple[bytes, bytes, str] | None = None,
         curve_client: tuple[bytes, bytes, bytes] | None = None,
@@ -233,7 +234,7 @@ class Actor:
         try:
             events = self.poller.poll(timeout_ms)
         except zmq.ZMQError as exc:
-            if exc.errno == zmq.EINTR:  # a signal; the handler set a flag
+            if exc.errno == errno.EINTR:  # a signal; the handler set a flag
                 return
             raise
         for sock, _ in events:

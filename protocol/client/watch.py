@@ -155,7 +155,7 @@ class Watcher:
         self._timeout = client.timeout
         self._idx = client._preferred % len(self._endpoints)
         self._rcvhwm, self._rcvbuf = rcvhwm, rcvbuf
-        self._ctx = zmq.Context.instance()
+        self._ctx: zmq.Context = zmq.Context.instance()
         self._sub: zmq.Socket | None = None
         self._ep_client: Any = None
         self._header = ResponseHeader()
