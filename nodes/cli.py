@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import sys
-from typing import Optional
+from typing import Any, Optional
 
 import typer
 
@@ -13,7 +13,9 @@ app = typer.Typer(add_completion=False, context_settings={"help_option_names": [
 _ENV = "Also settable as QKV_{} or in the --config-file."
 
 
-def _opt(help_text: str) -> typer.models.OptionInfo:
+# Any, as typer.Option itself is typed: the default of a parameter is an OptionInfo that
+# typer replaces with the parameter's value (str | None here) before run() sees it.
+def _opt(help_text: str) -> Any:
     return typer.Option(None, help=help_text, show_default=False)
 
 
@@ -134,4 +136,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

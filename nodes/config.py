@@ -14,7 +14,7 @@ import json
 import os
 import tomllib
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 from urllib.parse import urlsplit
 
 from protocol import VERSION  # noqa: F401  (re-exported: one version for the server, qkvctl, qkvutl)
@@ -274,7 +274,7 @@ def env_name(flag: str) -> str:
 
 
 def load_config(
-    flags: dict[str, Any], env: dict[str, str] | None = None, config_file: str | None = None
+    flags: dict[str, Any], env: Mapping[str, str] | None = None, config_file: str | None = None
 ) -> Config:
     """Merge flags > env > config file > defaults, validate, and derive the rest."""
     env = os.environ if env is None else env

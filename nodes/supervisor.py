@@ -390,20 +390,20 @@ class Supervisor:
 
     def stop(self) -> None:
         started = time.monotonic()
-        live = [c for c in reversed([self.children[r] for r in ROLES]) if c.proc is not None]
-        for child in live:
+        live = [(c, c.proc) for c in reversed([self.children[r] for r in ROLES]) if c.proc is not None]
+        for _, proc in live:
             try:
-                child.proc.send_signal(signal.SIGTERM)
+                proc.send_signal(signal.SIGTERM)
             except ProcessLookupError:
                 pass
         deadline = started + STOP_GRACE_S
-        for child in live:
+        for child, proc in live:
             try:
-                child.proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+                proc.wait(timeout=max(0.0, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
-                self.log.warning("actor_killed_on_stop", role=child.role, pid=child.proc.pid)
-                child.proc.kill()
-                child.proc.wait()
+                self.log.warning("actor_killed_on_stop", role=child.role, pid=proc.pid)
+                proc.kill()
+                proc.wait()
         for path in [*self.endpoints.ipc_files(), self.config_path]:
             try:
                 os.unlink(path)

@@ -43,7 +43,7 @@ class QkvError(Exception):
         code = wire.get("code")
         message = wire.get("message")
         details = {k: v for k, v in wire.items() if k not in ("code", "message")}
-        cls = ERRORS_BY_CODE.get(code, Internal)
+        cls = ERRORS_BY_CODE.get(code, Internal) if isinstance(code, str) else Internal
         err = cls(message if isinstance(message, str) else None, **details)
         if cls is Internal and code != "internal":
             err.details["code"] = code

@@ -249,12 +249,7 @@ def _normalize_lease(op: str, fields: dict) -> dict:
 
 
 # --- users, roles, permissions (SPEC section "Authentication") ---------------------------
-_Z85_CHARS = frozenset("0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ.-:+=^!/*?&<>()[]{}@%$#")
-
-
-def is_z85_key(v: Any) -> bool:
-    """A CurveZMQ public key in Z85 text: 40 characters of the Z85 alphabet."""
-    return isinstance(v, str) and len(v) == 40 and all(c in _Z85_CHARS for c in v)
+# (is_z85_key, used here for public keys, is defined with the member ops below.)
 
 
 def auth_name(v: Any, what: str) -> str:
@@ -345,9 +340,10 @@ def _normalize_auth(op: str, fields: dict) -> dict:
         if not isinstance(perm, dict):
             raise InvalidArgument(f"role_grant_permission: perm must be a map, got {_short(perm)}")
         _no_unknown(perm, ("perm_type", "key", "range_end"), "perm")
-        p = {"perm_type": _enum(perm, "perm_type", PERM_TYPES), "key": _bytes(perm, "key"),
-             "range_end": _bytes(perm, "range_end")}
-        if not valid_perm_range(p["key"], p["range_end"]):
+        perm_type = _enum(perm, "perm_type", PERM_TYPES)
+        key, range_end = _bytes(perm, "key"), _bytes(perm, "range_end")
+        p = {"perm_type": perm_type, "key": key, "range_end": range_end}
+        if not valid_perm_range(key, range_end):
             raise InvalidAuthMgmt()
         out["perm"] = p
     elif op == "role_revoke_permission":
@@ -381,7 +377,7 @@ _HISTORY_FIELDS = ("key", "range_end", "start_revision", "end_revision", "prev_k
 
 def _normalize_history(fields: dict) -> dict:
     _no_unknown(fields, _HISTORY_FIELDS, "history")
-    out = {
+    out: dict[str, Any] = {
         "op": "history",
         "key": _key(fields, "history"),
         "range_end": _bytes(fields, "range_end"),
@@ -516,7 +512,7 @@ def _compare(item: Any) -> dict:
     target = _enum(item, "target", COMPARE_TARGETS)
     field = COMPARE_TARGET_FIELD[target]
     _no_unknown(item, _COMPARE_FIELDS + (field,), "compare")
-    out = {
+    out: dict[str, Any] = {
         "target": target,
         "result": _enum(item, "result", COMPARE_RESULTS),
         "key": _key(item, "compare"),

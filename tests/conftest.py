@@ -2,8 +2,15 @@ import sys
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
+
+from tests import lanes
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # tests/nodeproc.py, tests/fakeserver.py
+
+if lanes.FAST:  # `make test-fast`: property tests without a count of their own (tests/lanes.py)
+    settings.register_profile("fast", max_examples=lanes.FAST_DEFAULT_EXAMPLES)
+    settings.load_profile("fast")
 
 
 def pytest_addoption(parser):

@@ -24,7 +24,7 @@ class SnapshotError(Exception):
     """The transfer cannot go on; the message says why."""
 
 
-def _digest_update(h: "hashlib._Hash", relpath: str, offset: int, data: bytes) -> None:
+def _digest_update(h: "hashlib.blake2b", relpath: str, offset: int, data: bytes) -> None:
     h.update(relpath.encode())
     h.update(offset.to_bytes(8, "big"))
     h.update(len(data).to_bytes(8, "big"))

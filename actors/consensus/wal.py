@@ -213,10 +213,12 @@ class WAL:
         if self.open_error is not None:
             raise self.open_error
 
-    def _check_writable(self) -> None:
+    def _check_writable(self) -> Rdict:
+        """The open database, unless the log is closed or read-only."""
         assert self._db is not None, "wal is closed"
         if self.read_only:
             raise Exception(f"IO error: the log is open read-only since: {self.open_error}")
+        return self._db
 
     # --- reading -------------------------------------------------------------------------
     def _load_snapshot(self) -> SnapshotMeta:
@@ -256,7 +258,7 @@ class WAL:
         entries may replace a suffix. A snapshot (Ready.snapshot) drops the whole log."""
         if hard_state is None and not entries and snapshot is None:
             return
-        self._check_writable()
+        db = self._check_writable()
         wb = WriteBatch(raw_mode=True)
         snap_index, last_index = self._snapshot.index, self._last_index
         if snapshot is not None:
@@ -283,7 +285,7 @@ class WAL:
             wb.put(HARD_STATE_KEY,
                    msgpack.packb([hard_state.term, hard_state.vote, hard_state.commit]),
                    self._meta_h)
-        self._db.write(wb, self._wo_sync if sync else self._wo_nosync)
+        db.write(wb, self._wo_sync if sync else self._wo_nosync)
         if snapshot is not None:
             self._snapshot = snapshot.copy()
             self._last_index = snapshot.index
@@ -300,14 +302,14 @@ class WAL:
         the membership as of index from `conf` when given (else the previous one's)."""
         if index <= self._snapshot.index:
             return
-        self._check_writable()
+        db = self._check_writable()
         assert index <= self._last_index, f"wal: compact {index} beyond last {self._last_index}"
         wb = WriteBatch(raw_mode=True)
         wb.delete_range(index_key(0), index_key(index + 1), self._log_h)
         src = conf if conf is not None else self._snapshot
         snap = SnapshotMeta(index, term, list(src.voters), list(src.learners), src.context)
         wb.put(SNAPSHOT_KEY, self._pack_snapshot(snap), self._meta_h)
-        self._db.write(wb, self._wo_nosync)
+        db.write(wb, self._wo_nosync)
         self._snapshot = snap
 
     def close(self) -> None:

@@ -49,6 +49,7 @@ send is non-blocking.
 """
 from __future__ import annotations
 
+import functools
 import math
 import random
 import secrets
@@ -372,7 +373,7 @@ class GatewayActor(Actor):
             self.pending[req_id] = Pending(identity, delimiter, client_id, now + REQUEST_TIMEOUT_S, "write",
                                            auth=auth)
             try:
-                self.passwords.hash(op["password"], lambda h, rid=req_id, o=op: self._hashed(rid, o, h))
+                self.passwords.hash(op["password"], functools.partial(self._hashed, req_id, op))
             except errors.QkvError as err:
                 self._fail(req_id, err)
             return
@@ -424,7 +425,7 @@ class GatewayActor(Actor):
         wire = user.password if user is not None else None
         revision = st.revision
         try:
-            self.passwords.verify(wire, password, lambda ok, rid=req_id, rev=revision: self._verified(rid, ok, rev))
+            self.passwords.verify(wire, password, functools.partial(self._verified, req_id, revision=revision))
         except errors.QkvError as err:
             self._fail(req_id, err)
 

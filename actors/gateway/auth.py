@@ -178,8 +178,8 @@ class PasswordWork:
         """Run the continuations of finished jobs (on the actor's thread)."""
         if not self.jobs:
             return
-        pending = []
-        finished = []
+        pending: list[tuple[Future, Callable[[Any], None]]] = []
+        finished: list[tuple[Future, Callable[[Any], None]]] = []
         for fut, then in self.jobs:
             (finished if fut.done() else pending).append((fut, then))
         self.jobs = pending

@@ -99,8 +99,9 @@ class DiskGuard:
         if not self.raised:
             return []
         back = self.cleared_at is None  # the first look since the disk came back
-        if back:
+        if self.cleared_at is None:
             self.cleared_at = now
+        cleared_at = self.cleared_at
         active = self._alarm() in (storage_status.get("alarms") or [])
         if active and over_quota:
             self.log.warning("disk_alarm_kept", member=f"{self.member_id:x}", alarm=NOSPACE,
@@ -118,7 +119,7 @@ class DiskGuard:
             return [{"op": "alarm_disarm", "member_id": self.member_id, "alarm": NOSPACE}]
         if active:
             return []
-        if now - self.cleared_at < DISARM_WATCH_S:
+        if now - cleared_at < DISARM_WATCH_S:
             return []
         if self.watch_index is None:
             self.watch_index = int(consensus_status.get("commit") or 0)

@@ -67,7 +67,7 @@ class Actor:
         *,
         bind: str | list[str] | None = None,
         connect: str | None = None,
-        handler: Callable[[list[bytes]], None] | None = None,
+        handler: Callable[..., None] | None = None,  # its arguments: see below
         hwm: int = 100_000,
         curve_server: tuple[bytes, bytes, str] | None = None,
         curve_client: tuple[bytes, bytes, bytes] | None = None,

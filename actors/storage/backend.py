@@ -24,8 +24,8 @@ import weakref
 from typing import Iterator, Iterable
 
 from rocksdict import (
-    AccessType, BottommostLevelCompaction, Checkpoint, CompactOptions, DBCompressionType, Options, ReadOptions, Rdict,
-    WriteBatch, WriteOptions,
+    AccessType, BottommostLevelCompaction, Checkpoint, ColumnFamily, CompactOptions, DBCompressionType, Options,
+    ReadOptions, Rdict, WriteBatch, WriteOptions,
 )
 
 from actors.runtime.diskfault import open_or_read_only
@@ -93,7 +93,7 @@ class RocksBackend:
         self._names = set(column_families)
         self._db: Rdict | None = None
         self._cfs: dict[str, Rdict] = {}
-        self._handles: dict[str, object] = {}
+        self._handles: dict[str, ColumnFamily] = {}
         # Live iterate() generators: close() ends them, as each holds a RocksDB iterator.
         self._iterators: weakref.WeakSet = weakref.WeakSet()
         self._wo_sync = WriteOptions()
@@ -215,15 +215,17 @@ class RocksBackend:
         self._iterators.add(snap)  # closed with the backend, like a live iterate()
         return snap
 
-    def _check_writable(self) -> None:
+    def _check_writable(self) -> Rdict:
+        """The open database, unless the backend is closed or read-only."""
         assert self._db is not None, "backend is closed"
         if self.read_only:
             # A new exception each time (re-raising one object would grow its traceback);
             # it reads as the disk error that made the handle read-only (diskfault.py).
             raise Exception(f"IO error: the database is open read-only since: {self.open_error}")
+        return self._db
 
     def write(self, batch: list[tuple[str, bytes, bytes | None]], sync: bool = False) -> None:
-        self._check_writable()
+        db = self._check_writable()
         wb = WriteBatch(raw_mode=True)
         for cf, key, value in batch:
             self._cf(cf)
@@ -232,11 +234,10 @@ class RocksBackend:
                 wb.delete(key, handle)
             else:
                 wb.put(key, value, handle)
-        self._db.write(wb, self._wo_sync if sync else self._wo_nosync)
+        db.write(wb, self._wo_sync if sync else self._wo_nosync)
 
     def flush_wal(self, sync: bool = True) -> None:
-        self._check_writable()
-        self._db.flush_wal(sync)
+        self._check_writable().flush_wal(sync)
 
     def sync(self) -> None:
         """A durability point: fsync the WAL, so every write so far survives a crash."""

@@ -47,7 +47,7 @@ import random
 import socket as pysocket
 import time
 from collections import deque
-from typing import cast
+from typing import Any, cast
 
 import zmq
 from zmq.utils import monitor as zmq_monitor
@@ -189,12 +189,14 @@ class WatchActor(Actor):
 
     def on_subscription(self, msg: bytes, origin: G.Origin | None) -> None:
         d = self.gate.decide(msg, origin, self.auth_state, self.core.admit, self.core.canonical)
+        pub = self.pub
+        assert pub is not None, "a subscription comes from the XPUB"
         if d.action == G.SUBSCRIBE:
-            self.pub.setsockopt(zmq.SUBSCRIBE, d.topic)  # gives the topic to the pipe that asked
+            pub.setsockopt(zmq.SUBSCRIBE, d.topic)  # gives the topic to the pipe that asked
             if d.track and self.core.subscribe(d.topic) is not None:
                 self._want_progress[d.topic] = None
         elif d.action == G.UNSUBSCRIBE:
-            self.pub.setsockopt(zmq.UNSUBSCRIBE, d.topic)
+            pub.setsockopt(zmq.UNSUBSCRIBE, d.topic)
             if d.untrack:
                 self._want_progress.pop(d.topic, None)
                 if d.topic in self.core.channels:
@@ -247,7 +249,7 @@ class WatchActor(Actor):
         --listen-watch-urls. At start a bind error is fatal; after a close the port may
         still be held for a moment, so binding is retried from timers until
         REBIND_DEADLINE_S."""
-        opts = {} if self._curve is not None else {"zap_domain": b"watch"}
+        opts: dict[str, Any] = {} if self._curve is not None else {"zap_domain": b"watch"}
         sock = self.socket(zmq.XPUB, handler=self._on_xpub, raw=True, hwm=self._sndhwm,
                            sndbuf=self._sndbuf, maxmsgsize=C.MAX_TOPIC_BYTES + 1,
                            curve_server=self._curve, xpub_manual=1, **opts)
@@ -281,10 +283,12 @@ class WatchActor(Actor):
     def _bind_rest(self, gen: int, attempt: int) -> None:
         if gen != self._pub_gen:
             return
+        pub = self.pub
+        assert pub is not None, "_bind_rest follows _bind_pub"
         while self._unbound:
             try:
-                self.pub.bind(self._unbound[0])
-                self._bound_urls.append(self.pub.getsockopt_string(zmq.LAST_ENDPOINT))
+                pub.bind(self._unbound[0])
+                self._bound_urls.append(pub.getsockopt_string(zmq.LAST_ENDPOINT))
             except zmq.ZMQError as exc:
                 if time.monotonic() - self._bind_started > REBIND_DEADLINE_S:
                     self.log.error("watch_rebind_failed", url=self._unbound[0], error=str(exc))
@@ -301,8 +305,9 @@ class WatchActor(Actor):
             return  # not bound yet: the first bind takes the current state
         self._drain_monitor()
         self.pub.disable_monitor()
-        self._pub_mon.close(0)
-        self._pub_mon = None
+        mon, self._pub_mon = self._pub_mon, None
+        if mon is not None:  # made with the XPUB
+            mon.close(0)
         self.close_socket(self.pub)
         self._freed_since_trim += self.gate.held_bytes + self.core.topic_bytes + 600 * len(self.core.channels)
         self.core.clear()

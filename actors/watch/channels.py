@@ -36,7 +36,7 @@ from __future__ import annotations
 import bisect
 import struct
 from dataclasses import dataclass, field
-from typing import Iterable, Iterator
+from typing import Any, Iterable, Iterator, Sequence
 
 import msgpack
 
@@ -64,8 +64,12 @@ NOT_A_CHANNEL = "not_a_channel"
 TOO_LONG = "topic_too_long"
 FULL = "too_many_channels"
 
-# Events as storage sends them: [type, kv, prev_kv]; type "PUT" | "DELETE".
-WireEvent = list
+# Events as storage sends them: [type, kv, prev_kv]; type "PUT" | "DELETE" (a msgpack array,
+# so a list of mixed items: str, KeyValue map, KeyValue map or None).
+WireEvent = list[Any]
+# An Event map of SPEC (type, kv, prev_kv) and a watch payload: msgpack maps with str keys.
+EventMap = dict[str, Any]
+Payload = dict[str, Any]
 
 
 def encode_topic(key: bytes, range_end: bytes = b"", *, prev_kv: bool = False,
@@ -146,29 +150,30 @@ class ChannelSpec:
         return not ((ev_type == "PUT" and self.no_put) or (ev_type == "DELETE" and self.no_delete))
 
 
-def event_map(ev: WireEvent, with_prev_kv: bool) -> dict:
+def event_map(ev: WireEvent, with_prev_kv: bool) -> EventMap:
     """A wire event [type, kv, prev_kv] as SPEC's Event map."""
-    out = {"type": ev[0], "kv": ev[1]}
+    out: EventMap = {"type": ev[0], "kv": ev[1]}
     if with_prev_kv and ev[2] is not None:
         out["prev_kv"] = ev[2]
     return out
 
 
-def filter_events(spec: ChannelSpec, events: Iterable[WireEvent]) -> list[dict]:
+def filter_events(spec: ChannelSpec, events: Iterable[WireEvent]) -> list[EventMap]:
     """The Event maps of ``events`` that ``spec`` matches, in order."""
     return [event_map(ev, spec.prev_kv) for ev in events
             if spec.contains(ev[1]["key"]) and spec.wants(ev[0])]
 
 
-def pack_payload(body: dict) -> bytes:
-    return PAYLOAD_VERSION + msgpack.packb(body, use_bin_type=True)
+def pack_payload(body: Payload) -> bytes:
+    packed: bytes = msgpack.packb(body, use_bin_type=True)
+    return PAYLOAD_VERSION + packed
 
 
 _PROGRESS_HEAD = PAYLOAD_VERSION + b"\x82" + msgpack.packb("progress_revision")  # a map of 2
 _PROGRESS_LAST = msgpack.packb("last_event_revision")
 
 
-def unpack_payload(frame: bytes) -> dict:
+def unpack_payload(frame: bytes) -> Payload:
     if not frame or frame[:1] != PAYLOAD_VERSION:
         raise ValueError("watch payload: bad version byte")
     body = msgpack.unpackb(frame[1:], raw=False)
@@ -192,25 +197,28 @@ class Channel:
 # The indexes (by key, by prefix, by from-key start) map a key to its channel, or to a
 # list of its channels when several share the key (other flags): a list per key would
 # cost ~90 bytes for every channel, and most keys have one.
-def _add(index: dict, key: bytes, ch: Channel) -> bool:
+_Index = dict[bytes, "Channel | list[Channel]"]
+
+
+def _add(index: _Index, key: bytes, ch: Channel) -> bool:
     """Add ch under key; True when the key is new."""
     cur = index.get(key)
     if cur is None:
         index[key] = ch
         return True
-    if type(cur) is list:
+    if isinstance(cur, list):
         cur.append(ch)
     else:
         index[key] = [cur, ch]
     return False
 
 
-def _drop(index: dict, key: bytes, ch: Channel) -> bool:
+def _drop(index: _Index, key: bytes, ch: Channel) -> bool:
     """Remove ch from under key; True when the key is gone."""
     cur = index.get(key)
     if cur is None:
         return False
-    if type(cur) is not list:
+    if not isinstance(cur, list):
         if cur is not ch:
             return False
         del index[key]
@@ -224,12 +232,12 @@ def _drop(index: dict, key: bytes, ch: Channel) -> bool:
     return False
 
 
-def _under(index: dict, key: bytes) -> tuple | list:
+def _under(index: _Index, key: bytes) -> Sequence[Channel]:
     """The channels under key (a sequence)."""
     cur = index.get(key)
     if cur is None:
         return ()
-    return cur if type(cur) is list else (cur,)
+    return cur if isinstance(cur, list) else (cur,)
 
 
 @dataclass
@@ -472,7 +480,7 @@ class Sequencer:
             del self.pending[r]
 
     def pop_ready(self) -> list[tuple[int, list[WireEvent]]]:
-        out = []
+        out: list[tuple[int, list[WireEvent]]] = []
         if self.next is None:
             return out
         while self.next in self.pending:

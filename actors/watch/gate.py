@@ -113,7 +113,7 @@ class Decision:
     kick: bool = False     # REFUSE: close this connection (origin's fd)
 
 
-_NONE: frozenset = frozenset()
+_NONE: frozenset[bytes] = frozenset()
 
 
 class Conn:
@@ -126,13 +126,17 @@ class Conn:
     def __init__(self, fd: int) -> None:
         self.fd = fd
         self.granted: set[bytes] = set()
-        self.refused: set[bytes] | frozenset = _NONE
+        self.refused: set[bytes] | frozenset[bytes] = _NONE
         self.kicked = False
 
     def refuse(self, topic: bytes) -> None:
-        if self.refused is _NONE:
+        if not isinstance(self.refused, set):  # still the shared _NONE
             self.refused = set()
         self.refused.add(topic)
+
+    def unrefuse(self, topic: bytes) -> None:
+        if isinstance(self.refused, set):  # _NONE holds nothing
+            self.refused.discard(topic)
 
 
 def _inc(d: dict[bytes, int], k: bytes) -> None:
@@ -226,7 +230,7 @@ class Gate:
                 self.kicks += 1
             return Decision(REFUSE, topic, reason=reason, kick=kick)
         if again:  # refused before, allowed now (room was made): the same libzmq entry
-            conn.refused.discard(topic)
+            conn.unrefuse(topic)
             _dec(self.refused_open, topic)
         if canonical is not None:
             topic = canonical(topic)
@@ -275,7 +279,7 @@ class Gate:
             self.held_bytes = max(0, self.held_bytes - len(topic))
             untrack = _dec(self.granted, topic) == 0
         elif topic in conn.refused:
-            conn.refused.discard(topic)  # a set: it held the topic
+            conn.unrefuse(topic)  # a set: it held the topic
             self.held_bytes = max(0, self.held_bytes - len(topic))
             _dec(self.refused_open, topic)
         return Decision(UNSUBSCRIBE, topic, untrack=untrack)
@@ -300,7 +304,7 @@ class TokenKeys:
         ...]``; grants already expired by ``now`` are ignored (a replay after a storage
         restart), malformed ones counted in ``invalid``. Returns the (key, old user) of
         keys that now name another user."""
-        changed = []
+        changed: list[tuple[bytes, str]] = []
         if not isinstance(entries, list):
             self.invalid += 1
             return changed

@@ -19,6 +19,7 @@ from protocol.errors import (
     UserNotFound,
 )
 from protocol.requests import INTERNAL_OPS, OPS, Limits, normalize_request
+from tests.lanes import examples
 
 PW = hash_password("pw", salt=b"s" * 16)
 
@@ -91,7 +92,7 @@ def brute_covers(perms, key, end):
     return all(any(inside(u, iv) for iv in ivs) for u in UNIVERSE if inside(u, (lo, hi)))
 
 
-@settings(max_examples=1000, deadline=None)
+@settings(max_examples=examples(1000), deadline=None)
 @given(st.lists(st.tuples(keys, ends), max_size=6), keys, ends)
 def test_coverage_matches_brute_force(perms, key, end):
     s = IntervalSet(request_interval(k, e) for k, e in perms)

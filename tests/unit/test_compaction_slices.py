@@ -23,6 +23,7 @@ from actors.storage.mvcc.store import (
     CF_HIST, CF_META, CF_REV, COLUMN_FAMILIES, META_COMPACT_CURSOR,
 )
 from mvcc_kv import n
+from tests.lanes import examples
 
 KEYS = [b"a", b"b", b"b\x00", b"c", b"dd", b"e"]
 
@@ -152,7 +153,7 @@ def test_slicing_does_not_change_what_compaction_leaves(seed):
     run_history(random_ops(random.Random(seed), 80))
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(25), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.randoms(use_true_random=False), st.integers(1, 60))
 def test_slicing_does_not_change_what_compaction_leaves_hypothesis(rng, count):
     run_history(random_ops(rng, count))

@@ -19,6 +19,7 @@ from actors.runtime.entry_ops import (
 from actors.storage.mvcc import MemoryBackend, MVCCStore
 from protocol import errors
 from protocol.requests import Limits, is_write, normalize_request
+from tests.lanes import examples
 
 LIMITS = Limits()
 HASH = {"alg": "scrypt", "n": 2**14, "r": 8, "p": 1, "salt": b"s" * 16, "hash": b"h" * 32}
@@ -424,7 +425,7 @@ def mutated(draw):
     return op
 
 
-@settings(max_examples=600, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(600), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(mutated())
 def test_whatever_validates_applies_without_a_bug(op):
     """The contract between validate_entry_op and the store: an op that passes applies

@@ -16,6 +16,7 @@ from actors.storage.backend import RocksBackend
 from actors.storage.mvcc import MemoryBackend, MVCCStore
 from protocol.errors import Compacted, DuplicateKey, FutureRevision
 from protocol.requests import Limits, normalize_request
+from tests.lanes import examples
 
 KEYS = [b"a", b"a\x00", b"b", b"c", b"d"]
 keys = st.sampled_from(KEYS)
@@ -252,7 +253,7 @@ class StoreMachine(RuleBasedStateMachine):
 
 
 StoreMachine.TestCase.settings = settings(
-    max_examples=200, stateful_step_count=80, deadline=None,
+    max_examples=examples(200), stateful_step_count=80, deadline=None,
     suppress_health_check=[HealthCheck.too_slow])
 TestStoreOnMemory = StoreMachine.TestCase
 
@@ -270,7 +271,7 @@ def rocks_machine(tmp_path_factory):
             return RocksBackend(self.path)
 
     RocksMachine.TestCase.settings = settings(
-        max_examples=12, stateful_step_count=40, deadline=None,
+        max_examples=examples(12), stateful_step_count=40, deadline=None,
         suppress_health_check=[HealthCheck.too_slow])
     return RocksMachine
 

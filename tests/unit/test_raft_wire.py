@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 
 from actors.consensus.raft import Entry, Message, MessageType, StateType
 from actors.consensus.raft.testing import Network
+from tests.lanes import examples
 
 MT = MessageType
 
@@ -99,7 +100,7 @@ def test_random_garbage_only_raises_value_error():
 ints = st.integers(min_value=0, max_value=40)
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=examples(150), deadline=None)
 @given(t=st.sampled_from([t for t in MT if t not in (MT.HUP, MT.BEAT, MT.PROP, MT.SNAP)]),
        frm=st.integers(min_value=1, max_value=4), term=ints, log_term=ints, index=ints,
        commit=ints, reject=st.booleans(), hint=ints, ctx=st.binary(max_size=3),

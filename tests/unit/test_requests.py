@@ -15,6 +15,7 @@ from protocol.errors import (
     UnknownOp,
 )
 from protocol.requests import Limits, is_write, normalize_request
+from tests.lanes import examples
 
 L = Limits()
 
@@ -254,7 +255,7 @@ requests = st.one_of(
 )
 
 
-@settings(max_examples=2000, deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=examples(2000), deadline=None, suppress_health_check=list(HealthCheck))
 @given(requests)
 def test_garbage_only_raises_qkv_errors(req):
     try:
@@ -277,7 +278,7 @@ txn_ops = st.deferred(lambda: st.one_of(
 ))
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=examples(300), deadline=None)
 @given(st.lists(txn_ops, max_size=4))
 def test_valid_shaped_txns_only_raise_duplicate_key(success):
     try:

@@ -14,6 +14,7 @@ from actors.storage.mvcc import MemoryBackend, MVCCStore
 from actors.storage.mvcc.store import _View
 from protocol.errors import TooManyOps
 from protocol.requests import Limits, normalize_request
+from tests.lanes import examples
 
 
 def txn(limit: int | None, compare=(), success=(), failure=()) -> dict:
@@ -175,7 +176,7 @@ view_ops = st.lists(st.one_of(
 ), max_size=40)
 
 
-@settings(max_examples=400, deadline=None)
+@settings(max_examples=examples(400), deadline=None)
 @given(st.dictionaries(st.sampled_from(KEYS), st.just(b"0")), view_ops)
 def test_view_iterate_matches_a_plain_model(base, ops):
     backend = MemoryBackend()

@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 from protocol import requests as R
 from protocol.errors import DuplicateKey, TooManyOps
 from protocol.requests import Limits, normalize_request
+from tests.lanes import examples
 
 
 def put(k: bytes) -> dict:
@@ -100,7 +101,7 @@ class _NaiveDels:
 keys = st.lists(st.sampled_from([b"\x00", b"a", b"b", b"c"]), min_size=1, max_size=3).map(b"".join)
 
 
-@settings(max_examples=500, deadline=None)
+@settings(max_examples=examples(500), deadline=None)
 @given(st.lists(st.tuples(keys, st.one_of(st.none(), keys)), max_size=12), st.lists(keys, max_size=20),
        st.integers(0, 12))
 def test_dels_contains_matches_the_linear_scan(intervals, probes, split):

@@ -12,6 +12,7 @@ from hypothesis import given, settings, strategies as st
 from actors.watch import channels as C
 from protocol.client import watch as W
 from protocol.client.types import ResponseHeader
+from tests.lanes import examples
 
 N = C.MAX_TOPIC_KEY
 
@@ -50,7 +51,7 @@ key_st = st.binary(min_size=1, max_size=N + 40).map(lambda b: b.ljust(N - 2, b"a
 end_st = st.one_of(st.just(b""), st.just(b"\x00"), st.binary(min_size=1, max_size=N + 40))
 
 
-@settings(max_examples=400)
+@settings(max_examples=examples(400))
 @given(key_st, end_st, st.lists(st.binary(max_size=N + 40), max_size=8))
 def test_covering_range_holds_the_range_and_is_short(key, end, probes):
     if end not in (b"", b"\x00") and end <= key:
@@ -76,7 +77,7 @@ range_st = st.one_of(
 )
 
 
-@settings(max_examples=300)
+@settings(max_examples=examples(300))
 @given(st.lists(range_st, min_size=1, max_size=25), st.lists(st.integers(0, 24), max_size=10),
        st.lists(alphabet, min_size=1, max_size=10))
 def test_matching_is_exactly_contains(ranges, removed, keys):

@@ -12,6 +12,7 @@ from actors.storage.auth import AuthState
 from actors.watch import gate as G
 from actors.watch.channels import Broadcaster, encode_topic
 from protocol.client.types import prefix_end
+from tests.lanes import examples
 
 OPEN = AuthState(False, 1, {}, {})
 
@@ -135,7 +136,7 @@ _keys = st.sampled_from([b"a", b"ab", b"abc", b"b", b"b\xff", b"c"])
 _specs = st.tuples(_keys, st.sampled_from(["key", "prefix", "from"]), st.booleans())
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=examples(200), deadline=None)
 @given(st.lists(st.tuples(st.booleans(), _specs), max_size=40))
 def test_matching_equals_brute_force_through_adds_and_removes(ops):
     c = Broadcaster()

@@ -13,6 +13,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field
 from enum import IntEnum
+from typing import Any
 
 import msgpack
 
@@ -55,7 +56,8 @@ class ConfChange:
     context: bytes = b""  # opaque to the core: the shell's member metadata
 
     def to_bytes(self) -> bytes:
-        return msgpack.packb([int(self.type), self.node_id, self.context], use_bin_type=True)
+        packed: bytes = msgpack.packb([int(self.type), self.node_id, self.context], use_bin_type=True)
+        return packed
 
     @staticmethod
     def from_bytes(data: bytes) -> ConfChange:
@@ -132,11 +134,11 @@ class SnapshotMeta:
 
     # Wire layout: [index, term, [voter, ...], [learner, ...], context] (older peers and
     # files: the first three only).
-    def to_wire(self) -> list:
+    def to_wire(self) -> list[Any]:
         return [self.index, self.term, list(self.voters), list(self.learners), self.context]
 
     @staticmethod
-    def from_wire(obj) -> SnapshotMeta:
+    def from_wire(obj: object) -> SnapshotMeta:
         """Decode snapshot metadata; raise ValueError unless it is well formed."""
         if not isinstance(obj, (list, tuple)) or len(obj) not in (3, 5):
             raise ValueError("snapshot: expected an array of 3 or 5 fields")
@@ -231,8 +233,8 @@ class Message:
     # [type, to, frm, term, log_term, index, [[term, index, type, data], ...], commit,
     #  reject (0/1), reject_hint, context]  + [snapshot] as a 12th field on SNAP only
     #  (snapshot = [index, term, [voters]], see SnapshotMeta.to_wire).
-    def to_wire(self) -> list:
-        wire = [
+    def to_wire(self) -> list[Any]:
+        wire: list[Any] = [
             int(self.type),
             self.to,
             self.frm,
@@ -250,7 +252,7 @@ class Message:
         return wire
 
     @staticmethod
-    def from_wire(obj) -> Message:
+    def from_wire(obj: object) -> Message:
         """Decode a peer's message; raise ValueError unless it is well formed."""
         if not isinstance(obj, (list, tuple)) or len(obj) not in (11, 12):
             raise ValueError("message: expected an array of 11 (or 12) fields")
@@ -287,7 +289,7 @@ class Message:
         return m
 
 
-def _check_int(name: str, v) -> None:
+def _check_int(name: str, v: object) -> None:
     if type(v) is not int or v < 0 or v > WIRE_INT_MAX:
         raise ValueError(f"message: {name} must be an int in [0, 2^63)")
 

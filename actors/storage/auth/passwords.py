@@ -45,7 +45,7 @@ def hash_password(password: str, salt: bytes | None = None) -> dict[str, Any]:
         raise InvalidArgument("password: must be a string")
     if salt is None:
         salt = secrets.token_bytes(SALT_BYTES)
-    wire = {"alg": ALG, "n": SCRYPT_N, "r": SCRYPT_R, "p": SCRYPT_P, "salt": bytes(salt), "hash": b""}
+    wire: dict[str, Any] = {"alg": ALG, "n": SCRYPT_N, "r": SCRYPT_R, "p": SCRYPT_P, "salt": bytes(salt), "hash": b""}
     check_hash_wire({**wire, "hash": b"\0" * HASH_BYTES})
     wire["hash"] = _scrypt(password, wire["salt"], SCRYPT_N, SCRYPT_R, SCRYPT_P, HASH_BYTES)
     return wire

@@ -20,6 +20,7 @@ from __future__ import annotations
 import struct
 from typing import Iterable
 
+from actors.storage.mvcc.shapes import Op
 from protocol.errors import Corrupt, NoSpace, QkvError
 
 NOSPACE = "NOSPACE"
@@ -58,7 +59,7 @@ def deactivate(alarms: frozenset[Alarm], member_id: int, alarm: str) -> tuple[fr
     return alarms - set(gone), gone
 
 
-def to_wire(alarms: Iterable[Alarm]) -> list[dict]:
+def to_wire(alarms: Iterable[Alarm]) -> list[dict[str, int | str]]:
     return [{"member_id": m, "alarm": a} for m, a in sorted(alarms)]
 
 
@@ -66,16 +67,16 @@ def active_types(alarms: Iterable[Alarm]) -> set[str]:
     return {a for _, a in alarms}
 
 
-def _ops_put(ops: list[dict]) -> bool:
+def _ops_put(ops: list[Op]) -> bool:
     return any(o["op"] == "put" or (o["op"] == "txn" and txn_puts(o)) for o in ops)
 
 
-def txn_puts(txn: dict) -> bool:
+def txn_puts(txn: Op) -> bool:
     """Whether either branch of a txn (or of a txn nested in it) holds a put."""
     return _ops_put(txn["success"]) or _ops_put(txn["failure"])
 
 
-def txn_writes(txn: dict) -> bool:
+def txn_writes(txn: Op) -> bool:
     """Whether either branch of a txn (or of a nested one) holds a put or a delete."""
     for ops in (txn["success"], txn["failure"]):
         for o in ops:
@@ -84,7 +85,7 @@ def txn_writes(txn: dict) -> bool:
     return False
 
 
-def refusal(alarms: frozenset[Alarm], op: dict) -> QkvError | None:
+def refusal(alarms: frozenset[Alarm], op: Op) -> QkvError | None:
     """The error an op gets while these alarms are active, or None when it may run."""
     if not alarms:
         return None
@@ -97,7 +98,7 @@ def refusal(alarms: frozenset[Alarm], op: dict) -> QkvError | None:
     return None
 
 
-def adds_data(op: dict) -> bool:
+def adds_data(op: Op) -> bool:
     """Requests the quota check applies to before proposing (etcd's quota Cost > 0)."""
     kind = op.get("op")
     return kind in ("put", "lease_grant") or (kind == "txn" and txn_puts(op))

@@ -11,7 +11,9 @@ import bisect
 from typing import Iterator, Protocol
 
 
-class Backend(Protocol):
+class ReadView(Protocol):
+    """What reads need: a backend, or a pinned ``Backend.snapshot()`` of one."""
+
     def get(self, cf: str, key: bytes) -> bytes | None: ...
 
     def iterate(
@@ -20,6 +22,10 @@ class Backend(Protocol):
         """Keys in ``[start, end)`` ascending (descending when ``reverse``); end None = no bound."""
         ...
 
+    def close(self) -> None: ...
+
+
+class Backend(ReadView, Protocol):
     def count(self, cf: str, start: bytes, end: bytes | None = None) -> int:
         """How many keys are in ``[start, end)`` (end None = no bound)."""
         ...
@@ -30,12 +36,10 @@ class Backend(Protocol):
 
     def size_bytes(self) -> int: ...
 
-    def snapshot(self) -> "Backend":
+    def snapshot(self) -> ReadView:
         """A read-only view (``get``, ``iterate``) of the data as it is now, unchanged by
         later writes; ``close()`` releases it."""
         ...
-
-    def close(self) -> None: ...
 
 
 class MemoryBackend:

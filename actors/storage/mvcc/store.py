@@ -85,6 +85,7 @@ from __future__ import annotations
 import bisect
 import copy
 import hashlib
+import operator
 import struct
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
@@ -94,8 +95,9 @@ import msgpack
 from actors.storage.auth import AuthState, apply_auth, check as auth_check
 from actors.storage.mvcc import alarms as alarm_rules
 from actors.storage.mvcc.keys import escape, hist_key, prefix, split_hist_key
-from actors.storage.mvcc.memory import Backend
+from actors.storage.mvcc.memory import Backend, ReadView
 from actors.storage.mvcc.revision import Revision, rev_bytes
+from actors.storage.mvcc.shapes import KeyValue, Op, Record, Response
 from protocol.errors import (
     Compacted,
     FutureRevision,
@@ -158,14 +160,15 @@ _VALUE, _CREATE, _MOD, _VERSION, _LEASE = range(5)
 
 
 def _pack(obj: Any) -> bytes:
-    return msgpack.packb(obj, use_bin_type=True)
+    packed: bytes = msgpack.packb(obj, use_bin_type=True)
+    return packed
 
 
 def _unpack(b: bytes) -> Any:
     return msgpack.unpackb(b, raw=False)
 
 
-def _kv(key: bytes, rec: list) -> dict:
+def _kv(key: bytes, rec: Record) -> KeyValue:
     return {
         "key": key,
         "value": rec[_VALUE],
@@ -176,7 +179,7 @@ def _kv(key: bytes, rec: list) -> dict:
     }
 
 
-def _tombstone_kv(key: bytes, main: int) -> dict:
+def _tombstone_kv(key: bytes, main: int) -> KeyValue:
     return {"key": key, "value": b"", "create_revision": 0, "mod_revision": main,
             "version": 0, "lease": 0}
 
@@ -189,9 +192,9 @@ def _strip(raw: bytes) -> bytes:
 def _resolve(view: "_View", key: bytes, raw: bytes) -> bytes:
     """The packed record of a ``hist`` value that is not a tombstone."""
     if raw == _LATEST:
-        raw = view.get(CF_KEY, key)
-        assert raw is not None, "a live key's newest history entry without its record"
-        return _strip(raw)
+        latest = view.get(CF_KEY, key)
+        assert latest is not None, "a live key's newest history entry without its record"
+        return _strip(latest)
     return raw
 
 
@@ -216,7 +219,7 @@ def _supersede(view: "_View", key: bytes, mod: int, raw: bytes) -> None:
         return
 
 
-def _rev_change(view: "_View", rk: bytes, raw: bytes) -> tuple[int, int, bytes, bool, list | None]:
+def _rev_change(view: "_View", rk: bytes, raw: bytes) -> tuple[int, int, bytes, bool, Record | None]:
     """``(main, sub, key, is_tombstone, record or None for a tombstone)`` of a ``rev``
     entry: the record is the entry's own in the older layout (``[key, is_tombstone,
     *record]``), else read from ``hist`` (and ``key`` for the newest change of a key)."""
@@ -231,8 +234,8 @@ def _rev_change(view: "_View", rk: bytes, raw: bytes) -> tuple[int, int, bytes, 
     return main, sub, key, False, rec
 
 
-def _change(view: "_View", key: bytes, main: int, sub: int, is_tombstone: bool, rec: list,
-            want_prev: bool) -> tuple[list | None, dict | None]:
+def _change(view: "_View", key: bytes, main: int, sub: int, is_tombstone: bool, rec: Record | None,
+            want_prev: bool) -> tuple[Record | None, KeyValue | None]:
     """``(record, prev_kv)`` of the change of ``key`` at ``(main, sub)`` (a ``rev`` entry):
     the record is ``rec`` when the entry carried it (older layout), None for a tombstone,
     else read from ``hist``; prev_kv (only ``want_prev``) is the KeyValue before it, None if
@@ -259,15 +262,15 @@ def _change(view: "_View", key: bytes, main: int, sub: int, is_tombstone: bool, 
 @dataclass
 class Event:
     type: str  # "PUT" | "DELETE"
-    kv: dict  # KeyValue; for DELETE: key, mod_revision = the delete's revision, others 0
-    prev_kv: dict | None = None
+    kv: KeyValue  # for DELETE: key, mod_revision = the delete's revision, others 0
+    prev_kv: KeyValue | None = None
 
 
 @dataclass
 class ApplyResult:
     index: int
     revision: int  # the store revision after this entry
-    response: dict | None = None  # op result per SPEC (no header); None for an empty entry
+    response: Response | None = None  # op result per SPEC (no header); None for an empty entry
     error: QkvError | None = None
     events: list[Event] = field(default_factory=list)
 
@@ -310,7 +313,7 @@ class _View:
     # each key on its own.
     _REINDEX_FRACTION = 8
 
-    def __init__(self, backend: Backend, blind: bool = False) -> None:
+    def __init__(self, backend: ReadView, blind: bool = False) -> None:
         self.backend = backend
         self.layers: list[_Layer] = [_Layer()]
         self.blind = blind  # _supersede may write without reading (see META_LAYOUT)
@@ -454,7 +457,7 @@ class _State:
     current_revision: int
     compact_revision: int
     key_count: int
-    alarms: frozenset = frozenset()  # (member_id, type): mvcc/alarms.py
+    alarms: frozenset[alarm_rules.Alarm] = frozenset()  # (member_id, type): mvcc/alarms.py
     auth: AuthState = field(default_factory=AuthState)  # replaced (copied), never changed in place
 
 
@@ -516,7 +519,7 @@ class MVCCStore:
         return self._state.compact_revision
 
     @property
-    def alarms(self) -> frozenset:
+    def alarms(self) -> frozenset[alarm_rules.Alarm]:
         """Active alarms, ``{(member_id, type)}`` (raised and disarmed through the log)."""
         return self._state.alarms
 
@@ -525,7 +528,7 @@ class MVCCStore:
         """The applied auth state (users, roles, permissions). Callers must not change it."""
         return self._state.auth
 
-    def check_read(self, auth: Any, op: dict) -> None:
+    def check_read(self, auth: Any, op: Op) -> None:
         """Raise the error that refuses a read (range, history, lease reads, snapshot, ...)
         to ``auth`` under the applied auth state; None when it may run."""
         auth_check(self._state.auth, auth, op, self._lease_keys_of)
@@ -539,7 +542,7 @@ class MVCCStore:
         """Live keys at the current revision (exact: kept in meta)."""
         return self._state.key_count
 
-    def status(self) -> dict:
+    def status(self) -> Response:
         size = self._backend.size_bytes()
         return {
             "applied_index": self._state.applied_index,
@@ -585,7 +588,7 @@ class MVCCStore:
         return 0 < lease_id < 2**64 and view.get(CF_LEASE, _U64.pack(lease_id)) is not None
 
     # --- apply -----------------------------------------------------------------------
-    def apply(self, entries: list[tuple], sync: bool = False) -> list[ApplyResult]:
+    def apply(self, entries: list[tuple[Any, ...]], sync: bool = False) -> list[ApplyResult]:
         """Apply entries ``(index, op)`` or ``(index, op, auth)`` (auth None when absent;
         ``SERVER`` for the server's own entries, which are not checked). op None (an empty
         entry, a conf change) only moves ``applied_index``; op a ``QkvError`` (an entry that
@@ -657,7 +660,7 @@ class MVCCStore:
         hi = _U64.pack(lease_id + 1) if lease_id + 1 < 2**64 else None
         return [k[8:] for k, _ in view.iterate(CF_LEASE_KEY, lo, hi)]
 
-    def _auth_op(self, st: _State, op: dict) -> dict:
+    def _auth_op(self, st: _State, op: Op) -> Response:
         """An auth change or `authenticate` (which changes nothing): the auth core decides.
         The state is copied on the first change of a batch, so the applied one stays as it
         was until the batch is written."""
@@ -667,7 +670,7 @@ class MVCCStore:
             st.auth = copy.deepcopy(st.auth)
         return apply_auth(st.auth, op)
 
-    def _apply_op(self, view: _View, st: _State, ch: _Changes, op: dict) -> dict:
+    def _apply_op(self, view: _View, st: _State, ch: _Changes, op: Op) -> Response:
         kind = op["op"]
         refused = alarm_rules.refusal(st.alarms, op)
         if refused is not None:
@@ -699,7 +702,7 @@ class MVCCStore:
         raise AssertionError(f"op {kind!r} is not a log entry")
 
     @staticmethod
-    def _alarm(view: _View, st: _State, op: dict) -> dict:
+    def _alarm(view: _View, st: _State, op: Op) -> Response:
         """Raise or disarm alarms; never changes the revision. Result: the alarms changed."""
         if op["op"] == "alarm_activate":
             st.alarms, changed = alarm_rules.activate(st.alarms, op["member_id"], op["alarm"])
@@ -717,14 +720,14 @@ class MVCCStore:
         return ch.main if ch.sub > 0 else st.current_revision
 
     # --- writes ----------------------------------------------------------------------
-    def _put(self, view: _View, ch: _Changes, op: dict) -> dict:
+    def _put(self, view: _View, ch: _Changes, op: Op) -> Response:
         key = op["key"]
         prev_raw = view.get(CF_KEY, key)
-        prev = None if prev_raw is None else _unpack(prev_raw)
+        prev: Record | None = None if prev_raw is None else _unpack(prev_raw)
         if (op["ignore_value"] or op["ignore_lease"]) and prev is None:
             raise KeyNotFound()
-        value = prev[_VALUE] if op["ignore_value"] else op["value"]
-        lease = prev[_LEASE] if op["ignore_lease"] else op["lease"]
+        value = prev[_VALUE] if op["ignore_value"] and prev is not None else op["value"]
+        lease = prev[_LEASE] if op["ignore_lease"] and prev is not None else op["lease"]
         if lease != 0 and not op["ignore_lease"] and not self._lease_exists(view, lease):
             raise LeaseNotFound(lease=lease)
         main, sub = ch.main, ch.sub
@@ -740,7 +743,7 @@ class MVCCStore:
                 view.put(CF_LEASE_KEY, _U64.pack(old_lease) + key, None)
             if lease:
                 view.put(CF_LEASE_KEY, _U64.pack(lease) + key, b"")
-        if prev_raw is not None:
+        if prev_raw is not None and prev is not None:
             _supersede(view, key, prev[_MOD], prev_raw)
         view.put(CF_KEY, key, _pack(rec if sub == 0 else [*rec, sub]))
         view.put(CF_HIST, hist_key(key, main, sub), _LATEST)
@@ -749,7 +752,7 @@ class MVCCStore:
         ch.events.append(Event("PUT", _kv(key, rec), prev_kv))
         return {"prev_kv": prev_kv} if op["prev_kv"] and prev_kv is not None else {}
 
-    def _delete_range(self, view: _View, ch: _Changes, op: dict, budget: _KeyBudget | None = None) -> dict:
+    def _delete_range(self, view: _View, ch: _Changes, op: Op, budget: _KeyBudget | None = None) -> Response:
         start, end = _key_bounds(op["key"], op["range_end"])
         if end is not None and end <= start:
             victims: list[tuple[bytes, bytes]] = []
@@ -761,13 +764,13 @@ class MVCCStore:
         else:
             victims = list(_counted(budget, view.iterate(CF_KEY, start, end)))
         prev_kvs = [self._delete_key(view, ch, key, raw) for key, raw in victims]
-        resp: dict = {"deleted": len(victims)}
+        resp: Response = {"deleted": len(victims)}
         if op["prev_kv"]:
             resp["prev_kvs"] = prev_kvs
         return resp
 
     @staticmethod
-    def _delete_key(view: _View, ch: _Changes, key: bytes, raw: bytes) -> dict:
+    def _delete_key(view: _View, ch: _Changes, key: bytes, raw: bytes) -> KeyValue:
         """Delete one live key at (ch.main, next sub); its previous KeyValue."""
         main, sub = ch.main, ch.sub
         ch.sub += 1
@@ -784,7 +787,7 @@ class MVCCStore:
         return prev_kv
 
     # --- leases ----------------------------------------------------------------------
-    def _lease_grant(self, view: _View, op: dict) -> dict:
+    def _lease_grant(self, view: _View, op: Op) -> Response:
         lease_id, ttl = op["id"], op["ttl"]
         assert 0 < lease_id < 2**63, "the gateway picks an id before proposing"
         if self._lease_exists(view, lease_id):
@@ -792,7 +795,7 @@ class MVCCStore:
         view.put(CF_LEASE, _U64.pack(lease_id), _pack([ttl, 0]))
         return {"ID": lease_id, "ttl": ttl}
 
-    def _lease_revoke(self, view: _View, ch: _Changes, lease_id: int) -> dict:
+    def _lease_revoke(self, view: _View, ch: _Changes, lease_id: int) -> Response:
         if not self._lease_exists(view, lease_id):
             raise LeaseNotFound(lease=lease_id)
         lo = _U64.pack(lease_id)
@@ -805,7 +808,7 @@ class MVCCStore:
         view.put(CF_LEASE, lo, None)
         return {}
 
-    def _lease_checkpoint(self, view: _View, op: dict) -> dict:
+    def _lease_checkpoint(self, view: _View, op: Op) -> Response:
         """Record remaining TTLs (ms; 0 = clear: the full TTL counts) of existing leases."""
         for lease_id, remaining_ms in op["checkpoints"]:
             lk = _U64.pack(lease_id)
@@ -816,8 +819,8 @@ class MVCCStore:
             view.put(CF_LEASE, lk, _pack([ttl, max(0, min(int(remaining_ms), ttl * 1000))]))
         return {}
 
-    def _txn(self, view: _View, st: _State, ch: _Changes, op: dict, path: Iterator[bool],
-             budget: _KeyBudget | None) -> dict:
+    def _txn(self, view: _View, st: _State, ch: _Changes, op: Op, path: Iterator[bool],
+             budget: _KeyBudget | None) -> Response:
         succeeded = next(path)
         responses = []
         for sub_op in op["success"] if succeeded else op["failure"]:
@@ -835,7 +838,7 @@ class MVCCStore:
             responses.append({kind: resp})
         return {"succeeded": succeeded, "responses": responses}
 
-    def _compare_path(self, view: _View, txn: dict, budget: _KeyBudget | None = None) -> list[bool]:
+    def _compare_path(self, view: _View, txn: Op, budget: _KeyBudget | None = None) -> list[bool]:
         """etcd's compareToPath: every compare of the executed path, on the state before
         the txn ran (nested txns' compares too), in execution order."""
         ok = all(self._compare(view, c, budget) for c in txn["compare"])
@@ -845,7 +848,7 @@ class MVCCStore:
                 path.extend(self._compare_path(view, sub_op, budget))
         return path
 
-    def _compare(self, view: _View, cmp: dict, budget: _KeyBudget | None = None) -> bool:
+    def _compare(self, view: _View, cmp: Op, budget: _KeyBudget | None = None) -> bool:
         """One Compare on the current state; a range compare stops at its first key that
         fails (each key it reads counts against the txn's key budget)."""
         start, end = _key_bounds(cmp["key"], cmp["range_end"])
@@ -882,6 +885,7 @@ class MVCCStore:
         main, _sub, key, is_tombstone, rec = _rev_change(view, rk, raw)
         if is_tombstone:
             return _pack([key, True, b"", 0, main, 0, 0])
+        assert rec is not None, "a change without its record"
         return _pack([key, False, *rec])
 
     def _compact(self, view: _View, st: _State, revision: int) -> None:
@@ -919,7 +923,8 @@ class MVCCStore:
         (the compact revision once nothing is pending)."""
         if not self.compaction_pending:
             return self._state.compact_revision
-        return _U64.unpack(self._cursor[:8])[0] - 1
+        cursor: int = _U64.unpack(self._cursor[:8])[0]
+        return cursor - 1
 
     def compact_step(self, limit: int, stop: Callable[[], bool] | None = None) -> int:
         """One slice of physical compaction: at most ``limit`` ``rev`` entries at or below
@@ -969,7 +974,7 @@ class MVCCStore:
         return count
 
     # --- reads -----------------------------------------------------------------------
-    def range(self, op: dict) -> dict:
+    def range(self, op: Op) -> Response:
         """A normalized range op -> ``{"kvs", "more", "count"}`` at the applied state."""
         return self._range(_View(self._backend), op, self._state.current_revision,
                            self._state.compact_revision)
@@ -983,8 +988,8 @@ class MVCCStore:
             raise Compacted(compact_revision=compact)
         return revision
 
-    def _range(self, view: _View, op: dict, current: int, compact: int,
-               budget: _KeyBudget | None = None) -> dict:
+    def _range(self, view: _View, op: Op, current: int, compact: int,
+               budget: _KeyBudget | None = None) -> Response:
         rev = self._check_revision(op["revision"], current, compact)
         items = self._live_items(view, op["key"], op["range_end"], rev, current, budget)
         limit = op["limit"]
@@ -995,12 +1000,13 @@ class MVCCStore:
                                        "min_create_revision", "max_create_revision"))
         # Live keys at the current revision outside an apply are exactly CF_KEY's keys
         # in the range: the backend counts them without making a tuple per key (a
-        # paged list counts every key after its page, as etcd does).
+        # paged list counts every key after its page, as etcd does). A range's view reads
+        # the store's own backend (only hash jobs read a snapshot), so that one counts.
         start, end = _key_bounds(op["key"], op["range_end"])
         backend_counts = (budget is None and rev == current and bool(op["range_end"])
                           and view.untouched() and (end is None or start < end))
         if op["count_only"]:
-            count = view.backend.count(CF_KEY, start, end) if backend_counts else sum(1 for _ in items)
+            count = self._backend.count(CF_KEY, start, end) if backend_counts else sum(1 for _ in items)
             return {"kvs": [], "more": False, "count": count}
         if limit > 0 and not filtered and order in ("NONE", "ASCEND") and target == "KEY":
             # Key order already: decode only what is returned, count the rest.
@@ -1011,7 +1017,7 @@ class MVCCStore:
                 if count <= limit:
                     kvs.append(_kv(key, _unpack(raw)))
                 elif backend_counts:
-                    count += view.backend.count(CF_KEY, key + b"\x00", end)
+                    count += self._backend.count(CF_KEY, key + b"\x00", end)
                     break
             more = count > limit
         else:
@@ -1021,7 +1027,7 @@ class MVCCStore:
                 kvs = [kv for kv in kvs if _passes(kv, op)]
             if order != "NONE":
                 field_name = _SORT_FIELD[target]
-                kvs.sort(key=lambda kv: kv[field_name], reverse=(order == "DESCEND"))
+                kvs.sort(key=operator.itemgetter(field_name), reverse=(order == "DESCEND"))
             more = False
             if 0 < limit < len(kvs):
                 kvs = kvs[:limit]
@@ -1088,6 +1094,7 @@ class MVCCStore:
             if is_tombstone:
                 ev = Event("DELETE", _tombstone_kv(key, main), prev_kv)
             else:
+                assert rec is not None, "a change without its record"
                 ev = Event("PUT", _kv(key, rec), prev_kv)
             if out and out[-1][0] == main:
                 out[-1][1].append(ev)
@@ -1095,7 +1102,7 @@ class MVCCStore:
                 out.append((main, [ev]))
         return out
 
-    def history(self, op: dict) -> dict:
+    def history(self, op: Op) -> Response:
         """A normalized ``history`` op (SPEC section 3) -> ``{"revisions": [{"revision",
         "events"}], "more", "last_revision"}``: the matching events of the revisions
         ``[start_revision, last_revision]``, grouped by revision, oldest first. At most
@@ -1111,14 +1118,14 @@ class MVCCStore:
         end = min(op["end_revision"] or current, current)
         limit = min(op["limit_revisions"] or HISTORY_LIMIT_DEFAULT, HISTORY_LIMIT_MAX)
         last = min(end, start + limit - 1)
-        out: list[dict] = []
+        out: list[Response] = []
         if last < start:
             return {"revisions": out, "more": False, "last_revision": max(last, 0)}
         lo, hi = _key_bounds(op["key"], op["range_end"])
         no_put, no_delete, want_prev = op["no_put"], op["no_delete"], op["prev_kv"]
         view = _View(self._backend)
 
-        def add(main: int, key: bytes, is_tombstone: bool, rec: list, sub: int | None) -> None:
+        def add(main: int, key: bytes, is_tombstone: bool, rec: Record | None, sub: int | None) -> None:
             if key < lo or (hi is not None and key >= hi):
                 return
             if (no_delete and is_tombstone) or (no_put and not is_tombstone):
@@ -1129,6 +1136,7 @@ class MVCCStore:
             if is_tombstone:
                 ev = {"type": "DELETE", "kv": _tombstone_kv(key, main)}
             else:
+                assert rec is not None, "a change without its record"
                 ev = {"type": "PUT", "kv": _kv(key, rec)}
             if prev_kv is not None:
                 ev["prev_kv"] = prev_kv
@@ -1182,7 +1190,7 @@ class HashJob:
     view early (a job that finishes releases it itself)."""
 
     def __init__(self, items: Iterator[tuple[bytes, bytes]], revision: int, compact_revision: int,
-                 snapshot: Any) -> None:
+                 snapshot: ReadView | None) -> None:
         self.revision = revision
         self.compact_revision = compact_revision  # the store's when the job started
         self.keys = 0
@@ -1226,7 +1234,7 @@ class HashJob:
 _COMPARE_FIELD_POS = {"VALUE": _VALUE, "VERSION": _VERSION, "CREATE": _CREATE, "MOD": _MOD, "LEASE": _LEASE}
 _COMPARE_OPERAND = {"VALUE": "value", "VERSION": "version", "CREATE": "create_revision", "MOD": "mod_revision",
                     "LEASE": "lease"}
-_COMPARE_RESULT = {
+_COMPARE_RESULT: dict[str, Callable[[Any, Any], bool]] = {
     "EQUAL": lambda have, want: have == want,
     "NOT_EQUAL": lambda have, want: have != want,
     "GREATER": lambda have, want: have > want,
@@ -1237,7 +1245,7 @@ _SORT_FIELD = {"KEY": "key", "VERSION": "version", "CREATE": "create_revision",
                "MOD": "mod_revision", "VALUE": "value"}
 
 
-def _passes(kv: dict, op: dict) -> bool:
+def _passes(kv: KeyValue, op: Op) -> bool:
     if op["min_mod_revision"] and kv["mod_revision"] < op["min_mod_revision"]:
         return False
     if op["max_mod_revision"] and kv["mod_revision"] > op["max_mod_revision"]:
