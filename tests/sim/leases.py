@@ -29,6 +29,8 @@ is sent.
 
 from __future__ import annotations
 
+from typing import Any
+
 import msgpack
 
 from actors.consensus.raft import Entry, ProposalDropped
@@ -224,7 +226,7 @@ class LeaseSim(Sim):
         super().apply(sn, ents)
         ops = []
         for e in fresh:
-            op = msgpack.unpackb(e.data, raw=False)[2] if e.data else None
+            op: Any = msgpack.unpackb(e.data, raw=False)[2] if e.data else None
             kind = op.get("op") if isinstance(op, dict) else None
             if kind not in LEASE_OPS:
                 continue
