@@ -54,7 +54,8 @@
 - `hash_kv` (the corruption check's, `endpoint hashkv`) runs as a job over a pinned
   snapshot of the store, HASH_SLICE_S at a time between other work; at most HASH_JOBS_MAX
   at once, HASH_QUEUE_MAX more wait, beyond that `unavailable`. A job whose store is
-  replaced (snapshot install, disk reopen) starts again on the new one.
+  replaced (snapshot install, disk reopen) starts again on the new one (the scheduling:
+  actors/storage/hashjobs.py).
 - A full disk (issue 12; actors/runtime/diskfault.py): a write of the store that the disk
   refuses (apply, the periodic WAL sync, the open at start) does not take the actor down.
   The batch is not applied (nothing of it was written, nothing is published); one log line
@@ -88,6 +89,7 @@ from actors.runtime.diskfault import NO_SPACE, DiskFault, disk_error_kind, enoug
 from actors.runtime.failpoints import failpoint
 from actors.storage.backend import RocksBackend, fsync_dir
 from actors.storage.compactor import make_compactor
+from actors.storage.hashjobs import Done, HashJobs
 from actors.storage.lessor import Lessor, LessorConfig, Reply
 from actors.storage.mvcc import alarms as alarm_rules
 from actors.storage.auth import read_auth
@@ -424,7 +426,7 @@ class StorageActor(Actor):
             self._install(identity, *body)
         elif msg_type == M.HASH_KV:
             ctx_id, revision = body
-            self._hash_request(identity, ctx_id, revision)
+            self._hash_answer(self.hash_jobs.request(self.store, (identity, ctx_id), revision))
         elif msg_type == M.STORAGE_STATUS:
             (ctx_id,) = body
             size = self.backend.size_bytes()
@@ -757,8 +759,7 @@ class StorageActor(Actor):
         # (revision, client reply): `compact` with `physical`, answered once this member's
         # physical compaction reaches the revision
         self.physical_waiting: list[tuple[int, list]] = []
-        self.hash_jobs: list[tuple[bytes, int, Any, int]] = []  # (identity, ctx_id, job, revision asked)
-        self.hash_queue: list[tuple[bytes, int, int]] = []
+        self.hash_jobs: HashJobs[tuple[bytes, int]] = HashJobs(HASH_JOBS_MAX, HASH_QUEUE_MAX)
         self._compaction_kick()
 
     def _compaction_kick(self, delay_s: float = 0.0) -> None:
@@ -816,50 +817,17 @@ class StorageActor(Actor):
         except zmq.ZMQError:
             self.log.warning("results_dropped", count=len(ready))
 
-    # --- hash_kv in slices (module docstring; MVCCStore.hash_kv_job) --------------------
-    def _hash_request(self, identity: bytes, ctx_id: int, revision: int) -> None:
-        if len(self.hash_jobs) < HASH_JOBS_MAX:
-            self._hash_start(identity, ctx_id, revision)
-        elif len(self.hash_queue) < HASH_QUEUE_MAX:
-            self.hash_queue.append((identity, ctx_id, revision))
-        else:
-            err = errors.Unavailable(f"too many hash_kv requests in progress on this member ({HASH_JOBS_MAX} "
-                                     f"running, {HASH_QUEUE_MAX} waiting); try again later")
-            self.send_router(self.router, identity, pack_msg(M.HASH_KV_RESP, [ctx_id, None, err.to_wire()]))
-
-    def _hash_start(self, identity: bytes, ctx_id: int, revision: int) -> None:
-        try:
-            job = self.store.hash_kv_job(revision)
-        except errors.QkvError as err:
-            self.send_router(self.router, identity, pack_msg(M.HASH_KV_RESP, [ctx_id, None, err.to_wire()]))
-            return
-        self.hash_jobs.append((identity, ctx_id, job, revision))
-
-    def _hash_slice(self) -> None:
-        """One slice of the first job, which then goes to the back of the line."""
-        identity, ctx_id, job, revision = self.hash_jobs.pop(0)
-        deadline = time.monotonic() + HASH_SLICE_S
-        if not job.step(1 << 62, stop=lambda: time.monotonic() >= deadline):
-            self.hash_jobs.append((identity, ctx_id, job, revision))
-            return
-        digest, rev = job.result
-        result = {"hash": digest, "revision": rev, "compact_revision": job.compact_revision}
-        self.send_router(self.router, identity, pack_msg(M.HASH_KV_RESP, [ctx_id, result, None]))
-        self._hash_pump()
-
-    def _hash_pump(self) -> None:
-        while self.hash_queue and len(self.hash_jobs) < HASH_JOBS_MAX:
-            self._hash_start(*self.hash_queue.pop(0))
+    # --- hash_kv in slices (module docstring; actors/storage/hashjobs.py) ---------------
+    def _hash_answer(self, done: list[Done[tuple[bytes, int]]]) -> None:
+        for d in done:
+            identity, ctx_id = d.asker
+            self.send_router(self.router, identity, pack_msg(M.HASH_KV_RESP, [ctx_id, d.result, d.error]))
 
     def _hash_restart(self) -> None:
-        """Before the store's handle closes: running jobs wait at the head of the queue
-        and start again on the store that replaces it."""
-        if not getattr(self, "hash_jobs", None):
-            return
-        jobs, self.hash_jobs = self.hash_jobs, []
-        for _identity, _ctx_id, job, _revision in jobs:
-            job.close()
-        self.hash_queue[:0] = [(identity, ctx_id, revision) for identity, ctx_id, _job, revision in jobs]
+        """Before the store's handle closes: running jobs start again on the store that
+        replaces it."""
+        if hasattr(self, "hash_jobs"):
+            self.hash_jobs.restart()
 
     # --- leases: the I/O around the lessor (actors/storage/lessor.py) --------------------
     def _lease_setup(self) -> None:
@@ -951,10 +919,9 @@ class StorageActor(Actor):
             pass  # proposed again after LEASE_RETRY_S
 
     def flush(self) -> None:
-        if self.hash_queue and len(self.hash_jobs) < HASH_JOBS_MAX:
-            self._hash_pump()  # jobs restarted on a new store (install, disk reopen)
-        if self.hash_jobs:
-            self._hash_slice()
+        if self.hash_jobs.busy:  # one slice per turn; restarted jobs start on the new store
+            deadline = time.monotonic() + HASH_SLICE_S
+            self._hash_answer(self.hash_jobs.step(self.store, lambda: time.monotonic() >= deadline))
         if self.lessor.clear_waiting:
             self._lease_propose(self.lessor.clear_proposals(time.monotonic()))
         if self.deferred:
@@ -964,7 +931,7 @@ class StorageActor(Actor):
         self.turn_bytes = 0  # the next turn's reads start with a full budget
 
     def poll_timeout_ms(self) -> int | None:
-        return 0 if self.deferred or self.hash_jobs or self.hash_queue else None
+        return 0 if self.deferred or self.hash_jobs.busy else None
 
     def _lease_tick(self) -> None:
         was = self.lessor.promoted_term
@@ -979,8 +946,8 @@ class StorageActor(Actor):
         # Also after a setup that stopped half-way (each part exists once setup made it).
         if hasattr(self, "defrag_thread"):
             self._defrag_join()
-        for job in getattr(self, "hash_jobs", ()):
-            job[2].close()
+        if hasattr(self, "hash_jobs"):
+            self.hash_jobs.close()
         if hasattr(self, "saves"):
             self.saves.close()
         if hasattr(self, "backend"):
