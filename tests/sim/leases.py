@@ -11,7 +11,8 @@
   attached to leases are proposed entries (MVCCStore applies them); a keep-alive is a
   ReadIndex at the node the client picked (usually the leader it believes in), answered
   by that node's lessor once the read point has applied (others say not_leader). Each lease
-  is kept alive every TTL/3 until its client abandons it; then it must expire.
+  is kept alive every TTL/3 until its client abandons it; then it must expire. Time-to-live
+  requests go the same way (for abandoned leases too).
 - The lessor's own proposals (`lease_expire`, `lease_checkpoint`) are proposed only while
   its node leads in the term it was promoted in (consensus's LEASE_PROPOSE rule).
 - Shell rules copied from the storage actor: LEADERSHIP every step (is leader, term, the
@@ -24,7 +25,7 @@ the `lease_expire` entry first applies anywhere (the earliest moment anyone can 
 global time, across leader changes, pauses and crashes. (From the send: a ReadIndex confirms
 leadership with heartbeats sent after the request arrived, and any later leader was elected
 after some of those were acknowledged.) A revoked lease has no constraint once its revoke
-is sent.
+is sent. A time-to-live answer of N >= 0 seconds binds like a keep-alive with TTL N.
 """
 
 from __future__ import annotations
@@ -115,12 +116,13 @@ class LeaseSim(Sim):
         self.ready_index: dict[int, int] = {}
         self.sm_seen = {i: sn.sm for i, sn in self.nodes.items()}
         self.ka_waiting: dict[int, list[tuple[int, bytes]]] = {i: [] for i in self.ids}
-        self.pending_ka: dict[bytes, tuple[int, float, int]] = {}  # ctx -> (lease, sent_s, step)
+        # ctx -> (lease, sent_s, step, op): keep-alives and time-to-live requests in flight
+        self.pending_ka: dict[bytes, tuple[int, float, int, str]] = {}
         self.leases: dict[int, ClientLease] = {}
         self.next_lease = 0
         self.ka_seq = 0
         self.answering = ""  # the kind of lessor event being handled (stats)
-        for name in ("lease_grants", "lease_keepalives", "lease_acks", "lease_held_acks",
+        for name in ("lease_grants", "lease_keepalives", "lease_acks", "lease_held_acks", "lease_ttls",
                      "lease_revokes", "lease_expired", "lease_expired_new_term", "lease_checkpoints",
                      "lease_promotions", "lessor_pauses"):
             self.stats[name] = 0
@@ -152,7 +154,7 @@ class LeaseSim(Sim):
         elif kind == "applied":
             self.replies(node, lessor.applied(now, event[1]))
         elif kind == "request":
-            self.replies(node, lessor.request(now, event[1], "lease_keepalive", event[2]))
+            self.replies(node, lessor.request(now, event[1], event[3], event[2]))
         elif kind == "install":
             self.replies(node, lessor.demote())
         self.maybe_promote(node)
@@ -171,9 +173,16 @@ class LeaseSim(Sim):
         lessor = self.lessors[node]
         for r in replies:
             pending = self.pending_ka.pop(r.waiter, None)
-            if pending is None or r.kind != "keepalive":
+            if pending is None:
                 continue
-            lease_id, sent_s, _ = pending
+            lease_id, sent_s, _, _ = pending
+            if r.kind == "ttl" and r.ttl >= 0:
+                # "at least ttl seconds left": as binding as a keep-alive, from the send
+                self.stats["lease_ttls"] += 1
+                self.checker.acknowledged(lease_id, sent_s, r.ttl, lessor.promoted_term if lessor else None)
+                continue
+            if r.kind != "keepalive":
+                continue
             self.stats["lease_acks"] += 1
             if self.answering == "applied":
                 self.stats["lease_held_acks"] += 1  # waited for its clearing checkpoint
@@ -268,7 +277,8 @@ class LeaseSim(Sim):
         if sn.sm.applied_index < index:
             self.ka_waiting[node].append((index, ctx))
             return
-        self.lessor_event(node, ("request", ctx, self.pending_ka[ctx][0]))
+        lease_id, _, _, op = self.pending_ka[ctx]
+        self.lessor_event(node, ("request", ctx, lease_id, op))
 
     def crash(self, sn: SimNode, where: str = "between steps") -> None:
         super().crash(sn, where)
@@ -309,6 +319,10 @@ class LeaseSim(Sim):
                 lease.last_ka = self.now
                 sn = lead if lead is not None and rng.random() < 0.8 else rng.choice(up)
                 self.send_keepalive(sn, lease)
+        granted = [lease for lease in live if lease.granted]
+        if granted and rng.random() < 0.03:  # abandoned leases too: those are the ones that expire
+            sn = lead if lead is not None and rng.random() < 0.8 else rng.choice(up)
+            self.send_keepalive(sn, rng.choice(granted), "lease_timetolive")
         if live and rng.random() < 0.005:
             lease = rng.choice(live)
             lease.revoked = True
@@ -324,16 +338,17 @@ class LeaseSim(Sim):
             op = {"op": "put", "key": rng.choice(KEYS), "value": b"l%d" % self.req_id, "lease": lease.id,
                   "prev_kv": False, "ignore_value": False, "ignore_lease": False}
             self.propose(sn, msgpack.packb([sn.id, self.req_id, op]))
-        for ctx in [c for c, (_, _, at) in self.pending_ka.items() if self.now - at > KA_TIMEOUT_STEPS]:
+        for ctx in [c for c, (_, _, at, _) in self.pending_ka.items() if self.now - at > KA_TIMEOUT_STEPS]:
             del self.pending_ka[ctx]  # the client gave up on it
 
-    def send_keepalive(self, sn: SimNode, lease: ClientLease) -> None:
+    def send_keepalive(self, sn: SimNode, lease: ClientLease, op: str = "lease_keepalive") -> None:
+        """A keep-alive (or time-to-live): a ReadIndex at `sn`, then its lessor answers."""
         self.ka_seq += 1
         ctx = b"ka-%d" % self.ka_seq
         floor = max([self.checker.max_commit] + [x.node.raft.log.committed for x in self.up_nodes()])
         self.checker.commit_seen(floor)
         self.checker.read_issued(ctx)
-        self.pending_ka[ctx] = (lease.id, self.global_s(), self.now)
+        self.pending_ka[ctx] = (lease.id, self.global_s(), self.now, op)
         self.stats["lease_keepalives"] += 1
         try:
             sn.node.read_index(ctx)

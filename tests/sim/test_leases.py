@@ -13,7 +13,7 @@ from actors.storage.lessor import Lessor, Reply
 from tests.sim.leases import LeaseSim
 from tests.sim.sim import SimFailure
 
-SEEDS = 200
+SEEDS = 250
 CHUNK = 50
 STEPS = 200  # safety-phase steps of the suite's seeds (20 s of sim time; run.py draws 300-600)
 
@@ -38,7 +38,7 @@ def _run(lo: int, hi: int) -> dict:
 def test_lease_seeds(lo):
     totals = _run(lo, lo + CHUNK)
     # The seeds exercise what the checker is about, not only quiet runs.
-    for name in ("lease_acks", "lease_held_acks", "lease_expired", "lease_expired_new_term",
+    for name in ("lease_acks", "lease_held_acks", "lease_ttls", "lease_expired", "lease_expired_new_term",
                  "lease_checkpoints", "lease_promotions", "lessor_pauses", "lease_revokes"):
         assert totals[name] > 0, (name, totals)
 
