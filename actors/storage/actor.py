@@ -73,7 +73,6 @@ import heapq
 import itertools
 import os
 import shutil
-import threading
 import time
 from typing import Any
 
@@ -89,6 +88,7 @@ from actors.runtime.diskfault import NO_SPACE, DiskFault, disk_error_kind, enoug
 from actors.runtime.failpoints import failpoint
 from actors.storage.backend import RocksBackend, fsync_dir
 from actors.storage.compactor import make_compactor
+from actors.storage.defrag import Defrag
 from actors.storage.hashjobs import Done, HashJobs
 from actors.storage.lessor import Lessor, LessorConfig, Reply
 from actors.storage.mvcc import alarms as alarm_rules
@@ -438,7 +438,7 @@ class StorageActor(Actor):
                 "db_size_in_use": min(size, self.backend.size_in_use_bytes()),
                 "raft_term": self.raft_term,
                 "alarms": alarm_rules.to_wire(self.store.alarms),
-                "defragmenting": self.defrag_thread is not None,
+                "defragmenting": self.defrag.active,
                 "auth_revision": self.store.auth.revision,
                 "disk": self.disk.wire(time.monotonic()),
             }
@@ -674,72 +674,44 @@ class StorageActor(Actor):
 
     # --- maintenance: defragmentation, auto-compaction ---------------------------------
     def _maintenance_setup(self) -> None:
-        self.defrag_thread: threading.Thread | None = None
-        self.defrag_running: list[tuple[bytes, int]] = []  # askers the running pass answers
-        self.defrag_next: list[tuple[bytes, int]] = []  # asked meanwhile: they get a new pass
-        self.defrag_result: tuple[float, str | None] = (0.0, None)
+        self.defrag: Defrag[tuple[bytes, int]] = Defrag()
         self.compactor = make_compactor(self.cfg.auto_compaction_mode, self.cfg.auto_compaction_retention,
                                         AUTO_COMPACTION_REVISION_INTERVAL_S)
         if self.compactor is not None:
             self.every(AUTO_COMPACTION_TICK_S, self._auto_compact_tick)
 
     def _defrag_request(self, identity: bytes, ctx_id: int) -> None:
-        if self.defrag_thread is None:
-            self.defrag_running.append((identity, ctx_id))
-            self._defrag_start()
-        else:
-            self.defrag_next.append((identity, ctx_id))
+        self._defrag_started(self.defrag.request(self.backend, (identity, ctx_id)))
 
-    def _defrag_start(self) -> None:
-        """compact_range in a thread: it releases the GIL, so this loop keeps applying and
-        serving meanwhile (etcd's defrag stops the world, etcd #9222)."""
-        backend = self.backend
-        before = backend.size_bytes()
-        started = time.monotonic()
-        self.log.info("defrag_started", db_size=before)
-
-        def run() -> None:
-            error = None
-            try:
-                backend.defragment()
-            except Exception as exc:  # reported to the askers; the data is untouched
-                error = f"{type(exc).__name__}: {exc}"
-            self.defrag_result = (time.monotonic() - started, error)
-
-        self.defrag_before = before
-        self.defrag_thread = threading.Thread(target=run, name="defrag", daemon=True)
-        self.defrag_thread.start()
-        self.call_later(DEFRAG_POLL_S, self._defrag_poll)
+    def _defrag_started(self, db_size: int | None) -> None:
+        if db_size is not None:  # a pass started (actors/storage/defrag.py)
+            self.log.info("defrag_started", db_size=db_size)
+            self.call_later(DEFRAG_POLL_S, self._defrag_poll)
 
     def _defrag_poll(self) -> None:
-        thread = self.defrag_thread
-        if thread is None:
+        if not self.defrag.active:
             return
-        if thread.is_alive():
+        done, started = self.defrag.poll(self.backend)
+        if done is None:
             self.call_later(DEFRAG_POLL_S, self._defrag_poll)
             return
-        self.defrag_thread = None
-        took_s, error = self.defrag_result
-        after = self.backend.size_bytes()
-        if error is None:
-            self.log.info("defrag_finished", took_s=round(took_s, 3), db_size_before=self.defrag_before,
-                          db_size_after=after)
-            reply: list = [{"took_s": took_s, "db_size_before": self.defrag_before, "db_size_after": after}, None]
+        if done.error is None:
+            self.log.info("defrag_finished", took_s=round(done.took_s, 3), db_size_before=done.size_before,
+                          db_size_after=done.size_after)
+            reply: list = [{"took_s": done.took_s, "db_size_before": done.size_before,
+                            "db_size_after": done.size_after}, None]
         else:
-            self.log.error("defrag_failed", error=error)
-            reply = [None, errors.Internal(f"defragment failed: {error}").to_wire()]
-        askers, self.defrag_running = self.defrag_running, []
-        for identity, ctx_id in askers:
+            self.log.error("defrag_failed", error=done.error)
+            reply = [None, errors.Internal(f"defragment failed: {done.error}").to_wire()]
+        for identity, ctx_id in done.askers:
             self.send_router(self.router, identity, pack_msg(M.DEFRAG_RESP, [ctx_id, *reply]))
-        if self.defrag_next:
-            self.defrag_running, self.defrag_next = self.defrag_next, []
-            self._defrag_start()
+        self._defrag_started(started)
 
     def _defrag_join(self) -> None:
         """Before the backend closes: a running compact_range (and any pass queued after it)
         must finish first."""
-        while self.defrag_thread is not None:
-            self.defrag_thread.join()
+        while self.defrag.active:
+            self.defrag.join()
             self._defrag_poll()
 
     def _auto_compact_tick(self) -> None:
@@ -944,7 +916,7 @@ class StorageActor(Actor):
 
     def shutdown(self) -> None:
         # Also after a setup that stopped half-way (each part exists once setup made it).
-        if hasattr(self, "defrag_thread"):
+        if hasattr(self, "defrag"):
             self._defrag_join()
         if hasattr(self, "hash_jobs"):
             self.hash_jobs.close()
