@@ -47,10 +47,10 @@ def test_same_seed_same_run():
     assert LeaseSim(11, nodes=5).run() == LeaseSim(11, nodes=5).run()
 
 
-def _first_failure(limit: int) -> int | None:
+def _first_failure(limit: int, nodes: int | None = None) -> int | None:
     for seed in range(limit):
         try:
-            LeaseSim(seed, nodes=3 if seed % 2 == 0 else 5).run()  # run.py's seeds
+            LeaseSim(seed, nodes=nodes or (3 if seed % 2 == 0 else 5)).run()  # run.py's seeds
         except SimFailure as e:
             assert "expired early" in str(e) and "--leases" in str(e), e
             return seed
@@ -77,4 +77,20 @@ def test_planted_bug_keepalive_not_waiting_for_its_clearing_checkpoint(monkeypat
         return request(self, now, waiter, op, lease_id)
 
     monkeypatch.setattr(Lessor, "request", eager)
-    assert _first_failure(1000) is not None
+    assert _first_failure(1000, nodes=3) is not None  # 3 nodes: faster seeds, caught sooner
+
+
+@pytest.mark.xfail(strict=True, raises=SimFailure, reason="KNOWN_BUG in tests/sim/leases.py: a lessor that has not heard "
+                   "it lost leadership acknowledges keep-alives (the keep-alive carries no term)")
+def test_known_bug_stale_lessor_acknowledges_a_keepalive(monkeypatch):
+    """Leadership moves while the leader's lessor is paused; clients keep sending keep-alives
+    to the node they believe leads. When this passes (the bug is fixed), drop the xfail."""
+    init = LeaseSim.__init__
+
+    def moving(self, *args, **kwargs):
+        init(self, *args, **kwargs)
+        self.p_pause, self.p_move_on_pause = 0.02, 0.5
+
+    monkeypatch.setattr(LeaseSim, "__init__", moving)
+    for seed in range(200):
+        LeaseSim(seed, nodes=3 if seed % 2 == 0 else 5).run()  # SimFailure: the bug
