@@ -39,7 +39,9 @@ lease granted, in its eyes, just now) that the new leader expires. etcd closes t
 it leader) and a lessor demoted synchronously with raft. Fix: carry the read index's term
 to storage and answer a keep-alive only when promoted in that term.
 `tests/sim/test_leases.py::test_known_bug_stale_lessor_acknowledges_a_keepalive` (xfail,
-strict) reproduces it with p_move_on_pause.
+strict) reproduces it with p_move_on_pause; with `read_terms` (the keep-alive carries the
+term its read index was confirmed in; Lessor.request's `term`) the same seeds pass
+(`test_the_known_bugs_fix_closes_it`).
 """
 
 from __future__ import annotations
@@ -132,6 +134,7 @@ class LeaseSim(Sim):
         # Leadership moves away while the leader's lessor is paused: finds the known bug below
         # (KNOWN_BUG), so off unless a test turns it on.
         self.p_move_on_pause = 0.0
+        self.read_terms = False  # keep-alives carry their read index's term (the fix)
         self.p_grant = rng.choice([0.02, 0.05])
         self.origin = {i: rng.randrange(10**6) for i in self.ids}  # each node's clock origin
         self.lessors: dict[int, Lessor[bytes] | None] = {i: Lessor(self.lessor_config) for i in self.ids}
@@ -140,7 +143,7 @@ class LeaseSim(Sim):
         self.lead_term: dict[int, int] = {}
         self.ready_index: dict[int, int] = {}
         self.sm_seen = {i: sn.sm for i, sn in self.nodes.items()}
-        self.ka_waiting: dict[int, list[tuple[int, bytes]]] = {i: [] for i in self.ids}
+        self.ka_waiting: dict[int, list[tuple[int, bytes, int]]] = {i: [] for i in self.ids}
         # ctx -> (lease, sent_s, step, op): keep-alives and time-to-live requests in flight
         self.pending_ka: dict[bytes, tuple[int, float, int, str]] = {}
         self.leases: dict[int, ClientLease] = {}
@@ -180,7 +183,8 @@ class LeaseSim(Sim):
         elif kind == "applied":
             self.replies(node, lessor.applied(now, event[1]))
         elif kind == "request":
-            self.replies(node, lessor.request(now, event[1], event[3], event[2]))
+            self.replies(node, lessor.request(now, event[1], event[3], event[2],
+                                              event[4] if self.read_terms else None))
         elif kind == "install":
             self.replies(node, lessor.demote())
         self.maybe_promote(node)
@@ -292,21 +296,25 @@ class LeaseSim(Sim):
         waiting = self.ka_waiting[sn.id]
         if waiting:
             applied = sn.sm.applied_index
-            self.ka_waiting[sn.id] = [(i, ctx) for i, ctx in waiting if i > applied]
-            for i, ctx in waiting:
+            self.ka_waiting[sn.id] = [w for w in waiting if w[0] > applied]
+            for i, ctx, term in waiting:
                 if i <= applied:
-                    self.keepalive_ready(sn.id, ctx, i)
+                    self.keepalive_ready(sn.id, ctx, i, term)
 
-    def keepalive_ready(self, node: int, ctx: bytes, index: int) -> None:
-        """The keep-alive's read point: answered by the lessor once it has applied."""
+    def keepalive_ready(self, node: int, ctx: bytes, index: int, term: int | None = None) -> None:
+        """The keep-alive's read point: answered by the lessor once it has applied. `term`:
+        the one the read index was confirmed in (passed to the lessor with read_terms: the
+        KNOWN_BUG fix)."""
         sn = self.nodes[node]
         if ctx not in self.pending_ka or not sn.up:
             return
+        if term is None:
+            term = sn.node.raft.term  # the read state just returned
         if sn.sm.applied_index < index:
-            self.ka_waiting[node].append((index, ctx))
+            self.ka_waiting[node].append((index, ctx, term))
             return
         lease_id, _, _, op = self.pending_ka[ctx]
-        self.lessor_event(node, ("request", ctx, lease_id, op))
+        self.lessor_event(node, ("request", ctx, lease_id, op, term))
 
     def crash(self, sn: SimNode, where: str = "between steps") -> None:
         super().crash(sn, where)

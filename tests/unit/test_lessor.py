@@ -152,3 +152,16 @@ def test_silence_demotes():
     assert lessor.tick(3.0) == ([], [])
     assert lessor.tick(3.1) == ([Reply("a", "not_leader")], [])
     assert not lessor.is_leader and lessor.promoted_term is None
+
+
+def test_a_request_confirmed_in_another_term_is_not_answered():
+    """With the term its read index was confirmed in, a lessor that has not yet heard it
+    lost leadership refuses (tests/sim/leases.py KNOWN_BUG); without, it answers."""
+    lessor = leader(0.0, [(1, 10, 0)], term=4)
+    assert lessor.request(1.0, "a", "lease_keepalive", 1, term=5) == [Reply("a", "not_leader")]
+    assert lessor.request(1.0, "b", "lease_keepalive", 1, term=4) == [Reply("b", "keepalive", 1, 10)]
+    assert lessor.request(1.0, "c", "lease_keepalive", 1) == [Reply("c", "keepalive", 1, 10)]
+    held = Lessor(CFG)
+    held.leadership(0.0, True, 6, 5)
+    assert held.request(0.0, "d", "lease_keepalive", 1, term=7) == []
+    assert held.promote(0.1, [(1, 10, 0)]) == [Reply("d", "not_leader")]
