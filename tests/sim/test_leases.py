@@ -89,7 +89,7 @@ def test_known_bug_stale_lessor_acknowledges_a_keepalive(monkeypatch):
 
     def moving(self, *args, **kwargs):
         init(self, *args, **kwargs)
-        self.p_pause, self.p_move_on_pause = 0.02, 0.5
+        self.p_pause, self.p_move_on_pause, self.known_bug_strict = 0.02, 0.5, True
 
     monkeypatch.setattr(LeaseSim, "__init__", moving)
     for seed in range(200):
@@ -104,7 +104,7 @@ def test_the_known_bugs_fix_closes_it(monkeypatch):
 
     def moving(self, *args, **kwargs):
         init(self, *args, **kwargs)
-        self.p_pause, self.p_move_on_pause, self.read_terms = 0.02, 0.5, True
+        self.p_pause, self.p_move_on_pause, self.read_terms, self.known_bug_strict = 0.02, 0.5, True, True
 
     monkeypatch.setattr(LeaseSim, "__init__", moving)
     for seed in range(20):  # without the fix, seed 8 fails (test_known_bug_...)
