@@ -17,23 +17,16 @@
 - A read carries the index it must see (0 for serializable, the read index for
   linearizable); it waits until applied_index reaches it.
 - Lease expiry (SPEC "Leases"): the lease table is in the store (applied from the log);
-  deadlines live here, in memory, on the leader's node only. Consensus tells us who leads
-  (LEADERSHIP). Once this member leads and has applied every entry up to the start of its
-  term ("promote"), each lease's deadline = now + its checkpointed remaining TTL (or its
-  full TTL): no lease expires earlier than its holder could expect. Losing leadership
-  forgets the deadlines. Every 250 ms the leader proposes `lease_expire` for expired
-  leases (at most LEASE_REVOKES_PER_S, again after LEASE_RETRY_S if still there) through
-  consensus (LEASE_PROPOSE, only while leading in that term): nothing is deleted except by
-  a committed entry, so a leader without quorum revokes nothing. Keep-alive and
-  time-to-live are answered here from the deadlines once the read index (which the
-  gateway got first) has applied; other members say `not_leader`.
-- Checkpoints (etcd #9888, on by default): every LEASE_CHECKPOINT_S the leader writes the
-  remaining TTL of leases whose remaining TTL is LEASE_CHECKPOINT_MARGIN_MS below what the
-  log knows (`lease_checkpoint`), so every leader's tenure that lasts a checkpoint interval
-  moves a dead lease closer to expiry, however often elections happen. A keep-alive of a lease with a checkpoint
-  (applied or in flight) is answered only once a clearing checkpoint (remaining 0 = the
-  full TTL) has applied, so a later leader never uses a remaining TTL older than an
-  acknowledged keep-alive.
+  the policy (deadlines on the leader only, promotion once caught up to the term's start,
+  demotion, expiry proposals with a rate limit, checkpoints, the clearing checkpoint a
+  keep-alive waits for) is the pure Lessor's (actors/storage/lessor.py, its "Rules:").
+  This actor does its I/O: it tells it who leads (LEADERSHIP from consensus), what the
+  log applied and the monotonic time; it sends its replies (keep-alive and time-to-live,
+  answered once the read index the gateway got first has applied) and proposes its
+  entries through consensus (LEASE_PROPOSE, only accepted while leading in that term):
+  nothing is deleted except by a committed entry, so a leader without quorum revokes
+  nothing. Ticks every LEASE_TICK_S (expiry) and LEASE_CHECKPOINT_S (checkpoints, etcd
+  #9888, on by default).
 - Auth (issue 11, SPEC "Authentication"): the auth state (users, roles, permissions) is
   the store's (mvcc/store.py, persisted in the same write as the batch that changed it).
   Every entry carries its auth (runtime/entry.py) and the store checks it at apply;
@@ -61,7 +54,8 @@
 - `hash_kv` (the corruption check's, `endpoint hashkv`) runs as a job over a pinned
   snapshot of the store, HASH_SLICE_S at a time between other work; at most HASH_JOBS_MAX
   at once, HASH_QUEUE_MAX more wait, beyond that `unavailable`. A job whose store is
-  replaced (snapshot install, disk reopen) starts again on the new one.
+  replaced (snapshot install, disk reopen) starts again on the new one (the scheduling:
+  actors/storage/hashjobs.py).
 - A full disk (issue 12; actors/runtime/diskfault.py): a write of the store that the disk
   refuses (apply, the periodic WAL sync, the open at start) does not take the actor down.
   The batch is not applied (nothing of it was written, nothing is published); one log line
@@ -79,7 +73,6 @@ import heapq
 import itertools
 import os
 import shutil
-import threading
 import time
 from typing import Any
 
@@ -95,6 +88,9 @@ from actors.runtime.diskfault import NO_SPACE, DiskFault, disk_error_kind, enoug
 from actors.runtime.failpoints import failpoint
 from actors.storage.backend import RocksBackend, fsync_dir
 from actors.storage.compactor import make_compactor
+from actors.storage.defrag import Defrag
+from actors.storage.hashjobs import Done, HashJobs
+from actors.storage.lessor import Lessor, LessorConfig, Reply
 from actors.storage.mvcc import alarms as alarm_rules
 from actors.storage.auth import read_auth
 from actors.storage.mvcc import MVCCStore
@@ -284,7 +280,7 @@ class StorageActor(Actor):
         self.fetch_outstanding = False
         if self.disk.failed:
             return  # fetched before the disk failed: fetched again once writes work
-        batch: list[tuple[int, dict | None, Any]] = []
+        batch: list[tuple[int, dict | errors.QkvError | None, Any]] = []
         origins: dict[int, tuple[int, int, Any]] = {}
         expected = self.store.applied_index + 1
         for index, _term, _type, data in raw_entries:
@@ -429,7 +425,7 @@ class StorageActor(Actor):
         elif isinstance(msg, M.Install):
             self._install(identity, msg.ctx_id, msg.path)
         elif isinstance(msg, M.HashKv):
-            self._hash_request(identity, msg.ctx_id, msg.revision)
+            self._hash_answer(self.hash_jobs.request(self.store, (identity, msg.ctx_id), msg.revision))
         elif isinstance(msg, M.StorageStatusReq):
             ctx_id = msg.ctx_id
             size = self.backend.size_bytes()
@@ -441,7 +437,7 @@ class StorageActor(Actor):
                 "db_size_in_use": min(size, self.backend.size_in_use_bytes()),
                 "raft_term": self.raft_term,
                 "alarms": alarm_rules.to_wire(self.store.alarms),
-                "defragmenting": self.defrag_thread is not None,
+                "defragmenting": self.defrag.active,
                 "auth_revision": self.store.auth.revision,
                 "disk": self.disk.wire(time.monotonic()),
             }
@@ -677,78 +673,50 @@ class StorageActor(Actor):
 
     # --- maintenance: defragmentation, auto-compaction ---------------------------------
     def _maintenance_setup(self) -> None:
-        self.defrag_thread: threading.Thread | None = None
-        self.defrag_running: list[tuple[bytes, int]] = []  # askers the running pass answers
-        self.defrag_next: list[tuple[bytes, int]] = []  # asked meanwhile: they get a new pass
-        self.defrag_result: tuple[float, str | None] = (0.0, None)
+        self.defrag: Defrag[tuple[bytes, int]] = Defrag()
         self.compactor = make_compactor(self.cfg.auto_compaction_mode, self.cfg.auto_compaction_retention,
                                         AUTO_COMPACTION_REVISION_INTERVAL_S)
         if self.compactor is not None:
             self.every(AUTO_COMPACTION_TICK_S, self._auto_compact_tick)
 
     def _defrag_request(self, identity: bytes, ctx_id: int) -> None:
-        if self.defrag_thread is None:
-            self.defrag_running.append((identity, ctx_id))
-            self._defrag_start()
-        else:
-            self.defrag_next.append((identity, ctx_id))
+        self._defrag_started(self.defrag.request(self.backend, (identity, ctx_id)))
 
-    def _defrag_start(self) -> None:
-        """compact_range in a thread: it releases the GIL, so this loop keeps applying and
-        serving meanwhile (etcd's defrag stops the world, etcd #9222)."""
-        backend = self.backend
-        before = backend.size_bytes()
-        started = time.monotonic()
-        self.log.info("defrag_started", db_size=before)
-
-        def run() -> None:
-            error = None
-            try:
-                backend.defragment()
-            except Exception as exc:  # reported to the askers; the data is untouched
-                error = f"{type(exc).__name__}: {exc}"
-            self.defrag_result = (time.monotonic() - started, error)
-
-        self.defrag_before = before
-        self.defrag_thread = threading.Thread(target=run, name="defrag", daemon=True)
-        self.defrag_thread.start()
-        self.call_later(DEFRAG_POLL_S, self._defrag_poll)
+    def _defrag_started(self, db_size: int | None) -> None:
+        if db_size is not None:  # a pass started (actors/storage/defrag.py)
+            self.log.info("defrag_started", db_size=db_size)
+            self.call_later(DEFRAG_POLL_S, self._defrag_poll)
 
     def _defrag_poll(self) -> None:
-        thread = self.defrag_thread
-        if thread is None:
+        if not self.defrag.active:
             return
-        if thread.is_alive():
+        done, started = self.defrag.poll(self.backend)
+        if done is None:
             self.call_later(DEFRAG_POLL_S, self._defrag_poll)
             return
-        self.defrag_thread = None
-        took_s, error = self.defrag_result
-        after = self.backend.size_bytes()
-        if error is None:
-            self.log.info("defrag_finished", took_s=round(took_s, 3), db_size_before=self.defrag_before,
-                          db_size_after=after)
-            reply: list = [{"took_s": took_s, "db_size_before": self.defrag_before, "db_size_after": after}, None]
+        if done.error is None:
+            self.log.info("defrag_finished", took_s=round(done.took_s, 3), db_size_before=done.size_before,
+                          db_size_after=done.size_after)
+            reply: list = [{"took_s": done.took_s, "db_size_before": done.size_before,
+                            "db_size_after": done.size_after}, None]
         else:
-            self.log.error("defrag_failed", error=error)
-            reply = [None, errors.Internal(f"defragment failed: {error}").to_wire()]
-        askers, self.defrag_running = self.defrag_running, []
-        for identity, ctx_id in askers:
+            self.log.error("defrag_failed", error=done.error)
+            reply = [None, errors.Internal(f"defragment failed: {done.error}").to_wire()]
+        for identity, ctx_id in done.askers:
             self.send_router(self.router, identity, wire.pack(M.DefragResp(ctx_id, *reply)))
-        if self.defrag_next:
-            self.defrag_running, self.defrag_next = self.defrag_next, []
-            self._defrag_start()
+        self._defrag_started(started)
 
     def _defrag_join(self) -> None:
         """Before the backend closes: a running compact_range (and any pass queued after it)
         must finish first."""
-        while self.defrag_thread is not None:
-            self.defrag_thread.join()
+        while self.defrag.active:
+            self.defrag.join()
             self._defrag_poll()
 
     def _auto_compact_tick(self) -> None:
         assert self.compactor is not None
         revision = self.compactor.tick(time.monotonic(), self.store.current_revision,
-                                       self.store.compact_revision, self.promoted_term is not None)
+                                       self.store.compact_revision, self.lessor.promoted)
         if revision is not None:
             self.log.info("auto_compaction_proposed", revision=revision, mode=self.cfg.auto_compaction_mode,
                           retention=self.cfg.auto_compaction_retention)
@@ -762,8 +730,7 @@ class StorageActor(Actor):
         # (revision, client reply): `compact` with `physical`, answered once this member's
         # physical compaction reaches the revision
         self.physical_waiting: list[tuple[int, M.ClientReply]] = []
-        self.hash_jobs: list[tuple[bytes, int, Any, int]] = []  # (identity, ctx_id, job, revision asked)
-        self.hash_queue: list[tuple[bytes, int, int]] = []
+        self.hash_jobs: HashJobs[tuple[bytes, int]] = HashJobs(HASH_JOBS_MAX, HASH_QUEUE_MAX)
         self._compaction_kick()
 
     def _compaction_kick(self, delay_s: float = 0.0) -> None:
@@ -821,219 +788,114 @@ class StorageActor(Actor):
         except zmq.ZMQError:
             self.log.warning("results_dropped", count=len(ready))
 
-    # --- hash_kv in slices (module docstring; MVCCStore.hash_kv_job) --------------------
-    def _hash_request(self, identity: bytes, ctx_id: int, revision: int) -> None:
-        if len(self.hash_jobs) < HASH_JOBS_MAX:
-            self._hash_start(identity, ctx_id, revision)
-        elif len(self.hash_queue) < HASH_QUEUE_MAX:
-            self.hash_queue.append((identity, ctx_id, revision))
-        else:
-            err = errors.Unavailable(f"too many hash_kv requests in progress on this member ({HASH_JOBS_MAX} "
-                                     f"running, {HASH_QUEUE_MAX} waiting); try again later")
-            self.send_router(self.router, identity, wire.pack(M.HashKvResp(ctx_id, None, err.to_wire())))
-
-    def _hash_start(self, identity: bytes, ctx_id: int, revision: int) -> None:
-        try:
-            job = self.store.hash_kv_job(revision)
-        except errors.QkvError as err:
-            self.send_router(self.router, identity, wire.pack(M.HashKvResp(ctx_id, None, err.to_wire())))
-            return
-        self.hash_jobs.append((identity, ctx_id, job, revision))
-
-    def _hash_slice(self) -> None:
-        """One slice of the first job, which then goes to the back of the line."""
-        identity, ctx_id, job, revision = self.hash_jobs.pop(0)
-        deadline = time.monotonic() + HASH_SLICE_S
-        if not job.step(1 << 62, stop=lambda: time.monotonic() >= deadline):
-            self.hash_jobs.append((identity, ctx_id, job, revision))
-            return
-        digest, rev = job.result
-        result: M.HashKvResult = {"hash": digest, "revision": rev, "compact_revision": job.compact_revision}
-        self.send_router(self.router, identity, wire.pack(M.HashKvResp(ctx_id, result, None)))
-        self._hash_pump()
-
-    def _hash_pump(self) -> None:
-        while self.hash_queue and len(self.hash_jobs) < HASH_JOBS_MAX:
-            self._hash_start(*self.hash_queue.pop(0))
+    # --- hash_kv in slices (module docstring; actors/storage/hashjobs.py) ---------------
+    def _hash_answer(self, done: list[Done[tuple[bytes, int]]]) -> None:
+        for d in done:
+            identity, ctx_id = d.asker
+            self.send_router(self.router, identity, wire.pack(M.HashKvResp(ctx_id, d.result, d.error)))
 
     def _hash_restart(self) -> None:
-        """Before the store's handle closes: running jobs wait at the head of the queue
-        and start again on the store that replaces it."""
-        if not getattr(self, "hash_jobs", None):
-            return
-        jobs, self.hash_jobs = self.hash_jobs, []
-        for _identity, _ctx_id, job, _revision in jobs:
-            job.close()
-        self.hash_queue[:0] = [(identity, ctx_id, revision) for identity, ctx_id, _job, revision in jobs]
+        """Before the store's handle closes: running jobs start again on the store that
+        replaces it."""
+        if hasattr(self, "hash_jobs"):
+            self.hash_jobs.restart()
 
-    # --- leases ----------------------------------------------------------------------
+    # --- leases: the I/O around the lessor (actors/storage/lessor.py) --------------------
     def _lease_setup(self) -> None:
-        self.is_leader = False
         self.sole_voter = False  # this member is the only voter (LEADERSHIP): reads on a full disk
-        self.leader_term = 0
         self.lead = 0
         self.lead_urls: list[str] = []
-        self.leader_ready_index = 0
-        self.promoted_term: int | None = None
-        self.lease_info: dict[int, list[int]] = {}  # id -> [ttl_s, checkpointed remaining_ms]
-        self.deadlines: dict[int, float] = {}  # id -> monotonic deadline (leader only)
-        self.expire_proposed: dict[int, float] = {}
-        self.ckpt_inflight: dict[int, float] = {}  # non-zero checkpoints proposed, not applied
-        self.clear_waiting: dict[int, list[tuple[bytes, int, Any]]] = {}  # keep-alive replies
-        self.clear_proposed: dict[int, float] = {}
-        self.held: list[tuple[bytes, int, dict, Any]] = []  # leader ops waiting for promote
-        self.revoke_tokens = 0.0
-        self.leadership_heard_at = 0.0
+        # A waiter is (identity, req_id, client_id, want_keys): where the reply goes.
+        self.lessor: Lessor[tuple[bytes, int, Any, bool]] = Lessor(LessorConfig(
+            tick_s=LEASE_TICK_S, revokes_per_s=LEASE_REVOKES_PER_S, retry_s=LEASE_RETRY_S,
+            checkpoint_margin_ms=LEASE_CHECKPOINT_MARGIN_MS, checkpoint_batch=LEASE_CHECKPOINT_BATCH,
+            silence_s=LEADERSHIP_SILENCE_S))
         self.every(LEASE_TICK_S, self._lease_tick)
         self.every(LEASE_CHECKPOINT_S, self._lease_checkpoint_tick)
 
     def _on_leadership(self, is_leader: bool, term: int, lead: int, urls: list, ready_index: int,
                        sole_voter: bool) -> None:
-        self.leadership_heard_at = time.monotonic()
         self.sole_voter = bool(sole_voter)
-        self.is_leader, self.leader_term, self.lead = bool(is_leader), term, lead
+        self.lead = lead
         self.lead_urls = list(urls or [])
-        self.leader_ready_index = ready_index
         self.raft_term = max(self.raft_term, term)
-        if self.promoted_term is not None and (not is_leader or term != self.promoted_term):
-            self._demote()
-        if is_leader:
-            self._maybe_promote()
-        elif self.held:
-            held, self.held = self.held, []
-            for identity, req_id, _op, client_id in held:
-                self._lease_reply(identity, req_id, client_id, None, self._not_leader())
+        was = self.lessor.promoted_term
+        self._lease_replies(self.lessor.leadership(time.monotonic(), bool(is_leader), term, ready_index), was)
+        self._maybe_promote()
 
     def _maybe_promote(self) -> None:
-        if (not self.is_leader or self.promoted_term == self.leader_term
-                or self.store.applied_index < self.leader_ready_index):
+        if not self.lessor.can_promote(self.store.applied_index):
             return
-        now = time.monotonic()
-        self.lease_info = {}
-        self.deadlines = {}
-        for lease_id, ttl, remaining_ms in self.store.leases():
-            self.lease_info[lease_id] = [ttl, remaining_ms]
-            self.deadlines[lease_id] = now + (remaining_ms / 1000.0 if remaining_ms else ttl)
-        self.promoted_term = self.leader_term
-        self.log.info("lease_promoted", term=self.leader_term, leases=len(self.lease_info),
+        replies = self.lessor.promote(time.monotonic(), self.store.leases())
+        self.log.info("lease_promoted", term=self.lessor.promoted_term, leases=len(self.lessor.leases),
                       applied_index=self.store.applied_index)
-        held, self.held = self.held, []
-        for identity, req_id, op, client_id in held:
-            self._lease_leader_op(identity, req_id, op, client_id)
+        self._lease_replies(replies)
 
     def _demote(self) -> None:
-        if self.promoted_term is not None:
-            self.log.info("lease_demoted", term=self.promoted_term)
-        self.promoted_term = None
-        self.lease_info.clear()
-        self.deadlines.clear()
-        self.expire_proposed.clear()
-        self.ckpt_inflight.clear()
-        self.clear_proposed.clear()
-        waiting, self.clear_waiting = self.clear_waiting, {}
-        for replies in waiting.values():
-            for identity, req_id, client_id in replies:
-                self._lease_reply(identity, req_id, client_id, None, self._not_leader())
+        was = self.lessor.promoted_term
+        self._lease_replies(self.lessor.demote(), was)
+
+    def _lease_replies(self, replies: list[Reply[tuple[bytes, int, Any, bool]]], was: int | None = None) -> None:
+        """Send the lessor's answers; log a demotion (promoted in term `was`, no longer)."""
+        if was is not None and self.lessor.promoted_term is None:
+            self.log.info("lease_demoted", term=was)
+        for r in replies:
+            identity, req_id, client_id, want_keys = r.waiter
+            response: dict | None = None
+            error: Any = None
+            if r.kind == "keepalive":
+                response = {"ID": r.lease_id, "ttl": r.ttl}
+            elif r.kind == "ttl":
+                keys = self.store.lease_keys(r.lease_id) if want_keys and r.ttl >= 0 else []
+                response = {"ID": r.lease_id, "ttl": r.ttl, "granted_ttl": r.granted_ttl, "keys": keys}
+            elif r.kind == "not_found":
+                error = errors.LeaseNotFound(lease=r.lease_id).to_wire()
+            else:
+                error = self._not_leader()
+            revision = self.store.current_revision
+            frame = self._client_frame(client_id, response, error, revision)
+            self.send_router(self.router, identity, wire.pack(M.ClientReplies([M.ClientReply(req_id, frame, revision)])))
 
     def _not_leader(self) -> dict:
         details: dict[str, Any] = {}
-        if self.lead and not self.is_leader:
+        if self.lead and not self.lessor.is_leader:
             details = {"leader_id": self.lead, "leader_client_urls": self.lead_urls}
         return errors.NotLeader(**details).to_wire()
 
-    def _lease_reply(self, identity: bytes, req_id: int, client_id: Any, response: dict | None,
-                     error: Any) -> None:
-        revision = self.store.current_revision
-        frame = self._client_frame(client_id, response, error, revision)
-        self.send_router(self.router, identity, wire.pack(M.ClientReplies([M.ClientReply(req_id, frame, revision)])))
-
     def _lease_leader_op(self, identity: bytes, req_id: int, op: dict, client_id: Any) -> None:
-        """lease_keepalive / lease_timetolive: the leader's deadlines answer them."""
-        if self.promoted_term is None:
-            if self.is_leader or not self.leadership_heard_at:
-                # Promoted once caught up; or consensus has not told us yet who leads
-                # (just started): hold it until it does, never guess.
-                self.held.append((identity, req_id, op, client_id))
-            else:
-                self._lease_reply(identity, req_id, client_id, None, self._not_leader())
-            return
-        lease_id = op["id"]
-        info = self.lease_info.get(lease_id)
-        now = time.monotonic()
-        if op["op"] == "lease_timetolive":
-            if info is None:
-                response = {"ID": lease_id, "ttl": -1, "granted_ttl": 0, "keys": []}
-            else:
-                remaining = max(0.0, self.deadlines.get(lease_id, now) - now)
-                response = {"ID": lease_id, "ttl": int(remaining), "granted_ttl": info[0],
-                            "keys": self.store.lease_keys(lease_id) if op["keys"] else []}
-            self._lease_reply(identity, req_id, client_id, response, None)
-            return
-        if info is None or self.deadlines.get(lease_id, now) <= now:
-            # Unknown, or expired: its revocation is (or is about to be) on its way.
-            self._lease_reply(identity, req_id, client_id, None, errors.LeaseNotFound(lease=lease_id).to_wire())
-            return
-        self.deadlines[lease_id] = now + info[0]
-        if info[1] or lease_id in self.ckpt_inflight or lease_id in self.clear_waiting:
-            # A checkpoint holds (or will hold) an older remaining TTL: clear it through
-            # the log before acknowledging, so no later leader can use it.
-            self.clear_waiting.setdefault(lease_id, []).append((identity, req_id, client_id))
-            return
-        self._lease_reply(identity, req_id, client_id, {"ID": lease_id, "ttl": info[0]}, None)
+        """lease_keepalive / lease_timetolive: the leader's lessor answers them."""
+        waiter = (identity, req_id, client_id, bool(op.get("keys")))
+        self._lease_replies(self.lessor.request(time.monotonic(), waiter, op["op"], op["id"]))
 
-    def _lease_applied(self, batch: list[tuple[int, dict | None, Any]], results: list) -> None:
-        ops = {index: op for index, op, _ in batch}
-        now = time.monotonic()
-        leading = self.promoted_term is not None
+    def _lease_applied(self, batch: list[tuple[int, dict | errors.QkvError | None, Any]], results: list) -> None:
+        ops = {index: op for index, op, _ in batch if isinstance(op, dict)}  # not refused entries
+        applied: list[dict] = []
         for res in results:
             op = ops.get(res.index)
-            if op is None or res.error is not None:
+            if op is None or res.error is not None or not str(op.get("op", "")).startswith("lease_"):
                 continue
-            kind = op.get("op")
-            if kind == "lease_grant":
-                if leading:
-                    self.lease_info[op["id"]] = [op["ttl"], 0]
-                    self.deadlines[op["id"]] = now + op["ttl"]
-            elif kind in ("lease_revoke", "lease_expire"):
-                lease_id = op["id"]
-                if kind == "lease_expire":
-                    self.log.info("lease_expired", id=f"{lease_id:x}", revision=res.revision)
-                self.lease_info.pop(lease_id, None)
-                self.deadlines.pop(lease_id, None)
-                self.expire_proposed.pop(lease_id, None)
-                self.ckpt_inflight.pop(lease_id, None)
-                self.clear_proposed.pop(lease_id, None)
-                for identity, req_id, client_id in self.clear_waiting.pop(lease_id, []):
-                    self._lease_reply(identity, req_id, client_id, None,
-                                      errors.LeaseNotFound(lease=lease_id).to_wire())
-            elif kind == "lease_checkpoint":
-                for lease_id, remaining_ms in op["checkpoints"]:
-                    info = self.lease_info.get(lease_id)
-                    if info is None:
-                        continue
-                    info[1] = max(0, min(int(remaining_ms), info[0] * 1000))
-                    # Entries of one term apply in the order they were proposed: a checkpoint
-                    # proposed before this one has applied by now, or never will.
-                    self.ckpt_inflight.pop(lease_id, None)
-                    if not remaining_ms and lease_id in self.clear_waiting:
-                        self.clear_proposed.pop(lease_id, None)
-                        for identity, req_id, client_id in self.clear_waiting.pop(lease_id):
-                            self._lease_reply(identity, req_id, client_id, {"ID": lease_id, "ttl": info[0]}, None)
+            if op["op"] == "lease_expire":
+                self.log.info("lease_expired", id=f"{op['id']:x}", revision=res.revision)
+            applied.append(op)
+        if applied:
+            self._lease_replies(self.lessor.applied(time.monotonic(), applied))
 
     def _lease_propose(self, ops: list[dict]) -> None:
+        term = self.lessor.promoted_term
+        if not ops or term is None:  # only a promoted lessor proposes
+            return
         datas = [entry.encode(0, 0, None, None, op) for op in ops]  # req_id 0: the server's
         try:
-            self.consensus.send(wire.pack(M.LeasePropose(self.promoted_term, datas)), zmq.NOBLOCK)
+            self.consensus.send(wire.pack(M.LeasePropose(term, datas)), zmq.NOBLOCK)
         except zmq.ZMQError:
             pass  # proposed again after LEASE_RETRY_S
 
     def flush(self) -> None:
-        if self.hash_queue and len(self.hash_jobs) < HASH_JOBS_MAX:
-            self._hash_pump()  # jobs restarted on a new store (install, disk reopen)
-        if self.hash_jobs:
-            self._hash_slice()
-        if self.clear_waiting and self.promoted_term is not None:
-            self._propose_clears()
+        if self.hash_jobs.busy:  # one slice per turn; restarted jobs start on the new store
+            deadline = time.monotonic() + HASH_SLICE_S
+            self._hash_answer(self.hash_jobs.step(self.store, lambda: time.monotonic() >= deadline))
+        if self.lessor.clear_waiting:
+            self._lease_propose(self.lessor.clear_proposals(time.monotonic()))
         if self.deferred:
             reads, self.deferred = self.deferred, []
             self.turn_bytes = 0
@@ -1041,67 +903,23 @@ class StorageActor(Actor):
         self.turn_bytes = 0  # the next turn's reads start with a full budget
 
     def poll_timeout_ms(self) -> int | None:
-        return 0 if self.deferred or self.hash_jobs or self.hash_queue else None
-
-    def _propose_clears(self) -> None:
-        """Clearing checkpoints for held keep-alives (proposed after any checkpoint of the
-        lease still in flight, so they apply after it)."""
-        now = time.monotonic()
-        clears = [i for i in self.clear_waiting if now - self.clear_proposed.get(i, -1e9) >= LEASE_RETRY_S]
-        if not clears:
-            return
-        for lease_id in clears:
-            self.clear_proposed[lease_id] = now
-        self._lease_propose([{"op": "lease_checkpoint", "checkpoints": [[i, 0] for i in sorted(clears)]}])
+        return 0 if self.deferred or self.hash_jobs.busy else None
 
     def _lease_tick(self) -> None:
-        if self.promoted_term is None:
-            return
-        now = time.monotonic()
-        if now - self.leadership_heard_at > LEADERSHIP_SILENCE_S:
-            self.is_leader = False  # consensus is gone (restarting): it tells us again
-            self._demote()
-            return
-        ops: list[dict] = []
-        self.revoke_tokens = min(LEASE_REVOKES_PER_S * LEASE_TICK_S * 2,
-                                 self.revoke_tokens + LEASE_REVOKES_PER_S * LEASE_TICK_S)
-        expired = sorted((dl, i) for i, dl in self.deadlines.items()
-                         if dl <= now and now - self.expire_proposed.get(i, -1e9) >= LEASE_RETRY_S)
-        for _, lease_id in expired[: int(self.revoke_tokens)]:
-            self.expire_proposed[lease_id] = now
-            self.revoke_tokens -= 1
-            ops.append({"op": "lease_expire", "id": lease_id})
-        if ops:
-            self._lease_propose(ops)
+        was = self.lessor.promoted_term
+        replies, ops = self.lessor.tick(time.monotonic())
+        self._lease_replies(replies, was)
+        self._lease_propose(ops)
 
     def _lease_checkpoint_tick(self) -> None:
-        if self.promoted_term is None:
-            return
-        now = time.monotonic()
-        for lease_id in [i for i, t in self.ckpt_inflight.items() if now - t >= LEASE_RETRY_S]:
-            del self.ckpt_inflight[lease_id]  # lost with an old entry; re-evaluated below
-        items = []
-        for lease_id, deadline in self.deadlines.items():
-            if lease_id in self.clear_waiting or lease_id in self.ckpt_inflight:
-                continue
-            ttl, stored_ms = self.lease_info[lease_id]
-            remaining_ms = int((deadline - now) * 1000)
-            if 0 < remaining_ms < (stored_ms or ttl * 1000) - LEASE_CHECKPOINT_MARGIN_MS:
-                items.append([lease_id, remaining_ms])
-        if not items:
-            return
-        items.sort()
-        for lease_id, _ in items:
-            self.ckpt_inflight[lease_id] = now
-        self._lease_propose([{"op": "lease_checkpoint", "checkpoints": items[k:k + LEASE_CHECKPOINT_BATCH]}
-                             for k in range(0, len(items), LEASE_CHECKPOINT_BATCH)])
+        self._lease_propose(self.lessor.checkpoint_tick(time.monotonic()))
 
     def shutdown(self) -> None:
         # Also after a setup that stopped half-way (each part exists once setup made it).
-        if hasattr(self, "defrag_thread"):
+        if hasattr(self, "defrag"):
             self._defrag_join()
-        for job in getattr(self, "hash_jobs", ()):
-            job[2].close()
+        if hasattr(self, "hash_jobs"):
+            self.hash_jobs.close()
         if hasattr(self, "saves"):
             self.saves.close()
         if hasattr(self, "backend"):

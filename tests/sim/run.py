@@ -3,6 +3,7 @@
     .venv/bin/python -m tests.sim.run --seeds 100000 [--start N] [--nodes 3|5]
     .venv/bin/python -m tests.sim.run --seed 1234 [--nodes 5] --verbose
     python tests/sim/run.py --seeds 1000
+    python tests/sim/run.py --leases --seeds 10000   (leases: tests/sim/leases.py)
 Exit status 1 when a seed fails (its replay command is printed); --keep-going runs on.
 """
 
@@ -18,6 +19,7 @@ if __package__ in (None, ""):  # run as a script: make `tests.sim` importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
     __package__ = "tests.sim"
 
+from tests.sim.leases import LeaseSim  # noqa: E402
 from tests.sim.sim import Sim, SimFailure  # noqa: E402
 
 
@@ -33,10 +35,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--keep-going", action="store_true", help="do not stop at a failure")
     ap.add_argument("--no-pre-vote", action="store_true")
     ap.add_argument("--no-check-quorum", action="store_true")
+    ap.add_argument("--leases", action="store_true", help="the lease simulator (tests/sim/leases.py)")
     args = ap.parse_args(argv)
 
     def one(seed: int, verbose: bool) -> dict:
-        return Sim(seed, nodes=args.nodes, steps=args.steps, verbose=verbose,
+        return (LeaseSim if args.leases else Sim)(seed, nodes=args.nodes, steps=args.steps, verbose=verbose,
                    pre_vote=not args.no_pre_vote, check_quorum=not args.no_check_quorum).run()
 
     if args.seed is not None:
