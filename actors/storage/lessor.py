@@ -27,6 +27,9 @@ Rules:
   reply waits for a clearing checkpoint (remaining 0) to apply, so no later leader uses a
   remaining TTL older than an acknowledged keep-alive (`clear_proposals`, proposed after
   any checkpoint in flight, so they apply after it).
+- Time-to-live answers what a later leader would honour: while a keep-alive waits for its
+  clear, the deadline before it (the simulator's seed 982 showed a leader change expiring
+  a lease before the TTL answered from the not yet durable renewal).
 - Checkpoints (etcd #9888): every checkpoint interval `checkpoint_tick` proposes the
   remaining TTL of leases whose remaining TTL is `checkpoint_margin_ms` below what the log
   knows; lost ones (not applied within `retry_s`) are re-evaluated.
@@ -73,6 +76,12 @@ class _Lease:
     ttl: int  # seconds
     stored_ms: int  # remaining TTL the log holds (0: none, the full TTL counts)
     deadline: float
+    # The deadline any later leader honours: `deadline` once no keep-alive waits for its
+    # clearing checkpoint; until the clear applies, the one before that keep-alive.
+    confirmed: float = 0.0
+
+    def __post_init__(self) -> None:
+        self.confirmed = self.confirmed or self.deadline
 
 
 class Lessor(Generic[W]):
@@ -158,13 +167,16 @@ class Lessor(Generic[W]):
         if op == "lease_timetolive":
             if lease is None:
                 return [Reply(waiter, "ttl", lease_id, -1, 0)]
-            return [Reply(waiter, "ttl", lease_id, int(max(0.0, lease.deadline - now)), lease.ttl)]
+            # What is durable: a renewal waiting for its clear may still be lost with
+            # the leadership, and a later leader then honours only the older deadline.
+            return [Reply(waiter, "ttl", lease_id, int(max(0.0, lease.confirmed - now)), lease.ttl)]
         if lease is None or lease.deadline <= now:
             return [Reply(waiter, "not_found", lease_id)]  # its revocation is on its way
         lease.deadline = now + lease.ttl
         if lease.stored_ms or lease_id in self.ckpt_inflight or lease_id in self.clear_waiting:
             self.clear_waiting.setdefault(lease_id, []).append(waiter)
             return []
+        lease.confirmed = lease.deadline
         return [Reply(waiter, "keepalive", lease_id, lease.ttl)]
 
     # --- the log ------------------------------------------------------------------------
@@ -193,6 +205,7 @@ class Lessor(Generic[W]):
                     # checkpoint proposed before this one has applied by now, or never will.
                     self.ckpt_inflight.pop(lease_id, None)
                     if not remaining_ms and lease_id in self.clear_waiting:
+                        lease.confirmed = lease.deadline  # no later leader uses an older TTL now
                         self.clear_proposed.pop(lease_id, None)
                         replies += [Reply(w, "keepalive", lease_id, lease.ttl)
                                     for w in self.clear_waiting.pop(lease_id)]

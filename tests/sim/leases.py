@@ -46,15 +46,11 @@ an older term than its node's Raft term are counted (`lease_stale_answers`) and 
 unless `known_bug_strict`: without this, about one seed in a thousand fails on it (seed 10608
 did: a leader change during a lessor pause, no move needed).
 
-KNOWN_BUG 2 (found by this simulator, not fixed; the time-to-live rule above is ours: etcd
-documents only "expires in under TTL+1 seconds"): a keep-alive that waits for its clearing
-checkpoint moves the lease's deadline at once, and a time-to-live answered meanwhile reports
-the renewed TTL although the renewal is not durable yet; if leadership moves before the clear
-applies, the new leader uses the older checkpoint and the lease expires before the reported
-TTL (seed 982 of run.py --leases: told 26.3 s, expired 26.1 s). etcd's Renew waits for its
-checkpoint before refreshing the expiry. Fix: report the deadline from before the pending
-renewal while its clear waits. Until then such answers are counted (`lease_ttl_unconfirmed`)
-and not checked unless `known_bug2_strict` (test_known_bug_ttl_reports_an_unconfirmed_renewal).
+Found by this simulator and fixed: a time-to-live answered while a keep-alive waited for its
+clearing checkpoint reported the renewed TTL although the renewal was not durable yet; a
+leader change before the clear applied then expired the lease before the reported TTL (seed
+982: told 26.3 s, expired 26.1 s). The Lessor now answers time-to-live from the deadline a
+later leader honours (`test_time_to_live_reports_only_durable_renewals` plants the old rule).
 """
 
 from __future__ import annotations
@@ -149,7 +145,6 @@ class LeaseSim(Sim):
         self.p_move_on_pause = 0.0
         self.read_terms = False  # keep-alives carry their read index's term (the fix)
         self.known_bug_strict = False  # check the stale lessor's answers too (they fail)
-        self.known_bug2_strict = False  # check time-to-live answers of unconfirmed renewals too
         self.p_grant = rng.choice([0.02, 0.05])
         self.origin = {i: rng.randrange(10**6) for i in self.ids}  # each node's clock origin
         self.lessors: dict[int, Lessor[bytes] | None] = {i: Lessor(self.lessor_config) for i in self.ids}
@@ -166,7 +161,7 @@ class LeaseSim(Sim):
         self.ka_seq = 0
         self.believed: int | None = None  # the node the clients send keep-alives to
         self.answering = ""  # the kind of lessor event being handled (stats)
-        for name in ("lease_stale_answers", "lease_ttl_unconfirmed", "lease_grants", "lease_keepalives", "lease_acks", "lease_held_acks", "lease_ttls",
+        for name in ("lease_stale_answers", "lease_grants", "lease_keepalives", "lease_acks", "lease_held_acks", "lease_ttls",
                      "lease_revokes", "lease_expired", "lease_expired_new_term", "lease_checkpoints",
                      "lease_promotions", "lessor_pauses"):
             self.stats[name] = 0
@@ -228,11 +223,6 @@ class LeaseSim(Sim):
                 # not believed (known_bug_strict checks it like any other answer)
                 self.stats["lease_stale_answers"] += 1
                 self.trace(f"node {node}: stale lessor (term {term}) answered for {lease_id:x}: KNOWN_BUG")
-                continue
-            if (r.kind == "ttl" and lessor is not None and lessor.clear_waiting.get(lease_id)
-                    and not self.known_bug2_strict):
-                # KNOWN_BUG 2: counted, not believed (known_bug2_strict checks it)
-                self.stats["lease_ttl_unconfirmed"] += 1
                 continue
             if r.kind == "ttl" and r.ttl >= 0:
                 # "at least ttl seconds left": as binding as a keep-alive, from the send

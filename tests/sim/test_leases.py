@@ -111,14 +111,26 @@ def test_the_known_bugs_fix_closes_it(monkeypatch):
         LeaseSim(seed, nodes=3 if seed % 2 == 0 else 5).run()
 
 
-@pytest.mark.xfail(strict=True, raises=SimFailure, reason="KNOWN_BUG 2 in tests/sim/leases.py: a "
-                   "time-to-live answered while a keep-alive waits for its clear reports the renewal")
-def test_known_bug_ttl_reports_an_unconfirmed_renewal(monkeypatch):
+def test_time_to_live_reports_only_durable_renewals(monkeypatch):
+    """Planted bug (the Lessor's rule before this simulator found it): time-to-live reports
+    a renewal still waiting for its clearing checkpoint; seed 982 then sees the lease
+    expire after a leader change before the TTL it was told."""
+    request = Lessor.request
+
+    def unconfirmed(self, now, waiter, op, lease_id, term=None):
+        out = request(self, now, waiter, op, lease_id, term)
+        lease = self.leases.get(lease_id)
+        if lease is not None:
+            lease.confirmed = lease.deadline
+        return out
+
     init = LeaseSim.__init__
 
-    def strict(self, *args, **kwargs):
+    def with_terms(self, *args, **kwargs):
         init(self, *args, **kwargs)
-        self.known_bug2_strict, self.read_terms = True, True  # bug 1 fixed: only bug 2 to find
+        self.read_terms = True
 
-    monkeypatch.setattr(LeaseSim, "__init__", strict)
-    LeaseSim(982, nodes=5).run()
+    monkeypatch.setattr(Lessor, "request", unconfirmed)
+    monkeypatch.setattr(LeaseSim, "__init__", with_terms)
+    with pytest.raises(SimFailure):
+        LeaseSim(982, nodes=5).run()

@@ -129,6 +129,17 @@ def test_keepalive_of_a_checkpointed_lease_waits_for_its_clear():
     assert lessor.request(4.2, "c", "lease_keepalive", 1) == [Reply("c", "keepalive", 1, 10)]
 
 
+def test_time_to_live_reports_only_what_a_later_leader_honours():
+    """While a keep-alive waits for its clear, a later leader would still use the
+    checkpointed 4 s: time-to-live says so (the simulator's seed 982), and the renewal once
+    the clear applied."""
+    lessor = leader(0.0, [(1, 10, 4000)])
+    assert lessor.request(1.0, "a", "lease_keepalive", 1) == []
+    assert lessor.request(1.0, "t", "lease_timetolive", 1) == [Reply("t", "ttl", 1, 3, 10)]
+    lessor.applied(1.5, [{"op": "lease_checkpoint", "checkpoints": [[1, 0]]}])
+    assert lessor.request(1.5, "u", "lease_timetolive", 1) == [Reply("u", "ttl", 1, 9, 10)]
+
+
 def test_a_lease_revoked_while_its_keepalive_waits_is_not_found():
     lessor = leader(0.0, [(1, 10, 4000)])
     lessor.request(1.0, "a", "lease_keepalive", 1)
