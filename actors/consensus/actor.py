@@ -250,16 +250,16 @@ class ConsensusActor(Actor):
                 # when it could not persist the vote that makes it leader: restarted on a
                 # full disk. No other member can lead without its vote, which it does not
                 # give while frozen.)
-                self._reply(identity, M.ReadIndexResp(ctx_id, self.committed, None))
+                self._reply(identity, M.ReadIndexResp(ctx_id, self.committed, None, self.node.raft.term))
             else:
                 self._reply(identity, M.ReadIndexResp(ctx_id, 0, errors.Unavailable(
                     "etcdserver: this member cannot write its log (its disk refuses writes); "
-                    "serializable reads are served, or ask another member").to_wire()))
+                    "serializable reads are served, or ask another member").to_wire(), 0))
             return
         try:
             self.node.read_index(ctx)
         except ProposalDropped:
-            self._reply(identity, M.ReadIndexResp(ctx_id, 0, errors.NoLeader().to_wire()))
+            self._reply(identity, M.ReadIndexResp(ctx_id, 0, errors.NoLeader().to_wire(), 0))
             return
         self.reads[ctx] = (identity, ctx_id)
 
@@ -487,7 +487,9 @@ class ConsensusActor(Actor):
             waiter = self.reads.pop(rs.request_ctx, None)
             if waiter is not None:
                 identity, ctx_id = waiter
-                self._reply(identity, M.ReadIndexResp(ctx_id, rs.index, None))
+                # The term it was confirmed in: the storage's lessor answers a keep-alive
+                # only if it leads that term (a stale lessor must not: tests/sim/leases.py).
+                self._reply(identity, M.ReadIndexResp(ctx_id, rs.index, None, self.node.raft.term))
         rd.read_states = []
 
     # --- a full disk (module docstring; runtime/diskfault.py) --------------------------
@@ -561,7 +563,7 @@ class ConsensusActor(Actor):
         self._send_leadership()
         # The core forgets pending read-index requests on a leader change: answer them now.
         for identity, ctx_id in self.reads.values():
-            self._reply(identity, M.ReadIndexResp(ctx_id, 0, errors.NoLeader().to_wire()))
+            self._reply(identity, M.ReadIndexResp(ctx_id, 0, errors.NoLeader().to_wire(), 0))
         self.reads.clear()
 
     def _serve_fetches(self) -> None:

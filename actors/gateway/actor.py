@@ -406,7 +406,7 @@ class GatewayActor(Actor):
             self.pending[req_id] = Pending(identity, delimiter, client_id, now + REQUEST_TIMEOUT_S, "read",
                                            auth=auth)
             if op.get("serializable"):
-                self.read_batch.append(M.ClientReadItem(req_id, op, 0, client_id, _auth(auth)))
+                self.read_batch.append(M.ClientReadItem(req_id, op, 0, client_id, _auth(auth), 0))
             else:
                 self.linear_batch.append((req_id, op))
 
@@ -617,7 +617,7 @@ class GatewayActor(Actor):
                 self._finish(req_id, None, msg.error, 0, 0)
             return
         reads = [M.ClientReadItem(req_id, op, msg.read_index, cast(int, self.pending[req_id].client_id),
-                                  _auth(self.pending[req_id].auth))
+                                  _auth(self.pending[req_id].auth), msg.term)
                  for req_id, op in batch if req_id in self.pending]
         if reads and not self._send_internal(self.storage, M.ClientRead(reads)):
             for read in reads:

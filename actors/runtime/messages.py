@@ -222,6 +222,7 @@ class ClientReadItem(NamedTuple):
     min_applied_index: Annotated[int, U64]
     client_id: Annotated[int, U64]
     auth: Annotated[Auth | None, Nullable(AUTH)]
+    read_term: Annotated[int, U64]  # the term the read index was confirmed in; 0: serializable
 
 
 class ClientReply(NamedTuple):
@@ -298,6 +299,7 @@ class _ReadIndexResp(NamedTuple):
     ctx_id: Annotated[int, ID]
     read_index: Annotated[int, U64]
     error: Annotated[Error | None, OPT_ERROR]
+    term: Annotated[int, U64]  # the Raft term the index was confirmed in (0 with an error)
 
 
 class ReadIndexResp(_ReadIndexResp):

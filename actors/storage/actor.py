@@ -74,7 +74,7 @@ import itertools
 import os
 import shutil
 import time
-from typing import Any
+from typing import Any, NamedTuple
 
 import zmq
 
@@ -145,6 +145,18 @@ def _event_wire(ev: Any) -> M.Event:
     return M.Event(ev.type, ev.kv, ev.prev_kv)
 
 
+class PendingRead(NamedTuple):
+    """A read waiting to be served: who asked (identity; client_id None for the watch
+    actor's own reads), the op, the asker's auth, and the term its read index was
+    confirmed in (0: a serializable read, or not known)."""
+    identity: bytes
+    req_id: int
+    op: dict
+    client_id: Any
+    auth: Any
+    read_term: int
+
+
 class StorageActor(Actor):
     role = "storage"
 
@@ -178,10 +190,10 @@ class StorageActor(Actor):
         # (min_index, seq, identity, req_id, op, client_id, auth): reads waiting for
         # applied_index to reach min_index; client_id is None for READ (decoded reply, the
         # watch actor's: auth SERVER, unchecked), else CLIENT_READ (checked with its auth)
-        self.waiting: list[tuple[int, int, bytes, int, dict, Any, Any]] = []
+        self.waiting: list[tuple[int, int, PendingRead]] = []  # (min index, seq, read): a heap
         # Reads past this loop turn's byte budget, served first thing next turn after the
         # reads that arrive then (so a few big reads cannot hold up everybody's small ones).
-        self.deferred: list[tuple[bytes, int, dict, Any, Any]] = []
+        self.deferred: list[PendingRead] = []
         self.turn_bytes = 0
         self.cluster_id = cfg.cluster_id
         self._seq = itertools.count()
@@ -240,7 +252,7 @@ class StorageActor(Actor):
                            action="writes refused, reads served from what is applied; retrying by itself")
         if getattr(self, "waiting", None):  # they wait for entries that cannot be applied now
             waiting, self.waiting = self.waiting, []
-            self._stalled_reads([w[2:] for w in waiting])
+            self._stalled_reads([w[2] for w in waiting])
         return True
 
     def _disk_retry(self) -> None:
@@ -413,9 +425,11 @@ class StorageActor(Actor):
             self.dropped("storage.request", err)
             return
         if isinstance(msg, M.Read):  # the watch actor's own reads (history catch-up): not a client's
-            self._reads(identity, [(r.req_id, r.op, r.min_applied_index, None, SERVER) for r in msg.items])
+            self._reads(identity, [(r.min_applied_index, PendingRead(identity, r.req_id, r.op, None, SERVER, 0))
+                                   for r in msg.items])
         elif isinstance(msg, M.ClientRead):
-            self._reads(identity, [tuple(r) for r in msg.items])  # (req_id, op, min_index, client_id, auth)
+            self._reads(identity, [(r.min_applied_index, PendingRead(identity, r.req_id, r.op, r.client_id, r.auth,
+                                                                     r.read_term)) for r in msg.items])
         elif isinstance(msg, M.AuthStateGet):
             self.send_router(self.router, identity, wire.pack(M.AuthState(self.store.auth.to_wire())))
         elif isinstance(msg, M.Leadership):
@@ -463,21 +477,22 @@ class StorageActor(Actor):
         except errors.QkvError as err:
             return [req_id, None, err.to_wire(), self.store.current_revision, self.raft_term]
 
-    def _reads(self, identity: bytes, reads: list) -> None:
+    def _reads(self, identity: bytes, reads: list[tuple[int, PendingRead]]) -> None:
+        """Reads that may be served once this store applied `min index`."""
         applied = self.store.applied_index
         ready = []
         stalled = []
-        for req_id, op, min_index, client_id, auth in reads:
+        for min_index, read in reads:
             if min_index <= applied:
-                ready.append((identity, req_id, op, client_id, auth))
+                ready.append(read)
             elif self.disk.failed:
-                stalled.append((identity, req_id, op, client_id, auth))
+                stalled.append(read)
             else:
-                heapq.heappush(self.waiting, (min_index, next(self._seq), identity, req_id, op, client_id, auth))
+                heapq.heappush(self.waiting, (min_index, next(self._seq), read))
         self._answer(ready)
         self._stalled_reads(stalled)
 
-    def _stalled_reads(self, reads: list[tuple[bytes, int, dict, Any, Any]]) -> None:
+    def _stalled_reads(self, reads: list[PendingRead]) -> None:
         """Reads that wait for entries this store cannot apply (its disk refuses writes).
         On a sole voter they are served at once: every write acknowledged anywhere was
         acknowledged by this storage after it applied it, so what it has applied holds
@@ -494,14 +509,14 @@ class StorageActor(Actor):
                 "etcdserver: this member cannot apply the log (its disk refuses writes); serializable reads "
                 "are served, or ask another member"))
 
-    def _answer(self, reads: list[tuple[bytes, int, dict, Any, Any]], error: errors.QkvError | None = None) -> None:
+    def _answer(self, reads: list[PendingRead], error: errors.QkvError | None = None) -> None:
         """Serve reads, one message per asker and kind: decoded (READ_RESP) for the watch
         actor, finished client frames (CLIENT_REPLIES) for the gateway. A client read is
         checked against the applied auth state first (at serve time: the state it meets).
         With `error`, each gets that error instead."""
         out: dict[tuple[bytes, bool], list] = {}
         pending_bytes: dict[bytes, int] = {}
-        for n, (identity, req_id, op, client_id, auth) in enumerate(reads):
+        for n, (identity, req_id, op, client_id, auth, read_term) in enumerate(reads):
             if error is None and self.turn_bytes >= READ_TURN_BYTES:
                 self.deferred.extend(reads[n:])
                 break
@@ -522,7 +537,7 @@ class StorageActor(Actor):
                     out.setdefault((identity, True), []).append([req_id, frame, self.store.current_revision])
                     continue
             if op.get("op") in LEASE_LEADER_OPS:
-                self._lease_leader_op(identity, req_id, op, client_id)
+                self._lease_leader_op(identity, req_id, op, client_id, read_term)
                 continue
             req_id, response, read_error, revision, _term = self._read(req_id, op)
             if client_id is None:
@@ -545,8 +560,7 @@ class StorageActor(Actor):
         applied = self.store.applied_index
         ready = []
         while self.waiting and self.waiting[0][0] <= applied:
-            _, _, identity, req_id, op, client_id, auth = heapq.heappop(self.waiting)
-            ready.append((identity, req_id, op, client_id, auth))
+            ready.append(heapq.heappop(self.waiting)[2])
         self._answer(ready)
 
     # --- snapshots -------------------------------------------------------------------
@@ -862,10 +876,12 @@ class StorageActor(Actor):
             details = {"leader_id": self.lead, "leader_client_urls": self.lead_urls}
         return errors.NotLeader(**details).to_wire()
 
-    def _lease_leader_op(self, identity: bytes, req_id: int, op: dict, client_id: Any) -> None:
-        """lease_keepalive / lease_timetolive: the leader's lessor answers them."""
+    def _lease_leader_op(self, identity: bytes, req_id: int, op: dict, client_id: Any, read_term: int) -> None:
+        """lease_keepalive / lease_timetolive: the leader's lessor answers them, only if it
+        was promoted in the term the read index was confirmed in (else a lessor that has
+        not yet heard it lost leadership would answer: tests/sim/leases.py)."""
         waiter = (identity, req_id, client_id, bool(op.get("keys")))
-        self._lease_replies(self.lessor.request(time.monotonic(), waiter, op["op"], op["id"]))
+        self._lease_replies(self.lessor.request(time.monotonic(), waiter, op["op"], op["id"], read_term or None))
 
     def _lease_applied(self, batch: list[tuple[int, dict | errors.QkvError | None, Any]], results: list) -> None:
         ops = {index: op for index, op, _ in batch if isinstance(op, dict)}  # not refused entries

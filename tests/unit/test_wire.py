@@ -51,7 +51,7 @@ GOOD: dict[int, list] = {
                                                                       "alarm": "NOSPACE"})]]],
     M.PROPOSE_ACK: [[2**62, [77, 78], [[79, ERR]]], [1, [], []]],
     M.READ_INDEX: [[2**60 + 3]],
-    M.READ_INDEX_RESP: [[3, 10, None], [3, 0, ERR]],
+    M.READ_INDEX_RESP: [[3, 10, None, 7], [3, 0, ERR, 0]],
     M.FETCH: [[10, 9, 4096]],
     M.ENTRIES: [[[[11, 4, 0, DATA], [12, 4, 1, b""], [13, 4, 0, b""]], 13, 4], [[], 0, 0]],
     M.STATUS: [[0]],
@@ -61,9 +61,9 @@ GOOD: dict[int, list] = {
     M.STORAGE_STATUS: [[9]],
     M.STORAGE_STATUS_RESP: [[9, STORAGE_STATUS]],
     M.CLIENT_READ: [[[5, normalize_request({"op": "range", "key": b"a", "range_end": b"b"}, LIMITS), 10, 2**64 - 1,
-                      None],
-                     [6, normalize_request({"op": "lease_keepalive", "ID": 3}, LIMITS), 0, 0, ["alice", 4]],
-                     [7, normalize_request({"op": "snapshot"}, LIMITS), 3, 1, None]]],
+                      None, 0],
+                     [6, normalize_request({"op": "lease_keepalive", "ID": 3}, LIMITS), 0, 0, ["alice", 4], 9],
+                     [7, normalize_request({"op": "snapshot"}, LIMITS), 3, 1, None, 0]]],
     M.CLIENT_REPLIES: [[[5, pack({"id": 1, "ok": True}), 4]]],
     M.EVENTS: [EVENTS],
     M.READY: [["storage", 4242]],
@@ -235,7 +235,8 @@ def test_every_position_with_a_wrong_value_is_refused_or_still_well_typed(msg_ty
     (M.READ, [[5, PUT, 0]]),
     (M.CLIENT_READ, [[5, HISTORY, 0, None]]),
     (M.CLIENT_READ, [[5, HISTORY, 0, 1]]),  # no auth element
-    (M.CLIENT_READ, [[5, HISTORY, 0, 1, ["alice"]]]),  # auth without its revision
+    (M.CLIENT_READ, [[5, HISTORY, 0, 1, ["alice"], 0]]),  # auth without its revision
+    (M.CLIENT_READ, [[5, HISTORY, 0, 1, None]]),  # no read term
     (M.READ_RESP, [[5, None, None, 4, 3]]),  # neither result nor error
     (M.READ_RESP, [[5, HISTORY_PAGE, COMPACTED, 4, 3]]),  # both
     (M.READ_RESP, [[5, None, {"code": "compacted", "message": "m", "compact_revision": "5"}, 4, 3]]),
