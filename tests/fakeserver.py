@@ -54,12 +54,12 @@ import heapq
 import os
 import threading
 import time
-from typing import Any, cast
+from typing import Any
 
 import zmq
 
 from actors.gateway.auth import GatewayAuth, token_sha256
-from actors.storage.actor import StorageActor
+from actors.storage import reads
 from actors.storage.auth import AuthState, verify_password
 from actors.storage.mvcc import MemoryBackend, MVCCStore
 from actors.storage.mvcc.store import SERVER
@@ -76,7 +76,7 @@ from protocol.requests import (
 CLUSTER_ID = 0x1234_5678_9ABC_DEF0
 MEMBER_ID = 0x2E12_59D4_15F2_A040
 RAFT_TERM = 2
-# Reads the storage actor answers itself (StorageActor._read), as a node's storage does.
+# Reads the storage actor answers itself (actors/storage/reads.py), as a node's storage does.
 STORAGE_READ_OPS = frozenset(("range", "history", "lease_leases", "alarm_list", *AUTH_READ_OPS))
 TOKEN_TTL_S = 300  # the gateway's --auth-token-ttl default
 _ALL_KEYS = {"op": "range", "key": b"\x00", "range_end": b"\x00", "revision": 0, "limit": 0,
@@ -100,18 +100,6 @@ def _hashed(op: dict[str, Any]) -> dict[str, Any]:
     return op
 
 
-class _Node:
-    """What the storage actor's ``_read`` and ``_client_frame`` read of their actor: they
-    are called unbound on this (``StorageActor._read(node, ...)``), so the fake's reads and
-    replies are the node's own code."""
-
-    def __init__(self, store: MVCCStore) -> None:
-        self.store = store
-        self.cluster_id = CLUSTER_ID
-        self.member_id = MEMBER_ID
-        self.raft_term = RAFT_TERM
-
-
 class FakeStore:
     """One cluster's applied state: the real ``MVCCStore`` on a ``MemoryBackend``, every
     write one entry (``write``), plus what a leader's storage keeps in memory (lease
@@ -120,7 +108,6 @@ class FakeStore:
 
     def __init__(self) -> None:
         self.mvcc = MVCCStore(MemoryBackend())
-        self.node = cast(StorageActor, _Node(self.mvcc))
         self.limits = Limits()
         self.deadlines: dict[int, float] = {}  # lease id -> monotonic deadline
         self.min_ttl = 2
@@ -249,8 +236,11 @@ class FakeStore:
 
     def read(self, op: dict[str, Any]) -> tuple[dict[str, Any] | None, Any, int]:
         """A read as the storage actor serves it: ``(response, error wire, revision)``."""
-        _req_id, response, error, revision, _term = StorageActor._read(self.node, 0, op)
-        return response, error, revision
+        revision = self.mvcc.current_revision
+        try:
+            return reads.read(self.mvcc, op), None, revision
+        except QkvError as err:
+            return None, err.to_wire(), revision
 
 
 class FakeServer:
@@ -426,7 +416,8 @@ class FakeServer:
                revision: int | None = None) -> bytes:
         """The reply frame, made by the storage actor's own code."""
         rev = self.store.revision if revision is None else revision
-        return StorageActor._client_frame(self.store.node, client_id, response, error, rev)
+        return reads.client_frame(client_id, response, error, cluster_id=CLUSTER_ID, member_id=MEMBER_ID,
+                                  revision=rev, raft_term=RAFT_TERM)
 
     def _handle(self, frames: list[bytes]) -> None:
         ident, envelope, body = frames[0], frames[1:-1], frames[-1]

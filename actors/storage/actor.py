@@ -92,9 +92,9 @@ from actors.storage.defrag import Defrag
 from actors.storage.hashjobs import Done, HashJobs
 from actors.storage.lessor import Lessor, LessorConfig, Reply
 from actors.storage.mvcc import alarms as alarm_rules
-from actors.storage.auth import read_auth
 from actors.storage.mvcc import MVCCStore
 from actors.storage.mvcc.store import AUTH_ENTRY_OPS, SERVER
+from actors.storage import reads
 from actors.storage.offline import mark_installed
 from actors.storage.snapshot_file import (
     BadOffset, SnapshotFileError, SnapshotMeta, SnapshotSaves, TooManySaves, UnknownSave,
@@ -102,7 +102,7 @@ from actors.storage.snapshot_file import (
 from nodes.config import VERSION
 from protocol import errors
 from protocol.codec import pack
-from protocol.requests import AUTH_READ_OPS, LEASE_LEADER_OPS, SNAPSHOT_CHUNK_DEFAULT, SNAPSHOT_CHUNK_MIN, SNAPSHOT_FRAME_OVERHEAD
+from protocol.requests import LEASE_LEADER_OPS, SNAPSHOT_CHUNK_DEFAULT, SNAPSHOT_CHUNK_MIN, SNAPSHOT_FRAME_OVERHEAD
 
 FETCH_RESEND_S = 0.3
 SYNC_INTERVAL_S = 1.0
@@ -345,14 +345,8 @@ class StorageActor(Actor):
             return errors.InvalidArgument(f"etcdserver: invalid log entry: {exc}"[:300]), None
 
     def _client_frame(self, client_id: Any, response: dict | None, error: Any, revision: int) -> bytes:
-        """The finished client reply (SPEC section 1), so the gateway only forwards bytes."""
-        if error is not None:
-            return pack({"id": client_id, "ok": False, "error": error})
-        reply = {"id": client_id, "ok": True, "header": {
-            "cluster_id": self.cluster_id, "member_id": self.member_id,
-            "revision": revision, "raft_term": self.raft_term}}
-        reply.update(response or {})
-        return pack(reply)
+        return reads.client_frame(client_id, response, error, cluster_id=self.cluster_id,
+                                  member_id=self.member_id, revision=revision, raft_term=self.raft_term)
 
     def _publish(self, results: list, origins: dict[int, tuple[int, int, Any]], batch: list) -> None:
         replies = []
@@ -461,19 +455,11 @@ class StorageActor(Actor):
 
     def _read(self, req_id: int, op: dict) -> list:
         try:
-            if op.get("op") == "history":  # the watch's catch-up (clients and the watch actor)
-                return [req_id, self.store.history(op), None, self.store.current_revision, self.raft_term]
             if op.get("op") == "snapshot":  # `qkvctl snapshot save`: one chunk per request
-                return [req_id, self._snapshot_chunk(op), None, self.store.current_revision, self.raft_term]
-            if op.get("op") == "alarm_list":
-                return [req_id, {"alarms": alarm_rules.to_wire(self.store.alarms)}, None,
-                        self.store.current_revision, self.raft_term]
-            if op.get("op") in AUTH_READ_OPS:  # auth_status, user_get/list, role_get/list
-                return [req_id, read_auth(self.store.auth, op), None, self.store.current_revision, self.raft_term]
-            if op.get("op") == "lease_leases":
-                leases = [{"ID": lease_id} for lease_id, _, _ in self.store.leases()]
-                return [req_id, {"leases": leases}, None, self.store.current_revision, self.raft_term]
-            return [req_id, self.store.range(op), None, self.store.current_revision, self.raft_term]
+                response = self._snapshot_chunk(op)
+            else:
+                response = reads.read(self.store, op)
+            return [req_id, response, None, self.store.current_revision, self.raft_term]
         except errors.QkvError as err:
             return [req_id, None, err.to_wire(), self.store.current_revision, self.raft_term]
 

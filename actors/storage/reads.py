@@ -1,0 +1,41 @@
+"""What storage answers a read with, and the finished client reply frame (SPEC section 1).
+
+Pure over the store (no sockets, no clock): the storage actor serves reads with it, and the
+client library's in-process fake node (tests/fakeserver.py) answers exactly as a node does.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from actors.storage.auth import read_auth
+from actors.storage.mvcc import MVCCStore
+from actors.storage.mvcc import alarms as alarm_rules
+from protocol.codec import pack
+from protocol.requests import AUTH_READ_OPS
+
+
+def read(store: MVCCStore, op: dict[str, Any]) -> dict[str, Any]:
+    """The response to a read op storage serves from its store (every one but `snapshot`,
+    whose chunks come from files, and the lessor's keep-alive and time-to-live). Raises
+    QkvError."""
+    kind = op.get("op")
+    if kind == "history":  # the watch's catch-up (clients and the watch actor)
+        return store.history(op)
+    if kind == "alarm_list":
+        return {"alarms": alarm_rules.to_wire(store.alarms)}
+    if kind in AUTH_READ_OPS:  # auth_status, user_get/list, role_get/list
+        return read_auth(store.auth, op)
+    if kind == "lease_leases":
+        return {"leases": [{"ID": lease_id} for lease_id, _, _ in store.leases()]}
+    return store.range(op)
+
+
+def client_frame(client_id: Any, response: dict[str, Any] | None, error: Any, *, cluster_id: int,
+                 member_id: int, revision: int, raft_term: int) -> bytes:
+    """The finished client reply, so the gateway only forwards bytes."""
+    if error is not None:
+        return pack({"id": client_id, "ok": False, "error": error})
+    reply: dict[str, Any] = {"id": client_id, "ok": True, "header": {
+        "cluster_id": cluster_id, "member_id": member_id, "revision": revision, "raft_term": raft_term}}
+    reply.update(response or {})
+    return pack(reply)
