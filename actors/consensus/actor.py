@@ -1,10 +1,10 @@
 """The consensus actor: a thin shell that does the Raft core's I/O.
 
-Loop (DESIGN.md section 3): take a Ready from the core -> persist snapshot metadata,
-hard state and entries to the WAL (fsync when `must_sync`) -> make them visible in
-MemoryStorage -> send messages to peers -> answer read states -> serve committed entries
-to storage -> advance. Proposals that arrive together share one Ready and so one fsync
-(group commit).
+Loop (actors/consensus/ready.py, etcd-io/raft doc.go): take a Ready from the core -> persist
+snapshot metadata, hard state and entries to the WAL (fsync when `must_sync`) -> make them
+visible in MemoryStorage -> send messages to peers -> answer read states, apply conf changes
+-> advance; storage is served committed entries after the loop. Proposals that arrive
+together share one Ready and so one fsync (group commit).
 
 - Storage pulls committed entries (FETCH after_index -> ENTRIES); a fetch with nothing
   new is held until the commit index moves. Storage reports the index it has durably
@@ -68,6 +68,7 @@ import zmq
 
 from actors.consensus import peer_wire as W
 from actors.consensus.membership import ClusterView, Member, Membership, replay
+from actors.consensus.ready import Hooks, drive
 from actors.consensus.raft import Config as RaftConfig
 from actors.consensus.raft import (ConfChange, ConfChangeRefused, ConfChangeType, Entry, EntryType,
                                    HardState, MemoryStorage, Message, MessageType, ProposalDropped, RawNode,
@@ -117,6 +118,7 @@ class ConsensusActor(Actor):
         os.makedirs(self.snap_dir, exist_ok=True)
         self.disk = DiskFault(os.path.join(self.data_dir, "consensus"))
         self._held: Any = None  # the Ready the disk refused to save (module docstring)
+        self._hooks = Hooks(self._persist, self._send, self._apply, self._advanced)
         self._wal_writable = True  # False from a refused write until a reopen works
         self.frozen_dropped = 0  # peer Raft messages dropped while frozen
         self.wal = WAL(self.disk.path)
@@ -410,35 +412,26 @@ class ConsensusActor(Actor):
 
     # --- the Ready loop ------------------------------------------------------------
     def flush(self) -> None:
-        while self._held is not None or self.node.has_ready():
-            rd = self._held if self._held is not None else self.node.ready()
-            if not self._persist(rd):
-                break  # held: saved once the disk takes writes again; nothing of it goes out
-            if rd.snapshot is not None:
-                self.raft_storage.apply_snapshot(rd.snapshot)
-                self.committed = max(self.committed, rd.snapshot.index)
-                self._restore_membership(rd.snapshot)
-            if rd.hard_state is not None:
-                self.raft_storage.set_hard_state(rd.hard_state)
-            if rd.entries:
-                self.raft_storage.append(rd.entries)
-            self._send(rd.messages)
-            self._answer_read_states(rd)
-            if rd.committed_entries:
-                self._apply_membership(rd.committed_entries)
-                self.committed = max(self.committed, rd.committed_entries[-1].index)
-            if rd.soft_state is not None and rd.soft_state.lead != self.lead:
-                self._leader_changed(rd.soft_state.lead)
-            self.node.advance(rd)
-            if self._campaign_if_alone:
-                self._campaign_if_alone = False
-                st = self.node.status()
-                if self.ms.conf.voters == [self.id] and st.raft_state != StateType.LEADER:
-                    self.node.campaign()
+        self._held = drive(self.node, self.raft_storage, self._hooks, self._held)
         self._serve_fetches()
         self._check_moves()
         if not self.disk.failed:
             self._maybe_compact()
+
+    def _apply(self, rd: Any) -> None:
+        self._answer_read_states(rd)
+        if rd.committed_entries:
+            self._apply_membership(rd.committed_entries)
+            self.committed = max(self.committed, rd.committed_entries[-1].index)
+        if rd.soft_state is not None and rd.soft_state.lead != self.lead:
+            self._leader_changed(rd.soft_state.lead)
+
+    def _advanced(self, rd: Any) -> None:
+        if self._campaign_if_alone:
+            self._campaign_if_alone = False
+            st = self.node.status()
+            if self.ms.conf.voters == [self.id] and st.raft_state != StateType.LEADER:
+                self.node.campaign()
 
     def _persist(self, rd: Any) -> bool:
         """Save a Ready's snapshot, hard state and entries (one batch). False when the disk
@@ -463,6 +456,9 @@ class ConsensusActor(Actor):
             return False
         failpoint("after_log_fsync")
         self._held = None
+        if rd.snapshot is not None:
+            self.committed = max(self.committed, rd.snapshot.index)
+            self._restore_membership(rd.snapshot)
         if sync:
             self.fsyncs += 1
             self.entries_synced += len(rd.entries)

@@ -36,7 +36,8 @@ from dataclasses import dataclass, field
 import msgpack
 
 from actors.consensus.raft import (Config, Entry, HardState, MemoryStorage, Message, MessageType,
-                                   ProposalDropped, RawNode, SnapshotMeta, StateType)
+                                   ProposalDropped, RawNode, Ready, SnapshotMeta, StateType)
+from actors.consensus.ready import Hooks, drive
 from actors.storage.mvcc import COLUMN_FAMILIES, MemoryBackend, MVCCStore
 
 from .checkers import Checker, SafetyViolation
@@ -199,6 +200,7 @@ class Sim:
                       "leaders": 0, "snaps_stale": 0, "snaps_fast_forward": 0,
                       "snaps_restore": 0}
         self.nodes: dict[int, SimNode] = {}
+        self._hooks: dict[int, Hooks] = {}  # node id -> its shell's Ready-loop hooks
         for i in self.ids:
             sn = SimNode(i)
             sn.sm = MVCCStore(sn.backend)
@@ -244,44 +246,52 @@ class Sim:
 
     # --- the shell's Ready loop ----------------------------------------------------------
     def process(self, sn: SimNode) -> bool:
-        node = sn.node
-        did = False
-        while node.has_ready():
-            did = True
-            rd = node.ready()
-            # 1. persist: snapshot first, then hard state and entries.
-            if rd.snapshot is not None:
-                # The shell installed the data before stepping SNAP.
-                assert sn.sm.applied_index >= rd.snapshot.index, (
-                    sn.id, sn.sm.applied_index, rd.snapshot)
-                sn.storage.apply_snapshot(rd.snapshot)
-                self.trace(f"node {sn.id} restored its log to snapshot "
-                           f"({rd.snapshot.index}, {rd.snapshot.term})")
-            prev_term, kept = sn.disk.write(rd.snapshot, rd.hard_state, rd.entries,
-                                            rd.must_sync)
-            if kept:
-                self.checker.persisted(sn.id, prev_term, kept)
-            if self.crash_point():
-                self.crash(sn, "after persisting, before sending")
-                return True
-            if rd.hard_state is not None:
-                sn.storage.set_hard_state(rd.hard_state)
-                self.checker.commit_seen(rd.hard_state.commit)
-            sn.storage.append(rd.entries)
-            # 2. send
-            for m in rd.messages:
-                self.send(sn, m)
-            # 3. apply
-            if rd.committed_entries:
-                # Never entries at or below the (just restored) snapshot.
-                assert rd.committed_entries[0].index > sn.storage.snapshot().index
-                self.apply(sn, rd.committed_entries)
-            for rs in rd.read_states:
-                self.checker.read_returned(sn.id, rs.request_ctx, rs.index)
-            node.advance(rd)
-            self.observe(sn)  # advance() may have moved a leader's commit index
-            self.maybe_compact(sn)
-        return did
+        """The shell's Ready loop (actors/consensus/ready.py) with this node's disk, network
+        and state machine; a crash may strike after persisting, before sending."""
+        if not sn.node.has_ready():
+            return False
+        hooks = self._hooks.get(sn.id)
+        if hooks is None:
+            hooks = self._hooks[sn.id] = Hooks(lambda rd: self.persist(sn, rd), lambda msgs: self.send_all(sn, msgs),
+                                               lambda rd: self.apply_ready(sn, rd), lambda rd: self.advanced(sn, rd))
+        drive(sn.node, sn.storage, hooks)
+        return True
+
+    def send_all(self, sn: SimNode, msgs: list[Message]) -> None:
+        for m in msgs:
+            self.send(sn, m)
+
+    def persist(self, sn: SimNode, rd: Ready) -> bool:
+        """Snapshot first, then hard state and entries; False when the node crashed."""
+        if rd.snapshot is not None:
+            # The shell installed the data before stepping SNAP.
+            assert sn.sm.applied_index >= rd.snapshot.index, (sn.id, sn.sm.applied_index, rd.snapshot)
+            self.restored(sn, rd.snapshot)
+            self.trace(f"node {sn.id} restored its log to snapshot ({rd.snapshot.index}, {rd.snapshot.term})")
+        prev_term, kept = sn.disk.write(rd.snapshot, rd.hard_state, rd.entries, rd.must_sync)
+        if kept:
+            self.checker.persisted(sn.id, prev_term, kept)
+        if self.crash_point():
+            self.crash(sn, "after persisting, before sending")
+            return False
+        if rd.hard_state is not None:
+            self.checker.commit_seen(rd.hard_state.commit)
+        return True
+
+    def restored(self, sn: SimNode, snap: SnapshotMeta) -> None:
+        """A snapshot from the leader replaced the log (a hook: membership follows it)."""
+
+    def apply_ready(self, sn: SimNode, rd: Ready) -> None:
+        if rd.committed_entries:
+            # Never entries at or below the (just restored) snapshot.
+            assert rd.committed_entries[0].index > sn.storage.snapshot().index
+            self.apply(sn, rd.committed_entries)
+        for rs in rd.read_states:
+            self.checker.read_returned(sn.id, rs.request_ctx, rs.index)
+
+    def advanced(self, sn: SimNode, rd: Ready) -> None:
+        self.observe(sn)  # advance() may have moved a leader's commit index
+        self.maybe_compact(sn)
 
     def apply(self, sn: SimNode, ents: list[Entry]) -> None:
         batch = []
