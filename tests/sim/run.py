@@ -2,6 +2,7 @@
 
     .venv/bin/python -m tests.sim.run --seeds 100000 [--start N] [--nodes 3|5]
     .venv/bin/python -m tests.sim.run --seed 1234 [--nodes 5] --verbose
+    .venv/bin/python -m tests.sim.run --membership --seeds 10000   # with membership changes
     python tests/sim/run.py --seeds 1000
 Exit status 1 when a seed fails (its replay command is printed); --keep-going runs on.
 """
@@ -18,6 +19,7 @@ if __package__ in (None, ""):  # run as a script: make `tests.sim` importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
     __package__ = "tests.sim"
 
+from tests.sim.membership import MembershipSim  # noqa: E402
 from tests.sim.sim import Sim, SimFailure  # noqa: E402
 
 
@@ -33,10 +35,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--keep-going", action="store_true", help="do not stop at a failure")
     ap.add_argument("--no-pre-vote", action="store_true")
     ap.add_argument("--no-check-quorum", action="store_true")
+    ap.add_argument("--membership", action="store_true",
+                    help="membership changes too (tests/sim/membership.py: add learner, promote, remove)")
     args = ap.parse_args(argv)
 
+    sim_class = MembershipSim if args.membership else Sim
+
     def one(seed: int, verbose: bool) -> dict:
-        return Sim(seed, nodes=args.nodes, steps=args.steps, verbose=verbose,
+        return sim_class(seed, nodes=args.nodes, steps=args.steps, verbose=verbose,
                    pre_vote=not args.no_pre_vote, check_quorum=not args.no_check_quorum).run()
 
     if args.seed is not None:

@@ -32,10 +32,11 @@ from __future__ import annotations
 import heapq
 import random
 from dataclasses import dataclass, field
+from typing import Any
 
 import msgpack
 
-from actors.consensus.raft import (Config, Entry, HardState, MemoryStorage, Message, MessageType,
+from actors.consensus.raft import (Config, Entry, EntryType, HardState, MemoryStorage, Message, MessageType,
                                    ProposalDropped, RawNode, Ready, SnapshotMeta, StateType)
 from actors.consensus.ready import Hooks, drive
 from actors.storage.mvcc import COLUMN_FAMILIES, MemoryBackend, MVCCStore
@@ -150,6 +151,9 @@ class SimNode:
     up: bool = True
     incarnation: int = 0
     last_rev: int = 1  # MVCC revision seen last (monotone except crash rollback)
+    removed: bool = False  # out of the cluster and stopped for good (tests/sim/membership.py)
+    heard: dict[int, int] = field(default_factory=dict)  # peer -> step its last message arrived
+    ms: Any = None  # the shell's Membership (tests/sim/membership.py)
 
 
 @dataclass
@@ -222,15 +226,24 @@ class Sim:
             f"node {sn.id}: state machine at {sn.sm.applied_index} below the log's snapshot "
             f"{d.snap.index}: cannot replay")
         sn.storage = MemoryStorage(d.hs, d.snap, d.entries)
-        cfg = Config(id=sn.id, voters=list(self.ids), election_tick=10, heartbeat_tick=1,
+        voters, learners, applied = self.boot_conf(sn)
+        cfg = Config(id=sn.id, voters=voters, learners=learners, election_tick=10, heartbeat_tick=1,
                      pre_vote=self.pre_vote, check_quorum=self.check_quorum,
                      max_size_per_msg=self.max_size_per_msg,
                      max_inflight_msgs=self.max_inflight, max_inflight_bytes=self.max_inflight_bytes,
-                     applied=sn.sm.applied_index,
+                     applied=applied,
                      rng=random.Random(self.rng.getrandbits(64)))
         sn.node = RawNode(cfg, sn.storage)
         sn.up = True
         sn.last_rev = sn.sm.current_revision
+
+    def replay_command(self) -> str:
+        return replay_command(self.seed, self.n)
+
+    def boot_conf(self, sn: SimNode) -> tuple[list[int], list[int], int]:
+        """(voters, learners, applied index) a node's core starts with: every node a voter,
+        the state machine's applied index (membership.py replays conf changes instead)."""
+        return list(self.ids), [], sn.sm.applied_index
 
     def up_nodes(self) -> list[SimNode]:
         return [sn for sn in self.nodes.values() if sn.up]
@@ -298,7 +311,11 @@ class Sim:
         by_index = {}
         for e in ents:
             by_index[e.index] = e
-            op = msgpack.unpackb(e.data, raw=False)[2] if e.data else None
+            if e.type == EntryType.CONF_CHANGE:
+                self.conf_change(sn, e)
+                op = None
+            else:
+                op = msgpack.unpackb(e.data, raw=False)[2] if e.data else None
             batch.append((e.index, op))
         results = sn.sm.apply(batch)
         for res in results:
@@ -311,6 +328,11 @@ class Sim:
         sn.last_rev = rev
         if sn.sm.applied_index - sn.checkpoint.applied >= self.compact_every:
             self.take_checkpoint(sn)
+
+    def conf_change(self, sn: SimNode, e: Entry) -> None:
+        """The shell applies a committed CONF_CHANGE entry (tests/sim/membership.py); the
+        state machine sees it as an empty entry."""
+        raise AssertionError(f"node {sn.id}: a conf change at {e.index} in a run without membership changes")
 
     def take_checkpoint(self, sn: SimNode) -> None:
         sn.checkpoint = Checkpoint(copy_backend(sn.backend), sn.sm.applied_index,
@@ -369,12 +391,13 @@ class Sim:
 
     def deliver(self, item) -> None:
         _, _, _, frm, to, wire, attach = item
-        dst = self.nodes[to]
-        if not dst.up or (frm, to) in self.faults.blocked:
+        dst = self.nodes.get(to)
+        if dst is None or not dst.up or (frm, to) in self.faults.blocked or self.nodes[frm].removed:
             self.lost(frm, to, attach, "deliver")
             return
         m = Message.from_wire(wire)
         self.stats["msgs"] += 1
+        dst.heard[frm] = self.now
         if attach is not None:
             log = dst.node.raft.log
             if m.snapshot.index <= log.committed:
@@ -433,6 +456,8 @@ class Sim:
         ids = self.ids
         kind = rng.choice(["none", "none", "isolate", "isolate-leader", "split", "oneway",
                            "bridge", "flaky"])
+        if len(ids) < 2:  # a cluster shrunk to one member (tests/sim/membership.py)
+            kind = "flaky"
         blocked: set[tuple[int, int]] = set()
         if kind in ("isolate", "isolate-leader"):
             lead = self.leader()
@@ -576,7 +601,7 @@ class Sim:
                         self.crash(sn)
                     elif rng.random() < 0.02:
                         self.take_checkpoint(sn)
-                elif rng.random() < 0.05:
+                elif not sn.removed and rng.random() < 0.05:
                     self.restart(sn)
         for sn in self.nodes.values():
             if sn.up:
@@ -586,7 +611,7 @@ class Sim:
         self.faults = FaultConfig(name="healed")
         self.trace("heal: no faults, every node up")
         for sn in self.nodes.values():
-            if not sn.up:
+            if not sn.up and not sn.removed:
                 self.restart(sn)
 
     def leader(self) -> SimNode | None:
@@ -600,10 +625,10 @@ class Sim:
     def converged(self) -> bool:
         if self.final_index is None:
             return False
-        applied = {sn.sm.applied_index for sn in self.nodes.values()}
+        applied = {sn.sm.applied_index for sn in self.up_nodes()}
         if len(applied) != 1 or min(applied) < self.final_index:
             return False
-        hashes = {sn.sm.hash_kv() for sn in self.nodes.values()}
+        hashes = {sn.sm.hash_kv() for sn in self.up_nodes()}
         return len(hashes) == 1
 
     def run(self) -> dict:
@@ -624,18 +649,18 @@ class Sim:
                 elif self.converged():
                     self.stats["liveness_steps"] = k + 1
                     self.trace(f"converged after {k + 1} steps: applied {self.final_index}, "
-                               f"hash {self.nodes[1].sm.hash_kv()}")
+                               f"hash {self.up_nodes()[0].sm.hash_kv()}")
                     return self.stats
             lead = self.leader()
             states = {sn.id: (sn.node.raft.state.name, sn.node.raft.term,
                               sn.node.raft.log.committed, sn.sm.applied_index)
-                      for sn in self.nodes.values()}
+                      for sn in self.up_nodes()}
             raise LivenessFailure(
                 f"no progress within {self.liveness_steps} healed steps: leader "
                 f"{lead.id if lead else None}, final write at {self.final_index}, "
                 f"nodes (state, term, commit, applied): {states}")
         except (AssertionError, SafetyViolation) as e:
-            replay = replay_command(self.seed, self.n)
+            replay = self.replay_command()
             raise SimFailure(f"seed {self.seed} ({self.n} nodes) failed at step {self.now}: "
                              f"{type(e).__name__}: {e}\n  replay: {replay}") from e
 
