@@ -70,7 +70,7 @@ from actors.consensus import peer_wire as W
 from actors.consensus.membership import ClusterView, Member, Membership, replay
 from actors.consensus.ready import Hooks, drive
 from actors.consensus.raft import Config as RaftConfig
-from actors.consensus.raft import (ConfChange, ConfChangeRefused, ConfChangeType, Entry, EntryType,
+from actors.consensus.raft import (ConfChange, ConfChangeRefused, ConfChangeType, ConfState, Entry, EntryType,
                                    HardState, MemoryStorage, Message, MessageType, ProposalDropped, RawNode,
                                    SnapshotMeta, StateType)
 from actors.consensus.snapshot import SnapshotError, SnapshotReceiver, SnapshotSender
@@ -143,7 +143,7 @@ class ConsensusActor(Actor):
             self.raft_storage,
         )
         self._campaign_if_alone = False
-        if self.ms.conf.voters == [self.id]:
+        if self.conf.voters == [self.id]:
             self.node.campaign()  # the only voter: no need to wait an election timeout
         self.router = self.socket(zmq.ROUTER, bind=self.endpoints.consensus, handler=self.on_local)
         self.storage = self.socket(zmq.DEALER, connect=self.endpoints.storage, handler=self.on_storage)
@@ -188,7 +188,16 @@ class ConsensusActor(Actor):
         self.every(STATS_INTERVAL_S, self._log_stats)
         self.log.info("consensus_loaded", term=hard_state.term, commit=hard_state.commit,
                       first_index=self.raft_storage.first_index(), last_index=self.raft_storage.last_index(),
-                      voters=[f"{v:x}" for v in self.ms.conf.voters], learners=[f"{v:x}" for v in self.ms.conf.learners])
+                      voters=[f"{v:x}" for v in self.conf.voters], learners=[f"{v:x}" for v in self.conf.learners])
+
+    @property
+    def conf(self) -> ConfState:
+        """The membership's conf state (the core's, mirrored by Membership.apply)."""
+        return self.ms.conf
+
+    @property
+    def members(self) -> dict[int, Member]:
+        return self.ms.members
 
     def _my_info(self) -> dict[str, Any]:
         return {
@@ -241,7 +250,7 @@ class ConsensusActor(Actor):
         # Unique across the cluster: a follower forwards it to the leader.
         ctx = self.id.to_bytes(8, "big") + ctx_id.to_bytes(8, "big")
         if self.disk.failed:
-            if self.ms.conf.voters == [self.id]:
+            if self.conf.voters == [self.id]:
                 # The sole voter is its own quorum: every acknowledged write is at or
                 # below the commit index it has persisted and handed to storage. (Also
                 # when it could not persist the vote that makes it leader: restarted on a
@@ -289,7 +298,7 @@ class ConsensusActor(Actor):
             "first_index": self.raft_storage.first_index(),
             "last_index": self.raft_storage.last_index(),
             "members": members,
-            "is_learner": self.id in self.ms.conf.learners,
+            "is_learner": self.id in self.conf.learners,
             "faults": self._faults_text(),
             "disk": self.disk.wire(time.monotonic()),
         }
@@ -310,7 +319,7 @@ class ConsensusActor(Actor):
             self._reply(identity, M.MOVE_LEADER_RESP, [ctx_id, self._disk_refusal().to_wire()])
         elif self.lead != self.id:
             self._reply(identity, M.MOVE_LEADER_RESP, [ctx_id, errors.NotLeader().to_wire()])
-        elif target not in self.ms.conf.voters:
+        elif target not in self.conf.voters:
             self._reply(identity, M.MOVE_LEADER_RESP,
                         [ctx_id, errors.InvalidArgument("etcdserver: bad leader transferee").to_wire()])
         elif target == self.id:
@@ -336,7 +345,7 @@ class ConsensusActor(Actor):
         urls = self.member_info.get(self.lead, {}).get("client_urls") or [] if self.lead else []
         body = [is_leader, self.node.status().term, self.lead, list(urls),
                 self.leader_ready_index if is_leader else 0,
-                self.ms.conf.voters == [self.id]]  # sole voter: storage's reads on a full disk
+                self.conf.voters == [self.id]]  # sole voter: storage's reads on a full disk
         try:
             self.storage.send(pack_msg(M.LEADERSHIP, body), zmq.NOBLOCK)
         except zmq.ZMQError:
@@ -430,7 +439,7 @@ class ConsensusActor(Actor):
         if self._campaign_if_alone:
             self._campaign_if_alone = False
             st = self.node.status()
-            if self.ms.conf.voters == [self.id] and st.raft_state != StateType.LEADER:
+            if self.conf.voters == [self.id] and st.raft_state != StateType.LEADER:
                 self.node.campaign()
 
     def _persist(self, rd: Any) -> bool:
@@ -762,7 +771,7 @@ class ConsensusActor(Actor):
                     ccs.append(ConfChange.from_bytes(e.data))
                 except ValueError:
                     pass
-        voters, learners = replay(set(self.ms.conf.voters), set(self.ms.conf.learners), ccs)
+        voters, learners = replay(set(self.conf.voters), set(self.conf.learners), ccs)
         changes = []
         if self.id not in voters:
             changes.append(ConfChange(CC.ADD_NODE, self.id, self._my_member().meta()))
@@ -782,39 +791,39 @@ class ConsensusActor(Actor):
         removed member), and the ZAP table = the current members' peer keys, replaced whole
         (a removed member's key is refused from this moment)."""
         peers = dict(self.lingering)
-        peers.update({i: (m.peer_urls[0], m.peer_key) for i, m in self.ms.members.items()
+        peers.update({i: (m.peer_urls[0], m.peer_key) for i, m in self.members.items()
                       if i != self.id and m.peer_urls})
-        self.transport.set_trusted({i: m.peer_key for i, m in self.ms.members.items()})
+        self.transport.set_trusted({i: m.peer_key for i, m in self.members.items()})
         self.transport.set_peers(peers)
 
     def _forget_peer(self, peer: int) -> None:
         """A removed member's grace period is over: drop its link, refuse its messages."""
         self.lingering.pop(peer, None)
-        if peer not in self.ms.members:
+        if peer not in self.members:
             self.transport.removed.add(peer)
         self._sync_transport()
 
     def _member_wire(self, mid: int) -> dict[str, Any]:
-        m = self.ms.members.get(mid, Member())
+        m = self.members.get(mid, Member())
         info = self.member_info.get(mid, {})
         return {"id": mid, "name": m.name, "peer_urls": list(m.peer_urls), "peer_key": m.peer_key,
                 "client_urls": info.get("client_urls") or [], "watch_urls": info.get("watch_urls") or [],
                 "is_learner": self.ms.is_learner(mid)}
 
     def _members_wire(self) -> list[dict[str, Any]]:
-        return [self._member_wire(mid) for mid in self.ms.members]
+        return [self._member_wire(mid) for mid in self.members]
 
     def _on_join(self) -> list:
         """PEER_JOIN from a node that is starting with --initial-cluster-state existing."""
         return [self.cfg.cluster_id, [[i, m.name, list(m.peer_urls), self.ms.is_learner(i), m.peer_key]
-                                      for i, m in self.ms.members.items()]]
+                                      for i, m in self.members.items()]]
 
     def _restore_membership(self, snap: SnapshotMeta) -> None:
         if not self.ms.restore(snap):
             return
         self._sync_transport()
-        self.log.info("membership_restored", index=snap.index, voters=[f"{v:x}" for v in self.ms.conf.voters],
-                      learners=[f"{v:x}" for v in self.ms.conf.learners])
+        self.log.info("membership_restored", index=snap.index, voters=[f"{v:x}" for v in self.conf.voters],
+                      learners=[f"{v:x}" for v in self.conf.learners])
 
     def _apply_membership(self, entries: list[Entry]) -> None:
         """Committed entries are being applied: conf changes switch the membership; member
@@ -845,7 +854,7 @@ class ConsensusActor(Actor):
     def _apply_conf_change(self, index: int, cc: ConfChange) -> None:
         done = self.ms.apply(index, cc, self.node.apply_conf_change(cc))
         mid = cc.node_id
-        if cc.type == CC.REMOVE_NODE and mid not in self.ms.conf.voters:
+        if cc.type == CC.REMOVE_NODE and mid not in self.conf.voters:
             self.member_info.pop(mid, None)
             self.last_heard.pop(mid, None)
             gone = done.removed
@@ -857,11 +866,11 @@ class ConsensusActor(Actor):
                                 lambda mid=mid: self._forget_peer(mid))
         self._sync_transport()
         self.log.info("membership_changed", index=index, change=cc.type.name.lower(), member=f"{mid:x}",
-                      voters=[f"{v:x}" for v in self.ms.conf.voters], learners=[f"{v:x}" for v in self.ms.conf.learners],
+                      voters=[f"{v:x}" for v in self.conf.voters], learners=[f"{v:x}" for v in self.conf.learners],
                       changed=done.changed)
-        if cc.type == CC.REMOVE_NODE and mid == self.id and self.id not in self.ms.conf.voters:
+        if cc.type == CC.REMOVE_NODE and mid == self.id and self.id not in self.conf.voters:
             self._on_removed(index)
-        elif self.ms.conf.voters == [self.id]:
+        elif self.conf.voters == [self.id]:
             self._campaign_if_alone = True
 
     def _on_removed(self, index: int) -> None:
@@ -931,7 +940,7 @@ class ConsensusActor(Actor):
         timeout and connected right now (etcd: transport ActiveSince), us included, and the
         leader's progress."""
         st = self.node.status()
-        members = [*self.ms.conf.voters, *self.ms.conf.learners]
+        members = [*self.conf.voters, *self.conf.learners]
         active = frozenset(m for m in members if m == self.id or self._peer_active(m))
         return ClusterView(active, st.pending_conf_index > st.applied, st.commit,
                            {i: p[0] for i, p in st.progress.items()}, frozenset(self.transport.removed),
@@ -946,7 +955,7 @@ class ConsensusActor(Actor):
 
     def _auto_promote(self) -> None:
         """--auto-promote-learners: the leader promotes a learner once it has caught up."""
-        if self.lead != self.id or not self.ms.conf.learners or self.removed:
+        if self.lead != self.id or not self.conf.learners or self.removed:
             return
         mid = self.ms.promotion_candidate(self._view())
         if mid is not None:
@@ -966,10 +975,10 @@ class ConsensusActor(Actor):
     def _hand_over_leadership(self) -> None:
         """On a clean stop, a leader hands over to its most up-to-date follower (not while
         frozen: nothing could be sent)."""
-        if self.lead != self.id or len(self.ms.conf.voters) < 2 or self.disk.failed:
+        if self.lead != self.id or len(self.conf.voters) < 2 or self.disk.failed:
             return
         progress = self.node.status().progress or {}
-        followers = [(p[0], peer) for peer, p in progress.items() if peer != self.id and peer in self.ms.conf.voters]
+        followers = [(p[0], peer) for peer, p in progress.items() if peer != self.id and peer in self.conf.voters]
         if not followers:
             return
         _, target = max(followers)
