@@ -79,6 +79,7 @@ class MembershipSim(Sim):
         cc = ConfChange.from_bytes(e.data)
         done = sn.ms.apply(e.index, cc, sn.node.apply_conf_change(cc))
         self.stats["conf_changes"] += 1
+        assert self.mchecker is not None  # (set once the base Sim has drawn the cluster)
         self.mchecker.conf_change_applied(sn.id, e.index, int(cc.type), cc.node_id)
         mid = cc.node_id
         if cc.type in (CC.ADD_LEARNER_NODE, CC.ADD_NODE) and mid not in self.nodes \
