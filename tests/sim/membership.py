@@ -95,21 +95,8 @@ class MembershipSim(Sim):
         if sn.up and sn.ms.conf.voters == [sn.id] and sn.node.raft.state != StateType.LEADER:
             sn.node.campaign()  # the only voter left (the actor's campaign-if-alone)
 
-    def maybe_compact(self, sn: SimNode) -> None:
-        st = sn.storage
-        index = min(sn.checkpoint.applied, sn.node.raft.log.applied, st.last_index())
-        if index - st.snapshot().index < self.compact_every:
-            return
-        term = st.term(index)
-        meta = sn.ms.conf_at(index)
-        meta = SnapshotMeta(index, term, meta.voters, meta.learners, meta.context)
-        st.compact(index, meta)
-        d = sn.disk
-        if index > d.snap.index:
-            del d.entries[:index - d.snap.index]
-            d.snap = meta.copy()
-        self.stats["compactions"] += 1
-        self.trace(f"node {sn.id} compacted its log to {index}")
+    def conf_at(self, sn: SimNode, index: int) -> SnapshotMeta | None:
+        return sn.ms.conf_at(index)
 
     def observe(self, sn: SimNode) -> None:
         super().observe(sn)

@@ -117,12 +117,16 @@ class Disk:
     def sync(self) -> None:
         self.synced = (HardState(**vars(self.hs)), self.snap.copy(), list(self.entries))
 
-    def compact(self, index: int, term: int) -> None:
+    def compact(self, index: int, term: int, conf: SnapshotMeta | None = None) -> None:
+        """Drop entries <= index; the meta keeps the membership at index from `conf`."""
         if index <= self.snap.index:
             return
         assert index <= self.last_index()
         del self.entries[:index - self.snap.index]
-        self.snap = SnapshotMeta(index, term, list(self.snap.voters))
+        if conf is None:
+            self.snap = SnapshotMeta(index, term, list(self.snap.voters))
+        else:
+            self.snap = SnapshotMeta(index, term, list(conf.voters), list(conf.learners), conf.context)
 
     def crash(self) -> None:
         hs, snap, entries = self.synced
@@ -345,10 +349,16 @@ class Sim:
         if index - st.snapshot().index < self.compact_every:
             return
         term = st.term(index)
-        st.compact(index)
-        sn.disk.compact(index, term)
+        conf = self.conf_at(sn, index)
+        st.compact(index, conf)
+        sn.disk.compact(index, term, conf)
         self.stats["compactions"] += 1
         self.trace(f"node {sn.id} compacted its log to {index}")
+
+    def conf_at(self, sn: SimNode, index: int) -> SnapshotMeta | None:
+        """The membership to record at a compaction point (None: unchanged; membership.py
+        records its shell's)."""
+        return None
 
     # --- network -------------------------------------------------------------------------
     def delay(self) -> int:
