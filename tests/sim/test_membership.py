@@ -53,3 +53,20 @@ def test_planted_bug_learner_counted_as_voter(monkeypatch):
             assert "counts voters" in str(e) or "commit quorum" in str(e) or "election safety" in str(e), e
             return
     pytest.fail("a learner counted as a voter went unnoticed for 1,000 seeds")
+
+
+def test_planted_bug_caught_by_its_consequences(monkeypatch):
+    """The same bug with the direct check (who the leader counts) switched off: a commit
+    without a majority of the real voters, or a second leader, shows it too."""
+    from tests.sim.checkers import MembershipChecker
+
+    monkeypatch.setattr(Membership, "raft_conf",
+                        lambda self: ConfState(sorted(self.conf.voters + self.conf.learners), []))
+    monkeypatch.setattr(MembershipChecker, "leader_counts", lambda *args: None)
+    for seed in range(1000):
+        try:
+            MembershipSim(seed, nodes=3 if seed % 2 == 0 else 5, steps=STEPS).run()
+        except SimFailure as e:
+            assert "commit quorum" in str(e) or "election safety" in str(e) or "leader completeness" in str(e), e
+            return
+    pytest.fail("a learner counted as a voter went unnoticed for 1,000 seeds")
