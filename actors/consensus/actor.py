@@ -67,7 +67,7 @@ from typing import Any, Callable
 import zmq
 
 from actors.consensus import peer_wire as W
-from actors.consensus.membership import ClusterView, Member, Membership, replay
+from actors.consensus.membership import ClusterView, Member, Membership, standalone_changes
 from actors.consensus.ready import Hooks, drive
 from actors.consensus.raft import Config as RaftConfig
 from actors.consensus.raft import (ConfChange, ConfChangeRefused, ConfChangeType, ConfState, Entry, EntryType,
@@ -771,11 +771,7 @@ class ConsensusActor(Actor):
                     ccs.append(ConfChange.from_bytes(e.data))
                 except ValueError:
                     pass
-        voters, learners = replay(set(self.conf.voters), set(self.conf.learners), ccs)
-        changes = []
-        if self.id not in voters:
-            changes.append(ConfChange(CC.ADD_NODE, self.id, self._my_member().meta()))
-        changes += [ConfChange(CC.REMOVE_NODE, i, b"") for i in sorted((voters | learners) - {self.id})]
+        changes = standalone_changes(self.conf, ccs, self.id, self._my_member())
         last_index, last_term = (entries[-1].index, entries[-1].term) if entries else (snapshot.index, snapshot.term)
         term = max(hs.term, last_term, 1)
         new = [Entry(term, last_index + 1 + i, int(EntryType.CONF_CHANGE), cc.to_bytes())

@@ -283,6 +283,18 @@ class Membership:
         return None
 
 
+def standalone_changes(conf: ConfState, ccs: list[ConfChange], self_id: int, me: Member) -> list[ConfChange]:
+    """--force-new-cluster: the conf changes that leave only `self_id` as a voter, after the
+    membership `conf` (at the log's compaction point) replayed through the log's `ccs`
+    (etcd: restartAsStandaloneNode)."""
+    voters, learners = replay(set(conf.voters), set(conf.learners), ccs)
+    changes = []
+    if self_id not in voters:
+        changes.append(ConfChange(CC.ADD_NODE, self_id, me.meta()))
+    changes += [ConfChange(CC.REMOVE_NODE, i, b"") for i in sorted((voters | learners) - {self_id})]
+    return changes
+
+
 def replay(voters: set[int], learners: set[int], ccs: list[ConfChange]) -> tuple[set[int], set[int]]:
     """The membership after `ccs`, by the core's rule (a refused change keeps the sets)."""
     for cc in ccs:

@@ -7,7 +7,7 @@ import random
 import pytest
 
 from actors.consensus.membership import (ClusterView, Member, Membership, pack_members, replay,
-                                         unpack_members)
+                                         standalone_changes, unpack_members)
 from actors.consensus.raft import (Config, ConfChange, ConfChangeType, ConfState, MemoryStorage, RawNode,
                                    SnapshotMeta)
 from actors.consensus.ready import Hooks, drive
@@ -86,6 +86,16 @@ def test_replay_is_the_cores_rule():
            ConfChange(CC.ADD_NODE, 4), ConfChange(CC.REMOVE_NODE, 2)]
     assert replay({1, 2}, set(), ccs) == ({1, 4}, set())
     assert replay({1}, set(), [ConfChange(CC.REMOVE_NODE, 1)]) == ({1}, set())  # never no voter
+
+
+def test_force_new_cluster_leaves_only_us():
+    log = [ConfChange(CC.ADD_LEARNER_NODE, 4), ConfChange(CC.REMOVE_NODE, 1)]
+    assert standalone_changes(ConfState([1, 2, 3], []), log, 2, m(2)) == [
+        ConfChange(CC.REMOVE_NODE, 3, b""), ConfChange(CC.REMOVE_NODE, 4, b"")]
+    # A member that is not a voter (any more) adds itself back first.
+    assert standalone_changes(ConfState([1, 2, 3], []), log, 1, m(1)) == [
+        ConfChange(CC.ADD_NODE, 1, m(1).meta()), ConfChange(CC.REMOVE_NODE, 2, b""),
+        ConfChange(CC.REMOVE_NODE, 3, b""), ConfChange(CC.REMOVE_NODE, 4, b"")]
 
 
 # --- strict reconfiguration ------------------------------------------------------------
