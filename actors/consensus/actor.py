@@ -29,8 +29,8 @@ together share one Ready and so one fsync (group commit).
 - Membership (etcd 3.4 semantics; the policy and the member table are the pure
   actors/consensus/membership.py, this shell does its I/O): member_add / _remove / _update /
   _promote run on the leader (a follower forwards them, PEER_MEMBER) after etcd's
-  --strict-reconfig-check rules, become one CONF_CHANGE entry each (the member's name and peer URLs ride in its
-  context), and are answered once that entry is applied. Conf changes take effect when
+  --strict-reconfig-check rules, become one CONF_CHANGE entry each (the member's name and
+  peer URLs ride in its context), and are answered once that entry is applied. Conf changes take effect when
   applied (raft.py); this shell then updates its member table and the peer links. The
   table and the conf state are replayed from the log on restart and travel in snapshot
   metadata (kept per compaction point), so every restart and every snapshot knows them.
