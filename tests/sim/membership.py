@@ -21,6 +21,7 @@ Not simulated: removing a voter from a cluster of two voters. The survivor can l
 commit index of the removal in a power loss (commit-only hard states are not fsynced; the
 actor replays the log from its compaction point) and then waits for the vote of a member
 that stopped for good; the first seed found it (etcd has the same two-member caveat).
+`two_voter_removals=True` lets the sim do it (tests/sim/test_membership.py pins seed 0).
 
 Checkers (tests/sim/checkers.py MembershipChecker): a leader counts exactly the voters of
 the committed log as of its applied index (a removed member or a learner never counts in a
@@ -49,7 +50,8 @@ def member(i: int) -> Member:
 
 class MembershipSim(Sim):
     def __init__(self, seed: int, nodes: int | None = None, steps: int | None = None,
-                 verbose: bool = False, **kw) -> None:
+                 verbose: bool = False, two_voter_removals: bool = False, **kw) -> None:
+        self.two_voter_removals = two_voter_removals  # see the module docstring
         self.statics: dict[int, list[tuple[int, Member, bool]]] = {}
         self.mchecker: MembershipChecker | None = None
         super().__init__(seed, nodes=nodes, steps=steps, verbose=verbose, **kw)
@@ -195,7 +197,7 @@ class MembershipSim(Sim):
                 self.stats["promotions"] += 1
         elif kind == "remove":
             target = lead.id if rng.random() < 0.4 else rng.choice(sorted(ms.members))
-            if len(ms.voters) == 2 and target in ms.voters:
+            if len(ms.voters) == 2 and target in ms.voters and not self.two_voter_removals:
                 # Not from two voters to one: the survivor may restart with a commit index
                 # below the removal (a commit-only hard state is not fsynced) and then need
                 # the vote of a member that has stopped for good (etcd's two-member caveat;
@@ -217,4 +219,5 @@ class MembershipSim(Sim):
         super().step(safety)
 
     def replay_command(self) -> str:
-        return replay_command(self.seed, self.n) + " --membership"
+        extra = " --two-voter-removals" if self.two_voter_removals else ""
+        return replay_command(self.seed, self.n) + " --membership" + extra

@@ -37,13 +37,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-check-quorum", action="store_true")
     ap.add_argument("--membership", action="store_true",
                     help="membership changes too (tests/sim/membership.py: add learner, promote, remove)")
+    ap.add_argument("--two-voter-removals", action="store_true",
+                    help="with --membership: also remove a voter from two (a known hazard)")
     args = ap.parse_args(argv)
 
     sim_class = MembershipSim if args.membership else Sim
+    extra = {"two_voter_removals": True} if args.two_voter_removals else {}
 
     def one(seed: int, verbose: bool) -> dict:
         return sim_class(seed, nodes=args.nodes, steps=args.steps, verbose=verbose,
-                   pre_vote=not args.no_pre_vote, check_quorum=not args.no_check_quorum).run()
+                         pre_vote=not args.no_pre_vote, check_quorum=not args.no_check_quorum, **extra).run()
 
     if args.seed is not None:
         try:
