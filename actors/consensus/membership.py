@@ -6,11 +6,12 @@ the I/O (peer links, the removal marker, replies, logs). The simulator (tests/si
 drives the same class the same way.
 
     ms = Membership.initial(static_members, snapshot)   # at start: the WAL's compaction point
-    cc = ms.check(op, view)              # on the leader: a member op -> ConfChange, or raises
+    cc = ms.check(op, view, mint_id)     # on the leader: a member op -> ConfChange, or raises
     applied = ms.apply(index, cc, conf)  # a committed CONF_CHANGE, with the core's new conf
     ms.restore(snapshot)                 # a snapshot from the leader replaced the log
     meta = ms.conf_at(index)             # the membership at a compaction point
     mid = ms.promotion_candidate(view)   # --auto-promote-learners
+    standalone_changes(conf, log_ccs, self_id, me)  # --force-new-cluster
 
 Rules:
 - No I/O, no clock, no randomness: time and liveness arrive in a `ClusterView` (who was
