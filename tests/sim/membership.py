@@ -56,14 +56,15 @@ class MembershipSim(Sim):
         self.mchecker: MembershipChecker | None = None
         super().__init__(seed, nodes=nodes, steps=steps, verbose=verbose, **kw)
         rng = self.rng
-        self.mchecker = MembershipChecker(self.ids)
+        self.mchecker = MembershipChecker(self.ids, {i: (member(i).name, member(i).peer_urls) for i in self.ids})
         self.p_member = rng.choice([0.02, 0.05, 0.1])
         self.auto_promote = rng.random() < 0.5
         self.next_id = max(self.ids) + 1
         self.removed_at: dict[int, int] = {}  # member id -> step its removal was first applied
         self.born: list[tuple[int, SimNode]] = []  # (new id, the node whose table it starts with)
+        self.table_checked: dict[int, tuple[int, int]] = {}  # leader -> (term, applied) checked
         for k in ("member_ops", "member_refused", "conf_changes", "learners_added", "promotions",
-                  "removals", "leader_removals", "stopped"):
+                  "removals", "leader_removals", "updates", "stopped"):
             self.stats[k] = 0
         self.trace(f"membership: p_member={self.p_member}, auto_promote={self.auto_promote}")
 
@@ -82,7 +83,7 @@ class MembershipSim(Sim):
         done = sn.ms.apply(e.index, cc, sn.node.apply_conf_change(cc))
         self.stats["conf_changes"] += 1
         assert self.mchecker is not None  # (set once the base Sim has drawn the cluster)
-        self.mchecker.conf_change_applied(sn.id, e.index, int(cc.type), cc.node_id)
+        self.mchecker.conf_change_applied(sn.id, e.index, int(cc.type), cc.node_id, cc.context)
         mid = cc.node_id
         if cc.type in (CC.ADD_LEARNER_NODE, CC.ADD_NODE) and mid not in self.nodes \
                 and all(b != mid for b, _ in self.born) and mid not in self.removed_at:
@@ -107,6 +108,10 @@ class MembershipSim(Sim):
             return
         applied = r.log.applied
         self.mchecker.leader_counts(r.term, sn.id, applied, r.prs.voters)
+        if self.table_checked.get(sn.id) != (r.term, applied):
+            self.table_checked[sn.id] = (r.term, applied)
+            self.mchecker.leader_table(r.term, sn.id, applied,
+                                       {i: (m.name, m.peer_urls) for i, m in sn.ms.members.items()})
         commit = r.log.committed
         seen = self.mchecker.checked_commit.setdefault((r.term, sn.id), commit)  # inherited: not its quorum
         if commit <= seen:
@@ -186,7 +191,7 @@ class MembershipSim(Sim):
                 self.stats["promotions"] += 1
         if rng.random() >= self.p_member:
             return
-        kind = rng.choice(["add", "add", "promote", "remove", "remove"])
+        kind = rng.choice(["add", "add", "promote", "remove", "remove", "update"])
         if kind == "add" and len(ms.members) < MAX_MEMBERS:
             k = self.next_id
             if self.member_op(lead, {"op": "member_add", "name": f"m{k}", "peer_urls": [f"sim://m{k}"],
@@ -195,6 +200,11 @@ class MembershipSim(Sim):
         elif kind == "promote" and ms.learners:
             if self.member_op(lead, {"op": "member_promote", "member_id": rng.choice(ms.learners)}):
                 self.stats["promotions"] += 1
+        elif kind == "update":
+            target = rng.choice(sorted(ms.members))
+            if self.member_op(lead, {"op": "member_update", "member_id": target,
+                                     "peer_urls": [f"sim://{target}-{self.now}"]}):
+                self.stats["updates"] += 1
         elif kind == "remove":
             target = lead.id if rng.random() < 0.4 else rng.choice(sorted(ms.members))
             if len(ms.voters) == 2 and target in ms.voters and not self.two_voter_removals:

@@ -81,3 +81,25 @@ def test_removing_a_voter_from_two():
     (e.g. fsync the hard state when it applies a conf change, and a removed member stays
     until every remaining voter has the commit), this passes: drop the sim's restriction."""
     MembershipSim(0, nodes=3, two_voter_removals=True).run()
+
+
+def test_planted_bug_member_update_forgotten(monkeypatch):
+    """The member-table checker: a core that applies a member update without its new peer
+    URLs is caught (within 300 seeds; it takes about five)."""
+    import actors.consensus.membership as core
+
+    apply = core.Membership.apply
+
+    def forgetful(self, index, cc, conf):
+        if cc.type == core.CC.UPDATE_NODE:
+            cc = core.ConfChange(cc.type, cc.node_id, b"")
+        return apply(self, index, cc, conf)
+
+    monkeypatch.setattr(core.Membership, "apply", forgetful)
+    for seed in range(300):
+        try:
+            MembershipSim(seed, nodes=3 if seed % 2 == 0 else 5, steps=STEPS).run()
+        except SimFailure as e:
+            assert "member table" in str(e), e
+            return
+    pytest.fail("a forgotten member update went unnoticed for 300 seeds")
