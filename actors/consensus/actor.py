@@ -1,10 +1,10 @@
 """The consensus actor: a thin shell that does the Raft core's I/O.
 
-Loop (DESIGN.md section 3): take a Ready from the core -> persist snapshot metadata,
-hard state and entries to the WAL (fsync when `must_sync`) -> make them visible in
-MemoryStorage -> send messages to peers -> answer read states -> serve committed entries
-to storage -> advance. Proposals that arrive together share one Ready and so one fsync
-(group commit).
+Loop (actors/consensus/ready.py, etcd-io/raft doc.go): take a Ready from the core -> persist
+snapshot metadata, hard state and entries to the WAL (fsync when `must_sync`) -> make them
+visible in MemoryStorage -> send messages to peers -> answer read states, apply conf changes
+-> advance; storage is served committed entries after the loop. Proposals that arrive
+together share one Ready and so one fsync (group commit).
 
 - Storage pulls committed entries (FETCH after_index -> ENTRIES); a fetch with nothing
   new is held until the commit index moves. Storage reports the index it has durably
@@ -26,10 +26,11 @@ to storage -> advance. Proposals that arrive together share one Ready and so one
   unknown) from ones the current process holds.
 - On a clean stop the leader hands leadership to the most up-to-date follower first,
   so the cluster does not wait an election timeout.
-- Membership (etcd 3.4 semantics): member_add / _remove / _update / _promote run on the
-  leader (a follower forwards them, PEER_MEMBER) after etcd's --strict-reconfig-check
-  rules, become one CONF_CHANGE entry each (the member's name and peer URLs ride in its
-  context), and are answered once that entry is applied. Conf changes take effect when
+- Membership (etcd 3.4 semantics; the policy and the member table are the pure
+  actors/consensus/membership.py, this shell does its I/O): member_add / _remove / _update /
+  _promote run on the leader (a follower forwards them, PEER_MEMBER) after etcd's
+  --strict-reconfig-check rules, become one CONF_CHANGE entry each (the member's name and
+  peer URLs ride in its context), and are answered once that entry is applied. Conf changes take effect when
   applied (raft.py); this shell then updates its member table and the peer links. The
   table and the conf state are replayed from the log on restart and travel in snapshot
   metadata (kept per compaction point), so every restart and every snapshot knows them.
@@ -64,10 +65,11 @@ import shutil
 import time
 from typing import Any, Callable
 
-import msgpack
 import zmq
 
 from actors.consensus import peer_wire as W
+from actors.consensus.membership import ClusterView, Member, Membership, standalone_changes
+from actors.consensus.ready import Hooks, drive
 from actors.consensus.raft import Config as RaftConfig
 from actors.consensus.raft import (ConfChange, ConfChangeRefused, ConfChangeType, ConfState, Entry, EntryType,
                                    HardState, MemoryStorage, Message, MessageType, ProposalDropped, RawNode,
@@ -98,7 +100,6 @@ STATS_INTERVAL_S = 10.0
 HELLO_INTERVAL_S = 1.0
 LEADERSHIP_INTERVAL_S = 0.25
 AUTO_PROMOTE_INTERVAL_S = 0.5
-LEARNER_READY_RATIO = 0.9  # etcd: a learner is in sync once its match >= 90% of the leader's
 REMOVED_MARKER = "removed"  # see nodes/supervisor.py
 DISK_RETRY_TICK_S = 0.1  # how often a failed disk is looked at (DiskFault sets the backoff)
 CC = ConfChangeType
@@ -117,26 +118,23 @@ class ConsensusActor(Actor):
         os.makedirs(self.snap_dir, exist_ok=True)
         self.disk = DiskFault(os.path.join(self.data_dir, "consensus"))
         self._held: Any = None  # the Ready the disk refused to save (module docstring)
+        self._hooks = Hooks(self._persist, self._send, self._apply, self._advanced)
         self._wal_writable = True  # False from a refused write until a reopen works
         self.frozen_dropped = 0  # peer Raft messages dropped while frozen
         self.wal = WAL(self.disk.path)
         if self.wal.open_error is not None:  # full at start: read-only, frozen
             self._disk_error(self.wal.open_error, "open")
         hard_state, snapshot, entries = self.wal.load()
-        self.members, self.conf = self._initial_membership(snapshot)
+        self.ms = Membership.initial(self._static_members(), snapshot)
         if cfg.force_new_cluster:
             hard_state, entries = self._force_new_cluster(hard_state, snapshot, entries)
         self.raft_storage = MemoryStorage(hard_state, snapshot, entries)
-        # (index, conf state, packed members) after each applied conf change: the membership
-        # recorded at a compaction point (snapshot metadata).
-        self.conf_history: list[tuple[int, ConfState, bytes]] = [
-            (snapshot.index, self.conf.copy(), self._pack_members())]
         self.removed = False
         self.node = RawNode(
             RaftConfig(
                 id=self.id,
-                voters=self.conf.voters,
-                learners=self.conf.learners,
+                voters=self.ms.raft_conf().voters,
+                learners=self.ms.raft_conf().learners,
                 election_tick=cfg.election_tick,
                 heartbeat_tick=cfg.heartbeat_tick,
                 max_inflight_bytes=INFLIGHT_BYTES,
@@ -191,6 +189,15 @@ class ConsensusActor(Actor):
         self.log.info("consensus_loaded", term=hard_state.term, commit=hard_state.commit,
                       first_index=self.raft_storage.first_index(), last_index=self.raft_storage.last_index(),
                       voters=[f"{v:x}" for v in self.conf.voters], learners=[f"{v:x}" for v in self.conf.learners])
+
+    @property
+    def conf(self) -> ConfState:
+        """The membership's conf state (the core's, mirrored by Membership.apply)."""
+        return self.ms.conf
+
+    @property
+    def members(self) -> dict[int, Member]:
+        return self.ms.members
 
     def _my_info(self) -> dict[str, Any]:
         return {
@@ -419,35 +426,26 @@ class ConsensusActor(Actor):
 
     # --- the Ready loop ------------------------------------------------------------
     def flush(self) -> None:
-        while self._held is not None or self.node.has_ready():
-            rd = self._held if self._held is not None else self.node.ready()
-            if not self._persist(rd):
-                break  # held: saved once the disk takes writes again; nothing of it goes out
-            if rd.snapshot is not None:
-                self.raft_storage.apply_snapshot(rd.snapshot)
-                self.committed = max(self.committed, rd.snapshot.index)
-                self._restore_membership(rd.snapshot)
-            if rd.hard_state is not None:
-                self.raft_storage.set_hard_state(rd.hard_state)
-            if rd.entries:
-                self.raft_storage.append(rd.entries)
-            self._send(rd.messages)
-            self._answer_read_states(rd)
-            if rd.committed_entries:
-                self._apply_membership(rd.committed_entries)
-                self.committed = max(self.committed, rd.committed_entries[-1].index)
-            if rd.soft_state is not None and rd.soft_state.lead != self.lead:
-                self._leader_changed(rd.soft_state.lead)
-            self.node.advance(rd)
-            if self._campaign_if_alone:
-                self._campaign_if_alone = False
-                st = self.node.status()
-                if self.conf.voters == [self.id] and st.raft_state != StateType.LEADER:
-                    self.node.campaign()
+        self._held = drive(self.node, self.raft_storage, self._hooks, self._held)
         self._serve_fetches()
         self._check_moves()
         if not self.disk.failed:
             self._maybe_compact()
+
+    def _apply(self, rd: Any) -> None:
+        self._answer_read_states(rd)
+        if rd.committed_entries:
+            self._apply_membership(rd.committed_entries)
+            self.committed = max(self.committed, rd.committed_entries[-1].index)
+        if rd.soft_state is not None and rd.soft_state.lead != self.lead:
+            self._leader_changed(rd.soft_state.lead)
+
+    def _advanced(self, rd: Any) -> None:
+        if self._campaign_if_alone:
+            self._campaign_if_alone = False
+            st = self.node.status()
+            if self.conf.voters == [self.id] and st.raft_state != StateType.LEADER:
+                self.node.campaign()
 
     def _persist(self, rd: Any) -> bool:
         """Save a Ready's snapshot, hard state and entries (one batch). False when the disk
@@ -472,6 +470,9 @@ class ConsensusActor(Actor):
             return False
         failpoint("after_log_fsync")
         self._held = None
+        if rd.snapshot is not None:
+            self.committed = max(self.committed, rd.snapshot.index)
+            self._restore_membership(rd.snapshot)
         if sync:
             self.fsyncs += 1
             self.entries_synced += len(rd.entries)
@@ -618,7 +619,7 @@ class ConsensusActor(Actor):
         else:
             return
         term = self.raft_storage.term(index)
-        conf = self._conf_at(index)
+        conf = self.ms.conf_at(index)
         try:
             self.wal.compact(index, term, conf)
         except Exception as exc:
@@ -754,70 +755,31 @@ class ConsensusActor(Actor):
             self.log.warning("snapshot_requests_lost", reason="storage restarted",
                              checkpoints=len(lost_checkpoints), installs=len(lost_installs))
 
-    # --- membership ------------------------------------------------------------------
-    def _my_meta(self) -> dict[str, Any]:
+    # --- membership (the policy is actors/consensus/membership.py; here only its I/O) -----
+    def _my_member(self) -> Member:
         key = security.load_keypair(self.cfg.peer_key_file)[0].decode() if self.cfg.peer_security else ""
-        return {"name": self.cfg.name, "peer_urls": list(self.cfg.initial_advertise_peer_urls), "peer_key": key}
+        return Member(self.cfg.name, tuple(self.cfg.initial_advertise_peer_urls), key)
 
-    def _initial_membership(self, snapshot: SnapshotMeta) -> tuple[dict[int, dict[str, Any]], ConfState]:
-        """The membership at the WAL's compaction point: the snapshot's, else the one this
-        member joined with, else the static --initial-cluster. The log replays the rest."""
+    def _static_members(self) -> list[tuple[int, Member, bool]]:
+        """The membership this member started with: the table it joined with, else the
+        static --initial-cluster (a snapshot in the WAL overrides both: Membership.initial)."""
         cfg = self.cfg
         if cfg.initial_members:
-            members = {int(m[0]): {"name": str(m[1]), "peer_urls": list(m[2]),
-                                   "peer_key": str(m[4]) if len(m) > 4 else ""} for m in cfg.initial_members}
-            conf = ConfState([int(m[0]) for m in cfg.initial_members if not m[3]],
-                             [int(m[0]) for m in cfg.initial_members if m[3]])
-        else:
-            members = {m.id: {"name": m.name, "peer_urls": list(m.peer_urls), "peer_key": m.peer_key}
-                       for m in cfg.members}
-            conf = ConfState([m.id for m in cfg.members], [])
-        if snapshot.voters:
-            packed = self._unpack_members(snapshot.context)
-            members = {i: packed.get(i) or members.get(i) or {"name": "", "peer_urls": [], "peer_key": ""}
-                       for i in [*snapshot.voters, *snapshot.learners]}
-            conf = snapshot.conf_state()
-        return members, conf.copy()
-
-    def _pack_members(self) -> bytes:
-        return msgpack.packb([[i, m["name"], m["peer_urls"], m.get("peer_key", "")] for i, m in self.members.items()],
-                             use_bin_type=True)
-
-    @staticmethod
-    def _unpack_members(data: bytes) -> dict[int, dict[str, Any]]:
-        try:
-            return {int(m[0]): {"name": str(m[1]), "peer_urls": [str(u) for u in m[2]],
-                                "peer_key": str(m[3]) if len(m) > 3 else ""}
-                    for m in msgpack.unpackb(data, raw=False)} if data else {}
-        except Exception:  # noqa: BLE001 - an old or damaged context: the ids are still known
-            return {}
-
-    @staticmethod
-    def _conf_apply(voters: set[int], learners: set[int], cc: ConfChange) -> None:
-        """The core's rule (raft.apply_conf_change) on plain sets, to replay a log."""
-        if cc.type == CC.ADD_NODE:
-            learners.discard(cc.node_id)
-            voters.add(cc.node_id)
-        elif cc.type == CC.ADD_LEARNER_NODE and cc.node_id not in voters:
-            learners.add(cc.node_id)
-        elif cc.type == CC.REMOVE_NODE and voters - {cc.node_id}:
-            voters.discard(cc.node_id)
-            learners.discard(cc.node_id)
+            return [(int(m[0]), Member(str(m[1]), tuple(m[2]), str(m[4]) if len(m) > 4 else ""), bool(m[3]))
+                    for m in cfg.initial_members]
+        return [(m.id, Member(m.name, tuple(m.peer_urls), m.peer_key), False) for m in cfg.members]
 
     def _force_new_cluster(self, hs: HardState, snapshot: SnapshotMeta,
                            entries: list[Entry]) -> tuple[HardState, list[Entry]]:
         """Commit the whole local log and append conf changes that leave only us."""
-        voters, learners = set(self.conf.voters), set(self.conf.learners)
+        ccs = []
         for e in entries:
             if e.type == EntryType.CONF_CHANGE:
                 try:
-                    self._conf_apply(voters, learners, ConfChange.from_bytes(e.data))
+                    ccs.append(ConfChange.from_bytes(e.data))
                 except ValueError:
                     pass
-        changes = []
-        if self.id not in voters:
-            changes.append(ConfChange(CC.ADD_NODE, self.id, msgpack.packb(self._my_meta(), use_bin_type=True)))
-        changes += [ConfChange(CC.REMOVE_NODE, i, b"") for i in sorted((voters | learners) - {self.id})]
+        changes = standalone_changes(self.conf, ccs, self.id, self._my_member())
         last_index, last_term = (entries[-1].index, entries[-1].term) if entries else (snapshot.index, snapshot.term)
         term = max(hs.term, last_term, 1)
         new = [Entry(term, last_index + 1 + i, int(EntryType.CONF_CHANGE), cc.to_bytes())
@@ -833,9 +795,9 @@ class ConsensusActor(Actor):
         removed member), and the ZAP table = the current members' peer keys, replaced whole
         (a removed member's key is refused from this moment)."""
         peers = dict(self.lingering)
-        peers.update({i: (m["peer_urls"][0], m.get("peer_key", "")) for i, m in self.members.items()
-                      if i != self.id and m["peer_urls"]})
-        self.transport.set_trusted({i: m.get("peer_key", "") for i, m in self.members.items()})
+        peers.update({i: (m.peer_urls[0], m.peer_key) for i, m in self.members.items()
+                      if i != self.id and m.peer_urls})
+        self.transport.set_trusted({i: m.peer_key for i, m in self.members.items()})
         self.transport.set_peers(peers)
 
     def _forget_peer(self, peer: int) -> None:
@@ -846,11 +808,11 @@ class ConsensusActor(Actor):
         self._sync_transport()
 
     def _member_wire(self, mid: int) -> dict[str, Any]:
-        m = self.members.get(mid, {"name": "", "peer_urls": []})
+        m = self.members.get(mid, Member())
         info = self.member_info.get(mid, {})
-        return {"id": mid, "name": m["name"], "peer_urls": list(m["peer_urls"]), "peer_key": m.get("peer_key", ""),
+        return {"id": mid, "name": m.name, "peer_urls": list(m.peer_urls), "peer_key": m.peer_key,
                 "client_urls": info.get("client_urls") or [], "watch_urls": info.get("watch_urls") or [],
-                "is_learner": mid in self.conf.learners}
+                "is_learner": self.ms.is_learner(mid)}
 
     def _members_wire(self) -> list[dict[str, Any]]:
         return [self._member_wire(mid) for mid in self.members]
@@ -858,30 +820,15 @@ class ConsensusActor(Actor):
     def _on_join(self) -> M.PeerJoinResp:
         """PEER_JOIN from a node that is starting with --initial-cluster-state existing."""
         return M.PeerJoinResp(self.cfg.cluster_id, [
-            M.JoinMember(i, m["name"], m["peer_urls"], i in self.conf.learners, m.get("peer_key", ""))
+            M.JoinMember(i, m.name, list(m.peer_urls), self.ms.is_learner(i), m.peer_key)
             for i, m in self.members.items()])
 
     def _restore_membership(self, snap: SnapshotMeta) -> None:
-        if not snap.voters:
+        if not self.ms.restore(snap):
             return
-        packed = self._unpack_members(snap.context)
-        self.members = {i: packed.get(i) or self.members.get(i) or {"name": "", "peer_urls": [], "peer_key": ""}
-                        for i in [*snap.voters, *snap.learners]}
-        self.conf = snap.conf_state().copy()
-        self.conf_history = [(snap.index, self.conf.copy(), self._pack_members())]
         self._sync_transport()
         self.log.info("membership_restored", index=snap.index, voters=[f"{v:x}" for v in self.conf.voters],
                       learners=[f"{v:x}" for v in self.conf.learners])
-
-    def _conf_at(self, index: int) -> SnapshotMeta:
-        """The membership as of log index `index` (for a compaction point); older history goes."""
-        at = 0
-        for k, (i, _, _) in enumerate(self.conf_history):
-            if i <= index:
-                at = k
-        del self.conf_history[:at]
-        _, conf, packed = self.conf_history[0]
-        return SnapshotMeta(0, 0, list(conf.voters), list(conf.learners), packed)
 
     def _apply_membership(self, entries: list[Entry]) -> None:
         """Committed entries are being applied: conf changes switch the membership; member
@@ -910,38 +857,22 @@ class ConsensusActor(Actor):
                     reply({"member": self._member_wire(cc.node_id), "members": self._members_wire()}, None)
 
     def _apply_conf_change(self, index: int, cc: ConfChange) -> None:
-        meta: dict[str, Any] = {}
-        if cc.context:
-            try:
-                raw = msgpack.unpackb(cc.context, raw=False)
-                meta = {"name": str(raw.get("name") or ""), "peer_urls": [str(u) for u in raw.get("peer_urls") or []],
-                        "peer_key": str(raw.get("peer_key") or "")}
-            except Exception:  # noqa: BLE001 - metadata is best effort; the conf change is not
-                meta = {}
-        before = self.conf.copy()
-        self.conf = self.node.apply_conf_change(cc).copy()
+        done = self.ms.apply(index, cc, self.node.apply_conf_change(cc))
         mid = cc.node_id
-        if cc.type in (CC.ADD_NODE, CC.ADD_LEARNER_NODE, CC.UPDATE_NODE):
-            if mid in self.conf.voters or mid in self.conf.learners:
-                old = self.members.get(mid, {"name": "", "peer_urls": [], "peer_key": ""})
-                self.members[mid] = {"name": meta.get("name") or old["name"],
-                                     "peer_urls": meta.get("peer_urls") or old["peer_urls"],
-                                     "peer_key": meta.get("peer_key") or old.get("peer_key", "")}
-        elif cc.type == CC.REMOVE_NODE and mid not in self.conf.voters:
-            gone = self.members.pop(mid, None)
+        if cc.type == CC.REMOVE_NODE and mid not in self.conf.voters:
             self.member_info.pop(mid, None)
             self.last_heard.pop(mid, None)
-            if mid != self.id and gone and gone["peer_urls"]:
+            gone = done.removed
+            if mid != self.id and gone and gone.peer_urls:
                 # Keep the link a little: a removed leader's hand-over (TIMEOUT_NOW) and
                 # replies in flight still get through; the Raft core ignores the rest.
-                self.lingering[mid] = (gone["peer_urls"][0], gone.get("peer_key", ""))
+                self.lingering[mid] = (gone.peer_urls[0], gone.peer_key)
                 self.call_later(min(2 * self.cfg.election_timeout / 1000.0, 5.0),
                                 lambda mid=mid: self._forget_peer(mid))
-        self.conf_history.append((index, self.conf.copy(), self._pack_members()))
         self._sync_transport()
         self.log.info("membership_changed", index=index, change=cc.type.name.lower(), member=f"{mid:x}",
                       voters=[f"{v:x}" for v in self.conf.voters], learners=[f"{v:x}" for v in self.conf.learners],
-                      changed=before != self.conf)
+                      changed=done.changed)
         if cc.type == CC.REMOVE_NODE and mid == self.id and self.id not in self.conf.voters:
             self._on_removed(index)
         elif self.conf.voters == [self.id]:
@@ -991,7 +922,8 @@ class ConsensusActor(Actor):
                 raise self._disk_refusal()
             if self.lead != self.id:
                 raise errors.NoLeader("etcdserver: not leader")
-            cc = self._check_member_op(op)
+            cc = self.ms.check(op, self._view(), lambda name, urls: new_member_id(
+                self.cfg.cluster_id, name, urls, time.time_ns()))
             self.node.propose_conf_change(cc)
         except errors.QkvError as err:
             reply(None, err.to_wire())
@@ -1007,100 +939,34 @@ class ConsensusActor(Actor):
         self.log.info("conf_change_proposed", index=st.last_index, change=cc.type.name.lower(),
                       member=f"{cc.node_id:x}")
 
-    def _active_voters(self) -> set[int]:
-        """Voters heard from within an election timeout and connected right now (a HELLO
-        goes out: the links use ZMQ_IMMEDIATE, so a send to a dead peer fails at once);
-        us included (etcd: transport ActiveSince)."""
-        return {v for v in self.conf.voters if v == self.id or self._peer_active(v)}
+    def _view(self) -> ClusterView:
+        """What the membership policy needs to know now: members heard from within an election
+        timeout and connected right now (etcd: transport ActiveSince), us included, and the
+        leader's progress."""
+        st = self.node.status()
+        members = [*self.conf.voters, *self.conf.learners]
+        active = frozenset(m for m in members if m == self.id or self._peer_active(m))
+        return ClusterView(active, st.pending_conf_index > st.applied, st.commit,
+                           {i: p[0] for i, p in st.progress.items()}, frozenset(self.transport.removed),
+                           self.cfg.peer_security)
 
     def _peer_active(self, peer: int) -> bool:
+        """Heard from within an election timeout, and connected now: a HELLO goes out (the
+        links use ZMQ_IMMEDIATE, so a send to a dead peer fails at once)."""
         window = max(self.cfg.election_timeout / 1000.0, 0.2)
         return (time.monotonic() - self.last_heard.get(peer, -1e9) < window
                 and self.transport.send(peer, M.PeerHello(self.id, self._my_info())))
-
-    def _learner_ready(self, mid: int) -> bool:
-        st = self.node.status()
-        pr = st.progress.get(mid)
-        return (pr is not None and mid in self._active_learners()
-                and pr[0] >= int(LEARNER_READY_RATIO * st.commit))
-
-    def _active_learners(self) -> set[int]:
-        return {v for v in self.conf.learners if self._peer_active(v)}
-
-    def _check_member_op(self, op: dict) -> ConfChange:
-        """etcd's checks, --strict-reconfig-check included (always on here)."""
-        name = op["op"]
-        st = self.node.status()
-        if st.pending_conf_index > st.applied:
-            raise errors.ConfChangeInProgress()
-        voters = self.conf.voters
-        active = self._active_voters()
-        n = len(voters)
-        if name == "member_add":
-            urls = list(op["peer_urls"])
-            for m in self.members.values():
-                if set(m["peer_urls"]) & set(urls):
-                    raise errors.MemberExists("etcdserver: Peer URLs already exists")
-                if op["name"] and m["name"] == op["name"]:
-                    raise errors.MemberExists("etcdserver: member name already exists")
-            if not op["is_learner"] and not (len(active) == 1 and n == 1) and len(active) < (n + 1) // 2 + 1:
-                raise errors.UnhealthyCluster(
-                    "etcdserver: re-configuration failed due to not enough started members")
-            key = op.get("peer_key", "")
-            if self.cfg.peer_security and not key:
-                raise errors.InvalidArgument("etcdserver: this cluster runs peer security: member add needs the "
-                                             "new member's peer_key (its public key, qkv keygen)")
-            if key and any(m.get("peer_key") == key for m in self.members.values()):
-                raise errors.MemberExists("etcdserver: peer key already in use by another member")
-            mid = 0
-            while mid == 0 or mid in self.members or mid in self.transport.removed:
-                mid = new_member_id(self.cfg.cluster_id, op["name"], urls, time.time_ns())
-            meta = msgpack.packb({"name": op["name"], "peer_urls": urls, "peer_key": key}, use_bin_type=True)
-            return ConfChange(CC.ADD_LEARNER_NODE if op["is_learner"] else CC.ADD_NODE, mid, meta)
-        mid = op["member_id"]
-        if mid not in self.members:
-            raise errors.MemberNotFound()
-        if name == "member_remove":
-            if mid in voters:
-                if n == 1:
-                    raise errors.UnhealthyCluster("etcdserver: cannot remove the only voting member")
-                # A member that is down is not part of the active quorum: removing it is safe.
-                if (mid in active or mid == self.id) and len(active) - 1 < (n - 1) // 2 + 1:
-                    raise errors.UnhealthyCluster("etcdserver: unhealthy cluster: removing this member "
-                                                  "would leave too few active members for a quorum")
-            return ConfChange(CC.REMOVE_NODE, mid, b"")
-        if name == "member_update":
-            urls = list(op["peer_urls"])
-            for other, m in self.members.items():
-                if other != mid and set(m["peer_urls"]) & set(urls):
-                    raise errors.MemberExists("etcdserver: Peer URLs already exists")
-            meta = msgpack.packb({"name": self.members[mid]["name"], "peer_urls": urls,
-                                  "peer_key": self.members[mid].get("peer_key", "")}, use_bin_type=True)
-            return ConfChange(CC.UPDATE_NODE, mid, meta)
-        assert name == "member_promote", name
-        if mid not in self.conf.learners:
-            raise errors.MemberNotLearner()
-        if not self._learner_ready(mid):
-            raise errors.LearnerNotReady()
-        if len(active) + 1 < (n + 1) // 2 + 1:
-            raise errors.UnhealthyCluster("etcdserver: re-configuration failed due to not enough started members")
-        return ConfChange(CC.ADD_NODE, mid, b"")
 
     def _auto_promote(self) -> None:
         """--auto-promote-learners: the leader promotes a learner once it has caught up."""
         if self.lead != self.id or not self.conf.learners or self.removed:
             return
-        st = self.node.status()
-        if st.pending_conf_index > st.applied:
-            return
-        for mid in list(self.conf.learners):
-            if not self._learner_ready(mid):
-                continue
+        mid = self.ms.promotion_candidate(self._view())
+        if mid is not None:
             self._member_request({"op": "member_promote", "member_id": mid},
                                  lambda result, error, mid=mid: self.log.info(
                                      "learner_auto_promoted" if error is None else "learner_auto_promote_failed",
                                      member=f"{mid:x}", error=error))
-            return
 
     # --- stats and shutdown ----------------------------------------------------------
     def _log_stats(self) -> None:

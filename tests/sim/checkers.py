@@ -22,6 +22,10 @@ step stays proportional to what changed. A violation raises `SafetyViolation`.
 
 from __future__ import annotations
 
+import bisect
+
+import msgpack  # type: ignore[import-untyped]
+
 
 class SafetyViolation(AssertionError):
     pass
@@ -141,3 +145,128 @@ class Checker:
                 f"read index: node {node} got read point {index} for {ctx!r}, but commit "
                 f"{floor} was known when it was issued")
         self.reads_checked += 1
+
+
+class MembershipChecker:
+    """Quorums under membership changes (tests/sim/membership.py), from the committed log
+    alone: the conf changes every node applied, folded by index from the initial voters
+    with its own copy of the single-step rule (not the code under test).
+
+    - Quorum set: a leader counts exactly the voters the log says it has as of its applied
+      index: no learner, no removed member, nobody missing.
+    - Commit quorum: when a leader's commit index moves to c, a majority of those voters
+      hold (c, term) on their disks (or have compacted past c); a removed member or a
+      learner holding it does not help.
+    - Member table: a leader's table (names, peer URLs) is the one the log's conf changes
+      build, as of its applied index, whatever restarts and snapshots it went through.
+    (No two leaders in a term: `Checker.leader_seen`, whatever the changes.)
+    """
+
+    def __init__(self, voters: list[int], table: dict[int, tuple[str, tuple[str, ...]]] | None = None) -> None:
+        self.initial = frozenset(voters)
+        self.initial_table = dict(table or {})  # member id -> (name, peer URLs)
+        self.contexts: dict[int, bytes] = {}  # index -> the conf change's context
+        self._table_cache: tuple[int, frozenset[int], frozenset[int], dict[int, tuple[str, tuple[str, ...]]]] = (
+            0, self.initial, frozenset(), dict(self.initial_table))
+        self.tables_checked = 0
+        self.changes: dict[int, tuple[int, int]] = {}  # index -> (conf change type, node id)
+        self._indexes: list[int] = []  # sorted keys of `changes`
+        self._cache: tuple[int, frozenset[int], frozenset[int]] = (0, self.initial, frozenset())
+        self.checked_commit: dict[tuple[int, int], int] = {}  # (term, leader) -> commit checked
+        self.quorums_checked = 0
+
+    def conf_change_applied(self, node: int, index: int, type_: int, node_id: int, context: bytes = b"") -> None:
+        seen = self.changes.get(index)
+        if seen is None:
+            self.changes[index] = (type_, node_id)
+            self.contexts[index] = context
+            bisect.insort(self._indexes, index)
+        elif seen != (type_, node_id):
+            raise SafetyViolation(f"membership: node {node} applied conf change {(type_, node_id)} at {index}, "
+                                  f"another node applied {seen}")
+
+    def conf_at(self, index: int) -> tuple[frozenset[int], frozenset[int]]:
+        """(voters, learners) after every conf change at or below `index`."""
+        at, voters, learners = self._cache
+        if index == at:
+            return voters, learners
+        if index < at:
+            at, voters, learners = 0, self.initial, frozenset()
+        v, lrn = set(voters), set(learners)
+        lo = bisect.bisect_right(self._indexes, at)
+        hi = bisect.bisect_right(self._indexes, index)
+        for i in self._indexes[lo:hi]:
+            v, lrn = self._fold(v, lrn, *self.changes[i])
+        self._cache = (index, frozenset(v), frozenset(lrn))
+        return self._cache[1], self._cache[2]
+
+    @staticmethod
+    def _fold(v: set[int] | frozenset[int], lrn: set[int] | frozenset[int], t: int,
+              nid: int) -> tuple[set[int], set[int]]:
+        nv, nl = set(v), set(lrn)
+        if t == 0:  # ADD_NODE (promotes a learner)
+            nl.discard(nid)
+            nv.add(nid)
+        elif t == 3:  # ADD_LEARNER_NODE (never demotes a voter)
+            if nid not in nv:
+                nl.add(nid)
+        elif t == 1:  # REMOVE_NODE
+            nv.discard(nid)
+            nl.discard(nid)
+        if nv:  # removing the last voter is refused
+            return nv, nl
+        return set(v), set(lrn)
+
+    def table_at(self, index: int) -> dict[int, tuple[str, tuple[str, ...]]]:
+        """The member table (id -> (name, peer URLs)) after every conf change at or below
+        `index`: an add or update takes the name and URLs its context carries (else keeps the
+        old ones) while the member is in the conf; a removal drops it."""
+        at, fv, fl, table = self._table_cache
+        if index < at:
+            at, fv, fl, table = 0, self.initial, frozenset(), dict(self.initial_table)
+        v, lrn, table = set(fv), set(fl), dict(table)
+        lo = bisect.bisect_right(self._indexes, at)
+        hi = bisect.bisect_right(self._indexes, index)
+        for i in self._indexes[lo:hi]:
+            t, nid = self.changes[i]
+            v, lrn = self._fold(v, lrn, t, nid)
+            if t in (0, 2, 3) and (nid in v or nid in lrn):
+                old_name, old_urls = table.get(nid, ("", ()))
+                meta = msgpack.unpackb(self.contexts[i], raw=False) if self.contexts[i] else {}
+                table[nid] = (str(meta.get("name") or old_name), tuple(meta.get("peer_urls") or old_urls))
+            elif t == 1 and nid not in v:
+                table.pop(nid, None)
+        self._table_cache = (index, frozenset(v), frozenset(lrn), table)
+        return dict(table)
+
+    def leader_table(self, term: int, node: int, applied: int, table: dict[int, tuple[str, tuple[str, ...]]]) -> None:
+        """A leader's member table is the committed log's, as of its applied index (through
+        restarts, snapshots, compactions)."""
+        want = self.table_at(applied)
+        self.tables_checked += 1
+        if table != want:
+            raise SafetyViolation(f"member table: leader {node} of term {term} at applied {applied} has {table}; "
+                                  f"the log says {want}")
+
+    def leader_counts(self, term: int, node: int, applied: int, counted: list[int]) -> None:
+        voters, learners = self.conf_at(applied)
+        if set(counted) != voters:
+            extra = sorted(set(counted) - voters)
+            raise SafetyViolation(
+                f"quorum set: leader {node} of term {term} counts voters {sorted(counted)}; the log as of its "
+                f"applied index {applied} has voters {sorted(voters)}, learners {sorted(learners)}"
+                + (f" ({extra} counted but not voters)" if extra else ""))
+
+    def leader_committed(self, term: int, node: int, applied: int, commit: int,
+                         holders: set[int]) -> None:
+        """`holders`: nodes whose disks hold the leader's entry at `commit` (or compacted past it)."""
+        if commit <= self.checked_commit.get((term, node), 0):
+            return
+        self.checked_commit[(term, node)] = commit
+        voters, _ = self.conf_at(applied)
+        have = holders & voters
+        self.quorums_checked += 1
+        if len(have) < len(voters) // 2 + 1:
+            raise SafetyViolation(
+                f"commit quorum: leader {node} of term {term} committed {commit} held by {sorted(holders)}; "
+                f"the voters (as of its applied index {applied}) are {sorted(voters)}: only {sorted(have)} count")

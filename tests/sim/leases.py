@@ -139,14 +139,16 @@ class LeaseSim(Sim):
         self.p_move_on_pause = 0.3 if seed % 4 == 3 else 0.0
         self.read_terms = True  # keep-alives carry their read index's term (as the actors do)
         self.p_grant = rng.choice([0.02, 0.05])
-        self.origin = {i: rng.randrange(10**6) for i in self.ids}  # each node's clock origin
-        self.lessors: dict[int, Lessor[bytes] | None] = {i: Lessor(self.lessor_config) for i in self.ids}
+        self.origin: dict[int, int] = {}  # each node's clock origin
+        self.lessors: dict[int, Lessor[bytes] | None] = {}
         self.paused_until: dict[int, int] = {}
-        self.backlog: dict[int, list[tuple]] = {i: [] for i in self.ids}
+        self.backlog: dict[int, list[tuple]] = {}
         self.lead_term: dict[int, int] = {}
         self.ready_index: dict[int, int] = {}
-        self.sm_seen = {i: sn.sm for i, sn in self.nodes.items()}
-        self.ka_waiting: dict[int, list[tuple[int, bytes, int]]] = {i: [] for i in self.ids}
+        self.sm_seen: dict[int, Any] = {}
+        self.ka_waiting: dict[int, list[tuple[int, bytes, int]]] = {}
+        for i in self.ids:
+            self.lease_node(i)
         # ctx -> (lease, sent_s, step, op): keep-alives and time-to-live requests in flight
         self.pending_ka: dict[bytes, tuple[int, float, int, str]] = {}
         self.leases: dict[int, ClientLease] = {}
@@ -160,6 +162,14 @@ class LeaseSim(Sim):
             self.stats[name] = 0
         self.trace(f"leases: {self.lessor_config}, checkpoint every {self.checkpoint_every} steps, "
                    f"p_pause={self.p_pause}, p_grant={self.p_grant}")
+
+    def lease_node(self, i: int) -> None:
+        """The storage side of node i (at the start, or a member added later)."""
+        self.origin[i] = self.rng.randrange(10**6)
+        self.lessors[i] = Lessor(self.lessor_config)
+        self.backlog[i] = []
+        self.sm_seen[i] = self.nodes[i].sm
+        self.ka_waiting[i] = []
 
     # --- clocks ----------------------------------------------------------------------
     def global_s(self) -> float:

@@ -2,6 +2,7 @@
 
     .venv/bin/python -m tests.sim.run --seeds 100000 [--start N] [--nodes 3|5]
     .venv/bin/python -m tests.sim.run --seed 1234 [--nodes 5] --verbose
+    .venv/bin/python -m tests.sim.run --membership --seeds 10000   # with membership changes
     python tests/sim/run.py --seeds 1000
     python tests/sim/run.py --leases --seeds 10000   (leases: tests/sim/leases.py)
 Exit status 1 when a seed fails (its replay command is printed); --keep-going runs on.
@@ -19,7 +20,9 @@ if __package__ in (None, ""):  # run as a script: make `tests.sim` importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
     __package__ = "tests.sim"
 
+from tests.sim.full import FullSim  # noqa: E402
 from tests.sim.leases import LeaseSim  # noqa: E402
+from tests.sim.membership import MembershipSim  # noqa: E402
 from tests.sim.sim import Sim, SimFailure  # noqa: E402
 
 
@@ -36,11 +39,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-pre-vote", action="store_true")
     ap.add_argument("--no-check-quorum", action="store_true")
     ap.add_argument("--leases", action="store_true", help="the lease simulator (tests/sim/leases.py)")
+    ap.add_argument("--membership", action="store_true",
+                    help="membership changes too (tests/sim/membership.py: add learner, promote, remove)")
+    ap.add_argument("--two-voter-removals", action="store_true",
+                    help="with --membership: also remove a voter from two (a known hazard)")
     args = ap.parse_args(argv)
 
+    sim_class = {(False, False): Sim, (True, False): LeaseSim, (False, True): MembershipSim,
+                 (True, True): FullSim}[(args.leases, args.membership)]
+    extra = {"two_voter_removals": True} if args.two_voter_removals else {}
+
     def one(seed: int, verbose: bool) -> dict:
-        return (LeaseSim if args.leases else Sim)(seed, nodes=args.nodes, steps=args.steps, verbose=verbose,
-                   pre_vote=not args.no_pre_vote, check_quorum=not args.no_check_quorum).run()
+        return sim_class(seed, nodes=args.nodes, steps=args.steps, verbose=verbose,
+                         pre_vote=not args.no_pre_vote, check_quorum=not args.no_check_quorum, **extra).run()
 
     if args.seed is not None:
         try:

@@ -32,11 +32,13 @@ from __future__ import annotations
 import heapq
 import random
 from dataclasses import dataclass, field
+from typing import Any
 
 import msgpack
 
-from actors.consensus.raft import (Config, Entry, HardState, MemoryStorage, Message, MessageType,
-                                   ProposalDropped, RawNode, SnapshotMeta, StateType)
+from actors.consensus.raft import (Config, Entry, EntryType, HardState, MemoryStorage, Message, MessageType,
+                                   ProposalDropped, RawNode, Ready, SnapshotMeta, StateType)
+from actors.consensus.ready import Hooks, drive
 from actors.storage.mvcc import COLUMN_FAMILIES, MemoryBackend, MVCCStore
 
 from .checkers import Checker, SafetyViolation
@@ -115,12 +117,16 @@ class Disk:
     def sync(self) -> None:
         self.synced = (HardState(**vars(self.hs)), self.snap.copy(), list(self.entries))
 
-    def compact(self, index: int, term: int) -> None:
+    def compact(self, index: int, term: int, conf: SnapshotMeta | None = None) -> None:
+        """Drop entries <= index; the meta keeps the membership at index from `conf`."""
         if index <= self.snap.index:
             return
         assert index <= self.last_index()
         del self.entries[:index - self.snap.index]
-        self.snap = SnapshotMeta(index, term, list(self.snap.voters))
+        if conf is None:
+            self.snap = SnapshotMeta(index, term, list(self.snap.voters))
+        else:
+            self.snap = SnapshotMeta(index, term, list(conf.voters), list(conf.learners), conf.context)
 
     def crash(self) -> None:
         hs, snap, entries = self.synced
@@ -149,6 +155,9 @@ class SimNode:
     up: bool = True
     incarnation: int = 0
     last_rev: int = 1  # MVCC revision seen last (monotone except crash rollback)
+    removed: bool = False  # out of the cluster and stopped for good (tests/sim/membership.py)
+    heard: dict[int, int] = field(default_factory=dict)  # peer -> step its last message arrived
+    ms: Any = None  # the shell's Membership (tests/sim/membership.py)
 
 
 @dataclass
@@ -199,6 +208,7 @@ class Sim:
                       "leaders": 0, "snaps_stale": 0, "snaps_fast_forward": 0,
                       "snaps_restore": 0}
         self.nodes: dict[int, SimNode] = {}
+        self._hooks: dict[int, Hooks] = {}  # node id -> its shell's Ready-loop hooks
         for i in self.ids:
             sn = SimNode(i)
             sn.sm = MVCCStore(sn.backend)
@@ -220,15 +230,24 @@ class Sim:
             f"node {sn.id}: state machine at {sn.sm.applied_index} below the log's snapshot "
             f"{d.snap.index}: cannot replay")
         sn.storage = MemoryStorage(d.hs, d.snap, d.entries)
-        cfg = Config(id=sn.id, voters=list(self.ids), election_tick=10, heartbeat_tick=1,
+        voters, learners, applied = self.boot_conf(sn)
+        cfg = Config(id=sn.id, voters=voters, learners=learners, election_tick=10, heartbeat_tick=1,
                      pre_vote=self.pre_vote, check_quorum=self.check_quorum,
                      max_size_per_msg=self.max_size_per_msg,
                      max_inflight_msgs=self.max_inflight, max_inflight_bytes=self.max_inflight_bytes,
-                     applied=sn.sm.applied_index,
+                     applied=applied,
                      rng=random.Random(self.rng.getrandbits(64)))
         sn.node = RawNode(cfg, sn.storage)
         sn.up = True
         sn.last_rev = sn.sm.current_revision
+
+    def replay_command(self) -> str:
+        return replay_command(self.seed, self.n)
+
+    def boot_conf(self, sn: SimNode) -> tuple[list[int], list[int], int]:
+        """(voters, learners, applied index) a node's core starts with: every node a voter,
+        the state machine's applied index (membership.py replays conf changes instead)."""
+        return list(self.ids), [], sn.sm.applied_index
 
     def up_nodes(self) -> list[SimNode]:
         return [sn for sn in self.nodes.values() if sn.up]
@@ -244,51 +263,63 @@ class Sim:
 
     # --- the shell's Ready loop ----------------------------------------------------------
     def process(self, sn: SimNode) -> bool:
-        node = sn.node
-        did = False
-        while node.has_ready():
-            did = True
-            rd = node.ready()
-            # 1. persist: snapshot first, then hard state and entries.
-            if rd.snapshot is not None:
-                # The shell installed the data before stepping SNAP.
-                assert sn.sm.applied_index >= rd.snapshot.index, (
-                    sn.id, sn.sm.applied_index, rd.snapshot)
-                sn.storage.apply_snapshot(rd.snapshot)
-                self.trace(f"node {sn.id} restored its log to snapshot "
-                           f"({rd.snapshot.index}, {rd.snapshot.term})")
-            prev_term, kept = sn.disk.write(rd.snapshot, rd.hard_state, rd.entries,
-                                            rd.must_sync)
-            if kept:
-                self.checker.persisted(sn.id, prev_term, kept)
-            if self.crash_point():
-                self.crash(sn, "after persisting, before sending")
-                return True
-            if rd.hard_state is not None:
-                sn.storage.set_hard_state(rd.hard_state)
-                self.checker.commit_seen(rd.hard_state.commit)
-            sn.storage.append(rd.entries)
-            # 2. send
-            for m in rd.messages:
-                self.send(sn, m)
-            # 3. apply
-            if rd.committed_entries:
-                # Never entries at or below the (just restored) snapshot.
-                assert rd.committed_entries[0].index > sn.storage.snapshot().index
-                self.apply(sn, rd.committed_entries)
-            for rs in rd.read_states:
-                self.checker.read_returned(sn.id, rs.request_ctx, rs.index)
-            node.advance(rd)
-            self.observe(sn)  # advance() may have moved a leader's commit index
-            self.maybe_compact(sn)
-        return did
+        """The shell's Ready loop (actors/consensus/ready.py) with this node's disk, network
+        and state machine; a crash may strike after persisting, before sending."""
+        if not sn.node.has_ready():
+            return False
+        hooks = self._hooks.get(sn.id)
+        if hooks is None:
+            hooks = self._hooks[sn.id] = Hooks(lambda rd: self.persist(sn, rd), lambda msgs: self.send_all(sn, msgs),
+                                               lambda rd: self.apply_ready(sn, rd), lambda rd: self.advanced(sn, rd))
+        drive(sn.node, sn.storage, hooks)
+        return True
+
+    def send_all(self, sn: SimNode, msgs: list[Message]) -> None:
+        for m in msgs:
+            self.send(sn, m)
+
+    def persist(self, sn: SimNode, rd: Ready) -> bool:
+        """Snapshot first, then hard state and entries; False when the node crashed."""
+        if rd.snapshot is not None:
+            # The shell installed the data before stepping SNAP.
+            assert sn.sm.applied_index >= rd.snapshot.index, (sn.id, sn.sm.applied_index, rd.snapshot)
+            self.restored(sn, rd.snapshot)
+            self.trace(f"node {sn.id} restored its log to snapshot ({rd.snapshot.index}, {rd.snapshot.term})")
+        prev_term, kept = sn.disk.write(rd.snapshot, rd.hard_state, rd.entries, rd.must_sync)
+        if kept:
+            self.checker.persisted(sn.id, prev_term, kept)
+        if self.crash_point():
+            self.crash(sn, "after persisting, before sending")
+            return False
+        if rd.hard_state is not None:
+            self.checker.commit_seen(rd.hard_state.commit)
+        return True
+
+    def restored(self, sn: SimNode, snap: SnapshotMeta) -> None:
+        """A snapshot from the leader replaced the log (a hook: membership follows it)."""
+
+    def apply_ready(self, sn: SimNode, rd: Ready) -> None:
+        if rd.committed_entries:
+            # Never entries at or below the (just restored) snapshot.
+            assert rd.committed_entries[0].index > sn.storage.snapshot().index
+            self.apply(sn, rd.committed_entries)
+        for rs in rd.read_states:
+            self.checker.read_returned(sn.id, rs.request_ctx, rs.index)
+
+    def advanced(self, sn: SimNode, rd: Ready) -> None:
+        self.observe(sn)  # advance() may have moved a leader's commit index
+        self.maybe_compact(sn)
 
     def apply(self, sn: SimNode, ents: list[Entry]) -> None:
         batch = []
         by_index = {}
         for e in ents:
             by_index[e.index] = e
-            op = msgpack.unpackb(e.data, raw=False)[2] if e.data else None
+            if e.type == EntryType.CONF_CHANGE:
+                self.conf_change(sn, e)
+                op = None
+            else:
+                op = msgpack.unpackb(e.data, raw=False)[2] if e.data else None
             batch.append((e.index, op))
         results = sn.sm.apply(batch)
         for res in results:
@@ -302,6 +333,11 @@ class Sim:
         if sn.sm.applied_index - sn.checkpoint.applied >= self.compact_every:
             self.take_checkpoint(sn)
 
+    def conf_change(self, sn: SimNode, e: Entry) -> None:
+        """The shell applies a committed CONF_CHANGE entry (tests/sim/membership.py); the
+        state machine sees it as an empty entry."""
+        raise AssertionError(f"node {sn.id}: a conf change at {e.index} in a run without membership changes")
+
     def take_checkpoint(self, sn: SimNode) -> None:
         sn.checkpoint = Checkpoint(copy_backend(sn.backend), sn.sm.applied_index,
                                    sn.sm.current_revision)
@@ -313,10 +349,16 @@ class Sim:
         if index - st.snapshot().index < self.compact_every:
             return
         term = st.term(index)
-        st.compact(index)
-        sn.disk.compact(index, term)
+        conf = self.conf_at(sn, index)
+        st.compact(index, conf)
+        sn.disk.compact(index, term, conf)
         self.stats["compactions"] += 1
         self.trace(f"node {sn.id} compacted its log to {index}")
+
+    def conf_at(self, sn: SimNode, index: int) -> SnapshotMeta | None:
+        """The membership to record at a compaction point (None: unchanged; membership.py
+        records its shell's)."""
+        return None
 
     # --- network -------------------------------------------------------------------------
     def delay(self) -> int:
@@ -359,12 +401,13 @@ class Sim:
 
     def deliver(self, item) -> None:
         _, _, _, frm, to, wire, attach = item
-        dst = self.nodes[to]
-        if not dst.up or (frm, to) in self.faults.blocked:
+        dst = self.nodes.get(to)
+        if dst is None or not dst.up or (frm, to) in self.faults.blocked or self.nodes[frm].removed:
             self.lost(frm, to, attach, "deliver")
             return
         m = Message.from_wire(wire)
         self.stats["msgs"] += 1
+        dst.heard[frm] = self.now
         if attach is not None:
             log = dst.node.raft.log
             if m.snapshot.index <= log.committed:
@@ -423,6 +466,8 @@ class Sim:
         ids = self.ids
         kind = rng.choice(["none", "none", "isolate", "isolate-leader", "split", "oneway",
                            "bridge", "flaky"])
+        if len(ids) < 2:  # a cluster shrunk to one member (tests/sim/membership.py)
+            kind = "flaky"
         blocked: set[tuple[int, int]] = set()
         if kind in ("isolate", "isolate-leader"):
             lead = self.leader()
@@ -566,7 +611,7 @@ class Sim:
                         self.crash(sn)
                     elif rng.random() < 0.02:
                         self.take_checkpoint(sn)
-                elif rng.random() < 0.05:
+                elif not sn.removed and rng.random() < 0.05:
                     self.restart(sn)
         for sn in self.nodes.values():
             if sn.up:
@@ -576,7 +621,7 @@ class Sim:
         self.faults = FaultConfig(name="healed")
         self.trace("heal: no faults, every node up")
         for sn in self.nodes.values():
-            if not sn.up:
+            if not sn.up and not sn.removed:
                 self.restart(sn)
 
     def leader(self) -> SimNode | None:
@@ -590,10 +635,10 @@ class Sim:
     def converged(self) -> bool:
         if self.final_index is None:
             return False
-        applied = {sn.sm.applied_index for sn in self.nodes.values()}
+        applied = {sn.sm.applied_index for sn in self.up_nodes()}
         if len(applied) != 1 or min(applied) < self.final_index:
             return False
-        hashes = {sn.sm.hash_kv() for sn in self.nodes.values()}
+        hashes = {sn.sm.hash_kv() for sn in self.up_nodes()}
         return len(hashes) == 1
 
     def run(self) -> dict:
@@ -614,18 +659,18 @@ class Sim:
                 elif self.converged():
                     self.stats["liveness_steps"] = k + 1
                     self.trace(f"converged after {k + 1} steps: applied {self.final_index}, "
-                               f"hash {self.nodes[1].sm.hash_kv()}")
+                               f"hash {self.up_nodes()[0].sm.hash_kv()}")
                     return self.stats
             lead = self.leader()
             states = {sn.id: (sn.node.raft.state.name, sn.node.raft.term,
                               sn.node.raft.log.committed, sn.sm.applied_index)
-                      for sn in self.nodes.values()}
+                      for sn in self.up_nodes()}
             raise LivenessFailure(
                 f"no progress within {self.liveness_steps} healed steps: leader "
                 f"{lead.id if lead else None}, final write at {self.final_index}, "
                 f"nodes (state, term, commit, applied): {states}")
         except (AssertionError, SafetyViolation) as e:
-            replay = replay_command(self.seed, self.n)
+            replay = self.replay_command()
             raise SimFailure(f"seed {self.seed} ({self.n} nodes) failed at step {self.now}: "
                              f"{type(e).__name__}: {e}\n  replay: {replay}") from e
 

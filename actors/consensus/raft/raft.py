@@ -663,17 +663,7 @@ class Raft:
         """Apply a committed conf change (the shell calls this when it applies the entry);
         returns the new membership. Changes that make no sense (remove the last voter,
         demote a voter) leave the membership as it is."""
-        voters, learners = set(self.prs.voters), set(self.prs.learners)
-        nid = cc.node_id
-        if cc.type == ConfChangeType.ADD_NODE:
-            learners.discard(nid)
-            voters.add(nid)
-        elif cc.type == ConfChangeType.ADD_LEARNER_NODE:
-            if nid not in voters:
-                learners.add(nid)
-        elif cc.type == ConfChangeType.REMOVE_NODE:
-            voters.discard(nid)
-            learners.discard(nid)
+        voters, learners = next_conf(set(self.prs.voters), set(self.prs.learners), cc)
         if not voters:
             return self.conf_state()
         if voters != set(self.prs.voters) or learners != set(self.prs.learners):
@@ -715,3 +705,24 @@ class Raft:
             _, target = max(candidates)
             self.send_timeout_now(target)
         self.become_follower(self.term, 0)
+
+
+def next_conf(voters: set[int], learners: set[int], cc: ConfChange) -> tuple[set[int], set[int]]:
+    """The single-step conf-change rule on plain sets (new sets; the inputs are not changed).
+    The core applies it (Raft.apply_conf_change) and the shell replays a log with it.
+
+    Rules: ADD_NODE makes a voter (promoting a learner); ADD_LEARNER_NODE adds a learner
+    unless it is a voter already (no demotion); REMOVE_NODE drops the member; UPDATE_NODE
+    changes nothing. A result with no voter means "refused": callers keep the old sets."""
+    voters, learners = set(voters), set(learners)
+    nid = cc.node_id
+    if cc.type == ConfChangeType.ADD_NODE:
+        learners.discard(nid)
+        voters.add(nid)
+    elif cc.type == ConfChangeType.ADD_LEARNER_NODE:
+        if nid not in voters:
+            learners.add(nid)
+    elif cc.type == ConfChangeType.REMOVE_NODE:
+        voters.discard(nid)
+        learners.discard(nid)
+    return voters, learners

@@ -1,6 +1,7 @@
 """A hand-driven in-memory network of RawNodes, for tests and simulations.
 
-Rules: nothing here performs I/O; every message crosses `to_wire`/`from_wire` so the codec
+Rules: nothing here performs I/O; each node runs the one Ready loop
+(actors/consensus/ready.py); every message crosses `to_wire`/`from_wire` so the codec
 is exercised; delivery order is FIFO and deterministic; `cut`/`isolate` drop messages.
 Snapshots are moved like a shell would: delivering a SNAP first copies the sender's applied
 entries (its "state machine") to the receiver, then steps it and reports success to the
@@ -12,9 +13,11 @@ from __future__ import annotations
 
 import random
 
+from actors.consensus.ready import Hooks, drive
+
 from .rawnode import RawNode
 from .storage import MemoryStorage
-from .types import Config, Entry, Message, MessageType, ReadState, StateType
+from .types import Config, Entry, Message, MessageType, ReadState, Ready, StateType
 
 
 class Network:
@@ -66,23 +69,17 @@ class Network:
 
     # --- driving -------------------------------------------------------------------------
     def process(self, i: int) -> None:
-        node = self.nodes[i]
-        st = self.storages[i]
-        while node.has_ready():
-            rd = node.ready()
-            if rd.snapshot is not None:
-                st.apply_snapshot(rd.snapshot)
-            if rd.hard_state is not None:
-                st.set_hard_state(rd.hard_state)
-            st.append(rd.entries)
-            self.queue.extend(rd.messages)
-            applied = self.applied[i]
+        """The shell's Ready loop (actors/consensus/ready.py), all in memory."""
+        applied = self.applied[i]
+
+        def apply(rd: Ready) -> None:
             for e in rd.committed_entries:
                 if not applied or e.index > applied[-1].index:
                     applied.append(e)
                 self.on_committed(i, e)
             self.read_states[i].extend(rd.read_states)
-            node.advance(rd)
+
+        drive(self.nodes[i], self.storages[i], Hooks(lambda rd: True, self.queue.extend, apply))
 
     def on_committed(self, i: int, entry) -> None:
         """A shell's apply step, for subclasses (conf changes); nothing by default."""

@@ -1,0 +1,62 @@
+"""The Ready loop, once: the order in which a shell does a Raft core's I/O (etcd-io/raft
+doc.go "the Ready loop"). Used by the consensus actor, raft/testing.py and the simulator.
+
+    held = drive(node, storage, Hooks(persist, send, apply, advanced), held)
+
+Rules, for each Ready, in this order:
+1. `persist(rd)`: save rd.snapshot first (the log is dropped up to it), then rd.hard_state
+   and rd.entries (one batch; fsync when rd.must_sync or a snapshot). It returns False to
+   stop here: nothing of rd is sent, applied or advanced, and drive returns rd (HELD). The
+   caller passes it back to the next drive (a full disk: actor.py), or drops it with the
+   node (a simulated crash right after persisting, before sending: tests/sim).
+2. The persisted state becomes visible to the core: storage.apply_snapshot(rd.snapshot),
+   set_hard_state, append(entries).
+3. `send(rd.messages)`: only now (nothing is sent that depends on an unpersisted vote,
+   term or entry).
+4. `apply(rd)`: read states, committed entries (conf changes included), soft state.
+5. node.advance(rd), then `advanced(rd)` (the shell's follow-ups: compaction, a campaign).
+No I/O here: every effect is a hook's.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+from actors.consensus.raft.rawnode import RawNode
+from actors.consensus.raft.storage import MemoryStorage
+from actors.consensus.raft.types import Message, Ready
+
+
+def _nothing(rd: Ready) -> None:
+    return None
+
+
+@dataclass(frozen=True)
+class Hooks:
+    """The shell's side of the loop (see the module docstring for when each runs)."""
+
+    persist: Callable[[Ready], bool]
+    send: Callable[[list[Message]], None]
+    apply: Callable[[Ready], None]
+    advanced: Callable[[Ready], None] = _nothing
+
+
+def drive(node: RawNode, storage: MemoryStorage, hooks: Hooks, held: Ready | None = None) -> Ready | None:
+    """Handle Readys until the core has none; return the Ready `persist` refused (or None).
+    `held` is such a Ready from an earlier call: it is persisted first, before any new one."""
+    while held is not None or node.has_ready():
+        rd = held if held is not None else node.ready()
+        held = None
+        if not hooks.persist(rd):
+            return rd
+        if rd.snapshot is not None:
+            storage.apply_snapshot(rd.snapshot)
+        if rd.hard_state is not None:
+            storage.set_hard_state(rd.hard_state)
+        if rd.entries:
+            storage.append(rd.entries)
+        hooks.send(rd.messages)
+        hooks.apply(rd)
+        node.advance(rd)
+        hooks.advanced(rd)
+    return None
