@@ -57,6 +57,7 @@ together share one Ready and so one fsync (group commit).
 """
 from __future__ import annotations
 
+import functools
 import itertools
 import json
 import os
@@ -275,10 +276,11 @@ class ConsensusActor(Actor):
         if identity != self.storage_identity:
             if identity in self.gone_storage:
                 return  # sent by a storage process that has died since
-            restarted = self.storage_identity is not None
-            if restarted:
-                self.gone_storage.add(self.storage_identity)
-                self.fetches.pop(self.storage_identity, None)
+            old = self.storage_identity
+            restarted = old is not None
+            if old is not None:
+                self.gone_storage.add(old)
+                self.fetches.pop(old, None)
                 self._storage_restarted()
             self.storage_identity = identity
             self.log.info("storage_connected", restarted=restarted)
@@ -409,8 +411,7 @@ class ConsensusActor(Actor):
             self._on_snap_ack(frm, msg.snap_id, msg.seq, msg.status)
         elif msg_type == M.PEER_MEMBER:
             ctx = msg.ctx
-            self._member_request(msg.op, lambda result, error: self.transport.send(
-                frm, M.PeerMemberResp(self.id, ctx, result, error)))
+            self._member_request(msg.op, functools.partial(self._member_resp_to_peer, frm, ctx))
         elif msg_type == M.PEER_MEMBER_RESP:
             waiter = self.forwarded.pop(msg.ctx, None)
             if waiter is not None:
@@ -651,6 +652,7 @@ class ConsensusActor(Actor):
             self.log.warning("snapshot_checkpoint_failed", error=error)
             self.node.report_snapshot(msg.to, False)
             return
+        assert msg.snapshot is not None  # a SNAP message from the core
         sender = SnapshotSender(ctx, msg.to, path, msg.to_wire())
         self.senders[msg.to] = sender
         self.log.info("snapshot_send_started", to=f"{msg.to:x}", index=msg.snapshot.index,
@@ -710,6 +712,7 @@ class ConsensusActor(Actor):
             return
         self.transport.send(frm, M.PeerSnapAck(self.id, snap_id, seq, "ok"))
         if complete:
+            assert chunk.message is not None  # peer_wire: the final chunk carries the SNAP message
             ctx = next(self._ctx)
             self.installing[ctx] = (frm, snap_id, chunk.message)
             self.log.info("snapshot_received", frm=f"{frm:x}", bytes=rcv.bytes_received)
@@ -731,6 +734,7 @@ class ConsensusActor(Actor):
             self.log.error("snapshot_install_failed", error=error)
             self.transport.send(frm, M.PeerSnapAck(self.id, snap_id, -1, "failed"))
             return
+        assert msg.snapshot is not None  # peer_wire: a SNAP message carries its snapshot
         self.log.info("snapshot_installed", index=msg.snapshot.index, storage_applied=applied)
         self.node.step(msg)
         self.transport.send(frm, M.PeerSnapAck(self.id, snap_id, -1, "done"))
@@ -868,7 +872,7 @@ class ConsensusActor(Actor):
                 # replies in flight still get through; the Raft core ignores the rest.
                 self.lingering[mid] = (gone.peer_urls[0], gone.peer_key)
                 self.call_later(min(2 * self.cfg.election_timeout / 1000.0, 5.0),
-                                lambda mid=mid: self._forget_peer(mid))
+                                functools.partial(self._forget_peer, mid))
         self._sync_transport()
         self.log.info("membership_changed", index=index, change=cc.type.name.lower(), member=f"{mid:x}",
                       voters=[f"{v:x}" for v in self.conf.voters], learners=[f"{v:x}" for v in self.conf.learners],
@@ -913,6 +917,13 @@ class ConsensusActor(Actor):
                 self._reply(identity, M.MemberResp(ctx_id, None, errors.NoLeader().to_wire()))
         else:
             self._reply(identity, M.MemberResp(ctx_id, None, errors.NoLeader().to_wire()))
+
+    def _member_resp_to_peer(self, frm: int, ctx: int, result: Any, error: Any) -> None:
+        self.transport.send(frm, M.PeerMemberResp(self.id, ctx, result, error))
+
+    def _auto_promoted(self, mid: int, result: Any, error: Any) -> None:
+        self.log.info("learner_auto_promoted" if error is None else "learner_auto_promote_failed",
+                      member=f"{mid:x}", error=error)
 
     def _member_request(self, op: dict, reply: Callable[[Any, Any], None]) -> None:
         """On the leader: check a member op, propose its conf change; `reply(result, error)`
@@ -964,9 +975,7 @@ class ConsensusActor(Actor):
         mid = self.ms.promotion_candidate(self._view())
         if mid is not None:
             self._member_request({"op": "member_promote", "member_id": mid},
-                                 lambda result, error, mid=mid: self.log.info(
-                                     "learner_auto_promoted" if error is None else "learner_auto_promote_failed",
-                                     member=f"{mid:x}", error=error))
+                                 functools.partial(self._auto_promoted, mid))
 
     # --- stats and shutdown ----------------------------------------------------------
     def _log_stats(self) -> None:

@@ -12,6 +12,7 @@ below what a node already has (the state machine applies idempotently by index).
 from __future__ import annotations
 
 import random
+from typing import Any
 
 from actors.consensus.ready import Hooks, drive
 
@@ -23,7 +24,7 @@ from .types import Config, Entry, Message, MessageType, ReadState, Ready, StateT
 class Network:
     def __init__(self, ids: list[int], seed: int = 0,
                  storages: dict[int, MemoryStorage] | None = None, strict: bool = True,
-                 **config_kwargs):
+                 **config_kwargs: Any) -> None:
         self.ids = list(ids)
         self.seed = seed
         self.config_kwargs = config_kwargs
@@ -81,7 +82,7 @@ class Network:
 
         drive(self.nodes[i], self.storages[i], Hooks(lambda rd: True, self.queue.extend, apply))
 
-    def on_committed(self, i: int, entry) -> None:
+    def on_committed(self, i: int, entry: Entry) -> None:
         """A shell's apply step, for subclasses (conf changes); nothing by default."""
 
     def process_all(self) -> None:
