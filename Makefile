@@ -20,7 +20,7 @@ help:
 	@echo "make bench-watch - watch fan-out, latency and memory figures"
 	@echo "make bench-lease - keep-alive throughput with 10,000 leases, lock cycles with 1 and 16 contenders"
 	@echo "make bench-scale - Kubernetes-sized figures (1M keys, churn with compaction, paged list, 10k watchers, 10k leases) beside etcd 3.4's when /usr/bin/etcd is installed (< 20 min; SCALE_* env vars scale it)"
-	@echo "make sim SEEDS=100000 - run the deterministic Raft simulation for many seeds"
+	@echo "make sim SEEDS=100000 - the deterministic simulator for many seeds: Raft + MVCC, then with membership changes and leases too"
 	@echo "make robustness DURATION=600 [NETWORK=faults|netns|both] - fault scenarios with recorded histories, checked for linearizability and watch guarantees"
 
 $(STAMP): pyproject.toml
@@ -83,6 +83,7 @@ robustness: $(STAMP)
 SEEDS ?= 10000
 sim: $(STAMP)
 	$(BIN)/python tests/sim/run.py --seeds $(SEEDS)
+	$(BIN)/python tests/sim/run.py --leases --membership --seeds $(SEEDS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .hypothesis .mypy_cache
