@@ -678,3 +678,38 @@ class Sim:
 def run_seed(seed: int, nodes: int | None = None, verbose: bool = False,
              steps: int | None = None) -> dict:
     return Sim(seed, nodes=nodes, steps=steps, verbose=verbose).run()
+
+
+def mixed_nodes(seed: int) -> int:
+    """The suites' and run.py's even mix of cluster sizes."""
+    return 3 if seed % 2 == 0 else 5
+
+
+def run_seeds(sim_class: type[Sim], seeds: range, **kw: Any) -> dict[str, int]:
+    """Run the seeds (3 and 5 nodes mixed); fail the test naming every failed seed and its
+    replay command; return the summed stats, so a test can check the seeds did something."""
+    import pytest
+
+    totals: dict[str, int] = {}
+    failures = []
+    for seed in seeds:
+        try:
+            stats = sim_class(seed, nodes=mixed_nodes(seed), **kw).run()
+        except SimFailure as e:
+            failures.append(str(e))
+            continue
+        for name, v in stats.items():
+            totals[name] = totals.get(name, 0) + v
+    if failures:
+        pytest.fail(f"{len(failures)} seed(s) failed:\n" + "\n".join(failures), pytrace=False)
+    return totals
+
+
+def first_failure(sim_class: type[Sim], limit: int, nodes: int | None = None, **kw: Any) -> SimFailure | None:
+    """The first seed below `limit` that fails (a planted bug's check), or None."""
+    for seed in range(limit):
+        try:
+            sim_class(seed, nodes=nodes or mixed_nodes(seed), **kw).run()
+        except SimFailure as e:
+            return e
+    return None

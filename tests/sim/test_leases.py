@@ -11,32 +11,16 @@ import pytest
 
 from actors.storage.lessor import Lessor, Reply
 from tests.sim.leases import LeaseSim
-from tests.sim.sim import SimFailure
+from tests.sim.sim import SimFailure, first_failure, run_seeds
 
 SEEDS = 250
 CHUNK = 50
 STEPS = 200  # safety-phase steps of the suite's seeds (20 s of sim time; run.py draws 300-600)
 
 
-def _run(lo: int, hi: int) -> dict:
-    totals: dict[str, int] = {}
-    failures = []
-    for seed in range(lo, hi):
-        try:
-            stats = LeaseSim(seed, nodes=3 if seed % 2 == 0 else 5, steps=STEPS).run()
-        except SimFailure as e:
-            failures.append(str(e))
-            continue
-        for name, v in stats.items():
-            totals[name] = totals.get(name, 0) + v
-    if failures:
-        pytest.fail(f"{len(failures)} seed(s) failed:\n" + "\n".join(failures), pytrace=False)
-    return totals
-
-
 @pytest.mark.parametrize("lo", range(0, SEEDS, CHUNK), ids=lambda lo: f"seeds{lo}-{lo + CHUNK - 1}")
 def test_lease_seeds(lo):
-    totals = _run(lo, lo + CHUNK)
+    totals = run_seeds(LeaseSim, range(lo, lo + CHUNK), steps=STEPS)
     # The seeds exercise what the checker is about, not only quiet runs.
     for name in ("lease_acks", "lease_held_acks", "lease_ttls", "lease_expired", "lease_expired_new_term",
                  "lease_checkpoints", "lease_promotions", "lessor_pauses", "lease_revokes"):
@@ -47,14 +31,11 @@ def test_same_seed_same_run():
     assert LeaseSim(11, nodes=5).run() == LeaseSim(11, nodes=5).run()
 
 
-def _first_failure(limit: int, nodes: int | None = None) -> int | None:
-    for seed in range(limit):
-        try:
-            LeaseSim(seed, nodes=nodes or (3 if seed % 2 == 0 else 5)).run()  # run.py's seeds
-        except SimFailure as e:
-            assert ("expired early" in str(e) or "but its expiry had applied" in str(e)) and "--leases" in str(e), e
-            return seed
-    return None
+def _first_failure(limit: int, nodes: int | None = None) -> SimFailure | None:
+    e = first_failure(LeaseSim, limit, nodes)  # run.py's seeds
+    assert e is None or (("expired early" in str(e) or "but its expiry had applied" in str(e))
+                         and "--leases" in str(e)), e
+    return e
 
 
 def test_planted_bug_new_leader_expires_before_remaining_ttl(monkeypatch):

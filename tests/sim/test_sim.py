@@ -7,7 +7,7 @@ More seeds: `pytest tests/sim --sim-seeds 5000`, or `python tests/sim/run.py --s
 
 import pytest
 
-from tests.sim.sim import Sim, SimFailure
+from tests.sim.sim import Sim, SimFailure, run_seeds
 
 CHUNK = 50
 
@@ -26,15 +26,7 @@ def pytest_generate_tests(metafunc):
 
 def test_sim_seeds(seed_range):
     lo, hi = seed_range
-    failures = []
-    for seed in range(lo, hi):
-        nodes = 3 if seed % 2 == 0 else 5  # an even mix of cluster sizes
-        try:
-            Sim(seed, nodes=nodes).run()
-        except SimFailure as e:
-            failures.append(str(e))
-    if failures:
-        pytest.fail(f"{len(failures)} seed(s) failed:\n" + "\n".join(failures), pytrace=False)
+    run_seeds(Sim, range(lo, hi))
 
 
 def test_same_seed_same_run():

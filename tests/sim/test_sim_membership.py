@@ -12,7 +12,7 @@ import pytest
 from actors.consensus.membership import Membership
 from actors.consensus.raft import ConfState
 from tests.sim.membership import MembershipSim
-from tests.sim.sim import SimFailure
+from tests.sim.sim import SimFailure, first_failure, run_seeds
 
 SEEDS = 200
 STEPS = 300  # safety-phase steps per seed (the runner draws 300-600)
@@ -21,20 +21,10 @@ CHUNK = 50
 
 @pytest.mark.parametrize("lo", range(0, SEEDS, CHUNK), ids=lambda lo: f"seeds{lo}-{lo + CHUNK - 1}")
 def test_membership_seeds(lo):
-    failures = []
-    totals = {"conf_changes": 0, "leader_removals": 0, "promotions": 0, "stopped": 0}
-    for seed in range(lo, lo + CHUNK):
-        try:
-            stats = MembershipSim(seed, nodes=3 if seed % 2 == 0 else 5, steps=STEPS).run()
-        except SimFailure as e:
-            failures.append(str(e))
-            continue
-        for k in totals:
-            totals[k] += stats[k]
-    if failures:
-        pytest.fail(f"{len(failures)} seed(s) failed:\n" + "\n".join(failures), pytrace=False)
+    totals = run_seeds(MembershipSim, range(lo, lo + CHUNK), steps=STEPS)
     # The seeds do what they are for: changes applied, leaders removed, learners promoted.
-    assert all(totals.values()), totals
+    for name in ("conf_changes", "leader_removals", "promotions", "stopped"):
+        assert totals[name] > 0, (name, totals)
 
 
 def test_same_seed_same_run():
@@ -46,13 +36,9 @@ def test_planted_bug_learner_counted_as_voter(monkeypatch):
     seeds (it takes about a dozen)."""
     monkeypatch.setattr(Membership, "raft_conf",
                         lambda self: ConfState(sorted(self.conf.voters + self.conf.learners), []))
-    for seed in range(1000):
-        try:
-            MembershipSim(seed, nodes=3 if seed % 2 == 0 else 5, steps=STEPS).run()
-        except SimFailure as e:
-            assert "counts voters" in str(e) or "commit quorum" in str(e) or "election safety" in str(e), e
-            return
-    pytest.fail("a learner counted as a voter went unnoticed for 1,000 seeds")
+    e = first_failure(MembershipSim, 1000, steps=STEPS)
+    assert e is not None, "a learner counted as a voter went unnoticed for 1,000 seeds"
+    assert "counts voters" in str(e) or "commit quorum" in str(e) or "election safety" in str(e), e
 
 
 def test_planted_bug_caught_by_its_consequences(monkeypatch):
@@ -63,13 +49,9 @@ def test_planted_bug_caught_by_its_consequences(monkeypatch):
     monkeypatch.setattr(Membership, "raft_conf",
                         lambda self: ConfState(sorted(self.conf.voters + self.conf.learners), []))
     monkeypatch.setattr(MembershipChecker, "leader_counts", lambda *args: None)
-    for seed in range(1000):
-        try:
-            MembershipSim(seed, nodes=3 if seed % 2 == 0 else 5, steps=STEPS).run()
-        except SimFailure as e:
-            assert "commit quorum" in str(e) or "election safety" in str(e) or "leader completeness" in str(e), e
-            return
-    pytest.fail("a learner counted as a voter went unnoticed for 1,000 seeds")
+    e = first_failure(MembershipSim, 1000, steps=STEPS)
+    assert e is not None, "a learner counted as a voter went unnoticed for 1,000 seeds"
+    assert "commit quorum" in str(e) or "election safety" in str(e) or "leader completeness" in str(e), e
 
 
 @pytest.mark.xfail(strict=True, raises=SimFailure, reason="known hazard: from two voters to one, the survivor can lose the commit "
@@ -96,10 +78,6 @@ def test_planted_bug_member_update_forgotten(monkeypatch):
         return apply(self, index, cc, conf)
 
     monkeypatch.setattr(core.Membership, "apply", forgetful)
-    for seed in range(300):
-        try:
-            MembershipSim(seed, nodes=3 if seed % 2 == 0 else 5, steps=STEPS).run()
-        except SimFailure as e:
-            assert "member table" in str(e), e
-            return
-    pytest.fail("a forgotten member update went unnoticed for 300 seeds")
+    e = first_failure(MembershipSim, 300, steps=STEPS)
+    assert e is not None, "a forgotten member update went unnoticed for 300 seeds"
+    assert "member table" in str(e), e
