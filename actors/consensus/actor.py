@@ -247,8 +247,8 @@ class ConsensusActor(Actor):
             rejected = [M.Rejected(req_id, errors.NoLeader().to_wire()) for req_id, _ in body]
         self._reply(identity, M.ProposeAck(self.epoch, accepted, rejected))
 
-    def _on_read_index(self, identity: bytes, body: list) -> None:
-        (ctx_id,) = body
+    def _on_read_index(self, identity: bytes, msg: M.ReadIndex) -> None:
+        ctx_id = msg.ctx_id
         # Unique across the cluster: a follower forwards it to the leader.
         ctx = self.id.to_bytes(8, "big") + ctx_id.to_bytes(8, "big")
         if self.disk.failed:
@@ -271,8 +271,8 @@ class ConsensusActor(Actor):
             return
         self.reads[ctx] = (identity, ctx_id)
 
-    def _on_fetch(self, identity: bytes, body: list) -> None:
-        after, durable_applied, _max_entries = body
+    def _on_fetch(self, identity: bytes, msg: M.Fetch) -> None:
+        after, durable_applied = msg.after_index, msg.durable_applied_index
         if identity != self.storage_identity:
             if identity in self.gone_storage:
                 return  # sent by a storage process that has died since
@@ -287,8 +287,8 @@ class ConsensusActor(Actor):
         self.fetches[identity] = after
         self.durable_applied = max(self.durable_applied, durable_applied)
 
-    def _on_status(self, identity: bytes, body: list) -> None:
-        (ctx_id,) = body
+    def _on_status(self, identity: bytes, msg: M.Status) -> None:
+        ctx_id = msg.ctx_id
         st = self.node.status()
         members = self._members_wire()
         status: M.ConsensusStatus = {
@@ -316,8 +316,8 @@ class ConsensusActor(Actor):
         return (f"peer fault injection active: drop_to={sorted(faults.drop_to)} "
                 f"drop_from={sorted(faults.drop_from)}")
 
-    def _on_move_leader(self, identity: bytes, body: list) -> None:
-        ctx_id, target = body
+    def _on_move_leader(self, identity: bytes, msg: M.MoveLeader) -> None:
+        ctx_id, target = msg.ctx_id, msg.target_id
         if self.disk.failed:
             self._reply(identity, M.MoveLeaderResp(ctx_id, self._disk_refusal().to_wire()))
         elif self.lead != self.id:
@@ -332,10 +332,10 @@ class ConsensusActor(Actor):
             deadline = time.monotonic() + 2 * self.cfg.election_timeout / 1000.0
             self.moves[ctx_id] = (identity, target, deadline)
 
-    def _on_lease_propose(self, identity: bytes, body: list) -> None:
+    def _on_lease_propose(self, identity: bytes, msg: M.LeasePropose) -> None:
         """Entries from the leader's storage (lease expiry, checkpoints): proposed only
         while this member leads in the term storage saw, never forwarded."""
-        term, datas = body
+        term, datas = msg.term, msg.datas
         if self.disk.failed or self.lead != self.id or not datas or self.node.status().term != term:
             return
         try:
@@ -361,7 +361,7 @@ class ConsensusActor(Actor):
         M.FETCH: _on_fetch,
         M.STATUS: _on_status,
         M.MOVE_LEADER: _on_move_leader,
-        M.MEMBER: lambda self, identity, body: self._on_member(identity, body),
+        M.MEMBER: lambda self, identity, msg: self._on_member(identity, msg),
     }
     _local_types = frozenset(_local_handlers)
     _storage_types = frozenset((M.CHECKPOINT_RESP, M.INSTALL_RESP))
@@ -375,9 +375,9 @@ class ConsensusActor(Actor):
             self._local_dropped("consensus.storage", err)
             return
         if isinstance(msg, M.CheckpointResp):
-            self._on_checkpoint(*msg)
+            self._on_checkpoint(msg.ctx_id, msg.path, msg.applied_index, msg.error)
         elif isinstance(msg, M.InstallResp):
-            self._on_installed(*msg)
+            self._on_installed(msg.ctx_id, msg.applied_index, msg.error)
 
     # --- from peers -----------------------------------------------------------------
     def on_peer(self, msg_type: int, frm: int, msg: Any) -> None:
@@ -902,8 +902,8 @@ class ConsensusActor(Actor):
     def _stop_removed(self) -> None:
         self.stopping = True
 
-    def _on_member(self, identity: bytes, body: list) -> None:
-        ctx_id, op = body
+    def _on_member(self, identity: bytes, msg: M.Member) -> None:
+        ctx_id, op = msg.ctx_id, msg.op
         if self.removed:
             self._reply(identity, M.MemberResp(ctx_id, None, errors.Stopping(
                 "etcdserver: this member was removed from the cluster").to_wire()))

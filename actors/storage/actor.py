@@ -216,9 +216,9 @@ class StorageActor(Actor):
     def _send_fetch(self) -> None:
         if self.disk.failed:
             return  # nothing can be applied: fetched again once writes work
-        body = [self.store.applied_index, self.durable_applied, 4096]
         try:
-            self.consensus.send(wire.pack(M.Fetch(*body)), zmq.NOBLOCK)
+            self.consensus.send(wire.pack(M.Fetch(self.store.applied_index, self.durable_applied, 4096)),
+                                zmq.NOBLOCK)
         except zmq.ZMQError:
             return
         self.fetch_outstanding = True
@@ -283,11 +283,11 @@ class StorageActor(Actor):
 
     def on_consensus(self, frames: list[bytes]) -> None:
         try:
-            body: M.Entries = wire.decode(frames[-1], _CONSENSUS_TYPES)
+            msg: M.Entries = wire.decode(frames[-1], _CONSENSUS_TYPES)
         except errors.Malformed as err:
             self.dropped("storage.consensus", err)
             return
-        raw_entries, _commit, term = body
+        raw_entries, term = msg.entries, msg.term
         self.raft_term = max(self.raft_term, term)
         self.fetch_outstanding = False
         if self.disk.failed:
@@ -427,7 +427,7 @@ class StorageActor(Actor):
         elif isinstance(msg, M.AuthStateGet):
             self.send_router(self.router, identity, wire.pack(M.AuthState(self.store.auth.to_wire())))
         elif isinstance(msg, M.Leadership):
-            self._on_leadership(*msg)
+            self._on_leadership(msg)
         elif isinstance(msg, M.Checkpoint):
             self._checkpoint(identity, msg.ctx_id)
         elif isinstance(msg, M.Install):
@@ -813,14 +813,13 @@ class StorageActor(Actor):
         self.every(LEASE_TICK_S, self._lease_tick)
         self.every(LEASE_CHECKPOINT_S, self._lease_checkpoint_tick)
 
-    def _on_leadership(self, is_leader: bool, term: int, lead: int, urls: list, ready_index: int,
-                       sole_voter: bool) -> None:
-        self.sole_voter = bool(sole_voter)
-        self.lead = lead
-        self.lead_urls = list(urls or [])
-        self.raft_term = max(self.raft_term, term)
+    def _on_leadership(self, msg: M.Leadership) -> None:
+        self.sole_voter = msg.sole_voter
+        self.lead = msg.lead
+        self.lead_urls = list(msg.lead_client_urls)
+        self.raft_term = max(self.raft_term, msg.term)
         was = self.lessor.promoted_term
-        self._lease_replies(self.lessor.leadership(time.monotonic(), bool(is_leader), term, ready_index), was)
+        self._lease_replies(self.lessor.leadership(time.monotonic(), msg.is_leader, msg.term, msg.ready_index), was)
         self._maybe_promote()
 
     def _maybe_promote(self) -> None:
