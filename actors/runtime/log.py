@@ -25,7 +25,11 @@ def configure(level: str = "info", fmt: str = "json", **context: object) -> stru
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(_LEVELS.get(level, logging.INFO)),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        # One write() per record, newline included: the actors of a node share stderr (a
+        # file opened for appending, a pipe, journald's stream), and print()'s two writes
+        # (the record, then the newline; stderr is unbuffered) let another process's record
+        # land between them, making one line of two records.
+        logger_factory=structlog.WriteLoggerFactory(file=sys.stderr),
         cache_logger_on_first_use=True,
     )
     structlog.contextvars.clear_contextvars()
