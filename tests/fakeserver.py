@@ -4,11 +4,11 @@ It answers as a node does, from the node's own code: requests are validated by t
 gateway's ``normalize_request`` (protocol/requests.py); keys, revisions, txns,
 compaction, history and leases are the real ``MVCCStore`` on a ``MemoryBackend``
 (actors/storage/mvcc/), each write applied as one log entry would be; reads and replies
-are made by the storage actor's own ``_read`` and ``_client_frame``; the watch is the
+are made by the storage actor's own code (actors/storage/reads.py); the watch is the
 watch actor's ``Broadcaster`` (actors/watch/channels.py) on an XPUB socket. What a single
 in-process member cannot have is stood in for: Raft (every write commits at once), the
-gateway's status (a fixed member of a one-member cluster) and the lease deadlines (the
-leader storage's rules, on a monotonic clock). Auth is the node's too: the gateway's
+gateway's status (a fixed member of a one-member cluster). Leases are the leader
+storage's real ``Lessor`` on a monotonic clock. Auth is the node's too: the gateway's
 ``GatewayAuth`` (tokens, who asks, its pre-check), the store's ``AuthState`` and checks
 (every entry at apply, every read before it is served); only the password hashes are
 cheaper (scrypt with n=2: a test double must not spend 50 ms per password).
@@ -23,9 +23,9 @@ injection (set them from the test thread at any time):
 - ``requests``: every decoded request received, in order (inspect it in tests).
 
 Leases (SPEC section 3): grant and revoke are store entries; keep-alive and time-to-live
-are answered from deadlines (``FakeStore.deadlines``, monotonic; ``min_ttl``: the
-gateway's minimum TTL); the serving loop applies ``lease_expire`` for every expired
-lease, as the leader's storage does. ``leader_urls``: when set, the leader-only ops
+are answered by the lessor (``FakeStore.lessor``; ``min_ttl``: the gateway's minimum
+TTL); the serving loop applies the ``lease_expire`` entries it proposes, as the leader's
+storage does. ``leader_urls``: when set, the leader-only ops
 (``lease_keepalive``, ``lease_timetolive``) answer ``not_leader`` with these
 ``leader_client_urls``. Two servers may share one ``FakeStore`` (``store=``) to stand
 for two members of one cluster.
@@ -61,13 +61,14 @@ import zmq
 from actors.gateway.auth import GatewayAuth, token_sha256
 from actors.storage import reads
 from actors.storage.auth import AuthState, verify_password
+from actors.storage.lessor import Lessor, LessorConfig
 from actors.storage.mvcc import MemoryBackend, MVCCStore
 from actors.storage.mvcc.store import SERVER
 from actors.watch.actor import PROGRESS_TICK_S
 from actors.watch.channels import Broadcaster, Channel
 from protocol.codec import unpack
 from protocol.errors import (
-    AuthFailed, AuthNotEnabled, AuthOldRevision, LeaseNotFound, Malformed, NotLeader, QkvError, UnknownOp,
+    AuthFailed, AuthNotEnabled, AuthOldRevision, Malformed, NotLeader, QkvError, UnknownOp,
 )
 from protocol.requests import (
     AUTH_READ_OPS, LEASE_LEADER_OPS, Limits, is_write, normalize_request, request_token,
@@ -102,14 +103,17 @@ def _hashed(op: dict[str, Any]) -> dict[str, Any]:
 
 class FakeStore:
     """One cluster's applied state: the real ``MVCCStore`` on a ``MemoryBackend``, every
-    write one entry (``write``), plus what a leader's storage keeps in memory (lease
-    deadlines) and the gateways' token table (``gateway``, shared: a token works on every
+    write one entry (``write``), plus what a leader's storage keeps in memory (the
+    lessor) and the gateways' token table (``gateway``, shared: a token works on every
     member). Lock ``lock`` around every use from another thread."""
 
     def __init__(self) -> None:
         self.mvcc = MVCCStore(MemoryBackend())
         self.limits = Limits()
-        self.deadlines: dict[int, float] = {}  # lease id -> monotonic deadline
+        # The leader's lessor, promoted at once (a one-member cluster that always leads).
+        self.lessor: Lessor[None] = Lessor(LessorConfig(tick_s=0.01, revokes_per_s=10_000, silence_s=float("inf")))
+        self.lessor.leadership(time.monotonic(), True, RAFT_TERM, 0)
+        self.lessor.promote(time.monotonic(), [])
         self.min_ttl = 2
         self.next_lease = 0x694D_77AA_9E38_2600
         self.lock = threading.RLock()
@@ -168,7 +172,7 @@ class FakeStore:
         auth_revision)`` or SERVER: the store checks it), committed at once:
         ``(response, revision)``, or its error raised. What the gateway does before
         proposing (a lease id, the minimum TTL, a password's hash) and what the leader's
-        storage does after (deadlines, physical compaction: at once here; the new auth
+        storage does after (the lessor, physical compaction: at once here; the new auth
         state to the gateway) is done here too."""
         op = _hashed(op)
         if op["op"] == "lease_grant":
@@ -181,10 +185,8 @@ class FakeStore:
             self.gateway.set_state(self.mvcc.auth)  # storage's AUTH_STATE push
         if res.error is not None:
             raise res.error
-        if op["op"] == "lease_grant":
-            self.deadlines[op["id"]] = time.monotonic() + op["ttl"]
-        elif op["op"] in ("lease_revoke", "lease_expire"):
-            self.deadlines.pop(op["id"], None)
+        if op["op"].startswith("lease_"):
+            self.lessor.applied(time.monotonic(), [op])
         elif op["op"] == "compact":
             while self.mvcc.compaction_pending:
                 self.mvcc.compact_step(10_000)
@@ -192,12 +194,9 @@ class FakeStore:
 
     def expire_leases(self) -> None:
         """The leader's expiry: a ``lease_expire`` entry for every lease past its deadline."""
-        now = time.monotonic()
-        for lease_id in sorted(i for i, deadline in self.deadlines.items() if deadline <= now):
-            try:
-                self.write({"op": "lease_expire", "id": lease_id})
-            except LeaseNotFound:
-                self.deadlines.pop(lease_id, None)
+        _replies, ops = self.lessor.tick(time.monotonic())
+        for op in ops:
+            self.write(op)
 
     def authenticate(self, op: dict[str, Any]) -> dict[str, Any]:
         """The gateway's authenticate: check the password against the auth state, apply the
@@ -216,23 +215,11 @@ class FakeStore:
         self.gateway.grant([[token_sha256(token), op["name"], issued, op["key"]]])
         return {"token": token}
 
-    def lease_leader_op(self, op: dict[str, Any]) -> dict[str, Any]:
-        """``lease_keepalive`` / ``lease_timetolive`` as the leader's storage answers them
-        (StorageActor._lease_leader_op) from its deadlines."""
-        lease_id = op["id"]
-        info = self.mvcc.lease_get(lease_id)
-        deadline = self.deadlines.get(lease_id)
-        now = time.monotonic()
-        if op["op"] == "lease_timetolive":
-            if info is None:
-                return {"ID": lease_id, "ttl": -1, "granted_ttl": 0, "keys": []}
-            remaining = max(0.0, (deadline if deadline is not None else now) - now)
-            return {"ID": lease_id, "ttl": int(remaining), "granted_ttl": info[0],
-                    "keys": self.mvcc.lease_keys(lease_id) if op["keys"] else []}
-        if info is None or deadline is None or deadline <= now:
-            raise LeaseNotFound(lease=lease_id)
-        self.deadlines[lease_id] = now + info[0]
-        return {"ID": lease_id, "ttl": info[0]}
+    def lease_leader_op(self, op: dict[str, Any]) -> tuple[dict[str, Any] | None, Any]:
+        """``lease_keepalive`` / ``lease_timetolive`` as the leader's storage answers them:
+        the real Lessor (no checkpoints here, so a keep-alive never waits)."""
+        (reply,) = self.lessor.request(time.monotonic(), None, op["op"], op["id"])
+        return reads.lease_answer(self.mvcc, reply, bool(op.get("keys")))
 
     def read(self, op: dict[str, Any]) -> tuple[dict[str, Any] | None, Any, int]:
         """A read as the storage actor serves it: ``(response, error wire, revision)``."""
@@ -487,7 +474,7 @@ class FakeServer:
             if auth != SERVER:
                 store.mvcc.check_read(auth, op)  # storage checks every client read
             if name in LEASE_LEADER_OPS:
-                return store.lease_leader_op(op), None, store.revision
+                return (*store.lease_leader_op(op), store.revision)
             return store.read(op)
         raise UnknownOp(f"unknown op: {name!r} (not served by the fake)")
 

@@ -840,17 +840,10 @@ class StorageActor(Actor):
             self.log.info("lease_demoted", term=was)
         for r in replies:
             identity, req_id, client_id, want_keys = r.waiter
-            response: dict | None = None
-            error: Any = None
-            if r.kind == "keepalive":
-                response = {"ID": r.lease_id, "ttl": r.ttl}
-            elif r.kind == "ttl":
-                keys = self.store.lease_keys(r.lease_id) if want_keys and r.ttl >= 0 else []
-                response = {"ID": r.lease_id, "ttl": r.ttl, "granted_ttl": r.granted_ttl, "keys": keys}
-            elif r.kind == "not_found":
-                error = errors.LeaseNotFound(lease=r.lease_id).to_wire()
+            if r.kind == "not_leader":
+                response, error = None, self._not_leader()
             else:
-                error = self._not_leader()
+                response, error = reads.lease_answer(self.store, r, want_keys)
             revision = self.store.current_revision
             frame = self._client_frame(client_id, response, error, revision)
             self.send_router(self.router, identity, wire.pack(M.ClientReplies([M.ClientReply(req_id, frame, revision)])))

@@ -8,8 +8,10 @@ from __future__ import annotations
 from typing import Any
 
 from actors.storage.auth import read_auth
+from actors.storage.lessor import Reply
 from actors.storage.mvcc import MVCCStore
 from actors.storage.mvcc import alarms as alarm_rules
+from protocol import errors
 from protocol.codec import pack
 from protocol.requests import AUTH_READ_OPS
 
@@ -39,3 +41,16 @@ def client_frame(client_id: Any, response: dict[str, Any] | None, error: Any, *,
         "cluster_id": cluster_id, "member_id": member_id, "revision": revision, "raft_term": raft_term}}
     reply.update(response or {})
     return pack(reply)
+
+
+def lease_answer(store: MVCCStore, reply: Reply[Any], want_keys: bool) -> tuple[dict[str, Any] | None, Any]:
+    """A lessor's answer to a keep-alive or time-to-live as the client gets it:
+    (response, None) or (None, error wire); `not_leader` is the caller's (it names the leader)."""
+    if reply.kind == "keepalive":
+        return {"ID": reply.lease_id, "ttl": reply.ttl}, None
+    if reply.kind == "ttl":
+        keys = store.lease_keys(reply.lease_id) if want_keys and reply.ttl >= 0 else []
+        return {"ID": reply.lease_id, "ttl": reply.ttl, "granted_ttl": reply.granted_ttl, "keys": keys}, None
+    if reply.kind == "not_found":
+        return None, errors.LeaseNotFound(lease=reply.lease_id).to_wire()
+    raise ValueError(f"not a lease answer here: {reply.kind}")
