@@ -11,7 +11,7 @@ Rules:
 - nothing here talks to a running member; a member must be stopped before ``defrag``
   touches its data dir (RocksDB's lock refuses a second opener: the error says so);
 - ``snapshot restore`` writes only into a new or empty data dir and removes what it wrote
-  on failure (actors/storage/restore.py);
+  on failure (nodes/restore.py);
 - errors print ``Error: <message>`` on stderr and exit 1 (128 for bad arguments), as qkvctl's.
 Run it as ``qkvutl`` (pyproject [project.scripts]) or ``python -m nodes.utl``.
 """
@@ -79,7 +79,7 @@ def snapshot_restore_cmd(
     """Restores a snapshot into a new data dir for one member of a new cluster
     (start it with `qkv --initial-cluster-state new` and the same flags)."""
     with errors():
-        from actors.storage.restore import RestoreError, restore, restore_config
+        from nodes.restore import RestoreError, restore, restore_config
 
         if not filename:
             raise CliError("snapshot restore requires exactly one argument", EXIT_BAD_ARGS)

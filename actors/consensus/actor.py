@@ -84,8 +84,8 @@ from actors.runtime.actor import Actor
 from actors.runtime.diskfault import NO_SPACE, DiskFault, disk_error_kind, enough_room
 from actors.runtime import security
 from actors.runtime.failpoints import failpoint
-from nodes.config import VERSION, new_member_id
-from protocol import errors
+from nodes.config import new_member_id
+from protocol import VERSION, errors
 
 FETCH_MAX_ENTRIES = 4096
 FETCH_MAX_BYTES = 4 * 1024 * 1024

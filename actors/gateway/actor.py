@@ -70,8 +70,7 @@ from actors.gateway.corruption import CorruptionChecker
 from actors.gateway.diskguard import DiskGuard
 from actors.storage.auth import AuthState
 from actors.storage.mvcc import alarms as alarm_rules
-from nodes.config import VERSION
-from protocol import errors
+from protocol import VERSION, errors
 from protocol.codec import pack, unpack
 from protocol.requests import ADMIN_OPS, Limits, is_write, normalize_request, request_token
 

@@ -99,9 +99,7 @@ from actors.storage.offline import mark_installed
 from actors.storage.snapshot_file import (
     BadOffset, SnapshotFileError, SnapshotMeta, SnapshotSaves, TooManySaves, UnknownSave,
 )
-from nodes.config import VERSION
-from protocol import errors
-from protocol.codec import pack
+from protocol import VERSION, errors
 from protocol.requests import LEASE_LEADER_OPS, SNAPSHOT_CHUNK_DEFAULT, SNAPSHOT_CHUNK_MIN, SNAPSHOT_FRAME_OVERHEAD
 
 FETCH_RESEND_S = 0.3

@@ -1,5 +1,5 @@
 """The snapshot file format (actors/storage/snapshot_file.py), the storage actor's saves
-in progress, and the offline restore (actors/storage/restore.py)."""
+in progress, and the offline restore (nodes/restore.py)."""
 from __future__ import annotations
 
 import hashlib
@@ -10,7 +10,7 @@ import pytest
 
 from actors.storage.backend import RocksBackend
 from actors.storage.mvcc import MVCCStore
-from actors.storage.restore import RestoreError, restore, restore_config
+from nodes.restore import RestoreError, restore, restore_config
 from actors.storage.snapshot_file import (
     HASH_LEN, BadOffset, PackStream, SnapshotFileError, SnapshotMeta, SnapshotSaves, TooManySaves,
     UnknownSave, checkpoint_files, pack_checkpoint, read_meta, short_hash, unpack, verify,

@@ -307,7 +307,7 @@ def test_hash_kv_hashes_the_logical_record_of_a_change_at_sub_1(kv):
 
 
 def test_an_older_store_restored_with_applied_index_0_keeps_reading_before_it_writes():
-    """`snapshot restore` rewrites applied_index to 0 (actors/storage/restore.py): a store
+    """`snapshot restore` rewrites applied_index to 0 (nodes/restore.py): a store
     of the older layout must not be taken for a new one (whose writes skip the read)."""
     backend = MemoryBackend()
     writer = _OldLayoutWriter(backend)
