@@ -5,8 +5,6 @@ liveness after healing. A failure names its seed and the command that replays it
 More seeds: `pytest tests/sim --sim-seeds 5000`, or `python tests/sim/run.py --seeds N`.
 """
 
-import pytest
-
 from tests.sim.sim import Sim, SimFailure, run_seeds
 
 CHUNK = 50
