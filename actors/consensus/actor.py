@@ -171,8 +171,10 @@ class ConsensusActor(Actor):
         self.member_info: dict[int, dict[str, Any]] = {self.id: self._my_info()}
         self._ctx = itertools.count(1)
         self.sends = Outgoing(functools.partial(next, self._ctx), SnapshotSender)
-        self.recvs = Incoming(functools.partial(next, self._ctx), self._new_receiver,
-                              functools.partial(failpoint, "snapshot_receive"))
+        self.recvs = Incoming(  # snap_id and frm are ints (peer_wire): the staging dir stays in snap_dir
+            functools.partial(next, self._ctx),
+            lambda snap_id, frm: SnapshotReceiver(snap_id, frm, os.path.join(self.snap_dir, f"in-{frm:x}-{snap_id:d}")),
+            functools.partial(failpoint, "snapshot_receive"))
         self.every(cfg.heartbeat_interval / 1000.0, self._tick)
         self.every(DISK_RETRY_TICK_S, self._disk_retry)
         self.every(HELLO_INTERVAL_S, self._hello)
@@ -677,10 +679,6 @@ class ConsensusActor(Actor):
         for done in self.sends.check(now):
             self._finished(done)
         self.recvs.check(now)
-
-    def _new_receiver(self, snap_id: int, frm: int) -> SnapshotReceiver:
-        # ints (peer_wire): the staging dir stays in snap_dir
-        return SnapshotReceiver(snap_id, frm, os.path.join(self.snap_dir, f"in-{frm:x}-{snap_id:d}"))
 
     def _on_snap_chunk(self, frm: int, chunk: W.SnapChunk) -> None:
         got = self.recvs.chunk(time.monotonic(), frm, chunk)

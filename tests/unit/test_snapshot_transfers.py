@@ -8,8 +8,8 @@ import os
 from actors.consensus.peer_wire import SnapChunk
 from actors.consensus.raft import Message, MessageType, SnapshotMeta
 from actors.consensus.snapshot import SnapshotError, SnapshotReceiver, SnapshotSender
-from actors.consensus.transfers import (IDLE_TIMEOUT_S, ChunkResult, CheckpointFailed, Finished, Incoming, Install, Installed,
-                                        Orphan, Outgoing, Started)
+from actors.consensus.transfers import (IDLE_TIMEOUT_S, CheckpointFailed, ChunkResult, Finished, Incoming, Install,
+                                        Installed, Orphan, Outgoing, Started)
 
 
 def snap(to: int, index: int = 10) -> Message:
