@@ -13,7 +13,8 @@ together share one Ready and so one fsync (group commit).
 - A follower forwards proposals to the leader (PEER_FORWARD); results travel back
   through the storage of the node where the request arrived, never between nodes.
 - Snapshots: when the core sends SNAP to a follower, this shell asks its storage for a
-  checkpoint and streams it (actors/consensus/snapshot.py); the follower's shell has its
+  checkpoint and streams it (which transfer runs and how it ends: actors/consensus/transfers.py;
+  the files: actors/consensus/snapshot.py); the follower's shell has its
   storage install it and only then steps the SNAP into its core. A storage actor that
   restarts (the supervisor restarts a dead actor alone; its fetches then come from a new
   connection) took its unanswered CHECKPOINT and INSTALL requests with it: the leader's
@@ -75,7 +76,8 @@ from actors.consensus.raft import Config as RaftConfig
 from actors.consensus.raft import (ConfChange, ConfChangeRefused, ConfChangeType, ConfState, Entry, EntryType,
                                    HardState, MemoryStorage, Message, MessageType, ProposalDropped, RawNode,
                                    SnapshotMeta, StateType)
-from actors.consensus.snapshot import SnapshotError, SnapshotReceiver, SnapshotSender
+from actors.consensus.snapshot import SnapshotReceiver, SnapshotSender
+from actors.consensus.transfers import CheckpointFailed, Finished, Incoming, Orphan, Outgoing
 from actors.consensus.transport import PeerTransport
 from actors.consensus.wal import WAL
 from actors.runtime import messages as M
@@ -162,17 +164,17 @@ class ConsensusActor(Actor):
         self.fetches: dict[bytes, int] = {}  # storage identity -> after_index of the held fetch
         self.storage_identity: bytes | None = None  # the connection our storage's fetches come from
         self.gone_storage: set[bytes] = set()  # earlier ones (a storage process that died)
-        self.stale_installs: list[str] = []  # staging dirs of installs a dead storage took with it
         self.durable_applied = 0
         self.reads: dict[bytes, tuple[bytes, int]] = {}  # read ctx -> (gateway identity, ctx_id)
         self.gateway_identity: bytes | None = None
         self.moves: dict[int, tuple[bytes, int, float]] = {}  # ctx -> (identity, target, deadline)
         self.member_info: dict[int, dict[str, Any]] = {self.id: self._my_info()}
         self._ctx = itertools.count(1)
-        self.checkpoints: dict[int, Message] = {}  # ctx -> the SNAP message waiting for it
-        self.senders: dict[int, SnapshotSender] = {}  # peer id -> transfer in progress
-        self.receiver: SnapshotReceiver | None = None
-        self.installing: dict[int, tuple[int, int, Message]] = {}  # ctx -> (frm, snap_id, SNAP message)
+        self.sends = Outgoing(functools.partial(next, self._ctx), SnapshotSender)
+        self.recvs = Incoming(  # snap_id and frm are ints (peer_wire): the staging dir stays in snap_dir
+            functools.partial(next, self._ctx),
+            lambda snap_id, frm: SnapshotReceiver(snap_id, frm, os.path.join(self.snap_dir, f"in-{frm:x}-{snap_id:d}")),
+            functools.partial(failpoint, "snapshot_receive"))
         self.every(cfg.heartbeat_interval / 1000.0, self._tick)
         self.every(DISK_RETRY_TICK_S, self._disk_retry)
         self.every(HELLO_INTERVAL_S, self._hello)
@@ -630,130 +632,83 @@ class ConsensusActor(Actor):
         self.raft_storage.compact(index, conf)
         self.log.info("log_compacted", index=index, durable_applied=durable)
 
-    # --- snapshots: sending ----------------------------------------------------------
+    # --- snapshots (the policy is actors/consensus/transfers.py; here only its I/O) -----
     def _start_snapshot(self, msg: Message) -> None:
-        if msg.to in self.senders or any(m.to == msg.to for m in self.checkpoints.values()):
+        ctx = self.sends.start(msg)
+        if ctx is None:
             return  # one transfer per follower at a time
-        ctx = next(self._ctx)
-        self.checkpoints[ctx] = msg
         try:
             self.storage.send(wire.pack(M.Checkpoint(ctx)), zmq.NOBLOCK)
         except zmq.ZMQError:
-            del self.checkpoints[ctx]
-            self.node.report_snapshot(msg.to, False)
+            self.node.report_snapshot(self.sends.unsent(ctx), False)
 
     def _on_checkpoint(self, ctx: int, path: str | None, applied: int, error: Any) -> None:
-        msg = self.checkpoints.pop(ctx, None)
-        if msg is None:
-            if path is not None:  # given up on (_storage_restarted): nobody streams it
-                shutil.rmtree(path, ignore_errors=True)
-            return
-        if error is not None or path is None:
-            self.log.warning("snapshot_checkpoint_failed", error=error)
-            self.node.report_snapshot(msg.to, False)
-            return
-        assert msg.snapshot is not None  # a SNAP message from the core
-        sender = SnapshotSender(ctx, msg.to, path, msg.to_wire())
-        self.senders[msg.to] = sender
-        self.log.info("snapshot_send_started", to=f"{msg.to:x}", index=msg.snapshot.index,
-                      storage_applied=applied, bytes=sender.total_bytes)
-        self._pump(sender)
+        got = self.sends.checkpoint(time.monotonic(), ctx, path, error)
+        if isinstance(got, Orphan):
+            if got.path is not None:  # given up on (_storage_restarted): nobody streams it
+                shutil.rmtree(got.path, ignore_errors=True)
+        elif isinstance(got, CheckpointFailed):
+            self.log.warning("snapshot_checkpoint_failed", error=got.error)
+            self.node.report_snapshot(got.to, False)
+        else:
+            self.log.info("snapshot_send_started", to=f"{got.to:x}", index=got.index,
+                          storage_applied=applied, bytes=got.bytes)
+            self._pump(got.to, self.sends.chunks(got.to))
 
-    def _pump(self, sender: SnapshotSender) -> None:
-        for chunk in sender.next_chunks():
+    def _pump(self, to: int, chunks: list[list[Any]]) -> None:
+        for chunk in chunks:
             failpoint("snapshot_send")
-            if not self.transport.send(sender.to, M.PeerSnapChunk(self.id, *chunk)):
-                self._finish_send(sender, False, "peer unreachable")
+            if not self.transport.send(to, M.PeerSnapChunk(self.id, *chunk)):
+                self._finished(self.sends.finish(to, False, "peer unreachable"))
                 return
 
     def _on_snap_ack(self, frm: int, snap_id: int, seq: int, status: str) -> None:
-        sender = self.senders.get(frm)
-        if sender is None or sender.snap_id != snap_id:
-            return
-        if status == "ok":
-            sender.on_ack(seq)
-            self._pump(sender)
+        got = self.sends.ack(time.monotonic(), frm, snap_id, seq, status)
+        if isinstance(got, Finished):
+            self._finished(got)
         else:
-            self._finish_send(sender, status == "done", status)
+            self._pump(frm, got)
 
-    def _finish_send(self, sender: SnapshotSender, ok: bool, why: str) -> None:
-        self.senders.pop(sender.to, None)
-        sender.cleanup()
-        self.node.report_snapshot(sender.to, ok)
-        self.log.info("snapshot_send_finished", to=f"{sender.to:x}", ok=ok, why=why)
+    def _finished(self, done: Finished | None) -> None:
+        if done is not None:
+            self.node.report_snapshot(done.to, done.ok)
+            self.log.info("snapshot_send_finished", to=f"{done.to:x}", ok=done.ok, why=done.why)
 
     def _check_transfers(self) -> None:
-        for sender in list(self.senders.values()):
-            if sender.idle():
-                self._finish_send(sender, False, "timed out")
-        if self.receiver is not None and self.receiver.idle() and not self.installing:
-            self.receiver.cleanup()
-            self.receiver = None
+        now = time.monotonic()
+        for done in self.sends.check(now):
+            self._finished(done)
+        self.recvs.check(now)
 
-    # --- snapshots: receiving --------------------------------------------------------
     def _on_snap_chunk(self, frm: int, chunk: W.SnapChunk) -> None:
-        snap_id, seq = chunk.snap_id, chunk.seq  # ints (peer_wire): the staging dir stays in snap_dir
-        if seq == 0 and not self.installing:
-            if self.receiver is not None:
-                self.receiver.cleanup()
-            self.receiver = SnapshotReceiver(snap_id, frm, os.path.join(self.snap_dir, f"in-{frm:x}-{snap_id:d}"))
-        rcv = self.receiver
-        if rcv is None or rcv.snap_id != snap_id or rcv.frm != frm:
-            self.transport.send(frm, M.PeerSnapAck(self.id, snap_id, seq, "failed"))
-            return
-        try:
-            failpoint("snapshot_receive")
-            complete = rcv.on_chunk(seq, chunk.relpath, chunk.offset, chunk.data, chunk.final, chunk.digest)
-        except (SnapshotError, OSError) as exc:
-            self.log.warning("snapshot_receive_failed", error=str(exc)[:200])
-            rcv.cleanup()
-            self.receiver = None
-            self.transport.send(frm, M.PeerSnapAck(self.id, snap_id, seq, "failed"))
-            return
-        self.transport.send(frm, M.PeerSnapAck(self.id, snap_id, seq, "ok"))
-        if complete:
-            assert chunk.message is not None  # peer_wire: the final chunk carries the SNAP message
-            ctx = next(self._ctx)
-            self.installing[ctx] = (frm, snap_id, chunk.message)
-            self.log.info("snapshot_received", frm=f"{frm:x}", bytes=rcv.bytes_received)
-            self.storage.send(wire.pack(M.Install(ctx, rcv.root)), zmq.NOBLOCK)
+        got = self.recvs.chunk(time.monotonic(), frm, chunk)
+        if got.error is not None:
+            self.log.warning("snapshot_receive_failed", error=got.error)
+        self.transport.send(frm, M.PeerSnapAck(self.id, got.snap_id, got.seq, got.status))
+        if got.install is not None:
+            self.log.info("snapshot_received", frm=f"{frm:x}", bytes=got.install.bytes)
+            self.storage.send(wire.pack(M.Install(got.install.ctx, got.install.root)), zmq.NOBLOCK)
 
     def _on_installed(self, ctx: int, applied: int, error: Any) -> None:
-        # Storage answers in order: an INSTALL given up on has been handled or lost by now.
-        for root in self.stale_installs:
-            shutil.rmtree(root, ignore_errors=True)
-        self.stale_installs.clear()
-        pending = self.installing.pop(ctx, None)
-        if pending is None:
+        got = self.recvs.installed(ctx, error)
+        if got is None:
             return
-        frm, snap_id, msg = pending
-        if self.receiver is not None:
-            self.receiver.cleanup()
-            self.receiver = None
-        if error is not None:
+        if got.status == "failed":
             self.log.error("snapshot_install_failed", error=error)
-            self.transport.send(frm, M.PeerSnapAck(self.id, snap_id, -1, "failed"))
-            return
-        assert msg.snapshot is not None  # peer_wire: a SNAP message carries its snapshot
-        self.log.info("snapshot_installed", index=msg.snapshot.index, storage_applied=applied)
-        self.node.step(msg)
-        self.transport.send(frm, M.PeerSnapAck(self.id, snap_id, -1, "done"))
+        else:
+            assert got.message.snapshot is not None  # peer_wire: a SNAP message carries its snapshot
+            self.log.info("snapshot_installed", index=got.message.snapshot.index, storage_applied=applied)
+            self.node.step(got.message)
+        self.transport.send(got.frm, M.PeerSnapAck(self.id, got.snap_id, -1, got.status))
 
     def _storage_restarted(self) -> None:
         """Our storage actor is a new process: the CHECKPOINT and INSTALL requests the old
         one had will not be answered (module docstring)."""
-        lost_checkpoints = list(self.checkpoints.values())
-        self.checkpoints.clear()
-        for msg in lost_checkpoints:
-            self.node.report_snapshot(msg.to, False)
-        lost_installs = list(self.installing.values())
-        self.installing.clear()
-        if lost_installs and self.receiver is not None:
-            # The INSTALL may still reach the new process (sent while none was listening):
-            # its staging dir goes once storage has answered a later INSTALL.
-            self.stale_installs.append(self.receiver.root)
-            self.receiver = None
-        for frm, snap_id, _msg in lost_installs:
+        lost_checkpoints = self.sends.storage_restarted()
+        for to in lost_checkpoints:
+            self.node.report_snapshot(to, False)
+        lost_installs = self.recvs.storage_restarted()
+        for frm, snap_id in lost_installs:
             self.transport.send(frm, M.PeerSnapAck(self.id, snap_id, -1, "failed"))
         if lost_checkpoints or lost_installs:
             self.log.warning("snapshot_requests_lost", reason="storage restarted",

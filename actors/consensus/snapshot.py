@@ -6,18 +6,16 @@ checkpoint's files in chunks of CHUNK_BYTES, at most WINDOW chunks unacknowledge
 receiver writes them to a staging directory, checks a blake2b digest over everything it
 received (path, offset and bytes of each chunk, in order) against the sender's, fsyncs,
 and only then hands the directory to its storage actor to install. Any mismatch,
-missing chunk or silence fails the transfer; the leader's Raft core retries later.
+missing chunk or silence (transfers.py) fails the transfer; the leader's Raft core retries later.
 """
 from __future__ import annotations
 
 import hashlib
 import os
 import shutil
-import time
 
 CHUNK_BYTES = 1 << 20
 WINDOW = 4
-IDLE_TIMEOUT_S = 15.0
 
 
 class SnapshotError(Exception):
@@ -59,7 +57,6 @@ class SnapshotSender:
         self.acked = -1
         self.finished_sending = False
         self._hash = hashlib.blake2b(digest_size=32)
-        self.last_activity = time.monotonic()
 
     def next_chunks(self) -> list[list]:
         """Chunk bodies that the window allows now: [snap_id, seq, relpath, offset, data,
@@ -90,10 +87,6 @@ class SnapshotSender:
 
     def on_ack(self, seq: int) -> None:
         self.acked = max(self.acked, seq)
-        self.last_activity = time.monotonic()
-
-    def idle(self) -> bool:
-        return time.monotonic() - self.last_activity > IDLE_TIMEOUT_S
 
     def cleanup(self) -> None:
         shutil.rmtree(self.root, ignore_errors=True)
@@ -111,7 +104,6 @@ class SnapshotReceiver:
         self.expected_seq = 0
         self._hash = hashlib.blake2b(digest_size=32)
         self.bytes_received = 0
-        self.last_activity = time.monotonic()
 
     def on_chunk(self, seq: object, relpath: object, offset: object, data: object, final: object,
                  digest: object) -> bool:
@@ -121,7 +113,6 @@ class SnapshotReceiver:
         if not isinstance(data, bytes) or isinstance(offset, bool) or not isinstance(offset, int) or offset < 0:
             raise SnapshotError("malformed snapshot chunk")
         self.expected_seq += 1
-        self.last_activity = time.monotonic()
         if relpath != "":
             rel = safe_relpath(relpath)
             path = os.path.join(self.root, rel)
@@ -153,9 +144,6 @@ class SnapshotReceiver:
                 os.fsync(fd)
             finally:
                 os.close(fd)
-
-    def idle(self) -> bool:
-        return time.monotonic() - self.last_activity > IDLE_TIMEOUT_S
 
     def cleanup(self) -> None:
         shutil.rmtree(self.root, ignore_errors=True)

@@ -90,7 +90,7 @@ def test_damaged_log_refuses_and_the_cluster_keeps_serving(cluster_factory, tmp_
             line = refusal(victim)
             print(f"{what}: {line}")
             assert f"data dir {victim.data_dir} cannot be trusted" in line
-            assert f"qkvctl member remove {victim.member_id:x}" in line and "qkvctl snapshot restore" in line
+            assert f"qkvctl member remove {victim.member_id:x}" in line and "qkvutl snapshot restore" in line
             assert "--initial-cluster-state existing" in line
             if damage is damage_cut_records:
                 assert "has applied entry" in line and "ends at entry" in line, line

@@ -10,7 +10,7 @@ import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 PURE_DIRS = ["actors/consensus/raft", "actors/storage/mvcc", "actors/storage/auth"]
-PURE_FILES = ["actors/storage/lessor.py", "actors/storage/hashjobs.py"]
+PURE_FILES = ["actors/storage/lessor.py", "actors/storage/hashjobs.py", "actors/consensus/transfers.py"]
 FORBIDDEN = {"zmq", "rocksdict", "time", "os", "socket", "threading", "subprocess",
              "asyncio", "multiprocessing", "shutil", "signal", "select", "selectors", "secrets"}
 # Forbidden modules a given pure file may still import (path relative to the repo root).
