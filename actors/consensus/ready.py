@@ -2,6 +2,7 @@
 doc.go "the Ready loop"). Used by the consensus actor, raft/testing.py and the simulator.
 
     held = drive(node, storage, Hooks(persist, send, apply, advanced), held)
+    handle(node, storage, hooks, rd)   # one Ready (a test harness stepping by hand)
 
 Rules, for each Ready, in this order:
 1. `persist(rd)`: save rd.snapshot first (the log is dropped up to it), then rd.hard_state
@@ -47,16 +48,23 @@ def drive(node: RawNode, storage: MemoryStorage, hooks: Hooks, held: Ready | Non
     while held is not None or node.has_ready():
         rd = held if held is not None else node.ready()
         held = None
-        if not hooks.persist(rd):
+        if not handle(node, storage, hooks, rd):
             return rd
-        if rd.snapshot is not None:
-            storage.apply_snapshot(rd.snapshot)
-        if rd.hard_state is not None:
-            storage.set_hard_state(rd.hard_state)
-        if rd.entries:
-            storage.append(rd.entries)
-        hooks.send(rd.messages)
-        hooks.apply(rd)
-        node.advance(rd)
-        hooks.advanced(rd)
     return None
+
+
+def handle(node: RawNode, storage: MemoryStorage, hooks: Hooks, rd: Ready) -> bool:
+    """One Ready, steps 1-5; False when `persist` refused it (nothing else was done)."""
+    if not hooks.persist(rd):
+        return False
+    if rd.snapshot is not None:
+        storage.apply_snapshot(rd.snapshot)
+    if rd.hard_state is not None:
+        storage.set_hard_state(rd.hard_state)
+    if rd.entries:
+        storage.append(rd.entries)
+    hooks.send(rd.messages)
+    hooks.apply(rd)
+    node.advance(rd)
+    hooks.advanced(rd)
+    return True

@@ -59,6 +59,7 @@ from typing import Callable
 from actors.consensus.raft import (Config, ConfChange, ConfChangeType, Entry, EntryType,
                                    HardState, MemoryStorage, Message, MessageType, ProposalDropped, RawNode,
                                    Ready, SnapshotMeta, StateType)
+from actors.consensus.ready import Hooks, handle
 
 # --- describers (etcd util.go: DescribeMessage, DescribeReady, ...) -----------------------
 
@@ -268,32 +269,35 @@ class Env:
                      f" lastindex={r.log.last_index()} lastterm={r.log.last_term()}")
 
     def process_ready(self, id_: int) -> None:
-        """One Ready: describe it, persist, queue the messages, apply, advance."""
+        """One Ready through the shells' own loop (actors/consensus/ready.py): describe it
+        while persisting, queue the messages, apply, advance."""
         n = self.node(id_)
-        rd = n.raw.ready()
-        for line in describe_ready(rd):
-            self.emit(line)
-        if rd.snapshot is not None:
-            n.storage.apply_snapshot(rd.snapshot)
-        if rd.hard_state is not None:
-            n.storage.set_hard_state(rd.hard_state)
-        n.storage.append(rd.entries)
-        for m in rd.messages:
-            if m.to in self.nodes:
-                self.queue.append(m)
-            else:  # no such process (not started yet, or gone): nobody receives it
-                self.emit(f"dropped: {describe_message(m)} (no node {m.to})")
-        for e in rd.committed_entries:
-            n.applied.append(e)
-            if e.type == EntryType.CONF_CHANGE:
-                cc = ConfChange.from_bytes(e.data)
 
-                def apply(cc: ConfChange = cc) -> None:
-                    cs = n.raw.apply_conf_change(cc)
-                    self.log("info", f"{id_} switched to configuration voters={ids(cs.voters)}"
-                             f" learners={ids(cs.learners)}")
-                self.observe(id_, apply)
-        self.observe(id_, lambda: n.raw.advance(rd))
+        def persist(rd: Ready) -> bool:
+            for line in describe_ready(rd):
+                self.emit(line)
+            return True
+
+        def send(messages: list[Message]) -> None:
+            for m in messages:
+                if m.to in self.nodes:
+                    self.queue.append(m)
+                else:  # no such process (not started yet, or gone): nobody receives it
+                    self.emit(f"dropped: {describe_message(m)} (no node {m.to})")
+
+        def apply(rd: Ready) -> None:
+            for e in rd.committed_entries:
+                n.applied.append(e)
+                if e.type == EntryType.CONF_CHANGE:
+                    cc = ConfChange.from_bytes(e.data)
+
+                    def switch(cc: ConfChange = cc) -> None:
+                        cs = n.raw.apply_conf_change(cc)
+                        self.log("info", f"{id_} switched to configuration voters={ids(cs.voters)}"
+                                 f" learners={ids(cs.learners)}")
+                    self.observe(id_, switch)
+
+        handle(n.raw, n.storage, Hooks(persist, send, apply), n.raw.ready())
 
     def cut(self, m: Message) -> bool:
         return m.frm in self.isolated or m.to in self.isolated
