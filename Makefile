@@ -38,8 +38,11 @@ run: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/python -m mypy
 
+# The whole suite: the unit and simulator tests on two workers (as test-fast, at full
+# counts), then everything that starts real nodes in one process (clusters need the cores).
 test: typecheck
-	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q -n 2 tests/unit tests/sim $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q --ignore=tests/unit --ignore=tests/sim $(PYTEST_ARGS)
 
 # The edit loop: every unit and simulator test, with less of each randomized one
 # (tests/lanes.py): property tests try a quarter of their examples (QKV_TEST_LANE=fast), the
