@@ -1,5 +1,6 @@
 """The Ready loop, once: the order in which a shell does a Raft core's I/O (etcd-io/raft
-doc.go "the Ready loop"). Used by the consensus actor, raft/testing.py and the simulator.
+doc.go "the Ready loop"). Used by the consensus actor, the Raft test network
+(tests/unit/raftnet.py), the simulator and the Raft transcripts (tests/unit/raftdd.py).
 
     held = drive(node, storage, Hooks(persist, send, apply, advanced), held)
     handle(node, storage, hooks, rd)   # one Ready (a test harness stepping by hand)

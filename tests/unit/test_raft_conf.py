@@ -9,7 +9,7 @@ import pytest
 
 from actors.consensus.raft import (Config, ConfChange, ConfChangeRefused, ConfChangeType, EntryType,
                                    MemoryStorage, Message, MessageType, RawNode, SnapshotMeta, StateType)
-from actors.consensus.raft.testing import Network
+from raftnet import Network
 
 CC = ConfChangeType
 

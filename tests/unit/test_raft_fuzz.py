@@ -7,7 +7,7 @@ import random
 import pytest
 
 from actors.consensus.raft import Message, ProposalDropped, StateType
-from actors.consensus.raft.testing import Network
+from raftnet import Network
 
 
 class Checker:

@@ -4,7 +4,7 @@ the Raft thesis; etcd's readOnly queue)."""
 import pytest
 
 from actors.consensus.raft import Message, MessageType, ProposalDropped, StateType
-from actors.consensus.raft.testing import Network
+from raftnet import Network
 
 MT = MessageType
 L, F = StateType.LEADER, StateType.FOLLOWER

@@ -6,7 +6,7 @@ import pytest
 
 from actors.consensus.raft import (Entry, HardState, MemoryStorage, Message, MessageType,
                                    ProposalDropped, StateType)
-from actors.consensus.raft.testing import Network
+from raftnet import Network
 
 MT = MessageType
 L, F = StateType.LEADER, StateType.FOLLOWER

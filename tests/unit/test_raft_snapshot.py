@@ -10,7 +10,7 @@ import pytest
 from actors.consensus.raft import (Config, Entry, HardState, MemoryStorage, Message, MessageType,
                                    RawNode, SnapshotMeta, StateType)
 from actors.consensus.raft.storage import CompactedError
-from actors.consensus.raft.testing import Network
+from raftnet import Network
 from actors.consensus.wal import WAL
 
 MT = MessageType

@@ -3,7 +3,7 @@
 import pytest
 
 from actors.consensus.raft import MessageType, ProposalDropped, StateType
-from actors.consensus.raft.testing import Network
+from raftnet import Network
 
 MT = MessageType
 L, F = StateType.LEADER, StateType.FOLLOWER

@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from actors.consensus.raft import Entry, Message, MessageType, StateType
-from actors.consensus.raft.testing import Network
+from raftnet import Network
 from tests.lanes import examples
 
 MT = MessageType

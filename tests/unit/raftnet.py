@@ -1,4 +1,5 @@
-"""A hand-driven in-memory network of RawNodes, for tests and simulations.
+"""A hand-driven in-memory network of RawNodes for the Raft unit tests (test machinery: it
+lives here, not in the product's raft package).
 
 Rules: nothing here performs I/O; each node runs the one Ready loop
 (actors/consensus/ready.py); every message crosses `to_wire`/`from_wire` so the codec
@@ -16,9 +17,9 @@ from typing import Any
 
 from actors.consensus.ready import Hooks, drive
 
-from .rawnode import RawNode
-from .storage import MemoryStorage
-from .types import Config, Entry, Message, MessageType, ReadState, Ready, StateType
+from actors.consensus.raft.rawnode import RawNode
+from actors.consensus.raft.storage import MemoryStorage
+from actors.consensus.raft.types import Config, Entry, Message, MessageType, ReadState, Ready, StateType
 
 
 class Network:
