@@ -13,9 +13,12 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import sys
+import threading
 from contextlib import contextmanager
 from dataclasses import dataclass
+from types import FrameType
 from typing import TYPE_CHECKING, BinaryIO, Iterator, NoReturn, Optional, TypedDict, cast
 
 import typer
@@ -35,6 +38,7 @@ EXIT_BAD_CONNECTION = 2
 EXIT_INVALID_INPUT = 3
 EXIT_BAD_FEATURE = 4
 EXIT_BAD_ARGS = 128
+EXIT_INTERRUPTED = 130  # 128 + SIGINT: Ctrl-C ended a command that runs until interrupted
 
 
 class CliError(Exception):
@@ -174,6 +178,31 @@ def errors() -> Iterator[None]:
             sys.stdout.flush()
         except ValueError:
             pass
+
+
+@contextmanager
+def stop_on_signal() -> Iterator[threading.Event]:
+    """Ctrl-C and SIGTERM set the yielded event instead of raising KeyboardInterrupt: a
+    command that runs until interrupted checks it between bounded waits and leaves through
+    its own cleanup. (A KeyboardInterrupt raised at an arbitrary point can land between a
+    lock's acquire and its `with` body, leaving the lock held, and the cleanup that needs it
+    then hangs: `qkvctl elect -l` once ignored Ctrl-C that way.)"""
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: Optional[FrameType]) -> None:
+        stop.set()
+
+    old = {}
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        try:
+            old[sig] = signal.signal(sig, on_signal)
+        except ValueError:  # not the main thread (in-process tests): the caller's loop still ends
+            pass
+    try:
+        yield stop
+    finally:
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
 
 
 def fail(message: str, code: int) -> NoReturn:

@@ -9,7 +9,8 @@ from typing import TYPE_CHECKING, Optional, Union
 import typer
 
 from protocol.client.cli.common import (
-    EXIT_BAD_ARGS, EXIT_BAD_CONNECTION, CliError, Globals, client, errors, globals_of, printer, say,
+    EXIT_BAD_ARGS, EXIT_BAD_CONNECTION, EXIT_INTERRUPTED, CliError, Globals, client, errors, globals_of, printer,
+    say, stop_on_signal,
 )
 
 if TYPE_CHECKING:
@@ -188,21 +189,24 @@ def lease_keepalive_cmd(
                 _keepalived(g, resp.header, lid, resp.ttl)
                 return
             deadline: float | None = None
-            while True:
-                sent = time.monotonic()
-                try:
-                    resp = router.keepalive(lid)
-                except LeaseNotFound:
-                    break
-                except QkvError:
-                    if deadline is not None and time.monotonic() > deadline:
+            with stop_on_signal() as stop:
+                while not stop.is_set():
+                    sent = time.monotonic()
+                    try:
+                        resp = router.keepalive(lid)
+                    except LeaseNotFound:
                         break
-                    time.sleep(0.2)
-                    continue
-                if resp.ttl <= 0:
-                    break
-                deadline = sent + resp.ttl
-                _keepalived(g, resp.header, lid, resp.ttl)
-                time.sleep(max(resp.ttl / 3.0, 0.05))
+                    except QkvError:
+                        if deadline is not None and time.monotonic() > deadline:
+                            break
+                        stop.wait(0.2)
+                        continue
+                    if resp.ttl <= 0:
+                        break
+                    deadline = sent + resp.ttl
+                    _keepalived(g, resp.header, lid, resp.ttl)
+                    stop.wait(max(resp.ttl / 3.0, 0.05))
+            if stop.is_set():
+                raise typer.Exit(EXIT_INTERRUPTED)  # as a Ctrl-C always ended it
         if g.write_out == "simple":
             say(f"lease {lid:016x} expired or revoked.")

@@ -12,43 +12,24 @@ from __future__ import annotations
 
 import os
 import sys
-import threading
-from types import FrameType
-from typing import TYPE_CHECKING, Callable, Optional, Union
+from typing import TYPE_CHECKING, Callable, Optional
 
 import typer
 
-from protocol.client.cli.common import EXIT_BAD_ARGS, CliError, arg, client, errors, globals_of, print_kv
+from protocol.client.cli.common import (EXIT_BAD_ARGS, CliError, arg, client, errors, globals_of, print_kv,
+                                        stop_on_signal)
 
 if TYPE_CHECKING:
     from protocol.client.concurrency import Session
 
-_Handler = Union[Callable[[int, Optional[FrameType]], object], int, None]
-
 
 def _wait_for_signal(session: Session) -> bool:
     """Block until Ctrl-C / SIGTERM (True) or the session is lost (False)."""
-    import signal
-
-    stop = threading.Event()
-
-    def on_signal(signum: int, frame: Optional[FrameType]) -> None:
-        stop.set()
-
-    old: dict[signal.Signals, _Handler] = {}
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        try:
-            old[sig] = signal.signal(sig, on_signal)
-        except ValueError:  # not the main thread (tests)
-            pass
-    try:
+    with stop_on_signal() as stop:
         while not stop.is_set():
             if session.done.wait(0.1):
                 return False
         return True
-    finally:
-        for sig, handler in old.items():
-            signal.signal(sig, handler)
 
 
 def _best_effort(what: str, step: Callable[[], None]) -> None:
@@ -135,12 +116,11 @@ def elect_cmd(
                 from protocol.client.concurrency import Observer
                 from protocol.client.types import ResponseHeader
 
-                with Observer(c, name + b"/") as it:
-                    try:
-                        for kv in it:
+                with Observer(c, name + b"/") as it, stop_on_signal() as stop:
+                    while not stop.is_set():
+                        kv = it.get(timeout=0.2)
+                        if kv is not None:
                             print_kv(g, ResponseHeader(revision=it.revision), kv)
-                    except KeyboardInterrupt:
-                        return
                 return
             session = Session(c, ttl=ttl)
             try:

@@ -10,7 +10,7 @@ import typer
 from protocol import VERSION
 from protocol.client.cli import auth, bench, kv, lease, lock_elect, maintenance, member, snapshot, watch
 from protocol.client.cli.common import (
-    API_VERSION, DEFAULT_ENDPOINTS, EXIT_BAD_ARGS, EXIT_BAD_FEATURE, EXIT_ERROR, CliError,
+    API_VERSION, DEFAULT_ENDPOINTS, EXIT_BAD_ARGS, EXIT_BAD_FEATURE, EXIT_ERROR, EXIT_INTERRUPTED, CliError,
     Globals, errors, parse_duration, split_user,
 )
 
@@ -182,7 +182,7 @@ def run_app(typer_app: typer.Typer, prog_name: str, args: list[str]) -> int:
     except Abort:
         return EXIT_ERROR
     except KeyboardInterrupt:
-        return 130
+        return EXIT_INTERRUPTED
     finally:
         try:
             sys.stdout.flush()

@@ -6,7 +6,8 @@ from typing import Optional
 
 import typer
 
-from protocol.client.cli.common import EXIT_BAD_ARGS, CliError, arg, client, errors, globals_of, printer
+from protocol.client.cli.common import (EXIT_BAD_ARGS, EXIT_INTERRUPTED, CliError, arg, client, errors, globals_of, printer,
+                                        stop_on_signal)
 
 EXIT_WATCH_CANCELED = 5
 
@@ -32,13 +33,18 @@ def watch_cmd(
         key, range_end = arg(args[0]), (arg(args[1]) if len(args) > 1 else None)
         p = printer(g)
         p.need("simple", "json", "fields")
-        with client(g) as c:
+        with client(g) as c, stop_on_signal() as stop:
             with c.watch(key, range_end, prefix=prefix, start_revision=max(0, rev), prev_kv=prev_kv,
                          progress_notify=progress_notify) as watcher:
-                for resp in watcher:
+                while not stop.is_set():
+                    resp = watcher.get(timeout=0.2)
+                    if resp is None:
+                        continue
                     if resp.canceled:
                         sys.stderr.write(f"watch was canceled ({resp.cancel_reason})\n")
                         sys.stderr.flush()
                         break
                     p.watch(resp)
+        if stop.is_set():
+            raise typer.Exit(EXIT_INTERRUPTED)  # as a Ctrl-C always ended it
         raise CliError("watch is canceled by the server", EXIT_WATCH_CANCELED)
