@@ -21,6 +21,7 @@ from protocol.client.concurrency import (  # noqa: E402
     SessionExpired,
 )
 from protocol.client.watch import watch_topic  # noqa: E402
+from nodeproc import wait_for  # noqa: E402
 
 
 def test_lock_key_fencing_and_release(client):
@@ -211,33 +212,59 @@ def test_qkvctl_lock_runs_a_command_while_holding(srv):
     assert r.stderr == "Error: lock takes a lock name argument and an optional command to execute\n"
 
 
+class _Lines:
+    """A child's stdout, line by line as it comes (unbuffered child), read by a thread."""
+
+    def __init__(self, *args: str) -> None:
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, text=True, cwd=ROOT, env=env)
+        self.lines: list[str] = []
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.lines.append(line)
+
+    def wait_lines(self, n: int, what: str) -> None:
+        wait_for(lambda: len(self.lines) >= n, 15, what)
+
+    def interrupt(self) -> str:
+        """Ctrl-C, then everything it printed."""
+        self.proc.send_signal(2)
+        self.proc.wait(timeout=10)
+        self._reader.join(10)
+        return "".join(self.lines)
+
+
 def test_qkvctl_lock_and_elect_hold_until_interrupted(srv):
-    lock = subprocess.Popen(_qkvctl(srv, "lock", "mylock"), stdout=subprocess.PIPE, text=True, cwd=ROOT)
-    obs = subprocess.Popen(_qkvctl(srv, "elect", "-l", "el"), stdout=subprocess.PIPE, text=True, cwd=ROOT)
-    p1 = subprocess.Popen(_qkvctl(srv, "elect", "el", "p1"), stdout=subprocess.PIPE, text=True, cwd=ROOT)
-    p2 = None
+    procs: list[_Lines] = []
+
+    def start(*args: str) -> _Lines:
+        procs.append(_Lines(*_qkvctl(srv, *args)))
+        return procs[-1]
+
     try:
-        deadline = time.monotonic() + 10
-        while len(srv.store.kv) < 2 and time.monotonic() < deadline:
-            time.sleep(0.05)
-        p2 = subprocess.Popen(_qkvctl(srv, "elect", "el", "p2"), stdout=subprocess.PIPE, text=True, cwd=ROOT)
-        while len(srv.store.kv) < 3 and time.monotonic() < deadline:
-            time.sleep(0.05)
-        time.sleep(0.3)
-        for p in (lock, p1):
-            p.send_signal(2)
-        out_lock, out_p1 = lock.communicate(timeout=10)[0], p1.communicate(timeout=10)[0]
-        time.sleep(1.0)
-        p2.send_signal(2)
-        out_p2 = p2.communicate(timeout=10)[0]
-        time.sleep(0.5)
-        obs.send_signal(2)
-        out_obs = obs.communicate(timeout=10)[0]
+        lock = start("lock", "mylock")
+        obs = start("elect", "-l", "el")
+        p1 = start("elect", "el", "p1")
+        lock.wait_lines(2, "the lock holder to print its key")
+        p1.wait_lines(2, "p1 to print its leadership")
+        obs.wait_lines(2, "the observer to print p1")
+        p2 = start("elect", "el", "p2")
+        wait_for(lambda: len(srv.store.kv) >= 3, 15, "p2 to campaign (its key)")
+        out_lock, out_p1 = lock.interrupt(), p1.interrupt()
+        p2.wait_lines(2, "p2 to print its leadership once p1 resigned")
+        obs.wait_lines(4, "the observer to print p2")
+        out_p2 = p2.interrupt()
+        out_obs = obs.interrupt()
     finally:
-        for p in (lock, obs, p1, p2):
-            if p is not None and p.poll() is None:
-                p.kill()
-    assert lock.returncode == 0 and out_lock.startswith("mylock/") and out_lock.endswith("\n\n")
+        for p in procs:
+            if p.proc.poll() is None:
+                p.proc.kill()
+                p.proc.wait()
+    assert lock.proc.returncode == 0 and out_lock.startswith("mylock/") and out_lock.endswith("\n\n")
     k1, _ = out_p1.split("\n", 1)
     assert out_p1 == f"{k1}\np1\n" and k1.startswith("el/")
     k2 = out_p2.split("\n", 1)[0]

@@ -25,8 +25,14 @@ def test_records_of_processes_sharing_stderr_stay_whole_lines(tmp_path):
     with open(path, "ab") as out:
         procs = [subprocess.Popen([sys.executable, "-c", WRITER.format(root=str(ROOT)), f"actor{k}"], stderr=out)
                  for k in range(4)]
-        for p in procs:
-            assert p.wait(timeout=60) == 0
+        try:
+            for p in procs:
+                assert p.wait(timeout=60) == 0
+        finally:
+            for p in procs:  # none left behind, also when one failed
+                if p.poll() is None:
+                    p.kill()
+                    p.wait()
     lines = path.read_text().splitlines()
     assert len(lines) == 12000
     records = [json.loads(line) for line in lines]  # raises on a merged or split line
