@@ -687,7 +687,10 @@ class ConsensusActor(Actor):
         self.transport.send(frm, M.PeerSnapAck(self.id, got.snap_id, got.seq, got.status))
         if got.install is not None:
             self.log.info("snapshot_received", frm=f"{frm:x}", bytes=got.install.bytes)
-            self.storage.send(wire.pack(M.Install(got.install.ctx, got.install.root)), zmq.NOBLOCK)
+            try:
+                self.storage.send(wire.pack(M.Install(got.install.ctx, got.install.root)), zmq.NOBLOCK)
+            except zmq.ZMQError as exc:  # storage not there (restarting) or its queue is full
+                self._on_installed(got.install.ctx, 0, f"storage is not reachable: {exc}")
 
     def _on_installed(self, ctx: int, applied: int, error: Any) -> None:
         got = self.recvs.installed(ctx, error)
