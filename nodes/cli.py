@@ -8,7 +8,8 @@ import typer
 
 from nodes.config import VERSION, ConfigError, load_config
 
-app = typer.Typer(add_completion=False, context_settings={"help_option_names": ["-h", "--help"]})
+# rich_markup_mode=None: plain click help (rich markup would eat "[default: ...]").
+app = typer.Typer(add_completion=False, rich_markup_mode=None, context_settings={"help_option_names": ["-h", "--help"]})
 
 _ENV = "Also settable as QKV_{} or in the --config-file."
 
@@ -53,7 +54,7 @@ def run(
     compaction_batch_limit: Optional[str] = _opt(
         "Most revisions one slice of background compaction removes (a slice also stops after ~5 ms). "
         "[default: 1000]"),
-    log_level: Optional[str] = _opt("debug, info, warning or error. [default: info]"),
+    log_level: Optional[str] = _opt("debug, info, warn, error, panic or fatal (as etcd). [default: info]"),
     log_format: Optional[str] = _opt("json or console. [default: json]"),
     force_new_cluster: bool = typer.Option(
         False, "--force-new-cluster", show_default=False,
@@ -107,7 +108,7 @@ def run(
     raise typer.Exit(supervisor.run())
 
 
-keygen_app = typer.Typer(add_completion=False, context_settings={"help_option_names": ["-h", "--help"]})
+keygen_app = typer.Typer(add_completion=False, rich_markup_mode=None, context_settings={"help_option_names": ["-h", "--help"]})
 
 
 @keygen_app.command()

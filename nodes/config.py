@@ -66,6 +66,19 @@ def _choice(flag: str, raw: Any, choices: tuple[str, ...]) -> str:
     return value
 
 
+# etcd's spellings (debug, info, warn, error, panic, fatal) and Python's "warning"; the
+# value kept is the one actors/runtime/log.py knows (panic and fatal log errors only).
+_LOG_LEVELS = {"debug": "debug", "info": "info", "warn": "warning", "warning": "warning",
+               "error": "error", "panic": "error", "fatal": "error"}
+
+
+def _log_level(flag: str, raw: Any) -> str:
+    value = str(raw).strip().lower()
+    if value not in _LOG_LEVELS:
+        raise ConfigError(f"invalid {flag} {raw!r}: must be one of debug, info, warn, error, panic, fatal")
+    return _LOG_LEVELS[value]
+
+
 def _duration(flag: str, raw: Any) -> float:
     from actors.storage.compactor import parse_duration
 
@@ -254,7 +267,7 @@ FLAGS: dict[str, _V] = {
     "auto-compaction-mode": lambda f, v: _choice(f, v, ("periodic", "revision")),
     "auto-compaction-retention": lambda f, v: str(v).strip(),
     "compaction-batch-limit": lambda f, v: _positive_int(f, v, 1, 1_000_000),
-    "log-level": lambda f, v: _choice(f, v, ("debug", "info", "warning", "error")),
+    "log-level": lambda f, v: _log_level(f, v),
     "log-format": lambda f, v: _choice(f, v, ("json", "console")),
     "force-new-cluster": _bool,
     "auto-promote-learners": _bool,

@@ -14,7 +14,7 @@ from protocol.client.cli.common import EXIT_BAD_ARGS, CliError, Globals, errors,
 if TYPE_CHECKING:
     from protocol.client.snapshot import SnapshotStatus
 
-snapshot_app = typer.Typer(no_args_is_help=True, rich_markup_mode=None, help="Manages etcd node snapshots")
+snapshot_app = typer.Typer(no_args_is_help=True, rich_markup_mode=None, help="Manages quorumkv node snapshots")
 
 RESTORE_MOVED = ("snapshot restore builds a member's data dir offline: use `qkvutl snapshot restore` "
                  "(same arguments and flags)")
@@ -28,7 +28,7 @@ def snapshot_save_cmd(
                                     help="l: holds every write acknowledged before (needs a leader); "
                                          "s: what this member has applied"),
 ) -> None:
-    """Stores an etcd node backend snapshot to a given file."""
+    """Stores a quorumkv node backend snapshot to a given file."""
     g = globals_of(ctx)
     with errors():
         from protocol.client.snapshot import ProgressBar, SnapshotFileError, save
