@@ -10,7 +10,8 @@ from typing import Any, Optional
 import typer
 
 from protocol.client.cli.common import (
-    EXIT_BAD_ARGS, EXIT_BAD_FEATURE, EXIT_ERROR, CliError, Globals, arg, client, errors, globals_of,
+    EXIT_BAD_ARGS, EXIT_BAD_FEATURE, EXIT_ERROR, EXIT_INVALID_INPUT, CliError, Globals, arg, client, errors,
+    globals_of, say,
 )
 
 benchmark_app = typer.Typer(no_args_is_help=True, rich_markup_mode=None,
@@ -131,3 +132,264 @@ def bench_txn_put(
     """Benchmark put through txn."""
     _bench(ctx, "txn-put", clients, total, duration, key_size=key_size, val_size=val_size,
            key_space_size=key_space_size, txn_ops=txn_ops, sequential_keys=True)
+
+
+# -- check perf (etcdctl's check.go) ----------------------------------------------------------
+check_app = typer.Typer(no_args_is_help=True, rich_markup_mode=None,
+                        help="commands for checking properties of the quorumkv cluster")
+
+
+@dataclass(frozen=True)
+class PerfLoad:
+    limit: int      # writes per second asked for
+    clients: int    # concurrent logical clients
+    duration_s: float
+
+
+# etcdctl 3.4's workloads, and their aliases.
+PERF_LOADS = {"s": PerfLoad(150, 50, 60), "m": PerfLoad(1000, 200, 60), "l": PerfLoad(8000, 500, 60),
+              "xl": PerfLoad(15000, 1000, 60)}
+LOAD_ALIASES = {"s": "s", "small": "s", "m": "m", "medium": "m", "l": "l", "large": "l", "xl": "xl",
+                "xLarge": "xl"}
+PERF_KEY_SIZE, PERF_VALUE_SIZE = 256, 1024
+
+
+@dataclass
+class PerfResult:
+    latencies_s: list[float]
+    errors: dict[str, int]
+    total_s: float
+
+    @property
+    def rps(self) -> float:
+        return len(self.latencies_s) / self.total_s if self.total_s > 0 else 0.0
+
+    @property
+    def slowest_s(self) -> float:
+        return max(self.latencies_s, default=0.0)
+
+    @property
+    def stddev_s(self) -> float:
+        lats = self.latencies_s
+        if not lats:
+            return 0.0
+        avg = sum(lats) / len(lats)
+        return float((sum((x - avg) ** 2 for x in lats) / len(lats)) ** 0.5)
+
+
+def perf_verdict(result: PerfResult, limit: int) -> tuple[list[str], bool]:
+    """etcdctl's verdict lines for a check perf run, and whether it passed (check.go)."""
+    lines: list[str] = []
+    ok = True
+    if result.errors:
+        lines.append("FAIL: too many errors")
+        lines += [f"FAIL: ERROR({msg}) -> {n}" for msg, n in result.errors.items()]
+        ok = False
+    if result.rps / limit <= 0.9:
+        lines.append(f"FAIL: Throughput too low: {int(result.rps) + 1} writes/s")
+        ok = False
+    else:
+        lines.append(f"PASS: Throughput is {int(result.rps) + 1} writes/s")
+    if result.slowest_s > 0.5:
+        lines.append(f"Slowest request took too long: {result.slowest_s:f}s")
+        ok = False
+    else:
+        lines.append(f"PASS: Slowest request took {result.slowest_s:f}s")
+    if result.stddev_s > 0.1:
+        lines.append(f"Stddev too high: {result.stddev_s:f}s")
+        ok = False
+    else:
+        lines.append(f"PASS: Stddev is {result.stddev_s:f}s")
+    lines.append("PASS" if ok else "FAIL")
+    return lines, ok
+
+
+def perf_key(prefix: bytes, rng: Any) -> bytes:
+    """etcdctl's key: the prefix, then binary.PutVarint(random int63) in a 256-byte buffer."""
+    from protocol.client.bench import make_key
+
+    return prefix + make_key(rng.randrange(2**63 - 1), PERF_KEY_SIZE)
+
+
+def run_perf(endpoints: list[str], load: PerfLoad, prefix: bytes, timeout_s: float,
+             curve: Curve | None = None, token: str | None = None,
+             progress: Any = None) -> PerfResult:
+    """Puts at `load.limit` per second from `load.clients` logical clients (one DEALER each,
+    one request in flight each, all under one poller) for `load.duration_s`. A request with
+    no reply within `timeout_s` counts as an error and its socket is recreated."""
+    import random
+    import time
+
+    import zmq
+
+    from protocol.client.bench import _PACK, _frame
+    from protocol.codec import unpack
+    from protocol.errors import QkvError
+
+    rng = random.Random()
+    value = b"\x00" * PERF_VALUE_SIZE
+    tail = _PACK.pack("value") + _PACK.pack(value)
+    head = _PACK.pack("op") + _PACK.pack("put") + _PACK.pack("key")
+    token_pair = (_PACK.pack("token") + _PACK.pack(token)) if token else b""
+    ctx = zmq.Context()
+    poller = zmq.Poller()
+    socks: dict[zmq.Socket, int] = {}  # socket -> client index
+    rid = [0] * load.clients
+    sent_at = [0.0] * load.clients
+    sock_of: list[Optional[zmq.Socket]] = [None] * load.clients
+    idle = list(range(load.clients))
+    waiting = [False] * load.clients  # a request in flight
+    lats: list[float] = []
+    errors: dict[str, int] = {}
+    next_rid = rng.getrandbits(32) + 1
+
+    def new_socket(i: int) -> None:
+        s = ctx.socket(zmq.DEALER)
+        s.setsockopt(zmq.LINGER, 0)
+        if curve is not None:
+            s.curve_publickey, s.curve_secretkey, s.curve_serverkey = curve
+        s.connect(endpoints[i % len(endpoints)])
+        poller.register(s, zmq.POLLIN)
+        socks[s] = i
+        sock_of[i] = s
+
+    def fail(msg: str) -> None:
+        errors[msg] = errors.get(msg, 0) + 1
+
+    perf = time.perf_counter
+    try:
+        for i in range(load.clients):
+            new_socket(i)
+        start = perf()
+        end_at = start + load.duration_s
+        interval = 1.0 / load.limit
+        next_token = start
+        first_start: Optional[float] = None
+        last_end = start
+        next_tick = start + 1.0
+        busy = 0
+        while True:
+            now = perf()
+            # issue: one request per token (rate.Limiter with a burst of 1), on an idle client
+            while idle and now < end_at and next_token <= now:
+                i = idle.pop()
+                waiting[i] = True
+                next_rid += 1
+                rid[i] = next_rid
+                sent_at[i] = perf()
+                first_start = sent_at[i] if first_start is None else first_start
+                s = sock_of[i]
+                assert s is not None
+                s.send(_frame(next_rid, 3 + (1 if token else 0),
+                              head + _PACK.pack(perf_key(prefix, rng)) + tail + token_pair), copy=False)
+                busy += 1
+                next_token = max(next_token + interval, now - interval)
+            if now >= end_at and busy == 0:
+                break
+            wait = 0.1 if now >= end_at or not idle else max(0.0, min(0.1, next_token - now))
+            for s, _ in poller.poll(int(wait * 1000)):
+                i = socks[s]
+                while True:
+                    try:
+                        frame = s.recv(zmq.NOBLOCK)
+                    except zmq.Again:
+                        break
+                    t = perf()
+                    try:
+                        reply = unpack(frame)
+                    except QkvError as exc:
+                        fail(f"undecodable reply: {exc.message}")
+                        continue
+                    if not isinstance(reply, dict) or reply.get("id") != rid[i] or not waiting[i]:
+                        continue  # a late reply to a request already counted
+                    if reply.get("ok") is True:
+                        lats.append(t - sent_at[i])
+                    else:
+                        fail(QkvError.from_wire(reply.get("error")).message)
+                    last_end = t
+                    waiting[i] = False
+                    idle.append(i)
+                    busy -= 1
+            now = perf()
+            for i in range(load.clients):
+                if waiting[i] and now - sent_at[i] > timeout_s:
+                    fail(f"timeout: no reply within {timeout_s:g}s")
+                    s = sock_of[i]
+                    assert s is not None
+                    poller.unregister(s)
+                    del socks[s]
+                    s.close(linger=0)
+                    new_socket(i)
+                    waiting[i] = False
+                    idle.append(i)
+                    busy -= 1
+                    last_end = now
+            if progress is not None and now >= next_tick:
+                next_tick += 1.0
+                progress(min(load.duration_s, now - start), load.duration_s)
+        total = last_end - first_start if first_start is not None else 0.0
+        return PerfResult(lats, errors, total)
+    finally:
+        for s in list(socks):
+            s.close(linger=0)
+        ctx.term()
+
+
+@check_app.command("perf")
+def check_perf_cmd(
+    ctx: typer.Context,
+    load: str = typer.Option("s", "--load", help="The performance check's workload model. Accepted workloads: "
+                                                 "s(small), m(medium), l(large), xl(xLarge)"),
+    prefix: str = typer.Option("/etcdctl-check-perf/", "--prefix",
+                               help="The prefix for writing the performance check's keys."),
+    auto_compact: bool = typer.Option(False, "--auto-compact",
+                                      help="Compact storage with last revision after test is finished."),
+    auto_defrag: bool = typer.Option(False, "--auto-defrag", help="Defragment storage after test is finished."),
+    duration: float = typer.Option(0.0, "--duration", hidden=True,
+                                   help="tests only: seconds instead of the load's 60"),
+) -> None:
+    """Check the performance of the quorumkv cluster"""
+    import dataclasses
+    import json
+
+    from protocol.client.bench import ProgressBar
+    from protocol.client.client import normalize_endpoint
+
+    g = globals_of(ctx)
+    with errors():
+        model = LOAD_ALIASES.get(load)
+        if model is None:
+            raise CliError(f"unknown load option {load}", EXIT_BAD_FEATURE)
+        cfg = PERF_LOADS[model]
+        if duration > 0:
+            cfg = dataclasses.replace(cfg, duration_s=duration)
+        key = arg(prefix)
+        with client(g) as c:
+            if c.get(key, prefix=True, limit=1).kvs:
+                raise CliError(f"prefix {json.dumps(prefix)} has keys. Delete with qkvctl del --prefix {prefix} first",
+                               EXIT_INVALID_INPUT)
+        curve, token = _bench_credentials(g)
+        bar = ProgressBar(sys.stderr)
+        result = run_perf([normalize_endpoint(e) for e in g.endpoints], cfg, key, max(g.command_timeout_s, 1.0),
+                          curve, token, progress=lambda done, total: bar(int(done), int(total), done))
+        bar.finish()
+        with client(g) as c:
+            c.timeout = 30.0
+            dresp = c.delete(key, prefix=True)
+            if auto_compact:  # etcdctl's util.go compact(): physical, 30 s
+                rev = dresp.header.revision
+                say(f"Compacting with revision {rev}")
+                c.compact(rev, physical=True)
+                say(f"Compacted with revision {rev}")
+        if auto_defrag:  # etcdctl's util.go defrag()
+            for ep in g.endpoints:
+                say(f"Defragmenting {json.dumps(ep)}")
+                with client(g, [ep]) as c:
+                    c.timeout = 30.0
+                    c.defragment()
+                say(f"Defragmented {json.dumps(ep)}")
+        lines, ok = perf_verdict(result, cfg.limit)
+        sys.stdout.write("".join(line + "\n" for line in lines))
+        sys.stdout.flush()
+        if not ok:
+            raise typer.Exit(EXIT_ERROR)

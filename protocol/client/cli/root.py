@@ -82,6 +82,7 @@ app.command("lock", context_settings={"allow_interspersed_args": False,
 app.command("elect")(lock_elect.elect_cmd)
 app.add_typer(maintenance.endpoint_app, name="endpoint")
 app.add_typer(bench.benchmark_app, name="benchmark")
+app.add_typer(bench.check_app, name="check")
 app.add_typer(member.member_app, name="member")
 app.add_typer(lease.lease_app, name="lease")
 app.add_typer(maintenance.alarm_app, name="alarm")

@@ -1,0 +1,85 @@
+"""`qkvctl check perf` (etcdctl's check.go): the workloads, the verdict lines as etcdctl
+prints them, the refusal of a prefix that has keys, and a short run against the fake
+gateway (its keys are deleted afterwards). Nothing here asserts on time: a run's verdict
+may be PASS or FAIL on a busy machine; its shape is what is checked."""
+from __future__ import annotations
+
+import io
+import os
+import random
+import re
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+for p in (ROOT, os.path.join(ROOT, "tests")):
+    if p not in sys.path:
+        sys.path.insert(0, p)
+
+from protocol.client.cli import run  # noqa: E402
+from protocol.client.cli.bench import (  # noqa: E402
+    LOAD_ALIASES, PERF_LOADS, PerfResult, perf_key, perf_verdict,
+)
+
+
+@pytest.fixture
+def ctl(srv, capsys, monkeypatch):
+    def call(*argv: str):
+        monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(b"")))
+        capsys.readouterr()
+        rc = run(["--endpoints", srv.address, "--command-timeout", "2s", *argv])
+        out = capsys.readouterr()
+        return rc, out.out, out.err
+    return call
+
+
+def test_workloads_are_etcdctls():
+    assert {k: (v.limit, v.clients, v.duration_s) for k, v in PERF_LOADS.items()} == {
+        "s": (150, 50, 60), "m": (1000, 200, 60), "l": (8000, 500, 60), "xl": (15000, 1000, 60)}
+    assert LOAD_ALIASES["xLarge"] == "xl" and LOAD_ALIASES["small"] == "s"
+
+
+def test_verdict_pass():
+    lines, ok = perf_verdict(PerfResult([0.01, 0.02, 0.03], {}, 3 / 149.5), 150)
+    assert ok
+    assert lines == ["PASS: Throughput is 150 writes/s", "PASS: Slowest request took 0.030000s",
+                     "PASS: Stddev is 0.008165s", "PASS"]
+
+
+def test_verdict_fail_lines_as_etcdctl_prints_them():
+    # etcdctl 3.4 on this machine printed exactly these shapes (its slowest/stddev failures
+    # carry no "FAIL:" prefix)
+    lines, ok = perf_verdict(PerfResult([0.01, 1.748639], {"etcdserver: request timed out": 2}, 2 / 10), 150)
+    assert not ok
+    assert lines == ["FAIL: too many errors", "FAIL: ERROR(etcdserver: request timed out) -> 2",
+                     "FAIL: Throughput too low: 11 writes/s", "Slowest request took too long: 1.748639s",
+                     "Stddev too high: 0.869320s", "FAIL"]
+
+
+def test_key_is_etcdctls_shape():
+    k = perf_key(b"/etcdctl-check-perf/", random.Random(1))
+    assert k.startswith(b"/etcdctl-check-perf/") and len(k) == len(b"/etcdctl-check-perf/") + 256
+
+
+def test_unknown_load_is_a_bad_feature(ctl):
+    assert ctl("check", "perf", "--load", "huge") == (4, "", "Error: unknown load option huge\n")
+
+
+def test_prefix_with_keys_is_refused(ctl):
+    assert ctl("put", "/etcdctl-check-perf/x", "1")[0] == 0
+    rc, out, err = ctl("check", "perf")
+    assert (rc, out) == (3, "")
+    assert err == ('Error: prefix "/etcdctl-check-perf/" has keys. Delete with qkvctl del --prefix '
+                   "/etcdctl-check-perf/ first\n")
+
+
+def test_a_short_run_prints_the_verdict_and_cleans_up(ctl):
+    rc, out, err = ctl("check", "perf", "--duration", "1", "--prefix", "/p/", "--auto-compact")
+    lines = out.splitlines()
+    assert lines[0] == "Compacting with revision " + lines[0].split()[-1] and lines[1].startswith("Compacted with")
+    assert re.fullmatch(r"(PASS: Throughput is|FAIL: Throughput too low:) \d+ writes/s", lines[-4]), out
+    assert re.fullmatch(r"(PASS: Slowest request took|Slowest request took too long:) \d+\.\d{6}s", lines[-3])
+    assert re.fullmatch(r"(PASS: Stddev is|Stddev too high:) \d+\.\d{6}s", lines[-2])
+    assert (lines[-1], rc) in (("PASS", 0), ("FAIL", 1)), out
+    assert ctl("get", "/p/", "--prefix", "--count-only", "-w", "fields")[1].count('"Count" : 0') == 1
