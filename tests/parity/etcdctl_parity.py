@@ -392,6 +392,9 @@ def run_entries(etcd: Side, qkv: Side, skip_slow: bool, verbose: bool) -> list[R
                               if i >= len(a) or i >= len(b) or a[i] != b[i]), 0)
                     la = a[i] if i < len(a) else "(nothing)"
                     lb = b[i] if i < len(b) else "(nothing)"
+                    j = next((j for j in range(min(len(la), len(lb))) if la[j] != lb[j]), min(len(la), len(lb)))
+                    if j > 30:  # show where the lines part, not their common start
+                        la, lb = "…" + la[j - 20:], "…" + lb[j - 20:]
                     shown = " ".join(step.args) + (f" -w {fmt}" if step.formats else "")
                     diff = f"no: `{shown}`: etcdctl `{la[:70]}` / qkvctl `{lb[:70]}`"
         has = present(qkv, entry.name)

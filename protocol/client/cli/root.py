@@ -8,7 +8,7 @@ from typing import Optional
 import typer
 
 from protocol import VERSION
-from protocol.client.cli import auth, bench, kv, lease, lock_elect, maintenance, member, snapshot, watch
+from protocol.client.cli import auth, bench, kv, lease, lock_elect, maintenance, member, mirror, snapshot, watch
 from protocol.client.cli.common import (
     API_VERSION, DEFAULT_ENDPOINTS, EXIT_BAD_ARGS, EXIT_BAD_FEATURE, EXIT_ERROR, EXIT_INTERRUPTED, CliError,
     Globals, errors, parse_duration, split_user,
@@ -80,6 +80,7 @@ app.command("defrag")(maintenance.defrag_cmd)
 app.command("lock", context_settings={"allow_interspersed_args": False,
                                       "ignore_unknown_options": True})(lock_elect.lock_cmd)
 app.command("elect")(lock_elect.elect_cmd)
+app.command("make-mirror")(mirror.make_mirror_cmd)
 app.add_typer(maintenance.endpoint_app, name="endpoint")
 app.add_typer(bench.benchmark_app, name="benchmark")
 app.add_typer(bench.check_app, name="check")
