@@ -13,6 +13,14 @@ What a node needs to boot from it (nodes/supervisor.py, nodes/endpoints.py):
 - no consensus WAL: the node boots as a member of a new cluster (`--initial-cluster-state
   new` with the same `--initial-cluster` and `--initial-cluster-token`).
 
+`--skip-hash-check` (etcdctl's flag, "required if copied from data directory"):
+- a snapshot file is unpacked without checking its SHA-256 (its layout is still checked:
+  magic, metadata, sizes);
+- the source may be a store copied from a stopped member's data dir (the `storage`
+  directory, or the data dir that holds it), which has no hash at all: it is copied, and
+  its revision, compaction and key count are read from it. Without the flag such a source
+  is refused with etcdctl's "snapshot missing hash but --skip-hash-check=false".
+
 The file's hash is checked before anything is written; a non-empty data dir is refused;
 on any failure what this wrote is removed again. The data dir is made 0700 and what is
 written in it 0600, as a node does with its own.
@@ -63,8 +71,62 @@ def restore_config(name: str | None, initial_cluster: str | None, token: str | N
         raise RestoreError(str(exc)) from None
 
 
-def restore(snapshot_path: str, cfg: Any) -> RestoreResult:
+def copied_store(path: str) -> str | None:
+    """The store dir of a store copied from a data dir (`path` itself or `path/storage`),
+    or None when `path` is not a directory."""
+    if not os.path.isdir(path):
+        return None
+    for candidate in (path, os.path.join(path, STORAGE_DIR)):
+        if os.path.exists(os.path.join(candidate, "CURRENT")):
+            return candidate
+    raise RestoreError(f"{path} is a directory but holds no store (no RocksDB CURRENT file in it or in its "
+                       f"{STORAGE_DIR}/)")
+
+
+def _unpack_unverified(path: str, dest_dir: str) -> SnapshotMeta:
+    """`unpack` without the hash check: the layout (magic, metadata, sizes) is still read."""
+    from protocol.snapshot_file import read_blocks, read_meta
+
+    meta, offset = read_meta(path)
+    os.makedirs(dest_dir)
+    with open(path, "rb") as src:
+        src.seek(offset)
+        for name, size in meta.files:
+            with open(os.path.join(dest_dir, name), "wb") as out:
+                read_blocks(src, size, out.write, path)
+                out.flush()
+                os.fsync(out.fileno())
+    return meta
+
+
+def _copy_store(store: str, dest_dir: str) -> SnapshotMeta:
+    """A copy of a store dir (from a stopped member's data dir), and its metadata read from it."""
+    from actors.storage.backend import RocksBackend
+    from actors.storage.mvcc import MVCCStore
+
+    shutil.copytree(store, dest_dir, ignore=shutil.ignore_patterns("LOCK"))
+    for root, _, files in os.walk(dest_dir):
+        for name in files:
+            os.chmod(os.path.join(root, name), 0o600)
+    try:
+        backend = RocksBackend(dest_dir)
+    except Exception as exc:  # rocksdict raises a bare Exception
+        raise RestoreError(f"cannot open the store copied from {store}: {' '.join(str(exc).split())[:300]}") from None
+    try:
+        st = MVCCStore(backend)
+        return SnapshotMeta(revision=st.current_revision, compact_revision=st.compact_revision,
+                            applied_index=st.applied_index, key_count=st.key_count(), cluster_id=0, member_id=0,
+                            created=0.0, version="")
+    finally:
+        backend.close()
+
+
+def restore(snapshot_path: str, cfg: Any, skip_hash_check: bool = False) -> RestoreResult:
     """Restore `snapshot_path` into `cfg.data_dir` for the member `cfg` describes."""
+    store_src = copied_store(snapshot_path)
+    if store_src is not None and not skip_hash_check:
+        raise RestoreError(f"snapshot missing hash but --skip-hash-check=false ({snapshot_path} is a store "
+                           f"copied from a data dir: it has no hash; restore it with --skip-hash-check)")
     data_dir = os.path.abspath(cfg.data_dir)
     if os.path.exists(data_dir):
         if not os.path.isdir(data_dir):
@@ -80,7 +142,12 @@ def restore(snapshot_path: str, cfg: Any) -> RestoreResult:
         secure_data_dir(data_dir)
         with private_umask():
             try:
-                meta = unpack(snapshot_path, store_tmp)  # checks the hash first
+                if store_src is not None:
+                    meta = _copy_store(store_src, store_tmp)
+                elif skip_hash_check:
+                    meta = _unpack_unverified(snapshot_path, store_tmp)
+                else:
+                    meta = unpack(snapshot_path, store_tmp)  # checks the hash first
             except SnapshotFileError as exc:
                 raise RestoreError(str(exc)) from None
             _rewrite_meta(store_tmp, meta, cfg)

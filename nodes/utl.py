@@ -75,6 +75,9 @@ def snapshot_restore_cmd(
                                                              "bootstrap [default: qkv-cluster]"),
     initial_advertise_peer_urls: Optional[str] = typer.Option(None, "--initial-advertise-peer-urls",
                                                               help="list of this member's peer URLs to advertise"),
+    skip_hash_check: bool = typer.Option(False, "--skip-hash-check",
+                                         help="Ignore snapshot integrity hash value (required if copied from "
+                                              "data directory)"),
 ) -> None:
     """Restores a snapshot into a new data dir for one member of a new cluster
     (start it with `qkv --initial-cluster-state new` and the same flags)."""
@@ -86,7 +89,7 @@ def snapshot_restore_cmd(
         try:
             cfg = restore_config(name, initial_cluster, initial_cluster_token, initial_advertise_peer_urls,
                                  data_dir)
-            res = restore(filename, cfg)
+            res = restore(filename, cfg, skip_hash_check=skip_hash_check)
         except RestoreError as exc:
             raise CliError(str(exc)) from None
         except OSError as exc:
@@ -167,7 +170,12 @@ def version_cmd() -> None:
 def run(argv: list[str] | None = None) -> int:
     """Run qkvutl with ``argv`` (without the program name); return the exit code."""
     # -w may follow the command (`qkvutl snapshot status f -w json`), as with etcdutl.
-    return run_app(app, "qkvutl", hoist_global_flags(list(sys.argv[1:] if argv is None else argv)))
+    args = list(sys.argv[1:] if argv is None else argv)
+    # Go's "--skip-hash-check=true|false", as etcdctl takes it
+    args = [a for a in ("--skip-hash-check" if a.lower() in ("--skip-hash-check=true", "--skip-hash-check=1")
+                        else None if a.lower() in ("--skip-hash-check=false", "--skip-hash-check=0") else a
+                        for a in args) if a is not None]
+    return run_app(app, "qkvutl", hoist_global_flags(args))
 
 
 def main() -> None:

@@ -79,10 +79,11 @@ def test_defrag_refuses_a_store_in_use_and_a_dir_without_one(tmp_path, utl):
 
 
 def test_qkvctl_points_to_qkvutl(tmp_path, utl):
-    rc, out, err = utl("snapshot", "restore", "f.snap", "--name", "x", "--data-dir", "d", main=run_ctl)
+    # qkvctl snapshot restore runs qkvutl's (etcdctl 3.4 restores itself); its report on stderr
+    rc, out, err = utl("snapshot", "restore", str(tmp_path / "f.snap"), "--name", "x", "--data-dir",
+                       str(tmp_path / "d"), main=run_ctl)
     assert (rc, out) == (1, "")
-    assert err == ("Error: snapshot restore builds a member's data dir offline: use `qkvutl snapshot "
-                   "restore` (same arguments and flags)\n")
+    assert err.startswith("Error: cannot read ") and "f.snap" in err, err
     rc, out, err = utl("defrag", "--data-dir", str(tmp_path), main=run_ctl)
     assert (rc, out) == (128, "") and "`qkvutl defrag --data-dir`" in err
     assert not os.listdir(tmp_path)

@@ -1,7 +1,7 @@
-"""``snapshot save|status`` (etcdctl's snapshot_command.go; the work is in
+"""``snapshot save|status|restore`` (etcdctl's snapshot_command.go; the work is in
 protocol/client/snapshot.py). ``snapshot restore`` builds a data dir with server code, so
-it is ``qkvutl snapshot restore`` (nodes/utl.py), as etcd moved it into etcdutl; here it
-only says so."""
+the work is ``qkvutl snapshot restore`` (nodes/utl.py, as etcd 3.5 moved it into etcdutl):
+``qkvctl snapshot restore`` runs it, as etcdctl 3.4 restores itself."""
 from __future__ import annotations
 
 import sys
@@ -16,8 +16,8 @@ if TYPE_CHECKING:
 
 snapshot_app = typer.Typer(no_args_is_help=True, rich_markup_mode=None, help="Manages quorumkv node snapshots")
 
-RESTORE_MOVED = ("snapshot restore builds a member's data dir offline: use `qkvutl snapshot restore` "
-                 "(same arguments and flags)")
+RESTORE_MOVED = ("snapshot restore builds a member's data dir offline with server code, which is not "
+                 "installed here: use `qkvutl snapshot restore` (same arguments and flags) where it is")
 
 
 @snapshot_app.command("save")
@@ -90,6 +90,44 @@ def snapshot_status_cmd(ctx: typer.Context, filename: Optional[str] = typer.Argu
 
 @snapshot_app.command("restore", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
 def snapshot_restore_cmd(ctx: typer.Context) -> None:
-    """Moved: `qkvutl snapshot restore` (it builds a data dir offline, with server code)."""
+    """Restores a quorumkv member snapshot to a data directory (runs `qkvutl snapshot restore`:
+    same arguments and flags, --skip-hash-check included)"""
     with errors():
+        raise typer.Exit(run_qkvutl(["snapshot", "restore", *ctx.args]))
+
+
+def qkvutl_command() -> list[str] | None:
+    """How to run qkvutl: the script installed next to this Python, on PATH, or the module
+    (a checkout); None when only the client package is installed."""
+    import importlib.util
+    import os
+    import shutil
+
+    beside = os.path.join(os.path.dirname(sys.executable), "qkvutl")
+    if os.access(beside, os.X_OK):
+        return [beside]
+    found = shutil.which("qkvutl")
+    if found:
+        return [found]
+    try:
+        if importlib.util.find_spec("nodes") is not None:  # a checkout: the server code is here
+            return [sys.executable, "-m", "nodes.utl"]
+    except (ImportError, ValueError):
+        pass
+    return None
+
+
+def run_qkvutl(args: list[str]) -> int:
+    """`snapshot restore` builds a member's data dir with server code, which this client
+    package does not import (tests/unit/test_pure_imports.py): it runs qkvutl, as etcdctl 3.4
+    restores itself. Its report goes to stderr, where etcdctl 3.4 logs its restore (stdout
+    stays empty); its exit code is ours."""
+    import subprocess
+
+    cmd = qkvutl_command()
+    if cmd is None:
         raise CliError(RESTORE_MOVED)
+    proc = subprocess.run([*cmd, *args], stdin=subprocess.DEVNULL, capture_output=True)
+    sys.stderr.write(proc.stdout.decode(errors="replace") + proc.stderr.decode(errors="replace"))
+    sys.stderr.flush()
+    return proc.returncode
