@@ -183,6 +183,9 @@ def mask(side: Side, text: str) -> str:
     text = _JSON_FIELDS.sub(r"\1<X>", text)
     text = _FIELDS_FIELDS.sub(r"\1<X>", text)
     text = _VERSION_RE.sub("<VER>", text)
+    text = _DURATION_RE.sub("<DUR>", text)
+    text = _SIZE_RE.sub("<SIZE>", text)
+    text = re.sub(r" {2,}", " ", text)  # tables' column widths
     # what differs by nature: a lock's or election's key names its session's lease; raft
     # term and indexes (etcd's log holds its own configuration entries); KV hashes (other
     # algorithms); a snapshot's hash and its "total keys" (bbolt counts its meta keys)
@@ -193,15 +196,11 @@ def mask(side: Side, text: str) -> str:
     text = re.sub(r"^(\|? ?)[0-9a-f]+((?:,| \|) \d+(?:,| \|) )\d+((?:,| \|) <SIZE>)", r"\1<HASH>\2<KEYS>\3", text,
                   flags=re.M)
     text = re.sub(r'("(?:totalKey|Keys)"\s*:\s*)\d+', r"\1<KEYS>", text)
-    text = _DURATION_RE.sub("<DUR>", text)
-    text = _SIZE_RE.sub("<SIZE>", text)
     text = re.sub(r"\betcdctl\b|\bqkvctl\b", "<CTL>", text)
     text = re.sub(r"\b(?:etcd|quorumkv|qkv)\b", "<SRV>", text)
-    # progress bars (check perf) and tables' column widths
+    # progress bars (check perf), tables' rules
     text = "\n".join(line for line in text.split("\n") if "%" not in line or "/" not in line)
-    text = re.sub(r"-{3,}", "---", text)
-    text = re.sub(r" {2,}", " ", text)
-    return text
+    return re.sub(r"-{3,}", "---", text)
 
 
 def compared(side: Side, rc: int, out: str, err: str) -> list[str]:
