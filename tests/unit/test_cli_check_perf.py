@@ -83,3 +83,60 @@ def test_a_short_run_prints_the_verdict_and_cleans_up(ctl):
     assert re.fullmatch(r"(PASS: Stddev is|Stddev too high:) \d+\.\d{6}s", lines[-2])
     assert (lines[-1], rc) in (("PASS", 0), ("FAIL", 1)), out
     assert ctl("get", "/p/", "--prefix", "--count-only", "-w", "fields")[1].count('"Count" : 0') == 1
+
+
+# -- check datascale --------------------------------------------------------------------------
+def test_resident_bytes_sums_every_process():
+    from protocol.client.cli.bench import resident_bytes
+
+    page = ("# HELP process_resident_memory_bytes x\n# TYPE process_resident_memory_bytes gauge\n"
+            'process_resident_memory_bytes{pid="1"} 1.5e+06\nprocess_resident_memory_bytes 500000\n'
+            "process_resident_memory_bytes_other 9\nprocess_virtual_memory_bytes 7e9\n")
+    assert resident_bytes(page) == 2_000_000
+    assert resident_bytes("") == 0
+
+
+@pytest.fixture
+def metrics_page():
+    """A /metrics page whose resident memory grows 3 MiB per scrape."""
+    import http.server
+    import threading
+
+    class Page(http.server.BaseHTTPRequestHandler):
+        scrapes = 0
+
+        def do_GET(self):  # noqa: N802 - http.server's name
+            Page.scrapes += 1
+            body = f"process_resident_memory_bytes {2**27 + Page.scrapes * 3 * 2**20}\n".encode()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Page)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/metrics"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_datascale_writes_measures_and_cleans_up(ctl, metrics_page):
+    rc, out, err = ctl("check", "datascale", "--keys", "200", "--metrics-url", metrics_page)
+    assert (rc, out) == (0, "Start data scale check for work load [200 key-value pairs, 1024 bytes per key-value, "
+                            "50 concurrent clients].\nPASS: Approximate system memory used : 3.00 MB.\n"), err
+    assert ctl("get", "/etcdctl-check-datascale/", "--prefix", "--count-only", "-w", "fields")[1].count(
+        '"Count" : 0') == 1
+
+
+def test_datascale_without_metrics_fails_as_etcdctl(ctl):
+    from nodeproc import free_port
+
+    rc, out, _ = ctl("check", "datascale", "--keys", "10", "--metrics-url", f"http://127.0.0.1:{free_port()}/metrics")
+    assert (rc, out) == (1, "FAIL: Could not read process_resident_memory_bytes before the put operations.\n")
+    assert ctl("check", "datascale", "--load", "tiny")[:2] == (4, "")

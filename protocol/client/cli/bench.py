@@ -204,19 +204,21 @@ def perf_verdict(result: PerfResult, limit: int) -> tuple[list[str], bool]:
     return lines, ok
 
 
-def perf_key(prefix: bytes, rng: Any) -> bytes:
-    """etcdctl's key: the prefix, then binary.PutVarint(random int63) in a 256-byte buffer."""
+def perf_key(prefix: bytes, rng: Any, size: int = PERF_KEY_SIZE) -> bytes:
+    """etcdctl's key: the prefix, then binary.PutVarint(random int63) in a `size`-byte buffer."""
     from protocol.client.bench import make_key
 
-    return prefix + make_key(rng.randrange(2**63 - 1), PERF_KEY_SIZE)
+    return prefix + make_key(rng.randrange(2**63 - 1), size)
 
 
 def run_perf(endpoints: list[str], load: PerfLoad, prefix: bytes, timeout_s: float,
              curve: Curve | None = None, token: str | None = None,
-             progress: Any = None) -> PerfResult:
+             progress: Any = None, total: Optional[int] = None, key_size: int = PERF_KEY_SIZE,
+             value_size: int = PERF_VALUE_SIZE) -> PerfResult:
     """Puts at `load.limit` per second from `load.clients` logical clients (one DEALER each,
-    one request in flight each, all under one poller) for `load.duration_s`. A request with
-    no reply within `timeout_s` counts as an error and its socket is recreated."""
+    one request in flight each, all under one poller) for `load.duration_s`; with `total`,
+    that many puts as fast as the clients go (check datascale). A request with no reply
+    within `timeout_s` counts as an error and its socket is recreated."""
     import random
     import time
 
@@ -227,7 +229,7 @@ def run_perf(endpoints: list[str], load: PerfLoad, prefix: bytes, timeout_s: flo
     from protocol.errors import QkvError
 
     rng = random.Random()
-    value = b"\x00" * PERF_VALUE_SIZE
+    value = b"\x00" * value_size
     tail = _PACK.pack("value") + _PACK.pack(value)
     head = _PACK.pack("op") + _PACK.pack("put") + _PACK.pack("key")
     token_pair = (_PACK.pack("token") + _PACK.pack(token)) if token else b""
@@ -261,8 +263,9 @@ def run_perf(endpoints: list[str], load: PerfLoad, prefix: bytes, timeout_s: flo
         for i in range(load.clients):
             new_socket(i)
         start = perf()
-        end_at = start + load.duration_s
-        interval = 1.0 / load.limit
+        end_at = start + load.duration_s if total is None else float("inf")
+        interval = 1.0 / load.limit if total is None else 0.0
+        issued = 0
         next_token = start
         first_start: Optional[float] = None
         last_end = start
@@ -271,7 +274,8 @@ def run_perf(endpoints: list[str], load: PerfLoad, prefix: bytes, timeout_s: flo
         while True:
             now = perf()
             # issue: one request per token (rate.Limiter with a burst of 1), on an idle client
-            while idle and now < end_at and next_token <= now:
+            while idle and now < end_at and next_token <= now and (total is None or issued < total):
+                issued += 1
                 i = idle.pop()
                 waiting[i] = True
                 next_rid += 1
@@ -281,12 +285,13 @@ def run_perf(endpoints: list[str], load: PerfLoad, prefix: bytes, timeout_s: flo
                 s = sock_of[i]
                 assert s is not None
                 s.send(_frame(next_rid, 3 + (1 if token else 0),
-                              head + _PACK.pack(perf_key(prefix, rng)) + tail + token_pair), copy=False)
+                              head + _PACK.pack(perf_key(prefix, rng, key_size)) + tail + token_pair), copy=False)
                 busy += 1
                 next_token = max(next_token + interval, now - interval)
-            if now >= end_at and busy == 0:
+            if busy == 0 and (now >= end_at or (total is not None and issued >= total)):
                 break
-            wait = 0.1 if now >= end_at or not idle else max(0.0, min(0.1, next_token - now))
+            done_issuing = now >= end_at or (total is not None and issued >= total)
+            wait = 0.1 if done_issuing or not idle else max(0.0, min(0.1, next_token - now))
             for s, _ in poller.poll(int(wait * 1000)):
                 i = socks[s]
                 while True:
@@ -326,9 +331,11 @@ def run_perf(endpoints: list[str], load: PerfLoad, prefix: bytes, timeout_s: flo
                     last_end = now
             if progress is not None and now >= next_tick:
                 next_tick += 1.0
-                progress(min(load.duration_s, now - start), load.duration_s)
-        total = last_end - first_start if first_start is not None else 0.0
-        return PerfResult(lats, errors, total)
+                if total is None:
+                    progress(min(load.duration_s, now - start), load.duration_s)
+                else:
+                    progress(issued - busy, total)
+        return PerfResult(lats, errors, last_end - first_start if first_start is not None else 0.0)
     finally:
         for s in list(socks):
             s.close(linger=0)
@@ -393,3 +400,134 @@ def check_perf_cmd(
         sys.stdout.flush()
         if not ok:
             raise typer.Exit(EXIT_ERROR)
+
+
+# -- check datascale (etcdctl's check.go) -------------------------------------------------------
+@dataclass(frozen=True)
+class DatascaleLoad:
+    limit: int    # keys written
+    kv_size: int  # bytes per key-value (512-byte key, 512-byte value)
+    clients: int
+
+
+DATASCALE_LOADS = {"s": DatascaleLoad(10_000, 1024, 50), "m": DatascaleLoad(100_000, 1024, 200),
+                   "l": DatascaleLoad(1_000_000, 1024, 500), "xl": DatascaleLoad(3_000_000, 1024, 1000)}
+METRICS_MAX_BYTES = 16 * 1024 * 1024
+DEFAULT_METRICS_PORT = 7382  # qkv --listen-metrics-urls' default port
+
+
+def resident_bytes(metrics_text: str) -> float:
+    """The sum of every `process_resident_memory_bytes` sample of a Prometheus text page
+    (a node is several processes); 0 when there is none."""
+    total = 0.0
+    for line in metrics_text.splitlines():
+        if line.startswith("process_resident_memory_bytes"):
+            name = line.split("{", 1)[0].split(" ", 1)[0]
+            if name == "process_resident_memory_bytes":
+                try:
+                    total += float(line.rsplit(" ", 1)[1])
+                except (IndexError, ValueError):
+                    continue
+    return total
+
+
+def metrics_url_for(endpoint: str) -> str:
+    """The node's metrics page when --metrics-url is not given: the endpoint's host, the
+    default metrics port (etcd serves /metrics on its client port; a node has its own)."""
+    from urllib.parse import urlsplit
+
+    from protocol.client.client import normalize_endpoint
+
+    host = urlsplit(normalize_endpoint(endpoint)).hostname or "127.0.0.1"
+    return f"http://{host}:{DEFAULT_METRICS_PORT}/metrics"
+
+
+def endpoint_memory(url: str, timeout_s: float) -> float:
+    """etcdctl's endpointMemoryMetrics: process_resident_memory_bytes, 0 when unreadable."""
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(url, timeout=timeout_s) as resp:  # noqa: S310 - an http URL the user gave
+            text = resp.read(METRICS_MAX_BYTES).decode("utf-8", "replace")
+    except (OSError, ValueError) as exc:
+        sys.stderr.write(f"fetching metrics from {url} failed: {exc}\n")
+        return 0.0
+    return resident_bytes(text)
+
+
+@check_app.command("datascale")
+def check_datascale_cmd(
+    ctx: typer.Context,
+    load: str = typer.Option("s", "--load", help="The datascale check's workload model. Accepted workloads: "
+                                                 "s(small), m(medium), l(large), xl(xLarge)"),
+    prefix: str = typer.Option("/etcdctl-check-datascale/", "--prefix",
+                               help="The prefix for writing the datascale check's keys."),
+    auto_compact: bool = typer.Option(False, "--auto-compact",
+                                      help="Compact storage with last revision after test is finished."),
+    auto_defrag: bool = typer.Option(False, "--auto-defrag", help="Defragment storage after test is finished."),
+    metrics_url: str = typer.Option("", "--metrics-url",
+                                    help="the node's metrics page (qkv --listen-metrics-urls) [default: "
+                                         "http://<first endpoint's host>:7382/metrics]"),
+    keys: int = typer.Option(0, "--keys", hidden=True, help="tests only: this many keys instead of the load's"),
+) -> None:
+    """Check the memory usage of holding data for different workloads on a given server endpoint.
+    If multiple endpoints are provided, first endpoint will be used."""
+    import dataclasses
+    import json
+
+    from protocol.client.bench import ProgressBar
+    from protocol.client.client import normalize_endpoint
+
+    g = globals_of(ctx)
+    with errors():
+        model = LOAD_ALIASES.get(load)
+        if model is None:
+            raise CliError(f"unknown load option {load}", EXIT_BAD_FEATURE)
+        cfg = DATASCALE_LOADS[model]
+        if keys > 0:
+            cfg = dataclasses.replace(cfg, limit=keys)
+        key = arg(prefix)
+        first = g.endpoints[0]
+        with client(g, [first]) as c:
+            if c.get(key, prefix=True, limit=1).kvs:
+                raise CliError(f"prefix {json.dumps(prefix)} has keys. Delete with qkvctl del --prefix {prefix} first",
+                               EXIT_INVALID_INPUT)
+        url = metrics_url or metrics_url_for(first)
+        before = endpoint_memory(url, g.command_timeout_s)
+        if before == 0:
+            say("FAIL: Could not read process_resident_memory_bytes before the put operations.")
+            raise typer.Exit(EXIT_ERROR)
+        say(f"Start data scale check for work load [{cfg.limit} key-value pairs, {cfg.kv_size} bytes per "
+            f"key-value, {cfg.clients} concurrent clients].")
+        curve, token = _bench_credentials(g)
+        bar = ProgressBar(sys.stderr)
+        result = run_perf([normalize_endpoint(first)], PerfLoad(1, cfg.clients, 0), key,
+                          max(g.command_timeout_s, 1.0), curve, token,
+                          progress=lambda done, total: bar(int(done), int(total), 0.0),
+                          total=cfg.limit, key_size=cfg.kv_size // 2, value_size=cfg.kv_size // 2)
+        bar.finish()
+        after = endpoint_memory(url, g.command_timeout_s)
+        if after == 0:
+            say("FAIL: Could not read process_resident_memory_bytes after the put operations.")
+            raise typer.Exit(EXIT_ERROR)
+        with client(g, [first]) as c:
+            c.timeout = 30.0
+            dresp = c.delete(key, prefix=True)
+            if auto_compact:
+                rev = dresp.header.revision
+                say(f"Compacting with revision {rev}")
+                c.compact(rev, physical=True)
+                say(f"Compacted with revision {rev}")
+        if auto_defrag:
+            for ep in g.endpoints:
+                say(f"Defragmenting {json.dumps(ep)}")
+                with client(g, [ep]) as c:
+                    c.timeout = 30.0
+                    c.defragment()
+                say(f"Defragmented {json.dumps(ep)}")
+        if result.errors:
+            say("FAIL: too many errors")
+            for msg, n in result.errors.items():
+                say(f"FAIL: ERROR({msg}) -> {n}")
+            raise typer.Exit(EXIT_ERROR)
+        say(f"PASS: Approximate system memory used : {(after - before) / (1024 * 1024):.2f} MB.")
