@@ -21,7 +21,8 @@ What a node needs to boot from it (nodes/supervisor.py, nodes/endpoints.py):
   its revision, compaction and key count are read from it. Without the flag such a source
   is refused with etcdctl's "snapshot missing hash but --skip-hash-check=false".
 
-The file's hash is checked before anything is written; a non-empty data dir is refused;
+The file's hash is checked before anything is written; a non-empty data dir is refused
+(etcdctl: `data-dir "D" exists`; an empty one is taken, e.g. systemd's StateDirectory=);
 on any failure what this wrote is removed again. The data dir is made 0700 and what is
 written in it 0600, as a node does with its own.
 """
@@ -131,8 +132,8 @@ def restore(snapshot_path: str, cfg: Any, skip_hash_check: bool = False) -> Rest
     if os.path.exists(data_dir):
         if not os.path.isdir(data_dir):
             raise RestoreError(f"--data-dir {data_dir} exists and is not a directory")
-        if os.listdir(data_dir):
-            raise RestoreError(f"--data-dir {data_dir} is not empty: restore only into a new or empty dir")
+        if os.listdir(data_dir):  # etcdctl's words (it refuses an empty one too; we take that)
+            raise RestoreError(f'data-dir "{cfg.data_dir}" exists')
         created = False
     else:
         created = True

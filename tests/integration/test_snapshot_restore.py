@@ -175,5 +175,5 @@ def test_status_formats_and_corrupted_file_refused(tmp_path, capsys):
     data_dir.mkdir()
     (data_dir / "x").write_text("")
     bad = utl("snapshot", "restore", snap, "--name", "r", "--data-dir", str(data_dir))
-    assert bad.returncode == 1 and "not empty" in bad.stderr, bad.stderr
+    assert bad.returncode == 1 and "exists" in bad.stderr, bad.stderr
     assert ctl("--endpoints", "tcp://127.0.0.1:1,tcp://127.0.0.1:2", "snapshot", "save", snap).returncode == 128

@@ -164,7 +164,7 @@ def learn_ids(side: Side) -> None:
 
 
 # -- masking ---------------------------------------------------------------------------------
-_VERSION_RE = re.compile(r"\b\d+\.\d+\.\d+(?:[-+.][\w.]+)?\b")
+_VERSION_RE = re.compile(r"(?<![\d.])\d+\.\d+\.\d+(?:-[\w.]+)?(?![\d.])")
 _DURATION_RE = re.compile(r"\b\d+(?:\.\d+)?(?:ns|µs|us|ms|s|m\d+(?:\.\d+)?s)\b")
 _SIZE_RE = re.compile(r"\b\d+(?:\.\d+)? (?:B|kB|MB|GB)\b")
 _JSON_FIELDS = re.compile(r'("(?:raft_term|raftTerm|raftIndex|raftAppliedIndex|dbSize|dbSizeInUse|hash|'
@@ -196,6 +196,7 @@ def mask(side: Side, text: str) -> str:
     text = re.sub(r"^(\|? ?)[0-9a-f]+((?:,| \|) \d+(?:,| \|) )\d+((?:,| \|) <SIZE>)", r"\1<HASH>\2<KEYS>\3", text,
                   flags=re.M)
     text = re.sub(r'("(?:totalKey|Keys)"\s*:\s*)\d+', r"\1<KEYS>", text)
+    text = re.sub(r'("(?:totalSize|Size)"\s*:\s*)\d+', r"\1<SIZE>", text)
     text = re.sub(r"\betcdctl\b|\bqkvctl\b", "<CTL>", text)
     text = re.sub(r"\b(?:etcd|quorumkv|qkv)\b", "<SRV>", text)
     # progress bars (check perf), tables' rules

@@ -108,5 +108,5 @@ def test_qkvctl_snapshot_restore_runs_it(tmp_path, store_dir, call):
     assert restored(out) == (21, 20, 0)
     rc, stdout, err = call("snapshot", "restore", str(tmp_path / "s.snap"), *CLUSTER, "--data-dir", str(out),
                            main=run_ctl)
-    assert (rc, stdout) == (1, "") and "is not empty" in err
+    assert (rc, stdout) == (1, "") and f'data-dir "{out}" exists' in err
     shutil.rmtree(out)

@@ -207,7 +207,7 @@ def test_restore_builds_a_data_dir(tmp_path, db):
     finally:
         backend.close()
     # refusals: non-empty dir, corrupt file (nothing left behind), bad flags
-    with pytest.raises(RestoreError, match="not empty"):
+    with pytest.raises(RestoreError, match="exists"):
         restore(path, cfg)
     raw = bytearray(open(path, "rb").read())
     raw[len(raw) // 2] ^= 0xFF
