@@ -77,25 +77,58 @@ class Side:
         env = dict(os.environ, **self.env)
         p = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                              text=True, env=env, start_new_session=True)
+        if stop_after is not None:
+            return self._run_until_quiet(p, stdin, stop_after)
         try:
-            if stop_after is not None:
-                try:
-                    out, err = p.communicate(stdin, timeout=stop_after)
-                except subprocess.TimeoutExpired:
-                    os.killpg(p.pid, signal.SIGINT)
-                    try:
-                        out, err = p.communicate(timeout=10)
-                    except subprocess.TimeoutExpired:
-                        os.killpg(p.pid, signal.SIGKILL)
-                        out, err = p.communicate()
-                    return -2, out, err  # "interrupted": the exit code of an interrupt is not compared
-            else:
-                out, err = p.communicate(stdin, timeout=timeout)
+            out, err = p.communicate(stdin, timeout=timeout)
         except subprocess.TimeoutExpired:
             os.killpg(p.pid, signal.SIGKILL)
             out, err = p.communicate()
             return -1, out, err + "\n(timed out)"
         return p.returncode, out, err
+
+    @staticmethod
+    def _run_until_quiet(p: subprocess.Popen, stdin: Optional[str], limit: float) -> tuple[int, str, str]:
+        """Let a command that runs until interrupted print (up to `limit` seconds, and 1 s
+        after its first output), then SIGINT it; what it printed, exit code -2."""
+        import threading
+
+        chunks: dict[str, list[str]] = {"out": [], "err": []}
+        first = threading.Event()
+
+        def pump(stream, name: str) -> None:
+            for line in iter(stream.readline, ""):
+                chunks[name].append(line)
+                first.set()
+
+        readers = [threading.Thread(target=pump, args=(p.stdout, "out"), daemon=True),
+                   threading.Thread(target=pump, args=(p.stderr, "err"), daemon=True)]
+        for t in readers:
+            t.start()
+        if p.stdin is not None:
+            if stdin:
+                p.stdin.write(stdin)
+            p.stdin.close()
+        deadline = time.monotonic() + limit
+        while p.poll() is None and time.monotonic() < deadline and not first.is_set():
+            time.sleep(0.05)
+        if first.is_set():
+            try:
+                p.wait(1.0)
+            except subprocess.TimeoutExpired:
+                pass
+        rc = p.poll()
+        if rc is None:
+            os.killpg(p.pid, signal.SIGINT)
+            try:
+                p.wait(10)
+            except subprocess.TimeoutExpired:
+                os.killpg(p.pid, signal.SIGKILL)
+                p.wait()
+            rc = -2  # "interrupted": the exit code of an interrupt is not compared
+        for t in readers:
+            t.join(5)
+        return rc, "".join(chunks["out"]), "".join(chunks["err"])
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -199,8 +232,18 @@ def mask(side: Side, text: str) -> str:
     text = re.sub(r'("(?:totalSize|Size)"\s*:\s*)\d+', r"\1<SIZE>", text)
     text = re.sub(r"\betcdctl\b|\bqkvctl\b", "<CTL>", text)
     text = re.sub(r"\b(?:etcd|quorumkv|qkv)\b", "<SRV>", text)
-    # progress bars (check perf), tables' rules
-    text = "\n".join(line for line in text.split("\n") if "%" not in line or "/" not in line)
+    # progress bars (check perf: \r-redrawn, on etcdctl's stdout), tables' rules
+    lines = []
+    for line in text.split("\n"):
+        if "\r" in line or ("%" in line and "/" in line):
+            line = line.rsplit("\r", 1)[-1]
+            if not line.strip() or ("%" in line and "/" in line):
+                continue
+        lines.append(line)
+    text = "\n".join(lines)
+    # a check's measurements (its PASS/FAIL verdicts are kept)
+    text = re.sub(r"(writes/s|took|took too long:|Stddev is|Stddev too high:|used :) [\d.]+", r"\1 <N>", text)
+    text = re.sub(r"\d+ (writes/s)", r"<N> \1", text)
     return re.sub(r"-{3,}", "---", text)
 
 
@@ -256,7 +299,7 @@ ENTRIES: list[Entry] = [
                   Step(["del", "d/{fmt}", "--prev-kv"], formats=True), Step(["del", "d/", "--prefix"])]),
     Entry("txn", [Step(["put", "t/a", "1"], compare=False), Step(["txn"], stdin=TXN, formats=True)]),
     Entry("compaction", [Step(["compaction", "3"]), Step(["compaction", "2"]), Step(["get", "k/json", "--rev", "2"])]),
-    Entry("watch", [Step(["watch", "k/", "--prefix", "--rev", "3"], formats=True, stop_after=3.0)]),
+    Entry("watch", [Step(["watch", "k/", "--prefix", "--rev", "3"], formats=True, stop_after=8.0)]),
     Entry("lease grant", [Step(["lease", "grant", "600"], learn=learn_lease),
                           Step(["lease", "grant", "600"], formats=True, learn=learn_lease)]),
     Entry("lease list", [Step(["lease", "list"], formats=True)]),
@@ -264,10 +307,10 @@ ENTRIES: list[Entry] = [
                                Step(["lease", "timetolive", "{lease}", "--keys"], formats=True)]),
     Entry("lease keep-alive", [Step(["lease", "keep-alive", "--once", "{lease}"], formats=True)]),
     Entry("lease revoke", [Step(["lease", "revoke", "{lease}"], formats=True), Step(["lease", "revoke", "1234"])]),
-    Entry("lock", [Step(["lock", "mylock"], stop_after=3.0), Step(["lock", "mylock", "echo", "held"]),
+    Entry("lock", [Step(["lock", "mylock"], stop_after=8.0), Step(["lock", "mylock", "echo", "held"]),
                    Step(["lock", "mylock", "false"])]),
-    Entry("elect", [Step(["elect", "myelection", "p1"], stop_after=3.0), Step(["elect", "myelection", "-l"],
-                                                                                   stop_after=3.0)]),
+    Entry("elect", [Step(["elect", "myelection", "p1"], stop_after=8.0), Step(["elect", "myelection", "-l"],
+                                                                                   stop_after=8.0)]),
     Entry("member list", [Step(["member", "list"], formats=True)]),
     Entry("member add", [Step(["member", "add", "m2", "--peer-urls", "{peer}", "--learner"], learn=learn_member),
                          Step(["member", "add"])]),
@@ -307,7 +350,7 @@ ENTRIES: list[Entry] = [
     Entry("auth disable", [Step(["get", "k/simple"]), Step(["--user", "root:rootpw", "get", "k/simple"]),
                            Step(["--user", "root:rootpw", "auth", "disable"])]),
     Entry("make-mirror", [Step(["put", "src/a", "1"], compare=False),
-                          Step(["make-mirror", "--prefix", "src/", "--dest-prefix", "dst/", "{ep}"], stop_after=3.0),
+                          Step(["make-mirror", "--prefix", "src/", "--dest-prefix", "dst/", "{ep}"], stop_after=4.0),
                           Step(["get", "dst/", "--prefix"])]),
     Entry("check perf", [Step(["check", "perf", "--load", "nope"]), Step(["check", "perf"])], slow=True),
     Entry("check datascale", [Step(["check", "datascale", "--load", "nope"])]),
