@@ -287,14 +287,14 @@ class Entry:
 
 
 def learn_lease(side: Side, out: str) -> None:
-    m = re.search(r"lease ([0-9a-f]+) granted", out)
+    m = re.search(r"lease\s+([0-9a-f]+)\s+granted", out)
     if m:
         side.vars["lease"] = m.group(1)
         side.ids[int(m.group(1), 16)] = "<LEASE>"
 
 
 def learn_member(side: Side, out: str) -> None:
-    m = re.search(r"Member ([0-9a-f]+) added", out)
+    m = re.search(r"Member\s+([0-9a-f]+)\s+added", out)  # etcdctl's %16x pads with spaces
     if m:
         side.vars["member"] = m.group(1)
         side.ids[int(m.group(1), 16)] = "<NEWMEMBER>"
@@ -434,7 +434,11 @@ def run_entries(etcd: Side, qkv: Side, skip_slow: bool, verbose: bool) -> list[R
             for fmt in formats:
                 outs = []
                 for side in (etcd, qkv):
-                    args = expand(side, step.args, fmt)
+                    try:
+                        args = expand(side, step.args, fmt)
+                    except KeyError as exc:  # an earlier step did not give what this one names
+                        outs.append([f"(not run: no {exc.args[0]} learned from an earlier step)"])
+                        continue
                     if step.formats:
                         args = [*args, "-w", fmt]
                     rc, out, err = side.run(args, stdin=step.stdin, timeout=timeout, stop_after=step.stop_after)
