@@ -25,6 +25,7 @@ import errno
 import fcntl
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -94,7 +95,7 @@ def _sd_notify(state: str) -> None:
 
 
 def _check_port_free(flag: str, url: str) -> None:
-    host, port = url[len("tcp://"):].rsplit(":", 1)
+    host, port = url.split("://", 1)[1].rsplit(":", 1)
     host = host.strip("[]")
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     with socket.socket(family, socket.SOCK_STREAM) as sock:
@@ -145,6 +146,7 @@ class Supervisor:
             ("--listen-client-urls", self.cfg.listen_client_urls),
             ("--listen-peer-urls", self.cfg.listen_peer_urls),
             ("--listen-watch-urls", self.cfg.listen_watch_urls),
+            ("--listen-metrics-urls", self.cfg.listen_metrics_urls),
         ):
             for url in urls:
                 _check_port_free(flag, url)
@@ -156,6 +158,7 @@ class Supervisor:
             make_private_dir(self.endpoints.run_dir)
         except UnsafeDirError as exc:
             raise StartupError(str(exc)) from None
+        self._prepare_metrics_dir()
         self._warn_ignored_faults()
         for path in self.endpoints.ipc_files():  # a stale ipc file would steal connections
             try:
@@ -166,6 +169,21 @@ class Supervisor:
         with open(self.config_path + ".tmp", "w") as f:
             f.write(self.cfg.to_json())
         os.replace(self.config_path + ".tmp", self.config_path)
+
+    def _prepare_metrics_dir(self) -> None:
+        """prometheus_client's multiprocess mode: every process of the node writes its
+        metrics to files in one private dir (<run dir>/metrics), and a scrape sums them
+        (actors/runtime/metrics.py). Files left by an earlier run would be counted again:
+        the dir starts empty."""
+        shutil.rmtree(self.endpoints.metrics_dir, ignore_errors=True)
+        try:
+            make_private_dir(self.endpoints.metrics_dir)
+        except UnsafeDirError as exc:
+            raise StartupError(str(exc)) from None
+        # Set before this process first imports prometheus_client (the mode is chosen then),
+        # and inherited by the actors.
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = self.endpoints.metrics_dir
+        from actors.runtime import metrics  # noqa: F401
 
     def _warn_ignored_faults(self) -> None:
         if self.cfg.test_fault_injection:
@@ -332,6 +350,9 @@ class Supervisor:
                 child.proc = None
                 return
             self.log.warning("actor_died", role=child.role, pid=child.proc.pid, exit_code=code)
+            from actors.runtime import metrics  # imported by prepare(), after the variable was set
+
+            metrics.process_died(child.proc.pid)
             child.proc = None
             child.ready = False
             child.restarts += 1
@@ -409,6 +430,7 @@ class Supervisor:
                 os.unlink(path)
             except FileNotFoundError:
                 pass
+        shutil.rmtree(self.endpoints.metrics_dir, ignore_errors=True)
         try:
             os.rmdir(self.endpoints.run_dir)
         except OSError:
