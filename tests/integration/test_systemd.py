@@ -157,16 +157,47 @@ def _verifiable_copy(unit: Path, into: Path) -> Path:
     return out
 
 
-def test_units_pass_systemd_analyze_verify(tmp_path):
+def _analyze() -> str:
     analyze = shutil.which("systemd-analyze")
     if analyze is None:
         pytest.skip("systemd-analyze is not installed: the units in deploy/ were not verified")
+    return analyze
+
+
+def _verify_complaints(analyze: str, unit: Path) -> tuple[int, list[str], str]:
+    """verify's exit status and the lines it printed about this unit (it exits 0 on a
+    value it cannot parse, and only warns), and its whole output."""
+    proc = subprocess.run([analyze, "verify", "--man=no", str(unit)], capture_output=True, text=True,
+                          timeout=60, env=dict(os.environ, SYSTEMD_LOG_LEVEL="notice"))
+    out = proc.stdout + proc.stderr
+    # Lines about other units of this machine (verify loads dependencies) are not ours.
+    return proc.returncode, [line for line in out.splitlines() if unit.name in line], out
+
+
+def test_units_pass_systemd_analyze_verify(tmp_path):
+    analyze = _analyze()
     units = sorted(DEPLOY.glob("*.service"))
     assert units, "no unit in deploy/"
     for unit in units:
-        copy = _verifiable_copy(unit, tmp_path)
-        proc = subprocess.run([analyze, "verify", "--man=no", str(copy)], capture_output=True, text=True,
-                              timeout=60, env=dict(os.environ, SYSTEMD_LOG_LEVEL="notice"))
-        # Lines about other units of this machine (verify loads their dependencies) are not ours.
-        ours = [line for line in (proc.stdout + proc.stderr).splitlines() if copy.name in line or unit.name in line]
-        assert proc.returncode == 0 and not ours, f"{unit.name}:\n{proc.stdout}{proc.stderr}"
+        code, ours, out = _verify_complaints(analyze, _verifiable_copy(unit, tmp_path))
+        assert code == 0 and not ours, f"{unit.name}:\n{out}"
+    # The check sees a broken unit (verify only warns about a bad value: the lines count).
+    broken = tmp_path / "broken" / "qkv.service"
+    broken.parent.mkdir()
+    broken.write_text(_verifiable_copy(DEPLOY / "qkv.service", tmp_path).read_text()
+                      .replace("WatchdogSec=30s", "WatchdogSec=soon"))
+    code, ours, out = _verify_complaints(analyze, broken)
+    assert code != 0 or ours, out
+
+
+def test_unit_sandboxing_exposure(tmp_path):
+    """`systemd-analyze security` rates the unit's sandboxing; ours stays in its "OK" band
+    (exposure below 2.0 of 10)."""
+    analyze = _analyze()
+    copy = _verifiable_copy(DEPLOY / "qkv.service", tmp_path)
+    proc = subprocess.run([analyze, "security", "--offline=yes", "--threshold=20", str(copy)],
+                          capture_output=True, text=True, timeout=60)
+    if "--offline" in proc.stderr and ("unrecognized" in proc.stderr or "Unknown" in proc.stderr):
+        pytest.skip("this systemd-analyze has no --offline (systemd < 250): exposure not rated")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr
+    assert "Overall exposure level" in proc.stdout
