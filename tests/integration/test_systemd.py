@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from nodes.supervisor import HEARTBEAT_STALE_S
-from tests.nodeproc import NodeProcess, wait_for
+from nodeproc import NodeProcess, wait_for
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 HEALTHY = re.compile(r"^(leader|follower|candidate|pre_candidate)( \(no leader\))?, term \d+, applied \d+, "
@@ -140,6 +140,31 @@ def test_no_watchdog_pings_for_another_pid(tmp_path):
         node.stop()
         wait_for(lambda: "STOPPING=1" in listener.lines(), 10, "STOPPING=1")
         assert "WATCHDOG=1" not in listener.lines()
+    finally:
+        node.stop()
+        listener.close()
+
+
+def test_status_line_names_a_raised_alarm(tmp_path):
+    """A full backend raises NOSPACE; the STATUS= line an operator sees says so."""
+    from protocol import errors
+    from protocol.client import Client
+
+    listener = NotifyListener(tmp_path)
+    node = NodeProcess(tmp_path, "n1", args=["--quota-backend-bytes", "300000"],
+                       env={"NOTIFY_SOCKET": listener.path})
+    try:
+        node.start()
+        with Client([node.client_url], timeout=5) as c:
+            for i in range(500):
+                try:
+                    c.put(f"big/{i:04d}", b"v" * 10_000)
+                except errors.NoSpace:
+                    break
+            else:
+                raise AssertionError("the quota was never enforced")
+        wait_for(lambda: any(s.startswith("leader, ") and s.endswith("alarms: NOSPACE")
+                             for s in _statuses(listener.lines())), 20, "STATUS=... alarms: NOSPACE")
     finally:
         node.stop()
         listener.close()
