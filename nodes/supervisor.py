@@ -429,7 +429,7 @@ class Supervisor:
                 self._spawn(self.children[role])
             while not self.stopping:
                 if ready_sock.poll(50):
-                    while True:
+                    for _ in range(1024):  # bounded: a flood cannot keep the loop from its other work
                         try:
                             msg: M.Ready | M.Heartbeat = wire.decode(ready_sock.recv(zmq.NOBLOCK), _READY_TYPES)
                         except zmq.Again:

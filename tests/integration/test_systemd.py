@@ -75,6 +75,28 @@ class NotifyListener:
             pass
 
 
+def _to_supervisor(node: NodeProcess, frozen_pid: int) -> None:
+    """Garbage, and heartbeats that are not the frozen actor's (another pid, another role),
+    on the supervisor's PULL: dropped, and the frozen actor is still found out."""
+    import zmq
+
+    from actors.runtime import messages as M
+    from actors.runtime import wire
+    from nodes.endpoints import Endpoints, run_dir_for
+
+    sock = zmq.Context.instance().socket(zmq.PUSH)
+    sock.setsockopt(zmq.LINGER, 1000)
+    sock.connect(Endpoints(run_dir_for(node.data_dir)).supervisor)
+    try:
+        for frame in (b"", b"\x01", b"\x01\x33\xc1", b"\x01\x33" + b"\x93" * 5000, b"\x02\x32",
+                      wire.pack(M.Heartbeat("storage", frozen_pid + 1, {})),
+                      wire.pack(M.Heartbeat("metrics", frozen_pid, {})),
+                      wire.pack(M.Status(1))):
+            sock.send(frame)
+    finally:
+        sock.close()
+
+
 def _statuses(lines: list[str]) -> list[str]:
     return [line[len("STATUS="):] for line in lines if line.startswith("STATUS=")]
 
@@ -96,6 +118,7 @@ def test_notify_ready_status_watchdog_and_stopping(tmp_path):
         frozen = node.actor_pids()["storage"]
         os.kill(frozen, signal.SIGSTOP)
         mark = listener.count()
+        _to_supervisor(node, frozen)
         wait_for(lambda: "unhealthy: storage not answering" in _statuses(listener.lines(mark)),
                  HEARTBEAT_STALE_S + 20, "STATUS=unhealthy: storage not answering")
         told = next(i for i, line in enumerate(listener.lines(mark))
