@@ -21,8 +21,9 @@ The convention (README.md's blocks, read top to bottom):
   stops it (as the reader must stop ``make run``: both use port 7379) and starts its own
   three members ``n1``..``n3`` with ``make cluster``'s token. Their output is not
   compared (it names the fixed ports and the log paths of ``deploy/cluster.py``).
-- Ports: README shows the default ports (7379/7380/7381 and, for the cluster,
-  17379... and 27379...). The test's nodes listen on free ports; every
+- Ports: README shows the default ports (client 7379, peer 7380, watch 7381, metrics 7382
+  when the test's nodes have one; for make cluster's n2 and n3 the same plus 10000 and
+  20000). The test's nodes listen on free ports; every
   ``127.0.0.1:<default port>`` in a command or program is replaced by the test's, and the
   test's ports in the output are replaced back before comparing. A block that names a
   port no node of the test stands behind fails (it would reach whatever runs there).
@@ -43,6 +44,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from tests.nodeproc import Cluster, NodeProcess, wait_for
 
@@ -76,6 +78,9 @@ class Command:
     expected: list[str] = field(default_factory=list)
 
 
+FENCE = re.compile(r"^ {0,3}(`{3,})([^`]*)$")  # CommonMark: no backtick in a backtick fence's info
+
+
 def parse_readme(text: str) -> list[Block]:
     """The blocks the test runs (console and python, not skipped), in order."""
     lines = text.split("\n")
@@ -89,14 +94,17 @@ def parse_readme(text: str) -> list[Block]:
             directive = m.group(1)
             i += 1
             continue
-        if line.startswith("```"):
-            lang = line[3:].strip()
+        fence = FENCE.match(line)
+        if fence:
+            ticks, lang = fence.group(1), fence.group(2).strip()
             start = i
             i += 1
             body = []
-            while i < len(lines) and not lines[i].startswith("```"):
+            while i < len(lines) and not re.match(rf"^ {{0,3}}{ticks}`*\s*$", lines[i]):
                 body.append(lines[i])
                 i += 1
+            if i >= len(lines):
+                raise AssertionError(f"README.md:{start + 1}: a code block that is never closed")
             i += 1  # the closing fence
             if lang == "text" and blocks and blocks[-1].lang == "python" and blocks[-1].expected_output is None \
                     and _only_blank(lines, blocks[-1].end, start):
@@ -176,7 +184,9 @@ def compare(where: str, what: str, expected: list[str], actual_text: str) -> Non
 
 # --- the nodes behind README's ports ------------------------------------------------------
 def _port(url: str) -> int:
-    return int(url.rsplit(":", 1)[1])
+    port = urlsplit(url).port
+    assert port is not None, url
+    return port
 
 
 class Target:
@@ -188,6 +198,9 @@ class Target:
         for node, defaults in zip(nodes, DEFAULT_PORTS):
             for default, url in zip(defaults, (node.client_url, node.peer_url, node.watch_url)):
                 self.to_test[default] = _port(url)
+            metrics_url = getattr(node, "metrics_url", "")  # --listen-metrics-urls, 7382 by default
+            if metrics_url:
+                self.to_test[defaults[0] + 3] = _port(metrics_url)
         self.to_readme = {v: k for k, v in self.to_test.items()}
 
     @property
@@ -230,10 +243,10 @@ class Shell:
         script = f"{{\n{command}\n}} < /dev/null\nprintf '{SENTINEL}%d\\n' $?\n"
         self.proc.stdin.write(script.encode())
         self.proc.stdin.flush()
-        mark = SENTINEL.encode()
+        done = re.compile(re.escape(SENTINEL.encode()) + rb"(\d+)\n")
         deadline = time.monotonic() + timeout
         fd = self.proc.stdout.fileno()
-        while mark not in self.buf:
+        while (m := done.search(self.buf)) is None:
             left = deadline - time.monotonic()
             if left <= 0:
                 raise AssertionError(f"{command!r} did not finish within {timeout}s; output so far:\n"
@@ -244,13 +257,7 @@ class Shell:
                 if not chunk:
                     raise AssertionError(f"the shell exited during {command!r}: {self.buf!r}")
                 self.buf += chunk
-        out, _, rest = self.buf.partition(mark)
-        while b"\n" not in rest:  # the rest of the sentinel line (the exit status)
-            chunk = os.read(fd, 65536)
-            if not chunk:
-                break
-            rest += chunk
-        self.buf = rest.split(b"\n", 1)[1] if b"\n" in rest else b""
+        out, self.buf = self.buf[:m.start()], self.buf[m.end():]
         return out.decode(errors="replace")
 
     def close(self) -> None:
@@ -373,8 +380,8 @@ class Runner:
         if self.node is not None:  # the reader stops `make run` first: same port 7379
             self.node.stop()
             self.node = None
-        self.cluster = Cluster(self.tmp_path / "cluster", token=CLUSTER_TOKEN)
         (self.tmp_path / "cluster").mkdir()
+        self.cluster = Cluster(self.tmp_path / "cluster", token=CLUSTER_TOKEN)  # names n1..n3, as make cluster
         self.cluster.start()
         self.target = Target(self.cluster.nodes)
         self._new_shell()
