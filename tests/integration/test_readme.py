@@ -19,8 +19,10 @@ The convention (README.md's blocks, read top to bottom):
 - ``$ make run`` and ``$ make cluster`` are not run: the test starts its own node (as
   ``make run``: one member named ``default``) at the beginning, and, at ``make cluster``,
   stops it (as the reader must stop ``make run``: both use port 7379) and starts its own
-  three members ``n1``..``n3`` with ``make cluster``'s token. Their output is not
-  compared (it names the fixed ports and the log paths of ``deploy/cluster.py``).
+  three members ``n1``..``n3`` with ``make cluster``'s token. ``make run``'s output is not
+  compared; ``make cluster``'s is: the recipe line make prints, then what
+  ``deploy/cluster.py`` prints when its members' processes are replaced by ones that exit at
+  once (nothing starts, nothing binds its fixed ports), up to its notice of their exit.
 - Ports: README shows the default ports (client 7379, peer 7380, watch 7381, metrics 7382
   when the test's nodes have one; for make cluster's n2 and n3 the same plus 10000 and
   20000). The test's nodes listen on free ports; every
@@ -348,6 +350,52 @@ class Background:
         _kill_group(self.proc)
 
 
+# --- make cluster's banner ------------------------------------------------------------------
+# deploy/cluster.py run with its members' processes replaced by ones that "exit" at once: it
+# prints its banner (the members, their URLs and logs) as `make cluster` does, notices the
+# exits and returns; nothing is started and nothing binds a port (its ports are fixed).
+FAKE_MEMBERS = """
+import runpy, subprocess, sys
+
+class Member:
+    returncode = 0
+    def __init__(self, *args, **kwargs): pass
+    def poll(self): return 0
+    def send_signal(self, sig): pass
+    def wait(self, timeout=None): return 0
+    def kill(self): pass
+
+subprocess.Popen = Member
+sys.argv = [sys.argv[1]]
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
+def make_recipe(target: str) -> list[str]:
+    """What make prints for `target` when its prerequisites are up to date: its recipe lines
+    (not the @-silenced ones), with the Makefile's variables README's reader has."""
+    lines = (ROOT / "Makefile").read_text().splitlines()
+    start = lines.index(next(ln for ln in lines if ln.startswith(f"{target}:"))) + 1
+    recipe = []
+    for line in lines[start:]:
+        if not line.startswith("\t"):
+            break
+        if not line[1:].startswith("@"):
+            recipe.append(line[1:].replace("$(BIN)", ".venv/bin").replace("$(VENV)", ".venv")
+                          .replace("$(DATA_DIR)", "./default.qkv"))
+    return recipe
+
+
+def make_cluster_banner(cwd: Path) -> str:
+    cwd.mkdir()
+    proc = subprocess.run([sys.executable, "-c", FAKE_MEMBERS, str(ROOT / "deploy" / "cluster.py")], cwd=cwd,
+                          capture_output=True, text=True, timeout=COMMAND_TIMEOUT)
+    banner = proc.stdout.split("\n")
+    end = next((i for i, ln in enumerate(banner) if " exited with " in ln), None)
+    assert end is not None, f"deploy/cluster.py did not run as expected:\n{proc.stdout}{proc.stderr}"
+    return "\n".join(make_recipe("cluster") + banner[:end]) + "\n"
+
+
 # --- the run --------------------------------------------------------------------------------
 class Runner:
     def __init__(self, tmp_path: Path) -> None:
@@ -383,7 +431,20 @@ class Runner:
         (self.tmp_path / "cluster").mkdir()
         self.cluster = Cluster(self.tmp_path / "cluster", token=CLUSTER_TOKEN)  # names n1..n3, as make cluster
         self.cluster.start()
-        self.target = Target(self.cluster.nodes)
+        nodes = self.cluster.nodes
+
+        def all_heard_from() -> bool:
+            # A member shows as `unstarted` in `member list` until the one asked has heard from
+            # it (SPEC member_list): a reader who types the next command sees all started.
+            for n in nodes:
+                reply = n.request({"op": "member_list"}, timeout=1.0)
+                if not reply or not reply.get("ok") or len(reply["members"]) != len(nodes) \
+                        or not all(m["client_urls"] for m in reply["members"]):
+                    return False
+            return True
+
+        wait_for(all_heard_from, 30, "every member to list every other with its client URLs", interval=0.1)
+        self.target = Target(nodes)
         self._new_shell()
 
     def _new_shell(self) -> None:
@@ -401,7 +462,10 @@ class Runner:
         if self.node is not None:
             self.node.stop()
         if self.cluster is not None:
-            self.cluster.stop()
+            for n in self.cluster.nodes:  # all three stop at once, not one after the other
+                if n.proc is not None and n.proc.poll() is None:
+                    n.proc.send_signal(signal.SIGTERM)
+            self.cluster.stop()  # waits for each, kills what is left, every actor included
 
     def finish_background(self) -> None:
         pending, self.pending = self.pending, []
@@ -440,6 +504,7 @@ class Runner:
     def run_make(self, block: Block, cmd: Command) -> None:
         target = cmd.text.split()[1] if len(cmd.text.split()) > 1 else ""
         if target == "cluster":
+            compare(f"README.md:{cmd.line}", cmd.text, cmd.expected, make_cluster_banner(self.tmp_path / "make-cluster"))
             self.start_cluster()
         elif target == "run":
             raise AssertionError(f"{block.where()}: the test starts `make run`'s node itself, before the first block")
