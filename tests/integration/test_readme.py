@@ -175,12 +175,16 @@ def output_lines(text: str) -> list[str]:
     return text.split("\n") if text else []
 
 
+class Drift(AssertionError):
+    """A block printed something other than README shows (the run goes on: all at once)."""
+
+
 def compare(where: str, what: str, expected: list[str], actual_text: str) -> None:
     actual = output_lines(actual_text)
     if normalize(expected) != normalize(actual):
         diff = "\n".join(difflib.unified_diff(normalize(expected), normalize(actual), "README", "actual",
                                               lineterm=""))
-        raise AssertionError(f"{where}: the output of {what!r} differs from README's (masked; - README, + actual):\n"
+        raise Drift(f"{where}: the output of {what!r} differs from README's (masked; - README, + actual):\n"
                              f"{diff}\n--- actual output, unmasked:\n{actual_text}")
 
 
@@ -329,13 +333,13 @@ class Background:
 
         wait_for(ready, 20, f"{self.block.where()}: {self.what!r} to connect to the watch port", interval=0.05)
 
-    def finish(self) -> None:
-        """Wait for its expected output (or its exit), stop it, compare."""
+    def finish(self) -> str:
+        """Wait for its expected output (or its exit), stop it; what it printed."""
         want = len(self.expected)
         wait_for(lambda: self.proc.poll() is not None or len(output_lines(self.text())) >= want, 20,
                  f"{self.block.where()}: {self.what!r} to print its {want} lines")
         self.stop()
-        compare(self.block.where(), self.what, self.expected, self.text())
+        return self.text()
 
     def stop(self) -> None:
         if self.proc.poll() is None:
@@ -408,6 +412,13 @@ class Runner:
         self.shell: Shell | None = None
         self.pending: list[Background] = []
         self.ran = 0
+        self.drift: list[str] = []
+
+    def check(self, where: str, what: str, expected: list[str], actual_text: str) -> None:
+        try:
+            compare(where, what, expected, actual_text)
+        except Drift as exc:
+            self.drift.append(str(exc))
 
     def env(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("QKVCTL_", "QKV_"))}
@@ -470,7 +481,7 @@ class Runner:
     def finish_background(self) -> None:
         pending, self.pending = self.pending, []
         for bg in pending:
-            bg.finish()
+            self.check(bg.block.where(), bg.what, bg.expected, bg.finish())
 
     # -- blocks --
     def run_block(self, block: Block) -> None:
@@ -498,13 +509,13 @@ class Runner:
             assert self.target is not None and self.shell is not None
             where = f"README.md:{cmd.line}"
             out = self.shell.run(self.target.rewrite(where, cmd.text))
-            compare(where, cmd.text, cmd.expected, self.target.unrewrite(out))
+            self.check(where, cmd.text, cmd.expected, self.target.unrewrite(out))
         self.finish_background()
 
     def run_make(self, block: Block, cmd: Command) -> None:
         target = cmd.text.split()[1] if len(cmd.text.split()) > 1 else ""
         if target == "cluster":
-            compare(f"README.md:{cmd.line}", cmd.text, cmd.expected, make_cluster_banner(self.tmp_path / "make-cluster"))
+            self.check(f"README.md:{cmd.line}", cmd.text, cmd.expected, make_cluster_banner(self.tmp_path / "make-cluster"))
             self.start_cluster()
         elif target == "run":
             raise AssertionError(f"{block.where()}: the test starts `make run`'s node itself, before the first block")
@@ -529,7 +540,7 @@ class Runner:
             raise AssertionError(f"{block.where()}: the Python example did not finish within {COMMAND_TIMEOUT}s")
         text = self.target.unrewrite(out.decode(errors="replace"))
         assert proc.returncode == 0, f"{block.where()}: the Python example exited with {proc.returncode}:\n{text}"
-        compare(block.where(), "the Python example", block.expected_output or [], text)
+        self.check(block.where(), "the Python example", block.expected_output or [], text)
         self.finish_background()
 
     def start_background(self, block: Block, argv: list[str], expected: list[str], what: str) -> None:
@@ -552,4 +563,5 @@ def test_readme_blocks_run_as_shown(tmp_path: Path) -> None:
         runner.finish_background()
     finally:
         runner.stop()
+    assert not runner.drift, "README.md shows what its examples no longer print:\n\n" + "\n\n".join(runner.drift)
     assert runner.ran == len(blocks)
