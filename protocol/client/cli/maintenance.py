@@ -111,20 +111,44 @@ def endpoint_hashkv_cmd(
                 "hash_revision": r.hash_revision}} for ep, r in rows]) + "\n").encode())
         elif g.write_out == "table":
             out().write(render_table(["endpoint", "hash"], [[ep, str(r.hash)] for ep, r in rows]).encode())
+        elif g.write_out == "fields":
+            from protocol.client.output import go_quote
+
+            for ep, r in rows:
+                h = r.header
+                out().write((f'"ClusterID" : {h.cluster_id}\n"MemberID" : {h.member_id}\n'
+                             f'"Revision" : {h.revision}\n"RaftTerm" : {h.raft_term}\n'
+                             f'"Endpoint" : {go_quote(ep.encode())}\n"Hash" : {r.hash}\n\n').encode())
         else:
             for ep, r in rows:
                 out().write(f"{ep}, {r.hash}\n".encode())
 
 
+# etcd's AlarmType enum (etcdserverpb.AlarmType): its JSON carries the number.
+ALARM_TYPE = {"NONE": 0, "NOSPACE": 1, "CORRUPT": 2}
+
+
 def _print_alarms(g: Globals, resp: AlarmResponse) -> None:
-    from protocol.client.output import dumps, header_json
+    """etcdctl 3.4's alarm output: ``memberID:N alarm:NAME `` lines; json as etcd 3.4
+    prints it (the enum as its number, no header: its AlarmResponse has none, so an empty
+    list is ``{}``); fields: the header and ``"MemberID"``/``"AlarmType"`` per alarm
+    (etcdctl 3.4 crashes on its missing header there); table is not supported (exit 4)."""
+    from protocol.client.output import dumps
 
     if g.write_out == "json":
-        out().write((dumps({"header": header_json(resp.header), "alarms": [
-            {"memberID": a.member_id, "alarm": a.alarm} for a in resp.alarms]}) + "\n").encode())
+        body = {"alarms": [{"memberID": a.member_id, "alarm": ALARM_TYPE.get(a.alarm, a.alarm)}
+                           for a in resp.alarms]} if resp.alarms else {}
+        out().write((dumps(body) + "\n").encode())
+    elif g.write_out == "fields":
+        h = resp.header
+        text = (f'"ClusterID" : {h.cluster_id}\n"MemberID" : {h.member_id}\n'
+                f'"Revision" : {h.revision}\n"RaftTerm" : {h.raft_term}\n')
+        for a in resp.alarms:
+            text += f'"MemberID" : {a.member_id}\n"AlarmType" : {a.alarm}\n\n'
+        out().write(text.encode())
     else:
         for a in resp.alarms:
-            out().write(f"{a}\n".encode())
+            out().write(f"{a} \n".encode())  # Go's %+v of the struct ends with a space
 
 
 @alarm_app.command("list")
@@ -132,6 +156,7 @@ def alarm_list_cmd(ctx: typer.Context) -> None:
     """Lists all alarms."""
     g = globals_of(ctx)
     with errors():
+        printer(g).need("simple", "json", "fields")
         with client(g) as c:
             _print_alarms(g, c.alarm_list())
 
@@ -141,6 +166,7 @@ def alarm_disarm_cmd(ctx: typer.Context) -> None:
     """Disarms all alarms."""
     g = globals_of(ctx)
     with errors():
+        printer(g).need("simple", "json", "fields")
         with client(g) as c:
             _print_alarms(g, c.alarm_disarm())
 
