@@ -78,7 +78,7 @@ class _HelpWanted(Exception):
     pass
 
 
-def _exec_failure(argv0: str, exc: OSError) -> str:
+def exec_failure(argv0: str, exc: OSError) -> str:
     """Go's os/exec error text for a command that could not start."""
     import errno
     import shutil
@@ -91,7 +91,7 @@ def _exec_failure(argv0: str, exc: OSError) -> str:
     return f"fork/exec {argv0}: {reason}"
 
 
-def _exit_failure(rc: int) -> str:
+def exit_failure(rc: int) -> str:
     """Go's ``*exec.ExitError`` text: ``exit status N`` or ``signal: killed``."""
     import signal
 
@@ -142,9 +142,9 @@ def lock_cmd(
                         try:
                             rc = subprocess.call(args[1:], env=env)
                         except OSError as exc:
-                            raise CliError(_exec_failure(args[1], exc)) from None
+                            raise CliError(exec_failure(args[1], exc)) from None
                         if rc:
-                            raise CliError(_exit_failure(rc))
+                            raise CliError(exit_failure(rc))
                         return
                     if kv.kvs:
                         print_kv(g, kv.header, kv.kvs[0])

@@ -12,7 +12,7 @@ from protocol import VERSION
 from protocol.client.cli import auth, bench, kv, lease, lock_elect, maintenance, member, snapshot, watch
 from protocol.client.cli.common import (
     API_VERSION, DEFAULT_ENDPOINTS, EXIT_BAD_ARGS, EXIT_BAD_FEATURE, EXIT_ERROR, EXIT_INTERRUPTED, CliError,
-    Globals, errors, parse_duration, split_user,
+    Globals, errors, parse_duration, set_raw_args, split_user,
 )
 
 app = typer.Typer(
@@ -230,6 +230,7 @@ def run_app(typer_app: typer.Typer, prog_name: str, args: list[str]) -> int:
         from typer._completion_classes import completion_init
 
         completion_init()
+    set_raw_args(args)
     try:
         rv = typer_app(args=args, prog_name=prog_name, standalone_mode=False)
     except NoArgsIsHelpError as exc:
