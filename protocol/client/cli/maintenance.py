@@ -1,8 +1,9 @@
 """Maintenance commands: ``endpoint status|health|hashkv``, ``alarm list|disarm``,
 ``defrag`` (etcdctl's ep_command.go, alarm_command.go, defrag_command.go).
 
-All of them talk to running members; the offline ``defrag --data-dir`` of etcdctl is
-``qkvutl``'s business (nodes/utl.py), not this client's.
+All of them talk to running members but ``defrag --data-dir`` (offline, as etcdctl's),
+which runs ``qkvutl defrag --data-dir`` (nodes/utl.py): this client package imports no
+server code.
 """
 from __future__ import annotations
 
@@ -174,27 +175,62 @@ def alarm_disarm_cmd(ctx: typer.Context) -> None:
 def defrag_cmd(
     ctx: typer.Context,
     cluster: bool = CLUSTER_OPT,
-    data_dir: str = typer.Option("", "--data-dir", hidden=True,
-                                 help="moved: use `qkvutl defrag --data-dir`"),
+    data_dir: str = typer.Option("", "--data-dir",
+                                 help="Optional. If present, defragments a data directory not in use by a "
+                                      "member (runs `qkvutl defrag --data-dir`)"),
 ) -> None:
-    """Defragments the storage of the etcd members with given endpoints (the members keep
-    serving meanwhile)."""
+    """Defragments the storage of the quorumkv members with given endpoints (the members
+    keep serving meanwhile)."""
     g = globals_of(ctx)
     with errors():
         from protocol.errors import QkvError
 
         if data_dir:
-            raise CliError("defrag --data-dir works on a stopped member's files: it is "
-                           "`qkvutl defrag --data-dir`", EXIT_BAD_ARGS)
+            _defrag_offline(data_dir)
+            return
         failed = False
         for ep in cluster_endpoints(g, cluster):
             try:
                 with client(g, [ep]) as c:
                     c.defragment()
-                out().write(f"Finished defragmenting etcd member[{ep}]\n".encode())
+                out().write(f"Finished defragmenting quorumkv member[{ep}]\n".encode())
             except QkvError as exc:
                 failed = True
-                sys.stderr.write(f"Failed to defragment etcd member[{ep}] ({exc.message})\n")
+                sys.stderr.write(f"Failed to defragment quorumkv member[{ep}] ({exc.message})\n")
                 sys.stderr.flush()
         if failed:
             raise typer.Exit(EXIT_ERROR)
+
+
+def qkvutl_command() -> list[str]:
+    """How to run qkvutl (the offline tools, in the server package that qkvctl must not
+    import): the script beside this interpreter, else on PATH, else ``-m nodes.utl``."""
+    import os
+    import shutil
+
+    beside = os.path.join(os.path.dirname(sys.executable), "qkvutl")
+    if os.access(beside, os.X_OK):
+        return [beside]
+    found = shutil.which("qkvutl")
+    return [found] if found else [sys.executable, "-m", "nodes.utl"]
+
+
+def _defrag_offline(data_dir: str) -> None:
+    """etcdctl 3.4's ``defrag --data-dir``: nothing printed on success; on failure
+    ``Failed to defragment ... data[DIR] (reason)`` on stderr, exit 1. The work is
+    qkvutl's (it refuses a data dir a running member holds)."""
+    import subprocess
+
+    try:
+        proc = subprocess.run([*qkvutl_command(), "defrag", "--data-dir", data_dir],
+                              stdin=subprocess.DEVNULL, capture_output=True)
+    except OSError as exc:
+        raise CliError(f"cannot run qkvutl for an offline defrag: {exc}") from None
+    if proc.returncode == 0:
+        return
+    lines = [ln for ln in proc.stderr.decode(errors="replace").splitlines() if ln.strip()]
+    reason = next((ln[len("Error: "):] for ln in lines if ln.startswith("Error: ")),
+                  lines[-1] if lines else f"qkvutl exited with {proc.returncode}")
+    sys.stderr.write(f"Failed to defragment quorumkv data[{data_dir}] ({reason})\n")
+    sys.stderr.flush()
+    raise typer.Exit(EXIT_ERROR)
