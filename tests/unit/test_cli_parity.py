@@ -145,6 +145,7 @@ def test_watch_runs_a_command_per_event(srv, tmp_path):
             wait_for(lambda: log.exists() and len(log.read_text().splitlines()) == 2, 15, "two commands")
             assert log.read_text().splitlines() == [
                 f'{r1}|"PUT"|"foo"|"a b\\"c"|"foo"', f'{r2}|"DELETE"|"foo"|""|"foo"']
+            wait_for(lambda: child.text().endswith("DELETE\nfoo\n\n"), 15, "the printed events")
             assert child.text() == 'PUT\nfoo\na b"c\nDELETE\nfoo\n\n'
     finally:
         child.stop()
@@ -183,7 +184,7 @@ def test_watch_key_from_the_environment(srv):
             c.put("env/1", "x")
             c.put("other", "y")
             c.put("env/2", "z")
-        wait_for(lambda: child.text().count("PUT") == 2, 15, "two events")
+        wait_for(lambda: child.text().endswith("z\n"), 15, "both events")
         assert child.text() == "PUT\nenv/1\nx\nPUT\nenv/2\nz\n"
     finally:
         child.stop()
