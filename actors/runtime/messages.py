@@ -587,7 +587,7 @@ class Events(_Events):
 
 
 class _Ready(NamedTuple):
-    role: Annotated[str, Str(64, ("consensus", "storage", "gateway", "watch"))]
+    role: Annotated[str, Str(64, ("consensus", "storage", "gateway", "watch", "metrics"))]
     pid: Annotated[int, Int(1, 2**31 - 1)]
 
 
