@@ -384,8 +384,8 @@ class Supervisor:
                 "node_starting", version=VERSION, data_dir=self.data_dir, member_id=f"{self.cfg.member_id:x}",
                 client_urls=self.cfg.listen_client_urls, watch_urls=self.cfg.listen_watch_urls,
             )
-            for child in self.children.values():
-                self._spawn(child)
+            for role in self.children:  # ROLES, then metrics
+                self._spawn(self.children[role])
             while not self.stopping:
                 if ready_sock.poll(50):
                     while True:
