@@ -120,6 +120,10 @@ class Handler(http.server.BaseHTTPRequestHandler):
             self.close_connection = True  # a body we will not read must not be taken for a request
         return True
 
+    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+        # The stdlib quotes the bad request line in its message: keep an echo short.
+        super().send_error(code, message[:120] if message else message, None)
+
     def log_message(self, format: str, *args: Any) -> None:
         pass  # no line per scrape; failures are logged by the actor
 
@@ -136,7 +140,10 @@ class Handler(http.server.BaseHTTPRequestHandler):
     do_POST = do_PUT = do_DELETE = do_PATCH = do_OPTIONS = _not_allowed
 
     def _route(self, head: bool) -> None:
-        path, _, query = self.path.partition("?")
+        target = self.path
+        if target.startswith(("http://", "https://")):  # the absolute form (RFC 9112 3.2.2)
+            target = "/" + target.split("://", 1)[1].partition("/")[2]
+        path, _, query = target.partition("?")
         if path == "/metrics":
             self._metrics(head)
             return

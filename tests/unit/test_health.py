@@ -266,3 +266,40 @@ def test_keep_alive_serves_several_requests_and_a_body_closes_the_connection(htt
         assert data.count(b"HTTP/1.1 ") == 1 and data.endswith(b"ok\n")
     finally:
         s.close()
+
+
+@pytest.mark.parametrize("raw, first_line", [
+    (b"\x00" * 100_000, b"400 Bad request syntax"),  # no status line: the stdlib takes it for HTTP/0.9
+    (b"GET " + b"/a" * 50_000 + b" HTTP/1.1\r\n\r\n", b"431 "),
+    (b"GET\r\n\r\n", b"400 "),
+    (b"GET /metrics HTTP/9.9\r\n\r\n", b"505 "),
+    (b"FOO / HTTP/1.1\r\n\r\n", b"HTTP/1.1 501 "),
+    (b"GET /health?exclude=%ZZ&serializable=%00 HTTP/1.1\r\n\r\n", b"HTTP/1.1 200 "),
+    (b"GET /health HTTP/1.1\r\nHost: \xff\xfe\r\n\r\n", b"HTTP/1.1 200 "),
+    (b"GET http://x/livez HTTP/1.1\r\n\r\n", b"HTTP/1.1 200 "),
+    (b"GET /health HTTP/1.1\r\n" + b"a: b\r\n" * 150 + b"\r\n", b"HTTP/1.1 431 "),
+])
+def test_garbage_is_answered_briefly_and_the_server_goes_on(http_server, raw, first_line):
+    srv, _, errors = http_server
+    s = socket.create_connection(srv.server_address[:2], timeout=10)
+    data = b""
+    try:
+        try:
+            s.sendall(raw)
+        except OSError:
+            pass  # closed by the server before all of it was sent
+        try:
+            while chunk := s.recv(65536):
+                data += chunk
+                if b"\r\n\r\n" in data and not data.startswith(b"HTTP/1.1 200"):
+                    break
+                if data.startswith(b"HTTP/1.1 200") and data.endswith((b"}", b"ok\n")):
+                    break
+        except ConnectionResetError:
+            pass
+    finally:
+        s.close()
+    assert data.startswith(first_line), data[:200]
+    assert len(data) < 1024  # an error never echoes the request at length
+    assert get(srv, "/livez")[0] == 200
+    assert errors == []
