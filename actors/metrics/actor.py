@@ -52,7 +52,11 @@ class MetricsActor(Actor):
         self.threads: list[threading.Thread] = []
         for url in self.cfg.listen_metrics_urls:
             host, port = _host_port(url)
-            server = MetricsServer(host, port, self.app, slots, self._on_http_error)
+            try:
+                server = MetricsServer(host, port, self.app, slots, self._on_http_error)
+            except OSError as exc:
+                self.log.error("metrics_listen_failed", url=url, error=exc.strerror or str(exc))
+                raise
             thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.25},
                                       name=f"metrics-http-{port}", daemon=True)
             thread.start()

@@ -18,6 +18,7 @@ import gzip
 import http.server
 import os
 import socket
+import socketserver
 import sys
 import threading
 import time
@@ -230,6 +231,13 @@ class MetricsServer(http.server.ThreadingHTTPServer):
         self._conns: dict[socket.socket, float] = {}  # open connection -> when it is cut
         self._conns_lock = threading.Lock()
         super().__init__((host, port), Handler)
+
+    def server_bind(self) -> None:
+        # HTTPServer's own also asks the resolver for the host's FQDN (socket.getfqdn), which
+        # nothing here uses and which can hang on a host without working DNS.
+        socketserver.TCPServer.server_bind(self)
+        host, port = self.server_address[:2]
+        self.server_name, self.server_port = str(host), int(port)
 
     def process_request(self, request: Any, client_address: Any) -> None:
         if not self.slots.acquire(blocking=False):
