@@ -16,7 +16,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from load import Writer
-from nodeproc import NodeProcess, wait_for
+from nodeproc import NodeProcess, free_port, wait_for
 from protocol import errors
 from protocol.client import Client
 
@@ -177,7 +177,11 @@ def test_health_with_the_nospace_alarm(node_factory):
 
 
 def test_the_metrics_actor_restarts_and_counts_survive_it(node_factory):
-    node = node_factory()
+    node = node_factory(start=False)
+    second = f"http://127.0.0.1:{free_port()}"
+    node.args = ["--listen-metrics-urls", f"{node.metrics_url},{second}"]  # every URL is served
+    node.start()
+    assert http_get(second, "/livez")[::2] == (200, b"ok\n")
     for _ in range(3):
         assert http_get(node.metrics_url, "/health")[0] == 200
     assert scrape(node)["etcd_server_health_success_total"] == 3
@@ -192,6 +196,7 @@ def test_the_metrics_actor_restarts_and_counts_survive_it(node_factory):
             return False
 
     wait_for(serves, 20, "the new metrics actor to serve")
+    assert http_get(second, "/livez")[::2] == (200, b"ok\n")
     # a dead process's counters stay in the sum (multiprocess mode); its live gauges go
     assert scrape(node)["etcd_server_health_success_total"] == 3
 
