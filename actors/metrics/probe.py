@@ -64,6 +64,8 @@ class Probe:
         """Ask storage's status (always), consensus's status (`consensus`) and a
         linearizable read (`linearizable`), all at once; wait for the answers until the
         timeout."""
+        if self.stopping.is_set():  # the actor is ending: its context is about to go
+            return Observation(None, None, None, TIMED_OUT, TIMED_OUT if linearizable else None)
         deadline = time.monotonic() + self.timeout_s
         cons = self._dealer(self.endpoints.consensus)
         stor = self._dealer(self.endpoints.storage)

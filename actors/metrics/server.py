@@ -187,6 +187,8 @@ class App:
         self._lock = threading.Lock()
 
     def observe(self, consensus: bool, linearizable: bool) -> health.Observation:
+        # Counted before the probe looks at the actor's stop flag: the actor sets the flag,
+        # then waits for `probing()` to reach 0 before it destroys the zmq context.
         with self._lock:
             self._probing += 1
         try:
