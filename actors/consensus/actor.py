@@ -309,6 +309,12 @@ class ConsensusActor(Actor):
         }
         self._reply(identity, M.StatusResp(ctx_id, status))
 
+    def heartbeat_status(self) -> M.HeartbeatStatus:
+        """For the supervisor's STATUS= line (nodes/supervisor.py)."""
+        st = self.node.status()
+        return {"state": StateType(st.raft_state).name.lower(), "term": st.term, "leader": st.lead,
+                "commit": st.commit}
+
     def _faults_text(self) -> str | None:
         """Peer links cut by fault injection, for `status.errors`; None when there are none."""
         faults = self.transport.faults

@@ -906,6 +906,11 @@ class StorageActor(Actor):
     def _lease_checkpoint_tick(self) -> None:
         self._lease_propose(self.lessor.checkpoint_tick(time.monotonic()))
 
+    def heartbeat_status(self) -> M.HeartbeatStatus:
+        """For the supervisor's STATUS= line (nodes/supervisor.py): the alarm names only."""
+        return {"applied_index": self.store.applied_index, "revision": self.store.current_revision,
+                "alarms": sorted({name for _, name in self.store.alarms})[:16]}
+
     def shutdown(self) -> None:
         # Also after a setup that stopped half-way (each part exists once setup made it).
         if hasattr(self, "defrag"):
