@@ -55,6 +55,7 @@ from protocol.errors import Malformed
 _READY_TYPES = frozenset((M.READY, M.HEARTBEAT))  # what the readiness PULL may receive (runtime/wire.py)
 
 ROLES = ("consensus", "storage", "watch", "gateway")  # start order; stopped in reverse
+METRICS_ROLE = "metrics"  # started last, only when --listen-metrics-urls names a URL
 STOP_GRACE_S = 4.0
 RESTART_DELAY_MAX_S = 5.0
 JOIN_TIMEOUT_S = 15.0
@@ -171,7 +172,8 @@ class Supervisor:
         self.data_dir = os.path.abspath(cfg.data_dir)
         self.endpoints = Endpoints(run_dir_for(self.data_dir))
         self.log = runtime_log.configure(cfg.log_level, cfg.log_format, node=cfg.name, actor="supervisor")
-        self.children = {role: Child(role) for role in ROLES}
+        roles = ROLES + ((METRICS_ROLE,) if cfg.listen_metrics_urls else ())
+        self.children = {role: Child(role) for role in roles}  # in start order
         self.stopping = False
         self._lock_fd: int | None = None
 
@@ -446,7 +448,7 @@ class Supervisor:
                 "node_starting", version=VERSION, data_dir=self.data_dir, member_id=f"{self.cfg.member_id:x}",
                 client_urls=self.cfg.listen_client_urls, watch_urls=self.cfg.listen_watch_urls,
             )
-            for role in ROLES:
+            for role in self.children:  # ROLES, then metrics
                 self._spawn(self.children[role])
             while not self.stopping:
                 if ready_sock.poll(50):
@@ -494,7 +496,7 @@ class Supervisor:
 
     def stop(self) -> None:
         started = time.monotonic()
-        live = [(c, c.proc) for c in reversed([self.children[r] for r in ROLES]) if c.proc is not None]
+        live = [(c, c.proc) for c in reversed(self.children.values()) if c.proc is not None]
         for _, proc in live:
             try:
                 proc.send_signal(signal.SIGTERM)
