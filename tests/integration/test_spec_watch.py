@@ -142,3 +142,135 @@ def test_a_full_subscriber_loses_the_new_messages_not_the_queued_ones(node_facto
         assert live + [r for r in history(node, d + 1)] == list(range(start + 1, final + 1))
     finally:
         sub.close()
+
+
+# --- step 6: moving to another member ---------------------------------------------------
+class SpecConsumer:
+    """Section 5 from SPEC alone, steps 1-6, with the member list of `member_list` and a
+    timeout on every request (a member that never answers is left, not retried)."""
+
+    def __init__(self, seed) -> None:
+        self.seed = seed  # a NodeProcess whose client URL the consumer was given
+        self.d = 0
+        self.delivered: list[int] = []
+        self.sub: zmq.Socket | None = None
+        self.client_url = ""
+        self.failovers = 0
+
+    def call(self, url: str, req: dict, timeout_s: float = 2.0) -> dict | None:
+        s = zmq.Context.instance().socket(zmq.DEALER)
+        s.setsockopt(zmq.LINGER, 0)
+        s.connect(url)
+        try:
+            s.send(pack({"id": 1, **req}))
+            return unpack(s.recv()) if s.poll(int(timeout_s * 1000)) else None
+        finally:
+            s.close()
+
+    def members(self, ask: str) -> list[tuple[str, str]]:
+        reply = self.call(ask, {"op": "member_list"})
+        assert reply is not None and reply["ok"], reply
+        return [(m["client_urls"][0], m["watch_urls"][0]) for m in reply["members"]
+                if m["client_urls"] and m["watch_urls"]]
+
+    def attach(self, client_url: str, from_now: bool = False) -> None:
+        """Steps 1-3 at one member: status, subscribe, history from D + 1."""
+        if self.sub is not None:
+            self.sub.close()
+        status = self.call(client_url, {"op": "status"})
+        assert status is not None and status["ok"], status
+        if from_now:
+            self.d = status["header"]["revision"]
+        self.client_url = client_url
+        self.sub = subscriber(status["watch_urls"][0])
+        assert self.catch_up(), "a member that just answered status answers history"
+
+    def catch_up(self) -> bool:
+        """Step 3; False when the member does not answer (step 6)."""
+        while True:
+            reply = self.call(self.client_url, {"op": "history", "key": KEY, "range_end": END,
+                                                "start_revision": self.d + 1})
+            if reply is None or (not reply["ok"] and reply["error"]["code"] in ("unavailable", "stopping")):
+                return False
+            assert reply["ok"], reply
+            for g in reply["revisions"]:
+                if g["revision"] > self.d:
+                    self.delivered.append(g["revision"])
+                    self.d = g["revision"]
+            self.d = max(self.d, reply["last_revision"])
+            if not reply["more"]:
+                return True
+
+    def fail_over(self, members: list[tuple[str, str]]) -> None:
+        """Step 6: the next member in turn that answers, history from D + 1 there."""
+        self.failovers += 1
+        urls = [c for c, _ in members]
+        i = urls.index(self.client_url) if self.client_url in urls else -1
+        for k in range(1, len(urls) + 1):
+            candidate = urls[(i + k) % len(urls)]
+            if candidate != self.client_url and self.call(candidate, {"op": "status"}, 1.0) is not None:
+                self.attach(candidate)
+                return
+        raise AssertionError("no member answers")
+
+    def read_until(self, revision: int, members: list[tuple[str, str]]) -> None:
+        """Step 4 until D reaches `revision`; a hole that history cannot fill here: step 6."""
+        while self.d < revision:
+            assert self.sub is not None
+            msg = next_message(self.sub)
+            if shows_hole(msg, self.d):
+                if not self.catch_up():
+                    self.fail_over(members)
+            elif "revision" in msg:
+                if msg["revision"] > self.d:
+                    self.delivered.append(msg["revision"])
+                    self.d = msg["revision"]
+            else:
+                self.d = max(self.d, msg["progress_revision"])
+
+    def close(self) -> None:
+        if self.sub is not None:
+            self.sub.close()
+
+
+def test_a_consumer_leaves_a_member_that_never_answers_for_the_next_one(cluster_factory):
+    import os
+    import signal
+
+    cluster = cluster_factory(3)
+    leader = cluster.leader()
+    a, b = [n for n in cluster.nodes if n is not leader][:2]
+    consumer = SpecConsumer(a)
+    # a member's URLs are listed once it has been heard from (empty before: skipped)
+    members = wait_for(lambda: (lambda m: m if len(m) == 3 else None)(consumer.members(a.client_url)),
+                       10, "every member's URLs in member_list")
+    assert sorted(c for c, _ in members) == sorted(n.client_url for n in cluster.nodes)
+    assert sorted(w for _, w in members) == sorted(n.watch_url for n in cluster.nodes)
+    stopped: list[int] = []
+    try:
+        consumer.attach(a.client_url, from_now=True)
+        start = consumer.d
+        put_burst(leader.client_url, 50, KEY + b"one/")
+        mid = request(leader, {"op": "status"})["header"]["revision"]
+        wait_for(lambda: request(a, {"op": "status"})["header"]["revision"] >= mid, 10, "a to apply")
+        consumer.read_until(mid, members)
+        # a stops (SIGSTOP: its ports stay open and nothing answers)
+        stopped = [*a.actor_pids().values(), a.proc.pid]
+        for pid in stopped:
+            os.kill(pid, signal.SIGSTOP)
+        put_burst(leader.client_url, 50, KEY + b"two/")
+        final = request(leader, {"op": "status"})["header"]["revision"]
+        assert not consumer.catch_up(), "a stopped member answered history"
+        consumer.fail_over(consumer.members(b.client_url))  # the list from a member that answers
+        assert consumer.client_url != a.client_url
+        consumer.read_until(final, members)
+        truth = history(leader, start + 1)
+        assert consumer.delivered == [r for r in truth if r <= consumer.d]
+        assert consumer.delivered[-1] == final and consumer.failovers == 1
+    finally:
+        for pid in stopped:
+            try:
+                os.kill(pid, signal.SIGCONT)
+            except ProcessLookupError:
+                pass
+        consumer.close()
