@@ -39,6 +39,7 @@ import zmq
 from actors.consensus import peer_wire
 from actors.consensus.peer_wire import PeerWireError
 from actors.runtime import messages as M
+from actors.runtime import metrics
 from actors.runtime import wire
 from protocol import errors
 from protocol.codec import unpack_msg
@@ -123,6 +124,10 @@ class PeerTransport:
         self._down_since: dict[int, float] = {}  # peer -> first failed send since the last success
         self._dialed: dict[int, float] = {}  # peer -> when its DEALER was made
         self.removed: set[int] = set()  # ids removed from the cluster: told so, never heard
+        # Byte counters by peer (etcd_network_peer_*_bytes_total), labelled children kept:
+        # peer -> (sent bytes, sent failures) and peer -> received bytes.
+        self._sent_metrics: dict[int, tuple[Any, Any]] = {}
+        self._received_metrics: dict[int, Any] = {}
 
     @property
     def secure(self) -> bool:
@@ -185,11 +190,18 @@ class PeerTransport:
         sock = self.peers.get(to)
         if sock is None or to in self.faults.drop_to:
             return False
+        frame = wire.pack(msg)
+        counters = self._sent_metrics.get(to)
+        if counters is None:
+            counters = self._sent_metrics[to] = (metrics.peer_sent_bytes.labels(f"{to:x}"),
+                                                 metrics.peer_sent_failures.labels(f"{to:x}"))
         try:
-            sock.send(wire.pack(msg), zmq.NOBLOCK)
+            sock.send(frame, zmq.NOBLOCK)
         except zmq.ZMQError:
+            counters[1].inc()
             self._note_down(to)
             return False
+        counters[0].inc(len(frame))
         self._down_since.pop(to, None)
         return True
 
@@ -236,6 +248,10 @@ class PeerTransport:
         self.faults.refresh()
         if frm in self.faults.drop_from:
             return
+        received = self._received_metrics.get(frm)
+        if received is None:  # frm is a member (checked above): a bounded set of labels
+            received = self._received_metrics[frm] = metrics.peer_received_bytes.labels(f"{frm:x}")
+        received.inc(len(frames[1]))
         self.on_message(msg_type, frm, msg)
 
     def _spoofed(self, msg_type: Any, claimed: Any, user: str) -> None:
