@@ -342,6 +342,7 @@ class GatewayActor(Actor):
         """Validate and route one request. `now` is when it arrived (its deadline counts
         from there); `admitted=False` only for frames refused without being counted."""
         client_id = None
+        op: dict | None = None
         try:
             req = unpack(frame)
             if not isinstance(req, dict):
@@ -359,7 +360,7 @@ class GatewayActor(Actor):
                 raise errors.Unavailable("the auth state is not loaded yet; retry")
             self.auth.precheck(auth, op)
         except errors.QkvError as err:
-            self._answered("unknown", err.code, now, time.monotonic())
+            self._answered(op["op"] if op is not None else "unknown", err.code, now, time.monotonic())
             self._reply_error(identity, delimiter, client_id, err, admitted)
             return
         except Exception as exc:  # a validator bug must not take the gateway down
