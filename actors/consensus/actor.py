@@ -105,7 +105,7 @@ HELLO_INTERVAL_S = 1.0
 LEADERSHIP_INTERVAL_S = 0.25
 AUTO_PROMOTE_INTERVAL_S = 0.5
 REMOVED_MARKER = "removed"  # see nodes/supervisor.py
-METRICS_INTERVAL_S = 1.0  # gauges (commit index) are set this often (actors/runtime/metrics.py)
+METRICS_INTERVAL_S = 1.0  # gauges (commit index) and peer byte counts are written this often
 RTT_PROBE_MAX_S = 2.0  # a heartbeat without a response for this long is not timed (lost)
 DISK_RETRY_TICK_S = 0.1  # how often a failed disk is looked at (DiskFault sets the backoff)
 CC = ConfChangeType
@@ -978,6 +978,7 @@ class ConsensusActor(Actor):
     # --- metrics (actors/runtime/metrics.py) -------------------------------------------
     def _metrics_tick(self) -> None:
         metrics.proposals_committed.set(self.committed)
+        self.transport.flush_metrics()
         if self._rtt_sent:  # heartbeats whose response never came (lost): not timed
             now = time.monotonic()
             for peer in [p for p, t in self._rtt_sent.items() if now - t > RTT_PROBE_MAX_S]:
@@ -1044,5 +1045,7 @@ class ConsensusActor(Actor):
             if hasattr(self, "node") and hasattr(self, "lead"):
                 self._hand_over_leadership()
         finally:
+            if hasattr(self, "transport"):
+                self.transport.flush_metrics()
             if hasattr(self, "wal"):
                 self.wal.close()

@@ -124,10 +124,12 @@ class PeerTransport:
         self._down_since: dict[int, float] = {}  # peer -> first failed send since the last success
         self._dialed: dict[int, float] = {}  # peer -> when its DEALER was made
         self.removed: set[int] = set()  # ids removed from the cluster: told so, never heard
-        # Byte counters by peer (etcd_network_peer_*_bytes_total), labelled children kept:
-        # peer -> (sent bytes, sent failures) and peer -> received bytes.
-        self._sent_metrics: dict[int, tuple[Any, Any]] = {}
-        self._received_metrics: dict[int, Any] = {}
+        # Byte counters by peer (etcd_network_peer_*_total): counted in memory per message,
+        # written by flush_metrics (the actor's metrics timer). Label: the peer id in hex.
+        self._sent = metrics.CounterTally(metrics.peer_sent_bytes)
+        self._sent_failures = metrics.CounterTally(metrics.peer_sent_failures)
+        self._received = metrics.CounterTally(metrics.peer_received_bytes)
+        self._labels: dict[int, tuple[str]] = {}  # peer -> (its id in hex,)
 
     @property
     def secure(self) -> bool:
@@ -191,17 +193,14 @@ class PeerTransport:
         if sock is None or to in self.faults.drop_to:
             return False
         frame = wire.pack(msg)
-        counters = self._sent_metrics.get(to)
-        if counters is None:
-            counters = self._sent_metrics[to] = (metrics.peer_sent_bytes.labels(f"{to:x}"),
-                                                 metrics.peer_sent_failures.labels(f"{to:x}"))
+        label = self._labels.get(to) or self._label(to)
         try:
             sock.send(frame, zmq.NOBLOCK)
         except zmq.ZMQError:
-            counters[1].inc()
+            self._sent_failures.inc(label)
             self._note_down(to)
             return False
-        counters[0].inc(len(frame))
+        self._sent.inc(label, len(frame))
         self._down_since.pop(to, None)
         return True
 
@@ -248,11 +247,19 @@ class PeerTransport:
         self.faults.refresh()
         if frm in self.faults.drop_from:
             return
-        received = self._received_metrics.get(frm)
-        if received is None:  # frm is a member (checked above): a bounded set of labels
-            received = self._received_metrics[frm] = metrics.peer_received_bytes.labels(f"{frm:x}")
-        received.inc(len(frames[1]))
+        # frm is a member (checked above): a bounded set of labels
+        self._received.inc(self._labels.get(frm) or self._label(frm), len(frames[1]))
         self.on_message(msg_type, frm, msg)
+
+    def _label(self, peer: int) -> tuple[str]:
+        label = self._labels[peer] = (f"{peer:x}",)
+        return label
+
+    def flush_metrics(self) -> None:
+        """Write the byte and failure counts kept since the last call (the actor's timer)."""
+        self._sent.flush()
+        self._sent_failures.flush()
+        self._received.flush()
 
     def _spoofed(self, msg_type: Any, claimed: Any, user: str) -> None:
         self.dropped_spoofed += 1

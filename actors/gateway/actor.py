@@ -92,6 +92,7 @@ SLOW_LOG_PERIOD_S = 10.0
 SLOW_LOG_LINES = 5  # slow_client lines per period at most; the others are counted
 AUTHENTICATE_ATTEMPTS = 3  # the auth state changed between the password check and the apply: again
 METRICS_INTERVAL_S = 1.0  # etcd_server_proposals_pending is set this often
+METRICS_FLUSH_S = 0.25  # per-request counts are kept in memory and written this often
 # Metrics: a reply's error code is a label only if it is one of ours (else "other"); an
 # op name only once the request validated (else "unknown"). Both sets are bounded.
 _CODES = frozenset(c.code for c in errors.__dict__.values()
@@ -200,13 +201,15 @@ class GatewayActor(Actor):
         self.every(TOKEN_SWEEP_S, self.auth.sweep)
         self.poll_consensus()
         self._send_internal(self.storage, M.AuthStateGet(0))
-        # Metrics (actors/runtime/metrics.py): per request a counter and a histogram child,
-        # taken once per (op, code) / op and kept.
-        self._requests_children: dict[tuple[str, str], Any] = {}
-        self._seconds_children: dict[str, Any] = {}
+        # Metrics (actors/runtime/metrics.py): per request only counts in memory (by (op,
+        # code), and a latency tally by op), written to the metrics every METRICS_FLUSH_S.
+        self._requests_tally = metrics.CounterTally(metrics.requests)
+        self._seconds_tallies: dict[str, metrics.HistogramTally] = {}
+        self._proposals_failed = 0
         metrics.quota_backend_bytes.set(self.quota_bytes)
         metrics.server_version.labels(VERSION).set(1)
         self.every(METRICS_INTERVAL_S, self._metrics_tick)
+        self.every(METRICS_FLUSH_S, self._metrics_flush)
 
     def _new_id(self) -> int:
         self._next_id += 1
@@ -793,18 +796,23 @@ class GatewayActor(Actor):
     def _answered(self, op: str, code: Any, arrived: float, now: float, kind: str = "") -> None:
         """One request answered: qkv_requests_total{op, code} and its latency; a write that
         failed in consensus also counts as a failed proposal."""
-        if code not in _CODES and code != "ok":
+        if code != "ok" and code not in _CODES:
             code = "other"
-        child = self._requests_children.get((op, code))
-        if child is None:
-            child = self._requests_children[(op, code)] = metrics.requests.labels(op, code)
-        child.inc()
-        seconds = self._seconds_children.get(op)
+        self._requests_tally.inc((op, code))
+        seconds = self._seconds_tallies.get(op)
         if seconds is None:
-            seconds = self._seconds_children[op] = metrics.request_seconds.labels(op)
+            seconds = self._seconds_tallies[op] = metrics.HistogramTally(metrics.request_seconds.labels(op))
         seconds.observe(now - arrived)
         if kind == "write" and code in _PROPOSAL_FAILED:
-            metrics.proposals_failed.inc()
+            self._proposals_failed += 1
+
+    def _metrics_flush(self) -> None:
+        self._requests_tally.flush()
+        for tally in self._seconds_tallies.values():
+            tally.flush()
+        if self._proposals_failed:
+            metrics.proposals_failed.inc(self._proposals_failed)
+            self._proposals_failed = 0
 
     def _metrics_tick(self) -> None:
         metrics.proposals_pending.set(sum(1 for p in self.pending.values() if p.kind == "write"))
@@ -818,6 +826,8 @@ class GatewayActor(Actor):
                 self._fail(req_id, errors.UnknownOutcome("the node is stopping; the write may or may not take effect"))
             else:
                 self._fail(req_id, errors.Stopping())
+        if hasattr(self, "_requests_tally"):
+            self._metrics_flush()
 
 
 def _frame_code(frame: bytes) -> Any:

@@ -31,6 +31,8 @@ Rules:
 from __future__ import annotations
 
 import os
+from bisect import bisect_left
+from typing import Any
 
 from prometheus_client import Counter, Gauge, Histogram, values
 
@@ -157,3 +159,64 @@ client_requests_refused = Counter("qkv_client_requests_refused",
 
 # --- supervisor (nodes/supervisor.py) --------------------------------------------------------
 actor_restarts = Counter("qkv_actor_restarts", "Actor processes restarted by the supervisor, by role.", ["role"])
+
+
+# --- hot paths: counts kept in process memory, written in one go ------------------------------
+class HistogramTally:
+    """Observations of one labelled histogram child kept in memory and written by `flush`
+    (from a timer): per observation a bisect and two adds, instead of two mmap writes under
+    prometheus_client's lock (~5 us each observe in multiprocess mode, tests/bench/
+    bench_metrics.py). Uses the child's `_upper_bounds`, `_buckets` and `_sum` (the values
+    `Histogram.observe` writes; prometheus_client 0.26, checked by
+    tests/unit/test_metric_names.py)."""
+
+    __slots__ = ("child", "bounds", "counts", "total", "pending")
+
+    def __init__(self, child: Histogram) -> None:
+        self.child = child
+        self.bounds = list(child._upper_bounds)  # ascending, the last is +Inf
+        self.counts = [0] * len(self.bounds)
+        self.total = 0.0
+        self.pending = False
+
+    def observe(self, amount: float) -> None:
+        self.counts[bisect_left(self.bounds, amount)] += 1  # the first bucket with amount <= bound
+        self.total += amount
+        self.pending = True
+
+    def flush(self) -> None:
+        if not self.pending:
+            return
+        child, counts = self.child, self.counts
+        child._sum.inc(self.total)
+        for i, n in enumerate(counts):
+            if n:
+                child._buckets[i].inc(n)
+                counts[i] = 0
+        self.total = 0.0
+        self.pending = False
+
+
+class CounterTally:
+    """Increments of a labelled counter kept in memory by label values and written by
+    `flush` (from a timer): one mmap write per label set and flush, not per event."""
+
+    __slots__ = ("metric", "children", "counts")
+
+    def __init__(self, metric: Counter) -> None:
+        self.metric = metric
+        self.children: dict[tuple[str, ...], Any] = {}
+        self.counts: dict[tuple[str, ...], float] = {}
+
+    def inc(self, labels: tuple[str, ...], amount: float = 1) -> None:
+        self.counts[labels] = self.counts.get(labels, 0) + amount
+
+    def flush(self) -> None:
+        if not self.counts:
+            return
+        counts, self.counts = self.counts, {}
+        for labels, n in counts.items():
+            child = self.children.get(labels)
+            if child is None:
+                child = self.children[labels] = self.metric.labels(*labels)
+            child.inc(n)

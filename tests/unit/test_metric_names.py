@@ -281,3 +281,32 @@ def test_dashboard_is_valid_and_names_only_our_metrics():
 def test_dashboard_checker_catches_an_unknown_metric():
     assert _metric_names('rate(etcd_server_nonexistent_total[1m])') - _defined_series() == {
         "etcd_server_nonexistent_total"}
+
+
+def test_tallies_write_what_observe_and_inc_would():
+    """HistogramTally / CounterTally (the hot paths' in-memory counts) leave the same samples
+    as Histogram.observe / Counter.inc: they rely on prometheus_client's child internals."""
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    reg_a, reg_b = CollectorRegistry(), CollectorRegistry()
+    bounds = (0.001, 0.01, 0.1)
+    h_a = Histogram("t_seconds", "t", ["op"], buckets=bounds, registry=reg_a)
+    h_b = Histogram("t_seconds", "t", ["op"], buckets=bounds, registry=reg_b)
+    c_a = Counter("t_requests", "t", ["op", "code"], registry=reg_a)
+    c_b = Counter("t_requests", "t", ["op", "code"], registry=reg_b)
+    tally = metrics.HistogramTally(h_b.labels("put"))
+    counts = metrics.CounterTally(c_b)
+    for amount in (0.0, 0.001, 0.0011, 0.01, 0.05, 0.1, 0.5, 7.0):
+        h_a.labels("put").observe(amount)
+        tally.observe(amount)
+        c_a.labels("put", "ok").inc()
+        counts.inc(("put", "ok"))
+    c_a.labels("get", "timeout").inc(3)
+    counts.inc(("get", "timeout"), 3)
+    assert generate_latest(reg_a) != generate_latest(reg_b)  # nothing written before flush
+    tally.flush()
+    counts.flush()
+    tally.flush()  # a second flush with nothing new adds nothing
+    counts.flush()
+    strip = lambda text: b"\n".join(line for line in text.splitlines() if b"_created" not in line)  # noqa: E731
+    assert strip(generate_latest(reg_a)) == strip(generate_latest(reg_b))
