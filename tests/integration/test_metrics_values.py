@@ -7,7 +7,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.parser import text_string_to_metric_families
 
-from nodeproc import err, ok, wait_for
+from nodeproc import err, ok, put_burst, wait_for
 from nodes.endpoints import Endpoints, run_dir_for
 
 
@@ -99,3 +99,24 @@ def test_a_node_at_work_moves_its_metrics(node_factory):
     assert value(final, "etcd_server_proposals_applied_total") >= rev + 1  # one writer: not doubled
     assert value(final, "etcd_disk_backend_commit_duration_seconds_count") > \
         value(after, "etcd_disk_backend_commit_duration_seconds_count")  # the dead one's kept
+
+
+def test_a_watch_consumer_that_does_not_read_is_a_slow_subscriber(node_factory):
+    node = node_factory()
+    ctx = zmq.Context.instance()
+    sub = ctx.socket(zmq.SUB)
+    sub.setsockopt(zmq.LINGER, 0)
+    sub.setsockopt(zmq.RCVHWM, 1)  # libzmq on our side takes little: the node's queue fills
+    sub.setsockopt(zmq.RCVBUF, 4096)
+    try:
+        sub.connect(node.watch_url)
+        key, end = b"s/", b"s0"
+        sub.subscribe(b"W1" + bytes([0]) + len(key).to_bytes(4, "big") + key + len(end).to_bytes(4, "big") + end)
+        wait_for(lambda: value(scrape(node), "qkv_watch_subscribers") >= 1, 10, "the subscriber")
+        put_burst(node.client_url, 600, b"s/", value=b"v" * 4096)  # ~2.4 MiB nobody reads
+        slow = wait_for(lambda: (s := scrape(node)) and value(s, "qkv_watch_slow_subscribers") >= 1 and s, 15,
+                        "the subscriber to count as slow")
+        assert value(slow, "etcd_debugging_mvcc_slow_watcher_total") >= 1
+    finally:
+        sub.close(0)
+    wait_for(lambda: value(scrape(node), "qkv_watch_slow_subscribers") == 0, 15, "it to leave the count")
