@@ -120,3 +120,32 @@ def test_a_watch_consumer_that_does_not_read_is_a_slow_subscriber(node_factory):
     finally:
         sub.close(0)
     wait_for(lambda: value(scrape(node), "qkv_watch_slow_subscribers") == 0, 15, "it to leave the count")
+
+
+def test_peer_and_snapshot_metrics_on_a_cluster(cluster_factory):
+    """Peer bytes and heartbeat round trips by peer; a follower cut off while the leader
+    compacts its log gets a snapshot: counted on both sides with its duration."""
+    cluster = cluster_factory(3, args=["--snapshot-count", "100"])
+    leader = cluster.leader()
+    lagging = next(n for n in cluster.nodes if n is not leader)
+    lid, fid = f"{leader.member_id:x}", f"{lagging.member_id:x}"
+    cluster.partition([lagging], [n for n in cluster.nodes if n is not lagging])
+    put_burst(leader.client_url, 600, b"c/")
+    wait_for(lambda: leader.compacted_past(300), 30, "the leader to compact its log")
+    cluster.heal()
+
+    def sent() -> dict | None:
+        s = scrape(leader)
+        return s if value(s, "etcd_network_snapshot_send_success", To=fid) >= 1 else None
+
+    on_leader = wait_for(sent, 60, "the leader to send a snapshot")
+    assert value(on_leader, "etcd_network_snapshot_send_total_duration_seconds_count", To=fid) >= 1
+    assert value(on_leader, "etcd_network_peer_sent_bytes_total", To=fid) > 0
+    assert value(on_leader, "etcd_network_peer_received_bytes_total", From=fid) > 0
+    assert value(on_leader, "etcd_network_peer_round_trip_time_seconds_count", To=fid) >= 1
+    on_follower = wait_for(lambda: (s := scrape(lagging))
+                           and value(s, "etcd_network_snapshot_receive_success", From=lid) >= 1 and s, 30,
+                           "the follower to count the snapshot it received")
+    assert value(on_follower, "etcd_network_snapshot_receive_total_duration_seconds_count", From=lid) >= 1
+    assert value(on_follower, "etcd_network_snapshot_receive_failures", From=lid) == 0
+    assert value(on_follower, "etcd_server_is_leader") == 0 and value(on_follower, "etcd_server_has_leader") == 1
