@@ -201,6 +201,7 @@ class ConsensusActor(Actor):
         metrics.has_leader.set(0)
         metrics.is_leader.set(0)
         self.every(METRICS_INTERVAL_S, self._metrics_tick)
+        self._metrics_tick()
         self.log.info("consensus_loaded", term=hard_state.term, commit=hard_state.commit,
                       first_index=self.raft_storage.first_index(), last_index=self.raft_storage.last_index(),
                       voters=[f"{v:x}" for v in self.conf.voters], learners=[f"{v:x}" for v in self.conf.learners])

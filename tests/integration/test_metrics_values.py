@@ -55,6 +55,7 @@ def test_a_node_at_work_moves_its_metrics(node_factory):
         def moved():
             s = scrape(node)
             return s if (value(s, "etcd_server_proposals_applied_total") >= rev
+                         and value(s, "etcd_server_proposals_committed_total") >= rev
                          and value(s, "qkv_watch_subscribers") >= 1
                          and value(s, "qkv_compaction_duration_seconds_count") >= 1) else None
 
