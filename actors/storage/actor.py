@@ -211,6 +211,9 @@ class StorageActor(Actor):
         self._compaction_setup()
         self._send_fetch()
         self._push_auth_state()  # a gateway or watch that asked while we were away learns it now
+        # Lease counts are per request: kept here, written once a second with the gauges.
+        self._leases_granted = self._leases_revoked = self._leases_renewed = self._leases_expired = 0
+        self._lease_ttls = metrics.HistogramTally(metrics.lease_ttl)
         self.every(METRICS_INTERVAL_S, self._metrics_tick)
         self._metrics_tick()
         self.log.info("storage_loaded", applied_index=self.store.applied_index,
@@ -856,7 +859,7 @@ class StorageActor(Actor):
         for r in replies:
             identity, req_id, client_id, want_keys = r.waiter
             if r.kind == "keepalive":
-                metrics.lease_renewed.inc()
+                self._leases_renewed += 1  # written by _metrics_tick (a keep-alive is a hot path)
             if r.kind == "not_leader":
                 response, error = None, self._not_leader()
             else:
@@ -887,13 +890,13 @@ class StorageActor(Actor):
                 continue
             if op["op"] == "lease_expire":
                 self.log.info("lease_expired", id=f"{op['id']:x}", revision=res.revision)
-                metrics.lease_expired.inc()
-                metrics.lease_revoked.inc()  # etcd counts an expired lease as revoked too
+                self._leases_expired += 1
+                self._leases_revoked += 1  # etcd counts an expired lease as revoked too
             elif op["op"] == "lease_grant":
-                metrics.lease_granted.inc()
-                metrics.lease_ttl.observe(op.get("ttl", 0))
+                self._leases_granted += 1
+                self._lease_ttls.observe(op.get("ttl", 0))
             elif op["op"] == "lease_revoke":
-                metrics.lease_revoked.inc()
+                self._leases_revoked += 1
             applied.append(op)
         if applied:
             self._lease_replies(self.lessor.applied(time.monotonic(), applied))
@@ -915,6 +918,16 @@ class StorageActor(Actor):
         size = self.backend.size_bytes()
         metrics.db_total_size.set(size)
         metrics.db_total_size_in_use.set(min(size, self.backend.size_in_use_bytes()))
+        self._metrics_counts()
+
+    def _metrics_counts(self) -> None:
+        for counter, attr in ((metrics.lease_granted, "_leases_granted"), (metrics.lease_revoked, "_leases_revoked"),
+                              (metrics.lease_renewed, "_leases_renewed"), (metrics.lease_expired, "_leases_expired")):
+            n = getattr(self, attr)
+            if n:
+                counter.inc(n)
+                setattr(self, attr, 0)
+        self._lease_ttls.flush()
 
     def flush(self) -> None:
         if self.hash_jobs.busy:  # one slice per turn; restarted jobs start on the new store
@@ -942,6 +955,8 @@ class StorageActor(Actor):
 
     def shutdown(self) -> None:
         # Also after a setup that stopped half-way (each part exists once setup made it).
+        if hasattr(self, "_lease_ttls"):
+            self._metrics_counts()
         if hasattr(self, "defrag"):
             self._defrag_join()
         if hasattr(self, "hash_jobs"):
