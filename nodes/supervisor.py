@@ -415,6 +415,7 @@ class Supervisor:
             from actors.runtime import metrics  # imported by prepare(), after the variable was set
 
             metrics.process_died(child.proc.pid)
+            metrics.actor_restarts.labels(child.role).inc()  # restarted below
             child.proc = None
             child.ready = False
             child.restarts += 1
