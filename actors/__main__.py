@@ -19,6 +19,7 @@ ROLES = {
     "storage": "actors.storage.actor:StorageActor",
     "gateway": "actors.gateway.actor:GatewayActor",
     "watch": "actors.watch.actor:WatchActor",
+    "metrics": "actors.metrics.actor:MetricsActor",  # only with --listen-metrics-urls
 }
 
 

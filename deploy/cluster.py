@@ -1,7 +1,8 @@
 """`make cluster`: a local 3-node quorumkv cluster in the foreground.
 
 Starts three `qkv` processes on 127.0.0.1 (clients 7379/17379/27379, peers
-7380/17380/27380, watch 7381/17381/27381; data in ./cluster.qkv/<name>), prints each
+7380/17380/27380, watch 7381/17381/27381, metrics http 7382/17382/27382; data in
+./cluster.qkv/<name>), prints each
 member's endpoints, and stops all three on Ctrl-C. Node logs go to
 ./cluster.qkv/<name>.log. Pass `--base-dir DIR` or `--size 5` for other set-ups.
 """
@@ -33,6 +34,7 @@ def main(argv: list[str] | None = None) -> int:
             "client": f"tcp://127.0.0.1:{7379 + offset}",
             "peer": f"tcp://127.0.0.1:{7380 + offset}",
             "watch": f"tcp://127.0.0.1:{7381 + offset}",
+            "metrics": f"http://127.0.0.1:{7382 + offset}",
             "data": os.path.join(args.base_dir, name),
             "log": os.path.join(args.base_dir, f"{name}.log"),
         })
@@ -45,6 +47,7 @@ def main(argv: list[str] | None = None) -> int:
             procs.append(subprocess.Popen(
                 qkv + ["--name", n["name"], "--data-dir", n["data"], "--listen-client-urls", n["client"],
                        "--listen-peer-urls", n["peer"], "--listen-watch-urls", n["watch"],
+                       "--listen-metrics-urls", n["metrics"],
                        "--initial-cluster", initial, "--initial-cluster-token", args.token, *args.extra],
                 stdout=log, stderr=subprocess.STDOUT, start_new_session=True))
         print(f"{'name':<6} {'client':<24} {'peer':<24} {'watch':<24} log")

@@ -29,6 +29,8 @@ def run(
     listen_peer_urls: Optional[str] = _opt("URLs to talk to peers on. [default: tcp://127.0.0.1:7380]"),
     initial_advertise_peer_urls: Optional[str] = _opt("Peer URLs to advertise. [default: the listen peer URLs]"),
     listen_watch_urls: Optional[str] = _opt("URLs to publish watch events on. [default: tcp://127.0.0.1:7381]"),
+    listen_metrics_urls: Optional[str] = _opt(
+        "HTTP URLs to serve /metrics, /health, /livez and /readyz on; empty = off. [default: http://127.0.0.1:7382]"),
     initial_cluster: Optional[str] = _opt("Initial cluster: name=peer-url,... [default: <name>=<peer url>]"),
     initial_cluster_state: Optional[str] = _opt("new or existing. [default: new]"),
     initial_cluster_token: Optional[str] = _opt("Initial cluster token. [default: qkv-cluster]"),

@@ -51,6 +51,26 @@ def _zmq_url(flag: str, raw: str) -> str:
     return f"tcp://{parts.hostname}:{port}" if ":" not in parts.hostname else f"tcp://[{parts.hostname}]:{port}"
 
 
+def _http_url(flag: str, raw: str) -> str:
+    raw = raw.strip()
+    parts = urlsplit(raw)
+    if parts.scheme != "http" or not parts.hostname or parts.path not in ("", "/") or parts.query:
+        raise ConfigError(f"invalid {flag} {raw!r}: must be an HTTP URL like http://127.0.0.1:7382")
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    if port is None:
+        raise ConfigError(f"invalid {flag} {raw!r}: the URL needs a port (1-65535)")
+    return f"http://{parts.hostname}:{port}" if ":" not in parts.hostname else f"http://[{parts.hostname}]:{port}"
+
+
+def _http_url_list(flag: str, raw: Any) -> list[str]:
+    """HTTP URLs; an empty value means none (the metrics listener is off)."""
+    items = raw if isinstance(raw, list) else str(raw).split(",")
+    return [_http_url(flag, str(item)) for item in items if str(item).strip()]
+
+
 def _url_list(flag: str, raw: Any) -> list[str]:
     items = raw if isinstance(raw, list) else str(raw).split(",")
     urls = [_zmq_url(flag, str(item)) for item in items if str(item).strip()]
@@ -144,6 +164,8 @@ class Config:
     listen_peer_urls: list[str] = field(default_factory=lambda: ["tcp://127.0.0.1:7380"])
     initial_advertise_peer_urls: list[str] = field(default_factory=list)
     listen_watch_urls: list[str] = field(default_factory=lambda: ["tcp://127.0.0.1:7381"])
+    # /metrics, /health, /livez, /readyz over HTTP (etcd's flag); [] = off.
+    listen_metrics_urls: list[str] = field(default_factory=lambda: ["http://127.0.0.1:7382"])
     initial_cluster: str = ""
     initial_cluster_state: str = "new"
     initial_cluster_token: str = "qkv-cluster"
@@ -249,6 +271,7 @@ FLAGS: dict[str, _V] = {
     "listen-peer-urls": _url_list,
     "initial-advertise-peer-urls": _url_list,
     "listen-watch-urls": _url_list,
+    "listen-metrics-urls": _http_url_list,
     "initial-cluster": lambda f, v: str(v).strip(),
     "initial-cluster-state": lambda f, v: _choice(f, v, ("new", "existing")),
     "initial-cluster-token": lambda f, v: _name(f, v),
@@ -419,6 +442,8 @@ def _check_exposure(cfg: Config) -> None:
         raise ConfigError(
             f"refusing to listen on {exposed_peer[0]} (--listen-peer-urls) without peer security: "
             f"add --peer-key-file (or --insecure-peer to allow plain text peer traffic)")
+    # --listen-metrics-urls is not checked: it serves no key, value or write (metrics and
+    # health verdicts only, as etcd's does), and a Prometheus on another host must reach it.
     for flag, urls in (("--listen-client-urls", cfg.listen_client_urls),
                        ("--listen-watch-urls", cfg.listen_watch_urls)):
         exposed = [u for u in urls if not is_loopback_url(u)]

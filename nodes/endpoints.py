@@ -58,6 +58,11 @@ class Endpoints:
         return self._ipc("supervisor")
 
     @property
+    def metrics_dir(self) -> str:
+        """prometheus_client's multiprocess files of every process of the node (actors/runtime/metrics.py)."""
+        return os.path.join(self.run_dir, "metrics")
+
+    @property
     def faults_file(self) -> str:
         """Peer links cut by a test (see actors/consensus/transport.py); absent = none."""
         return os.path.join(self.run_dir, "faults.json")

@@ -16,7 +16,13 @@ Rules:
 - each actor is in its own process group, so a terminal's Ctrl-C reaches only the
   supervisor, which then stops the actors in order;
 - an actor that dies is restarted at once, then with a growing delay if it keeps dying;
-- actors exit by themselves when the supervisor disappears (see actors/runtime/actor.py).
+- actors exit by themselves when the supervisor disappears (see actors/runtime/actor.py);
+- systemd (Type=notify): READY=1 once every actor is ready, STOPPING=1 at the stop; with
+  WATCHDOG_USEC, WATCHDOG=1 every half of it, only while the node is healthy: every actor
+  has a process, said it is ready, and its event loop sent a heartbeat within
+  HEARTBEAT_STALE_S (a wedged or SIGSTOPped actor stops the pings, and systemd restarts the
+  node after WatchdogSec=); a STATUS= line (role, term, applied index, alarms, or what is
+  wrong) whenever it changes, at most once every STATUS_INTERVAL_S.
 """
 from __future__ import annotations
 
@@ -25,6 +31,7 @@ import errno
 import fcntl
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -45,13 +52,16 @@ from protocol import errors
 from protocol.codec import unpack_msg
 from protocol.errors import Malformed
 
-_READY_TYPES = frozenset((M.READY,))  # what the readiness PULL may receive (runtime/wire.py)
+_READY_TYPES = frozenset((M.READY, M.HEARTBEAT))  # what the readiness PULL may receive (runtime/wire.py)
 
 ROLES = ("consensus", "storage", "watch", "gateway")  # start order; stopped in reverse
+METRICS_ROLE = "metrics"  # started last, only when --listen-metrics-urls names a URL
 STOP_GRACE_S = 4.0
 RESTART_DELAY_MAX_S = 5.0
 JOIN_TIMEOUT_S = 15.0
 REMOVED_MARKER = "removed"  # written by consensus when this member is removed
+HEARTBEAT_STALE_S = 2.0  # an actor silent this long is "not answering" (it beats every 0.25 s)
+STATUS_INTERVAL_S = 1.0  # STATUS= is sent at most this often
 MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": str(4 * 1024**2), "MALLOC_TRIM_THRESHOLD_": str(8 * 1024**2)}
 
 
@@ -77,6 +87,56 @@ class Child:
     restart_at: float | None = None
     ready: bool = False
     history: list[float] = field(default_factory=list)
+    last_heartbeat: float = 0.0  # monotonic time of its last READY or HEARTBEAT
+    status: M.HeartbeatStatus = field(default_factory=lambda: M.HeartbeatStatus())
+
+
+def watchdog_interval_s(env: dict[str, str] | os._Environ[str], pid: int) -> float | None:
+    """How often to send WATCHDOG=1 (half of WATCHDOG_USEC, as sd_watchdog_enabled(3)
+    advises), or None: no watchdog asked for, a bad value, or it is meant for another
+    process (WATCHDOG_PID)."""
+    try:
+        usec = int(env.get("WATCHDOG_USEC", ""))
+    except ValueError:
+        return None
+    if usec <= 0:
+        return None
+    watchdog_pid = env.get("WATCHDOG_PID")
+    if watchdog_pid:
+        try:
+            if int(watchdog_pid) != pid:
+                return None
+        except ValueError:
+            return None
+    return usec / 2_000_000
+
+
+def node_problems(children: dict[str, Child], now: float) -> list[str]:
+    """What keeps the node from being healthy, one phrase per actor ([] = healthy)."""
+    problems = []
+    for role, child in children.items():
+        if child.proc is None:
+            problems.append(f"{role} restarting")
+        elif not child.ready:
+            problems.append(f"{role} starting")
+        elif now - child.last_heartbeat >= HEARTBEAT_STALE_S:
+            problems.append(f"{role} not answering")
+    return problems
+
+
+def status_text(children: dict[str, Child], problems: list[str], announced: bool) -> str:
+    """The STATUS= line systemctl status shows, e.g. `leader, term 3, applied 1042,
+    revision 1000, alarms: none` or `unhealthy: storage not answering`."""
+    if problems:
+        return f"{'unhealthy' if announced else 'starting'}: {', '.join(problems)}"
+    raft = children["consensus"].status if "consensus" in children else M.HeartbeatStatus()
+    store = children["storage"].status if "storage" in children else M.HeartbeatStatus()
+    state = raft.get("state", "unknown")
+    if state != "leader" and not raft.get("leader"):
+        state += " (no leader)"
+    alarms = store.get("alarms") or []
+    return (f"{state}, term {raft.get('term', 0)}, applied {store.get('applied_index', 0)}, "
+            f"revision {store.get('revision', 0)}, alarms: {', '.join(alarms) if alarms else 'none'}")
 
 
 def _sd_notify(state: str) -> None:
@@ -87,6 +147,7 @@ def _sd_notify(state: str) -> None:
         address = "\0" + address[1:]
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+            sock.settimeout(1.0)  # a listener that does not read never stalls the supervisor for long
             sock.connect(address)
             sock.sendall(state.encode())
     except OSError:
@@ -94,7 +155,7 @@ def _sd_notify(state: str) -> None:
 
 
 def _check_port_free(flag: str, url: str) -> None:
-    host, port = url[len("tcp://"):].rsplit(":", 1)
+    host, port = url.split("://", 1)[1].rsplit(":", 1)
     host = host.strip("[]")
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     with socket.socket(family, socket.SOCK_STREAM) as sock:
@@ -111,7 +172,8 @@ class Supervisor:
         self.data_dir = os.path.abspath(cfg.data_dir)
         self.endpoints = Endpoints(run_dir_for(self.data_dir))
         self.log = runtime_log.configure(cfg.log_level, cfg.log_format, node=cfg.name, actor="supervisor")
-        self.children = {role: Child(role) for role in ROLES}
+        roles = ROLES + ((METRICS_ROLE,) if cfg.listen_metrics_urls else ())
+        self.children = {role: Child(role) for role in roles}  # in start order
         self.stopping = False
         self._lock_fd: int | None = None
 
@@ -145,6 +207,7 @@ class Supervisor:
             ("--listen-client-urls", self.cfg.listen_client_urls),
             ("--listen-peer-urls", self.cfg.listen_peer_urls),
             ("--listen-watch-urls", self.cfg.listen_watch_urls),
+            ("--listen-metrics-urls", self.cfg.listen_metrics_urls),
         ):
             for url in urls:
                 _check_port_free(flag, url)
@@ -156,6 +219,7 @@ class Supervisor:
             make_private_dir(self.endpoints.run_dir)
         except UnsafeDirError as exc:
             raise StartupError(str(exc)) from None
+        self._prepare_metrics_dir()
         self._warn_ignored_faults()
         for path in self.endpoints.ipc_files():  # a stale ipc file would steal connections
             try:
@@ -166,6 +230,21 @@ class Supervisor:
         with open(self.config_path + ".tmp", "w") as f:
             f.write(self.cfg.to_json())
         os.replace(self.config_path + ".tmp", self.config_path)
+
+    def _prepare_metrics_dir(self) -> None:
+        """prometheus_client's multiprocess mode: every process of the node writes its
+        metrics to files in one private dir (<run dir>/metrics), and a scrape sums them
+        (actors/runtime/metrics.py). Files left by an earlier run would be counted again:
+        the dir starts empty."""
+        shutil.rmtree(self.endpoints.metrics_dir, ignore_errors=True)
+        try:
+            make_private_dir(self.endpoints.metrics_dir)
+        except UnsafeDirError as exc:
+            raise StartupError(str(exc)) from None
+        # Set before this process first imports prometheus_client (the mode is chosen then),
+        # and inherited by the actors.
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = self.endpoints.metrics_dir
+        from actors.runtime import metrics  # noqa: F401
 
     def _warn_ignored_faults(self) -> None:
         if self.cfg.test_fault_injection:
@@ -317,6 +396,7 @@ class Supervisor:
         child.started_at = time.monotonic()
         child.restart_at = None
         child.ready = False
+        child.status = M.HeartbeatStatus()
         self.log.info("actor_spawned", role=child.role, pid=child.proc.pid, restarts=child.restarts)
 
     def _reap(self) -> None:
@@ -332,6 +412,10 @@ class Supervisor:
                 child.proc = None
                 return
             self.log.warning("actor_died", role=child.role, pid=child.proc.pid, exit_code=code)
+            from actors.runtime import metrics  # imported by prepare(), after the variable was set
+
+            metrics.process_died(child.proc.pid)
+            metrics.actor_restarts.labels(child.role).inc()  # restarted below
             child.proc = None
             child.ready = False
             child.restarts += 1
@@ -356,32 +440,55 @@ class Supervisor:
         ready_sock.bind(self.endpoints.supervisor)
         announced = False
         ready_dropped = wire.Dropped(self.log)
+        watchdog_s = watchdog_interval_s(os.environ, os.getpid())
+        next_ping = 0.0
+        problems_seen: list[str] | None = None
+        status_sent, status_at = "", -STATUS_INTERVAL_S
         try:
             self.log.info(
                 "node_starting", version=VERSION, data_dir=self.data_dir, member_id=f"{self.cfg.member_id:x}",
                 client_urls=self.cfg.listen_client_urls, watch_urls=self.cfg.listen_watch_urls,
             )
-            for role in ROLES:
+            for role in self.children:  # ROLES, then metrics
                 self._spawn(self.children[role])
             while not self.stopping:
                 if ready_sock.poll(50):
-                    while True:
+                    for _ in range(1024):  # bounded: a flood cannot keep the loop from its other work
                         try:
-                            ready: M.Ready = wire.decode(ready_sock.recv(zmq.NOBLOCK), _READY_TYPES)
+                            msg: M.Ready | M.Heartbeat = wire.decode(ready_sock.recv(zmq.NOBLOCK), _READY_TYPES)
                         except zmq.Again:
                             break
                         except Malformed as err:
                             ready_dropped("supervisor.ready", err)
                             continue
-                        if ready.role in self.children:
-                            child = self.children[ready.role]
-                            if child.proc is not None and child.proc.pid == ready.pid:
-                                child.ready = True
+                        child = self.children.get(msg.role)
+                        if child is None or child.proc is None or child.proc.pid != msg.pid:
+                            continue  # an actor since replaced, or not ours
+                        child.last_heartbeat = time.monotonic()
+                        if isinstance(msg, M.Heartbeat):
+                            child.status = msg.status
+                        else:
+                            child.ready = True
                 if not announced and all(c.ready for c in self.children.values()):
                     announced = True
                     self.log.info("node_ready", client_urls=self.cfg.advertise_client_urls)
                     _sd_notify("READY=1")
                 self._reap()
+                now = time.monotonic()
+                problems = node_problems(self.children, now)
+                if announced and problems != problems_seen:
+                    if problems:
+                        self.log.warning("node_unhealthy", problems=problems, watchdog=watchdog_s is not None)
+                    elif problems_seen:
+                        self.log.info("node_healthy")
+                    problems_seen = problems
+                if announced and not problems and watchdog_s is not None and now >= next_ping:
+                    _sd_notify("WATCHDOG=1")
+                    next_ping = now + watchdog_s
+                text = status_text(self.children, problems, announced)
+                if text != status_sent and now - status_at >= STATUS_INTERVAL_S:
+                    _sd_notify("STATUS=" + text)
+                    status_sent, status_at = text, now
         finally:
             _sd_notify("STOPPING=1")
             self.stop()
@@ -390,7 +497,7 @@ class Supervisor:
 
     def stop(self) -> None:
         started = time.monotonic()
-        live = [(c, c.proc) for c in reversed([self.children[r] for r in ROLES]) if c.proc is not None]
+        live = [(c, c.proc) for c in reversed(self.children.values()) if c.proc is not None]
         for _, proc in live:
             try:
                 proc.send_signal(signal.SIGTERM)
@@ -409,6 +516,7 @@ class Supervisor:
                 os.unlink(path)
             except FileNotFoundError:
                 pass
+        shutil.rmtree(self.endpoints.metrics_dir, ignore_errors=True)
         try:
             os.rmdir(self.endpoints.run_dir)
         except OSError:

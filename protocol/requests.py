@@ -373,6 +373,11 @@ def _normalize_snapshot(fields: dict) -> dict:
 # --- history (the watch's catch-up, SPEC section 3) ---------------------------------------
 _HISTORY_FIELDS = ("key", "range_end", "start_revision", "end_revision", "prev_kv",
                    "no_put", "no_delete", "limit_revisions")
+# Revisions one `history` reply examines: 0 asks for the default. A larger limit is
+# refused rather than lowered, so that a client never takes a short page for the end of
+# what it asked (storage applies the same bounds: actors/storage/mvcc/store.py).
+HISTORY_LIMIT_DEFAULT = 1_000
+HISTORY_LIMIT_MAX = 10_000
 
 
 def _normalize_history(fields: dict) -> dict:
@@ -393,6 +398,9 @@ def _normalize_history(fields: dict) -> dict:
     }
     if out["end_revision"] and out["start_revision"] > out["end_revision"]:
         raise InvalidArgument("history: start_revision is after end_revision")
+    if out["limit_revisions"] > HISTORY_LIMIT_MAX:
+        raise InvalidArgument(f"history: limit_revisions must be at most {HISTORY_LIMIT_MAX} "
+                              f"(0 = {HISTORY_LIMIT_DEFAULT}), got {out['limit_revisions']}")
     return out
 
 

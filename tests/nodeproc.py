@@ -223,6 +223,7 @@ class NodeProcess:
         self.client_url = f"tcp://{host}:{free_port()}"
         self.peer_url = f"tcp://{host}:{free_port()}"
         self.watch_url = f"tcp://{host}:{free_port()}"
+        self.metrics_url = f"http://{host}:{free_port()}"
         self.command_prefix = list(command_prefix or [])
         self.args = list(args or [])
         self.security = security
@@ -243,6 +244,7 @@ class NodeProcess:
             "--listen-client-urls", self.client_url,
             "--listen-peer-urls", self.peer_url,
             "--listen-watch-urls", self.watch_url,
+            "--listen-metrics-urls", self.metrics_url,
             *self.args,
         ]
 

@@ -81,6 +81,7 @@ from actors.consensus.transfers import CheckpointFailed, Finished, Incoming, Orp
 from actors.consensus.transport import PeerTransport
 from actors.consensus.wal import WAL
 from actors.runtime import messages as M
+from actors.runtime import metrics
 from actors.runtime import wire
 from actors.runtime.actor import Actor
 from actors.runtime.diskfault import NO_SPACE, DiskFault, disk_error_kind, enough_room
@@ -104,6 +105,8 @@ HELLO_INTERVAL_S = 1.0
 LEADERSHIP_INTERVAL_S = 0.25
 AUTO_PROMOTE_INTERVAL_S = 0.5
 REMOVED_MARKER = "removed"  # see nodes/supervisor.py
+METRICS_INTERVAL_S = 1.0  # gauges (commit index) and peer byte counts are written this often
+RTT_PROBE_MAX_S = 2.0  # a heartbeat without a response for this long is not timed (lost)
 DISK_RETRY_TICK_S = 0.1  # how often a failed disk is looked at (DiskFault sets the backoff)
 CC = ConfChangeType
 
@@ -189,6 +192,16 @@ class ConsensusActor(Actor):
         self.fsyncs = 0
         self.entries_synced = 0
         self.every(STATS_INTERVAL_S, self._log_stats)
+        # Metrics (actors/runtime/metrics.py): gauges from a timer or on change; the peer
+        # heartbeat -> response times (etcd_network_peer_round_trip_time_seconds) by peer.
+        self._rtt_sent: dict[int, float] = {}  # peer -> when the heartbeat being timed went out
+        self._rtt_children: dict[int, Any] = {}  # peer -> its labelled histogram child
+        self._snap_send_started: dict[int, float] = {}  # follower -> when its snapshot transfer began
+        self._snap_recv_started: dict[int, tuple[int, float]] = {}  # leader -> (snap_id, first chunk)
+        metrics.has_leader.set(0)
+        metrics.is_leader.set(0)
+        self.every(METRICS_INTERVAL_S, self._metrics_tick)
+        self._metrics_tick()
         self.log.info("consensus_loaded", term=hard_state.term, commit=hard_state.commit,
                       first_index=self.raft_storage.first_index(), last_index=self.raft_storage.last_index(),
                       voters=[f"{v:x}" for v in self.conf.voters], learners=[f"{v:x}" for v in self.conf.learners])
@@ -309,6 +322,12 @@ class ConsensusActor(Actor):
         }
         self._reply(identity, M.StatusResp(ctx_id, status))
 
+    def heartbeat_status(self) -> M.HeartbeatStatus:
+        """For the supervisor's STATUS= line (nodes/supervisor.py)."""
+        st = self.node.status()
+        return {"state": StateType(st.raft_state).name.lower(), "term": st.term, "leader": st.lead,
+                "commit": st.commit}
+
     def _faults_text(self) -> str | None:
         """Peer links cut by fault injection, for `status.errors`; None when there are none."""
         faults = self.transport.faults
@@ -391,6 +410,8 @@ class ConsensusActor(Actor):
                 self.frozen_dropped += len(msg.messages)
                 return
             for m in msg.messages:
+                if m.type == MessageType.HEARTBEAT_RESP and frm in self._rtt_sent:
+                    self._rtt_observed(frm)
                 self.node.step(m)
         elif msg_type == M.PEER_FORWARD:
             try:
@@ -464,6 +485,7 @@ class ConsensusActor(Actor):
             return False
         failpoint("before_log_fsync")
         sync = rd.must_sync or rd.snapshot is not None
+        started = time.perf_counter()
         try:
             self.wal.save(rd.hard_state, rd.entries, sync=sync, snapshot=rd.snapshot)
         except Exception as exc:
@@ -477,6 +499,7 @@ class ConsensusActor(Actor):
             self.committed = max(self.committed, rd.snapshot.index)
             self._restore_membership(rd.snapshot)
         if sync:
+            metrics.wal_fsync_seconds.observe(time.perf_counter() - started)
             self.fsyncs += 1
             self.entries_synced += len(rd.entries)
         if self.disk.failed:
@@ -549,17 +572,29 @@ class ConsensusActor(Actor):
 
     def _send(self, messages: list[Message]) -> None:
         by_peer: dict[int, list[list]] = {}
+        beats: set[int] = set()
         for msg in messages:
             if msg.type == MessageType.SNAP:
                 self._start_snapshot(msg)
             else:
+                if msg.type == MessageType.HEARTBEAT:
+                    beats.add(msg.to)
                 by_peer.setdefault(msg.to, []).append(msg.to_wire())
         for peer, wires in by_peer.items():
             if not self.transport.send(peer, M.PeerRaft(self.id, wires)):
                 self.node.report_unreachable(peer)
+                if peer in beats:
+                    metrics.heartbeat_send_failures.inc()
+            elif peer in beats and peer not in self._rtt_sent:
+                self._rtt_sent[peer] = time.monotonic()  # timed until its HEARTBEAT_RESP
 
     def _leader_changed(self, lead: int) -> None:
         self.log.info("leader_changed", lead=f"{lead:x}", previous=f"{self.lead:x}", term=self.node.status().term)
+        if lead:  # etcd: a new leader (not the loss of one) is a change seen
+            metrics.leader_changes.inc()
+        metrics.has_leader.set(1 if lead else 0)
+        metrics.is_leader.set(1 if lead == self.id else 0)
+        self._rtt_sent.clear()
         self.lead = lead
         # Every entry up to the log's end when we became leader is committed once storage
         # has applied this far (the new term's entries commit only after them).
@@ -637,10 +672,13 @@ class ConsensusActor(Actor):
         ctx = self.sends.start(msg)
         if ctx is None:
             return  # one transfer per follower at a time
+        self._snap_send_started[msg.to] = time.monotonic()
         try:
             self.storage.send(wire.pack(M.Checkpoint(ctx)), zmq.NOBLOCK)
         except zmq.ZMQError:
-            self.node.report_snapshot(self.sends.unsent(ctx), False)
+            to = self.sends.unsent(ctx)
+            self._snap_send_done(to, False)
+            self.node.report_snapshot(to, False)
 
     def _on_checkpoint(self, ctx: int, path: str | None, applied: int, error: Any) -> None:
         got = self.sends.checkpoint(time.monotonic(), ctx, path, error)
@@ -649,6 +687,7 @@ class ConsensusActor(Actor):
                 shutil.rmtree(got.path, ignore_errors=True)
         elif isinstance(got, CheckpointFailed):
             self.log.warning("snapshot_checkpoint_failed", error=got.error)
+            self._snap_send_done(got.to, False)
             self.node.report_snapshot(got.to, False)
         else:
             self.log.info("snapshot_send_started", to=f"{got.to:x}", index=got.index,
@@ -671,6 +710,7 @@ class ConsensusActor(Actor):
 
     def _finished(self, done: Finished | None) -> None:
         if done is not None:
+            self._snap_send_done(done.to, done.ok)
             self.node.report_snapshot(done.to, done.ok)
             self.log.info("snapshot_send_finished", to=f"{done.to:x}", ok=done.ok, why=done.why)
 
@@ -681,9 +721,13 @@ class ConsensusActor(Actor):
         self.recvs.check(now)
 
     def _on_snap_chunk(self, frm: int, chunk: W.SnapChunk) -> None:
-        got = self.recvs.chunk(time.monotonic(), frm, chunk)
+        now = time.monotonic()
+        if chunk.seq == 0 or frm not in self._snap_recv_started:
+            self._snap_recv_started[frm] = (chunk.snap_id, now)
+        got = self.recvs.chunk(now, frm, chunk)
         if got.error is not None:
             self.log.warning("snapshot_receive_failed", error=got.error)
+            self._snap_recv_done(frm, got.snap_id, False)
         self.transport.send(frm, M.PeerSnapAck(self.id, got.snap_id, got.seq, got.status))
         if got.install is not None:
             self.log.info("snapshot_received", frm=f"{frm:x}", bytes=got.install.bytes)
@@ -696,6 +740,7 @@ class ConsensusActor(Actor):
         got = self.recvs.installed(ctx, error)
         if got is None:
             return
+        self._snap_recv_done(got.frm, got.snap_id, got.status != "failed")
         if got.status == "failed":
             self.log.error("snapshot_install_failed", error=error)
         else:
@@ -709,9 +754,11 @@ class ConsensusActor(Actor):
         one had will not be answered (module docstring)."""
         lost_checkpoints = self.sends.storage_restarted()
         for to in lost_checkpoints:
+            self._snap_send_done(to, False)
             self.node.report_snapshot(to, False)
         lost_installs = self.recvs.storage_restarted()
         for frm, snap_id in lost_installs:
+            self._snap_recv_done(frm, snap_id, False)
             self.transport.send(frm, M.PeerSnapAck(self.id, snap_id, -1, "failed"))
         if lost_checkpoints or lost_installs:
             self.log.warning("snapshot_requests_lost", reason="storage restarted",
@@ -935,6 +982,46 @@ class ConsensusActor(Actor):
             self._member_request({"op": "member_promote", "member_id": mid},
                                  functools.partial(self._auto_promoted, mid))
 
+    # --- metrics (actors/runtime/metrics.py) -------------------------------------------
+    def _metrics_tick(self) -> None:
+        metrics.proposals_committed.set(self.committed)
+        self.transport.flush_metrics()
+        if self._rtt_sent:  # heartbeats whose response never came (lost): not timed
+            now = time.monotonic()
+            for peer in [p for p, t in self._rtt_sent.items() if now - t > RTT_PROBE_MAX_S]:
+                del self._rtt_sent[peer]
+
+    def _rtt_observed(self, peer: int) -> None:
+        """A HEARTBEAT_RESP from `peer` while a heartbeat to it is being timed."""
+        child = self._rtt_children.get(peer)
+        if child is None:
+            child = self._rtt_children[peer] = metrics.peer_rtt_seconds.labels(f"{peer:x}")
+        child.observe(time.monotonic() - self._rtt_sent.pop(peer))
+
+    def _snap_send_done(self, to: int, ok: bool) -> None:
+        label = f"{to:x}"
+        started = self._snap_send_started.pop(to, None)
+        if ok:
+            metrics.snapshot_send_success.labels(label).inc()
+            if started is not None:
+                metrics.snapshot_send_seconds.labels(label).observe(time.monotonic() - started)
+        else:
+            metrics.snapshot_send_failures.labels(label).inc()
+
+    def _snap_recv_done(self, frm: int, snap_id: int, ok: bool) -> None:
+        label = f"{frm:x}"
+        started = self._snap_recv_started.get(frm)
+        if started is not None and started[0] == snap_id:
+            del self._snap_recv_started[frm]
+        else:
+            started = None
+        if ok:
+            metrics.snapshot_receive_success.labels(label).inc()
+            if started is not None:
+                metrics.snapshot_receive_seconds.labels(label).observe(time.monotonic() - started[1])
+        else:
+            metrics.snapshot_receive_failures.labels(label).inc()
+
     # --- stats and shutdown ----------------------------------------------------------
     def _log_stats(self) -> None:
         if self.fsyncs:
@@ -965,5 +1052,7 @@ class ConsensusActor(Actor):
             if hasattr(self, "node") and hasattr(self, "lead"):
                 self._hand_over_leadership()
         finally:
+            if hasattr(self, "transport"):
+                self.transport.flush_metrics()
             if hasattr(self, "wal"):
                 self.wal.close()

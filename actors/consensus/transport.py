@@ -39,6 +39,7 @@ import zmq
 from actors.consensus import peer_wire
 from actors.consensus.peer_wire import PeerWireError
 from actors.runtime import messages as M
+from actors.runtime import metrics
 from actors.runtime import wire
 from protocol import errors
 from protocol.codec import unpack_msg
@@ -123,6 +124,12 @@ class PeerTransport:
         self._down_since: dict[int, float] = {}  # peer -> first failed send since the last success
         self._dialed: dict[int, float] = {}  # peer -> when its DEALER was made
         self.removed: set[int] = set()  # ids removed from the cluster: told so, never heard
+        # Byte counters by peer (etcd_network_peer_*_total): counted in memory per message,
+        # written by flush_metrics (the actor's metrics timer). Label: the peer id in hex.
+        self._sent = metrics.CounterTally(metrics.peer_sent_bytes)
+        self._sent_failures = metrics.CounterTally(metrics.peer_sent_failures)
+        self._received = metrics.CounterTally(metrics.peer_received_bytes)
+        self._labels: dict[int, tuple[str]] = {}  # peer -> (its id in hex,)
 
     @property
     def secure(self) -> bool:
@@ -185,11 +192,15 @@ class PeerTransport:
         sock = self.peers.get(to)
         if sock is None or to in self.faults.drop_to:
             return False
+        frame = wire.pack(msg)
+        label = self._labels.get(to) or self._label(to)
         try:
-            sock.send(wire.pack(msg), zmq.NOBLOCK)
+            sock.send(frame, zmq.NOBLOCK)
         except zmq.ZMQError:
+            self._sent_failures.inc(label)
             self._note_down(to)
             return False
+        self._sent.inc(label, len(frame))
         self._down_since.pop(to, None)
         return True
 
@@ -236,7 +247,19 @@ class PeerTransport:
         self.faults.refresh()
         if frm in self.faults.drop_from:
             return
+        # frm is a member (checked above): a bounded set of labels
+        self._received.inc(self._labels.get(frm) or self._label(frm), len(frames[1]))
         self.on_message(msg_type, frm, msg)
+
+    def _label(self, peer: int) -> tuple[str]:
+        label = self._labels[peer] = (f"{peer:x}",)
+        return label
+
+    def flush_metrics(self) -> None:
+        """Write the byte and failure counts kept since the last call (the actor's timer)."""
+        self._sent.flush()
+        self._sent_failures.flush()
+        self._received.flush()
 
     def _spoofed(self, msg_type: Any, claimed: Any, user: str) -> None:
         self.dropped_spoofed += 1

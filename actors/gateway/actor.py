@@ -61,6 +61,7 @@ import zmq
 
 from actors.runtime import entry
 from actors.runtime import messages as M
+from actors.runtime import metrics
 from actors.runtime import security
 from actors.runtime import wire
 from actors.runtime.actor import Actor
@@ -90,6 +91,15 @@ WAITING_PER_REQUEST = 16  # requests that may wait per connection: 16 x --max-cl
 SLOW_LOG_PERIOD_S = 10.0
 SLOW_LOG_LINES = 5  # slow_client lines per period at most; the others are counted
 AUTHENTICATE_ATTEMPTS = 3  # the auth state changed between the password check and the apply: again
+METRICS_INTERVAL_S = 1.0  # etcd_server_proposals_pending is set this often
+METRICS_FLUSH_S = 0.25  # per-request counts are kept in memory and written this often
+# Metrics: a reply's error code is a label only if it is one of ours (else "other"); an
+# op name only once the request validated (else "unknown"). Both sets are bounded.
+_CODES = frozenset(c.code for c in errors.__dict__.values()
+                   if isinstance(c, type) and issubclass(c, errors.QkvError))
+# Write requests that fail with these did not get through consensus (etcd's proposals_failed).
+_PROPOSAL_FAILED = frozenset(("no_leader", "not_leader", "timeout", "unknown_outcome", "unavailable", "stopping"))
+_ERROR_MARK = b"\xa2ok\xc2"  # msgpack "ok": false near the start of a reply frame (reads.client_frame)
 
 
 def _auth(auth: Any) -> M.Auth | None:
@@ -109,6 +119,8 @@ class Pending:
     auth: Any = None  # None or (user, auth_revision): stamped on its entry or read
     token: str | None = None  # authenticate: the token the client gets once its entry applied
     login: tuple[str, str, Any, int] | None = None  # authenticate: (name, password, key, attempt)
+    op: str = "unknown"  # the request's op (a metrics label)
+    arrived: float = 0.0  # monotonic time it arrived (qkv_request_duration_seconds)
 
 
 class GatewayActor(Actor):
@@ -189,6 +201,15 @@ class GatewayActor(Actor):
         self.every(TOKEN_SWEEP_S, self.auth.sweep)
         self.poll_consensus()
         self._send_internal(self.storage, M.AuthStateGet(0))
+        # Metrics (actors/runtime/metrics.py): per request only counts in memory (by (op,
+        # code), and a latency tally by op), written to the metrics every METRICS_FLUSH_S.
+        self._requests_tally = metrics.CounterTally(metrics.requests)
+        self._seconds_tallies: dict[str, metrics.HistogramTally] = {}
+        self._proposals_failed = 0
+        metrics.quota_backend_bytes.set(self.quota_bytes)
+        metrics.server_version.labels(VERSION).set(1)
+        self.every(METRICS_INTERVAL_S, self._metrics_tick)
+        self.every(METRICS_FLUSH_S, self._metrics_flush)
 
     def _new_id(self) -> int:
         self._next_id += 1
@@ -247,8 +268,11 @@ class GatewayActor(Actor):
         if p is None:
             return  # timed out already, or meant for an earlier gateway process
         if error is not None:
+            self._answered(p.op, error.get("code") if isinstance(error, dict) else None, p.arrived, time.monotonic(),
+                           p.kind)
             self._send(p.identity, p.delimiter, {"id": p.client_id, "ok": False, "error": error})
             return
+        self._answered(p.op, "ok", p.arrived, time.monotonic(), p.kind)
         self.revision_seen = max(self.revision_seen, revision)
         reply = {"id": p.client_id, "ok": True, "header": self._header(revision, raft_term)}
         reply.update(response or {})
@@ -287,7 +311,8 @@ class GatewayActor(Actor):
 
     def _refuse(self, item: tuple, message: str) -> None:
         """too_many_requests for a request that never started (retryable: it did nothing)."""
-        identity, delimiter, frame, _user, _arrived = item
+        identity, delimiter, frame, _user, arrived = item
+        self._answered("unknown", errors.TooManyRequests.code, arrived, time.monotonic())
         client_id = None
         try:
             req = unpack(frame)
@@ -320,6 +345,7 @@ class GatewayActor(Actor):
         """Validate and route one request. `now` is when it arrived (its deadline counts
         from there); `admitted=False` only for frames refused without being counted."""
         client_id = None
+        op: dict | None = None
         try:
             req = unpack(frame)
             if not isinstance(req, dict):
@@ -337,9 +363,11 @@ class GatewayActor(Actor):
                 raise errors.Unavailable("the auth state is not loaded yet; retry")
             self.auth.precheck(auth, op)
         except errors.QkvError as err:
+            self._answered(op["op"] if op is not None else "unknown", err.code, now, time.monotonic())
             self._reply_error(identity, delimiter, client_id, err, admitted)
             return
         except Exception as exc:  # a validator bug must not take the gateway down
+            self._answered("unknown", "internal", now, time.monotonic())
             self.log.exception("request_rejected_by_bug")
             self._reply_error(identity, delimiter, client_id, errors.Internal(f"{type(exc).__name__}: {exc}"),
                               admitted)
@@ -354,15 +382,17 @@ class GatewayActor(Actor):
             op["ttl"] = max(op["ttl"], self.lease_ttl_min_s)
         refused = self.disk.check(op, is_write(op), self.storage_status, self.consensus_status)
         if refused is not None:  # a local disk refuses writes (actors/gateway/diskguard.py)
+            self._answered(name, refused.code, now, time.monotonic())
             self._reply_error(identity, delimiter, client_id, refused)
             return
         if alarm_rules.adds_data(op) and self._over_quota(len(frame)):
+            self._answered(name, errors.NoSpace.code, now, time.monotonic())
             self._reply_error(identity, delimiter, client_id, errors.NoSpace())
             return
         if auth == MEMBER:
             auth = None  # another member's checker: status / hash_kv only (precheck), no user
         if name == "authenticate":
-            p = Pending(identity, delimiter, client_id, now + REQUEST_TIMEOUT_S, "write")
+            p = Pending(identity, delimiter, client_id, now + REQUEST_TIMEOUT_S, "write", op=name, arrived=now)
             p.login = (op["name"], op["password"], op["key"], 1)
             self.pending[req_id] = p
             self._authenticate(req_id)
@@ -370,7 +400,7 @@ class GatewayActor(Actor):
         if name in ("user_add", "user_change_password") and isinstance(op.get("password"), str):
             # The log gets the scrypt hash, computed off this thread; then it is proposed.
             self.pending[req_id] = Pending(identity, delimiter, client_id, now + REQUEST_TIMEOUT_S, "write",
-                                           auth=auth)
+                                           auth=auth, op=name, arrived=now)
             try:
                 self.passwords.hash(op["password"], functools.partial(self._hashed, req_id, op))
             except errors.QkvError as err:
@@ -378,7 +408,7 @@ class GatewayActor(Actor):
             return
         if name in ADMIN_OPS:
             timeout_s = {"defragment": DEFRAG_TIMEOUT_S, "hash_kv": HASH_KV_TIMEOUT_S}.get(name, REQUEST_TIMEOUT_S)
-            self.pending[req_id] = Pending(identity, delimiter, client_id, now + timeout_s, name)
+            self.pending[req_id] = Pending(identity, delimiter, client_id, now + timeout_s, name, op=name, arrived=now)
             if name == "status":
                 self._send_internal(self.consensus, M.Status(req_id))
                 self._send_internal(self.storage, M.StorageStatusReq(req_id))
@@ -399,11 +429,11 @@ class GatewayActor(Actor):
             # (in background slices): as a defragment, the client's timeout rules.
             timeout_s = PHYSICAL_COMPACT_TIMEOUT_S if name == "compact" and op.get("physical") else REQUEST_TIMEOUT_S
             self.pending[req_id] = Pending(identity, delimiter, client_id, now + timeout_s, "write",
-                                           auth=auth)
+                                           auth=auth, op=name, arrived=now)
             self.propose_batch.append(M.Proposal(req_id, entry.encode(self.member_id, req_id, client_id, auth, op)))
         else:
             self.pending[req_id] = Pending(identity, delimiter, client_id, now + REQUEST_TIMEOUT_S, "read",
-                                           auth=auth)
+                                           auth=auth, op=name, arrived=now)
             if op.get("serializable"):
                 self.read_batch.append(M.ClientReadItem(req_id, op, 0, client_id, _auth(auth), 0))
             else:
@@ -585,7 +615,9 @@ class GatewayActor(Actor):
         self._internal_handlers[msg.TYPE](self, msg)
 
     def _on_client_replies(self, msg: M.ClientReplies) -> None:
-        """Finished reply frames from storage: forward them as they are."""
+        """Finished reply frames from storage: forward them as they are (an error reply,
+        "ok": false near its start, is decoded for its code: metrics)."""
+        now = time.monotonic()
         for req_id, frame, revision in msg.items:
             p = self.pending.pop(req_id, None)
             if p is None:
@@ -593,6 +625,8 @@ class GatewayActor(Actor):
             reply = frame if p.login is None else self._login_reply(req_id, p, frame)
             if reply is None:
                 continue
+            self._answered(p.op, _frame_code(reply) if reply.find(_ERROR_MARK, 0, 24) >= 0 else "ok", p.arrived, now,
+                           p.kind)
             if revision > self.revision_seen:
                 self.revision_seen = revision
             self._to_client(p.identity, p.delimiter, reply)
@@ -612,6 +646,7 @@ class GatewayActor(Actor):
             return
         _, batch = waiting
         if msg.error is not None:
+            metrics.read_indexes_failed.inc()
             for req_id, _ in batch:
                 self._finish(req_id, None, msg.error, 0, 0)
             return
@@ -729,6 +764,7 @@ class GatewayActor(Actor):
         now = time.monotonic()
         for ctx_id in [c for c, (deadline, _) in self.read_index_waiting.items() if deadline <= now]:
             del self.read_index_waiting[ctx_id]
+            metrics.read_indexes_failed.inc()
         expired = [rid for rid, p in self.pending.items() if p.deadline <= now]
         for req_id in expired:
             kind = self.pending[req_id].kind
@@ -742,6 +778,12 @@ class GatewayActor(Actor):
     def _log_dropped(self) -> None:
         """One line per period: replies dropped (client over its bound, or gone)."""
         conns = self.conns
+        if conns.dropped:
+            metrics.client_replies_dropped.labels("over_bound").inc(conns.dropped)
+        if conns.gone:
+            metrics.client_replies_dropped.labels("client_gone").inc(conns.gone)
+        if conns.refused or conns.expired_count:
+            metrics.client_requests_refused.inc(conns.refused + conns.expired_count)
         if conns.dropped or conns.gone or conns.refused or conns.expired_count or self._slow_unlogged:
             self.log.warning("client_replies_dropped", over_bound=conns.dropped, client_gone=conns.gone,
                              refused_too_many=conns.refused, refused_waited=conns.expired_count,
@@ -749,6 +791,31 @@ class GatewayActor(Actor):
                              interval_s=SLOW_LOG_PERIOD_S)
             conns.dropped = conns.gone = conns.refused = conns.expired_count = 0
         self._slow_logged = self._slow_unlogged = 0
+
+    # --- metrics (actors/runtime/metrics.py) -------------------------------------------
+    def _answered(self, op: str, code: Any, arrived: float, now: float, kind: str = "") -> None:
+        """One request answered: qkv_requests_total{op, code} and its latency; a write that
+        failed in consensus also counts as a failed proposal."""
+        if code != "ok" and code not in _CODES:
+            code = "other"
+        self._requests_tally.inc((op, code))
+        seconds = self._seconds_tallies.get(op)
+        if seconds is None:
+            seconds = self._seconds_tallies[op] = metrics.HistogramTally(metrics.request_seconds.labels(op))
+        seconds.observe(now - arrived)
+        if kind == "write" and code in _PROPOSAL_FAILED:
+            self._proposals_failed += 1
+
+    def _metrics_flush(self) -> None:
+        self._requests_tally.flush()
+        for tally in self._seconds_tallies.values():
+            tally.flush()
+        if self._proposals_failed:
+            metrics.proposals_failed.inc(self._proposals_failed)
+            self._proposals_failed = 0
+
+    def _metrics_tick(self) -> None:
+        metrics.proposals_pending.set(sum(1 for p in self.pending.values() if p.kind == "write"))
 
     def shutdown(self) -> None:
         # Also after a setup that stopped half-way (a port already in use): only what exists.
@@ -759,3 +826,17 @@ class GatewayActor(Actor):
                 self._fail(req_id, errors.UnknownOutcome("the node is stopping; the write may or may not take effect"))
             else:
                 self._fail(req_id, errors.Stopping())
+        if hasattr(self, "_requests_tally"):
+            self._metrics_flush()
+
+
+def _frame_code(frame: bytes) -> Any:
+    """The error code of a finished client reply frame ("ok" when it is not an error)."""
+    try:
+        reply = unpack(frame)
+    except errors.QkvError:
+        return "other"
+    if not isinstance(reply, dict) or reply.get("ok") is not False:
+        return "ok"
+    error = reply.get("error")
+    return error.get("code") if isinstance(error, dict) else "other"

@@ -9,6 +9,13 @@ non-blocking receives (far faster than one poll per message).
 The actor stops cleanly on SIGTERM/SIGINT, and on its own when the supervisor that
 started it disappears (PR_SET_PDEATHSIG plus a parent-pid check), so a `kill -9` of the
 supervisor leaves no orphans.
+
+Every HEARTBEAT_INTERVAL_S the loop itself (a timer, not a thread) sends the supervisor a
+HEARTBEAT with the actor's `heartbeat_status()`: a loop that is wedged (a handler that
+never returns, a SIGSTOP) stops sending them, and the supervisor stops the systemd
+watchdog pings (nodes/supervisor.py). The heartbeat socket is one PUSH with a tiny
+high-water mark, sent NOBLOCK: a supervisor that does not read never blocks an actor, and
+beats it missed are simply gone (only the latest one matters).
 """
 from __future__ import annotations
 
@@ -31,6 +38,8 @@ from nodes.config import Config
 from nodes.endpoints import Endpoints
 
 DRAIN_MAX = 2048  # messages taken from one socket before other sockets get a turn
+HEARTBEAT_INTERVAL_S = 0.25  # nodes/supervisor.py HEARTBEAT_STALE_S must be several of these
+HEARTBEAT_HWM = 4  # heartbeats queued for a supervisor that is not reading; more are dropped
 
 
 def _set_parent_death_signal() -> None:
@@ -59,6 +68,7 @@ class Actor:
         self._seq = itertools.count()
         self.stopping = False
         self._supervisor_pid = int(os.environ.get("QKV_SUPERVISOR_PID", "0"))
+        self._supervisor_sock: zmq.Socket | None = None
 
     # --- sockets -------------------------------------------------------------------
     def socket(
@@ -162,6 +172,11 @@ class Actor:
     def shutdown(self) -> None:
         """Release resources; runs once when the loop ends."""
 
+    def heartbeat_status(self) -> M.HeartbeatStatus:
+        """The small status sent with every heartbeat (messages.py HeartbeatStatus); runs
+        in the loop every HEARTBEAT_INTERVAL_S, so it must be cheap."""
+        return {}
+
     # --- the loop ------------------------------------------------------------------
     def _check_parent(self) -> None:
         if self._supervisor_pid and os.getppid() != self._supervisor_pid:
@@ -171,17 +186,30 @@ class Actor:
     def _on_signal(self, signum: int, _frame: Any) -> None:
         self.stopping = True
 
+    def _to_supervisor(self, msg: M.Message) -> None:
+        """Send READY or HEARTBEAT on the one PUSH to the supervisor; dropped when its
+        queue is full (the supervisor is not reading: the next beat says the same)."""
+        if self._supervisor_sock is None:
+            return
+        try:
+            self._supervisor_sock.send(wire.pack(msg), zmq.NOBLOCK)
+        except zmq.Again:
+            pass
+
     def _report_ready(self) -> None:
         if not self._supervisor_pid:
             return
         sock = self.ctx.socket(zmq.PUSH)
-        sock.setsockopt(zmq.LINGER, 1000)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.SNDHWM, HEARTBEAT_HWM)
         sock.connect(self.endpoints.supervisor)
-        try:
-            sock.send(wire.pack(M.Ready(self.role, os.getpid())), zmq.NOBLOCK)
-        except zmq.ZMQError:
-            pass
-        sock.close()
+        self._supervisor_sock = sock
+        self._to_supervisor(M.Ready(self.role, os.getpid()))
+        self._heartbeat()
+        self.every(HEARTBEAT_INTERVAL_S, self._heartbeat)
+
+    def _heartbeat(self) -> None:
+        self._to_supervisor(M.Heartbeat(self.role, os.getpid(), self.heartbeat_status()))
 
     def run(self) -> int:
         _set_parent_death_signal()

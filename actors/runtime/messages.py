@@ -68,6 +68,7 @@ AUTH_STATE_GET = 37
 EVENTS = 40
 # actor -> supervisor (PUSH to Endpoints.supervisor)
 READY = 50
+HEARTBEAT = 51
 # consensus <-> consensus of other members (ROUTER at --listen-peer-urls)
 PEER_RAFT = 60
 PEER_FORWARD = 61
@@ -154,6 +155,18 @@ class StorageStatus(TypedDict):
     defragmenting: Annotated[bool, Bool()]
     auth_revision: NotRequired[Annotated[int, U64]]
     disk: NotRequired[Annotated[dict[str, Any] | None, Nullable(AnyMap())]]  # None: the disk takes writes
+
+
+class HeartbeatStatus(TypedDict, total=False):
+    """What an actor tells its supervisor in every HEARTBEAT (the `STATUS=` line systemd
+    shows): consensus fills the Raft keys, storage the store's; other actors send {}."""
+    state: Annotated[str, Str(32)]  # consensus: follower, candidate, pre_candidate, leader
+    term: Annotated[int, U64]
+    leader: Annotated[int, U64]  # the leader's member id, 0: none known
+    commit: Annotated[int, U64]
+    applied_index: Annotated[int, U64]  # storage
+    revision: Annotated[int, I64]
+    alarms: Annotated[list[str], ListOf(Str(32), 16)]  # the names of the raised alarms, sorted
 
 
 class HashKvResult(TypedDict):
@@ -586,15 +599,34 @@ class Events(_Events):
     BATCH: ClassVar[bool] = True  # the body is the array of items
 
 
+ACTOR_ROLES = ("consensus", "storage", "gateway", "watch", "metrics")  # who may report to a supervisor
+ROLE = Str(64, ACTOR_ROLES)
+PID = Int(1, 2**31 - 1)
+
+
 class _Ready(NamedTuple):
-    role: Annotated[str, Str(64, ("consensus", "storage", "gateway", "watch"))]
-    pid: Annotated[int, Int(1, 2**31 - 1)]
+    role: Annotated[str, ROLE]
+    pid: Annotated[int, PID]
 
 
 class Ready(_Ready):
     """actor -> supervisor: started."""
     __slots__ = ()
     TYPE: ClassVar[int] = READY
+
+
+class _Heartbeat(NamedTuple):
+    role: Annotated[str, ROLE]
+    pid: Annotated[int, PID]
+    status: Annotated[HeartbeatStatus, MapOf(HeartbeatStatus)]
+
+
+class Heartbeat(_Heartbeat):
+    """actor -> supervisor, every HEARTBEAT_INTERVAL_S from the actor's event loop (so a
+    wedged or stopped loop stops them): alive, and a small status (the systemd watchdog
+    and STATUS=, nodes/supervisor.py)."""
+    __slots__ = ()
+    TYPE: ClassVar[int] = HEARTBEAT
 
 
 class _Defrag(NamedTuple):
@@ -781,7 +813,7 @@ CLASSES: dict[int, type] = {cls.TYPE: cls for cls in (
     Status, StatusResp, MoveLeader, MoveLeaderResp, Read, ReadResp,
     StorageStatusReq, StorageStatusResp, Checkpoint, CheckpointResp, Install, InstallResp,
     HashKv, HashKvResp, ClientRead, ClientReplies, Leadership, LeasePropose,
-    AuthState, AuthToken, AuthStateGet, Events, Ready, Defrag,
+    AuthState, AuthToken, AuthStateGet, Events, Ready, Heartbeat, Defrag,
     DefragResp, Member, MemberResp, PeerRaft, PeerForward, PeerForwardReject,
     PeerHello, PeerSnapChunk, PeerSnapAck, PeerMember, PeerMemberResp, PeerJoin,
     PeerJoinResp, PeerRemoved,

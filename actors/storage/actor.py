@@ -80,6 +80,7 @@ import zmq
 
 from actors.runtime import entry
 from actors.runtime import messages as M
+from actors.runtime import metrics
 from actors.runtime import wire
 from actors.runtime.entry import InvalidEntry
 from actors.runtime.entry_ops import validate_entry_op
@@ -131,6 +132,8 @@ COMPACTION_PAUSE_S = 0.01  # etcd's compaction batch interval
 HASH_SLICE_S = 0.005
 HASH_JOBS_MAX = 2
 HASH_QUEUE_MAX = 64
+METRICS_INTERVAL_S = 1.0  # gauges (applied index, sizes, keys) are set this often
+SLOW_APPLY_S = 0.1  # etcd's warnApplyDuration: an applied batch slower than this is a slow apply
 
 
 # What each socket may receive (runtime/wire.py decodes and checks every message).
@@ -167,6 +170,7 @@ class StorageActor(Actor):
         self.disk = DiskFault(self.store_dir)
         # On a full disk RocksDB cannot open read-write: read-only, so reads go on.
         self.backend = RocksBackend(self.store_dir, fallback_read_only=True)
+        self.backend.write_observer = metrics.backend_commit_seconds.observe
         if self.backend.open_error is not None:
             self._disk_error(self.backend.open_error, "open")
         self.store = MVCCStore(self.backend)
@@ -207,6 +211,11 @@ class StorageActor(Actor):
         self._compaction_setup()
         self._send_fetch()
         self._push_auth_state()  # a gateway or watch that asked while we were away learns it now
+        # Lease counts are per request: kept here, written once a second with the gauges.
+        self._leases_granted = self._leases_revoked = self._leases_renewed = self._leases_expired = 0
+        self._lease_ttls = metrics.HistogramTally(metrics.lease_ttl)
+        self.every(METRICS_INTERVAL_S, self._metrics_tick)
+        self._metrics_tick()
         self.log.info("storage_loaded", applied_index=self.store.applied_index,
                       revision=self.store.current_revision, compact_revision=self.store.compact_revision)
 
@@ -312,12 +321,15 @@ class StorageActor(Actor):
             if any(isinstance(op, dict) and op.get("op") == "compact" for _, op, _ in batch):
                 failpoint("during_compaction")  # the compaction is in this batch's one write
             auth_before = self.store.auth
+            started = time.monotonic()
             try:
                 results = self.store.apply(batch)
             except Exception as exc:
                 if not self._disk_error(exc, "apply"):
                     raise
                 return  # nothing of the batch was written or published
+            if time.monotonic() - started > SLOW_APPLY_S:
+                metrics.slow_apply.inc()
             failpoint("after_storage_commit")
             self._publish_auth(batch, results, auth_before)
             self._publish(results, origins, batch)
@@ -554,7 +566,9 @@ class StorageActor(Actor):
         try:
             os.makedirs(os.path.dirname(path), exist_ok=True)
             shutil.rmtree(path, ignore_errors=True)
+            started = time.monotonic()
             self.backend.checkpoint(path)
+            metrics.backend_snapshot_seconds.observe(time.monotonic() - started)
             reply = M.CheckpointResp(ctx_id, path, self.store.applied_index, None)
         except Exception as exc:  # disk full, permissions: the leader retries later
             self.log.exception("checkpoint_failed")
@@ -602,6 +616,7 @@ class StorageActor(Actor):
         fsync_dir(self.data_dir)
         shutil.rmtree(old, ignore_errors=True)
         self.backend = RocksBackend(self.store_dir, fallback_read_only=True)
+        self.backend.write_observer = metrics.backend_commit_seconds.observe
         if self.backend.open_error is not None:
             self._disk_error(self.backend.open_error, "open")
         self.store = MVCCStore(self.backend)
@@ -693,6 +708,7 @@ class StorageActor(Actor):
             self.call_later(DEFRAG_POLL_S, self._defrag_poll)
             return
         if done.error is None:
+            metrics.backend_defrag_seconds.observe(done.took_s)
             self.log.info("defrag_finished", took_s=round(done.took_s, 3), db_size_before=done.size_before,
                           db_size_after=done.size_after)
             reply: list = [{"took_s": done.took_s, "db_size_before": done.size_before,
@@ -760,6 +776,7 @@ class StorageActor(Actor):
                 raise
             return  # nothing of the slice was written; resumed once the disk recovers
         took_s = time.monotonic() - started
+        metrics.compaction_keys.inc(removed)
         run["removed"] += removed
         run["slices"] += 1
         run["slice_max_s"] = max(run["slice_max_s"], took_s)
@@ -769,6 +786,9 @@ class StorageActor(Actor):
             self._compaction_kick(COMPACTION_PAUSE_S)
             return
         self.compaction_run = None
+        total_s = time.monotonic() - run["started"]
+        metrics.compaction_seconds.observe(total_s)
+        metrics.compaction_ms.observe(total_s * 1000)
         self.log.info("compaction_finished", revision=store.compact_revision, physical_from=run["from"],
                       revisions_removed=run["removed"], took_s=round(time.monotonic() - run["started"], 3),
                       slices=run["slices"], slice_max_ms=round(run["slice_max_s"] * 1000, 2))
@@ -838,6 +858,8 @@ class StorageActor(Actor):
             self.log.info("lease_demoted", term=was)
         for r in replies:
             identity, req_id, client_id, want_keys = r.waiter
+            if r.kind == "keepalive":
+                self._leases_renewed += 1  # written by _metrics_tick (a keep-alive is a hot path)
             if r.kind == "not_leader":
                 response, error = None, self._not_leader()
             else:
@@ -868,6 +890,13 @@ class StorageActor(Actor):
                 continue
             if op["op"] == "lease_expire":
                 self.log.info("lease_expired", id=f"{op['id']:x}", revision=res.revision)
+                self._leases_expired += 1
+                self._leases_revoked += 1  # etcd counts an expired lease as revoked too
+            elif op["op"] == "lease_grant":
+                self._leases_granted += 1
+                self._lease_ttls.observe(op.get("ttl", 0))
+            elif op["op"] == "lease_revoke":
+                self._leases_revoked += 1
             applied.append(op)
         if applied:
             self._lease_replies(self.lessor.applied(time.monotonic(), applied))
@@ -881,6 +910,24 @@ class StorageActor(Actor):
             self.consensus.send(wire.pack(M.LeasePropose(term, datas)), zmq.NOBLOCK)
         except zmq.ZMQError:
             pass  # proposed again after LEASE_RETRY_S
+
+    def _metrics_tick(self) -> None:
+        """Gauges (actors/runtime/metrics.py): set once a second, never per batch."""
+        metrics.proposals_applied.set(self.store.applied_index)
+        metrics.keys_total.set(self.store.key_count())
+        size = self.backend.size_bytes()
+        metrics.db_total_size.set(size)
+        metrics.db_total_size_in_use.set(min(size, self.backend.size_in_use_bytes()))
+        self._metrics_counts()
+
+    def _metrics_counts(self) -> None:
+        for counter, attr in ((metrics.lease_granted, "_leases_granted"), (metrics.lease_revoked, "_leases_revoked"),
+                              (metrics.lease_renewed, "_leases_renewed"), (metrics.lease_expired, "_leases_expired")):
+            n = getattr(self, attr)
+            if n:
+                counter.inc(n)
+                setattr(self, attr, 0)
+        self._lease_ttls.flush()
 
     def flush(self) -> None:
         if self.hash_jobs.busy:  # one slice per turn; restarted jobs start on the new store
@@ -906,8 +953,15 @@ class StorageActor(Actor):
     def _lease_checkpoint_tick(self) -> None:
         self._lease_propose(self.lessor.checkpoint_tick(time.monotonic()))
 
+    def heartbeat_status(self) -> M.HeartbeatStatus:
+        """For the supervisor's STATUS= line (nodes/supervisor.py): the alarm names only."""
+        return {"applied_index": self.store.applied_index, "revision": self.store.current_revision,
+                "alarms": sorted({name for _, name in self.store.alarms})[:16]}
+
     def shutdown(self) -> None:
         # Also after a setup that stopped half-way (each part exists once setup made it).
+        if hasattr(self, "_lease_ttls"):
+            self._metrics_counts()
         if hasattr(self, "defrag"):
             self._defrag_join()
         if hasattr(self, "hash_jobs"):

@@ -20,8 +20,9 @@ from __future__ import annotations
 
 import gc
 import os
+import time
 import weakref
-from typing import Iterator, Iterable
+from typing import Callable, Iterator, Iterable
 
 from rocksdict import (
     AccessType, BottommostLevelCompaction, Checkpoint, ColumnFamily, CompactOptions, DBCompressionType, Options,
@@ -83,6 +84,10 @@ def fsync_dir(path: str) -> None:
 
 
 class RocksBackend:
+    # Called with the seconds each `write` took (the storage actor points it at
+    # etcd_disk_backend_commit_duration_seconds; this module imports no metrics).
+    write_observer: Callable[[float], None] | None = None
+
     def __init__(self, path: str | os.PathLike, column_families: Iterable[str] = COLUMN_FAMILIES,
                  fallback_read_only: bool = False) -> None:
         """Open read-write. With `fallback_read_only`, a disk error (runtime/diskfault.py:
@@ -234,7 +239,13 @@ class RocksBackend:
                 wb.delete(key, handle)
             else:
                 wb.put(key, value, handle)
+        observe = self.write_observer
+        if observe is None:
+            db.write(wb, self._wo_sync if sync else self._wo_nosync)
+            return
+        started = time.perf_counter()
         db.write(wb, self._wo_sync if sync else self._wo_nosync)
+        observe(time.perf_counter() - started)
 
     def flush_wal(self, sync: bool = True) -> None:
         self._check_writable().flush_wal(sync)

@@ -40,11 +40,14 @@ Security (issue 11; SPEC section 5 "Security"):
 from __future__ import annotations
 
 import ctypes
+import fcntl
 import gc
 import math
 import os
 import random
 import socket as pysocket
+import struct
+import termios
 import time
 from collections import deque
 from typing import Any, cast
@@ -53,6 +56,7 @@ import zmq
 from zmq.utils import monitor as zmq_monitor
 
 from actors.runtime import messages as M
+from actors.runtime import metrics
 from actors.runtime import security
 from actors.runtime import wire
 from actors.runtime.actor import Actor
@@ -79,6 +83,14 @@ _STORAGE_TYPES = frozenset((M.STORAGE_STATUS_RESP, M.READ_RESP, M.AUTH_STATE))
 AUTH_TICK_S = 1.0            # ask storage for the auth state until known; expire tokens
 REBIND_DEADLINE_S = 5.0      # a port still busy after close for this long: crash (restart)
 BUDGET_REBIND_MIN_S = 5.0    # at most one rebind per this for the subscription budget
+# Metrics (actors/runtime/metrics.py): gauges every METRICS_INTERVAL_S. A subscriber is slow
+# when the bytes its connection's kernel send queue holds (SIOCOUTQ) are over
+# SLOW_OUTQ_BYTES at two samples in a row: it reads slower than we publish, and past its
+# libzmq queue it loses messages. At most SLOW_CHECK_MAX connections are looked at per
+# sample (one ioctl each), in turn, so many connections cost a bounded time.
+METRICS_INTERVAL_S = 1.0
+SLOW_OUTQ_BYTES = 256 * 1024
+SLOW_CHECK_MAX = 5000
 # Send flags as plain ints: `zmq.NOBLOCK | zmq.SNDMORE` builds an enum Flag on every call
 # (~7% of the broadcaster's busy time under load, measured with a sampling profiler).
 _NOBLOCK = int(zmq.NOBLOCK)
@@ -155,6 +167,11 @@ class WatchActor(Actor):
         self.every(10.0, self._log_stats)
         self.every(MEMORY_TICK_S, self._memory_tick)
         self.every(AUTH_TICK_S, self.auth_tick)
+        self._published_counted = 0  # published_msgs already added to the metric
+        self._slow_over: set[int] = set()  # connection ids over SLOW_OUTQ_BYTES at their last sample
+        self._slow: set[int] = set()  # ... and at the one before: slow subscribers
+        self._slow_offset = 0  # where the next sample starts when there are > SLOW_CHECK_MAX
+        self.every(METRICS_INTERVAL_S, self._metrics_tick)
         self.poll_status()
         self.auth_tick()
 
@@ -315,6 +332,7 @@ class WatchActor(Actor):
         self._bulk.clear()
         self._bound_urls = []
         self.rebinds += 1
+        metrics.watch_rebinds.inc()
         self.log.info("watch_rebind", reason=reason)
         self._bind_pub(first=False)
 
@@ -522,6 +540,8 @@ class WatchActor(Actor):
             self.storage.send(wire.pack(M.Read([M.ReadItem(self.history_ctx, op, 0)])), zmq.NOBLOCK)
         except zmq.ZMQError:
             self.history_ctx = None
+            return
+        metrics.watch_catchups.inc()
 
     # --- timers --------------------------------------------------------------------
     def poll_status(self) -> None:
@@ -573,7 +593,43 @@ class WatchActor(Actor):
         self.log.info("watch_memory_returned", freed_estimate=freed, channels=len(self.core.channels),
                       connections=len(self.gate.conns), rss_mib_before=before, rss_mib=_rss_mib())
 
+    def _count_published(self) -> None:
+        n = self.published_msgs - self._published_counted
+        if n > 0:
+            metrics.watch_messages.inc(n)
+        self._published_counted = self.published_msgs
+
+    def _metrics_tick(self) -> None:
+        """Gauges, once a second (never per message); the published count as a delta."""
+        self._count_published()
+        conns = self.gate.conns
+        metrics.watch_channels.set(len(self.core.channels))
+        metrics.watch_subscribers.set(len(conns))
+        metrics.watchers_total.set(sum(len(c.granted) for c in conns.values()))
+        ids = list(conns)
+        if len(ids) > SLOW_CHECK_MAX:  # a slice, in turn; the others keep their last verdict
+            start = self._slow_offset % len(ids)
+            ids = (ids[start:] + ids[:start])[:SLOW_CHECK_MAX]
+            self._slow_offset = start + SLOW_CHECK_MAX
+        sampled = set(ids)
+        over: set[int] = set()
+        buf = bytearray(4)
+        for conn_id in ids:
+            try:
+                fcntl.ioctl(conns[conn_id].fd, termios.TIOCOUTQ, buf)
+            except OSError:
+                continue
+            if struct.unpack("i", buf)[0] >= SLOW_OUTQ_BYTES:
+                over.add(conn_id)
+        before = self._slow_over
+        self._slow_over = over | {c for c in before if c in conns and c not in sampled}
+        slow = {c for c in over if c in before} | {c for c in self._slow if c in conns and c not in sampled}
+        self._slow = slow
+        metrics.watch_slow_subscribers.set(len(slow))
+        metrics.slow_watchers_total.set(sum(len(conns[c].granted) for c in slow))
+
     def _log_stats(self) -> None:
+        self._count_published()
         self.log.info("watch_stats", position=self.core.position, channels=len(self.core.channels),
                       published=self.published_msgs, dropped=self.dropped, rebinds=self.rebinds,
                       subscription_bytes=self.gate.held_bytes, connections=len(self.gate.conns),
@@ -598,6 +654,7 @@ class WatchActor(Actor):
             self.kicked = self.kick_failed = 0
         self.dropped = 0
         self.published_msgs = 0
+        self._published_counted = 0
 
 
 def _origin(frame: zmq.Frame) -> G.Origin | None:

@@ -413,11 +413,11 @@ class Printer:
                 self._line(f'"Took" : {r["took"]}')
                 self._line(f'"Error" : {r.get("error", "")}')
                 self._line()
-        else:
+        else:  # etcdctl 3.4 prints both verdicts on stderr
             for r in results:
                 if r["health"]:
-                    self._line(f'{r["endpoint"]} is healthy: successfully committed proposal: '
-                               f'took = {r["took"]}')
+                    err_stream.write(f'{r["endpoint"]} is healthy: successfully committed proposal: '
+                                     f'took = {r["took"]}\n'.encode())
                 else:
                     err_stream.write(f'{r["endpoint"]} is unhealthy: failed to commit proposal: '
                                      f'{r.get("error", "")}\n'.encode())

@@ -301,11 +301,13 @@ def test_kill_leader_while_leases_are_not_kept_alive_all_expire(cluster_factory)
     leader = cluster.leader()
     ttl = 3
     granted = _grant_many(leader, 100, ttl, b"nk/")
-    leader.kill()
-    killed = time.monotonic()
     survivors = [n for n in cluster.nodes if n is not leader]
     watch_node = survivors[0]
     expected = {b"nk/%d" % i for i in range(100)}
+    # Its reads are serializable: a key it has not applied yet is not "gone".
+    wait_for(lambda: live_keys(watch_node, b"nk/") == expected, ttl - 1, "the survivor to apply every put")
+    leader.kill()
+    killed = time.monotonic()
     gone_at: dict[bytes, float] = {}
 
     def all_gone() -> bool:

@@ -40,7 +40,9 @@ def test_quota_nospace_alarm_then_compact_defrag_disarm(node_factory):
         wait_for(lambda: c.alarm_list().alarms, 10, "the NOSPACE alarm")
         assert [(a.member_id, a.alarm) for a in c.alarm_list().alarms] == [(mid, "NOSPACE")]
         listed = qkvctl(node.client_url, "alarm", "list")
-        assert listed.stdout == f"memberID:{mid} alarm:NOSPACE\n", listed
+        assert listed.stdout == f"memberID:{mid} alarm:NOSPACE \n", listed
+        listed = qkvctl(node.client_url, "alarm", "list", "-w", "json")  # etcd 3.4's: the enum number
+        assert json.loads(listed.stdout) == {"alarms": [{"memberID": mid, "alarm": 1}]}, listed
         status = json.loads(qkvctl(node.client_url, "endpoint", "status", "-w", "json").stdout)[0]["Status"]
         assert f"memberID:{mid} alarm:NOSPACE" in status["errors"]
         assert status["dbSizeQuota"] == 300000 and status["dbSize"] > 300000
@@ -60,10 +62,10 @@ def test_quota_nospace_alarm_then_compact_defrag_disarm(node_factory):
         assert c.delete("big/", prefix=True).deleted == written
         c.compact(c.get("keep").header.revision)
         defrag = qkvctl(node.client_url, "defrag")
-        assert defrag.stdout == f"Finished defragmenting etcd member[{node.client_url}]\n", defrag
+        assert defrag.stdout == f"Finished defragmenting quorumkv member[{node.client_url}]\n", defrag
         assert c.status().db_size < 300000
         disarmed = qkvctl(node.client_url, "alarm", "disarm")
-        assert disarmed.stdout == f"memberID:{mid} alarm:NOSPACE\n", disarmed
+        assert disarmed.stdout == f"memberID:{mid} alarm:NOSPACE \n", disarmed
         assert c.alarm_list().alarms == []
         c.put("small", "x")
         assert c.get("small").kvs[0].value == b"x"
@@ -169,7 +171,7 @@ def test_defrag_under_load_keeps_serving(cluster_factory):
             t.join()
     assert out.returncode == 0, out
     assert sorted(out.stdout.splitlines()) == sorted(
-        f"Finished defragmenting etcd member[{n.client_url}]" for n in cluster.nodes), out
+        f"Finished defragmenting quorumkv member[{n.client_url}]" for n in cluster.nodes), out
     assert failures == []
     print(f"\ndefrag --cluster (qkvctl, 3 members one after another) took {took * 1000:.0f} ms; "
           f"put+get max latency {max(latencies[before:during]) * 1000:.1f} ms during it "

@@ -39,7 +39,7 @@ def test_qkvctl_tour(node_factory):
     status = qkvctl(node, "endpoint", "status", "-w", "json")
     assert json.loads(status.stdout)[0]["Status"]["leader"]
     health = qkvctl(node, "endpoint", "health")
-    assert health.returncode == 0 and "is healthy" in health.stdout
+    assert health.returncode == 0 and "is healthy" in health.stderr
     rev = out["header"]["revision"]
     assert qkvctl(node, "compaction", str(rev)).stdout == f"compacted revision {rev}\n"
     err = qkvctl(node, "get", "foo", "--rev", "2")

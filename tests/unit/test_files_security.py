@@ -207,3 +207,15 @@ def test_failpoints_are_armed_only_when_enabled():
     finally:
         failpoints.configure(False)
     assert failpoints._POINTS == {}
+
+
+def test_listen_metrics_urls_is_http_and_may_be_off():
+    from nodes.config import ConfigError, load_config
+
+    assert load_config({}, env={}).listen_metrics_urls == ["http://127.0.0.1:7382"]
+    assert load_config({"listen-metrics-urls": ""}, env={}).listen_metrics_urls == []
+    cfg = load_config({"listen-metrics-urls": "http://0.0.0.0:9100,http://[::1]:9101"}, env={})
+    assert cfg.listen_metrics_urls == ["http://0.0.0.0:9100", "http://[::1]:9101"]  # no security needed
+    for bad in ("tcp://127.0.0.1:1", "http://127.0.0.1", "http://127.0.0.1:1/metrics", "https://127.0.0.1:1"):
+        with pytest.raises(ConfigError, match="--listen-metrics-urls"):
+            load_config({"listen-metrics-urls": bad}, env={})

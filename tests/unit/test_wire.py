@@ -67,6 +67,8 @@ GOOD: dict[int, list] = {
     M.CLIENT_REPLIES: [[[5, pack({"id": 1, "ok": True}), 4]]],
     M.EVENTS: [EVENTS],
     M.READY: [["storage", 4242]],
+    M.HEARTBEAT: [["gateway", 4242, {}], ["consensus", 7, {"state": "leader", "term": 3, "leader": 5, "commit": 10}],
+                  ["storage", 8, {"applied_index": 10, "revision": 4, "alarms": ["NOSPACE"]}]],
     M.MOVE_LEADER: [[3, 2**64 - 1]],
     M.MOVE_LEADER_RESP: [[3, None], [3, ERR]],
     M.CHECKPOINT: [[4]],

@@ -41,6 +41,20 @@ EXIT_BAD_ARGS = 128
 EXIT_INTERRUPTED = 130  # 128 + SIGINT: Ctrl-C ended a command that runs until interrupted
 
 
+_raw_args: list[str] = []
+
+
+def set_raw_args(args: list[str]) -> None:
+    """The argument list the command line parser got (root.run_app sets it)."""
+    _raw_args[:] = args
+
+
+def raw_args() -> list[str]:
+    """The arguments as given, with the ``--`` that the parser drops (etcdctl's watch reads
+    os.Args for it the same way)."""
+    return list(_raw_args)
+
+
 class CliError(Exception):
     def __init__(self, message: str, exit_code: int = EXIT_ERROR) -> None:
         super().__init__(message)

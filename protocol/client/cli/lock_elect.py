@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Callable, Optional
 
 import typer
 
-from protocol.client.cli.common import (EXIT_BAD_ARGS, CliError, arg, client, errors, globals_of, print_kv,
+from protocol.client.cli.common import (EXIT_BAD_ARGS, EXIT_ERROR, CliError, arg, client, errors, globals_of, print_kv,
                                         stop_on_signal)
 
 if TYPE_CHECKING:
@@ -43,21 +43,85 @@ def _best_effort(what: str, step: Callable[[], None]) -> None:
         sys.stderr.flush()
 
 
+def split_lock_args(raw: list[str], ttl: int) -> tuple[list[str], int]:
+    """etcdctl's (cobra's) reading of ``lock``'s arguments, which click leaves raw after the
+    lock name: before ``--``, ``--ttl N``/``--ttl=N`` anywhere is the flag and ``-h``
+    asks for help; ``--`` ends the flags and is dropped, what follows is the command as
+    given. Unlike etcdctl, an unknown dash argument before ``--`` is kept as a command
+    argument (``lock name sh -c 'echo hi'`` works). Returns (positional args, ttl)."""
+    args: list[str] = []
+    i = 0
+    while i < len(raw):
+        a = raw[i]
+        if a == "--":
+            args.extend(raw[i + 1:])
+            break
+        if a in ("-h", "--help"):
+            raise _HelpWanted()
+        if a == "--ttl" or a.startswith("--ttl="):
+            value = a.partition("=")[2] if "=" in a else (raw[i + 1] if i + 1 < len(raw) else None)
+            if value is None:
+                raise CliError("flag needs an argument: --ttl", EXIT_ERROR)
+            try:
+                ttl = int(value)
+            except ValueError:
+                raise CliError(f'invalid argument "{value}" for "--ttl" flag: strconv.ParseInt: parsing '
+                               f'"{value}": invalid syntax', EXIT_ERROR) from None
+            i += 1 if "=" in a else 2
+            continue
+        args.append(a)
+        i += 1
+    return args, ttl
+
+
+class _HelpWanted(Exception):
+    pass
+
+
+def exec_failure(argv0: str, exc: OSError) -> str:
+    """Go's os/exec error text for a command that could not start."""
+    import errno
+    import shutil
+
+    if "/" not in argv0 and shutil.which(argv0) is None:
+        return f'exec: "{argv0}": executable file not found in $PATH'
+    reason = os.strerror(exc.errno).lower() if exc.errno else str(exc)
+    if exc.errno == errno.ENOENT:
+        reason = "no such file or directory"
+    return f"fork/exec {argv0}: {reason}"
+
+
+def exit_failure(rc: int) -> str:
+    """Go's ``*exec.ExitError`` text: ``exit status N`` or ``signal: killed``."""
+    import signal
+
+    if rc >= 0:
+        return f"exit status {rc}"
+    name = signal.strsignal(-rc) or f"signal {-rc}"
+    return f"signal: {name[:1].lower()}{name[1:]}"
+
+
 def lock_cmd(
     ctx: typer.Context,
     args: Optional[list[str]] = typer.Argument(None, metavar="<lockname> [exec-command arg1 arg2 ...]"),
     ttl: int = typer.Option(10, "--ttl", help="timeout for session"),
 ) -> None:
-    """Acquires a named lock. With a command: runs it while holding the lock (environment
-    ETCD_LOCK_KEY and ETCD_LOCK_REV) and exits with its exit code; without: prints the
-    lock key and holds it until Ctrl-C. A lock is only as safe as its fencing (README)."""
+    """Acquires a named lock. With a command (after the name, or after `--`): runs it while
+    holding the lock, with ETCD_LOCK_KEY/ETCD_LOCK_REV and QKV_LOCK_KEY/QKV_LOCK_REV in its
+    environment; a command that fails exits 1 (`Error: exit status N`), as etcdctl 3.4.
+    Without one: prints the lock key and holds it until Ctrl-C. A lock is only as safe as
+    its fencing (README)."""
     import subprocess
 
     from protocol.client.concurrency import Lock, Session
 
     g = globals_of(ctx)
     with errors():
-        args = args or []
+        try:
+            args, ttl = split_lock_args(args or [], ttl)
+        except _HelpWanted:
+            sys.stdout.write(ctx.get_help() + "\n")
+            return
         if not args:
             raise CliError("lock takes a lock name argument and an optional command to execute",
                            EXIT_BAD_ARGS)
@@ -69,14 +133,18 @@ def lock_cmd(
                 try:
                     kv = c.get(lock.key)
                     if len(args) > 1:
-                        env = dict(os.environ, ETCD_LOCK_KEY=os.fsdecode(lock.key),
-                                   ETCD_LOCK_REV=str(lock.header.revision if lock.header else lock.revision))
+                        key = os.fsdecode(lock.key)
+                        rev = str(lock.header.revision if lock.header else lock.revision)
+                        # the lock's variables win over inherited ones of the same name
+                        env = dict(os.environ, ETCD_LOCK_KEY=key, ETCD_LOCK_REV=rev,
+                                   QKV_LOCK_KEY=key, QKV_LOCK_REV=rev)
+                        sys.stdout.flush()
                         try:
                             rc = subprocess.call(args[1:], env=env)
                         except OSError as exc:
-                            raise CliError(str(exc)) from None
+                            raise CliError(exec_failure(args[1], exc)) from None
                         if rc:
-                            raise typer.Exit(rc if rc > 0 else 128 - rc)
+                            raise CliError(exit_failure(rc))
                         return
                     if kv.kvs:
                         print_kv(g, kv.header, kv.kvs[0])

@@ -1,8 +1,9 @@
 """Maintenance commands: ``endpoint status|health|hashkv``, ``alarm list|disarm``,
 ``defrag`` (etcdctl's ep_command.go, alarm_command.go, defrag_command.go).
 
-All of them talk to running members; the offline ``defrag --data-dir`` of etcdctl is
-``qkvutl``'s business (nodes/utl.py), not this client's.
+All of them talk to running members but ``defrag --data-dir`` (offline, as etcdctl's),
+which runs ``qkvutl defrag --data-dir`` (nodes/utl.py): this client package imports no
+server code.
 """
 from __future__ import annotations
 
@@ -111,20 +112,44 @@ def endpoint_hashkv_cmd(
                 "hash_revision": r.hash_revision}} for ep, r in rows]) + "\n").encode())
         elif g.write_out == "table":
             out().write(render_table(["endpoint", "hash"], [[ep, str(r.hash)] for ep, r in rows]).encode())
+        elif g.write_out == "fields":
+            from protocol.client.output import go_quote
+
+            for ep, r in rows:
+                h = r.header
+                out().write((f'"ClusterID" : {h.cluster_id}\n"MemberID" : {h.member_id}\n'
+                             f'"Revision" : {h.revision}\n"RaftTerm" : {h.raft_term}\n'
+                             f'"Endpoint" : {go_quote(ep.encode())}\n"Hash" : {r.hash}\n\n').encode())
         else:
             for ep, r in rows:
                 out().write(f"{ep}, {r.hash}\n".encode())
 
 
+# etcd's AlarmType enum (etcdserverpb.AlarmType): its JSON carries the number.
+ALARM_TYPE = {"NONE": 0, "NOSPACE": 1, "CORRUPT": 2}
+
+
 def _print_alarms(g: Globals, resp: AlarmResponse) -> None:
-    from protocol.client.output import dumps, header_json
+    """etcdctl 3.4's alarm output: ``memberID:N alarm:NAME `` lines; json as etcd 3.4
+    prints it (the enum as its number, no header: its AlarmResponse has none, so an empty
+    list is ``{}``); fields: the header and ``"MemberID"``/``"AlarmType"`` per alarm
+    (etcdctl 3.4 crashes on its missing header there); table is not supported (exit 4)."""
+    from protocol.client.output import dumps
 
     if g.write_out == "json":
-        out().write((dumps({"header": header_json(resp.header), "alarms": [
-            {"memberID": a.member_id, "alarm": a.alarm} for a in resp.alarms]}) + "\n").encode())
+        body = {"alarms": [{"memberID": a.member_id, "alarm": ALARM_TYPE.get(a.alarm, a.alarm)}
+                           for a in resp.alarms]} if resp.alarms else {}
+        out().write((dumps(body) + "\n").encode())
+    elif g.write_out == "fields":
+        h = resp.header
+        text = (f'"ClusterID" : {h.cluster_id}\n"MemberID" : {h.member_id}\n'
+                f'"Revision" : {h.revision}\n"RaftTerm" : {h.raft_term}\n')
+        for a in resp.alarms:
+            text += f'"MemberID" : {a.member_id}\n"AlarmType" : {a.alarm}\n\n'
+        out().write(text.encode())
     else:
         for a in resp.alarms:
-            out().write(f"{a}\n".encode())
+            out().write(f"{a} \n".encode())  # Go's %+v of the struct ends with a space
 
 
 @alarm_app.command("list")
@@ -132,6 +157,7 @@ def alarm_list_cmd(ctx: typer.Context) -> None:
     """Lists all alarms."""
     g = globals_of(ctx)
     with errors():
+        printer(g).need("simple", "json", "fields")
         with client(g) as c:
             _print_alarms(g, c.alarm_list())
 
@@ -141,6 +167,7 @@ def alarm_disarm_cmd(ctx: typer.Context) -> None:
     """Disarms all alarms."""
     g = globals_of(ctx)
     with errors():
+        printer(g).need("simple", "json", "fields")
         with client(g) as c:
             _print_alarms(g, c.alarm_disarm())
 
@@ -148,27 +175,62 @@ def alarm_disarm_cmd(ctx: typer.Context) -> None:
 def defrag_cmd(
     ctx: typer.Context,
     cluster: bool = CLUSTER_OPT,
-    data_dir: str = typer.Option("", "--data-dir", hidden=True,
-                                 help="moved: use `qkvutl defrag --data-dir`"),
+    data_dir: str = typer.Option("", "--data-dir",
+                                 help="Optional. If present, defragments a data directory not in use by a "
+                                      "member (runs `qkvutl defrag --data-dir`)"),
 ) -> None:
-    """Defragments the storage of the etcd members with given endpoints (the members keep
-    serving meanwhile)."""
+    """Defragments the storage of the quorumkv members with given endpoints (the members
+    keep serving meanwhile)."""
     g = globals_of(ctx)
     with errors():
         from protocol.errors import QkvError
 
         if data_dir:
-            raise CliError("defrag --data-dir works on a stopped member's files: it is "
-                           "`qkvutl defrag --data-dir`", EXIT_BAD_ARGS)
+            _defrag_offline(data_dir)
+            return
         failed = False
         for ep in cluster_endpoints(g, cluster):
             try:
                 with client(g, [ep]) as c:
                     c.defragment()
-                out().write(f"Finished defragmenting etcd member[{ep}]\n".encode())
+                out().write(f"Finished defragmenting quorumkv member[{ep}]\n".encode())
             except QkvError as exc:
                 failed = True
-                sys.stderr.write(f"Failed to defragment etcd member[{ep}] ({exc.message})\n")
+                sys.stderr.write(f"Failed to defragment quorumkv member[{ep}] ({exc.message})\n")
                 sys.stderr.flush()
         if failed:
             raise typer.Exit(EXIT_ERROR)
+
+
+def qkvutl_command() -> list[str]:
+    """How to run qkvutl (the offline tools, in the server package that qkvctl must not
+    import): the script beside this interpreter, else on PATH, else ``-m nodes.utl``."""
+    import os
+    import shutil
+
+    beside = os.path.join(os.path.dirname(sys.executable), "qkvutl")
+    if os.access(beside, os.X_OK):
+        return [beside]
+    found = shutil.which("qkvutl")
+    return [found] if found else [sys.executable, "-m", "nodes.utl"]
+
+
+def _defrag_offline(data_dir: str) -> None:
+    """etcdctl 3.4's ``defrag --data-dir``: nothing printed on success; on failure
+    ``Failed to defragment ... data[DIR] (reason)`` on stderr, exit 1. The work is
+    qkvutl's (it refuses a data dir a running member holds)."""
+    import subprocess
+
+    try:
+        proc = subprocess.run([*qkvutl_command(), "defrag", "--data-dir", data_dir],
+                              stdin=subprocess.DEVNULL, capture_output=True)
+    except OSError as exc:
+        raise CliError(f"cannot run qkvutl for an offline defrag: {exc}") from None
+    if proc.returncode == 0:
+        return
+    lines = [ln for ln in proc.stderr.decode(errors="replace").splitlines() if ln.strip()]
+    reason = next((ln[len("Error: "):] for ln in lines if ln.startswith("Error: ")),
+                  lines[-1] if lines else f"qkvutl exited with {proc.returncode}")
+    sys.stderr.write(f"Failed to defragment quorumkv data[{data_dir}] ({reason})\n")
+    sys.stderr.flush()
+    raise typer.Exit(EXIT_ERROR)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING, Any, Union
+from typing import TYPE_CHECKING, Any, Optional, Union
 
 import typer
 
@@ -22,7 +22,7 @@ def member_list_cmd(ctx: typer.Context) -> None:
     """Lists all members in the cluster."""
     g = globals_of(ctx)
     with errors():
-        from protocol.client.output import dumps, header_json, render_table
+        from protocol.client.output import dumps, go_quote, header_json, render_table
 
         with client(g) as c:
             resp = c.member_list()
@@ -35,23 +35,48 @@ def member_list_cmd(ctx: typer.Context) -> None:
         elif g.write_out == "table":
             out().write(render_table(["ID", "status", "name", "peer addrs", "client addrs", "is learner"],
                                      rows).encode())
+        elif g.write_out == "fields":
+            lines = [f'"ClusterID" : {resp.header.cluster_id}', f'"MemberID" : {resp.header.member_id}',
+                     f'"Revision" : {resp.header.revision}', f'"RaftTerm" : {resp.header.raft_term}']
+            for m in resp.members:
+                lines += [f'"ID" : {m.id}', f'"Name" : {go_quote(m.name.encode())}']
+                lines += [f'"PeerURL" : {go_quote(u.encode())}' for u in m.peer_urls]
+                lines += [f'"ClientURL" : {go_quote(u.encode())}' for u in m.client_urls]
+                lines += [f'"IsLearner" : {str(m.is_learner).lower()}', ""]
+            out().write(("\n".join(lines) + "\n").encode())
         else:
             for row in rows:
                 out().write((", ".join(row) + "\n").encode())
 
 
-def _member_id_arg(raw: str) -> int:
+def parse_uint_hex(raw: str) -> int:
+    """Go's ``strconv.ParseUint(raw, 16, 64)``; CliError with its message (bad args)."""
+    from protocol.client.output import go_quote
+
+    text = raw[2:] if raw[:2].lower() == "0x" else raw  # Go refuses 0x with base 16; accept it
+    if not text or any(ch not in "0123456789abcdefABCDEF" for ch in text):
+        raise CliError(f"strconv.ParseUint: parsing {go_quote(raw.encode())}: invalid syntax", EXIT_BAD_ARGS)
+    value = int(text, 16)
+    if value >= 1 << 64:
+        raise CliError(f"strconv.ParseUint: parsing {go_quote(raw.encode())}: value out of range", EXIT_BAD_ARGS)
+    return value
+
+
+def _member_id_arg(args: Optional[list[str]]) -> int:
+    """etcdctl's member remove/update/promote argument: exactly one ID, in hex."""
+    if not args or len(args) != 1:
+        raise CliError("member ID is not provided", EXIT_BAD_ARGS)
     try:
-        mid = int(raw, 16)
-    except ValueError:
-        raise CliError(f"bad member ID arg ({raw!r}), expecting ID in Hex", EXIT_BAD_ARGS) from None
-    if mid <= 0:
-        raise CliError(f"bad member ID arg ({raw!r}), expecting ID in Hex", EXIT_BAD_ARGS)
+        mid = parse_uint_hex(args[0])
+    except CliError as exc:
+        raise CliError(f"bad member ID arg ({exc}), expecting ID in Hex", EXIT_BAD_ARGS) from None
+    if mid == 0:
+        raise CliError("bad member ID arg (0), expecting ID in Hex", EXIT_BAD_ARGS)
     return mid
 
 
 def _peer_urls_opt(raw: str) -> list[str]:
-    urls = [u.strip() for u in raw.split(",") if u.strip()]
+    urls = [u.strip() for u in (raw or "").split(",") if u.strip()]
     if not urls:
         raise CliError("member peer urls not provided", EXIT_BAD_ARGS)
     return urls
@@ -93,8 +118,9 @@ def _member_change_out(g: Globals, resp: Union[MemberAddResponse, MemberListResp
 
 @member_app.command("add")
 def member_add_cmd(ctx: typer.Context,
-                   name: str = typer.Argument(..., help="name of the new member"),
-                   peer_urls: str = typer.Option(..., "--peer-urls", help="comma separated peer URLs for the new member"),
+                   args: Optional[list[str]] = typer.Argument(None, metavar="<memberName>",
+                                                              help="name of the new member"),
+                   peer_urls: str = typer.Option("", "--peer-urls", help="comma separated peer URLs for the new member"),
                    learner: bool = typer.Option(False, "--learner", help="indicates if the new member is raft learner"),
                    peer_key: str = typer.Option("", "--peer-key", help="the new member's peer public key (Z85, or "
                                                 "@ and its NAME.key file from qkv keygen); required with peer security")
@@ -102,6 +128,13 @@ def member_add_cmd(ctx: typer.Context,
     """Adds a member into the cluster."""
     g = globals_of(ctx)
     with errors():
+        if not args:
+            raise CliError("member name not provided", EXIT_BAD_ARGS)
+        if len(args) > 1:
+            hint = "".join(f", did you mean --peer-urls={a}" for a in args if a.lower().startswith("http")
+                           or a.lower().startswith("tcp"))
+            raise CliError("too many arguments" + hint, EXIT_BAD_ARGS)
+        name = args[0]
         urls = _peer_urls_opt(peer_urls)
         peer_key = _peer_key_opt(peer_key)
         with client(g) as c:
@@ -122,7 +155,8 @@ def member_add_cmd(ctx: typer.Context,
 
 
 @member_app.command("remove")
-def member_remove_cmd(ctx: typer.Context, member_id: str = typer.Argument(..., help="member ID, in hex")) -> None:
+def member_remove_cmd(ctx: typer.Context, member_id: Optional[list[str]] = typer.Argument(
+        None, metavar="<memberID>", help="member ID, in hex")) -> None:
     """Removes a member from the cluster."""
     g = globals_of(ctx)
     with errors():
@@ -133,8 +167,9 @@ def member_remove_cmd(ctx: typer.Context, member_id: str = typer.Argument(..., h
 
 
 @member_app.command("update")
-def member_update_cmd(ctx: typer.Context, member_id: str = typer.Argument(..., help="member ID, in hex"),
-                      peer_urls: str = typer.Option(..., "--peer-urls", help="comma separated peer URLs for the updated member")
+def member_update_cmd(ctx: typer.Context, member_id: Optional[list[str]] = typer.Argument(
+                          None, metavar="<memberID>", help="member ID, in hex"),
+                      peer_urls: str = typer.Option("", "--peer-urls", help="comma separated peer URLs for the updated member")
                       ) -> None:
     """Updates a member in the cluster."""
     g = globals_of(ctx)
@@ -147,7 +182,8 @@ def member_update_cmd(ctx: typer.Context, member_id: str = typer.Argument(..., h
 
 
 @member_app.command("promote")
-def member_promote_cmd(ctx: typer.Context, member_id: str = typer.Argument(..., help="member ID, in hex")) -> None:
+def member_promote_cmd(ctx: typer.Context, member_id: Optional[list[str]] = typer.Argument(
+        None, metavar="<memberID>", help="member ID, in hex")) -> None:
     """Promotes a non-voting member in the cluster."""
     g = globals_of(ctx)
     with errors():
@@ -157,15 +193,45 @@ def member_promote_cmd(ctx: typer.Context, member_id: str = typer.Argument(..., 
         _member_change_out(g, resp, f"Member {mid:16x} promoted in cluster {resp.header.cluster_id:16x}")
 
 
-def move_leader_cmd(ctx: typer.Context, transferee_id: str = typer.Argument(..., help="member id, in hex")) -> None:
-    """Transfers leadership to another member of the cluster."""
+def move_leader_cmd(ctx: typer.Context, args: Optional[list[str]] = typer.Argument(
+        None, metavar="<transferee-member-id>", help="member id, in hex")) -> None:
+    """Transfers leadership to another member of the cluster (found and asked wherever
+    it is: the endpoints need not include the leader)."""
     g = globals_of(ctx)
     with errors():
-        try:
-            target = int(transferee_id, 16)
-        except ValueError:
-            raise CliError(f"bad member id {transferee_id!r}: expected hex", EXIT_BAD_ARGS) from None
-        with client(g) as c:
-            leader = c.status().leader
+        if not args or len(args) != 1:
+            raise CliError("move-leader command needs 1 argument", EXIT_BAD_ARGS)
+        target = parse_uint_hex(args[0])
+        leader_ep, leader_id = _find_leader(g)
+        with client(g, [leader_ep]) as c:
             c.move_leader(target)
-        out().write(f"Leadership transferred from {leader:x} to {target:x}\n".encode())
+        out().write(f"Leadership transferred from {leader_id:x} to {target:x}\n".encode())
+
+
+def _find_leader(g: Globals) -> tuple[str, int]:
+    """The leader's client endpoint and ID. As etcdctl: the first of --endpoints whose
+    status says it leads; when none does (only followers given), the leader a follower
+    names, at its client URL from the member list."""
+    from protocol.errors import QkvError
+
+    named = 0
+    last_err: Optional[QkvError] = None
+    for ep in g.endpoints:
+        try:
+            with client(g, [ep]) as c:
+                st = c.status()
+        except QkvError as exc:
+            last_err = exc
+            continue
+        if st.leader and st.header.member_id == st.leader:
+            return ep, st.leader
+        named = named or st.leader
+    if named:
+        with client(g) as c:
+            members = c.member_list().members
+        for m in members:
+            if m.id == named and m.client_urls:
+                return m.client_urls[0], named
+    if last_err is not None and not named:
+        raise last_err
+    raise CliError(f"no leader endpoint given at [{' '.join(g.endpoints)}]", EXIT_BAD_ARGS)

@@ -2,6 +2,7 @@
 registered in one place, and the entry point with etcdctl's argument conventions."""
 from __future__ import annotations
 
+import os
 import sys
 from typing import Optional
 
@@ -11,37 +12,44 @@ from protocol import VERSION
 from protocol.client.cli import auth, bench, kv, lease, lock_elect, maintenance, member, mirror, snapshot, watch
 from protocol.client.cli.common import (
     API_VERSION, DEFAULT_ENDPOINTS, EXIT_BAD_ARGS, EXIT_BAD_FEATURE, EXIT_ERROR, EXIT_INTERRUPTED, CliError,
-    Globals, errors, parse_duration, split_user,
+    Globals, errors, parse_duration, set_raw_args, split_user,
 )
 
 app = typer.Typer(
     name="qkvctl", add_completion=False, no_args_is_help=True, rich_markup_mode=None,
-    pretty_exceptions_enable=False,
+    pretty_exceptions_enable=False, context_settings={"help_option_names": ["-h", "--help"]},
     help="A command line client for quorumkv (etcdctl v3 compatible).",
 )
+# Every global flag may come from the environment, as etcdctl's ETCDCTL_<FLAG> (flag name
+# upper-cased, "-" -> "_"); a flag on the command line wins over its variable.
+ENV_PREFIX = "QKVCTL_"
+
+
+def _env(flag: str) -> str:
+    return ENV_PREFIX + flag.lstrip("-").upper().replace("-", "_")
 
 
 @app.callback()
 def _root(
     ctx: typer.Context,
-    endpoints: str = typer.Option(DEFAULT_ENDPOINTS, "--endpoints", envvar="QKVCTL_ENDPOINTS",
+    endpoints: str = typer.Option(DEFAULT_ENDPOINTS, "--endpoints", envvar=_env("--endpoints"),
                                   help="comma-separated endpoints (tcp://host:port or host:port)"),
-    command_timeout: str = typer.Option("5s", "--command-timeout",
+    command_timeout: str = typer.Option("5s", "--command-timeout", envvar=_env("--command-timeout"),
                                         help="timeout for short running command (5s, 500ms)"),
-    dial_timeout: str = typer.Option("2s", "--dial-timeout", hidden=True,
+    dial_timeout: str = typer.Option("2s", "--dial-timeout", hidden=True, envvar=_env("--dial-timeout"),
                                      help="accepted for etcdctl compatibility; unused"),
-    write_out: str = typer.Option("simple", "-w", "--write-out",
+    write_out: str = typer.Option("simple", "-w", "--write-out", envvar=_env("--write-out"),
                                   help="set the output format (fields, json, simple, table)"),
-    is_hex: bool = typer.Option(False, "--hex", help="print byte strings as hex encoded strings"),
-    user: Optional[str] = typer.Option(None, "--user", envvar="QKVCTL_USER",
+    is_hex: bool = typer.Option(False, "--hex", envvar=_env("--hex"), help="print byte strings as hex encoded strings"),
+    user: Optional[str] = typer.Option(None, "--user", envvar=_env("--user"),
                                        help="username[:password] for authentication (prompt if password is not supplied)"),
-    password: Optional[str] = typer.Option(None, "--password", envvar="QKVCTL_PASSWORD",
+    password: Optional[str] = typer.Option(None, "--password", envvar=_env("--password"),
                                            help="password for authentication (if this option is used, --user "
                                                 "option shouldn't include password)"),
-    server_key: Optional[str] = typer.Option(None, "--server-key", envvar="QKVCTL_SERVER_KEY",
+    server_key: Optional[str] = typer.Option(None, "--server-key", envvar=_env("--server-key"),
                                              help="the server's CURVE public key (Z85, or @file of its .key "
                                                   "certificate): turns CURVE on and refuses any other server"),
-    key_file: Optional[str] = typer.Option(None, "--key-file", envvar="QKVCTL_KEY_FILE",
+    key_file: Optional[str] = typer.Option(None, "--key-file", envvar=_env("--key-file"),
                                            help="this client's CURVE secret certificate (NAME.key_secret); "
                                                 "default: a fresh key per run"),
 ) -> None:
@@ -65,6 +73,56 @@ def _root(
 def version_cmd() -> None:
     """Prints the version of qkvctl."""
     sys.stdout.write(f"qkvctl version: {VERSION}\nAPI version: {API_VERSION}\n")
+
+
+def help_cmd(args: Optional[list[str]] = typer.Argument(None, metavar="[command]")) -> None:
+    """Help about any command (`qkvctl help member add` = `qkvctl member add --help`)."""
+    cmd = typer.main.get_command(app)
+    for i, name in enumerate(args or []):
+        subs = getattr(cmd, "commands", None)  # a group's subcommands
+        sub = subs.get(name) if isinstance(subs, dict) else None
+        if sub is None:  # cobra: the topic on stderr, the root help on stdout, exit 0
+            sys.stderr.write(f"Unknown help topic [`{' '.join((args or [])[:i + 1])}`]\n")
+            raise typer.Exit(run_app(app, "qkvctl", ["--help"]))
+        cmd = sub
+    raise typer.Exit(run_app(app, "qkvctl", [*(args or []), "--help"]))
+
+
+completion_app = typer.Typer(no_args_is_help=True, rich_markup_mode=None,
+                             help="Generate the autocompletion script for the specified shell")
+COMPLETE_VAR = "_QKVCTL_COMPLETE"  # the variable the generated scripts set when they call qkvctl
+
+
+def _completion_script(shell: str) -> None:
+    from typer._completion_classes import completion_init
+    from typer._completion_shared import get_completion_script
+
+    completion_init()
+    sys.stdout.write(get_completion_script(prog_name="qkvctl", complete_var=COMPLETE_VAR, shell=shell) + "\n")
+
+
+@completion_app.command("bash")
+def completion_bash_cmd() -> None:
+    """Generate the autocompletion script for bash (`source <(qkvctl completion bash)`)."""
+    _completion_script("bash")
+
+
+@completion_app.command("zsh")
+def completion_zsh_cmd() -> None:
+    """Generate the autocompletion script for zsh (`source <(qkvctl completion zsh)`)."""
+    _completion_script("zsh")
+
+
+@completion_app.command("fish")
+def completion_fish_cmd() -> None:
+    """Generate the autocompletion script for fish (`qkvctl completion fish | source`)."""
+    _completion_script("fish")
+
+
+@completion_app.command("powershell")
+def completion_powershell_cmd() -> None:
+    """Generate the autocompletion script for powershell."""
+    _completion_script("powershell")
 
 
 # -- the command tree, in `qkvctl --help` order -----------------------------------------------
@@ -91,6 +149,8 @@ app.add_typer(snapshot.snapshot_app, name="snapshot")
 app.add_typer(auth.auth_app, name="auth")
 app.add_typer(auth.user_app, name="user")
 app.add_typer(auth.role_app, name="role")
+app.add_typer(completion_app, name="completion")
+app.command("help")(help_cmd)
 
 
 # -- entry point: etcdctl's argument conventions on top of typer ------------------------------
@@ -167,6 +227,12 @@ def run_app(typer_app: typer.Typer, prog_name: str, args: list[str]) -> int:
     from typer._click.exceptions import ClickException, NoArgsIsHelpError, UsageError
     from typer.exceptions import Abort, Exit
 
+    if os.environ.get(f"_{prog_name.upper()}_COMPLETE"):
+        # A completion script asks for candidates: typer's shell classes answer (and exit).
+        from typer._completion_classes import completion_init
+
+        completion_init()
+    set_raw_args(args)
     try:
         rv = typer_app(args=args, prog_name=prog_name, standalone_mode=False)
     except NoArgsIsHelpError as exc:

@@ -96,27 +96,6 @@ def snapshot_restore_cmd(ctx: typer.Context) -> None:
         raise typer.Exit(run_qkvutl(["snapshot", "restore", *ctx.args]))
 
 
-def qkvutl_command() -> list[str] | None:
-    """How to run qkvutl: the script installed next to this Python, on PATH, or the module
-    (a checkout); None when only the client package is installed."""
-    import importlib.util
-    import os
-    import shutil
-
-    beside = os.path.join(os.path.dirname(sys.executable), "qkvutl")
-    if os.access(beside, os.X_OK):
-        return [beside]
-    found = shutil.which("qkvutl")
-    if found:
-        return [found]
-    try:
-        if importlib.util.find_spec("nodes") is not None:  # a checkout: the server code is here
-            return [sys.executable, "-m", "nodes.utl"]
-    except (ImportError, ValueError):
-        pass
-    return None
-
-
 def run_qkvutl(args: list[str]) -> int:
     """`snapshot restore` builds a member's data dir with server code, which this client
     package does not import (tests/unit/test_pure_imports.py): it runs qkvutl, as etcdctl 3.4
@@ -124,10 +103,14 @@ def run_qkvutl(args: list[str]) -> int:
     stays empty); its exit code is ours."""
     import subprocess
 
-    cmd = qkvutl_command()
-    if cmd is None:
+    from protocol.client.cli.maintenance import qkvutl_command
+
+    try:
+        proc = subprocess.run([*qkvutl_command(), *args], stdin=subprocess.DEVNULL, capture_output=True)
+    except OSError as exc:
+        raise CliError(f"cannot run qkvutl: {exc}: {RESTORE_MOVED}") from None
+    if proc.returncode and b"No module named 'nodes" in proc.stderr:
         raise CliError(RESTORE_MOVED)
-    proc = subprocess.run([*cmd, *args], stdin=subprocess.DEVNULL, capture_output=True)
     sys.stderr.write(proc.stdout.decode(errors="replace") + proc.stderr.decode(errors="replace"))
     sys.stderr.flush()
     return proc.returncode
