@@ -28,6 +28,7 @@ from prometheus_client import CONTENT_TYPE_PLAIN_0_0_4, REGISTRY, CollectorRegis
 from prometheus_client import multiprocess
 
 from actors.metrics import health
+from actors.metrics.processes import NodeProcessCollector
 from actors.runtime import metrics as M
 
 MAX_CONNECTIONS = 16
@@ -55,6 +56,7 @@ def metrics_registry() -> CollectorRegistry:
         return REGISTRY
     registry = CollectorRegistry()
     multiprocess.MultiProcessCollector(registry, path)
+    registry.register(NodeProcessCollector(os.getppid()))  # process_*: etcd's per-process metrics, node-wide
     return registry
 
 

@@ -8,6 +8,7 @@ unlabelled metrics are exported (every process defines them) but their values st
 from __future__ import annotations
 
 import http.client
+import os
 import signal
 import time
 from urllib.parse import urlsplit
@@ -184,7 +185,18 @@ def test_the_metrics_actor_restarts_and_counts_survive_it(node_factory):
     assert http_get(second, "/livez")[::2] == (200, b"ok\n")
     for _ in range(3):
         assert http_get(node.metrics_url, "/health")[0] == 200
-    assert scrape(node)["etcd_server_health_success_total"] == 3
+    samples = scrape(node)
+    assert samples["etcd_server_health_success_total"] == 3
+    # process_*: summed over the supervisor and its five actors (actors/metrics/processes.py)
+    pids = [node.proc.pid, *node.actor_pids().values()]
+    assert len(pids) == 6
+    rss_each = []
+    for pid in pids:
+        with open(f"/proc/{pid}/statm") as f:
+            rss_each.append(int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE"))
+    assert samples["process_resident_memory_bytes"] > max(rss_each)
+    assert 0.5 * sum(rss_each) < samples["process_resident_memory_bytes"] < 2 * sum(rss_each)
+    assert samples["process_cpu_seconds_total"] > 0 and samples["process_open_fds"] > 6
     assert http_get(node.metrics_url, "/health", "HEAD")[0] == 405
     old = node.kill_actor("metrics", signal.SIGKILL)
     wait_for(lambda: node.actor_pids().get("metrics") not in (None, old), 20, "a new metrics actor")

@@ -65,3 +65,14 @@ def test_move_leader_given_only_a_follower(cluster_factory):
     # a follower that names no leader yet, or a dead endpoint only: etcdctl's error
     dead = qkvctl("tcp://127.0.0.1:1", "--command-timeout", "1s", "move-leader", f"{target.member_id:x}")
     assert dead.returncode == 1 and dead.stderr.startswith("Error: "), dead
+
+
+def test_check_datascale_reads_the_nodes_memory_from_its_metrics(node_factory):
+    """etcdctl reads process_resident_memory_bytes before and after its puts; a node exports
+    it summed over its processes (actors/metrics/processes.py)."""
+    node = node_factory()
+    out = subprocess.run([sys.executable, "-m", "protocol.client.cli", "--endpoints", node.client_url, "check",
+                          "datascale", "--metrics-url", node.metrics_url + "/metrics"],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "PASS: Approximate system memory used" in out.stdout, out.stdout
