@@ -84,22 +84,6 @@ def copied_store(path: str) -> str | None:
                        f"{STORAGE_DIR}/)")
 
 
-def _unpack_unverified(path: str, dest_dir: str) -> SnapshotMeta:
-    """`unpack` without the hash check: the layout (magic, metadata, sizes) is still read."""
-    from protocol.snapshot_file import read_blocks, read_meta
-
-    meta, offset = read_meta(path)
-    os.makedirs(dest_dir)
-    with open(path, "rb") as src:
-        src.seek(offset)
-        for name, size in meta.files:
-            with open(os.path.join(dest_dir, name), "wb") as out:
-                read_blocks(src, size, out.write, path)
-                out.flush()
-                os.fsync(out.fileno())
-    return meta
-
-
 def _copy_store(store: str, dest_dir: str) -> SnapshotMeta:
     """A copy of a store dir (from a stopped member's data dir), and its metadata read from it."""
     from actors.storage.backend import RocksBackend
@@ -145,10 +129,8 @@ def restore(snapshot_path: str, cfg: Any, skip_hash_check: bool = False) -> Rest
             try:
                 if store_src is not None:
                     meta = _copy_store(store_src, store_tmp)
-                elif skip_hash_check:
-                    meta = _unpack_unverified(snapshot_path, store_tmp)
                 else:
-                    meta = unpack(snapshot_path, store_tmp)  # checks the hash first
+                    meta = unpack(snapshot_path, store_tmp, check_hash=not skip_hash_check)
             except SnapshotFileError as exc:
                 raise RestoreError(str(exc)) from None
             _rewrite_meta(store_tmp, meta, cfg)

@@ -113,11 +113,13 @@ def pack_checkpoint(directory: str, out_path: str, meta: SnapshotMeta) -> int:
     return stream.total_size
 
 
-def unpack(path: str, dest_dir: str) -> SnapshotMeta:
+def unpack(path: str, dest_dir: str, check_hash: bool = True) -> SnapshotMeta:
     """Verify `path`, then write its checkpoint files into `dest_dir` (created; must not
-    exist), each fsynced."""
-    meta, _ = verify(path)
-    _, offset = read_meta(path)
+    exist), each fsynced. `check_hash=False` (restore --skip-hash-check) skips its SHA-256;
+    the layout (magic, metadata, sizes) is read either way."""
+    if check_hash:
+        verify(path)
+    meta, offset = read_meta(path)
     os.makedirs(dest_dir)
     with open(path, "rb") as src:
         src.seek(offset)
