@@ -1,7 +1,9 @@
 """``qkvctl benchmark``: a load generator in the spirit of etcd's tools/benchmark.
 
 One thread drives every logical client: one DEALER socket per logical client, each with
-exactly one request in flight, all under one ``zmq.Poller``. Request frames are built
+at most one request in flight, all under one ``zmq.Poller``; with ``rate``, requests start
+no faster than that many a second (a token every 1/rate s, a burst of one: etcdctl check
+perf's rate.Limiter), on whichever client is idle. Request frames are built
 from pre-encoded msgpack pieces (only the id, and the key for puts, are encoded per
 request). A request with no reply within ``timeout_s`` is counted as an error and its
 socket is recreated (Lazy Pirate), so a late reply is never mistaken for a new one.
@@ -45,6 +47,8 @@ class BenchConfig:
     txn_ops: int = 1
     timeout_s: float = 5.0
     seed: int | None = None
+    rate: float | None = None  # requests per second over all clients; None = as fast as they go
+    key_prefix: bytes = b""  # put: before each generated key (check perf's --prefix)
     # Security (SPEC "Security"): a CURVE client setup (public, secret, server public) for
     # every connection, and the auth token every request carries.
     curve: tuple[bytes, bytes, bytes] | None = None
@@ -56,6 +60,7 @@ class BenchResult:
     latencies_s: list[float] = field(default_factory=list)
     errors: dict[str, int] = field(default_factory=dict)
     total_s: float = 0.0
+    last_reply_s: float = 0.0  # from the start to the last answer (or timeout) counted
 
     @property
     def error_count(self) -> int:
@@ -107,6 +112,7 @@ class _RequestMaker:
         elif cfg.kind == "put":
             self._tail = _PACK.pack("value") + _PACK.pack(self.value)
             self._head = _PACK.pack("op") + _PACK.pack("put") + _PACK.pack("key")
+            self._prefix = cfg.key_prefix
         elif cfg.kind != "txn-put":
             raise ValueError(f"unknown benchmark {cfg.kind!r}")
 
@@ -120,7 +126,7 @@ class _RequestMaker:
         if cfg.kind == "range":
             n, body = self._fixed
         elif cfg.kind == "put":
-            key = make_key(self._key_index(i), cfg.key_size)
+            key = self._prefix + make_key(self._key_index(i), cfg.key_size)
             n, body = 3, self._head + _PACK.pack(key) + self._tail
         else:
             ops = [{"put": {"key": make_key((i * cfg.txn_ops + j) % cfg.key_space_size, cfg.key_size),
@@ -180,12 +186,23 @@ def run(cfg: BenchConfig, progress: Callable[[int, int | None, float], None] | N
     start = perf()
     end_at = start + cfg.duration_s if cfg.duration_s is not None else math.inf
     total = cfg.total
+    interval = 1.0 / cfg.rate if cfg.rate else 0.0
+    next_token = start  # with a rate: when the next request may start
+    waiting: list[_Conn] = []  # with a rate: idle clients waiting for a token
+
+    def finished(now: float) -> bool:
+        return (total is not None and issued >= total) or now >= end_at
 
     def issue(c: _Conn, now: float) -> None:
-        nonlocal issued, next_rid
-        if (total is not None and issued >= total) or now >= end_at:
-            c.busy = False
+        nonlocal issued, next_rid, next_token
+        c.busy = False
+        if finished(now):
             return
+        if interval:
+            if now < next_token:
+                waiting.append(c)
+                return
+            next_token = max(next_token + interval, now - interval)
         next_rid += 1
         c.rid = next_rid
         frame = maker.frame(next_rid, issued)
@@ -203,8 +220,14 @@ def run(cfg: BenchConfig, progress: Callable[[int, int | None, float], None] | N
             issue(c, now)
         inflight = sum(1 for c in conns if c.busy)
         next_check = now + 0.1
-        while inflight:
-            for sock, _ in poller.poll(100):
+        while inflight or (waiting and not finished(perf())):
+            now = perf()
+            while waiting and now >= next_token and not finished(now):
+                c = waiting.pop()
+                issue(c, now)
+                inflight += c.busy
+            wait_s = 0.1 if not waiting else min(0.1, max(0.0, next_token - now))
+            for sock, _ in poller.poll(int(wait_s * 1000)):
                 c = by_sock[sock]
                 while True:
                     try:
@@ -227,6 +250,7 @@ def run(cfg: BenchConfig, progress: Callable[[int, int | None, float], None] | N
                     issue(c, t)
                     if not c.busy:
                         inflight -= 1
+                    result.last_reply_s = t - start
             now = perf()
             if now >= next_check:
                 next_check = now + 0.1
@@ -239,6 +263,7 @@ def run(cfg: BenchConfig, progress: Callable[[int, int | None, float], None] | N
                         c.sock.close(linger=0)
                         c.sock = new_socket(c.endpoint)
                         by_sock[c.sock] = c
+                        result.last_reply_s = now - start
                         issue(c, now)
                         if not c.busy:
                             inflight -= 1

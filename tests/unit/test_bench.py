@@ -71,6 +71,17 @@ def test_put_benchmark_against_fake(srv):
     assert len(srv.store.kv) <= 50
 
 
+def test_a_rate_is_never_exceeded(srv):
+    """check perf's rate.Limiter: a token every 1/rate s, a burst of one, so a run of d
+    seconds starts at most rate x d + 1 requests however many clients wait."""
+    cfg = bench.BenchConfig(kind="put", endpoints=[srv.endpoint], clients=8, duration_s=0.5, rate=40,
+                            key_space_size=2**63 - 1, key_prefix=b"/perf/")
+    result = bench.run(cfg)
+    assert result.error_count == 0 and 1 <= len(result.latencies_s) <= 40 * 0.5 + 1
+    assert srv.ops_received("put") == len(result.latencies_s)
+    assert all(k.startswith(b"/perf/") for k in srv.store.kv)
+
+
 def test_range_benchmark_via_cli_with_duration(srv, capsys):
     srv.store.put(b"foo", b"bar")
     rc = run(["--endpoints", srv.address, "benchmark", "range", "foo", "--clients", "4",

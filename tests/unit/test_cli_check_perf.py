@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import io
 import os
-import random
 import re
 import sys
 
@@ -19,7 +18,7 @@ for p in (ROOT, os.path.join(ROOT, "tests")):
 
 from protocol.client.cli import run  # noqa: E402
 from protocol.client.cli.bench import (  # noqa: E402
-    LOAD_ALIASES, PERF_LOADS, PerfResult, perf_key, perf_verdict,
+    LOAD_ALIASES, PERF_LOADS, PerfResult, perf_verdict,
 )
 
 
@@ -58,8 +57,15 @@ def test_verdict_fail_lines_as_etcdctl_prints_them():
 
 
 def test_key_is_etcdctls_shape():
-    k = perf_key(b"/etcdctl-check-perf/", random.Random(1))
+    from protocol.client.bench import BenchConfig, _RequestMaker
+    from protocol.codec import unpack
+
+    cfg = BenchConfig("put", [], key_size=256, val_size=1024, key_space_size=2**63 - 1,
+                      key_prefix=b"/etcdctl-check-perf/", seed=1)
+    req = unpack(_RequestMaker(cfg).frame(7, 0))
+    k = req["key"]
     assert k.startswith(b"/etcdctl-check-perf/") and len(k) == len(b"/etcdctl-check-perf/") + 256
+    assert req["id"] == 7 and len(req["value"]) == 1024
 
 
 def test_unknown_load_is_a_bad_feature(ctl):

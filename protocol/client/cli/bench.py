@@ -204,142 +204,31 @@ def perf_verdict(result: PerfResult, limit: int) -> tuple[list[str], bool]:
     return lines, ok
 
 
-def perf_key(prefix: bytes, rng: Any, size: int = PERF_KEY_SIZE) -> bytes:
-    """etcdctl's key: the prefix, then binary.PutVarint(random int63) in a `size`-byte buffer."""
-    from protocol.client.bench import make_key
-
-    return prefix + make_key(rng.randrange(2**63 - 1), size)
-
-
 def run_perf(endpoints: list[str], load: PerfLoad, prefix: bytes, timeout_s: float,
              curve: Curve | None = None, token: str | None = None,
              progress: Any = None, total: Optional[int] = None, key_size: int = PERF_KEY_SIZE,
              value_size: int = PERF_VALUE_SIZE) -> PerfResult:
-    """Puts at `load.limit` per second from `load.clients` logical clients (one DEALER each,
-    one request in flight each, all under one poller) for `load.duration_s`; with `total`,
-    that many puts as fast as the clients go (check datascale). A request with no reply
-    within `timeout_s` counts as an error and its socket is recreated."""
-    import random
-    import time
+    """Puts of etcdctl's keys (the prefix, then binary.PutVarint(random int63) in a
+    `key_size`-byte buffer) at `load.limit` per second from `load.clients` logical clients for
+    `load.duration_s`; with `total`, that many puts as fast as the clients go (check
+    datascale). `qkvctl benchmark`'s runner (protocol/client/bench.py) does the work;
+    `progress(done, of)` gets seconds of the duration, or puts of `total`."""
+    from protocol.client.bench import BenchConfig, run
 
-    import zmq
+    cfg = BenchConfig("put", endpoints, clients=load.clients, total=total,
+                      duration_s=None if total is not None else load.duration_s, key_size=key_size,
+                      val_size=value_size, key_space_size=2**63 - 1, timeout_s=timeout_s, curve=curve, token=token,
+                      rate=None if total is not None else load.limit, key_prefix=prefix)
 
-    from protocol.client.bench import _PACK, _frame
-    from protocol.codec import unpack
-    from protocol.errors import QkvError
+    def report(done: int, _total: Optional[int], elapsed_s: float) -> None:
+        if progress is not None:
+            if total is None:
+                progress(min(load.duration_s, elapsed_s), load.duration_s)
+            else:
+                progress(done, total)
 
-    rng = random.Random()
-    value = b"\x00" * value_size
-    tail = _PACK.pack("value") + _PACK.pack(value)
-    head = _PACK.pack("op") + _PACK.pack("put") + _PACK.pack("key")
-    token_pair = (_PACK.pack("token") + _PACK.pack(token)) if token else b""
-    ctx = zmq.Context()
-    poller = zmq.Poller()
-    socks: dict[zmq.Socket, int] = {}  # socket -> client index
-    rid = [0] * load.clients
-    sent_at = [0.0] * load.clients
-    sock_of: list[Optional[zmq.Socket]] = [None] * load.clients
-    idle = list(range(load.clients))
-    waiting = [False] * load.clients  # a request in flight
-    lats: list[float] = []
-    errors: dict[str, int] = {}
-    next_rid = rng.getrandbits(32) + 1
-
-    def new_socket(i: int) -> None:
-        s = ctx.socket(zmq.DEALER)
-        s.setsockopt(zmq.LINGER, 0)
-        if curve is not None:
-            s.curve_publickey, s.curve_secretkey, s.curve_serverkey = curve
-        s.connect(endpoints[i % len(endpoints)])
-        poller.register(s, zmq.POLLIN)
-        socks[s] = i
-        sock_of[i] = s
-
-    def fail(msg: str) -> None:
-        errors[msg] = errors.get(msg, 0) + 1
-
-    perf = time.perf_counter
-    try:
-        for i in range(load.clients):
-            new_socket(i)
-        start = perf()
-        end_at = start + load.duration_s if total is None else float("inf")
-        interval = 1.0 / load.limit if total is None else 0.0
-        issued = 0
-        next_token = start
-        first_start: Optional[float] = None
-        last_end = start
-        next_tick = start + 1.0
-        busy = 0
-        while True:
-            now = perf()
-            # issue: one request per token (rate.Limiter with a burst of 1), on an idle client
-            while idle and now < end_at and next_token <= now and (total is None or issued < total):
-                issued += 1
-                i = idle.pop()
-                waiting[i] = True
-                next_rid += 1
-                rid[i] = next_rid
-                sent_at[i] = perf()
-                first_start = sent_at[i] if first_start is None else first_start
-                s = sock_of[i]
-                assert s is not None
-                s.send(_frame(next_rid, 3 + (1 if token else 0),
-                              head + _PACK.pack(perf_key(prefix, rng, key_size)) + tail + token_pair), copy=False)
-                busy += 1
-                next_token = max(next_token + interval, now - interval)
-            if busy == 0 and (now >= end_at or (total is not None and issued >= total)):
-                break
-            done_issuing = now >= end_at or (total is not None and issued >= total)
-            wait = 0.1 if done_issuing or not idle else max(0.0, min(0.1, next_token - now))
-            for s, _ in poller.poll(int(wait * 1000)):
-                i = socks[s]
-                while True:
-                    try:
-                        frame = s.recv(zmq.NOBLOCK)
-                    except zmq.Again:
-                        break
-                    t = perf()
-                    try:
-                        reply = unpack(frame)
-                    except QkvError as exc:
-                        fail(f"undecodable reply: {exc.message}")
-                        continue
-                    if not isinstance(reply, dict) or reply.get("id") != rid[i] or not waiting[i]:
-                        continue  # a late reply to a request already counted
-                    if reply.get("ok") is True:
-                        lats.append(t - sent_at[i])
-                    else:
-                        fail(QkvError.from_wire(reply.get("error")).message)
-                    last_end = t
-                    waiting[i] = False
-                    idle.append(i)
-                    busy -= 1
-            now = perf()
-            for i in range(load.clients):
-                if waiting[i] and now - sent_at[i] > timeout_s:
-                    fail(f"timeout: no reply within {timeout_s:g}s")
-                    s = sock_of[i]
-                    assert s is not None
-                    poller.unregister(s)
-                    del socks[s]
-                    s.close(linger=0)
-                    new_socket(i)
-                    waiting[i] = False
-                    idle.append(i)
-                    busy -= 1
-                    last_end = now
-            if progress is not None and now >= next_tick:
-                next_tick += 1.0
-                if total is None:
-                    progress(min(load.duration_s, now - start), load.duration_s)
-                else:
-                    progress(issued - busy, total)
-        return PerfResult(lats, errors, last_end - first_start if first_start is not None else 0.0)
-    finally:
-        for s in list(socks):
-            s.close(linger=0)
-        ctx.term()
+    result = run(cfg, report)
+    return PerfResult(result.latencies_s, result.errors, result.last_reply_s)
 
 
 @check_app.command("perf")
