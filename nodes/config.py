@@ -37,32 +37,28 @@ def _positive_int(flag: str, raw: Any, minimum: int = 1, maximum: int | None = N
     return value
 
 
-def _zmq_url(flag: str, raw: str) -> str:
+def _listen_url(flag: str, raw: str, scheme: str, example: str) -> str:
+    """`scheme://host:port`, normalized (an IPv6 host in brackets); anything else refused."""
     raw = raw.strip()
     parts = urlsplit(raw)
-    if parts.scheme != "tcp" or not parts.hostname or parts.path not in ("", "/"):
-        raise ConfigError(f"invalid {flag} {raw!r}: must be a ZeroMQ URL like tcp://127.0.0.1:7379")
+    if parts.scheme != scheme or not parts.hostname or parts.path not in ("", "/") or parts.query:
+        raise ConfigError(f"invalid {flag} {raw!r}: must be {example}")
     try:
         port = parts.port
     except ValueError:
         port = None
     if port is None:
         raise ConfigError(f"invalid {flag} {raw!r}: the URL needs a port (1-65535)")
-    return f"tcp://{parts.hostname}:{port}" if ":" not in parts.hostname else f"tcp://[{parts.hostname}]:{port}"
+    host = parts.hostname if ":" not in parts.hostname else f"[{parts.hostname}]"
+    return f"{scheme}://{host}:{port}"
+
+
+def _zmq_url(flag: str, raw: str) -> str:
+    return _listen_url(flag, raw, "tcp", "a ZeroMQ URL like tcp://127.0.0.1:7379")
 
 
 def _http_url(flag: str, raw: str) -> str:
-    raw = raw.strip()
-    parts = urlsplit(raw)
-    if parts.scheme != "http" or not parts.hostname or parts.path not in ("", "/") or parts.query:
-        raise ConfigError(f"invalid {flag} {raw!r}: must be an HTTP URL like http://127.0.0.1:7382")
-    try:
-        port = parts.port
-    except ValueError:
-        port = None
-    if port is None:
-        raise ConfigError(f"invalid {flag} {raw!r}: the URL needs a port (1-65535)")
-    return f"http://{parts.hostname}:{port}" if ":" not in parts.hostname else f"http://[{parts.hostname}]:{port}"
+    return _listen_url(flag, raw, "http", "an HTTP URL like http://127.0.0.1:7382")
 
 
 def _http_url_list(flag: str, raw: Any) -> list[str]:
