@@ -445,7 +445,9 @@ class ConsensusActor(Actor):
                 self._on_removed(0)
 
     def _hello(self) -> None:
-        for peer in self.transport.peers:
+        # A copy: a send to a link that stays down redials it (transport._note_down), which
+        # replaces its entry in `peers`.
+        for peer in list(self.transport.peers):
             self.transport.send(peer, M.PeerHello(self.id, self._my_info()))
 
     # --- the Ready loop ------------------------------------------------------------
