@@ -26,8 +26,9 @@ def node_factory(tmp_path):
 
     started: list[NodeProcess] = []
 
-    def make(name: str = "n1", args: list[str] | None = None, env: dict | None = None, start: bool = True):
-        node = NodeProcess(tmp_path, name, args, env)
+    def make(name: str = "n1", args: list[str] | None = None, env: dict | None = None, start: bool = True,
+             metrics: bool = False):
+        node = NodeProcess(tmp_path, name, args, env, metrics=metrics)
         started.append(node)
         if start:
             node.start()
@@ -45,8 +46,8 @@ def cluster_factory(tmp_path):
 
     made: list = []
 
-    def make(size: int = 3, args: list[str] | None = None, start: bool = True):
-        cluster = Cluster(tmp_path, size, args)
+    def make(size: int = 3, args: list[str] | None = None, start: bool = True, metrics: bool = False):
+        cluster = Cluster(tmp_path, size, args, metrics=metrics)
         made.append(cluster)
         if start:
             cluster.start()

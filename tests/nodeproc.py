@@ -215,15 +215,20 @@ def _raw_request(url: str, req: dict[str, Any], timeout: float, security: Securi
 class NodeProcess:
     def __init__(self, tmp_path: Path, name: str = "n1", args: list[str] | None = None,
                  env: dict[str, str] | None = None, host: str = "127.0.0.1",
-                 command_prefix: list[str] | None = None, security: Security | None = None) -> None:
+                 command_prefix: list[str] | None = None, security: Security | None = None,
+                 metrics: bool = False) -> None:
         """`host` and `command_prefix` (e.g. `ip netns exec NS`) let a node run in its own
-        network namespace (tests/robustness/netns.py); the ports stay free_port() ones."""
+        network namespace (tests/robustness/netns.py); the ports stay free_port() ones.
+        `metrics`: serve --listen-metrics-urls on `metrics_url` (the fifth actor). Off unless
+        a test asks: nothing else depends on that actor, and every node start of the suite
+        would pay for its process (tests/integration/test_metrics_*.py run it)."""
         self.name = name
         self.data_dir = str(tmp_path / f"{name}.qkv")
         self.client_url = f"tcp://{host}:{free_port()}"
         self.peer_url = f"tcp://{host}:{free_port()}"
         self.watch_url = f"tcp://{host}:{free_port()}"
         self.metrics_url = f"http://{host}:{free_port()}"
+        self.metrics = metrics
         self.command_prefix = list(command_prefix or [])
         self.args = list(args or [])
         self.security = security
@@ -244,7 +249,7 @@ class NodeProcess:
             "--listen-client-urls", self.client_url,
             "--listen-peer-urls", self.peer_url,
             "--listen-watch-urls", self.watch_url,
-            "--listen-metrics-urls", self.metrics_url,
+            "--listen-metrics-urls", self.metrics_url if self.metrics else "",
             *self.args,
         ]
 
@@ -346,8 +351,9 @@ class Cluster:
     find the leader and cut peer links through the transport's fault layer."""
 
     def __init__(self, tmp_path: Path, size: int = 3, args: list[str] | None = None,
-                 token: str = "test-cluster", secure: bool = False) -> None:
-        """`secure`: CURVE on every port (keys in tmp_path/keys, see `Security`)."""
+                 token: str = "test-cluster", secure: bool = False, metrics: bool = False) -> None:
+        """`secure`: CURVE on every port (keys in tmp_path/keys, see `Security`); `metrics`:
+        every member serves its metrics URL (NodeProcess)."""
         from nodes.config import member_id
 
         self.token = token
@@ -357,6 +363,7 @@ class Cluster:
         initial = ",".join(f"{n.name}={n.peer_url}" for n in self.nodes)
         for n in self.nodes:
             n.security = self.security
+            n.metrics = metrics
             # Test clusters cut links (faults.json) and crash actors (QKV_FAILPOINTS): both
             # are obeyed only with the test-only flag.
             n.args = ["--initial-cluster", initial, "--initial-cluster-token", token, "--test-fault-injection",

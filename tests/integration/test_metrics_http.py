@@ -69,7 +69,7 @@ def total(samples: dict[str, float], name: str) -> float:
 
 
 def test_cluster_metrics_move_under_load(cluster_factory):
-    cluster = cluster_factory(3)
+    cluster = cluster_factory(3, metrics=True)
     lead = cluster.leader()
     before = {n.name: scrape(n) for n in cluster.nodes}
     for name, samples in before.items():
@@ -121,7 +121,7 @@ def test_cluster_metrics_move_under_load(cluster_factory):
 
 
 def test_health_as_members_are_lost(cluster_factory):
-    cluster = cluster_factory(3)
+    cluster = cluster_factory(3, metrics=True)
     for n in cluster.nodes:
         wait_for(lambda n=n: http_get(n.metrics_url, "/health")[::2] == (200, b'{"health":"true","reason":""}'), 20,
                  f"{n.name}'s /health true")
@@ -151,7 +151,7 @@ def test_health_as_members_are_lost(cluster_factory):
 
 
 def test_health_with_the_nospace_alarm(node_factory):
-    node = node_factory(args=["--quota-backend-bytes", "300000"])
+    node = node_factory(args=["--quota-backend-bytes", "300000"], metrics=True)
     assert http_get(node.metrics_url, "/health")[::2] == (200, b'{"health":"true","reason":""}')
     with Client([node.client_url], timeout=5) as c:
         written = 0
@@ -178,7 +178,7 @@ def test_health_with_the_nospace_alarm(node_factory):
 
 
 def test_the_metrics_actor_restarts_and_counts_survive_it(node_factory):
-    node = node_factory(start=False)
+    node = node_factory(start=False, metrics=True)
     second = f"http://127.0.0.1:{free_port()}"
     node.args = ["--listen-metrics-urls", f"{node.metrics_url},{second}"]  # every URL is served
     node.start()
@@ -215,7 +215,7 @@ def test_the_metrics_actor_restarts_and_counts_survive_it(node_factory):
 
 @pytest.mark.parametrize("value", [""])
 def test_no_metrics_actor_without_a_url(node_factory, value):
-    node = node_factory(start=False)
+    node = node_factory(start=False, metrics=True)
     node.args = ["--listen-metrics-urls", value]  # the last value of the flag wins
     node.start()
     assert "metrics" not in node.actor_pids()

@@ -56,16 +56,16 @@ def test_lease_ids_are_refused_until_leases_exist(node_factory):
 
 
 def test_actor_processes_show_their_role(node_factory):
-    node = node_factory()
+    node = node_factory(metrics=True)
     pids = node.actor_pids()
-    assert sorted(pids) == ["consensus", "gateway", "metrics", "storage", "watch"]  # metrics: tests/nodeproc.py gives a port
+    assert sorted(pids) == ["consensus", "gateway", "metrics", "storage", "watch"]
     for role, pid in pids.items():
         with open(f"/proc/{pid}/cmdline", "rb") as f:
             assert role.encode() in f.read().split(b"\0")
 
 
 def test_sigterm_stops_the_node_within_5s(node_factory):
-    node = node_factory()
+    node = node_factory(metrics=True)
     pids = node.actor_pids()
     started = time.monotonic()
     node.proc.send_signal(signal.SIGTERM)
@@ -78,7 +78,7 @@ def test_sigterm_stops_the_node_within_5s(node_factory):
 
 
 def test_kill_9_of_the_supervisor_leaves_no_orphans(node_factory):
-    node = node_factory()
+    node = node_factory(metrics=True)
     assert len(node.actor_pids()) == 5  # the four actors and metrics
     node.proc.kill()
     node.proc.wait()

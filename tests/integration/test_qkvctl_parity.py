@@ -70,7 +70,7 @@ def test_move_leader_given_only_a_follower(cluster_factory):
 def test_check_datascale_reads_the_nodes_memory_from_its_metrics(node_factory):
     """etcdctl reads process_resident_memory_bytes before and after its puts; a node exports
     it summed over its processes (actors/metrics/processes.py)."""
-    node = node_factory()
+    node = node_factory(metrics=True)
     out = subprocess.run([sys.executable, "-m", "protocol.client.cli", "--endpoints", node.client_url, "check",
                           "datascale", "--metrics-url", node.metrics_url + "/metrics"],
                          capture_output=True, text=True, timeout=120)

@@ -429,7 +429,7 @@ class Runner:
         return env
 
     def start_node(self) -> None:
-        self.node = NodeProcess(self.tmp_path, "default").start()  # `make run`: --name default
+        self.node = NodeProcess(self.tmp_path, "default", metrics=True).start()  # `make run`: --name default
         self.target = Target([self.node])
         self._new_shell()
 
@@ -439,7 +439,7 @@ class Runner:
             self.node.stop()
             self.node = None
         (self.tmp_path / "cluster").mkdir()
-        self.cluster = Cluster(self.tmp_path / "cluster", token=CLUSTER_TOKEN)  # names n1..n3, as make cluster
+        self.cluster = Cluster(self.tmp_path / "cluster", token=CLUSTER_TOKEN, metrics=True)  # names n1..n3, as make cluster
         self.cluster.start()
         nodes = self.cluster.nodes
 
