@@ -153,11 +153,11 @@ class Honest(threading.Thread):
                                 reply = r
                                 break
                     if reply is None:
+                        if op == "put":  # sent, unanswered: it may still be applied
+                            self.maybe.setdefault(key, set()).add(value)
                         if self._stop_event.is_set():
                             return
                         self._failed(op, "no reply")
-                        if op == "put":
-                            self.maybe.setdefault(key, set()).add(value)
                         sock.close(0)
                         sock = self._socket(ctx)
                         continue
