@@ -41,13 +41,16 @@ class Attacker:
     """A DEALER to one member's peer port: no key (NULL), its own key, or a stolen one."""
 
     def __init__(self, url: str, server_key: str | None = None,
-                 keypair: tuple[bytes, bytes] | None = None) -> None:
+                 keypair: tuple[bytes, bytes] | None = None, monitor_events: int = 0) -> None:
+        """`monitor_events`: a monitor socket (`self.monitor`) attached BEFORE the connect, so
+        that a handshake that completes at once is not missed."""
         self.ctx = zmq.Context()
         self.sock = self.ctx.socket(zmq.DEALER)
         self.sock.setsockopt(zmq.LINGER, 0)
         if server_key is not None:
             pub, sec = keypair or zmq.curve_keypair()
             security.make_curve_client(self.sock, pub, sec, server_key)
+        self.monitor = self.sock.get_monitor_socket(monitor_events) if monitor_events else None
         self.sock.connect(url)
 
     def send(self, msg_type: int, body: list) -> None:

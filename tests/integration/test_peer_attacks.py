@@ -68,8 +68,10 @@ def send_all(frames: list[tuple], key_mode: str, stolen: tuple[bytes, bytes] | N
     outcomes = []
     for node, msg_type, body in frames:
         server_key = None if key_mode == "none" else node.peer_key
-        with Attacker(node.peer_url, server_key, stolen if key_mode == "stolen" else None) as a:
-            mon = a.sock.get_monitor_socket(HANDSHAKE_OK | HANDSHAKE_FAILED)
+        with Attacker(node.peer_url, server_key, stolen if key_mode == "stolen" else None,
+                      monitor_events=HANDSHAKE_OK | HANDSHAKE_FAILED) as a:
+            mon = a.monitor
+            assert mon is not None
             a.send(msg_type, body)  # queued before the handshake: nothing may get through
             outcomes.append(_handshake(mon))
             if outcomes[-1] == "ok":
