@@ -327,6 +327,9 @@ class AsyncClient:
                       timeout=timeout, backoff=self._backoff, fail_over=self._fail_over)
         while True:
             a = fo.next(loop.time())
+            if a is None:  # backing off past this call's deadline: wait it out, then raise
+                await asyncio.sleep(max(0.0, fo.deadline - loop.time()))
+                continue
             delay = a.send_at - loop.time()
             if delay > 0:
                 await asyncio.sleep(delay)
