@@ -28,13 +28,13 @@ import asyncio
 import itertools
 import random
 import weakref
-from typing import TYPE_CHECKING, Any, Iterable, Sequence, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence, TypeVar
 
 import zmq
 import zmq.asyncio
 
 from protocol.client import calls
-from protocol.client.auth import Security
+from protocol.client.auth import Auth, Security
 from protocol.client.calls import Call
 from protocol.client.client import (
     DEFAULT_ENDPOINT, DEFAULT_TIMEOUT_S, HANDSHAKE_EVENTS, drain_handshake, parse_endpoints,
@@ -159,6 +159,25 @@ def _sync_ctx(ctx: zmq.asyncio.Context) -> zmq.Context:
     return zmq.Context.shadow(ctx.underlying)
 
 
+class AsyncAuth(Auth):
+    """``AsyncClient.auth``: ``Auth``'s calls (etcd's Auth API), each returning an
+    awaitable of the same response: ``await c.auth.user_add("eve", "pw")``."""
+
+    def __init__(self, client: "AsyncClient") -> None:
+        self._client = client  # type: ignore[assignment]
+
+    def _do(self, req: dict[str, Any], write: bool, parse: Callable[[dict[str, Any]], Any],
+            token: bool = True) -> Any:
+        client: AsyncClient = self._client  # type: ignore[assignment]
+
+        async def run() -> Any:
+            if token:
+                return parse(await client._call(req, write=write))
+            client._bind()
+            return parse(await client._send(req, write=write, timeout=client.timeout))
+        return run()
+
+
 class AsyncClient:
     """An asyncio quorumkv client: ``Client``'s calls as coroutines (same arguments and
     results). ``timeout`` bounds each call, failover and backoff included; every call also
@@ -207,6 +226,11 @@ class AsyncClient:
         return AsyncClient(list(endpoints), timeout=timeout, max_in_flight=self.max_in_flight,
                            backoff_base=self._backoff.base, backoff_max=self._backoff.maximum,
                            _security=self._security)
+
+    @property
+    def auth(self) -> AsyncAuth:
+        """etcd's Auth API, awaited: ``await client.auth.user_add(...)``..."""
+        return AsyncAuth(self)
 
     @property
     def public_key(self) -> str | None:
@@ -326,6 +350,8 @@ class AsyncClient:
         fo = Failover(self.endpoints, self._preferred, write=write, now=loop.time(),
                       timeout=timeout, backoff=self._backoff, fail_over=self._fail_over)
         while True:
+            if self._closed:
+                raise Unavailable("the client is closed")
             a = fo.next(loop.time())
             if a is None:  # backing off past this call's deadline: wait it out, then raise
                 await asyncio.sleep(max(0.0, fo.deadline - loop.time()))
@@ -379,6 +405,11 @@ class AsyncClient:
                 if conn.sock is not None and not conn.pending:
                     self._drop_conn(conn)  # its reply stream broke: start a fresh one
                 raise
+            except QkvError:
+                # Its connection was closed under it (close(), or sync dropped the
+                # endpoint): sent and unanswered, like a reply that never came.
+                fo.no_reply()  # raises for a write (outcome unknown)
+                return None
         finally:
             conn.pending.pop(rid, None)
 
@@ -598,9 +629,17 @@ class AsyncClient:
                          **watch_kw: Any) -> Any:
         """The first event on ``key`` (or the range), then the watch is cancelled; raises
         ``Timeout`` when none comes within ``timeout``."""
-        from protocol.client.aio_watch import watch_once  # type: ignore[import-not-found,unused-ignore]
-
-        return await watch_once(self, key, range_end, timeout=timeout, **watch_kw)
+        loop = self._bind()
+        t = self.timeout if timeout is None else float(timeout)
+        deadline = loop.time() + t
+        async with self.watch(key, range_end, **watch_kw) as w:
+            while True:
+                left = deadline - loop.time()
+                if left <= 0:
+                    raise Timeout(f"no event within {t:g}s")
+                resp = await w.get(left)
+                if resp is not None and resp.events:
+                    return resp.events[0]
 
 
 def _left(loop: asyncio.AbstractEventLoop, deadline: float) -> float:

@@ -166,6 +166,10 @@ def test_auth_tokens_and_reauth(srv):
             srv.forget_tokens()
             await asyncio.gather(*(c.get(f"k{i}") for i in range(5)))
             assert c._security.authentications == 2
+            await c.auth.user_add("eve", "evepw")
+            assert "eve" in (await c.auth.user_list()).users
+            assert (await c.auth.authenticate("eve", "evepw")).token
+            assert (await c.auth.auth_status()).enabled
         async with AsyncClient([srv.endpoint], timeout=3, user="root", password="bad") as c:
             with pytest.raises(errors.AuthFailed):
                 await c.get("k")
@@ -189,7 +193,11 @@ def test_close_fails_waiting_requests_and_later_calls(srv):
 
 def test_one_event_loop_only(srv):
     c = AsyncClient([srv.endpoint], timeout=2)
-    run(c.put("k", "v"))
+
+    async def main():
+        await c.put("k", "v")
+        await c.close()
+    run(main())
     with pytest.raises(RuntimeError, match="event loop"):
         run(c.get("k"))
 
