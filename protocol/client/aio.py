@@ -362,11 +362,15 @@ class AsyncClient:
             if self._closed:
                 raise Unavailable("the client is closed")
             conn = self._conn(a.endpoint)
-            try:
-                await asyncio.wait_for(conn.sem.acquire(), max(0.0, fo.deadline - loop.time()))
-            except (asyncio.TimeoutError, TimeoutError):
-                raise Timeout(f"request not sent within {timeout:g}s: {self.max_in_flight} requests "
-                              f"of this client were in flight to {a.endpoint}") from None
+            if conn.sem.locked():  # max_in_flight requests of this client on it: queue
+                try:
+                    async with asyncio.timeout_at(fo.deadline):
+                        await conn.sem.acquire()
+                except TimeoutError:
+                    raise Timeout(f"request not sent within {timeout:g}s: {self.max_in_flight} "
+                                  f"requests of this client were in flight to {a.endpoint}") from None
+            else:
+                await conn.sem.acquire()
             try:
                 reply = await self._attempt(conn, fo, a.connect_deadline, a.reply_deadline, req, loop)
             finally:
@@ -397,8 +401,9 @@ class AsyncClient:
             self.requests_sent += 1
             fo.sent()
             try:
-                return await asyncio.wait_for(asyncio.shield(fut), max(0.0, reply_deadline - loop.time()))
-            except (asyncio.TimeoutError, TimeoutError):
+                async with asyncio.timeout_at(reply_deadline):
+                    return await fut
+            except TimeoutError:
                 fo.no_reply()  # raises for a write
                 return None
             except Internal:

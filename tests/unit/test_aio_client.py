@@ -256,3 +256,21 @@ def test_sync_and_auto_sync(aio):
                 a.stop()
                 assert (await c.get("k")).count == 0
         run(main())
+
+
+def test_curve_and_handshake_errors():
+    async def main(ep, key, user=None):
+        async with AsyncClient([ep], timeout=1, server_key=key, user=user,
+                               password="rootpw" if user else None) as c:
+            await c.put("k", "v")
+            return (await c.get("k")).kvs[0].value
+
+    with FakeServer(curve=True) as s:
+        s.enable_auth()
+        assert run(main(s.endpoint, s.server_key, "root")) == b"v"
+    with FakeServer(curve=True, impostor=True) as fake:
+        with pytest.raises(errors.Unavailable, match="CURVE handshake"):
+            run(main(fake.endpoint, fake.server_key))
+    with FakeServer() as plain:
+        with pytest.raises(errors.Unavailable, match="does not speak CURVE"):
+            run(main(plain.endpoint, zmq.curve_keypair()[0]))
