@@ -385,18 +385,19 @@ class AsyncClient:
                        reply_deadline: float, req: dict[str, Any],
                        loop: asyncio.AbstractEventLoop) -> dict[str, Any] | None:
         """One send and its reply; None when the failover goes on."""
-        if not await conn.writable(connect_deadline - loop.time()) or conn.sock is None:
-            fo.not_connected(conn.check_handshake())
-            return None
         rid = next(self._ids) & _ID_MASK
         frame = pack({"id": rid, **req})
         fut: asyncio.Future[dict[str, Any]] = loop.create_future()
         conn.pending[rid] = fut
         try:
-            try:
-                await conn.sock.send(frame, zmq.NOBLOCK)
-            except zmq.ZMQError:  # zmq.Again: nothing left this process
-                fo.not_connected(None)
+            # NOBLOCK with IMMEDIATE: queued only if a connection is up. If not, wait for
+            # one (writability) until the attempt's deadline, then try once more: a send
+            # that did not happen is never left pending (it could go out later).
+            sent = await _try_send(conn, frame)
+            if not sent and await conn.writable(connect_deadline - loop.time()):
+                sent = await _try_send(conn, frame)
+            if not sent:
+                fo.not_connected(conn.check_handshake())
                 return None
             self.requests_sent += 1
             fo.sent()
@@ -645,6 +646,18 @@ class AsyncClient:
                 resp = await w.get(left)
                 if resp is not None and resp.events:
                     return resp.events[0]
+
+
+async def _try_send(conn: _Conn, frame: bytes) -> bool:
+    """Send ``frame`` now (NOBLOCK: it completes or fails at once); whether it was queued."""
+    sock = conn.sock
+    if sock is None:
+        return False
+    try:
+        await sock.send(frame, zmq.NOBLOCK)
+    except zmq.ZMQError:  # zmq.Again: no connection (IMMEDIATE) or the queue is full
+        return False
+    return True
 
 
 def _left(loop: asyncio.AbstractEventLoop, deadline: float) -> float:
