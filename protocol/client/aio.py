@@ -52,7 +52,7 @@ if TYPE_CHECKING:
         AlarmResponse, CompactResponse, DefragmentResponse, DeleteRangeResponse, HashKVResponse,
         LeaseGrantResponse, LeaseLeasesResponse, LeaseRevokeResponse, LeaseTimeToLiveResponse,
         MemberAddResponse, MemberListResponse, MoveLeaderResponse, PutResponse, RangeResponse,
-        StatusResponse, TxnResponse,
+        StatusResponse,
     )
 
 T = TypeVar("T")
@@ -137,6 +137,7 @@ class _Conn:
                 fut.set_exception(exc)
 
     def close(self) -> None:
+        """Close the socket and its monitor, stop the reader, fail the waiting requests."""
         sock, self.sock = self.sock, None
         mon, self.monitor = self.monitor, None
         if not self.reader.done():

@@ -116,6 +116,7 @@ class Security:
 
     @property
     def curve(self) -> bool:
+        """Whether CURVE is on (a server key was given)."""
         return self.server_key is not None
 
     @property
@@ -220,12 +221,15 @@ class Auth:
         return self._do(req, False, AuthenticateResponse.from_wire, token=False)
 
     def auth_enable(self) -> AuthResponse:
+        """Turn auth on (needs a root user)."""
         return self._write({"op": "auth_enable"}, AuthResponse.from_wire)
 
     def auth_disable(self) -> AuthResponse:
+        """Turn auth off."""
         return self._write({"op": "auth_disable"}, AuthResponse.from_wire)
 
     def auth_status(self) -> AuthStatusResponse:
+        """Whether auth is on, and the auth revision."""
         return self._read({"op": "auth_status"}, AuthStatusResponse.from_wire)
 
     # users
@@ -244,35 +248,45 @@ class Auth:
         return self._write(req, AuthResponse.from_wire)
 
     def user_delete(self, name: str) -> AuthResponse:
+        """Delete a user."""
         return self._write({"op": "user_delete", "name": name}, AuthResponse.from_wire)
 
     def user_get(self, name: str) -> AuthUserGetResponse:
+        """A user's roles."""
         return self._read({"op": "user_get", "name": name}, AuthUserGetResponse.from_wire)
 
     def user_list(self) -> AuthUserListResponse:
+        """Every user's name."""
         return self._read({"op": "user_list"}, AuthUserListResponse.from_wire)
 
     def user_change_password(self, name: str, password: str) -> AuthResponse:
+        """Set a user's password."""
         return self._write({"op": "user_change_password", "name": name, "password": password},
                            AuthResponse.from_wire)
 
     def user_grant_role(self, name: str, role: str) -> AuthResponse:
+        """Give a user a role."""
         return self._write({"op": "user_grant_role", "name": name, "role": role}, AuthResponse.from_wire)
 
     def user_revoke_role(self, name: str, role: str) -> AuthResponse:
+        """Take a role from a user."""
         return self._write({"op": "user_revoke_role", "name": name, "role": role}, AuthResponse.from_wire)
 
     # roles
     def role_add(self, name: str) -> AuthResponse:
+        """Add a role."""
         return self._write({"op": "role_add", "name": name}, AuthResponse.from_wire)
 
     def role_delete(self, name: str) -> AuthResponse:
+        """Delete a role."""
         return self._write({"op": "role_delete", "name": name}, AuthResponse.from_wire)
 
     def role_get(self, name: str) -> AuthRoleGetResponse:
+        """A role's permissions."""
         return self._read({"op": "role_get", "name": name}, AuthRoleGetResponse.from_wire)
 
     def role_list(self) -> AuthRoleListResponse:
+        """Every role's name."""
         return self._read({"op": "role_list"}, AuthRoleListResponse.from_wire)
 
     def role_grant_permission(self, name: str, perm_type: Any, key: Any,
@@ -285,6 +299,7 @@ class Auth:
                            AuthResponse.from_wire)
 
     def role_revoke_permission(self, name: str, key: Any, range_end: Any = b"") -> AuthResponse:
+        """Take back the permission on ``key`` / ``[key, range_end)``."""
         return self._write({
             "op": "role_revoke_permission", "name": name, "key": to_bytes(key),
             "range_end": to_bytes(range_end or b"", "range_end")}, AuthResponse.from_wire)

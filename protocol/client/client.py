@@ -129,6 +129,7 @@ class _ThreadSocket:
         return self.handshake_error
 
     def close(self) -> None:
+        """Close the socket and its monitor (not after a fork: the parent owns them)."""
         sock, self.sock = self.sock, None
         mon, self.monitor = self.monitor, None
         if self.pid != os.getpid():
