@@ -323,6 +323,17 @@ class AsyncClient:
                     raise
                 token, gen = await self._token(deadline, gen)
 
+    async def _refresh_token(self, timeout: float | None = None) -> str:
+        """Authenticate again now (the threaded ``Security.refresh(client, gen)``: the
+        watch re-registers this client's key on every attach); the new token ("" when auth
+        is off). A no-op without a user."""
+        if self._security.user is None:
+            return ""
+        loop = self._bind()
+        deadline = loop.time() + (self.timeout if timeout is None else float(timeout))
+        token, _ = await self._token(deadline, self._security.current()[1])
+        return token
+
     async def _token(self, deadline: float, stale_gen: int | None) -> tuple[str, int]:
         """The current token, authenticating first when there is none yet or when the
         one of generation ``stale_gen`` was refused (one task authenticates at a time)."""

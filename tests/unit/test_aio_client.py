@@ -166,6 +166,7 @@ def test_auth_tokens_and_reauth(srv):
             srv.forget_tokens()
             await asyncio.gather(*(c.get(f"k{i}") for i in range(5)))
             assert c._security.authentications == 2
+            assert await c._refresh_token() and c._security.authentications == 3
             await c.auth.user_add("eve", "evepw")
             assert "eve" in (await c.auth.user_list()).users
             assert (await c.auth.authenticate("eve", "evepw")).token
