@@ -275,3 +275,20 @@ def test_curve_and_handshake_errors():
     with FakeServer() as plain:
         with pytest.raises(errors.Unavailable, match="does not speak CURVE"):
             run(main(plain.endpoint, zmq.curve_keypair()[0]))
+
+
+def test_per_call_timeout_on_both_clients(srv):
+    srv.delay_s = 0.5
+    with Client([srv.endpoint], timeout=5) as c:
+        with pytest.raises(errors.Timeout):
+            c.get("k", timeout=0.1)
+        assert c.get("k", timeout=3).count == 0  # the late reply to the first was dropped
+        with pytest.raises(ValueError):
+            c.status(timeout=0)
+
+    async def main():
+        async with AsyncClient([srv.endpoint], timeout=5) as c:
+            with pytest.raises(errors.Timeout):
+                await c.get("k", timeout=0.1)
+            assert (await c.get("k", timeout=3)).count == 0
+    run(main())
