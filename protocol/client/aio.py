@@ -246,8 +246,9 @@ class AsyncClient:
             return
         self._closed = True
         task, self._sync_task = self._sync_task, None
-        if task is not None and not task.done():
+        if task is not None and not task.done() and task is not asyncio.current_task():
             task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
         router = self.__dict__.pop("_router", None)
         if router is not None:
             res = router.close()
