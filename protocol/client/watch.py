@@ -47,7 +47,7 @@ from protocol.client.watchcore import (  # noqa: F401  (re-exported: the protoco
     MAX_TOPIC_KEY, PROBE_S, SILENCE_S, TOPIC_HEAD, Event, WatchResponse, WatchState,
     covering_range, failover_pause, in_range, parse_filters, reachable, watch_topic,
 )
-from protocol.errors import QkvError, Timeout
+from protocol.errors import QkvError, Timeout, Unavailable
 
 _reachable = reachable  # the old private name (lease.py)
 
@@ -236,7 +236,7 @@ class _Hub:
                 self._ops.clear()
                 for s in (sub, wake_rx, self._wake_tx):
                     s.close(linger=0)
-            self.ep_client.close()
+            # (its client is closed by the last watcher out: one may be using it now)
 
 
 # --- a client's hubs -----------------------------------------------------------------------
@@ -248,6 +248,8 @@ def _hubs(client: Any) -> dict[str, _Hub]:
 def _acquire_hub(client: Any, endpoint: str) -> tuple[_Hub, Any]:
     """The client's hub on ``endpoint`` (made when there is none, which asks ``status``
     there first) and one use of it; with the status when it was just made (else None)."""
+    if getattr(client, "_closed", False):
+        raise Unavailable("the client is closed")
     with _registry_lock:
         hub = _hubs(client).get(endpoint)
         if hub is not None and not hub.stopping:
@@ -281,6 +283,7 @@ def _acquire_hub(client: Any, endpoint: str) -> tuple[_Hub, Any]:
         hub.users += 1
     if loser is not None:
         loser.close()
+        loser.ep_client.close()
     return hub, st
 
 
@@ -294,6 +297,7 @@ def _release_hub(client: Any, hub: _Hub) -> None:
         if hubs.get(hub.endpoint) is hub:
             del hubs[hub.endpoint]
     hub.close()
+    hub.ep_client.close()
 
 
 def _retire_hub(client: Any, hub: _Hub) -> None:
@@ -316,7 +320,9 @@ def _forget_hub(hub: _Hub) -> None:
 
 
 def close_hubs(client: Any) -> None:
-    """Close every watch hub of ``client`` (``Client.close`` calls it): their watchers end."""
+    """Close every watch hub of ``client`` (``Client.close`` calls it): their watchers end
+    (each closes the hub's endpoint client as it leaves). A hub also notices by itself,
+    within HUB_POLL_MS."""
     with _registry_lock:
         hubs = list((client.__dict__.get("_watch_hubs") or {}).values())
         client.__dict__.pop("_watch_hubs", None)
@@ -441,13 +447,15 @@ class Watcher:
         self._state.failing_over()
         self._idx = (self._idx + 1) % len(self._endpoints)
         rounds = 0
-        while not self._cancel.is_set():  # as etcd's watcher: retry until canceled
+        # as etcd's watcher: retry until canceled (or the client is closed)
+        while not self._cancel.is_set() and not getattr(self._client, "_closed", False):
             try:
                 self._attach_any()
                 return
             except QkvError:
                 rounds += 1
                 self._cancel.wait(failover_pause(rounds))
+        self._state.done = True
 
     # --- the protocol --------------------------------------------------------------
     def _catch_up(self) -> None:
