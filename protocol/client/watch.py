@@ -44,53 +44,40 @@ import zmq
 from protocol.client.types import ResponseHeader, key_range
 from protocol.client.watchcore import (  # noqa: F401  (re-exported: the protocol's names)
     FATAL_CODES, HIST_ENDED, HIST_RAISE, HISTORY_PAGE_REVISIONS, IDLE_FAILOVER, INBOX_FRAMES,
-    MAX_TOPIC_KEY, PROBE_S, SILENCE_S, TOPIC_HEAD, Event, WatchResponse, WatchState,
-    covering_range, failover_pause, in_range, parse_filters, reachable, watch_topic,
+    MAX_TOPIC_KEY, PROBE_S, SILENCE_S, TOPIC_HEAD, Event, Inbox, Routes, WatchResponse, WatchState,
+    covering_range, failover_pause, hub_install, hub_release, hub_retire, hub_use, in_range,
+    parse_filters, reachable, watch_topic,
 )
-from protocol.errors import QkvError, Timeout, Unavailable
+from protocol.errors import QkvError, Unavailable
 
 _reachable = reachable  # the old private name (lease.py)
 
 HUB_RCVHWM = 100_000     # the shared SUB's queue: the hub thread drains it into the inboxes
 HUB_POLL_MS = 500        # the hub thread looks at its client (closed?) this often
 HUB_BATCH = 1000         # frames routed per wake-up before looking at the queue of changes
-TAKE_BATCH = 1000        # frames a watcher takes from its inbox per step
 ATTACH_TIMEOUT_S = 3.0   # status/history calls of a hub's client
 _hub_ids = itertools.count(1)
 _registry_lock = threading.Lock()  # every client's hub table and hub use counts
 
 
-class _Inbox:
-    """A watcher's queue of live frames: the hub's thread puts, the watcher's takes."""
+class _Inbox(Inbox):
+    """An ``Inbox`` whose watcher thread sleeps until the hub's thread puts a frame."""
 
-    __slots__ = ("frames", "bound", "dropped", "closed", "wake")
+    __slots__ = ("wake",)
 
     def __init__(self, bound: int) -> None:
-        self.frames: collections.deque[list[bytes]] = collections.deque()
-        self.bound = max(1, int(bound))
-        self.dropped = 0        # frames dropped on a full inbox (only the hub thread writes it)
-        self.closed = False     # the hub went away (the client was closed)
+        super().__init__(bound)
         self.wake = threading.Event()
 
     def put(self, frames: list[bytes]) -> None:
-        if len(self.frames) >= self.bound:
-            self.dropped += 1
-        else:
-            self.frames.append(frames)
+        super().put(frames)
         self.wake.set()
 
-    def take(self, timeout: float) -> list[list[bytes]]:
-        """What has arrived (at most TAKE_BATCH frames), waiting up to ``timeout`` s."""
+    def wait(self, timeout: float) -> None:
+        """Until something is there, or the hub goes, or ``timeout`` s."""
         if not self.frames and not self.closed and timeout > 0:
             self.wake.wait(timeout)
         self.wake.clear()
-        out: list[list[bytes]] = []
-        frames = self.frames
-        while frames and len(out) < TAKE_BATCH:
-            out.append(frames.popleft())
-        if frames:
-            self.wake.set()  # more to take
-        return out
 
 
 class _Hub:
@@ -104,7 +91,7 @@ class _Hub:
         self._client = weakref.ref(client)
         self._lock = threading.Lock()   # the change queue and the wake socket's sending end
         self._ops: collections.deque[tuple[str, bytes, _Inbox | None]] = collections.deque()
-        self._routes: dict[bytes, list[_Inbox]] = {}  # the hub thread's only
+        self._routes = Routes()  # the hub thread's only
         ctx: zmq.Context = zmq.Context.instance()
         sub = ctx.socket(zmq.SUB)
         wake_rx = ctx.socket(zmq.PAIR)
@@ -176,16 +163,13 @@ class _Hub:
                 op, topic, inbox = self._ops.popleft()
             if op == "add":
                 assert inbox is not None
-                routes.setdefault(topic, []).append(inbox)
+                routes.add(topic, inbox)
                 sub.subscribe(topic)
             elif op == "remove":
-                inboxes = routes.get(topic)
-                if inboxes is not None and inbox in inboxes:
-                    inboxes.remove(inbox)
-                    if not inboxes:
-                        del routes[topic]
+                assert inbox is not None
+                if routes.remove(topic, inbox):
                     sub.unsubscribe(topic)
-            elif topic in routes:  # "resub"
+            elif topic in routes.by_topic:  # "resub"
                 sub.subscribe(topic)
                 sub.unsubscribe(topic)
 
@@ -214,10 +198,7 @@ class _Hub:
                             frames = sub.recv_multipart(zmq.NOBLOCK)
                         except zmq.Again:
                             break
-                        inboxes = routes.get(frames[0]) if len(frames) == 2 else None
-                        if inboxes:
-                            for inbox in inboxes:
-                                inbox.put(frames)
+                        routes.dispatch(frames)
                     self.last_rx = time.monotonic()
                 if self._client_closed():
                     _forget_hub(self)
@@ -225,10 +206,9 @@ class _Hub:
         finally:
             with self._lock:
                 self.stopping = True
-                for inboxes in routes.values():
-                    for inbox in inboxes:
-                        inbox.closed = True
-                        inbox.wake.set()
+                for inbox in routes.close():
+                    assert isinstance(inbox, _Inbox)
+                    inbox.wake.set()
                 for _op, _topic, pending in self._ops:
                     if pending is not None:
                         pending.closed = True
@@ -251,10 +231,9 @@ def _acquire_hub(client: Any, endpoint: str) -> tuple[_Hub, Any]:
     if getattr(client, "_closed", False):
         raise Unavailable("the client is closed")
     with _registry_lock:
-        hub = _hubs(client).get(endpoint)
-        if hub is not None and not hub.stopping:
-            hub.users += 1
-            return hub, None
+        hub = hub_use(_hubs(client), endpoint)
+    if hub is not None:
+        return hub, None
     ep_client = client._derive([endpoint], timeout=min(client.timeout, ATTACH_TIMEOUT_S))
     try:
         sec = ep_client._security
@@ -267,56 +246,39 @@ def _acquire_hub(client: Any, endpoint: str) -> tuple[_Hub, Any]:
         urls = getattr(st, "watch_urls", None) or []
         if not urls:
             raise QkvError(f"{endpoint} advertises no watch url")
-        hub = _Hub(client, endpoint, ep_client, reachable(str(urls[0]), endpoint))
+        made = _Hub(client, endpoint, ep_client, reachable(str(urls[0]), endpoint))
     except BaseException:
         ep_client.close()
         raise
-    loser = None
     with _registry_lock:
-        hubs = _hubs(client)
-        current = hubs.get(endpoint)
-        if current is not None and not current.stopping:
-            loser, hub = hub, current  # another thread made one meanwhile: use it
-            st = None
-        else:
-            hubs[endpoint] = hub
-        hub.users += 1
-    if loser is not None:
-        loser.close()
-        loser.ep_client.close()
+        hub = hub_install(_hubs(client), made)
+    if hub is not made:  # another thread made one meanwhile: that one is used
+        made.close()
+        made.ep_client.close()
+        return hub, None
     return hub, st
 
 
 def _release_hub(client: Any, hub: _Hub) -> None:
     """One use of ``hub`` less; the last one closes it."""
     with _registry_lock:
-        hub.users -= 1
-        if hub.users > 0:
-            return
-        hubs = _hubs(client)
-        if hubs.get(hub.endpoint) is hub:
-            del hubs[hub.endpoint]
-    hub.close()
-    hub.ep_client.close()
+        last = hub_release(_hubs(client), hub)
+    if last:
+        hub.close()
+        hub.ep_client.close()
 
 
 def _retire_hub(client: Any, hub: _Hub) -> None:
     """``hub`` seems dead: the next attach to its endpoint makes a new one."""
     with _registry_lock:
-        hubs = _hubs(client)
-        if hubs.get(hub.endpoint) is hub:
-            del hubs[hub.endpoint]
+        hub_retire(_hubs(client), hub)
 
 
 def _forget_hub(hub: _Hub) -> None:
     """Take ``hub`` out of its client's table (the client was closed)."""
     client = hub._client()
-    if client is None:
-        return
-    with _registry_lock:
-        hubs = client.__dict__.get("_watch_hubs") or {}
-        if hubs.get(hub.endpoint) is hub:
-            del hubs[hub.endpoint]
+    if client is not None:
+        _retire_hub(client, hub)
 
 
 def close_hubs(client: Any) -> None:
@@ -362,7 +324,6 @@ class Watcher:
         self._endpoints: list[str] = list(client.endpoints)
         self._idx = client._preferred % len(self._endpoints)
         self._inbox = _Inbox(rcvhwm)
-        self._seen_dropped = 0
         self._hub: _Hub | None = None
         self._lock = threading.Lock()  # attach/detach
         self._iterating = 0  # threads inside get(): only they attach and detach
@@ -430,7 +391,6 @@ class Watcher:
                 return int(st.header.revision)
             self._state.attached(st.header, time.monotonic())
             self._inbox = _Inbox(self._inbox.bound)  # nothing from the last member is kept
-            self._seen_dropped = 0
             hub.add(self.topic, self._inbox)
             self._hub, self._idx = hub, idx
         return int(st.header.revision)
@@ -482,26 +442,14 @@ class Watcher:
             return
         if state.take_resubscribe():
             hub.resubscribe(self.topic)
-        inbox = self._inbox
-        batch = inbox.take(timeout_s)
+        self._inbox.wait(timeout_s)
         now = time.monotonic()
-        if inbox.dropped != self._seen_dropped:
-            self._seen_dropped = inbox.dropped
-            state.on_overflow()
-        if not batch:
-            if inbox.closed:  # the client was closed under it
-                state.done = True
-                return
-            if state.idle(now) == IDLE_FAILOVER:
-                if hub.last_rx < (state.probe_at or now):
-                    _retire_hub(self._client, hub)  # it heard nothing at all: a dead SUB
-                self._fail_over()
-            elif state.take_resubscribe():  # the probe
-                hub.resubscribe(self.topic)
-            return
-        state.heard(now)
-        for frames in batch:
-            state.on_message(frames, now)
+        if state.take(self._inbox, now) == IDLE_FAILOVER:
+            if hub.last_rx < (state.probe_at or now):
+                _retire_hub(self._client, hub)  # it heard nothing at all: a dead SUB
+            self._fail_over()
+        elif state.take_resubscribe():  # the probe
+            hub.resubscribe(self.topic)
 
     # --- public API ----------------------------------------------------------------
     def get(self, timeout: float | None = None) -> WatchResponse | None:
@@ -585,26 +533,3 @@ class Watcher:
     def __exit__(self, *exc: Any) -> None:
         self.cancel()
 
-
-def watch_once(client: Any, key: Any, range_end: Any = None, *, timeout: float | None = None,
-               **watch_kw: Any) -> Event:
-    """The first event of a watch (then it is canceled); raises ``Timeout`` when none comes
-    within ``timeout`` (None = the client's). ``Client.watch_once``."""
-    limit = client.timeout if timeout is None else float(timeout)
-    deadline = time.monotonic() + limit
-    with client.watch(key, range_end, **watch_kw) as w:
-        while True:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                break
-            try:
-                resp = w.get(timeout=left)
-            except StopIteration:
-                raise Timeout("the watch ended before an event came") from None
-            if resp is None:
-                break
-            if resp.canceled:
-                raise Timeout(f"the watch was canceled before an event came: {resp.cancel_reason}")
-            if resp.events:
-                return resp.events[0]
-    raise Timeout(f"no event within {limit:g}s")

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import collections
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any, Iterable, Protocol, TypeVar
 
 import msgpack
 
@@ -40,6 +40,7 @@ SILENCE_S = 5.0          # no message for this long: ask the broadcaster for pro
 PROBE_S = 2.0            # and no answer this long after: move to another endpoint
 HISTORY_PAGE_REVISIONS = 5000
 INBOX_FRAMES = 10_000    # a watcher's queue of live frames; overflow is a hole (history fills it)
+TAKE_BATCH = 1000        # frames a watcher takes from its inbox per step
 FAILOVER_PAUSE_S = 0.1   # between attach rounds when no endpoint answers, doubling...
 FAILOVER_PAUSE_MAX_S = 1.0  # ...up to this
 # history errors that no other endpoint or retry can cure: raised to the caller.
@@ -49,6 +50,7 @@ FATAL_CODES = frozenset({"unknown_op", "invalid_argument", "key_not_provided", "
 
 # What the transport does after an idle wait (``WatchState.idle``).
 IDLE_WAIT, IDLE_PROBE, IDLE_FAILOVER, IDLE_CATCH_UP = "wait", "probe", "failover", "catch_up"
+TOOK_FRAMES, TOOK_CLOSED = "frames", "closed"  # and the IDLE_* above (``WatchState.take``)
 # What the transport does after a history error (``WatchState.history_failed``).
 HIST_ENDED, HIST_RAISE, HIST_FAILOVER = "ended", "raise", "failover"
 
@@ -144,6 +146,118 @@ class WatchResponse:
     def revision(self) -> int:
         """The revision this response is about (the header's)."""
         return self.header.revision
+
+
+class Inbox:
+    """A watcher's bounded queue of live frames (its hub puts, the watcher takes). A frame
+    that finds it full is dropped and counted: the watcher treats it as a hole."""
+
+    __slots__ = ("frames", "bound", "dropped", "seen_dropped", "closed")
+
+    def __init__(self, bound: int = INBOX_FRAMES) -> None:
+        self.frames: collections.deque[list[bytes]] = collections.deque()
+        self.bound = max(1, int(bound))
+        self.dropped = 0        # frames dropped on a full inbox (the putting side's count)
+        self.seen_dropped = 0   # how many of them the watcher has seen
+        self.closed = False     # the hub went away (its client was closed)
+
+    def put(self, frames: list[bytes]) -> None:
+        """One frame from the hub (dropped and counted when the inbox is full)."""
+        if len(self.frames) >= self.bound:
+            self.dropped += 1
+        else:
+            self.frames.append(frames)
+
+    def drain(self) -> list[list[bytes]]:
+        """What has arrived, at most TAKE_BATCH frames."""
+        out: list[list[bytes]] = []
+        frames = self.frames
+        while frames and len(out) < TAKE_BATCH:
+            out.append(frames.popleft())
+        return out
+
+
+class Routes:
+    """A hub's table: topic -> the inboxes of the watchers of that topic."""
+
+    def __init__(self) -> None:
+        self.by_topic: dict[bytes, list[Inbox]] = {}
+
+    def add(self, topic: bytes, inbox: Inbox) -> None:
+        """Route ``topic`` to ``inbox`` too (the transport subscribes once more)."""
+        self.by_topic.setdefault(topic, []).append(inbox)
+
+    def remove(self, topic: bytes, inbox: Inbox) -> bool:
+        """Stop routing ``topic`` to ``inbox``; whether it was routed (then the transport
+        takes back one subscribe)."""
+        inboxes = self.by_topic.get(topic)
+        if inboxes is None or inbox not in inboxes:
+            return False
+        inboxes.remove(inbox)
+        if not inboxes:
+            del self.by_topic[topic]
+        return True
+
+    def dispatch(self, frames: list[bytes]) -> bool:
+        """A message off the SUB to its topic's inboxes; whether any took it."""
+        inboxes = self.by_topic.get(frames[0]) if len(frames) == 2 else None
+        if not inboxes:
+            return False
+        for inbox in inboxes:
+            inbox.put(frames)
+        return True
+
+    def close(self) -> list[Inbox]:
+        """The hub is going: every inbox is closed (and returned, to be woken)."""
+        out = [i for inboxes in self.by_topic.values() for i in inboxes]
+        for inbox in out:
+            inbox.closed = True
+        self.by_topic.clear()
+        return out
+
+
+class HubLike(Protocol):
+    endpoint: str
+    users: int
+    stopping: bool
+
+
+H = TypeVar("H", bound=HubLike)
+
+
+def hub_use(hubs: dict[str, H], endpoint: str) -> H | None:
+    """One more use of the running hub on ``endpoint`` in a client's table, if any."""
+    hub = hubs.get(endpoint)
+    if hub is None or hub.stopping:
+        return None
+    hub.users += 1
+    return hub
+
+
+def hub_install(hubs: dict[str, H], hub: H) -> H:
+    """Put a hub just made in the table and use it; when another was made meanwhile, that
+    one is used instead (the caller closes the returned-over one: ``result is not hub``)."""
+    current = hub_use(hubs, hub.endpoint)
+    if current is not None:
+        return current
+    hubs[hub.endpoint] = hub
+    hub.users += 1
+    return hub
+
+
+def hub_release(hubs: dict[str, H], hub: H) -> bool:
+    """One use less; True when it was the last (the caller closes the hub)."""
+    hub.users -= 1
+    if hub.users > 0:
+        return False
+    hub_retire(hubs, hub)
+    return True
+
+
+def hub_retire(hubs: dict[str, H], hub: H) -> None:
+    """Out of the table (dead, or closing): the next attach there makes a new hub."""
+    if hubs.get(hub.endpoint) is hub:
+        del hubs[hub.endpoint]
 
 
 class _Malformed(Exception):
@@ -376,6 +490,24 @@ class WatchState:
             self.need_catchup = True
             return IDLE_CATCH_UP
         return IDLE_FAILOVER
+
+    def take(self, inbox: Inbox, now: float) -> str:
+        """Apply what ``inbox`` holds now: ``TOOK_FRAMES`` (messages applied),
+        ``TOOK_CLOSED`` (the hub went away: the watch is over) or, when nothing came,
+        what ``idle`` says."""
+        batch = inbox.drain()
+        if inbox.dropped != inbox.seen_dropped:
+            inbox.seen_dropped = inbox.dropped
+            self.on_overflow()
+        if not batch:
+            if inbox.closed:
+                self.done = True
+                return TOOK_CLOSED
+            return self.idle(now)
+        self.heard(now)
+        for frames in batch:
+            self.on_message(frames, now)
+        return TOOK_FRAMES
 
     def request_progress(self) -> None:
         """Ask for a progress notification: a repeated subscribe, which the broadcaster

@@ -202,7 +202,7 @@ def test_closing_the_client_ends_its_watchers(srv):
 
 def test_watch_once(srv, client):
     result: list = []
-    t = threading.Thread(target=lambda: result.append(W.watch_once(client, "once", timeout=5)))
+    t = threading.Thread(target=lambda: result.append(client.watch_once("once", timeout=5)))
     t.start()
     wait_for(lambda: W.watch_topic(b"once") in srv.channels, 5, "subscribed")
     client.put("once", "1")
@@ -211,7 +211,7 @@ def test_watch_once(srv, client):
     assert result and result[0].kv.value == b"1"
     wait_for(lambda: not srv.channels, 5, "canceled after the first event")
     with pytest.raises(Timeout):
-        W.watch_once(client, "never", timeout=0.3)
+        client.watch_once("never", timeout=0.3)
 
 
 # --- the pure state against forged input -----------------------------------------------------
