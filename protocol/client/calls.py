@@ -189,12 +189,4 @@ def request(req: dict[str, Any]) -> Call[dict[str, Any]]:
     return Call(body, is_write_request(body), _raw)
 
 
-def authenticate(user: str, password: str, public_key: bytes | None) -> dict[str, Any]:
-    """The ``authenticate`` request of a user (with this client's CURVE key, if any)."""
-    req: dict[str, Any] = {"op": "authenticate", "name": user, "password": password}
-    if public_key is not None:
-        req["key"] = public_key.decode()
-    return req
-
-
 __all__ = ["Call", "is_write_request", "READ_OPS", "prefix_end"]
