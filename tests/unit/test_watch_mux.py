@@ -421,3 +421,18 @@ def test_async_watch_under_auth_and_curve():
     with FakeServer(curve=True) as srv:
         setup_users(srv)
         arun(main(srv))
+
+
+def test_a_watcher_dropped_without_cancel_lets_go_of_its_subscription(srv, client):
+    import gc
+
+    keep = client.watch("kept")
+    w = client.watch("dropped")
+    wait_for(lambda: len(srv.channels) == 2, 5, "two subscriptions")
+    del w
+    gc.collect()
+    wait_for(lambda: srv.channels == {W.watch_topic(b"kept")}, 5, "the dropped one unsubscribed")
+    assert W.hub_count(client) == 1
+    del keep
+    gc.collect()
+    assert W.hub_count(client) == 0
