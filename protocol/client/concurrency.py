@@ -278,4 +278,6 @@ class Observer(ObserverCore):
 
     def __exit__(self, *exc: Any) -> None:
         self.cancel()
-        self._watcher.cancel()
+        w, self._watcher = self._watcher, None
+        if w is not None:
+            w.cancel()

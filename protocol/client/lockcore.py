@@ -386,7 +386,9 @@ class ObserverCore:
         deadline = None if timeout is None else start + timeout
         while True:
             if self.cancelled():
-                yield WatchClose(self._watcher)
+                w, self._watcher = self._watcher, None
+                if w is not None:
+                    yield WatchClose(w)
                 return WATCH_ENDED
             now = yield Now()
             wr = yield WatchGet(self._watcher, _poll(now, deadline))
