@@ -38,10 +38,12 @@ LOST_CLOSED = "closed (the revoke did not get through: the lease expires by itse
 
 
 def keepalive_req(lease_id: int) -> dict[str, Any]:
+    """The ``lease_keepalive`` request (the lease id travels as ``ID``)."""
     return {"op": "lease_keepalive", LEASE_ID_FIELD: int(lease_id)}
 
 
 def timetolive_req(lease_id: int, keys: bool = False) -> dict[str, Any]:
+    """The ``lease_timetolive`` request."""
     req: dict[str, Any] = {"op": "lease_timetolive", LEASE_ID_FIELD: int(lease_id)}
     if keys:
         req["keys"] = True
@@ -196,7 +198,7 @@ class LeaseCore:
         self.header = resp.header
         self.deadline = sent + resp.ttl  # the client's view: never later than the server's
 
-    def _set_done(self) -> None:
+    def _set_done(self) -> None:  # the subclass's event
         raise NotImplementedError
 
     def _is_done(self) -> bool:

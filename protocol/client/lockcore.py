@@ -58,16 +58,19 @@ def first_create(pfx: bytes) -> Op:
 
 
 def range_call(key: Any, range_end: Any = None, timeout: float | None = None, **kw: Any) -> Call:
+    """A ``range`` (``kw``: the options of ``Client.get``) as a Call effect."""
     return Call({"op": "range", **range_fields(key, range_end, **kw)}, write=False, timeout=timeout)
 
 
 def txn_call(compare: list[Compare], success: list[Op], failure: list[Op],
              timeout: float | None = None) -> Call:
+    """A ``txn`` as a Call effect (a write when one of its ops writes)."""
     req = {"op": "txn", **txn_fields(compare, success, failure)}
     return Call(req, write=txn_writes(req), timeout=timeout)
 
 
 def delete_call(key: bytes, timeout: float | None = None) -> Call:
+    """A ``delete_range`` of one key as a Call effect."""
     return Call({"op": "delete_range", **delete_fields(key)}, write=True, timeout=timeout)
 
 
@@ -149,6 +152,7 @@ class SessionCore:
 
     @property
     def alive(self) -> bool:
+        """False once the session's lease is lost (or the session closed)."""
         raise NotImplementedError
 
     def lost(self) -> bool:
@@ -352,6 +356,7 @@ class ObserverCore:
         self.revision = 0
 
     def cancelled(self) -> bool:
+        """Whether the observer was canceled (the subclass's flag)."""
         raise NotImplementedError
 
     def start_algo(self) -> Algo[None]:

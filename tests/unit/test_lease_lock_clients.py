@@ -1,7 +1,8 @@
-"""The asyncio lease, lock and election classes (aio_lease.py, aio_concurrency.py)
-against the fake gateway: the async shapes (``async with``, ``await``, async iteration),
-the keep-alive task, and waits on the asyncio watch. The behaviours they share with the
-threaded classes are tested once, on the algorithms (test_lease_core.py), and by the
+"""Leases, locks and elections against the fake gateway: the helpers new in issue 16
+(``Lease.refresh()``, ``Lock.is_acquired()``, ``timeout=``) on the threaded classes, and
+the asyncio classes (aio_lease.py, aio_concurrency.py): their shapes (``async with``,
+``await``, async iteration), the keep-alive task, and waits on the asyncio watch. The
+behaviours both share are tested once, on the algorithms (test_lease_core.py), and by the
 client tests parametrized over both clients."""
 from __future__ import annotations
 
@@ -24,7 +25,9 @@ from protocol.client.aio_lease import AsyncLease  # noqa: E402
 from protocol.client.lockcore import ElectionNoLeader, Locked, LockTimeout  # noqa: E402
 from protocol.errors import LeaseNotFound  # noqa: E402
 
-aio = pytest.importorskip("protocol.client.aio")
+
+def _aio() -> Any:
+    return pytest.importorskip("protocol.client.aio")
 
 
 def _has_async_watch() -> bool:
@@ -52,10 +55,27 @@ async def until(cond: Callable[[], Any], timeout: float, what: str) -> Any:
 
 def run(srv: Any, body: Callable[[Any], Awaitable[None]], **kw: Any) -> None:
     async def main() -> None:
-        async with aio.AsyncClient([srv.endpoint], timeout=kw.pop("timeout", 3.0), **kw) as c:
+        async with _aio().AsyncClient([srv.endpoint], timeout=kw.pop("timeout", 3.0), **kw) as c:
             await body(c)
 
     asyncio.run(main())
+
+
+def test_threaded_refresh_is_acquired_and_timeouts(client, srv):
+    with client.lease(5) as lease:
+        before = srv.ops_received("lease_keepalive")
+        resp = lease.refresh(timeout=2)
+        assert (resp.id, resp.ttl) == (lease.id, 5) and srv.ops_received("lease_keepalive") == before + 1
+        assert lease.time_to_live(timeout=2).granted_ttl == 5
+    with client.lock("h", ttl=5) as lock:
+        assert lock.is_acquired(timeout=2)
+        client.delete(lock.key)  # another party deleted it
+        assert not lock.is_acquired()  # the key went: we no longer hold it
+    with client.session(5) as s:
+        lock = client.lock("t", session=s)
+        assert not lock.is_acquired()  # never acquired: no call needed
+        lock.try_acquire(timeout=2)
+        lock.release(timeout=2)
 
 
 def test_lease_async_with_keeps_alive_then_revokes(srv):
@@ -96,7 +116,7 @@ def test_async_keepalive_follows_the_not_leader_hint():
         follower.leader_urls = [leader.endpoint]
 
         async def main() -> None:
-            async with aio.AsyncClient([follower.endpoint], timeout=3) as c:
+            async with _aio().AsyncClient([follower.endpoint], timeout=3) as c:
                 lid = (await c.lease_grant(10)).id
                 assert await c.lease_keepalive_once(lid) == (lid, 10)
                 assert leader.ops_received("lease_keepalive") == 1
