@@ -28,17 +28,7 @@ from protocol.errors import LeaseNotFound, QkvError
 if TYPE_CHECKING:
     from protocol.client.client import Client
 
-__all__ = ["LeaderRouter", "Lease", "ATTEMPT_TIMEOUT_S", "RETRY_PAUSE_S", "call_kwargs"]
-
-
-def call_kwargs(timeout: float | None) -> dict[str, Any]:
-    """``timeout=`` for a client call, left out when None (the client's own)."""
-    import inspect  # TEMP until issue 16 part A's Client takes timeout= everywhere
-
-    from protocol.client.client import Client
-    if "timeout" not in inspect.signature(Client._call).parameters:
-        return {}
-    return {} if timeout is None else {"timeout": timeout}
+__all__ = ["LeaderRouter", "Lease", "ATTEMPT_TIMEOUT_S", "RETRY_PAUSE_S"]
 
 
 def perform_basic(client: Any, effect: Any) -> Any:
@@ -50,7 +40,7 @@ def perform_basic(client: Any, effect: Any) -> Any:
             time.sleep(effect.seconds)
         return None
     if isinstance(effect, Call):
-        return client._call(effect.req, write=effect.write, **call_kwargs(effect.timeout))
+        return client._call(effect.req, write=effect.write, timeout=effect.timeout)
     raise TypeError(f"unknown effect {effect!r}")
 
 
@@ -73,8 +63,7 @@ class LeaderRouter(RouterCore):
     def perform(self, effect: Any) -> Any:
         """Run one effect of the routing algorithm (blocking)."""
         if isinstance(effect, Send):
-            return self._client_for(effect.url)._call(effect.req, write=False,
-                                                      **call_kwargs(effect.timeout))
+            return self._client_for(effect.url)._call(effect.req, write=False, timeout=effect.timeout)
         return perform_basic(self.client, effect)
 
     def run(self, algo: Algo[Any]) -> Any:
@@ -120,7 +109,7 @@ class Lease(LeaseCore):
         self.done = threading.Event()
         self._stop = threading.Event()
         sent = time.monotonic()
-        self._granted(client.lease_grant(ttl, id, **call_kwargs(timeout)), sent)
+        self._granted(client.lease_grant(ttl, id, timeout=timeout), sent)
         self._router = self._leader = LeaderRouter(
             client, attempt_timeout=attempt_timeout_for(client.timeout, self.granted_ttl))
         self._thread: threading.Thread | None = None
@@ -169,7 +158,7 @@ class Lease(LeaseCore):
         server no longer knows is fine."""
         self.stop_keepalive()
         try:
-            self.client.lease_revoke(self.id, **call_kwargs(timeout))
+            self.client.lease_revoke(self.id, timeout=timeout)
         except LeaseNotFound:
             pass
         finally:

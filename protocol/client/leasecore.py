@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
+from protocol.client.core import normalize_endpoint, reachable
 from protocol.client.effects import Algo, Idle, Now, Send, Sleep
 from protocol.client.types import (
     LEASE_ID_FIELD, LeaseGrantResponse, LeaseKeepAliveResponse, LeaseTimeToLiveResponse,
@@ -93,12 +94,6 @@ class RouterCore:
 
     def hints(self, exc: NotLeader, asked: str) -> list[str]:
         """The leader URLs of a not_leader answer from ``asked``, as endpoints."""
-        try:
-            from protocol.client.core import normalize_endpoint, reachable  # type: ignore
-        except ImportError:  # TEMP until issue 16's core.py lands
-            from protocol.client.client import normalize_endpoint  # type: ignore[assignment]
-            from protocol.client.watch import _reachable as reachable  # type: ignore[assignment]
-
         urls = exc.details.get("leader_client_urls")
         if not isinstance(urls, (list, tuple)):
             return []
