@@ -247,8 +247,7 @@ class FakeSession:
 
 
 class FakeLock(LockCore):
-    def __init__(self, session: FakeSession, name: str) -> None:
-        self._init_lock(session, name)
+    pass
 
 
 def kv(key: bytes, create: int, value: bytes = b"", mod: int = 0) -> dict[str, Any]:
@@ -374,8 +373,7 @@ def test_is_acquired_and_a_forged_txn_reply():
 
 # -- the election ---------------------------------------------------------------------------
 class FakeElection(ElectionCore):
-    def __init__(self, session: FakeSession, name: str) -> None:
-        self._init_election(session, name)
+    pass
 
 
 def test_campaign_with_an_existing_key_proclaims_the_new_value():
