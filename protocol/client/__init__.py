@@ -27,42 +27,42 @@ from protocol.client.types import (
     LeaseRevokeResponse, LeaseStatus, LeaseTimeToLiveResponse,
 )
 
+# name -> the module it lives in: imported on first use (PEP 562).
+_LAZY = {
+    "Client": "client", "normalize_endpoint": "client", "DEFAULT_ENDPOINT": "client",
+    "AsyncClient": "aio",
+    "Watcher": "watch", "WatchResponse": "watchcore", "Event": "watchcore",
+    "AsyncWatcher": "aio_watch",
+    "Lease": "lease", "AsyncLease": "aio_lease",
+    "Session": "concurrency", "Lock": "concurrency", "Election": "concurrency",
+    "AsyncSession": "aio_concurrency", "AsyncLock": "aio_concurrency", "AsyncElection": "aio_concurrency",
+}
+
 __all__ = [
-    "Client", "AsyncClient", "Compare", "CompareTarget", "Op", "Txn", "KeyValue", "ResponseHeader",
+    "Compare", "CompareTarget", "Op", "Txn", "KeyValue", "ResponseHeader",
     "PutResponse", "RangeResponse", "DeleteRangeResponse", "TxnResponse", "CompactResponse",
-    "Watcher", "WatchResponse", "Event", "StatusResponse", "Member", "MemberListResponse", "MoveLeaderResponse", "HashKVResponse", "prefix_end", "key_range", "normalize_endpoint", "DEFAULT_ENDPOINT",
+    "StatusResponse", "Member", "MemberListResponse", "MoveLeaderResponse", "HashKVResponse",
+    "prefix_end", "key_range",
     "LeaseGrantResponse", "LeaseKeepAliveResponse", "LeaseLeasesResponse", "LeaseRevokeResponse",
-    "LeaseStatus", "LeaseTimeToLiveResponse", "Lease", "Session", "Lock", "Election",
+    "LeaseStatus", "LeaseTimeToLiveResponse", *_LAZY,
 ]
 
 if TYPE_CHECKING:  # the lazy names, for type checkers
     from protocol.client.aio import AsyncClient
+    from protocol.client.aio_concurrency import AsyncElection, AsyncLock, AsyncSession
+    from protocol.client.aio_lease import AsyncLease
+    from protocol.client.aio_watch import AsyncWatcher
     from protocol.client.client import DEFAULT_ENDPOINT, Client, normalize_endpoint
     from protocol.client.concurrency import Election, Lock, Session
     from protocol.client.lease import Lease
-    from protocol.client.watch import Event, Watcher, WatchResponse
-
-_LAZY = {"Client", "normalize_endpoint", "DEFAULT_ENDPOINT"}
-_LAZY_AIO = {"AsyncClient"}
-_LAZY_WATCH = {"Watcher", "WatchResponse", "Event"}
-_LAZY_LEASE = {"Lease"}
-_LAZY_CONCURRENCY = {"Session", "Lock", "Election"}
+    from protocol.client.watch import Watcher
+    from protocol.client.watchcore import Event, WatchResponse
 
 
 def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        from protocol.client import client as _client
-        return getattr(_client, name)
-    if name in _LAZY_AIO:
-        from protocol.client import aio as _aio
-        return getattr(_aio, name)
-    if name in _LAZY_WATCH:
-        from protocol.client import watch as _watch
-        return getattr(_watch, name)
-    if name in _LAZY_LEASE:
-        from protocol.client import lease as _lease
-        return getattr(_lease, name)
-    if name in _LAZY_CONCURRENCY:
-        from protocol.client import concurrency as _conc
-        return getattr(_conc, name)
-    raise AttributeError(f"module 'protocol.client' has no attribute {name!r}")
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'protocol.client' has no attribute {name!r}")
+    import importlib
+
+    return getattr(importlib.import_module(f"protocol.client.{module}"), name)

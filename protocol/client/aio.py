@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import random
+import sys
 import weakref
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence, TypeVar
 
@@ -249,6 +250,9 @@ class AsyncClient:
         if task is not None and not task.done() and task is not asyncio.current_task():
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
+        watch = sys.modules.get("protocol.client.aio_watch")
+        if watch is not None:  # its watchers end now, not when their hub next looks
+            watch.close_hubs(self)
         router = self.__dict__.pop("_router", None)
         if router is not None:
             res = router.close()
@@ -647,18 +651,26 @@ class AsyncClient:
     async def watch_once(self, key: Any, range_end: Any = None, *, timeout: float | None = None,
                          **watch_kw: Any) -> Any:
         """The first event on ``key`` (or the range), then the watch is cancelled; raises
-        ``Timeout`` when none comes within ``timeout``."""
+        ``Timeout`` when none comes within ``timeout``, ``Compacted`` when the watch's
+        start revision is compacted."""
+        from protocol.client.watchcore import first_event
+
         loop = self._bind()
         t = self.timeout if timeout is None else float(timeout)
         deadline = loop.time() + t
-        async with self.watch(key, range_end, **watch_kw) as w:
-            while True:
-                left = deadline - loop.time()
-                if left <= 0:
-                    raise Timeout(f"no event within {t:g}s")
-                resp = await w.get(left)
-                if resp is not None and resp.events:
-                    return resp.events[0]
+        try:
+            async with asyncio.timeout_at(deadline):
+                async with self.watch(key, range_end, **watch_kw) as w:
+                    while (left := deadline - loop.time()) > 0:
+                        try:
+                            event = first_event(await w.get(left))
+                        except StopAsyncIteration:
+                            break  # canceled by close()
+                        if event is not None:
+                            return event
+        except TimeoutError:
+            pass
+        raise Timeout(f"no event within {t:g}s")
 
 
 async def _try_send(conn: _Conn, frame: bytes) -> bool:

@@ -483,34 +483,3 @@ class AsyncWatcher:
     def _close(self) -> None:
         self._state.done = True
         self._detach()
-
-
-async def watch_once(client: Any, key: Any, range_end: Any = None, *, timeout: float | None = None,
-                     **watch_kw: Any) -> Event:
-    """The first event of a watch (then it is canceled); raises ``Timeout`` when none comes
-    within ``timeout`` (None = the client's). ``AsyncClient.watch_once``."""
-    limit = client.timeout if timeout is None else float(timeout)
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + limit
-    w = client.watch(key, range_end, **watch_kw)
-    try:
-        await asyncio.wait_for(w._ensure(), limit)
-        while True:
-            left = deadline - loop.time()
-            if left <= 0:
-                break
-            try:
-                resp = await w.get(timeout=left)
-            except StopAsyncIteration:
-                raise Timeout("the watch ended before an event came") from None
-            if resp is None:
-                break
-            if resp.canceled:
-                raise Timeout(f"the watch was canceled before an event came: {resp.cancel_reason}")
-            if resp.events:
-                return resp.events[0]
-    except (asyncio.TimeoutError, TimeoutError):
-        pass
-    finally:
-        await w.aclose()
-    raise Timeout(f"no event within {limit:g}s")

@@ -31,6 +31,7 @@ import itertools
 import math
 import os
 import random
+import sys
 import threading
 import time
 import weakref
@@ -238,6 +239,9 @@ class Client:
             holders = list(self._live)
             self._ctx = None
         self._stop_sync.set()
+        watch = sys.modules.get("protocol.client.watch")
+        if watch is not None:  # its watchers end now, not when their hub next looks
+            watch.close_hubs(self)
         router = self.__dict__.pop("_router", None)
         if router is not None:
             router.close()
@@ -412,17 +416,21 @@ class Client:
     def watch_once(self, key: Any, range_end: Any = None, *, timeout: float | None = None,
                    **watch_kw: Any) -> Any:
         """The first ``Event`` on ``key`` (or the range; ``watch``'s options apply), then
-        the watch is cancelled. Raises ``Timeout`` when none comes within ``timeout``."""
+        the watch is cancelled. Raises ``Timeout`` when none comes within ``timeout``,
+        ``Compacted`` when the watch's start revision is compacted."""
+        from protocol.client.watchcore import first_event
+
         t = self.timeout if timeout is None else float(timeout)
         deadline = time.monotonic() + t
         with self.watch(key, range_end, **watch_kw) as w:
-            while True:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise Timeout(f"no event within {t:g}s")
-                resp = w.get(left)
-                if resp is not None and resp.events:
-                    return resp.events[0]
+            while (left := deadline - time.monotonic()) > 0:
+                try:
+                    event = first_event(w.get(left))
+                except StopIteration:
+                    break  # canceled by close()
+                if event is not None:
+                    return event
+        raise Timeout(f"no event within {t:g}s")
 
     # -- leases (SPEC section 3, "Leases"; protocol/client/lease.py) --------------------
     def lease_grant(self, ttl: int, id: int = 0, *, timeout: float | None = None) -> LeaseGrantResponse:

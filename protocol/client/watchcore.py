@@ -31,7 +31,7 @@ from typing import Any, Iterable, Protocol, TypeVar
 import msgpack
 
 from protocol.client.types import FROM_KEY_END, KeyValue, ResponseHeader, prefix_end
-from protocol.errors import Internal, QkvError
+from protocol.errors import Compacted, Internal, QkvError
 
 TOPIC_HEAD = b"W1"
 FLAG_PREV_KV, FLAG_NO_PUT, FLAG_NO_DELETE = 1, 2, 4
@@ -136,6 +136,16 @@ class WatchResponse:
     def revision(self) -> int:
         """The revision this response is about (the header's)."""
         return self.header.revision
+
+
+def first_event(resp: "WatchResponse | None") -> "Event | None":
+    """``watch_once``'s rule, shared by both clients: the first event of ``resp`` (None:
+    none yet); a watch ended by compaction raises ``Compacted`` with its revision."""
+    if resp is None:
+        return None
+    if resp.canceled:
+        raise Compacted(resp.cancel_reason or None, compact_revision=resp.compact_revision)
+    return resp.events[0] if resp.events else None
 
 
 class Inbox:
