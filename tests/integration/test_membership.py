@@ -22,7 +22,7 @@ TOKEN = "memb"
 
 
 class Members:
-    """Nodes of one growing/shrinking cluster; all stopped at the end."""
+    """Nodes of one growing/shrinking cluster; all killed at the end."""
 
     def __init__(self, tmp_path: Path) -> None:
         self.tmp_path = tmp_path
@@ -68,16 +68,17 @@ class Members:
             node.start()
         return node
 
-    def stop(self) -> None:
+    def discard(self) -> None:
+        """Kill every node ever started (the fixture's teardown: `NodeProcess.discard`)."""
         for n in self.started:
-            n.stop()
+            n.discard()
 
 
 @pytest.fixture
 def members(tmp_path):
     m = Members(tmp_path)
     yield m
-    m.stop()
+    m.discard()
 
 
 def qkvctl(nodes: list[NodeProcess], *args: str, check: bool = True) -> str:
