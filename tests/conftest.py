@@ -21,7 +21,8 @@ def pytest_addoption(parser):
 
 @pytest.fixture
 def node_factory(tmp_path):
-    """Start real nodes; every one is stopped at the end of the test, pass or fail."""
+    """Start real nodes; every one is killed at the end of the test, pass or fail
+    (`NodeProcess.discard`: tests of the clean stop call `stop()` themselves)."""
     from nodeproc import NodeProcess
 
     started: list[NodeProcess] = []
@@ -36,12 +37,13 @@ def node_factory(tmp_path):
 
     yield make
     for node in started:
-        node.stop()
+        node.discard()
 
 
 @pytest.fixture
 def cluster_factory(tmp_path):
-    """Start real clusters; every node is stopped at the end of the test, pass or fail."""
+    """Start real clusters; every node is killed at the end of the test, pass or fail
+    (`Cluster.discard`)."""
     from nodeproc import Cluster
 
     made: list = []
@@ -55,4 +57,4 @@ def cluster_factory(tmp_path):
 
     yield make
     for cluster in made:
-        cluster.stop()
+        cluster.discard()

@@ -10,6 +10,7 @@ import itertools
 import json
 import os
 import random
+import shutil
 import signal
 import socket
 import subprocess
@@ -335,6 +336,31 @@ class NodeProcess:
             self._log.close()
             self._log = None
 
+    def discard(self) -> None:
+        """End the node when its test is over (the fixtures' teardown): kill -9 the supervisor,
+        then every actor, and remove the run dir its clean stop would have removed. Nothing is
+        checked after a test, and a clean stop costs about a second a node (each actor's exit,
+        a leader's hand-over) that the whole suite paid hundreds of times; the clean stop
+        itself is what `stop()` does, and the tests of it call that."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()  # first, so that no actor killed below is restarted
+            self.proc.wait()
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            pids = self.actor_pids()
+            if not pids:
+                break
+            for pid in pids.values():
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            time.sleep(0.01)
+        shutil.rmtree(run_dir_for(self.data_dir), ignore_errors=True)
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+
     def log_text(self) -> str:
         try:
             return self.log_path.read_text(errors="replace")
@@ -396,6 +422,11 @@ class Cluster:
     def stop(self) -> None:
         for n in self.nodes:
             n.stop()
+
+    def discard(self) -> None:
+        """Every member's `NodeProcess.discard` (a test's teardown)."""
+        for n in self.nodes:
+            n.discard()
 
     def leader(self, among: list[NodeProcess] | None = None, timeout: float = 10.0) -> NodeProcess:
         """The node that says it leads and that the others of `among` agree on."""

@@ -145,5 +145,5 @@ def test_hostile_scenario(tmpfs, tmp_path: Path) -> None:
         for w in watches.values():
             w.stop()
         for n in extra:
-            n.stop()
-        cluster.stop()
+            n.discard()
+        cluster.discard()

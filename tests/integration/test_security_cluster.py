@@ -34,7 +34,7 @@ def secure_cluster(tmp_path):
         cluster.start()
         yield cluster
     finally:
-        cluster.stop()
+        cluster.discard()
 
 
 def endpoints(cluster: Cluster) -> list[str]:

@@ -76,7 +76,7 @@ def test_save_under_load_restore_new_cluster(tmp_path):
         assert st["revision"] >= max(acked_before.values())
         assert st["totalKey"] >= len(acked_before) + 1 and st["totalSize"] == os.path.getsize(snap)
     finally:
-        old.stop()
+        old.discard()
     shutil.rmtree(old_dir)  # the whole cluster is gone
 
     initial = ",".join(f"{n.name}={n.peer_url}" for n in new.nodes)
@@ -103,7 +103,7 @@ def test_save_under_load_restore_new_cluster(tmp_path):
             assert c.get("/leased").kvs[0].lease == lease.id
         assert len(new.converged_hashes()) == 1
     finally:
-        new.stop()
+        new.discard()
 
 
 def test_status_formats_and_corrupted_file_refused(tmp_path, capsys):

@@ -22,7 +22,7 @@ def node(tmp_path_factory):
         n.start()
         yield n
     finally:
-        n.stop()
+        n.discard()
 
 
 @pytest.fixture

@@ -190,7 +190,7 @@ def test_status_line_names_a_raised_alarm(tmp_path):
         wait_for(lambda: any(s.startswith("leader, ") and s.endswith("alarms: NOSPACE")
                              for s in _statuses(listener.lines())), 20, "STATUS=... alarms: NOSPACE")
     finally:
-        node.stop()
+        node.discard()
         listener.close()
 
 

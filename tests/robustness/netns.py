@@ -11,7 +11,7 @@ while clients in the root namespace still reach every member, a minority one too
 
 Names carry the prefix `qkvn`, then the owner's pid (6 hex digits) and a counter, so
 `cleanup_stale()` can remove what a crashed run left behind without touching the
-clusters of runs that are still alive. `stop()` and an atexit hook always tear down.
+clusters of runs that are still alive. `stop()`, `discard()` and an atexit hook always tear down.
 """
 from __future__ import annotations
 
@@ -210,6 +210,13 @@ class NetnsCluster(Cluster):
     def stop(self) -> None:
         try:
             super().stop()
+        finally:
+            self.teardown()
+
+    def discard(self) -> None:
+        """Kill every member (`Cluster.discard`), then tear down as `stop()` does."""
+        try:
+            super().discard()
         finally:
             self.teardown()
 
