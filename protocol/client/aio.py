@@ -45,6 +45,7 @@ from protocol.client.core import (
     with_token,
 )
 from protocol.client.txn import Compare, Op, Txn
+from protocol.client.watchcore import MAX_WATCH_SUBSCRIPTIONS
 from protocol.codec import pack, unpack
 from protocol.errors import AuthNotEnabled, Internal, Malformed, QkvError, Timeout, Unavailable
 
@@ -184,6 +185,7 @@ class AsyncClient:
     """An asyncio quorumkv client: ``Client``'s calls as coroutines (same arguments and
     results). ``timeout`` bounds each call, failover and backoff included; every call also
     takes its own ``timeout=``. ``max_in_flight``: requests in flight per connection.
+    ``max_watch_subscriptions``: distinct watched topics per watch connection (``Client``).
     Use it from one event loop (the one it is first used on); it is not thread-safe::
 
         async with AsyncClient(["tcp://127.0.0.1:7379"]) as c:
@@ -198,6 +200,7 @@ class AsyncClient:
                  backoff_base: float = DEFAULT_BACKOFF_BASE_S,
                  backoff_max: float = DEFAULT_BACKOFF_MAX_S,
                  max_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
+                 max_watch_subscriptions: int = MAX_WATCH_SUBSCRIPTIONS,
                  _security: Security | None = None) -> None:
         self.endpoints: list[str] = parse_endpoints(endpoints)
         if not timeout or timeout <= 0:
@@ -206,8 +209,11 @@ class AsyncClient:
             raise ValueError("max_in_flight must be >= 1")
         if auto_sync_interval < 0:
             raise ValueError("auto_sync_interval must be >= 0")
+        if max_watch_subscriptions < 1:
+            raise ValueError("max_watch_subscriptions must be >= 1")
         self.timeout = float(timeout)
         self.max_in_flight = int(max_in_flight)
+        self.max_watch_subscriptions = int(max_watch_subscriptions)
         self.auto_sync_interval = float(auto_sync_interval)
         self._preferred = 0
         self._backoff = Backoff(backoff_base, backoff_max)
@@ -227,6 +233,7 @@ class AsyncClient:
         own backoff)."""
         return AsyncClient(list(endpoints), timeout=timeout, max_in_flight=self.max_in_flight,
                            backoff_base=self._backoff.base, backoff_max=self._backoff.maximum,
+                           max_watch_subscriptions=self.max_watch_subscriptions,
                            _security=self._security)
 
     @property

@@ -6,9 +6,10 @@ policy; this module only moves frames and replies and waits.
 Multiplexed as the threaded one (watch.py): an ``AsyncClient`` has one SUB socket per
 endpoint (a hub: a task reading a ``zmq.asyncio`` SUB and routing each message by topic to
 the bounded inboxes of that topic's watchers, ``watchcore.Routes``), shared by all its
-watchers there, with one endpoint client for ``status``/``history``. Everything runs on
-the client's one event loop, so subscribe/unsubscribe are plain calls on the socket. A
-full inbox drops the frame and marks a hole (history fills it); failover moves one
+watchers there (up to the client's ``max_watch_subscriptions`` distinct topics per hub,
+then another hub on that endpoint, as watch.py), with one endpoint client for
+``status``/``history``. Everything runs on the client's one event loop, so
+subscribe/unsubscribe are plain calls on the socket. A full inbox drops the frame and marks a hole (history fills it); failover moves one
 watcher to the next endpoint's hub; a hub closes with its last watcher or once the client
 is closed (its watchers then end).
 
@@ -35,7 +36,8 @@ from protocol.client.core import reachable
 from protocol.client.types import key_range
 from protocol.client.watchcore import (
     HIST_ENDED, HIST_RAISE, IDLE_FAILOVER, INBOX_FRAMES, Event, Inbox, Routes, WatchResponse,
-    WatchState, failover_pause, hub_install, hub_release, hub_retire, hub_use, parse_filters,
+    WatchState, failover_pause, hub_install, hub_limit, hub_list, hub_release, hub_retire,
+    hub_use, parse_filters,
 )
 from protocol.errors import QkvError, Timeout, Unavailable
 
@@ -80,7 +82,7 @@ class _AsyncHub:
 
     def __init__(self, client: Any, endpoint: str, ep_client: Any, url: str) -> None:
         self.endpoint, self.url, self.ep_client = endpoint, url, ep_client
-        self.users = 0
+        self.topics: dict[bytes, int] = {}  # topic -> watchers attached
         self.stopping = False
         self._client = client
         self._loop = asyncio.get_running_loop()
@@ -149,17 +151,20 @@ class _AsyncHub:
         # (its client is closed by the last watcher out: one may be using it now)
 
 
-def _hubs(client: Any) -> dict[str, _AsyncHub]:
-    hubs: dict[str, _AsyncHub] = client.__dict__.setdefault("_watch_hubs", {})
+def _hubs(client: Any) -> dict[str, list[_AsyncHub]]:
+    """The client's hub table: endpoint -> its hubs."""
+    hubs: dict[str, list[_AsyncHub]] = client.__dict__.setdefault("_watch_hubs", {})
     return hubs
 
 
-async def _acquire_hub(client: Any, endpoint: str) -> tuple[_AsyncHub, Any]:
-    """The client's hub on ``endpoint`` (made when there is none, which asks ``status``
-    there first) and one use of it; with the status when it was just made (else None)."""
+async def _acquire_hub(client: Any, endpoint: str, topic: bytes) -> tuple[_AsyncHub, Any]:
+    """A hub of the client on ``endpoint`` for ``topic`` (one that has it or has room for
+    it; made when there is none, which asks ``status`` there first) and one use of it;
+    with the status when it was just made (else None)."""
     if client._closed:
         raise Unavailable("the client is closed")
-    hub = hub_use(_hubs(client), endpoint)
+    limit = hub_limit(client)
+    hub = hub_use(_hubs(client), endpoint, topic, limit)
     if hub is not None:
         return hub, None
     ep_client = client._derive([endpoint], timeout=min(client.timeout, ATTACH_TIMEOUT_S))
@@ -178,7 +183,7 @@ async def _acquire_hub(client: Any, endpoint: str) -> tuple[_AsyncHub, Any]:
     except BaseException:
         await ep_client.close()
         raise
-    hub = hub_install(_hubs(client), made)
+    hub = hub_install(_hubs(client), made, topic, limit)
     if hub is not made:  # another task made one meanwhile: that one is used
         made.close()
         await made.ep_client.close()
@@ -186,9 +191,10 @@ async def _acquire_hub(client: Any, endpoint: str) -> tuple[_AsyncHub, Any]:
     return hub, st
 
 
-def _release_hub(client: Any, hub: _AsyncHub) -> None:
-    """One use of ``hub`` less; the last one closes it (its endpoint client in a task)."""
-    if hub_release(_hubs(client), hub):
+def _release_hub(client: Any, hub: _AsyncHub, topic: bytes) -> None:
+    """One use of ``hub`` for ``topic`` less; the last one closes it (its endpoint client
+    in a task)."""
+    if hub_release(_hubs(client), hub, topic):
         hub.close()
         _spawn(hub.ep_client.close())
 
@@ -201,7 +207,7 @@ def _drop_orphan(client: Any, topic: bytes, held: list[Any]) -> None:
     if hub is None:
         return
     hub.remove(topic, inbox)
-    if hub_release(_hubs(client), hub):
+    if hub_release(_hubs(client), hub, topic):
         hub.close()
         try:
             _spawn(hub.ep_client.close())
@@ -213,13 +219,13 @@ def close_hubs(client: Any) -> None:
     """Close every watch hub of ``client`` (``AsyncClient.close`` may call it): their
     watchers end. A hub also notices by itself, within HUB_POLL_MS."""
     hubs = client.__dict__.pop("_watch_hubs", None) or {}
-    for hub in list(hubs.values()):
+    for hub in hub_list(hubs):
         hub.close()
 
 
 def hub_count(client: Any) -> int:
     """How many watch hubs (SUB sockets) ``client`` has open now (for tests and stats)."""
-    return sum(1 for h in (client.__dict__.get("_watch_hubs") or {}).values() if not h.stopping)
+    return sum(1 for h in hub_list(client.__dict__.get("_watch_hubs") or {}) if not h.stopping)
 
 
 class AsyncWatcher:
@@ -327,15 +333,15 @@ class AsyncWatcher:
 
     async def _attach(self, idx: int) -> int:
         self._detach()
-        hub, st = await _acquire_hub(self._client, self._endpoints[idx])
+        hub, st = await _acquire_hub(self._client, self._endpoints[idx], self.topic)
         try:
             if st is None:
                 st = await hub.ep_client.status()
         except BaseException:
-            _release_hub(self._client, hub)
+            _release_hub(self._client, hub, self.topic)
             raise
         if self._canceled:
-            _release_hub(self._client, hub)
+            _release_hub(self._client, hub, self.topic)
             return int(st.header.revision)
         self._state.attached(st.header, asyncio.get_running_loop().time())
         self._inbox = _AsyncInbox(self._bound)  # nothing from the last member is kept
@@ -350,7 +356,7 @@ class AsyncWatcher:
         if hub is not None:
             assert self._inbox is not None
             hub.remove(self.topic, self._inbox)
-            _release_hub(self._client, hub)
+            _release_hub(self._client, hub, self.topic)
 
     async def _fail_over(self) -> None:
         self._state.failing_over()

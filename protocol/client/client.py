@@ -49,6 +49,7 @@ from protocol.client.core import (  # noqa: F401  (BUSY_*: re-exported)
 from protocol.codec import pack, unpack
 from protocol.errors import Internal, Malformed, Timeout, Unavailable
 from protocol.client.txn import Compare, Op, Txn
+from protocol.client.watchcore import MAX_WATCH_SUBSCRIPTIONS
 from protocol.client.types import (
     AlarmResponse, DefragmentResponse,
     CompactResponse, DeleteRangeResponse, HashKVResponse, MemberAddResponse, MemberListResponse,
@@ -179,7 +180,11 @@ class Client:
     Security (SPEC "Security"): ``server_key`` (the server's Z85 public key, or
     ``"@path"`` of its ``.key`` certificate file) turns CURVE on, with this client's
     keypair from ``key_file`` (a pyzmq secret certificate) or an ephemeral one;
-    ``user``/``password`` authenticate and attach a token to every request."""
+    ``user``/``password`` authenticate and attach a token to every request.
+
+    ``max_watch_subscriptions``: the distinct watched topics one watch connection (SUB) to
+    an endpoint carries; past it the client's watchers there open another one. Keep it at
+    most the nodes' ``--max-watch-subscriptions`` (default 1,000), which refuse the rest."""
 
     def __init__(self, endpoints: Sequence[str] | str | None = None,
                  timeout: float = DEFAULT_TIMEOUT_S, *, user: str | None = None,
@@ -187,14 +192,18 @@ class Client:
                  key_file: str | None = None, auto_sync_interval: float = 0.0,
                  backoff_base: float = DEFAULT_BACKOFF_BASE_S,
                  backoff_max: float = DEFAULT_BACKOFF_MAX_S,
+                 max_watch_subscriptions: int = MAX_WATCH_SUBSCRIPTIONS,
                  _security: Security | None = None) -> None:
         self.endpoints: list[str] = parse_endpoints(endpoints)
         if not timeout or timeout <= 0:
             raise ValueError("timeout must be > 0")
         if auto_sync_interval < 0:
             raise ValueError("auto_sync_interval must be >= 0")
+        if max_watch_subscriptions < 1:
+            raise ValueError("max_watch_subscriptions must be >= 1")
         self.timeout = float(timeout)
         self.auto_sync_interval = float(auto_sync_interval)
+        self.max_watch_subscriptions = int(max_watch_subscriptions)
         self._lock = threading.Lock()
         self._preferred = 0  # index into endpoints; moves on after a failure
         self._backoff = Backoff(backoff_base, backoff_max, lock=self._lock)
@@ -217,7 +226,9 @@ class Client:
         """A client of other endpoints/timeout with this one's keys, user and token (the
         watch's, the lease router's); it has its own backoff."""
         return Client(list(endpoints), timeout=timeout, backoff_base=self._backoff.base,
-                      backoff_max=self._backoff.maximum, _security=self._security)
+                      backoff_max=self._backoff.maximum,
+                      max_watch_subscriptions=self.max_watch_subscriptions,
+                      _security=self._security)
 
     @property
     def auth(self) -> Auth:

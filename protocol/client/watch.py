@@ -7,6 +7,10 @@ probe -> failover) is ``WatchState`` in watchcore.py, shared with the asyncio si
 Multiplexed: a ``Client`` has one SUB socket per endpoint (a *hub*), shared by all its
 watchers attached to that endpoint, as etcd's clients multiplex every watch over one
 stream (1,000 watches are 1 SUB, not 1,000: libzmq allows 1,023 sockets per context).
+A node grants one connection at most ``--max-watch-subscriptions`` topics (SPEC section 5
+"Bounds"), so a hub holds at most the client's ``max_watch_subscriptions`` distinct topics
+(watchers of one topic share it); a watcher of a new topic past that opens another hub on
+that endpoint (``watchcore.hub_use``).
 - the hub's thread owns the SUB (sockets are not thread-safe); watchers hand it
   subscribe/unsubscribe through a queue and an inproc wake socket. N watchers of one
   topic subscribe N times (libzmq counts them; the last unsubscribe goes upstream);
@@ -47,8 +51,8 @@ from protocol.client.types import key_range
 from protocol.client.watchcore import (  # noqa: F401  (re-exported: the protocol's names)
     FATAL_CODES, HIST_ENDED, HIST_RAISE, HISTORY_PAGE_REVISIONS, IDLE_FAILOVER, INBOX_FRAMES,
     MAX_TOPIC_KEY, PROBE_S, SILENCE_S, TOPIC_HEAD, Event, Inbox, Routes, WatchResponse, WatchState,
-    covering_range, failover_pause, hub_install, hub_release, hub_retire, hub_use, in_range,
-    parse_filters, watch_topic,
+    covering_range, failover_pause, hub_install, hub_limit, hub_list, hub_release, hub_retire,
+    hub_use, in_range, parse_filters, watch_topic,
 )
 from protocol.errors import QkvError, Unavailable
 
@@ -87,7 +91,7 @@ class _Hub:
 
     def __init__(self, client: Any, endpoint: str, ep_client: Any, url: str) -> None:
         self.endpoint, self.url, self.ep_client = endpoint, url, ep_client
-        self.users = 0            # watchers attached (under _registry_lock)
+        self.topics: dict[bytes, int] = {}  # topic -> watchers attached (under _registry_lock)
         self.stopping = False
         self.last_rx = time.monotonic()  # when the SUB last delivered anything
         self._client = weakref.ref(client)
@@ -222,23 +226,26 @@ class _Hub:
 
 
 # --- a client's hubs -----------------------------------------------------------------------
-def _hubs(client: Any) -> dict[str, _Hub]:
-    """The client's hub table (under _registry_lock). After a fork the child starts an
-    empty one: the parent's hub threads are not in it, and their sockets are not touched."""
+def _hubs(client: Any) -> dict[str, list[_Hub]]:
+    """The client's hub table, endpoint -> its hubs (under _registry_lock). After a fork
+    the child starts an empty one: the parent's hub threads are not in it, and their
+    sockets are not touched."""
     d = client.__dict__
     if d.get("_watch_hubs_pid") != os.getpid():
         d["_watch_hubs"], d["_watch_hubs_pid"] = {}, os.getpid()
-    hubs: dict[str, _Hub] = d["_watch_hubs"]
+    hubs: dict[str, list[_Hub]] = d["_watch_hubs"]
     return hubs
 
 
-def _acquire_hub(client: Any, endpoint: str) -> tuple[_Hub, Any]:
-    """The client's hub on ``endpoint`` (made when there is none, which asks ``status``
-    there first) and one use of it; with the status when it was just made (else None)."""
+def _acquire_hub(client: Any, endpoint: str, topic: bytes) -> tuple[_Hub, Any]:
+    """A hub of the client on ``endpoint`` for ``topic`` (one that has it or has room for
+    it; made when there is none, which asks ``status`` there first) and one use of it;
+    with the status when it was just made (else None)."""
     if getattr(client, "_closed", False):
         raise Unavailable("the client is closed")
+    limit = hub_limit(client)
     with _registry_lock:
-        hub = hub_use(_hubs(client), endpoint)
+        hub = hub_use(_hubs(client), endpoint, topic, limit)
     if hub is not None:
         return hub, None
     ep_client = client._derive([endpoint], timeout=min(client.timeout, ATTACH_TIMEOUT_S))
@@ -258,7 +265,7 @@ def _acquire_hub(client: Any, endpoint: str) -> tuple[_Hub, Any]:
         ep_client.close()
         raise
     with _registry_lock:
-        hub = hub_install(_hubs(client), made)
+        hub = hub_install(_hubs(client), made, topic, limit)
     if hub is not made:  # another thread made one meanwhile: that one is used
         made.close()
         made.ep_client.close()
@@ -266,10 +273,10 @@ def _acquire_hub(client: Any, endpoint: str) -> tuple[_Hub, Any]:
     return hub, st
 
 
-def _release_hub(client: Any, hub: _Hub) -> None:
-    """One use of ``hub`` less; the last one closes it."""
+def _release_hub(client: Any, hub: _Hub, topic: bytes) -> None:
+    """One use of ``hub`` for ``topic`` less; the last one closes it."""
     with _registry_lock:
-        last = hub_release(_hubs(client), hub)
+        last = hub_release(_hubs(client), hub, topic)
     if last:
         hub.close()
         hub.ep_client.close()
@@ -288,7 +295,7 @@ def _drop_orphan(client: Any, topic: bytes, held: list[Any]) -> None:
     held[:] = [None, None]
     if hub is not None:
         hub.remove(topic, inbox)
-        _release_hub(client, hub)
+        _release_hub(client, hub, topic)
 
 
 def _forget_hub(hub: _Hub) -> None:
@@ -304,7 +311,7 @@ def close_hubs(client: Any) -> None:
     within HUB_POLL_MS."""
     with _registry_lock:
         table = _hubs(client)
-        hubs = list(table.values())
+        hubs = hub_list(table)
         table.clear()
     for hub in hubs:
         hub.close()
@@ -313,7 +320,7 @@ def close_hubs(client: Any) -> None:
 def hub_count(client: Any) -> int:
     """How many watch hubs (SUB sockets) ``client`` has open now (for tests and stats)."""
     with _registry_lock:
-        return sum(1 for h in _hubs(client).values() if not h.stopping)
+        return sum(1 for h in hub_list(_hubs(client)) if not h.stopping)
 
 
 class Watcher:
@@ -398,16 +405,16 @@ class Watcher:
     def _attach(self, idx: int) -> int:
         self._detach()
         endpoint = self._endpoints[idx]
-        hub, st = _acquire_hub(self._client, endpoint)
+        hub, st = _acquire_hub(self._client, endpoint, self.topic)
         try:
             if st is None:
                 st = hub.ep_client.status()
         except BaseException:
-            _release_hub(self._client, hub)
+            _release_hub(self._client, hub, self.topic)
             raise
         with self._lock:
             if self._cancel.is_set():
-                _release_hub(self._client, hub)
+                _release_hub(self._client, hub, self.topic)
                 return int(st.header.revision)
             self._state.attached(st.header, time.monotonic())
             self._inbox = _Inbox(self._inbox.bound)  # nothing from the last member is kept
@@ -422,7 +429,7 @@ class Watcher:
             self._held[:] = [None, None]
         if hub is not None:
             hub.remove(self.topic, self._inbox)
-            _release_hub(self._client, hub)
+            _release_hub(self._client, hub, self.topic)
 
     def _fail_over(self) -> None:
         """The node is silent or failing: resume on the next endpoint that answers."""

@@ -41,6 +41,7 @@ PROBE_S = 2.0            # and no answer this long after: move to another endpoi
 HISTORY_PAGE_REVISIONS = 5000
 INBOX_FRAMES = 10_000    # a watcher's queue of live frames; overflow is a hole (history fills it)
 TAKE_BATCH = 1000        # frames a watcher takes from its inbox per step
+MAX_WATCH_SUBSCRIPTIONS = 1000  # distinct topics of one hub (SUB): a node's default grant
 FAILOVER_PAUSE_S = 0.1   # between attach rounds when no endpoint answers, doubling...
 FAILOVER_PAUSE_MAX_S = 1.0  # ...up to this
 # history errors that no other endpoint or retry can cure: raised to the caller.
@@ -218,46 +219,78 @@ class Routes:
 
 class HubLike(Protocol):
     endpoint: str
-    users: int
     stopping: bool
+    topics: dict[bytes, int]  # topic -> its watchers on this hub (the client's table counts)
 
 
 H = TypeVar("H", bound=HubLike)
 
 
-def hub_use(hubs: dict[str, H], endpoint: str) -> H | None:
-    """One more use of the running hub on ``endpoint`` in a client's table, if any."""
-    hub = hubs.get(endpoint)
-    if hub is None or hub.stopping:
-        return None
-    hub.users += 1
+def _take(hub: H, topic: bytes) -> H:
+    hub.topics[topic] = hub.topics.get(topic, 0) + 1
     return hub
 
 
-def hub_install(hubs: dict[str, H], hub: H) -> H:
-    """Put a hub just made in the table and use it; when another was made meanwhile, that
-    one is used instead (the caller closes the returned-over one: ``result is not hub``)."""
-    current = hub_use(hubs, hub.endpoint)
+def hub_limit(client: Any) -> int:
+    """The distinct topics one hub (SUB) of ``client`` may hold: its
+    ``max_watch_subscriptions`` (at least 1)."""
+    return max(1, int(getattr(client, "max_watch_subscriptions", MAX_WATCH_SUBSCRIPTIONS)))
+
+
+def hub_use(hubs: dict[str, list[H]], endpoint: str, topic: bytes, limit: int) -> H | None:
+    """One more use, for ``topic``, of a running hub on ``endpoint`` in a client's table
+    (endpoint -> its hubs): one that already has ``topic`` (its watchers share it), else one
+    holding fewer than ``limit`` distinct topics (a node grants a connection that many:
+    SPEC section 5 "Bounds"); None when none fits (the caller makes another hub)."""
+    room: H | None = None
+    for hub in hubs.get(endpoint, ()):
+        if hub.stopping:
+            continue
+        if topic in hub.topics:
+            return _take(hub, topic)
+        if room is None and len(hub.topics) < limit:
+            room = hub
+    return None if room is None else _take(room, topic)
+
+
+def hub_install(hubs: dict[str, list[H]], hub: H, topic: bytes, limit: int) -> H:
+    """Put a hub just made in the table and use it for ``topic``; when one that fits was
+    made (or freed room) meanwhile, that one is used instead (the caller closes the
+    returned-over one: ``result is not hub``)."""
+    current = hub_use(hubs, hub.endpoint, topic, limit)
     if current is not None:
         return current
-    hubs[hub.endpoint] = hub
-    hub.users += 1
-    return hub
+    hubs.setdefault(hub.endpoint, []).append(hub)
+    return _take(hub, topic)
 
 
-def hub_release(hubs: dict[str, H], hub: H) -> bool:
-    """One use less; True when it was the last (the caller closes the hub)."""
-    hub.users -= 1
-    if hub.users > 0:
+def hub_release(hubs: dict[str, list[H]], hub: H, topic: bytes) -> bool:
+    """One use of ``hub`` for ``topic`` less (its last frees room for another topic); True
+    when it was the hub's last use (the caller closes the hub)."""
+    left = hub.topics.get(topic, 0) - 1
+    if left > 0:
+        hub.topics[topic] = left
+    else:
+        hub.topics.pop(topic, None)
+    if hub.topics:
         return False
     hub_retire(hubs, hub)
     return True
 
 
-def hub_retire(hubs: dict[str, H], hub: H) -> None:
-    """Out of the table (dead, or closing): the next attach there makes a new hub."""
-    if hubs.get(hub.endpoint) is hub:
+def hub_retire(hubs: dict[str, list[H]], hub: H) -> None:
+    """Out of the table (dead, or closing): the next attach there uses another hub."""
+    same = hubs.get(hub.endpoint)
+    if same is None:
+        return
+    same[:] = [h for h in same if h is not hub]
+    if not same:
         del hubs[hub.endpoint]
+
+
+def hub_list(hubs: dict[str, list[H]]) -> list[H]:
+    """Every hub of a client's table."""
+    return [hub for same in hubs.values() for hub in same]
 
 
 class _Malformed(Exception):
