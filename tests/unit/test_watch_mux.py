@@ -436,3 +436,98 @@ def test_a_watcher_dropped_without_cancel_lets_go_of_its_subscription(srv, clien
     del keep
     gc.collect()
     assert W.hub_count(client) == 0
+
+
+# --- at most max_watch_subscriptions distinct topics per hub --------------------------------
+# A node grants one connection --max-watch-subscriptions topics (SPEC section 5 "Bounds"),
+# refuses the rest and closes a connection holding too many refused ones: past the client's
+# max_watch_subscriptions a watcher of a new topic opens another hub on that endpoint.
+class _FakeHub:
+    def __init__(self, endpoint: str) -> None:
+        self.endpoint, self.stopping = endpoint, False
+        self.topics: dict[bytes, int] = {}
+
+
+def _attach(hubs: dict, endpoint: str, topic: bytes, limit: int) -> _FakeHub:
+    return WC.hub_use(hubs, endpoint, topic, limit) or WC.hub_install(hubs, _FakeHub(endpoint), topic, limit)
+
+
+def test_hub_table_holds_at_most_limit_distinct_topics_per_hub():
+    hubs: dict = {}
+    got = [_attach(hubs, "e", b"t%d" % i, 3) for i in range(7)]
+    assert len(hubs["e"]) == 3 and [len(h.topics) for h in hubs["e"]] == [3, 3, 1]
+    assert got[0] is got[2] and got[3] is got[5] and got[6] is hubs["e"][2]
+    # a watcher of a topic a hub already has shares it (not counted again), even a full hub
+    assert _attach(hubs, "e", b"t0", 3) is got[0] and got[0].topics[b"t0"] == 2
+    assert _attach(hubs, "e", b"t5", 3) is got[3]
+    assert _attach(hubs, "other", b"t0", 3) is not got[0]  # per endpoint
+    # releasing: one of two t0 watchers keeps the room taken; the last one frees it
+    assert not WC.hub_release(hubs, got[0], b"t0") and len(got[0].topics) == 3
+    assert not WC.hub_release(hubs, got[0], b"t0") and len(got[0].topics) == 2
+    assert _attach(hubs, "e", b"new", 3) is got[0] and len(hubs["e"]) == 3
+    # a hub racing another one made meanwhile: hub_install hands back the one that fits
+    made = _FakeHub("e")
+    assert WC.hub_install(hubs, made, b"t6", 3) is got[6] and made not in hubs["e"]
+    # a stopping hub is skipped; a hub's last use takes it out of the table
+    got[6].stopping = True
+    assert _attach(hubs, "e", b"t6", 3) not in (got[6], got[0], got[3])
+    assert not WC.hub_release(hubs, got[6], b"t6") and WC.hub_release(hubs, got[6], b"t6")
+    assert got[6] not in hubs["e"] and len(hubs["e"]) == 3
+
+
+def _hub_topics(table: dict, endpoint: str) -> list[int]:
+    return sorted(len(h.topics) for h in table.get(endpoint, ()) if not h.stopping)
+
+
+def test_watchers_past_max_watch_subscriptions_open_another_hub(srv):
+    with pytest.raises(ValueError):
+        Client([srv.endpoint], max_watch_subscriptions=0)
+    with Client([srv.endpoint], timeout=3, max_watch_subscriptions=3) as c:
+        assert c._derive([srv.endpoint], 1).max_watch_subscriptions == 3
+        ws = {i: c.watch(f"m/{i}") for i in range(7)}
+        assert W.hub_count(c) == 3 and _hub_topics(W._hubs(c), srv.endpoint) == [1, 3, 3]
+        twins = [c.watch("m/0"), c.watch("m/6")]  # topics held already: no new hub
+        assert W.hub_count(c) == 3 and _hub_topics(W._hubs(c), srv.endpoint) == [1, 3, 3]
+        wait_for(lambda: len(srv.channels) == 7, 5, "7 subscriptions")
+        revs = {i: c.put(f"m/{i}", "v").header.revision for i in range(7)}
+        for i, w in ws.items():
+            assert drain(w, revs[i]) == [(revs[i], [f"m/{i}".encode()])]
+        for w, i in zip(twins, (0, 6)):
+            assert drain(w, revs[i]) == [(revs[i], [f"m/{i}".encode()])]
+        ws.pop(1).cancel()  # frees room on a full hub: the next new topic goes there
+        ws[7] = c.watch("m/7")
+        assert W.hub_count(c) == 3 and _hub_topics(W._hubs(c), srv.endpoint) == [1, 3, 3]
+        r = c.put("m/7", "v").header.revision
+        assert drain(ws[7], r) == [(r, [b"m/7"])]
+        for w in list(ws.values()) + twins:
+            w.cancel()
+        assert W.hub_count(c) == 0
+    wait_for(lambda: not srv.channels, 5, "every subscription gone")
+
+
+def test_async_watchers_past_max_watch_subscriptions_open_another_hub(srv):
+    async def main():
+        with pytest.raises(ValueError):
+            AsyncClient([srv.endpoint], max_watch_subscriptions=0)
+        async with AsyncClient([srv.endpoint], timeout=3, max_watch_subscriptions=3) as c:
+            assert c._derive([srv.endpoint], 1).max_watch_subscriptions == 3
+            ws = {i: await c.watch(f"m/{i}") for i in range(7)}
+            assert AW.hub_count(c) == 3 and _hub_topics(AW._hubs(c), srv.endpoint) == [1, 3, 3]
+            twins = [await c.watch("m/0"), await c.watch("m/6")]
+            assert AW.hub_count(c) == 3 and _hub_topics(AW._hubs(c), srv.endpoint) == [1, 3, 3]
+            revs = {i: (await c.put(f"m/{i}", "v")).header.revision for i in range(7)}
+            for i, w in ws.items():
+                assert await adrain(w, revs[i]) == [(revs[i], [f"m/{i}".encode()])]
+            for w, i in zip(twins, (0, 6)):
+                assert await adrain(w, revs[i]) == [(revs[i], [f"m/{i}".encode()])]
+            ws.pop(1).cancel()
+            ws[7] = await c.watch("m/7")
+            assert AW.hub_count(c) == 3 and _hub_topics(AW._hubs(c), srv.endpoint) == [1, 3, 3]
+            r = (await c.put("m/7", "v")).header.revision
+            assert await adrain(ws[7], r) == [(r, [b"m/7"])]
+            for w in list(ws.values()) + twins:
+                await w.aclose()
+            assert AW.hub_count(c) == 0
+        wait_for(lambda: not srv.channels, 5, "every subscription gone")
+
+    arun(main())
