@@ -1,0 +1,153 @@
+"""Issue 16's acceptance tests of the client library against real nodes: 1,000 asyncio
+tasks through one AsyncClient, endpoint auto-sync surviving the removal of the only
+endpoint a client was given, and failover during an election sending a bounded number
+of requests per second instead of spinning. (The behavioural tests shared by both
+clients are the existing ones, parametrized by ``client_kind``: tests/conftest.py.)"""
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+
+from nodeproc import wait_for
+
+from protocol import errors
+from protocol.client import Client
+from protocol.client.aio import AsyncClient
+from aioclient import SyncAsyncClient
+from tests.bench.bench_client import async_ordered
+
+
+def test_1000_tasks_through_one_async_client_every_op_answered_in_order(node_factory):
+    """1,000 concurrent tasks x 100 ops (put of its own key, then a get that must see
+    it) through ONE AsyncClient. The threaded figure beside it: tests/bench/bench_client.py."""
+    node = node_factory()
+    tasks, ops = 1000, 100
+
+    async def main() -> dict:
+        async with AsyncClient([node.client_url], timeout=60) as c:
+            return await async_ordered(c, tasks, ops)
+
+    r = asyncio.run(main())
+    assert r["ops"] == tasks * ops
+    print(f"asyncio: {tasks} tasks x {ops} ops through one AsyncClient: {r['per_s']:.0f} ops/s "
+          f"({r['ops']} ops in {r['seconds']:.1f} s)")
+
+
+def _remove(c: Client, member_id: int) -> bool:
+    try:
+        c.member_remove(member_id)
+        return True
+    except (errors.UnhealthyCluster, errors.ConfChangeInProgress):
+        return False
+
+
+def test_auto_sync_keeps_a_client_working_after_its_only_endpoint_is_removed(cluster_factory):
+    """Both clients are given ONE member of three, with auto-sync every 0.5 s: they learn
+    the other two from member_list, and keep serving once their member is removed (and
+    has stopped); the removed URL leaves their endpoint lists."""
+    cluster = cluster_factory(3)
+    leader = cluster.leader()
+    given = next(n for n in cluster.nodes if n is not leader)
+    everyone = {n.client_url for n in cluster.nodes}
+    clients = {"thread": Client([given.client_url], timeout=5, auto_sync_interval=0.5),
+               "asyncio": SyncAsyncClient([given.client_url], timeout=5, auto_sync_interval=0.5)}
+    try:
+        for kind, c in clients.items():
+            wait_for(lambda: set(c.endpoints) == everyone, 20, f"{kind}: the endpoints synced from member_list")
+            c.put(f"sync/{kind}", "before")
+        with Client([n.client_url for n in cluster.nodes if n is not given], timeout=10) as admin:
+            wait_for(lambda: _remove(admin, given.member_id), 20, "the member's removal", interval=0.2)
+        wait_for(lambda: given.proc.poll() is not None, 20, "the removed member to stop")
+        for kind, c in clients.items():
+            for i in range(20):
+                c.put(f"sync/{kind}", str(i))
+                assert c.get(f"sync/{kind}").kvs[0].value == str(i).encode()
+            wait_for(lambda: given.client_url not in c.endpoints and len(c.endpoints) == 2, 20,
+                     f"{kind}: the removed member to leave the endpoint list")
+            assert c.get(f"sync/{kind}").kvs[0].value == b"19"
+    finally:
+        for c in clients.values():
+            c.close()
+
+
+WORKERS = 8
+DURATION_S = 5.0
+
+
+def _bound(n: int, elapsed: float) -> int:
+    """The design's bound (design-16.md "Failover, backoff, bound"), with room for the
+    warm-up: each worker may run its first rounds before the client's backoff has grown
+    (5 rounds of n requests each, and one round in flight per worker), then at most 2n
+    requests per second (defaults: backoff_base 0.05, backoff_max 1.0)."""
+    return WORKERS * n * 6 + int(2 * n * elapsed) + n
+
+
+def test_failover_during_an_election_sends_a_bounded_number_of_requests(cluster_factory):
+    """Every member cut off from the others: no leader anywhere, every member refuses
+    writes with no_leader at once. Clients writing in a loop from 8 threads (tasks) for
+    ~5 s send at most the bounded number of requests, instead of spinning."""
+    cluster = cluster_factory(3)
+    cluster.leader()
+    urls = [n.client_url for n in cluster.nodes]
+    cluster.partition(*([n] for n in cluster.nodes))
+
+    def leaderless() -> bool:
+        for n in cluster.nodes:
+            st = n.request({"op": "status"}, timeout=1)
+            if not st or not st.get("ok") or st.get("leader"):
+                return False
+        return True
+
+    wait_for(leaderless, 30, "every member to lose its leader")
+    counts = {}
+
+    with Client(urls, timeout=1.0) as c:
+        stop = threading.Event()
+        calls = [0]
+
+        def work(i: int) -> None:
+            while not stop.is_set():
+                calls[0] += 1
+                try:
+                    c.put(f"bound/{i}", "x")
+                except errors.QkvError:
+                    pass
+
+        before = c.requests_sent
+        ts = [threading.Thread(target=work, args=(i,)) for i in range(WORKERS)]
+        t0 = time.monotonic()
+        for t in ts:
+            t.start()
+        stop.wait(DURATION_S)
+        stop.set()
+        for t in ts:
+            t.join()
+        counts["thread"] = (c.requests_sent - before, time.monotonic() - t0, calls[0])
+
+    async def run_async() -> tuple[int, float, int]:
+        async with AsyncClient(urls, timeout=1.0) as c:
+            loop = asyncio.get_running_loop()
+            end = loop.time() + DURATION_S
+            n_calls = 0
+
+            async def work(i: int) -> None:
+                nonlocal n_calls
+                while loop.time() < end:
+                    n_calls += 1
+                    try:
+                        await c.put(f"bound/{i}", "x")
+                    except errors.QkvError:
+                        pass
+
+            before = c.requests_sent
+            t0 = time.monotonic()
+            await asyncio.gather(*(work(i) for i in range(WORKERS)))
+            return c.requests_sent - before, time.monotonic() - t0, n_calls
+
+    counts["asyncio"] = asyncio.run(run_async())
+    for kind, (sent, elapsed, n_calls) in counts.items():
+        print(f"{kind}: {sent} requests in {elapsed:.1f} s ({n_calls} calls from {WORKERS} workers; "
+              f"bound {_bound(len(urls), elapsed)})")
+    for kind, (sent, elapsed, _) in counts.items():
+        assert 0 < sent <= _bound(len(urls), elapsed), (kind, sent)
