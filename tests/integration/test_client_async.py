@@ -54,8 +54,8 @@ def test_auto_sync_keeps_a_client_working_after_its_only_endpoint_is_removed(clu
                "asyncio": SyncAsyncClient([given.client_url], timeout=5, auto_sync_interval=0.5)}
     try:
         for kind, c in clients.items():
+            c.put(f"sync/{kind}", "before")  # (an AsyncClient starts its auto-sync task on its loop)
             wait_for(lambda: set(c.endpoints) == everyone, 20, f"{kind}: the endpoints synced from member_list")
-            c.put(f"sync/{kind}", "before")
         with Client([n.client_url for n in cluster.nodes if n is not given], timeout=10) as admin:
             wait_for(lambda: _remove(admin, given.member_id), 20, "the member's removal", interval=0.2)
         wait_for(lambda: given.proc.poll() is not None, 20, "the removed member to stop")
