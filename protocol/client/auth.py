@@ -28,14 +28,13 @@ from protocol.client.types import (
     AuthenticateResponse, AuthResponse, AuthRoleGetResponse, AuthRoleListResponse,
     AuthStatusResponse, AuthUserGetResponse, AuthUserListResponse, perm_type_name, to_bytes,
 )
-from protocol.errors import AuthNotEnabled, AuthOldRevision, InvalidAuthToken, UserEmpty
+from protocol.client.core import REAUTH_ERRORS  # noqa: F401  (re-exported)
+from protocol.errors import AuthNotEnabled
 
 if TYPE_CHECKING:
     from protocol.client.client import Client
 
 Z85_KEY_LEN = 40
-# Errors after which the request is refused untouched and a fresh token may help.
-REAUTH_ERRORS = (InvalidAuthToken, UserEmpty, AuthOldRevision)
 
 
 def _z85_key(value: Any, what: str) -> bytes:
@@ -149,18 +148,46 @@ class Security:
             return self._token or "", self._gen
 
     def _authenticate(self, client: "Client") -> None:
+        try:
+            reply = client._send(self.auth_request(), write=False)
+        except AuthNotEnabled:
+            self.auth_done(None)
+        else:
+            self.auth_done(reply)
+
+    # -- the same, for AsyncClient (protocol/client/aio.py) ---------------------------
+    # The pure steps are shared: the request, and what its answer means. The asyncio
+    # client serializes (re-)authentication with an asyncio.Lock of this object (one
+    # event loop per AsyncClient and the clients it derives).
+    def auth_request(self) -> dict[str, Any]:
+        """The ``authenticate`` request of this user (with this client's CURVE key)."""
         req: dict[str, Any] = {"op": "authenticate", "name": self.user or "",
                                "password": self.password or ""}
         if self.public is not None:
             req["key"] = self.public.decode()
-        try:
-            reply = client._send(req, write=False)
-        except AuthNotEnabled:
+        return req
+
+    def auth_done(self, reply: dict[str, Any] | None) -> None:
+        """Record an ``authenticate`` answer (None: ``auth_not_enabled``, no token needed)."""
+        if reply is None:
             self._token = ""  # auth is off: requests need no token
         else:
             self._token = AuthenticateResponse.from_wire(reply).token
             self.authentications += 1
         self._gen += 1
+
+    def current(self) -> tuple[str | None, int]:
+        """(token or None when not authenticated yet, generation), without waiting."""
+        return self._token, self._gen
+
+    def async_lock(self) -> Any:
+        """The asyncio.Lock serializing AsyncClient authentications (made on first use)."""
+        lock = self.__dict__.get("_alock")
+        if lock is None:
+            import asyncio
+
+            lock = self.__dict__["_alock"] = asyncio.Lock()
+        return lock
 
 
 class Auth:

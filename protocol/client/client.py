@@ -1,19 +1,19 @@
 """The quorumkv client: etcd-v3-style KV calls over ZeroMQ (protocol/SPEC.md).
 
-Transport rules:
-- one DEALER socket per thread (``threading.local``), connected to one endpoint at a time;
-  one request in flight per socket; replies are matched by ``id`` and any other reply
-  (a late answer to a request that timed out) is dropped;
+The protocol is shared with ``AsyncClient`` (protocol/client/aio.py): requests and
+replies are built and parsed by protocol/client/calls.py; failover, backoff and the token
+policy are protocol/client/core.py's (read its docstring for the rules). This module is
+the threaded transport:
+
+- one DEALER socket per thread (``threading.local``), connected to one endpoint (keyed by
+  its URL: the endpoint list may change under ``sync``) at a time; one request in flight
+  per socket; replies are matched by ``id`` and any other reply (a late answer to a
+  request that timed out) is dropped;
 - ``zmq.IMMEDIATE`` is set, so a request is only queued once a connection to the
   endpoint is up: "could not send" (nothing left this process) is told apart from "sent,
   no reply" (the outcome of a write is unknown);
 - on a timeout the thread's socket is closed and recreated (Lazy Pirate, ZeroMQ guide
   ch. 4), so a stale reply never reaches a later request;
-- reads (``range``, ``status``, txns without writes) that time out or get a retryable
-  error go to the next endpoint within the overall timeout; writes are never re-sent
-  after they may have left: a write that was sent and got no reply raises ``Timeout``
-  ("outcome unknown"); a write refused with a retryable error (it did not take effect)
-  may go to the next endpoint;
 - the zmq context is created lazily, per process: after ``fork`` the child makes its own
   and never touches the parent's sockets;
 - security (protocol/client/auth.py): ``server_key`` makes every socket a CURVE client
@@ -21,10 +21,9 @@ Transport rules:
   bare "could not connect"); ``user``/``password`` attach a token to every request, and a
   request refused for its token (``invalid_auth_token``, ``user_empty``,
   ``auth_old_revision``) is resent once with a fresh one;
-- ``too_many_requests`` (the member holds too much for this connection, SPEC section 1
-  "Per-connection limits"; the request did nothing) is sent again to the same member
-  after a short, growing, jittered pause (25 ms doubling to 500 ms), within the overall
-  timeout.
+- ``auto_sync_interval``: a daemon thread (holding the client by weakref) replaces the
+  endpoint list from ``member_list`` every interval; a thread whose socket's endpoint
+  left the list gets a new socket at its next call.
 """
 from __future__ import annotations
 
@@ -35,18 +34,20 @@ import random
 import threading
 import time
 import weakref
-from typing import TYPE_CHECKING, Any, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Sequence, TypeVar
 
 import zmq
 
+from protocol.client import calls
+from protocol.client.auth import Auth, Security
+from protocol.client.calls import Call, is_write_request  # noqa: F401  (is_write_request: re-exported)
+from protocol.client.core import (  # noqa: F401  (BUSY_*: re-exported)
+    BUSY_BACKOFF_MAX_S, BUSY_BACKOFF_S, DEFAULT_BACKOFF_BASE_S, DEFAULT_BACKOFF_MAX_S, Backoff,
+    Failover, Reauth, endpoints_from_members, normalize_endpoint, with_token,
+)
 from protocol.codec import pack, unpack
-from protocol.client.auth import REAUTH_ERRORS, Auth, Security
-from protocol.errors import (
-    AuthOldRevision, Internal, InvalidAuthToken, Malformed, QkvError, Timeout, TooManyRequests, Unavailable,
-)
-from protocol.client.txn import (
-    Compare, Op, Txn, delete_fields, put_fields, range_fields, txn_fields, txn_writes,
-)
+from protocol.errors import Internal, Malformed, Timeout, Unavailable
+from protocol.client.txn import Compare, Op, Txn
 from protocol.client.types import (
     AlarmResponse, DefragmentResponse,
     CompactResponse, DeleteRangeResponse, HashKVResponse, MemberAddResponse, MemberListResponse,
@@ -60,51 +61,55 @@ if TYPE_CHECKING:
         LeaseGrantResponse, LeaseLeasesResponse, LeaseRevokeResponse, LeaseTimeToLiveResponse,
     )
 
+T = TypeVar("T")
 DEFAULT_ENDPOINT = "tcp://127.0.0.1:7379"
 DEFAULT_TIMEOUT_S = 7.0
-BUSY_BACKOFF_S = 0.025  # first pause after too_many_requests; doubles up to BUSY_BACKOFF_MAX_S
-BUSY_BACKOFF_MAX_S = 0.5
 _ID_MASK = (1 << 64) - 1
-_READ_OPS = frozenset({"range", "status", "member_list", "hash_kv", "history", "alarm_list", "defragment",
-                       "snapshot", "authenticate", "auth_status", "user_get", "user_list", "role_get",
-                       "role_list"})
 # Monitor events of a CURVE socket that tell why no connection comes up.
-_HANDSHAKE_EVENTS = (zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
-                     | zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_SUCCEEDED)
+HANDSHAKE_EVENTS = (zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+                    | zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_SUCCEEDED)
+_HANDSHAKE_EVENTS = HANDSHAKE_EVENTS
 
 
-def normalize_endpoint(endpoint: str) -> str:
-    """``host:port`` -> ``tcp://host:port``; ``tcp://``/``ipc://``/``inproc://`` unchanged.
-    ``http://`` (etcd habit) is taken as tcp."""
-    e = endpoint.strip()
-    if not e:
-        raise ValueError("empty endpoint")
-    for scheme in ("http://", "https://"):
-        if e.startswith(scheme):
-            return "tcp://" + e[len(scheme):]
-    if "://" in e:
-        return e
-    return "tcp://" + e
+def parse_endpoints(endpoints: Sequence[str] | str | None) -> list[str]:
+    """The constructor's ``endpoints`` (a list, a comma-separated string, None = the
+    default) as a normalized, non-empty list."""
+    if endpoints is None:
+        endpoints = [DEFAULT_ENDPOINT]
+    elif isinstance(endpoints, str):
+        endpoints = endpoints.split(",")
+    out = [normalize_endpoint(e) for e in endpoints if e.strip()]
+    if not out:
+        raise ValueError("at least one endpoint is needed")
+    return out
 
 
-def is_write_request(req: dict[str, Any]) -> bool:
-    op = req.get("op")
-    if op in _READ_OPS:
-        return False
-    if op == "txn":
-        return txn_writes(req)
-    return True
+def drain_handshake(mon: zmq.Socket, current: str | None) -> str | None:
+    """Read the monitor events waiting on ``mon`` (a sync PAIR socket): why the CURVE
+    handshake failed so far (None: it did not, or it succeeded since)."""
+    from zmq.utils.monitor import recv_monitor_message
+
+    while True:
+        try:
+            ev = recv_monitor_message(mon, zmq.NOBLOCK)
+        except (zmq.Again, zmq.ZMQError):
+            break
+        why = handshake_failure(ev["event"], ev["value"])
+        # A specific reason (mechanism mismatch, ZAP refusal) is not overwritten by a
+        # vaguer one from a later reconnection attempt.
+        if why is None or current is None or ev["event"] != zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL:
+            current = why
+    return current
 
 
 class _ThreadSocket:
-    """A thread's DEALER socket, connected to ``endpoint_index``."""
+    """A thread's DEALER socket, connected to ``endpoint``."""
 
-    __slots__ = ("sock", "endpoint_index", "pid", "monitor", "handshake_error", "__weakref__")
+    __slots__ = ("sock", "endpoint", "pid", "monitor", "handshake_error", "__weakref__")
 
-    def __init__(self, ctx: zmq.Context, endpoint: str, endpoint_index: int,
-                 security: Security | None = None) -> None:
+    def __init__(self, ctx: zmq.Context, endpoint: str, security: Security | None = None) -> None:
         self.pid = os.getpid()
-        self.endpoint_index = endpoint_index
+        self.endpoint = endpoint
         self.handshake_error: str | None = None
         sock = ctx.socket(zmq.DEALER)
         sock.setsockopt(zmq.LINGER, 0)
@@ -112,28 +117,15 @@ class _ThreadSocket:
         self.monitor: zmq.Socket | None = None
         if security is not None and security.curve:
             security.configure(sock)
-            self.monitor = sock.get_monitor_socket(_HANDSHAKE_EVENTS)
+            self.monitor = sock.get_monitor_socket(HANDSHAKE_EVENTS)
         sock.connect(endpoint)
         self.sock: zmq.Socket | None = sock
 
     def check_handshake(self) -> str | None:
         """Why the CURVE handshake failed, from the monitor events seen so far (None if
         it did not fail, or security is off)."""
-        mon = self.monitor
-        if mon is None:
-            return self.handshake_error
-        from zmq.utils.monitor import recv_monitor_message
-
-        while True:
-            try:
-                ev = recv_monitor_message(mon, zmq.NOBLOCK)
-            except (zmq.Again, zmq.ZMQError):
-                break
-            why = handshake_failure(ev["event"], ev["value"])
-            # A specific reason (mechanism mismatch, ZAP refusal) is not overwritten by a
-            # vaguer one from a later reconnection attempt.
-            if why is None or self.handshake_error is None or ev["event"] != zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL:
-                self.handshake_error = why
+        if self.monitor is not None:
+            self.handshake_error = drain_handshake(self.monitor, self.handshake_error)
         return self.handshake_error
 
     def close(self) -> None:
@@ -175,7 +167,12 @@ def handshake_failure(event: int, value: int) -> str | None:
 
 
 class Client:
-    """A thread-safe quorumkv client. ``timeout`` bounds each call, failover included.
+    """A thread-safe quorumkv client. ``timeout`` bounds each call, failover and backoff
+    included; every call also takes its own ``timeout=``.
+
+    Failover and backoff (protocol/client/core.py): ``backoff_base``/``backoff_max`` pace
+    the client once every endpoint has failed in a row. ``auto_sync_interval`` > 0: the
+    endpoint list follows ``member_list`` (every interval, from a daemon thread).
 
     Security (SPEC "Security"): ``server_key`` (the server's Z85 public key, or
     ``"@path"`` of its ``.key`` certificate file) turns CURVE on, with this client's
@@ -185,32 +182,40 @@ class Client:
     def __init__(self, endpoints: Sequence[str] | str | None = None,
                  timeout: float = DEFAULT_TIMEOUT_S, *, user: str | None = None,
                  password: str | None = None, server_key: Any = None,
-                 key_file: str | None = None, _security: Security | None = None) -> None:
-        if endpoints is None:
-            endpoints = [DEFAULT_ENDPOINT]
-        elif isinstance(endpoints, str):
-            endpoints = endpoints.split(",")
-        self.endpoints: list[str] = [normalize_endpoint(e) for e in endpoints if e.strip()]
-        if not self.endpoints:
-            raise ValueError("at least one endpoint is needed")
+                 key_file: str | None = None, auto_sync_interval: float = 0.0,
+                 backoff_base: float = DEFAULT_BACKOFF_BASE_S,
+                 backoff_max: float = DEFAULT_BACKOFF_MAX_S,
+                 _security: Security | None = None) -> None:
+        self.endpoints: list[str] = parse_endpoints(endpoints)
         if not timeout or timeout <= 0:
             raise ValueError("timeout must be > 0")
+        if auto_sync_interval < 0:
+            raise ValueError("auto_sync_interval must be >= 0")
         self.timeout = float(timeout)
+        self.auto_sync_interval = float(auto_sync_interval)
         self._lock = threading.Lock()
         self._preferred = 0  # index into endpoints; moves on after a failure
+        self._backoff = Backoff(backoff_base, backoff_max, lock=self._lock)
         self._ctx: zmq.Context | None = None
         self._ctx_pid: int | None = None
         self._local = threading.local()
         self._live: weakref.WeakSet[_ThreadSocket] = weakref.WeakSet()
         self._ids = itertools.count(random.getrandbits(40) + 1)
         self._closed = False
+        self._stop_sync = threading.Event()
+        self.requests_sent = 0
         self._security = _security if _security is not None else Security(
             server_key=server_key, key_file=key_file, user=user, password=password)
+        if self.auto_sync_interval > 0:
+            threading.Thread(target=_auto_sync, args=(weakref.ref(self), self._stop_sync,
+                                                      self.auto_sync_interval),
+                             name="qkv-auto-sync", daemon=True).start()
 
     def _derive(self, endpoints: Sequence[str], timeout: float) -> "Client":
         """A client of other endpoints/timeout with this one's keys, user and token (the
-        watch's, the lease router's)."""
-        return Client(list(endpoints), timeout=timeout, _security=self._security)
+        watch's, the lease router's); it has its own backoff."""
+        return Client(list(endpoints), timeout=timeout, backoff_base=self._backoff.base,
+                      backoff_max=self._backoff.maximum, _security=self._security)
 
     @property
     def auth(self) -> Auth:
@@ -224,13 +229,14 @@ class Client:
 
     # -- lifecycle ----------------------------------------------------------------------
     def close(self) -> None:
-        """Close every socket. Calls made after it raise ``Unavailable``."""
+        """Close every socket and stop auto-sync. Calls made after it raise ``Unavailable``."""
         with self._lock:
             if self._closed:
                 return
             self._closed = True
             holders = list(self._live)
             self._ctx = None
+        self._stop_sync.set()
         router = self.__dict__.pop("_router", None)
         if router is not None:
             router.close()
@@ -243,108 +249,148 @@ class Client:
     def __exit__(self, *exc: Any) -> None:
         self.close()
 
+    # -- endpoints ------------------------------------------------------------------------
+    def sync(self, *, timeout: float | None = None) -> list[str]:
+        """Replace the endpoint list by the client URLs of the started, non-learner members
+        (``member_list`` now, clientv3's Sync); an empty answer keeps the list. Returns the
+        new list."""
+        resp = self.member_list(timeout=timeout)
+        with self._lock:
+            asked = self.endpoints[self._preferred % len(self.endpoints)]
+        new = endpoints_from_members(resp.members, asked)
+        if new:
+            with self._lock:
+                current = self.endpoints[self._preferred % len(self.endpoints)]
+                self.endpoints = new  # replaced, never changed in place
+                self._preferred = new.index(current) if current in new else 0
+        return list(self.endpoints)
+
     # -- KV API ---------------------------------------------------------------------------
     def put(self, key: Any, value: Any = b"", lease: int = 0, prev_kv: bool = False,
-            ignore_value: bool = False, ignore_lease: bool = False) -> PutResponse:
-        req = {"op": "put", **put_fields(key, value, lease, prev_kv, ignore_value, ignore_lease)}
-        return PutResponse.from_wire(self._call(req, write=True))
+            ignore_value: bool = False, ignore_lease: bool = False, *,
+            timeout: float | None = None) -> PutResponse:
+        """Set ``key`` to ``value`` (attached to ``lease`` if not 0); ``prev_kv``: return
+        the previous pair; ``ignore_value``/``ignore_lease``: keep the current one."""
+        return self._run(calls.put(key, value, lease, prev_kv, ignore_value, ignore_lease), timeout)
 
     def get(self, key: Any, range_end: Any = None, *, prefix: bool = False,
             from_key: bool = False, limit: int = 0, revision: int = 0,
             sort_order: str = "NONE", sort_target: str = "KEY", serializable: bool = False,
             keys_only: bool = False, count_only: bool = False, min_mod_revision: int = 0,
             max_mod_revision: int = 0, min_create_revision: int = 0,
-            max_create_revision: int = 0) -> RangeResponse:
-        req = {"op": "range", **range_fields(
+            max_create_revision: int = 0, timeout: float | None = None) -> RangeResponse:
+        """A key, ``[key, range_end)``, a ``prefix`` or every key ``from_key`` on (a
+        ``RangeResponse``); linearizable unless ``serializable``."""
+        return self._run(calls.get(
             key, range_end, prefix=prefix, from_key=from_key, limit=limit, revision=revision,
             sort_order=sort_order, sort_target=sort_target, serializable=serializable,
             keys_only=keys_only, count_only=count_only, min_mod_revision=min_mod_revision,
             max_mod_revision=max_mod_revision, min_create_revision=min_create_revision,
-            max_create_revision=max_create_revision)}
-        return RangeResponse.from_wire(self._call(req, write=False))
+            max_create_revision=max_create_revision), timeout)
 
     range = get
 
     def delete(self, key: Any, range_end: Any = None, *, prefix: bool = False,
-               from_key: bool = False, prev_kv: bool = False) -> DeleteRangeResponse:
-        req = {"op": "delete_range", **delete_fields(key, range_end, prefix=prefix,
-                                                     from_key=from_key, prev_kv=prev_kv)}
-        return DeleteRangeResponse.from_wire(self._call(req, write=True))
+               from_key: bool = False, prev_kv: bool = False,
+               timeout: float | None = None) -> DeleteRangeResponse:
+        """Delete a key, a range, a ``prefix`` (a ``DeleteRangeResponse``)."""
+        return self._run(calls.delete(key, range_end, prefix=prefix, from_key=from_key,
+                                      prev_kv=prev_kv), timeout)
 
     def txn(self, compare: Iterable[Compare] | None = None, success: Iterable[Op] | None = None,
-            failure: Iterable[Op] | None = None) -> Any:
+            failure: Iterable[Op] | None = None, *, timeout: float | None = None) -> Any:
         """With no arguments: a ``Txn`` builder (``.if_().then().else_().commit()``);
         otherwise run the txn and return a ``TxnResponse``."""
         if compare is None and success is None and failure is None:
             return Txn(self)
-        req = {"op": "txn", **txn_fields(compare or (), success or (), failure or ())}
-        return TxnResponse.from_wire(self._call(req, write=txn_writes(req)))
+        resp: TxnResponse = self._run(calls.txn(compare, success, failure), timeout)
+        return resp
 
-    def compact(self, revision: int, physical: bool = False) -> CompactResponse:
-        req: dict[str, Any] = {"op": "compact", "revision": int(revision)}
-        if physical:
-            req["physical"] = True
-        return CompactResponse.from_wire(self._call(req, write=True))
+    def compact(self, revision: int, physical: bool = False, *,
+                timeout: float | None = None) -> CompactResponse:
+        """Compact the key history up to ``revision``."""
+        return self._run(calls.compact(revision, physical), timeout)
 
-    def status(self) -> StatusResponse:
-        return StatusResponse.from_wire(self._call({"op": "status"}, write=False))
+    def get_prefix(self, prefix: Any, *, timeout: float | None = None, **range_kw: Any) -> RangeResponse:
+        """Every key starting with ``prefix`` (``get``'s other options apply)."""
+        return self._run(calls.get_prefix(prefix, **range_kw), timeout)
 
-    def member_list(self) -> MemberListResponse:
-        return MemberListResponse.from_wire(self._call({"op": "member_list"}, write=False))
+    def delete_prefix(self, prefix: Any, prev_kv: bool = False, *,
+                      timeout: float | None = None) -> DeleteRangeResponse:
+        """Delete every key starting with ``prefix``."""
+        return self._run(calls.delete_prefix(prefix, prev_kv), timeout)
+
+    def put_if_not_exists(self, key: Any, value: Any, lease: int = 0, *,
+                          timeout: float | None = None) -> bool:
+        """Put ``key`` only if it does not exist (a txn on create_revision == 0); whether
+        it was put."""
+        return self._run(calls.put_if_not_exists(key, value, lease), timeout)
+
+    def replace(self, key: Any, old: Any, new: Any, *, timeout: float | None = None) -> bool:
+        """Set ``key`` to ``new`` only if its value is ``old`` (a txn); whether it was."""
+        return self._run(calls.replace(key, old, new), timeout)
+
+    # -- maintenance / cluster ------------------------------------------------------------
+    def status(self, *, timeout: float | None = None) -> StatusResponse:
+        """The status of the member answering."""
+        return self._run(calls.status(), timeout)
+
+    def member_list(self, *, timeout: float | None = None) -> MemberListResponse:
+        """The cluster's members."""
+        return self._run(calls.member_list(), timeout)
 
     # Membership changes (SPEC section 3): the leader runs them (any member forwards), one
     # at a time; each answers once its conf change is applied. A timeout leaves the outcome
     # unknown (check with member_list), so they are never retried on a timeout.
     def member_add(self, name: str, peer_urls: Sequence[str], is_learner: bool = False,
-                   peer_key: str = "") -> MemberAddResponse:
+                   peer_key: str = "", *, timeout: float | None = None) -> MemberAddResponse:
         """`peer_key`: the new member's Z85 peer public key (required by a cluster with peer security)."""
-        req = {"op": "member_add", "name": name, "peer_urls": list(peer_urls), "is_learner": bool(is_learner)}
-        if peer_key:
-            req["peer_key"] = peer_key
-        return MemberAddResponse.from_wire(self._call(req, write=True))
+        return self._run(calls.member_add(name, peer_urls, is_learner, peer_key), timeout)
 
-    def member_remove(self, member_id: int) -> MemberListResponse:
-        return MemberListResponse.from_wire(self._call({"op": "member_remove", "member_id": int(member_id)},
-                                                       write=True))
+    def member_remove(self, member_id: int, *, timeout: float | None = None) -> MemberListResponse:
+        """Remove a member."""
+        return self._run(calls.member_remove(member_id), timeout)
 
-    def member_update(self, member_id: int, peer_urls: Sequence[str]) -> MemberAddResponse:
-        return MemberAddResponse.from_wire(self._call(
-            {"op": "member_update", "member_id": int(member_id), "peer_urls": list(peer_urls)}, write=True))
+    def member_update(self, member_id: int, peer_urls: Sequence[str], *,
+                      timeout: float | None = None) -> MemberAddResponse:
+        """Change a member's peer URLs."""
+        return self._run(calls.member_update(member_id, peer_urls), timeout)
 
-    def member_promote(self, member_id: int) -> MemberAddResponse:
-        return MemberAddResponse.from_wire(self._call({"op": "member_promote", "member_id": int(member_id)},
-                                                      write=True))
+    def member_promote(self, member_id: int, *, timeout: float | None = None) -> MemberAddResponse:
+        """Promote a learner to a voting member."""
+        return self._run(calls.member_promote(member_id), timeout)
 
-    def move_leader(self, target_id: int) -> MoveLeaderResponse:
+    def move_leader(self, target_id: int, *, timeout: float | None = None) -> MoveLeaderResponse:
         """Make ``target_id`` the leader. Only the leader can do it: members that answer
         ``not_leader`` are skipped, so give every endpoint (or the leader's)."""
-        return MoveLeaderResponse.from_wire(
-            self._call({"op": "move_leader", "target_id": int(target_id)}, write=True))
+        return self._run(calls.move_leader(target_id), timeout)
 
-    def hash_kv(self, revision: int = 0) -> HashKVResponse:
+    def hash_kv(self, revision: int = 0, *, timeout: float | None = None) -> HashKVResponse:
         """A hash of this member's keyspace as of ``revision`` (0 = current): equal on
         every member at the same revision."""
-        return HashKVResponse.from_wire(self._call({"op": "hash_kv", "revision": int(revision)}, write=False))
+        return self._run(calls.hash_kv(revision), timeout)
 
-    def alarm_list(self) -> AlarmResponse:
+    def alarm_list(self, *, timeout: float | None = None) -> AlarmResponse:
         """Active alarms of the cluster (a linearizable read)."""
-        return AlarmResponse.from_wire(self._call({"op": "alarm_list"}, write=False))
+        return self._run(calls.alarm_list(), timeout)
 
-    def alarm_disarm(self, member_id: int = 0, alarm: str = "") -> AlarmResponse:
+    def alarm_disarm(self, member_id: int = 0, alarm: str = "", *,
+                     timeout: float | None = None) -> AlarmResponse:
         """Disarm alarms through the log (member_id 0 = every member, alarm "" = every
         type); the result lists the alarms disarmed."""
-        req: dict[str, Any] = {"op": "alarm_disarm"}
-        if member_id:
-            req["member_id"] = int(member_id)
-        if alarm:
-            req["alarm"] = str(alarm)
-        return AlarmResponse.from_wire(self._call(req, write=True))
+        return self._run(calls.alarm_disarm(member_id, alarm), timeout)
 
-    def defragment(self) -> DefragmentResponse:
+    def defragment(self, *, timeout: float | None = None) -> DefragmentResponse:
         """Compact this member's RocksDB (give one endpoint per client: it is per member).
         The member keeps serving meanwhile."""
-        return DefragmentResponse.from_wire(self._call({"op": "defragment"}, write=False))
+        return self._run(calls.defragment(), timeout)
 
+    def request(self, req: dict[str, Any], *, timeout: float | None = None) -> dict[str, Any]:
+        """Send any request map (``op`` and its fields; ``id`` is set here) and return the
+        reply map; error replies raise. Whether it may be retried follows from ``op``."""
+        return self._run(calls.request(req), timeout)
+
+    # -- watch (protocol/client/watch.py) -------------------------------------------------
     def watch(self, key: Any, range_end: Any = None, *, prefix: bool = False,
               start_revision: int = 0, prev_kv: bool = False, filters: Iterable[str] = (),
               progress_notify: bool = False, **options: Any) -> Any:
@@ -362,23 +408,30 @@ class Client:
         thread; returns the started ``Watcher`` (``.cancel()`` stops it)."""
         return self.watch(key, range_end, **kwargs).start(callback)
 
+    def watch_once(self, key: Any, range_end: Any = None, *, timeout: float | None = None,
+                   **watch_kw: Any) -> Any:
+        """The first ``Event`` on ``key`` (or the range; ``watch``'s options apply), then
+        the watch is cancelled. Raises ``Timeout`` when none comes within ``timeout``."""
+        t = self.timeout if timeout is None else float(timeout)
+        deadline = time.monotonic() + t
+        with self.watch(key, range_end, **watch_kw) as w:
+            while True:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise Timeout(f"no event within {t:g}s")
+                resp = w.get(left)
+                if resp is not None and resp.events:
+                    return resp.events[0]
+
     # -- leases (SPEC section 3, "Leases"; protocol/client/lease.py) --------------------
-    def lease_grant(self, ttl: int, id: int = 0) -> LeaseGrantResponse:
+    def lease_grant(self, ttl: int, id: int = 0, *, timeout: float | None = None) -> LeaseGrantResponse:
         """Grant a lease of ``ttl`` seconds (raised to the server minimum); ``id`` 0 = the
         server picks one. A ``LeaseGrantResponse(header, id, ttl)``."""
-        from protocol.client.types import LEASE_ID_FIELD, LeaseGrantResponse
+        return self._run(calls.lease_grant(ttl, id), timeout)
 
-        req: dict[str, Any] = {"op": "lease_grant", "ttl": int(ttl)}
-        if id:
-            req[LEASE_ID_FIELD] = int(id)
-        return LeaseGrantResponse.from_wire(self._call(req, write=True))
-
-    def lease_revoke(self, id: int) -> LeaseRevokeResponse:
+    def lease_revoke(self, id: int, *, timeout: float | None = None) -> LeaseRevokeResponse:
         """Revoke a lease: it and every key attached to it go, in one revision."""
-        from protocol.client.types import LEASE_ID_FIELD, LeaseRevokeResponse
-
-        return LeaseRevokeResponse.from_wire(
-            self._call({"op": "lease_revoke", LEASE_ID_FIELD: int(id)}, write=True))
+        return self._run(calls.lease_revoke(id), timeout)
 
     def _lease_router(self) -> LeaderRouter:
         from protocol.client.lease import LeaderRouter
@@ -389,26 +442,29 @@ class Client:
                 router = self.__dict__["_router"] = LeaderRouter(self)
             return router
 
-    def lease_keepalive_once(self, id: int) -> tuple[int, int]:
+    def lease_keepalive_once(self, id: int, *, timeout: float | None = None) -> tuple[int, int]:
         """Refresh a lease once, at the leader; ``(id, ttl)``. Raises ``LeaseNotFound``
         for a lease that does not exist (or has expired)."""
         from protocol.errors import LeaseNotFound
 
-        resp = self._lease_router().keepalive(id)
+        router: Any = self._lease_router()
+        resp = router.keepalive(id) if timeout is None else router.keepalive(id, timeout=timeout)
         if resp.ttl <= 0:
             raise LeaseNotFound()
         return resp.id, resp.ttl
 
-    def lease_time_to_live(self, id: int, keys: bool = False) -> LeaseTimeToLiveResponse:
+    def lease_time_to_live(self, id: int, keys: bool = False, *,
+                           timeout: float | None = None) -> LeaseTimeToLiveResponse:
         """A ``LeaseTimeToLiveResponse``: remaining ``ttl`` (-1 when the lease does not
         exist), ``granted_ttl``, and the attached ``keys`` when asked for."""
-        return self._lease_router().time_to_live(id, keys)
+        router: Any = self._lease_router()
+        if timeout is None:
+            return router.time_to_live(id, keys)  # type: ignore[no-any-return]
+        return router.time_to_live(id, keys, timeout=timeout)  # type: ignore[no-any-return]
 
-    def lease_leases(self) -> LeaseLeasesResponse:
+    def lease_leases(self, *, timeout: float | None = None) -> LeaseLeasesResponse:
         """Every lease: a ``LeaseLeasesResponse`` with ``leases`` = [LeaseStatus(id)]."""
-        from protocol.client.types import LeaseLeasesResponse
-
-        return LeaseLeasesResponse.from_wire(self._call({"op": "lease_leases"}, write=False))
+        return self._run(calls.lease_leases(), timeout)
 
     def lease(self, ttl: int, id: int = 0, **kwargs: Any) -> Any:
         """Grant a lease and keep it alive from a background thread (every ttl/3 s, at the
@@ -438,15 +494,10 @@ class Client:
 
         return Election.for_client(self, name, ttl=ttl, session=session)
 
-    def request(self, req: dict[str, Any]) -> dict[str, Any]:
-        """Send any request map (``op`` and its fields; ``id`` is set here) and return the
-        reply map; error replies raise. Whether it may be retried follows from ``op``."""
-        if not isinstance(req, dict) or "op" not in req:
-            raise ValueError("a request is a map with an 'op'")
-        body = {k: v for k, v in req.items() if k != "id"}
-        return self._call(body, write=is_write_request(body))
-
     # -- transport ------------------------------------------------------------------------
+    def _run(self, call: Call[T], timeout: float | None) -> T:
+        return call.parse(self._call(call.req, write=call.write, timeout=timeout))
+
     def _context(self) -> zmq.Context:
         pid = os.getpid()
         with self._lock:
@@ -462,17 +513,17 @@ class Client:
                 self._live = weakref.WeakSet()
             return self._ctx
 
-    def _socket(self, idx: int) -> _ThreadSocket:
+    def _socket(self, endpoint: str) -> _ThreadSocket:
         holder: _ThreadSocket | None = getattr(self._local, "holder", None)
         if holder is not None:
             if holder.pid != os.getpid():
                 holder = None  # inherited through fork: abandon, never close or use
-            elif holder.sock is not None and holder.endpoint_index == idx:
+            elif holder.sock is not None and holder.endpoint == endpoint:
                 return holder
             else:
                 self._drop_socket()
         ctx = self._context()
-        holder = _ThreadSocket(ctx, self.endpoints[idx], idx, self._security)
+        holder = _ThreadSocket(ctx, endpoint, self._security)
         with self._lock:
             self._live.add(holder)
         self._local.holder = holder
@@ -484,117 +535,97 @@ class Client:
         if holder is not None:
             holder.close()
 
-    def _fail_over(self, idx: int) -> None:
+    def _fail_over(self, endpoint: str) -> None:
         with self._lock:
-            if self._preferred == idx:
-                self._preferred = (idx + 1) % len(self.endpoints)
+            eps = self.endpoints
+            if eps[self._preferred % len(eps)] == endpoint:
+                self._preferred = (self._preferred + 1) % len(eps)
 
-    def _call(self, req: dict[str, Any], *, write: bool) -> dict[str, Any]:
-        """Send ``req`` with this client's token (when it has a user); a refusal for the
-        token is answered by authenticating again and resending once (auth.py)."""
+    def _call(self, req: dict[str, Any], *, write: bool,
+              timeout: float | None = None) -> dict[str, Any]:
+        """Send ``req`` with this client's token (when it has a user) within ``timeout``
+        (None: the client's); a refusal for the token is answered by authenticating again
+        and resending once (core.Reauth). The ok reply map, or raises a ``QkvError``."""
+        t = self.timeout if timeout is None else float(timeout)
+        if t <= 0:
+            raise ValueError("timeout must be > 0")
         sec = self._security
         if sec.user is None:
-            return self._send(req, write=write)
+            return self._send(req, write=write, timeout=t)
+        deadline = time.monotonic() + t
         token, gen = sec.token(self)
-        retried: set[type] = set()
+        reauth = Reauth()
         while True:
-            body = {**req, "token": token} if token else req
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise Timeout(f"request timed out after {t:g}s (authenticating)")
             try:
-                return self._send(body, write=write)
-            except REAUTH_ERRORS as exc:
-                kind = AuthOldRevision if isinstance(exc, AuthOldRevision) else InvalidAuthToken
-                if kind in retried:
+                return self._send(with_token(req, token), write=write, timeout=left)
+            except Exception as exc:
+                if not reauth.again(exc):
                     raise
-                retried.add(kind)
                 token, gen = sec.refresh(self, gen)
 
-    def _send(self, req: dict[str, Any], *, write: bool) -> dict[str, Any]:
+    def _send(self, req: dict[str, Any], *, write: bool, timeout: float | None = None) -> dict[str, Any]:
         if self._closed:
             raise Unavailable("the client is closed")
-        n = len(self.endpoints)
-        deadline = time.monotonic() + self.timeout
-        start = self._preferred
-        refused: set[int] = set()  # endpoints that answered with a retryable error
-        attempted: set[int] = set()
-        last_error: QkvError | None = None
-        handshake: str | None = None  # why a CURVE handshake failed, if one did
-        sent_any = False
-        busy_pause = BUSY_BACKOFF_S
-        for attempt in itertools.count():
-            now = time.monotonic()
-            remaining = deadline - now
-            if remaining <= 0:
-                break
-            idx = (start + attempt) % n
-            untried = max(1, n - len(attempted))
-            attempted.add(idx)
-            attempt_deadline = now + remaining / untried
-            endpoint = self.endpoints[idx]
-            holder = self._socket(idx)
+        with self._lock:
+            endpoints, preferred = self.endpoints, self._preferred
+        fo = Failover(endpoints, preferred, write=write, now=time.monotonic(),
+                      timeout=self.timeout if timeout is None else timeout,
+                      backoff=self._backoff, fail_over=self._fail_over)
+        while True:
+            a = fo.next(time.monotonic())
+            pause = a.send_at - time.monotonic()
+            if pause > 0:
+                time.sleep(pause)
+            holder = self._socket(a.endpoint)
             sock = holder.sock
             assert sock is not None
             rid = next(self._ids) & _ID_MASK
             frame = pack({"id": rid, **req})
-            if not _wait(sock, zmq.POLLOUT, attempt_deadline):
+            if not _wait(sock, zmq.POLLOUT, a.connect_deadline):
                 # No connection came up: nothing left this process, any request may go on.
                 why = holder.check_handshake()
                 self._drop_socket()
-                self._fail_over(idx)
-                if why:
-                    handshake = f"CURVE handshake with {endpoint} failed: {why}"
-                    last_error = Unavailable(handshake)
-                else:
-                    last_error = Unavailable(f"could not connect to {endpoint}")
+                fo.not_connected(why)
                 continue
             try:
                 sock.send(frame, zmq.NOBLOCK)
             except zmq.Again:
                 self._drop_socket()
-                self._fail_over(idx)
-                last_error = Unavailable(f"could not send to {endpoint}")
+                fo.not_connected(None)
                 continue
-            sent_any = True
-            reply = _recv_reply(sock, rid, deadline if write else attempt_deadline)
+            with self._lock:
+                self.requests_sent += 1
+            fo.sent()
+            try:
+                reply = _recv_reply(sock, rid, a.reply_deadline)
+            except Internal:
+                self._drop_socket()  # its reply stream is broken
+                raise
             if reply is None:
                 self._drop_socket()  # Lazy Pirate: a late reply must not reach the next call
-                self._fail_over(idx)
-                if write:
-                    raise Timeout(
-                        f"no reply from {endpoint} within {self.timeout:g}s: the write was sent "
-                        "and its outcome is unknown (it may or may not have taken effect)",
-                        endpoint=endpoint, outcome_unknown=True)
-                last_error = Timeout(f"no reply from {endpoint} within the timeout",
-                                     endpoint=endpoint)
+                fo.no_reply()  # raises for a write
                 continue
-            if reply.get("ok") is True:
-                return reply
-            err = QkvError.from_wire(reply.get("error"))
-            if isinstance(err, TooManyRequests):
-                # The member holds too much for this connection; the request did nothing.
-                # Pause, then send it again to the same member (within the deadline).
-                last_error = err
-                pause = min(busy_pause * (0.5 + random.random() / 2), deadline - time.monotonic())
-                if pause <= 0:
-                    break
-                time.sleep(pause)
-                busy_pause = min(BUSY_BACKOFF_MAX_S, busy_pause * 2)
-                start -= 1  # the next attempt goes to the same endpoint
-                continue
-            if not err.retryable:
-                raise err
-            # The server says it did not take effect: another member may serve it.
-            self._fail_over(idx)
-            refused.add(idx)
-            last_error = err
-            if len(refused) >= n:
-                raise err
-        if isinstance(last_error, Unavailable) and not sent_any:
-            raise Unavailable(f"could not connect to any endpoint within {self.timeout:g}s "
-                              f"({', '.join(self.endpoints)})" + (f": {handshake}" if handshake else ""))
-        if last_error is not None and last_error.retryable:
-            raise last_error
-        raise Timeout(f"request timed out after {self.timeout:g}s "
-                      f"(endpoints: {', '.join(self.endpoints)})")
+            ok = fo.reply(reply, time.monotonic())
+            if ok is not None:
+                return ok
+
+
+def _auto_sync(ref: "weakref.ref[Client]", stop: threading.Event, interval: float) -> None:
+    """Every ``interval`` s (the first after one), ``sync()`` the client; ends with it."""
+    while not stop.wait(interval):
+        client = ref()
+        if client is None or client._closed:
+            return
+        try:
+            client.sync(timeout=min(client.timeout, interval))
+        except Exception:
+            pass  # keep the list; try again at the next interval
+        finally:
+            client._drop_socket()  # this thread's socket: not kept between syncs
+        del client
 
 
 def _wait(sock: zmq.Socket, event: int, deadline: float) -> bool:

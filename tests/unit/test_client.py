@@ -205,12 +205,13 @@ def test_read_fails_over_on_retryable_error(srv, srv2, make_client):
 
 
 def test_retryable_error_everywhere_raises_it(srv, srv2, make_client):
+    # Refused by every endpoint: retried after the client's backoff (core.py) until the
+    # deadline, then the refusal is raised; the backoff keeps the sends bounded.
     srv.error_code = srv2.error_code = "no_leader"
-    with make_client([srv.endpoint, srv2.endpoint], timeout=5.0) as c:
-        t0 = time.monotonic()
+    with make_client([srv.endpoint, srv2.endpoint], timeout=1.0) as c:
         with pytest.raises(errors.NoLeader):
             c.get("k")
-        assert time.monotonic() - t0 < 4.0  # raised at once, not at the deadline
+        assert 2 < c.requests_sent < 200
         with pytest.raises(errors.Stopping):
             srv.error_code = srv2.error_code = "stopping"
             c.put("k", "v")

@@ -1,0 +1,624 @@
+"""``AsyncClient``: the quorumkv client for asyncio (``zmq.asyncio``), with the same calls,
+arguments, return types and exceptions as ``Client`` (protocol/client/client.py), as
+``async def``.
+
+The protocol is not here: requests and replies are built and parsed by
+protocol/client/calls.py, failover, backoff and the token policy are
+protocol/client/core.py's, shared with the threaded client. This module only moves bytes:
+
+- one DEALER socket per endpoint (keyed by its URL), shared by every task of the client;
+  many requests in flight on it, each matched by its ``id`` by the socket's one reader
+  task (a future per request); at most ``max_in_flight`` per connection (a semaphore: the
+  server's default ``--max-client-requests`` is 64); a late reply to a request that timed
+  out is dropped;
+- ``zmq.IMMEDIATE``: a request is sent (NOBLOCK) only once the socket is writable, i.e.
+  a connection is up, so "could not connect" (nothing left) is told from "sent, no reply"
+  (a write's outcome is unknown: ``Timeout(outcome_unknown=True)``, never re-sent);
+- a reply stream that breaks (an undecodable frame) fails the requests waiting on that
+  socket with ``Internal`` and the socket is replaced; the reader task never dies of it;
+- CURVE and auth tokens as the threaded client (``Security`` is shared with derived
+  clients; re-authentication is serialized by an ``asyncio.Lock``).
+
+An ``AsyncClient`` belongs to the event loop it is first used on and is not thread-safe:
+use it from the tasks of that one loop.
+"""
+from __future__ import annotations
+
+import asyncio
+import itertools
+import random
+import weakref
+from typing import TYPE_CHECKING, Any, Iterable, Sequence, TypeVar
+
+import zmq
+import zmq.asyncio
+
+from protocol.client import calls
+from protocol.client.auth import Security
+from protocol.client.calls import Call
+from protocol.client.client import (
+    DEFAULT_ENDPOINT, DEFAULT_TIMEOUT_S, HANDSHAKE_EVENTS, drain_handshake, parse_endpoints,
+)
+from protocol.client.core import (
+    DEFAULT_BACKOFF_BASE_S, DEFAULT_BACKOFF_MAX_S, Backoff, Failover, Reauth, endpoints_from_members,
+    with_token,
+)
+from protocol.client.txn import Compare, Op, Txn
+from protocol.codec import pack, unpack
+from protocol.errors import AuthNotEnabled, Internal, Malformed, QkvError, Timeout, Unavailable
+
+if TYPE_CHECKING:
+    from protocol.client.types import (
+        AlarmResponse, CompactResponse, DefragmentResponse, DeleteRangeResponse, HashKVResponse,
+        LeaseGrantResponse, LeaseLeasesResponse, LeaseRevokeResponse, LeaseTimeToLiveResponse,
+        MemberAddResponse, MemberListResponse, MoveLeaderResponse, PutResponse, RangeResponse,
+        StatusResponse, TxnResponse,
+    )
+
+T = TypeVar("T")
+_ID_MASK = (1 << 64) - 1
+DEFAULT_MAX_IN_FLIGHT = 64
+
+
+class _Conn:
+    """The DEALER socket to one endpoint, shared by the client's tasks, and its reader."""
+
+    def __init__(self, client: "AsyncClient", ctx: zmq.asyncio.Context, endpoint: str) -> None:
+        self.endpoint = endpoint
+        self.pending: dict[int, asyncio.Future[dict[str, Any]]] = {}
+        self.sem = asyncio.Semaphore(client.max_in_flight)
+        self.handshake_error: str | None = None
+        sock = ctx.socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.IMMEDIATE, 1)
+        self.monitor: zmq.Socket | None = None
+        sec = client._security
+        if sec.curve:
+            sec.configure(sock)
+            addr = f"inproc://qkv-aio-monitor-{id(self):x}-{random.getrandbits(32):x}"
+            sock.monitor(addr, HANDSHAKE_EVENTS)
+            mon = _sync_ctx(ctx).socket(zmq.PAIR)
+            mon.connect(addr)
+            self.monitor = mon
+        sock.connect(endpoint)
+        self.sock: zmq.asyncio.Socket | None = sock
+        self.reader = asyncio.get_running_loop().create_task(self._read(), name=f"qkv-reader {endpoint}")
+
+    def check_handshake(self) -> str | None:
+        """Why the CURVE handshake failed (None: it did not, or security is off)."""
+        if self.monitor is not None:
+            self.handshake_error = drain_handshake(self.monitor, self.handshake_error)
+        return self.handshake_error
+
+    async def writable(self, timeout: float) -> bool:
+        """Whether a connection is up (the socket takes a message) within ``timeout`` s."""
+        sock = self.sock
+        if sock is None:
+            return False
+        ms = max(0, int(timeout * 1000 + 0.999))
+        try:
+            return bool(await sock.poll(ms, zmq.POLLOUT))  # type: ignore[call-arg]
+        except zmq.ZMQError:
+            return False
+
+    async def _read(self) -> None:
+        while self.sock is not None:
+            sock = self.sock
+            try:
+                frames = await sock.recv_multipart()
+            except asyncio.CancelledError:
+                raise
+            except zmq.ZMQError as exc:  # closed under us
+                self.fail_all(Unavailable(f"connection to {self.endpoint} closed: {exc}"))
+                return
+            try:
+                reply = unpack(frames[-1])
+            except Malformed as exc:
+                self.fail_all(Internal(f"undecodable reply from {self.endpoint}: {exc.message}"))
+                continue
+            if not isinstance(reply, dict):
+                self.fail_all(Internal(f"reply from {self.endpoint} is not a map: {reply!r:.200}"))
+                continue
+            rid = reply.get("id")
+            if isinstance(rid, int) and not isinstance(rid, bool):
+                fut = self.pending.pop(rid, None)
+                if fut is not None and not fut.done():
+                    fut.set_result(reply)
+                continue  # else: a late reply to a request that timed out: dropped
+            if rid is None and reply.get("ok") is False and self.pending:
+                # The server could not decode a request of ours and cannot say which.
+                self.fail_all(QkvError.from_wire(reply.get("error")))
+
+    def fail_all(self, exc: QkvError) -> None:
+        """Fail every request waiting on this socket with ``exc``."""
+        pending, self.pending = self.pending, {}
+        for fut in pending.values():
+            if not fut.done():
+                fut.set_exception(exc)
+
+    def close(self) -> None:
+        sock, self.sock = self.sock, None
+        mon, self.monitor = self.monitor, None
+        if not self.reader.done():
+            self.reader.cancel()
+        self.fail_all(Unavailable(f"the connection to {self.endpoint} was closed"))
+        if sock is not None and mon is not None:
+            try:
+                sock.disable_monitor()
+            except zmq.ZMQError:
+                pass
+        for s in (mon, sock):
+            if s is not None:
+                try:
+                    s.close(linger=0)
+                except zmq.ZMQError:
+                    pass
+
+
+def _sync_ctx(ctx: zmq.asyncio.Context) -> zmq.Context:
+    return zmq.Context.shadow(ctx.underlying)
+
+
+class AsyncClient:
+    """An asyncio quorumkv client: ``Client``'s calls as coroutines (same arguments and
+    results). ``timeout`` bounds each call, failover and backoff included; every call also
+    takes its own ``timeout=``. ``max_in_flight``: requests in flight per connection.
+    Use it from one event loop (the one it is first used on); it is not thread-safe::
+
+        async with AsyncClient(["tcp://127.0.0.1:7379"]) as c:
+            await c.put("foo", "bar")
+            (await c.get("foo")).kvs[0].value   # b"bar"
+    """
+
+    def __init__(self, endpoints: Sequence[str] | str | None = None,
+                 timeout: float = DEFAULT_TIMEOUT_S, *, user: str | None = None,
+                 password: str | None = None, server_key: Any = None,
+                 key_file: str | None = None, auto_sync_interval: float = 0.0,
+                 backoff_base: float = DEFAULT_BACKOFF_BASE_S,
+                 backoff_max: float = DEFAULT_BACKOFF_MAX_S,
+                 max_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
+                 _security: Security | None = None) -> None:
+        self.endpoints: list[str] = parse_endpoints(endpoints)
+        if not timeout or timeout <= 0:
+            raise ValueError("timeout must be > 0")
+        if max_in_flight < 1:
+            raise ValueError("max_in_flight must be >= 1")
+        if auto_sync_interval < 0:
+            raise ValueError("auto_sync_interval must be >= 0")
+        self.timeout = float(timeout)
+        self.max_in_flight = int(max_in_flight)
+        self.auto_sync_interval = float(auto_sync_interval)
+        self._preferred = 0
+        self._backoff = Backoff(backoff_base, backoff_max)
+        self._conns: dict[str, _Conn] = {}
+        self._ids = itertools.count(random.getrandbits(40) + 1)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._ctx: zmq.asyncio.Context | None = None
+        self._closed = False
+        self._sync_task: asyncio.Task[None] | None = None
+        self._children: list[Any] = []  # objects closed with the client (lease router)
+        self.requests_sent = 0
+        self._security = _security if _security is not None else Security(
+            server_key=server_key, key_file=key_file, user=user, password=password)
+
+    def _derive(self, endpoints: Sequence[str], timeout: float) -> "AsyncClient":
+        """A client of other endpoints/timeout with this one's keys, user and token (its
+        own backoff)."""
+        return AsyncClient(list(endpoints), timeout=timeout, max_in_flight=self.max_in_flight,
+                           backoff_base=self._backoff.base, backoff_max=self._backoff.maximum,
+                           _security=self._security)
+
+    @property
+    def public_key(self) -> str | None:
+        """This client's CURVE public key (Z85), None without CURVE."""
+        return self._security.public_key
+
+    # -- lifecycle ----------------------------------------------------------------------
+    async def close(self) -> None:
+        """Close every socket and stop auto-sync; requests waiting fail with
+        ``Unavailable``, and calls made after it raise ``Unavailable``."""
+        if self._closed:
+            return
+        self._closed = True
+        task, self._sync_task = self._sync_task, None
+        if task is not None and not task.done():
+            task.cancel()
+        router = self.__dict__.pop("_router", None)
+        if router is not None:
+            res = router.close()
+            if asyncio.iscoroutine(res):
+                await res
+        conns, self._conns = self._conns, {}
+        for c in conns.values():
+            c.close()
+        readers = [c.reader for c in conns.values()]
+        if readers:
+            await asyncio.gather(*readers, return_exceptions=True)
+
+    async def __aenter__(self) -> "AsyncClient":
+        self._bind()
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        await self.close()
+
+    def _bind(self) -> asyncio.AbstractEventLoop:
+        loop = asyncio.get_running_loop()
+        if self._loop is None:
+            self._loop = loop
+            self._ctx = zmq.asyncio.Context.instance()
+            if self.auto_sync_interval > 0 and not self._closed:
+                self._sync_task = loop.create_task(
+                    _auto_sync(weakref.ref(self), self.auto_sync_interval), name="qkv-auto-sync")
+        elif self._loop is not loop:
+            raise RuntimeError("an AsyncClient is used from the event loop it was first used on only")
+        return loop
+
+    # -- transport ------------------------------------------------------------------------
+    def _conn(self, endpoint: str) -> _Conn:
+        conn = self._conns.get(endpoint)
+        if conn is None or conn.sock is None:
+            assert self._ctx is not None
+            conn = self._conns[endpoint] = _Conn(self, self._ctx, endpoint)
+        return conn
+
+    def _drop_conn(self, conn: _Conn) -> None:
+        if self._conns.get(conn.endpoint) is conn:
+            del self._conns[conn.endpoint]
+        conn.close()
+
+    def _fail_over(self, endpoint: str) -> None:
+        eps = self.endpoints
+        if eps[self._preferred % len(eps)] == endpoint:
+            self._preferred = (self._preferred + 1) % len(eps)
+
+    async def _run(self, call: Call[T], timeout: float | None) -> T:
+        return call.parse(await self._call(call.req, write=call.write, timeout=timeout))
+
+    async def _call(self, req: dict[str, Any], *, write: bool,
+                    timeout: float | None = None) -> dict[str, Any]:
+        """Send ``req`` with this client's token, failover and backoff (core.py) within
+        ``timeout`` (None: the client's); the ok reply map, or raises a ``QkvError``."""
+        loop = self._bind()
+        t = self.timeout if timeout is None else float(timeout)
+        if t <= 0:
+            raise ValueError("timeout must be > 0")
+        sec = self._security
+        if sec.user is None:
+            return await self._send(req, write=write, timeout=t)
+        deadline = loop.time() + t
+        token, gen = await self._token(deadline, None)
+        reauth = Reauth()
+        while True:
+            try:
+                return await self._send(with_token(req, token), write=write,
+                                        timeout=_left(loop, deadline))
+            except QkvError as exc:
+                if not reauth.again(exc):
+                    raise
+                token, gen = await self._token(deadline, gen)
+
+    async def _token(self, deadline: float, stale_gen: int | None) -> tuple[str, int]:
+        """The current token, authenticating first when there is none yet or when the
+        one of generation ``stale_gen`` was refused (one task authenticates at a time)."""
+        sec = self._security
+        token, gen = sec.current()
+        if token is not None and (stale_gen is None or gen != stale_gen):
+            return token, gen
+        assert self._loop is not None
+        async with sec.async_lock():
+            token, gen = sec.current()
+            if token is None or (stale_gen is not None and gen == stale_gen):
+                try:
+                    reply = await self._send(sec.auth_request(), write=False,
+                                             timeout=_left(self._loop, deadline))
+                except AuthNotEnabled:
+                    sec.auth_done(None)
+                else:
+                    sec.auth_done(reply)
+                token, gen = sec.current()
+        return token or "", gen
+
+    async def _send(self, req: dict[str, Any], *, write: bool, timeout: float) -> dict[str, Any]:
+        if self._closed:
+            raise Unavailable("the client is closed")
+        loop = self._bind()
+        fo = Failover(self.endpoints, self._preferred, write=write, now=loop.time(),
+                      timeout=timeout, backoff=self._backoff, fail_over=self._fail_over)
+        while True:
+            a = fo.next(loop.time())
+            delay = a.send_at - loop.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            if self._closed:
+                raise Unavailable("the client is closed")
+            conn = self._conn(a.endpoint)
+            try:
+                await asyncio.wait_for(conn.sem.acquire(), max(0.0, fo.deadline - loop.time()))
+            except (asyncio.TimeoutError, TimeoutError):
+                raise Timeout(f"request not sent within {timeout:g}s: {self.max_in_flight} requests "
+                              f"of this client were in flight to {a.endpoint}") from None
+            try:
+                reply = await self._attempt(conn, fo, a.connect_deadline, a.reply_deadline, req, loop)
+            finally:
+                conn.sem.release()
+            if reply is None:
+                continue
+            ok = fo.reply(reply, loop.time())
+            if ok is not None:
+                return ok
+
+    async def _attempt(self, conn: _Conn, fo: Failover, connect_deadline: float,
+                       reply_deadline: float, req: dict[str, Any],
+                       loop: asyncio.AbstractEventLoop) -> dict[str, Any] | None:
+        """One send and its reply; None when the failover goes on."""
+        if not await conn.writable(connect_deadline - loop.time()) or conn.sock is None:
+            fo.not_connected(conn.check_handshake())
+            return None
+        rid = next(self._ids) & _ID_MASK
+        frame = pack({"id": rid, **req})
+        fut: asyncio.Future[dict[str, Any]] = loop.create_future()
+        conn.pending[rid] = fut
+        try:
+            try:
+                await conn.sock.send(frame, zmq.NOBLOCK)
+            except zmq.ZMQError:  # zmq.Again: nothing left this process
+                fo.not_connected(None)
+                return None
+            self.requests_sent += 1
+            fo.sent()
+            try:
+                return await asyncio.wait_for(asyncio.shield(fut), max(0.0, reply_deadline - loop.time()))
+            except (asyncio.TimeoutError, TimeoutError):
+                fo.no_reply()  # raises for a write
+                return None
+            except Internal:
+                if conn.sock is not None and not conn.pending:
+                    self._drop_conn(conn)  # its reply stream broke: start a fresh one
+                raise
+        finally:
+            conn.pending.pop(rid, None)
+
+    # -- endpoints ------------------------------------------------------------------------
+    async def sync(self, *, timeout: float | None = None) -> list[str]:
+        """Replace the endpoint list by the client URLs of the started, non-learner members
+        (``member_list`` now); an empty answer keeps the list. Returns the new list."""
+        resp = await self.member_list(timeout=timeout)
+        asked = self.endpoints[self._preferred % len(self.endpoints)]
+        new = endpoints_from_members(resp.members, asked)
+        if new:
+            self._set_endpoints(new)
+        return list(self.endpoints)
+
+    def _set_endpoints(self, new: list[str]) -> None:
+        current = self.endpoints[self._preferred % len(self.endpoints)]
+        self.endpoints = new
+        self._preferred = new.index(current) if current in new else 0
+        for ep in [e for e in self._conns if e not in new]:
+            conn = self._conns.pop(ep)
+            conn.close()
+
+    # -- KV API ---------------------------------------------------------------------------
+    async def put(self, key: Any, value: Any = b"", lease: int = 0, prev_kv: bool = False,
+                  ignore_value: bool = False, ignore_lease: bool = False, *,
+                  timeout: float | None = None) -> PutResponse:
+        """Set ``key`` to ``value`` (a ``PutResponse``); see ``Client.put``."""
+        return await self._run(calls.put(key, value, lease, prev_kv, ignore_value, ignore_lease), timeout)
+
+    async def get(self, key: Any, range_end: Any = None, *, prefix: bool = False,
+                  from_key: bool = False, limit: int = 0, revision: int = 0,
+                  sort_order: str = "NONE", sort_target: str = "KEY", serializable: bool = False,
+                  keys_only: bool = False, count_only: bool = False, min_mod_revision: int = 0,
+                  max_mod_revision: int = 0, min_create_revision: int = 0,
+                  max_create_revision: int = 0, timeout: float | None = None) -> RangeResponse:
+        """A key, a prefix or a range (a ``RangeResponse``); see ``Client.get``."""
+        return await self._run(calls.get(
+            key, range_end, prefix=prefix, from_key=from_key, limit=limit, revision=revision,
+            sort_order=sort_order, sort_target=sort_target, serializable=serializable,
+            keys_only=keys_only, count_only=count_only, min_mod_revision=min_mod_revision,
+            max_mod_revision=max_mod_revision, min_create_revision=min_create_revision,
+            max_create_revision=max_create_revision), timeout)
+
+    range = get
+
+    async def delete(self, key: Any, range_end: Any = None, *, prefix: bool = False,
+                     from_key: bool = False, prev_kv: bool = False,
+                     timeout: float | None = None) -> DeleteRangeResponse:
+        """Delete a key, a prefix or a range (a ``DeleteRangeResponse``)."""
+        return await self._run(calls.delete(key, range_end, prefix=prefix, from_key=from_key,
+                                            prev_kv=prev_kv), timeout)
+
+    def txn(self, compare: Iterable[Compare] | None = None, success: Iterable[Op] | None = None,
+            failure: Iterable[Op] | None = None, *, timeout: float | None = None) -> Any:
+        """With no arguments: a ``Txn`` builder whose ``commit()`` is awaited; otherwise an
+        awaitable of the ``TxnResponse``."""
+        if compare is None and success is None and failure is None:
+            return Txn(self)  # type: ignore[arg-type]
+        return self._run(calls.txn(compare, success, failure), timeout)
+
+    async def compact(self, revision: int, physical: bool = False, *,
+                      timeout: float | None = None) -> CompactResponse:
+        """Compact the key history up to ``revision``."""
+        return await self._run(calls.compact(revision, physical), timeout)
+
+    async def get_prefix(self, prefix: Any, *, timeout: float | None = None,
+                         **range_kw: Any) -> RangeResponse:
+        """Every key starting with ``prefix`` (``get``'s other options apply)."""
+        return await self._run(calls.get_prefix(prefix, **range_kw), timeout)
+
+    async def delete_prefix(self, prefix: Any, prev_kv: bool = False, *,
+                            timeout: float | None = None) -> DeleteRangeResponse:
+        """Delete every key starting with ``prefix``."""
+        return await self._run(calls.delete_prefix(prefix, prev_kv), timeout)
+
+    async def put_if_not_exists(self, key: Any, value: Any, lease: int = 0, *,
+                                timeout: float | None = None) -> bool:
+        """Put ``key`` only if it does not exist (a txn); whether it was put."""
+        return await self._run(calls.put_if_not_exists(key, value, lease), timeout)
+
+    async def replace(self, key: Any, old: Any, new: Any, *, timeout: float | None = None) -> bool:
+        """Set ``key`` to ``new`` only if its value is ``old`` (a txn); whether it was."""
+        return await self._run(calls.replace(key, old, new), timeout)
+
+    # -- maintenance / cluster ------------------------------------------------------------
+    async def status(self, *, timeout: float | None = None) -> StatusResponse:
+        """The status of the member answering."""
+        return await self._run(calls.status(), timeout)
+
+    async def member_list(self, *, timeout: float | None = None) -> MemberListResponse:
+        """The cluster's members."""
+        return await self._run(calls.member_list(), timeout)
+
+    async def member_add(self, name: str, peer_urls: Sequence[str], is_learner: bool = False,
+                         peer_key: str = "", *, timeout: float | None = None) -> MemberAddResponse:
+        """Add a member (see ``Client.member_add``)."""
+        return await self._run(calls.member_add(name, peer_urls, is_learner, peer_key), timeout)
+
+    async def member_remove(self, member_id: int, *, timeout: float | None = None) -> MemberListResponse:
+        """Remove a member."""
+        return await self._run(calls.member_remove(member_id), timeout)
+
+    async def member_update(self, member_id: int, peer_urls: Sequence[str], *,
+                            timeout: float | None = None) -> MemberAddResponse:
+        """Change a member's peer URLs."""
+        return await self._run(calls.member_update(member_id, peer_urls), timeout)
+
+    async def member_promote(self, member_id: int, *, timeout: float | None = None) -> MemberAddResponse:
+        """Promote a learner to a voting member."""
+        return await self._run(calls.member_promote(member_id), timeout)
+
+    async def move_leader(self, target_id: int, *, timeout: float | None = None) -> MoveLeaderResponse:
+        """Make ``target_id`` the leader (see ``Client.move_leader``)."""
+        return await self._run(calls.move_leader(target_id), timeout)
+
+    async def hash_kv(self, revision: int = 0, *, timeout: float | None = None) -> HashKVResponse:
+        """A hash of this member's keyspace as of ``revision`` (0 = current)."""
+        return await self._run(calls.hash_kv(revision), timeout)
+
+    async def alarm_list(self, *, timeout: float | None = None) -> AlarmResponse:
+        """Active alarms of the cluster."""
+        return await self._run(calls.alarm_list(), timeout)
+
+    async def alarm_disarm(self, member_id: int = 0, alarm: str = "", *,
+                           timeout: float | None = None) -> AlarmResponse:
+        """Disarm alarms (see ``Client.alarm_disarm``)."""
+        return await self._run(calls.alarm_disarm(member_id, alarm), timeout)
+
+    async def defragment(self, *, timeout: float | None = None) -> DefragmentResponse:
+        """Compact this member's RocksDB (one endpoint per client: it is per member)."""
+        return await self._run(calls.defragment(), timeout)
+
+    async def request(self, req: dict[str, Any], *, timeout: float | None = None) -> dict[str, Any]:
+        """Send any request map and return the reply map; error replies raise."""
+        return await self._run(calls.request(req), timeout)
+
+    # -- leases ---------------------------------------------------------------------------
+    async def lease_grant(self, ttl: int, id: int = 0, *,
+                          timeout: float | None = None) -> LeaseGrantResponse:
+        """Grant a lease of ``ttl`` seconds (``id`` 0 = the server picks one)."""
+        return await self._run(calls.lease_grant(ttl, id), timeout)
+
+    async def lease_revoke(self, id: int, *, timeout: float | None = None) -> LeaseRevokeResponse:
+        """Revoke a lease: it and every key attached to it go, in one revision."""
+        return await self._run(calls.lease_revoke(id), timeout)
+
+    async def lease_leases(self, *, timeout: float | None = None) -> LeaseLeasesResponse:
+        """Every lease."""
+        return await self._run(calls.lease_leases(), timeout)
+
+    def _lease_router(self) -> Any:
+        router = self.__dict__.get("_router")
+        if router is None:
+            from protocol.client.aio_lease import AsyncLeaderRouter  # type: ignore[import-not-found,unused-ignore]
+
+            router = self.__dict__["_router"] = AsyncLeaderRouter(self)
+        return router
+
+    async def lease_keepalive_once(self, id: int, *, timeout: float | None = None) -> tuple[int, int]:
+        """Refresh a lease once, at the leader; ``(id, ttl)``. Raises ``LeaseNotFound``."""
+        from protocol.errors import LeaseNotFound
+
+        resp = await self._lease_router().keepalive(id, timeout=timeout)
+        if resp.ttl <= 0:
+            raise LeaseNotFound()
+        return resp.id, resp.ttl
+
+    async def lease_time_to_live(self, id: int, keys: bool = False, *,
+                                 timeout: float | None = None) -> LeaseTimeToLiveResponse:
+        """Remaining ``ttl`` (-1: no such lease), ``granted_ttl``, attached ``keys``."""
+        return await self._lease_router().time_to_live(id, keys, timeout=timeout)  # type: ignore[no-any-return]
+
+    def lease(self, ttl: int, id: int = 0, **kwargs: Any) -> Any:
+        """An ``AsyncLease`` kept alive by a task: ``async with c.lease(10) as lease`` or
+        ``lease = await c.lease(10)``; ``await lease.close()`` revokes it."""
+        from protocol.client.aio_lease import AsyncLease  # type: ignore[import-not-found,unused-ignore]
+
+        return AsyncLease(self, ttl, id, **kwargs)
+
+    def session(self, ttl: int = 60, **kwargs: Any) -> Any:
+        """An ``AsyncSession``: a lease kept alive while it is open."""
+        from protocol.client.aio_concurrency import AsyncSession  # type: ignore[import-not-found,unused-ignore]
+
+        return AsyncSession(self, ttl=ttl, **kwargs)
+
+    def lock(self, name: Any, *, ttl: int = 60, session: Any = None,
+             timeout: float | None = None) -> Any:
+        """An ``AsyncLock`` (``async with c.lock("x"):``)."""
+        from protocol.client.aio_concurrency import AsyncLock  # type: ignore[import-not-found,unused-ignore]
+
+        return AsyncLock.for_client(self, name, ttl=ttl, session=session, timeout=timeout)
+
+    def election(self, name: Any, *, ttl: int = 60, session: Any = None) -> Any:
+        """An ``AsyncElection`` on the prefix ``name``."""
+        from protocol.client.aio_concurrency import AsyncElection  # type: ignore[import-not-found,unused-ignore]
+
+        return AsyncElection.for_client(self, name, ttl=ttl, session=session)
+
+    # -- watch ----------------------------------------------------------------------------
+    def watch(self, key: Any, range_end: Any = None, *, prefix: bool = False,
+              start_revision: int = 0, prev_kv: bool = False, filters: Iterable[str] = (),
+              progress_notify: bool = False, **options: Any) -> Any:
+        """An ``AsyncWatcher``: attached on ``await w`` / ``async with w`` / first
+        ``async for``; ``async for resp in w``."""
+        from protocol.client.aio_watch import AsyncWatcher  # type: ignore[import-not-found,unused-ignore]
+
+        return AsyncWatcher(self, key, range_end, prefix=prefix, start_revision=start_revision,
+                            prev_kv=prev_kv, filters=tuple(filters), progress_notify=progress_notify,
+                            **options)
+
+    def watch_callback(self, key: Any, callback: Any, range_end: Any = None, **kwargs: Any) -> Any:
+        """``watch`` delivering every ``WatchResponse`` to ``callback`` (a function or a
+        coroutine function) from a task; returns the started ``AsyncWatcher``."""
+        return self.watch(key, range_end, **kwargs).start(callback)
+
+    async def watch_once(self, key: Any, range_end: Any = None, *, timeout: float | None = None,
+                         **watch_kw: Any) -> Any:
+        """The first event on ``key`` (or the range), then the watch is cancelled; raises
+        ``Timeout`` when none comes within ``timeout``."""
+        from protocol.client.aio_watch import watch_once  # type: ignore[import-not-found,unused-ignore]
+
+        return await watch_once(self, key, range_end, timeout=timeout, **watch_kw)
+
+
+def _left(loop: asyncio.AbstractEventLoop, deadline: float) -> float:
+    left = deadline - loop.time()
+    if left <= 0:
+        raise Timeout("the call's deadline passed")
+    return left
+
+
+async def _auto_sync(ref: "weakref.ref[AsyncClient]", interval: float) -> None:
+    """Every ``interval`` s (the first after one), ``sync()`` the client; ends with it."""
+    while True:
+        await asyncio.sleep(interval)
+        client = ref()
+        if client is None or client._closed:
+            return
+        try:
+            await client.sync(timeout=min(client.timeout, interval))
+        except QkvError:
+            pass  # keep the list; try again at the next interval
+        del client
+
+
+__all__ = ["AsyncClient", "DEFAULT_ENDPOINT"]
