@@ -1,126 +1,301 @@
 """Watch: follow a key range through a node's PUB/SUB channel, with etcd's guarantees.
 
-The consumer side of SPEC.md section 5, hidden behind ``Client.watch``:
-- subscribe FIRST (a SUB socket on the node's watch URL, topic = the channel), then
-  read history from the start revision over the client DEALER (``history`` op), then
-  the live messages, dropping revisions already delivered;
-- ``delivered`` = D: every matching event <= D has been delivered, nothing above D has.
-  A live message at revision r with ``prev_revision`` p is delivered when p <= D (then
-  D = r); r <= D is a duplicate; p > D means a hole: catch up from history [D+1, ...].
-  A progress message (R, L) with L <= D moves D to R; L > D is a hole as well;
-- never delivers a revision <= D, whatever the node says (etcd bug #15271);
-- a key or range_end longer than MAX_TOPIC_KEY (256) bytes is watched through its
-  *covering* channel (``covering_range``: bounds cut to 256 bytes, a range that holds the
-  watched one), whose events are filtered to the watched range; a revision with no event
-  left after filtering moves D like a progress message (SPEC section 5, "Long keys").
-  So no topic is ever long (libzmq's SUB crashes on topics of 256 KiB or more). A
-  covering channel the user may not read (auth) is refused, so the live path stays
-  silent: the watcher then follows the range from ``history`` after each silence;
-- silence (no message, not even the broadcaster's heartbeat) makes it ask for progress,
-  then move to the next endpoint and resume from D+1: no gap, no duplicate;
-- a compacted start (or hole) ends the watch with ``canceled`` and ``compact_revision``;
-- under auth the history requests carry the client's token and the SUB socket is a CURVE
-  client with the client's key (the one ``authenticate`` registered for the watch port).
-  The broadcaster silently drops a subscription its user may not read, so the watcher
-  asks ``history`` first (checked like a range) and raises ``PermissionDenied`` at once
-  instead of waiting for events that never come.
+The threaded transport of SPEC.md section 5's consumer, behind ``Client.watch``; the
+protocol itself (D, the consumer rule, history catch-up, covering channels, silence ->
+probe -> failover) is ``WatchState`` in watchcore.py, shared with the asyncio side.
 
-One Watcher is used by one thread at a time (its iterator); ``cancel()`` may be called
-from any thread.
+Multiplexed: a ``Client`` has one SUB socket per endpoint (a *hub*), shared by all its
+watchers attached to that endpoint, as etcd's clients multiplex every watch over one
+stream (1,000 watches are 1 SUB, not 1,000: libzmq allows 1,023 sockets per context).
+- the hub's thread owns the SUB (sockets are not thread-safe); watchers hand it
+  subscribe/unsubscribe through a queue and an inproc wake socket. N watchers of one
+  topic subscribe N times (libzmq counts them; the last unsubscribe goes upstream);
+- the hub routes each message by its topic to the inboxes of that topic's watchers; an
+  inbox is bounded (``rcvhwm`` frames): a full one drops the frame and marks a hole, which
+  history fills, so a slow watcher never grows memory nor holds up the others;
+- each watcher keeps its own D and applies the consumer rule in its own thread (the one
+  iterating it); ``status`` and ``history`` go through the hub's one client for its
+  endpoint (with the client's keys and token);
+- failover moves one watcher to the hub of the next endpoint; the others stay. A hub that
+  heard nothing at all during a watcher's probe is retired (the next attach makes a new
+  SUB; its last watcher closes it);
+- a hub closes when its last watcher leaves, or once the client is closed (its watchers
+  then end: their iterator stops);
+- under auth the SUB socket is a CURVE client with the client's key (authenticate
+  registers it for the watch port: done again whenever a hub is made) and history
+  requests carry the token. The broadcaster silently drops a subscription its user may
+  not read, so a watch under auth asks ``history`` first (checked like a range) and
+  raises ``PermissionDenied`` at once instead of waiting for events that never come.
+
+One Watcher is used by one thread at a time (its iterator); ``cancel()`` and
+``request_progress()`` may be called from any thread.
 """
 from __future__ import annotations
 
 import collections
+import itertools
 import threading
 import time
-from dataclasses import dataclass, field
+import weakref
 from typing import Any, Callable, Iterator
 
-import msgpack
 import zmq
 
-from protocol.client.types import FROM_KEY_END, KeyValue, ResponseHeader, key_range, prefix_end
-from protocol.errors import QkvError
+from protocol.client.types import ResponseHeader, key_range
+from protocol.client.watchcore import (  # noqa: F401  (re-exported: the protocol's names)
+    FATAL_CODES, HIST_ENDED, HIST_RAISE, HISTORY_PAGE_REVISIONS, IDLE_FAILOVER, INBOX_FRAMES,
+    MAX_TOPIC_KEY, PROBE_S, SILENCE_S, TOPIC_HEAD, Event, Inbox, Routes, WatchResponse, WatchState,
+    covering_range, failover_pause, hub_install, hub_release, hub_retire, hub_use, in_range,
+    parse_filters, reachable, watch_topic,
+)
+from protocol.errors import QkvError, Unavailable
 
-TOPIC_HEAD = b"W1"
-FLAG_PREV_KV, FLAG_NO_PUT, FLAG_NO_DELETE = 1, 2, 4
-MAX_TOPIC_KEY = 256      # SPEC section 5: a channel's key and range_end are at most this long
-SILENCE_S = 5.0          # no message for this long: ask the broadcaster for progress
-PROBE_S = 2.0            # and no answer this long after: move to another endpoint
-HISTORY_PAGE_REVISIONS = 5000
-# history errors that no other endpoint or retry can cure: raised to the caller.
-FATAL_CODES = frozenset({"unknown_op", "invalid_argument", "key_not_provided", "malformed",
-                         "permission_denied", "auth_failed", "user_empty", "invalid_auth_token",
-                         "auth_old_revision"})
+_reachable = reachable  # the old private name (lease.py)
 
-
-def watch_topic(key: bytes, range_end: bytes = b"", *, prev_kv: bool = False,
-                no_put: bool = False, no_delete: bool = False) -> bytes:
-    """The channel topic of SPEC section 5 (same encoding as actors/watch/channels.py)."""
-    flags = (FLAG_PREV_KV if prev_kv else 0) | (FLAG_NO_PUT if no_put else 0) \
-        | (FLAG_NO_DELETE if no_delete else 0)
-    return b"".join((TOPIC_HEAD, bytes((flags,)), len(key).to_bytes(4, "big"), key,
-                     len(range_end).to_bytes(4, "big"), range_end))
+HUB_RCVHWM = 100_000     # the shared SUB's queue: the hub thread drains it into the inboxes
+HUB_POLL_MS = 500        # the hub thread looks at its client (closed?) this often
+HUB_BATCH = 1000         # frames routed per wake-up before looking at the queue of changes
+ATTACH_TIMEOUT_S = 3.0   # status/history calls of a hub's client
+_hub_ids = itertools.count(1)
+_registry_lock = threading.Lock()  # every client's hub table and hub use counts
 
 
-def covering_range(key: bytes, range_end: bytes = b"") -> tuple[bytes, bytes]:
-    """The channel range to subscribe to for ``[key, range_end)`` (SPEC section 5, "Long
-    keys"; the same rule as actors/watch/channels.py): the range itself when key and
-    range_end are each at most MAX_TOPIC_KEY bytes; else key[:MAX] and, as the end, a
-    single key's prefix_end(key[:MAX]), ``"\\x00"`` as is, a short range_end as is, a long
-    one's prefix_end(range_end[:MAX])."""
-    n = MAX_TOPIC_KEY
-    if len(key) <= n and len(range_end) <= n:
-        return key, range_end
-    k = key[:n]
-    if not range_end:
-        return k, prefix_end(k)
-    if range_end == FROM_KEY_END or len(range_end) <= n:
-        return k, range_end
-    return k, prefix_end(range_end[:n])
+class _Inbox(Inbox):
+    """An ``Inbox`` whose watcher thread sleeps until the hub's thread puts a frame."""
+
+    __slots__ = ("wake",)
+
+    def __init__(self, bound: int) -> None:
+        super().__init__(bound)
+        self.wake = threading.Event()
+
+    def put(self, frames: list[bytes]) -> None:
+        super().put(frames)
+        self.wake.set()
+
+    def wait(self, timeout: float) -> None:
+        """Until something is there, or the hub goes, or ``timeout`` s."""
+        if not self.frames and not self.closed and timeout > 0:
+            self.wake.wait(timeout)
+        self.wake.clear()
 
 
-def _in_range(key: bytes, start: bytes, end: bytes) -> bool:
-    if not end:
-        return key == start
-    return key >= start and (end == FROM_KEY_END or key < end)
+class _Hub:
+    """One SUB socket on one endpoint's watch URL, shared by a client's watchers there."""
+
+    def __init__(self, client: Any, endpoint: str, ep_client: Any, url: str) -> None:
+        self.endpoint, self.url, self.ep_client = endpoint, url, ep_client
+        self.users = 0            # watchers attached (under _registry_lock)
+        self.stopping = False
+        self.last_rx = time.monotonic()  # when the SUB last delivered anything
+        self._client = weakref.ref(client)
+        self._lock = threading.Lock()   # the change queue and the wake socket's sending end
+        self._ops: collections.deque[tuple[str, bytes, _Inbox | None]] = collections.deque()
+        self._routes = Routes()  # the hub thread's only
+        ctx: zmq.Context = zmq.Context.instance()
+        sub = ctx.socket(zmq.SUB)
+        wake_rx = ctx.socket(zmq.PAIR)
+        wake_tx = ctx.socket(zmq.PAIR)
+        try:
+            sub.setsockopt(zmq.LINGER, 0)
+            ep_client._security.configure(sub)  # CURVE with the client's key when security is on
+            sub.setsockopt(zmq.RCVHWM, HUB_RCVHWM)
+            sub.connect(url)
+            addr = f"inproc://qkv-watch-hub-{next(_hub_ids)}-{id(self):x}"
+            for s in (wake_rx, wake_tx):
+                s.setsockopt(zmq.LINGER, 0)
+            wake_rx.bind(addr)
+            wake_tx.connect(addr)
+        except zmq.ZMQError as exc:
+            for s in (sub, wake_rx, wake_tx):
+                s.close(linger=0)
+            raise QkvError(f"cannot open the watch socket for {url}: {exc}") from None
+        self._sub, self._wake_rx, self._wake_tx = sub, wake_rx, wake_tx
+        self._thread = threading.Thread(target=self._run, name=f"qkv-watch-hub {endpoint}", daemon=True)
+        self._thread.start()
+
+    # --- any thread ------------------------------------------------------------------
+    def _request(self, op: str, topic: bytes, inbox: _Inbox | None = None) -> None:
+        with self._lock:
+            if self.stopping:
+                if inbox is not None and op == "add":
+                    inbox.closed = True
+                    inbox.wake.set()
+                return
+            self._ops.append((op, topic, inbox))
+            try:
+                self._wake_tx.send(b"", zmq.NOBLOCK)
+            except zmq.Again:
+                pass  # wake-ups are pending already
+
+    def add(self, topic: bytes, inbox: _Inbox) -> None:
+        """Route ``topic``'s messages to ``inbox`` (and subscribe once more to it)."""
+        self._request("add", topic, inbox)
+
+    def remove(self, topic: bytes, inbox: _Inbox) -> None:
+        """Stop routing ``topic`` to ``inbox`` (and take back one subscribe)."""
+        self._request("remove", topic, inbox)
+
+    def resubscribe(self, topic: bytes) -> None:
+        """A repeated subscribe to ``topic``: the broadcaster answers with progress."""
+        self._request("resub", topic)
+
+    def close(self) -> None:
+        """Stop the thread; it closes the sockets and ends its watchers' inboxes."""
+        with self._lock:
+            if self.stopping:
+                return
+            self.stopping = True
+            try:
+                self._wake_tx.send(b"", zmq.NOBLOCK)
+            except zmq.Again:
+                pass
+        if self._thread is not threading.current_thread():
+            self._thread.join(5)
+
+    # --- the hub's thread ----------------------------------------------------------------
+    def _apply_ops(self) -> None:
+        sub, routes = self._sub, self._routes
+        while True:
+            with self._lock:
+                if not self._ops:
+                    return
+                op, topic, inbox = self._ops.popleft()
+            if op == "add":
+                assert inbox is not None
+                routes.add(topic, inbox)
+                sub.subscribe(topic)
+            elif op == "remove":
+                assert inbox is not None
+                if routes.remove(topic, inbox):
+                    sub.unsubscribe(topic)
+            elif topic in routes.by_topic:  # "resub"
+                sub.subscribe(topic)
+                sub.unsubscribe(topic)
+
+    def _client_closed(self) -> bool:
+        client = self._client()
+        return client is None or bool(getattr(client, "_closed", False))
+
+    def _run(self) -> None:
+        sub, wake_rx, routes = self._sub, self._wake_rx, self._routes
+        poller = zmq.Poller()
+        poller.register(sub, zmq.POLLIN)
+        poller.register(wake_rx, zmq.POLLIN)
+        try:
+            while not self.stopping:
+                ready = dict(poller.poll(HUB_POLL_MS))
+                if wake_rx in ready:
+                    while True:
+                        try:
+                            wake_rx.recv(zmq.NOBLOCK)
+                        except zmq.Again:
+                            break
+                self._apply_ops()
+                if sub in ready:
+                    for _ in range(HUB_BATCH):
+                        try:
+                            frames = sub.recv_multipart(zmq.NOBLOCK)
+                        except zmq.Again:
+                            break
+                        routes.dispatch(frames)
+                    self.last_rx = time.monotonic()
+                if self._client_closed():
+                    _forget_hub(self)
+                    break
+        finally:
+            with self._lock:
+                self.stopping = True
+                for inbox in routes.close():
+                    assert isinstance(inbox, _Inbox)
+                    inbox.wake.set()
+                for _op, _topic, pending in self._ops:
+                    if pending is not None:
+                        pending.closed = True
+                        pending.wake.set()
+                self._ops.clear()
+                for s in (sub, wake_rx, self._wake_tx):
+                    s.close(linger=0)
+            # (its client is closed by the last watcher out: one may be using it now)
 
 
-def _reachable(watch_url: str, client_endpoint: str) -> str:
-    """A watch URL bound to every interface (``0.0.0.0``, ``*``) is reached at the host
-    the client endpoint names."""
-    for wildcard in ("tcp://0.0.0.0:", "tcp://*:", "tcp://[::]:"):
-        if watch_url.startswith(wildcard) and client_endpoint.startswith("tcp://"):
-            host = client_endpoint[len("tcp://"):].rsplit(":", 1)[0]
-            return f"tcp://{host}:{watch_url[len(wildcard):]}"
-    return watch_url
+# --- a client's hubs -----------------------------------------------------------------------
+def _hubs(client: Any) -> dict[str, _Hub]:
+    hubs: dict[str, _Hub] = client.__dict__.setdefault("_watch_hubs", {})
+    return hubs
 
 
-@dataclass(frozen=True, slots=True)
-class Event:
-    type: str  # "PUT" | "DELETE"
-    kv: KeyValue
-    prev_kv: KeyValue | None = None
+def _acquire_hub(client: Any, endpoint: str) -> tuple[_Hub, Any]:
+    """The client's hub on ``endpoint`` (made when there is none, which asks ``status``
+    there first) and one use of it; with the status when it was just made (else None)."""
+    if getattr(client, "_closed", False):
+        raise Unavailable("the client is closed")
+    with _registry_lock:
+        hub = hub_use(_hubs(client), endpoint)
+    if hub is not None:
+        return hub, None
+    ep_client = client._derive([endpoint], timeout=min(client.timeout, ATTACH_TIMEOUT_S))
+    try:
+        sec = ep_client._security
+        if sec.curve and sec.user:
+            # The watch port knows this client's key from its last authenticate, for one
+            # token TTL after it (SPEC "Security"): authenticate again for every new SUB,
+            # so a watch that reconnects after hours is still recognized.
+            sec.refresh(ep_client, sec._gen)
+        st = ep_client.status()
+        urls = getattr(st, "watch_urls", None) or []
+        if not urls:
+            raise QkvError(f"{endpoint} advertises no watch url")
+        made = _Hub(client, endpoint, ep_client, reachable(str(urls[0]), endpoint))
+    except BaseException:
+        ep_client.close()
+        raise
+    with _registry_lock:
+        hub = hub_install(_hubs(client), made)
+    if hub is not made:  # another thread made one meanwhile: that one is used
+        made.close()
+        made.ep_client.close()
+        return hub, None
+    return hub, st
 
-    @classmethod
-    def from_wire(cls, wire: dict) -> "Event":
-        prev = wire.get("prev_kv")
-        return cls(wire["type"], KeyValue.from_wire(wire["kv"]),
-                   KeyValue.from_wire(prev) if prev else None)
+
+def _release_hub(client: Any, hub: _Hub) -> None:
+    """One use of ``hub`` less; the last one closes it."""
+    with _registry_lock:
+        last = hub_release(_hubs(client), hub)
+    if last:
+        hub.close()
+        hub.ep_client.close()
 
 
-@dataclass(slots=True)
-class WatchResponse:
-    header: ResponseHeader
-    events: list[Event] = field(default_factory=list)
-    compact_revision: int = 0
-    canceled: bool = False
-    progress_notify: bool = False
-    cancel_reason: str = ""
+def _retire_hub(client: Any, hub: _Hub) -> None:
+    """``hub`` seems dead: the next attach to its endpoint makes a new one."""
+    with _registry_lock:
+        hub_retire(_hubs(client), hub)
 
-    @property
-    def revision(self) -> int:
-        return self.header.revision
+
+def _forget_hub(hub: _Hub) -> None:
+    """Take ``hub`` out of its client's table (the client was closed)."""
+    client = hub._client()
+    if client is not None:
+        _retire_hub(client, hub)
+
+
+def close_hubs(client: Any) -> None:
+    """Close every watch hub of ``client`` (``Client.close`` calls it): their watchers end
+    (each closes the hub's endpoint client as it leaves). A hub also notices by itself,
+    within HUB_POLL_MS."""
+    with _registry_lock:
+        hubs = list((client.__dict__.get("_watch_hubs") or {}).values())
+        client.__dict__.pop("_watch_hubs", None)
+    for hub in hubs:
+        hub.close()
+
+
+def hub_count(client: Any) -> int:
+    """How many watch hubs (SUB sockets) ``client`` has open now (for tests and stats)."""
+    with _registry_lock:
+        return sum(1 for h in (client.__dict__.get("_watch_hubs") or {}).values() if not h.stopping)
 
 
 class Watcher:
@@ -129,56 +304,34 @@ class Watcher:
     def __init__(self, client: Any, key: Any, range_end: Any = None, *, prefix: bool = False,
                  start_revision: int = 0, prev_kv: bool = False, filters: tuple = (),
                  progress_notify: bool = False, progress_interval_s: float = 0.0,
-                 rcvhwm: int = 10_000, rcvbuf: int = -1) -> None:
+                 rcvhwm: int = INBOX_FRAMES, rcvbuf: int = -1) -> None:
         """``progress_notify``: deliver progress notifications (bookmarks), at most one per
         ``progress_interval_s`` (0 = each one the broadcaster sends: every ~0.2 s while
-        revisions are made, every 2 s when idle). ``rcvhwm``/``rcvbuf``: the SUB
-        socket's queue (a small one loses messages sooner; history fills the holes)."""
-        self.key, self.range_end = key_range(key, range_end, prefix=prefix)
-        flt = {str(f).upper().replace("-", "_") for f in filters}
-        unknown = flt - {"NOPUT", "NO_PUT", "NODELETE", "NO_DELETE"}
-        if unknown:
-            raise ValueError(f"unknown watch filters: {sorted(unknown)}")
-        self.no_put = bool(flt & {"NOPUT", "NO_PUT"})
-        self.no_delete = bool(flt & {"NODELETE", "NO_DELETE"})
-        self.prev_kv = prev_kv
-        self.progress_notify = progress_notify
-        self.progress_interval_s = progress_interval_s
-        self._progress_sent_at = 0.0
-        ckey, cend = covering_range(self.key, self.range_end)
-        # A covering channel sends more than this range: its events are filtered.
-        self.covering = (ckey, cend) != (self.key, self.range_end)
-        self.topic = watch_topic(ckey, cend, prev_kv=prev_kv, no_put=self.no_put,
-                                 no_delete=self.no_delete)
+        revisions are made, every 2 s when idle). ``rcvhwm``: this watcher's queue of live
+        frames (a small one loses messages sooner; history fills the holes). ``rcvbuf`` is
+        accepted for compatibility: the kernel buffer belongs to the client's shared SUB."""
+        k, end = key_range(key, range_end, prefix=prefix)
+        no_put, no_delete = parse_filters(filters)
+        sec = getattr(client, "_security", None)
+        self._state = WatchState(k, end, prev_kv=prev_kv, no_put=no_put, no_delete=no_delete,
+                                 progress_notify=progress_notify,
+                                 progress_interval_s=progress_interval_s,
+                                 auth=sec is not None and bool(sec.user))
+        self.key, self.range_end, self.topic = k, end, self._state.topic
+        self.prev_kv, self.no_put, self.no_delete = prev_kv, no_put, no_delete
+        self.covering = self._state.covering
         self._client = client
         self._endpoints: list[str] = list(client.endpoints)
-        self._timeout = client.timeout
         self._idx = client._preferred % len(self._endpoints)
-        self._rcvhwm, self._rcvbuf = rcvhwm, rcvbuf
-        self._ctx: zmq.Context = zmq.Context.instance()
-        self._sub: zmq.Socket | None = None
-        self._ep_client: Any = None
-        self._header = ResponseHeader()
-        self._ready: collections.deque[WatchResponse] = collections.deque()
-        self._need_catchup = True
-        self._catching = False
-        self._last_msg_at = time.monotonic()
-        self._probe_at: float | None = None
-        self._progress_wanted = False
-        self._resubscribe = False
-        self._iterating = 0  # threads inside get(): only they touch the sockets
+        self._inbox = _Inbox(rcvhwm)
+        self._hub: _Hub | None = None
+        self._lock = threading.Lock()  # attach/detach
+        self._iterating = 0  # threads inside get(): only they attach and detach
         self._cancel = threading.Event()
-        self._done = False
         self._thread: threading.Thread | None = None
-        self.resumes = 0  # times it moved to another endpoint (for tests and logs)
-        self.catchups = 0  # history catch-ups after a hole
         status_rev = self._attach_any()
-        if start_revision and start_revision > 0:
-            self.delivered = start_revision - 1
-        else:
-            self.delivered = status_rev  # etcd: "from now" = current revision + 1
-        self.start_revision = self.delivered + 1  # the first revision this watch delivers
-        if getattr(client, "_security", None) is not None and client._security.user:
+        self._state.begin(start_revision, status_rev)
+        if self._state.auth:
             # Under auth: the first catch-up page now, so that a range the user may not
             # read raises PermissionDenied here (the watch port would just stay silent).
             try:
@@ -187,16 +340,36 @@ class Watcher:
                 self._detach()
                 raise
 
+    # --- what the state knows -------------------------------------------------------
+    @property
+    def delivered(self) -> int:
+        """D: every matching event <= it has been delivered, none above it."""
+        return self._state.delivered
+
+    @property
+    def start_revision(self) -> int:
+        """The first revision this watch delivers."""
+        return self._state.start_revision
+
+    @property
+    def resumes(self) -> int:
+        """Times it moved to another endpoint."""
+        return self._state.resumes
+
+    @property
+    def catchups(self) -> int:
+        """History catch-ups after a hole."""
+        return self._state.catchups
+
     # --- attaching to a node -------------------------------------------------------
     def _attach_any(self) -> int:
         """Attach to the first endpoint that answers ``status``, starting at the current
         one; its revision. Raises the last error when none answers."""
-        last_err: Exception | None = None
+        last_err: QkvError | None = None
         for i in range(len(self._endpoints)):
             idx = (self._idx + i) % len(self._endpoints)
             try:
-                rev = self._attach(idx)
-                return rev
+                return self._attach(idx)
             except QkvError as exc:
                 last_err = exc
         assert last_err is not None
@@ -204,197 +377,96 @@ class Watcher:
 
     def _attach(self, idx: int) -> int:
         self._detach()
-        client = self._client._derive([self._endpoints[idx]], timeout=min(self._timeout, 3.0))
-        sec = client._security
+        endpoint = self._endpoints[idx]
+        hub, st = _acquire_hub(self._client, endpoint)
         try:
-            if sec.curve and sec.user:
-                # The watch port knows this client's key from its last authenticate, for one
-                # token TTL after it (SPEC "Security"): authenticate again on every attach,
-                # so a watch that reconnects after hours is still recognized.
-                sec.refresh(client, sec._gen)
-            st = client.status()
-        except QkvError:
-            client.close()
+            if st is None:
+                st = hub.ep_client.status()
+        except BaseException:
+            _release_hub(self._client, hub)
             raise
-        urls = st.watch_urls if hasattr(st, "watch_urls") else []
-        if not urls:
-            client.close()
-            raise QkvError(f"{self._endpoints[idx]} advertises no watch url")
-        url = _reachable(urls[0], self._endpoints[idx])
-        sub = self._ctx.socket(zmq.SUB)
-        sub.setsockopt(zmq.LINGER, 0)
-        client._security.configure(sub)  # CURVE with the client's key when security is on
-        sub.setsockopt(zmq.RCVHWM, self._rcvhwm)
-        sub.setsockopt(zmq.RCVBUF, self._rcvbuf)
-        sub.connect(url)
-        sub.subscribe(self.topic)
-        self._sub, self._ep_client, self._idx = sub, client, idx
-        self._header = ResponseHeader(st.header.cluster_id, st.header.member_id, 0, st.header.raft_term)
-        self._need_catchup = True
-        self._catching = False
-        self._last_msg_at = time.monotonic()
-        self._probe_at = None
-        return st.header.revision
+        with self._lock:
+            if self._cancel.is_set():
+                _release_hub(self._client, hub)
+                return int(st.header.revision)
+            self._state.attached(st.header, time.monotonic())
+            self._inbox = _Inbox(self._inbox.bound)  # nothing from the last member is kept
+            hub.add(self.topic, self._inbox)
+            self._hub, self._idx = hub, idx
+        return int(st.header.revision)
 
     def _detach(self) -> None:
-        sub, self._sub = self._sub, None
-        if sub is not None:
-            sub.close(linger=0)
-        client, self._ep_client = self._ep_client, None
-        if client is not None:
-            client.close()
+        with self._lock:
+            hub, self._hub = self._hub, None
+        if hub is not None:
+            hub.remove(self.topic, self._inbox)
+            _release_hub(self._client, hub)
 
     def _fail_over(self) -> None:
         """The node is silent or failing: resume on the next endpoint that answers."""
-        self.resumes += 1
+        self._state.failing_over()
         self._idx = (self._idx + 1) % len(self._endpoints)
-        pause = 0.1
-        while not self._cancel.is_set():  # as etcd's watcher: retry until canceled
+        rounds = 0
+        # as etcd's watcher: retry until canceled (or the client is closed)
+        while not self._cancel.is_set() and not getattr(self._client, "_closed", False):
             try:
                 self._attach_any()
                 return
             except QkvError:
-                time.sleep(pause)
-                pause = min(1.0, pause * 2)
+                rounds += 1
+                self._cancel.wait(failover_pause(rounds))
+        self._state.done = True
 
     # --- the protocol --------------------------------------------------------------
-    def _hdr(self, revision: int) -> ResponseHeader:
-        h = self._header
-        return ResponseHeader(h.cluster_id, h.member_id, revision, h.raft_term)
-
     def _catch_up(self) -> None:
-        """One page of history from delivered+1; the hole is filled once a page says
-        there is no more (the caller drains the ready queue between pages)."""
-        if not self._catching:
-            self._catching = True
-            self.catchups += 1
-        req = {"op": "history", "key": self.key, "range_end": self.range_end,
-               "start_revision": self.delivered + 1,
-               "limit_revisions": HISTORY_PAGE_REVISIONS}
-        if self.prev_kv:
-            req["prev_kv"] = True
-        if self.no_put:
-            req["no_put"] = True
-        if self.no_delete:
-            req["no_delete"] = True
-        reply = self._ep_client._call(req, write=False)
-        for group in reply["revisions"]:
-            rev = group["revision"]
-            if rev <= self.delivered:
-                continue
-            self._ready.append(WatchResponse(self._hdr(rev),
-                                             [Event.from_wire(e) for e in group["events"]]))
-            self.delivered = rev
-        self.delivered = max(self.delivered, int(reply["last_revision"]))
-        if not reply.get("more"):
-            self._need_catchup = self._catching = False
-
-    def _on_message(self, frames: list[bytes]) -> None:
-        if len(frames) != 2 or frames[0] != self.topic:
-            return
-        payload = frames[1]
-        if not payload or payload[0] != 1:
-            return
-        body = msgpack.unpackb(payload[1:], raw=False)
-        if "progress_revision" in body:
-            progress = int(body["progress_revision"])
-            last = body.get("last_event_revision")
-            if last is None or last > self.delivered:
-                self._need_catchup = True
-                return
-            if progress > self.delivered:
-                self.delivered = progress
-            now = time.monotonic()
-            due = self.progress_notify and now - self._progress_sent_at >= self.progress_interval_s
-            if due or self._progress_wanted:
-                self._progress_wanted = False
-                self._progress_sent_at = now
-                self._ready.append(WatchResponse(self._hdr(self.delivered), progress_notify=True))
-            return
-        rev = int(body["revision"])
-        if rev <= self.delivered:
-            return  # a duplicate (already delivered through history or earlier)
-        prev = body.get("prev_revision")
-        if prev is None or prev > self.delivered:
-            self._need_catchup = True  # a hole: (delivered, prev] may hold events
-            return
-        events = body["events"]
-        if self.covering:
-            events = [e for e in events if _in_range(e["kv"]["key"], self.key, self.range_end)]
-            if not events:  # nothing of this range at rev: like a progress message
-                self.delivered = rev
-                return
-        self._ready.append(WatchResponse(self._hdr(rev), [Event.from_wire(e) for e in events]))
-        self.delivered = rev
+        """One page of history from D+1 (the caller drains the ready queue between pages)."""
+        hub = self._hub
+        assert hub is not None
+        self._state.on_history(hub.ep_client._call(self._state.history_request(), write=False))
 
     def _step(self, timeout_s: float) -> None:
         """Receive what is there (waiting at most timeout_s) into the ready queue."""
-        if self._need_catchup:
+        state, hub = self._state, self._hub
+        if hub is None:
+            self._fail_over()
+            return
+        if state.need_catchup:
             try:
                 self._catch_up()
             except QkvError as exc:
-                if exc.code == "compacted":
-                    self._end(WatchResponse(self._hdr(self.delivered), canceled=True,
-                                            compact_revision=int(exc.details.get("compact_revision") or 0),
-                                            cancel_reason=exc.message))
-                    return
-                if exc.code in FATAL_CODES:
-                    raise  # the caller's mistake, a server without `history`, or a refusal: no retry helps
-                self._fail_over()
+                what = state.history_failed(exc)
+                if what == HIST_RAISE:
+                    raise  # the caller's mistake, a server without `history`, or a refusal
+                if what != HIST_ENDED:
+                    self._fail_over()
             return
-        sub = self._sub
-        assert sub is not None
-        if self._resubscribe:
-            # A repeated subscribe: the broadcaster answers with a progress message.
-            self._resubscribe = False
-            sub.subscribe(self.topic)
-            sub.unsubscribe(self.topic)
-        if not sub.poll(int(timeout_s * 1000)):
-            now = time.monotonic()
-            if self._probe_at is None and now - self._last_msg_at > SILENCE_S:
-                self._probe_at = now
-                self._resubscribe = True
-            elif self._probe_at is not None and now - self._probe_at > PROBE_S:
-                sec = getattr(self._client, "_security", None)
-                if self.covering and sec is not None and sec.user:
-                    # Under auth a covering channel wider than the user's permission is
-                    # refused (no message ever comes): follow the range from history,
-                    # which is checked for the range itself, once per silence.
-                    self._last_msg_at, self._probe_at = now, None
-                    self._need_catchup = True
-                    return
-                self._fail_over()
-            return
-        self._last_msg_at = time.monotonic()
-        self._probe_at = None
-        for _ in range(1000):
-            try:
-                frames = sub.recv_multipart(zmq.NOBLOCK)
-            except zmq.Again:
-                break
-            self._on_message(frames)
-            if self._need_catchup:
-                break
-
-    def _end(self, resp: WatchResponse) -> None:
-        self._ready.append(resp)
-        self._done = True
+        if state.take_resubscribe():
+            hub.resubscribe(self.topic)
+        self._inbox.wait(timeout_s)
+        now = time.monotonic()
+        if state.take(self._inbox, now) == IDLE_FAILOVER:
+            if hub.last_rx < (state.probe_at or now):
+                _retire_hub(self._client, hub)  # it heard nothing at all: a dead SUB
+            self._fail_over()
+        elif state.take_resubscribe():  # the probe
+            hub.resubscribe(self.topic)
 
     # --- public API ----------------------------------------------------------------
     def get(self, timeout: float | None = None) -> WatchResponse | None:
         """The next response; None when ``timeout`` passes first. Raises StopIteration
-        once the watch is over (canceled, or ended by compaction)."""
+        once the watch is over (canceled, ended by compaction, or its client closed)."""
         deadline = None if timeout is None else time.monotonic() + timeout
+        state = self._state
         self._iterating += 1
         stepped = False
         try:
             while True:
-                if self._ready:
-                    return self._ready.popleft()
-                if self._done or self._cancel.is_set():
+                if state.ready:
+                    return state.ready.popleft()
+                if state.done or self._cancel.is_set():
                     self._close()
                     raise StopIteration
-                remaining = 0.2 if deadline is None else min(0.2, deadline - time.monotonic())
+                remaining = 0.5 if deadline is None else min(0.5, deadline - time.monotonic())
                 if remaining <= 0:
                     if stepped:
                         return None
@@ -419,10 +491,10 @@ class Watcher:
 
     def request_progress(self) -> None:
         """Ask for a progress notification (etcd's RequestProgress). It is sent as a
-        repeated subscribe, which the broadcaster answers with a progress message; the
-        iterating thread does it (sockets are not thread-safe), so any thread may call."""
-        self._progress_wanted = True
-        self._resubscribe = True
+        repeated subscribe, which the broadcaster answers with a progress message; any
+        thread may call it."""
+        self._state.request_progress()
+        self._inbox.wake.set()
 
     def start(self, callback: Callable[[WatchResponse], Any]) -> "Watcher":
         """Deliver every response to ``callback`` from a background thread."""
@@ -438,18 +510,21 @@ class Watcher:
         return self
 
     def cancel(self) -> None:
+        """End the watch: its iterator stops; its subscription is taken back (the other
+        watchers of the client are not disturbed). Any thread may call it."""
         self._cancel.set()
+        self._inbox.wake.set()
         if self._thread is not None:
             if self._thread is not threading.current_thread():
                 self._thread.join(5)
         elif not self._iterating:
             self._close()
-        # else: the thread inside get() closes the sockets within 0.2 s
+        # else: the thread inside get() wakes up and detaches
 
     close = cancel
 
     def _close(self) -> None:
-        self._done = True
+        self._state.done = True
         self._detach()
 
     def __enter__(self) -> "Watcher":
@@ -457,3 +532,4 @@ class Watcher:
 
     def __exit__(self, *exc: Any) -> None:
         self.cancel()
+

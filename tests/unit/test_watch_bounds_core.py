@@ -4,14 +4,11 @@ big for the live path, heartbeat slots, and the consumer's filtering of a coveri
 (actors/watch/channels.py, protocol/client/watch.py)."""
 from __future__ import annotations
 
-import collections
-
 import msgpack
 from hypothesis import given, settings, strategies as st
 
 from actors.watch import channels as C
 from protocol.client import watch as W
-from protocol.client.types import ResponseHeader
 from tests.lanes import examples
 
 N = C.MAX_TOPIC_KEY
@@ -179,15 +176,8 @@ def test_compact_rebuilds_tables_after_most_channels_left():
 
 # --- the consumer of a covering channel -------------------------------------------------------
 def covering_watcher(key, range_end, delivered):
-    w = W.Watcher.__new__(W.Watcher)  # no sockets: only the message rules
-    w.key, w.range_end = key, range_end
-    ck, ce = W.covering_range(key, range_end)
-    w.covering = (ck, ce) != (key, range_end)
-    w.topic = W.watch_topic(ck, ce)
-    w.delivered, w._ready = delivered, collections.deque()
-    w._header, w.progress_notify, w._progress_wanted = ResponseHeader(), False, False
-    w.progress_interval_s, w._progress_sent_at = 0.0, 0.0
-    w._need_catchup = False
+    w = W.WatchState(key, range_end)  # no sockets: only the message rules
+    w.delivered, w.need_catchup = delivered, False
     return w
 
 
@@ -202,9 +192,9 @@ def test_consumer_filters_a_covering_channel_to_its_own_key():
                                          "events": [{"type": "PUT", "kv": {"key": k, "mod_revision": rev}}
                                                     for k in keys]})]
 
-    w._on_message(events(11, 10, sibling))  # only another key: D moves, nothing delivered
-    assert w.delivered == 11 and not w._ready
-    w._on_message(events(12, 11, sibling, mine))
-    assert [[e.kv.key for e in r.events] for r in w._ready] == [[mine]] and w.delivered == 12
-    w._on_message(events(14, 13, mine))  # a hole is still a hole
-    assert w._need_catchup and w.delivered == 12
+    w.on_message(events(11, 10, sibling), 0.0)  # only another key: D moves, nothing delivered
+    assert w.delivered == 11 and not w.ready
+    w.on_message(events(12, 11, sibling, mine), 0.0)
+    assert [[e.kv.key for e in r.events] for r in w.ready] == [[mine]] and w.delivered == 12
+    w.on_message(events(14, 13, mine), 0.0)  # a hole is still a hole
+    assert w.need_catchup and w.delivered == 12

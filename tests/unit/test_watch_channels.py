@@ -246,17 +246,12 @@ def test_history_at_and_below_the_compact_revision(store):
 
 # --- the consumer's rules (protocol/client/watch.py, SPEC section 5 step 4) ---------------
 def bare_watcher(delivered: int, progress_notify: bool = False):
-    import collections
+    from protocol.client.watchcore import WatchState, watch_topic
 
-    from protocol.client.types import ResponseHeader
-    from protocol.client.watch import Watcher
-
-    w = Watcher.__new__(Watcher)  # no sockets: only the message rules
-    w.topic, w.delivered, w._ready = b"T", delivered, collections.deque()
-    w._header, w.progress_notify, w._progress_wanted = ResponseHeader(), progress_notify, False
-    w.progress_interval_s, w._progress_sent_at = 0.0, 0.0
-    w._need_catchup = False
-    w.key, w.range_end, w.covering = b"k", b"", False
+    w = WatchState(b"k", b"", progress_notify=progress_notify)  # no sockets: only the rules
+    w.topic = b"T"
+    w.delivered, w.need_catchup = delivered, False
+    assert w.topic != watch_topic(b"k")  # (a made-up topic, as the messages below carry)
     return w
 
 
@@ -271,18 +266,19 @@ def events_msg(rev, prev):
 
 def test_consumer_delivers_in_order_drops_duplicates_and_sees_holes():
     w = bare_watcher(10)
-    w._on_message(events_msg(10, 7))  # duplicate
-    w._on_message(events_msg(12, 10))  # nothing in (10, 12): deliver
-    assert [r.revision for r in w._ready] == [12] and w.delivered == 12
-    w._on_message(events_msg(15, 13))  # (12, 13] may hold an event: a hole
-    assert w._need_catchup and w.delivered == 12 and len(w._ready) == 1
-    w._on_message([b"other", b"\x01"])  # another topic: ignored
-    assert len(w._ready) == 1
+    w.on_message(events_msg(10, 7), 0.0)  # duplicate
+    w.on_message(events_msg(12, 10), 0.0)  # nothing in (10, 12): deliver
+    assert [r.revision for r in w.ready] == [12] and w.delivered == 12
+    w.on_message(events_msg(15, 13), 0.0)  # (12, 13] may hold an event: a hole
+    assert w.need_catchup and w.delivered == 12 and len(w.ready) == 1
+    w.need_catchup = False
+    w.on_message([b"other", b"\x01"], 0.0)  # another topic: ignored
+    assert len(w.ready) == 1 and not w.need_catchup
 
 
 def test_consumer_progress_is_a_bookmark_or_a_hole():
     w = bare_watcher(12, progress_notify=True)
-    w._on_message(msg({"progress_revision": 20, "last_event_revision": 12}))
-    assert w.delivered == 20 and w._ready[-1].progress_notify and w._ready[-1].revision == 20
-    w._on_message(msg({"progress_revision": 30, "last_event_revision": 25}))  # lost message at 25
-    assert w._need_catchup and w.delivered == 20
+    w.on_message(msg({"progress_revision": 20, "last_event_revision": 12}), 1.0)
+    assert w.delivered == 20 and w.ready[-1].progress_notify and w.ready[-1].revision == 20
+    w.on_message(msg({"progress_revision": 30, "last_event_revision": 25}), 2.0)  # lost message at 25
+    assert w.need_catchup and w.delivered == 20
