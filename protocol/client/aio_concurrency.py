@@ -113,19 +113,11 @@ class AsyncLock(LockCore):
     ``async with``, or ``await acquire()`` / ``await release()``. **Fence every
     protected write** with ``holds_lock()``."""
 
-    def __init__(self, session: AsyncSession, name: Any) -> None:
-        self._init_lock(session, name)
+    _session_class = AsyncSession
 
-    @classmethod
-    def for_client(cls, client: Any, name: Any, *, ttl: int = DEFAULT_SESSION_TTL,
-                   session: AsyncSession | None = None, timeout: float | None = None) -> "AsyncLock":
-        """A lock on ``session``, or on a session of its own (``ttl``, granted on the
-        first acquire) closed with it; ``timeout``: the default of ``acquire``."""
-        owned = session is None
-        lock = cls(session if session is not None else AsyncSession(client, ttl), name)
-        lock._owned_session = owned
-        lock._timeout = timeout
-        return lock
+    def __init__(self, session: AsyncSession, name: Any) -> None:
+        """A lock on ``name`` held through ``session``'s lease (nothing is sent)."""
+        super().__init__(session, name)
 
     async def _run(self, algo: Algo[Any]) -> Any:
         await self.session.start()
@@ -179,17 +171,11 @@ class AsyncLock(LockCore):
 class AsyncElection(ElectionCore):
     """A leader election on the prefix ``name`` (as ``concurrency.Election``), for asyncio."""
 
-    def __init__(self, session: AsyncSession, name: Any) -> None:
-        self._init_election(session, name)
+    _session_class = AsyncSession
 
-    @classmethod
-    def for_client(cls, client: Any, name: Any, *, ttl: int = DEFAULT_SESSION_TTL,
-                   session: AsyncSession | None = None) -> "AsyncElection":
-        """An election on ``session``, or on a session of its own (``ttl``)."""
-        owned = session is None
-        e = cls(session if session is not None else AsyncSession(client, ttl), name)
-        e._owned_session = owned
-        return e
+    def __init__(self, session: AsyncSession, name: Any) -> None:
+        """An election on the prefix ``name`` held through ``session``'s lease (nothing is sent)."""
+        super().__init__(session, name)
 
     async def _run(self, algo: Algo[Any]) -> Any:
         await self.session.start()

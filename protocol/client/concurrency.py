@@ -122,20 +122,11 @@ class Lock(LockCore):
     **Fence every protected write** with ``holds_lock()`` (see the module docstring):
     a lease can expire while its holder still believes it holds the lock."""
 
-    def __init__(self, session: Session, name: Any) -> None:
-        self._init_lock(session, name)
+    _session_class = Session
 
-    @classmethod
-    def for_client(cls, client: "Client", name: Any, *, ttl: int = DEFAULT_SESSION_TTL,
-                   session: Session | None = None, timeout: float | None = None) -> "Lock":
-        """A lock on ``session``, or on a session of its own (``ttl``) closed with it;
-        ``timeout``: the default of ``acquire``."""
-        owned = session is None
-        s = session if session is not None else Session(client, ttl)
-        lock = cls(s, name)
-        lock._owned_session = owned
-        lock._timeout = timeout
-        return lock
+    def __init__(self, session: Session, name: Any) -> None:
+        """A lock on ``name`` held through ``session``'s lease (nothing is sent)."""
+        super().__init__(session, name)
 
     def acquire(self, timeout: float | None = None) -> "Lock":
         """Wait for the lock (FIFO among waiters); ``timeout`` None = forever. Raises
@@ -186,17 +177,11 @@ class Lock(LockCore):
 class Election(ElectionCore):
     """A leader election on the prefix ``name`` (etcd's ``concurrency.Election``)."""
 
-    def __init__(self, session: Session, name: Any) -> None:
-        self._init_election(session, name)
+    _session_class = Session
 
-    @classmethod
-    def for_client(cls, client: "Client", name: Any, *, ttl: int = DEFAULT_SESSION_TTL,
-                   session: Session | None = None) -> "Election":
-        """An election on ``session``, or on a session of its own (``ttl``)."""
-        owned = session is None
-        e = cls(session if session is not None else Session(client, ttl), name)
-        e._owned_session = owned
-        return e
+    def __init__(self, session: Session, name: Any) -> None:
+        """An election on the prefix ``name`` held through ``session``'s lease (nothing is sent)."""
+        super().__init__(session, name)
 
     def campaign(self, value: Any, timeout: float | None = None) -> "Election":
         """Put our candidacy and block until we lead (FIFO by create revision). Raises

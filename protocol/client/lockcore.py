@@ -13,7 +13,7 @@ effect generators (protocol/client/effects.py): no I/O, no clock, no sleeping.
 """
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, TypeVar
 
 from protocol.client.effects import WATCH_ENDED, Algo, Call, Now, WatchClose, WatchGet, WatchOpen
 from protocol.client.leasecore import parse
@@ -24,6 +24,8 @@ from protocol.client.types import (
 from protocol.errors import Internal, QkvError
 
 DEFAULT_SESSION_TTL = 60
+L = TypeVar("L", bound="LockCore")
+E = TypeVar("E", bound="ElectionCore")
 WATCH_POLL_S = 0.2  # how often a waiter looks at its session and deadline
 
 
@@ -165,7 +167,10 @@ class LockCore:
     """A fair distributed mutex (etcd's ``concurrency.Mutex``); subclasses run the
     algorithms with their driver."""
 
-    def _init_lock(self, session: Any, name: Any) -> None:
+    _session_class: Any = None  # the subclass's session: Session(client, ttl)
+
+    def __init__(self, session: Any, name: Any) -> None:
+        """A lock on ``name`` held through ``session``'s lease (nothing is sent)."""
         self.session = session
         self.client = session.client
         self.prefix = to_bytes(name, "lock name") + b"/"
@@ -173,6 +178,17 @@ class LockCore:
         self.header: ResponseHeader | None = None
         self._owned_session = False
         self._timeout: float | None = None
+
+    @classmethod
+    def for_client(cls: type[L], client: Any, name: Any, *, ttl: int = DEFAULT_SESSION_TTL,
+                   session: Any = None, timeout: float | None = None) -> L:
+        """A lock on ``session``, or on a session of its own (``ttl``) closed with the
+        lock; ``timeout``: the default of ``acquire`` (None: wait forever)."""
+        owned = session is None
+        lock = cls(session if session is not None else cls._session_class(client, ttl), name)
+        lock._owned_session = owned
+        lock._timeout = timeout
+        return lock
 
     @property
     def key(self) -> bytes:
@@ -266,7 +282,10 @@ class LockCore:
 class ElectionCore:
     """A leader election on a prefix (etcd's ``concurrency.Election``)."""
 
-    def _init_election(self, session: Any, name: Any) -> None:
+    _session_class: Any = None  # the subclass's session: Session(client, ttl)
+
+    def __init__(self, session: Any, name: Any) -> None:
+        """An election on the prefix ``name`` through ``session``'s lease (nothing is sent)."""
         self.session = session
         self.client = session.client
         self.prefix = to_bytes(name, "election name") + b"/"
@@ -274,6 +293,15 @@ class ElectionCore:
         self.revision = 0    # its create revision
         self.header: ResponseHeader | None = None
         self._owned_session = False
+
+    @classmethod
+    def for_client(cls: type[E], client: Any, name: Any, *, ttl: int = DEFAULT_SESSION_TTL,
+                   session: Any = None) -> E:
+        """An election on ``session``, or on a session of its own (``ttl``) closed with it."""
+        owned = session is None
+        e = cls(session if session is not None else cls._session_class(client, ttl), name)
+        e._owned_session = owned
+        return e
 
     def campaign_algo(self, value: Any, timeout: float | None = None) -> Algo[Any]:
         """Put our candidacy and wait until we lead (FIFO by create revision)."""

@@ -247,8 +247,7 @@ class FakeSession:
 
 
 class FakeLock(LockCore):
-    def __init__(self, session: FakeSession, name: str) -> None:
-        self._init_lock(session, name)
+    pass
 
 
 def kv(key: bytes, create: int, value: bytes = b"", mod: int = 0) -> dict[str, Any]:
@@ -374,8 +373,7 @@ def test_is_acquired_and_a_forged_txn_reply():
 
 # -- the election ---------------------------------------------------------------------------
 class FakeElection(ElectionCore):
-    def __init__(self, session: FakeSession, name: str) -> None:
-        self._init_election(session, name)
+    pass
 
 
 def test_campaign_with_an_existing_key_proclaims_the_new_value():
@@ -420,3 +418,44 @@ def test_observer_emits_each_leader_change_once():
     assert run_sync(o.next_algo(timeout=0.0), w.perform) is None
     o.stop = True
     assert run_sync(o.next_algo(), w.perform) is WATCH_ENDED and len(w.of(WatchClose)) == 1
+
+
+def test_a_cancelled_async_wait_still_leaves_the_queue():
+    """asyncio: the task waiting for the lock is cancelled; the algorithm gets the
+    CancelledError at its yield, closes its watch and deletes its key, then re-raises."""
+    import asyncio
+
+    from protocol.client.effects import run_async
+
+    lock = FakeLock(FakeSession(), "L")
+    seen: list[Any] = []
+
+    async def perform(eff: Any) -> Any:
+        seen.append(eff)
+        if isinstance(eff, Now):
+            return 0.0
+        if isinstance(eff, Call):
+            op = eff.req["op"]
+            if op == "txn":
+                return txn_reply(True, 12, [kv(b"L/01", 5)])
+            if op == "range":
+                return range_reply(kv(b"L/01", 5), rev=12)
+            return ok(deleted=1)
+        if isinstance(eff, WatchOpen):
+            return "h"
+        if isinstance(eff, WatchGet):
+            await asyncio.sleep(3600)
+        return None
+
+    async def main() -> None:
+        task = asyncio.create_task(run_async(lock.acquire_algo(), perform))
+        while not any(isinstance(e, WatchGet) for e in seen):
+            await asyncio.sleep(0)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(main())
+    tail = [type(e).__name__ for e in seen[-2:]]
+    assert tail == ["WatchClose", "Call"] and seen[-1].req["op"] == "delete_range"
+    assert lock.revision == 0

@@ -23,22 +23,8 @@ from fakeserver import FakeServer, FakeStore  # noqa: E402
 from protocol.client.aio_concurrency import AsyncElection, AsyncLock, AsyncSession  # noqa: E402
 from protocol.client.aio_lease import AsyncLease  # noqa: E402
 from protocol.client.lockcore import ElectionNoLeader, Locked, LockTimeout  # noqa: E402
+from protocol.client.aio import AsyncClient  # noqa: E402
 from protocol.errors import LeaseNotFound  # noqa: E402
-
-
-def _aio() -> Any:
-    return pytest.importorskip("protocol.client.aio")
-
-
-def _has_async_watch() -> bool:
-    try:
-        import protocol.client.aio_watch  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
-needs_watch = pytest.mark.skipif(not _has_async_watch(), reason="the asyncio watch is not there yet")
 
 
 async def until(cond: Callable[[], Any], timeout: float, what: str) -> Any:
@@ -55,7 +41,7 @@ async def until(cond: Callable[[], Any], timeout: float, what: str) -> Any:
 
 def run(srv: Any, body: Callable[[Any], Awaitable[None]], **kw: Any) -> None:
     async def main() -> None:
-        async with _aio().AsyncClient([srv.endpoint], timeout=kw.pop("timeout", 3.0), **kw) as c:
+        async with AsyncClient([srv.endpoint], timeout=kw.pop("timeout", 3.0), **kw) as c:
             await body(c)
 
     asyncio.run(main())
@@ -116,7 +102,7 @@ def test_async_keepalive_follows_the_not_leader_hint():
         follower.leader_urls = [leader.endpoint]
 
         async def main() -> None:
-            async with _aio().AsyncClient([follower.endpoint], timeout=3) as c:
+            async with AsyncClient([follower.endpoint], timeout=3) as c:
                 lid = (await c.lease_grant(10)).id
                 assert await c.lease_keepalive_once(lid) == (lid, 10)
                 assert leader.ops_received("lease_keepalive") == 1
@@ -143,7 +129,6 @@ def test_lock_async_with_fencing_and_try_acquire(srv):
     run(srv, body)
 
 
-@needs_watch
 def test_lock_waiters_in_tasks_fifo_and_timeout(srv):
     async def body(c: Any) -> None:
         sessions = [await c.session(10) for _ in range(3)]
@@ -175,7 +160,6 @@ def test_lock_waiters_in_tasks_fifo_and_timeout(srv):
     run(srv, body)
 
 
-@needs_watch
 def test_election_campaign_observe_resign(srv):
     async def body(c: Any) -> None:
         async with c.session(10) as s1, c.session(10) as s2:

@@ -4,6 +4,7 @@ by all its watchers, each with its own D and bounded inbox; failover and cancel 
 watcher leave the others; the pure WatchState against forged frames and replies."""
 from __future__ import annotations
 
+import asyncio
 import os
 import sys
 import threading
@@ -20,6 +21,8 @@ for p in (ROOT, os.path.join(ROOT, "tests")):
 from fakeserver import FakeServer, FakeStore  # noqa: E402
 from nodeproc import wait_for  # noqa: E402
 from protocol.client import Client  # noqa: E402
+from protocol.client import aio_watch as AW  # noqa: E402
+from protocol.client.aio import AsyncClient  # noqa: E402
 from protocol.client import watch as W  # noqa: E402
 from protocol.client import watchcore as WC  # noqa: E402
 from protocol.errors import Internal, QkvError, Timeout  # noqa: E402
@@ -263,3 +266,131 @@ def test_state_silence_probe_failover_and_compaction():
     err = QkvError.from_wire({"code": "compacted", "message": "gone", "compact_revision": 9})
     assert st.history_failed(err) == WC.HIST_ENDED and st.done
     assert st.ready[-1].canceled
+
+
+# --- the asyncio watcher (protocol/client/aio_watch.py) -------------------------------------
+def arun(coro):
+    return asyncio.run(asyncio.wait_for(coro, 60))
+
+
+async def adrain(w, until_rev: int, timeout: float = 10.0) -> list[tuple[int, list[bytes]]]:
+    out: list[tuple[int, list[bytes]]] = []
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not out or out[-1][0] < until_rev:
+        left = deadline - loop.time()
+        assert left > 0, f"timed out at {out[-1:] or 'nothing'} waiting for {until_rev}"
+        resp = await w.get(timeout=left)
+        if resp is not None and resp.events:
+            out.append((resp.revision, [e.kv.key for e in resp.events]))
+    return out
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="counts fds through /proc")
+def test_async_1000_watchers_share_one_sub(srv):
+    async def main():
+        async with AsyncClient([srv.endpoint], timeout=3) as c:
+            await c.put("warm", "up")
+            fds = open_fds()
+            watchers = [await c.watch(f"k/{i:04d}") for i in range(1000)]
+            assert AW.hub_count(c) == 1
+            assert open_fds() - fds < 60, open_fds() - fds
+            revs = {i: (await c.put(f"k/{i:04d}", "v")).header.revision for i in range(1000)}
+            for i, w in enumerate(watchers):
+                assert await adrain(w, revs[i]) == [(revs[i], [f"k/{i:04d}".encode()])]
+            for w in watchers[:999]:
+                w.cancel()
+            assert AW.hub_count(c) == 1
+            await watchers[999].aclose()
+            assert AW.hub_count(c) == 0
+        wait_for(lambda: not srv.channels, 10, "every subscription gone")
+
+    arun(main())
+
+
+def test_async_same_topic_different_revisions_cancel_and_overflow(srv):
+    async def main():
+        async with AsyncClient([srv.endpoint], timeout=3) as c:
+            first = (await c.put("t", "1")).header.revision
+            old = await c.watch("t", start_revision=first)
+            new = c.watch("t")
+            slow = c.watch("t", rcvhwm=3)
+            async with new, slow:
+                assert await slow.get(timeout=0.1) is None  # attached and caught up
+                expected = [(first, [b"t"])]
+                for i in range(60):
+                    expected.append(((await c.put("t", str(i))).header.revision, [b"t"]))
+                last = expected[-1][0]
+                assert_gap_free(await adrain(old, last), expected)
+                assert_gap_free(await adrain(new, last), expected[1:])
+                assert slow._inbox.dropped > 0 and len(slow._inbox.frames) <= 3
+                assert_gap_free(await adrain(slow, last), expected[1:])
+                assert slow.catchups >= 2
+                old.cancel()  # the others keep the topic
+                with pytest.raises(StopAsyncIteration):
+                    await old.get(timeout=1)
+                r = (await c.put("t", "x")).header.revision
+                assert await adrain(new, r) == [(r, [b"t"])]
+                assert srv.channels == {W.watch_topic(b"t")}
+            assert AW.hub_count(c) == 0
+
+    arun(main())
+
+
+def test_async_failover_iteration_callback_and_watch_once(pair, monkeypatch):
+    s0, s1 = pair
+    monkeypatch.setattr(WC, "SILENCE_S", 2.5)  # > the 2 s heartbeat
+    monkeypatch.setattr(WC, "PROBE_S", 0.3)
+
+    async def main():
+        async with AsyncClient([s0.endpoint, s1.endpoint], timeout=3) as c:
+            seen: list[int] = []
+            got = asyncio.Event()
+
+            async def on(resp):
+                seen.extend(resp.revision for _ in resp.events)
+                if len(seen) == 10:
+                    got.set()
+
+            cb = c.watch("f/", prefix=True, start_revision=1).start(on)
+            mover = await c.watch("f/", prefix=True, start_revision=1)
+            stayer = await c.watch("f/", prefix=True, start_revision=1)
+            revs = [(await c.put(f"f/{i}", "v")).header.revision for i in range(5)]
+            async for resp in stayer:  # async for
+                if resp.revision == revs[-1]:
+                    break
+            await mover._fail_over()
+            assert mover._hub.endpoint == s1.endpoint and stayer._hub.endpoint == s0.endpoint
+            assert AW.hub_count(c) == 2
+            s0.stop()  # the others probe, then follow
+            revs += [(await c.put(f"f/{i}", "w")).header.revision for i in range(5, 10)]
+            await asyncio.wait_for(got.wait(), 20)
+            assert seen == revs
+            assert [r for r, _ in await adrain(mover, revs[-1], timeout=20)] == revs
+            assert [r for r, _ in await adrain(stayer, revs[-1], timeout=20)] == revs[5:]
+            assert AW.hub_count(c) == 1
+            assert stayer.resumes == 1
+            await cb.aclose()
+            task = asyncio.create_task(c.watch_once("once", timeout=5))
+            await asyncio.sleep(0.3)
+            await c.put("once", "1")
+            assert (await task).kv.value == b"1"
+            with pytest.raises(Timeout):
+                await c.watch_once("never", timeout=0.3)
+            for w in (mover, stayer):
+                await w.aclose()
+            assert AW.hub_count(c) == 0
+
+    arun(main())
+
+
+def test_async_client_close_ends_watchers(srv):
+    async def main():
+        c = AsyncClient([srv.endpoint], timeout=3)
+        w = await c.watch("z")
+        await c.close()
+        with pytest.raises(StopAsyncIteration):
+            await w.get(timeout=5)
+        assert AW.hub_count(c) == 0
+
+    arun(main())
