@@ -30,11 +30,11 @@ from typing import Any, AsyncIterator, Callable
 import zmq
 import zmq.asyncio
 
+from protocol.client.core import reachable
 from protocol.client.types import key_range
 from protocol.client.watchcore import (
     HIST_ENDED, HIST_RAISE, IDLE_FAILOVER, INBOX_FRAMES, Event, Inbox, Routes, WatchResponse,
     WatchState, failover_pause, hub_install, hub_release, hub_retire, hub_use, parse_filters,
-    reachable,
 )
 from protocol.errors import QkvError, Timeout, Unavailable
 

@@ -41,12 +41,13 @@ from typing import Any, Callable, Iterator
 
 import zmq
 
-from protocol.client.types import ResponseHeader, key_range
+from protocol.client.core import reachable
+from protocol.client.types import key_range
 from protocol.client.watchcore import (  # noqa: F401  (re-exported: the protocol's names)
     FATAL_CODES, HIST_ENDED, HIST_RAISE, HISTORY_PAGE_REVISIONS, IDLE_FAILOVER, INBOX_FRAMES,
     MAX_TOPIC_KEY, PROBE_S, SILENCE_S, TOPIC_HEAD, Event, Inbox, Routes, WatchResponse, WatchState,
     covering_range, failover_pause, hub_install, hub_release, hub_retire, hub_use, in_range,
-    parse_filters, reachable, watch_topic,
+    parse_filters, watch_topic,
 )
 from protocol.errors import QkvError, Unavailable
 

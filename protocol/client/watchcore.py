@@ -88,16 +88,6 @@ def in_range(key: bytes, start: bytes, end: bytes) -> bool:
     return key >= start and (end == FROM_KEY_END or key < end)
 
 
-def reachable(watch_url: str, client_endpoint: str) -> str:
-    """A watch URL bound to every interface (``0.0.0.0``, ``*``) is reached at the host
-    the client endpoint names."""
-    for wildcard in ("tcp://0.0.0.0:", "tcp://*:", "tcp://[::]:"):
-        if watch_url.startswith(wildcard) and client_endpoint.startswith("tcp://"):
-            host = client_endpoint[len("tcp://"):].rsplit(":", 1)[0]
-            return f"tcp://{host}:{watch_url[len(wildcard):]}"
-    return watch_url
-
-
 def parse_filters(filters: Iterable[Any]) -> tuple[bool, bool]:
     """``("NOPUT", "NODELETE")`` (any case, ``-``/``_``) -> ``(no_put, no_delete)``."""
     flt = {str(f).upper().replace("-", "_") for f in filters}

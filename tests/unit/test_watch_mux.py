@@ -371,8 +371,9 @@ def test_async_failover_iteration_callback_and_watch_once(pair, monkeypatch):
             assert AW.hub_count(c) == 1
             assert stayer.resumes == 1
             await cb.aclose()
-            task = asyncio.create_task(c.watch_once("once", timeout=5))
-            await asyncio.sleep(0.3)
+            task = asyncio.create_task(c.watch_once("once", timeout=10))
+            while W.watch_topic(b"once") not in s1.channels:  # subscribed (from now)
+                await asyncio.sleep(0.01)
             await c.put("once", "1")
             assert (await task).kv.value == b"1"
             with pytest.raises(Timeout):
