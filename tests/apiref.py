@@ -35,6 +35,17 @@ SECTIONS: list[tuple[str, list[tuple[str, str]]]] = [
 ]
 
 
+# Public instance attributes (set in __init__, so not found by inspection), per class.
+_CLIENT_ATTRIBUTES = [
+    ("endpoints", "list[str]", "the current endpoint list (replaced as a whole by ``sync()`` and auto-sync)"),
+    ("timeout", "float", "the default deadline of a call, in seconds"),
+    ("requests_sent", "int", "frames this client has sent to any server (a plain counter)"),
+]
+ATTRIBUTES: dict[str, list[tuple[str, str, str]]] = {
+    "Client": _CLIENT_ATTRIBUTES, "AsyncClient": _CLIENT_ATTRIBUTES,
+}
+
+
 def _doc(obj: Any) -> str:
     doc = inspect.getdoc(obj)
     return doc.strip() if doc else ""
@@ -98,6 +109,8 @@ def _class_section(module: str, name: str) -> list[str]:
     doc = _doc(cls)
     if doc:
         out += [doc, ""]
+    for aname, atype, adoc in ATTRIBUTES.get(name, []):
+        out.append(f"- **`{aname}: {atype}`** (attribute): {adoc}")
     names_of: dict[int, str] = {}
     for mname, value in _members(cls):
         if isinstance(value, property):

@@ -2,6 +2,7 @@
 what the generator prints now, so that it cannot go stale."""
 from __future__ import annotations
 
+import asyncio
 import importlib
 
 from tests import apiref
@@ -29,3 +30,16 @@ def test_every_public_method_has_a_docstring():
                 if callable(value) and not (value.__doc__ or "").strip():
                     missing.append(f"{name}.{mname}")
     assert not missing, f"public methods without a docstring: {missing}"
+
+
+def test_the_listed_attributes_exist():
+    from protocol.client import Client
+    from protocol.client.aio import AsyncClient
+
+    for cls in (Client, AsyncClient):
+        c = cls(["tcp://127.0.0.1:1"])
+        for name, _, _ in apiref.ATTRIBUTES[cls.__name__]:
+            assert hasattr(c, name), f"{cls.__name__}.{name}"
+        closing = c.close()
+        if closing is not None:  # AsyncClient's is a coroutine
+            asyncio.run(closing)
