@@ -49,6 +49,7 @@ class _Loop:
         # async object id -> its wrapper, so that one object always has one wrapper
         # (``lost == [lease]``, ``lock.session is session``).
         self.wrappers: weakref.WeakValueDictionary[int, Any] = weakref.WeakValueDictionary()
+        self._wrapping = threading.Lock()  # many threads may wrap at once
         weakref.finalize(self, self.loop.call_soon_threadsafe, self.loop.stop)
 
     def run(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
@@ -90,11 +91,12 @@ class _Loop:
             return _Event(self, obj)
         if not _is_async(obj):
             return obj
-        w = self.wrappers.get(id(obj))
-        if w is None or w._obj is not obj:
-            w = _Proxy(self, obj)
-            self.wrappers[id(obj)] = w
-        return w
+        with self._wrapping:
+            w = self.wrappers.get(id(obj))
+            if w is None or w._obj is not obj:
+                w = _Proxy(self, obj)
+                self.wrappers[id(obj)] = w
+            return w
 
 
 _ASYNC_TYPES: dict[type, bool] = {}
@@ -221,7 +223,8 @@ class SyncAsyncClient(_Proxy):
         obj = lp.run(AsyncClient, *args, **kwargs)
         obj = obj._obj if isinstance(obj, _Proxy) else obj
         super().__init__(lp, obj)
-        lp.wrappers[id(obj)] = self
+        with lp._wrapping:
+            lp.wrappers[id(obj)] = self
 
     def close(self) -> None:
         """``await client.close()``. The loop keeps running (calls after close reach the
