@@ -6,12 +6,18 @@
         c.get("foo").kvs[0].value   # b"bar"
         c.txn().if_(Compare.version("foo") == 1).then(Op.put("foo", "baz")).commit()
 
-``Client`` is imported on first use (PEP 562), so ``qkvctl --help`` and the pure parts
-(``Compare``, ``Op``, the response types) do not pay for importing zmq.
+asyncio (the same calls as coroutines, protocol/client/aio.py)::
+
+    from protocol.client import AsyncClient
+    async with AsyncClient(["tcp://127.0.0.1:7379"]) as c:
+        await c.put("foo", "bar")
+
+``Client`` and ``AsyncClient`` are imported on first use (PEP 562), so ``qkvctl --help``
+and the pure parts (``Compare``, ``Op``, the response types) do not pay for importing zmq.
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from protocol.client.txn import Compare, CompareTarget, Op, Txn
 from protocol.client.types import (
@@ -22,14 +28,22 @@ from protocol.client.types import (
 )
 
 __all__ = [
-    "Client", "Compare", "CompareTarget", "Op", "Txn", "KeyValue", "ResponseHeader",
+    "Client", "AsyncClient", "Compare", "CompareTarget", "Op", "Txn", "KeyValue", "ResponseHeader",
     "PutResponse", "RangeResponse", "DeleteRangeResponse", "TxnResponse", "CompactResponse",
     "Watcher", "WatchResponse", "Event", "StatusResponse", "Member", "MemberListResponse", "MoveLeaderResponse", "HashKVResponse", "prefix_end", "key_range", "normalize_endpoint", "DEFAULT_ENDPOINT",
     "LeaseGrantResponse", "LeaseKeepAliveResponse", "LeaseLeasesResponse", "LeaseRevokeResponse",
     "LeaseStatus", "LeaseTimeToLiveResponse", "Lease", "Session", "Lock", "Election",
 ]
 
+if TYPE_CHECKING:  # the lazy names, for type checkers
+    from protocol.client.aio import AsyncClient
+    from protocol.client.client import DEFAULT_ENDPOINT, Client, normalize_endpoint
+    from protocol.client.concurrency import Election, Lock, Session
+    from protocol.client.lease import Lease
+    from protocol.client.watch import Event, Watcher, WatchResponse
+
 _LAZY = {"Client", "normalize_endpoint", "DEFAULT_ENDPOINT"}
+_LAZY_AIO = {"AsyncClient"}
 _LAZY_WATCH = {"Watcher", "WatchResponse", "Event"}
 _LAZY_LEASE = {"Lease"}
 _LAZY_CONCURRENCY = {"Session", "Lock", "Election"}
@@ -39,6 +53,9 @@ def __getattr__(name: str) -> Any:
     if name in _LAZY:
         from protocol.client import client as _client
         return getattr(_client, name)
+    if name in _LAZY_AIO:
+        from protocol.client import aio as _aio
+        return getattr(_aio, name)
     if name in _LAZY_WATCH:
         from protocol.client import watch as _watch
         return getattr(_watch, name)

@@ -28,13 +28,13 @@ import asyncio
 import itertools
 import random
 import weakref
-from typing import TYPE_CHECKING, Any, Iterable, Sequence, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence, TypeVar
 
 import zmq
 import zmq.asyncio
 
 from protocol.client import calls
-from protocol.client.auth import Security
+from protocol.client.auth import Auth, Security
 from protocol.client.calls import Call
 from protocol.client.client import (
     DEFAULT_ENDPOINT, DEFAULT_TIMEOUT_S, HANDSHAKE_EVENTS, drain_handshake, parse_endpoints,
@@ -52,7 +52,7 @@ if TYPE_CHECKING:
         AlarmResponse, CompactResponse, DefragmentResponse, DeleteRangeResponse, HashKVResponse,
         LeaseGrantResponse, LeaseLeasesResponse, LeaseRevokeResponse, LeaseTimeToLiveResponse,
         MemberAddResponse, MemberListResponse, MoveLeaderResponse, PutResponse, RangeResponse,
-        StatusResponse, TxnResponse,
+        StatusResponse,
     )
 
 T = TypeVar("T")
@@ -137,6 +137,7 @@ class _Conn:
                 fut.set_exception(exc)
 
     def close(self) -> None:
+        """Close the socket and its monitor, stop the reader, fail the waiting requests."""
         sock, self.sock = self.sock, None
         mon, self.monitor = self.monitor, None
         if not self.reader.done():
@@ -157,6 +158,25 @@ class _Conn:
 
 def _sync_ctx(ctx: zmq.asyncio.Context) -> zmq.Context:
     return zmq.Context.shadow(ctx.underlying)
+
+
+class AsyncAuth(Auth):
+    """``AsyncClient.auth``: ``Auth``'s calls (etcd's Auth API), each returning an
+    awaitable of the same response: ``await c.auth.user_add("eve", "pw")``."""
+
+    def __init__(self, client: "AsyncClient") -> None:
+        self._client = client  # type: ignore[assignment]
+
+    def _do(self, req: dict[str, Any], write: bool, parse: Callable[[dict[str, Any]], Any],
+            token: bool = True) -> Any:
+        client: AsyncClient = self._client  # type: ignore[assignment]
+
+        async def run() -> Any:
+            if token:
+                return parse(await client._call(req, write=write))
+            client._bind()
+            return parse(await client._send(req, write=write, timeout=client.timeout))
+        return run()
 
 
 class AsyncClient:
@@ -207,6 +227,11 @@ class AsyncClient:
         return AsyncClient(list(endpoints), timeout=timeout, max_in_flight=self.max_in_flight,
                            backoff_base=self._backoff.base, backoff_max=self._backoff.maximum,
                            _security=self._security)
+
+    @property
+    def auth(self) -> AsyncAuth:
+        """etcd's Auth API, awaited: ``await client.auth.user_add(...)``..."""
+        return AsyncAuth(self)
 
     @property
     def public_key(self) -> str | None:
@@ -326,18 +351,27 @@ class AsyncClient:
         fo = Failover(self.endpoints, self._preferred, write=write, now=loop.time(),
                       timeout=timeout, backoff=self._backoff, fail_over=self._fail_over)
         while True:
+            if self._closed:
+                raise Unavailable("the client is closed")
             a = fo.next(loop.time())
+            if a is None:  # backing off past this call's deadline: wait it out, then raise
+                await asyncio.sleep(max(0.0, fo.deadline - loop.time()))
+                continue
             delay = a.send_at - loop.time()
             if delay > 0:
                 await asyncio.sleep(delay)
             if self._closed:
                 raise Unavailable("the client is closed")
             conn = self._conn(a.endpoint)
-            try:
-                await asyncio.wait_for(conn.sem.acquire(), max(0.0, fo.deadline - loop.time()))
-            except (asyncio.TimeoutError, TimeoutError):
-                raise Timeout(f"request not sent within {timeout:g}s: {self.max_in_flight} requests "
-                              f"of this client were in flight to {a.endpoint}") from None
+            if conn.sem.locked():  # max_in_flight requests of this client on it: queue
+                try:
+                    async with asyncio.timeout_at(fo.deadline):
+                        await conn.sem.acquire()
+                except TimeoutError:
+                    raise Timeout(f"request not sent within {timeout:g}s: {self.max_in_flight} "
+                                  f"requests of this client were in flight to {a.endpoint}") from None
+            else:
+                await conn.sem.acquire()
             try:
                 reply = await self._attempt(conn, fo, a.connect_deadline, a.reply_deadline, req, loop)
             finally:
@@ -352,30 +386,37 @@ class AsyncClient:
                        reply_deadline: float, req: dict[str, Any],
                        loop: asyncio.AbstractEventLoop) -> dict[str, Any] | None:
         """One send and its reply; None when the failover goes on."""
-        if not await conn.writable(connect_deadline - loop.time()) or conn.sock is None:
-            fo.not_connected(conn.check_handshake())
-            return None
         rid = next(self._ids) & _ID_MASK
         frame = pack({"id": rid, **req})
         fut: asyncio.Future[dict[str, Any]] = loop.create_future()
         conn.pending[rid] = fut
         try:
-            try:
-                await conn.sock.send(frame, zmq.NOBLOCK)
-            except zmq.ZMQError:  # zmq.Again: nothing left this process
-                fo.not_connected(None)
+            # NOBLOCK with IMMEDIATE: queued only if a connection is up. If not, wait for
+            # one (writability) until the attempt's deadline, then try once more: a send
+            # that did not happen is never left pending (it could go out later).
+            sent = await _try_send(conn, frame)
+            if not sent and await conn.writable(connect_deadline - loop.time()):
+                sent = await _try_send(conn, frame)
+            if not sent:
+                fo.not_connected(conn.check_handshake())
                 return None
             self.requests_sent += 1
             fo.sent()
             try:
-                return await asyncio.wait_for(asyncio.shield(fut), max(0.0, reply_deadline - loop.time()))
-            except (asyncio.TimeoutError, TimeoutError):
+                async with asyncio.timeout_at(reply_deadline):
+                    return await fut
+            except TimeoutError:
                 fo.no_reply()  # raises for a write
                 return None
             except Internal:
                 if conn.sock is not None and not conn.pending:
                     self._drop_conn(conn)  # its reply stream broke: start a fresh one
                 raise
+            except QkvError:
+                # Its connection was closed under it (close(), or sync dropped the
+                # endpoint): sent and unanswered, like a reply that never came.
+                fo.no_reply()  # raises for a write (outcome unknown)
+                return None
         finally:
             conn.pending.pop(rid, None)
 
@@ -595,9 +636,29 @@ class AsyncClient:
                          **watch_kw: Any) -> Any:
         """The first event on ``key`` (or the range), then the watch is cancelled; raises
         ``Timeout`` when none comes within ``timeout``."""
-        from protocol.client.aio_watch import watch_once  # type: ignore[import-not-found,unused-ignore]
+        loop = self._bind()
+        t = self.timeout if timeout is None else float(timeout)
+        deadline = loop.time() + t
+        async with self.watch(key, range_end, **watch_kw) as w:
+            while True:
+                left = deadline - loop.time()
+                if left <= 0:
+                    raise Timeout(f"no event within {t:g}s")
+                resp = await w.get(left)
+                if resp is not None and resp.events:
+                    return resp.events[0]
 
-        return await watch_once(self, key, range_end, timeout=timeout, **watch_kw)
+
+async def _try_send(conn: _Conn, frame: bytes) -> bool:
+    """Send ``frame`` now (NOBLOCK: it completes or fails at once); whether it was queued."""
+    sock = conn.sock
+    if sock is None:
+        return False
+    try:
+        await sock.send(frame, zmq.NOBLOCK)
+    except zmq.ZMQError:  # zmq.Again: no connection (IMMEDIATE) or the queue is full
+        return False
+    return True
 
 
 def _left(loop: asyncio.AbstractEventLoop, deadline: float) -> float:

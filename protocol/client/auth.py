@@ -22,7 +22,7 @@ from __future__ import annotations
 import os
 import stat
 import threading
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 from protocol.client.types import (
     AuthenticateResponse, AuthResponse, AuthRoleGetResponse, AuthRoleListResponse,
@@ -116,6 +116,7 @@ class Security:
 
     @property
     def curve(self) -> bool:
+        """Whether CURVE is on (a server key was given)."""
         return self.server_key is not None
 
     @property
@@ -198,11 +199,18 @@ class Auth:
     def __init__(self, client: "Client") -> None:
         self._client = client
 
-    def _write(self, req: dict[str, Any]) -> dict[str, Any]:
-        return self._client._call(req, write=True)
+    def _do(self, req: dict[str, Any], write: bool, parse: Callable[[dict[str, Any]], Any],
+            token: bool = True) -> Any:
+        # AsyncAuth (aio.py) overrides this one method: the requests are built once, here.
+        # ``token=False``: sent as is (``authenticate`` asks for a token of its own).
+        reply = self._client._call(req, write=write) if token else self._client._send(req, write=write)
+        return parse(reply)
 
-    def _read(self, req: dict[str, Any]) -> dict[str, Any]:
-        return self._client._call(req, write=False)
+    def _write(self, req: dict[str, Any], parse: Callable[[dict[str, Any]], Any]) -> Any:
+        return self._do(req, True, parse)
+
+    def _read(self, req: dict[str, Any], parse: Callable[[dict[str, Any]], Any]) -> Any:
+        return self._do(req, False, parse)
 
     def authenticate(self, name: str, password: str) -> AuthenticateResponse:
         """A token for ``name`` (not stored: ``Client(user=, password=)`` manages its own)."""
@@ -210,16 +218,19 @@ class Auth:
         sec = self._client._security
         if sec.public is not None:
             req["key"] = sec.public.decode()
-        return AuthenticateResponse.from_wire(self._client._send(req, write=False))
+        return self._do(req, False, AuthenticateResponse.from_wire, token=False)
 
     def auth_enable(self) -> AuthResponse:
-        return AuthResponse.from_wire(self._write({"op": "auth_enable"}))
+        """Turn auth on (needs a root user)."""
+        return self._write({"op": "auth_enable"}, AuthResponse.from_wire)
 
     def auth_disable(self) -> AuthResponse:
-        return AuthResponse.from_wire(self._write({"op": "auth_disable"}))
+        """Turn auth off."""
+        return self._write({"op": "auth_disable"}, AuthResponse.from_wire)
 
     def auth_status(self) -> AuthStatusResponse:
-        return AuthStatusResponse.from_wire(self._read({"op": "auth_status"}))
+        """Whether auth is on, and the auth revision."""
+        return self._read({"op": "auth_status"}, AuthStatusResponse.from_wire)
 
     # users
     def user_add(self, name: str, password: str | None = None, no_password: bool = False,
@@ -234,39 +245,49 @@ class Auth:
             req["password"] = password
         if public_key not in (None, "", b""):
             req["public_key"] = load_public_key(public_key, "public key").decode()
-        return AuthResponse.from_wire(self._write(req))
+        return self._write(req, AuthResponse.from_wire)
 
     def user_delete(self, name: str) -> AuthResponse:
-        return AuthResponse.from_wire(self._write({"op": "user_delete", "name": name}))
+        """Delete a user."""
+        return self._write({"op": "user_delete", "name": name}, AuthResponse.from_wire)
 
     def user_get(self, name: str) -> AuthUserGetResponse:
-        return AuthUserGetResponse.from_wire(self._read({"op": "user_get", "name": name}))
+        """A user's roles."""
+        return self._read({"op": "user_get", "name": name}, AuthUserGetResponse.from_wire)
 
     def user_list(self) -> AuthUserListResponse:
-        return AuthUserListResponse.from_wire(self._read({"op": "user_list"}))
+        """Every user's name."""
+        return self._read({"op": "user_list"}, AuthUserListResponse.from_wire)
 
     def user_change_password(self, name: str, password: str) -> AuthResponse:
-        return AuthResponse.from_wire(self._write({"op": "user_change_password", "name": name,
-                                                   "password": password}))
+        """Set a user's password."""
+        return self._write({"op": "user_change_password", "name": name, "password": password},
+                           AuthResponse.from_wire)
 
     def user_grant_role(self, name: str, role: str) -> AuthResponse:
-        return AuthResponse.from_wire(self._write({"op": "user_grant_role", "name": name, "role": role}))
+        """Give a user a role."""
+        return self._write({"op": "user_grant_role", "name": name, "role": role}, AuthResponse.from_wire)
 
     def user_revoke_role(self, name: str, role: str) -> AuthResponse:
-        return AuthResponse.from_wire(self._write({"op": "user_revoke_role", "name": name, "role": role}))
+        """Take a role from a user."""
+        return self._write({"op": "user_revoke_role", "name": name, "role": role}, AuthResponse.from_wire)
 
     # roles
     def role_add(self, name: str) -> AuthResponse:
-        return AuthResponse.from_wire(self._write({"op": "role_add", "name": name}))
+        """Add a role."""
+        return self._write({"op": "role_add", "name": name}, AuthResponse.from_wire)
 
     def role_delete(self, name: str) -> AuthResponse:
-        return AuthResponse.from_wire(self._write({"op": "role_delete", "name": name}))
+        """Delete a role."""
+        return self._write({"op": "role_delete", "name": name}, AuthResponse.from_wire)
 
     def role_get(self, name: str) -> AuthRoleGetResponse:
-        return AuthRoleGetResponse.from_wire(self._read({"op": "role_get", "name": name}))
+        """A role's permissions."""
+        return self._read({"op": "role_get", "name": name}, AuthRoleGetResponse.from_wire)
 
     def role_list(self) -> AuthRoleListResponse:
-        return AuthRoleListResponse.from_wire(self._read({"op": "role_list"}))
+        """Every role's name."""
+        return self._read({"op": "role_list"}, AuthRoleListResponse.from_wire)
 
     def role_grant_permission(self, name: str, perm_type: Any, key: Any,
                               range_end: Any = b"") -> AuthResponse:
@@ -274,11 +295,12 @@ class Auth:
         empty), ``[key, range_end)``, or every key >= ``key`` (``range_end`` ``b"\\x00"``)."""
         perm = {"perm_type": perm_type_name(perm_type), "key": to_bytes(key),
                 "range_end": to_bytes(range_end or b"", "range_end")}
-        return AuthResponse.from_wire(self._write({"op": "role_grant_permission", "name": name,
-                                                   "perm": perm}))
+        return self._write({"op": "role_grant_permission", "name": name, "perm": perm},
+                           AuthResponse.from_wire)
 
     def role_revoke_permission(self, name: str, key: Any, range_end: Any = b"") -> AuthResponse:
-        return AuthResponse.from_wire(self._write({
+        """Take back the permission on ``key`` / ``[key, range_end)``."""
+        return self._write({
             "op": "role_revoke_permission", "name": name, "key": to_bytes(key),
-            "range_end": to_bytes(range_end or b"", "range_end")}))
+            "range_end": to_bytes(range_end or b"", "range_end")}, AuthResponse.from_wire)
 

@@ -15,7 +15,7 @@ from protocol.client.types import (
     LEASE_ID_FIELD, AlarmResponse, CompactResponse, DefragmentResponse, DeleteRangeResponse,
     HashKVResponse, LeaseGrantResponse, LeaseLeasesResponse, LeaseRevokeResponse,
     MemberAddResponse, MemberListResponse, MoveLeaderResponse, PutResponse, RangeResponse,
-    StatusResponse, TxnResponse, prefix_end, to_bytes,
+    StatusResponse, TxnResponse, to_bytes,
 )
 
 T = TypeVar("T")
@@ -53,16 +53,19 @@ class Call(Generic[T]):
 # -- KV ------------------------------------------------------------------------------------
 def put(key: Any, value: Any = b"", lease: int = 0, prev_kv: bool = False,
         ignore_value: bool = False, ignore_lease: bool = False) -> Call[PutResponse]:
+    """``put``: set ``key`` to ``value`` (a write)."""
     req = {"op": "put", **put_fields(key, value, lease, prev_kv, ignore_value, ignore_lease)}
     return Call(req, True, PutResponse.from_wire)
 
 
 def get(key: Any, range_end: Any = None, **kw: Any) -> Call[RangeResponse]:
+    """``range`` of a key, a range or a prefix (``txn.range_fields``' options; a read)."""
     return Call({"op": "range", **range_fields(key, range_end, **kw)}, False, RangeResponse.from_wire)
 
 
 def delete(key: Any, range_end: Any = None, *, prefix: bool = False, from_key: bool = False,
            prev_kv: bool = False) -> Call[DeleteRangeResponse]:
+    """``delete_range`` of a key, a range or a prefix (a write)."""
     req = {"op": "delete_range", **delete_fields(key, range_end, prefix=prefix, from_key=from_key,
                                                  prev_kv=prev_kv)}
     return Call(req, True, DeleteRangeResponse.from_wire)
@@ -70,11 +73,13 @@ def delete(key: Any, range_end: Any = None, *, prefix: bool = False, from_key: b
 
 def txn(compare: Iterable[Compare] | None, success: Iterable[Op] | None,
         failure: Iterable[Op] | None) -> Call[TxnResponse]:
+    """A ``txn``; a write only if one of its ops writes."""
     req = {"op": "txn", **txn_fields(compare or (), success or (), failure or ())}
     return Call(req, txn_writes(req), TxnResponse.from_wire)
 
 
 def compact(revision: int, physical: bool = False) -> Call[CompactResponse]:
+    """``compact`` the history up to ``revision`` (a write)."""
     req: dict[str, Any] = {"op": "compact", "revision": int(revision)}
     if physical:
         req["physical"] = True
@@ -110,15 +115,18 @@ def replace(key: Any, old: Any, new: Any) -> Call[bool]:
 
 # -- maintenance / cluster -------------------------------------------------------------------
 def status() -> Call[StatusResponse]:
+    """The answering member's ``status``."""
     return Call({"op": "status"}, False, StatusResponse.from_wire)
 
 
 def member_list() -> Call[MemberListResponse]:
+    """The cluster's members."""
     return Call({"op": "member_list"}, False, MemberListResponse.from_wire)
 
 
 def member_add(name: str, peer_urls: Sequence[str], is_learner: bool = False,
                peer_key: str = "") -> Call[MemberAddResponse]:
+    """Add a member (a membership change: a write)."""
     req: dict[str, Any] = {"op": "member_add", "name": name, "peer_urls": list(peer_urls),
                            "is_learner": bool(is_learner)}
     if peer_key:
@@ -127,31 +135,38 @@ def member_add(name: str, peer_urls: Sequence[str], is_learner: bool = False,
 
 
 def member_remove(member_id: int) -> Call[MemberListResponse]:
+    """Remove a member."""
     return Call({"op": "member_remove", "member_id": int(member_id)}, True, MemberListResponse.from_wire)
 
 
 def member_update(member_id: int, peer_urls: Sequence[str]) -> Call[MemberAddResponse]:
+    """Change a member's peer URLs."""
     return Call({"op": "member_update", "member_id": int(member_id), "peer_urls": list(peer_urls)},
                 True, MemberAddResponse.from_wire)
 
 
 def member_promote(member_id: int) -> Call[MemberAddResponse]:
+    """Promote a learner."""
     return Call({"op": "member_promote", "member_id": int(member_id)}, True, MemberAddResponse.from_wire)
 
 
 def move_leader(target_id: int) -> Call[MoveLeaderResponse]:
+    """Hand leadership to ``target_id`` (only the leader does it)."""
     return Call({"op": "move_leader", "target_id": int(target_id)}, True, MoveLeaderResponse.from_wire)
 
 
 def hash_kv(revision: int = 0) -> Call[HashKVResponse]:
+    """A hash of the member's keyspace at ``revision``."""
     return Call({"op": "hash_kv", "revision": int(revision)}, False, HashKVResponse.from_wire)
 
 
 def alarm_list() -> Call[AlarmResponse]:
+    """The cluster's active alarms."""
     return Call({"op": "alarm_list"}, False, AlarmResponse.from_wire)
 
 
 def alarm_disarm(member_id: int = 0, alarm: str = "") -> Call[AlarmResponse]:
+    """Disarm alarms (member_id 0 = all members, alarm "" = all types)."""
     req: dict[str, Any] = {"op": "alarm_disarm"}
     if member_id:
         req["member_id"] = int(member_id)
@@ -161,11 +176,13 @@ def alarm_disarm(member_id: int = 0, alarm: str = "") -> Call[AlarmResponse]:
 
 
 def defragment() -> Call[DefragmentResponse]:
+    """Defragment the answering member's store."""
     return Call({"op": "defragment"}, False, DefragmentResponse.from_wire)
 
 
 # -- leases ----------------------------------------------------------------------------------
 def lease_grant(ttl: int, id: int = 0) -> Call[LeaseGrantResponse]:
+    """Grant a lease (``id`` 0: the server picks it)."""
     req: dict[str, Any] = {"op": "lease_grant", "ttl": int(ttl)}
     if id:
         req[LEASE_ID_FIELD] = int(id)
@@ -173,10 +190,12 @@ def lease_grant(ttl: int, id: int = 0) -> Call[LeaseGrantResponse]:
 
 
 def lease_revoke(id: int) -> Call[LeaseRevokeResponse]:
+    """Revoke a lease and its keys."""
     return Call({"op": "lease_revoke", LEASE_ID_FIELD: int(id)}, True, LeaseRevokeResponse.from_wire)
 
 
 def lease_leases() -> Call[LeaseLeasesResponse]:
+    """Every lease (a read)."""
     return Call({"op": "lease_leases"}, False, LeaseLeasesResponse.from_wire)
 
 
@@ -189,12 +208,4 @@ def request(req: dict[str, Any]) -> Call[dict[str, Any]]:
     return Call(body, is_write_request(body), _raw)
 
 
-def authenticate(user: str, password: str, public_key: bytes | None) -> dict[str, Any]:
-    """The ``authenticate`` request of a user (with this client's CURVE key, if any)."""
-    req: dict[str, Any] = {"op": "authenticate", "name": user, "password": password}
-    if public_key is not None:
-        req["key"] = public_key.decode()
-    return req
-
-
-__all__ = ["Call", "is_write_request", "READ_OPS", "prefix_end"]
+__all__ = ["Call", "is_write_request", "READ_OPS"]

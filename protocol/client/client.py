@@ -129,6 +129,7 @@ class _ThreadSocket:
         return self.handshake_error
 
     def close(self) -> None:
+        """Close the socket and its monitor (not after a fork: the parent owns them)."""
         sock, self.sock = self.sock, None
         mon, self.monitor = self.monitor, None
         if self.pid != os.getpid():
@@ -576,6 +577,9 @@ class Client:
                       backoff=self._backoff, fail_over=self._fail_over)
         while True:
             a = fo.next(time.monotonic())
+            if a is None:  # backing off past this call's deadline: wait it out, then raise
+                time.sleep(max(0.0, fo.deadline - time.monotonic()))
+                continue
             pause = a.send_at - time.monotonic()
             if pause > 0:
                 time.sleep(pause)

@@ -25,7 +25,7 @@ the round's sends. Hence the bound: after ``k`` failed rounds a client sends at 
 ``n`` requests per ``0.5 * min(backoff_max, backoff_base * 2**(k-1))`` seconds, whatever
 the number of threads or tasks calling (with the defaults 0.05 and 1.0: after 6 failed
 rounds at most ``2n`` requests per second). A call whose deadline falls before its next
-send could go raises its last error instead (nothing more is sent).
+send could go sends nothing more: it raises its last error at its deadline.
 """
 from __future__ import annotations
 
@@ -166,6 +166,7 @@ class Failover:
 
         while True:
             a = fo.next(now())          # raises the call's final error when done
+            if a is None: sleep until fo.deadline; continue
             sleep until a.send_at; wait for a connection until a.connect_deadline
             if none: fo.not_connected(why); continue
             send; wait for the reply until a.reply_deadline
@@ -203,9 +204,11 @@ class Failover:
         self.attempts = 0
 
     # -- what to do next ----------------------------------------------------------------
-    def next(self, now: float) -> Attempt:
-        """The next attempt, or raise the call's error (deadline passed, or the client's
-        backoff would only let it send after its deadline)."""
+    def next(self, now: float) -> Attempt | None:
+        """The next attempt; None when the client's backoff lets this call send nothing
+        before its deadline (wait until ``deadline``: then this raises); raises the
+        call's error once the deadline has passed. Waiting out the deadline rather than
+        failing at once keeps a loop of calls from spinning while the client backs off."""
         if now >= self.deadline:
             raise self.final_error()
         if self._retry_same and self._current is not None:
@@ -217,7 +220,8 @@ class Failover:
         self._retry_same = False
         at = self._backoff.reserve(earliest, self.deadline, self.n)
         if at is None or at >= self.deadline:
-            raise self.final_error()
+            self._retry_same = False
+            return None
         untried = max(1, self.n - self._in_round)
         remaining = self.deadline - at
         attempt_deadline = at + remaining / untried

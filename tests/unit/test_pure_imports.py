@@ -10,7 +10,8 @@ import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 PURE_DIRS = ["actors/consensus/raft", "actors/storage/mvcc", "actors/storage/auth"]
-PURE_FILES = ["actors/storage/lessor.py", "actors/storage/hashjobs.py", "actors/consensus/transfers.py"]
+PURE_FILES = ["actors/storage/lessor.py", "actors/storage/hashjobs.py", "actors/consensus/transfers.py",
+              "protocol/client/core.py", "protocol/client/calls.py"]
 FORBIDDEN = {"zmq", "rocksdict", "time", "os", "socket", "threading", "subprocess",
              "asyncio", "multiprocessing", "shutil", "signal", "select", "selectors", "secrets"}
 # Forbidden modules a given pure file may still import (path relative to the repo root).
