@@ -167,7 +167,7 @@ async def _acquire_hub(client: Any, endpoint: str) -> tuple[_AsyncHub, Any]:
         if sec.curve and sec.user:
             # The watch port knows this client's key from its last authenticate (see
             # watch.py): authenticate again for every new SUB.
-            loop = asyncio.get_running_loop()
+            loop = ep_client._bind()  # (a client derived just now has not run a call yet)
             await ep_client._token(loop.time() + ep_client.timeout, sec.current()[1])
         st = await ep_client.status()
         urls = getattr(st, "watch_urls", None) or []

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import collections
 import itertools
+import os
 import threading
 import time
 import weakref
@@ -222,7 +223,12 @@ class _Hub:
 
 # --- a client's hubs -----------------------------------------------------------------------
 def _hubs(client: Any) -> dict[str, _Hub]:
-    hubs: dict[str, _Hub] = client.__dict__.setdefault("_watch_hubs", {})
+    """The client's hub table (under _registry_lock). After a fork the child starts an
+    empty one: the parent's hub threads are not in it, and their sockets are not touched."""
+    d = client.__dict__
+    if d.get("_watch_hubs_pid") != os.getpid():
+        d["_watch_hubs"], d["_watch_hubs_pid"] = {}, os.getpid()
+    hubs: dict[str, _Hub] = d["_watch_hubs"]
     return hubs
 
 
@@ -287,8 +293,9 @@ def close_hubs(client: Any) -> None:
     (each closes the hub's endpoint client as it leaves). A hub also notices by itself,
     within HUB_POLL_MS."""
     with _registry_lock:
-        hubs = list((client.__dict__.get("_watch_hubs") or {}).values())
-        client.__dict__.pop("_watch_hubs", None)
+        table = _hubs(client)
+        hubs = list(table.values())
+        table.clear()
     for hub in hubs:
         hub.close()
 
@@ -296,7 +303,7 @@ def close_hubs(client: Any) -> None:
 def hub_count(client: Any) -> int:
     """How many watch hubs (SUB sockets) ``client`` has open now (for tests and stats)."""
     with _registry_lock:
-        return sum(1 for h in (client.__dict__.get("_watch_hubs") or {}).values() if not h.stopping)
+        return sum(1 for h in _hubs(client).values() if not h.stopping)
 
 
 class Watcher:

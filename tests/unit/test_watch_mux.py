@@ -395,3 +395,27 @@ def test_async_client_close_ends_watchers(srv):
         assert AW.hub_count(c) == 0
 
     arun(main())
+
+
+def test_async_watch_under_auth_and_curve():
+    from test_client_auth import setup_users
+
+    from protocol import errors
+
+    async def main(srv):
+        async with AsyncClient([srv.endpoint], timeout=3, server_key=srv.server_key, user="eve",
+                               password="evepw") as c:
+            with pytest.raises(errors.PermissionDenied):
+                await c.watch("/a/", prefix=True)
+            async with c.watch("/e/", prefix=True) as w:
+                await c.put("/e/1", "x")
+                assert await adrain(w, 0) and w.delivered >= 1
+                srv.forget_tokens()
+                r = (await c.put("/e/2", "y")).header.revision
+                assert await adrain(w, r) == [(r, [b"/e/2"])]
+        histories = [q for q in srv.requests if q["op"] == "history"]
+        assert histories and all(q.get("token") for q in histories)
+
+    with FakeServer(curve=True) as srv:
+        setup_users(srv)
+        arun(main(srv))
