@@ -104,13 +104,14 @@ _ASYNC_TYPES: dict[type, bool] = {}
 
 def _is_async(obj: Any) -> bool:
     """Whether an object has an async face (coroutine methods, async iteration or context
-    management): then it is used through a _Proxy. The txn builder is one: its
-    ``commit()`` returns the client's coroutine."""
+    management, or a class of the asyncio modules, whose plain methods may return
+    coroutines, as AsyncAuth's do): then it is used through a _Proxy. The txn builder is
+    one too: its ``commit()`` returns the client's coroutine."""
     t = type(obj)
     known = _ASYNC_TYPES.get(t)
     if known is None:
         known = any(hasattr(t, n) for n in ("__aiter__", "__anext__", "__aenter__", "__await__")) \
-            or t.__name__ == "Txn" or any(
+            or t.__name__ == "Txn" or t.__module__.startswith("protocol.client.aio") or any(
                 inspect.iscoroutinefunction(getattr(t, n, None)) or inspect.isasyncgenfunction(getattr(t, n, None))
                 for n in dir(t) if not n.startswith("__"))
         _ASYNC_TYPES[t] = known
