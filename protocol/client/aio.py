@@ -246,8 +246,9 @@ class AsyncClient:
             return
         self._closed = True
         task, self._sync_task = self._sync_task, None
-        if task is not None and not task.done():
+        if task is not None and not task.done() and task is not asyncio.current_task():
             task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
         router = self.__dict__.pop("_router", None)
         if router is not None:
             res = router.close()
@@ -322,6 +323,17 @@ class AsyncClient:
                 if not reauth.again(exc):
                     raise
                 token, gen = await self._token(deadline, gen)
+
+    async def _refresh_token(self, timeout: float | None = None) -> str:
+        """Authenticate again now (the threaded ``Security.refresh(client, gen)``: the
+        watch re-registers this client's key on every attach); the new token ("" when auth
+        is off). A no-op without a user."""
+        if self._security.user is None:
+            return ""
+        loop = self._bind()
+        deadline = loop.time() + (self.timeout if timeout is None else float(timeout))
+        token, _ = await self._token(deadline, self._security.current()[1])
+        return token
 
     async def _token(self, deadline: float, stale_gen: int | None) -> tuple[str, int]:
         """The current token, authenticating first when there is none yet or when the

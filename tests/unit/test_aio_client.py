@@ -166,6 +166,7 @@ def test_auth_tokens_and_reauth(srv):
             srv.forget_tokens()
             await asyncio.gather(*(c.get(f"k{i}") for i in range(5)))
             assert c._security.authentications == 2
+            assert await c._refresh_token() and c._security.authentications == 3
             await c.auth.user_add("eve", "evepw")
             assert "eve" in (await c.auth.user_list()).users
             assert (await c.auth.authenticate("eve", "evepw")).token
@@ -274,3 +275,20 @@ def test_curve_and_handshake_errors():
     with FakeServer() as plain:
         with pytest.raises(errors.Unavailable, match="does not speak CURVE"):
             run(main(plain.endpoint, zmq.curve_keypair()[0]))
+
+
+def test_per_call_timeout_on_both_clients(srv):
+    srv.delay_s = 0.5
+    with Client([srv.endpoint], timeout=5) as c:
+        with pytest.raises(errors.Timeout):
+            c.get("k", timeout=0.1)
+        assert c.get("k", timeout=3).count == 0  # the late reply to the first was dropped
+        with pytest.raises(ValueError):
+            c.status(timeout=0)
+
+    async def main():
+        async with AsyncClient([srv.endpoint], timeout=5) as c:
+            with pytest.raises(errors.Timeout):
+                await c.get("k", timeout=0.1)
+            assert (await c.get("k", timeout=3)).count == 0
+    run(main())
