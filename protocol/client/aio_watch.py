@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import weakref
 from typing import Any, AsyncIterator, Callable
 
 import zmq
@@ -192,6 +193,22 @@ def _release_hub(client: Any, hub: _AsyncHub) -> None:
         _spawn(hub.ep_client.close())
 
 
+def _drop_orphan(client: Any, topic: bytes, held: list[Any]) -> None:
+    """An ``AsyncWatcher`` dropped without ``cancel()`` (its finalizer): its subscription
+    and its use of the hub go."""
+    hub, inbox = held
+    held[:] = [None, None]
+    if hub is None:
+        return
+    hub.remove(topic, inbox)
+    if hub_release(_hubs(client), hub):
+        hub.close()
+        try:
+            _spawn(hub.ep_client.close())
+        except RuntimeError:
+            pass  # no loop running (the loop is gone): its sockets go with their objects
+
+
 def close_hubs(client: Any) -> None:
     """Close every watch hub of ``client`` (``AsyncClient.close`` may call it): their
     watchers end. A hub also notices by itself, within HUB_POLL_MS."""
@@ -233,6 +250,8 @@ class AsyncWatcher:
         self._bound = rcvhwm
         self._inbox: _AsyncInbox | None = None
         self._hub: _AsyncHub | None = None
+        self._held: list[Any] = [None, None]  # [hub, inbox] for the finalizer
+        weakref.finalize(self, _drop_orphan, client, self.topic, self._held)
         self._attach_lock: asyncio.Lock | None = None
         self._attached = False
         self._canceled = False
@@ -322,10 +341,12 @@ class AsyncWatcher:
         self._inbox = _AsyncInbox(self._bound)  # nothing from the last member is kept
         hub.add(self.topic, self._inbox)
         self._hub, self._idx = hub, idx
+        self._held[:] = [hub, self._inbox]
         return int(st.header.revision)
 
     def _detach(self) -> None:
         hub, self._hub = self._hub, None
+        self._held[:] = [None, None]
         if hub is not None:
             assert self._inbox is not None
             hub.remove(self.topic, self._inbox)

@@ -281,6 +281,16 @@ def _retire_hub(client: Any, hub: _Hub) -> None:
         hub_retire(_hubs(client), hub)
 
 
+def _drop_orphan(client: Any, topic: bytes, held: list[Any]) -> None:
+    """A watcher dropped without ``cancel()`` (its finalizer): its subscription and its
+    use of the hub go, as its own SUB socket used to with it."""
+    hub, inbox = held
+    held[:] = [None, None]
+    if hub is not None:
+        hub.remove(topic, inbox)
+        _release_hub(client, hub)
+
+
 def _forget_hub(hub: _Hub) -> None:
     """Take ``hub`` out of its client's table (the client was closed)."""
     client = hub._client()
@@ -333,6 +343,8 @@ class Watcher:
         self._idx = client._preferred % len(self._endpoints)
         self._inbox = _Inbox(rcvhwm)
         self._hub: _Hub | None = None
+        self._held: list[Any] = [None, None]  # [hub, inbox] for the finalizer
+        weakref.finalize(self, _drop_orphan, client, self.topic, self._held)
         self._lock = threading.Lock()  # attach/detach
         self._iterating = 0  # threads inside get(): only they attach and detach
         self._cancel = threading.Event()
@@ -401,11 +413,13 @@ class Watcher:
             self._inbox = _Inbox(self._inbox.bound)  # nothing from the last member is kept
             hub.add(self.topic, self._inbox)
             self._hub, self._idx = hub, idx
+            self._held[:] = [hub, self._inbox]
         return int(st.header.revision)
 
     def _detach(self) -> None:
         with self._lock:
             hub, self._hub = self._hub, None
+            self._held[:] = [None, None]
         if hub is not None:
             hub.remove(self.topic, self._inbox)
             _release_hub(self._client, hub)

@@ -176,13 +176,15 @@ def test_failover_of_one_watcher_leaves_the_others(pair, monkeypatch):
         for w in movers + [stayer]:
             assert_gap_free(drain(w, more[-1][0]), more)
         # the member of the others goes silent: they probe, then follow to the other
-        monkeypatch.setattr(WC, "SILENCE_S", 2.5)  # > the 2 s heartbeat
-        monkeypatch.setattr(WC, "PROBE_S", 0.3)
+        monkeypatch.setattr(WC, "SILENCE_S", 3.0)  # > the 2 s heartbeat
+        monkeypatch.setattr(WC, "PROBE_S", 1.0)
         s0.stop()
         last = [(c.put(f"f/{i}", "x").header.revision, [f"f/{i}".encode()]) for i in range(10, 15)]
         for w in movers + [stayer]:
             assert_gap_free(drain(w, last[-1][0], timeout=20), last)
-        assert stayer.resumes == 1 and movers[0].resumes == 1
+        # (a loaded machine may delay a heartbeat past a probe: a healthy watcher that moves
+        # too is still gap-free, so only "at least" is asserted)
+        assert stayer.resumes >= 1 and movers[1].resumes >= 1 and movers[0].resumes >= 1
         assert W.hub_count(c) == 1
         for w in movers + [stayer]:
             w.cancel()
@@ -339,8 +341,8 @@ def test_async_same_topic_different_revisions_cancel_and_overflow(srv):
 
 def test_async_failover_iteration_callback_and_watch_once(pair, monkeypatch):
     s0, s1 = pair
-    monkeypatch.setattr(WC, "SILENCE_S", 2.5)  # > the 2 s heartbeat
-    monkeypatch.setattr(WC, "PROBE_S", 0.3)
+    monkeypatch.setattr(WC, "SILENCE_S", 3.0)  # > the 2 s heartbeat
+    monkeypatch.setattr(WC, "PROBE_S", 1.0)
 
     async def main():
         async with AsyncClient([s0.endpoint, s1.endpoint], timeout=3) as c:
@@ -369,7 +371,7 @@ def test_async_failover_iteration_callback_and_watch_once(pair, monkeypatch):
             assert [r for r, _ in await adrain(mover, revs[-1], timeout=20)] == revs
             assert [r for r, _ in await adrain(stayer, revs[-1], timeout=20)] == revs[5:]
             assert AW.hub_count(c) == 1
-            assert stayer.resumes == 1
+            assert stayer.resumes >= 1
             await cb.aclose()
             task = asyncio.create_task(c.watch_once("once", timeout=10))
             while W.watch_topic(b"once") not in s1.channels:  # subscribed (from now)
@@ -419,3 +421,18 @@ def test_async_watch_under_auth_and_curve():
     with FakeServer(curve=True) as srv:
         setup_users(srv)
         arun(main(srv))
+
+
+def test_a_watcher_dropped_without_cancel_lets_go_of_its_subscription(srv, client):
+    import gc
+
+    keep = client.watch("kept")
+    w = client.watch("dropped")
+    wait_for(lambda: len(srv.channels) == 2, 5, "two subscriptions")
+    del w
+    gc.collect()
+    wait_for(lambda: srv.channels == {W.watch_topic(b"kept")}, 5, "the dropped one unsubscribed")
+    assert W.hub_count(client) == 1
+    del keep
+    gc.collect()
+    assert W.hub_count(client) == 0
