@@ -12,13 +12,13 @@ import threading
 import time
 from collections import defaultdict
 
+from aioclient import SyncAsyncClient
 from nodeproc import put_burst, wait_for
 from test_watch_support import truth
 
 from protocol import errors
 from protocol.client import Client
 from protocol.client.aio import AsyncClient
-from aioclient import SyncAsyncClient
 from tests.bench.bench_client import async_ordered
 
 
