@@ -13,6 +13,44 @@ if lanes.FAST:  # `make test-fast`: property tests without a count of their own 
     settings.load_profile("fast")
 
 
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers", "threaded_only: a test of the threaded Client's own transport (fork, per-thread "
+                   "sockets) or of qkvctl; not run against the asyncio client (tests/aioclient.py)")
+
+
+@pytest.fixture(params=["thread", "asyncio"])
+def client_kind(request):
+    """Which client a library test runs against: the threaded ``Client`` or the asyncio
+    ``AsyncClient`` behind tests/aioclient.py's synchronous adapter. A test takes
+    ``make_client``/``client_kit`` (or the unit ``client`` fixture) and runs once per kind."""
+    return request.param
+
+
+@pytest.fixture
+def client_kit(client_kind):
+    """The kind's constructors (Client, Session, Lock, Election, Observer): tests/aioclient.Kit."""
+    from aioclient import kit
+
+    return kit(client_kind)
+
+
+@pytest.fixture
+def make_client(client_kit):
+    """``make_client(endpoints, timeout=..., **kw)``: a client of the test's kind, closed at
+    the end of the test."""
+    made: list = []
+
+    def make(*args, **kwargs):
+        c = client_kit.Client(*args, **kwargs)
+        made.append(c)
+        return c
+
+    yield make
+    for c in made:
+        c.close()
+
+
 def pytest_addoption(parser):
     parser.addoption("--rewrite", action="store_true", default=False,
                      help="rewrite the Raft transcripts (tests/unit/raft_testdata/*.txt) "

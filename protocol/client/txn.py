@@ -44,6 +44,7 @@ class Compare:
             raise ValueError(f"unknown compare result {self.result!r}")
 
     def to_wire(self) -> dict[str, Any]:
+        """The Compare map of SPEC section 3 (``txn``)."""
         wire: dict[str, Any] = {"target": self.target, "result": self.result, "key": self.key}
         if self.range_end:
             wire["range_end"] = self.range_end
@@ -53,22 +54,27 @@ class Compare:
     # -- builders: Compare.value("k") == b"v" ------------------------------------------
     @staticmethod
     def value(key: Any, range_end: Any = None, *, prefix: bool = False) -> "CompareTarget":
+        """Compare the key's value: ``Compare.value("k") == b"v"``."""
         return CompareTarget("VALUE", key, range_end, prefix)
 
     @staticmethod
     def version(key: Any, range_end: Any = None, *, prefix: bool = False) -> "CompareTarget":
+        """Compare the key's version (puts since its creation; 0 = absent)."""
         return CompareTarget("VERSION", key, range_end, prefix)
 
     @staticmethod
     def create_revision(key: Any, range_end: Any = None, *, prefix: bool = False) -> "CompareTarget":
+        """Compare the revision that created the key (0 = absent)."""
         return CompareTarget("CREATE", key, range_end, prefix)
 
     @staticmethod
     def mod_revision(key: Any, range_end: Any = None, *, prefix: bool = False) -> "CompareTarget":
+        """Compare the revision of the key's last change (compare-and-set on a read)."""
         return CompareTarget("MOD", key, range_end, prefix)
 
     @staticmethod
     def lease(key: Any, range_end: Any = None, *, prefix: bool = False) -> "CompareTarget":
+        """Compare the id of the lease the key is attached to (0 = none)."""
         return CompareTarget("LEASE", key, range_end, prefix)
 
 
@@ -198,6 +204,7 @@ class Op:
     fields: dict[str, Any]
 
     def to_wire(self) -> dict[str, Any]:
+        """The RequestOp map of SPEC section 3 (``txn``)."""
         return {self.kind: self.fields}
 
     @property
@@ -206,6 +213,7 @@ class Op:
 
     @staticmethod
     def get(key: Any, range_end: Any = None, **kwargs: Any) -> "Op":
+        """A range read; the keyword arguments are ``Client.get``'s."""
         return Op("range", range_fields(key, range_end, **kwargs))
 
     range = get
@@ -213,17 +221,20 @@ class Op:
     @staticmethod
     def put(key: Any, value: Any = b"", lease: int = 0, prev_kv: bool = False,
             ignore_value: bool = False, ignore_lease: bool = False) -> "Op":
+        """A put; the arguments are ``Client.put``'s."""
         return Op("put", put_fields(key, value, lease, prev_kv, ignore_value, ignore_lease))
 
     @staticmethod
     def delete(key: Any, range_end: Any = None, *, prefix: bool = False, from_key: bool = False,
                prev_kv: bool = False) -> "Op":
+        """A delete of a key, a prefix or a range; the arguments are ``Client.delete``'s."""
         return Op("delete_range", delete_fields(key, range_end, prefix=prefix,
                                                 from_key=from_key, prev_kv=prev_kv))
 
     @staticmethod
     def txn(compare: Iterable[Compare] = (), success: Iterable["Op"] = (),
             failure: Iterable["Op"] = ()) -> "Op":
+        """A nested txn (its ops may not write a key another op of the txn writes)."""
         return Op("txn", txn_fields(compare, success, failure))
 
 
@@ -255,21 +266,27 @@ class Txn:
         self.failure: list[Op] = []
 
     def if_(self, *compares: Compare) -> "Txn":
+        """Add comparisons; all must hold for ``then``'s ops to run."""
         self.compare.extend(compares)
         return self
 
     def then(self, *ops: Op) -> "Txn":
+        """Ops run when every comparison holds."""
         self.success.extend(ops)
         return self
 
     def else_(self, *ops: Op) -> "Txn":
+        """Ops run when a comparison fails."""
         self.failure.extend(ops)
         return self
 
     def to_wire(self) -> dict[str, Any]:
+        """The txn request's fields (compare, success, failure)."""
         return txn_fields(self.compare, self.success, self.failure)
 
     def commit(self) -> "TxnResponse":
+        """Run it through the client that built it: a ``TxnResponse`` (on an
+        ``AsyncClient``, an awaitable of it: ``await c.txn().if_(...).commit()``)."""
         if self._client is None:
             raise RuntimeError("this Txn is not bound to a client")
         return self._client.txn(self.compare, self.success, self.failure)

@@ -2,7 +2,10 @@
 lock("x"), appending "<pid>.<i><" and then "<pid>.<i>>" to the key "log" under a fencing
 txn (the lock's create revision), releasing. Prints one JSON line per cycle.
 
-    python lock_worker.py <endpoints,comma> <cycles> <ttl>
+    python lock_worker.py <endpoints,comma> <cycles> <ttl> [thread|asyncio]
+
+``asyncio``: the same loop through the AsyncClient (tests/aioclient.py's adapter: the
+Session, Lock and fencing txns are the async client's).
 """
 from __future__ import annotations
 
@@ -11,14 +14,15 @@ import os
 import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path[:0] = [ROOT, os.path.join(ROOT, "tests")]
 
-from protocol.client import Client, Compare, Op  # noqa: E402
-from protocol.client.concurrency import Lock, Session  # noqa: E402
+from aioclient import kit  # noqa: E402
+from protocol.client import Op  # noqa: E402
 from protocol.errors import QkvError  # noqa: E402
 
 
-def fenced_append(c: Client, lock: Lock, entry: str) -> bool:
+def fenced_append(c, lock, entry: str) -> bool:
     """Append under the fence; on an unknown outcome read the log to decide."""
     for _ in range(50):
         try:
@@ -45,15 +49,16 @@ def fenced_append(c: Client, lock: Lock, entry: str) -> bool:
 
 def main() -> None:
     endpoints, cycles, ttl = sys.argv[1].split(","), int(sys.argv[2]), int(sys.argv[3])
+    k = kit(sys.argv[4] if len(sys.argv) > 4 else "thread")
     pid = os.getpid()
-    with Client(endpoints, timeout=5) as c:
+    with k.Client(endpoints, timeout=5) as c:
         session = None
         i = 0
         while i < cycles:
             try:
                 if session is None or not session.alive:
-                    session = Session(c, ttl=ttl)
-                lock = Lock(session, "x")
+                    session = k.Session(c, ttl=ttl)
+                lock = k.Lock(session, "x")
                 lock.acquire(timeout=40)
             except QkvError as exc:
                 print(json.dumps({"pid": pid, "i": i, "acquire_error": exc.message}), flush=True)

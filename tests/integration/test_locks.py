@@ -48,10 +48,12 @@ def _endpoints(cluster) -> str:
     return ",".join(n.client_url for n in cluster.nodes)
 
 
-def test_lock_mutual_exclusion_through_leader_kill_and_restart(cluster_factory):
+def test_lock_mutual_exclusion_through_leader_kill_and_restart(cluster_factory, client_kind):
+    """The workers use the client of ``client_kind`` (threaded, or asyncio through
+    tests/aioclient.py): lock fencing under a leader kill holds with both."""
     cluster = cluster_factory(3)
     _require_leases(cluster.nodes[0])
-    procs = [subprocess.Popen([sys.executable, WORKER, _endpoints(cluster), "5", "5"],
+    procs = [subprocess.Popen([sys.executable, WORKER, _endpoints(cluster), "5", "5", client_kind],
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
              for _ in range(10)]
     try:

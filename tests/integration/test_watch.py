@@ -103,9 +103,10 @@ def test_3_reliable_slow_consumer_with_tiny_rcvhwm(node_factory, clients):
     assert watcher.catchups >= 2  # it did lose live messages, and history filled the holes
 
 
-def test_3_reliable_when_the_broadcaster_is_killed(node_factory, clients):
+def test_3_reliable_when_the_broadcaster_is_killed(node_factory, make_client):
+    """Run with both clients (``client_kind``: threaded, asyncio through tests/aioclient.py)."""
     node = node_factory()
-    c = clients(node)
+    c = make_client([node.client_url])
     consumer = Consumer(c.watch(PFX, prefix=True))
     consumer.start()
     load = run_load(node, total=30_000, window=128, keys=500)

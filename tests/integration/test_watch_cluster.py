@@ -12,11 +12,12 @@ from test_watch_support import Consumer, Load, check_exact, check_ordered, truth
 PFX, END = b"w/", b"w0"
 
 
-def test_watch_resumes_on_another_node_when_its_node_is_killed(cluster_factory):
+def test_watch_resumes_on_another_node_when_its_node_is_killed(cluster_factory, make_client):
+    """Run with both clients (``client_kind``: threaded, asyncio through tests/aioclient.py)."""
     cluster = cluster_factory(3)
     leader = cluster.leader()
     victim, other = [n for n in cluster.nodes if n is not leader]
-    client = Client([victim.client_url, other.client_url, leader.client_url])
+    client = make_client([victim.client_url, other.client_url, leader.client_url])
     try:
         consumer = Consumer(client.watch(PFX, prefix=True, start_revision=1))
         consumer.start()

@@ -6,7 +6,6 @@ import pytest
 
 from actors.storage.backend import RocksBackend
 from actors.storage.mvcc import MemoryBackend
-from protocol.client import Client
 
 
 @pytest.fixture
@@ -19,9 +18,10 @@ def srv():
 
 
 @pytest.fixture
-def client(srv):
-    with Client([srv.endpoint], timeout=3.0) as c:
-        yield c
+def client(srv, make_client):
+    """A client on the fake gateway, of each kind in turn (tests/conftest.py ``client_kind``:
+    the threaded Client, then the AsyncClient through tests/aioclient.py)."""
+    return make_client([srv.endpoint], timeout=3.0)
 
 
 @pytest.fixture(params=["memory", "rocks"])

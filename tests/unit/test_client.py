@@ -1,4 +1,8 @@
-"""The client library against the in-process fake gateway (tests/fakeserver.py)."""
+"""The client library against the in-process fake gateway (tests/fakeserver.py).
+
+Tests that take ``client`` or ``make_client`` run against both clients (the threaded one and
+the asyncio one through tests/aioclient.py: tests/conftest.py ``client_kind``); those
+marked ``threaded_only`` test the threaded transport itself."""
 from __future__ import annotations
 
 import os
@@ -78,13 +82,13 @@ def test_compare_and_op_wire_shapes():
     assert Op.txn([], [Op.get("a")]).is_write is False
 
 
-def test_endpoint_forms():
-    c = Client(["127.0.0.1:7379", "tcp://h:1", "http://h:2"])
+def test_endpoint_forms(make_client):
+    c = make_client(["127.0.0.1:7379", "tcp://h:1", "http://h:2"])
     assert c.endpoints == ["tcp://127.0.0.1:7379", "tcp://h:1", "tcp://h:2"]
     c.close()
-    assert Client("a:1,b:2").endpoints == ["tcp://a:1", "tcp://b:2"]
+    assert make_client("a:1,b:2").endpoints == ["tcp://a:1", "tcp://b:2"]
     with pytest.raises(ValueError):
-        Client([])
+        make_client([])
 
 
 # -- KV round trips -------------------------------------------------------------------------
@@ -182,10 +186,10 @@ def test_server_side_validation_errors(client):
 
 
 # -- failover, timeouts, retries -------------------------------------------------------------
-def test_read_fails_over_when_a_member_does_not_answer(srv, srv2):
+def test_read_fails_over_when_a_member_does_not_answer(srv, srv2, make_client):
     srv.drop_replies = True
     srv2.store.put(b"k", b"v")
-    with Client([srv.endpoint, srv2.endpoint], timeout=2.0) as c:
+    with make_client([srv.endpoint, srv2.endpoint], timeout=2.0) as c:
         assert c.get("k").kvs[0].value == b"v"
         assert srv.ops_received("range") == 1 and srv2.ops_received("range") == 1
         # the client now prefers the member that answered
@@ -193,18 +197,18 @@ def test_read_fails_over_when_a_member_does_not_answer(srv, srv2):
         assert srv.ops_received("range") == 1 and srv2.ops_received("range") == 2
 
 
-def test_read_fails_over_on_retryable_error(srv, srv2):
+def test_read_fails_over_on_retryable_error(srv, srv2, make_client):
     srv.error_code = "no_leader"
-    with Client([srv.endpoint, srv2.endpoint], timeout=2.0) as c:
+    with make_client([srv.endpoint, srv2.endpoint], timeout=2.0) as c:
         assert c.status().header.member_id
         assert c.get("k").count == 0
 
 
-def test_retryable_error_everywhere_raises_it(srv, srv2):
+def test_retryable_error_everywhere_raises_it(srv, srv2, make_client):
     # Refused by every endpoint: retried after the client's backoff (core.py) until the
     # deadline, then the refusal is raised; the backoff keeps the sends bounded.
     srv.error_code = srv2.error_code = "no_leader"
-    with Client([srv.endpoint, srv2.endpoint], timeout=1.0) as c:
+    with make_client([srv.endpoint, srv2.endpoint], timeout=1.0) as c:
         with pytest.raises(errors.NoLeader):
             c.get("k")
         assert 2 < c.requests_sent < 200
@@ -213,9 +217,9 @@ def test_retryable_error_everywhere_raises_it(srv, srv2):
             c.put("k", "v")
 
 
-def test_write_is_never_resent_after_a_timeout(srv, srv2):
+def test_write_is_never_resent_after_a_timeout(srv, srv2, make_client):
     srv.drop_replies = True  # applies the write, never answers
-    with Client([srv.endpoint, srv2.endpoint], timeout=0.6) as c:
+    with make_client([srv.endpoint, srv2.endpoint], timeout=0.6) as c:
         with pytest.raises(errors.Timeout) as exc:
             c.put("k", "v")
         assert "unknown" in exc.value.message
@@ -227,32 +231,32 @@ def test_write_is_never_resent_after_a_timeout(srv, srv2):
         assert srv2.ops_received("put") == 1
 
 
-def test_write_refused_with_retryable_error_goes_to_next_member(srv, srv2):
+def test_write_refused_with_retryable_error_goes_to_next_member(srv, srv2, make_client):
     srv.error_code = "no_leader"
-    with Client([srv.endpoint, srv2.endpoint], timeout=2.0) as c:
+    with make_client([srv.endpoint, srv2.endpoint], timeout=2.0) as c:
         r = c.put("k", "v")
         assert r.header.revision == 2
         assert srv.ops_received("put") == 1 and srv2.ops_received("put") == 1
         assert b"k" not in srv.store.kv and srv2.store.kv[b"k"]["value"] == b"v"
 
 
-def test_write_fails_over_when_nothing_could_be_sent(srv):
-    with Client([dead_endpoint(), srv.endpoint], timeout=2.0) as c:
+def test_write_fails_over_when_nothing_could_be_sent(srv, make_client):
+    with make_client([dead_endpoint(), srv.endpoint], timeout=2.0) as c:
         assert c.put("k", "v").header.revision == 2
         assert c.txn([], [Op.put("k", "w")]).succeeded
 
 
-def test_unreachable_endpoint_raises_unavailable():
-    with Client([dead_endpoint()], timeout=0.3) as c:
+def test_unreachable_endpoint_raises_unavailable(make_client):
+    with make_client([dead_endpoint()], timeout=0.3) as c:
         with pytest.raises(errors.Unavailable):
             c.put("k", "v")
         with pytest.raises(errors.Unavailable):
             c.get("k")
 
 
-def test_read_timeout_then_stale_reply_is_not_seen(srv):
+def test_read_timeout_then_stale_reply_is_not_seen(srv, make_client):
     srv.delay_s = 0.8
-    with Client([srv.endpoint], timeout=0.3) as c:
+    with make_client([srv.endpoint], timeout=0.3) as c:
         srv.store.put(b"k", b"old")
         with pytest.raises(errors.Timeout) as exc:
             c.get("k")
@@ -267,7 +271,7 @@ def test_read_timeout_then_stale_reply_is_not_seen(srv):
         assert c.get("k").kvs[0].value == b"new"
 
 
-def test_late_reply_with_unknown_id_is_ignored(srv):
+def test_late_reply_with_unknown_id_is_ignored(srv, make_client):
     """A reply whose id is not the request's is dropped (same socket, no timeout)."""
     import zmq
 
@@ -292,7 +296,7 @@ def test_late_reply_with_unknown_id_is_ignored(srv):
     t = threading.Thread(target=serve)
     t.start()
     try:
-        with Client([f"tcp://127.0.0.1:{port}"], timeout=3.0) as c:
+        with make_client([f"tcp://127.0.0.1:{port}"], timeout=3.0) as c:
             assert c.get("k").count == 0
     finally:
         t.join()
@@ -301,10 +305,10 @@ def test_late_reply_with_unknown_id_is_ignored(srv):
     assert done.is_set()
 
 
-def test_eight_threads_share_one_client(srv):
+def test_eight_threads_share_one_client(srv, make_client):
     n_threads, n_ops = 8, 40
     failures: list[BaseException] = []
-    with Client([srv.endpoint], timeout=5.0) as c:
+    with make_client([srv.endpoint], timeout=5.0) as c:
         def work(t: int) -> None:
             try:
                 for i in range(n_ops):
@@ -324,8 +328,8 @@ def test_eight_threads_share_one_client(srv):
     assert srv.store.revision == 1 + n_threads * n_ops
 
 
-def test_closed_client_refuses_calls(srv):
-    c = Client([srv.endpoint], timeout=1.0)
+def test_closed_client_refuses_calls(srv, make_client):
+    c = make_client([srv.endpoint], timeout=1.0)
     c.put("k", "v")
     c.close()
     c.close()
@@ -333,6 +337,7 @@ def test_closed_client_refuses_calls(srv):
         c.get("k")
 
 
+@pytest.mark.threaded_only  # the threaded transport's per-process context after fork
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
 def test_client_works_in_a_forked_child(srv):
     with Client([srv.endpoint], timeout=3.0) as c:

@@ -17,7 +17,6 @@ for p in (ROOT, os.path.join(ROOT, "tests")):
 
 from fakeserver import FakeServer  # noqa: E402
 from protocol import errors  # noqa: E402
-from protocol.client import Client  # noqa: E402
 from protocol.client.auth import load_keypair, load_public_key  # noqa: E402
 from protocol.client.types import Permission  # noqa: E402
 
@@ -38,9 +37,9 @@ def ops(srv: FakeServer) -> list[str]:
 
 
 # -- tokens ----------------------------------------------------------------------------------
-def test_token_is_attached_to_every_request(srv):
+def test_token_is_attached_to_every_request(srv, make_client):
     setup_users(srv)
-    with Client([srv.endpoint], timeout=3, user="root", password="rootpw") as c:
+    with make_client([srv.endpoint], timeout=3, user="root", password="rootpw") as c:
         c.put("k", "v")
         assert c.get("k").kvs[0].value == b"v"
     assert ops(srv) == ["authenticate", "put", "range"]
@@ -58,18 +57,18 @@ def test_no_user_on_an_auth_enabled_server_is_user_empty(srv, client):
     assert exc.value.message == "etcdserver: user name is empty"
 
 
-def test_bad_password_is_auth_failed_and_not_retried(srv):
+def test_bad_password_is_auth_failed_and_not_retried(srv, make_client):
     setup_users(srv)
-    with Client([srv.endpoint], timeout=3, user="root", password="nope") as c:
+    with make_client([srv.endpoint], timeout=3, user="root", password="nope") as c:
         with pytest.raises(errors.AuthFailed) as exc:
             c.put("k", "v")
     assert exc.value.message == "etcdserver: authentication failed, invalid user ID or password"
     assert ops(srv) == ["authenticate"]
 
 
-def test_invalid_token_reauthenticates_once_and_resends(srv):
+def test_invalid_token_reauthenticates_once_and_resends(srv, make_client):
     setup_users(srv)
-    with Client([srv.endpoint], timeout=3, user="root", password="rootpw") as c:
+    with make_client([srv.endpoint], timeout=3, user="root", password="rootpw") as c:
         c.put("k", "1")
         srv.forget_tokens()  # a restarted gateway
         rev = c.put("k", "2").header.revision
@@ -79,9 +78,9 @@ def test_invalid_token_reauthenticates_once_and_resends(srv):
     assert rev == 3  # the refused put did nothing; the resent one applied once
 
 
-def test_a_second_refusal_after_reauth_is_raised(srv):
+def test_a_second_refusal_after_reauth_is_raised(srv, make_client):
     setup_users(srv)
-    with Client([srv.endpoint], timeout=3, user="root", password="rootpw") as c:
+    with make_client([srv.endpoint], timeout=3, user="root", password="rootpw") as c:
         c.get("k")
         srv.error_code, srv.error_ops = "invalid_auth_token", {"range"}
         with pytest.raises(errors.InvalidAuthToken):
@@ -89,9 +88,9 @@ def test_a_second_refusal_after_reauth_is_raised(srv):
     assert ops(srv) == ["authenticate", "range", "range", "authenticate", "range"]
 
 
-def test_auth_old_revision_refreshes_and_resends_once(srv):
+def test_auth_old_revision_refreshes_and_resends_once(srv, make_client):
     setup_users(srv)
-    with Client([srv.endpoint], timeout=3, user="root", password="rootpw") as c:
+    with make_client([srv.endpoint], timeout=3, user="root", password="rootpw") as c:
         c.get("k")
         srv.old_revision_count = 1
         assert c.put("k", "v").header.revision == 2
@@ -102,10 +101,10 @@ def test_auth_old_revision_refreshes_and_resends_once(srv):
         assert exc.value.message == "etcdserver: revision of auth store is old"
 
 
-def test_user_given_while_auth_is_off_then_enabled(srv):
+def test_user_given_while_auth_is_off_then_enabled(srv, make_client):
     srv.store.auth_change({"op": "user_add", "name": "root", "password": "rootpw"},
                           {"op": "user_grant_role", "name": "root", "role": "root"})
-    with Client([srv.endpoint], timeout=3, user="root", password="rootpw") as c:
+    with make_client([srv.endpoint], timeout=3, user="root", password="rootpw") as c:
         c.put("k", "v")  # auth_not_enabled: no token needed (etcd's clientv3 too)
         assert "token" not in srv.requests[-1]
         srv.enable_auth()
@@ -113,9 +112,9 @@ def test_user_given_while_auth_is_off_then_enabled(srv):
         assert ops(srv)[-3:] == ["put", "authenticate", "put"] and srv.requests[-1]["token"]
 
 
-def test_permission_denied(srv):
+def test_permission_denied(srv, make_client):
     setup_users(srv)
-    with Client([srv.endpoint], timeout=3, user="eve", password="evepw") as c:
+    with make_client([srv.endpoint], timeout=3, user="eve", password="evepw") as c:
         c.put("/e/x", "1")
         with pytest.raises(errors.PermissionDenied) as exc:
             c.put("/a", "1")
@@ -124,9 +123,9 @@ def test_permission_denied(srv):
             c.auth.user_list()
 
 
-def test_concurrent_threads_share_one_reauthentication(srv):
+def test_concurrent_threads_share_one_reauthentication(srv, make_client):
     setup_users(srv)
-    with Client([srv.endpoint], timeout=5, user="root", password="rootpw") as c:
+    with make_client([srv.endpoint], timeout=5, user="root", password="rootpw") as c:
         c.get("k")
         srv.forget_tokens()
         failures: list[BaseException] = []
@@ -150,8 +149,8 @@ def test_concurrent_threads_share_one_reauthentication(srv):
 
 
 # -- Client.auth ---------------------------------------------------------------------------
-def test_auth_api(srv):
-    with Client([srv.endpoint], timeout=3) as c:
+def test_auth_api(srv, make_client):
+    with make_client([srv.endpoint], timeout=3) as c:
         a = c.auth
         assert a.auth_status().enabled is False
         with pytest.raises(errors.RootUserNotExist):
@@ -184,7 +183,7 @@ def test_auth_api(srv):
         a.auth_enable()
         st = a.auth_status()
         assert st.enabled and st.auth_revision > 1 and st.header.revision == 1
-    with Client([srv.endpoint], timeout=3, user="root", password="rootpw") as c:
+    with make_client([srv.endpoint], timeout=3, user="root", password="rootpw") as c:
         c.auth.user_change_password("svc", "new")
         c.auth.user_delete("svc")
         with pytest.raises(errors.UserNotFound) as exc:
@@ -204,48 +203,48 @@ def csrv():
         yield s
 
 
-def test_curve_with_an_ephemeral_key(csrv):
+def test_curve_with_an_ephemeral_key(csrv, make_client):
     setup_users(csrv)
-    with Client([csrv.endpoint], timeout=3, server_key=csrv.server_key, user="root",
+    with make_client([csrv.endpoint], timeout=3, server_key=csrv.server_key, user="root",
                 password="rootpw") as c:
         c.put("k", "v")
         assert c.public_key and len(c.public_key) == 40
         assert csrv.requests[0]["key"] == c.public_key  # registered for the watch port
-    with Client([csrv.endpoint], timeout=3, server_key=csrv.server_key) as other:
+    with make_client([csrv.endpoint], timeout=3, server_key=csrv.server_key) as other:
         assert other.public_key != c.public_key  # ephemeral: one per Client
 
 
-def test_curve_with_a_key_file_and_a_server_cert_file(csrv, tmp_path):
+def test_curve_with_a_key_file_and_a_server_cert_file(csrv, tmp_path, make_client):
     pub_file, secret_file = zmq.auth.create_certificates(str(tmp_path), "client")
     os.chmod(secret_file, 0o600)
     srv_cert = tmp_path / "server.key"
     srv_cert.write_text(f'metadata\ncurve\n    public-key = "{csrv.server_key}"\n')
-    with Client([csrv.endpoint], timeout=3, server_key=f"@{srv_cert}", key_file=secret_file) as c:
+    with make_client([csrv.endpoint], timeout=3, server_key=f"@{srv_cert}", key_file=secret_file) as c:
         c.put("k", "v")
         assert c.public_key == zmq.auth.load_certificate(pub_file)[0].decode()
     os.chmod(secret_file, 0o644)
     with pytest.raises(ValueError, match="readable by other users"):
         load_keypair(secret_file)
     with pytest.raises(ValueError, match="no secret key"):
-        Client([csrv.endpoint], server_key=csrv.server_key, key_file=pub_file)
+        make_client([csrv.endpoint], server_key=csrv.server_key, key_file=pub_file)
     with pytest.raises(ValueError, match="Z85"):
         load_public_key("short")
     with pytest.raises(ValueError, match="needs server_key"):
-        Client([csrv.endpoint], key_file=secret_file)
+        make_client([csrv.endpoint], key_file=secret_file)
 
 
-def test_an_impostor_fails_the_handshake_with_a_clear_error():
+def test_an_impostor_fails_the_handshake_with_a_clear_error(make_client):
     with FakeServer(curve=True, impostor=True) as fake:
-        with Client([fake.endpoint], timeout=1, server_key=fake.server_key) as c:
+        with make_client([fake.endpoint], timeout=1, server_key=fake.server_key) as c:
             with pytest.raises(errors.Unavailable) as exc:
                 c.put("k", "v")
         assert "CURVE handshake" in exc.value.message and "impostor" in exc.value.message
         assert fake.requests == []  # nothing reached it
 
 
-def test_a_server_without_curve_is_refused(srv):
+def test_a_server_without_curve_is_refused(srv, make_client):
     key = zmq.curve_keypair()[0]
-    with Client([srv.endpoint], timeout=1, server_key=key) as c:
+    with make_client([srv.endpoint], timeout=1, server_key=key) as c:
         # libzmq reports either a mechanism mismatch or a handshake broken off: both say so
         with pytest.raises(errors.Unavailable, match="does not speak CURVE"):
             c.get("k")
@@ -253,9 +252,9 @@ def test_a_server_without_curve_is_refused(srv):
 
 
 # -- watch, lease, lock under auth -------------------------------------------------------
-def test_watch_under_auth_and_curve(csrv):
+def test_watch_under_auth_and_curve(csrv, make_client):
     setup_users(csrv)
-    with Client([csrv.endpoint], timeout=3, server_key=csrv.server_key, user="eve",
+    with make_client([csrv.endpoint], timeout=3, server_key=csrv.server_key, user="eve",
                 password="evepw") as c:
         with pytest.raises(errors.PermissionDenied):
             c.watch("/a/", prefix=True)
@@ -271,9 +270,9 @@ def test_watch_under_auth_and_curve(csrv):
         assert histories and all(r.get("token") for r in histories)
 
 
-def test_lease_keepalive_and_lock_under_auth(srv):
+def test_lease_keepalive_and_lock_under_auth(srv, make_client):
     setup_users(srv)
-    with Client([srv.endpoint], timeout=3, user="root", password="rootpw") as c:
+    with make_client([srv.endpoint], timeout=3, user="root", password="rootpw") as c:
         lease = c.lease(5)
         try:
             srv.forget_tokens()

@@ -83,8 +83,8 @@ def test_lease_lost_when_revoked_elsewhere(client):
         lease.close()
 
 
-def test_lease_lost_when_no_keepalive_gets_through(srv):
-    with Client([srv.endpoint], timeout=1) as c:
+def test_lease_lost_when_no_keepalive_gets_through(srv, make_client):
+    with make_client([srv.endpoint], timeout=1) as c:
         lease = c.lease(2)
         try:
             srv.drop_replies = True  # the member is gone: nothing answers
@@ -97,11 +97,11 @@ def test_lease_lost_when_no_keepalive_gets_through(srv):
             lease.close()
 
 
-def test_keepalives_follow_not_leader_hint():
+def test_keepalives_follow_not_leader_hint(make_client):
     store = FakeStore()
     with FakeServer(store=store) as leader, FakeServer(store=store) as follower:
         follower.leader_urls = [leader.endpoint]
-        with Client([follower.endpoint], timeout=3) as c:
+        with make_client([follower.endpoint], timeout=3) as c:
             lid = c.lease_grant(10).id
             assert c.lease_keepalive_once(lid) == (lid, 10)
             assert leader.ops_received("lease_keepalive") == 1
@@ -112,14 +112,14 @@ def test_keepalives_follow_not_leader_hint():
             assert follower.ops_received("lease_keepalive") == 1
 
 
-def test_keepalives_survive_failover_to_another_endpoint():
+def test_keepalives_survive_failover_to_another_endpoint(make_client):
     """The member serving keep-alives dies; the thread moves to the other endpoint
     (a new leader) and the lease never lapses."""
     store = FakeStore()
     a, b = FakeServer(store=store).start(), FakeServer(store=store).start()
     try:
         b.leader_urls = [a.endpoint]  # b is a follower while a leads
-        with Client([a.endpoint, b.endpoint], timeout=2) as c:
+        with make_client([a.endpoint, b.endpoint], timeout=2) as c:
             with c.lease(2) as lease:
                 c.put("k", "v", lease=lease.id)
                 time.sleep(1.0)
@@ -137,12 +137,12 @@ def test_keepalives_survive_failover_to_another_endpoint():
         b.stop()
 
 
-def test_timetolive_goes_to_the_leader_through_a_hint_with_wildcard_host():
+def test_timetolive_goes_to_the_leader_through_a_hint_with_wildcard_host(make_client):
     store = FakeStore()
     with FakeServer(store=store) as leader, FakeServer(store=store) as follower:
         port = leader.endpoint.rsplit(":", 1)[1]
         follower.leader_urls = [f"tcp://0.0.0.0:{port}"]  # bound to every interface
-        with Client([follower.endpoint], timeout=3) as c:
+        with make_client([follower.endpoint], timeout=3) as c:
             lid = c.lease_grant(10).id
             assert c.lease_time_to_live(lid).granted_ttl == 10
             assert leader.ops_received("lease_timetolive") == 1
@@ -208,6 +208,7 @@ def test_qkvctl_lease_errors_and_formats(ctl, srv):
     assert lines[0].startswith('"ClusterID" : ') and lines[4].startswith('"ID" : ') and lines[5] == '"TTL" : 7'
 
 
+@pytest.mark.threaded_only  # qkvctl's subprocess; the Client only grants and revokes
 def test_qkvctl_keep_alive_until_revoked(srv):
     """`lease keep-alive <id>` prints one line per keep-alive and ends when the lease goes."""
     import subprocess

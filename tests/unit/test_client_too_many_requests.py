@@ -7,7 +7,6 @@ import threading
 import pytest
 
 from protocol import errors
-from protocol.client import Client
 
 
 def _clear_after(srv, n: int) -> None:
@@ -21,10 +20,10 @@ def _clear_after(srv, n: int) -> None:
 
 
 @pytest.mark.parametrize("write", [False, True])
-def test_too_many_requests_is_retried_on_the_same_member(srv, write):
+def test_too_many_requests_is_retried_on_the_same_member(srv, write, make_client):
     srv.error_code = "too_many_requests"
     _clear_after(srv, 3)
-    with Client([srv.endpoint], timeout=5.0) as c:
+    with make_client([srv.endpoint], timeout=5.0) as c:
         if write:
             assert c.put("k", "v").header.revision == 2
             assert srv.store.kv[b"k"]["value"] == b"v"
@@ -34,9 +33,9 @@ def test_too_many_requests_is_retried_on_the_same_member(srv, write):
             assert srv.ops_received("range") >= 3
 
 
-def test_too_many_requests_until_the_deadline_raises_it(srv):
+def test_too_many_requests_until_the_deadline_raises_it(srv, make_client):
     srv.error_code = "too_many_requests"
-    with Client([srv.endpoint], timeout=0.5) as c:
+    with make_client([srv.endpoint], timeout=0.5) as c:
         with pytest.raises(errors.TooManyRequests):
             c.put("k", "v")
     assert srv.ops_received("put") >= 3  # paused and tried again, not once

@@ -17,16 +17,15 @@ for p in (ROOT, os.path.join(ROOT, "tests")):
 
 from protocol.client import Op  # noqa: E402
 from protocol.client.concurrency import (  # noqa: E402
-    Election, ElectionNoLeader, ElectionNotLeader, Lock, Locked, LockTimeout, Session,
-    SessionExpired,
+    ElectionNoLeader, ElectionNotLeader, Locked, LockTimeout, SessionExpired,
 )
 from protocol.client.watch import watch_topic  # noqa: E402
 from nodeproc import wait_for  # noqa: E402
 
 
-def test_lock_key_fencing_and_release(client):
-    with Session(client, ttl=5) as s:
-        lock = Lock(s, "x")
+def test_lock_key_fencing_and_release(client, client_kit):
+    with client_kit.Session(client, ttl=5) as s:
+        lock = client_kit.Lock(s, "x")
         assert lock.key == f"x/{s.lease_id:x}".encode()
         with lock:
             kv = client.get(lock.key).kvs[0]
@@ -37,9 +36,9 @@ def test_lock_key_fencing_and_release(client):
         assert client.get(lock.key).count == 0 and lock.revision == 0
 
 
-def test_waiters_are_served_in_fifo_order_and_watch_only_their_predecessor(client, srv):
-    sessions = [Session(client, ttl=10) for _ in range(4)]
-    locks = [Lock(s, "q") for s in sessions]
+def test_waiters_are_served_in_fifo_order_and_watch_only_their_predecessor(client, srv, client_kit):
+    sessions = [client_kit.Session(client, ttl=10) for _ in range(4)]
+    locks = [client_kit.Lock(s, "q") for s in sessions]
     order: list[int] = []
     try:
         locks[0].acquire()
@@ -73,11 +72,11 @@ def test_waiters_are_served_in_fifo_order_and_watch_only_their_predecessor(clien
             s.close()
 
 
-def test_a_waiter_in_the_middle_leaving_does_not_let_the_next_one_in(client):
+def test_a_waiter_in_the_middle_leaving_does_not_let_the_next_one_in(client, client_kit):
     """Waiter 2 watches waiter 1; when 1 gives up, 2 re-checks and waits for 0."""
-    s = [Session(client, ttl=10) for _ in range(3)]
+    s = [client_kit.Session(client, ttl=10) for _ in range(3)]
     try:
-        l0, l1, l2 = (Lock(x, "m") for x in s)
+        l0, l1, l2 = (client_kit.Lock(x, "m") for x in s)
         l0.acquire()
         outcome: list[str] = []
 
@@ -103,9 +102,9 @@ def test_a_waiter_in_the_middle_leaving_does_not_let_the_next_one_in(client):
             x.close()
 
 
-def test_try_acquire_and_timeout(client):
-    with Session(client, 5) as a, Session(client, 5) as b:
-        la, lb = Lock(a, "t"), Lock(b, "t")
+def test_try_acquire_and_timeout(client, client_kit):
+    with client_kit.Session(client, 5) as a, client_kit.Session(client, 5) as b:
+        la, lb = client_kit.Lock(a, "t"), client_kit.Lock(b, "t")
         la.try_acquire()
         with pytest.raises(Locked):
             lb.try_acquire()
@@ -117,12 +116,12 @@ def test_try_acquire_and_timeout(client):
         assert client.get("t/", prefix=True).count == 1
 
 
-def test_expired_holder_is_fenced_out(client, srv):
+def test_expired_holder_is_fenced_out(client, srv, client_kit):
     """A holder whose lease expired (a long pause) still 'holds' the lock in its own
     memory; the fencing compare makes its write fail while the new holder's succeeds."""
-    a, b = Session(client, ttl=2), Session(client, ttl=10)
+    a, b = client_kit.Session(client, ttl=2), client_kit.Session(client, ttl=10)
     try:
-        la, lb = Lock(a, "f"), Lock(b, "f")
+        la, lb = client_kit.Lock(a, "f"), client_kit.Lock(b, "f")
         la.acquire()
         a.orphan()  # stop its keep-alives: the process is paused
         lb.acquire(timeout=6)  # gets it once a's lease expires
@@ -134,11 +133,11 @@ def test_expired_holder_is_fenced_out(client, srv):
         b.close()
 
 
-def test_waiting_ends_when_the_session_is_lost(client):
-    a, b = Session(client, ttl=10), Session(client, ttl=2)
+def test_waiting_ends_when_the_session_is_lost(client, client_kit):
+    a, b = client_kit.Session(client, ttl=10), client_kit.Session(client, ttl=2)
     try:
-        Lock(a, "s").acquire()
-        lb = Lock(b, "s")
+        client_kit.Lock(a, "s").acquire()
+        lb = client_kit.Lock(b, "s")
         threading.Timer(0.3, lambda: client.lease_revoke(b.lease_id)).start()
         with pytest.raises(SessionExpired):
             lb.acquire(timeout=5)
@@ -154,9 +153,9 @@ def test_client_lock_helper_owns_its_session(client):
     assert client.lease_time_to_live(lid).ttl == -1  # the session was closed
 
 
-def test_election_campaign_proclaim_resign_observe(client):
-    with Session(client, 10) as s1, Session(client, 10) as s2:
-        e1, e2 = Election(s1, "el"), Election(s2, "el")
+def test_election_campaign_proclaim_resign_observe(client, client_kit):
+    with client_kit.Session(client, 10) as s1, client_kit.Session(client, 10) as s2:
+        e1, e2 = client_kit.Election(s1, "el"), client_kit.Election(s2, "el")
         with pytest.raises(ElectionNoLeader):
             e1.leader()
         obs = e1.observe()
@@ -173,7 +172,7 @@ def test_election_campaign_proclaim_resign_observe(client):
         e1.proclaim("a2")
         assert e1.leader().value == b"a2"
         with pytest.raises(ElectionNotLeader):
-            Election(s2, "other").proclaim("x")
+            client_kit.Election(s2, "other").proclaim("x")
         assert client.txn([e1.is_leader()], [], []).succeeded
         e1.resign()
         t2.join(5)
@@ -185,9 +184,9 @@ def test_election_campaign_proclaim_resign_observe(client):
         assert seen == [(k1, b"a"), (k1, b"a2"), (k2, b"b")]
 
 
-def test_observe_starts_with_the_current_leader(client):
-    with Session(client, 10) as s:
-        e = Election(s, "cur")
+def test_observe_starts_with_the_current_leader(client, client_kit):
+    with client_kit.Session(client, 10) as s:
+        e = client_kit.Election(s, "cur")
         e.campaign("me")
         with e.observe() as obs:
             kv = obs.get(timeout=2)
