@@ -154,6 +154,15 @@ def test_slow_watcher_overflow_is_filled_from_history(srv, client):
 
 # --- failover ---------------------------------------------------------------------------
 @pytest.fixture
+def client(srv):
+    """The threaded Client: this file tests each client's hub directly (the asyncio tests
+    below make their own AsyncClient), so the suite-wide two-kind ``client`` is not used."""
+    c = Client([srv.endpoint], timeout=3.0)
+    yield c
+    c.close()
+
+
+@pytest.fixture
 def pair():
     store = FakeStore()
     with FakeServer(store=store) as s0, FakeServer(store=store) as s1:
