@@ -25,7 +25,6 @@ use it from the tasks of that one loop.
 from __future__ import annotations
 
 import asyncio
-import itertools
 import random
 import sys
 import weakref
@@ -37,12 +36,10 @@ import zmq.asyncio
 from protocol.client import calls
 from protocol.client.auth import Auth, Security
 from protocol.client.calls import Call
-from protocol.client.client import (
-    DEFAULT_ENDPOINT, DEFAULT_TIMEOUT_S, HANDSHAKE_EVENTS, drain_handshake, parse_endpoints,
-)
+from protocol.client.base import DEFAULT_ENDPOINT, DEFAULT_TIMEOUT_S, ClientBase  # noqa: F401
+from protocol.client.client import HANDSHAKE_EVENTS, drain_handshake
 from protocol.client.core import (
-    DEFAULT_BACKOFF_BASE_S, DEFAULT_BACKOFF_MAX_S, Backoff, Failover, Reauth, endpoints_from_members,
-    with_token,
+    DEFAULT_BACKOFF_BASE_S, DEFAULT_BACKOFF_MAX_S, Failover, Reauth, with_token,
 )
 from protocol.client.txn import Compare, Op, Txn
 from protocol.client.watchcore import MAX_WATCH_SUBSCRIPTIONS
@@ -181,7 +178,7 @@ class AsyncAuth(Auth):
         return run()
 
 
-class AsyncClient:
+class AsyncClient(ClientBase):
     """An asyncio quorumkv client: ``Client``'s calls as coroutines (same arguments and
     results). ``timeout`` bounds each call, failover and backoff included; every call also
     takes its own ``timeout=``. ``max_in_flight``: requests in flight per connection.
@@ -202,49 +199,29 @@ class AsyncClient:
                  max_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
                  max_watch_subscriptions: int = MAX_WATCH_SUBSCRIPTIONS,
                  _security: Security | None = None) -> None:
-        self.endpoints: list[str] = parse_endpoints(endpoints)
-        if not timeout or timeout <= 0:
-            raise ValueError("timeout must be > 0")
         if max_in_flight < 1:
             raise ValueError("max_in_flight must be >= 1")
-        if auto_sync_interval < 0:
-            raise ValueError("auto_sync_interval must be >= 0")
-        if max_watch_subscriptions < 1:
-            raise ValueError("max_watch_subscriptions must be >= 1")
-        self.timeout = float(timeout)
+        self._setup(endpoints, timeout, user=user, password=password, server_key=server_key,
+                    key_file=key_file, auto_sync_interval=auto_sync_interval,
+                    backoff_base=backoff_base, backoff_max=backoff_max,
+                    max_watch_subscriptions=max_watch_subscriptions, security=_security)
         self.max_in_flight = int(max_in_flight)
-        self.max_watch_subscriptions = int(max_watch_subscriptions)
-        self.auto_sync_interval = float(auto_sync_interval)
-        self._preferred = 0
-        self._backoff = Backoff(backoff_base, backoff_max)
         self._conns: dict[str, _Conn] = {}
-        self._ids = itertools.count(random.getrandbits(40) + 1)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._ctx: zmq.asyncio.Context | None = None
-        self._closed = False
         self._sync_task: asyncio.Task[None] | None = None
         self._children: list[Any] = []  # objects closed with the client (lease router)
-        self.requests_sent = 0
-        self._security = _security if _security is not None else Security(
-            server_key=server_key, key_file=key_file, user=user, password=password)
 
     def _derive(self, endpoints: Sequence[str], timeout: float) -> "AsyncClient":
         """A client of other endpoints/timeout with this one's keys, user and token (its
         own backoff)."""
         return AsyncClient(list(endpoints), timeout=timeout, max_in_flight=self.max_in_flight,
-                           backoff_base=self._backoff.base, backoff_max=self._backoff.maximum,
-                           max_watch_subscriptions=self.max_watch_subscriptions,
-                           _security=self._security)
+                           **self._derived_options())
 
     @property
     def auth(self) -> AsyncAuth:
         """etcd's Auth API, awaited: ``await client.auth.user_add(...)``..."""
         return AsyncAuth(self)
-
-    @property
-    def public_key(self) -> str | None:
-        """This client's CURVE public key (Z85), None without CURVE."""
-        return self._security.public_key
 
     # -- lifecycle ----------------------------------------------------------------------
     async def close(self) -> None:
@@ -303,11 +280,6 @@ class AsyncClient:
         if self._conns.get(conn.endpoint) is conn:
             del self._conns[conn.endpoint]
         conn.close()
-
-    def _fail_over(self, endpoint: str) -> None:
-        eps = self.endpoints
-        if eps[self._preferred % len(eps)] == endpoint:
-            self._preferred = (self._preferred + 1) % len(eps)
 
     async def _run(self, call: Call[T], timeout: float | None) -> T:
         return call.parse(await self._call(call.req, write=call.write, timeout=timeout))
@@ -447,20 +419,12 @@ class AsyncClient:
     async def sync(self, *, timeout: float | None = None) -> list[str]:
         """Replace the endpoint list by the client URLs of the started, non-learner members
         (``member_list`` now); an empty answer keeps the list. Returns the new list."""
-        resp = await self.member_list(timeout=timeout)
-        asked = self.endpoints[self._preferred % len(self.endpoints)]
-        new = endpoints_from_members(resp.members, asked)
-        if new:
-            self._set_endpoints(new)
+        asked = self._asked_endpoint()
+        for ep in self._adopt_members((await self.member_list(timeout=timeout)).members, asked):
+            conn = self._conns.pop(ep, None)
+            if conn is not None:
+                conn.close()
         return list(self.endpoints)
-
-    def _set_endpoints(self, new: list[str]) -> None:
-        current = self.endpoints[self._preferred % len(self.endpoints)]
-        self.endpoints = new
-        self._preferred = new.index(current) if current in new else 0
-        for ep in [e for e in self._conns if e not in new]:
-            conn = self._conns.pop(ep)
-            conn.close()
 
     # -- KV API ---------------------------------------------------------------------------
     async def put(self, key: Any, value: Any = b"", lease: int = 0, prev_kv: bool = False,

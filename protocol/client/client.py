@@ -27,10 +27,8 @@ the threaded transport:
 """
 from __future__ import annotations
 
-import itertools
 import math
 import os
-import random
 import sys
 import threading
 import time
@@ -40,11 +38,14 @@ from typing import TYPE_CHECKING, Any, Iterable, Sequence, TypeVar
 import zmq
 
 from protocol.client import calls
+from protocol.client.base import (  # noqa: F401  (DEFAULT_*, parse_endpoints: re-exported)
+    DEFAULT_ENDPOINT, DEFAULT_TIMEOUT_S, ClientBase, parse_endpoints,
+)
 from protocol.client.auth import Auth, Security
 from protocol.client.calls import Call, is_write_request  # noqa: F401  (is_write_request: re-exported)
 from protocol.client.core import (  # noqa: F401  (BUSY_*: re-exported)
-    BUSY_BACKOFF_MAX_S, BUSY_BACKOFF_S, DEFAULT_BACKOFF_BASE_S, DEFAULT_BACKOFF_MAX_S, Backoff,
-    Failover, Reauth, endpoints_from_members, normalize_endpoint, with_token,
+    BUSY_BACKOFF_MAX_S, BUSY_BACKOFF_S, DEFAULT_BACKOFF_BASE_S, DEFAULT_BACKOFF_MAX_S, Failover, Reauth,
+    normalize_endpoint, with_token,
 )
 from protocol.codec import pack, unpack
 from protocol.errors import Internal, Malformed, Timeout, Unavailable
@@ -64,26 +65,11 @@ if TYPE_CHECKING:
     )
 
 T = TypeVar("T")
-DEFAULT_ENDPOINT = "tcp://127.0.0.1:7379"
-DEFAULT_TIMEOUT_S = 7.0
 _ID_MASK = (1 << 64) - 1
 # Monitor events of a CURVE socket that tell why no connection comes up.
 HANDSHAKE_EVENTS = (zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
                     | zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_SUCCEEDED)
 _HANDSHAKE_EVENTS = HANDSHAKE_EVENTS
-
-
-def parse_endpoints(endpoints: Sequence[str] | str | None) -> list[str]:
-    """The constructor's ``endpoints`` (a list, a comma-separated string, None = the
-    default) as a normalized, non-empty list."""
-    if endpoints is None:
-        endpoints = [DEFAULT_ENDPOINT]
-    elif isinstance(endpoints, str):
-        endpoints = endpoints.split(",")
-    out = [normalize_endpoint(e) for e in endpoints if e.strip()]
-    if not out:
-        raise ValueError("at least one endpoint is needed")
-    return out
 
 
 def drain_handshake(mon: zmq.Socket, current: str | None) -> str | None:
@@ -169,7 +155,7 @@ def handshake_failure(event: int, value: int) -> str | None:
     return None
 
 
-class Client:
+class Client(ClientBase):
     """A thread-safe quorumkv client. ``timeout`` bounds each call, failover and backoff
     included; every call also takes its own ``timeout=``.
 
@@ -194,29 +180,17 @@ class Client:
                  backoff_max: float = DEFAULT_BACKOFF_MAX_S,
                  max_watch_subscriptions: int = MAX_WATCH_SUBSCRIPTIONS,
                  _security: Security | None = None) -> None:
-        self.endpoints: list[str] = parse_endpoints(endpoints)
-        if not timeout or timeout <= 0:
-            raise ValueError("timeout must be > 0")
-        if auto_sync_interval < 0:
-            raise ValueError("auto_sync_interval must be >= 0")
-        if max_watch_subscriptions < 1:
-            raise ValueError("max_watch_subscriptions must be >= 1")
-        self.timeout = float(timeout)
-        self.auto_sync_interval = float(auto_sync_interval)
-        self.max_watch_subscriptions = int(max_watch_subscriptions)
         self._lock = threading.Lock()
-        self._preferred = 0  # index into endpoints; moves on after a failure
-        self._backoff = Backoff(backoff_base, backoff_max, lock=self._lock)
+        self._setup(endpoints, timeout, user=user, password=password, server_key=server_key,
+                    key_file=key_file, auto_sync_interval=auto_sync_interval,
+                    backoff_base=backoff_base, backoff_max=backoff_max,
+                    max_watch_subscriptions=max_watch_subscriptions, security=_security,
+                    lock=self._lock)
         self._ctx: zmq.Context | None = None
         self._ctx_pid: int | None = None
         self._local = threading.local()
         self._live: weakref.WeakSet[_ThreadSocket] = weakref.WeakSet()
-        self._ids = itertools.count(random.getrandbits(40) + 1)
-        self._closed = False
         self._stop_sync = threading.Event()
-        self.requests_sent = 0
-        self._security = _security if _security is not None else Security(
-            server_key=server_key, key_file=key_file, user=user, password=password)
         if self.auto_sync_interval > 0:
             threading.Thread(target=_auto_sync, args=(weakref.ref(self), self._stop_sync,
                                                       self.auto_sync_interval),
@@ -225,20 +199,12 @@ class Client:
     def _derive(self, endpoints: Sequence[str], timeout: float) -> "Client":
         """A client of other endpoints/timeout with this one's keys, user and token (the
         watch's, the lease router's); it has its own backoff."""
-        return Client(list(endpoints), timeout=timeout, backoff_base=self._backoff.base,
-                      backoff_max=self._backoff.maximum,
-                      max_watch_subscriptions=self.max_watch_subscriptions,
-                      _security=self._security)
+        return Client(list(endpoints), timeout=timeout, **self._derived_options())
 
     @property
     def auth(self) -> Auth:
         """etcd's Auth API: ``client.auth.user_add(...)``, ``role_grant_permission``..."""
         return Auth(self)
-
-    @property
-    def public_key(self) -> str | None:
-        """This client's CURVE public key (Z85), None without CURVE."""
-        return self._security.public_key
 
     # -- lifecycle ----------------------------------------------------------------------
     def close(self) -> None:
@@ -270,16 +236,9 @@ class Client:
         """Replace the endpoint list by the client URLs of the started, non-learner members
         (``member_list`` now, clientv3's Sync); an empty answer keeps the list. Returns the
         new list."""
-        resp = self.member_list(timeout=timeout)
-        with self._lock:
-            asked = self.endpoints[self._preferred % len(self.endpoints)]
-        new = endpoints_from_members(resp.members, asked)
-        if new:
-            with self._lock:
-                current = self.endpoints[self._preferred % len(self.endpoints)]
-                self.endpoints = new  # replaced, never changed in place
-                self._preferred = new.index(current) if current in new else 0
-        return list(self.endpoints)
+        asked = self._asked_endpoint()
+        self._adopt_members(self.member_list(timeout=timeout).members, asked)
+        return list(self.endpoints)  # a thread's socket to a dropped one goes at its next call
 
     # -- KV API ---------------------------------------------------------------------------
     def put(self, key: Any, value: Any = b"", lease: int = 0, prev_kv: bool = False,
@@ -554,12 +513,6 @@ class Client:
         self._local.holder = None
         if holder is not None:
             holder.close()
-
-    def _fail_over(self, endpoint: str) -> None:
-        with self._lock:
-            eps = self.endpoints
-            if eps[self._preferred % len(eps)] == endpoint:
-                self._preferred = (self._preferred + 1) % len(eps)
 
     def _call(self, req: dict[str, Any], *, write: bool,
               timeout: float | None = None) -> dict[str, Any]:
