@@ -199,6 +199,7 @@ class Failover:
         self._busy_until = 0.0
         self._retry_same = False
         self.last_error: QkvError | None = None
+        self.refusal: QkvError | None = None  # the last retryable refusal a server gave
         self.handshake: str | None = None  # why a CURVE handshake failed, if one did
         self.sent_any = False
         self.attempts = 0
@@ -295,7 +296,7 @@ class Failover:
             self._backoff.succeeded()
             raise err
         # The server says it did not take effect: another member may serve it.
-        self.last_error = err
+        self.last_error = self.refusal = err
         self._refused += 1
         self._advance(failed=True)
         if self._in_round == 0 and self._round_refused >= self.n:
@@ -306,8 +307,11 @@ class Failover:
         return None
 
     def final_error(self) -> QkvError:
-        """The error the call ends with at its deadline."""
+        """The error the call ends with at its deadline. A server's refusal (``no_leader``...)
+        says more than a last attempt that ran out of time: it wins over a ``Timeout``."""
         last = self.last_error
+        if isinstance(last, Timeout) and self.refusal is not None:
+            return self.refusal
         if last is None:
             if self.attempts:
                 return Timeout(f"request timed out after {self.timeout:g}s "
