@@ -83,11 +83,11 @@ CALL_TIMEOUT_S = 2.0
 
 
 def _bound(n: int, elapsed: float) -> int:
-    """The design's bound (design-16.md "Failover, backoff, bound"), with room for the
-    warm-up: each worker may run its first rounds before the client's backoff has grown
-    (5 rounds of n requests each, and one round in flight per worker), then at most 2n
-    requests per second (defaults: backoff_base 0.05, backoff_max 1.0)."""
-    return WORKERS * n * 6 + int(2 * n * elapsed) + n
+    """The client's bound (protocol/client/core.py): the backoff is the client's, shared by
+    all its workers, so the first 6 failed rounds (6n sends, paced ever more slowly) are
+    the warm-up, plus one send in flight per worker; from then on at most 2n requests per
+    second (defaults: backoff_base 0.05, backoff_max 1.0); one more round of slack."""
+    return 6 * n + WORKERS + int(2 * n * elapsed) + n
 
 
 def test_failover_during_an_election_sends_a_bounded_number_of_requests(cluster_factory):
