@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed-stamp
 DATA_DIR ?= ./default.qkv
 PYTEST_ARGS ?=
 
-.PHONY: run test test-fast typecheck bench bench-restart bench-cluster bench-watch bench-lease bench-scale cluster sim robustness clean help
+.PHONY: run test test-fast typecheck bench bench-restart bench-cluster bench-watch bench-lease bench-client bench-scale cluster sim robustness clean help
 
 help:
 	@echo "make run    - set up .venv and start one node (data dir $(DATA_DIR), clients on tcp://127.0.0.1:7379)"
@@ -19,6 +19,7 @@ help:
 	@echo "make bench-cluster - benchmark a fresh local 3-node cluster"
 	@echo "make bench-watch - watch fan-out, latency and memory figures"
 	@echo "make bench-lease - keep-alive throughput with 10,000 leases, lock cycles with 1 and 16 contenders"
+	@echo "make bench-client - client throughput: 1,000 asyncio tasks through one AsyncClient beside 64 threads through one Client"
 	@echo "make bench-scale - Kubernetes-sized figures (1M keys, churn with compaction, paged list, 10k watchers, 10k leases) beside etcd 3.4's when /usr/bin/etcd is installed (< 20 min; SCALE_* env vars scale it)"
 	@echo "make sim SEEDS=100000 - the deterministic simulator for many seeds: Raft + MVCC, then with membership changes and leases too"
 	@echo "make robustness DURATION=600 [NETWORK=faults|netns|both] - fault scenarios with recorded histories, checked for linearizability and watch guarantees"
@@ -67,6 +68,9 @@ bench-watch: $(STAMP)
 bench-lease: $(STAMP)
 	$(BIN)/python tests/bench/bench_lease.py
 	$(BIN)/python tests/bench/bench_lock.py
+
+bench-client: $(STAMP)
+	$(BIN)/python tests/bench/bench_client.py
 
 # The etcd comparison's gRPC client needs the optional `bench` extra.
 BENCH_STAMP := $(VENV)/.installed-bench-stamp
