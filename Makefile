@@ -39,19 +39,20 @@ run: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/python -m mypy
 
-# The whole suite: the unit and simulator tests on two workers (as test-fast, at full
+# The whole suite: the unit and simulator tests on four workers (as test-fast, at full
 # counts), then everything that starts real nodes in one process (clusters need the cores).
 test: typecheck
-	$(BIN)/python -m pytest -q -n 2 tests/unit tests/sim $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q -n 4 tests/unit tests/sim $(PYTEST_ARGS)
 	$(BIN)/python -m pytest -q --ignore=tests/unit --ignore=tests/sim $(PYTEST_ARGS)
 
 # The edit loop: every unit and simulator test, with less of each randomized one
 # (tests/lanes.py): property tests try a quarter of their examples (QKV_TEST_LANE=fast), the
-# simulator runs seeds 0-199 (make test: 0-499; make sim: 10,000), on two workers (pytest-xdist:
-# these tests are CPU-bound or wait on their own in-process servers, so two run side by side;
-# make test stays one process, its clusters need the cores). About 70 s on 2 cores.
+# simulator runs seeds 0-199 (make test: 0-499; make sim: 10,000), on four workers (pytest-xdist:
+# these tests are CPU-bound or, the client tests run with both clients, wait on the timers of
+# their own in-process servers, so four keep two cores busy; the node-starting half stays one
+# process, its clusters need the cores). About 70 s on 2 cores.
 test-fast: typecheck
-	QKV_TEST_LANE=fast $(BIN)/python -m pytest -q -n 2 tests/unit tests/sim --sim-seeds 200 $(PYTEST_ARGS)
+	QKV_TEST_LANE=fast $(BIN)/python -m pytest -q -n 4 tests/unit tests/sim --sim-seeds 200 $(PYTEST_ARGS)
 
 bench: $(STAMP)
 	$(BIN)/python tests/bench/bench_node.py
