@@ -244,6 +244,7 @@ class FakeServer:
         self.drop_replies = False
         self.drop_count: int | None = None  # with drop_replies: drop only this many
         self.delay_s = 0.0
+        self.replies_sent = 0  # replies that left (tests wait on it)
         self.requests: list[dict[str, Any]] = []
         self.version = "3.4.23-fake"
         self.old_revision_count = 0
@@ -401,6 +402,8 @@ class FakeServer:
             self._sock.send_multipart(frames, zmq.NOBLOCK)
         except zmq.ZMQError:
             pass  # the client went away (ROUTER_MANDATORY) or its queue is full
+        else:
+            self.replies_sent += 1
 
     def _frame(self, client_id: Any, response: dict[str, Any] | None, error: Any,
                revision: int | None = None) -> bytes:

@@ -28,6 +28,14 @@ def run(coro):
     return asyncio.run(asyncio.wait_for(coro, 60))
 
 
+async def until(cond, timeout: float, what: str) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not cond():
+        assert loop.time() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.01)
+
+
 def dead_endpoint() -> str:
     s = socket.socket()
     s.bind(("127.0.0.1", 0))
@@ -105,10 +113,11 @@ def test_late_reply_dropped(srv):
         async with AsyncClient([srv.endpoint], timeout=2) as c:
             await c.put("k", "v1")
             srv.delay_s = 0.6
+            sent = srv.replies_sent
             with pytest.raises(errors.Timeout):
                 await c.get("k", timeout=0.3)
             srv.delay_s = 0.0
-            await asyncio.sleep(0.5)  # the late reply arrives and is dropped
+            await until(lambda: srv.replies_sent > sent, 5, "the late reply")  # arrives, dropped
             await c.put("k", "v2")
             assert (await c.get("k")).kvs[0].value == b"v2"
             assert next(iter(c._conns.values())).pending == {}
@@ -183,7 +192,7 @@ def test_close_fails_waiting_requests_and_later_calls(srv):
         await c.put("k", "v")
         srv.delay_s = 2.0
         waiting = asyncio.ensure_future(c.get("k"))
-        await asyncio.sleep(0.2)
+        await until(lambda: any(conn.pending for conn in c._conns.values()), 5, "the get in flight")
         await c.close()
         with pytest.raises(errors.Unavailable):
             await waiting
