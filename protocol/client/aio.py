@@ -37,7 +37,7 @@ from protocol.client import calls
 from protocol.client.auth import Auth, Security
 from protocol.client.calls import Call
 from protocol.client.base import DEFAULT_ENDPOINT, DEFAULT_TIMEOUT_S, ClientBase  # noqa: F401
-from protocol.client.client import HANDSHAKE_EVENTS, drain_handshake
+from protocol.client.client import HANDSHAKE_EVENTS, close_monitored, drain_handshake
 from protocol.client.core import (
     DEFAULT_BACKOFF_BASE_S, DEFAULT_BACKOFF_MAX_S, Failover, Reauth, with_token,
 )
@@ -142,17 +142,7 @@ class _Conn:
         if not self.reader.done():
             self.reader.cancel()
         self.fail_all(Unavailable(f"the connection to {self.endpoint} was closed"))
-        if sock is not None and mon is not None:
-            try:
-                sock.disable_monitor()
-            except zmq.ZMQError:
-                pass
-        for s in (mon, sock):
-            if s is not None:
-                try:
-                    s.close(linger=0)
-                except zmq.ZMQError:
-                    pass
+        close_monitored(sock, mon)
 
 
 def _sync_ctx(ctx: zmq.asyncio.Context) -> zmq.Context:

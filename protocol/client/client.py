@@ -72,6 +72,22 @@ HANDSHAKE_EVENTS = (zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL | zmq.EVENT_HANDSHAKE_F
 _HANDSHAKE_EVENTS = HANDSHAKE_EVENTS
 
 
+def close_monitored(sock: Any, mon: Any) -> None:
+    """Close a DEALER and its handshake monitor (either may be None), linger 0: what they
+    hold is dropped. Shared with the asyncio client's connections."""
+    if sock is not None and mon is not None:
+        try:
+            sock.disable_monitor()
+        except zmq.ZMQError:
+            pass
+    for s in (mon, sock):
+        if s is not None:
+            try:
+                s.close(linger=0)
+            except zmq.ZMQError:
+                pass
+
+
 def drain_handshake(mon: zmq.Socket, current: str | None) -> str | None:
     """Read the monitor events waiting on ``mon`` (a sync PAIR socket): why the CURVE
     handshake failed so far (None: it did not, or it succeeded since)."""
@@ -122,17 +138,7 @@ class _ThreadSocket:
         mon, self.monitor = self.monitor, None
         if self.pid != os.getpid():
             return
-        if sock is not None and mon is not None:
-            try:
-                sock.disable_monitor()
-            except zmq.ZMQError:
-                pass
-        for s in (mon, sock):
-            if s is not None:
-                try:
-                    s.close(linger=0)
-                except zmq.ZMQError:
-                    pass
+        close_monitored(sock, mon)
 
     def __del__(self) -> None:  # the owning thread ended without closing it
         self.close()
