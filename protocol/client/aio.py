@@ -125,8 +125,15 @@ class _Conn:
                     fut.set_result(reply)
                 continue  # else: a late reply to a request that timed out: dropped
             if rid is None and reply.get("ok") is False and self.pending:
-                # The server could not decode a request of ours and cannot say which.
-                self.fail_all(QkvError.from_wire(reply.get("error")))
+                # The server could not decode a request of ours and cannot say which. With
+                # one in flight it is that one; with several, none of them may be told it
+                # failed for sure (a write among them may have taken effect).
+                err = QkvError.from_wire(reply.get("error"))
+                if len(self.pending) > 1:
+                    err = Internal(f"{self.endpoint} refused a request of this connection without "
+                                   f"saying which ({err.code}: {err.message}); the outcome of each "
+                                   "request then in flight is unknown", outcome_unknown=True)
+                self.fail_all(err)
 
     def fail_all(self, exc: QkvError) -> None:
         """Fail every request waiting on this socket with ``exc``."""

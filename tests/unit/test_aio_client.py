@@ -165,6 +165,37 @@ def test_broken_reply_stream_is_a_clear_error():
         g.close()
 
 
+class IdLess(Garbage):
+    """A ROUTER that waits for two requests, then answers one error reply without an id
+    (as a server does for a frame it cannot decode)."""
+
+    def run(self) -> None:
+        got = []
+        while not self.stop.is_set():
+            if self.sock.poll(50):
+                got.append(self.sock.recv_multipart())
+                if len(got) == 2:
+                    self.sock.send_multipart([got[0][0], pack(
+                        {"ok": False, "error": {"code": "malformed", "message": "bad frame"}})])
+
+
+def test_an_error_without_id_never_tells_a_write_it_failed_for_sure():
+    g = IdLess()
+    try:
+        async def main():
+            async with AsyncClient([g.endpoint], timeout=2) as c:
+                put = asyncio.ensure_future(c.put("k", "v"))
+                get = asyncio.ensure_future(c.get("k"))
+                for fut in (put, get):
+                    with pytest.raises(errors.Internal) as exc:
+                        await fut
+                    assert "outcome of each request then in flight is unknown" in exc.value.message
+                    assert exc.value.details.get("outcome_unknown") is True
+        run(main())
+    finally:
+        g.close()
+
+
 def test_auth_tokens_and_reauth(srv):
     srv.enable_auth()
 
