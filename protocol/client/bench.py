@@ -61,6 +61,7 @@ class BenchResult:
     errors: dict[str, int] = field(default_factory=dict)
     total_s: float = 0.0
     last_reply_s: float = 0.0  # from the start to the last answer (or timeout) counted
+    started_at: float = 0.0  # time.perf_counter() when the first request was sent
 
     @property
     def error_count(self) -> int:
@@ -183,7 +184,7 @@ def run(cfg: BenchConfig, progress: Callable[[int, int | None, float], None] | N
     lats = result.latencies_s
     errors = result.errors
     perf = time.perf_counter
-    start = perf()
+    start = result.started_at = perf()
     end_at = start + cfg.duration_s if cfg.duration_s is not None else math.inf
     total = cfg.total
     interval = 1.0 / cfg.rate if cfg.rate else 0.0
@@ -380,6 +381,141 @@ class ProgressBar:
         if self.enabled:
             self.stream.write("\n")
             self.stream.flush()
+
+
+# -- benchmark watch: one watcher, then puts under its prefix -----------------------------------
+# The watcher runs in a process of its own (spawned), so that decoding its events does not
+# share the runner's interpreter lock; both stamp time.perf_counter(), which is
+# CLOCK_MONOTONIC, one clock for every process of the machine.
+@dataclass
+class WatchTally:
+    """The watcher's count: its events and when the last one arrived (perf_counter)."""
+
+    expected: int
+    events: int = 0
+    last_at: float = 0.0
+
+    def add(self, n: int, at: float) -> bool:
+        """Count one response's ``n`` events, arrived at ``at``; True once every expected
+        event is in."""
+        if n > 0:
+            self.events += n
+            self.last_at = at
+        return self.done
+
+    @property
+    def done(self) -> bool:
+        return self.events >= self.expected
+
+
+@dataclass
+class WatchBenchResult:
+    puts: BenchResult
+    events: int
+    last_event_at: float  # perf_counter when the watcher had its last event; 0.0: none came
+
+    @property
+    def acknowledged(self) -> int:
+        return len(self.puts.latencies_s)
+
+    @property
+    def missing(self) -> int:
+        """Acknowledged puts whose event the watcher never had."""
+        return max(0, self.acknowledged - self.events)
+
+    @property
+    def elapsed_s(self) -> float:
+        """From the first put sent until the watcher had its last event."""
+        if self.events <= 0:
+            return math.nan
+        return self.last_event_at - self.puts.started_at
+
+
+def format_watch_report(r: WatchBenchResult) -> str:
+    puts, elapsed = r.puts, r.elapsed_s
+    put_rps = r.acknowledged / puts.total_s if puts.total_s > 0 else 0.0
+    ev_rps = r.events / elapsed if elapsed > 0 else 0.0
+    s = format_report(puts)
+    s += "\nWatch summary:\n"
+    s += f"  Puts:\t{r.acknowledged} acknowledged, {puts.error_count} errors, in {_sec(puts.total_s)} " \
+         f"({put_rps:.1f} puts/s).\n"
+    s += f"  Events:\t{r.events} received, {r.missing} missing.\n"
+    if r.events:
+        s += f"  Watch time:\t{_sec(elapsed)} from the first put sent to the watcher's last event " \
+             f"({ev_rps:.1f} events/s).\n"
+    else:
+        s += "  Watch time:\tnone: the watcher had no event.\n"
+    return s
+
+
+def _watcher_main(endpoints: list[str], client_options: dict[str, Any], timeout_s: float, prefix: bytes,
+                  expected: int, idle_s: float, ready: Any, out: Any) -> None:
+    """The watcher process: watch ``prefix``, say ready, then count events until it has
+    ``expected`` of them or none came for ``idle_s`` after the first (``idle_s`` x 6 before
+    it); put (events, last arrival) on ``out``."""
+    from protocol.client.client import Client
+
+    try:
+        with Client(endpoints, timeout=timeout_s, **client_options) as c:
+            w = c.watch(prefix, prefix=True)
+            ready.put(("ready", w.start_revision))
+            tally = WatchTally(expected)
+            perf = time.perf_counter
+            while not tally.done:
+                resp = w.get(timeout=idle_s if tally.events else idle_s * 6)
+                if resp is None:
+                    break
+                tally.add(len(resp.events), perf())
+            w.cancel()
+            out.put(("done", tally.events, tally.last_at))
+    except Exception as exc:  # noqa: BLE001 - reported by the parent, which raises it
+        ready.put(("error", f"{type(exc).__name__}: {exc}"))
+        out.put(("error", f"{type(exc).__name__}: {exc}"))
+
+
+def _take(q: Any, proc: Any, timeout_s: float, what: str) -> Any:
+    """The next message of a child's queue; raises when the child died or took too long."""
+    import queue
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            msg = q.get(timeout=0.2)
+        except queue.Empty:
+            if not proc.is_alive():
+                raise RuntimeError(f"the watcher process exited ({proc.exitcode}) before {what}") from None
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the watcher process took over {timeout_s:g}s for {what}") from None
+            continue
+        if msg[0] == "error":
+            raise RuntimeError(f"the watcher failed: {msg[1]}")
+        return msg
+
+
+def run_watch(cfg: BenchConfig, client_options: dict[str, Any] | None = None, idle_s: float = 5.0,
+              progress: Callable[[int, int | None, float], None] | None = None) -> WatchBenchResult:
+    """One watcher on ``cfg.key_prefix`` (a process of its own), then ``cfg.total`` puts
+    under that prefix through :func:`run`; how long until the watcher had every event."""
+    import multiprocessing
+
+    if cfg.kind != "put" or cfg.total is None or not cfg.key_prefix:
+        raise ValueError("a watch benchmark is a put benchmark with a total and a key prefix")
+    ctx = multiprocessing.get_context("spawn")
+    ready, out = ctx.Queue(), ctx.Queue()
+    proc = ctx.Process(target=_watcher_main, name="qkv-bench-watcher", daemon=True,
+                       args=(cfg.endpoints, dict(client_options or {}), cfg.timeout_s, cfg.key_prefix, cfg.total,
+                             idle_s, ready, out))
+    proc.start()
+    try:
+        _take(ready, proc, 60.0, "its watch was set up")
+        puts = run(cfg, progress)
+        _, events, last_at = _take(out, proc, idle_s * 7 + 60.0, "it had every event")
+        proc.join(10)
+    finally:
+        if proc.is_alive():
+            proc.terminate()
+            proc.join(5)
+    return WatchBenchResult(puts, events, last_at)
 
 
 def main(cfg: BenchConfig, out: TextIO | None = None, err: TextIO | None = None) -> BenchResult:

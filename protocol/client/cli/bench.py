@@ -1,4 +1,4 @@
-"""``benchmark put|range|txn-put`` (etcd's tools/benchmark; the runner is
+"""``benchmark put|range|txn-put|watch`` (etcd's tools/benchmark; the runner is
 protocol/client/bench.py). ``--clients``, ``--total`` and ``--duration`` may be given
 before the subcommand (as etcd's benchmark takes them) or after it."""
 from __future__ import annotations
@@ -132,6 +132,50 @@ def bench_txn_put(
     """Benchmark put through txn."""
     _bench(ctx, "txn-put", clients, total, duration, key_size=key_size, val_size=val_size,
            key_space_size=key_space_size, txn_ops=txn_ops, sequential_keys=True)
+
+
+@benchmark_app.command("watch")
+def bench_watch(
+    ctx: typer.Context,
+    clients: Optional[int] = typer.Option(None, "--clients", help="concurrent logical clients putting (default 64)"),
+    total: Optional[int] = typer.Option(None, "--total", help="puts, so events the watcher must get (default 10000)"),
+    prefix: str = typer.Option("/qkv-bench-watch/", "--prefix", help="the watched prefix the puts go under"),
+    key_size: int = typer.Option(8, "--key-size", help="key size of put request (after the prefix)"),
+    val_size: int = typer.Option(256, "--val-size", help="value size of put request"),
+) -> None:
+    """Benchmark watch delivery: one watcher on a prefix (a process of its own), then --total
+    puts under it from --clients clients; the time from the first put sent until the watcher
+    has had every event."""
+    from protocol.client import bench
+    from protocol.client.client import normalize_endpoint
+
+    g = globals_of(ctx)
+    common = ctx.parent.obj if ctx.parent is not None and isinstance(ctx.parent.obj, _BenchCommon) \
+        else _BenchCommon()
+    with errors():
+        clients = clients or common.clients or 64
+        total = total if total is not None else (common.total if common.total is not None else 10_000)
+        if total < 1 or clients < 1:
+            raise CliError("--total and --clients must be >= 1", EXIT_BAD_ARGS)
+        if common.duration is not None:
+            raise CliError("benchmark watch takes --total, not --duration", EXIT_BAD_ARGS)
+        key = arg(prefix)
+        if not key:
+            raise CliError("--prefix must not be empty", EXIT_BAD_ARGS)
+        curve, token = _bench_credentials(g)
+        cfg = bench.BenchConfig(kind="put", endpoints=[normalize_endpoint(e) for e in g.endpoints],
+                                clients=clients, total=total, key_size=key_size, val_size=val_size,
+                                key_space_size=total, sequential_keys=True, key_prefix=key,
+                                timeout_s=g.command_timeout_s, curve=curve, token=token)
+        bar = bench.ProgressBar(sys.stderr)
+        result = bench.run_watch(cfg, g.client_options(), progress=bar)
+        bar.finish()
+        sys.stdout.write(bench.format_watch_report(result))
+        sys.stdout.flush()
+        if not result.acknowledged:
+            raise CliError(f"all {result.puts.error_count} puts failed", EXIT_ERROR)
+        if result.missing:
+            raise CliError(f"the watcher missed {result.missing} events", EXIT_ERROR)
 
 
 # -- check perf (etcdctl's check.go) ----------------------------------------------------------
