@@ -259,8 +259,12 @@ class Actor:
         hint = self.poll_timeout_ms()
         if hint is not None:
             timeout_ms = min(timeout_ms, hint)
+        if not self.poller.sockets:
+            # zmq_poll returns at once when given no socket (the metrics actor, whose work is
+            # in its HTTP threads, has none): wait out the timeout here, not in a busy loop.
+            time.sleep(timeout_ms / 1000)
         try:
-            events = self.poller.poll(timeout_ms)
+            events = self.poller.poll(timeout_ms) if self.poller.sockets else []
         except zmq.ZMQError as exc:
             if exc.errno == errno.EINTR:  # a signal; the handler set a flag
                 return
