@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed-stamp
 DATA_DIR ?= ./default.qkv
 PYTEST_ARGS ?=
 
-.PHONY: run test test-fast typecheck bench bench-restart bench-cluster bench-watch bench-lease bench-client bench-scale cluster sim robustness clean help
+.PHONY: run test test-fast typecheck bench bench-restart bench-cluster bench-watch bench-lease bench-client bench-scale bench-compare cluster sim robustness clean help
 
 help:
 	@echo "make run    - set up .venv and start one node (data dir $(DATA_DIR), clients on tcp://127.0.0.1:7379)"
@@ -21,6 +21,7 @@ help:
 	@echo "make bench-lease - keep-alive throughput with 10,000 leases, lock cycles with 1 and 16 contenders"
 	@echo "make bench-client - client throughput: 1,000 asyncio tasks through one AsyncClient beside 64 threads through one Client"
 	@echo "make bench-scale - Kubernetes-sized figures (1M keys, churn with compaction, paged list, 10k watchers, 10k leases) beside etcd 3.4's when /usr/bin/etcd is installed (< 20 min; SCALE_* env vars scale it)"
+	@echo "make bench-compare - etcd 3.4 (when /usr/bin/etcd is installed) beside quorumkv, one node then 3 nodes, each fresh: puts with 1 and 64 clients, linearizable and serializable gets, watch delivery; requests/s, p99, ratio, CPU per 1,000 requests (~4 min; BENCH_TOTAL etc. scale it)"
 	@echo "make sim SEEDS=100000 - the deterministic simulator for many seeds: Raft + MVCC, then with membership changes and leases too"
 	@echo "make robustness DURATION=600 [NETWORK=faults|netns|both] - fault scenarios with recorded histories, checked for linearizability and watch guarantees"
 
@@ -81,6 +82,9 @@ $(BENCH_STAMP): $(STAMP) pyproject.toml
 
 bench-scale: $(BENCH_STAMP)
 	$(BIN)/python tests/bench/bench_scale.py
+
+bench-compare: $(BENCH_STAMP)
+	$(BIN)/python tests/bench/bench_compare.py
 
 cluster: $(STAMP)
 	exec $(BIN)/python deploy/cluster.py

@@ -4,7 +4,8 @@
   kv.proto the benches use, same packages and field numbers) with grpc_tools.protoc
   into a temporary directory once per run (child processes find it through the
   environment) and returns the generated modules.
-- `EtcdProcess` runs /usr/bin/etcd as a one-member cluster on free ports with its data
+- `EtcdProcess` runs /usr/bin/etcd as a one-member cluster (or, with `initial_cluster` set,
+  one member of a static cluster) on free ports with its data
   dir under a given directory, and always stops it (`stop()`, also from `atexit`).
 
 Needs the optional `bench` extra (grpcio, grpcio-tools, protobuf).
@@ -78,13 +79,17 @@ def channel(target: str):
 class EtcdProcess:
     """One etcd member on 127.0.0.1 free ports, data dir `<base>/<name>.etcd`."""
 
-    def __init__(self, base: Path, name: str = "etcd", quota_bytes: int = 8 << 30) -> None:
+    def __init__(self, base: Path, name: str = "etcd", quota_bytes: int = 8 << 30,
+                 peer_port: int | None = None) -> None:
+        """`peer_port`: a port chosen by the caller (a cluster names every member's peer URL
+        in each one's `initial_cluster` before any starts)."""
         from nodeproc import free_port
 
         self.name = name
         self.data_dir = str(base / f"{name}.etcd")
         self.client_port = free_port()
-        self.peer_port = free_port()
+        self.peer_port = peer_port or free_port()
+        self.initial_cluster = ""  # "name=peer-url,...": a member of a cluster; empty: one member
         self.target = f"127.0.0.1:{self.client_port}"
         self.quota_bytes = quota_bytes
         self.log_path = base / f"{name}.log"
@@ -98,7 +103,7 @@ class EtcdProcess:
         return [ETCD, "--name", self.name, "--data-dir", self.data_dir,
                 "--listen-client-urls", client, "--advertise-client-urls", client,
                 "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
-                "--initial-cluster", f"{self.name}={peer}", "--initial-cluster-state", "new",
+                "--initial-cluster", self.initial_cluster or f"{self.name}={peer}", "--initial-cluster-state", "new",
                 "--quota-backend-bytes", str(self.quota_bytes),
                 "--logger", "zap", "--log-outputs", "stderr", "--log-level", "warn"]
 
