@@ -17,7 +17,7 @@ import random
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, TextIO
+from typing import Any, Callable, Mapping, TextIO
 
 import msgpack
 import zmq
@@ -492,7 +492,7 @@ def _take(q: Any, proc: Any, timeout_s: float, what: str) -> Any:
         return msg
 
 
-def run_watch(cfg: BenchConfig, client_options: dict[str, Any] | None = None, idle_s: float = 5.0,
+def run_watch(cfg: BenchConfig, client_options: Mapping[str, Any] | None = None, idle_s: float = 5.0,
               progress: Callable[[int, int | None, float], None] | None = None) -> WatchBenchResult:
     """One watcher on ``cfg.key_prefix`` (a process of its own), then ``cfg.total`` puts
     under that prefix through :func:`run`; how long until the watcher had every event."""

@@ -122,3 +122,30 @@ def test_timeouts_are_counted_and_sockets_recreated(srv):
     assert result.errors == {"timeout: no reply within 0.3s": 3}
     assert len(result.latencies_s) == 27
     assert "  [3]\ttimeout: no reply within 0.3s" in out.getvalue()
+
+
+def test_watch_tally_and_report_count_every_event_and_the_missing_ones():
+    tally = bench.WatchTally(expected=5)
+    assert not tally.add(2, 10.0) and tally.events == 2 and tally.last_at == 10.0
+    assert not tally.add(0, 11.0) and tally.last_at == 10.0  # a progress notification: no event
+    assert tally.add(3, 12.5) and tally.done and tally.last_at == 12.5
+    puts = bench.BenchResult(latencies_s=[0.01] * 5, total_s=2.0, started_at=10.5)
+    res = bench.WatchBenchResult(puts, tally.events, tally.last_at)
+    assert res.acknowledged == 5 and res.missing == 0 and res.elapsed_s == 2.0
+    text = bench.format_watch_report(res)
+    assert "  Events:\t5 received, 0 missing.\n" in text
+    assert "  Watch time:\t2.0000 secs from the first put sent" in text and "(2.5 events/s)" in text
+    short = bench.WatchBenchResult(bench.BenchResult(latencies_s=[0.01] * 5, errors={"timeout": 1}, total_s=1.0),
+                                   3, 1.0)
+    assert short.missing == 2 and "  Puts:\t5 acknowledged, 1 errors," in bench.format_watch_report(short)
+    none = bench.WatchBenchResult(bench.BenchResult(latencies_s=[0.01], total_s=1.0), 0, 0.0)
+    assert none.missing == 1 and "the watcher had no event" in bench.format_watch_report(none)
+
+
+def test_a_watch_benchmark_needs_a_put_total_and_prefix():
+    import pytest
+
+    with pytest.raises(ValueError):
+        bench.run_watch(bench.BenchConfig(kind="put", endpoints=["tcp://x:1"], total=10))
+    with pytest.raises(ValueError):
+        bench.run_watch(bench.BenchConfig(kind="range", endpoints=["tcp://x:1"], total=10, key_prefix=b"p/"))
