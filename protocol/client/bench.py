@@ -62,6 +62,7 @@ class BenchResult:
     total_s: float = 0.0
     last_reply_s: float = 0.0  # from the start to the last answer (or timeout) counted
     started_at: float = 0.0  # time.perf_counter() when the first request was sent
+    cpu_s: float = 0.0  # this process's CPU time (every thread) from the first request to the end
 
     @property
     def error_count(self) -> int:
@@ -184,6 +185,7 @@ def run(cfg: BenchConfig, progress: Callable[[int, int | None, float], None] | N
     lats = result.latencies_s
     errors = result.errors
     perf = time.perf_counter
+    cpu0 = time.process_time()
     start = result.started_at = perf()
     end_at = start + cfg.duration_s if cfg.duration_s is not None else math.inf
     total = cfg.total
@@ -271,6 +273,7 @@ def run(cfg: BenchConfig, progress: Callable[[int, int | None, float], None] | N
                 if progress is not None:
                     progress(done, total, now - start)
         result.total_s = perf() - start
+        result.cpu_s = time.process_time() - cpu0
         if progress is not None:
             progress(done, total, result.total_s)
     finally:
@@ -413,6 +416,7 @@ class WatchBenchResult:
     puts: BenchResult
     events: int
     last_event_at: float  # perf_counter when the watcher had its last event; 0.0: none came
+    watcher_cpu_s: float = 0.0  # the watcher process's CPU time from its watch set up to its end
 
     @property
     def acknowledged(self) -> int:
@@ -459,6 +463,7 @@ def _watcher_main(endpoints: list[str], client_options: dict[str, Any], timeout_
         with Client(endpoints, timeout=timeout_s, **client_options) as c:
             w = c.watch(prefix, prefix=True)
             ready.put(("ready", w.start_revision))
+            cpu0 = time.process_time()
             tally = WatchTally(expected)
             perf = time.perf_counter
             while not tally.done:
@@ -467,7 +472,7 @@ def _watcher_main(endpoints: list[str], client_options: dict[str, Any], timeout_
                     break
                 tally.add(len(resp.events), perf())
             w.cancel()
-            out.put(("done", tally.events, tally.last_at))
+            out.put(("done", tally.events, tally.last_at, time.process_time() - cpu0))
     except Exception as exc:  # noqa: BLE001 - reported by the parent, which raises it
         ready.put(("error", f"{type(exc).__name__}: {exc}"))
         out.put(("error", f"{type(exc).__name__}: {exc}"))
@@ -509,13 +514,13 @@ def run_watch(cfg: BenchConfig, client_options: Mapping[str, Any] | None = None,
     try:
         _take(ready, proc, 60.0, "its watch was set up")
         puts = run(cfg, progress)
-        _, events, last_at = _take(out, proc, idle_s * 7 + 60.0, "it had every event")
+        _, events, last_at, watcher_cpu = _take(out, proc, idle_s * 7 + 60.0, "it had every event")
         proc.join(10)
     finally:
         if proc.is_alive():
             proc.terminate()
             proc.join(5)
-    return WatchBenchResult(puts, events, last_at)
+    return WatchBenchResult(puts, events, last_at, watcher_cpu)
 
 
 def main(cfg: BenchConfig, out: TextIO | None = None, err: TextIO | None = None) -> BenchResult:

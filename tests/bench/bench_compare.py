@@ -75,6 +75,7 @@ class Figure:
     errors: int = 0
     cpu: dict[str, float] = field(default_factory=dict)  # process (or role) -> CPU seconds
     failed: str = ""
+    client_all_s: float = math.nan  # the load generator's CPU seconds, start-up included (rusage)
 
 
 def run_client(cmd: list[str], pids: dict[str, int]) -> tuple[str, float, dict[str, float]]:
@@ -155,12 +156,13 @@ class EtcdSystem:
         return base + ["watch", *common]
 
     def measure(self, kind: str, clients: int, total: int) -> Figure:
-        text, client_cpu, cpu = run_client(self.command(kind, clients, total), self.pids())
+        text, client_all, cpu = run_client(self.command(kind, clients, total), self.pids())
         res = json.loads(next(line for line in text.splitlines() if line.startswith("RESULT "))[7:])
-        cpu["load generator"] = client_cpu
+        cpu["load generator"] = res["cpu_s"]
         return Figure(rps=res["rps"], p99_ms=res["p99_ms"], watch_s=res.get("watch_s", math.nan),
                       requests=res["ok"], errors=sum(res["errors"].values()) + res.get("missing", 0), cpu=cpu,
-                      failed=f"{res.get('missing')} events missing" if res.get("missing") else "")
+                      failed=f"{res.get('missing')} events missing" if res.get("missing") else "",
+                      client_all_s=client_all)
 
 
 # -- quorumkv -------------------------------------------------------------------------------------
@@ -199,6 +201,9 @@ class QkvSystem:
     def qkvctl(self) -> list[str]:
         return [sys.executable, "-m", "protocol.client.cli", "--endpoints", self.url]
 
+    def benchmark(self) -> list[str]:
+        return self.qkvctl() + ["benchmark", "--report-cpu"]
+
     def pids(self) -> dict[str, int]:
         return {f"{n.name}/{role}": pid for n in self.nodes for role, pid in n.actor_pids().items()}
 
@@ -208,23 +213,24 @@ class QkvSystem:
     def command(self, kind: str, clients: int, total: int) -> list[str]:
         common = ["--clients", str(clients), "--total", str(total)]
         if kind == "put":
-            return self.qkvctl() + ["benchmark", "put", "--key-size", "8", "--val-size", "256",
+            return self.benchmark() + ["put", "--key-size", "8", "--val-size", "256",
                                     "--key-space-size", str(KEY_SPACE), *common]
         if kind.startswith("range"):
-            return self.qkvctl() + ["benchmark", "range", "foo", "--consistency", kind[-1], *common]
-        return self.qkvctl() + ["benchmark", "watch", "--key-size", "8", "--val-size", "256", *common]
+            return self.benchmark() + ["range", "foo", "--consistency", kind[-1], *common]
+        return self.benchmark() + ["watch", "--key-size", "8", "--val-size", "256", *common]
 
     def measure(self, kind: str, clients: int, total: int) -> Figure:
-        text, client_cpu, split = run_client(self.command(kind, clients, total), self.pids())
+        text, client_all, split = run_client(self.command(kind, clients, total), self.pids())
         cpu: dict[str, float] = {}
         for k, v in split.items():  # per role, summed over the nodes
             role = k.split("/", 1)[1]
             cpu[role] = cpu.get(role, 0.0) + v
-        cpu["benchmark client"] = client_cpu
         rps, p99 = requests_per_s(text)
-        fig = Figure(rps=rps, p99_ms=p99, cpu=cpu)
+        fig = Figure(rps=rps, p99_ms=p99, cpu=cpu, client_all_s=client_all)
         for line in text.splitlines():
             line = line.strip()
+            if line.startswith("Client CPU:"):
+                cpu["benchmark client"] = float(line.split()[2])
             if line.startswith("Watch time:") and "secs" in line:
                 fig.watch_s = float(line.split()[2])
             elif line.startswith("Puts:"):
@@ -262,7 +268,7 @@ def run_system(cls: Any, size: int, figures: dict[tuple[str, int, str], Figure])
             figures[(title, size, cls.name)] = fig
             what = f"{fig.watch_s:.2f} s" if kind == "watch" else f"{fig.rps:,.0f}/s"
             print(f"  {title}: {what}, p99 {fig.p99_ms:.1f} ms, {fig.errors} errors; CPU s/1k requests: "
-                  + cpu_text(fig), flush=True)
+                  + cpu_text(fig) + f" (the client with its start-up: {fig.client_all_s:.2f} s in all)", flush=True)
     finally:
         system.stop()
         shutil.rmtree(base, ignore_errors=True)
@@ -328,7 +334,8 @@ def report(figures: dict[tuple[str, int, str], Figure]) -> None:
             parts.append(f"{size} node(s): {verdict} ({q.p99_ms:.1f} vs {e.p99_ms:.1f} ms)")
         print(f"  {title}: " + "; ".join(parts) + (" (the puts' p99)" if kind == "watch" else ""))
     print("\nCPU seconds per 1,000 requests, by process (watch: per 1,000 puts; quorumkv: each actor role "
-          "summed over the nodes):")
+          "summed over the nodes; the load generator and the benchmark client: their CPU while the requests "
+          "ran, start-up excluded, the watcher included):")
     for size in SIZES:
         for title, _, _, _ in ROWS:
             for sysname in SYSTEMS:

@@ -152,10 +152,12 @@ async def _work(idx: int, target: str, kind: str, clients: int, total: int, opts
                     continue
                 lats.append(perf() - t0)
 
+        cpu0 = time.process_time()
         start = perf()
         await asyncio.gather(*(client() for _ in range(clients)))
         end = perf()
-    out.put(("done", idx, start, end, lats, errors))
+        cpu = time.process_time() - cpu0
+    out.put(("done", idx, start, end, lats, errors, cpu))
 
 
 def _take(q: Any, procs: list[Any], timeout: float, what: str) -> tuple:
@@ -224,6 +226,9 @@ def run(target: str, kind: str, clients: int, total: int, opts: dict[str, Any]) 
         "errors": errors, "seconds": secs, "rps": len(lats) / secs if secs > 0 else 0.0,
         "p50_ms": percentile(lats, 50) * 1000, "p99_ms": percentile(lats, 99) * 1000,
         "avg_ms": (sum(lats) / len(lats) * 1000) if lats else math.nan,
+        # CPU seconds of the load generator while the requests ran (every worker process,
+        # and this one's watch stream; start-up excluded)
+        "cpu_s": sum(d[6] for d in done) + watch.get("cpu_s", 0.0),
     }
     if kind == "watch":
         res["events"] = watch["events"]
@@ -250,6 +255,7 @@ async def _watch(target: str, prefix: bytes, expected: int, go: Any, out: Any, p
         first = await asyncio.wait_for(stream.read(), 30)
         if not first.created:
             raise RuntimeError(f"the watch was not created: {first}")
+        cpu0 = time.process_time()
         go.set()
         results = loop.run_in_executor(None, lambda: [_take(out, procs, 3600, "result") for _ in procs])
         tally = WatchTally(expected)
@@ -266,13 +272,15 @@ async def _watch(target: str, prefix: bytes, expected: int, go: Any, out: Any, p
             tally.add(len(resp.events), perf())
         stream.cancel()
         done = await results
-    return {"events": tally.events, "last_at": tally.last_at, "done": done}
+        cpu = time.process_time() - cpu0
+    return {"events": tally.events, "last_at": tally.last_at, "done": done, "cpu_s": cpu}
 
 
 def report(res: dict[str, Any], target: str) -> str:
     s = (f"etcd {res['kind']} at {target}: {res['clients']} clients over {res['processes']} processes "
          f"(grpc.aio, one channel each), {res['ok']} ok in {res['seconds']:.3f}s: {res['rps']:,.1f} requests/s, "
-         f"p50 {res['p50_ms']:.2f} ms, p99 {res['p99_ms']:.2f} ms, avg {res['avg_ms']:.2f} ms")
+         f"p50 {res['p50_ms']:.2f} ms, p99 {res['p99_ms']:.2f} ms, avg {res['avg_ms']:.2f} ms; "
+         f"load generator CPU {res['cpu_s']:.2f}s")
     if res["errors"]:
         s += "\n  errors: " + ", ".join(f"[{n}] {m}" for m, n in res["errors"].items())
     if res["kind"] == "watch":

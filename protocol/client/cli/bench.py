@@ -25,6 +25,7 @@ class _BenchCommon:
     clients: Optional[int] = None
     total: Optional[int] = None
     duration: Optional[float] = None
+    report_cpu: bool = False
 
 
 @benchmark_app.callback()
@@ -33,8 +34,11 @@ def _bench_root(
     clients: Optional[int] = typer.Option(None, "--clients", help="concurrent logical clients"),
     total: Optional[int] = typer.Option(None, "--total", help="total number of requests"),
     duration: Optional[float] = typer.Option(None, "--duration", help="run for this many seconds"),
+    report_cpu: bool = typer.Option(False, "--report-cpu", hidden=True,
+                                    help="also print the benchmark's own CPU seconds while it ran "
+                                         "(make bench-compare)"),
 ) -> None:
-    ctx.obj = _BenchCommon(clients, total, duration)
+    ctx.obj = _BenchCommon(clients, total, duration, report_cpu)
 
 
 def _bench(ctx: typer.Context, kind: str, clients: Optional[int], total: Optional[int],
@@ -64,6 +68,9 @@ def _bench(ctx: typer.Context, kind: str, clients: Optional[int], total: Optiona
                                 clients=clients, total=total, duration_s=duration,
                                 timeout_s=g.command_timeout_s, curve=curve, token=token, **kw)
         result = bench.main(cfg, sys.stdout, sys.stderr)
+        if common.report_cpu:
+            sys.stdout.write(f"  Client CPU:\t{result.cpu_s:.4f} secs.\n")
+            sys.stdout.flush()
         if result.error_count and not result.latencies_s:
             raise CliError(f"all {result.error_count} requests failed", EXIT_ERROR)
 
@@ -171,6 +178,9 @@ def bench_watch(
         result = bench.run_watch(cfg, g.client_options(), progress=bar)
         bar.finish()
         sys.stdout.write(bench.format_watch_report(result))
+        if common.report_cpu:
+            sys.stdout.write(f"  Client CPU:\t{result.puts.cpu_s + result.watcher_cpu_s:.4f} secs "
+                             f"(puts {result.puts.cpu_s:.4f}, watcher {result.watcher_cpu_s:.4f}).\n")
         sys.stdout.flush()
         if not result.acknowledged:
             raise CliError(f"all {result.puts.error_count} puts failed", EXIT_ERROR)
