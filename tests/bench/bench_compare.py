@@ -19,8 +19,8 @@ quorumkv's p99 is no worse than etcd's per row; and the CPU seconds per 1,000 re
 each process (etcd: each member and the load generator; quorumkv: each actor role summed over
 the nodes, and the benchmark client), from /proc and the load generator's rusage.
 
-Knobs (env): BENCH_TOTAL (requests of each 64-client row, default 40000), BENCH_TOTAL_1 (puts
-of the 1-client row, default 3000), BENCH_WATCH_EVENTS (10000), BENCH_CLIENTS (64),
+Knobs (env): BENCH_TOTAL (requests of each 64-client row, default 50000), BENCH_TOTAL_1 (puts
+of the 1-client row, default 4000), BENCH_WATCH_EVENTS (10000), BENCH_CLIENTS (64),
 BENCH_SYSTEMS (etcd,qkv), BENCH_SIZES (1,3). Figures only: nothing here asserts on time.
 """
 from __future__ import annotations
@@ -46,8 +46,8 @@ sys.path.insert(0, str(ROOT))
 
 from bench_node import cpu_seconds, requests_per_s  # noqa: E402
 
-TOTAL = int(os.environ.get("BENCH_TOTAL", "40000"))
-TOTAL_1 = int(os.environ.get("BENCH_TOTAL_1", "3000"))
+TOTAL = int(os.environ.get("BENCH_TOTAL", "50000"))
+TOTAL_1 = int(os.environ.get("BENCH_TOTAL_1", "4000"))
 WATCH_EVENTS = int(os.environ.get("BENCH_WATCH_EVENTS", "10000"))
 CLIENTS = int(os.environ.get("BENCH_CLIENTS", "64"))
 SYSTEMS = [s.strip() for s in os.environ.get("BENCH_SYSTEMS", "etcd,qkv").split(",") if s.strip()]
