@@ -2,10 +2,11 @@
 
 One thread drives every logical client: one DEALER socket per logical client, each with
 at most one request in flight, all waited on through their ZMQ_FD in one epoll set (a
-``zmq.Poller`` over 64 sockets costs ~44 us a call, epoll ~0.4 us; ZMQ_FD is edge-like, so
-a socket is read while its ZMQ_EVENTS says POLLIN, which also re-arms it); with ``rate``, requests start
-no faster than that many a second (a token every 1/rate s, a burst of one: etcdctl check
-perf's rate.Limiter), on whichever client is idle. Request frames are built
+``zmq.Poller`` over 64 sockets costs ~44 us a call, epoll ~0.4 us). ZMQ_FD is edge-like: it
+signals only once its socket has found nothing to read, so a socket is read while its
+ZMQ_EVENTS says POLLIN, which re-arms it; that check also follows every socket's first
+send. With ``rate``, requests start no faster than that many a second (a token every 1/rate
+s, a burst of one: etcdctl check perf's rate.Limiter), on whichever client is idle. Request frames are built
 from pre-encoded msgpack pieces (only the id, and the key for puts, are encoded per
 request). A request with no reply within ``timeout_s`` is counted as an error and its
 socket is recreated (Lazy Pirate), so a late reply is never mistaken for a new one.
@@ -263,6 +264,8 @@ def run(cfg: BenchConfig, progress: Callable[[int, int | None, float], None] | N
         for c in conns:
             issue(c, now)
         inflight = sum(1 for c in conns if c.busy)
+        for c in conns:  # arms each FD: it signals only once its socket has found nothing to read
+            inflight -= receive(c)
         next_check = now + 0.1
         while inflight or (waiting and not finished(perf())):
             now = perf()
@@ -292,6 +295,8 @@ def run(cfg: BenchConfig, progress: Callable[[int, int | None, float], None] | N
                         issue(c, now)
                         if not c.busy:
                             inflight -= 1
+                        else:
+                            inflight -= receive(c)  # arms the new socket's FD
                 if progress is not None:
                     progress(done, total, now - start)
         result.total_s = perf() - start
