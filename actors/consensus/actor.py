@@ -24,7 +24,9 @@ together share one Ready and so one fsync (group commit).
   is not told apart from its successor: that gap stays.)
 - Each process start picks a random `epoch`, reported in every PROPOSE_ACK and STATUS
   reply, so the gateway can tell proposals the previous process accepted (outcome
-  unknown) from ones the current process holds.
+  unknown) from ones the current process holds. A PROPOSE names the epoch the gateway
+  knows; it is answered (PROPOSE_ACK) only when some of it is rejected or that epoch is
+  not ours, so a write costs the gateway no wake-up for its acceptance.
 - On a clean stop the leader hands leadership to the most up-to-date follower first,
   so the cluster does not wait an election timeout.
 - Membership (etcd 3.4 semantics; the policy and the member table are the pure
@@ -260,7 +262,8 @@ class ConsensusActor(Actor):
             accepted = [req_id for req_id, _ in body]
         else:
             rejected = [M.Rejected(req_id, errors.NoLeader().to_wire()) for req_id, _ in body]
-        self._reply(identity, M.ProposeAck(self.epoch, accepted, rejected))
+        if rejected or msg.epoch != self.epoch:
+            self._reply(identity, M.ProposeAck(self.epoch, accepted, rejected))
 
     def _on_read_index(self, identity: bytes, msg: M.ReadIndex) -> None:
         ctx_id = msg.ctx_id

@@ -276,14 +276,16 @@ class JoinMember(NamedTuple):
 
 
 class _Propose(NamedTuple):
+    epoch: Annotated[int, U64]  # the consensus epoch the gateway knows (0: none yet)
     items: Annotated[list[Proposal], ListOf(Record(Proposal))]
 
 
 class Propose(_Propose):
-    """gateway -> consensus: client writes to propose."""
+    """gateway -> consensus: client writes to propose. Answered (PROPOSE_ACK) only when
+    some are rejected or `epoch` is not consensus's own: the gateway counts the others as
+    taken by the epoch it named."""
     __slots__ = ()
     TYPE: ClassVar[int] = PROPOSE
-    BATCH: ClassVar[bool] = True  # the body is the array of items
 
 
 class _ProposeAck(NamedTuple):
@@ -293,7 +295,8 @@ class _ProposeAck(NamedTuple):
 
 
 class ProposeAck(_ProposeAck):
-    """consensus -> gateway: which proposals were taken (epoch: consensus's incarnation)."""
+    """consensus -> gateway: which proposals were taken (epoch: consensus's incarnation);
+    sent only for a PROPOSE with rejections or naming another epoch."""
     __slots__ = ()
     TYPE: ClassVar[int] = PROPOSE_ACK
 

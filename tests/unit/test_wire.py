@@ -47,8 +47,8 @@ DATA = entry.encode(5, 77, 12, None, PUT)
 RAFT = [3, 2, 1, 4, 4, 10, [[4, 11, 0, DATA]], 10, 0, 0, b""]
 
 GOOD: dict[int, list] = {
-    M.PROPOSE: [[[77, DATA], [78, entry.encode(5, 0, None, None, {"op": "alarm_activate", "member_id": 5,
-                                                                      "alarm": "NOSPACE"})]]],
+    M.PROPOSE: [[2**62, [[77, DATA], [78, entry.encode(5, 0, None, None, {"op": "alarm_activate", "member_id": 5,
+                                                                             "alarm": "NOSPACE"})]]], [0, []]],
     M.PROPOSE_ACK: [[2**62, [77, 78], [[79, ERR]]], [1, [], []]],
     M.READ_INDEX: [[2**60 + 3]],
     M.READ_INDEX_RESP: [[3, 10, None, 7], [3, 0, ERR, 0]],
@@ -231,8 +231,9 @@ def test_every_position_with_a_wrong_value_is_refused_or_still_well_typed(msg_ty
     (M.ENTRIES, [[[1, 1, 256, b""]], 1, 1]),
     (M.ENTRIES, [[[1, 1, 0, "str"]], 1, 1]),
     (M.ENTRIES, [[[1, 1, 0]], 1, 1]),
-    (M.PROPOSE, [[77, DATA, 1]]),
-    (M.PROPOSE, [[True, DATA]]),
+    (M.PROPOSE, [3, [[77, DATA, 1]]]),
+    (M.PROPOSE, [3, [[True, DATA]]]),
+    (M.PROPOSE, [[[77, DATA]]]),  # no epoch
     (M.READ, [[5, {"op": "put"}, 0]]),
     (M.READ, [[5, PUT, 0]]),
     (M.CLIENT_READ, [[5, HISTORY, 0, None]]),
