@@ -7,9 +7,13 @@ visible in MemoryStorage -> send messages to peers -> answer read states, apply 
 together share one Ready and so one fsync (group commit).
 
 - Storage pulls committed entries (FETCH after_index -> ENTRIES); a fetch with nothing
-  new is held until the commit index moves. Storage reports the index it has durably
-  applied; the log is compacted only below it, so a restarted storage can always catch
-  up from the log.
+  new is held until the commit index moves. A sent ENTRIES re-arms the fetch after its
+  last entry, up to a window of batches and bytes per FETCH (messages.py
+  MAX_FETCH_AHEAD_BATCHES/_BYTES), so storage need not answer every batch; a FETCH that is
+  not `resend` goes on after what was already sent, a `resend` one (storage started, or
+  may have dropped some: a full disk, a gap, a long silence) from its after_index.
+  Storage reports the index it has durably applied; the log is compacted only below it,
+  so a restarted storage can always catch up from the log.
 - A follower forwards proposals to the leader (PEER_FORWARD); results travel back
   through the storage of the node where the request arrived, never between nodes.
 - Snapshots: when the core sends SNAP to a follower, this shell asks its storage for a
@@ -166,7 +170,9 @@ class ConsensusActor(Actor):
         self._sync_transport()
         self.lead = 0
         self.committed = hard_state.commit
-        self.fetches: dict[bytes, int] = {}  # storage identity -> after_index of the held fetch
+        self.fetches: dict[bytes, int] = {}  # storage identity -> the index after which the armed fetch starts
+        self.fetch_sent: dict[bytes, int] = {}  # storage identity -> the last index sent it
+        self.fetch_window: dict[bytes, tuple[int, int]] = {}  # -> (batches, bytes) sent since its FETCH
         self.storage_identity: bytes | None = None  # the connection our storage's fetches come from
         self.gone_storage: set[bytes] = set()  # earlier ones (a storage process that died)
         self.durable_applied = 0
@@ -299,10 +305,15 @@ class ConsensusActor(Actor):
             if old is not None:
                 self.gone_storage.add(old)
                 self.fetches.pop(old, None)
+                self.fetch_sent.pop(old, None)
+                self.fetch_window.pop(old, None)
                 self._storage_restarted()
             self.storage_identity = identity
             self.log.info("storage_connected", restarted=restarted)
-        self.fetches[identity] = after
+        if msg.resend:
+            self.fetch_sent[identity] = after
+        self.fetches[identity] = max(after, self.fetch_sent.get(identity, 0))
+        self.fetch_window[identity] = (0, 0)
         self.durable_applied = max(self.durable_applied, durable_applied)
 
     def _on_status(self, identity: bytes, msg: M.Status) -> None:
@@ -624,10 +635,23 @@ class ConsensusActor(Actor):
                 continue
             hi = min(self.committed, lo + FETCH_MAX_ENTRIES - 1)
             entries = self.raft_storage.entries(lo, hi + 1, FETCH_MAX_BYTES)
+            size = 0
+            for e in entries:
+                size += len(e.data)
             body = M.Entries([M.EntryRow(e.index, e.term, e.type, e.data) for e in entries], self.committed,
-                             self.node.status().term)
-            del self.fetches[identity]
-            self.send_router(self.router, identity, wire.pack(body))
+                             self.node.raft.term)
+            if not self.send_router(self.router, identity, wire.pack(body)):
+                del self.fetches[identity]  # gone or full: its next FETCH re-arms it
+                continue
+            last = entries[-1].index
+            self.fetch_sent[identity] = last
+            batches, sent_bytes = self.fetch_window.get(identity, (0, 0))
+            batches, sent_bytes = batches + 1, sent_bytes + size
+            self.fetch_window[identity] = (batches, sent_bytes)
+            if batches >= M.MAX_FETCH_AHEAD_BATCHES or sent_bytes >= M.MAX_FETCH_AHEAD_BYTES:
+                del self.fetches[identity]  # the window is full: wait for its FETCH
+            else:
+                self.fetches[identity] = last
 
     def _check_moves(self) -> None:
         if self.forwarded:

@@ -324,14 +324,26 @@ class ReadIndexResp(_ReadIndexResp):
     TYPE: ClassVar[int] = READ_INDEX_RESP
 
 
+# FETCH/ENTRIES flow control: after a FETCH, consensus sends further ENTRIES as the commit
+# index moves (each one re-arms the fetch) until it has sent MAX_FETCH_AHEAD_BATCHES of them or
+# MAX_FETCH_AHEAD_BYTES of entry data (the sum of len(data)); storage sends its next FETCH once
+# it has received half of either, so the pipe never stalls and never holds more than about
+# two windows. Storage also sends one when it has sent none for a while (a keep-alive that
+# reports its durable applied index and finds a restarted consensus).
+MAX_FETCH_AHEAD_BATCHES = 16
+MAX_FETCH_AHEAD_BYTES = 8 * 1024 * 1024
+
+
 class _Fetch(NamedTuple):
     after_index: Annotated[int, U64]
     durable_applied_index: Annotated[int, U64]
     max_entries: Annotated[int, Int(0, 1_000_000)]
+    resend: Annotated[bool, Bool()]  # storage may have dropped ENTRIES sent after after_index
 
 
 class Fetch(_Fetch):
-    """storage -> consensus: the committed entries after after_index (held until there are some)."""
+    """storage -> consensus: send the committed entries after after_index (held until there
+    are some), or, when not `resend`, after the last ENTRIES already sent (still on their way)."""
     __slots__ = ()
     TYPE: ClassVar[int] = FETCH
 

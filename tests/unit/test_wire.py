@@ -52,7 +52,7 @@ GOOD: dict[int, list] = {
     M.PROPOSE_ACK: [[2**62, [77, 78], [[79, ERR]]], [1, [], []]],
     M.READ_INDEX: [[2**60 + 3]],
     M.READ_INDEX_RESP: [[3, 10, None, 7], [3, 0, ERR, 0]],
-    M.FETCH: [[10, 9, 4096]],
+    M.FETCH: [[10, 9, 4096, True], [10, 9, 4096, False]],
     M.ENTRIES: [[[[11, 4, 0, DATA], [12, 4, 1, b""], [13, 4, 0, b""]], 13, 4], [[], 0, 0]],
     M.STATUS: [[0]],
     M.STATUS_RESP: [[0, CONSENSUS_STATUS], [1, {**CONSENSUS_STATUS, "faults": "drop_to=[2]", "new": [1]}]],
@@ -222,9 +222,11 @@ def test_every_position_with_a_wrong_value_is_refused_or_still_well_typed(msg_ty
     (M.READY, ["storage", True]),
     (M.READY, ["storage", 0]),
     (M.READY, ["someone", 1]),
-    (M.FETCH, [True, 0, 10]),
-    (M.FETCH, [-1, 0, 10]),
-    (M.FETCH, [0, 0, 10**9]),
+    (M.FETCH, [True, 0, 10, True]),
+    (M.FETCH, [-1, 0, 10, True]),
+    (M.FETCH, [0, 0, 10**9, True]),
+    (M.FETCH, [0, 0, 10, 1]),  # an int as the bool
+    (M.FETCH, [0, 0, 10]),  # resend missing
     (M.LEADERSHIP, [1, 3, 5, [], 9, False]),  # an int as the bool
     (M.LEADERSHIP, [True, 3, 5, [], 9]),  # sole_voter missing
     (M.LEADERSHIP, [True, 3, 5, "tcp://h:1", 9, False]),
