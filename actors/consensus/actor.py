@@ -338,9 +338,9 @@ class ConsensusActor(Actor):
 
     def heartbeat_status(self) -> M.HeartbeatStatus:
         """For the supervisor's STATUS= line (nodes/supervisor.py)."""
-        st = self.node.status()
-        return {"state": StateType(st.raft_state).name.lower(), "term": st.term, "leader": st.lead,
-                "commit": st.commit}
+        r = self.node.raft  # not status(): that copies the progress table
+        return {"state": StateType(r.state).name.lower(), "term": r.term, "leader": r.lead,
+                "commit": r.log.committed}
 
     def _faults_text(self) -> str | None:
         """Peer links cut by fault injection, for `status.errors`; None when there are none."""
@@ -371,7 +371,7 @@ class ConsensusActor(Actor):
         """Entries from the leader's storage (lease expiry, checkpoints): proposed only
         while this member leads in the term storage saw, never forwarded."""
         term, datas = msg.term, msg.datas
-        if self.disk.failed or self.lead != self.id or not datas or self.node.status().term != term:
+        if self.disk.failed or self.lead != self.id or not datas or self.node.raft.term != term:
             return
         try:
             self.node.propose_batch(list(datas))
@@ -381,7 +381,7 @@ class ConsensusActor(Actor):
     def _send_leadership(self) -> None:
         is_leader = self.lead == self.id
         urls = self.member_info.get(self.lead, {}).get("client_urls") or [] if self.lead else []
-        body = M.Leadership(is_leader, self.node.status().term, self.lead, list(urls),
+        body = M.Leadership(is_leader, self.node.raft.term, self.lead, list(urls),
                             self.leader_ready_index if is_leader else 0,
                             self.conf.voters == [self.id])  # sole voter: storage's reads on a full disk
         try:
