@@ -7,9 +7,13 @@ visible in MemoryStorage -> send messages to peers -> answer read states, apply 
 together share one Ready and so one fsync (group commit).
 
 - Storage pulls committed entries (FETCH after_index -> ENTRIES); a fetch with nothing
-  new is held until the commit index moves. Storage reports the index it has durably
-  applied; the log is compacted only below it, so a restarted storage can always catch
-  up from the log.
+  new is held until the commit index moves. A sent ENTRIES re-arms the fetch after its
+  last entry, up to a window of batches and bytes per FETCH (messages.py
+  MAX_FETCH_AHEAD_BATCHES/_BYTES), so storage need not answer every batch; a FETCH that is
+  not `resend` goes on after what was already sent, a `resend` one (storage started, or
+  may have dropped some: a full disk, a gap, a long silence) from its after_index.
+  Storage reports the index it has durably applied; the log is compacted only below it,
+  so a restarted storage can always catch up from the log.
 - A follower forwards proposals to the leader (PEER_FORWARD); results travel back
   through the storage of the node where the request arrived, never between nodes.
 - Snapshots: when the core sends SNAP to a follower, this shell asks its storage for a
@@ -24,7 +28,9 @@ together share one Ready and so one fsync (group commit).
   is not told apart from its successor: that gap stays.)
 - Each process start picks a random `epoch`, reported in every PROPOSE_ACK and STATUS
   reply, so the gateway can tell proposals the previous process accepted (outcome
-  unknown) from ones the current process holds.
+  unknown) from ones the current process holds. A PROPOSE names the epoch the gateway
+  knows; it is answered (PROPOSE_ACK) only when some of it is rejected or that epoch is
+  not ours, so a write costs the gateway no wake-up for its acceptance.
 - On a clean stop the leader hands leadership to the most up-to-date follower first,
   so the cluster does not wait an election timeout.
 - Membership (etcd 3.4 semantics; the policy and the member table are the pure
@@ -164,7 +170,9 @@ class ConsensusActor(Actor):
         self._sync_transport()
         self.lead = 0
         self.committed = hard_state.commit
-        self.fetches: dict[bytes, int] = {}  # storage identity -> after_index of the held fetch
+        self.fetches: dict[bytes, int] = {}  # storage identity -> the index after which the armed fetch starts
+        self.fetch_sent: dict[bytes, int] = {}  # storage identity -> the last index sent it
+        self.fetch_window: dict[bytes, tuple[int, int]] = {}  # -> (batches, bytes) sent since its FETCH
         self.storage_identity: bytes | None = None  # the connection our storage's fetches come from
         self.gone_storage: set[bytes] = set()  # earlier ones (a storage process that died)
         self.durable_applied = 0
@@ -260,7 +268,8 @@ class ConsensusActor(Actor):
             accepted = [req_id for req_id, _ in body]
         else:
             rejected = [M.Rejected(req_id, errors.NoLeader().to_wire()) for req_id, _ in body]
-        self._reply(identity, M.ProposeAck(self.epoch, accepted, rejected))
+        if rejected or msg.epoch != self.epoch:
+            self._reply(identity, M.ProposeAck(self.epoch, accepted, rejected))
 
     def _on_read_index(self, identity: bytes, msg: M.ReadIndex) -> None:
         ctx_id = msg.ctx_id
@@ -296,10 +305,15 @@ class ConsensusActor(Actor):
             if old is not None:
                 self.gone_storage.add(old)
                 self.fetches.pop(old, None)
+                self.fetch_sent.pop(old, None)
+                self.fetch_window.pop(old, None)
                 self._storage_restarted()
             self.storage_identity = identity
             self.log.info("storage_connected", restarted=restarted)
-        self.fetches[identity] = after
+        if msg.resend:
+            self.fetch_sent[identity] = after
+        self.fetches[identity] = max(after, self.fetch_sent.get(identity, 0))
+        self.fetch_window[identity] = (0, 0)
         self.durable_applied = max(self.durable_applied, durable_applied)
 
     def _on_status(self, identity: bytes, msg: M.Status) -> None:
@@ -324,9 +338,9 @@ class ConsensusActor(Actor):
 
     def heartbeat_status(self) -> M.HeartbeatStatus:
         """For the supervisor's STATUS= line (nodes/supervisor.py)."""
-        st = self.node.status()
-        return {"state": StateType(st.raft_state).name.lower(), "term": st.term, "leader": st.lead,
-                "commit": st.commit}
+        r = self.node.raft  # not status(): that copies the progress table
+        return {"state": StateType(r.state).name.lower(), "term": r.term, "leader": r.lead,
+                "commit": r.log.committed}
 
     def _faults_text(self) -> str | None:
         """Peer links cut by fault injection, for `status.errors`; None when there are none."""
@@ -357,7 +371,7 @@ class ConsensusActor(Actor):
         """Entries from the leader's storage (lease expiry, checkpoints): proposed only
         while this member leads in the term storage saw, never forwarded."""
         term, datas = msg.term, msg.datas
-        if self.disk.failed or self.lead != self.id or not datas or self.node.status().term != term:
+        if self.disk.failed or self.lead != self.id or not datas or self.node.raft.term != term:
             return
         try:
             self.node.propose_batch(list(datas))
@@ -367,7 +381,7 @@ class ConsensusActor(Actor):
     def _send_leadership(self) -> None:
         is_leader = self.lead == self.id
         urls = self.member_info.get(self.lead, {}).get("client_urls") or [] if self.lead else []
-        body = M.Leadership(is_leader, self.node.status().term, self.lead, list(urls),
+        body = M.Leadership(is_leader, self.node.raft.term, self.lead, list(urls),
                             self.leader_ready_index if is_leader else 0,
                             self.conf.voters == [self.id])  # sole voter: storage's reads on a full disk
         try:
@@ -621,10 +635,23 @@ class ConsensusActor(Actor):
                 continue
             hi = min(self.committed, lo + FETCH_MAX_ENTRIES - 1)
             entries = self.raft_storage.entries(lo, hi + 1, FETCH_MAX_BYTES)
+            size = 0
+            for e in entries:
+                size += len(e.data)
             body = M.Entries([M.EntryRow(e.index, e.term, e.type, e.data) for e in entries], self.committed,
-                             self.node.status().term)
-            del self.fetches[identity]
-            self.send_router(self.router, identity, wire.pack(body))
+                             self.node.raft.term)
+            if not self.send_router(self.router, identity, wire.pack(body)):
+                del self.fetches[identity]  # gone or full: its next FETCH re-arms it
+                continue
+            last = entries[-1].index
+            self.fetch_sent[identity] = last
+            batches, sent_bytes = self.fetch_window.get(identity, (0, 0))
+            batches, sent_bytes = batches + 1, sent_bytes + size
+            self.fetch_window[identity] = (batches, sent_bytes)
+            if batches >= M.MAX_FETCH_AHEAD_BATCHES or sent_bytes >= M.MAX_FETCH_AHEAD_BYTES:
+                del self.fetches[identity]  # the window is full: wait for its FETCH
+            else:
+                self.fetches[identity] = last
 
     def _check_moves(self) -> None:
         if self.forwarded:

@@ -114,7 +114,7 @@ class Pending:
     client_id: int | None
     deadline: float
     kind: str  # "write", "read", or the admin op ("status", "member_list", ...)
-    epoch: int | None = None  # the consensus epoch that accepted the proposal
+    epoch: int | None = None  # the consensus epoch its proposal was sent to (None: unknown then)
     status: dict[str, Any] = field(default_factory=dict)
     auth: Any = None  # None or (user, auth_revision): stamped on its entry or read
     token: str | None = None  # authenticate: the token the client gets once its entry applied
@@ -589,7 +589,16 @@ class GatewayActor(Actor):
         self._start_ready()
         if self.propose_batch:
             proposals, self.propose_batch = self.propose_batch, []
-            if not self._send_internal(self.consensus, M.Propose(proposals)):
+            # Tagged with the consensus epoch known now: consensus answers only a rejection
+            # or another epoch (_on_propose_ack); a restart fails the rest (_note_epoch).
+            epoch = self.consensus_epoch
+            if epoch is not None:
+                pending = self.pending
+                for proposal in proposals:
+                    p = pending.get(proposal.req_id)
+                    if p is not None:
+                        p.epoch = epoch
+            if not self._send_internal(self.consensus, M.Propose(epoch or 0, proposals)):
                 for proposal in proposals:
                     self._fail(proposal.req_id, errors.Unavailable("consensus is not reachable"))
         if self.read_batch:
@@ -632,6 +641,7 @@ class GatewayActor(Actor):
             self._to_client(p.identity, p.delimiter, reply)
 
     def _on_propose_ack(self, msg: M.ProposeAck) -> None:
+        """Rejections, or proposals taken by an epoch other than the one they named."""
         for req_id in msg.accepted:
             p = self.pending.get(req_id)
             if p is not None:

@@ -26,7 +26,7 @@ import itertools
 import os
 import signal
 import time
-from typing import Any, Callable
+from typing import Any, Callable, cast
 
 import zmq
 
@@ -239,26 +239,37 @@ class Actor:
                 self.ctx.destroy(linger=0)
         return 0
 
-    @staticmethod
-    def _drain_with_user(sock: zmq.Socket, handler: Callable[..., None], peer: bool = False) -> None:
+    def _drain(self, sock: zmq.Socket, handler: Callable[..., None]) -> None:
+        """Up to DRAIN_MAX messages of a socket the poll found readable. After each one the
+        socket's EVENTS say whether another is waiting (cheaper than the zmq.Again a
+        receive raises on an empty socket); a handler may close it meanwhile."""
+        with_user = sock in self._with_user
+        peer = sock in self._with_peer
+        copy = not with_user and sock not in self._raw  # zmq.Frame objects: their properties are read
+        recv = sock.recv_multipart
+        events = sock.getsockopt
         for _ in range(DRAIN_MAX):
             try:
-                frames = sock.recv_multipart(zmq.NOBLOCK, copy=False)
+                frames: Any = recv(zmq.NOBLOCK, copy=copy)
             except zmq.Again:
-                break
+                return
             if peer:
                 handler([f.bytes for f in frames], security.frame_user(frames[-1]), security.frame_peer(frames[-1]))
-            else:
+            elif with_user:
                 handler([f.bytes for f in frames], security.frame_user(frames[-1]))
+            else:
+                handler(frames)
+            if sock.closed or not cast(int, events(zmq.EVENTS)) & zmq.POLLIN:
+                return
 
     def _loop_once(self) -> None:
-        now = time.monotonic()
         timeout_ms = 100
-        if self._timers:
-            timeout_ms = min(timeout_ms, max(0, int((self._timers[0][0] - now) * 1000) + 1))
+        timers = self._timers
+        if timers:
+            timeout_ms = min(timeout_ms, max(0, int((timers[0][0] - time.monotonic()) * 1000) + 1))
         hint = self.poll_timeout_ms()
-        if hint is not None:
-            timeout_ms = min(timeout_ms, hint)
+        if hint is not None and hint < timeout_ms:
+            timeout_ms = hint
         if not self.poller.sockets:
             # zmq_poll returns at once when given no socket (the metrics actor, whose work is
             # in its HTTP threads, has none): wait out the timeout here, not in a busy loop.
@@ -269,22 +280,14 @@ class Actor:
             if exc.errno == errno.EINTR:  # a signal; the handler set a flag
                 return
             raise
+        handlers = self._socket_handlers
         for sock, _ in events:
-            handler = self._socket_handlers.get(sock)
-            if handler is None:  # closed by an earlier handler of this round
-                continue
-            if sock in self._with_user:
-                self._drain_with_user(sock, handler, sock in self._with_peer)
-                continue
-            copy = sock not in self._raw
-            for _ in range(DRAIN_MAX):
-                try:
-                    frames = sock.recv_multipart(zmq.NOBLOCK, copy=copy)
-                except zmq.Again:
-                    break
-                handler(frames)
-        now = time.monotonic()
-        while self._timers and self._timers[0][0] <= now:
-            _, _, fn = heapq.heappop(self._timers)
-            fn()
+            handler = handlers.get(sock)
+            if handler is not None:  # else closed by an earlier handler of this round
+                self._drain(sock, handler)
+        if timers:
+            now = time.monotonic()
+            while timers and timers[0][0] <= now:
+                _, _, fn = heapq.heappop(timers)
+                fn()
         self.flush()

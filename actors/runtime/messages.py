@@ -276,14 +276,16 @@ class JoinMember(NamedTuple):
 
 
 class _Propose(NamedTuple):
+    epoch: Annotated[int, U64]  # the consensus epoch the gateway knows (0: none yet)
     items: Annotated[list[Proposal], ListOf(Record(Proposal))]
 
 
 class Propose(_Propose):
-    """gateway -> consensus: client writes to propose."""
+    """gateway -> consensus: client writes to propose. Answered (PROPOSE_ACK) only when
+    some are rejected or `epoch` is not consensus's own: the gateway counts the others as
+    taken by the epoch it named."""
     __slots__ = ()
     TYPE: ClassVar[int] = PROPOSE
-    BATCH: ClassVar[bool] = True  # the body is the array of items
 
 
 class _ProposeAck(NamedTuple):
@@ -293,7 +295,8 @@ class _ProposeAck(NamedTuple):
 
 
 class ProposeAck(_ProposeAck):
-    """consensus -> gateway: which proposals were taken (epoch: consensus's incarnation)."""
+    """consensus -> gateway: which proposals were taken (epoch: consensus's incarnation);
+    sent only for a PROPOSE with rejections or naming another epoch."""
     __slots__ = ()
     TYPE: ClassVar[int] = PROPOSE_ACK
 
@@ -321,14 +324,26 @@ class ReadIndexResp(_ReadIndexResp):
     TYPE: ClassVar[int] = READ_INDEX_RESP
 
 
+# FETCH/ENTRIES flow control: after a FETCH, consensus sends further ENTRIES as the commit
+# index moves (each one re-arms the fetch) until it has sent MAX_FETCH_AHEAD_BATCHES of them or
+# MAX_FETCH_AHEAD_BYTES of entry data (the sum of len(data)); storage sends its next FETCH once
+# it has received half of either, so the pipe never stalls and never holds more than about
+# two windows. Storage also sends one when it has sent none for a while (a keep-alive that
+# reports its durable applied index and finds a restarted consensus).
+MAX_FETCH_AHEAD_BATCHES = 16
+MAX_FETCH_AHEAD_BYTES = 8 * 1024 * 1024
+
+
 class _Fetch(NamedTuple):
     after_index: Annotated[int, U64]
     durable_applied_index: Annotated[int, U64]
     max_entries: Annotated[int, Int(0, 1_000_000)]
+    resend: Annotated[bool, Bool()]  # storage may have dropped ENTRIES sent after after_index
 
 
 class Fetch(_Fetch):
-    """storage -> consensus: the committed entries after after_index (held until there are some)."""
+    """storage -> consensus: send the committed entries after after_index (held until there
+    are some), or, when not `resend`, after the last ENTRIES already sent (still on their way)."""
     __slots__ = ()
     TYPE: ClassVar[int] = FETCH
 

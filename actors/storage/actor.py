@@ -3,9 +3,11 @@
 - It pulls committed entries from consensus (FETCH after applied_index -> ENTRIES) and
   applies each batch as one RocksDB write that also records `applied_index`, so a crash
   at any point leaves data and index in step; after a restart it simply fetches from
-  its applied index again. A fetch that got no answer is re-sent (consensus may have
-  restarted); re-sent or stale batches are harmless because apply skips indexes at or
-  below applied_index.
+  its applied index again. Consensus re-arms the fetch with every ENTRIES it sends, up to
+  a window; the next FETCH goes out once half of it has arrived (runtime/messages.py
+  MAX_FETCH_AHEAD_BATCHES), and one from the applied index after FETCH_RESEND_S without any
+  (consensus may have restarted, something may have been lost); re-sent or stale
+  batches are harmless because apply skips indexes at or below applied_index.
 - The store's writes are not fsynced one by one (the Raft log is the durable copy).
   About once a second the RocksDB WAL is synced and that index is reported to
   consensus as `durable_applied`; consensus never compacts its log above it.
@@ -187,8 +189,8 @@ class StorageActor(Actor):
         self.router = self.socket(zmq.ROUTER, bind=self.endpoints.storage, handler=self.on_request)
         self.results = self.socket(zmq.PUSH, connect=self.endpoints.gateway_results)
         self.events = self.socket(zmq.PUSH, connect=self.endpoints.watch_events)
-        self.fetch_sent_at = 0.0
-        self.fetch_outstanding = False
+        self.fetch_sent_at = 0.0  # when the last FETCH went out (0: the last one could not)
+        self.fetch_window = (0, 0)  # (ENTRIES, bytes of entry data) received since (messages.py)
         # (min_index, seq, identity, req_id, op, client_id, auth): reads waiting for
         # applied_index to reach min_index; client_id is None for READ (decoded reply, the
         # watch actor's: auth SERVER, unchecked), else CLIENT_READ (checked with its auth)
@@ -220,19 +222,24 @@ class StorageActor(Actor):
                       revision=self.store.current_revision, compact_revision=self.store.compact_revision)
 
     # --- entries from consensus ----------------------------------------------------
-    def _send_fetch(self) -> None:
+    def _send_fetch(self, resend: bool = True) -> None:
+        """FETCH from the applied index; `resend=False` (an ENTRIES window's
+        acknowledgement) lets consensus go on after the batches already on their way."""
         if self.disk.failed:
             return  # nothing can be applied: fetched again once writes work
+        self.fetch_window = (0, 0)
         try:
-            self.consensus.send(wire.pack(M.Fetch(self.store.applied_index, self.durable_applied, 4096)),
+            self.consensus.send(wire.pack(M.Fetch(self.store.applied_index, self.durable_applied, 4096, resend)),
                                 zmq.NOBLOCK)
         except zmq.ZMQError:
+            self.fetch_sent_at = 0.0
             return
-        self.fetch_outstanding = True
         self.fetch_sent_at = time.monotonic()
 
     def _resend_fetch(self) -> None:
-        if not self.fetch_outstanding or time.monotonic() - self.fetch_sent_at >= FETCH_RESEND_S:
+        """No FETCH for FETCH_RESEND_S: one from the applied index (a restarted consensus
+        learns of us; anything lost on the way is sent again; durable_applied is reported)."""
+        if time.monotonic() - self.fetch_sent_at >= FETCH_RESEND_S:
             self._send_fetch()
 
     def _sync(self) -> None:
@@ -296,9 +303,14 @@ class StorageActor(Actor):
             return
         raw_entries, term = msg.entries, msg.term
         self.raft_term = max(self.raft_term, term)
-        self.fetch_outstanding = False
         if self.disk.failed:
-            return  # fetched before the disk failed: fetched again once writes work
+            return  # fetched before the disk failed: fetched again (resend) once writes work
+        batches, size = self.fetch_window
+        batches += 1
+        for row in raw_entries:
+            size += len(row.data)
+        self.fetch_window = (batches, size)
+        gap = False
         batch: list[tuple[int, dict | errors.QkvError | None, Any]] = []
         origins: dict[int, tuple[int, int, Any]] = {}
         expected = self.store.applied_index + 1
@@ -307,6 +319,7 @@ class StorageActor(Actor):
                 continue
             if index != expected:
                 self.log.warning("entries_gap", expected=expected, got=index)
+                gap = True
                 break
             expected += 1
             op: dict | errors.QkvError | None = None
@@ -335,7 +348,10 @@ class StorageActor(Actor):
             self._publish(results, origins, batch)
             self._lease_applied(batch, results)
             self._compaction_kick()
-        self._send_fetch()
+        if gap:
+            self._send_fetch()  # from the applied index: what follows it was lost
+        elif 2 * batches >= M.MAX_FETCH_AHEAD_BATCHES or 2 * size >= M.MAX_FETCH_AHEAD_BYTES:
+            self._send_fetch(resend=False)  # half the window: consensus goes on after what it sent
         self._serve_waiting()
         self._maybe_promote()
 

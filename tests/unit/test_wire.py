@@ -47,12 +47,12 @@ DATA = entry.encode(5, 77, 12, None, PUT)
 RAFT = [3, 2, 1, 4, 4, 10, [[4, 11, 0, DATA]], 10, 0, 0, b""]
 
 GOOD: dict[int, list] = {
-    M.PROPOSE: [[[77, DATA], [78, entry.encode(5, 0, None, None, {"op": "alarm_activate", "member_id": 5,
-                                                                      "alarm": "NOSPACE"})]]],
+    M.PROPOSE: [[2**62, [[77, DATA], [78, entry.encode(5, 0, None, None, {"op": "alarm_activate", "member_id": 5,
+                                                                             "alarm": "NOSPACE"})]]], [0, []]],
     M.PROPOSE_ACK: [[2**62, [77, 78], [[79, ERR]]], [1, [], []]],
     M.READ_INDEX: [[2**60 + 3]],
     M.READ_INDEX_RESP: [[3, 10, None, 7], [3, 0, ERR, 0]],
-    M.FETCH: [[10, 9, 4096]],
+    M.FETCH: [[10, 9, 4096, True], [10, 9, 4096, False]],
     M.ENTRIES: [[[[11, 4, 0, DATA], [12, 4, 1, b""], [13, 4, 0, b""]], 13, 4], [[], 0, 0]],
     M.STATUS: [[0]],
     M.STATUS_RESP: [[0, CONSENSUS_STATUS], [1, {**CONSENSUS_STATUS, "faults": "drop_to=[2]", "new": [1]}]],
@@ -222,17 +222,20 @@ def test_every_position_with_a_wrong_value_is_refused_or_still_well_typed(msg_ty
     (M.READY, ["storage", True]),
     (M.READY, ["storage", 0]),
     (M.READY, ["someone", 1]),
-    (M.FETCH, [True, 0, 10]),
-    (M.FETCH, [-1, 0, 10]),
-    (M.FETCH, [0, 0, 10**9]),
+    (M.FETCH, [True, 0, 10, True]),
+    (M.FETCH, [-1, 0, 10, True]),
+    (M.FETCH, [0, 0, 10**9, True]),
+    (M.FETCH, [0, 0, 10, 1]),  # an int as the bool
+    (M.FETCH, [0, 0, 10]),  # resend missing
     (M.LEADERSHIP, [1, 3, 5, [], 9, False]),  # an int as the bool
     (M.LEADERSHIP, [True, 3, 5, [], 9]),  # sole_voter missing
     (M.LEADERSHIP, [True, 3, 5, "tcp://h:1", 9, False]),
     (M.ENTRIES, [[[1, 1, 256, b""]], 1, 1]),
     (M.ENTRIES, [[[1, 1, 0, "str"]], 1, 1]),
     (M.ENTRIES, [[[1, 1, 0]], 1, 1]),
-    (M.PROPOSE, [[77, DATA, 1]]),
-    (M.PROPOSE, [[True, DATA]]),
+    (M.PROPOSE, [3, [[77, DATA, 1]]]),
+    (M.PROPOSE, [3, [[True, DATA]]]),
+    (M.PROPOSE, [[[77, DATA]]]),  # no epoch
     (M.READ, [[5, {"op": "put"}, 0]]),
     (M.READ, [[5, PUT, 0]]),
     (M.CLIENT_READ, [[5, HISTORY, 0, None]]),
