@@ -191,6 +191,7 @@ class StorageActor(Actor):
         self.events = self.socket(zmq.PUSH, connect=self.endpoints.watch_events)
         self.fetch_sent_at = 0.0  # when the last FETCH went out (0: the last one could not)
         self.fetch_window = (0, 0)  # (ENTRIES, bytes of entry data) received since (messages.py)
+        self.entries_at = 0.0  # when the last ENTRIES arrived
         # (min_index, seq, identity, req_id, op, client_id, auth): reads waiting for
         # applied_index to reach min_index; client_id is None for READ (decoded reply, the
         # watch actor's: auth SERVER, unchecked), else CLIENT_READ (checked with its auth)
@@ -237,9 +238,12 @@ class StorageActor(Actor):
         self.fetch_sent_at = time.monotonic()
 
     def _resend_fetch(self) -> None:
-        """No FETCH for FETCH_RESEND_S: one from the applied index (a restarted consensus
-        learns of us; anything lost on the way is sent again; durable_applied is reported)."""
-        if time.monotonic() - self.fetch_sent_at >= FETCH_RESEND_S:
+        """Neither a FETCH sent nor an ENTRIES received for FETCH_RESEND_S: one from the
+        applied index (a restarted consensus learns of us; anything lost on the way is sent
+        again; durable_applied is reported). Not while ENTRIES still arrive: a storage slow to
+        apply a long catch-up would otherwise have consensus send its window again and again,
+        piling duplicates into its queue."""
+        if time.monotonic() - max(self.fetch_sent_at, self.entries_at) >= FETCH_RESEND_S:
             self._send_fetch()
 
     def _sync(self) -> None:
@@ -305,6 +309,7 @@ class StorageActor(Actor):
         self.raft_term = max(self.raft_term, term)
         if self.disk.failed:
             return  # fetched before the disk failed: fetched again (resend) once writes work
+        self.entries_at = time.monotonic()
         batches, size = self.fetch_window
         batches += 1
         for row in raw_entries:
