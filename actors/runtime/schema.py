@@ -395,8 +395,9 @@ class _Compiler:
         if t is Opaque:
             assert isinstance(node, Opaque)
             return f"(isinstance({x}, {self._name('kind', node.kind)}) and len({x}) <= {node.max_len})"
-        return f"{self.func(node)}({x})"  # a function of its own (building nodes: never falsy-safe,
-        # so a record inside a map is only ever accepted by the nodes' own checks)
+        # A function of its own. (A building node used as a predicate, a record inside a
+        # map, counts as a failure when its value is falsy: the nodes' own checks decide.)
+        return f"{self.func(node)}({x})"
 
     def func(self, node: Schema) -> str:
         """The name of a function for `node`: a predicate (non-building nodes) or a loader."""
