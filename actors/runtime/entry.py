@@ -20,8 +20,7 @@ member, never skipped and never a crash. Nothing here performs I/O.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import msgpack  # type: ignore[import-untyped]
 
@@ -34,8 +33,7 @@ class InvalidEntry(ValueError):
     """A committed entry that is not a valid entry (envelope or op); the reason is the message."""
 
 
-@dataclass(frozen=True)
-class Entry:
+class Entry(NamedTuple):
     origin: int
     req_id: int
     client_id: Any
@@ -61,12 +59,14 @@ def decode(data: bytes) -> Entry:
     if len(obj) == 4:  # version 0: [origin, req_id, op, client_id], no auth
         origin, req_id, op, client_id = obj
         auth = None
-    elif len(obj) == 6 and _uint64(obj[0]) and obj[0] == VERSION:
+    elif len(obj) == 6 and obj[0] == VERSION and _uint64(obj[0]):
         _, origin, req_id, client_id, auth, op = obj
     else:
         raise InvalidEntry("not a version-1 entry")
-    if not _uint64(origin) or not _uint64(req_id):
-        raise InvalidEntry("bad origin or request id")
+    if (type(origin) is not int or type(req_id) is not int  # the usual case decided in one test
+            or not (0 <= origin <= UINT64_MAX and 0 <= req_id <= UINT64_MAX)):
+        if not _uint64(origin) or not _uint64(req_id):
+            raise InvalidEntry("bad origin or request id")
     if isinstance(client_id, (list, dict)):
         raise InvalidEntry("bad client id")
     if auth is not None:

@@ -11,6 +11,10 @@ Rules:
   `ctx_id: Annotated[int, ID]` (actors/runtime/messages.py). A field with a default may be
   absent at the end of the array. A record's `XOR` names two fields of which exactly one
   is None (a reply holds a result or an error, never both and never neither).
+- `load` first runs a compiled fast path (`_Compiler`: the same checks as straight-line
+  code, stricter on types: exact int/bytes/str/list/dict); anything it does not accept
+  is checked again by the nodes themselves, which accept it or raise the named
+  `Malformed`. So the fast path only ever saves time, never changes a verdict.
 - Pure: no I/O.
 """
 from __future__ import annotations
@@ -32,6 +36,7 @@ MAX_BYTES = 64 * 1024 * 1024
 # --- schema nodes ------------------------------------------------------------------------
 class Schema:
     builds = False  # load returns a new value (a record, or values holding records)
+    _fast: Callable[[Any], Any] | None = None  # the compiled load (module docstring)
 
     def check(self, v: Any, path: str) -> None:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -40,6 +45,16 @@ class Schema:
         """`v` checked, as the receiver works with it (see Record)."""
         self.check(v, path)
         return v
+
+    def fast_load(self, v: Any, path: str) -> Any:
+        """`load`, through the compiled fast path first (the same verdict, sooner)."""
+        fast = self._fast
+        if fast is None:
+            fast = self._fast = _Compiler().loader(self)
+        try:
+            return fast(v)
+        except Exception:  # not accepted by the fast path: the nodes decide, naming the field
+            return self.load(v, path)
 
 
 def _fail(path: str, why: str) -> typing.NoReturn:
@@ -315,3 +330,142 @@ def MapOf(cls: type, extra: bool = False) -> Map:  # noqa: N802 - reads as a sch
     required: frozenset[str] = cls.__required_keys__  # type: ignore[attr-defined]
     return Map({k: s for k, s in schemas.items() if k in required},
                {k: s for k, s in schemas.items() if k not in required}, extra=extra)
+
+
+# --- the compiled fast path ------------------------------------------------------------------
+class _Bad(Exception):
+    """The fast path does not accept a value (the nodes' own checks then decide)."""
+
+
+def _bad() -> typing.NoReturn:
+    raise _Bad
+
+
+class _Compiler:
+    """Straight-line Python for a schema tree: each building node (records, lists of
+    them) becomes a function returning the loaded value or raising `_Bad`; each other
+    node an expression that is True only when its `check` would pass. Nodes it does not
+    know (Func, AnyOf, Tup, maps with `extra`) are called through their own `check`."""
+
+    def __init__(self) -> None:
+        self.env: dict[str, Any] = {"_bad": _bad, "_Bad": _Bad, "_new": tuple.__new__, "_inf": float("inf"),
+                                    "_missing": _MISSING}
+        self.lines: list[str] = []
+        self.done: dict[int, str] = {}
+        self.n = 0
+
+    def _name(self, prefix: str, obj: Any = None) -> str:
+        self.n += 1
+        name = f"_{prefix}{self.n}"
+        if obj is not None:
+            self.env[name] = obj
+        return name
+
+    def loader(self, schema: Schema) -> Callable[[Any], Any]:
+        if schema.builds:
+            name = self.func(schema)
+        else:
+            name = self._name("top")
+            self.lines += [f"def {name}(v):", f"    if not {self.pred(schema, 'v')}:", "        _bad()",
+                           "    return v"]
+        exec("\n".join(self.lines), self.env)  # noqa: S102 - code made here from the schema nodes
+        fn: Callable[[Any], Any] = self.env[name]
+        return fn
+
+    def pred(self, node: Schema, x: str) -> str:
+        """A boolean expression over the simple name or subscript `x` (no side effects)."""
+        t = type(node)
+        if t is Int:
+            assert isinstance(node, Int)
+            return f"(type({x}) is int and {node.lo} <= {x} <= {node.hi})"
+        if t is Num:
+            return f"(type({x}) in (int, float) and 0 <= {x} < _inf)"
+        if t is Bool:
+            return f"({x} is True or {x} is False)"
+        if t is Bytes:
+            assert isinstance(node, Bytes)
+            return f"(type({x}) is bytes and len({x}) <= {node.max_len})"
+        if t is Str:
+            assert isinstance(node, Str)
+            values = "" if node.values is None else f" and {x} in {self._name('vals', node.values)}"
+            return f"(type({x}) is str and len({x}) <= {node.max_len}{values})"
+        if t is Nullable and not node.builds:
+            assert isinstance(node, Nullable)
+            return f"({x} is None or {self.pred(node.inner, x)})"
+        if t is Opaque:
+            assert isinstance(node, Opaque)
+            return f"(isinstance({x}, {self._name('kind', node.kind)}) and len({x}) <= {node.max_len})"
+        # A function of its own. (A building node used as a predicate, a record inside a
+        # map, counts as a failure when its value is falsy: the nodes' own checks decide.)
+        return f"{self.func(node)}({x})"
+
+    def func(self, node: Schema) -> str:
+        """The name of a function for `node`: a predicate (non-building nodes) or a loader."""
+        key = id(node)
+        if key in self.done:
+            return self.done[key]
+        name = self._name("f")
+        self.done[key] = name
+        t = type(node)
+        body: list[str]
+        if t is Map and not typing.cast(Map, node).extra:
+            assert isinstance(node, Map)
+            allowed = self._name("keys", frozenset(node.required) | frozenset(node.optional))
+            body = [f"if type(v) is not dict or len(v) > {node.max_len} or not v.keys() <= {allowed}:",
+                    "    return False"]
+            for k, sub in node.required.items():
+                var = self._name("a")
+                body += [f"{var} = v.get({k!r}, _missing)",
+                         f"if {var} is _missing or not {self.pred(sub, var)}:", "    return False"]
+            for k, sub in node.optional.items():
+                var = self._name("a")
+                body += [f"{var} = v.get({k!r}, _missing)",
+                         f"if {var} is not _missing and not {self.pred(sub, var)}:", "    return False"]
+            body.append("return True")
+        elif t is ListOf and not node.builds:
+            assert isinstance(node, ListOf)
+            body = [f"if type(v) is not list or not {node.min_len} <= len(v) <= {node.max_len}:", "    return False",
+                    "for x in v:", f"    if not {self.pred(node.item, 'x')}:", "        return False", "return True"]
+        elif t is ListOf:
+            assert isinstance(node, ListOf)
+            item = self.func(node.item)
+            body = [f"if type(v) is not list or not {node.min_len} <= len(v) <= {node.max_len}:", "    _bad()",
+                    f"return [{item}(x) for x in v]"]
+        elif t is Nullable and node.builds:
+            assert isinstance(node, Nullable)
+            body = [f"return None if v is None else {self.func(node.inner)}(v)"]
+        elif t is Record:
+            assert isinstance(node, Record)
+            nf = len(node.fields)
+            body = ["if type(v) is not list:", "    _bad()", "n = len(v)"]
+            if node.defaults:
+                defaults = self._name("defaults", node.defaults)
+                body += [f"if n != {nf}:", f"    if not {node.min_len} <= n < {nf}:", "        _bad()",
+                         f"    v = v + {defaults}[n - {node.min_len}:]"]
+            else:
+                body += [f"if n != {nf}:", "    _bad()"]
+            checks = [self.pred(sub, f"v[{i}]") for i, sub in enumerate(node.schemas) if not sub.builds]
+            if checks:
+                body += [f"if not ({' and '.join(checks)}):", "    _bad()"]
+            if node.any_builds:
+                items = [f"{self.func(sub)}(v[{i}])" if sub.builds else f"v[{i}]" for i, sub in enumerate(node.schemas)]
+                body.append(f"out = [{', '.join(items)}]")
+            else:
+                body.append("out = v")
+            if node.xor:
+                a, b = node.xor
+                body += [f"if (out[{a}] is None) == (out[{b}] is None):", "    _bad()"]
+            body.append(f"return _new({self._name('cls', node.cls)}, out)")
+        else:  # a node checked by itself (Func, AnyOf, Tup, maps with extra keys)
+            ref = self._name("node", node)
+            if node.builds:
+                body = ["try:", f"    return {ref}.load(v, '')", "except Malformed:", "    _bad()"]
+            else:
+                body = ["try:", f"    {ref}.check(v, '')", "except Malformed:", "    return False", "return True"]
+            self.env["Malformed"] = Malformed
+        self.lines.append(f"def {name}(v):")
+        self.lines += ["    " + line for line in body]
+        return name
+
+
+_MISSING = object()

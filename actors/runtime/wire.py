@@ -65,7 +65,7 @@ def decode(frame: bytes, allowed: frozenset[int] | set[int] | None = None) -> An
     except Exception as exc:  # msgpack raises many types (ExtraData, StackError, ValueError, ...)
         raise Malformed(f"malformed internal frame: {type(exc).__name__}") from None
     try:
-        loaded = schema.load(body, f"type {msg_type}")
+        loaded = schema.fast_load(body, f"type {msg_type}")
     except RecursionError:
         raise Malformed("malformed internal frame: nested too deeply") from None
     cls = M.CLASSES[msg_type]

@@ -76,7 +76,7 @@ import itertools
 import os
 import shutil
 import time
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 import zmq
 
@@ -318,6 +318,7 @@ class StorageActor(Actor):
         gap = False
         batch: list[tuple[int, dict | errors.QkvError | None, Any]] = []
         origins: dict[int, tuple[int, int, Any]] = {}
+        kinds: set[str] = set()  # the ops of the batch other than put: what else to do after it
         expected = self.store.applied_index + 1
         for index, _term, _type, data in raw_entries:
             if index < expected:
@@ -333,10 +334,12 @@ class StorageActor(Actor):
             # applied index moves past it.
             if data and _type == 0:
                 op, auth = self._decode_entry(index, data, origins)
+                if isinstance(op, dict) and op["op"] != "put":
+                    kinds.add(op["op"])
             batch.append((index, op, auth))
         if batch:
             failpoint("before_storage_commit")
-            if any(isinstance(op, dict) and op.get("op") == "compact" for _, op, _ in batch):
+            if "compact" in kinds:
                 failpoint("during_compaction")  # the compaction is in this batch's one write
             auth_before = self.store.auth
             started = time.monotonic()
@@ -349,9 +352,11 @@ class StorageActor(Actor):
             if time.monotonic() - started > SLOW_APPLY_S:
                 metrics.slow_apply.inc()
             failpoint("after_storage_commit")
-            self._publish_auth(batch, results, auth_before)
-            self._publish(results, origins, batch)
-            self._lease_applied(batch, results)
+            if self.store.auth is not auth_before or not kinds.isdisjoint(AUTH_ENTRY_OPS):
+                self._publish_auth(batch, results, auth_before)
+            self._publish(results, origins, batch if "compact" in kinds else None)
+            if any(kind.startswith("lease_") for kind in kinds):
+                self._lease_applied(batch, results)
             self._compaction_kick()
         if gap:
             self._send_fetch()  # from the applied index: what follows it was lost
@@ -379,34 +384,39 @@ class StorageActor(Actor):
         return reads.client_frame(client_id, response, error, cluster_id=self.cluster_id,
                                   member_id=self.member_id, revision=revision, raft_term=self.raft_term)
 
-    def _publish(self, results: list, origins: dict[int, tuple[int, int, Any]], batch: list) -> None:
+    def _publish(self, results: list, origins: dict[int, tuple[int, int, Any]], batch: list | None) -> None:
+        """The batch's replies to this member's gateway (first: a client waits for them),
+        then its events to the watch actor. `batch` is given when it holds a `compact`
+        (one with `physical` is answered once the physical compaction got there)."""
         replies = []
-        revisions = []
-        physical = {index: op["revision"] for index, op, _ in batch
-                    if isinstance(op, dict) and op.get("op") == "compact" and op.get("physical")}
+        physical = {} if batch is None else {
+            index: op["revision"] for index, op, _ in batch
+            if isinstance(op, dict) and op.get("op") == "compact" and op.get("physical")}
+        member_id, raft_term, cluster_id = self.member_id, self.raft_term, self.cluster_id
         for res in results:
             origin = origins.get(res.index)
-            if origin is not None and origin[0] == self.member_id:
+            if origin is not None and origin[0] == member_id:
                 error = res.error.to_wire() if res.error is not None else None
-                reply = M.ClientReply(origin[1], self._client_frame(origin[2], res.response, error, res.revision),
-                                      res.revision)
-                target = physical.get(res.index)
-                if target is not None and error is None and self.store.physical_revision < target:
-                    self.physical_waiting.append((target, reply))  # answered by _compaction_slice
-                    continue
+                frame = reads.client_frame(origin[2], res.response, error, cluster_id=cluster_id,
+                                           member_id=member_id, revision=res.revision, raft_term=raft_term)
+                reply = M.ClientReply(origin[1], frame, res.revision)
+                if physical:
+                    target = physical.get(res.index)
+                    if target is not None and error is None and self.store.physical_revision < target:
+                        self.physical_waiting.append((target, reply))  # answered by _compaction_slice
+                        continue
                 replies.append(reply)
-            if res.events:
-                revisions.append(M.RevisionEvents(res.revision, [_event_wire(e) for e in res.events]))
-        if revisions:
-            try:
-                self.events.send(wire.pack(M.Events(revisions)), zmq.NOBLOCK)
-            except zmq.ZMQError:
-                pass  # the watch actor is away; it catches up from history
         if replies:
             try:
                 self.results.send(wire.pack(M.ClientReplies(replies)), zmq.NOBLOCK)
             except zmq.ZMQError:
                 self.log.warning("results_dropped", count=len(replies))
+        revisions = [(res.revision, [(e.type, e.kv, e.prev_kv) for e in res.events]) for res in results if res.events]
+        if revisions:
+            try:  # the items as their wire arrays (M.RevisionEvents of M.Event: the same bytes)
+                self.events.send(wire.pack(M.Events(cast(list, revisions))), zmq.NOBLOCK)
+            except zmq.ZMQError:
+                pass  # the watch actor is away; it catches up from history
 
     def _push(self, sock: zmq.Socket, msg: M.Message) -> None:
         try:

@@ -8,7 +8,7 @@ For user keys a < b (bytewise), escape(a) + anything < escape(b) + anything, so
 """
 from __future__ import annotations
 
-from actors.storage.mvcc.revision import REV_BYTES, Revision
+from actors.storage.mvcc.revision import _REV, REV_BYTES, Revision
 
 TERMINATOR = b"\x00\x01"
 
@@ -23,7 +23,7 @@ def escape(key: bytes) -> bytes:
 
 
 def hist_key(key: bytes, main: int, sub: int) -> bytes:
-    return escape(key) + Revision(main, sub).to_bytes()
+    return key.replace(b"\x00", b"\x00\xff") + TERMINATOR + _REV.pack(main, sub)  # escape(key) + the revision
 
 
 def split_hist_key(hk: bytes) -> tuple[bytes, bytes, Revision]:

@@ -616,19 +616,25 @@ class MVCCStore:
                 results.append(ApplyResult(index, st.current_revision, error=op))
                 continue
             changes = _Changes(main=st.current_revision + 1)
-            view.push()
+            # A put refuses (KeyNotFound, LeaseNotFound) before its first write, so it
+            # needs no layer of its own to drop; every other op runs in one.
+            layered = op["op"] != "put"
+            if layered:
+                view.push()
             try:
-                if auth != SERVER:
+                if auth != SERVER and st.auth.enabled:
                     auth_check(st.auth, auth, op, lambda lease_id: self._view_lease_keys(view, lease_id))
                 response = self._apply_op(view, st, changes, op)
             except QkvError as err:
-                view.discard()
+                if layered:
+                    view.discard()
                 results.append(ApplyResult(index, st.current_revision, error=err))
                 continue
             except Exception as exc:
                 raise AssertionError(f"applying the validated entry at index {index} failed: "
                                      f"{type(exc).__name__}: {exc}") from exc
-            view.commit()
+            if layered:
+                view.commit()
             if changes.sub > 0:
                 st.current_revision = changes.main
                 st.key_count += changes.key_delta
