@@ -153,10 +153,11 @@ class GatewayActor(Actor):
             handler=self.on_client,
             maxmsgsize=max(4 * cfg.max_request_bytes, 8 * 1024 * 1024),
             curve_server=curve_server,
-            with_peer=True,  # handler(frames, zap_user, peer address): the slow_client line names the peer
+            raw=True,  # handler(zmq.Frame list): on_client reads the frame properties it needs
             sndhwm=CLIENT_SNDHWM,
         )
         self.clients.copy_threshold = CLIENT_COPY_THRESHOLD
+        self._client_curve_on = curve_server is not None  # a ZAP User-Id exists only then
         self.conns = Conns(
             self._send_frames,
             queue_bytes=cfg.max_client_queue_bytes,
@@ -282,27 +283,36 @@ class GatewayActor(Actor):
         self._finish(req_id, None, err.to_wire(), 0, 0)
 
     # --- client requests -----------------------------------------------------------
-    def on_client(self, frames: list[bytes], zap_user: str = "", peer: str = "") -> None:
+    def on_client(self, frames: list[zmq.Frame]) -> None:
         """A client's frame: started now, or queued behind the connection's bound
         (conns.py), or refused with too_many_requests. A malformed or oversized frame is
-        answered at once (a small refusal; it does no work)."""
-        identity = frames[0]
-        if len(frames) == 2:
-            delimiter, frame = False, frames[1]
-        elif len(frames) == 3 and frames[1] == b"":
-            delimiter, frame = True, frames[2]
+        answered at once (a small refusal; it does no work).
+
+        Frame properties are read only where they exist or matter: the ZAP User-Id with
+        CURVE on the client port (without it there is none), the peer's address when the
+        connection has no state here yet (the slow_client line names it)."""
+        identity = frames[0].bytes
+        n = len(frames)
+        if n == 2:
+            delimiter, last = False, frames[1]
+        elif n == 3 and not len(frames[1]):
+            delimiter, last = True, frames[2]
         else:
             self._reply_error(identity, False, None, errors.Malformed("malformed request: expected one frame"),
                               admitted=False)
             return
+        frame = last.bytes
+        zap_user = security.frame_user(last) if self._client_curve_on else ""
         now = time.monotonic()
         if len(frame) > self.cfg.max_request_bytes:
             self._handle(identity, delimiter, frame, zap_user, now, admitted=False)
             return
+        conns = self.conns
+        peer = "" if identity in conns.conns else security.frame_peer(last)
         item = (identity, delimiter, frame, zap_user, now)
-        decision = self.conns.request(identity, item, len(frame), now, peer, zap_user)
+        decision = conns.request(identity, item, len(frame), now, peer, zap_user)
         if decision == ADMIT:
-            self._handle(*item)
+            self._handle(identity, delimiter, frame, zap_user, now)
         elif decision == REFUSE:
             self._refuse(item, f"etcdserver: too many requests: this connection has too many requests "
                                f"waiting behind its limits (--max-client-requests "
