@@ -99,7 +99,11 @@ _CODES = frozenset(c.code for c in errors.__dict__.values()
                    if isinstance(c, type) and issubclass(c, errors.QkvError))
 # Write requests that fail with these did not get through consensus (etcd's proposals_failed).
 _PROPOSAL_FAILED = frozenset(("no_leader", "not_leader", "timeout", "unknown_outcome", "unavailable", "stopping"))
-_ERROR_MARK = b"\xa2ok\xc2"  # msgpack "ok": false near the start of a reply frame (reads.client_frame)
+_ERROR_MARK = b"\xa2ok\xc2"
+# The Cython send under pyzmq's Socket.send (positional: data, flags, copy, track), for
+# the per-request sends; the sugar layer only adds options (routing_id, group) not used here.
+_zmq_send = zmq.backend.Socket.send
+_NOBLOCK_MORE = zmq.NOBLOCK | zmq.SNDMORE  # msgpack "ok": false near the start of a reply frame (reads.client_frame)
 
 
 def _auth(auth: Any) -> M.Auth | None:
@@ -237,7 +241,20 @@ class GatewayActor(Actor):
 
     def _send_frames(self, frames: list[bytes]) -> Any:
         """conns.py's way out: zero-copy and tracked, so that the bytes libzmq holds for a
-        connection are known until it lets go of them (small frames are copied: None)."""
+        connection are known until it lets go of them (small frames are copied: None).
+        A reply under the copy threshold (nearly all) goes through the Cython send
+        directly: pyzmq's send_multipart and sugar send cost more than the send itself."""
+        if len(frames[-1]) < CLIENT_COPY_THRESHOLD:
+            sock = self.clients
+            try:
+                for part in frames[:-1]:
+                    _zmq_send(sock, part, _NOBLOCK_MORE, True, False)
+                _zmq_send(sock, frames[-1], zmq.NOBLOCK, True, False)
+            except zmq.Again:
+                raise PipeFull() from None
+            except zmq.ZMQError:
+                raise PeerGone() from None
+            return None
         try:
             tracker = self.clients.send_multipart(frames, zmq.NOBLOCK, copy=False, track=True)
         except zmq.Again:
