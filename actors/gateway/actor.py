@@ -54,7 +54,7 @@ import math
 import random
 import secrets
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Mapping, cast
 
 import zmq
@@ -111,7 +111,7 @@ def _auth(auth: Any) -> M.Auth | None:
     return None if auth is None else M.Auth(*auth)
 
 
-@dataclass
+@dataclass(slots=True)
 class Pending:
     identity: bytes
     delimiter: bool  # the client is a REQ socket: echo the empty delimiter frame
@@ -119,7 +119,7 @@ class Pending:
     deadline: float
     kind: str  # "write", "read", or the admin op ("status", "member_list", ...)
     epoch: int | None = None  # the consensus epoch that accepted the proposal
-    status: dict[str, Any] = field(default_factory=dict)
+    status: dict[str, Any] | None = None  # status: the parts answered so far (made by the first)
     auth: Any = None  # None or (user, auth_revision): stamped on its entry or read
     token: str | None = None  # authenticate: the token the client gets once its entry applied
     login: tuple[str, str, Any, int] | None = None  # authenticate: (name, password, key, attempt)
@@ -232,12 +232,14 @@ class GatewayActor(Actor):
     def _send(self, identity: bytes, delimiter: bool, reply: dict[str, Any], admitted: bool = True) -> None:
         self._to_client(identity, delimiter, pack(reply), admitted)
 
-    def _to_client(self, identity: bytes, delimiter: bool, payload: bytes, admitted: bool = True) -> None:
+    def _to_client(self, identity: bytes, delimiter: bool, payload: bytes, admitted: bool = True,
+                   now: float | None = None) -> None:
         """Every reply to a client goes here: the connection's bound decides (conns.py)
         whether it is sent, parked until libzmq takes it, or dropped (counted; the client
-        times out). `admitted`: it answers a request that was counted in progress."""
+        times out). `admitted`: it answers a request that was counted in progress; `now`:
+        the caller's clock reading, when it has one."""
         frames = [identity, b"", payload] if delimiter else [identity, payload]
-        self.conns.reply(identity, frames, time.monotonic(), admitted)
+        self.conns.reply(identity, frames, time.monotonic() if now is None else now, admitted)
 
     def _send_frames(self, frames: list[bytes]) -> Any:
         """conns.py's way out: zero-copy and tracked, so that the bytes libzmq holds for a
@@ -596,7 +598,7 @@ class GatewayActor(Actor):
 
     def _send_internal(self, sock: zmq.Socket, msg: M.Message) -> bool:
         try:
-            sock.send(wire.pack(msg), zmq.NOBLOCK)
+            _zmq_send(sock, wire.pack(msg), zmq.NOBLOCK, True, False)
             return True
         except zmq.ZMQError:
             return False
@@ -656,7 +658,7 @@ class GatewayActor(Actor):
                            p.kind)
             if revision > self.revision_seen:
                 self.revision_seen = revision
-            self._to_client(p.identity, p.delimiter, reply)
+            self._to_client(p.identity, p.delimiter, reply, True, now)
 
     def _on_propose_ack(self, msg: M.ProposeAck) -> None:
         for req_id in msg.accepted:
@@ -746,10 +748,11 @@ class GatewayActor(Actor):
         p = self.pending.get(req_id)
         if p is None or p.kind != "status":
             return
-        p.status[part] = status
-        if len(p.status) < 2:
+        parts = p.status = p.status or {}
+        parts[part] = status
+        if len(parts) < 2:
             return
-        c, s = p.status["consensus"], p.status["storage"]
+        c, s = parts["consensus"], parts["storage"]
         response = {
             "version": VERSION,
             "name": self.cfg.name,
