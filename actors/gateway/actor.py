@@ -54,7 +54,7 @@ import math
 import random
 import secrets
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Mapping, cast
 
 import zmq
@@ -99,7 +99,11 @@ _CODES = frozenset(c.code for c in errors.__dict__.values()
                    if isinstance(c, type) and issubclass(c, errors.QkvError))
 # Write requests that fail with these did not get through consensus (etcd's proposals_failed).
 _PROPOSAL_FAILED = frozenset(("no_leader", "not_leader", "timeout", "unknown_outcome", "unavailable", "stopping"))
-_ERROR_MARK = b"\xa2ok\xc2"  # msgpack "ok": false near the start of a reply frame (reads.client_frame)
+_ERROR_MARK = b"\xa2ok\xc2"
+# The Cython send under pyzmq's Socket.send (positional: data, flags, copy, track), for
+# the per-request sends; the sugar layer only adds options (routing_id, group) not used here.
+_zmq_send = zmq.backend.Socket.send
+_NOBLOCK_MORE = zmq.NOBLOCK | zmq.SNDMORE  # msgpack "ok": false near the start of a reply frame (reads.client_frame)
 
 
 def _auth(auth: Any) -> M.Auth | None:
@@ -107,7 +111,7 @@ def _auth(auth: Any) -> M.Auth | None:
     return None if auth is None else M.Auth(*auth)
 
 
-@dataclass
+@dataclass(slots=True)
 class Pending:
     identity: bytes
     delimiter: bool  # the client is a REQ socket: echo the empty delimiter frame
@@ -115,7 +119,7 @@ class Pending:
     deadline: float
     kind: str  # "write", "read", or the admin op ("status", "member_list", ...)
     epoch: int | None = None  # the consensus epoch its proposal was sent to (None: unknown then)
-    status: dict[str, Any] = field(default_factory=dict)
+    status: dict[str, Any] | None = None  # status: the parts answered so far (made by the first)
     auth: Any = None  # None or (user, auth_revision): stamped on its entry or read
     token: str | None = None  # authenticate: the token the client gets once its entry applied
     login: tuple[str, str, Any, int] | None = None  # authenticate: (name, password, key, attempt)
@@ -153,10 +157,11 @@ class GatewayActor(Actor):
             handler=self.on_client,
             maxmsgsize=max(4 * cfg.max_request_bytes, 8 * 1024 * 1024),
             curve_server=curve_server,
-            with_peer=True,  # handler(frames, zap_user, peer address): the slow_client line names the peer
+            raw=True,  # handler(zmq.Frame list): on_client reads the frame properties it needs
             sndhwm=CLIENT_SNDHWM,
         )
         self.clients.copy_threshold = CLIENT_COPY_THRESHOLD
+        self._client_curve_on = curve_server is not None  # a ZAP User-Id exists only then
         self.conns = Conns(
             self._send_frames,
             queue_bytes=cfg.max_client_queue_bytes,
@@ -227,16 +232,31 @@ class GatewayActor(Actor):
     def _send(self, identity: bytes, delimiter: bool, reply: dict[str, Any], admitted: bool = True) -> None:
         self._to_client(identity, delimiter, pack(reply), admitted)
 
-    def _to_client(self, identity: bytes, delimiter: bool, payload: bytes, admitted: bool = True) -> None:
+    def _to_client(self, identity: bytes, delimiter: bool, payload: bytes, admitted: bool = True,
+                   now: float | None = None) -> None:
         """Every reply to a client goes here: the connection's bound decides (conns.py)
         whether it is sent, parked until libzmq takes it, or dropped (counted; the client
-        times out). `admitted`: it answers a request that was counted in progress."""
+        times out). `admitted`: it answers a request that was counted in progress; `now`:
+        the caller's clock reading, when it has one."""
         frames = [identity, b"", payload] if delimiter else [identity, payload]
-        self.conns.reply(identity, frames, time.monotonic(), admitted)
+        self.conns.reply(identity, frames, time.monotonic() if now is None else now, admitted)
 
     def _send_frames(self, frames: list[bytes]) -> Any:
         """conns.py's way out: zero-copy and tracked, so that the bytes libzmq holds for a
-        connection are known until it lets go of them (small frames are copied: None)."""
+        connection are known until it lets go of them (small frames are copied: None).
+        A reply under the copy threshold (nearly all) goes through the Cython send
+        directly: pyzmq's send_multipart and sugar send cost more than the send itself."""
+        if len(frames[-1]) < CLIENT_COPY_THRESHOLD:
+            sock = self.clients
+            try:
+                for part in frames[:-1]:
+                    _zmq_send(sock, part, _NOBLOCK_MORE, True, False)
+                _zmq_send(sock, frames[-1], zmq.NOBLOCK, True, False)
+            except zmq.Again:
+                raise PipeFull() from None
+            except zmq.ZMQError:
+                raise PeerGone() from None
+            return None
         try:
             tracker = self.clients.send_multipart(frames, zmq.NOBLOCK, copy=False, track=True)
         except zmq.Again:
@@ -282,27 +302,36 @@ class GatewayActor(Actor):
         self._finish(req_id, None, err.to_wire(), 0, 0)
 
     # --- client requests -----------------------------------------------------------
-    def on_client(self, frames: list[bytes], zap_user: str = "", peer: str = "") -> None:
+    def on_client(self, frames: list[zmq.Frame]) -> None:
         """A client's frame: started now, or queued behind the connection's bound
         (conns.py), or refused with too_many_requests. A malformed or oversized frame is
-        answered at once (a small refusal; it does no work)."""
-        identity = frames[0]
-        if len(frames) == 2:
-            delimiter, frame = False, frames[1]
-        elif len(frames) == 3 and frames[1] == b"":
-            delimiter, frame = True, frames[2]
+        answered at once (a small refusal; it does no work).
+
+        Frame properties are read only where they exist or matter: the ZAP User-Id with
+        CURVE on the client port (without it there is none), the peer's address when the
+        connection has no state here yet (the slow_client line names it)."""
+        identity = frames[0].bytes
+        n = len(frames)
+        if n == 2:
+            delimiter, last = False, frames[1]
+        elif n == 3 and not len(frames[1]):
+            delimiter, last = True, frames[2]
         else:
             self._reply_error(identity, False, None, errors.Malformed("malformed request: expected one frame"),
                               admitted=False)
             return
+        frame = last.bytes
+        zap_user = security.frame_user(last) if self._client_curve_on else ""
         now = time.monotonic()
         if len(frame) > self.cfg.max_request_bytes:
             self._handle(identity, delimiter, frame, zap_user, now, admitted=False)
             return
+        conns = self.conns
+        peer = "" if identity in conns.conns else security.frame_peer(last)
         item = (identity, delimiter, frame, zap_user, now)
-        decision = self.conns.request(identity, item, len(frame), now, peer, zap_user)
+        decision = conns.request(identity, item, len(frame), now, peer, zap_user)
         if decision == ADMIT:
-            self._handle(*item)
+            self._handle(identity, delimiter, frame, zap_user, now)
         elif decision == REFUSE:
             self._refuse(item, f"etcdserver: too many requests: this connection has too many requests "
                                f"waiting behind its limits (--max-client-requests "
@@ -569,7 +598,7 @@ class GatewayActor(Actor):
 
     def _send_internal(self, sock: zmq.Socket, msg: M.Message) -> bool:
         try:
-            sock.send(wire.pack(msg), zmq.NOBLOCK)
+            _zmq_send(sock, wire.pack(msg), zmq.NOBLOCK, True, False)
             return True
         except zmq.ZMQError:
             return False
@@ -638,7 +667,7 @@ class GatewayActor(Actor):
                            p.kind)
             if revision > self.revision_seen:
                 self.revision_seen = revision
-            self._to_client(p.identity, p.delimiter, reply)
+            self._to_client(p.identity, p.delimiter, reply, True, now)
 
     def _on_propose_ack(self, msg: M.ProposeAck) -> None:
         """Rejections, or proposals taken by an epoch other than the one they named."""
@@ -729,10 +758,11 @@ class GatewayActor(Actor):
         p = self.pending.get(req_id)
         if p is None or p.kind != "status":
             return
-        p.status[part] = status
-        if len(p.status) < 2:
+        parts = p.status = p.status or {}
+        parts[part] = status
+        if len(parts) < 2:
             return
-        c, s = p.status["consensus"], p.status["storage"]
+        c, s = parts["consensus"], parts["storage"]
         response = {
             "version": VERSION,
             "name": self.cfg.name,
