@@ -79,8 +79,7 @@ def handle(node: RawNode, storage: MemoryStorage, hooks: Hooks, rd: Ready, held:
         storage.set_hard_state(rd.hard_state)
     if rd.entries:
         storage.append(rd.entries)
-    if late:
-        hooks.send(late)
+    hooks.send(late)
     hooks.apply(rd)
     node.advance(rd)
     hooks.advanced(rd)

@@ -16,7 +16,8 @@ MT = MessageType
 
 class Shell:
     """One node's hooks that record the order of events: ("send", [(type, to, last entry
-    index)]) and ("persist", accepted); persist answers from `refuse` (True: the disk refuses)."""
+    index)]) for a non-empty send and ("persist", accepted); persist answers from `refuse`
+    (True: the disk refuses)."""
 
     def __init__(self, node: RawNode, storage: MemoryStorage) -> None:
         self.node, self.storage = node, storage
@@ -31,6 +32,8 @@ class Shell:
         return not self.refuse
 
     def send(self, msgs: list[Message]) -> None:
+        if not msgs:
+            return  # (the loop hands over step 3's list even when empty)
         self.sent.extend(msgs)
         self.events.append(("send", [(m.type, m.to, m.entries[-1].index if m.entries else 0) for m in msgs]))
 
