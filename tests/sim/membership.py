@@ -21,7 +21,7 @@ Not simulated: removing a voter from a cluster of two voters. The survivor can l
 commit index of the removal in a power loss (commit-only hard states are not fsynced; the
 actor replays the log from its compaction point) and then waits for the vote of a member
 that stopped for good; the first seed found it (etcd has the same two-member caveat).
-`two_voter_removals=True` lets the sim do it (tests/sim/test_sim_membership.py pins seed 25).
+`two_voter_removals=True` lets the sim do it (tests/sim/test_sim_membership.py pins seed 0).
 
 Checkers (tests/sim/checkers.py MembershipChecker): a leader counts exactly the voters of
 the committed log as of its applied index (a removed member or a learner never counts in a
