@@ -52,7 +52,7 @@ def test_checkers_catch_a_broken_core(monkeypatch):
 def test_checkers_catch_a_follower_acking_before_persisting(monkeypatch):
     """The durable-commit checker and the crash between an early send and its persist: a
     core that lets followers answer appends before persisting them (as a leader may send
-    them, Raft thesis 10.2.1) is caught, within 100 seeds of 3 nodes (it takes about 40): a
+    them, Raft thesis 10.2.1) is caught, within 100 seeds of 3 nodes (it takes 66): a
     follower acks, crashes before its save, and the leader commits on a copy that is gone."""
     from actors.consensus.raft.rawnode import RawNode
     from tests.sim.sim import first_failure
