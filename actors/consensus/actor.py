@@ -3,8 +3,10 @@
 Loop (actors/consensus/ready.py, etcd-io/raft doc.go): take a Ready from the core -> persist
 snapshot metadata, hard state and entries to the WAL (fsync when `must_sync`) -> make them
 visible in MemoryStorage -> send messages to peers -> answer read states, apply conf changes
--> advance; storage is served committed entries after the loop. Proposals that arrive
-together share one Ready and so one fsync (group commit).
+-> advance; storage is served committed entries after the loop. A leader sends its appends
+and heartbeats before its fsync instead (Raft thesis 10.2.1), so followers write in parallel;
+it counts its own copy once saved. Proposals that arrive together share one Ready and so
+one fsync (group commit).
 
 - Storage pulls committed entries (FETCH after_index -> ENTRIES); a fetch with nothing
   new is held until the commit index moves. A sent ENTRIES re-arms the fetch after its
@@ -47,7 +49,8 @@ together share one Ready and so one fsync (group commit).
   changes removing every other member are appended (etcd: restartAsStandaloneNode,
   except that uncommitted entries are kept too: nothing this member holds is lost).
 - A full disk (issue 12; actors/runtime/diskfault.py): a Ready whose save the disk refuses
-  is HELD: none of its messages is sent, none of its entries is applied or served, the
+  is HELD: none of its messages is sent (but a leader's appends and heartbeats, sent before
+  the save was tried, and not again), none of its entries is applied or served, the
   core is not advanced (the Raft rule: nothing is acknowledged or sent before it is
   persisted); its read states are answered at once (etcd does so before persisting: a read
   index does not depend on this member's log). One log line (`disk_full`, naming the log's

@@ -18,6 +18,8 @@ step stays proportional to what changed. A violation raises `SafetyViolation`.
   durable checkpoint (never below what was durable).
 - ReadIndex: a read point is never below the commit index known anywhere when the read
   was issued.
+- Commit quorum: a leader moves its commit index only over entries a majority of voters
+  hold on their disks (durable copies; the simulator names the holders and the voters).
 """
 
 from __future__ import annotations
@@ -83,6 +85,15 @@ class Checker:
                 self.committed_terms[i] = t
             self.top_committed = commit
         # Committed entries never change (checked where this leader's log overlaps).
+
+    def commit_quorum(self, term: int, node: int, commit: int, holders: set[int], voters: set[int]) -> None:
+        """A leader of `term` moved its commit index to `commit`: a majority of `voters` must
+        hold that entry durably (`holders`: whose disks have it)."""
+        have = holders & voters
+        if len(have) < len(voters) // 2 + 1:
+            raise SafetyViolation(
+                f"commit quorum: leader {node} of term {term} committed {commit} held durably by "
+                f"{sorted(have)} of the voters {sorted(voters)}: not a majority")
 
     # --- log matching on persisted logs -----------------------------------------------
     def persisted(self, node: int, prev_term: int, entries) -> None:

@@ -112,17 +112,17 @@ class MembershipSim(Sim):
             self.table_checked[sn.id] = (r.term, applied)
             self.mchecker.leader_table(r.term, sn.id, applied,
                                        {i: (m.name, m.peer_urls) for i, m in sn.ms.members.items()})
+
+    def check_commit_quorum(self, sn: SimNode) -> None:
+        """The voters are the committed log's as of the leader's applied index."""
+        r = sn.node.raft
+        if self.mchecker is None:
+            return
         commit = r.log.committed
         seen = self.mchecker.checked_commit.setdefault((r.term, sn.id), commit)  # inherited: not its quorum
         if commit <= seen:
             return
-        term = r.log.term(commit)
-        holders = set()
-        for other in self.nodes.values():
-            d = other.disk
-            if commit <= d.snap.index or (term is not None and d.term(commit) == term):
-                holders.add(other.id)
-        self.mchecker.leader_committed(r.term, sn.id, applied, commit, holders)
+        self.mchecker.leader_committed(r.term, sn.id, r.log.applied, commit, self.holders(r.log.term(commit), commit))
 
     # --- new and removed members --------------------------------------------------------
     def start_born(self) -> None:

@@ -6,8 +6,12 @@ step, a node's tick occasionally skipped), crashes and restarts, clients (puts, 
 ReadIndex, leadership transfers) and each node's Raft rng (derived from it). No time, no
 other randomness: a seed replays exactly.
 
-Each node is driven like the real actor shell drives it:
-    ready -> persist (snapshot, then hard state + entries) -> send -> apply -> advance
+Each node is driven like the real actor shell drives it (actors/consensus/ready.py):
+    ready -> [a leader's messages] -> persist (snapshot, then hard state + entries) -> send
+    -> apply -> advance
+A crash may strike after a step, after persisting (before sending), and when a leader has
+sent its appends but not persisted them (they are lost from its disk; the followers may
+have them).
 Its disk is (hard_state, snapshot, entries); writes with must_sync=False (commit-only
 hard state changes) and log compactions are not durable until the next synced write, and a
 crash discards them. The state machine (MVCCStore over a MemoryBackend) keeps a durable
@@ -206,9 +210,12 @@ class Sim:
         self.stats = {"msgs": 0, "dropped": 0, "snaps_sent": 0, "snaps_installed": 0,
                       "crashes": 0, "proposals": 0, "reads": 0, "compactions": 0,
                       "leaders": 0, "snaps_stale": 0, "snaps_fast_forward": 0,
-                      "snaps_restore": 0}
+                      "snaps_restore": 0, "crashes_before_persist": 0}
         self.nodes: dict[int, SimNode] = {}
         self._hooks: dict[int, Hooks] = {}  # node id -> its shell's Ready-loop hooks
+        self.commit_checked: dict[tuple[int, int], int] = {}  # (term, leader) -> commit checked
+        self.outbox: list[Message] = []  # sent by the node in `process`, not in the network yet
+        self.crash_rng = random.Random(seed * 7919 + 31)  # its own stream: see send_all
         for i in self.ids:
             sn = SimNode(i)
             sn.sm = MVCCStore(sn.backend)
@@ -260,11 +267,35 @@ class Sim:
                 self.trace(f"node {sn.id} is leader of term {r.term}")
             self.checker.leader_seen(r.term, sn.id, r.log)
             self.checker.leader_commit(r.term, sn.id, r.log)
+            self.check_commit_quorum(sn)
+
+    def check_commit_quorum(self, sn: SimNode) -> None:
+        """Commit quorum: when a leader's commit index moves to c, a majority of the voters
+        hold (c, term) on their disks (or have compacted past it). Only durable copies count:
+        a leader's own appends count once it has persisted them, not when it sent them."""
+        r = sn.node.raft
+        commit = r.log.committed
+        key = (r.term, sn.id)
+        seen = self.commit_checked.setdefault(key, commit)  # inherited: not its quorum
+        if commit <= seen:
+            return
+        self.commit_checked[key] = commit
+        self.checker.commit_quorum(r.term, sn.id, commit, self.holders(r.log.term(commit), commit), set(self.ids))
+
+    def holders(self, term: int | None, index: int) -> set[int]:
+        """The nodes whose disks hold the entry (index, term), or a snapshot past it."""
+        held = set()
+        for other in self.nodes.values():
+            d = other.disk
+            if index <= d.snap.index or (term is not None and d.term(index) == term):
+                held.add(other.id)
+        return held
 
     # --- the shell's Ready loop ----------------------------------------------------------
     def process(self, sn: SimNode) -> bool:
         """The shell's Ready loop (actors/consensus/ready.py) with this node's disk, network
-        and state machine; a crash may strike after persisting, before sending."""
+        and state machine; a crash may strike before persisting a Ready whose messages went
+        first (a leader's), or after persisting, before sending."""
         if not sn.node.has_ready():
             return False
         hooks = self._hooks.get(sn.id)
@@ -275,11 +306,30 @@ class Sim:
         return True
 
     def send_all(self, sn: SimNode, msgs: list[Message]) -> None:
-        for m in msgs:
+        """The send hook. Messages enter the network (and draw their faults) before the
+        Ready's apply, in the Ready's order; a leader's early ones (ready.py step 0) wait
+        here meanwhile (nothing is delivered in between). A crash between them and the rest
+        loses them (the early-send crash point delivers them). So the rng draws come as they
+        did when every message went after persist, and a seed without that crash point
+        replays as it did."""
+        self.outbox.extend(msgs)
+
+    def flush_outbox(self, sn: SimNode, rd: Ready | None = None) -> None:
+        out, self.outbox = self.outbox, []
+        if rd is not None:
+            at = {id(m): i for i, m in enumerate(rd.messages)}
+            out.sort(key=lambda m: at.get(id(m), len(at)))
+        for m in out:
             self.send(sn, m)
 
     def persist(self, sn: SimNode, rd: Ready) -> bool:
         """Snapshot first, then hard state and entries; False when the node crashed."""
+        if rd.send_early and self.outbox and self.early_crash_point():
+            # Its appends are out (ready.py step 0); its disk never gets them.
+            self.stats["crashes_before_persist"] += 1
+            self.flush_outbox(sn, rd)
+            self.crash(sn, "after sending, before persisting")
+            return False
         if rd.snapshot is not None:
             # The shell installed the data before stepping SNAP.
             assert sn.sm.applied_index >= rd.snapshot.index, (sn.id, sn.sm.applied_index, rd.snapshot)
@@ -289,6 +339,7 @@ class Sim:
         if kept:
             self.checker.persisted(sn.id, prev_term, kept)
         if self.crash_point():
+            self.outbox = []  # a leader's early messages: lost on the way
             self.crash(sn, "after persisting, before sending")
             return False
         if rd.hard_state is not None:
@@ -299,6 +350,7 @@ class Sim:
         """A snapshot from the leader replaced the log (a hook: membership follows it)."""
 
     def apply_ready(self, sn: SimNode, rd: Ready) -> None:
+        self.flush_outbox(sn, rd)
         if rd.committed_entries:
             # Never entries at or below the (just restored) snapshot.
             assert rd.committed_entries[0].index > sn.storage.snapshot().index
@@ -506,6 +558,13 @@ class Sim:
     def crash_point(self) -> bool:
         """A crash in the middle of the shell's work (safety phase only)."""
         return self.safety and self.p_crash and self.rng.random() < self.p_crash * 0.05
+
+    def early_crash_point(self) -> bool:
+        """A leader crashing between sending its appends and persisting them: as likely as
+        the other points inside the shell's work, ten times as likely in every fourth seed
+        (chosen from the seed, so that the others mostly replay as they did)."""
+        p = self.p_crash * (0.5 if self.seed % 4 == 1 else 0.05)
+        return self.safety and self.p_crash and self.crash_rng.random() < p
 
     def crash(self, sn: SimNode, where: str = "between steps") -> None:
         self.stats["crashes"] += 1

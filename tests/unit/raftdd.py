@@ -14,9 +14,11 @@ A file that needs blank lines in an output writes it between "----\\n----" and
 compares every output exactly and, with `pytest --rewrite`, writes the actual outputs back.
 
 The harness drives the pure core directly (RawNode + MemoryStorage, no shell). Its Ready
-loop is the textbook one: persist the snapshot, then the hard state and entries, queue the
-messages, apply committed entries (a committed CONF_CHANGE is applied to the core, as the
-shell does), advance. Messages wait in one FIFO queue until a `deliver-msgs` or
+loop is the shells' own (actors/consensus/ready.py): persist the snapshot, then the hard
+state and entries (the Ready is printed then), queue the messages, apply committed entries
+(a committed CONF_CHANGE is applied to the core, as the shell does), advance; a leader's
+messages are queued before it persists (so a `dropped:` line for one comes before its
+Ready). Messages wait in one FIFO queue until a `deliver-msgs` or
 `stabilize` hands them over, through `to_wire`/`from_wire` so the codec is exercised.
 
 Commands (node ids are Raft ids):

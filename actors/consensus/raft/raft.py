@@ -4,9 +4,12 @@ Rules:
 - No I/O, no clock, no global randomness: time is `tick()`, randomness is `config.rng`.
 - Outputs accumulate in `msgs` and `read_states`; RawNode hands them out in a Ready.
   Every message produced here may depend on state (term, vote, entries) that is persisted
-  by the shell before the message is sent (persist -> send).
+  by the shell before the message is sent (persist -> send), except a leader's: when its
+  Ready changes neither term nor vote (Ready.send_early), the shell sends first (Raft thesis
+  10.2.1; its APPs carry entries not on its disk yet, which the next rule makes safe).
 - The leader counts its own log as replicated only up to what it has persisted: its own
-  `match` is advanced by RawNode.advance(), never when appending.
+  `match` is advanced by RawNode.advance(), never when appending. So a commit counts only
+  durable copies, wherever the leader's fsync is.
 - Commit only entries of the current term by counting replicas (paper 5.4.2).
 - A broken invariant is an `assert`; a caller's misuse raises; a peer's garbage never
   reaches here in a shape the code does not expect (see types.validate_message), and

@@ -1,11 +1,12 @@
 """RawNode: the thread-unsafe, I/O-free handle the actor shell drives (etcd rawnode.go).
 
-The shell's loop, in this order:
+The shell's loop, in this order (actors/consensus/ready.py does it):
     rd = node.ready()
+    if rd.send_early: send rd.messages (a leader's: Raft thesis 10.2.1)
     if rd.snapshot: persist it (drop the whole log, record the meta);
                     storage.apply_snapshot(rd.snapshot)
     persist rd.hard_state / rd.entries (fsync if rd.must_sync); storage.append(rd.entries)
-    send rd.messages
+    send rd.messages (unless sent early)
     apply rd.committed_entries
     node.advance(rd)
 Rules:
@@ -147,6 +148,9 @@ class RawNode:
             must_sync=(bool(entries) or snap is not None
                        or hs.term != prev.term or hs.vote != prev.vote),
             snapshot=snap.copy() if snap is not None else None,
+            # prev is what the shell persisted: the last Ready was persisted before advance().
+            send_early=(ss.raft_state == StateType.LEADER and snap is None
+                        and hs.term == prev.term and hs.vote == prev.vote),
         )
         r.msgs = []
         r.read_states = []

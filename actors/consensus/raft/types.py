@@ -336,7 +336,8 @@ def validate_message(m: Message) -> None:
 
 @dataclass
 class Ready:
-    """Work for the shell, in order: persist, send, apply, then RawNode.advance(ready)."""
+    """Work for the shell, in order: persist, send, apply, then RawNode.advance(ready)
+    (`send_early`: send first; actors/consensus/ready.py)."""
 
     soft_state: SoftState | None  # None = unchanged
     hard_state: HardState | None  # None = unchanged
@@ -348,6 +349,11 @@ class Ready:
     # A snapshot the node restored from (SNAP): persist it FIRST (drop the whole log, record
     # the meta; MemoryStorage.apply_snapshot), then hard_state and entries. None normally.
     snapshot: SnapshotMeta | None = None
+    # True when `messages` may be sent BEFORE this Ready is persisted (Raft thesis 10.2.1):
+    # a leader's Ready that changes neither term nor vote and restores no snapshot. Its
+    # messages then depend on no unpersisted term or vote, and an APP carrying entries not yet
+    # on our disk is safe: the leader counts its own copy only once persisted (advance()).
+    send_early: bool = False
 
 
 @dataclass
