@@ -99,11 +99,11 @@ _CODES = frozenset(c.code for c in errors.__dict__.values()
                    if isinstance(c, type) and issubclass(c, errors.QkvError))
 # Write requests that fail with these did not get through consensus (etcd's proposals_failed).
 _PROPOSAL_FAILED = frozenset(("no_leader", "not_leader", "timeout", "unknown_outcome", "unavailable", "stopping"))
-_ERROR_MARK = b"\xa2ok\xc2"
+_ERROR_MARK = b"\xa2ok\xc2"  # msgpack "ok": false near the start of a reply frame (reads.client_frame)
 # The Cython send under pyzmq's Socket.send (positional: data, flags, copy, track), for
 # the per-request sends; the sugar layer only adds options (routing_id, group) not used here.
 _zmq_send = zmq.backend.Socket.send
-_NOBLOCK_MORE = zmq.NOBLOCK | zmq.SNDMORE  # msgpack "ok": false near the start of a reply frame (reads.client_frame)
+_NOBLOCK_MORE = zmq.NOBLOCK | zmq.SNDMORE
 
 
 def _auth(auth: Any) -> M.Auth | None:
