@@ -368,17 +368,32 @@ def test_qkvctl_watch_prints_like_etcdctl(node_factory, clients):
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     proc_json = subprocess.Popen(qkvctl_cmd(node) + ["watch", "foo", "-w", "json", "--rev", "2"],
                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    # --rev 2: history has every event whenever the watches start; each command's lines are
+    # read as they come, and it is stopped once it printed all three events.
+    got: dict[subprocess.Popen, list[bytes]] = {proc: [], proc_json: []}
+
+    def read(p: subprocess.Popen) -> None:
+        for line in iter(p.stdout.readline, b""):
+            got[p].append(line)
+
+    readers = [threading.Thread(target=read, args=(p,), daemon=True) for p in got]
+    for t in readers:
+        t.start()
     try:
-        wait_for(lambda: True, 1, "")
-        time.sleep(1.0)
         c.put("foo", "baz")
         c.delete("foo")
-        time.sleep(1.5)
+        wait_for(lambda: len(got[proc]) >= 13 and len(got[proc_json]) >= 3, 20,
+                 "qkvctl watch printing the three events")
     finally:
-        for p in (proc, proc_json):
+        for p in got:
             p.send_signal(signal.SIGINT)
-        out, err = proc.communicate(timeout=10)
-        out_json, _ = proc_json.communicate(timeout=10)
+        for p in got:
+            p.wait(timeout=10)
+        for t in readers:
+            t.join(10)  # at the end of their output
+        err = proc.stderr.read()
+        proc_json.stderr.read()
+    out, out_json = b"".join(got[proc]), b"".join(got[proc_json])
     assert out.decode() == "PUT\nfoo\nbar\nPUT\nfoo\nbar\nfoo\nbaz\nDELETE\nfoo\nbaz\nfoo\n\n", err
     lines = [json.loads(line) for line in out_json.decode().splitlines()]
     assert [len(x["Events"]) for x in lines] == [1, 1, 1]
