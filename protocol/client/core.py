@@ -11,7 +11,10 @@ One call (``Failover``):
 - "sent, no reply": a read moves on; a write raises ``Timeout(outcome_unknown=True)``
   and is never sent again (it may have taken effect);
 - ``too_many_requests``: the same member again after its own short, growing, jittered
-  pause (25 ms doubling to 500 ms);
+  pause (25 ms doubling to 500 ms), only while the time left after the pause is at least
+  twice the refused round trip and a tenth of the call's timeout; else the refusal is
+  raised (a resend with no time for its reply would turn a write's clean refusal into an
+  unknown outcome);
 - a retryable refusal from every endpoint no longer raises at once: the call goes on
   with the next round (after the client's backoff) until its deadline.
 
@@ -41,6 +44,7 @@ from protocol.errors import (
 
 BUSY_BACKOFF_S = 0.025  # first pause after too_many_requests; doubles up to BUSY_BACKOFF_MAX_S
 BUSY_BACKOFF_MAX_S = 0.5
+BUSY_MIN_LEFT_FRACTION = 0.1  # of the call's timeout: left after a pause, or no resend
 DEFAULT_BACKOFF_BASE_S = 0.05
 DEFAULT_BACKOFF_MAX_S = 1.0
 # Errors after which the request was refused untouched and a fresh token may help.
@@ -287,7 +291,9 @@ class Failover:
             self._busy_until = now + self._busy_pause * (0.5 + self._rng() / 2)
             self._busy_pause = min(BUSY_BACKOFF_MAX_S, self._busy_pause * 2)
             self._retry_same = True
-            if self._busy_until >= self.deadline:
+            a = self._current
+            round_trip = max(0.0, now - a.send_at) if a is not None else 0.0
+            if self._busy_until + max(2 * round_trip, BUSY_MIN_LEFT_FRACTION * self.timeout) >= self.deadline:
                 raise err
             return None
         if not err.retryable or isinstance(err, REAUTH_ERRORS):

@@ -119,6 +119,26 @@ def test_too_many_requests_past_deadline_raises_it():
         fo.reply(refusal("too_many_requests"), 0.0)
 
 
+def test_too_many_requests_not_resent_without_time_for_its_reply():
+    # timeout 1 s: a pause of 12.5 ms (jitter 0.5) after a refusal that took 0.4 s to come
+    # back leaves 0.5875 s, under twice the round trip: raised now, not resent to time out
+    # (for a write that would be an unknown outcome instead of a clean refusal).
+    fo = failover(write=True, timeout=1.0)
+    fo.next(0.0)
+    with pytest.raises(errors.TooManyRequests):
+        fo.reply(refusal("too_many_requests"), 0.4)
+    # The same refusal after 0.1 s: 0.8875 s left, over 2 x 0.1 and 0.1 x 1 s: resent.
+    fo = failover(write=True, timeout=1.0)
+    fo.next(0.0)
+    assert fo.reply(refusal("too_many_requests"), 0.1) is None
+    # ... and a tenth of the timeout is the least left for a resend, however fast the reply:
+    # an instant refusal at 0.9 s leaves 0.0875 s after its pause.
+    fo = failover(write=True, timeout=1.0)
+    fo.next(0.9)
+    with pytest.raises(errors.TooManyRequests):
+        fo.reply(refusal("too_many_requests"), 0.9)
+
+
 def test_refused_everywhere_retried_until_deadline_then_raised():
     backoff = Backoff(rng=lambda: 1.0)
     fo = failover(timeout=2.0, backoff=backoff)
