@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed-stamp
 DATA_DIR ?= ./default.qkv
 PYTEST_ARGS ?=
 
-.PHONY: run test test-fast typecheck bench bench-restart bench-cluster bench-watch bench-lease bench-client bench-scale bench-compare cluster sim robustness clean help
+.PHONY: protos run test test-fast typecheck bench bench-restart bench-cluster bench-watch bench-lease bench-client bench-scale bench-compare cluster sim robustness clean help
 
 help:
 	@echo "make run    - set up .venv and start one node (data dir $(DATA_DIR), clients on tcp://127.0.0.1:7379)"
@@ -85,6 +85,10 @@ bench-scale: $(BENCH_STAMP)
 
 bench-compare: $(BENCH_STAMP)
 	$(BIN)/python tests/bench/bench_compare.py
+
+# etcd 3.4's .proto files (Debian's golang-etcd-server-dev) -> protocol/etcdpb/ (committed).
+protos: $(BENCH_STAMP)
+	$(BIN)/python protocol/etcdpb/gen.py
 
 cluster: $(STAMP)
 	exec $(BIN)/python deploy/cluster.py
