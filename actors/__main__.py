@@ -20,6 +20,7 @@ ROLES = {
     "gateway": "actors.gateway.actor:GatewayActor",
     "watch": "actors.watch.actor:WatchActor",
     "metrics": "actors.metrics.actor:MetricsActor",  # only with --listen-metrics-urls
+    "grpc": "actors.grpcgw.actor:GrpcActor",  # only with --listen-grpc-urls
 }
 
 

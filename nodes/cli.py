@@ -31,6 +31,14 @@ def run(
     listen_watch_urls: Optional[str] = _opt("URLs to publish watch events on. [default: tcp://127.0.0.1:7381]"),
     listen_metrics_urls: Optional[str] = _opt(
         "HTTP URLs to serve /metrics, /health, /livez and /readyz on; empty = off. [default: http://127.0.0.1:7382]"),
+    listen_grpc_urls: Optional[str] = _opt(
+        "URLs to serve etcd's gRPC API on (etcdctl, etcd client libraries): http:// or https:// "
+        "(with --cert-file/--key-file); empty = off. [default: off]"),
+    advertise_grpc_urls: Optional[str] = _opt("gRPC URLs etcd clients are told of. [default: the listen gRPC URLs]"),
+    cert_file: Optional[str] = _opt("TLS certificate of the https:// gRPC URLs (etcd's --cert-file)."),
+    key_file: Optional[str] = _opt("TLS private key of the https:// gRPC URLs (etcd's --key-file)."),
+    trusted_ca_file: Optional[str] = _opt(
+        "CA of gRPC client certificates; with --client-cert-auth the certificate's CN is the user."),
     initial_cluster: Optional[str] = _opt("Initial cluster: name=peer-url,... [default: <name>=<peer url>]"),
     initial_cluster_state: Optional[str] = _opt("new or existing. [default: new]"),
     initial_cluster_token: Optional[str] = _opt("Initial cluster token. [default: qkv-cluster]"),

@@ -67,6 +67,17 @@ def _http_url_list(flag: str, raw: Any) -> list[str]:
     return [_http_url(flag, str(item)) for item in items if str(item).strip()]
 
 
+def _grpc_url_list(flag: str, raw: Any) -> list[str]:
+    """etcd's client URLs for the gRPC gateway: http:// (plain) or https:// (TLS with
+    --cert-file/--key-file); an empty value means none (the gateway is off)."""
+    items = raw if isinstance(raw, list) else str(raw).split(",")
+    urls = []
+    for item in (str(i) for i in items if str(i).strip()):
+        scheme = "https" if item.strip().startswith("https://") else "http"
+        urls.append(_listen_url(flag, item, scheme, "an http:// or https:// URL like http://127.0.0.1:2379"))
+    return urls
+
+
 def _url_list(flag: str, raw: Any) -> list[str]:
     items = raw if isinstance(raw, list) else str(raw).split(",")
     urls = [_zmq_url(flag, str(item)) for item in items if str(item).strip()]
@@ -162,6 +173,12 @@ class Config:
     listen_watch_urls: list[str] = field(default_factory=lambda: ["tcp://127.0.0.1:7381"])
     # /metrics, /health, /livez, /readyz over HTTP (etcd's flag); [] = off.
     listen_metrics_urls: list[str] = field(default_factory=lambda: ["http://127.0.0.1:7382"])
+    # etcd's gRPC API (issue 18, actors/grpcgw/): off unless given; http:// or https://.
+    listen_grpc_urls: list[str] = field(default_factory=list)
+    advertise_grpc_urls: list[str] = field(default_factory=list)  # what member_list shows as clientURLs to etcd clients
+    cert_file: str = ""  # TLS certificate of the gRPC gateway's https:// URLs (etcd's --cert-file)
+    key_file: str = ""  # its private key (etcd's --key-file)
+    trusted_ca_file: str = ""  # CA that signs client certificates (etcd's --trusted-ca-file)
     initial_cluster: str = ""
     initial_cluster_state: str = "new"
     initial_cluster_token: str = "qkv-cluster"
@@ -268,6 +285,11 @@ FLAGS: dict[str, _V] = {
     "initial-advertise-peer-urls": _url_list,
     "listen-watch-urls": _url_list,
     "listen-metrics-urls": _http_url_list,
+    "listen-grpc-urls": _grpc_url_list,
+    "advertise-grpc-urls": _grpc_url_list,
+    "cert-file": lambda f, v: str(v),
+    "key-file": lambda f, v: str(v),
+    "trusted-ca-file": lambda f, v: str(v),
     "initial-cluster": lambda f, v: str(v).strip(),
     "initial-cluster-state": lambda f, v: _choice(f, v, ("new", "existing")),
     "initial-cluster-token": lambda f, v: _name(f, v),
@@ -347,6 +369,8 @@ def load_config(
         changes["advertise_client_urls"] = list(cfg.listen_client_urls)
     if not cfg.initial_advertise_peer_urls:
         changes["initial_advertise_peer_urls"] = list(cfg.listen_peer_urls)
+    if not cfg.advertise_grpc_urls and cfg.listen_grpc_urls:
+        changes["advertise_grpc_urls"] = list(cfg.listen_grpc_urls)
     if not cfg.initial_cluster:
         peers = changes.get("initial_advertise_peer_urls", cfg.initial_advertise_peer_urls)
         changes["initial_cluster"] = ",".join(f"{cfg.name}={u}" for u in peers)
@@ -386,6 +410,22 @@ def _check(cfg: Config) -> None:
         raise ConfigError(f"invalid --initial-cluster {cfg.initial_cluster!r}: duplicate member")
     _check_exposure(cfg)
     _check_security(cfg, names)
+    _check_grpc(cfg)
+
+
+def _check_grpc(cfg: Config) -> None:
+    """The gRPC gateway's TLS flags, as etcd's: https:// needs --cert-file and --key-file;
+    --client-cert-auth over gRPC needs --trusted-ca-file (the CA client certificates are
+    checked against; the certificate's CN is then the user, as in etcd)."""
+    for flag, path in (("--cert-file", cfg.cert_file), ("--key-file", cfg.key_file),
+                       ("--trusted-ca-file", cfg.trusted_ca_file)):
+        if path and not os.path.isfile(path):
+            raise ConfigError(f"invalid {flag} {path!r}: no such file")
+    tls = [u for u in cfg.listen_grpc_urls if u.startswith("https://")]
+    if tls and not (cfg.cert_file and cfg.key_file):
+        raise ConfigError(f"--listen-grpc-urls {tls[0]} needs --cert-file and --key-file")
+    if cfg.trusted_ca_file and not tls:
+        raise ConfigError("--trusted-ca-file needs an https:// URL in --listen-grpc-urls")
 
 
 def _check_security(cfg: Config, names: set[str]) -> None:
@@ -441,7 +481,8 @@ def _check_exposure(cfg: Config) -> None:
     # --listen-metrics-urls is not checked: it serves no key, value or write (metrics and
     # health verdicts only, as etcd's does), and a Prometheus on another host must reach it.
     for flag, urls in (("--listen-client-urls", cfg.listen_client_urls),
-                       ("--listen-watch-urls", cfg.listen_watch_urls)):
+                       ("--listen-watch-urls", cfg.listen_watch_urls),
+                       ("--listen-grpc-urls", [u for u in cfg.listen_grpc_urls if u.startswith("http://")])):
         exposed = [u for u in urls if not is_loopback_url(u)]
         if exposed and not cfg.client_key_file and not cfg.insecure_client:
             raise ConfigError(

@@ -43,6 +43,13 @@ class Endpoints:
         return self._ipc("storage")
 
     @property
+    def gateway_proxy(self) -> str:
+        """gateway ROUTER for the node's own gRPC gateway (actors/grpcgw/): client requests,
+        each naming the user its TLS client certificate proved (in this private run dir,
+        only the node's own processes can connect)."""
+        return self._ipc("proxy")
+
+    @property
     def gateway_results(self) -> str:
         """gateway PULL: results of applied writes, pushed by storage."""
         return self._ipc("results")
@@ -70,5 +77,6 @@ class Endpoints:
     def ipc_files(self) -> list[str]:
         return [
             url[len("ipc://"):]
-            for url in (self.consensus, self.storage, self.gateway_results, self.watch_events, self.supervisor)
+            for url in (self.consensus, self.storage, self.gateway_proxy, self.gateway_results, self.watch_events,
+                        self.supervisor)
         ]

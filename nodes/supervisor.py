@@ -56,6 +56,7 @@ _READY_TYPES = frozenset((M.READY, M.HEARTBEAT))  # what the readiness PULL may 
 
 ROLES = ("consensus", "storage", "watch", "gateway")  # start order; stopped in reverse
 METRICS_ROLE = "metrics"  # started last, only when --listen-metrics-urls names a URL
+GRPC_ROLE = "grpc"  # etcd's gRPC API (actors/grpcgw/), only when --listen-grpc-urls names a URL
 STOP_GRACE_S = 4.0
 RESTART_DELAY_MAX_S = 5.0
 JOIN_TIMEOUT_S = 15.0
@@ -172,7 +173,8 @@ class Supervisor:
         self.data_dir = os.path.abspath(cfg.data_dir)
         self.endpoints = Endpoints(run_dir_for(self.data_dir))
         self.log = runtime_log.configure(cfg.log_level, cfg.log_format, node=cfg.name, actor="supervisor")
-        roles = ROLES + ((METRICS_ROLE,) if cfg.listen_metrics_urls else ())
+        roles = (ROLES + ((GRPC_ROLE,) if cfg.listen_grpc_urls else ())
+                 + ((METRICS_ROLE,) if cfg.listen_metrics_urls else ()))
         self.children = {role: Child(role) for role in roles}  # in start order
         self.stopping = False
         self._lock_fd: int | None = None
@@ -208,6 +210,7 @@ class Supervisor:
             ("--listen-peer-urls", self.cfg.listen_peer_urls),
             ("--listen-watch-urls", self.cfg.listen_watch_urls),
             ("--listen-metrics-urls", self.cfg.listen_metrics_urls),
+            ("--listen-grpc-urls", self.cfg.listen_grpc_urls),
         ):
             for url in urls:
                 _check_port_free(flag, url)
@@ -449,7 +452,7 @@ class Supervisor:
                 "node_starting", version=VERSION, data_dir=self.data_dir, member_id=f"{self.cfg.member_id:x}",
                 client_urls=self.cfg.listen_client_urls, watch_urls=self.cfg.listen_watch_urls,
             )
-            for role in self.children:  # ROLES, then metrics
+            for role in self.children:  # ROLES, then grpc and metrics
                 self._spawn(self.children[role])
             while not self.stopping:
                 if ready_sock.poll(50):

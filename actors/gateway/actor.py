@@ -84,6 +84,12 @@ QUOTA_DEFAULT_BYTES = 2 * 1024**3  # etcd: --quota-backend-bytes 0 means the def
 ALARM_RETRY_S = 1.0  # an alarm proposal not yet seen applied is proposed again after this
 UINT64_MAX = 2**64 - 1
 # Per-connection bounds (conns.py; SPEC section 1 "Per-connection limits").
+# The gRPC gateway's connections (on_proxy): their identities inside this actor start with
+# PROXY_PREFIX (a client may not choose such a routing id), their zap user is PROXY until the
+# request names its user. PROXY holds a control character, which no user name may.
+PROXY_PREFIX = b"\xffqkv-grpc:"
+_PROXY_LEN = len(PROXY_PREFIX)
+PROXY = "\x1bqkv-proxy"
 CLIENT_SNDHWM = 128  # messages per client pipe in libzmq (a multipart message counts once)
 CLIENT_COPY_THRESHOLD = 8192  # replies of this size or more are sent zero-copy and tracked:
 # so the copied (uncounted) replies libzmq holds for one connection are < 128 x 8 KiB = 1 MiB
@@ -161,6 +167,16 @@ class GatewayActor(Actor):
             sndhwm=CLIENT_SNDHWM,
         )
         self.clients.copy_threshold = CLIENT_COPY_THRESHOLD
+        # The node's own gRPC gateway (actors/grpcgw/, --listen-grpc-urls) sends its clients'
+        # requests here, in the private run dir. Its connections' identities carry
+        # PROXY_PREFIX inside this actor (replies go back on this socket), and its requests
+        # may name their user (``as_user``: the CN of a verified TLS client certificate).
+        self.proxy: zmq.Socket | None = None
+        if cfg.listen_grpc_urls:
+            self.proxy = self.socket(
+                zmq.ROUTER, bind=self.endpoints.gateway_proxy, handler=self.on_proxy,
+                maxmsgsize=max(4 * cfg.max_request_bytes, 8 * 1024 * 1024), raw=True, sndhwm=CLIENT_SNDHWM)
+            self.proxy.copy_threshold = CLIENT_COPY_THRESHOLD
         self._client_curve_on = curve_server is not None  # a ZAP User-Id exists only then
         self.conns = Conns(
             self._send_frames,
@@ -245,9 +261,13 @@ class GatewayActor(Actor):
         """conns.py's way out: zero-copy and tracked, so that the bytes libzmq holds for a
         connection are known until it lets go of them (small frames are copied: None).
         A reply under the copy threshold (nearly all) goes through the Cython send
-        directly: pyzmq's send_multipart and sugar send cost more than the send itself."""
+        directly: pyzmq's send_multipart and sugar send cost more than the send itself.
+        A reply to the gRPC gateway (identity with PROXY_PREFIX) goes out on its socket."""
+        sock = self.clients
+        if frames[0][:_PROXY_LEN] == PROXY_PREFIX and self.proxy is not None:
+            sock = self.proxy
+            frames = [frames[0][_PROXY_LEN:], *frames[1:]]
         if len(frames[-1]) < CLIENT_COPY_THRESHOLD:
-            sock = self.clients
             try:
                 for part in frames[:-1]:
                     _zmq_send(sock, part, _NOBLOCK_MORE, True, False)
@@ -258,7 +278,7 @@ class GatewayActor(Actor):
                 raise PeerGone() from None
             return None
         try:
-            tracker = self.clients.send_multipart(frames, zmq.NOBLOCK, copy=False, track=True)
+            tracker = sock.send_multipart(frames, zmq.NOBLOCK, copy=False, track=True)
         except zmq.Again:
             raise PipeFull() from None  # the client does not read (ROUTER_MANDATORY: not silent)
         except zmq.ZMQError:
@@ -302,7 +322,21 @@ class GatewayActor(Actor):
         self._finish(req_id, None, err.to_wire(), 0, 0)
 
     # --- client requests -----------------------------------------------------------
-    def on_client(self, frames: list[zmq.Frame]) -> None:
+    def on_proxy(self, frames: list[zmq.Frame]) -> None:
+        """A request from the node's gRPC gateway: handled as a client's (same limits, per
+        connection), its user named by the request (``_proxy_user``)."""
+        self.on_client(frames, proxy=True)
+
+    def _proxy_user(self, req: dict) -> str:
+        """The ``as_user`` of a gRPC gateway request (popped): the CN of the TLS client
+        certificate the gRPC gateway verified. Taken only with --client-cert-auth, as the
+        user of a registered client key is on the client port; "" = nobody."""
+        user = req.pop("as_user", "")
+        if not isinstance(user, str) or len(user.encode("utf-8", "replace")) > 256:
+            raise errors.InvalidArgument("as_user: must be a user name (at most 256 bytes)")
+        return user if self.cfg.client_cert_auth else ""
+
+    def on_client(self, frames: list[zmq.Frame], proxy: bool = False) -> None:
         """A client's frame: started now, or queued behind the connection's bound
         (conns.py), or refused with too_many_requests. A malformed or oversized frame is
         answered at once (a small refusal; it does no work).
@@ -311,6 +345,12 @@ class GatewayActor(Actor):
         CURVE on the client port (without it there is none), the peer's address when the
         connection has no state here yet (the slow_client line names it)."""
         identity = frames[0].bytes
+        if proxy:
+            identity = PROXY_PREFIX + identity
+        elif identity[:_PROXY_LEN] == PROXY_PREFIX:  # a routing id the client set itself: reserved
+            self._reply_error(identity, False, None, errors.InvalidArgument(
+                "this ZMQ_ROUTING_ID is reserved: set another one, or none"), admitted=False)
+            return
         n = len(frames)
         if n == 2:
             delimiter, last = False, frames[1]
@@ -321,13 +361,13 @@ class GatewayActor(Actor):
                               admitted=False)
             return
         frame = last.bytes
-        zap_user = security.frame_user(last) if self._client_curve_on else ""
+        zap_user = PROXY if proxy else security.frame_user(last) if self._client_curve_on else ""
         now = time.monotonic()
         if len(frame) > self.cfg.max_request_bytes:
             self._handle(identity, delimiter, frame, zap_user, now, admitted=False)
             return
         conns = self.conns
-        peer = "" if identity in conns.conns else security.frame_peer(last)
+        peer = "" if proxy or identity in conns.conns else security.frame_peer(last)
         item = (identity, delimiter, frame, zap_user, now)
         decision = conns.request(identity, item, len(frame), now, peer, zap_user)
         if decision == ADMIT:
@@ -383,6 +423,8 @@ class GatewayActor(Actor):
             if isinstance(client_id, bool) or not isinstance(client_id, int) or not 0 <= client_id <= UINT64_MAX:
                 bad, client_id = client_id, None
                 raise errors.InvalidArgument(f"id must be an unsigned 64-bit integer, got {bad!r}")
+            if zap_user == PROXY:
+                zap_user = self._proxy_user(req)
             if len(frame) > self.cfg.max_request_bytes:
                 raise errors.RequestTooLarge(limit=self.cfg.max_request_bytes)
             op = normalize_request(req, self.limits)

@@ -157,6 +157,19 @@ client_replies_dropped = Counter("qkv_client_replies_dropped",
 client_requests_refused = Counter("qkv_client_requests_refused",
                                   "Requests refused with too_many_requests (the connection's bounds).")
 
+# --- gRPC gateway (actors/grpcgw/) ------------------------------------------------------------
+# go-grpc-prometheus's names and labels, as etcd exports them. grpc_type: unary,
+# client_stream, server_stream, bidi_stream; grpc_service: etcdserverpb.KV, ...; grpc_code:
+# the status name (OK, InvalidArgument, ...).
+grpc_started = Counter("grpc_server_started", "Total number of RPCs started on the server.",
+                       ["grpc_type", "grpc_service", "grpc_method"])
+grpc_handled = Counter("grpc_server_handled", "Total number of RPCs completed on the server, regardless of success or failure.",
+                       ["grpc_type", "grpc_service", "grpc_method", "grpc_code"])
+grpc_msg_received = Counter("grpc_server_msg_received", "Total number of RPC stream messages received on the server.",
+                            ["grpc_type", "grpc_service", "grpc_method"])
+grpc_msg_sent = Counter("grpc_server_msg_sent", "Total number of gRPC stream messages sent by the server.",
+                        ["grpc_type", "grpc_service", "grpc_method"])
+
 # --- supervisor (nodes/supervisor.py) --------------------------------------------------------
 actor_restarts = Counter("qkv_actor_restarts", "Actor processes restarted by the supervisor, by role.", ["role"])
 

@@ -22,6 +22,11 @@ ROOT = pathlib.Path(__file__).resolve().parents[2]
 # name as exposed -> (TYPE line, etcd's buckets as ExponentialBuckets(start, factor, count) or None)
 ETCD = {
     "etcd_server_has_leader": ("gauge", None),
+    # go-grpc-prometheus's, which etcd exports (the gRPC gateway, actors/grpcgw/)
+    "grpc_server_started_total": ("counter", None),
+    "grpc_server_handled_total": ("counter", None),
+    "grpc_server_msg_received_total": ("counter", None),
+    "grpc_server_msg_sent_total": ("counter", None),
     "etcd_server_is_leader": ("gauge", None),
     "etcd_server_leader_changes_seen_total": ("counter", None),
     "etcd_server_heartbeat_send_failures_total": ("counter", None),
@@ -114,7 +119,7 @@ def test_every_metric_is_etcds_or_ours():
     names = exposed()
     assert len(names) == len(defined()), "two metrics expose the same name"
     for name, m in names.items():
-        assert name.startswith(("etcd_", "qkv_")), name
+        assert name.startswith(("etcd_", "qkv_", "grpc_server_")), name
         assert re.fullmatch(r"[a-z][a-z0-9_]*", name), name
         if name.startswith("qkv_") and m._type == "histogram":
             assert name.endswith("_seconds"), f"{name}: durations in seconds"
@@ -172,6 +177,9 @@ m.snapshot_receive_seconds.labels("b").observe(1)
 m.server_version.labels("x").set(1)
 m.client_replies_dropped.labels("client_gone").inc()
 m.has_leader.set(1)
+for g in (m.grpc_started, m.grpc_msg_received, m.grpc_msg_sent):
+    g.labels("unary", "etcdserverpb.KV", "Range").inc()
+m.grpc_handled.labels("unary", "etcdserverpb.KV", "Range", "OK").inc()
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.multiprocess import MultiProcessCollector
 reg = CollectorRegistry()

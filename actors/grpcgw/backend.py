@@ -1,0 +1,183 @@
+"""The bridge every gRPC service uses: an etcd request in, our native request to the local
+gateway, its reply (or error) back as etcd's message (or status).
+
+- ``Backend`` holds one ``AsyncClient`` (protocol/client/aio.py) connected to the node's
+  own gateway over its private proxy socket (nodes/endpoints.py ``gateway_proxy``): every
+  check, limit, auth rule and Raft path of the native protocol applies unchanged.
+- Who asks: etcd's ``token`` metadata is passed on as our ``token``; with
+  ``--client-cert-auth`` and a verified TLS client certificate, its CN is passed as
+  ``as_user`` (the gateway takes it as a registered client key's user on the client port).
+- Errors: a ``QkvError`` aborts the RPC with etcd's status code and message (errors.py).
+- Metrics: ``Rpc`` counts started/handled/messages with go-grpc-prometheus's names and
+  labels (actors/runtime/metrics.py), in memory, written by ``flush_metrics`` every second.
+"""
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable, TypeVar
+
+import grpc
+
+from actors.grpcgw.errors import status_of
+from actors.runtime import metrics
+from protocol import errors
+from protocol.client.aio import AsyncClient
+from protocol.etcdpb import kv_pb2, rpc_pb2
+
+T = TypeVar("T")
+DEFAULT_TIMEOUT_S = 30.0  # a request with no gRPC deadline: etcd has none; ours bounds the wait
+UNARY, CLIENT_STREAM, SERVER_STREAM, BIDI_STREAM = "unary", "client_stream", "server_stream", "bidi_stream"
+
+_started = metrics.CounterTally(metrics.grpc_started)
+_handled = metrics.CounterTally(metrics.grpc_handled)
+_received = metrics.CounterTally(metrics.grpc_msg_received)
+_sent = metrics.CounterTally(metrics.grpc_msg_sent)
+
+
+def flush_metrics() -> None:
+    for tally in (_started, _handled, _received, _sent):
+        tally.flush()
+
+
+def code_label(code: grpc.StatusCode | None) -> str:
+    """go-grpc-prometheus's grpc_code: Go's codes.Code.String()."""
+    if code is None or code is grpc.StatusCode.OK:
+        return "OK"
+    if code is grpc.StatusCode.CANCELLED:
+        return "Canceled"
+    return "".join(w.capitalize() for w in code.name.split("_"))
+
+
+def rpc(service: str, method: str, kind: str = UNARY) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Count a servicer method (``async def m(self, request_or_iterator, context)``; for
+    server streams an async generator): started, handled by status code, and for unary
+    calls one message each way. Streams count their messages with ``count_received`` /
+    ``count_sent``."""
+    labels = (kind, service, method)
+
+    def wrap(fn: Callable[..., Any]) -> Callable[..., Any]:
+        if kind == SERVER_STREAM or kind == BIDI_STREAM:
+            @functools.wraps(fn)
+            async def stream(self: Any, request: Any, context: Any) -> Any:
+                _started.inc(labels)
+                code = None
+                try:
+                    async for item in fn(self, request, context):
+                        _sent.inc(labels)
+                        yield item
+                except BaseException:
+                    code = _code(context, grpc.StatusCode.UNKNOWN)
+                    raise
+                finally:
+                    _handled.inc((*labels, code_label(code if code is not None else _code(context, None))))
+            return stream
+
+        @functools.wraps(fn)
+        async def unary(self: Any, request: Any, context: Any) -> Any:
+            _started.inc(labels)
+            if kind == UNARY:
+                _received.inc(labels)
+            code = None
+            try:
+                reply = await fn(self, request, context)
+            except BaseException:
+                code = _code(context, grpc.StatusCode.UNKNOWN)
+                raise
+            finally:
+                _handled.inc((*labels, code_label(code if code is not None else _code(context, None))))
+            _sent.inc(labels)
+            return reply
+        return unary
+    return wrap
+
+
+def count_received(service: str, method: str, kind: str) -> None:
+    _received.inc((kind, service, method))
+
+
+def _code(context: Any, default: grpc.StatusCode | None) -> grpc.StatusCode | None:
+    try:
+        code = context.code()
+    except Exception:
+        return default
+    return code if isinstance(code, grpc.StatusCode) else default
+
+
+class Backend:
+    """The node's gateway as the gRPC services see it."""
+
+    def __init__(self, endpoint: str, *, cluster_id: int, member_id: int, cert_auth: bool,
+                 max_in_flight: int = 64) -> None:
+        self.client = AsyncClient([endpoint], timeout=DEFAULT_TIMEOUT_S, max_in_flight=max_in_flight)
+        self.cluster_id = cluster_id
+        self.member_id = member_id
+        self.cert_auth = cert_auth
+        self.raft_term = 0  # the last seen, for headers of replies that carry none
+        self.revision = 0
+
+    async def close(self) -> None:
+        await self.client.close()
+
+    # --- who asks ---------------------------------------------------------------------
+    def identity(self, context: Any) -> dict[str, Any]:
+        """``token`` (etcd's metadata) and ``as_user`` (the verified client certificate's
+        CN, with --client-cert-auth) for a native request."""
+        fields: dict[str, Any] = {}
+        for key, value in context.invocation_metadata() or ():
+            if key == "token" and value:
+                fields["token"] = value if isinstance(value, str) else value.decode("utf-8", "replace")
+                break
+        if self.cert_auth:
+            cn = (context.auth_context() or {}).get("x509_common_name")
+            if cn:
+                fields["as_user"] = cn[0].decode("utf-8", "replace")
+        return fields
+
+    # --- calls ------------------------------------------------------------------------
+    async def call(self, context: Any, req: dict[str, Any], *, timeout: float | None = None) -> dict[str, Any]:
+        """Send ``req`` (a native request map, without ``token``) as the RPC's caller; the
+        ok reply map. A refusal aborts the RPC with etcd's status (never returns)."""
+        try:
+            reply = await self.client.request({**req, **self.identity(context)},
+                                              timeout=timeout or self.timeout_of(context))
+        except errors.QkvError as err:
+            await self.abort(context, err)
+            raise AssertionError("unreachable")  # context.abort raises
+        self.note_header(reply.get("header"))
+        return reply
+
+    async def abort(self, context: Any, err: errors.QkvError) -> None:
+        code, message = status_of(err)
+        await context.abort(code, message)
+
+    @staticmethod
+    def timeout_of(context: Any) -> float:
+        left = context.time_remaining()
+        if left is None:
+            return DEFAULT_TIMEOUT_S
+        return max(0.001, min(float(left), DEFAULT_TIMEOUT_S))
+
+    # --- conversions ------------------------------------------------------------------
+    def note_header(self, header: Any) -> None:
+        if isinstance(header, dict):
+            self.raft_term = max(self.raft_term, int(header.get("raft_term") or 0))
+            self.revision = max(self.revision, int(header.get("revision") or 0))
+
+    def header(self, reply: dict[str, Any] | None = None) -> rpc_pb2.ResponseHeader:
+        """etcd's ResponseHeader from a reply's ``header`` (cluster_id, member_id,
+        revision, raft_term), or this member's ids and the last seen revision and term."""
+        h = reply.get("header") if reply else None
+        if isinstance(h, dict):
+            return rpc_pb2.ResponseHeader(cluster_id=h.get("cluster_id", self.cluster_id),
+                                          member_id=h.get("member_id", self.member_id),
+                                          revision=h.get("revision", 0), raft_term=h.get("raft_term", 0))
+        return rpc_pb2.ResponseHeader(cluster_id=self.cluster_id, member_id=self.member_id,
+                                      revision=self.revision, raft_term=self.raft_term)
+
+
+def kv_to_pb(kv: dict[str, Any]) -> kv_pb2.KeyValue:
+    """Our key-value map (SPEC section 2) as mvccpb.KeyValue."""
+    return kv_pb2.KeyValue(key=kv.get("key", b""), value=kv.get("value", b""),
+                           create_revision=kv.get("create_revision", 0), mod_revision=kv.get("mod_revision", 0),
+                           version=kv.get("version", 0), lease=kv.get("lease", 0))
+
