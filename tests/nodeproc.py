@@ -217,8 +217,10 @@ class NodeProcess:
     def __init__(self, tmp_path: Path, name: str = "n1", args: list[str] | None = None,
                  env: dict[str, str] | None = None, host: str = "127.0.0.1",
                  command_prefix: list[str] | None = None, security: Security | None = None,
-                 metrics: bool = False) -> None:
-        """`host` and `command_prefix` (e.g. `ip netns exec NS`) let a node run in its own
+                 metrics: bool = False, grpc: bool = False) -> None:
+        """`grpc`: serve etcd's gRPC API on `grpc_url` (http://, the grpc actor), and
+        `grpc_endpoint` (host:port) for etcdctl and grpc channels.
+        `host` and `command_prefix` (e.g. `ip netns exec NS`) let a node run in its own
         network namespace (tests/robustness/netns.py); the ports stay free_port() ones.
         `metrics`: serve --listen-metrics-urls on `metrics_url` (the fifth actor). Off unless
         a test asks: nothing else depends on that actor, and every node start of the suite
@@ -230,6 +232,8 @@ class NodeProcess:
         self.watch_url = f"tcp://{host}:{free_port()}"
         self.metrics_url = f"http://{host}:{free_port()}"
         self.metrics = metrics
+        self.grpc_url = f"http://{host}:{free_port()}"
+        self.grpc = grpc
         self.command_prefix = list(command_prefix or [])
         self.args = list(args or [])
         self.security = security
@@ -237,6 +241,11 @@ class NodeProcess:
         self.log_path = tmp_path / f"{name}.log"
         self.proc: subprocess.Popen | None = None
         self._log = None
+
+    @property
+    def grpc_endpoint(self) -> str:
+        """host:port of `grpc_url`, as etcdctl's --endpoints and grpc channels take it."""
+        return self.grpc_url.split("://", 1)[1]
 
     @property
     def config_path(self) -> str:
@@ -251,6 +260,7 @@ class NodeProcess:
             "--listen-peer-urls", self.peer_url,
             "--listen-watch-urls", self.watch_url,
             "--listen-metrics-urls", self.metrics_url if self.metrics else "",
+            *(["--listen-grpc-urls", self.grpc_url] if self.grpc else []),
             *self.args,
         ]
 
@@ -276,9 +286,17 @@ class NodeProcess:
         def ready() -> bool:
             if self.proc is not None and self.proc.poll() is not None:
                 raise AssertionError(f"qkv exited with {self.proc.returncode}; log:\n{self.log_text()[-3000:]}")
-            return self.serves()
+            return self.serves() and (not self.grpc or self.grpc_listens())
 
         wait_for(ready, timeout, f"node {self.name} to serve")
+
+    def grpc_listens(self) -> bool:
+        host, port = self.grpc_endpoint.rsplit(":", 1)
+        try:
+            with socket.create_connection((host, int(port)), timeout=0.5):
+                return True
+        except OSError:
+            return False
 
     def actor_pids(self) -> dict[str, int]:
         """The node's live actor processes, found by their command line."""
@@ -377,9 +395,11 @@ class Cluster:
     find the leader and cut peer links through the transport's fault layer."""
 
     def __init__(self, tmp_path: Path, size: int = 3, args: list[str] | None = None,
-                 token: str = "test-cluster", secure: bool = False, metrics: bool = False) -> None:
+                 token: str = "test-cluster", secure: bool = False, metrics: bool = False,
+                 grpc: bool = False) -> None:
         """`secure`: CURVE on every port (keys in tmp_path/keys, see `Security`); `metrics`:
-        every member serves its metrics URL (NodeProcess)."""
+        every member serves its metrics URL (NodeProcess); `grpc`: every member serves
+        etcd's gRPC API (NodeProcess `grpc_url`)."""
         from nodes.config import member_id
 
         self.token = token
@@ -390,6 +410,7 @@ class Cluster:
         for n in self.nodes:
             n.security = self.security
             n.metrics = metrics
+            n.grpc = grpc
             # Test clusters cut links (faults.json) and crash actors (QKV_FAILPOINTS): both
             # are obeyed only with the test-only flag.
             n.args = ["--initial-cluster", initial, "--initial-cluster-token", token, "--test-fault-injection",
