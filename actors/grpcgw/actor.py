@@ -32,7 +32,7 @@ from actors.runtime.actor import Actor
 
 SERVICES = (kv, watch, lease, cluster, maintenance, auth, lock, election)
 GRPC_OVERHEAD_BYTES = 512 * 1024  # etcd's grpcOverheadBytes
-MAX_CONCURRENT_RPCS = 10_000
+MAX_CONCURRENT_RPCS = 1_000  # streams (watch, keep-alive, observe) and blocked Lock/Campaign included
 START_TIMEOUT_S = 10.0
 STOP_GRACE_S = 1.0
 METRICS_FLUSH_S = 1.0

@@ -8,6 +8,10 @@ gateway, its reply (or error) back as etcd's message (or status).
   ``--client-cert-auth`` and a verified TLS client certificate, its CN is passed as
   ``as_user`` (the gateway takes it as a registered client key's user on the client port).
 - Errors: a ``QkvError`` aborts the RPC with etcd's status code and message (errors.py).
+- Bounds: at most ``max_in_flight`` requests in progress at the gateway (its per-connection
+  limit) and MAX_WAITING more waiting here for a slot; beyond that a request is refused at
+  once with etcd's "too many requests" (ResourceExhausted), so what many clients can make
+  this process hold is bounded (MAX_WAITING x the largest request).
 - Metrics: ``Rpc`` counts started/handled/messages with go-grpc-prometheus's names and
   labels (actors/runtime/metrics.py), in memory, written by ``flush_metrics`` every second.
 """
@@ -25,6 +29,7 @@ from protocol.client.aio import AsyncClient
 from protocol.etcdpb import kv_pb2, rpc_pb2
 
 T = TypeVar("T")
+MAX_WAITING = 256  # requests waiting for a free slot to the gateway, beyond max_in_flight
 DEFAULT_TIMEOUT_S = 30.0  # a request with no gRPC deadline: etcd has none; ours bounds the wait
 UNARY, CLIENT_STREAM, SERVER_STREAM, BIDI_STREAM = "unary", "client_stream", "server_stream", "bidi_stream"
 
@@ -109,6 +114,8 @@ class Backend:
     def __init__(self, endpoint: str, *, cluster_id: int, member_id: int, cert_auth: bool,
                  max_in_flight: int = 64) -> None:
         self.client = AsyncClient([endpoint], timeout=DEFAULT_TIMEOUT_S, max_in_flight=max_in_flight)
+        self.max_calls = max_in_flight + MAX_WAITING
+        self.calls = 0  # in progress or waiting
         self.cluster_id = cluster_id
         self.member_id = member_id
         self.cert_auth = cert_auth
@@ -137,12 +144,19 @@ class Backend:
     async def call(self, context: Any, req: dict[str, Any], *, timeout: float | None = None) -> dict[str, Any]:
         """Send ``req`` (a native request map, without ``token``) as the RPC's caller; the
         ok reply map. A refusal aborts the RPC with etcd's status (never returns)."""
+        if self.calls >= self.max_calls:
+            await self.abort(context, errors.TooManyRequests(
+                f"etcdserver: too many requests: {self.calls} requests of this member's gRPC clients are in "
+                f"progress or waiting"))
+        self.calls += 1
         try:
             reply = await self.client.request({**req, **self.identity(context)},
                                               timeout=timeout or self.timeout_of(context))
         except errors.QkvError as err:
             await self.abort(context, err)
             raise AssertionError("unreachable")  # context.abort raises
+        finally:
+            self.calls -= 1
         self.note_header(reply.get("header"))
         return reply
 
