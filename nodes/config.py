@@ -480,9 +480,13 @@ def _check_exposure(cfg: Config) -> None:
             f"add --peer-key-file (or --insecure-peer to allow plain text peer traffic)")
     # --listen-metrics-urls is not checked: it serves no key, value or write (metrics and
     # health verdicts only, as etcd's does), and a Prometheus on another host must reach it.
+    plain_grpc = [u for u in cfg.listen_grpc_urls if u.startswith("http://") and not is_loopback_url(u)]
+    if plain_grpc and not cfg.insecure_client:  # CURVE keys do not secure gRPC: only https:// does
+        raise ConfigError(
+            f"refusing to listen on {plain_grpc[0]} (--listen-grpc-urls) in plain text: use an https:// URL "
+            f"with --cert-file and --key-file (or --insecure-client to allow plain text clients)")
     for flag, urls in (("--listen-client-urls", cfg.listen_client_urls),
-                       ("--listen-watch-urls", cfg.listen_watch_urls),
-                       ("--listen-grpc-urls", [u for u in cfg.listen_grpc_urls if u.startswith("http://")])):
+                       ("--listen-watch-urls", cfg.listen_watch_urls)):
         exposed = [u for u in urls if not is_loopback_url(u)]
         if exposed and not cfg.client_key_file and not cfg.insecure_client:
             raise ConfigError(
