@@ -27,10 +27,15 @@ from actors.runtime import metrics
 from protocol import errors
 from protocol.client.aio import AsyncClient
 from protocol.etcdpb import kv_pb2, rpc_pb2
+from protocol.requests import AUTH_TOKEN_MAX_CHARS
 
 T = TypeVar("T")
 MAX_WAITING = 256  # requests waiting for a free slot to the gateway, beyond max_in_flight
 DEFAULT_TIMEOUT_S = 30.0  # a request with no gRPC deadline: etcd has none; ours bounds the wait
+MAX_NAME_BYTES = 256  # user names (SPEC 7.3)
+# passed for a token that cannot be ours: ':' is not a URL-safe base64 character, so it
+# never matches a token; well-formed for the native envelope (a non-empty short string)
+INVALID_TOKEN = "invalid:token"
 UNARY, CLIENT_STREAM, SERVER_STREAM, BIDI_STREAM = "unary", "client_stream", "server_stream", "bidi_stream"
 
 _started = metrics.CounterTally(metrics.grpc_started)
@@ -127,18 +132,11 @@ class Backend:
 
     # --- who asks ---------------------------------------------------------------------
     def identity(self, context: Any) -> dict[str, Any]:
-        """``token`` (etcd's metadata) and ``as_user`` (the verified client certificate's
-        CN, with --client-cert-auth) for a native request."""
-        fields: dict[str, Any] = {}
-        for key, value in context.invocation_metadata() or ():
-            if key == "token" and value:
-                fields["token"] = value if isinstance(value, str) else value.decode("utf-8", "replace")
-                break
+        """``token`` and ``as_user`` for a native request (pure: ``identity_fields``)."""
+        cn = None
         if self.cert_auth:
             cn = (context.auth_context() or {}).get("x509_common_name")
-            if cn:
-                fields["as_user"] = cn[0].decode("utf-8", "replace")
-        return fields
+        return identity_fields(context.invocation_metadata() or (), cn)
 
     # --- calls ------------------------------------------------------------------------
     async def call(self, context: Any, req: dict[str, Any], *, timeout: float | None = None) -> dict[str, Any]:
@@ -187,6 +185,54 @@ class Backend:
                                           revision=h.get("revision", 0), raft_term=h.get("raft_term", 0))
         return rpc_pb2.ResponseHeader(cluster_id=self.cluster_id, member_id=self.member_id,
                                       revision=self.revision, raft_term=self.raft_term)
+
+
+def identity_fields(metadata: Any, common_names: Any) -> dict[str, Any]:
+    """Who asks, as etcd decides it (auth/store.go AuthInfoFromCtx, AuthInfoFromTLS):
+    the ``token`` metadata (else ``authorization``, etcd's gRPC-gateway name) is passed on
+    as ``token``; the verified client certificate's CN (``common_names``: grpc's
+    ``x509_common_name``, given only with --client-cert-auth) as ``as_user``, which the
+    gateway uses only when there is no token.
+
+    A token that cannot be one of ours (longer than the native limit, or not text) is
+    passed as INVALID_TOKEN: with auth enabled it gets etcd's "invalid auth token"
+    (Unauthenticated) instead of a format error, and with auth disabled it is ignored as
+    every token is. A CN that cannot be a user name (empty, over 256 bytes, control
+    characters) is not passed: the request has no user, as when no certificate names one."""
+    fields: dict[str, Any] = {}
+    tokens: dict[str, Any] = {}
+    for key, value in metadata:
+        if key in ("token", "authorization") and key not in tokens:
+            tokens[key] = value
+    raw = tokens.get("token", tokens.get("authorization"))
+    if raw is not None:
+        token = _text(raw)
+        ok = token is not None and 0 < len(token) <= AUTH_TOKEN_MAX_CHARS
+        fields["token"] = token if ok else INVALID_TOKEN
+    if common_names:
+        name = _text(common_names[0])
+        if name is not None and valid_user_name(name):
+            fields["as_user"] = name
+    return fields
+
+
+def valid_user_name(name: str) -> bool:
+    """A name a user may have (SPEC 7.3): non-empty, at most 256 UTF-8 bytes, no control
+    characters, and so never one of the gateway's internal markers."""
+    return (0 < len(name.encode("utf-8", "surrogatepass")) <= MAX_NAME_BYTES
+            and not any(ord(c) < 0x20 or ord(c) == 0x7F for c in name))
+
+
+def _text(value: Any) -> str | None:
+    """A metadata or certificate value as text; None when it is not valid UTF-8."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bytes):
+        try:
+            return value.decode("utf-8")
+        except UnicodeDecodeError:
+            return None
+    return None
 
 
 def kv_to_pb(kv: dict[str, Any]) -> kv_pb2.KeyValue:
