@@ -414,9 +414,13 @@ def _check(cfg: Config) -> None:
 
 
 def _check_grpc(cfg: Config) -> None:
-    """The gRPC gateway's TLS flags, as etcd's: https:// needs --cert-file and --key-file;
-    --client-cert-auth over gRPC needs --trusted-ca-file (the CA client certificates are
-    checked against; the certificate's CN is then the user, as in etcd)."""
+    """The gRPC gateway's TLS flags (etcd's), refused at start with the flag named rather
+    than at the first client: files must exist and be PEM that TLS can load (the key
+    unencrypted and matching the certificate); an https:// URL needs --cert-file and
+    --key-file; the TLS flags need an https:// URL to apply to (etcd only warns and
+    ignores them); --client-cert-auth with an https:// URL needs --trusted-ca-file, the
+    CA client certificates are verified against (their CN is then the user, as in etcd;
+    etcd would fall back to the system's CAs, which is never what is meant)."""
     for flag, path in (("--cert-file", cfg.cert_file), ("--key-file", cfg.key_file),
                        ("--trusted-ca-file", cfg.trusted_ca_file)):
         if path and not os.path.isfile(path):
@@ -424,8 +428,47 @@ def _check_grpc(cfg: Config) -> None:
     tls = [u for u in cfg.listen_grpc_urls if u.startswith("https://")]
     if tls and not (cfg.cert_file and cfg.key_file):
         raise ConfigError(f"--listen-grpc-urls {tls[0]} needs --cert-file and --key-file")
-    if cfg.trusted_ca_file and not tls:
-        raise ConfigError("--trusted-ca-file needs an https:// URL in --listen-grpc-urls")
+    if bool(cfg.cert_file) != bool(cfg.key_file):
+        given, missing = ("--cert-file", "--key-file") if cfg.cert_file else ("--key-file", "--cert-file")
+        raise ConfigError(f"{given} needs {missing} (the certificate and its private key go together)")
+    for flag, value in (("--cert-file", cfg.cert_file), ("--trusted-ca-file", cfg.trusted_ca_file)):
+        if value and not tls:
+            raise ConfigError(f"{flag} needs an https:// URL in --listen-grpc-urls (it secures only the gRPC "
+                              f"gateway)")
+    if tls and cfg.client_cert_auth and not cfg.trusted_ca_file:
+        raise ConfigError(f"--client-cert-auth with --listen-grpc-urls {tls[0]} needs --trusted-ca-file (the CA "
+                          f"that signs the client certificates)")
+    if tls:
+        _check_tls_files(cfg.cert_file, cfg.key_file, cfg.trusted_ca_file)
+
+
+def _check_tls_files(cert_file: str, key_file: str, ca_file: str) -> None:
+    """Load the files as the TLS server will (Python's ssl: OpenSSL, as grpcio's BoringSSL
+    reads the same PEM), so a wrong file is a start-up error naming it."""
+    import ssl
+
+    def no_passphrase() -> bytes:
+        raise ConfigError(f"invalid --key-file {key_file!r}: the private key is encrypted (give it without "
+                          f"a passphrase, as etcd needs it)")
+
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    try:
+        ctx.load_cert_chain(cert_file, key_file, password=no_passphrase)
+    except ConfigError:
+        raise
+    except ssl.SSLError as exc:
+        raise ConfigError(f"invalid --cert-file {cert_file!r} / --key-file {key_file!r}: not a PEM certificate "
+                          f"and its matching private key ({exc.reason or exc})") from None
+    except OSError as exc:
+        raise ConfigError(f"invalid --cert-file {cert_file!r} / --key-file {key_file!r}: {exc.strerror or exc}") \
+            from None
+    if ca_file:
+        try:
+            ctx.load_verify_locations(cafile=ca_file)
+        except (ssl.SSLError, OSError) as exc:
+            reason = getattr(exc, "reason", None) or getattr(exc, "strerror", None) or exc
+            raise ConfigError(f"invalid --trusted-ca-file {ca_file!r}: not a PEM CA certificate ({reason})") \
+                from None
 
 
 def _check_security(cfg: Config, names: set[str]) -> None:

@@ -140,6 +140,69 @@ class Security:
         return (self.client[0], self.client[1], self.server_public)
 
 
+class TlsFiles:
+    """PEM files for the gRPC gateway's https:// URLs, made with `openssl` in `directory`:
+    a CA (`ca`), a server certificate for 127.0.0.1 and localhost signed by it
+    (`server_cert`, `server_key`), and client certificates on demand (`client(cn)`).
+    EC P-256 keys (fast to make). `TlsFiles.available()` says whether openssl is there."""
+
+    OPENSSL = shutil.which("openssl") or "/usr/bin/openssl"
+
+    def __init__(self, directory: Path) -> None:
+        self.dir = Path(directory)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.ca, self.ca_key = self._ca("ca")
+        self.server_cert, self.server_key = self.issue("server", "localhost", server=True)
+
+    @classmethod
+    def available(cls) -> bool:
+        return os.access(cls.OPENSSL, os.X_OK)
+
+    def _openssl(self, *args: str) -> None:
+        subprocess.run([self.OPENSSL, *args], check=True, capture_output=True, timeout=30)
+
+    def _ca(self, name: str) -> tuple[str, str]:
+        cert, key = str(self.dir / f"{name}.crt"), str(self.dir / f"{name}.key")
+        self._openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+                      "-keyout", key, "-out", cert, "-days", "2", "-subj", f"/CN=qkv test {name}",
+                      "-addext", "basicConstraints=critical,CA:TRUE",
+                      "-addext", "keyUsage=critical,keyCertSign,cRLSign")
+        return cert, key
+
+    def other_ca(self, name: str = "other-ca") -> "tuple[str, str]":
+        """A second, unrelated CA (its certificates must be refused)."""
+        return self._ca(name)
+
+    def issue(self, name: str, cn: str, server: bool = False, ca: tuple[str, str] | None = None) -> tuple[str, str]:
+        """A certificate with CN `cn` signed by `ca` (default: this CA); (cert, key) paths."""
+        ca_cert, ca_key = ca or (self.ca, self.ca_key)
+        cert, key, csr = (str(self.dir / f"{name}.{ext}") for ext in ("crt", "key", "csr"))
+        ext = self.dir / f"{name}.ext"
+        ext.write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n" if server
+                       else "extendedKeyUsage=clientAuth\n")
+        self._openssl("req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+                      "-keyout", key, "-out", csr, "-subj", f"/CN={cn}")
+        self._openssl("x509", "-req", "-in", csr, "-CA", ca_cert, "-CAkey", ca_key,
+                      "-set_serial", str(random.getrandbits(63)), "-days", "2", "-out", cert, "-extfile", str(ext))
+        return cert, key
+
+    def client(self, cn: str) -> tuple[str, str]:
+        """A client certificate for user `cn` signed by this CA: (cert, key) paths."""
+        return self.issue(f"client-{cn}", cn)
+
+    def node_args(self, client_cert_auth: bool = True) -> list[str]:
+        """qkv's TLS flags (etcd's) for NodeProcess(grpc_tls=...)."""
+        args = ["--cert-file", self.server_cert, "--key-file", self.server_key]
+        if client_cert_auth:
+            args += ["--trusted-ca-file", self.ca, "--client-cert-auth"]
+        return args
+
+    @staticmethod
+    def read(path: str) -> bytes:
+        with open(path, "rb") as f:
+            return f.read()
+
+
 def log_events(text: str, name: str) -> list[dict[str, Any]]:
     """The JSON log records of event `name` in a node's log text, in order."""
     out = []
@@ -217,9 +280,10 @@ class NodeProcess:
     def __init__(self, tmp_path: Path, name: str = "n1", args: list[str] | None = None,
                  env: dict[str, str] | None = None, host: str = "127.0.0.1",
                  command_prefix: list[str] | None = None, security: Security | None = None,
-                 metrics: bool = False, grpc: bool = False) -> None:
+                 metrics: bool = False, grpc: bool = False, grpc_tls: list[str] | None = None) -> None:
         """`grpc`: serve etcd's gRPC API on `grpc_url` (http://, the grpc actor), and
-        `grpc_endpoint` (host:port) for etcdctl and grpc channels.
+        `grpc_endpoint` (host:port) for etcdctl and grpc channels. `grpc_tls`: the TLS flags
+        (TlsFiles.node_args()); `grpc_url` is then https://.
         `host` and `command_prefix` (e.g. `ip netns exec NS`) let a node run in its own
         network namespace (tests/robustness/netns.py); the ports stay free_port() ones.
         `metrics`: serve --listen-metrics-urls on `metrics_url` (the fifth actor). Off unless
@@ -232,8 +296,9 @@ class NodeProcess:
         self.watch_url = f"tcp://{host}:{free_port()}"
         self.metrics_url = f"http://{host}:{free_port()}"
         self.metrics = metrics
-        self.grpc_url = f"http://{host}:{free_port()}"
-        self.grpc = grpc
+        self.grpc_url = f"{'https' if grpc_tls else 'http'}://{host}:{free_port()}"
+        self.grpc = grpc or bool(grpc_tls)
+        self.grpc_tls = list(grpc_tls or [])
         self.command_prefix = list(command_prefix or [])
         self.args = list(args or [])
         self.security = security
@@ -260,7 +325,7 @@ class NodeProcess:
             "--listen-peer-urls", self.peer_url,
             "--listen-watch-urls", self.watch_url,
             "--listen-metrics-urls", self.metrics_url if self.metrics else "",
-            *(["--listen-grpc-urls", self.grpc_url] if self.grpc else []),
+            *(["--listen-grpc-urls", self.grpc_url, *self.grpc_tls] if self.grpc else []),
             *self.args,
         ]
 
