@@ -260,7 +260,7 @@ class NodeProcess:
             "--listen-peer-urls", self.peer_url,
             "--listen-watch-urls", self.watch_url,
             "--listen-metrics-urls", self.metrics_url if self.metrics else "",
-            *(["--listen-grpc-urls", self.grpc_url] if self.grpc else []),
+            "--listen-grpc-urls", self.grpc_url if self.grpc else "",
             *self.args,
         ]
 
