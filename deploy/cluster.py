@@ -1,7 +1,8 @@
 """`make cluster`: a local 3-node quorumkv cluster in the foreground.
 
 Starts three `qkv` processes on 127.0.0.1 (clients 7379/17379/27379, peers
-7380/17380/27380, watch 7381/17381/27381, metrics http 7382/17382/27382; data in
+7380/17380/27380, watch 7381/17381/27381, metrics http 7382/17382/27382, etcd's gRPC API
+http 2379/12379/22379; data in
 ./cluster.qkv/<name>), prints each
 member's endpoints, and stops all three on Ctrl-C. Node logs go to
 ./cluster.qkv/<name>.log. Pass `--base-dir DIR` or `--size 5` for other set-ups.
@@ -35,6 +36,7 @@ def main(argv: list[str] | None = None) -> int:
             "peer": f"tcp://127.0.0.1:{7380 + offset}",
             "watch": f"tcp://127.0.0.1:{7381 + offset}",
             "metrics": f"http://127.0.0.1:{7382 + offset}",
+            "grpc": f"http://127.0.0.1:{2379 + offset}",
             "data": os.path.join(args.base_dir, name),
             "log": os.path.join(args.base_dir, f"{name}.log"),
         })
@@ -47,15 +49,16 @@ def main(argv: list[str] | None = None) -> int:
             procs.append(subprocess.Popen(
                 qkv + ["--name", n["name"], "--data-dir", n["data"], "--listen-client-urls", n["client"],
                        "--listen-peer-urls", n["peer"], "--listen-watch-urls", n["watch"],
-                       "--listen-metrics-urls", n["metrics"],
+                       "--listen-metrics-urls", n["metrics"], "--listen-grpc-urls", n["grpc"],
                        "--initial-cluster", initial, "--initial-cluster-token", args.token, *args.extra],
                 stdout=log, stderr=subprocess.STDOUT, start_new_session=True))
         print(f"{'name':<6} {'client':<24} {'peer':<24} {'watch':<24} log")
         for n in nodes:
             print(f"{n['name']:<6} {n['client']:<24} {n['peer']:<24} {n['watch']:<24} {n['log']}")
         endpoints = ",".join(n["client"] for n in nodes)
-        print(f"\nqkvctl --endpoints {endpoints} endpoint status -w table\nCtrl-C stops all {args.size}.",
-              flush=True)
+        grpc = ",".join(n["grpc"].split("://", 1)[1] for n in nodes)
+        print(f"\nqkvctl --endpoints {endpoints} endpoint status -w table\n"
+              f"etcdctl --endpoints {grpc} endpoint status -w table\nCtrl-C stops all {args.size}.", flush=True)
         stop = False
 
         def on_signal(_signum: int, _frame: object) -> None:

@@ -33,7 +33,7 @@ def run(
         "HTTP URLs to serve /metrics, /health, /livez and /readyz on; empty = off. [default: http://127.0.0.1:7382]"),
     listen_grpc_urls: Optional[str] = _opt(
         "URLs to serve etcd's gRPC API on (etcdctl, etcd client libraries): http:// or https:// "
-        "(with --cert-file/--key-file). [default: none (off)]"),
+        "(with --cert-file/--key-file); empty = off. [default: http://127.0.0.1:2379]"),
     advertise_grpc_urls: Optional[str] = _opt("gRPC URLs etcd clients are told of. [default: the listen gRPC URLs]"),
     cert_file: Optional[str] = _opt("TLS certificate of the https:// gRPC URLs (etcd's --cert-file)."),
     key_file: Optional[str] = _opt("TLS private key of the https:// gRPC URLs (etcd's --key-file)."),

@@ -173,8 +173,10 @@ class Config:
     listen_watch_urls: list[str] = field(default_factory=lambda: ["tcp://127.0.0.1:7381"])
     # /metrics, /health, /livez, /readyz over HTTP (etcd's flag); [] = off.
     listen_metrics_urls: list[str] = field(default_factory=lambda: ["http://127.0.0.1:7382"])
-    # etcd's gRPC API (issue 18, actors/grpcgw/): off unless given; http:// or https://.
-    listen_grpc_urls: list[str] = field(default_factory=list)
+    # etcd's gRPC API (issue 18, actors/grpcgw/): http:// or https://; [] = off. On by default
+    # on loopback at etcd's own client port, so that etcdctl and etcd clients work against a
+    # bare `qkv` as against a bare `etcd` (README "etcd's gRPC API").
+    listen_grpc_urls: list[str] = field(default_factory=lambda: ["http://127.0.0.1:2379"])
     advertise_grpc_urls: list[str] = field(default_factory=list)  # what member_list shows as clientURLs to etcd clients
     cert_file: str = ""  # TLS certificate of the gRPC gateway's https:// URLs (etcd's --cert-file)
     key_file: str = ""  # its private key (etcd's --key-file)

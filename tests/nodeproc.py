@@ -325,7 +325,8 @@ class NodeProcess:
             "--listen-peer-urls", self.peer_url,
             "--listen-watch-urls", self.watch_url,
             "--listen-metrics-urls", self.metrics_url if self.metrics else "",
-            *(["--listen-grpc-urls", self.grpc_url, *self.grpc_tls] if self.grpc else []),
+            "--listen-grpc-urls", self.grpc_url if self.grpc else "",
+            *(self.grpc_tls if self.grpc else []),
             *self.args,
         ]
 

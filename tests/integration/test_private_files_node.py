@@ -58,7 +58,8 @@ def run_dir_cleanup():
 
 
 def qkv(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-c", "from nodes.cli import main; main()", *args],
+    return subprocess.run([sys.executable, "-c", "from nodes.cli import main; main()", "--listen-grpc-urls", "",
+                           *args],
                           capture_output=True, text=True, timeout=30)
 
 

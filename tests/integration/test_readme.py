@@ -12,6 +12,9 @@ The convention (README.md's blocks, read top to bottom):
   follows it directly (only blank lines between), that is its expected output.
 - ``<!-- readme-test: skip (why) -->`` on the line before a block: not run (examples for
   other machines, e.g. 10.0.0.x).
+- ``<!-- readme-test: etcdctl -->`` before a block: it runs etcd's ``etcdctl`` against the
+  nodes' gRPC API (etcdctl's default endpoint 127.0.0.1:2379 is the test node's); skipped,
+  and said so, where etcdctl is not installed (Debian's etcd-client).
 - ``<!-- readme-test: background -->`` before a block: it is started and left running (it
   waits for changes, as a watch does) until it is connected to the node's watch port; the
   next block runs meanwhile; then the background block must have printed its expected
@@ -39,10 +42,12 @@ import difflib
 import os
 import re
 import select
+import shutil
 import signal
 import subprocess
 import sys
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -206,6 +211,8 @@ class Target:
             metrics_url = getattr(node, "metrics_url", "")  # --listen-metrics-urls, 7382 by default
             if metrics_url:
                 self.to_test[defaults[0] + 3] = _port(metrics_url)
+            if getattr(node, "grpc", False):  # --listen-grpc-urls, 2379 (12379, 22379) by default
+                self.to_test[defaults[0] - 5000] = _port(node.grpc_url)
         self.to_readme = {v: k for k, v in self.to_test.items()}
 
     @property
@@ -426,10 +433,12 @@ class Runner:
         env["PYTHONUNBUFFERED"] = "1"
         assert self.target is not None
         env["QKVCTL_ENDPOINTS"] = self.target.nodes[0].client_url  # qkvctl's default, 127.0.0.1:7379
+        env["ETCDCTL_ENDPOINTS"] = self.target.nodes[0].grpc_endpoint  # etcdctl's default, 127.0.0.1:2379
+        env["ETCDCTL_API"] = "3"
         return env
 
     def start_node(self) -> None:
-        self.node = NodeProcess(self.tmp_path, "default", metrics=True).start()  # `make run`: --name default
+        self.node = NodeProcess(self.tmp_path, "default", metrics=True, grpc=True).start()  # `make run`: --name default
         self.target = Target([self.node])
         self._new_shell()
 
@@ -439,7 +448,7 @@ class Runner:
             self.node.stop()
             self.node = None
         (self.tmp_path / "cluster").mkdir()
-        self.cluster = Cluster(self.tmp_path / "cluster", token=CLUSTER_TOKEN, metrics=True)  # names n1..n3, as make cluster
+        self.cluster = Cluster(self.tmp_path / "cluster", token=CLUSTER_TOKEN, metrics=True, grpc=True)  # names n1..n3, as make cluster
         self.cluster.start()
         nodes = self.cluster.nodes
 
@@ -551,6 +560,11 @@ class Runner:
 
 def test_readme_blocks_run_as_shown(tmp_path: Path) -> None:
     blocks = parse_readme(README.read_text())
+    if shutil.which("etcdctl") is None:  # Debian's etcd-client is optional
+        skipped = [b.where() for b in blocks if b.directive == "etcdctl"]
+        blocks = [b for b in blocks if b.directive != "etcdctl"]
+        warnings.warn(f"etcdctl is not installed (apt-get install etcd-client): README's etcdctl blocks "
+                      f"{', '.join(skipped)} were not run")
     # The tour has at least these: the shell tour, Python, watch (shell and Python), the
     # cluster and its commands, leases: a README that lost its markers would test nothing.
     assert len(blocks) >= 8, [b.where() for b in blocks]

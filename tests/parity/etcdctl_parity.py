@@ -168,6 +168,8 @@ def start_qkv(tmp: Path) -> Side:
     helptext = subprocess.run([*cmd[:3], "--help"], capture_output=True, text=True, cwd=ROOT).stdout
     if "--listen-metrics-urls" in helptext:
         cmd += ["--listen-metrics-urls", f"http://127.0.0.1:{free_port()}"]
+    if "--listen-grpc-urls" in helptext:  # on by default at 2379: never the port of the etcd beside it
+        cmd += ["--listen-grpc-urls", ""]
     log = open(tmp / "qkv.log", "wb")
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, start_new_session=True,
                             env=dict(os.environ, PYTHONPATH=str(ROOT)))
