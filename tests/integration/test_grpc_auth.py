@@ -238,3 +238,37 @@ def test_etcdctl_auth_commands(node, tmp_path):
         proc.terminate()
         proc.wait(timeout=30)
     assert ours == theirs
+
+
+def test_token_from_one_member_works_on_every_member_until_it_expires(tmp_path):
+    """Authenticate through one member's gRPC port, use the token on the others (our
+    authenticate goes through the log); a token unused for --auth-token-ttl seconds on a
+    member is Unauthenticated "invalid auth token" there."""
+    from tests.nodeproc import Cluster
+
+    c = Cluster(tmp_path, 3, args=["--auth-token-ttl", "1"], grpc=True).start()
+    try:
+        chans = [grpc.insecure_channel(n.grpc_endpoint) for n in c.nodes]
+        try:
+            a = rpc_pb2_grpc.AuthStub(chans[0])
+            _setup_root(a)
+            token = a.Authenticate(rpc_pb2.AuthenticateRequest(name="root", password="rootpw"), timeout=T).token
+            md = (("token", token),)
+            rpc_pb2_grpc.KVStub(chans[1]).Put(rpc_pb2.PutRequest(key=b"k", value=b"v"), metadata=md, timeout=T)
+            kv3 = rpc_pb2_grpc.KVStub(chans[2])
+            assert kv3.Range(rpc_pb2.RangeRequest(key=b"k"), metadata=md, timeout=T).count == 1
+
+            def expired() -> bool:  # each use that succeeds renews it for 1 s; polls are 1.5 s apart
+                try:
+                    kv3.Range(rpc_pb2.RangeRequest(key=b"k"), metadata=md, timeout=T)
+                    return False
+                except grpc.RpcError as e:
+                    assert (e.code(), e.details()) == (grpc.StatusCode.UNAUTHENTICATED,
+                                                       "etcdserver: invalid auth token")
+                    return True
+            wait_for(expired, 30, "the token to expire on member 3", interval=1.5)
+        finally:
+            for ch in chans:
+                ch.close()
+    finally:
+        c.stop()
