@@ -11,17 +11,19 @@
   etcd does not define is passed on as its number, which the native validator refuses
   (invalid_argument) instead of storing it as etcd would.
 - ``UserAddOptions.no_password``: the password is ignored, as etcd ignores it.
-- ``Authenticate`` with an empty name is ``auth_failed`` as in etcd (our native op says
-  ``user_empty``; ``auth_status`` tells first whether auth is enabled at all).
+- ``Authenticate`` with a name or password no user can have (empty name, over our
+  limits, control characters) is ``auth_failed`` as in etcd, not our native op's
+  ``user_empty`` / ``invalid_argument`` (``auth_status`` tells first whether auth is on).
 Conversions are pure functions (request pb -> native map, native reply -> pb).
 """
 from __future__ import annotations
 
 from typing import Any
 
-from actors.grpcgw.backend import Backend, rpc
+from actors.grpcgw.backend import Backend, rpc, valid_user_name
 from protocol import errors
 from protocol.etcdpb import auth_pb2, rpc_pb2, rpc_pb2_grpc
+from protocol.requests import AUTH_PASSWORD_MAX_BYTES
 
 SERVICE = "etcdserverpb.Auth"
 PERM_TYPE = {auth_pb2.Permission.READ: "READ", auth_pb2.Permission.WRITE: "WRITE",
@@ -85,6 +87,13 @@ def role_revoke_permission_op(r: rpc_pb2.AuthRoleRevokePermissionRequest) -> dic
     return {"op": "role_revoke_permission", "name": r.role, "key": r.key, "range_end": r.range_end}
 
 
+def can_authenticate(r: rpc_pb2.AuthenticateRequest) -> bool:
+    """False for a name no user can have or a password no user can have (our native op
+    refuses those as malformed: user_empty, invalid_argument); etcd says "authentication
+    failed" (or "not enabled") for them as for any unknown user."""
+    return valid_user_name(r.name) and len(r.password.encode("utf-8", "surrogatepass")) <= AUTH_PASSWORD_MAX_BYTES
+
+
 # --- native results -> etcd responses ----------------------------------------------------
 def perm_to_pb(p: dict[str, Any]) -> auth_pb2.Permission:
     return auth_pb2.Permission(permType=PERM_TYPE_PB.get(p.get("perm_type", "READ"), auth_pb2.Permission.READ),
@@ -115,7 +124,7 @@ class AuthServicer(rpc_pb2_grpc.AuthServicer):
 
     @rpc(SERVICE, "Authenticate")
     async def Authenticate(self, request: rpc_pb2.AuthenticateRequest, context: Any) -> rpc_pb2.AuthenticateResponse:
-        if not request.name:  # etcd: no such user -> authentication failed (ours: user_empty)
+        if not can_authenticate(request):  # etcd: no such user -> authentication failed
             status = await self.b.call(context, {"op": "auth_status"})
             await self.b.abort(context, errors.AuthFailed() if status.get("enabled") else errors.AuthNotEnabled())
         reply, h = await self._do(context, authenticate_op(request))

@@ -56,7 +56,8 @@ def test_auth_service_and_token_metadata(node):
         # no user
         assert _status(kv.Range, rpc_pb2.RangeRequest(key=b"k")) == (
             grpc.StatusCode.INVALID_ARGUMENT, "etcdserver: user name is empty")
-        for name, password in (("root", "wrong"), ("nobody", "x"), ("", "x")):
+        for name, password in (("root", "wrong"), ("nobody", "x"), ("", "x"), ("x" * 300, "x"),
+                               ("root", "p" * 100_000)):
             assert _status(a.Authenticate, rpc_pb2.AuthenticateRequest(name=name, password=password)) == (
                 grpc.StatusCode.INVALID_ARGUMENT, "etcdserver: authentication failed, invalid user ID or password")
         got = a.Authenticate(rpc_pb2.AuthenticateRequest(name="root", password="rootpw"), timeout=T)

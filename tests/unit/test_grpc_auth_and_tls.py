@@ -187,3 +187,14 @@ def test_tls_config_refused(tmp_path, tls):
         with pytest.raises(ConfigError) as info:
             _cfg(tmp_path, **flags)
         assert message in str(info.value), (flags, str(info.value))
+
+
+def test_can_authenticate():
+    ok = rpc_pb2.AuthenticateRequest(name="root", password="pw")
+    assert auth.can_authenticate(ok)
+    assert auth.can_authenticate(rpc_pb2.AuthenticateRequest(name="root", password="p" * 1024))
+    for bad in (rpc_pb2.AuthenticateRequest(name="", password="pw"),
+                rpc_pb2.AuthenticateRequest(name="x" * 257, password="pw"),
+                rpc_pb2.AuthenticateRequest(name="a\tb", password="pw"),
+                rpc_pb2.AuthenticateRequest(name="root", password="p" * 1025)):
+        assert not auth.can_authenticate(bad)
