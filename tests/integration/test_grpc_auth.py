@@ -195,29 +195,32 @@ def etcdctl_script(endpoint: str) -> list[str]:
     return out
 
 
-def start_etcd(tmp_path: Path) -> tuple[subprocess.Popen, str]:
+def start_etcd(tmp_path: Path, tls_args: list[str] | None = None,
+               ctl_args: list[str] | None = None) -> tuple[subprocess.Popen, str]:
+    """A one-member etcd on free ports; its client URL. `tls_args`: etcd's TLS flags (the
+    client URL is then https://); `ctl_args`: what etcdctl needs to reach it (certs)."""
     cp, pp = free_port(), free_port()
-    client, peer = f"http://127.0.0.1:{cp}", f"http://127.0.0.1:{pp}"
+    client, peer = f"{'https' if tls_args else 'http'}://127.0.0.1:{cp}", f"http://127.0.0.1:{pp}"
     log = open(tmp_path / "etcd.log", "wb")
     proc = subprocess.Popen([ETCD, "--name", "e", "--data-dir", str(tmp_path / "e.etcd"),
                              "--listen-client-urls", client, "--advertise-client-urls", client,
                              "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
-                             "--initial-cluster", f"e={peer}", "--logger", "zap", "--log-level", "error"],
+                             "--initial-cluster", f"e={peer}", "--logger", "zap", "--log-level", "error",
+                             *(tls_args or [])],
                             stdout=log, stderr=subprocess.STDOUT)
     log.close()
-    endpoint = f"127.0.0.1:{cp}"
 
     def healthy() -> bool:
         assert proc.poll() is None, (tmp_path / "etcd.log").read_text()[-2000:]
-        return subprocess.run([ETCDCTL, "--endpoints", endpoint, "endpoint", "health"], capture_output=True,
-                              env=dict(os.environ, ETCDCTL_API="3"), timeout=30).returncode == 0
+        return subprocess.run([ETCDCTL, "--endpoints", client, *(ctl_args or []), "endpoint", "health"],
+                              capture_output=True, env=dict(os.environ, ETCDCTL_API="3"), timeout=30).returncode == 0
     try:
         wait_for(healthy, 60, "etcd to serve", interval=0.2)
     except BaseException:
         proc.kill()
         proc.wait()
         raise
-    return proc, endpoint
+    return proc, client
 
 
 @pytest.mark.skipif(not os.access(ETCDCTL, os.X_OK), reason="etcdctl is not installed (apt-get install etcd-client)")
