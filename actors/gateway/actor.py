@@ -332,8 +332,9 @@ class GatewayActor(Actor):
         certificate the gRPC gateway verified. Taken only with --client-cert-auth, as the
         user of a registered client key is on the client port; "" = nobody."""
         user = req.pop("as_user", "")
-        if not isinstance(user, str) or len(user.encode("utf-8", "replace")) > 256:
-            raise errors.InvalidArgument("as_user: must be a user name (at most 256 bytes)")
+        if not isinstance(user, str) or len(user.encode("utf-8", "replace")) > 256 \
+                or any(ord(c) < 0x20 or ord(c) == 0x7F for c in user):
+            raise errors.InvalidArgument("as_user: must be a user name (at most 256 bytes, no control characters)")
         return user if self.cfg.client_cert_auth else ""
 
     def on_client(self, frames: list[zmq.Frame], proxy: bool = False) -> None:

@@ -11,8 +11,8 @@ README "etcd's gRPC API" says why). Rules:
 - grpc.aio serves in a thread of its own with its own event loop; the actor's loop keeps
   the runtime's duties (parent check, heartbeats) and writes the metrics;
 - TLS as etcd's flags: an https:// URL serves with --cert-file/--key-file; with
-  --trusted-ca-file and --client-cert-auth a client certificate signed by that CA is
-  required and its CN is the user (backend.py ``identity``);
+  --trusted-ca-file a client certificate signed by that CA is required (etcd's rule), and
+  with --client-cert-auth its CN is the user (backend.py ``identity``);
 - bounds: a request of at most --max-request-bytes plus etcd's 512 KiB of gRPC overhead;
   at most MAX_CONCURRENT_RPCS RPCs (streams included) at once, beyond which new ones get
   RESOURCE_EXHAUSTED; keepalive pings as etcd's defaults.
@@ -116,7 +116,7 @@ class GrpcActor(Actor):
             ca = _read(cfg.trusted_ca_file) if cfg.trusted_ca_file else None
             credentials = grpc.ssl_server_credentials(
                 [(_read(cfg.key_file), _read(cfg.cert_file))], root_certificates=ca,
-                require_client_auth=bool(ca) and cfg.client_cert_auth)
+                require_client_auth=bool(ca))  # etcd: a trusted CA means a client certificate is required
         for url in cfg.listen_grpc_urls:
             address = listen_address(url)
             if url.startswith("https://"):
