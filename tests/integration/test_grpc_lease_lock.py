@@ -22,9 +22,9 @@ needs_etcdctl = pytest.mark.skipif(not os.access(ETCDCTL, os.X_OK),
 T = 10  # each RPC's deadline
 
 
-@pytest.fixture
-def node(tmp_path):
-    n = NodeProcess(tmp_path, grpc=True).start()
+@pytest.fixture(scope="module")
+def node(tmp_path_factory):
+    n = NodeProcess(tmp_path_factory.mktemp("node"), grpc=True).start()
     try:
         yield n
     finally:
@@ -42,6 +42,14 @@ def status_of(call):
     with pytest.raises(grpc.RpcError) as info:
         call()
     return info.value.code(), info.value.details()
+
+
+def grant(lease, ttl: int = 30) -> int:
+    return lease.LeaseGrant(rpc_pb2.LeaseGrantRequest(TTL=ttl), timeout=T).ID
+
+
+def hexid(lease_id: int) -> bytes:
+    return format(lease_id, "x").encode()
 
 
 def keys(kv, prefix: bytes) -> list[bytes]:
@@ -63,7 +71,7 @@ def test_lease_unary_calls_answer_as_etcd(stubs):
         assert status_of(lambda: lease.LeaseRevoke(rpc_pb2.LeaseRevokeRequest(ID=lid), timeout=T)) == (
             grpc.StatusCode.NOT_FOUND, "etcdserver: requested lease not found")
 
-    kv.Put(rpc_pb2.PutRequest(key=b"lk/a", value=b"1", lease=0x1234), timeout=T)
+    put = kv.Put(rpc_pb2.PutRequest(key=b"lk/a", value=b"1", lease=0x1234), timeout=T)
     ttl = lease.LeaseTimeToLive(rpc_pb2.LeaseTimeToLiveRequest(ID=0x1234, keys=True), timeout=T)
     assert (ttl.ID, ttl.grantedTTL, list(ttl.keys)) == (0x1234, 30, [b"lk/a"]) and 0 < ttl.TTL <= 30
     missing = lease.LeaseTimeToLive(rpc_pb2.LeaseTimeToLiveRequest(ID=999, keys=True), timeout=T)
@@ -71,7 +79,7 @@ def test_lease_unary_calls_answer_as_etcd(stubs):
     assert 0x1234 in [x.ID for x in lease.LeaseLeases(rpc_pb2.LeaseLeasesRequest(), timeout=T).leases]
 
     r = lease.LeaseRevoke(rpc_pb2.LeaseRevokeRequest(ID=0x1234), timeout=T)
-    assert r.header.revision == 3  # the put, then the revocation's delete
+    assert r.header.revision == put.header.revision + 1  # the revocation's delete
     assert keys(kv, b"lk/") == []
 
 
@@ -105,29 +113,31 @@ def test_keepalive_and_timetolive_through_a_follower(tmp_path):
 # --- v3lock ----------------------------------------------------------------------------------
 def test_lock_is_held_then_handed_to_the_next_waiter(stubs):
     lease, kv, lock, _ = stubs
-    a = lease.LeaseGrant(rpc_pb2.LeaseGrantRequest(TTL=30, ID=0xA), timeout=T).ID
-    b = lease.LeaseGrant(rpc_pb2.LeaseGrantRequest(TTL=30, ID=0xB), timeout=T).ID
+    a, b = grant(lease), grant(lease)
     held = lock.Lock(v3lock_pb2.LockRequest(name=b"m", lease=a), timeout=T)
-    assert held.key == b"m/a" and held.header.revision == 2
+    [kva] = kv.Range(rpc_pb2.RangeRequest(key=held.key), timeout=T).kvs
+    assert held.key == b"m/" + hexid(a) and held.header.revision == kva.create_revision and kva.lease == a
     again = lock.Lock(v3lock_pb2.LockRequest(name=b"m", lease=a), timeout=T)  # same lease: same hold
-    assert (again.key, again.header.revision) == (b"m/a", 2)
+    assert again.key == held.key and again.header.revision == held.header.revision
 
     waiting = lock.Lock.future(v3lock_pb2.LockRequest(name=b"m", lease=b), timeout=30)
-    wait_for(lambda: keys(kv, b"m/") == [b"m/a", b"m/b"], 10, "the waiter's key")
+    wait_for(lambda: len(keys(kv, b"m/")) == 2, 10, "the waiter's key")
     assert not waiting.done()
-    lock.Unlock(v3lock_pb2.UnlockRequest(key=held.key), timeout=T)
+    unlocked = lock.Unlock(v3lock_pb2.UnlockRequest(key=held.key), timeout=T)
     got = waiting.result(timeout=20)
-    assert got.key == b"m/b" and got.header.revision >= 4
-    assert keys(kv, b"m/") == [b"m/b"]
+    assert got.key == b"m/" + hexid(b) and got.header.revision >= unlocked.header.revision
+    assert keys(kv, b"m/") == [got.key]
 
 
 def test_lock_errors_are_unknown_with_etcds_message(stubs):
-    _, _, lock, _ = stubs
+    _, kv, lock, _ = stubs
     assert status_of(lambda: lock.Lock(v3lock_pb2.LockRequest(name=b"m", lease=777), timeout=T)) == (
         grpc.StatusCode.UNKNOWN, "etcdserver: requested lease not found")
     assert status_of(lambda: lock.Unlock(v3lock_pb2.UnlockRequest(key=b""), timeout=T)) == (
         grpc.StatusCode.UNKNOWN, "etcdserver: key is not provided")
-    assert lock.Unlock(v3lock_pb2.UnlockRequest(key=b"nothing"), timeout=T).header.revision == 1
+    rev = kv.Range(rpc_pb2.RangeRequest(key=b"nothing"), timeout=T).header.revision
+    # an Unlock of a key that does not exist is OK and changes nothing
+    assert lock.Unlock(v3lock_pb2.UnlockRequest(key=b"nothing"), timeout=T).header.revision == rev
 
 
 def test_lock_with_lease_0_gets_a_session_lease(stubs):
@@ -141,25 +151,23 @@ def test_lock_with_lease_0_gets_a_session_lease(stubs):
 
 def test_a_cancelled_waiter_deletes_its_key(stubs):
     lease, kv, lock, _ = stubs
-    a = lease.LeaseGrant(rpc_pb2.LeaseGrantRequest(TTL=30, ID=0xA), timeout=T).ID
-    b = lease.LeaseGrant(rpc_pb2.LeaseGrantRequest(TTL=30, ID=0xB), timeout=T).ID
-    lock.Lock(v3lock_pb2.LockRequest(name=b"c", lease=a), timeout=T)
+    a, b = grant(lease), grant(lease)
+    held = lock.Lock(v3lock_pb2.LockRequest(name=b"c", lease=a), timeout=T).key
     waiting = lock.Lock.future(v3lock_pb2.LockRequest(name=b"c", lease=b), timeout=60)
-    wait_for(lambda: keys(kv, b"c/") == [b"c/a", b"c/b"], 10, "the waiter's key")
+    wait_for(lambda: len(keys(kv, b"c/")) == 2, 10, "the waiter's key")
     waiting.cancel()
-    wait_for(lambda: keys(kv, b"c/") == [b"c/a"], 10, "the cancelled waiter's key deleted")
+    wait_for(lambda: keys(kv, b"c/") == [held], 10, "the cancelled waiter's key deleted")
     assert status_of(lambda: lock.Lock(v3lock_pb2.LockRequest(name=b"c", lease=b), timeout=1))[0] == (
         grpc.StatusCode.DEADLINE_EXCEEDED)
-    wait_for(lambda: keys(kv, b"c/") == [b"c/a"], 10, "the timed-out waiter's key deleted")
+    wait_for(lambda: keys(kv, b"c/") == [held], 10, "the timed-out waiter's key deleted")
 
 
 def test_a_waiter_whose_lease_goes_fails(stubs):
     lease, kv, lock, _ = stubs
-    a = lease.LeaseGrant(rpc_pb2.LeaseGrantRequest(TTL=30, ID=0xA), timeout=T).ID
-    b = lease.LeaseGrant(rpc_pb2.LeaseGrantRequest(TTL=30, ID=0xB), timeout=T).ID
+    a, b = grant(lease), grant(lease)
     lock.Lock(v3lock_pb2.LockRequest(name=b"x", lease=a), timeout=T)
     waiting = lock.Lock.future(v3lock_pb2.LockRequest(name=b"x", lease=b), timeout=30)
-    wait_for(lambda: keys(kv, b"x/") == [b"x/a", b"x/b"], 10, "the waiter's key")
+    wait_for(lambda: len(keys(kv, b"x/")) == 2, 10, "the waiter's key")
     lease.LeaseRevoke(rpc_pb2.LeaseRevokeRequest(ID=b), timeout=T)
     with pytest.raises(grpc.RpcError) as info:
         waiting.result(timeout=20)
@@ -169,32 +177,33 @@ def test_a_waiter_whose_lease_goes_fails(stubs):
 # --- v3election --------------------------------------------------------------------------------
 def test_election_campaign_proclaim_leader_resign(stubs):
     lease, kv, _, el = stubs
-    a = lease.LeaseGrant(rpc_pb2.LeaseGrantRequest(TTL=30, ID=0xA), timeout=T).ID
+    a = grant(lease)
     assert status_of(lambda: el.Leader(v3election_pb2.LeaderRequest(name=b"e"), timeout=T)) == (
         grpc.StatusCode.UNKNOWN, "election: no leader")
     c = el.Campaign(v3election_pb2.CampaignRequest(name=b"e", lease=a, value=b"v1"), timeout=T)
-    assert (c.leader.name, c.leader.key, c.leader.rev, c.leader.lease, c.header.revision) == (b"e", b"e/a", 2, a, 2)
+    r = c.header.revision
+    assert (c.leader.name, c.leader.key, c.leader.rev, c.leader.lease) == (b"e", b"e/" + hexid(a), r, a)
     again = el.Campaign(v3election_pb2.CampaignRequest(name=b"e", lease=a, value=b"v2"), timeout=T)
-    assert (again.leader.rev, again.header.revision) == (2, 2)  # the first txn's header; v2 proclaimed
+    assert (again.leader.rev, again.header.revision) == (r, r)  # the first txn's header; v2 proclaimed
     got = el.Leader(v3election_pb2.LeaderRequest(name=b"e"), timeout=T)
-    assert (got.kv.key, got.kv.value, got.kv.create_revision, got.header.revision) == (b"e/a", b"v2", 2, 3)
+    assert (got.kv.key, got.kv.value, got.kv.create_revision, got.header.revision) == (c.leader.key, b"v2", r, r + 1)
 
-    assert el.Proclaim(v3election_pb2.ProclaimRequest(leader=c.leader, value=b"v3"), timeout=T).header.revision == 4
-    stale = v3election_pb2.LeaderKey(name=b"e", key=b"e/a", rev=99, lease=a)
+    assert el.Proclaim(v3election_pb2.ProclaimRequest(leader=c.leader, value=b"v3"), timeout=T).header.revision == r + 2
+    stale = v3election_pb2.LeaderKey(name=b"e", key=c.leader.key, rev=r + 99, lease=a)
     assert status_of(lambda: el.Proclaim(v3election_pb2.ProclaimRequest(leader=stale, value=b"x"), timeout=T)) == (
         grpc.StatusCode.UNKNOWN, "election: not leader")
     for call in (el.Proclaim, el.Resign):
         req = v3election_pb2.ProclaimRequest(value=b"x") if call is el.Proclaim else v3election_pb2.ResignRequest()
         assert status_of(lambda: call(req, timeout=T)) == (grpc.StatusCode.UNKNOWN, '"leader" field must be provided')
-    assert el.Resign(v3election_pb2.ResignRequest(leader=stale), timeout=T).header.revision == 4  # not ours: OK
-    assert el.Resign(v3election_pb2.ResignRequest(leader=c.leader), timeout=T).header.revision == 5
+    assert el.Resign(v3election_pb2.ResignRequest(leader=stale), timeout=T).header.revision == r + 2  # not ours: OK
+    assert el.Resign(v3election_pb2.ResignRequest(leader=c.leader), timeout=T).header.revision == r + 3
     assert keys(kv, b"e/") == []
 
 
 def test_campaign_waits_for_the_leader_and_observe_follows(stubs):
     lease, kv, _, el = stubs
-    a = lease.LeaseGrant(rpc_pb2.LeaseGrantRequest(TTL=30, ID=0xA), timeout=T).ID
-    b = lease.LeaseGrant(rpc_pb2.LeaseGrantRequest(TTL=30, ID=0xB), timeout=T).ID
+    a, b = grant(lease), grant(lease)
+    ka, kb = b"o/" + hexid(a), b"o/" + hexid(b)
     seen: list[tuple[bytes, bytes]] = []
     observe = el.Observe(v3election_pb2.LeaderRequest(name=b"o"), timeout=60)
 
@@ -209,17 +218,17 @@ def test_campaign_waits_for_the_leader_and_observe_follows(stubs):
     reader.start()
     try:
         first = el.Campaign(v3election_pb2.CampaignRequest(name=b"o", lease=a, value=b"a1"), timeout=T)
-        wait_for(lambda: seen == [(b"o/a", b"a1")], 10, "the first leader observed")
+        wait_for(lambda: seen == [(ka, b"a1")], 10, "the first leader observed")
         second = el.Campaign.future(v3election_pb2.CampaignRequest(name=b"o", lease=b, value=b"b1"), timeout=30)
-        wait_for(lambda: keys(kv, b"o/") == [b"o/a", b"o/b"], 10, "the second candidate's key")
+        wait_for(lambda: len(keys(kv, b"o/")) == 2, 10, "the second candidate's key")
         el.Proclaim(v3election_pb2.ProclaimRequest(leader=first.leader, value=b"a2"), timeout=T)
-        wait_for(lambda: seen[-1:] == [(b"o/a", b"a2")], 10, "the proclamation observed")
+        wait_for(lambda: seen[-1:] == [(ka, b"a2")], 10, "the proclamation observed")
         assert not second.done()
         el.Resign(v3election_pb2.ResignRequest(leader=first.leader), timeout=T)
         won = second.result(timeout=20)
-        assert won.leader.key == b"o/b"
-        wait_for(lambda: seen[-1:] == [(b"o/b", b"b1")], 10, "the next leader observed")
-        assert seen == [(b"o/a", b"a1"), (b"o/a", b"a2"), (b"o/b", b"b1")]
+        assert won.leader.key == kb
+        wait_for(lambda: seen[-1:] == [(kb, b"b1")], 10, "the next leader observed")
+        assert seen == [(ka, b"a1"), (ka, b"a2"), (kb, b"b1")]
     finally:
         observe.cancel()
         reader.join(10)
@@ -227,12 +236,11 @@ def test_campaign_waits_for_the_leader_and_observe_follows(stubs):
 
 def test_a_cancelled_campaign_resigns(stubs):
     lease, kv, _, el = stubs
-    a = lease.LeaseGrant(rpc_pb2.LeaseGrantRequest(TTL=30, ID=0xA), timeout=T).ID
-    b = lease.LeaseGrant(rpc_pb2.LeaseGrantRequest(TTL=30, ID=0xB), timeout=T).ID
+    a, b = grant(lease), grant(lease)
     el.Campaign(v3election_pb2.CampaignRequest(name=b"r", lease=a, value=b"a"), timeout=T)
     assert status_of(lambda: el.Campaign(v3election_pb2.CampaignRequest(name=b"r", lease=b, value=b"b"),
                                          timeout=1))[0] == grpc.StatusCode.DEADLINE_EXCEEDED
-    wait_for(lambda: keys(kv, b"r/") == [b"r/a"], 10, "the cancelled candidate's key deleted")
+    wait_for(lambda: keys(kv, b"r/") == [b"r/" + hexid(a)], 10, "the cancelled candidate's key deleted")
 
 
 # --- etcdctl ---------------------------------------------------------------------------------
@@ -250,7 +258,8 @@ def test_etcdctl_lease_commands(node):
     out = etcdctl(node, "lease", "timetolive", "--keys", lid).stdout
     assert out.startswith(f"lease {lid} granted with TTL(100s), remaining(") and out.endswith(
         "s), attached keys([k1])\n"), out
-    assert etcdctl(node, "lease", "list").stdout == f"found 1 leases\n{lid}\n"
+    listed = etcdctl(node, "lease", "list").stdout.splitlines()
+    assert listed[0] == f"found {len(listed) - 1} leases" and lid in listed[1:]
     assert etcdctl(node, "lease", "keep-alive", "--once", lid).stdout == f"lease {lid} keepalived with TTL(100)\n"
     missing = etcdctl(node, "lease", "keep-alive", "--once", "123")
     assert (missing.returncode, missing.stderr) == (2, "Error: etcdserver: requested lease not found\n")
