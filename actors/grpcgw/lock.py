@@ -194,8 +194,12 @@ class Waker:
         if time.monotonic() < _watch_broken_until:
             return
         w = self.b.client.watch(self.key, self.range_end or None, start_revision=self.start)
+
+        async def attached() -> None:
+            await w
+
         try:
-            await asyncio.wait_for(w._ensure(), WATCH_ATTACH_S)
+            await asyncio.wait_for(attached(), WATCH_ATTACH_S)
         except (QkvError, TimeoutError):
             w.cancel()
             _watch_broken_until = time.monotonic() + WATCH_RETRY_S

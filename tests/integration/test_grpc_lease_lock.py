@@ -302,3 +302,52 @@ def test_etcdctl_elect_campaigns_and_resigns_on_sigint(node):
         if proc.poll() is None:
             proc.kill()
         proc.wait()
+
+
+# --- as the caller, under auth -------------------------------------------------------------------
+def test_lock_and_election_requests_are_made_as_the_caller(tmp_path):
+    """With auth enabled every native request of a Lock or a Campaign carries the caller's
+    token: a user may lock under the prefix it may write and nowhere else, and a waiter is
+    handed the lock although the gRPC actor's own watch sees nothing under auth (the
+    waiter's poll, read as the caller, decides)."""
+    n = NodeProcess(tmp_path, grpc=True).start()
+    try:
+        def ok(req: dict) -> dict:
+            reply = n.request(req)
+            assert reply is not None and reply.get("ok"), reply
+            return reply
+
+        ok({"op": "user_add", "name": "root", "password": "rootpw"})
+        ok({"op": "user_grant_role", "name": "root", "role": "root"})
+        ok({"op": "auth_enable"})
+        root = ok({"op": "authenticate", "name": "root", "password": "rootpw"})["token"]
+        ok({"op": "user_add", "name": "u", "password": "upw", "token": root})
+        ok({"op": "role_add", "name": "ru", "token": root})
+        ok({"op": "role_grant_permission", "name": "ru", "token": root,
+            "perm": {"perm_type": "READWRITE", "key": b"mine/", "range_end": b"mine0"}})
+        ok({"op": "user_grant_role", "name": "u", "role": "ru", "token": root})
+        tok = ok({"op": "authenticate", "name": "u", "password": "upw"})["token"]
+        md = (("token", tok),)
+        with grpc.insecure_channel(n.grpc_endpoint) as ch:
+            lease, lock = rpc_pb2_grpc.LeaseStub(ch), v3lock_pb2_grpc.LockStub(ch)
+            el = v3election_pb2_grpc.ElectionStub(ch)
+            a = lease.LeaseGrant(rpc_pb2.LeaseGrantRequest(TTL=30), timeout=T, metadata=md).ID
+            b = lease.LeaseGrant(rpc_pb2.LeaseGrantRequest(TTL=30), timeout=T, metadata=md).ID
+            assert status_of(lambda: lock.Lock(v3lock_pb2.LockRequest(name=b"mine", lease=a), timeout=T)) == (
+                grpc.StatusCode.UNKNOWN, "etcdserver: user name is empty")
+            assert status_of(lambda: lock.Lock(v3lock_pb2.LockRequest(name=b"theirs", lease=a), timeout=T,
+                                               metadata=md)) == (grpc.StatusCode.UNKNOWN, "etcdserver: permission denied")
+            held = lock.Lock(v3lock_pb2.LockRequest(name=b"mine", lease=a), timeout=T, metadata=md)
+            waiting = lock.Lock.future(v3lock_pb2.LockRequest(name=b"mine", lease=b), timeout=30, metadata=md)
+            lock.Unlock(v3lock_pb2.UnlockRequest(key=held.key), timeout=T, metadata=md)
+            assert waiting.result(timeout=20).key == b"mine/" + hexid(b)
+            assert status_of(lambda: el.Campaign(v3election_pb2.CampaignRequest(name=b"theirs", lease=a, value=b"v"),
+                                                 timeout=T, metadata=md)) == (
+                grpc.StatusCode.UNKNOWN, "etcdserver: permission denied")
+            c = el.Campaign(v3election_pb2.CampaignRequest(name=b"mine/e", lease=a, value=b"v"), timeout=T,
+                            metadata=md)
+            assert c.leader.key == b"mine/e/" + hexid(a)
+            ka = list(lease.LeaseKeepAlive(iter([rpc_pb2.LeaseKeepAliveRequest(ID=a)]), timeout=T, metadata=md))
+            assert [(x.ID, x.TTL) for x in ka] == [(a, 30)]
+    finally:
+        n.stop()
