@@ -39,7 +39,7 @@ from typing import Any, AsyncGenerator, AsyncIterator
 
 import grpc
 
-from actors.grpcgw.backend import SERVER_STREAM, Backend, kv_to_pb, rpc
+from actors.grpcgw.backend import SERVER_STREAM, Backend, count_received, kv_to_pb, rpc
 from actors.grpcgw.lock import (
     Caller, CallFailed, Waker, answer, first_created, grant_session, my_revision, session_key,
     spawn_cleanup, txn_ranges, wait_turn,
@@ -166,6 +166,7 @@ class ElectionServicer(v3election_pb2_grpc.ElectionServicer):
     @rpc(SERVICE, "Observe", SERVER_STREAM)
     async def Observe(self, request: v3election_pb2.LeaderRequest,
                       context: Any) -> AsyncIterator[v3election_pb2.LeaderResponse]:
+        count_received(SERVICE, "Observe", SERVER_STREAM)  # its one request, as go-grpc-prometheus counts
         caller = Caller(context)
         try:
             async for resp in self._observe(caller, request.name + b"/"):

@@ -351,3 +351,21 @@ def test_lock_and_election_requests_are_made_as_the_caller(tmp_path):
             assert [(x.ID, x.TTL) for x in ka] == [(a, 30)]
     finally:
         n.stop()
+
+
+@needs_etcdctl
+def test_etcdctl_elect_listen_prints_the_leader(node):
+    with grpc.insecure_channel(node.grpc_endpoint) as ch:
+        lease = rpc_pb2_grpc.LeaseStub(ch)
+        el = v3election_pb2_grpc.ElectionStub(ch)
+        a = grant(lease)
+        c = el.Campaign(v3election_pb2.CampaignRequest(name=b"listened", lease=a, value=b"first"), timeout=T)
+        proc = subprocess.Popen([ETCDCTL, "--endpoints", node.grpc_endpoint, "elect", "-l", "listened"],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                env={**os.environ, "ETCDCTL_API": "3"})
+        try:
+            assert proc.stdout is not None
+            assert proc.stdout.readline() == c.leader.key.decode() + "\n" and proc.stdout.readline() == "first\n"
+        finally:
+            proc.kill()
+            proc.wait()
