@@ -35,6 +35,9 @@ SERVICE = "etcdserverpb.Lease"
 MAX_LEASE_TTL = 9_000_000_000  # etcd's lease.MaxLeaseTTL (seconds)
 TTL_TOO_LARGE = (grpc.StatusCode.OUT_OF_RANGE, "etcdserver: too large lease TTL")
 LEASE_NOT_FOUND = (grpc.StatusCode.NOT_FOUND, "etcdserver: requested lease not found")
+# How long a follower looks for the leader (etcd's forwarding loop gives up after its request
+# timeout: 5 s + 2 election timeouts, 7 s at defaults), whatever the client's deadline.
+LEADER_ROUTE_TIMEOUT_S = 7.0
 
 
 # --- etcd requests -> native requests ------------------------------------------------------
@@ -106,7 +109,8 @@ async def leader_call(b: Backend, context: Any, req: dict[str, Any]) -> dict[str
             if "as_user" in ident:
                 raise
             # The token works on every member (SPEC 7.5): the router finds the leader.
-            reply = await b.client._lease_router().call({**req, **ident}, timeout=timeout)
+            reply = await b.client._lease_router().call({**req, **ident},
+                                                        timeout=min(timeout, LEADER_ROUTE_TIMEOUT_S))
     except errors.LeaseNotFound:
         return None
     except errors.QkvError as err:
