@@ -41,7 +41,7 @@ import grpc
 
 from actors.grpcgw.backend import SERVER_STREAM, Backend, count_received, kv_to_pb, rpc
 from actors.grpcgw.lock import (
-    Caller, CallFailed, Waker, answer, first_created, grant_session, my_revision, session_key,
+    Caller, CallFailed, Waker, answer, first_created, my_revision, session_key, session_lease,
     spawn_cleanup, txn_ranges, wait_turn,
 )
 from protocol.client.types import prefix_end
@@ -98,10 +98,7 @@ class ElectionServicer(v3election_pb2_grpc.ElectionServicer):
         self.b = backend
 
     async def _lease(self, caller: Caller, lease: int) -> int:
-        """etcd's session: lease 0 is a new lease of 60 s."""
-        if lease == 0:
-            return int((await self.b.call(caller, grant_session()))["ID"])
-        return lease
+        return await session_lease(self.b, caller, lease)
 
     async def _campaign(self, caller: Caller, req: v3election_pb2.CampaignRequest) -> v3election_pb2.CampaignResponse:
         b = self.b

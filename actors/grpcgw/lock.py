@@ -130,6 +130,16 @@ def grant_session() -> dict[str, Any]:
     return {"op": "lease_grant", "ttl": SESSION_TTL}
 
 
+async def session_lease(b: Backend, caller: Caller, lease: int) -> int:
+    """etcd's ``NewSession(WithLease(lease))``: 0 is a new lease of SESSION_TTL seconds; a
+    negative id names no lease here (ours are > 0): etcd's "lease not found"."""
+    if lease == 0:
+        return int((await b.call(caller, grant_session()))["ID"])
+    if lease < 0:
+        raise CallFailed(grpc.StatusCode.UNKNOWN, "etcdserver: requested lease not found")
+    return lease
+
+
 def first_created(pfx: bytes) -> dict[str, Any]:
     """etcd's ``Get(pfx, WithFirstCreate()...)``: the prefix's oldest key."""
     return {"key": pfx, "range_end": prefix_end(pfx), "sort_target": "CREATE", "sort_order": "ASCEND", "limit": 1}
@@ -273,8 +283,7 @@ class LockServicer(v3lock_pb2_grpc.LockServicer):
 
     async def _lock(self, caller: Caller, name: bytes, lease: int) -> v3lock_pb2.LockResponse:
         b = self.b
-        if lease == 0:
-            lease = int((await b.call(caller, grant_session()))["ID"])
+        lease = await session_lease(b, caller, lease)
         pfx, key = name + b"/", session_key(name, lease)
         reply = await b.call(caller, lock_txn(key, pfx, lease))
         my_rev = my_revision(reply)

@@ -92,6 +92,15 @@ def test_keepalive_stream_answers_each_request_in_order(stubs):
     assert all(x.header.member_id for x in out)
 
 
+def test_a_keepalive_flood_is_answered_one_by_one(stubs):
+    """A client that sends a burst of keep-alives gets every answer, in order: the stream
+    is served one request at a time (gRPC's flow control holds the sender), nothing piles up."""
+    lease = stubs[0]
+    lid = grant(lease, 40)
+    out = lease.LeaseKeepAlive(iter([rpc_pb2.LeaseKeepAliveRequest(ID=lid)] * 500), timeout=120)
+    assert [(x.ID, x.TTL) for x in out] == [(lid, 40)] * 500
+
+
 def test_keepalive_and_timetolive_through_a_follower(tmp_path):
     """Only the Raft leader serves them (SPEC): a follower's gRPC gateway sends them to the
     leader, as etcd's members forward them."""
@@ -131,8 +140,9 @@ def test_lock_is_held_then_handed_to_the_next_waiter(stubs):
 
 def test_lock_errors_are_unknown_with_etcds_message(stubs):
     _, kv, lock, _ = stubs
-    assert status_of(lambda: lock.Lock(v3lock_pb2.LockRequest(name=b"m", lease=777), timeout=T)) == (
-        grpc.StatusCode.UNKNOWN, "etcdserver: requested lease not found")
+    for bad in (777, -7):
+        assert status_of(lambda: lock.Lock(v3lock_pb2.LockRequest(name=b"m", lease=bad), timeout=T)) == (
+            grpc.StatusCode.UNKNOWN, "etcdserver: requested lease not found")
     assert status_of(lambda: lock.Unlock(v3lock_pb2.UnlockRequest(key=b""), timeout=T)) == (
         grpc.StatusCode.UNKNOWN, "etcdserver: key is not provided")
     rev = kv.Range(rpc_pb2.RangeRequest(key=b"nothing"), timeout=T).header.revision
