@@ -130,16 +130,6 @@ def grant_session() -> dict[str, Any]:
     return {"op": "lease_grant", "ttl": SESSION_TTL}
 
 
-async def session_lease(b: Backend, caller: Caller, lease: int) -> int:
-    """etcd's ``NewSession(WithLease(lease))``: 0 is a new lease of SESSION_TTL seconds; a
-    negative id names no lease here (ours are > 0): etcd's "lease not found"."""
-    if lease == 0:
-        return int((await b.call(caller, grant_session()))["ID"])
-    if lease < 0:
-        raise CallFailed(grpc.StatusCode.UNKNOWN, "etcdserver: requested lease not found")
-    return lease
-
-
 def first_created(pfx: bytes) -> dict[str, Any]:
     """etcd's ``Get(pfx, WithFirstCreate()...)``: the prefix's oldest key."""
     return {"key": pfx, "range_end": prefix_end(pfx), "sort_target": "CREATE", "sort_order": "ASCEND", "limit": 1}
@@ -185,7 +175,17 @@ def holds(reply: dict[str, Any], my_rev: int) -> bool:
     return not owner or int(owner[0]["create_revision"]) == my_rev
 
 
-# --- waiting -----------------------------------------------------------------------------
+# --- sessions and waiting (as the caller) ----------------------------------------------
+async def session_lease(b: Backend, caller: Caller, lease: int) -> int:
+    """etcd's ``NewSession(WithLease(lease))``: 0 is a new lease of SESSION_TTL seconds; a
+    negative id names no lease here (ours are > 0): etcd's "lease not found"."""
+    if lease == 0:
+        return int((await b.call(caller, grant_session()))["ID"])
+    if lease < 0:
+        raise CallFailed(grpc.StatusCode.UNKNOWN, "etcdserver: requested lease not found")
+    return lease
+
+
 class Waker:
     """Wakes a waiter when ``[key, range_end)`` may have changed since ``start_revision``:
     the backend client's watch (a hint: it watches as this process), else, or also, a poll
