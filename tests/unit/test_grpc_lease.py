@@ -161,3 +161,47 @@ def test_etcds_election_messages():
     assert election.NOT_LEADER == "election: not leader"
     assert election.NO_LEADER == "election: no leader"
     assert election.MISSING_LEADER == '"leader" field must be provided'
+
+
+class ScriptedBackend:
+    """Backend.call answering from a list of replies (range replies of wait_turn)."""
+
+    def __init__(self, replies: list[dict]) -> None:
+        self.replies, self.asked = replies, []
+
+    async def call(self, caller: Any, req: dict, timeout: float | None = None) -> dict:
+        self.asked.append(req)
+        return self.replies.pop(0)
+
+
+def turn(*kvs: tuple[bytes, int], rev: int = 20) -> dict:
+    return {"header": {"revision": rev}, "kvs": [{"key": k, "create_revision": r} for k, r in kvs]}
+
+
+def run_wait_turn(monkeypatch, replies: list[dict]) -> tuple[Any, ScriptedBackend]:
+    monkeypatch.setattr(lock, "_watch_broken_until", float("inf"))  # poll only
+
+    async def sleep(s: float) -> None:
+        pass
+
+    monkeypatch.setattr(lock.asyncio, "sleep", sleep)
+    b = ScriptedBackend(replies)
+    caller = lock.Caller(FakeContext())
+    try:
+        out = asyncio.run(lock.wait_turn(b, caller, b"m/", b"m/b", 9, lock.SESSION_EXPIRED))  # type: ignore[arg-type]
+    except lock.CallFailed as failed:
+        out = failed
+    return out, b
+
+
+def test_wait_turn_returns_once_nobody_created_before_us_is_left(monkeypatch):
+    last = turn((b"m/b", 9), rev=22)
+    out, b = run_wait_turn(monkeypatch, [turn((b"m/b", 9), (b"m/a", 4)), turn((b"m/b", 9), (b"m/a", 4)), last])
+    assert out is last and len(b.asked) == 3
+    assert all(req == lock.turn_range(b"m/", 9) for req in b.asked)
+
+
+def test_wait_turn_fails_when_our_key_is_gone(monkeypatch):
+    for gone in (turn((b"m/a", 4)), turn(), turn((b"m/b", 12))):  # deleted, or made again by a later Lock
+        out, _ = run_wait_turn(monkeypatch, [turn((b"m/b", 9), (b"m/a", 4)), gone])
+        assert isinstance(out, lock.CallFailed) and out.message == "mutex: session is expired"
