@@ -91,6 +91,15 @@ def leases_response(reply: dict[str, Any], header: rpc_pb2.ResponseHeader) -> rp
     return rpc_pb2.LeaseLeasesResponse(header=header, leases=out)
 
 
+def as_local(reply: dict[str, Any], member_id: int) -> dict[str, Any]:
+    """A reply the leader gave, with this member's id in its header: etcd fills the header
+    of a forwarded keep-alive or time-to-live on the member the client asked."""
+    header = reply.get("header")
+    if isinstance(header, dict):
+        return {**reply, "header": {**header, "member_id": member_id}}
+    return reply
+
+
 # --- the leader-only ops ---------------------------------------------------------------------
 async def leader_call(b: Backend, context: Any, req: dict[str, Any]) -> dict[str, Any] | None:
     """``req`` (lease_keepalive / lease_timetolive) at the Raft leader, as the caller; the
@@ -111,6 +120,7 @@ async def leader_call(b: Backend, context: Any, req: dict[str, Any]) -> dict[str
             # The token works on every member (SPEC 7.5): the router finds the leader.
             reply = await b.client._lease_router().call({**req, **ident},
                                                         timeout=min(timeout, LEADER_ROUTE_TIMEOUT_S))
+            reply = as_local(reply, b.member_id)
     except errors.LeaseNotFound:
         return None
     except errors.QkvError as err:

@@ -115,6 +115,8 @@ def test_keepalive_and_timetolive_through_a_follower(tmp_path):
             assert [(x.ID, x.TTL) for x in out] == [(lid, 15)] * 3
             ttl = lease.LeaseTimeToLive(rpc_pb2.LeaseTimeToLiveRequest(ID=lid), timeout=T)
             assert ttl.grantedTTL == 15 and 0 < ttl.TTL <= 15
+            # etcd fills the header on the member asked, not on the leader that answered
+            assert {x.header.member_id for x in out} | {ttl.header.member_id} == {follower.member_id}
     finally:
         cluster.stop()
 

@@ -40,6 +40,13 @@ def test_timetolive_response_of_a_missing_lease_is_minus_one_and_nothing_else():
         "op": "lease_timetolive", "ID": 5, "keys": True}
 
 
+def test_a_forwarded_reply_carries_the_asked_members_id():
+    reply = {"ID": 5, "ttl": 9, "header": {"cluster_id": 1, "member_id": 77, "revision": 4, "raft_term": 2}}
+    assert lease.as_local(reply, 2)["header"] == {"cluster_id": 1, "member_id": 2, "revision": 4, "raft_term": 2}
+    assert reply["header"]["member_id"] == 77  # not changed in place
+    assert lease.as_local({"ID": 5}, 2) == {"ID": 5}
+
+
 def test_leases_response():
     r = lease.leases_response({"leases": [{"ID": 3}, {"ID": 9}]}, HDR)
     assert [x.ID for x in r.leases] == [3, 9] and r.header.raft_term == 3
