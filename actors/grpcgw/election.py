@@ -109,12 +109,14 @@ class ElectionServicer(v3election_pb2_grpc.ElectionServicer):
         if not reply.get("succeeded") and bytes(txn_ranges(reply)[0][0].get("value", b"")) != req.value:
             try:
                 proclaimed = await b.call(caller, proclaim_txn(key, rev, req.value, lease))
+                if not proclaimed.get("succeeded"):
+                    raise CallFailed(grpc.StatusCode.UNKNOWN, NOT_LEADER)
             except CallFailed:
-                await b.call(caller, resign_txn(key, rev))
+                try:  # etcd resigns and returns the proclamation's error, whatever the resign did
+                    await b.call(caller, resign_txn(key, rev))
+                except CallFailed:
+                    pass
                 raise
-            if not proclaimed.get("succeeded"):
-                await b.call(caller, resign_txn(key, rev))
-                raise CallFailed(grpc.StatusCode.UNKNOWN, NOT_LEADER)
         try:
             await wait_turn(b, caller, pfx, key, rev, SESSION_EXPIRED)
         except asyncio.CancelledError:
