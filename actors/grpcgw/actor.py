@@ -28,6 +28,7 @@ import grpc
 
 from actors.grpcgw import auth, cluster, election, kv, lease, lock, maintenance, watch
 from actors.grpcgw.backend import Backend, flush_metrics
+from actors.runtime import security
 from actors.runtime.actor import Actor
 
 SERVICES = (kv, watch, lease, cluster, maintenance, auth, lock, election)
@@ -105,8 +106,10 @@ class GrpcActor(Actor):
         cfg = self.cfg
         self.loop = asyncio.get_running_loop()
         self._stop = asyncio.Event()
+        server_key = security.load_keypair(cfg.client_key_file)[0] if cfg.client_key_file else None
         backend = Backend(self.endpoints.gateway_proxy, cluster_id=cfg.cluster_id, member_id=cfg.member_id,
-                          cert_auth=cfg.client_cert_auth, max_in_flight=cfg.max_client_requests)
+                          cert_auth=cfg.client_cert_auth, max_in_flight=cfg.max_client_requests,
+                          public_urls=cfg.advertise_client_urls, server_key=server_key)
         server = grpc.aio.server(options=server_options(cfg.max_request_bytes),
                                  maximum_concurrent_rpcs=MAX_CONCURRENT_RPCS)
         for service in SERVICES:

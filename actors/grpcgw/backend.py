@@ -117,8 +117,14 @@ class Backend:
     """The node's gateway as the gRPC services see it."""
 
     def __init__(self, endpoint: str, *, cluster_id: int, member_id: int, cert_auth: bool,
-                 max_in_flight: int = 64) -> None:
+                 max_in_flight: int = 64, public_urls: list[str] | None = None,
+                 server_key: bytes | None = None) -> None:
         self.client = AsyncClient([endpoint], timeout=DEFAULT_TIMEOUT_S, max_in_flight=max_in_flight)
+        # Other members (the leader of leader-only ops, lease.py) and the watch port are
+        # reached as any client reaches them: through this member's public client URLs,
+        # with CURVE (a fresh key pair of this process) when the cluster has a server key.
+        self.remote = AsyncClient(list(public_urls or [endpoint]), timeout=DEFAULT_TIMEOUT_S,
+                                  max_in_flight=max_in_flight, server_key=server_key)
         self.max_calls = max_in_flight + MAX_WAITING
         self.calls = 0  # in progress or waiting
         self.cluster_id = cluster_id
@@ -129,6 +135,7 @@ class Backend:
 
     async def close(self) -> None:
         await self.client.close()
+        await self.remote.close()
 
     # --- who asks ---------------------------------------------------------------------
     def identity(self, context: Any) -> dict[str, Any]:

@@ -16,7 +16,8 @@ etcd 3.4's behaviour (etcdserver/api/v3rpc/lease.go, etcdserver/v3_server.go), k
 - LeaseTimeToLive of an unknown lease: TTL -1 (no error), ``keys`` when asked.
 - keep-alive and time-to-live are served by the Raft leader only (SPEC): a request that
   reaches a follower's gateway is sent on to the leader's client URL that the follower
-  names (the client library's lease router), with the caller's token. etcd forwards
+  names (the client library's lease router over Backend.remote, with CURVE where the
+  cluster has a server key), with the caller's token. etcd forwards
   these to its leader the same way. (Without a token but with a TLS client certificate's
   user there is nobody to send as on another member's client port: that case gets the
   follower's "etcdserver: not leader".)
@@ -118,7 +119,7 @@ async def leader_call(b: Backend, context: Any, req: dict[str, Any]) -> dict[str
             if "as_user" in ident:
                 raise
             # The token works on every member (SPEC 7.5): the router finds the leader.
-            reply = await b.client._lease_router().call({**req, **ident},
+            reply = await b.remote._lease_router().call({**req, **ident},
                                                         timeout=min(timeout, LEADER_ROUTE_TIMEOUT_S))
             reply = as_local(reply, b.member_id)
     except errors.LeaseNotFound:

@@ -101,10 +101,12 @@ def test_a_keepalive_flood_is_answered_one_by_one(stubs):
     assert [(x.ID, x.TTL) for x in out] == [(lid, 40)] * 500
 
 
-def test_keepalive_and_timetolive_through_a_follower(tmp_path):
+@pytest.mark.parametrize("secure", [False, True], ids=["plain", "curve"])
+def test_keepalive_and_timetolive_through_a_follower(tmp_path, secure):
     """Only the Raft leader serves them (SPEC): a follower's gRPC gateway sends them to the
-    leader, as etcd's members forward them."""
-    cluster = Cluster(tmp_path, grpc=True).start()
+    leader, as etcd's members forward them; with CURVE on the client ports too (the gRPC
+    gateway dials the leader's client port with the cluster's server key)."""
+    cluster = Cluster(tmp_path, grpc=True, secure=secure).start()
     try:
         leader = cluster.leader()
         follower = next(n for n in cluster.nodes if n is not leader)
