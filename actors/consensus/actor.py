@@ -231,6 +231,7 @@ class ConsensusActor(Actor):
             "name": self.cfg.name,
             "client_urls": list(self.cfg.advertise_client_urls),
             "watch_urls": list(self.cfg.listen_watch_urls),
+            "grpc_urls": list(self.cfg.advertise_grpc_urls),  # etcd's gRPC API (issue 18), [] when off
             "version": VERSION,
         }
 
@@ -853,7 +854,7 @@ class ConsensusActor(Actor):
         info = self.member_info.get(mid, {})
         return {"id": mid, "name": m.name, "peer_urls": list(m.peer_urls), "peer_key": m.peer_key,
                 "client_urls": info.get("client_urls") or [], "watch_urls": info.get("watch_urls") or [],
-                "is_learner": self.ms.is_learner(mid)}
+                "grpc_urls": info.get("grpc_urls") or [], "is_learner": self.ms.is_learner(mid)}
 
     def _members_wire(self) -> list[dict[str, Any]]:
         return [self._member_wire(mid) for mid in self.members]

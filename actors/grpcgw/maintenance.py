@@ -1,10 +1,180 @@
-"""(to be written: issue 18)"""
+"""etcdserverpb.Maintenance: Alarm, Status, Defragment, Hash, HashKV, Snapshot, MoveLeader,
+each one or more native requests (SPEC sections 3 and 6).
+
+How each maps, where it differs from etcd 3.4:
+- ``Alarm``: GET -> ``alarm_list`` (etcd's filter: NONE = every type, else that type);
+  DEACTIVATE -> ``alarm_disarm`` of exactly that member and type (as etcd: member 0 or
+  type NONE disarm nothing, an empty answer); ACTIVATE is refused (``Unimplemented``): our
+  members raise alarms themselves (quota, full disk, corruption check) and no client op
+  raises one.
+- ``Status``: ``status``. ``version`` is ETCD_VERSION, the etcd API version we serve (etcd
+  clients parse it: clientv3's RejectOldCluster needs >= 3.2); ``errors`` as etcd's: "etcdserver:
+  no leader" without a leader, then one line per alarm.
+- ``Hash``: etcd hashes its whole bolt backend; we have no such file, so this is
+  ``hash_kv`` at the current revision (every live key and value, the same on every member
+  that applied that revision), its low 32 bits, header revision = the hashed revision.
+- ``HashKV``: ``hash_kv`` {revision}; the hash's low 32 bits, its compact revision, and the
+  header's revision is the hashed revision (etcd's).
+- ``Defragment``: ``defragment`` (our member serves meanwhile).
+- ``Snapshot``: the chunks of a native ``snapshot`` save (serializable: like etcd, a member
+  without a quorum can be backed up), one native request per chunk (SNAPSHOT_CHUNK
+  bytes), each sent as a SnapshotResponse with ``remaining_bytes``. The stream is exactly
+  our snapshot file (SPEC section 6), which already ends with the SHA-256 of every byte
+  before it, the trailer etcd appends to its stream: ``etcdctl snapshot save`` writes a
+  file ``qkvutl snapshot restore`` takes; ``etcdctl snapshot status/restore`` cannot read it
+  (it is not a bolt database). Nothing more is read until the client took the last chunk,
+  so a slow reader holds one chunk; a client that goes away stops the save (the member
+  drops it 10 s later).
+- ``MoveLeader``: ``move_leader`` {target_id}; the member must lead ("etcdserver: not
+  leader"); a target that is not a voting member: etcd's "etcdserver: bad leader
+  transferee".
+"""
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, AsyncIterator
 
-from actors.grpcgw.backend import Backend
+import grpc
+
+from actors.grpcgw.backend import SERVER_STREAM, Backend, rpc
+from protocol import errors
+from protocol.etcdpb import rpc_pb2, rpc_pb2_grpc
+
+SERVICE = "etcdserverpb.Maintenance"
+ETCD_VERSION = "3.4.0"  # the etcd API this gateway serves, as etcd's version string
+SNAPSHOT_CHUNK = 1 << 20  # bytes per native snapshot request (the native default)
+ALARM_NAMES = {1: "NOSPACE", 2: "CORRUPT"}
+ALARM_TYPES = {v: k for k, v in ALARM_NAMES.items()}
+BAD_TRANSFEREE = (grpc.StatusCode.FAILED_PRECONDITION, "etcdserver: bad leader transferee")
+U32 = 0xFFFFFFFF
+
+
+# --- conversions ------------------------------------------------------------------------
+def alarms_to_pb(alarms: Any, only: int = 0) -> list[rpc_pb2.AlarmMember]:
+    """Our AlarmMember maps as etcd's, those of type ``only`` (0 = NONE: every type)."""
+    out = []
+    for a in alarms or ():
+        name = a.get("alarm", "")
+        if name in ALARM_TYPES and (not only or ALARM_TYPES[name] == only):
+            out.append(rpc_pb2.AlarmMember(memberID=a.get("member_id", 0), alarm=name))
+    return out
+
+
+def disarm_fields(r: rpc_pb2.AlarmRequest) -> dict[str, Any] | None:
+    """The ``alarm_disarm`` for a DEACTIVATE, or None when etcd would disarm nothing."""
+    name = ALARM_NAMES.get(r.alarm)
+    if not r.memberID or name is None:
+        return None
+    return {"op": "alarm_disarm", "member_id": r.memberID, "alarm": name}
+
+
+def status_response(r: dict[str, Any], header: rpc_pb2.ResponseHeader) -> rpc_pb2.StatusResponse:
+    errs = [] if r.get("leader") else ["etcdserver: no leader"]
+    errs += [str(e) for e in r.get("errors") or ()]
+    return rpc_pb2.StatusResponse(header=header, version=ETCD_VERSION, dbSize=r.get("db_size", 0),
+                                  leader=r.get("leader", 0), raftIndex=r.get("raft_index", 0),
+                                  raftTerm=r.get("raft_term", 0), raftAppliedIndex=r.get("raft_applied_index", 0),
+                                  errors=errs, dbSizeInUse=r.get("db_size_in_use", 0),
+                                  isLearner=bool(r.get("is_learner")))
+
+
+def hash_header(backend: Backend, r: dict[str, Any]) -> rpc_pb2.ResponseHeader:
+    """etcd's Hash/HashKV header: its revision is the hashed one."""
+    h = backend.header(r)
+    h.revision = r.get("hash_revision", h.revision)
+    return h
+
+
+def snapshot_chunk(r: dict[str, Any]) -> rpc_pb2.SnapshotResponse:
+    data = r.get("data", b"")
+    left = max(0, int(r.get("total_size", 0)) - int(r.get("offset", 0)) - len(data))
+    return rpc_pb2.SnapshotResponse(remaining_bytes=left, blob=data)
+
+
+class MaintenanceServicer(rpc_pb2_grpc.MaintenanceServicer):
+    def __init__(self, backend: Backend) -> None:
+        self.b = backend
+
+    @rpc(SERVICE, "Alarm")
+    async def Alarm(self, request: rpc_pb2.AlarmRequest, context: Any) -> rpc_pb2.AlarmResponse:
+        if request.action == rpc_pb2.AlarmRequest.GET:
+            reply = await self.b.call(context, {"op": "alarm_list"})
+            return rpc_pb2.AlarmResponse(header=self.b.header(reply),
+                                         alarms=alarms_to_pb(reply.get("alarms"), request.alarm))
+        if request.action == rpc_pb2.AlarmRequest.DEACTIVATE:
+            req = disarm_fields(request)
+            if req is None:
+                return rpc_pb2.AlarmResponse(header=self.b.header())
+            reply = await self.b.call(context, req)
+            return rpc_pb2.AlarmResponse(header=self.b.header(reply), alarms=alarms_to_pb(reply.get("alarms")))
+        if request.action == rpc_pb2.AlarmRequest.ACTIVATE:
+            await context.abort(grpc.StatusCode.UNIMPLEMENTED,
+                                "etcdserver: alarm activation is not supported: members raise their alarms themselves")
+        return rpc_pb2.AlarmResponse(header=self.b.header())  # etcd: an unknown action does nothing
+
+    @rpc(SERVICE, "Status")
+    async def Status(self, request: rpc_pb2.StatusRequest, context: Any) -> rpc_pb2.StatusResponse:
+        reply = await self.b.call(context, {"op": "status"})
+        return status_response(reply, self.b.header(reply))
+
+    @rpc(SERVICE, "Defragment")
+    async def Defragment(self, request: rpc_pb2.DefragmentRequest, context: Any) -> rpc_pb2.DefragmentResponse:
+        # the member waits up to 10 minutes for a large store: so does this call, within the client's deadline
+        left = context.time_remaining()
+        reply = await self.b.call(context, {"op": "defragment"}, timeout=600.0 if left is None else max(0.001, left))
+        return rpc_pb2.DefragmentResponse(header=self.b.header(reply))
+
+    @rpc(SERVICE, "Hash")
+    async def Hash(self, request: rpc_pb2.HashRequest, context: Any) -> rpc_pb2.HashResponse:
+        reply = await self.b.call(context, {"op": "hash_kv", "revision": 0})
+        return rpc_pb2.HashResponse(header=hash_header(self.b, reply), hash=int(reply.get("hash", 0)) & U32)
+
+    @rpc(SERVICE, "HashKV")
+    async def HashKV(self, request: rpc_pb2.HashKVRequest, context: Any) -> rpc_pb2.HashKVResponse:
+        reply = await self.b.call(context, {"op": "hash_kv", "revision": request.revision})
+        return rpc_pb2.HashKVResponse(header=hash_header(self.b, reply), hash=int(reply.get("hash", 0)) & U32,
+                                      compact_revision=reply.get("compact_revision", 0))
+
+    @rpc(SERVICE, "Snapshot", SERVER_STREAM)
+    async def Snapshot(self, request: rpc_pb2.SnapshotRequest,
+                       context: Any) -> AsyncIterator[rpc_pb2.SnapshotResponse]:
+        req: dict[str, Any] = {"op": "snapshot", "snapshot_id": 0, "offset": 0, "max_bytes": SNAPSHOT_CHUNK,
+                               "serializable": True}
+        while True:
+            reply = await self.b.call(context, req, timeout=_chunk_timeout(context))
+            yield snapshot_chunk(reply)
+            if reply.get("done"):
+                return
+            req = {"op": "snapshot", "snapshot_id": reply["snapshot_id"],
+                   "offset": int(reply.get("offset", 0)) + len(reply.get("data", b"")), "max_bytes": SNAPSHOT_CHUNK}
+
+    @rpc(SERVICE, "MoveLeader")
+    async def MoveLeader(self, request: rpc_pb2.MoveLeaderRequest, context: Any) -> rpc_pb2.MoveLeaderResponse:
+        if not request.targetID:
+            await self._not_leader_first(context)
+            await context.abort(*BAD_TRANSFEREE)
+        try:
+            reply = await self.b.client.request({"op": "move_leader", "target_id": request.targetID,
+                                                 **self.b.identity(context)}, timeout=self.b.timeout_of(context))
+        except errors.QkvError as err:
+            if err.code == "invalid_argument":  # a target that is not a voting member
+                await context.abort(*BAD_TRANSFEREE)
+            await self.b.abort(context, err)
+            raise AssertionError("unreachable") from None
+        return rpc_pb2.MoveLeaderResponse(header=self.b.header(reply))
+
+    async def _not_leader_first(self, context: Any) -> None:
+        """etcd answers "not leader" on a follower before looking at the target."""
+        reply = await self.b.call(context, {"op": "status"})
+        if reply.get("leader") != (reply.get("header") or {}).get("member_id", self.b.member_id):
+            await self.b.abort(context, errors.NotLeader())
+
+
+def _chunk_timeout(context: Any) -> float:
+    """A snapshot's first chunk waits for the store's checkpoint: let it take the time the
+    client allows (etcd has no deadline of its own), at most 10 minutes per chunk."""
+    left = context.time_remaining()
+    return 600.0 if left is None else max(0.001, min(float(left), 600.0))
 
 
 def add(server: Any, backend: Backend) -> None:
-    """Register this module's servicers on server."""
+    rpc_pb2_grpc.add_MaintenanceServicer_to_server(MaintenanceServicer(backend), server)
