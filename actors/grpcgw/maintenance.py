@@ -18,26 +18,30 @@ How each maps, where it differs from etcd 3.4:
 - ``Defragment``: ``defragment`` (our member serves meanwhile).
 - ``Snapshot``: the chunks of a native ``snapshot`` save (serializable: like etcd, a member
   without a quorum can be backed up), one native request per chunk (SNAPSHOT_CHUNK
-  bytes), each sent as a SnapshotResponse with ``remaining_bytes``. The stream is exactly
-  our snapshot file (SPEC section 6), which already ends with the SHA-256 of every byte
-  before it, the trailer etcd appends to its stream: ``etcdctl snapshot save`` writes a
-  file ``qkvutl snapshot restore`` takes; ``etcdctl snapshot status/restore`` cannot read it
-  (it is not a bolt database). Nothing more is read until the client took the last chunk,
+  bytes), each sent as a SnapshotResponse with ``remaining_bytes``. The stream is our
+  snapshot file (SPEC section 6), which ends with the SHA-256 of every byte before it as
+  etcd's stream does, its metadata padded (``EtcdSnapshot``) to the size etcd's client
+  checks: ``etcdctl snapshot save`` writes a file ``qkvutl snapshot restore`` takes;
+  ``etcdctl snapshot status/restore`` cannot read it (it is not a bolt database).
+  Nothing more is read until the client took the last chunk,
   so a slow reader holds one chunk; a client that goes away stops the save (the member
   drops it 10 s later).
-- ``MoveLeader``: ``move_leader`` {target_id}; the member must lead ("etcdserver: not
-  leader"); a target that is not a voting member: etcd's "etcdserver: bad leader
+- ``MoveLeader``: ``status`` then ``move_leader`` {target_id}; the member must lead
+  ("etcdserver: not leader", checked first as etcd's gRPC layer does); a target that is not a voting member: etcd's "etcdserver: bad leader
   transferee".
 """
 from __future__ import annotations
 
+import hashlib
 from typing import Any, AsyncIterator
 
 import grpc
+import msgpack
 
 from actors.grpcgw.backend import SERVER_STREAM, Backend, rpc
 from protocol import errors
 from protocol.etcdpb import rpc_pb2, rpc_pb2_grpc
+from protocol.snapshot_file import HASH_LEN, HEADER_MAX, MAGIC
 
 SERVICE = "etcdserverpb.Maintenance"
 ETCD_VERSION = "3.4.0"  # the etcd API this gateway serves, as etcd's version string
@@ -84,10 +88,85 @@ def hash_header(backend: Backend, r: dict[str, Any]) -> rpc_pb2.ResponseHeader:
     return h
 
 
-def snapshot_chunk(r: dict[str, Any]) -> rpc_pb2.SnapshotResponse:
-    data = r.get("data", b"")
-    left = max(0, int(r.get("total_size", 0)) - int(r.get("offset", 0)) - len(data))
-    return rpc_pb2.SnapshotResponse(remaining_bytes=left, blob=data)
+class SnapshotError(Exception):
+    """The native stream is not a snapshot file we can pass on (corrupted or malformed)."""
+
+
+class EtcdSnapshot:
+    """Our snapshot file (SPEC section 6) as ``etcdctl snapshot save`` takes it: etcd's client
+    refuses a stream whose size is not 32 more than a multiple of 512 (a bolt file plus
+    its SHA-256), so the metadata gets a ``pad`` string of the right length (readers ignore
+    unknown keys) and the trailing SHA-256 is computed again over the bytes sent; the
+    original SHA-256 is checked on the way. Pure: ``feed`` each native chunk in order, send
+    what it returns. Holds the header until it is whole (at most HEADER_MAX bytes)."""
+
+    def __init__(self, total_size: int) -> None:
+        if total_size < len(MAGIC) + 4 + HASH_LEN:
+            raise SnapshotError(f"a snapshot of {total_size} bytes is too short")
+        self.total = total_size  # of the native file
+        self.pos = 0  # native bytes fed
+        self.head = bytearray()  # until the header is whole
+        self.header_done = False
+        self.trailer = bytearray()
+        self.original = hashlib.sha256()  # of the native bytes before the trailer
+        self.ours = hashlib.sha256()  # of the bytes sent
+        self.size = 0  # of the file sent, known once the header is whole
+        self.sent = 0
+
+    def feed(self, data: bytes) -> bytes:
+        if self.pos + len(data) > self.total:
+            raise SnapshotError("the snapshot stream is longer than its size")
+        body_end = self.total - HASH_LEN
+        out = bytearray()
+        start, self.pos = self.pos, self.pos + len(data)
+        body = data[:max(0, body_end - start)]
+        self.trailer += data[len(body):]
+        self.original.update(body)
+        if not self.header_done:
+            self.head += body
+            body = self._header()
+            if not self.header_done:
+                return b""
+        out += body
+        self.ours.update(body)
+        if self.pos == self.total:
+            if bytes(self.trailer) != self.original.digest():
+                raise SnapshotError("the snapshot's SHA-256 does not match its content")
+            out += self.ours.digest()
+        self.sent += len(out)
+        return bytes(out)
+
+    def _header(self) -> bytes:
+        """Once the header is whole: the padded header and the bytes after it."""
+        fixed = len(MAGIC) + 4
+        if len(self.head) < fixed:
+            return b""
+        if self.head[:len(MAGIC)] != MAGIC:
+            raise SnapshotError("not a quorumkv snapshot file (bad magic)")
+        meta_len = int.from_bytes(self.head[len(MAGIC):fixed], "big")
+        if meta_len > HEADER_MAX or fixed + meta_len > self.total - HASH_LEN:
+            raise SnapshotError(f"snapshot metadata length {meta_len} is corrupt")
+        if len(self.head) < fixed + meta_len:
+            return b""
+        try:
+            meta = msgpack.unpackb(bytes(self.head[fixed:fixed + meta_len]), raw=False, strict_map_key=False)
+        except Exception:
+            raise SnapshotError("snapshot metadata is corrupt") from None
+        if not isinstance(meta, dict):
+            raise SnapshotError("snapshot metadata is not a map")
+        rest = self.total - fixed - meta_len
+        for pad in range(2048):  # each step adds a byte, but for msgpack's str length switches
+            packed = msgpack.packb({**meta, "pad": " " * pad}, use_bin_type=True)
+            if (fixed + len(packed) + rest) % 512 == HASH_LEN:
+                break
+        self.size = fixed + len(packed) + rest
+        self.header_done = True
+        after = bytes(self.head[fixed + meta_len:])
+        self.head = bytearray()
+        return MAGIC + len(packed).to_bytes(4, "big") + packed + after
+
+    def response(self, blob: bytes) -> rpc_pb2.SnapshotResponse:
+        return rpc_pb2.SnapshotResponse(remaining_bytes=max(0, self.size - self.sent), blob=blob)
 
 
 class MaintenanceServicer(rpc_pb2_grpc.MaintenanceServicer):
@@ -139,18 +218,31 @@ class MaintenanceServicer(rpc_pb2_grpc.MaintenanceServicer):
                        context: Any) -> AsyncIterator[rpc_pb2.SnapshotResponse]:
         req: dict[str, Any] = {"op": "snapshot", "snapshot_id": 0, "offset": 0, "max_bytes": SNAPSHOT_CHUNK,
                                "serializable": True}
+        file: EtcdSnapshot | None = None
         while True:
             reply = await self.b.call(context, req, timeout=_chunk_timeout(context))
-            yield snapshot_chunk(reply)
+            try:
+                if file is None:
+                    file = EtcdSnapshot(int(reply.get("total_size", 0)))
+                if reply.get("offset", 0) != file.pos:
+                    raise SnapshotError(f"a snapshot chunk at offset {reply.get('offset')}, not {file.pos}")
+                blob = file.feed(reply.get("data", b""))
+                if reply.get("done") and file.pos != file.total:
+                    raise SnapshotError("the snapshot stream ended before its size")
+            except SnapshotError as exc:
+                await context.abort(grpc.StatusCode.DATA_LOSS, f"etcdserver: {exc}")
+                return  # abort raises
+            if blob:
+                yield file.response(blob)
             if reply.get("done"):
                 return
-            req = {"op": "snapshot", "snapshot_id": reply["snapshot_id"],
-                   "offset": int(reply.get("offset", 0)) + len(reply.get("data", b"")), "max_bytes": SNAPSHOT_CHUNK}
+            req = {"op": "snapshot", "snapshot_id": reply["snapshot_id"], "offset": file.pos,
+                   "max_bytes": SNAPSHOT_CHUNK}
 
     @rpc(SERVICE, "MoveLeader")
     async def MoveLeader(self, request: rpc_pb2.MoveLeaderRequest, context: Any) -> rpc_pb2.MoveLeaderResponse:
+        await self._not_leader_first(context)
         if not request.targetID:
-            await self._not_leader_first(context)
             await context.abort(*BAD_TRANSFEREE)
         try:
             reply = await self.b.client.request({"op": "move_leader", "target_id": request.targetID,
@@ -163,7 +255,8 @@ class MaintenanceServicer(rpc_pb2_grpc.MaintenanceServicer):
         return rpc_pb2.MoveLeaderResponse(header=self.b.header(reply))
 
     async def _not_leader_first(self, context: Any) -> None:
-        """etcd answers "not leader" on a follower before looking at the target."""
+        """etcd's gRPC layer answers "not leader" on a follower before looking at the target;
+        so do we, at once (our client would retry a native not_leader until the deadline)."""
         reply = await self.b.call(context, {"op": "status"})
         if reply.get("leader") != (reply.get("header") or {}).get("member_id", self.b.member_id):
             await self.b.abort(context, errors.NotLeader())

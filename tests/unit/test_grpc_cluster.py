@@ -3,6 +3,8 @@ maintenance.py), without a node: etcd's requests -> native ops, native replies -
 messages, and the refusals made before any native call."""
 from __future__ import annotations
 
+import hashlib
+
 import grpc
 import pytest
 
@@ -10,6 +12,7 @@ from actors.grpcgw import cluster, maintenance
 from actors.grpcgw.backend import Backend
 from protocol.etcdpb import rpc_pb2
 from protocol.requests import Limits, normalize_request
+from protocol.snapshot_file import MAGIC, SnapshotMeta, encode_header, verify
 
 KEY_A = {"id": 7, "name": "n1", "peer_urls": ["tcp://10.0.0.1:2380"], "client_urls": ["tcp://10.0.0.1:7379"],
          "watch_urls": ["tcp://10.0.0.1:7381"], "grpc_urls": ["http://10.0.0.1:2379"], "is_learner": False,
@@ -109,8 +112,46 @@ def test_hash_header_carries_the_hashed_revision():
     assert (h.revision, h.raft_term, h.member_id) == (42, 4, 2)
 
 
-def test_snapshot_chunks_count_down_the_remaining_bytes():
-    chunks = [maintenance.snapshot_chunk({"offset": o, "data": b"x" * n, "total_size": 10})
-              for o, n in ((0, 4), (4, 4), (8, 2))]
-    assert [c.remaining_bytes for c in chunks] == [6, 2, 0]
-    assert b"".join(c.blob for c in chunks) == b"x" * 10
+def _snapshot_file(files: list[tuple[str, bytes]]) -> bytes:
+    meta = SnapshotMeta(revision=7, compact_revision=2, applied_index=9, key_count=3, cluster_id=1, member_id=2,
+                        created=1.5, version="0.1.0", files=[(n, len(b)) for n, b in files])
+    body = encode_header(meta) + b"".join(b for _, b in files)
+    return body + hashlib.sha256(body).digest()
+
+
+@pytest.mark.parametrize("sizes,chunk", [(sizes, chunk) for sizes in ((0,), (1, 700), (5000, 3), (100_000, 123, 4567))
+                                         for chunk in (1, 7, 512, 1 << 20) if chunk > 1 or sum(sizes) < 10_000])
+def test_snapshot_stream_is_a_file_etcdctl_saves_and_we_restore(tmp_path, sizes, chunk):
+    native = _snapshot_file([(f"{i:06d}.sst", bytes([i]) * n) for i, n in enumerate(sizes)])
+    conv = maintenance.EtcdSnapshot(len(native))
+    out, remaining = bytearray(), []
+    for off in range(0, len(native), chunk):
+        blob = conv.feed(native[off:off + chunk])
+        if blob:
+            out += blob
+            remaining.append(conv.response(blob).remaining_bytes)
+    assert len(out) % 512 == 32  # etcd's client: the stream is a bolt file (pages) + its SHA-256
+    assert remaining[-1] == 0 and remaining == sorted(remaining, reverse=True) and conv.size == len(out)
+    assert hashlib.sha256(out[:-32]).digest() == out[-32:]
+    path = tmp_path / "s.snap"
+    path.write_bytes(out)
+    meta, _ = verify(str(path))  # qkvutl snapshot restore's check
+    assert (meta.revision, meta.key_count, meta.files) == (7, 3, [(f"{i:06d}.sst", n) for i, n in enumerate(sizes)])
+    assert out[-32 - sum(sizes):-32] == native[-32 - sum(sizes):-32]
+
+
+def test_a_corrupted_or_odd_snapshot_stream_is_refused():
+    native = bytearray(_snapshot_file([("a.sst", b"x" * 1000)]))
+    native[-40] ^= 1
+    conv = maintenance.EtcdSnapshot(len(native))
+    with pytest.raises(maintenance.SnapshotError, match="SHA-256"):
+        conv.feed(bytes(native))
+    for bad in (b"NOTASNAP" + b"\0" * 100, MAGIC + (2**31).to_bytes(4, "big") + b"\0" * 100,
+                MAGIC + (3).to_bytes(4, "big") + b"\xc1\xc1\xc1" + b"\0" * 40):
+        with pytest.raises(maintenance.SnapshotError):
+            maintenance.EtcdSnapshot(len(bad)).feed(bad)
+    with pytest.raises(maintenance.SnapshotError):
+        maintenance.EtcdSnapshot(10)
+    conv = maintenance.EtcdSnapshot(100)
+    with pytest.raises(maintenance.SnapshotError, match="longer"):
+        conv.feed(b"x" * 101)
