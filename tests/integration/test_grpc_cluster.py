@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 import grpc
@@ -355,3 +356,20 @@ def test_etcdctl_alarm_defrag_hashkv_and_snapshot_save(node, tmp_path):
     # etcdctl's offline tools read bolt databases only (README: not supported)
     assert etcdctl(n, "snapshot", "status", str(path)).returncode != 0
     assert not Path(str(path) + ".part").exists()
+
+    # qkvutl restores what etcdctl saved: a new one-member cluster with the data
+    restored = NodeProcess(tmp_path / "restored", "r1", grpc=True)
+    (tmp_path / "restored").mkdir()
+    r = subprocess.run([sys.executable, "-m", "nodes.utl", "snapshot", "restore", str(path), "--name", "r1",
+                        "--initial-cluster", f"r1={restored.peer_url}", "--initial-cluster-token", "restored",
+                        "--initial-advertise-peer-urls", restored.peer_url, "--data-dir", restored.data_dir],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    restored.args = ["--initial-cluster", f"r1={restored.peer_url}", "--initial-cluster-token", "restored"]
+    try:
+        restored.start()
+        with grpc.insecure_channel(restored.grpc_endpoint) as ch:
+            got = rpc_pb2_grpc.KVStub(ch).Range(rpc_pb2.RangeRequest(key=b"keep"), timeout=20)
+            assert [(kv.key, kv.value) for kv in got.kvs] == [(b"keep", b"me")] and got.header.revision == rev
+    finally:
+        restored.stop()
