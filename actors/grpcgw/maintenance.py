@@ -13,7 +13,8 @@ How each maps, where it differs from etcd 3.4:
 - ``Hash``: etcd hashes its whole bolt backend; we have no such file, so this is
   ``hash_kv`` at the current revision (every live key and value, the same on every member
   that applied that revision), its low 32 bits, header revision = the hashed revision.
-- ``HashKV``: ``hash_kv`` {revision}; the hash's low 32 bits, its compact revision, and the
+- ``HashKV``: ``hash_kv`` {revision} (a negative one is the current one, as etcd's); the
+  hash's low 32 bits, its compact revision (-1 when never compacted, etcd's), and the
   header's revision is the hashed revision (etcd's).
 - ``Defragment``: ``defragment`` (our member serves meanwhile).
 - ``Snapshot``: the chunks of a native ``snapshot`` save (serializable: like etcd, a member
@@ -72,8 +73,12 @@ def disarm_fields(r: rpc_pb2.AlarmRequest) -> dict[str, Any] | None:
 
 
 def status_response(r: dict[str, Any], header: rpc_pb2.ResponseHeader) -> rpc_pb2.StatusResponse:
+    """etcd's errors: "etcdserver: no leader" without a leader, then each alarm as its
+    AlarmMember's text ("memberID:<id> alarm:<type> ", the trailing space included); then
+    our other lines (a full disk...)."""
     errs = [] if r.get("leader") else ["etcdserver: no leader"]
-    errs += [str(e) for e in r.get("errors") or ()]
+    errs += [f"memberID:{a.get('member_id', 0)} alarm:{a.get('alarm', '')} " for a in r.get("alarms") or ()]
+    errs += [str(e) for e in r.get("errors") or () if not str(e).startswith("memberID:")]
     return rpc_pb2.StatusResponse(header=header, version=ETCD_VERSION, dbSize=r.get("db_size", 0),
                                   leader=r.get("leader", 0), raftIndex=r.get("raft_index", 0),
                                   raftTerm=r.get("raft_term", 0), raftAppliedIndex=r.get("raft_applied_index", 0),
@@ -86,6 +91,11 @@ def hash_header(backend: Backend, r: dict[str, Any]) -> rpc_pb2.ResponseHeader:
     h = backend.header(r)
     h.revision = r.get("hash_revision", h.revision)
     return h
+
+
+def compact_revision(r: dict[str, Any]) -> int:
+    """etcd's HashKV says -1 for a store never compacted (ours: 0)."""
+    return int(r.get("compact_revision", 0)) or -1
 
 
 class SnapshotError(Exception):
@@ -209,9 +219,9 @@ class MaintenanceServicer(rpc_pb2_grpc.MaintenanceServicer):
 
     @rpc(SERVICE, "HashKV")
     async def HashKV(self, request: rpc_pb2.HashKVRequest, context: Any) -> rpc_pb2.HashKVResponse:
-        reply = await self.b.call(context, {"op": "hash_kv", "revision": request.revision})
+        reply = await self.b.call(context, {"op": "hash_kv", "revision": max(0, request.revision)})
         return rpc_pb2.HashKVResponse(header=hash_header(self.b, reply), hash=int(reply.get("hash", 0)) & U32,
-                                      compact_revision=reply.get("compact_revision", 0))
+                                      compact_revision=compact_revision(reply))
 
     @rpc(SERVICE, "Snapshot", SERVER_STREAM)
     async def Snapshot(self, request: rpc_pb2.SnapshotRequest,

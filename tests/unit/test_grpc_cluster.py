@@ -95,13 +95,19 @@ def test_deactivate_maps_to_one_disarm_or_nothing():
 
 def test_status_is_etcds():
     r = {"version": "0.1.0", "db_size": 100, "db_size_in_use": 60, "leader": 0, "raft_index": 9, "raft_term": 3,
-         "raft_applied_index": 8, "is_learner": True, "errors": ["memberID:5 alarm:NOSPACE"]}
+         "raft_applied_index": 8, "is_learner": True, "errors": ["memberID:5 alarm:NOSPACE", "disk full: x"],
+         "alarms": [{"member_id": 5, "alarm": "NOSPACE"}]}
     s = maintenance.status_response(r, rpc_pb2.ResponseHeader(member_id=5))
     assert s.version == maintenance.ETCD_VERSION and s.version.split(".")[:2] == ["3", "4"]
     assert (s.dbSize, s.dbSizeInUse, s.leader, s.raftIndex, s.raftTerm, s.raftAppliedIndex, s.isLearner) == (
         100, 60, 0, 9, 3, 8, True)
-    assert list(s.errors) == ["etcdserver: no leader", "memberID:5 alarm:NOSPACE"]
-    assert list(maintenance.status_response({**r, "leader": 5, "errors": []}, s.header).errors) == []
+    assert list(s.errors) == ["etcdserver: no leader", "memberID:5 alarm:NOSPACE ", "disk full: x"]  # etcd's text
+    assert list(maintenance.status_response({**r, "leader": 5, "errors": [], "alarms": []}, s.header).errors) == []
+
+
+def test_hashkv_compact_revision_is_minus_one_until_compacted():
+    assert maintenance.compact_revision({"compact_revision": 0}) == -1
+    assert maintenance.compact_revision({"compact_revision": 7}) == 7
 
 
 def test_hash_header_carries_the_hashed_revision():
