@@ -8,6 +8,7 @@ import hashlib
 import grpc
 import pytest
 
+from actors.consensus.actor import grpc_urls
 from actors.grpcgw import cluster, maintenance
 from actors.grpcgw.backend import Backend
 from protocol.etcdpb import rpc_pb2
@@ -72,6 +73,19 @@ def test_a_member_without_grpc_lists_no_client_urls():
 def test_a_member_not_heard_from_is_etcds_unstarted():
     m = cluster.member_to_pb({**KEY_A, "client_urls": [], "grpc_urls": [], "is_learner": True})
     assert m.name == "" and list(m.clientURLs) == [] and m.isLearner and list(m.peerURLs) == KEY_A["peer_urls"]
+
+
+@pytest.mark.parametrize("advertised,client,want", [
+    ([], ["tcp://10.0.0.1:7379"], []),
+    (["http://10.0.0.2:2379"], ["tcp://10.0.0.1:7379"], ["http://10.0.0.2:2379"]),
+    (["http://0.0.0.0:2379", "https://[::]:2378"], ["tcp://10.0.0.1:7379"],
+     ["http://10.0.0.1:2379", "https://10.0.0.1:2378"]),
+    (["http://0.0.0.0:2379"], ["tcp://[fe80::1]:7379"], ["http://[fe80::1]:2379"]),
+    (["http://0.0.0.0:2379"], ["tcp://0.0.0.0:7379"], ["http://0.0.0.0:2379"]),  # nothing better known
+    (["http://0.0.0.0:2379"], [], ["http://0.0.0.0:2379"]),
+])
+def test_published_grpc_urls_replace_a_wildcard_host(advertised, client, want):
+    assert grpc_urls(advertised, client) == want
 
 
 # --- Maintenance ----------------------------------------------------------------------------
