@@ -15,6 +15,7 @@ What differs from our native members, and why:
   ``MemberAdd`` / ``MemberUpdate`` (what etcdctl users type) names the same host and port
   and is taken as ``tcp://``; anything else (https, unix, a path, no port) gets etcd's
   "etcdserver: given member URLs are invalid". Listed peer URLs are ours (``tcp://``).
+- Headers are etcd's Cluster headers: cluster id, member id and raft term, no revision.
 """
 from __future__ import annotations
 
@@ -92,6 +93,12 @@ class ClusterServicer(rpc_pb2_grpc.ClusterServicer):
     def __init__(self, backend: Backend) -> None:
         self.b = backend
 
+    def _header(self, reply: dict[str, Any]) -> rpc_pb2.ResponseHeader:
+        """etcd's Cluster headers carry no revision: cluster id, member id, raft term."""
+        h = self.b.header(reply)
+        h.revision = 0
+        return h
+
     async def _call(self, context: Any, make: Any, request: Any) -> dict[str, Any]:
         try:
             req = make(request)
@@ -103,31 +110,31 @@ class ClusterServicer(rpc_pb2_grpc.ClusterServicer):
     async def MemberAdd(self, request: rpc_pb2.MemberAddRequest, context: Any) -> rpc_pb2.MemberAddResponse:
         reply = await self._call(context, add_fields, request)
         member = reply.get("member") or {}
-        return rpc_pb2.MemberAddResponse(header=self.b.header(reply), member=member_to_pb(member),
+        return rpc_pb2.MemberAddResponse(header=self._header(reply), member=member_to_pb(member),
                                          members=members_to_pb(reply))
 
     @rpc(SERVICE, "MemberRemove")
     async def MemberRemove(self, request: rpc_pb2.MemberRemoveRequest,
                            context: Any) -> rpc_pb2.MemberRemoveResponse:
         reply = await self._call(context, lambda r: {"op": "member_remove", "member_id": member_id(r.ID)}, request)
-        return rpc_pb2.MemberRemoveResponse(header=self.b.header(reply), members=members_to_pb(reply))
+        return rpc_pb2.MemberRemoveResponse(header=self._header(reply), members=members_to_pb(reply))
 
     @rpc(SERVICE, "MemberUpdate")
     async def MemberUpdate(self, request: rpc_pb2.MemberUpdateRequest,
                            context: Any) -> rpc_pb2.MemberUpdateResponse:
         reply = await self._call(context, update_fields, request)
-        return rpc_pb2.MemberUpdateResponse(header=self.b.header(reply), members=members_to_pb(reply))
+        return rpc_pb2.MemberUpdateResponse(header=self._header(reply), members=members_to_pb(reply))
 
     @rpc(SERVICE, "MemberList")
     async def MemberList(self, request: rpc_pb2.MemberListRequest, context: Any) -> rpc_pb2.MemberListResponse:
         reply = await self.b.call(context, {"op": "member_list"})
-        return rpc_pb2.MemberListResponse(header=self.b.header(reply), members=members_to_pb(reply))
+        return rpc_pb2.MemberListResponse(header=self._header(reply), members=members_to_pb(reply))
 
     @rpc(SERVICE, "MemberPromote")
     async def MemberPromote(self, request: rpc_pb2.MemberPromoteRequest,
                             context: Any) -> rpc_pb2.MemberPromoteResponse:
         reply = await self._call(context, lambda r: {"op": "member_promote", "member_id": member_id(r.ID)}, request)
-        return rpc_pb2.MemberPromoteResponse(header=self.b.header(reply), members=members_to_pb(reply))
+        return rpc_pb2.MemberPromoteResponse(header=self._header(reply), members=members_to_pb(reply))
 
 
 def add(server: Any, backend: Backend) -> None:

@@ -28,8 +28,9 @@ How each maps, where it differs from etcd 3.4:
   so a slow reader holds one chunk; a client that goes away stops the save (the member
   drops it 10 s later).
 - ``MoveLeader``: ``status`` then ``move_leader`` {target_id}; the member must lead
-  ("etcdserver: not leader", checked first as etcd's gRPC layer does); a target that is not a voting member: etcd's "etcdserver: bad leader
-  transferee".
+  ("etcdserver: not leader", checked first as etcd's gRPC layer does); a target that is
+  not a voting member: etcd's "etcdserver: bad leader transferee". Its response has no
+  header, as etcd's; nor have Snapshot's chunks.
 """
 from __future__ import annotations
 
@@ -262,7 +263,8 @@ class MaintenanceServicer(rpc_pb2_grpc.MaintenanceServicer):
                 await context.abort(*BAD_TRANSFEREE)
             await self.b.abort(context, err)
             raise AssertionError("unreachable") from None
-        return rpc_pb2.MoveLeaderResponse(header=self.b.header(reply))
+        self.b.note_header(reply.get("header"))
+        return rpc_pb2.MoveLeaderResponse()  # etcd's has no header
 
     async def _not_leader_first(self, context: Any) -> None:
         """etcd's gRPC layer answers "not leader" on a follower before looking at the target;

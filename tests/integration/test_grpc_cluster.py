@@ -242,21 +242,24 @@ def test_etcdctl_member_add_update_promote_remove(cluster):
     url = f"http://127.0.0.1:{free_port()}"
     out = ok(etcdctl(cluster.nodes, "member", "add", "n4", f"--peer-urls={url}", "--learner"))
     new_id = int(out.split()[1], 16)
-    assert out.startswith(f"Member {new_id:x} added to cluster ")
+    assert out.startswith(f"Member {new_id:16x} added to cluster ")  # etcdctl's %16x
     assert 'ETCD_NAME="n4"' in out and 'ETCD_INITIAL_CLUSTER_STATE="existing"' in out
-    table = ok(etcdctl(cluster.nodes, "member", "list", "-w", "table"))
-    cells = next(c for c in (table_cells(line) for line in table.splitlines()) if c[:1] == [f"{new_id:x}"])
-    assert cells[1:] == ["unstarted", "", "tcp://" + url.split("://")[1], "", "true"], table
+
+    def listed_row() -> list[str] | None:  # a follower may list members before it applied the add
+        table = ok(etcdctl(cluster.nodes, "member", "list", "-w", "table"))
+        return next((c for c in (table_cells(line) for line in table.splitlines()) if c[:1] == [f"{new_id:x}"]), None)
+    cells = wait_for(listed_row, 20, "the new member listed everywhere")
+    assert cells[1:] == ["unstarted", "", "tcp://" + url.split("://")[1], "", "true"], cells
     promote = etcdctl(cluster.nodes, "member", "promote", f"{new_id:x}")
     assert promote.returncode != 0 and "can only promote a learner member which is in sync with leader" in \
         promote.stderr, promote
     url2 = f"http://127.0.0.1:{free_port()}"
     assert ok(etcdctl(cluster.nodes, "member", "update", f"{new_id:x}", f"--peer-urls={url2}")).startswith(
-        f"Member {new_id:x} updated in cluster ")
+        f"Member {new_id:16x} updated in cluster ")
     assert ok(etcdctl(cluster.nodes, "member", "remove", f"{new_id:x}")).startswith(
-        f"Member {new_id:x} removed from cluster ")
-    listed = json.loads(ok(etcdctl(cluster.nodes, "member", "list", "-w", "json")))
-    assert sorted(m["ID"] for m in listed["members"]) == sorted(n.member_id for n in cluster.nodes)
+        f"Member {new_id:16x} removed from cluster ")
+    wait_for(lambda: sorted(m["ID"] for m in json.loads(ok(etcdctl(cluster.nodes, "member", "list", "-w", "json")))[
+        "members"]) == sorted(n.member_id for n in cluster.nodes), 20, "the removal applied everywhere")
     gone = etcdctl(cluster.nodes, "member", "remove", f"{new_id:x}")
     assert gone.returncode != 0 and "etcdserver: member not found" in gone.stderr, gone
 
