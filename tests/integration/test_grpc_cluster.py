@@ -219,6 +219,9 @@ def test_member_add_update_start_promote_remove(cluster, tmp_path):
             m = wait_for(n4_listed, 30, "n4's gRPC URL in the member list")
             # named after its peer URL at add time (actors/grpcgw/cluster.py), whatever its --name
             assert m.name == placeholder.split("://")[1] and m.isLearner
+            with grpc.insecure_channel(n4.grpc_endpoint) as ch4:
+                st = rpc_pb2_grpc.MaintenanceStub(ch4).Status(rpc_pb2.StatusRequest(), timeout=20)
+                assert st.isLearner and st.header.member_id == new_id
 
             def promoted() -> rpc_pb2.MemberPromoteResponse | None:
                 try:
@@ -325,6 +328,22 @@ def test_alarms_hashes_and_snapshot_over_grpc(node, tmp_path):
         stream = mt.Snapshot(rpc_pb2.SnapshotRequest(), timeout=60)
         next(stream)
         stream.cancel()
+        assert mt.Status(rpc_pb2.StatusRequest(), timeout=20).leader == mid
+
+        # odd and hostile requests get etcd's answers, and the member goes on
+        cl = rpc_pb2_grpc.ClusterStub(ch)
+        err = rpc_error(cl.MemberAdd, rpc_pb2.MemberAddRequest(peerURLs=[f"http://h{i}:1" for i in range(5000)]))
+        assert (err.code(), err.details()) == (grpc.StatusCode.INVALID_ARGUMENT,
+                                               "etcdserver: given member URLs are invalid")
+        assert list(mt.Alarm(A(action=7), timeout=20).alarms) == []  # an unknown action does nothing
+        assert list(mt.Alarm(A(action=A.GET, alarm=99), timeout=20).alarms) == []
+        assert list(mt.Alarm(A(action=A.DEACTIVATE, memberID=mid, alarm=99), timeout=20).alarms) == []
+        err = rpc_error(mt.HashKV, rpc_pb2.HashKVRequest(revision=2**63 - 1))
+        assert (err.code(), err.details()) == (grpc.StatusCode.OUT_OF_RANGE,
+                                               "etcdserver: mvcc: required revision is a future revision")
+        err = rpc_error(mt.MoveLeader, rpc_pb2.MoveLeaderRequest(targetID=2**64 - 1))
+        assert (err.code(), err.details()) == (grpc.StatusCode.FAILED_PRECONDITION, "etcdserver: bad leader transferee")
+        mt.MoveLeader(rpc_pb2.MoveLeaderRequest(targetID=mid), timeout=20)  # to itself: nothing to do
         assert mt.Status(rpc_pb2.StatusRequest(), timeout=20).leader == mid
 
 
