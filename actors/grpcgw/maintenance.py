@@ -24,7 +24,9 @@ How each maps, where it differs from etcd 3.4:
   etcd's stream does, its metadata padded (``EtcdSnapshot``) to the size etcd's client
   checks: ``etcdctl snapshot save`` writes a file ``qkvutl snapshot restore`` takes;
   ``etcdctl snapshot status/restore`` cannot read it (it is not a bolt database).
-  Nothing more is read until the client took the last chunk,
+  Nothing more is read until the client took the last chunk (a client that takes more
+  than 10 s over a chunk loses the save: the stream ends with the member's
+  InvalidArgument "not being saved here"),
   so a slow reader holds one chunk; a client that goes away stops the save (the member
   drops it 10 s later).
 - ``MoveLeader``: ``status`` then ``move_leader`` {target_id}; the member must lead
@@ -47,7 +49,9 @@ from protocol.snapshot_file import HASH_LEN, HEADER_MAX, MAGIC
 
 SERVICE = "etcdserverpb.Maintenance"
 ETCD_VERSION = "3.4.0"  # the etcd API this gateway serves, as etcd's version string
-SNAPSHOT_CHUNK = 1 << 20  # bytes per native snapshot request (the native default)
+# Bytes per native snapshot request: the member drops a save not asked for its next chunk
+# within 10 s, so a gRPC client must take each chunk within that time (>= 25 KiB/s).
+SNAPSHOT_CHUNK = 256 << 10
 ALARM_NAMES = {1: "NOSPACE", 2: "CORRUPT"}
 ALARM_TYPES = {v: k for k, v in ALARM_NAMES.items()}
 BAD_TRANSFEREE = (grpc.StatusCode.FAILED_PRECONDITION, "etcdserver: bad leader transferee")
