@@ -120,6 +120,28 @@ DISK_RETRY_TICK_S = 0.1  # how often a failed disk is looked at (DiskFault sets 
 CC = ConfChangeType
 
 
+
+WILDCARD_HOSTS = ("0.0.0.0", "*", "[::]", "::")
+
+
+def grpc_urls(advertised: list[str], client_urls: list[str]) -> list[str]:
+    """This member's gRPC URLs as published to the others (etcd clients dial them as the
+    member's clientURLs; [] when it serves no gRPC): a wildcard host (the
+    --listen-grpc-urls default for --advertise-grpc-urls) becomes the host of the first
+    client URL, which the other members reach, else stays (nobody can dial it)."""
+    host = ""
+    if client_urls:
+        rest = client_urls[0].split("://", 1)[-1]
+        candidate = rest.rsplit(":", 1)[0]
+        if candidate not in WILDCARD_HOSTS:
+            host = candidate
+    out = []
+    for url in advertised:
+        scheme, _, rest = url.partition("://")
+        h, _, port = rest.rpartition(":")
+        out.append(f"{scheme}://{host}:{port}" if host and h in WILDCARD_HOSTS else url)
+    return out
+
 class ConsensusActor(Actor):
     role = "consensus"
 
@@ -231,6 +253,7 @@ class ConsensusActor(Actor):
             "name": self.cfg.name,
             "client_urls": list(self.cfg.advertise_client_urls),
             "watch_urls": list(self.cfg.listen_watch_urls),
+            "grpc_urls": grpc_urls(self.cfg.advertise_grpc_urls, self.cfg.advertise_client_urls),
             "version": VERSION,
         }
 
@@ -853,7 +876,7 @@ class ConsensusActor(Actor):
         info = self.member_info.get(mid, {})
         return {"id": mid, "name": m.name, "peer_urls": list(m.peer_urls), "peer_key": m.peer_key,
                 "client_urls": info.get("client_urls") or [], "watch_urls": info.get("watch_urls") or [],
-                "is_learner": self.ms.is_learner(mid)}
+                "grpc_urls": info.get("grpc_urls") or [], "is_learner": self.ms.is_learner(mid)}
 
     def _members_wire(self) -> list[dict[str, Any]]:
         return [self._member_wire(mid) for mid in self.members]

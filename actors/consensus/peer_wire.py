@@ -203,6 +203,8 @@ def _member_wire(v: Any) -> dict:
     _str("member.name", v.get("name"))
     for k in ("peer_urls", "client_urls", "watch_urls"):
         _str_list(f"member.{k}", v.get(k))
+    if "grpc_urls" in v:  # absent from a member running a version without the gRPC gateway
+        _str_list("member.grpc_urls", v["grpc_urls"])
     if type(v.get("is_learner")) is not bool:
         raise PeerWireError("member.is_learner must be a bool")
     key = v.get("peer_key", "")
@@ -271,6 +273,7 @@ def _hello(body: list, frm: int, me: int) -> Hello:
     return Hello({"name": _str("hello.name", info.get("name", ""), 256),
                   "client_urls": _str_list("hello.client_urls", info.get("client_urls", [])),
                   "watch_urls": _str_list("hello.watch_urls", info.get("watch_urls", [])),
+                  "grpc_urls": _str_list("hello.grpc_urls", info.get("grpc_urls", [])),
                   "version": _str("hello.version", info.get("version", ""), 64)})
 
 

@@ -111,14 +111,14 @@ HISTORY_RESPONSE = Map({
 })
 ALARMS = ListOf(Map({"member_id": U64, "alarm": Str(64)}), MAX_LIST)
 MEMBER_WIRE = Map({"id": U64, "name": Str(1024), "peer_urls": URLS, "client_urls": URLS, "watch_urls": URLS,
-                   "is_learner": Bool()}, extra=True)
+                   "is_learner": Bool()}, {"grpc_urls": URLS}, extra=True)
 Z85 = Str(40)
 # A Raft message (raft/types.py Message.to_wire): an array; Message.from_wire checks it.
 RAFT_WIRE = Opaque(list, 32)
 
 Error = dict[str, Any]  # an error wire map (protocol/errors.py QkvError.to_wire)
 Op = dict[str, Any]  # a normalized op (protocol/requests.py normalize_request)
-MemberWire = dict[str, Any]  # MEMBER_WIRE: id, name, peer_urls, client_urls, watch_urls, is_learner, ...
+MemberWire = dict[str, Any]  # MEMBER_WIRE: id, name, peer_urls, client_urls, watch_urls, grpc_urls, is_learner, ...
 
 
 class Message(Protocol):
@@ -725,7 +725,8 @@ class PeerForwardReject(_PeerForwardReject):
 
 class _PeerHello(NamedTuple):
     frm: Annotated[int, U64]
-    info: Annotated[dict[str, Any], Map({"name": Str(1024), "client_urls": URLS, "watch_urls": URLS, "version": Str(64)}, extra=True)]
+    info: Annotated[dict[str, Any], Map({"name": Str(1024), "client_urls": URLS, "watch_urls": URLS, "version": Str(64)},
+                                         {"grpc_urls": URLS}, extra=True)]
 
 
 class PeerHello(_PeerHello):
