@@ -31,7 +31,8 @@ from protocol.requests import AUTH_TOKEN_MAX_CHARS
 
 T = TypeVar("T")
 MAX_WAITING = 256  # requests waiting for a free slot to the gateway, beyond max_in_flight
-DEFAULT_TIMEOUT_S = 30.0  # a request with no gRPC deadline: etcd has none; ours bounds the wait
+DEFAULT_TIMEOUT_S = 7.0  # etcd's request timeout (5 s + 2 x election timeout), set from the config
+DEADLINE_MARGIN_S = 0.05  # our answer goes back this long before the caller's deadline
 MAX_NAME_BYTES = 256  # user names (SPEC 7.3)
 # passed for a token that cannot be ours: ':' is not a URL-safe base64 character, so it
 # never matches a token; well-formed for the native envelope (a non-empty short string)
@@ -118,7 +119,8 @@ class Backend:
 
     def __init__(self, endpoint: str, *, cluster_id: int, member_id: int, cert_auth: bool,
                  max_in_flight: int = 64, public_urls: list[str] | None = None,
-                 server_key: bytes | None = None) -> None:
+                 server_key: bytes | None = None, request_timeout_s: float = DEFAULT_TIMEOUT_S) -> None:
+        self.request_timeout_s = request_timeout_s
         self.client = AsyncClient([endpoint], timeout=DEFAULT_TIMEOUT_S, max_in_flight=max_in_flight)
         # Other members (the leader of leader-only ops, lease.py) and the watch port are
         # reached as any client reaches them: through this member's public client URLs,
@@ -169,12 +171,15 @@ class Backend:
         code, message = status_of(err)
         await context.abort(code, message)
 
-    @staticmethod
-    def timeout_of(context: Any) -> float:
+    def timeout_of(self, context: Any) -> float:
+        """How long a request may take here: etcd's request timeout (a proposal or read
+        index that waits longer, e.g. without a leader, gets "request timed out" or "no
+        leader"), and never past the caller's deadline, so that the caller gets our answer
+        rather than its own DEADLINE_EXCEEDED."""
         left = context.time_remaining()
         if left is None:
-            return DEFAULT_TIMEOUT_S
-        return max(0.001, min(float(left), DEFAULT_TIMEOUT_S))
+            return self.request_timeout_s
+        return max(0.001, min(float(left) - DEADLINE_MARGIN_S, self.request_timeout_s))
 
     # --- conversions ------------------------------------------------------------------
     def note_header(self, header: Any) -> None:

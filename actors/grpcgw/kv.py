@@ -140,9 +140,12 @@ class KVServicer(rpc_pb2_grpc.KVServicer):
     @rpc(SERVICE, "Compact")
     async def Compact(self, request: rpc_pb2.CompactionRequest, context: Any) -> rpc_pb2.CompactionResponse:
         req: dict[str, Any] = {"op": "compact", "revision": request.revision}
-        if request.physical:
+        timeout = None
+        if request.physical:  # etcd waits for the physical compaction as long as the caller does
             req["physical"] = True
-        reply = await self.b.call(context, req)
+            left = context.time_remaining()
+            timeout = 600.0 if left is None else max(0.001, left - 0.05)
+        reply = await self.b.call(context, req, timeout=timeout)
         return rpc_pb2.CompactionResponse(header=self.b.header(reply))
 
 
