@@ -1,10 +1,431 @@
-"""(to be written: issue 18)"""
+"""etcdserverpb.Watch: etcd 3.4's bidirectional watch stream, each gRPC watch one native
+watch (``AsyncWatcher``, protocol/client/aio_watch.py, SPEC section 5) of the Backend's
+client, so the native guarantees hold over gRPC: no event lost or duplicated, revisions in
+order, from the start revision, a hole (a lost live message, an overflow) filled from
+``history``, a compacted start reported.
+
+etcd's semantics (etcdserver/api/v3rpc/watch.go, mvcc/watcher.go of etcd 3.4):
+- ``create_request``: ``key`` "" is "\\x00"; ``range_end`` "" = the key alone, "\\x00" =
+  every key >= key. ``watch_id`` 0 (or negative) = the stream assigns the lowest unused id
+  from a counter starting at 0, as etcd's; a used one gets ``created`` + ``canceled``,
+  ``watch_id`` -1 and "mvcc: duplicate watch ID provided on the WatchStream"; key >=
+  range_end "mvcc: watcher range is empty". The ``created`` response's header revision R
+  is the member's current revision, and a watch from now starts at R+1 (clientv3 resumes
+  from it). ``start_revision`` below the compact revision: ``created``, then one
+  response with ``compact_revision`` and ``canceled`` (header revision 0, as etcd's
+  mvcc). Negative ``start_revision`` = 1 (etcd: all history).
+- Events: one response per revision, ``mvccpb.Event`` PUT/DELETE with ``kv`` and, with
+  ``prev_kv``, the key's previous value; header = this member, the revision, its term.
+  ``fragment``: a response larger than --max-request-bytes + 512 KiB with two or more
+  events is sent in fragments (``fragment`` true on all but the last), etcd's
+  ``sendFragments``.
+- ``cancel_request`` of a watch of the stream: ``canceled`` response (an unknown id:
+  nothing, as etcd). ``progress_request``: one response with ``watch_id`` -1, no events,
+  whose header revision R promises every event <= R of every watch of the stream was sent
+  before it (each native watch is asked for progress first: SPEC section 5; etcd 3.4.23
+  answers with the store revision even for unsynced watchers, etcd bug #15271). With
+  ``progress_notify``, a watch gets a progress response (its ``watch_id``) about every
+  10 minutes, etcd's default interval.
+- Auth: a create is checked as the caller (its ``token`` metadata, or the TLS CN) by a
+  ``range`` ``count_only`` of the watched range; a refusal is ``created`` + ``canceled``
+  with ``watch_id`` -1 and etcd's cancel reason ("etcdserver: permission denied", ...).
+  The live path then needs the node's watch port to serve the Backend's client: with
+  auth enabled it serves only named users (SPEC 7.9), so the watch ends with
+  "etcdserver: permission denied" on its first history read (see MODULE LIMITS below).
+
+Bounds (a slow or hostile client holds a bounded amount here):
+- responses for the client wait in one queue per stream of OUT_QUEUE responses; when it
+  is full, the watch that wants to add blocks, stops reading its native watch, whose inbox
+  of NATIVE_INBOX_FRAMES live frames then overflows: that is a hole, filled from
+  ``history`` (pages of at most 5,000 revisions) once the client reads again. This is
+  etcd's "unsynced watcher": a slow reader costs a history read, never unbounded memory;
+  requests stop being read while the queue is full (gRPC flow control pushes back);
+- at most MAX_WATCHES_PER_STREAM watches per stream; beyond, a create gets ``created`` +
+  ``canceled`` with "etcdserver: too many requests" (etcd has no such bound);
+- a create waits at most CREATE_TIMEOUT_S for its check and attach (then ``canceled``).
+When the stream ends (the client closes or goes away), every native watch of it is
+canceled.
+
+MODULE LIMITS: the native watch port (an XPUB) is a CURVE server with --client-key-file;
+the Backend's client must then have the server key (``backend.watch_server_key``, a
+keypair path or public key, when the lead adds it). With auth enabled the watch port
+serves only a connection named by a user (SPEC 7.9): the gRPC actor has no user of its
+own, so a watch over gRPC cannot be served live under auth (notes 18-a).
+"""
 from __future__ import annotations
 
-from typing import Any
+import asyncio
+from dataclasses import dataclass, field
+from typing import Any, AsyncIterator
 
-from actors.grpcgw.backend import Backend
+from actors.grpcgw.backend import BIDI_STREAM, Backend, count_received, rpc
+from actors.grpcgw.errors import status_of
+from protocol import errors
+from protocol.client.types import FROM_KEY_END, KeyValue
+from protocol.client.watchcore import Event, WatchResponse
+from protocol.etcdpb import kv_pb2, rpc_pb2, rpc_pb2_grpc
+
+SERVICE = "etcdserverpb.Watch"
+INVALID_WATCH_ID = -1  # clientv3.InvalidWatchID
+OUT_QUEUE = 256  # responses waiting for the client, per stream
+NATIVE_INBOX_FRAMES = 256  # live frames a native watch holds; beyond: a hole, read from history
+MAX_WATCHES_PER_STREAM = 1000
+CREATE_TIMEOUT_S = 10.0
+PROGRESS_WAIT_S = 5.0  # a progress request waits this long for each watch's progress
+PROGRESS_NOTIFY_INTERVAL_S = 600.0  # etcd's progressReportInterval
+GRPC_OVERHEAD_BYTES = 512 * 1024
+DEFAULT_MAX_REQUEST_BYTES = 1536 * 1024
+
+ERR_DUPLICATE_ID = "mvcc: duplicate watch ID provided on the WatchStream"
+ERR_EMPTY_RANGE = "mvcc: watcher range is empty"
+# etcd's cancel reasons for a create the auth check refuses (watch.go recvLoop)
+AUTH_REASONS = {
+    "invalid_auth_token": "etcdserver: invalid auth token",
+    "auth_old_revision": "etcdserver: revision of auth store is old",
+    "user_empty": "etcdserver: user name is empty",
+}
+PERMISSION_DENIED = "etcdserver: permission denied"
+
+
+# --- pure conversions ----------------------------------------------------------------
+def normalize_range(key: bytes, range_end: bytes) -> tuple[bytes, bytes]:
+    """etcd's create: an empty key is "\\x00" (the smallest key); range_end stays "" (the
+    key alone) or "\\x00" (every key >= key), which is also the native encoding."""
+    return (key or b"\x00"), range_end
+
+
+def range_error(key: bytes, range_end: bytes) -> str | None:
+    """etcd's ErrEmptyWatcherRange: a range_end (not "\\x00") that is not after key."""
+    if range_end and range_end != FROM_KEY_END and key >= range_end:
+        return ERR_EMPTY_RANGE
+    return None
+
+
+def filters_of(creq: rpc_pb2.WatchCreateRequest) -> tuple[str, ...]:
+    """The native filter names of a create's filters (unknown values ignored, as etcd)."""
+    names = []
+    for f in creq.filters:
+        if f == rpc_pb2.WatchCreateRequest.NOPUT and "NOPUT" not in names:
+            names.append("NOPUT")
+        elif f == rpc_pb2.WatchCreateRequest.NODELETE and "NODELETE" not in names:
+            names.append("NODELETE")
+    return tuple(names)
+
+
+def start_of(start_revision: int, current: int) -> int:
+    """The native start revision: 0 = from now (current + 1); negative = 1 (etcd's mvcc
+    then reads all history)."""
+    if start_revision == 0:
+        return current + 1
+    return max(1, start_revision)
+
+
+def assign_id(requested: int, used: Any, next_id: int) -> tuple[int, int, str | None]:
+    """(id, next counter, error) for a create asking ``requested`` (0 or negative: the
+    lowest unused id from the counter, as etcd's watchStream.Watch)."""
+    if requested <= 0:
+        while next_id in used:
+            next_id += 1
+        return next_id, next_id + 1, None
+    if requested in used:
+        return INVALID_WATCH_ID, next_id, ERR_DUPLICATE_ID
+    return requested, next_id, None
+
+
+def cancel_reason(err: errors.QkvError) -> str:
+    """The cancel reason of a create refused by its check (etcd's for auth errors; any
+    other error keeps etcd's status message)."""
+    if err.code in AUTH_REASONS:
+        return AUTH_REASONS[err.code]
+    if err.code == "permission_denied":
+        return PERMISSION_DENIED
+    return status_of(err)[1]
+
+
+def kv_pb(kv: KeyValue) -> kv_pb2.KeyValue:
+    return kv_pb2.KeyValue(key=kv.key, value=kv.value, create_revision=kv.create_revision,
+                           mod_revision=kv.mod_revision, version=kv.version, lease=kv.lease)
+
+
+def event_pb(ev: Event) -> kv_pb2.Event:
+    """A native event as mvccpb.Event."""
+    out = kv_pb2.Event(type=kv_pb2.Event.DELETE if ev.type == "DELETE" else kv_pb2.Event.PUT, kv=kv_pb(ev.kv))
+    if ev.prev_kv is not None:
+        out.prev_kv.CopyFrom(kv_pb(ev.prev_kv))
+    return out
+
+
+def header_pb(cluster_id: int, member_id: int, revision: int, raft_term: int) -> rpc_pb2.ResponseHeader:
+    return rpc_pb2.ResponseHeader(cluster_id=cluster_id, member_id=member_id, revision=revision,
+                                  raft_term=raft_term)
+
+
+def response_pb(resp: WatchResponse, watch_id: int, header: rpc_pb2.ResponseHeader) -> rpc_pb2.WatchResponse:
+    """A native response (events of one revision, progress, or the compacted end) for
+    ``watch_id``; ``header`` carries the member's ids and term (its revision is set here:
+    the response's, or 0 for the compacted end as etcd's mvcc)."""
+    out = rpc_pb2.WatchResponse(header=header, watch_id=watch_id)
+    if resp.canceled:
+        out.canceled = True
+        if resp.compact_revision:
+            out.compact_revision = resp.compact_revision
+            out.header.revision = 0
+        else:
+            out.header.revision = resp.revision
+            out.cancel_reason = resp.cancel_reason
+        return out
+    out.header.revision = resp.revision
+    out.events.extend(event_pb(ev) for ev in resp.events)
+    return out
+
+
+def fragments(wr: rpc_pb2.WatchResponse, limit: int) -> list[rpc_pb2.WatchResponse]:
+    """etcd's sendFragments: ``wr`` as is when smaller than ``limit`` or with fewer than
+    two events; else pieces of as many events as fit under ``limit`` (at least one each),
+    ``fragment`` true on all but the last."""
+    if wr.ByteSize() < limit or len(wr.events) < 2:
+        return [wr]
+    out: list[rpc_pb2.WatchResponse] = []
+    events = list(wr.events)
+    base = rpc_pb2.WatchResponse()
+    base.CopyFrom(wr)
+    del base.events[:]
+    base.fragment = True
+    idx = 0
+    while True:
+        cur = rpc_pb2.WatchResponse()
+        cur.CopyFrom(base)
+        for ev in events[idx:]:
+            cur.events.append(ev)
+            if len(cur.events) > 1 and cur.ByteSize() >= limit:
+                del cur.events[-1]
+                break
+            idx += 1
+        if idx == len(events):
+            cur.fragment = False
+        out.append(cur)
+        if not cur.fragment:
+            return out
+
+
+# --- the stream ------------------------------------------------------------------------
+async def _attached(native: Any) -> Any:
+    return await native
+
+
+@dataclass(eq=False)
+class _Watch:
+    id: int
+    native: Any  # AsyncWatcher
+    fragment: bool
+    last_rev: int  # every event <= it was queued for the client
+    task: asyncio.Task[None] | None = None
+    progress_wanted: bool = False
+    progress_done: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+class WatchStream:
+    """One gRPC Watch stream: its watches, its outgoing queue, its progress requests."""
+
+    def __init__(self, backend: Backend, context: Any) -> None:
+        self.backend = backend
+        self.context = context
+        self.out: asyncio.Queue[rpc_pb2.WatchResponse] = asyncio.Queue(OUT_QUEUE)
+        self.watches: dict[int, _Watch] = {}
+        self.next_id = 0
+        self.progress_asked = 0
+        self.progress_task: asyncio.Task[None] | None = None
+        self.fragment_limit = int(getattr(backend, "max_request_bytes", 0) or DEFAULT_MAX_REQUEST_BYTES) \
+            + GRPC_OVERHEAD_BYTES
+
+    def header(self, revision: int, raft_term: int = 0) -> rpc_pb2.ResponseHeader:
+        b = self.backend
+        return header_pb(b.cluster_id, b.member_id, revision, max(b.raft_term, raft_term))
+
+    async def serve(self, requests: AsyncIterator[rpc_pb2.WatchRequest]) -> AsyncIterator[rpc_pb2.WatchResponse]:
+        recv = asyncio.get_running_loop().create_task(self._recv(requests), name="grpc-watch-recv")
+        try:
+            while True:
+                yield await self.out.get()
+        finally:
+            recv.cancel()
+            self.close()
+
+    def close(self) -> None:
+        """Cancel every native watch of the stream (its end, or the client gone)."""
+        for w in self.watches.values():
+            self._stop(w)
+        self.watches.clear()
+        if self.progress_task is not None:
+            self.progress_task.cancel()
+
+    @staticmethod
+    def _stop(w: _Watch) -> None:
+        w.native.cancel()
+        if w.task is not None:
+            w.task.cancel()
+
+    async def _recv(self, requests: AsyncIterator[rpc_pb2.WatchRequest]) -> None:
+        try:
+            async for req in requests:
+                count_received(SERVICE, "Watch", BIDI_STREAM)
+                which = req.WhichOneof("request_union")
+                if which == "create_request":
+                    await self._create(req.create_request)
+                elif which == "cancel_request":
+                    await self._cancel(req.cancel_request.watch_id)
+                elif which == "progress_request":
+                    self._progress()
+                # anything else: ignored, as etcd
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            return  # the client went away: the stream's end cancels the watches
+        # EOF (the client closed its side): etcd keeps sending until the stream ends
+
+    async def _ask(self, req: dict[str, Any]) -> dict[str, Any]:
+        """A native request as the stream's caller (the Backend's bound on calls applies)."""
+        b = self.backend
+        if b.calls >= b.max_calls:
+            raise errors.TooManyRequests("etcdserver: too many requests")
+        b.calls += 1
+        try:
+            reply = await b.client.request({**req, **b.identity(self.context)}, timeout=CREATE_TIMEOUT_S)
+        finally:
+            b.calls -= 1
+        b.note_header(reply.get("header"))
+        return reply
+
+    def _refused(self, revision: int, reason: str) -> rpc_pb2.WatchResponse:
+        return rpc_pb2.WatchResponse(header=self.header(revision), watch_id=INVALID_WATCH_ID, created=True,
+                                     canceled=True, cancel_reason=reason)
+
+    async def _create(self, creq: rpc_pb2.WatchCreateRequest) -> None:
+        key, end = normalize_range(creq.key, creq.range_end)
+        b = self.backend
+        # The caller's read permission on the range, and the member's revision now.
+        try:
+            reply = await self._ask({"op": "range", "key": key, "range_end": end, "count_only": True,
+                                     "serializable": True})
+        except errors.QkvError as err:
+            problem = range_error(key, end)
+            await self.out.put(self._refused(b.revision, problem or cancel_reason(err)))
+            return
+        current = int((reply.get("header") or {}).get("revision") or b.revision)
+        problem = range_error(key, end)
+        if problem is None and len(self.watches) >= MAX_WATCHES_PER_STREAM:
+            problem = f"etcdserver: too many requests: at most {MAX_WATCHES_PER_STREAM} watches per stream"
+        wid = INVALID_WATCH_ID
+        if problem is None:
+            wid, self.next_id, problem = assign_id(creq.watch_id, self.watches, self.next_id)
+        if problem is not None:
+            await self.out.put(self._refused(current, problem))
+            return
+        start = start_of(creq.start_revision, current)
+        native = b.client.watch(key, end, start_revision=start,
+                                prev_kv=creq.prev_kv, filters=filters_of(creq),
+                                progress_notify=creq.progress_notify,
+                                progress_interval_s=PROGRESS_NOTIFY_INTERVAL_S, rcvhwm=NATIVE_INBOX_FRAMES)
+        try:
+            await asyncio.wait_for(_attached(native), CREATE_TIMEOUT_S)
+        except (errors.QkvError, asyncio.TimeoutError, TimeoutError) as exc:
+            native.cancel()
+            reason = cancel_reason(exc) if isinstance(exc, errors.QkvError) else \
+                "etcdserver: request timed out"
+            await self.out.put(self._refused(current, reason))
+            return
+        w = _Watch(wid, native, creq.fragment, start - 1)
+        self.watches[wid] = w
+        await self.out.put(rpc_pb2.WatchResponse(header=self.header(current), watch_id=wid, created=True))
+        w.task = asyncio.get_running_loop().create_task(self._forward(w), name=f"grpc-watch {wid}")
+
+    async def _forward(self, w: _Watch) -> None:
+        """The native watch's responses, in order, to the stream's queue."""
+        try:
+            while True:
+                try:
+                    resp = await w.native.get()
+                except StopAsyncIteration:
+                    return
+                except errors.QkvError as err:  # e.g. the range is no longer readable
+                    await self.out.put(rpc_pb2.WatchResponse(
+                        header=self.header(w.last_rev), watch_id=w.id, canceled=True,
+                        cancel_reason=cancel_reason(err)))
+                    return
+                if resp is None:
+                    continue
+                if resp.progress_notify:
+                    w.last_rev = max(w.last_rev, resp.revision)
+                    if w.progress_wanted:
+                        w.progress_wanted = False
+                        w.progress_done.set()
+                    else:
+                        await self.out.put(rpc_pb2.WatchResponse(
+                            header=self.header(resp.revision, resp.header.raft_term), watch_id=w.id))
+                    continue
+                wr = response_pb(resp, w.id, self.header(0, resp.header.raft_term))
+                for piece in fragments(wr, self.fragment_limit) if w.fragment else [wr]:
+                    await self.out.put(piece)
+                w.last_rev = max(w.last_rev, resp.revision)
+                if resp.canceled:
+                    return
+        finally:
+            w.progress_done.set()
+            w.native.cancel()
+
+    async def _cancel(self, wid: int) -> None:
+        w = self.watches.pop(wid, None)
+        if w is None:
+            return  # etcd: nothing for an unknown id
+        self._stop(w)
+        await self.out.put(rpc_pb2.WatchResponse(header=self.header(max(self.backend.revision, w.last_rev)),
+                                                 watch_id=wid, canceled=True))
+
+    def _progress(self) -> None:
+        """A progress request: answered by one task (requests coming meanwhile are
+        answered by it too, one response each)."""
+        self.progress_asked += 1
+        if self.progress_task is None or self.progress_task.done():
+            self.progress_task = asyncio.get_running_loop().create_task(self._answer_progress(),
+                                                                        name="grpc-watch-progress")
+
+    async def _answer_progress(self) -> None:
+        while self.progress_asked:
+            asked, self.progress_asked = self.progress_asked, 0
+            live = [w for w in self.watches.values() if w.task is not None and not w.task.done()]
+            if live:
+                for w in live:
+                    w.progress_done.clear()
+                    w.progress_wanted = True
+                    w.native.request_progress()
+                waits = [asyncio.ensure_future(w.progress_done.wait()) for w in live]
+                try:
+                    await asyncio.wait(waits, timeout=PROGRESS_WAIT_S)
+                finally:
+                    for f in waits:
+                        f.cancel()
+                revision = min(w.last_rev for w in live)
+            else:
+                try:
+                    reply = await self._ask({"op": "status"})
+                    revision = int((reply.get("header") or {}).get("revision") or self.backend.revision)
+                except errors.QkvError:
+                    revision = self.backend.revision
+            for _ in range(asked):
+                await self.out.put(rpc_pb2.WatchResponse(header=self.header(revision),
+                                                         watch_id=INVALID_WATCH_ID))
+
+
+class WatchServicer(rpc_pb2_grpc.WatchServicer):
+    def __init__(self, backend: Backend) -> None:
+        self.backend = backend
+
+    @rpc(SERVICE, "Watch", BIDI_STREAM)
+    async def Watch(self, request_iterator: Any, context: Any) -> AsyncIterator[rpc_pb2.WatchResponse]:
+        async for resp in WatchStream(self.backend, context).serve(request_iterator):
+            yield resp
 
 
 def add(server: Any, backend: Backend) -> None:
     """Register this module's servicers on server."""
+    rpc_pb2_grpc.add_WatchServicer_to_server(WatchServicer(backend), server)
