@@ -71,7 +71,8 @@ OUT_QUEUE = 256  # responses waiting for the client, per stream
 NATIVE_INBOX_FRAMES = 256  # live frames a native watch holds; beyond: a hole, read from history
 MAX_WATCHES_PER_STREAM = 1000
 CREATE_TIMEOUT_S = 10.0
-PROGRESS_WAIT_S = 5.0  # a progress request waits this long for each watch's progress
+PROGRESS_WAIT_S = 5.0  # a progress request waits at most this long for the watches' progress
+PROGRESS_ROUND_S = 0.5  # between two asks of a watch still behind
 PROGRESS_NOTIFY_INTERVAL_S = 600.0  # etcd's progressReportInterval
 GRPC_OVERHEAD_BYTES = 512 * 1024
 DEFAULT_MAX_REQUEST_BYTES = 1536 * 1024
@@ -392,25 +393,36 @@ class WatchStream:
     async def _answer_progress(self) -> None:
         while self.progress_asked:
             asked, self.progress_asked = self.progress_asked, 0
-            live = [w for w in self.watches.values() if w.task is not None and not w.task.done()]
-            if live:
-                for w in live:
+            try:
+                reply = await self._ask({"op": "status"})
+                target = int((reply.get("header") or {}).get("revision") or self.backend.revision)
+            except errors.QkvError:
+                target = self.backend.revision
+            # etcd answers with the store's revision; here every watch must have sent all
+            # its events up to it first: each one behind is asked for progress (its
+            # member's broadcaster may not have that revision yet: asked again) until it
+            # is there or PROGRESS_WAIT_S passed; the answer is the least any has reached.
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + PROGRESS_WAIT_S
+            while True:
+                behind = [w for w in self.watches.values()
+                          if w.task is not None and not w.task.done() and w.last_rev < target]
+                left = deadline - loop.time()
+                if not behind or left <= 0:
+                    break
+                for w in behind:
                     w.progress_done.clear()
                     w.progress_wanted = True
                     w.native.request_progress()
-                waits = [asyncio.ensure_future(w.progress_done.wait()) for w in live]
+                waits = [asyncio.ensure_future(w.progress_done.wait()) for w in behind]
                 try:
-                    await asyncio.wait(waits, timeout=PROGRESS_WAIT_S)
+                    await asyncio.wait(waits, timeout=min(left, PROGRESS_ROUND_S),
+                                       return_when=asyncio.ALL_COMPLETED)
                 finally:
                     for f in waits:
                         f.cancel()
-                revision = min(w.last_rev for w in live)
-            else:
-                try:
-                    reply = await self._ask({"op": "status"})
-                    revision = int((reply.get("header") or {}).get("revision") or self.backend.revision)
-                except errors.QkvError:
-                    revision = self.backend.revision
+            live = [w.last_rev for w in self.watches.values() if w.task is not None and not w.task.done()]
+            revision = min([target, *live])
             for _ in range(asked):
                 await self.out.put(rpc_pb2.WatchResponse(header=self.header(revision),
                                                          watch_id=INVALID_WATCH_ID))

@@ -122,3 +122,184 @@ def test_create_events_prev_kv_and_cancel(node, stream):
     put(node, b"a2", b"later")
     ev = stream.next()  # the put before the create is not seen: the watch starts after it
     assert ev.watch_id == 1 and [e.kv.value for e in ev.events] == [b"later"]
+
+
+def test_filters_and_start_revision(node, stream):
+    r1 = put(node, b"f", b"1")
+    r2 = delete(node, b"f")
+    r3 = put(node, b"f", b"2")
+    no_put = stream.create(b"f", start_revision=r1, filters=[rpc_pb2.WatchCreateRequest.NOPUT])
+    assert no_put.header.revision == r3  # the member's revision now
+    got = stream.next()
+    assert (got.watch_id, got.header.revision, [e.type for e in got.events]) == (no_put.watch_id, r2, [DELETE])
+    no_del = stream.create(b"f", start_revision=r1, filters=[rpc_pb2.WatchCreateRequest.NODELETE])
+    got = [stream.next() for _ in range(2)]
+    assert [(g.watch_id, g.header.revision) for g in got] == [(no_del.watch_id, r1), (no_del.watch_id, r3)]
+    r4 = delete(node, b"f")
+    r5 = put(node, b"f", b"3")
+    got = [stream.next() for _ in range(2)]
+    assert {(g.watch_id, g.header.revision, g.events[0].type) for g in got} == {
+        (no_put.watch_id, r4, DELETE), (no_del.watch_id, r5, PUT)}
+
+
+def test_compacted_start_is_canceled_with_the_compact_revision(node, stream):
+    for i in range(4):
+        put(node, b"k", b"v%d" % i)  # revisions 2..5
+    with grpc.insecure_channel(node.grpc_endpoint) as ch:
+        rpc_pb2_grpc.KVStub(ch).Compact(rpc_pb2.CompactionRequest(revision=4, physical=True), timeout=10)
+    created = stream.create(b"k", start_revision=3)
+    assert not created.canceled and created.header.revision == 5
+    end = stream.next()  # etcd: header revision 0, no cancel reason
+    assert (end.watch_id, end.canceled, end.compact_revision, end.header.revision, end.cancel_reason) == \
+        (created.watch_id, True, 4, 0, "")
+    at = stream.create(b"k", start_revision=4)  # the compact revision itself is still readable
+    got = [stream.next() for _ in range(2)]
+    assert [(g.watch_id, g.header.revision, g.events[0].kv.value) for g in got] == \
+        [(at.watch_id, 4, b"v2"), (at.watch_id, 5, b"v3")]
+
+
+def test_ids_duplicates_empty_range_and_unknown_cancel(node, stream):
+    assert stream.create(b"k", watch_id=7).watch_id == 7
+    dup = stream.create(b"k", watch_id=7)
+    assert (dup.watch_id, dup.canceled, dup.cancel_reason) == \
+        (-1, True, "mvcc: duplicate watch ID provided on the WatchStream")
+    empty = stream.create(b"b", range_end=b"a")
+    assert (empty.watch_id, empty.canceled, empty.cancel_reason) == (-1, True, "mvcc: watcher range is empty")
+    assert stream.create(b"k").watch_id == 0  # the counter starts at 0 whatever ids the client chose
+    stream.send(cancel_request=rpc_pb2.WatchCancelRequest(watch_id=99))  # unknown: no answer (etcd)
+    stream.send(cancel_request=rpc_pb2.WatchCancelRequest(watch_id=7))
+    got = stream.next()
+    assert (got.watch_id, got.canceled) == (7, True)
+
+
+def test_progress_request(node, stream):
+    stream.send(progress_request=rpc_pb2.WatchProgressRequest())  # no watch yet: the member's revision
+    got = stream.next()
+    assert (got.watch_id, got.header.revision, len(got.events), got.created) == (-1, 1, 0, False)
+    stream.create(b"p", range_end=b"q")
+    r = put(node, b"other", b"x")  # not watched: only the progress says the watch is past it
+    stream.send(progress_request=rpc_pb2.WatchProgressRequest())
+    got = stream.next()
+    assert got.watch_id == -1 and not got.events and got.header.revision == r
+
+
+def test_many_watches_on_one_stream_whole_keyspace_and_stream_end(node, stream):
+    ids = [stream.create(b"m%d" % i).watch_id for i in range(20)]
+    assert ids == list(range(20))
+    everything = stream.create(b"", range_end=b"\x00").watch_id  # etcdctl watch --prefix ""
+    revs = {put(node, b"m%d" % i, b"v"): i for i in range(20)}
+    got = [stream.next() for _ in range(40)]
+    seen = sorted((g.watch_id, g.header.revision) for g in got)
+    assert seen == sorted([(i, r) for r, i in revs.items()] + [(everything, r) for r in revs])
+    # Each create became one native watch; the stream's end cancels them all.
+    stream.close()
+    put(node, b"m0", b"after")
+
+
+# --- etcdctl -----------------------------------------------------------------------------
+needs_etcdctl = pytest.mark.skipif(not os.path.exists(ETCDCTL), reason=f"{ETCDCTL} is not installed")
+
+
+class Etcdctl:
+    """`etcdctl watch ...` running, its output lines read as they come."""
+
+    def __init__(self, endpoints: str, *args: str) -> None:
+        env = dict(os.environ, ETCDCTL_API="3")
+        self.proc = subprocess.Popen([ETCDCTL, "--endpoints", endpoints, "--dial-timeout", "3s", "watch", *args],
+                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
+        self.lines: list[str] = []
+        self.thread = threading.Thread(target=self._read, daemon=True)
+        self.thread.start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.lines.append(line.decode("utf-8", "replace").rstrip("\n"))
+
+    def wait_lines(self, want: list[str], timeout: float = 30.0) -> None:
+        wait_for(lambda: self.lines[:len(want)] == want, timeout, f"etcdctl to print {want}, got {self.lines}")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.thread.join(5)
+
+
+def etcdctl_put(endpoint: str, key: str, value: str) -> None:
+    subprocess.run([ETCDCTL, "--endpoints", endpoint, "put", key, value], check=True, capture_output=True,
+                   env=dict(os.environ, ETCDCTL_API="3"), timeout=30)
+
+
+@pytest.fixture
+def mnode(tmp_path):
+    """A node with its metrics URL (to see when etcdctl's watch stream is open)."""
+    n = NodeProcess(tmp_path, grpc=True, metrics=True).start()
+    try:
+        yield n
+    finally:
+        n.stop()
+
+
+@needs_etcdctl
+def test_etcdctl_watch_prefix_prev_kv_and_rev(mnode):
+    node = mnode
+    put(node, b"w/a", b"0")
+    w = Etcdctl(node.grpc_endpoint, "--prefix", "--prev-kv", "w/")
+    h = Etcdctl(node.grpc_endpoint, "--rev", "1", "w/a")  # from the start of history
+    try:
+        h.wait_lines(["PUT", "w/a", "0"])
+        # etcdctl prints nothing when its watch is created: wait until the stream is there.
+        wait_for(lambda: metric_streams(node) >= 2, 30, "two watch streams at the node")
+        etcdctl_put(node.grpc_endpoint, "w/a", "1")
+        etcdctl_put(node.grpc_endpoint, "x", "outside")
+        etcdctl_put(node.grpc_endpoint, "w/b", "2")
+        w.wait_lines(["PUT", "w/a", "0", "w/a", "1", "PUT", "w/b", "2"])
+        h.wait_lines(["PUT", "w/a", "0", "PUT", "w/a", "1"])
+    finally:
+        w.stop()
+        h.stop()
+
+
+def metric_streams(node) -> int:
+    """Watch streams the node's gRPC actor has started (its grpc_server_started_total)."""
+    import urllib.request
+
+    try:
+        text = urllib.request.urlopen(node.metrics_url + "/metrics", timeout=2).read().decode()
+    except OSError:
+        return 0
+    total = 0
+    for line in text.splitlines():
+        if line.startswith("grpc_server_started_total{") and 'grpc_method="Watch"' in line:
+            total += int(float(line.rsplit(" ", 1)[1]))
+    return total
+
+
+@needs_etcdctl
+def test_etcdctl_watch_survives_the_death_of_its_member(tmp_path):
+    """etcdctl with every member's endpoint: the member its watch stream is on is killed;
+    etcdctl resumes on another from its last revision and nothing is lost."""
+    cluster = Cluster(tmp_path, 3, grpc=True, metrics=True).start()
+    w = None
+    try:
+        endpoints = ",".join(n.grpc_endpoint for n in cluster.nodes)
+        w = Etcdctl(endpoints, "--prefix", "c/")
+        wait_for(lambda: sum(metric_streams(n) for n in cluster.nodes) >= 1, 30, "etcdctl's watch stream")
+        first = next(n for n in cluster.nodes if metric_streams(n) >= 1)
+        others = [n for n in cluster.nodes if n is not first]
+        etcdctl_put(others[0].grpc_endpoint, "c/1", "before")
+        w.wait_lines(["PUT", "c/1", "before"])
+        first.kill()
+        etcdctl_put(others[0].grpc_endpoint, "c/2", "right-after")  # while etcdctl reconnects
+        etcdctl_put(others[1].grpc_endpoint, "c/3", "later")
+        w.wait_lines(["PUT", "c/1", "before", "PUT", "c/2", "right-after", "PUT", "c/3", "later"], timeout=60)
+        assert w.proc.poll() is None
+    finally:
+        if w is not None:
+            w.stop()
+        cluster.stop()
