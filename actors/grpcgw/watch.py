@@ -58,9 +58,13 @@ import asyncio
 from dataclasses import dataclass, field
 from typing import Any, AsyncIterator
 
+import zmq
+
 from actors.grpcgw.backend import BIDI_STREAM, Backend, count_received, rpc
 from actors.grpcgw.errors import status_of
 from protocol import errors
+from protocol.client.aio import AsyncClient
+from protocol.client.auth import Security, load_keypair
 from protocol.client.types import FROM_KEY_END, KeyValue
 from protocol.client.watchcore import Event, WatchResponse
 from protocol.etcdpb import kv_pb2, rpc_pb2, rpc_pb2_grpc
@@ -228,8 +232,9 @@ class _Watch:
 class WatchStream:
     """One gRPC Watch stream: its watches, its outgoing queue, its progress requests."""
 
-    def __init__(self, backend: Backend, context: Any) -> None:
+    def __init__(self, backend: Backend, context: Any, client: AsyncClient | None = None) -> None:
         self.backend = backend
+        self.client = client or backend.client
         self.context = context
         self.out: asyncio.Queue[rpc_pb2.WatchResponse] = asyncio.Queue(OUT_QUEUE)
         self.watches: dict[int, _Watch] = {}
@@ -323,7 +328,7 @@ class WatchStream:
             await self.out.put(self._refused(current, problem))
             return
         start = start_of(creq.start_revision, current)
-        native = b.client.watch(key, end, start_revision=start,
+        native = self.client.watch(key, end, start_revision=start,
                                 prev_kv=creq.prev_kv, filters=filters_of(creq),
                                 progress_notify=creq.progress_notify,
                                 progress_interval_s=PROGRESS_NOTIFY_INTERVAL_S, rcvhwm=NATIVE_INBOX_FRAMES)
@@ -428,13 +433,47 @@ class WatchStream:
                                                          watch_id=INVALID_WATCH_ID))
 
 
+class _WatchPortCurve(Security):
+    """CURVE on the watch port's SUB sockets only (the node's XPUB is a CURVE server with
+    --client-key-file); the requests to the gateway's private proxy socket stay plain.
+    ``curve`` stays False, so the client's request sockets are not configured."""
+
+    def __init__(self, server_public: bytes) -> None:
+        super().__init__()
+        self.sub_server_key = server_public
+        self.sub_public, self.sub_secret = zmq.curve_keypair()  # any key may connect (auth off)
+
+    def configure(self, sock: Any) -> None:
+        if sock.socket_type == zmq.SUB:
+            sock.curve_secretkey = self.sub_secret
+            sock.curve_publickey = self.sub_public
+            sock.curve_serverkey = self.sub_server_key
+
+
+def watch_client(backend: Backend) -> AsyncClient:
+    """The client whose native watches serve the gRPC ones: the Backend's, or with
+    --client-key-file (``backend.client_key_file``) one of the same proxy endpoint whose
+    SUB sockets are CURVE clients of this node's watch port (made once per actor, it
+    lives as long as the actor)."""
+    key_file = getattr(backend, "client_key_file", "") or ""
+    if not key_file:
+        return backend.client
+    public, _ = load_keypair(key_file)
+    client = AsyncClient(list(backend.client.endpoints), timeout=backend.client.timeout,
+                         max_in_flight=backend.client.max_in_flight, _security=_WatchPortCurve(public))
+    return client
+
+
 class WatchServicer(rpc_pb2_grpc.WatchServicer):
     def __init__(self, backend: Backend) -> None:
         self.backend = backend
+        self.client: AsyncClient | None = None
 
     @rpc(SERVICE, "Watch", BIDI_STREAM)
     async def Watch(self, request_iterator: Any, context: Any) -> AsyncIterator[rpc_pb2.WatchResponse]:
-        async for resp in WatchStream(self.backend, context).serve(request_iterator):
+        if self.client is None:
+            self.client = watch_client(self.backend)
+        async for resp in WatchStream(self.backend, context, self.client).serve(request_iterator):
             yield resp
 
 
