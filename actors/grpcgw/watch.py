@@ -29,9 +29,9 @@ etcd's semantics (etcdserver/api/v3rpc/watch.go, mvcc/watcher.go of etcd 3.4):
 - Auth: a create is checked as the caller (its ``token`` metadata, or the TLS CN) by a
   ``range`` ``count_only`` of the watched range; a refusal is ``created`` + ``canceled``
   with ``watch_id`` -1 and etcd's cancel reason ("etcdserver: permission denied", ...).
-  The live path then needs the node's watch port to serve the Backend's client: with
-  auth enabled it serves only named users (SPEC 7.9), so the watch ends with
-  "etcdserver: permission denied" on its first history read (see MODULE LIMITS below).
+  The native watch then needs the node's watch port and ``status``/``history`` to serve
+  the Backend's client, which has no user: with auth enabled they do not (SPEC 7.9), so a
+  permitted create gets ``created`` + ``canceled`` with AUTH_UNSUPPORTED (MODULE LIMITS).
 
 Bounds (a slow or hostile client holds a bounded amount here):
 - responses for the client wait in one queue per stream of OUT_QUEUE responses; when it
@@ -46,11 +46,16 @@ Bounds (a slow or hostile client holds a bounded amount here):
 When the stream ends (the client closes or goes away), every native watch of it is
 canceled.
 
-MODULE LIMITS: the native watch port (an XPUB) is a CURVE server with --client-key-file;
-the Backend's client must then have the server key (``backend.watch_server_key``, a
-keypair path or public key, when the lead adds it). With auth enabled the watch port
-serves only a connection named by a user (SPEC 7.9): the gRPC actor has no user of its
-own, so a watch over gRPC cannot be served live under auth (notes 18-a).
+MODULE LIMITS:
+- --client-key-file: the native watch port (an XPUB) is a CURVE server; the native
+  watches' SUB sockets are CURVE clients of it with the node's public key (``watch_client``)
+  once the grpc actor sets ``backend.client_key_file`` (until then they get nothing live
+  and each watch follows from ``history`` after every silence, about every 7 s);
+- auth enabled: the watch port serves only connections named by a user (SPEC 7.9) and
+  ``status``/``history`` need one; the gRPC actor has no user of its own and cannot
+  subscribe as the caller (it has a token, not a password or a registered key), so a
+  create the caller's check allows is refused with AUTH_UNSUPPORTED (notes/18-a.md says
+  what the native side would need).
 """
 from __future__ import annotations
 
@@ -90,6 +95,9 @@ AUTH_REASONS = {
     "user_empty": "etcdserver: user name is empty",
 }
 PERMISSION_DENIED = "etcdserver: permission denied"
+AUTH_CODES = frozenset((*AUTH_REASONS, "permission_denied"))
+AUTH_UNSUPPORTED = ("etcdserver: watch over gRPC is not available with auth enabled (the gRPC gateway "
+                    "cannot subscribe to the watch port as the user; use the native watch)")
 
 
 # --- pure conversions ----------------------------------------------------------------
@@ -336,8 +344,12 @@ class WatchStream:
             await asyncio.wait_for(_attached(native), CREATE_TIMEOUT_S)
         except (errors.QkvError, asyncio.TimeoutError, TimeoutError) as exc:
             native.cancel()
-            reason = cancel_reason(exc) if isinstance(exc, errors.QkvError) else \
-                "etcdserver: request timed out"
+            if isinstance(exc, errors.QkvError):
+                # The caller may read the range (checked above): an auth refusal here is
+                # the gateway's own native watch's (auth enabled: SPEC 7.9).
+                reason = AUTH_UNSUPPORTED if exc.code in AUTH_CODES else cancel_reason(exc)
+            else:
+                reason = "etcdserver: request timed out"
             await self.out.put(self._refused(current, reason))
             return
         w = _Watch(wid, native, creq.fragment, start - 1)

@@ -343,3 +343,41 @@ def test_watch_with_client_key_file(tmp_path):
                 s.close()
     finally:
         cluster.stop()
+
+
+def test_auth_check_at_create(node):
+    """Auth enabled: a create is checked as the caller (etcd's cancel reasons); one the
+    check allows is refused too (the gateway cannot subscribe as the user: module limits)."""
+    def call(req, token=None):
+        reply = node.request({**req, "token": token} if token else req)
+        assert reply and reply.get("ok"), reply
+        return reply
+
+    call({"op": "user_add", "name": "root", "password": "r"})
+    call({"op": "user_grant_role", "name": "root", "role": "root"})
+    call({"op": "auth_enable"})
+    root = call({"op": "authenticate", "name": "root", "password": "r"})["token"]
+    call({"op": "user_add", "name": "ra", "password": "p"}, root)
+    call({"op": "role_add", "name": "reader"}, root)
+    call({"op": "role_grant_permission", "name": "reader",
+          "perm": {"perm_type": "READ", "key": b"/a/", "range_end": b"/a0"}}, root)
+    call({"op": "user_grant_role", "name": "ra", "role": "reader"}, root)
+    ra = call({"op": "authenticate", "name": "ra", "password": "p"})["token"]
+
+    def first(token, key, end):
+        with grpc.insecure_channel(node.grpc_endpoint) as ch:
+            req = rpc_pb2.WatchRequest(create_request=rpc_pb2.WatchCreateRequest(key=key, range_end=end))
+            call_ = rpc_pb2_grpc.WatchStub(ch).Watch(iter([req]), metadata=[("token", token)] if token else [],
+                                                     timeout=30)
+            try:
+                return next(call_)
+            finally:
+                call_.cancel()
+
+    for token, reason in ((ra, "etcdserver: permission denied"), (None, "etcdserver: user name is empty"),
+                          ("bogus", "etcdserver: invalid auth token")):
+        got = first(token, b"/b/", b"/b0")
+        assert (got.watch_id, got.created, got.canceled, got.cancel_reason) == (-1, True, True, reason)
+    got = first(ra, b"/a/", b"/a0")
+    assert (got.watch_id, got.created, got.canceled) == (-1, True, True)
+    assert got.cancel_reason.startswith("etcdserver: watch over gRPC is not available with auth enabled")
