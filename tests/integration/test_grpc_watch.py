@@ -381,3 +381,33 @@ def test_auth_check_at_create(node):
     got = first(ra, b"/a/", b"/a0")
     assert (got.watch_id, got.created, got.canceled) == (-1, True, True)
     assert got.cancel_reason.startswith("etcdserver: watch over gRPC is not available with auth enabled")
+
+
+def test_a_slow_reader_misses_nothing(node):
+    """A client that reads nothing while many revisions go by: its stream's queue and its
+    native watch's inbox fill, the rest is a hole read back from history once it reads
+    again. Every revision comes, once, in order."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    value = b"x" * 2048
+    with grpc.insecure_channel(node.grpc_endpoint) as ch:
+        req = rpc_pb2.WatchRequest(create_request=rpc_pb2.WatchCreateRequest(key=b"s/", range_end=b"s0"))
+        requests: queue.Queue = queue.Queue()
+        requests.put(req)
+        call = rpc_pb2_grpc.WatchStub(ch).Watch(iter(requests.get, None))
+        try:
+            created = next(call)
+            assert created.created and not created.canceled
+            kvs = rpc_pb2_grpc.KVStub(ch)
+            with ThreadPoolExecutor(8) as pool:
+                revs = sorted(pool.map(lambda i: kvs.Put(rpc_pb2.PutRequest(key=b"s/%d" % (i % 50), value=value),
+                                                         timeout=30).header.revision, range(3000)))
+            seen = []
+            while len(seen) < len(revs):
+                resp = next(call)
+                assert not resp.canceled, resp
+                seen.extend(e.kv.mod_revision for e in resp.events)
+            assert seen == revs
+        finally:
+            call.cancel()
+            requests.put(None)
