@@ -233,6 +233,7 @@ class _Watch:
     fragment: bool
     last_rev: int  # every event <= it was queued for the client
     task: asyncio.Task[None] | None = None
+    next_progress: float = 0.0  # progress_notify: no periodic progress before (loop time)
     progress_wanted: bool = False
     progress_done: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -359,6 +360,8 @@ class WatchStream:
 
     async def _forward(self, w: _Watch) -> None:
         """The native watch's responses, in order, to the stream's queue."""
+        loop = asyncio.get_running_loop()
+        w.next_progress = loop.time() + PROGRESS_NOTIFY_INTERVAL_S
         try:
             while True:
                 try:
@@ -377,13 +380,16 @@ class WatchStream:
                     if w.progress_wanted:
                         w.progress_wanted = False
                         w.progress_done.set()
-                    else:
+                    elif loop.time() >= w.next_progress:  # progress_notify's, etcd's interval
+                        w.next_progress = loop.time() + PROGRESS_NOTIFY_INTERVAL_S
                         await self.out.put(rpc_pb2.WatchResponse(
                             header=self.header(resp.revision, resp.header.raft_term), watch_id=w.id))
                     continue
                 wr = response_pb(resp, w.id, self.header(0, resp.header.raft_term))
                 for piece in fragments(wr, self.fragment_limit) if w.fragment else [wr]:
                     await self.out.put(piece)
+                if resp.events:  # etcd elides the next progress after events
+                    w.next_progress = loop.time() + PROGRESS_NOTIFY_INTERVAL_S
                 w.last_rev = max(w.last_rev, resp.revision)
                 if resp.canceled:
                     return
