@@ -411,3 +411,18 @@ def test_a_slow_reader_misses_nothing(node):
         finally:
             call.cancel()
             requests.put(None)
+
+
+def test_the_streams_end_cancels_its_native_watches(mnode):
+    """Each gRPC watch is one native subscription; when the client goes away (its stream
+    is canceled), every one of them is taken back from the broadcaster."""
+    node = mnode
+    with grpc.insecure_channel(node.grpc_endpoint) as ch:
+        s = Stream(ch)
+        try:
+            for i in range(3):
+                s.create(b"gone/%d" % i)
+            wait_for(lambda: metric(node, "qkv_watch_channels") >= 3, 30, "three channels at the broadcaster")
+        finally:
+            s.close()
+    wait_for(lambda: metric(node, "qkv_watch_channels") == 0, 30, "the broadcaster to drop the channels")
