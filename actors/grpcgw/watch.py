@@ -250,6 +250,7 @@ class WatchStream:
         self.next_id = 0
         self.progress_asked = 0
         self.progress_task: asyncio.Task[None] | None = None
+        self.serving: asyncio.Task[Any] | None = None  # the task yielding the responses
         self.fragment_limit = int(getattr(backend, "max_request_bytes", 0) or DEFAULT_MAX_REQUEST_BYTES) \
             + GRPC_OVERHEAD_BYTES
 
@@ -258,6 +259,7 @@ class WatchStream:
         return header_pb(b.cluster_id, b.member_id, revision, max(b.raft_term, raft_term))
 
     async def serve(self, requests: AsyncIterator[rpc_pb2.WatchRequest]) -> AsyncIterator[rpc_pb2.WatchResponse]:
+        self.serving = asyncio.current_task()
         recv = asyncio.get_running_loop().create_task(self._recv(requests), name="grpc-watch-recv")
         try:
             while True:
@@ -295,7 +297,11 @@ class WatchStream:
         except asyncio.CancelledError:
             raise
         except Exception:
-            return  # the client went away: the stream's end cancels the watches
+            # The client went away (or a request could not be handled): the stream ends,
+            # as etcd's does when its recvLoop fails; its end cancels the watches.
+            if self.serving is not None:
+                self.serving.cancel()
+            return
         # EOF (the client closed its side): etcd keeps sending until the stream ends
 
     async def _ask(self, req: dict[str, Any]) -> dict[str, Any]:
