@@ -26,6 +26,10 @@ etcd's semantics (etcdserver/api/v3rpc/watch.go, mvcc/watcher.go of etcd 3.4):
   answers with the store revision even for unsynced watchers, etcd bug #15271). With
   ``progress_notify``, a watch gets a progress response (its ``watch_id``) about every
   10 minutes, etcd's default interval.
+- RequireLeader (metadata ``hasleader: true``, clientv3's WithRequireLeader, which
+  etcdctl watch uses): a member without a leader refuses the stream, and ends an open one
+  once LeaderMonitor saw no leader MAX_NO_LEADER_POLLS times in a row, with Unavailable
+  "etcdserver: no leader" (etcd's stream interceptor and monitorLeader).
 - Auth: a create is checked as the caller (its ``token`` metadata, or the TLS CN) by a
   ``range`` ``count_only`` of the watched range; a refusal is ``created`` + ``canceled``
   with ``watch_id`` -1 and etcd's cancel reason ("etcdserver: permission denied", ...).
@@ -63,6 +67,7 @@ import asyncio
 from dataclasses import dataclass, field
 from typing import Any, AsyncIterator
 
+import grpc
 import zmq
 
 from actors.grpcgw.backend import BIDI_STREAM, Backend, count_received, rpc
@@ -84,6 +89,10 @@ PROGRESS_WAIT_S = 5.0  # a progress request waits at most this long for the watc
 PROGRESS_ROUND_S = 0.5  # between two asks of a watch still behind
 PROGRESS_NOTIFY_INTERVAL_S = 600.0  # etcd's progressReportInterval
 GRPC_OVERHEAD_BYTES = 512 * 1024
+REQUIRE_LEADER = ("hasleader", "true")  # clientv3.WithRequireLeader's metadata (etcdctl watch sends it)
+NO_LEADER = "etcdserver: no leader"
+LEADER_POLL_S = 1.0  # etcd: one election timeout (our default --election-timeout)
+MAX_NO_LEADER_POLLS = 3  # etcd's maxNoLeaderCnt
 DEFAULT_MAX_REQUEST_BYTES = 1536 * 1024
 
 ERR_DUPLICATE_ID = "mvcc: duplicate watch ID provided on the WatchStream"
@@ -251,6 +260,7 @@ class WatchStream:
         self.progress_asked = 0
         self.progress_task: asyncio.Task[None] | None = None
         self.serving: asyncio.Task[Any] | None = None  # the task yielding the responses
+        self.no_leader = False
         self.fragment_limit = int(getattr(backend, "max_request_bytes", 0) or DEFAULT_MAX_REQUEST_BYTES) \
             + GRPC_OVERHEAD_BYTES
 
@@ -264,9 +274,19 @@ class WatchStream:
         try:
             while True:
                 yield await self.out.get()
+        except asyncio.CancelledError:
+            if self.no_leader:  # etcd's monitorLeader: the stream ends with Unavailable
+                await self.context.abort(grpc.StatusCode.UNAVAILABLE, NO_LEADER)
+            raise
         finally:
             recv.cancel()
             self.close()
+
+    def end_no_leader(self) -> None:
+        """The member has had no leader for a while: end the stream (RequireLeader)."""
+        self.no_leader = True
+        if self.serving is not None:
+            self.serving.cancel()
 
     def close(self) -> None:
         """Cancel every native watch of the stream (its end, or the client gone)."""
@@ -488,17 +508,75 @@ def watch_client(backend: Backend) -> AsyncClient:
     return client
 
 
+def requires_leader(metadata: Any) -> bool:
+    """Whether a stream's metadata carries clientv3's WithRequireLeader."""
+    return any((k, v if isinstance(v, str) else v.decode("utf-8", "replace")) == REQUIRE_LEADER
+               for k, v in metadata or ())
+
+
+async def member_leader(backend: Backend) -> int | None:
+    """The member's leader (0: none) from its ``status``; None when it does not answer
+    (or, under auth, refuses an anonymous status)."""
+    try:
+        reply = await backend.client.request({"op": "status"}, timeout=LEADER_POLL_S)
+    except errors.QkvError:
+        return None
+    return int(reply.get("leader") or 0)
+
+
+class LeaderMonitor:
+    """etcd's monitorLeader for the streams that require a leader: while there are some,
+    ``status`` every LEADER_POLL_S; after MAX_NO_LEADER_POLLS answers in a row without a
+    leader, every such stream ends with Unavailable "etcdserver: no leader" (the client
+    moves to another member)."""
+
+    def __init__(self, backend: Backend) -> None:
+        self.backend = backend
+        self.streams: set[WatchStream] = set()
+        self.task: asyncio.Task[None] | None = None
+
+    def add(self, stream: WatchStream) -> None:
+        self.streams.add(stream)
+        if self.task is None or self.task.done():
+            self.task = asyncio.get_running_loop().create_task(self._run(), name="grpc-watch-leader")
+
+    def discard(self, stream: WatchStream) -> None:
+        self.streams.discard(stream)
+
+    async def _run(self) -> None:
+        misses = 0
+        while self.streams:
+            await asyncio.sleep(LEADER_POLL_S)
+            leader = await member_leader(self.backend)
+            if leader is None:
+                continue
+            misses = 0 if leader else misses + 1
+            if misses >= MAX_NO_LEADER_POLLS:
+                streams, self.streams = self.streams, set()
+                for stream in streams:
+                    stream.end_no_leader()
+
+
 class WatchServicer(rpc_pb2_grpc.WatchServicer):
     def __init__(self, backend: Backend) -> None:
         self.backend = backend
         self.client: AsyncClient | None = None
+        self.leader = LeaderMonitor(backend)
 
     @rpc(SERVICE, "Watch", BIDI_STREAM)
     async def Watch(self, request_iterator: Any, context: Any) -> AsyncIterator[rpc_pb2.WatchResponse]:
         if self.client is None:
             self.client = watch_client(self.backend)
-        async for resp in WatchStream(self.backend, context, self.client).serve(request_iterator):
-            yield resp
+        stream = WatchStream(self.backend, context, self.client)
+        if requires_leader(context.invocation_metadata()):
+            if await member_leader(self.backend) == 0:
+                await context.abort(grpc.StatusCode.UNAVAILABLE, NO_LEADER)
+            self.leader.add(stream)
+        try:
+            async for resp in stream.serve(request_iterator):
+                yield resp
+        finally:
+            self.leader.discard(stream)
 
 
 def add(server: Any, backend: Backend) -> None:

@@ -426,3 +426,36 @@ def test_the_streams_end_cancels_its_native_watches(mnode):
         finally:
             s.close()
     wait_for(lambda: metric(node, "qkv_watch_channels") == 0, 30, "the broadcaster to drop the channels")
+
+
+def test_require_leader_streams_end_when_the_member_has_no_leader(tmp_path):
+    """clientv3's WithRequireLeader (etcdctl watch sends it): a member without a leader
+    refuses such a stream, and ends an open one after three polls without a leader, with
+    Unavailable "etcdserver: no leader" (etcd's monitorLeader), so the client moves on."""
+    cluster = Cluster(tmp_path, 3, grpc=True).start()
+    try:
+        leader = cluster.leader()
+        node = next(n for n in cluster.nodes if n is not leader)
+        md = [("hasleader", "true")]
+        with grpc.insecure_channel(node.grpc_endpoint) as ch:
+            requests: queue.Queue = queue.Queue()
+            requests.put(rpc_pb2.WatchRequest(create_request=rpc_pb2.WatchCreateRequest(key=b"x")))
+            call = rpc_pb2_grpc.WatchStub(ch).Watch(iter(requests.get, None), metadata=md)
+            try:
+                assert next(call).created
+                for n in cluster.nodes:
+                    if n is not node:
+                        n.kill()
+                with pytest.raises(grpc.RpcError) as info:
+                    next(call)  # nothing comes until the stream ends
+                assert (info.value.code(), info.value.details()) == (grpc.StatusCode.UNAVAILABLE,
+                                                                     "etcdserver: no leader")
+            finally:
+                call.cancel()
+                requests.put(None)
+            later = rpc_pb2_grpc.WatchStub(ch).Watch(iter([]), metadata=md)
+            with pytest.raises(grpc.RpcError) as info:
+                next(later)
+            assert (info.value.code(), info.value.details()) == (grpc.StatusCode.UNAVAILABLE, "etcdserver: no leader")
+    finally:
+        cluster.stop()

@@ -99,3 +99,10 @@ def test_fragments_as_etcds_send_fragments():
     assert all(len(p.events) == 1 or p.ByteSize() < 400 for p in parts)
     tiny = watch.fragments(wr, 1)  # every piece holds at least one event
     assert [len(p.events) for p in tiny] == [1] * 10
+
+
+def test_requires_leader():
+    assert watch.requires_leader([("hasleader", "true"), ("token", "t")])
+    assert watch.requires_leader([("hasleader", b"true")])
+    assert not watch.requires_leader([("hasleader", "false")])
+    assert not watch.requires_leader(None)
