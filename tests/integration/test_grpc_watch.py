@@ -459,3 +459,18 @@ def test_require_leader_streams_end_when_the_member_has_no_leader(tmp_path):
             assert (info.value.code(), info.value.details()) == (grpc.StatusCode.UNAVAILABLE, "etcdserver: no leader")
     finally:
         cluster.stop()
+
+
+def test_long_keys_and_a_huge_key(node, stream):
+    """A key longer than a channel topic allows (256 bytes) is watched through its covering
+    channel, filtered to the key; a key beyond the limits gets etcd's error as the cancel
+    reason, and the stream goes on."""
+    long_key = b"L" * 300
+    w = stream.create(long_key)
+    put(node, long_key[:299] + b"M", b"neighbour")  # same covering channel, not the key
+    r = put(node, long_key, b"mine")
+    got = stream.next()
+    assert (got.watch_id, got.header.revision, [e.kv.key for e in got.events]) == (w.watch_id, r, [long_key])
+    huge = stream.create(b"h" * (1536 * 1024 + 1))
+    assert huge.canceled and huge.watch_id == -1 and huge.cancel_reason.startswith("etcdserver: ")
+    assert stream.create(b"after").watch_id == w.watch_id + 1
