@@ -21,11 +21,13 @@ etcd's semantics (etcdserver/api/v3rpc/watch.go, mvcc/watcher.go of etcd 3.4):
   ``sendFragments``.
 - ``cancel_request`` of a watch of the stream: ``canceled`` response (an unknown id:
   nothing, as etcd). ``progress_request``: one response with ``watch_id`` -1, no events,
-  whose header revision R promises every event <= R of every watch of the stream was sent
-  before it (each native watch is asked for progress first: SPEC section 5; etcd 3.4.23
-  answers with the store revision even for unsynced watchers, etcd bug #15271). With
-  ``progress_notify``, a watch gets a progress response (its ``watch_id``) about every
-  10 minutes, etcd's default interval.
+  whose header revision R is the member's revision at the request, sent once every watch
+  of the stream has sent its events up to R (a watch behind is asked for native progress,
+  SPEC section 5, up to PROGRESS_WAIT_S; then R is the least revision they reached): R
+  always promises that no event <= R is still to come (etcd 3.4.23 answers the store
+  revision even for unsynced watchers, etcd bug #15271). With ``progress_notify``, a watch
+  gets a progress response (its ``watch_id``) every 10 minutes from its create, elided
+  after events (etcd's progressReportInterval).
 - RequireLeader (metadata ``hasleader: true``, clientv3's WithRequireLeader, which
   etcdctl watch uses): a member without a leader refuses the stream, and ends an open one
   once LeaderMonitor saw no leader MAX_NO_LEADER_POLLS times in a row, with Unavailable
