@@ -383,13 +383,14 @@ def test_auth_check_at_create(node):
     assert got.cancel_reason.startswith("etcdserver: watch over gRPC is not available with auth enabled")
 
 
-def test_a_slow_reader_misses_nothing(node):
+def test_a_slow_reader_misses_nothing(mnode):
     """A client that reads nothing while many revisions go by: its stream's queue and its
     native watch's inbox fill, the rest is a hole read back from history once it reads
     again. Every revision comes, once, in order."""
     from concurrent.futures import ThreadPoolExecutor
 
-    value = b"x" * 2048
+    node = mnode
+    value = b"x" * 4096
     with grpc.insecure_channel(node.grpc_endpoint) as ch:
         req = rpc_pb2.WatchRequest(create_request=rpc_pb2.WatchCreateRequest(key=b"s/", range_end=b"s0"))
         requests: queue.Queue = queue.Queue()
@@ -408,6 +409,9 @@ def test_a_slow_reader_misses_nothing(node):
                 assert not resp.canceled, resp
                 seen.extend(e.kv.mod_revision for e in resp.events)
             assert seen == revs
+            # The hole was real: besides the create's first read, history was read again.
+            wait_for(lambda: metric(node, "qkv_requests_total", 'op="history"') >= 2, 30,
+                     "a history read of the hole (besides the create's)")
         finally:
             call.cancel()
             requests.put(None)
