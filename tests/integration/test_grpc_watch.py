@@ -7,7 +7,6 @@ import queue
 import signal
 import subprocess
 import threading
-import time
 
 import grpc
 import pytest
@@ -81,10 +80,6 @@ def stream(node):
             yield s
         finally:
             s.close()
-
-
-def kv(node):
-    return rpc_pb2_grpc.KVStub(grpc.insecure_channel(node.grpc_endpoint))
 
 
 def put(node, key: bytes, value: bytes) -> int:
