@@ -473,3 +473,26 @@ def test_long_keys_and_a_huge_key(node, stream):
     huge = stream.create(b"h" * (1536 * 1024 + 1))
     assert huge.canceled and huge.watch_id == -1 and huge.cancel_reason.startswith("etcdserver: ")
     assert stream.create(b"after").watch_id == w.watch_id + 1
+
+
+@needs_etcdctl
+def test_etcdctl_watch_on_an_isolated_member_ends_with_no_leader(tmp_path):
+    """etcdctl watch requires a leader (clientv3.WithRequireLeader): cut off from the
+    others, its member ends the stream with "etcdserver: no leader", and etcdctl, as with
+    etcd, reports the watch canceled and exits."""
+    cluster = Cluster(tmp_path, 3, grpc=True, metrics=True).start()
+    w = None
+    try:
+        endpoints = ",".join(n.grpc_endpoint for n in cluster.nodes)
+        w = Etcdctl(endpoints, "i")
+        wait_for(lambda: sum(metric_streams(n) for n in cluster.nodes) >= 1, 30, "etcdctl's watch stream")
+        held = next(n for n in cluster.nodes if metric_streams(n) >= 1)
+        cluster.partition([held], [n for n in cluster.nodes if n is not held])
+        wait_for(lambda: w.proc.poll() is not None, 60, f"etcdctl to end, printed {w.lines}")
+        w.thread.join(5)
+        assert "watch was canceled (etcdserver: no leader)" in w.lines
+    finally:
+        if w is not None:
+            w.stop()
+        cluster.heal()
+        cluster.stop()
