@@ -110,7 +110,8 @@ class GrpcActor(Actor):
         backend = Backend(self.endpoints.gateway_proxy, cluster_id=cfg.cluster_id, member_id=cfg.member_id,
                           cert_auth=cfg.client_cert_auth, max_in_flight=cfg.max_client_requests,
                           public_urls=cfg.advertise_client_urls, server_key=server_key,
-                          request_timeout_s=5.0 + 2 * cfg.election_timeout / 1000.0)
+                          request_timeout_s=5.0 + 2 * cfg.election_timeout / 1000.0,
+                          client_key_file=cfg.client_key_file, max_request_bytes=cfg.max_request_bytes)
         server = grpc.aio.server(options=server_options(cfg.max_request_bytes),
                                  maximum_concurrent_rpcs=MAX_CONCURRENT_RPCS)
         for service in SERVICES:

@@ -119,8 +119,11 @@ class Backend:
 
     def __init__(self, endpoint: str, *, cluster_id: int, member_id: int, cert_auth: bool,
                  max_in_flight: int = 64, public_urls: list[str] | None = None,
-                 server_key: bytes | None = None, request_timeout_s: float = DEFAULT_TIMEOUT_S) -> None:
+                 server_key: bytes | None = None, request_timeout_s: float = DEFAULT_TIMEOUT_S,
+                 client_key_file: str = "", max_request_bytes: int = 1_572_864) -> None:
         self.request_timeout_s = request_timeout_s
+        self.client_key_file = client_key_file  # the cluster's key pair (watch.py: the watch port's CURVE)
+        self.max_request_bytes = max_request_bytes  # etcd's fragment limit is this + 512 KiB (watch.py)
         self.client = AsyncClient([endpoint], timeout=DEFAULT_TIMEOUT_S, max_in_flight=max_in_flight)
         # Other members (the leader of leader-only ops, lease.py) and the watch port are
         # reached as any client reaches them: through this member's public client URLs,

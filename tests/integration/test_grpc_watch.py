@@ -307,17 +307,6 @@ def test_etcdctl_watch_survives_the_death_of_its_member(tmp_path):
 
 
 # --- under security ----------------------------------------------------------------------
-def _backend_knows_the_key() -> bool:
-    import inspect
-
-    from actors.grpcgw import actor
-
-    return "client_key_file" in inspect.getsource(actor)
-
-
-@pytest.mark.skipif(not _backend_knows_the_key(),
-                    reason="the grpc actor does not give the Backend the node's --client-key-file yet "
-                           "(notes/18-a.md, Needs from others)")
 def test_watch_with_client_key_file(tmp_path):
     """--client-key-file: the native watch port is a CURVE server; the gRPC watch's
     native watch connects to it with the node's public key (auth disabled)."""
