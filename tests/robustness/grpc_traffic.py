@@ -301,7 +301,13 @@ class GrpcWatch:
         except queue.Empty:
             self.cancel()
             raise errors.Unavailable(f"no created response from {endpoints[idx]} in {timeout}s") from None
-        if first is _EOF or isinstance(first, BaseException) or not first.created or first.canceled:
+        self._pending: Any = None
+        if not isinstance(first, BaseException) and first is not _EOF and first.created and first.canceled \
+                and first.compact_revision:
+            # etcd 3.4 creates the watch, then cancels it with compact_revision in a second
+            # response; a server that says both at once is read the same way
+            self._pending = first
+        elif first is _EOF or isinstance(first, BaseException) or not first.created or first.canceled:
             self.cancel()
             if isinstance(first, grpc.RpcError):
                 raise error_of(first.code(), first.details())
@@ -325,6 +331,9 @@ class GrpcWatch:
         the stream ended by cancellation; errors.Unavailable when it broke."""
         if self._done:
             raise StopIteration
+        if self._pending is not None:
+            item, self._pending = self._pending, None
+            return watch_result(item)
         try:
             item = self._responses.get(timeout=timeout)
         except queue.Empty:
