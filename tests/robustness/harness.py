@@ -273,9 +273,12 @@ SCENARIOS: dict[str, tuple[int, list[str]]] = {
     # Every member also serves etcd's gRPC API; the traffic and the watchers use it alone
     # (grpc_traffic.py), while members, actors and the grpc actor itself are killed.
     "grpc-kill": (3, ["kill_leader", "kill_grpc", "kill_actor"]),
+    # The same traffic while the leader is cut off (its grpc actor must not serve a stale
+    # linearizable read), then a whole member is paused (its streams stall, not end).
+    "grpc-partition": (3, ["isolate_leader", "kill_grpc", "pause_node"]),
 }
 SECURE_SCENARIOS = frozenset({"secure"})
-GRPC_SCENARIOS = frozenset({"grpc-kill"})
+GRPC_SCENARIOS = frozenset({"grpc-kill", "grpc-partition"})
 TRAFFIC_USER, TRAFFIC_PASSWORD = "traffic", "traffic-password"
 ROOT_PASSWORD = "root-password"
 RANDOM_ACTIONS = sorted({a for name, (_, acts) in SCENARIOS.items()
