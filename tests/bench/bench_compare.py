@@ -1,6 +1,8 @@
 """`make bench-compare`: etcd 3.4 and quorumkv side by side on this machine, one after the
 other, each fresh on empty data dirs (a temporary dir, free ports): one node, then a 3-node
-cluster. Same shapes for both: 8-byte keys, 256-byte values, a key space of 100,000.
+cluster. Same shapes for all: 8-byte keys, 256-byte values, a key space of 100,000.
+quorumkv is measured twice: through its native protocol (ZeroMQ) and through etcd's gRPC
+API (a node with --listen-grpc-urls, its grpc actor), the latter with etcd's own load.
 
 Rows: put with 1 client, put with 64 clients, linearizable and serializable get of one key
 with 64 clients, and watch (one watcher on a prefix, then 10,000 puts under it from 64
@@ -10,10 +12,14 @@ clients: the time from the first put sent until the watcher has every event).
   split between them, each keeping one request in flight;
 - quorumkv (`qkv` defaults: no security, the metrics actor on) by `qkvctl benchmark`
   (put / range / watch: one process driving every logical client, one DEALER each; the
-  watcher a process of its own).
-On a cluster both are driven through the leader's client URL.
+  watcher a process of its own);
+- quorumkv gRPC (the same node plus --listen-grpc-urls) by etcd's load generator above,
+  request for request: the grpc actor turns each RPC into a native request to its node's
+  gateway, so its CPU per request (the `grpc` role) is the price of the extra hop.
+On a cluster all are driven through the leader's client (or gRPC) URL.
 
-Prints one table: requests/s with p99 per row, and the ratio quorumkv/etcd (watch: the
+Prints one table: requests/s with p99 per row, and the ratio quorumkv/etcd for each of
+quorumkv's protocols (watch: the
 seconds, and etcd's time / quorumkv's, so that > 1 is better for quorumkv too); whether
 quorumkv's p99 is no worse than etcd's per row; and the CPU seconds per 1,000 requests of
 each process (etcd: each member and the load generator; quorumkv: each actor role summed over
@@ -21,10 +27,14 @@ the nodes, and the benchmark client), from /proc and the load generator's rusage
 
 Knobs (env): BENCH_TOTAL (requests of each 64-client row, default 50000), BENCH_TOTAL_1 (puts
 of the 1-client row, default 4000), BENCH_WATCH_EVENTS (10000), BENCH_CLIENTS (64),
-BENCH_SYSTEMS (etcd,qkv), BENCH_SIZES (1,3). Figures only: nothing here asserts on time.
+BENCH_SYSTEMS (etcd,qkv,qkv-grpc), BENCH_SIZES (1,3), BENCH_ROWS (put1,put,get-l,get-s,watch).
+The same as flags: `--systems`, `--sizes`, `--rows`; `--grpc-only` is `--systems etcd,qkv-grpc`
+(the gRPC rows beside etcd's, without the native ones). Figures only: nothing here asserts on
+time.
 """
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import os
@@ -50,20 +60,22 @@ TOTAL = int(os.environ.get("BENCH_TOTAL", "50000"))
 TOTAL_1 = int(os.environ.get("BENCH_TOTAL_1", "4000"))
 WATCH_EVENTS = int(os.environ.get("BENCH_WATCH_EVENTS", "10000"))
 CLIENTS = int(os.environ.get("BENCH_CLIENTS", "64"))
-SYSTEMS = [s.strip() for s in os.environ.get("BENCH_SYSTEMS", "etcd,qkv").split(",") if s.strip()]
+SYSTEMS = [s.strip() for s in os.environ.get("BENCH_SYSTEMS", "etcd,qkv,qkv-grpc").split(",") if s.strip()]
 SIZES = [int(s) for s in os.environ.get("BENCH_SIZES", "1,3").split(",") if s.strip()]
 KEY_SPACE = 100_000
 VALUE = b"x" * 256
 
-# (title, kind, clients, total)
-ROWS = [
-    ("put, 1 client", "put", 1, TOTAL_1),
-    (f"put, {CLIENTS} clients", "put", CLIENTS, TOTAL),
-    (f"linearizable get, {CLIENTS} clients", "range-l", CLIENTS, TOTAL),
-    (f"serializable get, {CLIENTS} clients", "range-s", CLIENTS, TOTAL),
-    (f"watch, {WATCH_EVENTS / 1000:g}k events to 1 watcher", "watch", CLIENTS, WATCH_EVENTS),
-]
-NAMES = {"etcd": "etcd", "qkv": "quorumkv"}
+# name -> (title, kind, clients, total)
+ALL_ROWS = {
+    "put1": ("put, 1 client", "put", 1, TOTAL_1),
+    "put": (f"put, {CLIENTS} clients", "put", CLIENTS, TOTAL),
+    "get-l": (f"linearizable get, {CLIENTS} clients", "range-l", CLIENTS, TOTAL),
+    "get-s": (f"serializable get, {CLIENTS} clients", "range-s", CLIENTS, TOTAL),
+    "watch": (f"watch, {WATCH_EVENTS / 1000:g}k events to 1 watcher", "watch", CLIENTS, WATCH_EVENTS),
+}
+ROWS = [ALL_ROWS[r.strip()] for r in os.environ.get("BENCH_ROWS", ",".join(ALL_ROWS)).split(",") if r.strip()]
+NAMES = {"etcd": "etcd", "qkv": "quorumkv", "qkv-grpc": "quorumkv gRPC"}
+QKV_SYSTEMS = ("qkv", "qkv-grpc")  # compared with etcd
 
 
 @dataclass
@@ -147,22 +159,32 @@ class EtcdSystem:
         return f"{lead} (the leader) at {self.target}" if len(self.members) > 1 else self.target
 
     def command(self, kind: str, clients: int, total: int) -> list[str]:
-        base = [sys.executable, str(HERE / "etcd_load.py"), "--endpoint", self.target]
-        common = ["--clients", str(clients), "--total", str(total)]
-        if kind == "put":
-            return base + ["put", *common]
-        if kind.startswith("range"):
-            return base + ["range", "--key", "foo", "--consistency", kind[-1], *common]
-        return base + ["watch", *common]
+        return load_command(self.target, "etcd", kind, clients, total)
 
     def measure(self, kind: str, clients: int, total: int) -> Figure:
         text, client_all, cpu = run_client(self.command(kind, clients, total), self.pids())
-        res = json.loads(next(line for line in text.splitlines() if line.startswith("RESULT "))[7:])
-        cpu["load generator"] = res["cpu_s"]
-        return Figure(rps=res["rps"], p99_ms=res["p99_ms"], watch_s=res.get("watch_s", math.nan),
-                      requests=res["ok"], errors=sum(res["errors"].values()) + res.get("missing", 0), cpu=cpu,
-                      failed=f"{res.get('missing')} events missing" if res.get("missing") else "",
-                      client_all_s=client_all)
+        return load_figure(text, client_all, cpu)
+
+
+def load_command(target: str, name: str, kind: str, clients: int, total: int) -> list[str]:
+    """etcd_load.py's command line for one row against a gRPC endpoint."""
+    base = [sys.executable, str(HERE / "etcd_load.py"), "--endpoint", target, "--name", name]
+    common = ["--clients", str(clients), "--total", str(total)]
+    if kind == "put":
+        return base + ["put", *common]
+    if kind.startswith("range"):
+        return base + ["range", "--key", "foo", "--consistency", kind[-1], *common]
+    return base + ["watch", *common]
+
+
+def load_figure(text: str, client_all: float, cpu: dict[str, float]) -> Figure:
+    """The Figure of an etcd_load.py run (its RESULT line)."""
+    res = json.loads(next(line for line in text.splitlines() if line.startswith("RESULT "))[7:])
+    cpu["load generator"] = res["cpu_s"]
+    return Figure(rps=res["rps"], p99_ms=res["p99_ms"], watch_s=res.get("watch_s", math.nan),
+                  requests=res["ok"], errors=sum(res["errors"].values()) + res.get("missing", 0), cpu=cpu,
+                  failed=f"{res.get('missing')} events missing" if res.get("missing") else "",
+                  client_all_s=client_all)
 
 
 # -- quorumkv -------------------------------------------------------------------------------------
@@ -171,13 +193,15 @@ class QkvSystem:
     driver = ("qkvctl benchmark put/range/watch: one process driving every client (one DEALER each, one "
               "request in flight per client); watch: the watcher (Client.watch) in a process of its own")
 
+    grpc = False
+
     def __init__(self, base: Path, size: int) -> None:
         from nodeproc import Cluster, NodeProcess
 
-        if size == 1:
-            self.nodes = [NodeProcess(base, "n1", metrics=True)]  # `qkv`'s defaults: the metrics actor on
+        if size == 1:  # `qkv`'s defaults: the metrics actor on
+            self.nodes = [NodeProcess(base, "n1", metrics=True, grpc=self.grpc)]
         else:
-            cluster = Cluster(base, size, metrics=True)
+            cluster = Cluster(base, size, metrics=True, grpc=self.grpc)
             for n in cluster.nodes:  # a user's cluster: no test-only fault hooks
                 n.args = [a for a in n.args if a != "--test-fault-injection"]
             self.cluster = cluster
@@ -249,6 +273,28 @@ class QkvSystem:
         return fig
 
 
+class QkvGrpcSystem(QkvSystem):
+    """quorumkv through etcd's gRPC API, driven by etcd's load generator."""
+
+    name = "qkv-grpc"
+    driver = ("tests/bench/etcd_load.py, as etcd, against the node's --listen-grpc-urls (the grpc actor, "
+              "then the node's gateway)")
+    grpc = True
+
+    def where(self) -> str:
+        at = self.leader.grpc_endpoint
+        return f"{self.leader.name} (the leader) at {at}" if len(self.nodes) > 1 else at
+
+    def measure(self, kind: str, clients: int, total: int) -> Figure:
+        cmd = load_command(self.leader.grpc_endpoint, "quorumkv-grpc", kind, clients, total)
+        text, client_all, split = run_client(cmd, self.pids())
+        cpu: dict[str, float] = {}
+        for k, v in split.items():  # per role, summed over the nodes
+            role = k.split("/", 1)[1]
+            cpu[role] = cpu.get(role, 0.0) + v
+        return load_figure(text, client_all, cpu)
+
+
 # -- the run --------------------------------------------------------------------------------------
 def run_system(cls: Any, size: int, figures: dict[tuple[str, int, str], Figure]) -> None:
     base = Path(tempfile.mkdtemp(prefix=f"qkv-bench-compare-{cls.name}{size}-"))
@@ -305,43 +351,50 @@ def report(figures: dict[tuple[str, int, str], Figure]) -> None:
     print("\nDriven by:")
     print(f"  etcd {etcd_version()}: {EtcdSystem.driver}")
     print(f"  quorumkv (`qkv` defaults: no security, the metrics actor on): {QkvSystem.driver}")
-    print("  Both through the leader's client URL on a cluster; 8-byte keys, 256-byte values, key space "
+    print(f"  quorumkv gRPC (the same node with --listen-grpc-urls): {QkvGrpcSystem.driver}")
+    print("  All through the leader's client URL on a cluster; 8-byte keys, 256-byte values, key space "
           f"{KEY_SPACE:,}; each system fresh on empty data dirs.")
+    qkvs = [q for q in QKV_SYSTEMS if q in SYSTEMS]
     head = "| run |"
     rule = "|---|"
     for size in SIZES:
         n = f"{size} node{'s' if size > 1 else ''}"
-        head += f" etcd {n} | quorumkv {n} | ratio |"
-        rule += "---|---|---|"
+        head += f" etcd {n} |" + "".join(f" {NAMES[q]} {n} | ratio |" for q in qkvs)
+        rule += "---|" + "---|---|" * len(qkvs)
     print("\n" + head + "\n" + rule)
     for title, kind, _, _ in ROWS:
         row = f"| {title} |"
         for size in SIZES:
-            e, q = figures.get((title, size, "etcd")), figures.get((title, size, "qkv"))
-            r = ratio(e, q, kind)
-            row += f" {cell(e, kind)} | {cell(q, kind)} | {'-' if math.isnan(r) else f'{r:.2f}x'} |"
+            e = figures.get((title, size, "etcd"))
+            row += f" {cell(e, kind)} |"
+            for q in qkvs:
+                f = figures.get((title, size, q))
+                r = ratio(e, f, kind)
+                row += f" {cell(f, kind)} | {'-' if math.isnan(r) else f'{r:.2f}x'} |"
         print(row)
     print("\nratio: quorumkv/etcd requests/s; watch: etcd's seconds / quorumkv's (> 1: quorumkv is faster).")
-    print("\np99 no worse than etcd's (quorumkv p99 <= etcd p99):")
-    for title, kind, _, _ in ROWS:
-        parts = []
-        for size in SIZES:
-            e, q = figures.get((title, size, "etcd")), figures.get((title, size, "qkv"))
-            if e is None or q is None or math.isnan(e.p99_ms) or math.isnan(q.p99_ms):
-                parts.append(f"{size} node(s): -")
-                continue
-            verdict = "yes" if q.p99_ms <= e.p99_ms else "NO"
-            parts.append(f"{size} node(s): {verdict} ({q.p99_ms:.1f} vs {e.p99_ms:.1f} ms)")
-        print(f"  {title}: " + "; ".join(parts) + (" (the puts' p99)" if kind == "watch" else ""))
+    for q in qkvs:
+        print(f"\np99 no worse than etcd's ({NAMES[q]} p99 <= etcd p99):")
+        for title, kind, _, _ in ROWS:
+            parts = []
+            for size in SIZES:
+                e, f = figures.get((title, size, "etcd")), figures.get((title, size, q))
+                if e is None or f is None or math.isnan(e.p99_ms) or math.isnan(f.p99_ms):
+                    parts.append(f"{size} node(s): -")
+                    continue
+                verdict = "yes" if f.p99_ms <= e.p99_ms else "NO"
+                parts.append(f"{size} node(s): {verdict} ({f.p99_ms:.1f} vs {e.p99_ms:.1f} ms)")
+            print(f"  {title}: " + "; ".join(parts) + (" (the puts' p99)" if kind == "watch" else ""))
     print("\nCPU seconds per 1,000 requests, by process (watch: per 1,000 puts; quorumkv: each actor role "
-          "summed over the nodes; the load generator and the benchmark client: their CPU while the requests "
-          "ran, start-up excluded, the watcher included):")
+          "summed over the nodes, `grpc` the gRPC gateway; the load generator and the benchmark client: their "
+          "CPU while the requests ran, start-up excluded, the watcher included):")
     for size in SIZES:
         for title, _, _, _ in ROWS:
             for sysname in SYSTEMS:
                 fig = figures.get((title, size, sysname))
                 if fig is not None and fig.requests:
-                    print(f"  [{size} node{'s' if size > 1 else ''}] {title:<32} {NAMES[sysname]:<9} {cpu_text(fig)}")
+                    print(f"  [{size} node{'s' if size > 1 else ''}] {title:<32} {NAMES[sysname]:<13} "
+                          f"{cpu_text(fig)}")
 
 
 def etcd_version() -> str:
@@ -353,7 +406,25 @@ def etcd_version() -> str:
         return "?"
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    global SYSTEMS, SIZES, ROWS
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--systems", help=f"comma-separated, of {', '.join(NAMES)} (BENCH_SYSTEMS)")
+    ap.add_argument("--sizes", help="comma-separated cluster sizes (BENCH_SIZES)")
+    ap.add_argument("--rows", help=f"comma-separated, of {', '.join(ALL_ROWS)} (BENCH_ROWS)")
+    ap.add_argument("--grpc-only", action="store_true", help="--systems etcd,qkv-grpc")
+    a = ap.parse_args(argv)
+    if a.grpc_only:
+        a.systems = a.systems or "etcd,qkv-grpc"
+    if a.systems:
+        SYSTEMS = [x.strip() for x in a.systems.split(",") if x.strip()]
+    if a.sizes:
+        SIZES = [int(x) for x in a.sizes.split(",") if x.strip()]
+    if a.rows:
+        unknown = [r for r in a.rows.split(",") if r.strip() and r.strip() not in ALL_ROWS]
+        if unknown:
+            ap.error(f"unknown rows {unknown}: {', '.join(ALL_ROWS)}")
+        ROWS = [ALL_ROWS[r.strip()] for r in a.rows.split(",") if r.strip()]
     # every child (nodes, qkvctl, the etcd load generator) runs this checkout's code
     os.environ["PYTHONPATH"] = os.pathsep.join([str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])
     # a SIGTERM ends the run through the finally blocks, which stop every process started
@@ -367,16 +438,13 @@ def main() -> int:
                 print(f"etcd skipped: {etcd_driver.ETCD} is not installed (apt-get install etcd-server), "
                       "so only quorumkv's figures are printed")
                 continue
-            try:
-                etcd_driver.load_pb()
-            except ImportError as exc:
-                print(f"etcd skipped: the `bench` extra is missing ({exc}); pip install -e '.[bench]'")
-                continue
             systems.append(EtcdSystem)
         elif name == "qkv":
             systems.append(QkvSystem)
+        elif name == "qkv-grpc":
+            systems.append(QkvGrpcSystem)
         else:
-            raise SystemExit(f"unknown BENCH_SYSTEMS entry {name!r}: etcd or qkv")
+            raise SystemExit(f"unknown BENCH_SYSTEMS entry {name!r}: {', '.join(NAMES)}")
     print(f"bench-compare: {', '.join(NAMES[s.name] for s in systems)}; sizes {SIZES}; rows "
           f"{[r[0] for r in ROWS]}; {TOTAL} requests per {CLIENTS}-client row, {TOTAL_1} puts with 1 client, "
           f"{WATCH_EVENTS} watch events", flush=True)

@@ -1,33 +1,29 @@
 """A small etcd 3.4 driver for the comparison benchmarks (`make bench-scale`).
 
-- `load_pb()` compiles tests/bench/etcd_proto/*.proto (the subset of etcd's rpc.proto and
-  kv.proto the benches use, same packages and field numbers) with grpc_tools.protoc
-  into a temporary directory once per run (child processes find it through the
-  environment) and returns the generated modules.
+- `load_pb()` returns etcd 3.4's generated modules, the committed protocol/etcdpb ones that
+  quorumkv's gRPC gateway serves (no protoc at run time).
 - `EtcdProcess` runs /usr/bin/etcd as a one-member cluster (or, with `initial_cluster` set,
   one member of a static cluster) on free ports with its data
   dir under a given directory, and always stops it (`stop()`, also from `atexit`).
 
-Needs the optional `bench` extra (grpcio, grpcio-tools, protobuf).
+Needs grpcio and protobuf (runtime dependencies of quorumkv).
 """
 from __future__ import annotations
 
 import atexit
 import os
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from types import SimpleNamespace
 
 HERE = Path(__file__).resolve().parent
-PROTO_DIR = HERE / "etcd_proto"
+ROOT = HERE.parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
 ETCD = os.environ.get("ETCD_BIN", "/usr/bin/etcd")
-_PB_ENV = "QKV_BENCH_ETCD_PB_DIR"
-_pb: SimpleNamespace | None = None
 
 
 def available() -> bool:
@@ -36,31 +32,9 @@ def available() -> bool:
 
 def load_pb() -> SimpleNamespace:
     """The generated modules: kv (mvccpb), rpc (etcdserverpb messages), grpc (stubs)."""
-    global _pb
-    if _pb is not None:
-        return _pb
-    out = os.environ.get(_PB_ENV)
-    if not out or not os.path.exists(os.path.join(out, "rpc_pb2_grpc.py")):
-        from grpc_tools import protoc
+    from protocol.etcdpb import kv_pb2, rpc_pb2, rpc_pb2_grpc
 
-        out = tempfile.mkdtemp(prefix="qkv-etcd-pb-")
-        atexit.register(shutil.rmtree, out, True)
-        import grpc_tools
-
-        include = os.path.join(os.path.dirname(grpc_tools.__file__), "_proto")
-        rc = protoc.main(["protoc", f"-I{PROTO_DIR}", f"-I{include}", f"--python_out={out}",
-                          f"--grpc_python_out={out}", "kv.proto", "rpc.proto"])
-        if rc != 0:
-            raise RuntimeError(f"protoc failed with {rc}")
-        os.environ[_PB_ENV] = out
-    if out not in sys.path:
-        sys.path.insert(0, out)
-    import kv_pb2  # noqa: E402
-    import rpc_pb2  # noqa: E402
-    import rpc_pb2_grpc  # noqa: E402
-
-    _pb = SimpleNamespace(kv=kv_pb2, rpc=rpc_pb2, grpc=rpc_pb2_grpc)
-    return _pb
+    return SimpleNamespace(kv=kv_pb2, rpc=rpc_pb2, grpc=rpc_pb2_grpc)
 
 
 def stubs(channel) -> SimpleNamespace:

@@ -13,7 +13,9 @@ Kinds:
   the stream has had every event.
 It prints a report and a last line `RESULT {json}` (requests/s, p50/p99 in ms, errors; for
 watch also the seconds and events). For a cluster, give the leader's client URL (`leader()`
-finds it with Maintenance.Status). Needs the `bench` extra (grpcio, grpcio-tools, protobuf).
+finds it with Maintenance.Status). The same load drives quorumkv's gRPC gateway (a node with
+--listen-grpc-urls: `--endpoint` its host:port, `--name quorumkv` for the report). The messages
+and stubs are the committed protocol/etcdpb modules (etcd_driver.load_pb).
 """
 from __future__ import annotations
 
@@ -185,7 +187,7 @@ def run(target: str, kind: str, clients: int, total: int, opts: dict[str, Any]) 
     totals[0] += total - sum(totals)
     import etcd_driver
 
-    etcd_driver.load_pb()  # compiled once here; the children find it through the environment
+    etcd_driver.load_pb()  # an import error shows here, before any process starts
     go, out = ctx.Event(), ctx.Queue()
     procs = []
     first = 0
@@ -276,8 +278,8 @@ async def _watch(target: str, prefix: bytes, expected: int, go: Any, out: Any, p
     return {"events": tally.events, "last_at": tally.last_at, "done": done, "cpu_s": cpu}
 
 
-def report(res: dict[str, Any], target: str) -> str:
-    s = (f"etcd {res['kind']} at {target}: {res['clients']} clients over {res['processes']} processes "
+def report(res: dict[str, Any], target: str, name: str = "etcd") -> str:
+    s = (f"{name} {res['kind']} at {target}: {res['clients']} clients over {res['processes']} processes "
          f"(grpc.aio, one channel each), {res['ok']} ok in {res['seconds']:.3f}s: {res['rps']:,.1f} requests/s, "
          f"p50 {res['p50_ms']:.2f} ms, p99 {res['p99_ms']:.2f} ms, avg {res['avg_ms']:.2f} ms; "
          f"load generator CPU {res['cpu_s']:.2f}s")
@@ -299,6 +301,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--key", default="foo", help="range: the key read")
     ap.add_argument("--prefix", default="/etcd-bench-watch/", help="watch: the watched prefix")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--name", default="etcd", help="the system driven, for the report")
     a = ap.parse_args(argv)
     if a.clients < 1 or a.total < 1:
         ap.error("--clients and --total must be >= 1")
@@ -307,7 +310,7 @@ def main(argv: list[str] | None = None) -> int:
     opts = {"key": a.key.encode(), "consistency": a.consistency, "seed": a.seed,
             "prefix": a.prefix.encode() if a.kind == "watch" else b"", "sequential": a.kind == "watch"}
     res = run(a.endpoint, a.kind, a.clients, a.total, opts)
-    print(report(res, a.endpoint))
+    print(report(res, a.endpoint, a.name))
     print("RESULT " + json.dumps(res), flush=True)
     return 0 if res["ok"] else 1
 

@@ -26,6 +26,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
 
+from grpc_traffic import GrpcKV, GrpcWatchClient  # noqa: E402
 from linearizability import Op, check_history, describe  # noqa: E402
 from netns import make_cluster  # noqa: E402
 from traffic import KEYS, RecordingClient  # noqa: E402
@@ -33,6 +34,7 @@ from watch_check import check_watches, session_to_json, summary  # noqa: E402
 from watch_traffic import RecordingWatcher  # noqa: E402
 
 from nodeproc import Cluster, NodeProcess, wait_for  # noqa: E402
+from protocol.client import Client  # noqa: E402
 
 
 class Nemesis:
@@ -78,6 +80,16 @@ class Nemesis:
         except KeyError:
             return f"kill -9 {role} of {n.name}: not running"
         return f"kill -9 {role} of {n.name}"
+
+    def kill_grpc(self) -> str:
+        """kill -9 the grpc actor (etcd's gRPC API) of one member: its streams and calls
+        in flight break; the supervisor restarts it."""
+        n = self.rng.choice(self._live())
+        try:
+            n.kill_actor("grpc")
+        except KeyError:
+            return f"kill -9 grpc of {n.name}: not running"
+        return f"kill -9 grpc of {n.name}"
 
     def pause_node(self) -> str:
         n = self.rng.choice(self._live())
@@ -258,11 +270,19 @@ SCENARIOS: dict[str, tuple[int, list[str]]] = {
     # their prefix only, while permissions change under them (auth_old_revision retries,
     # watch port rebinds) and members die.
     "secure": (3, ["auth_churn", "kill_leader", "auth_churn", "kill_actor"]),
+    # Every member also serves etcd's gRPC API; the traffic and the watchers use it alone
+    # (grpc_traffic.py), while members, actors and the grpc actor itself are killed.
+    "grpc-kill": (3, ["kill_leader", "kill_grpc", "kill_actor"]),
+    # The same traffic while the leader is cut off (its grpc actor must not serve a stale
+    # linearizable read), then a whole member is paused (its streams stall, not end).
+    "grpc-partition": (3, ["isolate_leader", "kill_grpc", "pause_node"]),
 }
 SECURE_SCENARIOS = frozenset({"secure"})
+GRPC_SCENARIOS = frozenset({"grpc-kill", "grpc-partition"})
 TRAFFIC_USER, TRAFFIC_PASSWORD = "traffic", "traffic-password"
 ROOT_PASSWORD = "root-password"
-RANDOM_ACTIONS = sorted({a for name, (_, acts) in SCENARIOS.items() if name not in SECURE_SCENARIOS for a in acts})
+RANDOM_ACTIONS = sorted({a for name, (_, acts) in SCENARIOS.items()
+                         if name not in SECURE_SCENARIOS | GRPC_SCENARIOS for a in acts})
 
 
 def _root_call(node: NodeProcess, req: dict) -> dict:
@@ -313,7 +333,8 @@ def run(scenario: str, seed: int, duration_s: float, workdir: Path, clients: int
     # "faults": partitions through the peer transport's fault layer; "netns": each node in
     # its own network namespace, links cut for real (netns.py).
     secure = scenario in SECURE_SCENARIOS
-    cluster = make_cluster(workdir, size, ["--snapshot-count", "500"], network, secure=secure)
+    grpc = scenario in GRPC_SCENARIOS  # the traffic through etcd's gRPC API (grpc_traffic.py)
+    cluster = make_cluster(workdir, size, ["--snapshot-count", "500"], network, secure=secure, grpc=grpc)
     history: list[Op] = []
     watchers: list[RecordingWatcher] = []
     lock = threading.Lock()
@@ -325,10 +346,14 @@ def run(scenario: str, seed: int, duration_s: float, workdir: Path, clients: int
         cluster.start()
         endpoints = [n.client_url for n in cluster.nodes]
         options = enable_auth(cluster) if secure else {}
-        workers = [RecordingClient(i, endpoints, seed * 100 + i, history, lock, stop, client_options=options)
-                   for i in range(clients)]
-        watchers = [RecordingWatcher(i, endpoints, seed * 100 + 50 + i, stop, client_options=options)
-                    for i in range(watchers_n)]
+        if grpc:
+            traffic_to, kv_client, watch_client = [n.grpc_endpoint for n in cluster.nodes], GrpcKV, GrpcWatchClient
+        else:
+            traffic_to, kv_client, watch_client = endpoints, Client, Client
+        workers = [RecordingClient(i, traffic_to, seed * 100 + i, history, lock, stop, client_options=options,
+                                   connect=kv_client) for i in range(clients)]
+        watchers = [RecordingWatcher(i, traffic_to, seed * 100 + 50 + i, stop, client_options=options,
+                                     connect=watch_client) for i in range(watchers_n)]
         for w in [*workers, *watchers]:
             w.start()
         nemesis = Nemesis(cluster, rng, seed)
@@ -357,8 +382,6 @@ def run(scenario: str, seed: int, duration_s: float, workdir: Path, clients: int
             w.join(15)
         # Final linearizable reads of every key: an acknowledged write that went missing
         # shows up here as a read no linearization explains.
-        from protocol.client import Client
-
         with Client(endpoints, timeout=10, **options) as c:
             for key in KEYS + [k for w in workers for k in w.lease_keys]:
                 t0 = time.monotonic()
@@ -378,12 +401,18 @@ def run(scenario: str, seed: int, duration_s: float, workdir: Path, clients: int
                 if isinstance(v, int):
                     counts[k] = counts.get(k, 0) + v
         harness_errors = [w.counts.get("last_error") for w in workers if w.counts.get("harness_error")]
+        watch_counts: dict[str, int] = {}
+        for wr in watchers:
+            for k, v in wr.counts.items():
+                if isinstance(v, int):
+                    watch_counts[k] = watch_counts.get(k, 0) + v
         result.update(
             ops_checked=len(history),
             uncertain=sum(1 for op in history if op.completed is None),
             counts=counts,
             violations=[describe(v) for v in violations] + [f"watch: {v}" for v in watch_violations],
             watch=summary(sessions),
+            watch_counts=watch_counts,
             hashes_equal=len(hashes) == 1,
             alarms=alarms,
             harness_errors=harness_errors,

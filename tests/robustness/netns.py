@@ -134,7 +134,7 @@ class NetnsCluster(Cluster):
     """A Cluster whose members each live in a network namespace; link cuts are kernel rules."""
 
     def __init__(self, tmp_path: Path, size: int = 3, args: list[str] | None = None,
-                 token: str = "test-cluster", secure: bool = False) -> None:
+                 token: str = "test-cluster", secure: bool = False, grpc: bool = False) -> None:
         if size > 99:
             raise ValueError("at most 99 members")
         pid, n = os.getpid(), next(_counter)
@@ -154,7 +154,7 @@ class NetnsCluster(Cluster):
         self._index = 0
         # The members listen on 10.x addresses: plain text there must be asked for.
         insecure = [] if secure else ["--insecure-peer", "--insecure-client"]
-        super().__init__(tmp_path, size, [*insecure, *(args or [])], token, secure=secure)
+        super().__init__(tmp_path, size, [*insecure, *(args or [])], token, secure=secure, grpc=grpc)
 
     # -- placement -------------------------------------------------------------------------
     def _new_node(self, tmp_path: Path, name: str) -> NodeProcess:
@@ -272,16 +272,17 @@ class NetnsCluster(Cluster):
 
 
 def make_cluster(workdir: Path, size: int, args: list[str] | None, network: str = "faults",
-                 secure: bool = False) -> Cluster:
+                 secure: bool = False, grpc: bool = False) -> Cluster:
     """The harness's cluster: link cuts by the transport's fault layer ("faults") or by
-    the kernel between network namespaces ("netns"); `secure`: CURVE on every port."""
+    the kernel between network namespaces ("netns"); `secure`: CURVE on every port;
+    `grpc`: every member serves etcd's gRPC API too (NodeProcess `grpc_endpoint`)."""
     if network == "faults":
-        return Cluster(workdir, size, args=args, secure=secure)
+        return Cluster(workdir, size, args=args, secure=secure, grpc=grpc)
     if network == "netns":
         ok, reason = netns_available()
         if not ok:
             raise RuntimeError(f"network namespaces need CAP_NET_ADMIN: {reason}")
-        return NetnsCluster(workdir, size, args=args, secure=secure)
+        return NetnsCluster(workdir, size, args=args, secure=secure, grpc=grpc)
     raise ValueError(f"unknown network {network!r}: expected one of {', '.join(NETWORKS)}")
 
 

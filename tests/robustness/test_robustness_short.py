@@ -1,12 +1,13 @@
-"""The short robustness run in `make test` (about 3 minutes): seven fault scenarios, one
-of them on a 1-node cluster and one with real link cuts between network namespaces where
-the machine allows it, each with recorded KV and watch traffic checked for
+"""The short robustness run in `make test` (about 4 minutes): nine fault scenarios, one
+of them on a 1-node cluster, one with real link cuts between network namespaces where
+the machine allows it, one secure, and one whose traffic and watchers go through etcd's
+gRPC API (grpc-kill), each with recorded KV and watch traffic checked for
 linearizability and the watch guarantees, equal hashes on every member, no alarm, and
 no lost acknowledged write. `make robustness DURATION=600` runs longer."""
 from __future__ import annotations
 
 import pytest
-from harness import run
+from harness import GRPC_SCENARIOS, run
 from netns import netns_available
 
 RUNS = [
@@ -18,6 +19,7 @@ RUNS = [
     ("snapshot-follower", "faults"),
     ("single-crash", "faults"),
     ("secure", "faults"),
+    ("grpc-kill", "faults"),
 ]
 
 
@@ -36,3 +38,8 @@ def test_short_robustness_run(scenario, network, tmp_path):
         + "\n".join(result.get("violations", [])[:3])
         + f"\nreport: {result.get('report')}\nreplay: {result.get('replay')}"
     )
+    if scenario in GRPC_SCENARIOS:  # the checks held for traffic that really went through gRPC
+        counts, watch = result.get("counts") or {}, result.get("watch") or {}
+        assert counts.get("put") and counts.get("cas") and counts.get("mtxn"), f"too few gRPC writes: {counts}"
+        assert watch.get("events"), (f"no watch event came through gRPC: {watch}; "
+                                     f"watchers' counts {result.get('watch_counts')}")

@@ -9,12 +9,16 @@ Leases: each client owns two keys of its own (`lease_keys`), which only it write
 its current lease attached; a revoke is recorded as a `revoke` op on each of them (the
 checker deletes the key if its latest put attached that lease). Multi-key txns are one
 op per key sharing a `group`. Compactions change no key; they are counted, not checked
-(reads here are at the latest revision; the watch checks cover compacted history)."""
+(reads here are at the latest revision; the watch checks cover compacted history).
+
+`connect` makes the client (default: our native `Client`); the gRPC scenarios pass
+grpc_traffic.GrpcKV, which makes the same calls through etcd's gRPC API."""
 from __future__ import annotations
 
 import random
 import threading
 import time
+from typing import Any, Callable
 
 from linearizability import Op
 
@@ -32,8 +36,9 @@ LEASE_TTL = 300  # long enough never to expire within a run: expiry is not what 
 class RecordingClient(threading.Thread):
     def __init__(self, client_no: int, endpoints: list[str], seed: int, history: list[Op],
                  lock: threading.Lock, stop: threading.Event, timeout_s: float = 3.0,
-                 client_options: dict | None = None) -> None:
+                 client_options: dict | None = None, connect: Callable[..., Any] = Client) -> None:
         super().__init__(daemon=True, name=f"traffic-{client_no}")
+        self.connect = connect  # (endpoints, timeout=, **client_options) -> a client
         self.client_options = dict(client_options or {})  # security: server_key, user, password
         self.no = client_no
         self.endpoints = endpoints
@@ -55,7 +60,7 @@ class RecordingClient(threading.Thread):
             self.history.append(op)
 
     def run(self) -> None:
-        client = Client(self.endpoints, timeout=self.timeout_s, **self.client_options)
+        client = self.connect(self.endpoints, timeout=self.timeout_s, **self.client_options)
         # Each client prefers another endpoint, so followers take writes too.
         client._preferred = self.no % len(self.endpoints)  # noqa: SLF001 (test harness)
         try:
@@ -74,7 +79,7 @@ class RecordingClient(threading.Thread):
         self._seq += 1
         return b"c%d-%d" % (self.no, self._seq)
 
-    def _one(self, client: Client, kind: str, key: bytes) -> None:
+    def _one(self, client: Any, kind: str, key: bytes) -> None:
         t0 = time.monotonic()
         op: Op | None = None
         try:
@@ -172,7 +177,7 @@ class RecordingClient(threading.Thread):
                 self._record(op)
             self._count(err.code)
 
-    def _multi_txn(self, client: Client, t0: float) -> None:
+    def _multi_txn(self, client: Any, t0: float) -> None:
         """One txn putting two keys and deleting a third, in one revision."""
         k1, k2, k3 = self.rng.sample(KEYS, 3)
         self._seq += 1

@@ -21,13 +21,16 @@ resumes. Cheap on CPU: one thread per watcher, blocking in the client's poll.
     ...; stop.set()
     for w in watchers: w.join(15)
     violations = check_watches([s for w in watchers for s in w.sessions], history)
+
+`connect` makes the client (default: our native `Client`); the gRPC scenarios pass
+grpc_traffic.GrpcWatchClient, whose watch() is a Watch stream of etcd's gRPC API.
 """
 from __future__ import annotations
 
 import random
 import threading
 import time
-from typing import Any
+from typing import Any, Callable
 
 from watch_check import Response, Session, WEvent
 
@@ -47,8 +50,9 @@ class RecordingWatcher(threading.Thread):
     def __init__(self, no: int, endpoints: list[str], seed: int, stop: threading.Event,
                  prefix: bytes = b"key/", restart_s: tuple[float, float] = (3.0, 8.0),
                  stall_s: float = 8.0, timeout_s: float = 3.0, progress_interval_s: float = 1.0,
-                 client_options: dict | None = None) -> None:
+                 client_options: dict | None = None, connect: Callable[..., Any] = Client) -> None:
         super().__init__(daemon=True, name=f"watch-{no}")
+        self.connect = connect  # (endpoints, timeout=, **client_options) -> a client
         self.client_options = dict(client_options or {})  # security: server_key, user, password
         self.no = no
         self.endpoints = list(endpoints)
@@ -75,7 +79,7 @@ class RecordingWatcher(threading.Thread):
         super().join(timeout)
 
     def run(self) -> None:
-        client = Client(self.endpoints, timeout=self.timeout_s, **self.client_options)
+        client = self.connect(self.endpoints, timeout=self.timeout_s, **self.client_options)
         idx = self.no % len(self.endpoints)
         start, resume_of = 0, None
         backoff = 0.1
@@ -106,7 +110,7 @@ class RecordingWatcher(threading.Thread):
         finally:
             client.close()
 
-    def _session(self, client: Client, start: int, resume_of: int | None) -> tuple[Session, int]:
+    def _session(self, client: Any, start: int, resume_of: int | None) -> tuple[Session, int]:
         """Open one watch and record it until it ends; the session and its endpoint index."""
         w = client.watch(self.prefix, prefix=True, start_revision=start, prev_kv=True,
                          progress_notify=True, progress_interval_s=self.progress_interval_s)
