@@ -21,7 +21,7 @@ help:
 	@echo "make bench-lease - keep-alive throughput with 10,000 leases, lock cycles with 1 and 16 contenders"
 	@echo "make bench-client - client throughput: 1,000 asyncio tasks through one AsyncClient beside 64 threads through one Client"
 	@echo "make bench-scale - Kubernetes-sized figures (1M keys, churn with compaction, paged list, 10k watchers, 10k leases) beside etcd 3.4's when /usr/bin/etcd is installed (< 20 min; SCALE_* env vars scale it)"
-	@echo "make bench-compare - etcd 3.4 (when /usr/bin/etcd is installed) beside quorumkv, one node then 3 nodes, each fresh: puts with 1 and 64 clients, linearizable and serializable gets, watch delivery; requests/s, p99, ratio, CPU per 1,000 requests (~4 min; BENCH_TOTAL etc. scale it)"
+	@echo "make bench-compare - etcd 3.4 (when /usr/bin/etcd is installed) beside quorumkv, one node then 3 nodes, each fresh: puts with 1 and 64 clients, linearizable and serializable gets, watch delivery; requests/s, p99, ratio, CPU per 1,000 requests; and quorumkv through etcd's gRPC API with etcd's load generator (--grpc-only: those rows alone) (~6 min; BENCH_TOTAL etc. scale it)"
 	@echo "make sim SEEDS=100000 - the deterministic simulator for many seeds: Raft + MVCC, then with membership changes and leases too"
 	@echo "make robustness DURATION=600 [NETWORK=faults|netns|both] - fault scenarios with recorded histories, checked for linearizability and watch guarantees"
 
@@ -74,16 +74,17 @@ bench-lease: $(STAMP)
 bench-client: $(STAMP)
 	$(BIN)/python tests/bench/bench_client.py
 
-# The etcd comparison's gRPC client needs the optional `bench` extra.
+# `make protos` needs grpcio-tools, the optional `bench` extra (grpcio and protobuf, which the
+# etcd comparisons' gRPC client uses, are runtime dependencies).
 BENCH_STAMP := $(VENV)/.installed-bench-stamp
 $(BENCH_STAMP): $(STAMP) pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[test,bench]'
 	touch $(BENCH_STAMP)
 
-bench-scale: $(BENCH_STAMP)
+bench-scale: $(STAMP)
 	$(BIN)/python tests/bench/bench_scale.py
 
-bench-compare: $(BENCH_STAMP)
+bench-compare: $(STAMP)
 	$(BIN)/python tests/bench/bench_compare.py
 
 # etcd 3.4's .proto files (Debian's golang-etcd-server-dev) -> protocol/etcdpb/ (committed).

@@ -1034,8 +1034,6 @@ def main() -> int:
         if not etcd_driver.available():
             print(f"{etcd_driver.ETCD} not installed: quorumkv figures only")
             systems.remove("etcd")
-        else:
-            etcd_driver.load_pb()  # compile once; children find it through the environment
     print(f"bench-scale: {', '.join(systems)}; keys {KEYS:,} x 256 B, {BIG_KEYS:,} x 4 KB; churn/list "
           f"{CHURN_KEYS:,} keys x {CHURN_S:.0f} s; {WATCHERS:,} watchers/{WATCH_PREFIXES:,} prefixes at "
           f"{WATCH_RATE:,} puts/s x {WATCH_S:.0f} s; {LEASES:,} leases/{LEASE_SESSIONS} sessions x "
