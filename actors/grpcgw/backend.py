@@ -17,8 +17,9 @@ gateway, its reply (or error) back as etcd's message (or status).
 """
 from __future__ import annotations
 
+import contextlib
 import functools
-from typing import Any, Callable, TypeVar
+from typing import Any, Callable, Iterator, TypeVar
 
 import grpc
 
@@ -151,22 +152,30 @@ class Backend:
         return identity_fields(context.invocation_metadata() or (), cn)
 
     # --- calls ------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def slot(self) -> Iterator[None]:
+        """One request of this member's gRPC clients in progress or waiting; raises
+        TooManyRequests when MAX_WAITING wait already (the bound every call goes through)."""
+        if self.calls >= self.max_calls:
+            raise errors.TooManyRequests(
+                f"etcdserver: too many requests: {self.calls} requests of this member's gRPC clients are in "
+                f"progress or waiting")
+        self.calls += 1
+        try:
+            yield
+        finally:
+            self.calls -= 1
+
     async def call(self, context: Any, req: dict[str, Any], *, timeout: float | None = None) -> dict[str, Any]:
         """Send ``req`` (a native request map, without ``token``) as the RPC's caller; the
         ok reply map. A refusal aborts the RPC with etcd's status (never returns)."""
-        if self.calls >= self.max_calls:
-            await self.abort(context, errors.TooManyRequests(
-                f"etcdserver: too many requests: {self.calls} requests of this member's gRPC clients are in "
-                f"progress or waiting"))
-        self.calls += 1
         try:
-            reply = await self.client.request({**req, **self.identity(context)},
-                                              timeout=timeout or self.timeout_of(context))
+            with self.slot():
+                reply = await self.client.request({**req, **self.identity(context)},
+                                                  timeout=timeout or self.timeout_of(context))
         except errors.QkvError as err:
             await self.abort(context, err)
             raise AssertionError("unreachable")  # context.abort raises
-        finally:
-            self.calls -= 1
         self.note_header(reply.get("header"))
         return reply
 

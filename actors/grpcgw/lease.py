@@ -106,29 +106,23 @@ async def leader_call(b: Backend, context: Any, req: dict[str, Any]) -> dict[str
     """``req`` (lease_keepalive / lease_timetolive) at the Raft leader, as the caller; the
     reply map, or None when the lease is not found. Other errors abort the RPC."""
     ident = b.identity(context)
-    if b.calls >= b.max_calls:
-        await b.abort(context, errors.TooManyRequests(
-            f"etcdserver: too many requests: {b.calls} requests of this member's gRPC clients are in "
-            f"progress or waiting"))
-    b.calls += 1
     timeout = b.timeout_of(context)
     try:
-        try:
-            reply = await b.client.request({**req, **ident}, timeout=timeout)
-        except errors.NotLeader:
-            if "as_user" in ident:
-                raise
-            # The token works on every member (SPEC 7.5): the router finds the leader.
-            reply = await b.remote._lease_router().call({**req, **ident},
-                                                        timeout=min(timeout, LEADER_ROUTE_TIMEOUT_S))
-            reply = as_local(reply, b.member_id)
+        with b.slot():
+            try:
+                reply = await b.client.request({**req, **ident}, timeout=timeout)
+            except errors.NotLeader:
+                if "as_user" in ident:
+                    raise
+                # The token works on every member (SPEC 7.5): the router finds the leader.
+                reply = await b.remote._lease_router().call({**req, **ident},
+                                                            timeout=min(timeout, LEADER_ROUTE_TIMEOUT_S))
+                reply = as_local(reply, b.member_id)
     except errors.LeaseNotFound:
         return None
     except errors.QkvError as err:
         await b.abort(context, err)
         raise AssertionError("unreachable")  # context.abort raises
-    finally:
-        b.calls -= 1
     b.note_header(reply.get("header"))
     return reply
 

@@ -329,13 +329,8 @@ class WatchStream:
     async def _ask(self, req: dict[str, Any]) -> dict[str, Any]:
         """A native request as the stream's caller (the Backend's bound on calls applies)."""
         b = self.backend
-        if b.calls >= b.max_calls:
-            raise errors.TooManyRequests("etcdserver: too many requests")
-        b.calls += 1
-        try:
+        with b.slot():
             reply = await b.client.request({**req, **b.identity(self.context)}, timeout=CREATE_TIMEOUT_S)
-        finally:
-            b.calls -= 1
         b.note_header(reply.get("header"))
         return reply
 
