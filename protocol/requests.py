@@ -76,9 +76,10 @@ COMPARE_TARGET_FIELD = {
 ADMIN_OPS = ("status", "member_list", "move_leader", "hash_kv", "defragment", "member_add", "member_remove",
              "member_update", "member_promote")
 MEMBER_CHANGE_OPS = ("member_add", "member_remove", "member_update", "member_promote")
-# Alarms (SPEC section 3, "Alarms"): list is a linearizable read, disarm goes through the
-# log; alarm_activate is written by the server only (quota check, corruption check).
-ALARM_OPS = ("alarm_list", "alarm_disarm")
+# Alarms (SPEC section 3, "Maintenance and alarms"): list is a linearizable read; activate
+# and disarm go through the log (etcd applies every AlarmRequest through raft). The server
+# writes alarm_activate too (quota check, full disk, corruption check), as its own entry.
+ALARM_OPS = ("alarm_list", "alarm_activate", "alarm_disarm")
 ALARM_TYPES = ("NOSPACE", "CORRUPT")
 # Lease ops (SPEC section 3, "Leases"). Grant and revoke go through the log; keep-alive
 # and time-to-live are answered by the leader's storage from its deadlines; leases is a
@@ -87,7 +88,7 @@ LEASE_OPS = ("lease_grant", "lease_revoke", "lease_keepalive", "lease_timetolive
 LEASE_LEADER_OPS = frozenset(("lease_keepalive", "lease_timetolive"))
 # Log entries only the server writes (the leader's storage proposes them): never accepted
 # from a client, since they are not in OPS.
-INTERNAL_OPS = frozenset(("lease_expire", "lease_checkpoint", "alarm_activate"))
+INTERNAL_OPS = frozenset(("lease_expire", "lease_checkpoint"))
 # `snapshot save` (SPEC section 6): one member's store, streamed chunk by chunk like a read.
 SNAPSHOT_OPS = ("snapshot",)
 # Users, roles and permissions (SPEC section "Authentication", etcd 3.4's auth). The
@@ -112,7 +113,7 @@ OPS = ("range", "put", "delete_range", "txn", "compact", "history", *ADMIN_OPS, 
        *SNAPSHOT_OPS, *AUTH_OPS)
 TXN_OPS = ("range", "put", "delete_range", "txn")
 WRITE_OPS = frozenset(("put", "delete_range", "txn", "compact", "lease_grant", "lease_revoke",
-                       "alarm_disarm", *AUTH_WRITE_OPS))
+                       "alarm_activate", "alarm_disarm", *AUTH_WRITE_OPS))
 LEASE_TTL_MAX = 9_000_000_000  # seconds, etcd's MaxLeaseTTL
 
 
@@ -131,7 +132,7 @@ SNAPSHOT_FRAME_OVERHEAD = 4096
 
 def is_write(op: dict) -> bool:
     """True for ops that must go through the log (put, delete_range, txn, compact,
-    lease_grant, lease_revoke, alarm_disarm and the auth changes)."""
+    lease_grant, lease_revoke, alarm_activate, alarm_disarm and the auth changes)."""
     return op.get("op") in WRITE_OPS
 
 
@@ -191,15 +192,8 @@ def _normalize_request(req: Any, limits: Limits) -> dict:
         return {"op": op, "revision": _int(fields, "revision", nonneg=True)}
     if op == "history":
         return _normalize_history(fields)
-    if op == "alarm_disarm":
-        _no_unknown(fields, ("member_id", "alarm"), op)
-        member = fields.get("member_id", 0)
-        if isinstance(member, bool) or not isinstance(member, int) or not 0 <= member < 2**64:
-            raise InvalidArgument(f"alarm_disarm: member_id must be a member id (uint64), got {_short(member)}")
-        alarm = fields.get("alarm", "")
-        if not isinstance(alarm, str) or (alarm and alarm.upper() not in ALARM_TYPES):
-            raise InvalidArgument(f"alarm_disarm: alarm must be one of {', '.join(ALARM_TYPES)}, got {_short(alarm)}")
-        return {"op": op, "member_id": member, "alarm": alarm.upper()}
+    if op in ("alarm_activate", "alarm_disarm"):
+        return _normalize_alarm(op, fields)
     if op in LEASE_OPS:
         return _normalize_lease(op, fields)
     if op == "compact":
@@ -215,6 +209,30 @@ def _normalize_request(req: Any, limits: Limits) -> dict:
     if op == "txn":
         _check_txn_duplicates(out)
         out["max_txn_keys"] = limits.max_txn_keys
+    return out
+
+
+# --- alarms (SPEC section 3, "Maintenance and alarms") ------------------------------------
+def _normalize_alarm(op: str, fields: dict) -> dict:
+    """``alarm_activate`` {member_id, alarm}: any uint64 member id (0 too: etcd keeps an alarm
+    for whatever id it is given), a type required. ``alarm_disarm`` {member_id, alarm,
+    exact}: member_id 0 = every member and alarm "" = every type, unless ``exact`` (then
+    exactly that member, 0 too, and that type: etcd's DEACTIVATE); ``exact`` is in the
+    normalized op only when true, so the entries of a plain disarm stay as they were."""
+    allowed = ("member_id", "alarm", "exact") if op == "alarm_disarm" else ("member_id", "alarm")
+    _no_unknown(fields, allowed, op)
+    member = fields.get("member_id", 0)
+    if isinstance(member, bool) or not isinstance(member, int) or not 0 <= member < 2**64:
+        raise InvalidArgument(f"{op}: member_id must be a member id (uint64), got {_short(member)}")
+    exact = _bool(fields, "exact")
+    alarm = fields.get("alarm", "")
+    required = op == "alarm_activate" or exact
+    if not isinstance(alarm, str) or (alarm or required) and alarm.upper() not in ALARM_TYPES:
+        raise InvalidArgument(f"{op}: alarm must be one of {', '.join(ALARM_TYPES)}"
+                              f"{'' if required else ' (or absent: every type)'}, got {_short(alarm)}")
+    out = {"op": op, "member_id": member, "alarm": alarm.upper()}
+    if exact:
+        out["exact"] = True
     return out
 
 

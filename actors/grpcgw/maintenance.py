@@ -3,10 +3,16 @@ each one or more native requests (SPEC sections 3 and 6).
 
 How each maps, where it differs from etcd 3.4:
 - ``Alarm``: GET -> ``alarm_list`` (etcd's filter: NONE = every type, else that type);
-  DEACTIVATE -> ``alarm_disarm`` of exactly that member and type (as etcd: member 0 or
-  type NONE disarm nothing, an empty answer); ACTIVATE is refused (``Unimplemented``): our
-  members raise alarms themselves (quota, full disk, corruption check) and no client op
-  raises one.
+  ACTIVATE -> ``alarm_activate`` of that member id (any: etcd 3.4 keeps an alarm for
+  whatever id it is given, 0 too) and type, through the log; the answer is that alarm,
+  also when it was already active (etcd's). etcd also stores a NONE or unknown type (with
+  no effect); we refuse those (InvalidArgument "etcdserver: alarm type ... cannot be
+  activated"). DEACTIVATE -> ``alarm_disarm`` ``exact`` of that member (0 too) and type
+  (type NONE or unknown disarms nothing, an empty answer, as etcd). Under auth ACTIVATE
+  and DEACTIVATE are root's (etcd 3.4.42, 3.5.28 and 3.6.9 added that admin check;
+  the 3.4.23 we compare with checks nothing).
+  The AlarmResponse has no header, for every action: etcd 3.4's applier leaves it nil
+  (`etcdctl -w json alarm list` prints no "header"; `-w fields` panics on it, ours too).
 - ``Status``: ``status``. ``version`` is ETCD_VERSION, the etcd API version we serve (etcd
   clients parse it: clientv3's RejectOldCluster needs >= 3.2); ``errors`` as etcd's: "etcdserver:
   no leader" without a leader, then one line per alarm.
@@ -69,12 +75,21 @@ def alarms_to_pb(alarms: Any, only: int = 0) -> list[rpc_pb2.AlarmMember]:
     return out
 
 
-def disarm_fields(r: rpc_pb2.AlarmRequest) -> dict[str, Any] | None:
-    """The ``alarm_disarm`` for a DEACTIVATE, or None when etcd would disarm nothing."""
+def activate_fields(r: rpc_pb2.AlarmRequest) -> dict[str, Any] | None:
+    """The ``alarm_activate`` for an ACTIVATE, or None for a type we cannot raise."""
     name = ALARM_NAMES.get(r.alarm)
-    if not r.memberID or name is None:
+    if name is None:
         return None
-    return {"op": "alarm_disarm", "member_id": r.memberID, "alarm": name}
+    return {"op": "alarm_activate", "member_id": r.memberID, "alarm": name}
+
+
+def disarm_fields(r: rpc_pb2.AlarmRequest) -> dict[str, Any] | None:
+    """The ``alarm_disarm`` for a DEACTIVATE (exactly that member, 0 too, and type, as
+    etcd's), or None when etcd would disarm nothing (type NONE or unknown)."""
+    name = ALARM_NAMES.get(r.alarm)
+    if name is None:
+        return None
+    return {"op": "alarm_disarm", "member_id": r.memberID, "alarm": name, "exact": True}
 
 
 def status_response(r: dict[str, Any], header: rpc_pb2.ResponseHeader) -> rpc_pb2.StatusResponse:
@@ -190,20 +205,26 @@ class MaintenanceServicer(rpc_pb2_grpc.MaintenanceServicer):
 
     @rpc(SERVICE, "Alarm")
     async def Alarm(self, request: rpc_pb2.AlarmRequest, context: Any) -> rpc_pb2.AlarmResponse:
+        # no header in any answer: etcd 3.4's is nil (module docstring)
         if request.action == rpc_pb2.AlarmRequest.GET:
             reply = await self.b.call(context, {"op": "alarm_list"})
-            return rpc_pb2.AlarmResponse(header=self.b.header(reply),
-                                         alarms=alarms_to_pb(reply.get("alarms"), request.alarm))
+            return rpc_pb2.AlarmResponse(alarms=alarms_to_pb(reply.get("alarms"), request.alarm))
+        if request.action == rpc_pb2.AlarmRequest.ACTIVATE:
+            req = activate_fields(request)
+            if req is None:
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                                    f"etcdserver: alarm type {request.alarm} cannot be activated "
+                                    f"(NOSPACE or CORRUPT)")
+                raise AssertionError("unreachable")  # context.abort raises
+            reply = await self.b.call(context, req)
+            return rpc_pb2.AlarmResponse(alarms=alarms_to_pb(reply.get("alarms")))
         if request.action == rpc_pb2.AlarmRequest.DEACTIVATE:
             req = disarm_fields(request)
             if req is None:
-                return rpc_pb2.AlarmResponse(header=self.b.header())
+                return rpc_pb2.AlarmResponse()
             reply = await self.b.call(context, req)
-            return rpc_pb2.AlarmResponse(header=self.b.header(reply), alarms=alarms_to_pb(reply.get("alarms")))
-        if request.action == rpc_pb2.AlarmRequest.ACTIVATE:
-            await context.abort(grpc.StatusCode.UNIMPLEMENTED,
-                                "etcdserver: alarm activation is not supported: members raise their alarms themselves")
-        return rpc_pb2.AlarmResponse(header=self.b.header())  # etcd: an unknown action does nothing
+            return rpc_pb2.AlarmResponse(alarms=alarms_to_pb(reply.get("alarms")))
+        return rpc_pb2.AlarmResponse()  # etcd: an unknown action does nothing
 
     @rpc(SERVICE, "Status")
     async def Status(self, request: rpc_pb2.StatusRequest, context: Any) -> rpc_pb2.StatusResponse:

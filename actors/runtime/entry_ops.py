@@ -7,9 +7,11 @@ producers write them, and raises `InvalidEntry` (with a reason) on anything else
   txn (nested up to MAX_TXN_DEPTH, etcd's duplicate-key rule; the top level carries
   `max_txn_keys`, the proposing gateway's --max-txn-keys that the store enforces, absent
   only in entries written before that rule), compact, lease_grant (id and TTL already
-  filled in by the gateway), lease_revoke, alarm_disarm;
+  filled in by the gateway), lease_revoke, alarm_activate, alarm_disarm (`exact` only
+  when true);
 - ops only the server writes: lease_expire and lease_checkpoint (the leader's storage),
-  compact (auto-compaction), alarm_activate (the gateway's quota and corruption checks);
+  compact (auto-compaction), alarm_activate (the gateway's quota, disk and corruption
+  checks: the same shape as a client's);
 - auth changes (design-11): the AUTH_WRITE ops with `password` as a scrypt hash wire
   map (or None), and the gateway's `authenticate` entry (`name`, `token_sha256`,
   `auth_revision`, `key`, `issued`).
@@ -250,9 +252,16 @@ def _alarm_activate(op: dict) -> None:
 
 
 def _alarm_disarm(op: dict) -> None:
-    _fields(op, ("op", "member_id", "alarm"), "alarm_disarm")
+    # "exact" (only ever True, and then with a type) is in the entries of etcd's DEACTIVATE
+    if "exact" in op:
+        _fields(op, ("op", "member_id", "alarm", "exact"), "alarm_disarm")
+        if op["exact"] is not True:
+            raise InvalidEntry("alarm_disarm: exact must be true when present")
+        _enum(op, "alarm", ALARM_TYPES)
+    else:
+        _fields(op, ("op", "member_id", "alarm"), "alarm_disarm")
+        _enum(op, "alarm", ("", *ALARM_TYPES))
     _int(op, "member_id", 0, UINT64_MAX)
-    _enum(op, "alarm", ("", *ALARM_TYPES))
 
 
 # --- auth (design-11) ----------------------------------------------------------------------

@@ -524,10 +524,15 @@ class AsyncClient(ClientBase):
         """Active alarms of the cluster."""
         return await self._run(calls.alarm_list(), timeout)
 
-    async def alarm_disarm(self, member_id: int = 0, alarm: str = "", *,
+    async def alarm_activate(self, member_id: int, alarm: str, *,
+                             timeout: float | None = None) -> AlarmResponse:
+        """Raise an alarm through the log (see ``Client.alarm_activate``)."""
+        return await self._run(calls.alarm_activate(member_id, alarm), timeout)
+
+    async def alarm_disarm(self, member_id: int = 0, alarm: str = "", *, exact: bool = False,
                            timeout: float | None = None) -> AlarmResponse:
         """Disarm alarms (see ``Client.alarm_disarm``)."""
-        return await self._run(calls.alarm_disarm(member_id, alarm), timeout)
+        return await self._run(calls.alarm_disarm(member_id, alarm, exact), timeout)
 
     async def defragment(self, *, timeout: float | None = None) -> DefragmentResponse:
         """Compact this member's RocksDB (one endpoint per client: it is per member)."""

@@ -165,13 +165,22 @@ def alarm_list() -> Call[AlarmResponse]:
     return Call({"op": "alarm_list"}, False, AlarmResponse.from_wire)
 
 
-def alarm_disarm(member_id: int = 0, alarm: str = "") -> Call[AlarmResponse]:
-    """Disarm alarms (member_id 0 = all members, alarm "" = all types)."""
+def alarm_activate(member_id: int, alarm: str) -> Call[AlarmResponse]:
+    """Raise ``alarm`` ("NOSPACE" | "CORRUPT") for ``member_id`` (any id, 0 too)."""
+    return Call({"op": "alarm_activate", "member_id": int(member_id), "alarm": str(alarm)}, True,
+                AlarmResponse.from_wire)
+
+
+def alarm_disarm(member_id: int = 0, alarm: str = "", exact: bool = False) -> Call[AlarmResponse]:
+    """Disarm alarms (member_id 0 = all members, alarm "" = all types; ``exact``: only
+    that member's alarm of that type, member 0 too)."""
     req: dict[str, Any] = {"op": "alarm_disarm"}
-    if member_id:
+    if member_id or exact:
         req["member_id"] = int(member_id)
     if alarm:
         req["alarm"] = str(alarm)
+    if exact:
+        req["exact"] = True
     return Call(req, True, AlarmResponse.from_wire)
 
 

@@ -355,11 +355,19 @@ class Client(ClientBase):
         """Active alarms of the cluster (a linearizable read)."""
         return self._run(calls.alarm_list(), timeout)
 
-    def alarm_disarm(self, member_id: int = 0, alarm: str = "", *,
+    def alarm_activate(self, member_id: int, alarm: str, *, timeout: float | None = None) -> AlarmResponse:
+        """Raise ``alarm`` ("NOSPACE" | "CORRUPT") for ``member_id`` through the log, as
+        etcd's AlarmRequest ACTIVATE (any id is kept, 0 too; root only under auth); every
+        member applies its effects (NOSPACE: writes that add data get ``no_space``). The
+        result lists that alarm, also when it was already active."""
+        return self._run(calls.alarm_activate(member_id, alarm), timeout)
+
+    def alarm_disarm(self, member_id: int = 0, alarm: str = "", *, exact: bool = False,
                      timeout: float | None = None) -> AlarmResponse:
         """Disarm alarms through the log (member_id 0 = every member, alarm "" = every
-        type); the result lists the alarms disarmed."""
-        return self._run(calls.alarm_disarm(member_id, alarm), timeout)
+        type; ``exact``: only ``member_id``'s alarm of type ``alarm``, member 0 too, as
+        etcd's DEACTIVATE); the result lists the alarms disarmed."""
+        return self._run(calls.alarm_disarm(member_id, alarm, exact), timeout)
 
     def defragment(self, *, timeout: float | None = None) -> DefragmentResponse:
         """Compact this member's RocksDB (give one endpoint per client: it is per member).

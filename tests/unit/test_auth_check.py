@@ -179,6 +179,7 @@ ROOT_ONLY = [
     {"op": "user_get", "name": "admin"}, {"op": "role_get", "name": "root"},
     {"op": "hash_kv"}, {"op": "defragment"}, {"op": "snapshot"},
     {"op": "move_leader", "target_id": 5}, {"op": "alarm_disarm"},
+    {"op": "alarm_activate", "member_id": 0, "alarm": "NOSPACE"},
     {"op": "member_add", "name": "m", "peer_urls": ["tcp://h:1"]}, {"op": "member_remove", "member_id": 1},
     {"op": "member_update", "member_id": 1, "peer_urls": ["tcp://h:1"]}, {"op": "member_promote", "member_id": 1},
 ]

@@ -99,12 +99,23 @@ def test_alarms_filter_as_etcds_get():
     assert maintenance.alarms_to_pb(None) == []
 
 
-def test_deactivate_maps_to_one_disarm_or_nothing():
+def test_deactivate_maps_to_one_exact_disarm_or_nothing():
     A = rpc_pb2.AlarmRequest
     assert maintenance.disarm_fields(A(action=A.DEACTIVATE, memberID=9, alarm=rpc_pb2.NOSPACE)) == {
-        "op": "alarm_disarm", "member_id": 9, "alarm": "NOSPACE"}
-    assert maintenance.disarm_fields(A(action=A.DEACTIVATE, memberID=0, alarm=rpc_pb2.NOSPACE)) is None
+        "op": "alarm_disarm", "member_id": 9, "alarm": "NOSPACE", "exact": True}
+    assert maintenance.disarm_fields(A(action=A.DEACTIVATE, memberID=0, alarm=rpc_pb2.NOSPACE)) == {
+        "op": "alarm_disarm", "member_id": 0, "alarm": "NOSPACE", "exact": True}  # member 0 only, as etcd
     assert maintenance.disarm_fields(A(action=A.DEACTIVATE, memberID=9, alarm=rpc_pb2.NONE)) is None
+    assert maintenance.disarm_fields(A(action=A.DEACTIVATE, memberID=9, alarm=99)) is None
+
+
+def test_activate_maps_to_alarm_activate_of_any_member():
+    A = rpc_pb2.AlarmRequest
+    for member in (0, 9, 2**64 - 1):
+        assert maintenance.activate_fields(A(action=A.ACTIVATE, memberID=member, alarm=rpc_pb2.CORRUPT)) == {
+            "op": "alarm_activate", "member_id": member, "alarm": "CORRUPT"}
+    assert maintenance.activate_fields(A(action=A.ACTIVATE, memberID=9, alarm=rpc_pb2.NONE)) is None
+    assert maintenance.activate_fields(A(action=A.ACTIVATE, memberID=9, alarm=99)) is None
 
 
 def test_status_is_etcds():

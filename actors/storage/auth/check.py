@@ -2,8 +2,9 @@
 
 ``check(state, auth, op, lease_keys=None)`` returns None or raises the error etcd gives:
 - auth disabled: everything is allowed;
-- ``authenticate``, ``auth_status`` and the server's own entries (lease_expire,
-  lease_checkpoint, alarm_activate) are allowed to anyone;
+- ``authenticate``, ``auth_status`` and the server's own lease entries (lease_expire,
+  lease_checkpoint) are allowed to anyone (the server's alarm_activate entries are not
+  checked at all: storage applies them with auth SERVER; a client's is root's);
 - no user (``auth`` None): ``user_empty``;
 - ``auth`` = (user, auth_revision) with auth_revision older than ``state.revision``:
   ``auth_old_revision`` (the auth store changed after the request was authorized);
@@ -44,7 +45,7 @@ OPEN_OPS = frozenset(("authenticate", "auth_status", *INTERNAL_OPS))
 USER_OPS = frozenset(("compact", "lease_grant", "alarm_list", "member_list", "status"))
 # Root only (etcd: IsAdminPermitted / needAdminPermission / authMaintenanceServer).
 ROOT_OPS = frozenset((*AUTH_WRITE_OPS, "user_list", "role_list", "hash_kv", "defragment",
-                      "snapshot", "move_leader", "alarm_disarm", "member_add", "member_remove",
+                      "snapshot", "move_leader", "alarm_activate", "alarm_disarm", "member_add", "member_remove",
                       "member_update", "member_promote"))
 # Checked against the user's key permissions (and, for some, a lease's keys).
 KEY_OPS = frozenset(("range", "history", "put", "delete_range", "txn", "lease_revoke",

@@ -52,9 +52,14 @@ def activate(alarms: frozenset[Alarm], member_id: int, alarm: str) -> tuple[froz
     return alarms | {item}, [item]
 
 
-def deactivate(alarms: frozenset[Alarm], member_id: int, alarm: str) -> tuple[frozenset[Alarm], list[Alarm]]:
+def deactivate(alarms: frozenset[Alarm], member_id: int, alarm: str,
+               exact: bool = False) -> tuple[frozenset[Alarm], list[Alarm]]:
     """The set without the matching alarms (member_id 0 = every member, alarm "" = every
-    type), and the alarms removed, sorted."""
+    type; ``exact``: only ``(member_id, alarm)`` itself, member 0 too, as etcd's
+    Deactivate), and the alarms removed, sorted."""
+    if exact:
+        gone = [(member_id, alarm)] if (member_id, alarm) in alarms else []
+        return alarms - set(gone), gone
     gone = sorted(a for a in alarms if member_id in (0, a[0]) and alarm in ("", a[1]))
     return alarms - set(gone), gone
 

@@ -709,16 +709,21 @@ class MVCCStore:
 
     @staticmethod
     def _alarm(view: _View, st: _State, op: Op) -> Response:
-        """Raise or disarm alarms; never changes the revision. Result: the alarms changed."""
+        """Raise or disarm alarms; never changes the revision. Result: activate, the alarm
+        (also when it was already active: etcd's AlarmStore.Activate returns the one it
+        holds); disarm, the alarms it removed."""
         if op["op"] == "alarm_activate":
             st.alarms, changed = alarm_rules.activate(st.alarms, op["member_id"], op["alarm"])
             value: bytes | None = b""
+            result = [(op["member_id"], op["alarm"])]
         else:
-            st.alarms, changed = alarm_rules.deactivate(st.alarms, op["member_id"], op["alarm"])
+            st.alarms, changed = alarm_rules.deactivate(st.alarms, op["member_id"], op["alarm"],
+                                                        exact=bool(op.get("exact")))
             value = None
+            result = changed
         for member_id, alarm in changed:
             view.put(CF_META, alarm_rules.alarm_key(member_id, alarm), value)
-        return {"alarms": alarm_rules.to_wire(changed)}
+        return {"alarms": alarm_rules.to_wire(result)}
 
     @staticmethod
     def _read_revision(st: _State, ch: _Changes) -> int:
