@@ -66,7 +66,7 @@ from actors.runtime import security
 from actors.runtime import wire
 from actors.runtime.actor import Actor
 from actors.gateway.conns import ADMIT, REFUSE, Conn, Conns, PeerGone, PipeFull
-from actors.gateway.auth import MEMBER, TOKEN_SWEEP_S, GatewayAuth, PasswordWork, token_sha256
+from actors.gateway.auth import MEMBER, PROXY_MEMBER_ID, TOKEN_SWEEP_S, GatewayAuth, PasswordWork, token_sha256
 from actors.gateway.corruption import CorruptionChecker
 from actors.gateway.diskguard import DiskGuard
 from actors.storage.auth import AuthState
@@ -327,11 +327,16 @@ class GatewayActor(Actor):
         connection), its user named by the request (``_proxy_user``)."""
         self.on_client(frames, proxy=True)
 
-    def _proxy_user(self, req: dict) -> str:
-        """The ``as_user`` of a gRPC gateway request (popped): the CN of the TLS client
-        certificate the gRPC gateway verified. Taken only with --client-cert-auth, as the
-        user of a registered client key is on the client port; "" = nobody."""
+    def _proxy_user(self, req: dict, identity: bytes) -> str:
+        """Who a gRPC gateway request is from: MEMBER on a connection whose routing id
+        starts with PROXY_MEMBER_ID (the gRPC actor's own status and watch reads: only the
+        node's processes reach this socket, in its private run directory), else the
+        ``as_user`` (popped): the CN of the TLS client certificate the gRPC gateway
+        verified, taken only with --client-cert-auth, as the user of a registered client
+        key is on the client port; "" = nobody."""
         user = req.pop("as_user", "")
+        if identity[_PROXY_LEN:_PROXY_LEN + len(PROXY_MEMBER_ID)] == PROXY_MEMBER_ID:
+            return MEMBER
         if not isinstance(user, str) or len(user.encode("utf-8", "replace")) > 256 \
                 or any(ord(c) < 0x20 or ord(c) == 0x7F for c in user):
             raise errors.InvalidArgument("as_user: must be a user name (at most 256 bytes, no control characters)")
@@ -425,7 +430,7 @@ class GatewayActor(Actor):
                 bad, client_id = client_id, None
                 raise errors.InvalidArgument(f"id must be an unsigned 64-bit integer, got {bad!r}")
             if zap_user == PROXY:
-                zap_user = self._proxy_user(req)
+                zap_user = self._proxy_user(req, identity)
             if len(frame) > self.cfg.max_request_bytes:
                 raise errors.RequestTooLarge(limit=self.cfg.max_request_bytes)
             op = normalize_request(req, self.limits)
@@ -461,8 +466,6 @@ class GatewayActor(Actor):
             self._answered(name, errors.NoSpace.code, now, time.monotonic())
             self._reply_error(identity, delimiter, client_id, errors.NoSpace())
             return
-        if auth == MEMBER:
-            auth = None  # another member's checker: status / hash_kv only (precheck), no user
         if name == "authenticate":
             p = Pending(identity, delimiter, client_id, now + REQUEST_TIMEOUT_S, "write", op=name, arrived=now)
             p.login = (op["name"], op["password"], op["key"], 1)

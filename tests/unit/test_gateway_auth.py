@@ -79,10 +79,23 @@ def test_zap_lookup_and_the_member_principal():
     assert ga.zap_lookup(b"x" * 40) == ""
     assert ga.zap_lookup(own.encode()) == MEMBER
     assert ga.resolve(None, "carol", "range") == ("carol", st.revision)
-    assert ga.resolve(None, MEMBER, "hash_kv") == MEMBER
-    ga.precheck(MEMBER, {"op": "hash_kv", "revision": 0})
+    member = ga.resolve(None, MEMBER, "hash_kv")
+    assert member == (MEMBER, st.revision)
+    # A member is a member whatever it sends: a token is not looked at (not even an unknown one).
+    assert ga.resolve("no-such-token", MEMBER, "history") == member
+    ga.precheck(member, {"op": "hash_kv", "revision": 0})
+    ga.precheck(member, {"op": "status"})
+    ga.precheck(member, {"op": "history", "key": b"\x00", "range_end": b"\x00", "start_revision": 1})
+    for op in ({"op": "range", "key": b"k", "range_end": b""}, {"op": "put", "key": b"k", "value": b"v"},
+               {"op": "lease_leases"}, {"op": "user_list"}, {"op": "auth_disable"}):
+        with pytest.raises(errors.PermissionDenied):
+            ga.precheck(member, op)
+    # The same rules with auth disabled (a member is not a user that auth_disable frees).
+    off = GatewayAuth(ttl_s=100, cert_auth=False, own_client_key=own)
+    off.set_state(state(enabled=False))
+    assert off.resolve(None, MEMBER, "status")[0] == MEMBER
     with pytest.raises(errors.PermissionDenied):
-        ga.precheck(MEMBER, {"op": "range", "key": b"k", "range_end": b""})
+        off.precheck(off.resolve(None, MEMBER, "put"), {"op": "put", "key": b"k", "value": b"v"})
     no_cert = GatewayAuth(ttl_s=100, cert_auth=False, own_client_key=own)
     no_cert.set_state(st)
     assert no_cert.zap_lookup(key.encode()) == ""
