@@ -13,7 +13,9 @@ the token table, who a request comes from, and password work off the actor's thr
   it lives ``--auth-token-ttl`` seconds from its last use on this member; it ends when
   its user is deleted or its password changes, and every token ends with auth_disable.
   Tokens are memory only: a restarted gateway has none (clients authenticate again, on
-  ``invalid_auth_token``).
+  ``invalid_auth_token``). A token this member does not know (``may_be_granted``) may come
+  from an `authenticate` entry not applied here yet: the gateway re-checks it once after a
+  read-index barrier before it answers ``invalid_auth_token``.
 - Who asks (``resolve``), with auth enabled: the token's user; else the user of the
   connection's client key (ZAP User-Id, ``--client-cert-auth``); else nobody (None),
   which ``check`` refuses with ``user_empty`` except for authenticate and auth_status.
@@ -133,6 +135,14 @@ class GatewayAuth:
         if zap_user:
             return (zap_user, st.revision)
         return None
+
+    def may_be_granted(self, token: str | None) -> bool:
+        """Whether a token ``resolve`` refused may still be granted here: auth is enabled
+        and this member has never seen it (its `authenticate` entry, committed on another
+        member, may not have applied here yet). The gateway then waits for a read-index
+        barrier (this member applied what the leader had committed) and resolves once
+        more. A token that is known but expired, or ended, is not waited for."""
+        return self.state.enabled and token is not None and token_sha256(token) not in self.tokens
 
     def precheck(self, auth: Any, op: dict) -> None:
         """Refuse at the gateway what storage would refuse anyway (and what only the gateway

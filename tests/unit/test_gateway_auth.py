@@ -116,3 +116,28 @@ def test_password_work_is_bounded_and_answers_on_the_loop():
         assert got == [True, False]
     finally:
         work.close()
+
+
+def test_an_unknown_token_is_waited_for_once_and_a_known_one_is_not():
+    """``may_be_granted``: the gateway waits for a read-index barrier (and resolves once
+    more) only for a token it has never seen, with auth enabled: its `authenticate` entry
+    may not have applied here yet. An expired token, no token, or auth disabled: no wait."""
+    st = state(bob=None)
+    ga = GatewayAuth(ttl_s=100, cert_auth=False, own_client_key=None)
+    ga.set_state(st)
+    with pytest.raises(errors.InvalidAuthToken):
+        ga.resolve("t-later", "", "range")
+    assert ga.may_be_granted("t-later")
+    assert not ga.may_be_granted(None)
+    # The entry applies here (AUTH_TOKEN): the second resolve finds it.
+    ga.grant([[token_sha256("t-later"), "bob", int(time.time()), None]])
+    assert not ga.may_be_granted("t-later")
+    assert ga.resolve("t-later", "", "range") == ("bob", st.revision)
+    # Known but expired: refused at once, no barrier.
+    ga.tokens[token_sha256("t-later")][1] = time.monotonic() - 1
+    with pytest.raises(errors.InvalidAuthToken):
+        ga.resolve("t-later", "", "range")
+    assert not ga.may_be_granted("t-later")
+    off = GatewayAuth(ttl_s=100, cert_auth=False, own_client_key=None)
+    off.set_state(state(enabled=False))
+    assert not off.may_be_granted("t-later")
