@@ -96,8 +96,8 @@ ERR_DUPLICATE_ID = "mvcc: duplicate watch ID provided on the WatchStream"
 ERR_EMPTY_RANGE = "mvcc: watcher range is empty"
 # The refusals of a create's auth check: etcd's cancel reason is the gRPC error's text
 # (watch.go recvLoop; etcd 3.4.23 sends "rpc error: code = PermissionDenied desc =
-# etcdserver: permission denied", and "... InvalidArgument desc = etcdserver: user name is
-# empty" without a token).
+# etcdserver: permission denied", "... Unauthenticated desc = etcdserver: invalid auth
+# token" and, without a token, "... InvalidArgument desc = etcdserver: user name is empty").
 AUTH_CODES = frozenset(("invalid_auth_token", "auth_old_revision", "user_empty", "permission_denied",
                         "user_not_found"))
 

@@ -51,7 +51,7 @@ def test_assign_id_as_etcds_watch_stream():
 
 def test_cancel_reasons():
     """etcd 3.4.23's cancel reason for a refused create is the gRPC error's text (checked
-    against /usr/bin/etcd: a user without READ gets the first, no token the last)."""
+    against /usr/bin/etcd: a user without READ, an invalid token, no token)."""
     assert watch.cancel_reason(errors.PermissionDenied("x")) == \
         "rpc error: code = PermissionDenied desc = etcdserver: permission denied"
     assert watch.cancel_reason(errors.QkvError.from_wire({"code": "invalid_auth_token", "message": "m"})) == \
