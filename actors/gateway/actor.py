@@ -66,7 +66,7 @@ from actors.runtime import security
 from actors.runtime import wire
 from actors.runtime.actor import Actor
 from actors.gateway.conns import ADMIT, REFUSE, Conn, Conns, PeerGone, PipeFull
-from actors.gateway.auth import MEMBER, TOKEN_SWEEP_S, GatewayAuth, PasswordWork, token_sha256
+from actors.gateway.auth import MEMBER, PROXY_MEMBER_ID, TOKEN_SWEEP_S, GatewayAuth, PasswordWork, token_sha256
 from actors.gateway.corruption import CorruptionChecker
 from actors.gateway.diskguard import DiskGuard
 from actors.storage.auth import AuthState
@@ -131,6 +131,8 @@ class Pending:
     login: tuple[str, str, Any, int] | None = None  # authenticate: (name, password, key, attempt)
     op: str = "unknown"  # the request's op (a metrics label)
     arrived: float = 0.0  # monotonic time it arrived (qkv_request_duration_seconds)
+    # a token barrier (``_await_token``): the request to handle again, as it arrived
+    retry: tuple[bytes, bool, bytes, str, float, bool] | None = None
 
 
 class GatewayActor(Actor):
@@ -200,6 +202,9 @@ class GatewayActor(Actor):
         self.read_batch: list[M.ClientReadItem] = []
         self.linear_batch: list[tuple[int, dict]] = []  # (req_id, op): read at one read index
         self.read_index_waiting: dict[int, tuple[float, list[tuple[int, dict]]]] = {}
+        # Requests with a token unknown here, to handle again after their barrier (_await_token).
+        self.token_retries: list[tuple[bytes, bool, bytes, str, float, bool]] = []
+        self.token_barriers = 0
         self.consensus_epoch: int | None = None
         self.consensus_status: M.ConsensusStatus | dict = {}  # {} until consensus answers
         self.raft_term = 0
@@ -307,6 +312,9 @@ class GatewayActor(Actor):
         p = self.pending.pop(req_id, None)
         if p is None:
             return  # timed out already, or meant for an earlier gateway process
+        if p.retry is not None:  # a token barrier ended (or failed, or timed out): check again
+            self.token_retries.append(p.retry)
+            return
         if error is not None:
             self._answered(p.op, error.get("code") if isinstance(error, dict) else None, p.arrived, time.monotonic(),
                            p.kind)
@@ -327,11 +335,16 @@ class GatewayActor(Actor):
         connection), its user named by the request (``_proxy_user``)."""
         self.on_client(frames, proxy=True)
 
-    def _proxy_user(self, req: dict) -> str:
-        """The ``as_user`` of a gRPC gateway request (popped): the CN of the TLS client
-        certificate the gRPC gateway verified. Taken only with --client-cert-auth, as the
-        user of a registered client key is on the client port; "" = nobody."""
+    def _proxy_user(self, req: dict, identity: bytes) -> str:
+        """Who a gRPC gateway request is from: MEMBER on a connection whose routing id
+        starts with PROXY_MEMBER_ID (the gRPC actor's own status and watch reads: only the
+        node's processes reach this socket, in its private run directory), else the
+        ``as_user`` (popped): the CN of the TLS client certificate the gRPC gateway
+        verified, taken only with --client-cert-auth, as the user of a registered client
+        key is on the client port; "" = nobody."""
         user = req.pop("as_user", "")
+        if identity[_PROXY_LEN:_PROXY_LEN + len(PROXY_MEMBER_ID)] == PROXY_MEMBER_ID:
+            return MEMBER
         if not isinstance(user, str) or len(user.encode("utf-8", "replace")) > 256 \
                 or any(ord(c) < 0x20 or ord(c) == 0x7F for c in user):
             raise errors.InvalidArgument("as_user: must be a user name (at most 256 bytes, no control characters)")
@@ -411,11 +424,14 @@ class GatewayActor(Actor):
                              f"--max-client-requests {self.cfg.max_client_requests})")
 
     def _handle(self, identity: bytes, delimiter: bool, frame: bytes, zap_user: str, now: float,
-                admitted: bool = True) -> None:
+                admitted: bool = True, retried: bool = False) -> None:
         """Validate and route one request. `now` is when it arrived (its deadline counts
-        from there); `admitted=False` only for frames refused without being counted."""
+        from there); `admitted=False` only for frames refused without being counted;
+        `retried`: handled again after a token barrier (``_await_token``)."""
         client_id = None
         op: dict | None = None
+        token: str | None = None
+        arrived_as = zap_user
         try:
             req = unpack(frame)
             if not isinstance(req, dict):
@@ -425,16 +441,21 @@ class GatewayActor(Actor):
                 bad, client_id = client_id, None
                 raise errors.InvalidArgument(f"id must be an unsigned 64-bit integer, got {bad!r}")
             if zap_user == PROXY:
-                zap_user = self._proxy_user(req)
+                zap_user = self._proxy_user(req, identity)
             if len(frame) > self.cfg.max_request_bytes:
                 raise errors.RequestTooLarge(limit=self.cfg.max_request_bytes)
             op = normalize_request(req, self.limits)
-            auth = self.auth.resolve(request_token(req), zap_user, op["op"])
+            token = request_token(req)
+            auth = self.auth.resolve(token, zap_user, op["op"])
             if not self.auth.known and (op["op"] in ADMIN_OPS or op["op"] == "authenticate"):
                 # What only the gateway checks waits for storage's auth state (just started)
                 raise errors.Unavailable("the auth state is not loaded yet; retry")
             self.auth.precheck(auth, op)
         except errors.QkvError as err:
+            if (isinstance(err, errors.InvalidAuthToken) and not retried and admitted
+                    and self.auth.may_be_granted(token)):
+                self._await_token(identity, delimiter, frame, arrived_as, now, client_id)
+                return
             self._answered(op["op"] if op is not None else "unknown", err.code, now, time.monotonic())
             self._reply_error(identity, delimiter, client_id, err, admitted)
             return
@@ -461,8 +482,6 @@ class GatewayActor(Actor):
             self._answered(name, errors.NoSpace.code, now, time.monotonic())
             self._reply_error(identity, delimiter, client_id, errors.NoSpace())
             return
-        if auth == MEMBER:
-            auth = None  # another member's checker: status / hash_kv only (precheck), no user
         if name == "authenticate":
             p = Pending(identity, delimiter, client_id, now + REQUEST_TIMEOUT_S, "write", op=name, arrived=now)
             p.login = (op["name"], op["password"], op["key"], 1)
@@ -510,6 +529,21 @@ class GatewayActor(Actor):
                 self.read_batch.append(M.ClientReadItem(req_id, op, 0, client_id, _auth(auth), 0))
             else:
                 self.linear_batch.append((req_id, op))
+
+    def _await_token(self, identity: bytes, delimiter: bool, frame: bytes, zap_user: str, now: float,
+                     client_id: int | None) -> None:
+        """A token this member does not know may have been granted by an `authenticate`
+        entry another member committed and this one has not applied yet (a client that
+        authenticated there and came here at once). Wait for a read-index barrier: a
+        linearizable `auth_status` read, which storage serves once it applied what the
+        leader had committed when asked (and so pushed that entry's token first); then
+        handle the request once more, as it arrived (``Pending.retry``)."""
+        req_id = self._new_id()
+        self.pending[req_id] = Pending(identity, delimiter, client_id, now + REQUEST_TIMEOUT_S, "read",
+                                       op="auth_status", arrived=now,
+                                       retry=(identity, delimiter, frame, zap_user, now, True))
+        self.linear_batch.append((req_id, {"op": "auth_status"}))
+        self.token_barriers += 1
 
     # --- auth: authenticate, password hashes ------------------------------------------
     def _authenticate(self, req_id: int) -> None:
@@ -658,6 +692,12 @@ class GatewayActor(Actor):
 
     def flush(self) -> None:
         self.passwords.done()
+        if self.token_retries:
+            # After the poll round that brought the barrier's end: storage pushed the token
+            # (AUTH_TOKEN, on another socket) before it served the barrier read.
+            retries, self.token_retries = self.token_retries, []
+            for item in retries:
+                self._handle(*item, retried=True)
         self._start_ready()
         if self.propose_batch:
             proposals, self.propose_batch = self.propose_batch, []
@@ -703,6 +743,9 @@ class GatewayActor(Actor):
             p = self.pending.pop(req_id, None)
             if p is None:
                 continue  # timed out already, or meant for an earlier gateway process
+            if p.retry is not None:  # a token barrier: the token's entry has applied, if committed
+                self.token_retries.append(p.retry)
+                continue
             reply = frame if p.login is None else self._login_reply(req_id, p, frame)
             if reply is None:
                 continue

@@ -13,15 +13,20 @@ the token table, who a request comes from, and password work off the actor's thr
   it lives ``--auth-token-ttl`` seconds from its last use on this member; it ends when
   its user is deleted or its password changes, and every token ends with auth_disable.
   Tokens are memory only: a restarted gateway has none (clients authenticate again, on
-  ``invalid_auth_token``).
+  ``invalid_auth_token``). A token this member does not know (``may_be_granted``) may come
+  from an `authenticate` entry not applied here yet: the gateway re-checks it once after a
+  read-index barrier before it answers ``invalid_auth_token``.
 - Who asks (``resolve``), with auth enabled: the token's user; else the user of the
   connection's client key (ZAP User-Id, ``--client-cert-auth``); else nobody (None),
   which ``check`` refuses with ``user_empty`` except for authenticate and auth_status.
   With auth disabled, nobody (a token is not even looked at), as etcd.
-- ``MEMBER``: the ZAP User-Id of a connection made with the cluster's own client key,
-  i.e. another member's corruption checker. It may run `status` and `hash_kv` (etcd's
-  HashKV needs root; a member is not a user), nothing else. It contains a control
-  character, which no user name may (protocol.requests.auth_name), so no user can be it.
+- ``MEMBER`` (storage.auth.check): the ZAP User-Id of a connection made with the
+  cluster's own client key (another member's corruption checker, this member's gRPC
+  gateway), or a connection of the private gRPC proxy socket whose routing id says so
+  (the gateway actor decides, ``PROXY_MEMBER``). ``resolve`` gives it as
+  ``(MEMBER, auth_revision)``, token or not, auth enabled or not; ``check`` lets it run
+  MEMBER_OPS only (`status`, `hash_kv`, `history`), storage checks its `history` the same
+  way, and the watch port serves it every topic.
 - ``PasswordWork``: scrypt runs (verify, hash) in a small thread pool (hashlib.scrypt
   releases the GIL); at most ``MAX_QUEUED`` wait, beyond that requests are refused at
   once (``unavailable``); the actor collects finished jobs in ``done()``.
@@ -33,11 +38,13 @@ import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Callable
 
-from actors.storage.auth import AuthState, check, hash_password, needs_lease_keys, verify_password
+from actors.storage.auth import MEMBER, AuthState, check, hash_password, is_member, needs_lease_keys, verify_password
 from protocol import errors
 
-MEMBER = "\x1bqkv-member"
-MEMBER_OPS = frozenset(("status", "hash_kv"))
+__all__ = ["MEMBER", "PROXY_MEMBER_ID", "GatewayAuth", "PasswordWork", "token_sha256"]
+# The routing ids (a prefix, then anything) of the gRPC actor's own connections to the
+# private proxy socket: they are MEMBER (the actor's status calls and its watches' reads).
+PROXY_MEMBER_ID = b"\x1bqkv-member:"
 # Ops that never need a user, whatever the state (check's OPEN_OPS that clients can send).
 NO_USER_OPS = frozenset(("authenticate", "auth_status"))
 PASSWORD_WORKERS = 4
@@ -110,11 +117,12 @@ class GatewayAuth:
 
     # --- requests -----------------------------------------------------------------------
     def resolve(self, token: str | None, zap_user: str, op_name: str) -> Any:
-        """The auth of a request: None (nobody), ``(user, auth_revision)``, or ``MEMBER``.
-        Raises invalid_auth_token for a token that is unknown or expired (auth enabled)."""
+        """The auth of a request: None (nobody), or ``(user, auth_revision)`` (the user
+        MEMBER for a member's connection). Raises invalid_auth_token for a token that is
+        unknown or expired (auth enabled)."""
         st = self.state
         if zap_user == MEMBER:
-            return MEMBER
+            return (MEMBER, st.revision)
         if not st.enabled or op_name in NO_USER_OPS:
             return None
         if token is not None:
@@ -128,14 +136,18 @@ class GatewayAuth:
             return (zap_user, st.revision)
         return None
 
+    def may_be_granted(self, token: str | None) -> bool:
+        """Whether a token ``resolve`` refused may still be granted here: auth is enabled
+        and this member has never seen it (its `authenticate` entry, committed on another
+        member, may not have applied here yet). The gateway then waits for a read-index
+        barrier (this member applied what the leader had committed) and resolves once
+        more. A token that is known but expired, or ended, is not waited for."""
+        return self.state.enabled and token is not None and token_sha256(token) not in self.tokens
+
     def precheck(self, auth: Any, op: dict) -> None:
         """Refuse at the gateway what storage would refuse anyway (and what only the gateway
         answers). Ops whose check needs a lease's keys are left to storage."""
-        if auth == MEMBER:
-            if op["op"] not in MEMBER_OPS:
-                raise errors.PermissionDenied()
-            return
-        if needs_lease_keys(op):
+        if needs_lease_keys(op) and not is_member(auth):
             return
         check(self.state, auth, op)
 

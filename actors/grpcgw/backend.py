@@ -7,6 +7,11 @@ gateway, its reply (or error) back as etcd's message (or status).
 - Who asks: etcd's ``token`` metadata is passed on as our ``token``; with
   ``--client-cert-auth`` and a verified TLS client certificate, its CN is passed as
   ``as_user`` (the gateway takes it as a registered client key's user on the client port).
+- What the actor asks for itself goes as the member (``Backend.member``, SPEC 7.2): its
+  `status` calls and the native watches serving gRPC watches (`status`, `history`, and the
+  watch port's topics). Its connections to the proxy socket carry a PROXY_MEMBER_ID routing
+  id, and with --client-key-file its SUB sockets use the cluster's key pair, which the
+  watch port names MEMBER. A gRPC watch is checked as its caller before (watch.py).
 - Errors: a ``QkvError`` aborts the RPC with etcd's status code and message (errors.py).
 - Bounds: at most ``max_in_flight`` requests in progress at the gateway (its per-connection
   limit) and MAX_WAITING more waiting here for a slot; beyond that a request is refused at
@@ -19,14 +24,19 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import itertools
+import os
 from typing import Any, Callable, Iterator, TypeVar
 
 import grpc
+import zmq
 
+from actors.gateway.auth import PROXY_MEMBER_ID
 from actors.grpcgw.errors import status_of
 from actors.runtime import metrics
 from protocol import errors
 from protocol.client.aio import AsyncClient
+from protocol.client.auth import Security, load_keypair
 from protocol.etcdpb import kv_pb2, rpc_pb2
 from protocol.requests import AUTH_TOKEN_MAX_CHARS
 
@@ -126,6 +136,9 @@ class Backend:
         self.client_key_file = client_key_file  # the cluster's key pair (watch.py: the watch port's CURVE)
         self.max_request_bytes = max_request_bytes  # etcd's fragment limit is this + 512 KiB (watch.py)
         self.client = AsyncClient([endpoint], timeout=DEFAULT_TIMEOUT_S, max_in_flight=max_in_flight)
+        # The member itself: the actor's own status calls, and the native watches (watch.py).
+        self.member = AsyncClient([endpoint], timeout=DEFAULT_TIMEOUT_S, max_in_flight=max_in_flight,
+                                  _security=MemberSecurity(client_key_file))
         # Other members (the leader of leader-only ops, lease.py) and the watch port are
         # reached as any client reaches them: through this member's public client URLs,
         # with CURVE (a fresh key pair of this process) when the cluster has a server key.
@@ -141,6 +154,7 @@ class Backend:
 
     async def close(self) -> None:
         await self.client.close()
+        await self.member.close()
         await self.remote.close()
 
     # --- who asks ---------------------------------------------------------------------
@@ -209,6 +223,33 @@ class Backend:
                                           revision=h.get("revision", 0), raft_term=h.get("raft_term", 0))
         return rpc_pb2.ResponseHeader(cluster_id=self.cluster_id, member_id=self.member_id,
                                       revision=self.revision, raft_term=self.raft_term)
+
+
+class MemberSecurity(Security):
+    """The sockets of ``Backend.member`` (and of the clients its watches derive): DEALERs
+    to the private proxy socket with a PROXY_MEMBER_ID routing id (plain: the socket is
+    local), and SUBs to the watch port with the cluster's key pair when the node has
+    --client-key-file (``key_file``), which the watch port names MEMBER. No user and no
+    token: the member is its connection."""
+
+    _ids = itertools.count(1)
+
+    def __init__(self, key_file: str = "") -> None:
+        super().__init__()
+        self.sub_keys: tuple[bytes, bytes] | None = load_keypair(key_file) if key_file else None
+
+    @property
+    def curve(self) -> bool:
+        return True  # so that every socket goes through configure (a DEALER stays plain)
+
+    def configure(self, sock: Any) -> None:
+        if sock.socket_type == zmq.DEALER:
+            sock.setsockopt(zmq.ROUTING_ID, PROXY_MEMBER_ID + f"{os.getpid()}:{next(self._ids)}".encode())
+        elif sock.socket_type == zmq.SUB and self.sub_keys is not None:
+            public, secret = self.sub_keys
+            sock.curve_secretkey = secret
+            sock.curve_publickey = public
+            sock.curve_serverkey = public
 
 
 def identity_fields(metadata: Any, common_names: Any) -> dict[str, Any]:

@@ -34,10 +34,12 @@ etcd's semantics (etcdserver/api/v3rpc/watch.go, mvcc/watcher.go of etcd 3.4):
   "etcdserver: no leader" (etcd's stream interceptor and monitorLeader).
 - Auth: a create is checked as the caller (its ``token`` metadata, or the TLS CN) by a
   ``range`` ``count_only`` of the watched range; a refusal is ``created`` + ``canceled``
-  with ``watch_id`` -1 and etcd's cancel reason ("etcdserver: permission denied", ...).
-  The native watch then needs the node's watch port and ``status``/``history`` to serve
-  the Backend's client, which has no user: with auth enabled they do not (SPEC 7.9), so a
-  permitted create gets ``created`` + ``canceled`` with AUTH_UNSUPPORTED (MODULE LIMITS).
+  with ``watch_id`` -1 and etcd 3.4's cancel reason, the gRPC error's text ("rpc error:
+  code = PermissionDenied desc = etcdserver: permission denied", as etcd 3.4.23 sends).
+  A permitted watch is then served by a native watch of the member itself
+  (``Backend.member``: its ``status``/``history`` and its watch port topics, SPEC 7.2,
+  7.9), so the watch works under auth and whatever the caller's token does later (an
+  etcd watch stream also outlives its token).
 
 Bounds (a slow or hostile client holds a bounded amount here):
 - responses for the client wait in one queue per stream of OUT_QUEUE responses; when it
@@ -53,15 +55,10 @@ When the stream ends (the client closes or goes away), every native watch of it 
 canceled.
 
 MODULE LIMITS:
-- --client-key-file: the native watch port (an XPUB) is a CURVE server; the native
-  watches' SUB sockets are CURVE clients of it with the node's public key (``watch_client``)
-  once the grpc actor sets ``backend.client_key_file`` (until then they get nothing live
-  and each watch follows from ``history`` after every silence, about every 7 s);
-- auth enabled: the watch port serves only connections named by a user (SPEC 7.9) and
-  ``status``/``history`` need one; the gRPC actor has no user of its own and cannot
-  subscribe as the caller (it has a token, not a password or a registered key), so a
-  create the caller's check allows is refused with AUTH_UNSUPPORTED (notes/18-a.md says
-  what the native side would need).
+- auth enabled without --client-key-file: the watch port cannot tell the member from
+  anybody (no CURVE key), so it serves the member's native watches nothing live: each one
+  follows its range from ``history`` after every silence (about every 7 s), as the native
+  client does (SPEC 7.9).
 """
 from __future__ import annotations
 
@@ -70,13 +67,11 @@ from dataclasses import dataclass, field
 from typing import Any, AsyncIterator
 
 import grpc
-import zmq
 
-from actors.grpcgw.backend import BIDI_STREAM, Backend, count_received, rpc
+from actors.grpcgw.backend import BIDI_STREAM, Backend, code_label, count_received, rpc
 from actors.grpcgw.errors import status_of
 from protocol import errors
 from protocol.client.aio import AsyncClient
-from protocol.client.auth import Security, load_keypair
 from protocol.client.types import FROM_KEY_END, KeyValue
 from protocol.client.watchcore import Event, WatchResponse
 from protocol.etcdpb import kv_pb2, rpc_pb2, rpc_pb2_grpc
@@ -99,16 +94,12 @@ DEFAULT_MAX_REQUEST_BYTES = 1536 * 1024
 
 ERR_DUPLICATE_ID = "mvcc: duplicate watch ID provided on the WatchStream"
 ERR_EMPTY_RANGE = "mvcc: watcher range is empty"
-# etcd's cancel reasons for a create the auth check refuses (watch.go recvLoop)
-AUTH_REASONS = {
-    "invalid_auth_token": "etcdserver: invalid auth token",
-    "auth_old_revision": "etcdserver: revision of auth store is old",
-    "user_empty": "etcdserver: user name is empty",
-}
-PERMISSION_DENIED = "etcdserver: permission denied"
-AUTH_CODES = frozenset((*AUTH_REASONS, "permission_denied"))
-AUTH_UNSUPPORTED = ("etcdserver: watch over gRPC is not available with auth enabled (the gRPC gateway "
-                    "cannot subscribe to the watch port as the user; use the native watch)")
+# The refusals of a create's auth check: etcd's cancel reason is the gRPC error's text
+# (watch.go recvLoop; etcd 3.4.23 sends "rpc error: code = PermissionDenied desc =
+# etcdserver: permission denied", "... Unauthenticated desc = etcdserver: invalid auth
+# token" and, without a token, "... InvalidArgument desc = etcdserver: user name is empty").
+AUTH_CODES = frozenset(("invalid_auth_token", "auth_old_revision", "user_empty", "permission_denied",
+                        "user_not_found"))
 
 
 # --- pure conversions ----------------------------------------------------------------
@@ -157,13 +148,13 @@ def assign_id(requested: int, used: Any, next_id: int) -> tuple[int, int, str | 
 
 
 def cancel_reason(err: errors.QkvError) -> str:
-    """The cancel reason of a create refused by its check (etcd's for auth errors; any
-    other error keeps etcd's status message)."""
-    if err.code in AUTH_REASONS:
-        return AUTH_REASONS[err.code]
-    if err.code == "permission_denied":
-        return PERMISSION_DENIED
-    return status_of(err)[1]
+    """The cancel reason of a create refused by its check: for auth errors etcd's, the
+    gRPC error's text ("rpc error: code = PermissionDenied desc = etcdserver: permission
+    denied"); any other error keeps etcd's status message."""
+    code, message = status_of(err)
+    if err.code in AUTH_CODES:
+        return f"rpc error: code = {code_label(code)} desc = {message}"
+    return message
 
 
 def kv_pb(kv: KeyValue) -> kv_pb2.KeyValue:
@@ -254,7 +245,7 @@ class WatchStream:
 
     def __init__(self, backend: Backend, context: Any, client: AsyncClient | None = None) -> None:
         self.backend = backend
-        self.client = client or backend.client
+        self.client = client or backend.member  # the native watches: the member's (module doc)
         self.context = context
         self.out: asyncio.Queue[rpc_pb2.WatchResponse] = asyncio.Queue(OUT_QUEUE)
         self.watches: dict[int, _Watch] = {}
@@ -369,9 +360,7 @@ class WatchStream:
         except (errors.QkvError, asyncio.TimeoutError, TimeoutError) as exc:
             native.cancel()
             if isinstance(exc, errors.QkvError):
-                # The caller may read the range (checked above): an auth refusal here is
-                # the gateway's own native watch's (auth enabled: SPEC 7.9).
-                reason = AUTH_UNSUPPORTED if exc.code in AUTH_CODES else cancel_reason(exc)
+                reason = cancel_reason(exc)
             else:
                 reason = "etcdserver: request timed out"
             await self.out.put(self._refused(current, reason))
@@ -440,7 +429,8 @@ class WatchStream:
         while self.progress_asked:
             asked, self.progress_asked = self.progress_asked, 0
             try:
-                reply = await self._ask({"op": "status"})
+                reply = await self.backend.member.request({"op": "status"}, timeout=CREATE_TIMEOUT_S)
+                self.backend.note_header(reply.get("header"))
                 target = int((reply.get("header") or {}).get("revision") or self.backend.revision)
             except errors.QkvError:
                 target = self.backend.revision
@@ -474,37 +464,6 @@ class WatchStream:
                                                          watch_id=INVALID_WATCH_ID))
 
 
-class _WatchPortCurve(Security):
-    """CURVE on the watch port's SUB sockets only (the node's XPUB is a CURVE server with
-    --client-key-file); the requests to the gateway's private proxy socket stay plain.
-    ``curve`` stays False, so the client's request sockets are not configured."""
-
-    def __init__(self, server_public: bytes) -> None:
-        super().__init__()
-        self.sub_server_key = server_public
-        self.sub_public, self.sub_secret = zmq.curve_keypair()  # any key may connect (auth off)
-
-    def configure(self, sock: Any) -> None:
-        if sock.socket_type == zmq.SUB:
-            sock.curve_secretkey = self.sub_secret
-            sock.curve_publickey = self.sub_public
-            sock.curve_serverkey = self.sub_server_key
-
-
-def watch_client(backend: Backend) -> AsyncClient:
-    """The client whose native watches serve the gRPC ones: the Backend's, or with
-    --client-key-file (``backend.client_key_file``) one of the same proxy endpoint whose
-    SUB sockets are CURVE clients of this node's watch port (made once per actor, it
-    lives as long as the actor)."""
-    key_file = getattr(backend, "client_key_file", "") or ""
-    if not key_file:
-        return backend.client
-    public, _ = load_keypair(key_file)
-    client = AsyncClient(list(backend.client.endpoints), timeout=backend.client.timeout,
-                         max_in_flight=backend.client.max_in_flight, _security=_WatchPortCurve(public))
-    return client
-
-
 def requires_leader(metadata: Any) -> bool:
     """Whether a stream's metadata carries clientv3's WithRequireLeader."""
     return any((k, v if isinstance(v, str) else v.decode("utf-8", "replace")) == REQUIRE_LEADER
@@ -512,10 +471,10 @@ def requires_leader(metadata: Any) -> bool:
 
 
 async def member_leader(backend: Backend) -> int | None:
-    """The member's leader (0: none) from its ``status``; None when it does not answer
-    (or, under auth, refuses an anonymous status)."""
+    """The member's leader (0: none) from its ``status`` (asked as the member); None when
+    it does not answer."""
     try:
-        reply = await backend.client.request({"op": "status"}, timeout=LEADER_POLL_S)
+        reply = await backend.member.request({"op": "status"}, timeout=LEADER_POLL_S)
     except errors.QkvError:
         return None
     return int(reply.get("leader") or 0)
@@ -557,14 +516,11 @@ class LeaderMonitor:
 class WatchServicer(rpc_pb2_grpc.WatchServicer):
     def __init__(self, backend: Backend) -> None:
         self.backend = backend
-        self.client: AsyncClient | None = None
         self.leader = LeaderMonitor(backend)
 
     @rpc(SERVICE, "Watch", BIDI_STREAM)
     async def Watch(self, request_iterator: Any, context: Any) -> AsyncIterator[rpc_pb2.WatchResponse]:
-        if self.client is None:
-            self.client = watch_client(self.backend)
-        stream = WatchStream(self.backend, context, self.client)
+        stream = WatchStream(self.backend, context)
         if requires_leader(context.invocation_metadata()):
             if await member_leader(self.backend) == 0:
                 await context.abort(grpc.StatusCode.UNAVAILABLE, NO_LEADER)

@@ -28,7 +28,8 @@ Security (issue 11; SPEC section 5 "Security"):
 - With `--client-key-file` the XPUB is a CURVE server; the ZAP handler lets every client
   key connect and names its User-Id: the user a key is registered to
   (`--client-cert-auth` user keys, then keys registered by `authenticate` while their
-  token lives), "" for any other key.
+  token lives), MEMBER for the cluster's own key pair (the member's gRPC gateway, which
+  may read every topic: storage.auth ``can_read``), "" for any other key.
 - The auth state is storage's (AUTH_STATE_GET at start, then AUTH_STATE / AUTH_TOKEN
   pushes on the events PULL). Until it is known nothing is granted; with auth enabled a
   subscription is granted only for a channel its user may read; with auth disabled any.
@@ -60,7 +61,7 @@ from actors.runtime import metrics
 from actors.runtime import security
 from actors.runtime import wire
 from actors.runtime.actor import Actor
-from actors.storage.auth import AuthState
+from actors.storage.auth import MEMBER, AuthState
 from actors.watch import channels as C
 from actors.watch import gate as G
 from actors.watch.channels import Broadcaster, Sequencer
@@ -257,8 +258,11 @@ class WatchActor(Actor):
         return False
 
     def _zap_lookup(self, key: bytes) -> str:
-        """ZAP (on the authenticator's thread): every key may connect; its User-Id is the
-        user it is registered to, or "" (anonymous)."""
+        """ZAP (on the authenticator's thread): every key may connect; its User-Id is
+        MEMBER for the cluster's own key pair (a member's gRPC gateway: it may read every
+        topic, SPEC 7.9), else the user it is registered to, or "" (anonymous)."""
+        if self._curve is not None and key == self._curve[0]:
+            return MEMBER
         return self._keys.get(key, "")
 
     def _bind_pub(self, first: bool) -> zmq.Socket:

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from actors.storage.auth import AuthState, apply_auth, can_read, check, hash_password, needs_lease_keys
+from actors.storage.auth import MEMBER, MEMBER_OPS, AuthState, apply_auth, can_read, check, hash_password, needs_lease_keys
 from actors.storage.auth.check import ALL_OPS
 from actors.storage.auth.intervals import IntervalSet, request_interval
 from protocol.errors import (
@@ -347,3 +347,26 @@ def test_can_read():
 
 def test_every_client_op_is_classified():
     assert set(OPS) <= ALL_OPS
+
+
+# --- the member identity (SPEC 7.2) -----------------------------------------------------------
+def test_a_member_may_run_its_ops_and_read_every_topic_but_nothing_else():
+    """Another member (or this member's gRPC gateway) may run status, hash_kv and history
+    (any range, any auth revision, auth on or off) and read every watch topic; nothing
+    else, whatever the state; and no user name can be it."""
+    member = (MEMBER, 0)  # an old auth revision too: a member is not a user
+    assert MEMBER_OPS == {"status", "hash_kv", "history"}
+    for state in (S, AuthState()):
+        check(state, member, n({"op": "status"}))
+        check(state, member, n({"op": "hash_kv", "revision": 0}))
+        check(state, member, n({"op": "history", "key": b"\x00", "range_end": b"\x00", "start_revision": 1}))
+        for name in sorted(ALL_OPS - MEMBER_OPS):
+            with pytest.raises(PermissionDenied):
+                check(state, member, {"op": name})
+        assert can_read(state, MEMBER, b"\x00", b"\x00")
+    # A user's history is still checked as the user.
+    with pytest.raises(PermissionDenied):
+        check(S, who("ra"), n({"op": "history", "key": b"/b/", "range_end": b"/b0", "start_revision": 1}))
+    assert not can_read(S, "ra", b"/b/", b"/b0")
+    with pytest.raises(InvalidArgument):
+        n({"op": "user_add", "name": MEMBER, "password": "x"})

@@ -79,10 +79,23 @@ def test_zap_lookup_and_the_member_principal():
     assert ga.zap_lookup(b"x" * 40) == ""
     assert ga.zap_lookup(own.encode()) == MEMBER
     assert ga.resolve(None, "carol", "range") == ("carol", st.revision)
-    assert ga.resolve(None, MEMBER, "hash_kv") == MEMBER
-    ga.precheck(MEMBER, {"op": "hash_kv", "revision": 0})
+    member = ga.resolve(None, MEMBER, "hash_kv")
+    assert member == (MEMBER, st.revision)
+    # A member is a member whatever it sends: a token is not looked at (not even an unknown one).
+    assert ga.resolve("no-such-token", MEMBER, "history") == member
+    ga.precheck(member, {"op": "hash_kv", "revision": 0})
+    ga.precheck(member, {"op": "status"})
+    ga.precheck(member, {"op": "history", "key": b"\x00", "range_end": b"\x00", "start_revision": 1})
+    for op in ({"op": "range", "key": b"k", "range_end": b""}, {"op": "put", "key": b"k", "value": b"v"},
+               {"op": "lease_leases"}, {"op": "user_list"}, {"op": "auth_disable"}):
+        with pytest.raises(errors.PermissionDenied):
+            ga.precheck(member, op)
+    # The same rules with auth disabled (a member is not a user that auth_disable frees).
+    off = GatewayAuth(ttl_s=100, cert_auth=False, own_client_key=own)
+    off.set_state(state(enabled=False))
+    assert off.resolve(None, MEMBER, "status")[0] == MEMBER
     with pytest.raises(errors.PermissionDenied):
-        ga.precheck(MEMBER, {"op": "range", "key": b"k", "range_end": b""})
+        off.precheck(off.resolve(None, MEMBER, "put"), {"op": "put", "key": b"k", "value": b"v"})
     no_cert = GatewayAuth(ttl_s=100, cert_auth=False, own_client_key=own)
     no_cert.set_state(st)
     assert no_cert.zap_lookup(key.encode()) == ""
@@ -103,3 +116,28 @@ def test_password_work_is_bounded_and_answers_on_the_loop():
         assert got == [True, False]
     finally:
         work.close()
+
+
+def test_an_unknown_token_is_waited_for_once_and_a_known_one_is_not():
+    """``may_be_granted``: the gateway waits for a read-index barrier (and resolves once
+    more) only for a token it has never seen, with auth enabled: its `authenticate` entry
+    may not have applied here yet. An expired token, no token, or auth disabled: no wait."""
+    st = state(bob=None)
+    ga = GatewayAuth(ttl_s=100, cert_auth=False, own_client_key=None)
+    ga.set_state(st)
+    with pytest.raises(errors.InvalidAuthToken):
+        ga.resolve("t-later", "", "range")
+    assert ga.may_be_granted("t-later")
+    assert not ga.may_be_granted(None)
+    # The entry applies here (AUTH_TOKEN): the second resolve finds it.
+    ga.grant([[token_sha256("t-later"), "bob", int(time.time()), None]])
+    assert not ga.may_be_granted("t-later")
+    assert ga.resolve("t-later", "", "range") == ("bob", st.revision)
+    # Known but expired: refused at once, no barrier.
+    ga.tokens[token_sha256("t-later")][1] = time.monotonic() - 1
+    with pytest.raises(errors.InvalidAuthToken):
+        ga.resolve("t-later", "", "range")
+    assert not ga.may_be_granted("t-later")
+    off = GatewayAuth(ttl_s=100, cert_auth=False, own_client_key=None)
+    off.set_state(state(enabled=False))
+    assert not off.may_be_granted("t-later")

@@ -1,6 +1,8 @@
 """Authorization: may this user run this op now? (etcd 3.4's rules, SPEC "Authentication").
 
 ``check(state, auth, op, lease_keys=None)`` returns None or raises the error etcd gives:
+- another member of the cluster (``auth`` = (MEMBER, _), whatever the auth state): only
+  MEMBER_OPS (below); ``permission_denied`` for anything else;
 - auth disabled: everything is allowed;
 - ``authenticate``, ``auth_status`` and the server's own lease entries (lease_expire,
   lease_checkpoint) are allowed to anyone (the server's alarm_activate entries are not
@@ -37,6 +39,16 @@ from protocol.requests import AUTH_WRITE_OPS, INTERNAL_OPS
 
 LeaseKeys = Callable[[Any], Iterable[bytes]]
 
+# The identity of another member, or of this member's own gRPC gateway (SPEC 7.2): the
+# ZAP User-Id of a connection made with the cluster's own client key pair, or a
+# connection of the node's private gRPC proxy socket that says so. It contains a control
+# character, which no user name may (protocol.requests.auth_name), so no user can be it.
+MEMBER = "\x1bqkv-member"
+# What a member may do (auth enabled or not): its corruption check's `status` and
+# `hash_kv`, and what a watch needs (`history`; and every watch topic, ``can_read``). It
+# writes nothing and reads no current value (`range`): the gRPC gateway checks each gRPC
+# watch as its caller before it reads for it as a member.
+MEMBER_OPS = frozenset(("status", "hash_kv", "history"))
 # Allowed to anyone, with or without a user.
 OPEN_OPS = frozenset(("authenticate", "auth_status", *INTERNAL_OPS))
 # Allowed to any authenticated user.
@@ -59,9 +71,13 @@ def check(state: AuthState, auth: Any, op: dict, lease_keys: LeaseKeys | None = 
     """Raise the error that refuses ``op`` to ``auth`` (None, or (user, auth_revision)) under
     ``state``; return None if it may run. ``op`` is a normalized op (protocol.requests) or a
     log entry's op."""
+    name = op.get("op")
+    if is_member(auth):
+        if name not in MEMBER_OPS:
+            raise PermissionDenied()
+        return
     if not state.enabled:
         return
-    name = op.get("op")
     if name in OPEN_OPS:
         return
     if auth is None:
@@ -103,15 +119,20 @@ def needs_lease_keys(op: dict) -> bool:
 
 def can_read(state: AuthState, user: str | None, key: bytes, range_end: bytes) -> bool:
     """May ``user`` read [key, range_end) (a watch channel)? Always when auth is disabled;
-    never for no user or an unknown one; always for root. No revision check: the caller
+    never for no user or an unknown one; always for root and for MEMBER. No revision check: the caller
     re-checks when the auth revision changes."""
-    if not state.enabled:
+    if not state.enabled or user == MEMBER:
         return True
     if not user or user not in state.users:
         return False
     if state.is_root(user):
         return True
     return state.perms_of(user)[0].covers(key, range_end)
+
+
+def is_member(auth: Any) -> bool:
+    """Whether ``auth`` (a request's: None, or (user, auth_revision)) is MEMBER's."""
+    return isinstance(auth, (tuple, list)) and len(auth) == 2 and auth[0] == MEMBER
 
 
 def _auth_tuple(auth: Any) -> tuple[str, int]:
