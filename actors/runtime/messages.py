@@ -614,7 +614,7 @@ class Events(_Events):
     BATCH: ClassVar[bool] = True  # the body is the array of items
 
 
-ACTOR_ROLES = ("consensus", "storage", "gateway", "watch", "metrics")  # who may report to a supervisor
+ACTOR_ROLES = ("consensus", "storage", "gateway", "watch", "metrics", "grpc")  # who may report to a supervisor
 ROLE = Str(64, ACTOR_ROLES)
 PID = Int(1, 2**31 - 1)
 

@@ -104,7 +104,7 @@ def _statuses(lines: list[str]) -> list[str]:
 def test_notify_ready_status_watchdog_and_stopping(tmp_path):
     listener = NotifyListener(tmp_path)
     node = NodeProcess(tmp_path, "n1", env={"NOTIFY_SOCKET": listener.path, "WATCHDOG_USEC": "1000000"},
-                       metrics=True)  # all five actors beat
+                       metrics=True, grpc=True)  # all six actors beat (grpc too: READY=1 waits for it)
     frozen: int | None = None
     try:
         node.start()
