@@ -247,7 +247,13 @@ class MaintenanceServicer(rpc_pb2_grpc.MaintenanceServicer):
     @rpc(SERVICE, "HashKV")
     async def HashKV(self, request: rpc_pb2.HashKVRequest, context: Any) -> rpc_pb2.HashKVResponse:
         reply = await self.b.call(context, {"op": "hash_kv", "revision": max(0, request.revision)})
-        header = hash_header(self.b, reply) if request.revision <= 0 else self.b.header(reply)
+        header = hash_header(self.b, reply)
+        if request.revision > 0:  # etcd's header has its current revision, not the hashed one
+            try:
+                st = await self.b.member.request({"op": "status"}, timeout=self.b.timeout_of(context))
+                header.revision = max(header.revision, int((st.get("header") or {}).get("revision", 0)))
+            except errors.QkvError:
+                pass  # the hashed revision: the member's revision when it answered
         return rpc_pb2.HashKVResponse(header=header, hash=int(reply.get("hash", 0)) & U32,
                                       compact_revision=compact_revision(reply))
 

@@ -222,8 +222,11 @@ def learn_ids(side: Side) -> None:
         side.vars[f"id_{m['name']}"] = f"{int(m['ID']):x}"
 
 
-def learn_leases(side: Side, out: bytes) -> None:
+def learn_leases(side: Side, out: bytes, keep: bool = True) -> None:
+    """Mask the granted lease's id; `keep`: it is the `lease` later steps name."""
     text = out.decode(errors="replace")
+    if not keep:
+        side.vars["lease_kept"] = side.vars.get("lease", "")
     for m in re.finditer(r"lease ([0-9a-f]+) granted", text):
         side.vars["lease"] = m.group(1)
         side.ids[int(m.group(1), 16)] = "<LEASE>"
@@ -233,6 +236,14 @@ def learn_leases(side: Side, out: bytes) -> None:
     m = re.search(r'"ID" : (\d+)', text)
     if m:
         side.vars["lease"] = f"{int(m.group(1)):x}"
+        side.ids[int(m.group(1))] = "<LEASE>"
+    if not keep:
+        side.vars["lease"] = side.vars.pop("lease_kept")
+
+
+def learn_lease_ids(side: Side, out: bytes) -> None:
+    """Every listed lease id is masked (`lease` names the last one granted)."""
+    for m in re.finditer(r'"id":(\d+)', out.decode(errors="replace")):
         side.ids[int(m.group(1))] = "<LEASE>"
 
 
@@ -284,12 +295,12 @@ def mask_table_or_simple(side: Side, cmd: str, text: str) -> str:
     if "timetolive" in cmd:
         text = _TTL_RE.sub(r"\1<TTL>", text)
     if cmd.startswith("endpoint status"):
-        # which member leads is the election's choice
-        text = re.sub(r"(<VER>(?:,| \|) +<SIZE>(?:,| \|) +)(?:true|false)", r"\1<LEADS>", text)
-        text = re.sub(r'("IsLeader" : )\w+', r"\1<LEADS>", text)
         # <EP>, <MEMBER>, <VER>, <SIZE>, is leader, is learner, term, index, applied, errors
-        text = re.sub(r"((?:true|false)(?:,| \|) (?:true|false)(?:,| \|) ?)\d+((?:,| \|) ?)\d+((?:,| \|) ?)\d+",
+        text = re.sub(r"((?:true|false)(?:,| +\|) +(?:true|false)(?:,| +\|) +)\d+((?:,| +\|) +)\d+((?:,| +\|) +)\d+",
                       r"\1<T>\2<I>\3<I>", text)
+        # which member leads is the election's choice
+        text = re.sub(r"(<SIZE>(?:,| +\|) +)(?:true|false)", r"\1<LEADS>", text)
+        text = re.sub(r'("IsLeader" : )\w+', r"\1<LEADS>", text)
     if cmd.startswith("endpoint hashkv"):
         text = re.sub(r"(<EP\d>(?:,| \|) ?)\d+", r"\1<HASH>", text)
     return text
@@ -317,17 +328,20 @@ def normalize(step: "Step", fmt: str, text: str) -> str:
         return text
     if fmt == "json" or fmt == "protobuf":
         try:
-            data = json.loads(text)
+            data = json.loads(re.sub(r'(?<=[:\[,])(<[A-Z0-9_]+>)', r'"\1"', text))
         except ValueError:
             return text
         if isinstance(data, list):
             data = sorted(data, key=lambda d: json.dumps(d, sort_keys=True))
         elif isinstance(data, dict):
-            for k in ("members", "leases"):
+            for k in ("members", "leases", "keys"):
                 if isinstance(data.get(k), list):
                     data[k] = sorted(data[k], key=lambda d: json.dumps(d, sort_keys=True))
         return json.dumps(data, sort_keys=True)
     if fmt == "fields":  # records: from each "ID" (a member) or "Endpoint" line on
+        lines = text.splitlines()
+        keys = iter(sorted(ln for ln in lines if ln.startswith('"Key" : ')))  # a lease's keys
+        text = "\n".join(next(keys) if ln.startswith('"Key" : ') else ln for ln in lines)
         records: list[list[str]] = [[]]
         for line in text.splitlines():
             if re.match(r'"(?:ID|Endpoint)" : ', line):
@@ -338,6 +352,7 @@ def normalize(step: "Step", fmt: str, text: str) -> str:
         lines = text.splitlines()
         body = [ln for ln in lines if ln.startswith("|")][1:]
         return "\n".join([*lines[:3], *sorted(body)])
+    text = re.sub(r"keys\(\[([^]]*)\]\)", lambda m: "keys([%s])" % " ".join(sorted(m.group(1).split())), text)
     return "\n".join(sorted(text.splitlines()))
 
 
@@ -437,17 +452,17 @@ STEPS: list[Step] = [
     S("watch", "t/a", "--rev", "1", "--prev-kv", formats=("simple", "json"), stop_after=4.0),
     S("watch", "k/simple", "k/z", "--rev", "5", stop_after=4.0),
     # leases
+    S("lease", "grant", "0", formats=("simple",), learn=lambda side, out: learn_leases(side, out, keep=False)),
     S("lease", "grant", "600", learn=learn_leases),
     S("lease", "grant", "600", formats=("json",), learn=learn_leases),
     S("lease", "grant", "600", formats=("fields",), learn=learn_leases),
     S("lease", "grant", "600", formats=("protobuf",), pbtype="ResponseHeader"),
-    S("lease", "grant", "0", formats=("simple",), learn=learn_leases),
-    setup("lease", "list", formats=("json",), learn=learn_leases),
+    setup("lease", "list", formats=("json",), learn=learn_lease_ids),
     S("lease", "list", formats=F4, sort=True, pbtype="ResponseHeader"),
     setup("put", "l/k", "v", "--lease", "{lease}"),
     setup("put", "l/k2", "v", "--lease", "{lease}"),
     S("lease", "timetolive", "{lease}", formats=F4, pbtype="ResponseHeader"),
-    S("lease", "timetolive", "{lease}", "--keys", formats=F4, pbtype="ResponseHeader"),
+    S("lease", "timetolive", "{lease}", "--keys", formats=F4, pbtype="ResponseHeader", sort=True),
     S("lease", "timetolive", "4d2", formats=("simple", "json")),
     S("lease", "keep-alive", "--once", "{lease}", formats=F4, pbtype="ResponseHeader"),
     S("lease", "keep-alive", "--once", "4d2"),
