@@ -328,7 +328,7 @@ def normalize(step: "Step", fmt: str, text: str) -> str:
         return text
     if fmt == "json" or fmt == "protobuf":
         try:
-            data = json.loads(re.sub(r'(?<=[:\[,])(<[A-Z0-9_]+>)', r'"\1"', text))
+            data = json.loads(re.sub(r'([:\[,]\s*)(<[A-Z0-9_]+>)', r'\1"\2"', text))
         except ValueError:
             return text
         if isinstance(data, list):
@@ -339,7 +339,7 @@ def normalize(step: "Step", fmt: str, text: str) -> str:
                     data[k] = sorted(data[k], key=lambda d: json.dumps(d, sort_keys=True))
         return json.dumps(data, sort_keys=True)
     if fmt == "fields":  # records: from each "ID" (a member) or "Endpoint" line on
-        lines = text.splitlines()
+        lines = [ln for ln in text.splitlines() if ln.strip()]  # blank lines part records
         keys = iter(sorted(ln for ln in lines if ln.startswith('"Key" : ')))  # a lease's keys
         text = "\n".join(next(keys) if ln.startswith('"Key" : ') else ln for ln in lines)
         records: list[list[str]] = [[]]
