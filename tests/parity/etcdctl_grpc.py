@@ -103,7 +103,7 @@ class Side:
 
 def run_until_quiet(p: subprocess.Popen, stdin: Optional[str], limit: float) -> tuple[int, bytes, str]:
     """A command that runs until interrupted (watch, lock, elect): let it print for up to
-    `limit` s (and 1 s after its last output), then SIGINT it; exit code -2 ("interrupted")."""
+    `limit` s (and 0.5 s after its last output), then SIGINT it; exit code -2 ("interrupted")."""
     chunks: dict[str, list[bytes]] = {"out": [], "err": []}
     last = [time.monotonic()]
 
@@ -122,7 +122,7 @@ def run_until_quiet(p: subprocess.Popen, stdin: Optional[str], limit: float) -> 
         p.stdin.close()
     deadline = time.monotonic() + limit
     while p.poll() is None and time.monotonic() < deadline:
-        if chunks["out"] and time.monotonic() - last[0] > 1.0:
+        if chunks["out"] and time.monotonic() - last[0] > 0.5:
             break
         time.sleep(0.05)
     rc = p.poll()
@@ -571,6 +571,7 @@ class Result:
     known: dict[str, list[str]] = field(default_factory=dict)   # reason -> steps
     unexplained: list[str] = field(default_factory=list)         # printed diffs
     failures: list[str] = field(default_factory=list)            # steps that could not run
+    seconds: dict[str, float] = field(default_factory=dict)      # wall time of each step
 
     def summary(self) -> str:
         lines = [f"commands run: etcd {self.commands.get('etcd', 0)}, quorumkv {self.commands.get('qkv', 0)}",
@@ -582,6 +583,9 @@ class Result:
         lines.append(f"unexplained differences: {len(self.unexplained)}")
         lines.append(f"failures: {len(self.failures)}")
         lines += [f"  - {f}" for f in self.failures]
+        slowest = sorted(self.seconds.items(), key=lambda kv: -kv[1])[:5]
+        lines.append(f"steps' wall time: {sum(self.seconds.values()):.0f} s; slowest: "
+                     + ", ".join(f"`{k}` {v:.1f} s" for k, v in slowest))
         return "\n".join(lines)
 
 
@@ -623,25 +627,38 @@ def diff_text(a: list[str], b: list[str]) -> str:
 
 
 def run_steps(etcd: Side, qkv: Side, verbose: bool = False, log: Callable[[str], None] = print) -> Result:
+    from concurrent.futures import ThreadPoolExecutor
+
     result = Result({})
+    with ThreadPoolExecutor(2) as pool:
+        _run_steps(etcd, qkv, verbose, log, result, pool)
+    result.commands = {etcd.name: etcd.runs, qkv.name: qkv.runs}
+    return result
+
+
+def _run_steps(etcd: Side, qkv: Side, verbose: bool, log: Callable[[str], None], result: Result, pool: Any) -> None:
     for step in STEPS:
         for fmt in step.formats:
-            outs = []
             shown = " ".join(step.args) + (f" -w {fmt}" if fmt != "simple" or len(step.formats) > 1 else "")
-            for side in (etcd, qkv):
+
+            def one(side: Side) -> list[str]:
                 try:
                     args = expand(side, step.args, fmt)
                 except KeyError as exc:
-                    outs.append([f"(not run: no {exc.args[0]} learned)"])
-                    continue
+                    return [f"(not run: no {exc.args[0]} learned)"]
                 if fmt != "simple":
                     args = [*args, "-w", fmt]
                 rc, out, err = side.run(args, stdin=step.stdin, stop_after=step.stop_after)
                 if step.learn is not None and rc == 0:
                     step.learn(side, out)
-                outs.append(compared_lines(side, step, fmt, rc, out, err))
                 if verbose:
                     log(f"[{side.name}] {' '.join(args)} -> {rc}\n{out.decode(errors='replace')}{err}")
+                return compared_lines(side, step, fmt, rc, out, err)
+
+            # both sides at once (each its own cluster and state): half the wall time
+            started = time.monotonic()
+            outs = list(pool.map(one, (etcd, qkv)))
+            result.seconds[shown] = result.seconds.get(shown, 0.0) + time.monotonic() - started
             if not step.compare:
                 continue
             a, b = outs
@@ -662,8 +679,6 @@ def run_steps(etcd: Side, qkv: Side, verbose: bool = False, log: Callable[[str],
             d = f"`{shown}`:\n{diff_text(a, b)}"
             result.unexplained.append(d)
             log(f"DIFF {d}\n")
-    result.commands = {etcd.name: etcd.runs, qkv.name: qkv.runs}
-    return result
 
 
 def run_parity(tmp: Path, verbose: bool = False, log: Callable[[str], None] = print) -> Result:
