@@ -41,7 +41,7 @@ def range_fields(r: rpc_pb2.RangeRequest) -> dict[str, Any]:
             f[name] = v
         elif v < 0:  # every key fails it: only the count is left
             f["count_only"] = True
-    order = r.sort_order
+    order = int(r.sort_order)
     if r.sort_target != 0 and order == 0:
         order = 1
     if order in (1, 2):
