@@ -59,6 +59,11 @@ KNOWN_STEPS = {
                  "client URL; quorumkv's gRPC URL has no /metrics)",
     "compact0": "compact 0 before any compaction: etcd's compact revision starts at -1, so etcd accepts it; "
                 "quorumkv's starts at 0 and answers compacted",
+    "update_learner": "etcd 3.4's member update drops a learner's isLearner (its RaftAttributes are replaced; "
+                      "fixed in etcd 3.5); quorumkv's member stays a learner",
+    "add_order": "a member add with a peer URL in use while a member is unstarted: etcd 3.4 first checks that "
+                 "it is connected to every member (\"unhealthy cluster\"), quorumkv first checks the URLs "
+                 "(\"Peer URLs already exists\", etcd's message when it gets that far)",
     "snapshot": "a snapshot file is quorumkv's format (SPEC section 6), not a bbolt database",
 }
 
@@ -241,6 +246,13 @@ def learn_leases(side: Side, out: bytes, keep: bool = True) -> None:
         side.vars["lease"] = side.vars.pop("lease_kept")
 
 
+def learn_member(side: Side, out: bytes) -> None:
+    m = re.search(r"Member\s+([0-9a-f]+)\s+added", out.decode(errors="replace"))  # %16x pads with spaces
+    if m:
+        side.vars["newmember"] = m.group(1)
+        side.ids[int(m.group(1), 16)] = "<MEMBER>"
+
+
 def learn_lease_ids(side: Side, out: bytes) -> None:
     """Every listed lease id is masked (`lease` names the last one granted)."""
     for m in re.finditer(r'"id":(\d+)', out.decode(errors="replace")):
@@ -352,6 +364,8 @@ def normalize(step: "Step", fmt: str, text: str) -> str:
         lines = text.splitlines()
         body = [ln for ln in lines if ln.startswith("|")][1:]
         return "\n".join([*lines[:3], *sorted(body)])
+    text = re.sub(r'(ETCD_INITIAL_CLUSTER=")([^"]*)"', lambda m: m.group(1) + ",".join(sorted(m.group(2).split(",")))
+                  + '"', text)  # members in id order
     text = re.sub(r"keys\(\[([^]]*)\]\)", lambda m: "keys([%s])" % " ".join(sorted(m.group(1).split())), text)
     return "\n".join(sorted(text.splitlines()))
 
@@ -489,6 +503,21 @@ STEPS: list[Step] = [
     S("defrag"),
     S("move-leader", "{follower}", formats=("simple",)),
     S("move-leader", "1234"),
+    # membership: a learner that never starts (it counts for no quorum), updated, removed
+    S("member", "add", "m4", "--peer-urls", "http://{peer4}", "--learner", learn=learn_member, sort=True),
+    S("member", "list", formats=("simple", "json"), sort=True),
+    S("member", "update", "{newmember}", "--peer-urls", "http://{peer5}", formats=("simple",)),
+    S("member", "update", "{newmember}", "--peer-urls", "http://{peer5}", formats=("json",), known="update_learner"),
+    # (after the update: etcd names a new member by its peer URLs and the second it is added)
+    S("member", "add", "m5", "--peer-urls", "http://{peer5}", known="add_order"),
+    S("member", "promote", "{newmember}"),
+    S("member", "promote", "1234"),
+    S("member", "remove", "{newmember}", formats=("simple",)),
+    S("member", "remove", "{newmember}"),
+    S("member", "list", formats=("simple",), sort=True),
+    # make-mirror into the same cluster under another prefix (runs until interrupted)
+    S("make-mirror", "--prefix", "k/", "--dest-prefix", "mirror/", "{ep1}", stop_after=3.0),
+    S("get", "mirror/", "--prefix", formats=("simple",)),
     S("snapshot", "save", "{tmp}/snap.db", known="snapshot"),
     # compaction
     S("compaction", "0", known="compact0"),
@@ -688,10 +717,13 @@ def run_parity(tmp: Path, verbose: bool = False, log: Callable[[str], None] = pr
         (tmp / "etcd").mkdir(exist_ok=True)
         sides.append(start_etcd(tmp))
         sides.append(start_qkv(tmp))
+        peer4, peer5 = free_port(), free_port()
         for side in sides:
             wait_serving(side)
             learn_ids(side)
             (side.tmp / side.name).mkdir(exist_ok=True)
+            side.vars.update(peer4=f"127.0.0.1:{peer4}", peer5=f"127.0.0.1:{peer5}", ep1=side.endpoints[0])
+            side.subs.update({f"127.0.0.1:{peer4}": "<PEER4>", f"127.0.0.1:{peer5}": "<PEER5>"})
         return run_steps(sides[0], sides[1], verbose, log)
     finally:
         for side in sides:
