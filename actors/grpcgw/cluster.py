@@ -86,7 +86,8 @@ def member_to_pb(m: dict[str, Any]) -> rpc_pb2.Member:
 
 
 def members_to_pb(reply: dict[str, Any]) -> list[rpc_pb2.Member]:
-    return [member_to_pb(m) for m in reply.get("members") or ()]
+    """In member id order, as etcd 3.4 lists them (RaftCluster.Members: MembersByID)."""
+    return sorted((member_to_pb(m) for m in reply.get("members") or ()), key=lambda m: m.ID)
 
 
 class ClusterServicer(rpc_pb2_grpc.ClusterServicer):

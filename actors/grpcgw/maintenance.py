@@ -21,7 +21,8 @@ How each maps, where it differs from etcd 3.4:
   that applied that revision), its low 32 bits, header revision = the hashed revision.
 - ``HashKV``: ``hash_kv`` {revision} (a negative one is the current one, as etcd's); the
   hash's low 32 bits, its compact revision (-1 when never compacted, etcd's), and the
-  header's revision is the hashed revision (etcd's).
+  header's revision is the member's current revision, whatever revision was hashed
+  (etcd's HashByRev returns its currentRev; for revision 0 that is the hashed one).
 - ``Defragment``: ``defragment`` (our member serves meanwhile).
 - ``Snapshot``: the chunks of a native ``snapshot`` save (serializable: like etcd, a member
   without a quorum can be backed up), one native request per chunk (SNAPSHOT_CHUNK
@@ -246,7 +247,14 @@ class MaintenanceServicer(rpc_pb2_grpc.MaintenanceServicer):
     @rpc(SERVICE, "HashKV")
     async def HashKV(self, request: rpc_pb2.HashKVRequest, context: Any) -> rpc_pb2.HashKVResponse:
         reply = await self.b.call(context, {"op": "hash_kv", "revision": max(0, request.revision)})
-        return rpc_pb2.HashKVResponse(header=hash_header(self.b, reply), hash=int(reply.get("hash", 0)) & U32,
+        header = hash_header(self.b, reply)
+        if request.revision > 0:  # etcd's header has its current revision, not the hashed one
+            try:
+                st = await self.b.member.request({"op": "status"}, timeout=self.b.timeout_of(context))
+                header.revision = max(header.revision, int((st.get("header") or {}).get("revision", 0)))
+            except errors.QkvError:
+                pass  # the hashed revision: the member's revision when it answered
+        return rpc_pb2.HashKVResponse(header=header, hash=int(reply.get("hash", 0)) & U32,
                                       compact_revision=compact_revision(reply))
 
     @rpc(SERVICE, "Snapshot", SERVER_STREAM)

@@ -63,6 +63,12 @@ def test_member_client_urls_are_the_grpc_urls():
         7, "n1", ["tcp://10.0.0.1:2380"], ["http://10.0.0.1:2379"], False)
 
 
+def test_members_are_listed_in_id_order_as_etcds():
+    reply = {"members": [{**KEY_A, "id": 9, "name": "n1"}, {**KEY_A, "id": 3, "name": "n2"},
+                         {**KEY_A, "id": 2**63 + 1, "name": "n3"}, {**KEY_A, "id": 5, "name": "n4"}]}
+    assert [m.name for m in cluster.members_to_pb(reply)] == ["n2", "n4", "n1", "n3"]
+
+
 def test_a_member_without_grpc_lists_no_client_urls():
     m = cluster.member_to_pb({**KEY_A, "grpc_urls": []})
     assert m.name == "n1" and list(m.clientURLs) == []
