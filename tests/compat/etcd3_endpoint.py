@@ -8,10 +8,14 @@ few of its fixtures and tests call ``etcd3.client()`` with no host (localhost:23
 
 - ``etcd3.client``'s default host and port become those of ``PYTHON_ETCD_HTTP_URL`` (an
   explicit host or port is kept); ``etcdctl`` without ``--endpoints`` finds the same
-  endpoint through ``ETCDCTL_ENDPOINTS``, which the runner sets;
+  endpoint through the runner's ``etcdctl`` wrapper;
 - Hypothesis's health checks are off: its ``@given`` tests take the function-scoped
   ``etcd`` fixture, which current Hypothesis refuses by default (the suite was written for
   Hypothesis 4); the suite's own profile (no deadline) still applies.
+
+- ``etcdrpc`` is an alias of ``etcd3.etcdrpc``: ``TestClient.test_user_pwd_auth`` patches
+  ``mock.patch('etcdrpc.AuthStub')``, a top-level module name the installed package does
+  not have (the test fails with ModuleNotFoundError against any server without it).
 
 Nothing else of the suite is touched. This module runs in the suite's process (etcd3,
 Hypothesis and pytest importable), not in quorumkv's.
@@ -34,7 +38,10 @@ def endpoint() -> tuple[str, int]:
 
 
 def pytest_configure(config: Any) -> None:
+    import sys
+
     import etcd3  # the suite's etcd3, installed next to it
+    import etcd3.etcdrpc
     from hypothesis import HealthCheck, settings
 
     host, port = endpoint()
@@ -45,6 +52,7 @@ def pytest_configure(config: Any) -> None:
 
     client.__doc__ = original.__doc__
     etcd3.client = client
+    sys.modules.setdefault("etcdrpc", etcd3.etcdrpc)
     # Loaded before the suite's module registers its own "default" profile, which then
     # inherits this one (its parent is the loaded default).
     settings.register_profile("qkv-compat", deadline=None, suppress_health_check=list(HealthCheck))

@@ -13,9 +13,9 @@ against it with this repository's pytest and Hypothesis, adapted only in how it 
 server:
 
 - ``PYTHON_ETCD_HTTP_URL`` (the suite's own variable) = the first member's gRPC URL; the
-  plugin tests/compat/etcd3_endpoint.py makes it ``etcd3.client()``'s default too, and
-  ``ETCDCTL_ENDPOINTS`` points the suite's bare ``etcdctl`` calls (it shells out to
-  /usr/bin/etcdctl) at it;
+  plugin tests/compat/etcd3_endpoint.py makes it ``etcd3.client()``'s default too, and an
+  ``etcdctl`` wrapper first on its PATH points the suite's ``etcdctl`` calls without
+  ``--endpoints`` (it shells out to /usr/bin/etcdctl) at it;
 - ``TEST_ETCD_VERSION`` (the suite's own variable) = v3.4.23, the etcd version quorumkv
   answers as, so its tests for etcd >= 3.3 run;
 - the members are named pifpaf0..2: the suite was written for pifpaf's etcd cluster, and
@@ -52,8 +52,10 @@ from contextlib import contextmanager
 ETCD3_VERSION = "0.12.0"
 SUITE_FILE = "tests/test_etcd3.py"
 CACHE = Path(os.environ.get("QKV_ETCD3_CACHE") or Path.home() / ".cache" / "quorumkv" / f"etcd3-{ETCD3_VERSION}")
-# The suite's test-only dependencies, installed beside etcd3 (pytest and Hypothesis are the repo's).
-SUITE_DEPS = [f"etcd3=={ETCD3_VERSION}", "tenacity", "six", "mock"]
+# The suite's test-only dependencies, installed beside etcd3 (pytest and Hypothesis are the
+# repo's). tenacity as etcd3 0.12.0 pins it (requirements/base.txt): its Lock.acquire passes
+# a wait function of two arguments, which tenacity >= 8 no longer calls that way.
+SUITE_DEPS = [f"etcd3=={ETCD3_VERSION}", "tenacity==6.1.0", "six", "mock"]
 ETCD = "/usr/bin/etcd"
 ETCDCTL = "/usr/bin/etcdctl"
 ETCD_VERSION = "v3.4.23"
@@ -90,7 +92,8 @@ def fetch_suite(cache: Path = CACHE) -> Path:
     dependencies (``cache/site``), fetched once with pip; returns ``cache``. Raises
     SuiteUnavailable when pip cannot get them."""
     src, site = cache / "src", cache / "site"
-    if (src / SUITE_FILE).is_file() and (site / "etcd3" / "client.py").is_file() and (site / "mock").is_dir():
+    stamp = site / ".qkv-suite-deps"
+    if (src / SUITE_FILE).is_file() and stamp.is_file() and stamp.read_text() == " ".join(SUITE_DEPS):
         return cache
     cache.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=cache) as tmp:
@@ -106,6 +109,7 @@ def fetch_suite(cache: Path = CACHE) -> Path:
             shutil.move(str(Path(tmp) / f"etcd3-{ETCD3_VERSION}"), src)
             shutil.rmtree(site, ignore_errors=True)
             _pip("install", "--no-deps", "--no-compile", "--target", str(site), *SUITE_DEPS)
+            stamp.write_text(" ".join(SUITE_DEPS))
         except (OSError, subprocess.TimeoutExpired, tarfile.TarError) as exc:
             raise SuiteUnavailable(f"cannot fetch python-etcd3 {ETCD3_VERSION}: {exc}") from None
     return cache
@@ -199,17 +203,35 @@ class SuiteResult:
         return {t: m for t, m in self.failed.items() if t not in KNOWN_BY_DESIGN}
 
 
-def suite_env(cache: Path, servers: Servers) -> dict[str, str]:
+# etcdctl refuses ETCDCTL_ENDPOINTS next to --endpoints (a fatal "conflicting environment
+# variable"), and the suite passes --endpoints to some calls only: this wrapper, first on
+# the suite's PATH, adds --endpoints to the calls without one.
+ETCDCTL_WRAPPER = """#!/bin/sh
+# python-etcd3's suite: etcdctl without --endpoints goes to the server under test.
+for a in "$@"; do
+    case "$a" in --endpoints|--endpoints=*) exec {etcdctl} "$@";; esac
+done
+exec {etcdctl} --endpoints "$QKV_SUITE_ENDPOINT" "$@"
+"""
+
+
+def suite_env(cache: Path, servers: Servers, bin_dir: Path) -> dict[str, str]:
+    """The suite's environment; ``bin_dir`` gets the etcdctl wrapper."""
+    bin_dir.mkdir(parents=True, exist_ok=True)
+    wrapper = bin_dir / "etcdctl"
+    wrapper.write_text(ETCDCTL_WRAPPER.format(etcdctl=ETCDCTL))
+    wrapper.chmod(0o755)
     env = dict(os.environ)
-    env.pop("PYTHONPATH", None)
+    for name in ("PYTHONPATH", "ETCDCTL_ENDPOINTS"):
+        env.pop(name, None)
     env.update({
         "PYTHONPATH": os.pathsep.join([str(cache / "site"), str(PLUGIN_DIR)]),
         "PYTHON_ETCD_HTTP_URL": servers.urls[0],
-        "ETCDCTL_ENDPOINTS": servers.urls[0],
+        "QKV_SUITE_ENDPOINT": servers.urls[0],
         "ETCDCTL_API": "3",
         "TEST_ETCD_VERSION": ETCD_VERSION,
         "PROTOCOL_BUFFERS_PYTHON_IMPLEMENTATION": "python",
-        "PATH": f"{Path(ETCDCTL).parent}{os.pathsep}{env.get('PATH', '')}",
+        "PATH": f"{bin_dir}{os.pathsep}{env.get('PATH', '')}",
     })
     return env
 
@@ -242,15 +264,17 @@ def run_suite(cache: Path, servers: Servers, work: Path, extra: list[str] | None
     shutil.copytree(cache / "src", src)
     report = work / f"junit-{servers.name.split()[0]}.xml"
     cmd = [sys.executable, "-m", "pytest", "-p", "etcd3_endpoint", "-p", "no:cacheprovider",
-           "-o", "addopts=", "--rootdir", str(src), "-q", "-rfE", f"--junitxml={report}",
+           "-o", "addopts=", "--rootdir", str(src), "-v", "-rfE", f"--junitxml={report}",
            SUITE_FILE, *(extra or [])]
-    try:
-        proc = subprocess.run(cmd, cwd=src, env=suite_env(cache, servers), capture_output=True, text=True,
-                              timeout=SUITE_TIMEOUT_S)
-        output = proc.stdout + proc.stderr
-    except subprocess.TimeoutExpired as exc:
-        raise RuntimeError(f"the suite did not end within {SUITE_TIMEOUT_S}s against {servers.name}: "
-                           f"{str(exc.stdout)[-2000:]}") from None
+    log = work / f"suite-{servers.name.split()[0]}.log"  # the suite's output, as it comes
+    with open(log, "wb") as out:
+        try:
+            subprocess.run(cmd, cwd=src, env=suite_env(cache, servers, work / "bin"), stdout=out, stderr=subprocess.STDOUT,
+                           timeout=SUITE_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            raise RuntimeError(f"the suite did not end within {SUITE_TIMEOUT_S}s against {servers.name}: "
+                               f"{log.read_text(errors='replace')[-2000:]}") from None
+    output = log.read_text(errors="replace")
     if not report.exists():
         raise RuntimeError(f"the suite wrote no report against {servers.name}:\n{output[-3000:]}")
     return parse_junit(report, servers.name, output)
