@@ -40,8 +40,8 @@ def endpoint() -> tuple[str, int]:
 def pytest_configure(config: Any) -> None:
     import sys
 
-    import etcd3  # the suite's etcd3, installed next to it
-    import etcd3.etcdrpc
+    import etcd3  # type: ignore[import-not-found]  # the suite's etcd3, installed next to it
+    import etcd3.etcdrpc  # type: ignore[import-not-found]
     from hypothesis import HealthCheck, settings
 
     host, port = endpoint()
