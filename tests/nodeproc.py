@@ -462,14 +462,14 @@ class Cluster:
 
     def __init__(self, tmp_path: Path, size: int = 3, args: list[str] | None = None,
                  token: str = "test-cluster", secure: bool = False, metrics: bool = False,
-                 grpc: bool = False) -> None:
+                 grpc: bool = False, names: list[str] | None = None) -> None:
         """`secure`: CURVE on every port (keys in tmp_path/keys, see `Security`); `metrics`:
         every member serves its metrics URL (NodeProcess); `grpc`: every member serves
-        etcd's gRPC API (NodeProcess `grpc_url`)."""
+        etcd's gRPC API (NodeProcess `grpc_url`); `names`: the members' names (n1..nN)."""
         from nodes.config import member_id
 
         self.token = token
-        names = [f"n{i + 1}" for i in range(size)]
+        names = list(names) if names else [f"n{i + 1}" for i in range(size)]
         self.security = Security(tmp_path / "keys", names) if secure else None
         self.nodes = [self._new_node(tmp_path, name) for name in names]
         initial = ",".join(f"{n.name}={n.peer_url}" for n in self.nodes)

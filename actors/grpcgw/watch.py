@@ -14,8 +14,18 @@ etcd's semantics (etcdserver/api/v3rpc/watch.go, mvcc/watcher.go of etcd 3.4):
   from it). ``start_revision`` below the compact revision: ``created``, then one
   response with ``compact_revision`` and ``canceled`` (header revision 0, as etcd's
   mvcc). Negative ``start_revision`` = 1 (etcd: all history).
-- Events: one response per revision, ``mvccpb.Event`` PUT/DELETE with ``kv`` and, with
-  ``prev_kv``, the key's previous value; header = this member, the revision, its term.
+- Events: live ones one response per revision, ``mvccpb.Event`` PUT/DELETE with ``kv``
+  and, with ``prev_kv``, the key's previous value; header = this member, the revision, its
+  term. A watch created with ``start_revision`` <= the member's revision R (etcd's
+  "unsynced" watcher) gets its history up to R grouped as etcd's syncWatchers sends it
+  (mvcc/watchable_store.go, watcher_group.go eventBatch): the events of up to
+  WATCH_BATCH_MAX_REVS (1000) distinct revisions in one response whose header revision is R
+  (the ``created`` one's), the next ones in the next response; events after R one response
+  per revision (checked against etcd 3.4.23: 1,251 history revisions -> 1000 + 251 events
+  under header R, then one response per live revision). etcd counts a batch's revisions
+  before its filters, here after them (a filtered watch's batches hold up to 1000 revisions
+  that have events for it); a slow reader's gap read from ``history`` (below) is sent one
+  response per revision (etcd's victims are grouped too).
   ``fragment``: a response larger than --max-request-bytes + 512 KiB with two or more
   events is sent in fragments (``fragment`` true on all but the last), etcd's
   ``sendFragments``.
@@ -91,6 +101,9 @@ NO_LEADER = "etcdserver: no leader"
 LEADER_POLL_S = 1.0  # etcd: one election timeout (our default --election-timeout)
 MAX_NO_LEADER_POLLS = 3  # etcd's maxNoLeaderCnt
 DEFAULT_MAX_REQUEST_BYTES = 1536 * 1024
+WATCH_BATCH_MAX_REVS = 1000  # etcd's watchBatchMaxRevs: revisions of one unsynced watcher's response
+SYNC_POLL_S = 0.1  # history still on its way (rare): look again after this long...
+SYNC_WAIT_S = 10.0  # ...and send what is grouped after this long at most
 
 ERR_DUPLICATE_ID = "mvcc: duplicate watch ID provided on the WatchStream"
 ERR_EMPTY_RANGE = "mvcc: watcher range is empty"
@@ -223,6 +236,59 @@ def fragments(wr: rpc_pb2.WatchResponse, limit: int) -> list[rpc_pb2.WatchRespon
             return out
 
 
+class HistoryBatch:
+    """etcd's unsynced watcher (start revision <= the member's revision ``sync_rev`` at its
+    create): its history responses (one per revision, each with events, revision <=
+    ``sync_rev``) are grouped into responses of at most ``max_revs`` revisions whose header
+    revision is ``sync_rev``; anything else (a later revision, progress, an end) is not
+    grouped (``takes``). ``sync_rev`` 0: a watch from now, nothing grouped."""
+
+    def __init__(self, sync_rev: int, max_revs: int = WATCH_BATCH_MAX_REVS) -> None:
+        self.sync_rev = sync_rev
+        self.max_revs = max(1, max_revs)
+        self.pending: list[rpc_pb2.WatchResponse] = []
+
+    @property
+    def syncing(self) -> bool:
+        return self.sync_rev > 0
+
+    def takes(self, wr: rpc_pb2.WatchResponse) -> bool:
+        """Whether ``wr`` is history to group (events of a revision <= ``sync_rev``)."""
+        return (self.syncing and len(wr.events) > 0 and not wr.canceled and not wr.created
+                and 0 < wr.header.revision <= self.sync_rev)
+
+    def add(self, wr: rpc_pb2.WatchResponse) -> rpc_pb2.WatchResponse | None:
+        """Group ``wr`` (``takes`` said yes); a full batch is returned, to be sent."""
+        self.pending.append(wr)
+        if len({ev.kv.mod_revision for p in self.pending for ev in p.events}) >= self.max_revs:
+            return self.flush()
+        return None
+
+    def flush(self) -> rpc_pb2.WatchResponse | None:
+        """The grouped response of what is pending (None: nothing is)."""
+        if not self.pending:
+            return None
+        out = rpc_pb2.WatchResponse()
+        out.CopyFrom(self.pending[0])
+        out.header.revision = self.sync_rev
+        out.header.raft_term = max(p.header.raft_term for p in self.pending)
+        for p in self.pending[1:]:
+            out.events.extend(p.events)
+        self.pending = []
+        return out
+
+    def end(self) -> rpc_pb2.WatchResponse | None:
+        """The watch is synced (or ends): what is pending, and no more grouping."""
+        out = self.flush()
+        self.sync_rev = 0
+        return out
+
+
+def last_event_revision(wr: rpc_pb2.WatchResponse) -> int:
+    """The revision ``wr`` reports up to: its last event's, else its header's."""
+    return wr.events[-1].kv.mod_revision if len(wr.events) else wr.header.revision
+
+
 # --- the stream ------------------------------------------------------------------------
 async def _attached(native: Any) -> Any:
     return await native
@@ -234,6 +300,7 @@ class _Watch:
     native: Any  # AsyncWatcher
     fragment: bool
     last_rev: int  # every event <= it was queued for the client
+    sync_rev: int = 0  # etcd's unsynced watcher: its history up to it is grouped (HistoryBatch)
     task: asyncio.Task[None] | None = None
     next_progress: float = 0.0  # progress_notify: no periodic progress before (loop time)
     progress_wanted: bool = False
@@ -365,22 +432,39 @@ class WatchStream:
                 reason = "etcdserver: request timed out"
             await self.out.put(self._refused(current, reason))
             return
-        w = _Watch(wid, native, creq.fragment, start - 1)
+        w = _Watch(wid, native, creq.fragment, start - 1, sync_rev=current if start <= current else 0)
         self.watches[wid] = w
         await self.out.put(rpc_pb2.WatchResponse(header=self.header(current), watch_id=wid, created=True))
         w.task = asyncio.get_running_loop().create_task(self._forward(w), name=f"grpc-watch {wid}")
 
     async def _forward(self, w: _Watch) -> None:
-        """The native watch's responses, in order, to the stream's queue."""
+        """The native watch's responses, in order, to the stream's queue (its history up to
+        ``w.sync_rev`` grouped as etcd's unsynced watcher: HistoryBatch)."""
         loop = asyncio.get_running_loop()
         w.next_progress = loop.time() + PROGRESS_NOTIFY_INTERVAL_S
+        batch = HistoryBatch(w.sync_rev)
+        sync_deadline = loop.time() + SYNC_WAIT_S
         try:
             while True:
                 try:
-                    resp = await w.native.get()
+                    if batch.syncing:
+                        # What is ready now; nothing ready and D past sync_rev: synced.
+                        resp = await w.native.get(timeout=0)
+                        if resp is None:
+                            if w.native.delivered >= batch.sync_rev or loop.time() >= sync_deadline:
+                                await self._send(w, batch.end())
+                                w.last_rev = max(w.last_rev, min(w.native.delivered, w.sync_rev))
+                                continue
+                            resp = await w.native.get(timeout=SYNC_POLL_S)
+                            if resp is None:
+                                continue
+                    else:
+                        resp = await w.native.get()
                 except StopAsyncIteration:
+                    await self._send(w, batch.end())
                     return
                 except errors.QkvError as err:  # e.g. the range is no longer readable
+                    await self._send(w, batch.end())
                     await self.out.put(rpc_pb2.WatchResponse(
                         header=self.header(w.last_rev), watch_id=w.id, canceled=True,
                         cancel_reason=cancel_reason(err)))
@@ -388,6 +472,7 @@ class WatchStream:
                 if resp is None:
                     continue
                 if resp.progress_notify:
+                    await self._send(w, batch.flush())
                     w.last_rev = max(w.last_rev, resp.revision)
                     if w.progress_wanted:
                         w.progress_wanted = False
@@ -398,16 +483,27 @@ class WatchStream:
                             header=self.header(resp.revision, resp.header.raft_term), watch_id=w.id))
                     continue
                 wr = response_pb(resp, w.id, self.header(0, resp.header.raft_term))
-                for piece in fragments(wr, self.fragment_limit) if w.fragment else [wr]:
-                    await self.out.put(piece)
-                if resp.events:  # etcd elides the next progress after events
-                    w.next_progress = loop.time() + PROGRESS_NOTIFY_INTERVAL_S
+                if batch.takes(wr):
+                    await self._send(w, batch.add(wr))
+                    continue
+                await self._send(w, batch.end())
+                await self._send(w, wr)
                 w.last_rev = max(w.last_rev, resp.revision)
                 if resp.canceled:
                     return
         finally:
             w.progress_done.set()
             w.native.cancel()
+
+    async def _send(self, w: _Watch, wr: rpc_pb2.WatchResponse | None) -> None:
+        """One response of ``w`` to the stream's queue (in fragments when it asked)."""
+        if wr is None:
+            return
+        for piece in fragments(wr, self.fragment_limit) if w.fragment else [wr]:
+            await self.out.put(piece)
+        if len(wr.events):  # etcd elides the next progress after events
+            w.next_progress = asyncio.get_running_loop().time() + PROGRESS_NOTIFY_INTERVAL_S
+            w.last_rev = max(w.last_rev, last_event_revision(wr))
 
     async def _cancel(self, wid: int) -> None:
         w = self.watches.pop(wid, None)

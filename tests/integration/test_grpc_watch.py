@@ -12,7 +12,7 @@ import grpc
 import pytest
 
 from protocol.etcdpb import kv_pb2, rpc_pb2, rpc_pb2_grpc
-from tests.nodeproc import Cluster, NodeProcess, wait_for
+from tests.nodeproc import Cluster, NodeProcess, put_burst, wait_for
 
 ETCDCTL = "/usr/bin/etcdctl"
 PUT, DELETE = kv_pb2.Event.PUT, kv_pb2.Event.DELETE
@@ -125,11 +125,15 @@ def test_filters_and_start_revision(node, stream):
     r3 = put(node, b"f", b"2")
     no_put = stream.create(b"f", start_revision=r1, filters=[rpc_pb2.WatchCreateRequest.NOPUT])
     assert no_put.header.revision == r3  # the member's revision now
+    # History up to the created revision comes grouped, under that revision (etcd's
+    # unsynced watcher; checked against etcd 3.4.23).
     got = stream.next()
-    assert (got.watch_id, got.header.revision, [e.type for e in got.events]) == (no_put.watch_id, r2, [DELETE])
+    assert (got.watch_id, got.header.revision, [(e.type, e.kv.mod_revision) for e in got.events]) == \
+        (no_put.watch_id, r3, [(DELETE, r2)])
     no_del = stream.create(b"f", start_revision=r1, filters=[rpc_pb2.WatchCreateRequest.NODELETE])
-    got = [stream.next() for _ in range(2)]
-    assert [(g.watch_id, g.header.revision) for g in got] == [(no_del.watch_id, r1), (no_del.watch_id, r3)]
+    got = stream.next()
+    assert (got.watch_id, got.header.revision, [(e.type, e.kv.mod_revision) for e in got.events]) == \
+        (no_del.watch_id, r3, [(PUT, r1), (PUT, r3)])
     r4 = delete(node, b"f")
     r5 = put(node, b"f", b"3")
     got = [stream.next() for _ in range(2)]
@@ -148,9 +152,27 @@ def test_compacted_start_is_canceled_with_the_compact_revision(node, stream):
     assert (end.watch_id, end.canceled, end.compact_revision, end.header.revision, end.cancel_reason) == \
         (created.watch_id, True, 4, 0, "")
     at = stream.create(b"k", start_revision=4)  # the compact revision itself is still readable
-    got = [stream.next() for _ in range(2)]
-    assert [(g.watch_id, g.header.revision, g.events[0].kv.value) for g in got] == \
-        [(at.watch_id, 4, b"v2"), (at.watch_id, 5, b"v3")]
+    got = stream.next()
+    assert (got.watch_id, got.header.revision, [(e.kv.mod_revision, e.kv.value) for e in got.events]) == \
+        (at.watch_id, 5, [(4, b"v2"), (5, b"v3")])
+
+
+def test_history_grouped_as_etcds_unsynced_watcher_then_live_one_per_revision(node, stream):
+    """A watch from the past: its history up to the created revision R in responses of at
+    most 1000 revisions under header R, then one response per live revision (etcd 3.4.23
+    answers the same, checked with the same requests)."""
+    put_burst(node.client_url, 1100, b"g/")  # revisions 2..1101, one key each
+    created = stream.create(b"g/", range_end=b"g0", start_revision=2, prev_kv=True)
+    r = created.header.revision
+    assert r == 1101
+    first, second = stream.next(), stream.next()
+    assert (first.header.revision, len(first.events)) == (r, 1000)
+    assert (second.header.revision, len(second.events)) == (r, 100)
+    assert [e.kv.mod_revision for e in [*first.events, *second.events]] == list(range(2, 1102))
+    live = [put(node, b"g/x", b"1"), put(node, b"g/x", b"2")]
+    got = [stream.next() for _ in live]
+    assert [(g.header.revision, [e.kv.mod_revision for e in g.events]) for g in got] == [(v, [v]) for v in live]
+    assert got[1].events[0].prev_kv.value == b"1"
 
 
 def test_ids_duplicates_empty_range_and_unknown_cancel(node, stream):

@@ -111,3 +111,96 @@ def test_requires_leader():
     assert watch.requires_leader([("hasleader", b"true")])
     assert not watch.requires_leader([("hasleader", "false")])
     assert not watch.requires_leader(None)
+
+
+# --- etcd's unsynced watcher: history grouped (HistoryBatch) ------------------------------
+def rev_response(rev: int, keys: tuple[bytes, ...] = (b"a",), term: int = 2) -> rpc_pb2.WatchResponse:
+    """A per-revision response as ``response_pb`` makes one (watch 7)."""
+    return rpc_pb2.WatchResponse(
+        header=watch.header_pb(1, 2, rev, term), watch_id=7,
+        events=[kv_pb2.Event(kv=kv_pb2.KeyValue(key=k, mod_revision=rev)) for k in keys])
+
+
+def test_history_batch_groups_under_the_sync_revision():
+    b = watch.HistoryBatch(50)
+    assert b.syncing
+    for rev in (3, 5, 9):
+        wr = rev_response(rev, (b"a", b"b"))
+        assert b.takes(wr)
+        assert b.add(wr) is None
+    out = b.flush()
+    assert out is not None
+    # one response: every event in order, header = the sync revision (etcd: curRev at sync)
+    assert out.watch_id == 7 and out.header.revision == 50
+    assert (out.header.cluster_id, out.header.member_id) == (1, 2)
+    assert [(e.kv.key, e.kv.mod_revision) for e in out.events] == [
+        (b"a", 3), (b"b", 3), (b"a", 5), (b"b", 5), (b"a", 9), (b"b", 9)]
+    assert not out.fragment and not out.canceled and not out.created
+    assert b.flush() is None  # nothing pending: nothing to send
+    assert b.syncing
+
+
+def test_history_batch_at_most_1000_revisions_as_etcds_watch_batch_max_revs():
+    """etcd 3.4.23 with 1,251 history revisions of a key: 1000 events, then 251, both with
+    the header revision of the create; a revision's several events count once."""
+    assert watch.WATCH_BATCH_MAX_REVS == 1000
+    b = watch.HistoryBatch(3000)
+    sent = [out for rev in range(2, 2504, 2) if (out := b.add(rev_response(rev))) is not None]
+    assert len(sent) == 1 and len(sent[0].events) == 1000
+    assert sent[0].events[0].kv.mod_revision == 2 and sent[0].events[-1].kv.mod_revision == 2000
+    last = b.end()
+    assert last is not None and len(last.events) == 251
+    assert last.events[0].kv.mod_revision == 2002 and last.header.revision == 3000
+    assert not b.syncing
+
+
+def test_history_batch_counts_revisions_not_events():
+    b = watch.HistoryBatch(100, max_revs=3)
+    assert b.add(rev_response(1, (b"a", b"b", b"c", b"d"))) is None
+    assert b.add(rev_response(2, (b"a", b"b"))) is None
+    out = b.add(rev_response(3))
+    assert out is not None and len(out.events) == 7
+    assert len({e.kv.mod_revision for e in out.events}) == 3
+
+
+def test_history_batch_takes_only_history_events():
+    b = watch.HistoryBatch(10)
+    assert b.takes(rev_response(10))
+    assert not b.takes(rev_response(11))  # live: one response per revision
+    assert not b.takes(rpc_pb2.WatchResponse(header=watch.header_pb(1, 2, 5, 2), watch_id=7))  # no events
+    ended = rev_response(5)
+    ended.canceled = True
+    assert not b.takes(ended)
+    assert not watch.HistoryBatch(0).takes(rev_response(1))  # a watch from now groups nothing
+    assert not watch.HistoryBatch(0).syncing
+
+
+def test_history_batch_end_stops_grouping():
+    b = watch.HistoryBatch(10)
+    assert b.end() is None and not b.syncing
+    assert not b.takes(rev_response(3))
+
+
+def test_history_batch_keeps_the_highest_term():
+    b = watch.HistoryBatch(10)
+    b.add(rev_response(1, term=2))
+    b.add(rev_response(2, term=4))
+    out = b.flush()
+    assert out is not None and out.header.raft_term == 4
+
+
+def test_grouped_history_is_fragmented_like_any_response():
+    b = watch.HistoryBatch(10)
+    for rev in range(1, 6):
+        b.add(rpc_pb2.WatchResponse(header=watch.header_pb(1, 2, rev, 2), watch_id=7, events=[
+            kv_pb2.Event(kv=kv_pb2.KeyValue(key=b"k", value=b"x" * 200, mod_revision=rev))]))
+    out = b.flush()
+    assert out is not None
+    parts = watch.fragments(out, 500)
+    assert len(parts) > 1 and [e for p in parts for e in p.events] == list(out.events)
+    assert all(p.header.revision == 10 for p in parts)
+
+
+def test_last_event_revision():
+    assert watch.last_event_revision(rev_response(9, (b"a", b"b"))) == 9
+    assert watch.last_event_revision(rpc_pb2.WatchResponse(header=watch.header_pb(1, 2, 4, 2))) == 4
