@@ -40,7 +40,7 @@ ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from tests.nodeproc import Cluster, free_port  # noqa: E402
+from tests.nodeproc import Cluster, free_port, wait_for  # noqa: E402
 
 ETCD = "/usr/bin/etcd"
 ETCDCTL = "/usr/bin/etcdctl"
@@ -66,14 +66,6 @@ KNOWN_STEPS = {
                  "(\"Peer URLs already exists\", etcd's message when it gets that far)",
     "snapshot": "a snapshot file is quorumkv's format (SPEC section 6), not a bbolt database",
 }
-
-
-def wait_for(pred: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not pred():
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.1)
 
 
 # -- the two sides ---------------------------------------------------------------------------
