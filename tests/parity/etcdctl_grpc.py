@@ -282,6 +282,8 @@ def mask_text(side: Side, text: str) -> str:
     for ident, ph in side.ids.items():
         text = re.sub(rf"(?<![\w.]){'|'.join(sorted({f'{ident:x}', f'{ident:016x}', str(ident)}, key=len, reverse=True))}"
                       r"(?![\w.])", ph, text)
+    # etcdctl prints "Member %16x added to cluster %16x": an id below 2^60 is padded with spaces
+    text = re.sub(r"\b(Member|cluster) +(<MEMBER>|<CLUSTER>)", r"\1 \2", text)
     text = _JSON_RE.sub(r"\1<X>", text)
     text = _FIELDS_RE.sub(r"\1<X>", text)
     text = _SERVER_VERSION_RE.sub(r"\1<VER>", text)
