@@ -247,6 +247,7 @@ class HistoryBatch:
         self.sync_rev = sync_rev
         self.max_revs = max(1, max_revs)
         self.pending: list[rpc_pb2.WatchResponse] = []
+        self.revs: set[int] = set()  # the distinct revisions of what is pending
 
     @property
     def syncing(self) -> bool:
@@ -260,7 +261,8 @@ class HistoryBatch:
     def add(self, wr: rpc_pb2.WatchResponse) -> rpc_pb2.WatchResponse | None:
         """Group ``wr`` (``takes`` said yes); a full batch is returned, to be sent."""
         self.pending.append(wr)
-        if len({ev.kv.mod_revision for p in self.pending for ev in p.events}) >= self.max_revs:
+        self.revs.update(ev.kv.mod_revision for ev in wr.events)  # each event once, not every add
+        if len(self.revs) >= self.max_revs:
             return self.flush()
         return None
 
@@ -275,6 +277,7 @@ class HistoryBatch:
         for p in self.pending[1:]:
             out.events.extend(p.events)
         self.pending = []
+        self.revs.clear()
         return out
 
     def end(self) -> rpc_pb2.WatchResponse | None:
