@@ -200,12 +200,17 @@ def start_qkv(tmp: Path) -> Side:
 
 
 def wait_serving(side: Side) -> None:
-    def ready() -> bool:
-        rc, out, _ = side.run(["member", "list", "-w", "json"], timeout=10)
+    def listed_in_full(endpoint: str) -> bool:
+        rc, out, _ = side.run(["member", "list", "-w", "json"], timeout=10, endpoints=[endpoint])
         if rc != 0:
             return False
         members = json.loads(out)["members"]
-        return len(members) == 3 and all(m.get("clientURLs") and m.get("name") for m in members) and \
+        return len(members) == 3 and all(m.get("clientURLs") and m.get("name") for m in members)
+
+    def ready() -> bool:
+        # Each member answers member list from its own applied state (as etcd 3.4 does), so a
+        # member that has not yet applied another's name lists it without one: ask every member.
+        return all(listed_in_full(ep) for ep in side.endpoints) and \
             side.run(["endpoint", "health"], timeout=15)[0] == 0
     wait_for(ready, 60, f"{side.name} to serve on every member")
 
