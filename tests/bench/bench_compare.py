@@ -30,7 +30,8 @@ of the 1-client row, default 4000), BENCH_WATCH_EVENTS (10000), BENCH_CLIENTS (6
 BENCH_SYSTEMS (etcd,qkv,qkv-grpc), BENCH_SIZES (1,3), BENCH_ROWS (put1,put,get-l,get-s,watch).
 The same as flags: `--systems`, `--sizes`, `--rows`; `--grpc-only` is `--systems etcd,qkv-grpc`
 (the gRPC rows beside etcd's, without the native ones). Figures only: nothing here asserts on
-time.
+time. Last, the floors under one client's write (tests/bench/floors.py): fdatasync on this
+filesystem and a bare ZeroMQ round trip between two Python processes.
 """
 from __future__ import annotations
 
@@ -457,6 +458,11 @@ def main(argv: list[str] | None = None) -> int:
             except (RuntimeError, AssertionError) as exc:
                 print(f"  {NAMES[cls.name]} {size} node(s) FAILED: {exc}", flush=True)
     report(figures)
+    import floors
+
+    print("\nFloors under one client's write on this machine (tests/bench/floors.py; quorumkv's put crosses 5 "
+          "one-way hops on one node, 7 on a cluster, each a Python process woken by ZeroMQ):")
+    print(floors.report(), flush=True)
     print(f"\n(whole run {time.monotonic() - t0:.0f}s; load average {os.getloadavg()[0]:.1f} on "
           f"{os.cpu_count()} cores)")
     return 0
