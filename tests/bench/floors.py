@@ -15,13 +15,20 @@ only: nothing here asserts on time.
 from __future__ import annotations
 
 import os
+import select
 import subprocess
 import sys
 import tempfile
 import time
+from pathlib import Path
 
 import msgpack
 import zmq
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from bench_node import cpu_seconds  # noqa: E402
+from nodeproc import free_port  # noqa: E402
 
 ROUNDS = 4000
 PAYLOAD = msgpack.packb({"op": "put", "key": b"k" * 8, "value": b"v" * 256, "id": 1})
@@ -65,7 +72,9 @@ def round_trip_us(url: str, rounds: int = ROUNDS) -> tuple[float, float]:
     child = subprocess.Popen([sys.executable, __file__, "--echo", url], stdout=subprocess.PIPE, text=True)
     ctx = zmq.Context()
     try:
-        assert child.stdout is not None and child.stdout.readline().strip() == "ready"
+        assert child.stdout is not None
+        if not select.select([child.stdout], [], [], 10)[0] or child.stdout.readline().strip() != "ready":
+            raise RuntimeError(f"the echo process did not bind {url} within 10 s")
         sock = ctx.socket(zmq.DEALER)
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.RCVTIMEO, 5000)
@@ -73,13 +82,13 @@ def round_trip_us(url: str, rounds: int = ROUNDS) -> tuple[float, float]:
         for _ in range(200):  # connected and warm
             sock.send(PAYLOAD)
             sock.recv()
-        child_cpu0 = _cpu_of(child.pid)
+        child_cpu0 = cpu_seconds(child.pid)
         cpu0, t0 = time.process_time(), time.perf_counter()
         for _ in range(rounds):
             sock.send(PAYLOAD)
             sock.recv()
         wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
-        cpu += _cpu_of(child.pid) - child_cpu0
+        cpu += cpu_seconds(child.pid) - child_cpu0
         sock.send(b"stop")
         child.wait(timeout=10)
         return wall / rounds * 1e6, cpu / rounds * 1e6
@@ -90,21 +99,11 @@ def round_trip_us(url: str, rounds: int = ROUNDS) -> tuple[float, float]:
         ctx.destroy(linger=0)
 
 
-def _cpu_of(pid: int) -> float:
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def report(directory: str | None = None) -> str:
     med, p99 = fdatasync_ms(directory)
     lines = [f"  fdatasync of a 300-byte append: median {med:.3f} ms, p99 {p99:.3f} ms"]
     with tempfile.TemporaryDirectory(prefix="qkv-floor-") as d:
-        for url in (f"ipc://{d}/echo.sock", "tcp://127.0.0.1:0"):
-            if url.startswith("tcp"):
-                with zmq.Context() as c, c.socket(zmq.REP) as s:  # a free port
-                    port = s.bind_to_random_port("tcp://127.0.0.1")
-                url = f"tcp://127.0.0.1:{port}"
+        for url in (f"ipc://{d}/echo.sock", f"tcp://127.0.0.1:{free_port()}"):
             wall, cpu = round_trip_us(url)
             lines.append(f"  ZeroMQ round trip between two Python processes ({url.split(':')[0]}): "
                          f"{wall:.0f} µs wall, {cpu:.0f} µs CPU of both (one one-way hop: about half)")
